@@ -1,0 +1,3006 @@
+/* ldm_tensor.h - tensors, arena, autograd, CPU kernels, safetensors and
+   PyTorch-checkpoint I/O for ldm.h (latent diffusion in C).       v0.1
+
+   Do this in exactly one C or C++ file before including it:
+       #define LDM_IMPLEMENTATION          (every ldm_ header)
+   or  #define LDM_TENSOR_IMPLEMENTATION   (this header only)
+
+   Example: y = silu(conv2d(x, w, b)), then the gradient of mean(y) w.r.t. w.
+
+       ldm_ctx *ctx; ldm_settings s = {0};               // zero means default
+       if (ldm_ctx_create(&ctx, &s)) { ...ldm_ctx_error(ctx)... }
+       ldm_tensor *w = ldm_param_new(...)  or any leaf with requires_grad = 1
+       ldm_tensor *x = ldm_randn(ctx, ldm_shape4(2, 3, 32, 32));
+       ldm_tensor *y = ldm_silu(ctx, ldm_conv2d(ctx, x, w, b, 1, 1));
+       ldm_tensor *loss = ldm_mean_all(ctx, y);
+       if (!loss || ldm_backward(ctx, loss)) { ...ldm_ctx_error(ctx)... }
+       ldm_step_reset(ctx);                              // frees every activation at once
+
+   Shape legend (all tensors contiguous, row-major):
+       B batch, C channels, T frames / depth (D), H height, W width,
+       S spatial size (T*H*W), G groups, M,N,K the GEMM sizes (C[M,N] = A[M,K] B[K,N]).
+       Images are [B,C,H,W], volumes and videos [B,C,T,H,W].
+
+   Design, in the order the data flows:
+   - ldm_ctx holds everything that would otherwise be a global: settings, the thread pool, the
+     RNG, the per-step arenas (one per device), the autograd tape and the last error.
+   - Tensors are float32 compute, up to 5 dims, contiguous. fp16/bf16 exist as storage dtypes
+     for files and are converted on load. A tensor's `device` selects the kernel table
+     (ldm_backend) its ops dispatch to: CPU here, CUDA in ldm_cuda.cuh.
+   - Activations come from the step arena and are freed together by ldm_step_reset().
+     Parameters live in persistent buffers (ldm_nn.h puts all of a model's parameters, their
+     gradients and optimizer moments in mirrored buffers).
+   - Every op computes eagerly; when grad mode is on and an input requires grad, it appends a
+     node to the tape. ldm_backward() walks the tape backwards and adds (+=) into the leaves'
+     .grad; ldm_grad() returns the gradient w.r.t. chosen tensors only, touching no .grad.
+   - Errors are sticky: a failing op sets the context error and returns NULL, and every op
+     returns NULL when handed a NULL input, so a whole forward pass can be checked once.
+     Programmer errors (broken invariants) use LDM_ASSERT, which reports file:line.
+
+   Options (define before including the implementation):
+       LDM_STATIC            make every function static
+       LDM_MALLOC/LDM_REALLOC/LDM_FREE   allocator hooks (all three or none)
+       LDM_ASSERT(c)         assertion hook (default: print file:line, abort)
+       LDM_BLAS              route SGEMM to cblas_sgemm (link -lopenblas); for comparison
+       LDM_NO_THREADS        build without pthreads (single-threaded)
+   Environment: LDM_THREADS (thread count), LDM_ARENA_MB (per-step arena limit).
+*/
+#ifndef LDM_TENSOR_H
+#define LDM_TENSOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define LDM_VERSION_MAJOR 0
+#define LDM_VERSION_MINOR 1
+#define LDM_VERSION_PATCH 0
+
+#ifndef LDM_API
+#ifdef LDM_STATIC
+#define LDM_API static
+#else
+#define LDM_API extern
+#endif
+#endif
+
+#define LDM_MAX_DIMS 5
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- results ---------------------------------------------------------------------------- */
+typedef int ldm_result;
+enum {
+    LDM_OK = 0,
+    LDM_ERR_INVALID = -1,     /* bad argument or shape */
+    LDM_ERR_NOMEM = -2,       /* allocation or arena limit */
+    LDM_ERR_IO = -3,          /* open/read/write failed */
+    LDM_ERR_FORMAT = -4,      /* malformed file */
+    LDM_ERR_NOT_FOUND = -5,   /* missing name / key */
+    LDM_ERR_UNSUPPORTED = -6, /* valid but not supported here */
+    LDM_ERR_NUMERIC = -7,     /* NaN / Inf */
+    LDM_ERR_DEVICE = -8,      /* device (CUDA) failure */
+    LDM_ERR_INTERRUPTED = -9  /* stopped by a signal */
+};
+LDM_API const char *ldm_result_name(ldm_result r);
+
+/* ---- types ------------------------------------------------------------------------------ */
+typedef enum { LDM_F32 = 0, LDM_F16 = 1, LDM_BF16 = 2 } ldm_dtype;
+typedef enum { LDM_CPU = 0, LDM_CUDA = 1, LDM_NUM_DEVICES = 2 } ldm_device;
+
+typedef struct ldm_shape { int ndim; int64_t d[LDM_MAX_DIMS]; } ldm_shape;
+
+typedef struct ldm_tensor {
+    float *data;              /* numel floats on `device` */
+    float *grad;              /* leaves only: gradient accumulated by ldm_backward (or NULL) */
+    int64_t shape[LDM_MAX_DIMS];
+    int ndim;
+    int64_t numel;
+    ldm_device device;
+    int requires_grad;        /* leaf: wants a gradient; op output: depends on such a leaf */
+    int node;                 /* tape index of the op that made it, -1 for a leaf */
+    const char *name;         /* optional, for messages (parameters carry their state-dict name) */
+} ldm_tensor;
+
+/* Counter-based RNG (Philox4x32-10): element i of a draw depends only on (seed, offset + i),
+   never on the thread count or the device. */
+typedef struct ldm_rng { uint64_t seed, offset; } ldm_rng;
+
+typedef struct ldm_settings {
+    int threads;              /* 0: $LDM_THREADS, else the number of online CPUs */
+    uint64_t seed;            /* RNG seed (0 is a valid seed) */
+    size_t arena_bytes;       /* per-step arena limit; 0: $LDM_ARENA_MB, else half the RAM */
+    ldm_device device;        /* where new tensors go (CPU unless a CUDA backend is attached) */
+} ldm_settings;
+
+typedef struct ldm_ctx ldm_ctx;
+typedef struct ldm_backend ldm_backend;
+
+/* ---- context ---------------------------------------------------------------------------- */
+LDM_API ldm_result ldm_ctx_create(ldm_ctx **ctx, const ldm_settings *settings /* may be NULL */);
+LDM_API void ldm_ctx_destroy(ldm_ctx *ctx);
+LDM_API ldm_result ldm_ctx_status(const ldm_ctx *ctx);        /* first error since clear */
+LDM_API const char *ldm_ctx_error(const ldm_ctx *ctx);        /* its message ("" if none) */
+LDM_API void ldm_ctx_clear_error(ldm_ctx *ctx);
+LDM_API ldm_result ldm_ctx_seterr(ldm_ctx *ctx, ldm_result code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;                                                         /* returns code; keeps the first */
+LDM_API int ldm_ctx_threads(const ldm_ctx *ctx);
+LDM_API void ldm_ctx_set_threads(ldm_ctx *ctx, int n);
+LDM_API ldm_rng *ldm_ctx_rng(ldm_ctx *ctx);
+LDM_API ldm_device ldm_ctx_device(const ldm_ctx *ctx);
+LDM_API void ldm_ctx_set_device(ldm_ctx *ctx, ldm_device d);
+LDM_API void ldm_ctx_set_backend(ldm_ctx *ctx, ldm_device d, const ldm_backend *be, void *state);
+LDM_API void *ldm_ctx_backend_state(const ldm_ctx *ctx, ldm_device d);
+
+/* ---- threads ---------------------------------------------------------------------------- */
+/* fn runs on [begin,end) sub-ranges of [0,n), at most one range per thread, each range at
+   least `grain` long. Ranges depend on the thread count: kernels must make every output
+   element independent of where the ranges split (so 1 and N threads agree bitwise). */
+typedef void (*ldm_task_fn)(void *arg, int64_t begin, int64_t end, int tid);
+LDM_API void ldm_parallel_for(ldm_ctx *ctx, int64_t n, int64_t grain, ldm_task_fn fn, void *arg);
+
+/* ---- per-step arena --------------------------------------------------------------------- */
+typedef struct ldm_mark { size_t used; int tape_len; } ldm_mark;
+LDM_API void *ldm_arena_alloc(ldm_ctx *ctx, ldm_device d, size_t bytes); /* 64-byte aligned; NULL + error when full */
+LDM_API ldm_mark ldm_arena_mark(const ldm_ctx *ctx);
+LDM_API void ldm_arena_rewind(ldm_ctx *ctx, ldm_mark m);     /* frees everything allocated since m (CPU arena) */
+LDM_API size_t ldm_arena_used(const ldm_ctx *ctx, ldm_device d);
+LDM_API size_t ldm_arena_peak(const ldm_ctx *ctx, ldm_device d);
+LDM_API size_t ldm_arena_limit(const ldm_ctx *ctx, ldm_device d);
+LDM_API void ldm_step_reset(ldm_ctx *ctx);                   /* clears the tape and every arena */
+/* Rewinds to m but keeps t: its data is moved down to m (CPU) and the returned tensor is a
+   fresh leaf. For no-grad inference that wants bounded memory across blocks. */
+LDM_API ldm_tensor *ldm_arena_keep(ldm_ctx *ctx, ldm_mark m, ldm_tensor *t);
+
+/* ---- shapes and tensors ----------------------------------------------------------------- */
+LDM_API ldm_shape ldm_shape1(int64_t a);
+LDM_API ldm_shape ldm_shape2(int64_t a, int64_t b);
+LDM_API ldm_shape ldm_shape3(int64_t a, int64_t b, int64_t c);
+LDM_API ldm_shape ldm_shape4(int64_t a, int64_t b, int64_t c, int64_t d);
+LDM_API ldm_shape ldm_shape5(int64_t a, int64_t b, int64_t c, int64_t d, int64_t e);
+LDM_API ldm_shape ldm_shape_of(const ldm_tensor *t);
+LDM_API ldm_shape ldm_shape_n(int ndim, const int64_t *d);
+LDM_API int ldm_shape_eq(const ldm_tensor *a, const ldm_tensor *b);
+LDM_API char *ldm_shape_str(const ldm_tensor *t, char *buf, size_t n); /* "[2, 3, 8, 8]" */
+
+/* Arena tensors on the context's device (uninitialised / filled). */
+LDM_API ldm_tensor *ldm_new(ldm_ctx *ctx, ldm_shape s);
+LDM_API ldm_tensor *ldm_zeros(ldm_ctx *ctx, ldm_shape s);
+LDM_API ldm_tensor *ldm_full(ldm_ctx *ctx, ldm_shape s, float v);
+LDM_API ldm_tensor *ldm_from_host(ldm_ctx *ctx, ldm_shape s, const float *src); /* copies */
+LDM_API ldm_tensor *ldm_randn(ldm_ctx *ctx, ldm_shape s);    /* N(0,1) from ctx's RNG */
+LDM_API ldm_tensor *ldm_rand(ldm_ctx *ctx, ldm_shape s);     /* U[0,1) from ctx's RNG */
+LDM_API ldm_tensor *ldm_to_device(ldm_ctx *ctx, ldm_tensor *t, ldm_device d); /* copy (or t) */
+/* Copies t's data to host memory dst (numel floats). */
+LDM_API ldm_result ldm_to_host(ldm_ctx *ctx, const ldm_tensor *t, float *dst);
+/* A tensor struct over caller memory (not owned, not in the arena): for parameters, files. */
+LDM_API ldm_tensor ldm_tensor_wrap(float *data, ldm_shape s, ldm_device d);
+
+/* RNG draws into raw memory (host or device by d), n elements. */
+LDM_API void ldm_rng_normal(ldm_ctx *ctx, ldm_rng *rng, ldm_device d, float *out, int64_t n, float mean, float std);
+LDM_API void ldm_rng_uniform(ldm_ctx *ctx, ldm_rng *rng, ldm_device d, float *out, int64_t n, float lo, float hi);
+LDM_API uint64_t ldm_rng_u64(ldm_rng *rng);  /* one 64-bit draw (host), e.g. for data order */
+
+/* ---- autograd --------------------------------------------------------------------------- */
+LDM_API int ldm_grad_enabled(const ldm_ctx *ctx);
+LDM_API int ldm_set_grad_enabled(ldm_ctx *ctx, int on);       /* returns the previous mode */
+/* Adds d(loss)/d(leaf) into leaf->grad for every leaf with requires_grad reached from loss
+   (loss must have one element). Leaves without a grad buffer get one from the arena. */
+LDM_API ldm_result ldm_backward(ldm_ctx *ctx, ldm_tensor *loss);
+/* Same, but from an upstream gradient dout (same shape as out, on out's device). */
+LDM_API ldm_result ldm_backward_from(ldm_ctx *ctx, ldm_tensor *out, const float *dout);
+/* Writes d(loss)/d(wrt[i]) into out[i] (wrt[i]->numel floats, on its device; zeros when
+   loss does not depend on it) and touches no .grad. wrt may be leaves or op outputs. */
+LDM_API ldm_result ldm_grad(ldm_ctx *ctx, ldm_tensor *loss, int n, ldm_tensor *const *wrt, float *const *out);
+LDM_API ldm_tensor *ldm_detach(ldm_ctx *ctx, ldm_tensor *t);  /* same data, no history */
+LDM_API int ldm_tape_len(const ldm_ctx *ctx);
+
+/* ---- ops (each returns a new arena tensor, NULL on error; records itself on the tape) ----- */
+/* element-wise, numpy broadcasting of size-1 (or missing leading) dims */
+LDM_API ldm_tensor *ldm_add(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b);
+LDM_API ldm_tensor *ldm_sub(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b);
+LDM_API ldm_tensor *ldm_mul(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b);
+LDM_API ldm_tensor *ldm_div(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b);
+/* scalar */
+LDM_API ldm_tensor *ldm_affine(ldm_ctx *ctx, ldm_tensor *x, float scale, float shift); /* x*scale + shift */
+LDM_API ldm_tensor *ldm_scale(ldm_ctx *ctx, ldm_tensor *x, float s);
+LDM_API ldm_tensor *ldm_add_scalar(ldm_ctx *ctx, ldm_tensor *x, float s);
+LDM_API ldm_tensor *ldm_pow_scalar(ldm_ctx *ctx, ldm_tensor *x, float p);
+/* unary */
+LDM_API ldm_tensor *ldm_exp(ldm_ctx *ctx, ldm_tensor *x);
+LDM_API ldm_tensor *ldm_log(ldm_ctx *ctx, ldm_tensor *x);
+LDM_API ldm_tensor *ldm_sqrt(ldm_ctx *ctx, ldm_tensor *x);
+LDM_API ldm_tensor *ldm_abs(ldm_ctx *ctx, ldm_tensor *x);
+LDM_API ldm_tensor *ldm_square(ldm_ctx *ctx, ldm_tensor *x);
+LDM_API ldm_tensor *ldm_clamp(ldm_ctx *ctx, ldm_tensor *x, float lo, float hi); /* grad 0 outside [lo,hi] */
+LDM_API ldm_tensor *ldm_sigmoid(ldm_ctx *ctx, ldm_tensor *x);
+LDM_API ldm_tensor *ldm_silu(ldm_ctx *ctx, ldm_tensor *x);
+LDM_API ldm_tensor *ldm_relu(ldm_ctx *ctx, ldm_tensor *x);
+LDM_API ldm_tensor *ldm_leaky_relu(ldm_ctx *ctx, ldm_tensor *x, float slope);
+LDM_API ldm_tensor *ldm_tanh(ldm_ctx *ctx, ldm_tensor *x);
+LDM_API ldm_tensor *ldm_gelu(ldm_ctx *ctx, ldm_tensor *x, int tanh_approx);
+LDM_API ldm_tensor *ldm_softplus(ldm_ctx *ctx, ldm_tensor *x, float beta, float threshold); /* torch: 1, 20 */
+/* reductions: dims is a bit mask (bit i = dim i; LDM_DIM(-1) is not allowed, use ndim-1) */
+#define LDM_DIM(i) (1u << (i))
+LDM_API ldm_tensor *ldm_sum(ldm_ctx *ctx, ldm_tensor *x, unsigned dims, int keepdim);
+LDM_API ldm_tensor *ldm_mean(ldm_ctx *ctx, ldm_tensor *x, unsigned dims, int keepdim);
+LDM_API ldm_tensor *ldm_sum_all(ldm_ctx *ctx, ldm_tensor *x);   /* shape [1] */
+LDM_API ldm_tensor *ldm_mean_all(ldm_ctx *ctx, ldm_tensor *x);  /* shape [1] */
+/* linear algebra. matmul: a [M,K] or [B,M,K] (or [K,M] / [B,K,M] when trans_a), b likewise;
+   a 2-D operand is shared across the batch of the other. */
+LDM_API ldm_tensor *ldm_matmul(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b, int trans_a, int trans_b);
+LDM_API ldm_tensor *ldm_linear(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b); /* x[...,I] w[O,I] b[O]|NULL */
+/* convolution: x [B,C,H,W] w [O,C,kh,kw] (conv3d: [B,C,T,H,W], [O,C,kt,kh,kw]); bias may be NULL */
+LDM_API ldm_tensor *ldm_conv2d(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int stride, int pad);
+LDM_API ldm_tensor *ldm_conv2d_ex(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b,
+                                  int stride_h, int stride_w, int pad_top, int pad_bottom, int pad_left, int pad_right);
+LDM_API ldm_tensor *ldm_conv3d(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int stride, int pad);
+/* stride[3] = t,h,w; pad[6] = front, back, top, bottom, left, right */
+LDM_API ldm_tensor *ldm_conv3d_ex(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, const int stride[3], const int pad[6]);
+/* normalisation (x [B,C,...]); weight/bias may be NULL (no affine) */
+LDM_API ldm_tensor *ldm_group_norm(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int groups, float eps);
+/* training: batch statistics, and running_mean/var (persistent, may be NULL) updated in place
+   with momentum (running = (1-m)*running + m*batch, unbiased var); eval: running statistics. */
+LDM_API ldm_tensor *ldm_batch_norm(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b,
+                                   ldm_tensor *running_mean, ldm_tensor *running_var,
+                                   int training, float momentum, float eps);
+/* over the last `nd` dims (w, b have that many elements) */
+LDM_API ldm_tensor *ldm_layer_norm(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int nd, float eps);
+LDM_API ldm_tensor *ldm_softmax(ldm_ctx *ctx, ldm_tensor *x, int dim);
+/* spatial, on [B,C,H,W] or [B,C,T,H,W] */
+LDM_API ldm_tensor *ldm_upsample_nearest(ldm_ctx *ctx, ldm_tensor *x, int scale_t, int scale_h, int scale_w);
+LDM_API ldm_tensor *ldm_avg_pool(ldm_ctx *ctx, ldm_tensor *x, int kernel, int stride, int pad); /* count_include_pad */
+LDM_API ldm_tensor *ldm_max_pool(ldm_ctx *ctx, ldm_tensor *x, int kernel, int stride, int pad);
+/* F.pad semantics: pads = (last_lo, last_hi, prev_lo, prev_hi, ...), 2*n values; constant v */
+LDM_API ldm_tensor *ldm_pad(ldm_ctx *ctx, ldm_tensor *x, int n, const int *pads, float v);
+/* shape */
+LDM_API ldm_tensor *ldm_reshape(ldm_ctx *ctx, ldm_tensor *x, ldm_shape s);  /* one dim may be -1 */
+LDM_API ldm_tensor *ldm_permute(ldm_ctx *ctx, ldm_tensor *x, const int *perm);
+LDM_API ldm_tensor *ldm_transpose(ldm_ctx *ctx, ldm_tensor *x, int d0, int d1);
+LDM_API ldm_tensor *ldm_concat(ldm_ctx *ctx, int n, ldm_tensor *const *xs, int dim);
+LDM_API ldm_tensor *ldm_slice(ldm_ctx *ctx, ldm_tensor *x, int dim, int64_t start, int64_t len);
+LDM_API ldm_result ldm_chunk(ldm_ctx *ctx, ldm_tensor *x, int n, int dim, ldm_tensor **out);
+LDM_API ldm_result ldm_split(ldm_ctx *ctx, ldm_tensor *x, int n, const int64_t *sizes, int dim, ldm_tensor **out);
+LDM_API ldm_tensor *ldm_copy(ldm_ctx *ctx, ldm_tensor *x);
+/* misc */
+LDM_API ldm_tensor *ldm_dropout(ldm_ctx *ctx, ldm_tensor *x, float p, int training);
+LDM_API ldm_tensor *ldm_embedding(ldm_ctx *ctx, ldm_tensor *weight, int64_t n, const int64_t *idx); /* [n, dim] */
+
+/* ---- kernels: forward/backward pairs on raw memory ---------------------------------------
+   Arguments: outputs, saved values, inputs, weights, sizes. Backward adds (+=) into every
+   gradient it is given; a NULL gradient pointer means "not needed" and skips that work. */
+/* C = alpha*op(A)*op(B) + beta*C, row-major, op = transpose when trans_*. */
+LDM_API void ldm_sgemm(ldm_ctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                       float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
+                       float beta, float *C, int64_t ldc);
+LDM_API void ldm_sgemm_ref(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                           float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
+                           float beta, float *C, int64_t ldc); /* plain loops, for tests */
+
+/* 2-D and 3-D convolution share one descriptor (2-D: T = kt = st = 1, no front/back pad). */
+typedef struct ldm_conv_desc {
+    int64_t B, C, T, H, W;        /* input */
+    int64_t O, OT, OH, OW;        /* output channels and sizes (filled by ldm_conv_desc_init) */
+    int kt, kh, kw, st, sh, sw;
+    int pad[6];                   /* front, back, top, bottom, left, right */
+} ldm_conv_desc;
+LDM_API ldm_result ldm_conv_desc_init(ldm_conv_desc *d); /* computes OT/OH/OW, validates */
+LDM_API void ldm_conv_forward(ldm_ctx *ctx, float *out, const float *inp, const float *weight,
+                              const float *bias, const ldm_conv_desc *d);
+LDM_API void ldm_conv_backward(ldm_ctx *ctx, float *dinp, float *dweight, float *dbias,
+                               const float *dout, const float *inp, const float *weight,
+                               const ldm_conv_desc *d);
+
+LDM_API void ldm_groupnorm_forward(ldm_ctx *ctx, float *out, float *mean, float *rstd,
+                                   const float *inp, const float *weight, const float *bias,
+                                   int64_t B, int64_t C, int64_t S, int G, float eps);
+LDM_API void ldm_groupnorm_backward(ldm_ctx *ctx, float *dinp, float *dweight, float *dbias,
+                                    const float *dout, const float *inp, const float *weight,
+                                    const float *mean, const float *rstd,
+                                    int64_t B, int64_t C, int64_t S, int G);
+
+/* ---- half precision --------------------------------------------------------------------- */
+LDM_API float ldm_f16_to_f32(uint16_t h);
+LDM_API uint16_t ldm_f32_to_f16(float f);     /* round to nearest even */
+LDM_API float ldm_bf16_to_f32(uint16_t h);
+LDM_API uint16_t ldm_f32_to_bf16(float f);    /* round to nearest even */
+LDM_API size_t ldm_dtype_size(ldm_dtype t);
+LDM_API const char *ldm_dtype_name(ldm_dtype t);
+
+/* ---- weight files: safetensors, PyTorch .ckpt/.pth (zip and legacy) ----------------------
+   ldm_weights_open reads only the index (names, dtypes, shapes, where the bytes are); tensors
+   are read one at a time, converted to float32. The format is detected from the content. */
+typedef struct ldm_weights ldm_weights;
+typedef struct ldm_weight_info {
+    const char *name;
+    ldm_dtype dtype;              /* storage dtype in the file */
+    int ndim;
+    int64_t shape[LDM_MAX_DIMS];
+    int64_t numel;
+} ldm_weight_info;
+LDM_API ldm_result ldm_weights_open(ldm_ctx *ctx, ldm_weights **w, const char *path);
+LDM_API void ldm_weights_close(ldm_weights *w);
+LDM_API const char *ldm_weights_path(const ldm_weights *w);
+LDM_API const char *ldm_weights_format(const ldm_weights *w); /* "safetensors", "torch-zip", "torch-legacy" */
+LDM_API int ldm_weights_count(const ldm_weights *w);
+LDM_API const ldm_weight_info *ldm_weights_info(const ldm_weights *w, int i);
+LDM_API int ldm_weights_find(const ldm_weights *w, const char *name); /* index or -1 */
+/* Reads tensor i, converted to float32, into host memory dst (numel floats). */
+LDM_API ldm_result ldm_weights_read(ldm_ctx *ctx, ldm_weights *w, int i, float *dst);
+/* safetensors metadata ("__metadata__" string map): value for key or NULL */
+LDM_API const char *ldm_weights_metadata(const ldm_weights *w, const char *key);
+
+/* Writes host float32 tensors as safetensors, converted to `dtype` (F32, F16, BF16).
+   names must be unique; meta_keys/meta_vals (n_meta strings) go to "__metadata__". */
+typedef struct ldm_named_data {
+    const char *name;
+    const float *data;            /* host memory */
+    int ndim;
+    int64_t shape[LDM_MAX_DIMS];
+} ldm_named_data;
+LDM_API ldm_result ldm_safetensors_write(ldm_ctx *ctx, const char *path, int n, const ldm_named_data *t,
+                                         ldm_dtype dtype, int n_meta, const char *const *meta_keys,
+                                         const char *const *meta_vals);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LDM_TENSOR_H */
+
+/* ========================================================================================== */
+/*                                      IMPLEMENTATION                                        */
+/* ========================================================================================== */
+#if defined(LDM_IMPLEMENTATION) || defined(LDM_TENSOR_IMPLEMENTATION)
+#ifndef LDM_TENSOR_IMPLEMENTATION_DONE
+#define LDM_TENSOR_IMPLEMENTATION_DONE
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifndef LDM_NO_THREADS
+#include <pthread.h>
+#include <unistd.h>
+#endif
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#if defined(LDM_MALLOC) && defined(LDM_REALLOC) && defined(LDM_FREE)
+/* all three hooks given */
+#elif !defined(LDM_MALLOC) && !defined(LDM_REALLOC) && !defined(LDM_FREE)
+#define LDM_MALLOC(sz) malloc(sz)
+#define LDM_REALLOC(p, sz) realloc(p, sz)
+#define LDM_FREE(p) free(p)
+#else
+#error "Define all of LDM_MALLOC, LDM_REALLOC and LDM_FREE, or none of them."
+#endif
+
+#ifndef LDM_ASSERT
+#define LDM_ASSERT(c) ((c) ? (void)0 : ldm__assert_fail(#c, __FILE__, __LINE__))
+static void ldm__assert_fail(const char *what, const char *file, int line) {
+    fprintf(stderr, "%s:%d: ldm.h internal assertion failed: %s\n", file, line, what);
+    abort();
+}
+#endif
+
+#ifdef __cplusplus
+#define LDM_RESTRICT __restrict
+#else
+#define LDM_RESTRICT restrict
+#endif
+#define LDM__MIN(a, b) ((a) < (b) ? (a) : (b))
+#define LDM__MAX(a, b) ((a) > (b) ? (a) : (b))
+#define LDM__ALIGN 64
+#define LDM__ALIGN_UP(x) (((x) + (LDM__ALIGN - 1)) & ~(size_t)(LDM__ALIGN - 1))
+
+/* ---- the backend table: every op dispatches its kernels through one of these ------------- */
+/* Unary element-wise ops share one kernel pair selected by this code. */
+typedef enum {
+    LDM__U_AFFINE, LDM__U_POW, LDM__U_EXP, LDM__U_LOG, LDM__U_SQRT, LDM__U_ABS, LDM__U_SQUARE,
+    LDM__U_CLAMP, LDM__U_SIGMOID, LDM__U_SILU, LDM__U_RELU, LDM__U_LEAKY, LDM__U_TANH,
+    LDM__U_GELU, LDM__U_GELU_TANH, LDM__U_SOFTPLUS,
+    LDM__U_STEP /* (x >= p0) ? p1 : 0, for masks; no gradient */
+} ldm__unary_op;
+typedef enum { LDM__B_ADD, LDM__B_SUB, LDM__B_MUL, LDM__B_DIV } ldm__binary_op;
+
+/* Broadcast geometry of a binary op, padded to 5 dims (stride 0 = broadcast). */
+typedef struct ldm__bcast { int64_t shape[LDM_MAX_DIMS], sa[LDM_MAX_DIMS], sb[LDM_MAX_DIMS]; int64_t n; } ldm__bcast;
+
+struct ldm_backend {
+    const char *name;
+    void *(*alloc)(void *state, size_t bytes);                /* persistent memory */
+    void (*free)(void *state, void *p);
+    void (*copy)(void *state, void *dst, ldm_device dd, const void *src, ldm_device sd, size_t bytes);
+    void (*fill)(ldm_ctx *ctx, float *out, int64_t n, float v);
+    void (*rng)(ldm_ctx *ctx, float *out, int64_t n, uint64_t seed, uint64_t offset, int normal, float a, float b);
+    void (*unary)(ldm_ctx *ctx, ldm__unary_op op, float *out, const float *x, int64_t n, float p0, float p1);
+    void (*unary_backward)(ldm_ctx *ctx, ldm__unary_op op, float *dx, const float *dy, const float *x,
+                           const float *y, int64_t n, float p0, float p1);
+    void (*binary)(ldm_ctx *ctx, ldm__binary_op op, float *out, const float *a, const float *b, const ldm__bcast *g);
+    /* da/db (either may be NULL): += the gradient of a/b at the broadcast shape (contiguous,
+       g->n elements); the caller reduces broadcast operands to their own shapes. */
+    void (*binary_backward)(ldm_ctx *ctx, ldm__binary_op op, float *da, float *db, const float *dy,
+                            const float *a, const float *b, const ldm__bcast *g);
+    /* out[o] (+)= sum of contiguous x (5-D shape) over the dims where ostride is 0 */
+    void (*reduce_sum)(ldm_ctx *ctx, float *out, const float *x, const int64_t *shape, const int64_t *ostride, int accumulate);
+    /* dst[i . dstride] (+)= src[i . sstride] for every index i of the 5-D shape: permute, slice,
+       concat, pad and broadcast (stride 0) are all this one kernel */
+    void (*strided_copy)(ldm_ctx *ctx, float *dst, const int64_t *dstride, const float *src, const int64_t *sstride,
+                         const int64_t *shape, int accumulate);
+    void (*axpby)(ldm_ctx *ctx, float *y, const float *x, int64_t n, float a, float b); /* y = a*y + b*x */
+    void (*sgemm)(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                  int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
+    void (*conv_forward)(ldm_ctx *ctx, float *out, const float *inp, const float *w, const float *b, const ldm_conv_desc *d);
+    void (*conv_backward)(ldm_ctx *ctx, float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                          const float *w, const ldm_conv_desc *d);
+    void (*groupnorm_forward)(ldm_ctx *ctx, float *out, float *mean, float *rstd, const float *inp, const float *w,
+                              const float *b, int64_t B, int64_t C, int64_t S, int G, float eps);
+    void (*groupnorm_backward)(ldm_ctx *ctx, float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                               const float *w, const float *mean, const float *rstd, int64_t B, int64_t C, int64_t S, int G);
+    /* per-channel statistics over B and S (biased variance) */
+    void (*channel_stats)(ldm_ctx *ctx, float *mean, float *var, const float *x, int64_t B, int64_t C, int64_t S);
+    /* out = (x - mean[c]) * rstd[c] * w[c] + b[c] */
+    void (*channel_affine)(ldm_ctx *ctx, float *out, const float *x, const float *mean, const float *rstd,
+                           const float *w, const float *b, int64_t B, int64_t C, int64_t S);
+    void (*batchnorm_backward)(ldm_ctx *ctx, float *dinp, float *dw, float *db, const float *dout, const float *x,
+                               const float *w, const float *mean, const float *rstd, int64_t B, int64_t C, int64_t S, int training);
+    void (*layernorm_forward)(ldm_ctx *ctx, float *out, float *mean, float *rstd, const float *x, const float *w,
+                              const float *b, int64_t R, int64_t N, float eps);
+    void (*layernorm_backward)(ldm_ctx *ctx, float *dx, float *dw, float *db, const float *dy, const float *x,
+                               const float *w, const float *mean, const float *rstd, int64_t R, int64_t N);
+    void (*softmax_forward)(ldm_ctx *ctx, float *y, const float *x, int64_t outer, int64_t D, int64_t inner);
+    void (*softmax_backward)(ldm_ctx *ctx, float *dx, const float *dy, const float *y, int64_t outer, int64_t D, int64_t inner);
+    /* pooling on [B*C, T, H, W] planes; avg counts padding; max saves argmax (as float index) */
+    void (*pool_forward)(ldm_ctx *ctx, float *out, float *arg, const float *x, int64_t P, const int64_t *in3,
+                         const int64_t *out3, const int *k3, const int *s3, const int *p3, int is_max);
+    void (*pool_backward)(ldm_ctx *ctx, float *dx, const float *dy, const float *arg, int64_t P, const int64_t *in3,
+                          const int64_t *out3, const int *k3, const int *s3, const int *p3, int is_max);
+    /* nearest upsampling of [P, T, H, W] planes by integer factors f3 */
+    void (*upsample_forward)(ldm_ctx *ctx, float *out, const float *x, int64_t P, const int64_t *in3, const int *f3);
+    void (*upsample_backward)(ldm_ctx *ctx, float *dx, const float *dy, int64_t P, const int64_t *in3, const int *f3);
+    void (*embedding_forward)(ldm_ctx *ctx, float *out, const float *w, const int64_t *idx, int64_t n, int64_t dim);
+    void (*embedding_backward)(ldm_ctx *ctx, float *dw, const float *dout, const int64_t *idx, int64_t n, int64_t dim);
+};
+
+/* ---- the context ------------------------------------------------------------------------ */
+typedef struct ldm__node ldm__node;
+typedef void (*ldm__backward_fn)(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din);
+struct ldm__node {
+    ldm__backward_fn backward;
+    ldm_tensor *out;
+    ldm_tensor *in[4];
+    int nin;
+    int64_t i[12];            /* op-specific integers */
+    float f[4];               /* op-specific floats */
+    void *saved;              /* op-specific saved buffer (arena) */
+    void *saved2;
+};
+
+typedef struct ldm__arena { unsigned char *base; size_t used, peak, limit; } ldm__arena;
+
+#ifndef LDM_NO_THREADS
+typedef struct ldm__pool {
+    int n;                    /* threads including the caller */
+    pthread_t *th;
+    pthread_mutex_t mu;
+    pthread_cond_t go, done;
+    uint64_t gen;
+    int pending, quit, busy;
+    ldm_task_fn fn;
+    void *arg;
+    int64_t n_items, chunk;
+    int n_tasks;
+} ldm__threadpool;
+#endif
+
+struct ldm_ctx {
+    ldm_settings s;
+    int threads;
+    ldm_result status;
+    char err[2048];
+    ldm_rng rng;
+    ldm__arena arena[LDM_NUM_DEVICES];
+    const ldm_backend *be[LDM_NUM_DEVICES];
+    void *be_state[LDM_NUM_DEVICES];
+    int grad_enabled;
+    ldm__node *tape;
+    int tape_len, tape_cap;
+#ifndef LDM_NO_THREADS
+    ldm__threadpool pool;
+#endif
+};
+
+static const ldm_backend *ldm__cpu_backend_get(void); /* defined after the CPU kernels */
+
+LDM_API const char *ldm_result_name(ldm_result r) {
+    switch (r) {
+    case LDM_OK: return "ok";
+    case LDM_ERR_INVALID: return "invalid argument";
+    case LDM_ERR_NOMEM: return "out of memory";
+    case LDM_ERR_IO: return "I/O error";
+    case LDM_ERR_FORMAT: return "malformed file";
+    case LDM_ERR_NOT_FOUND: return "not found";
+    case LDM_ERR_UNSUPPORTED: return "unsupported";
+    case LDM_ERR_NUMERIC: return "numeric error";
+    case LDM_ERR_DEVICE: return "device error";
+    case LDM_ERR_INTERRUPTED: return "interrupted";
+    }
+    return "unknown error";
+}
+
+LDM_API ldm_result ldm_ctx_seterr(ldm_ctx *ctx, ldm_result code, const char *fmt, ...) {
+    if (!ctx || ctx->status != LDM_OK) return code; /* the first error is the cause; keep it */
+    ctx->status = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx->err, sizeof ctx->err, fmt, ap);
+    va_end(ap);
+    return code;
+}
+LDM_API ldm_result ldm_ctx_status(const ldm_ctx *ctx) { return ctx->status; }
+LDM_API const char *ldm_ctx_error(const ldm_ctx *ctx) { return ctx->err; }
+LDM_API void ldm_ctx_clear_error(ldm_ctx *ctx) { ctx->status = LDM_OK; ctx->err[0] = 0; }
+LDM_API ldm_rng *ldm_ctx_rng(ldm_ctx *ctx) { return &ctx->rng; }
+LDM_API ldm_device ldm_ctx_device(const ldm_ctx *ctx) { return ctx->s.device; }
+LDM_API void ldm_ctx_set_device(ldm_ctx *ctx, ldm_device d) { LDM_ASSERT(ctx->be[d] != NULL); ctx->s.device = d; }
+LDM_API void ldm_ctx_set_backend(ldm_ctx *ctx, ldm_device d, const ldm_backend *be, void *state) {
+    ctx->be[d] = be;
+    ctx->be_state[d] = state;
+}
+LDM_API void *ldm_ctx_backend_state(const ldm_ctx *ctx, ldm_device d) { return ctx->be_state[d]; }
+LDM_API int ldm_grad_enabled(const ldm_ctx *ctx) { return ctx->grad_enabled; }
+LDM_API int ldm_set_grad_enabled(ldm_ctx *ctx, int on) { int p = ctx->grad_enabled; ctx->grad_enabled = on; return p; }
+LDM_API int ldm_tape_len(const ldm_ctx *ctx) { return ctx->tape_len; }
+
+/* ---- thread pool -------------------------------------------------------------------------
+   A fixed set of workers woken per parallel region; the caller runs task 0. Regions do not
+   nest: a region started from inside one runs on the calling thread. */
+#ifndef LDM_NO_THREADS
+typedef struct { ldm_ctx *ctx; int tid; } ldm__worker_arg;
+
+static void ldm__pool_run_task(ldm__threadpool *p, int t) {
+    int64_t b = (int64_t)t * p->chunk, e = LDM__MIN(p->n_items, b + p->chunk);
+    if (b < e) p->fn(p->arg, b, e, t);
+}
+
+static void *ldm__pool_worker(void *arg) {
+    ldm__worker_arg *wa = (ldm__worker_arg *)arg;
+    ldm__threadpool *p = &wa->ctx->pool;
+    int tid = wa->tid;
+    LDM_FREE(wa);
+    uint64_t seen = 0;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (p->gen == seen && !p->quit) pthread_cond_wait(&p->go, &p->mu);
+        if (p->quit) break;
+        seen = p->gen;
+        int run = tid < p->n_tasks;
+        pthread_mutex_unlock(&p->mu);
+        if (run) ldm__pool_run_task(p, tid);
+        pthread_mutex_lock(&p->mu);
+        if (--p->pending == 0) pthread_cond_signal(&p->done);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+static void ldm__pool_stop(ldm_ctx *ctx) {
+    ldm__threadpool *p = &ctx->pool;
+    if (p->n <= 1) return;
+    pthread_mutex_lock(&p->mu);
+    p->quit = 1;
+    pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 1; i < p->n; i++) pthread_join(p->th[i], NULL);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->go);
+    pthread_cond_destroy(&p->done);
+    LDM_FREE(p->th);
+    memset(p, 0, sizeof *p);
+    p->n = 1;
+}
+
+static void ldm__pool_start(ldm_ctx *ctx, int n) {
+    ldm__threadpool *p = &ctx->pool;
+    memset(p, 0, sizeof *p);
+    p->n = 1;
+    if (n <= 1) return;
+    p->th = (pthread_t *)LDM_MALLOC(sizeof(pthread_t) * (size_t)n);
+    if (!p->th) return;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->go, NULL);
+    pthread_cond_init(&p->done, NULL);
+    for (int i = 1; i < n; i++) {
+        ldm__worker_arg *wa = (ldm__worker_arg *)LDM_MALLOC(sizeof *wa);
+        if (!wa) break;
+        wa->ctx = ctx;
+        wa->tid = i;
+        if (pthread_create(&p->th[i], NULL, ldm__pool_worker, wa) != 0) { LDM_FREE(wa); break; }
+        p->n = i + 1;
+    }
+}
+#endif
+
+LDM_API void ldm_parallel_for(ldm_ctx *ctx, int64_t n, int64_t grain, ldm_task_fn fn, void *arg) {
+    if (n <= 0) return;
+    if (grain < 1) grain = 1;
+#ifndef LDM_NO_THREADS
+    ldm__threadpool *p = &ctx->pool;
+    int64_t tasks = (n + grain - 1) / grain;
+    if (tasks > p->n) tasks = p->n;
+    if (tasks > 1 && !p->busy) {
+        p->busy = 1;
+        pthread_mutex_lock(&p->mu);
+        p->fn = fn;
+        p->arg = arg;
+        p->n_items = n;
+        p->n_tasks = (int)tasks;
+        p->chunk = (n + tasks - 1) / tasks;
+        p->pending = p->n - 1;
+        p->gen++;
+        pthread_cond_broadcast(&p->go);
+        pthread_mutex_unlock(&p->mu);
+        ldm__pool_run_task(p, 0);
+        pthread_mutex_lock(&p->mu);
+        while (p->pending > 0) pthread_cond_wait(&p->done, &p->mu);
+        pthread_mutex_unlock(&p->mu);
+        p->busy = 0;
+        return;
+    }
+#endif
+    fn(arg, 0, n, 0);
+}
+
+LDM_API int ldm_ctx_threads(const ldm_ctx *ctx) { return ctx->threads; }
+LDM_API void ldm_ctx_set_threads(ldm_ctx *ctx, int n) {
+    if (n < 1) n = 1;
+#ifndef LDM_NO_THREADS
+    ldm__pool_stop(ctx);
+    ldm__pool_start(ctx, n);
+    ctx->threads = ctx->pool.n;
+#else
+    ctx->threads = 1;
+#endif
+}
+
+/* ---- context life cycle ---------------------------------------------------------------- */
+static size_t ldm__default_arena_bytes(void) {
+    const char *e = getenv("LDM_ARENA_MB");
+    if (e && atol(e) > 0) return (size_t)atol(e) << 20;
+    size_t ram = (size_t)4 << 30;
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && psz > 0) ram = (size_t)pages * (size_t)psz;
+#endif
+    return ram / 2;
+}
+
+LDM_API ldm_result ldm_ctx_create(ldm_ctx **out, const ldm_settings *settings) {
+    *out = NULL;
+    ldm_ctx *ctx = (ldm_ctx *)LDM_MALLOC(sizeof *ctx);
+    if (!ctx) return LDM_ERR_NOMEM;
+    memset(ctx, 0, sizeof *ctx);
+    if (settings) ctx->s = *settings;
+    ctx->s.device = LDM_CPU; /* a device backend switches it after attaching */
+    ctx->rng.seed = ctx->s.seed;
+    ctx->grad_enabled = 1;
+    ctx->be[LDM_CPU] = ldm__cpu_backend_get();
+    int threads = ctx->s.threads;
+    if (threads <= 0) {
+        const char *e = getenv("LDM_THREADS");
+        threads = e ? atoi(e) : 0;
+    }
+#if !defined(LDM_NO_THREADS) && defined(_SC_NPROCESSORS_ONLN)
+    if (threads <= 0) threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+#endif
+    if (threads <= 0) threads = 1;
+    /* The CPU arena reserves address space once; the OS commits pages as they are touched. */
+    size_t want = ctx->s.arena_bytes ? ctx->s.arena_bytes : ldm__default_arena_bytes();
+    ldm__arena *a = &ctx->arena[LDM_CPU];
+    for (size_t sz = want; sz >= ((size_t)64 << 20) || sz == want; sz /= 2) {
+        a->base = (unsigned char *)LDM_MALLOC(sz + LDM__ALIGN);
+        if (a->base) { a->limit = sz; break; }
+        if (sz < ((size_t)64 << 20)) break;
+    }
+    if (!a->base) { LDM_FREE(ctx); return LDM_ERR_NOMEM; }
+    ctx->threads = 1;
+#ifndef LDM_NO_THREADS
+    ldm__pool_start(ctx, threads);
+    ctx->threads = ctx->pool.n;
+#endif
+    *out = ctx;
+    return LDM_OK;
+}
+
+LDM_API void ldm_ctx_destroy(ldm_ctx *ctx) {
+    if (!ctx) return;
+#ifndef LDM_NO_THREADS
+    ldm__pool_stop(ctx);
+#endif
+    LDM_FREE(ctx->arena[LDM_CPU].base);
+    LDM_FREE(ctx->tape);
+    LDM_FREE(ctx);
+}
+
+/* ---- arena ------------------------------------------------------------------------------ */
+static unsigned char *ldm__arena_base(ldm__arena *a) {
+    return (unsigned char *)(((uintptr_t)a->base + (LDM__ALIGN - 1)) & ~(uintptr_t)(LDM__ALIGN - 1));
+}
+
+LDM_API void *ldm_arena_alloc(ldm_ctx *ctx, ldm_device d, size_t bytes) {
+    ldm__arena *a = &ctx->arena[d];
+    size_t need = LDM__ALIGN_UP(bytes ? bytes : 1);
+    if (!a->base) {
+        ldm_ctx_seterr(ctx, LDM_ERR_DEVICE, "no arena for device %d: attach its backend first", (int)d);
+        return NULL;
+    }
+    if (need > a->limit - a->used) {
+        ldm_ctx_seterr(ctx, LDM_ERR_NOMEM,
+                       "step arena full: needed %.1f MiB more, %.1f MiB of %.1f MiB in use "
+                       "(hint: raise ldm_settings.arena_bytes or LDM_ARENA_MB, or lower the batch/tile size)",
+                       need / 1048576.0, a->used / 1048576.0, a->limit / 1048576.0);
+        return NULL;
+    }
+    void *p = ldm__arena_base(a) + a->used;
+    a->used += need;
+    if (a->used > a->peak) a->peak = a->used;
+    return p;
+}
+
+LDM_API ldm_mark ldm_arena_mark(const ldm_ctx *ctx) {
+    ldm_mark m;
+    m.used = ctx->arena[LDM_CPU].used;
+    m.tape_len = ctx->tape_len;
+    return m;
+}
+LDM_API void ldm_arena_rewind(ldm_ctx *ctx, ldm_mark m) {
+    if (m.used <= ctx->arena[LDM_CPU].used) ctx->arena[LDM_CPU].used = m.used;
+    if (m.tape_len <= ctx->tape_len) ctx->tape_len = m.tape_len;
+}
+LDM_API size_t ldm_arena_used(const ldm_ctx *ctx, ldm_device d) { return ctx->arena[d].used; }
+LDM_API size_t ldm_arena_peak(const ldm_ctx *ctx, ldm_device d) { return ctx->arena[d].peak; }
+LDM_API size_t ldm_arena_limit(const ldm_ctx *ctx, ldm_device d) { return ctx->arena[d].limit; }
+LDM_API void ldm_step_reset(ldm_ctx *ctx) {
+    for (int d = 0; d < LDM_NUM_DEVICES; d++) ctx->arena[d].used = 0;
+    ctx->tape_len = 0;
+}
+
+/* ---- half precision --------------------------------------------------------------------- */
+LDM_API float ldm_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) bits = sign;
+        else { /* subnormal: renormalise */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) { man <<= 1; exp--; }
+            bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) bits = sign | 0x7f800000u | (man << 13);
+    else bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+LDM_API uint16_t ldm_f32_to_f16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000, ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00 | (ax > 0x7f800000u ? 0x200 : 0));
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00); /* rounds to inf */
+    if (ax < 0x38800000u) { /* subnormal or zero in half */
+        if (ax < 0x33000000u) return (uint16_t)sign;
+        /* value = m * 2^(e-150); in units of the half subnormal step 2^-24 that is m >> (126-e) */
+        uint32_t e = ax >> 23, m = (ax & 0x7fffff) | 0x800000;
+        int shift = 126 - (int)e; /* 14..24 */
+        uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), mid = 1u << (shift - 1);
+        if (rem > mid || (rem == mid && (q & 1))) q++;
+        return (uint16_t)(sign | q);
+    }
+    uint32_t e = (ax >> 23) - 127 + 15, m = ax & 0x7fffff;
+    uint32_t q = (e << 10) | (m >> 13), rem = m & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (q & 1))) q++;
+    return (uint16_t)(sign | q);
+}
+LDM_API float ldm_bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+LDM_API uint16_t ldm_f32_to_bf16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40); /* quiet NaN */
+    x += 0x7fff + ((x >> 16) & 1);
+    return (uint16_t)(x >> 16);
+}
+LDM_API size_t ldm_dtype_size(ldm_dtype t) { return t == LDM_F32 ? 4 : 2; }
+LDM_API const char *ldm_dtype_name(ldm_dtype t) { return t == LDM_F32 ? "F32" : t == LDM_F16 ? "F16" : "BF16"; }
+
+/* ---- RNG: Philox4x32-10 ------------------------------------------------------------------ */
+static void ldm__philox(uint64_t key, uint64_t ctr, uint32_t out[4]) {
+    uint32_t k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
+    uint32_t c0 = (uint32_t)ctr, c1 = (uint32_t)(ctr >> 32), c2 = 0x9e3779b9u, c3 = 0x85a308d3u;
+    for (int r = 0; r < 10; r++) {
+        uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
+        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
+        c1 = (uint32_t)p1; c3 = (uint32_t)p0; c0 = n0; c2 = n2;
+        k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
+    }
+    out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+}
+/* Element i of a draw at `offset` is lane i%4 of block offset/4 + i/4 ... offsets are kept
+   multiples of 4 so every element has exactly one (block, lane). */
+static float ldm__u01(uint32_t u) { return (float)(u >> 8) * (1.0f / 16777216.0f); }            /* [0,1) */
+static float ldm__u01_open(uint32_t u) { return ((float)(u >> 8) + 1.0f) * (1.0f / 16777216.0f); } /* (0,1] */
+
+typedef struct { float *out; uint64_t seed, block0; int normal; float a, b; int64_t n; } ldm__rng_job;
+static void ldm__rng_task(void *arg, int64_t b0, int64_t b1, int tid) {
+    ldm__rng_job *j = (ldm__rng_job *)arg;
+    (void)tid;
+    for (int64_t blk = b0; blk < b1; blk++) {
+        uint32_t u[4];
+        float v[4];
+        ldm__philox(j->seed, j->block0 + (uint64_t)blk, u);
+        if (j->normal) { /* Box-Muller on lane pairs (0,1) and (2,3) */
+            for (int q = 0; q < 4; q += 2) {
+                float r = sqrtf(-2.0f * logf(ldm__u01_open(u[q]))), th = 6.2831853071795864f * ldm__u01(u[q + 1]);
+                v[q] = r * cosf(th);
+                v[q + 1] = r * sinf(th);
+            }
+            for (int q = 0; q < 4; q++) v[q] = j->a + j->b * v[q];
+        } else {
+            for (int q = 0; q < 4; q++) v[q] = j->a + (j->b - j->a) * ldm__u01(u[q]);
+        }
+        int64_t base = blk * 4;
+        for (int q = 0; q < 4 && base + q < j->n; q++) j->out[base + q] = v[q];
+    }
+}
+static void ldm__cpu_rng(ldm_ctx *ctx, float *out, int64_t n, uint64_t seed, uint64_t offset, int normal, float a, float b) {
+    ldm__rng_job j;
+    j.out = out; j.seed = seed; j.block0 = offset / 4; j.normal = normal; j.a = a; j.b = b; j.n = n;
+    ldm_parallel_for(ctx, (n + 3) / 4, 4096, ldm__rng_task, &j);
+}
+static void ldm__rng_draw(ldm_ctx *ctx, ldm_rng *rng, ldm_device d, float *out, int64_t n, int normal, float a, float b) {
+    ctx->be[d]->rng(ctx, out, n, rng->seed, rng->offset, normal, a, b);
+    rng->offset += (uint64_t)((n + 3) / 4) * 4;
+}
+LDM_API void ldm_rng_normal(ldm_ctx *ctx, ldm_rng *rng, ldm_device d, float *out, int64_t n, float mean, float std) {
+    ldm__rng_draw(ctx, rng, d, out, n, 1, mean, std);
+}
+LDM_API void ldm_rng_uniform(ldm_ctx *ctx, ldm_rng *rng, ldm_device d, float *out, int64_t n, float lo, float hi) {
+    ldm__rng_draw(ctx, rng, d, out, n, 0, lo, hi);
+}
+LDM_API uint64_t ldm_rng_u64(ldm_rng *rng) {
+    uint32_t u[4];
+    ldm__philox(rng->seed, rng->offset / 4, u);
+    rng->offset += 4;
+    return ((uint64_t)u[0] << 32) | u[1];
+}
+
+/* ---- shapes ----------------------------------------------------------------------------- */
+LDM_API ldm_shape ldm_shape_n(int ndim, const int64_t *d) {
+    ldm_shape s;
+    memset(&s, 0, sizeof s);
+    LDM_ASSERT(ndim >= 0 && ndim <= LDM_MAX_DIMS);
+    s.ndim = ndim;
+    for (int i = 0; i < ndim; i++) s.d[i] = d[i];
+    return s;
+}
+LDM_API ldm_shape ldm_shape1(int64_t a) { int64_t d[1] = {a}; return ldm_shape_n(1, d); }
+LDM_API ldm_shape ldm_shape2(int64_t a, int64_t b) { int64_t d[2] = {a, b}; return ldm_shape_n(2, d); }
+LDM_API ldm_shape ldm_shape3(int64_t a, int64_t b, int64_t c) { int64_t d[3] = {a, b, c}; return ldm_shape_n(3, d); }
+LDM_API ldm_shape ldm_shape4(int64_t a, int64_t b, int64_t c, int64_t e) { int64_t d[4] = {a, b, c, e}; return ldm_shape_n(4, d); }
+LDM_API ldm_shape ldm_shape5(int64_t a, int64_t b, int64_t c, int64_t e, int64_t f) {
+    int64_t d[5] = {a, b, c, e, f};
+    return ldm_shape_n(5, d);
+}
+LDM_API ldm_shape ldm_shape_of(const ldm_tensor *t) { return ldm_shape_n(t->ndim, t->shape); }
+LDM_API int ldm_shape_eq(const ldm_tensor *a, const ldm_tensor *b) {
+    if (a->ndim != b->ndim) return 0;
+    for (int i = 0; i < a->ndim; i++) if (a->shape[i] != b->shape[i]) return 0;
+    return 1;
+}
+static char *ldm__shape_fmt(const int64_t *d, int nd, char *buf, size_t n) {
+    size_t k = 0;
+    k += (size_t)snprintf(buf + k, n - k, "[");
+    for (int i = 0; i < nd && k < n; i++) k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)d[i]);
+    if (k < n) snprintf(buf + k, n - k, "]");
+    return buf;
+}
+LDM_API char *ldm_shape_str(const ldm_tensor *t, char *buf, size_t n) { return ldm__shape_fmt(t->shape, t->ndim, buf, n); }
+/* Several shape strings in one expression need separate buffers. */
+typedef struct { char s[96]; } ldm__sbuf;
+static ldm__sbuf ldm__shp(const ldm_tensor *t) { ldm__sbuf b; ldm_shape_str(t, b.s, sizeof b.s); return b; }
+
+/* ---- tensors ---------------------------------------------------------------------------- */
+static int ldm__shape_ok(ldm_ctx *ctx, ldm_shape s, int64_t *numel) {
+    int64_t n = 1;
+    if (s.ndim < 0 || s.ndim > LDM_MAX_DIMS) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "tensor rank %d is not in 0..%d", s.ndim, LDM_MAX_DIMS); return 0; }
+    for (int i = 0; i < s.ndim; i++) {
+        if (s.d[i] < 0 || (s.d[i] > 0 && n > INT64_MAX / 4 / s.d[i])) {
+            char b[96];
+            ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "invalid tensor shape %s", ldm__shape_fmt(s.d, s.ndim, b, sizeof b));
+            return 0;
+        }
+        n *= s.d[i];
+    }
+    *numel = n;
+    return 1;
+}
+
+static ldm_tensor *ldm__new_on(ldm_ctx *ctx, ldm_shape s, ldm_device dev) {
+    int64_t n;
+    if (ctx->status || !ldm__shape_ok(ctx, s, &n)) return NULL;
+    ldm_tensor *t = (ldm_tensor *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(ldm_tensor));
+    if (!t) return NULL;
+    memset(t, 0, sizeof *t);
+    t->data = (float *)ldm_arena_alloc(ctx, dev, (size_t)n * sizeof(float));
+    if (!t->data) return NULL;
+    t->ndim = s.ndim;
+    for (int i = 0; i < s.ndim; i++) t->shape[i] = s.d[i];
+    t->numel = n;
+    t->device = dev;
+    t->node = -1;
+    return t;
+}
+LDM_API ldm_tensor *ldm_new(ldm_ctx *ctx, ldm_shape s) { return ldm__new_on(ctx, s, ctx->s.device); }
+LDM_API ldm_tensor *ldm_full(ldm_ctx *ctx, ldm_shape s, float v) {
+    ldm_tensor *t = ldm_new(ctx, s);
+    if (t) ctx->be[t->device]->fill(ctx, t->data, t->numel, v);
+    return t;
+}
+LDM_API ldm_tensor *ldm_zeros(ldm_ctx *ctx, ldm_shape s) { return ldm_full(ctx, s, 0.0f); }
+LDM_API ldm_tensor *ldm_from_host(ldm_ctx *ctx, ldm_shape s, const float *src) {
+    ldm_tensor *t = ldm_new(ctx, s);
+    if (t) ctx->be[t->device]->copy(ctx->be_state[t->device], t->data, t->device, src, LDM_CPU, (size_t)t->numel * 4);
+    return t;
+}
+LDM_API ldm_tensor *ldm_randn(ldm_ctx *ctx, ldm_shape s) {
+    ldm_tensor *t = ldm_new(ctx, s);
+    if (t) ldm_rng_normal(ctx, &ctx->rng, t->device, t->data, t->numel, 0.0f, 1.0f);
+    return t;
+}
+LDM_API ldm_tensor *ldm_rand(ldm_ctx *ctx, ldm_shape s) {
+    ldm_tensor *t = ldm_new(ctx, s);
+    if (t) ldm_rng_uniform(ctx, &ctx->rng, t->device, t->data, t->numel, 0.0f, 1.0f);
+    return t;
+}
+LDM_API ldm_tensor ldm_tensor_wrap(float *data, ldm_shape s, ldm_device d) {
+    ldm_tensor t;
+    memset(&t, 0, sizeof t);
+    t.data = data;
+    t.ndim = s.ndim;
+    t.numel = 1;
+    for (int i = 0; i < s.ndim; i++) { t.shape[i] = s.d[i]; t.numel *= s.d[i]; }
+    t.device = d;
+    t.node = -1;
+    return t;
+}
+LDM_API ldm_result ldm_to_host(ldm_ctx *ctx, const ldm_tensor *t, float *dst) {
+    if (!t) return ctx->status ? ctx->status : ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_to_host: NULL tensor");
+    ctx->be[t->device]->copy(ctx->be_state[t->device], dst, LDM_CPU, t->data, t->device, (size_t)t->numel * 4);
+    return LDM_OK;
+}
+LDM_API ldm_tensor *ldm_to_device(ldm_ctx *ctx, ldm_tensor *t, ldm_device d) {
+    if (!t || ctx->status) return NULL;
+    if (t->device == d) return t;
+    if (!ctx->be[d]) { ldm_ctx_seterr(ctx, LDM_ERR_DEVICE, "device %d has no backend attached", (int)d); return NULL; }
+    ldm_tensor *o = ldm__new_on(ctx, ldm_shape_of(t), d);
+    if (!o) return NULL;
+    const ldm_backend *be = ctx->be[d == LDM_CPU ? t->device : d];
+    be->copy(ctx->be_state[d == LDM_CPU ? t->device : d], o->data, d, t->data, t->device, (size_t)t->numel * 4);
+    return o;
+}
+LDM_API ldm_tensor *ldm_arena_keep(ldm_ctx *ctx, ldm_mark m, ldm_tensor *t) {
+    if (!t || ctx->status) return NULL;
+    LDM_ASSERT(t->device == LDM_CPU);
+    ldm_tensor keep = *t;
+    ldm_arena_rewind(ctx, m);
+    ldm_tensor *o = (ldm_tensor *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(ldm_tensor));
+    float *data = (float *)ldm_arena_alloc(ctx, LDM_CPU, (size_t)keep.numel * 4);
+    if (!o || !data) return NULL;
+    memmove(data, keep.data, (size_t)keep.numel * 4); /* the destination is at or below the source */
+    *o = keep;
+    o->data = data;
+    o->grad = NULL;
+    o->node = -1;
+    o->requires_grad = 0;
+    return o;
+}
+
+/* ---- the tape ---------------------------------------------------------------------------- */
+#define LDM__BE(t) (ctx->be[(t)->device])
+
+/* NULL inputs and a set error both make an op return NULL without doing anything. */
+static int ldm__bad(ldm_ctx *ctx, const ldm_tensor *a) { return ctx->status != LDM_OK || a == NULL; }
+static int ldm__same_dev(ldm_ctx *ctx, const char *op, const ldm_tensor *a, const ldm_tensor *b) {
+    if (!b || a->device == b->device) return 1;
+    ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: tensors on different devices (%d and %d)", op, (int)a->device, (int)b->device);
+    return 0;
+}
+
+/* Appends a node when grad mode is on and an input requires grad; NULL when nothing is recorded. */
+static ldm__node *ldm__record(ldm_ctx *ctx, ldm_tensor *out, ldm__backward_fn fn, int nin, ldm_tensor *a,
+                              ldm_tensor *b, ldm_tensor *c, ldm_tensor *d) {
+    ldm_tensor *in[4];
+    in[0] = a; in[1] = b; in[2] = c; in[3] = d;
+    int need = 0;
+    for (int k = 0; k < nin; k++) need |= in[k] && in[k]->requires_grad;
+    if (!ctx->grad_enabled || !need || !out) return NULL;
+    if (ctx->tape_len == ctx->tape_cap) {
+        int cap = ctx->tape_cap ? ctx->tape_cap * 2 : 1024;
+        ldm__node *t = (ldm__node *)LDM_REALLOC(ctx->tape, sizeof(ldm__node) * (size_t)cap);
+        if (!t) { ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "autograd tape: cannot grow to %d nodes", cap); return NULL; }
+        ctx->tape = t;
+        ctx->tape_cap = cap;
+    }
+    ldm__node *nd = &ctx->tape[ctx->tape_len];
+    memset(nd, 0, sizeof *nd);
+    nd->backward = fn;
+    nd->out = out;
+    nd->nin = nin;
+    for (int k = 0; k < nin; k++) nd->in[k] = in[k];
+    out->node = ctx->tape_len++;
+    out->requires_grad = 1;
+    return nd;
+}
+
+static float *ldm__zeros_raw(ldm_ctx *ctx, ldm_device d, int64_t n) {
+    float *p = (float *)ldm_arena_alloc(ctx, d, (size_t)n * sizeof(float));
+    if (p) ctx->be[d]->fill(ctx, p, n, 0.0f);
+    return p;
+}
+
+/* The one backward pass behind ldm_backward, ldm_backward_from and ldm_grad.
+   wrt == NULL: accumulate into leaves' .grad. Otherwise only the paths from wrt[] to root are
+   walked and the results land in out[]. Gradients of intermediate tensors live in the arena
+   for the duration of the pass only. */
+static ldm_result ldm__backward_pass(ldm_ctx *ctx, ldm_tensor *root, const float *droot, int n_wrt,
+                                     ldm_tensor *const *wrt, float *const *out) {
+    if (ctx->status) return ctx->status;
+    if (!root) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "backward: NULL tensor");
+    int last = root->node;
+    if (wrt) {
+        for (int k = 0; k < n_wrt; k++) {
+            if (!wrt[k]) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_grad: wrt[%d] is NULL", k);
+            ctx->be[wrt[k]->device]->fill(ctx, out[k], wrt[k]->numel, 0.0f);
+        }
+    }
+    if (last < 0 || !root->requires_grad) { /* root is a leaf (or constant) */
+        for (int k = 0; wrt && k < n_wrt; k++)
+            if (wrt[k] == root) ctx->be[root->device]->copy(ctx->be_state[root->device], out[k], root->device, droot, root->device, (size_t)root->numel * 4);
+        if (!wrt && root->requires_grad && root->grad) ctx->be[root->device]->axpby(ctx, root->grad, droot, root->numel, 1.0f, 1.0f);
+        return LDM_OK;
+    }
+    LDM_ASSERT(last < ctx->tape_len && ctx->tape[last].out == root);
+    /* Leaves that will receive a gradient get their buffer before the mark, so it survives. */
+    if (!wrt) {
+        for (int i = 0; i <= last; i++) {
+            ldm__node *nd = &ctx->tape[i];
+            for (int k = 0; k < nd->nin; k++) {
+                ldm_tensor *t = nd->in[k];
+                if (t && t->node < 0 && t->requires_grad && !t->grad) {
+                    t->grad = ldm__zeros_raw(ctx, t->device, t->numel);
+                    if (!t->grad) return ctx->status;
+                }
+            }
+        }
+    }
+    ldm_mark mark = ldm_arena_mark(ctx);
+    float **g = (float **)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float *) * (size_t)(last + 1));
+    unsigned char *reach = (unsigned char *)ldm_arena_alloc(ctx, LDM_CPU, (size_t)(last + 1));
+    if (!g || !reach) return ctx->status;
+    memset(g, 0, sizeof(float *) * (size_t)(last + 1));
+    /* reach[i]: node i lies on a path from a wrt tensor (pass over the tape in order). */
+    for (int i = 0; i <= last; i++) {
+        ldm__node *nd = &ctx->tape[i];
+        reach[i] = !wrt;
+        for (int k = 0; wrt && k < nd->nin && !reach[i]; k++) {
+            ldm_tensor *t = nd->in[k];
+            if (!t) continue;
+            for (int q = 0; q < n_wrt; q++) if (wrt[q] == t) reach[i] = 1;
+            if (t->node >= 0 && reach[t->node]) reach[i] = 1;
+        }
+    }
+    for (int q = 0; wrt && q < n_wrt; q++) if (wrt[q] == root) reach[last] = 1;
+    if (!reach[last]) { ldm_arena_rewind(ctx, mark); return LDM_OK; } /* loss does not depend on wrt */
+    g[last] = (float *)ldm_arena_alloc(ctx, root->device, (size_t)root->numel * 4);
+    if (!g[last]) return ctx->status;
+    ctx->be[root->device]->copy(ctx->be_state[root->device], g[last], root->device, droot, root->device, (size_t)root->numel * 4);
+    for (int i = last; i >= 0 && !ctx->status; i--) {
+        ldm__node *nd = &ctx->tape[i];
+        if (!g[i] || !reach[i]) continue;
+        float *din[4] = {NULL, NULL, NULL, NULL};
+        for (int k = 0; k < nd->nin; k++) {
+            ldm_tensor *t = nd->in[k];
+            if (!t || !t->requires_grad) continue;
+            if (t->node < 0) {
+                if (!wrt) din[k] = t->grad;
+                else for (int q = 0; q < n_wrt; q++) if (wrt[q] == t) din[k] = out[q];
+            } else if (t->node < i) {
+                int j = t->node;
+                int wanted = !wrt || reach[j];
+                for (int q = 0; wrt && q < n_wrt; q++) if (wrt[q] == t) wanted = 1;
+                if (!wanted) continue;
+                if (!g[j] && !(g[j] = ldm__zeros_raw(ctx, t->device, t->numel))) return ctx->status;
+                din[k] = g[j];
+            }
+        }
+        nd->backward(ctx, nd, g[i], din);
+    }
+    for (int q = 0; wrt && q < n_wrt; q++) { /* wrt tensors that are op outputs */
+        ldm_tensor *t = wrt[q];
+        if (t->node >= 0 && t->node <= last && ctx->tape[t->node].out == t && g[t->node])
+            ctx->be[t->device]->copy(ctx->be_state[t->device], out[q], t->device, g[t->node], t->device, (size_t)t->numel * 4);
+    }
+    ldm_arena_rewind(ctx, mark);
+    return ctx->status;
+}
+
+LDM_API ldm_result ldm_backward_from(ldm_ctx *ctx, ldm_tensor *t, const float *dout) {
+    return ldm__backward_pass(ctx, t, dout, 0, NULL, NULL);
+}
+static float *ldm__ones_for(ldm_ctx *ctx, ldm_tensor *loss, const char *what) {
+    if (ctx->status) return NULL;
+    if (!loss) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: NULL loss", what); return NULL; }
+    if (loss->numel != 1) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: the loss must have one element, got shape %s (hint: reduce it with ldm_mean_all)",
+                       what, ldm__shp(loss).s);
+        return NULL;
+    }
+    float *one = (float *)ldm_arena_alloc(ctx, loss->device, 4);
+    if (one) ctx->be[loss->device]->fill(ctx, one, 1, 1.0f);
+    return one;
+}
+LDM_API ldm_result ldm_backward(ldm_ctx *ctx, ldm_tensor *loss) {
+    float *one = ldm__ones_for(ctx, loss, "ldm_backward");
+    return one ? ldm__backward_pass(ctx, loss, one, 0, NULL, NULL) : ctx->status;
+}
+LDM_API ldm_result ldm_grad(ldm_ctx *ctx, ldm_tensor *loss, int n, ldm_tensor *const *wrt, float *const *out) {
+    float *one = ldm__ones_for(ctx, loss, "ldm_grad");
+    return one ? ldm__backward_pass(ctx, loss, one, n, wrt, out) : ctx->status;
+}
+LDM_API ldm_tensor *ldm_detach(ldm_ctx *ctx, ldm_tensor *t) {
+    if (ldm__bad(ctx, t)) return NULL;
+    ldm_tensor *o = (ldm_tensor *)ldm_arena_alloc(ctx, LDM_CPU, sizeof *o);
+    if (!o) return NULL;
+    *o = *t;
+    o->grad = NULL;
+    o->node = -1;
+    o->requires_grad = 0;
+    return o;
+}
+
+/* ---- helpers for ops --------------------------------------------------------------------- */
+static ldm_tensor *ldm__like(ldm_ctx *ctx, const ldm_tensor *x) { return ldm__new_on(ctx, ldm_shape_of(x), x->device); }
+static void ldm__strides(const int64_t *shape, int nd, int64_t *st) { /* contiguous strides */
+    int64_t s = 1;
+    for (int i = nd - 1; i >= 0; i--) { st[i] = s; s *= shape[i]; }
+}
+static int ldm__dim(ldm_ctx *ctx, const char *op, const ldm_tensor *x, int dim) {
+    int d = dim < 0 ? dim + x->ndim : dim;
+    if (d < 0 || d >= x->ndim) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: dim %d out of range for shape %s", op, dim, ldm__shp(x).s);
+        return -1;
+    }
+    return d;
+}
+/* Right-aligns an n-dim shape/stride pair into 5 dims (missing dims: size 1, stride 0). */
+static void ldm__pad5(int nd, const int64_t *shape, const int64_t *stride, int64_t *s5, int64_t *st5) {
+    for (int i = 0; i < 5; i++) { s5[i] = 1; st5[i] = 0; }
+    for (int i = 0; i < nd; i++) { s5[5 - nd + i] = shape[i]; st5[5 - nd + i] = shape[i] == 1 ? 0 : stride[i]; }
+}
+
+/* ---- unary ------------------------------------------------------------------------------- */
+static void ldm__unary_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
+    if (din[0]) LDM__BE(nd->out)->unary_backward(ctx, (ldm__unary_op)nd->i[0], din[0], dout, nd->in[0]->data,
+                                                 nd->out->data, nd->out->numel, nd->f[0], nd->f[1]);
+}
+static ldm_tensor *ldm__unary(ldm_ctx *ctx, ldm_tensor *x, ldm__unary_op op, float p0, float p1) {
+    if (ldm__bad(ctx, x)) return NULL;
+    ldm_tensor *y = ldm__like(ctx, x);
+    if (!y) return NULL;
+    LDM__BE(x)->unary(ctx, op, y->data, x->data, x->numel, p0, p1);
+    ldm__node *nd = ldm__record(ctx, y, ldm__unary_bw, 1, x, NULL, NULL, NULL);
+    if (nd) { nd->i[0] = op; nd->f[0] = p0; nd->f[1] = p1; }
+    return y;
+}
+LDM_API ldm_tensor *ldm_affine(ldm_ctx *ctx, ldm_tensor *x, float scale, float shift) { return ldm__unary(ctx, x, LDM__U_AFFINE, scale, shift); }
+LDM_API ldm_tensor *ldm_scale(ldm_ctx *ctx, ldm_tensor *x, float s) { return ldm__unary(ctx, x, LDM__U_AFFINE, s, 0.0f); }
+LDM_API ldm_tensor *ldm_add_scalar(ldm_ctx *ctx, ldm_tensor *x, float s) { return ldm__unary(ctx, x, LDM__U_AFFINE, 1.0f, s); }
+LDM_API ldm_tensor *ldm_pow_scalar(ldm_ctx *ctx, ldm_tensor *x, float p) { return ldm__unary(ctx, x, LDM__U_POW, p, 0.0f); }
+LDM_API ldm_tensor *ldm_exp(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary(ctx, x, LDM__U_EXP, 0, 0); }
+LDM_API ldm_tensor *ldm_log(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary(ctx, x, LDM__U_LOG, 0, 0); }
+LDM_API ldm_tensor *ldm_sqrt(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary(ctx, x, LDM__U_SQRT, 0, 0); }
+LDM_API ldm_tensor *ldm_abs(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary(ctx, x, LDM__U_ABS, 0, 0); }
+LDM_API ldm_tensor *ldm_square(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary(ctx, x, LDM__U_SQUARE, 0, 0); }
+LDM_API ldm_tensor *ldm_clamp(ldm_ctx *ctx, ldm_tensor *x, float lo, float hi) { return ldm__unary(ctx, x, LDM__U_CLAMP, lo, hi); }
+LDM_API ldm_tensor *ldm_sigmoid(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary(ctx, x, LDM__U_SIGMOID, 0, 0); }
+LDM_API ldm_tensor *ldm_silu(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary(ctx, x, LDM__U_SILU, 0, 0); }
+LDM_API ldm_tensor *ldm_relu(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary(ctx, x, LDM__U_RELU, 0, 0); }
+LDM_API ldm_tensor *ldm_leaky_relu(ldm_ctx *ctx, ldm_tensor *x, float slope) { return ldm__unary(ctx, x, LDM__U_LEAKY, slope, 0); }
+LDM_API ldm_tensor *ldm_tanh(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary(ctx, x, LDM__U_TANH, 0, 0); }
+LDM_API ldm_tensor *ldm_gelu(ldm_ctx *ctx, ldm_tensor *x, int tanh_approx) {
+    return ldm__unary(ctx, x, tanh_approx ? LDM__U_GELU_TANH : LDM__U_GELU, 0, 0);
+}
+LDM_API ldm_tensor *ldm_softplus(ldm_ctx *ctx, ldm_tensor *x, float beta, float threshold) {
+    return ldm__unary(ctx, x, LDM__U_SOFTPLUS, beta, threshold);
+}
+
+/* ---- binary with broadcasting ------------------------------------------------------------ */
+static int ldm__broadcast(ldm_ctx *ctx, const char *op, const ldm_tensor *a, const ldm_tensor *b, ldm__bcast *g, ldm_shape *os) {
+    int nd = LDM__MAX(a->ndim, b->ndim);
+    int64_t sa[LDM_MAX_DIMS], sb[LDM_MAX_DIMS], as5[5], ast5[5], bs5[5], bst5[5];
+    ldm__strides(a->shape, a->ndim, sa);
+    ldm__strides(b->shape, b->ndim, sb);
+    ldm__pad5(a->ndim, a->shape, sa, as5, ast5);
+    ldm__pad5(b->ndim, b->shape, sb, bs5, bst5);
+    g->n = 1;
+    for (int i = 0; i < 5; i++) {
+        if (as5[i] != bs5[i] && as5[i] != 1 && bs5[i] != 1) {
+            ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: shapes %s and %s do not broadcast", op, ldm__shp(a).s, ldm__shp(b).s);
+            return 0;
+        }
+        g->shape[i] = LDM__MAX(as5[i], bs5[i]);
+        g->sa[i] = ast5[i];
+        g->sb[i] = bst5[i];
+        g->n *= g->shape[i];
+    }
+    os->ndim = nd;
+    for (int i = 0; i < nd; i++) os->d[i] = g->shape[5 - nd + i];
+    return 1;
+}
+/* Adds a gradient computed at the broadcast shape (full) into the operand's gradient. */
+static void ldm__reduce_to(ldm_ctx *ctx, float *dst, const ldm_tensor *t, const float *full, const ldm__bcast *g) {
+    int64_t st[LDM_MAX_DIMS], s5[5], ost[5];
+    ldm__strides(t->shape, t->ndim, st);
+    ldm__pad5(t->ndim, t->shape, st, s5, ost);
+    LDM__BE(t)->reduce_sum(ctx, dst, full, g->shape, ost, 1);
+}
+static void ldm__binary_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
+    ldm__bcast *g = (ldm__bcast *)nd->saved;
+    ldm_tensor *a = nd->in[0], *b = nd->in[1];
+    const ldm_backend *be = LDM__BE(nd->out);
+    float *da = NULL, *db = NULL;
+    int a_full = a->numel == g->n, b_full = b->numel == g->n;
+    if (din[0]) da = a_full ? din[0] : ldm__zeros_raw(ctx, a->device, g->n);
+    if (din[1]) db = b_full ? din[1] : ldm__zeros_raw(ctx, b->device, g->n);
+    if (ctx->status) return;
+    if (da && db && da == db) { /* x op x: separate buffers so both terms are added */
+        db = ldm__zeros_raw(ctx, b->device, g->n);
+        if (!db) return;
+        be->binary_backward(ctx, (ldm__binary_op)nd->i[0], da, db, dout, a->data, b->data, g);
+        be->axpby(ctx, da, db, g->n, 1.0f, 1.0f);
+        db = NULL;
+    } else {
+        be->binary_backward(ctx, (ldm__binary_op)nd->i[0], da, db, dout, a->data, b->data, g);
+    }
+    if (da && !a_full) ldm__reduce_to(ctx, din[0], a, da, g);
+    if (db && !b_full) ldm__reduce_to(ctx, din[1], b, db, g);
+}
+static ldm_tensor *ldm__binary(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b, ldm__binary_op op, const char *name) {
+    if (ldm__bad(ctx, a) || ldm__bad(ctx, b) || !ldm__same_dev(ctx, name, a, b)) return NULL;
+    ldm__bcast *g = (ldm__bcast *)ldm_arena_alloc(ctx, LDM_CPU, sizeof *g);
+    ldm_shape os;
+    if (!g || !ldm__broadcast(ctx, name, a, b, g, &os)) return NULL;
+    ldm_tensor *y = ldm__new_on(ctx, os, a->device);
+    if (!y) return NULL;
+    LDM__BE(a)->binary(ctx, op, y->data, a->data, b->data, g);
+    ldm__node *nd = ldm__record(ctx, y, ldm__binary_bw, 2, a, b, NULL, NULL);
+    if (nd) { nd->i[0] = op; nd->saved = g; }
+    return y;
+}
+LDM_API ldm_tensor *ldm_add(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b) { return ldm__binary(ctx, a, b, LDM__B_ADD, "ldm_add"); }
+LDM_API ldm_tensor *ldm_sub(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b) { return ldm__binary(ctx, a, b, LDM__B_SUB, "ldm_sub"); }
+LDM_API ldm_tensor *ldm_mul(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b) { return ldm__binary(ctx, a, b, LDM__B_MUL, "ldm_mul"); }
+LDM_API ldm_tensor *ldm_div(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b) { return ldm__binary(ctx, a, b, LDM__B_DIV, "ldm_div"); }
+
+/* ---- reductions -------------------------------------------------------------------------- */
+static void ldm__reduce_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
+    if (!din[0]) return;
+    ldm_tensor *x = nd->in[0];
+    int64_t s5[5], ost5[5], xst[LDM_MAX_DIMS], dst5[5], ostride[LDM_MAX_DIMS];
+    const ldm_backend *be = LDM__BE(x);
+    float scale = nd->f[0];
+    const float *src = dout;
+    if (scale != 1.0f) {
+        float *t = (float *)ldm_arena_alloc(ctx, x->device, (size_t)nd->out->numel * 4);
+        if (!t) return;
+        be->unary(ctx, LDM__U_AFFINE, t, dout, nd->out->numel, scale, 0.0f);
+        src = t;
+    }
+    /* dout viewed at x's rank with the reduced dims of size 1, then broadcast by stride 0 */
+    int64_t kshape[LDM_MAX_DIMS];
+    for (int i = 0; i < x->ndim; i++) kshape[i] = (nd->i[0] >> i) & 1 ? 1 : x->shape[i];
+    ldm__strides(kshape, x->ndim, ostride);
+    for (int i = 0; i < x->ndim; i++) if ((nd->i[0] >> i) & 1) ostride[i] = 0;
+    ldm__strides(x->shape, x->ndim, xst);
+    ldm__pad5(x->ndim, x->shape, xst, s5, dst5);
+    for (int i = 0; i < 5; i++) ost5[i] = 0;
+    for (int i = 0; i < x->ndim; i++) { ost5[5 - x->ndim + i] = ostride[i]; dst5[5 - x->ndim + i] = xst[i]; }
+    be->strided_copy(ctx, din[0], dst5, src, ost5, s5, 1);
+}
+static ldm_tensor *ldm__reduce(ldm_ctx *ctx, ldm_tensor *x, unsigned dims, int keepdim, int mean, const char *op) {
+    if (ldm__bad(ctx, x)) return NULL;
+    if (dims >> x->ndim) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: dim mask 0x%x has dims beyond shape %s", op, dims, ldm__shp(x).s);
+        return NULL;
+    }
+    ldm_shape os;
+    os.ndim = 0;
+    int64_t count = 1, ost[LDM_MAX_DIMS], kshape[LDM_MAX_DIMS], xst[LDM_MAX_DIMS], s5[5], o5[5];
+    for (int i = 0; i < x->ndim; i++) {
+        int r = (dims >> i) & 1;
+        if (r) count *= x->shape[i];
+        kshape[i] = r ? 1 : x->shape[i];
+        if (!r || keepdim) os.d[os.ndim++] = kshape[i];
+    }
+    if (os.ndim == 0) { os.ndim = 1; os.d[0] = 1; }
+    ldm_tensor *y = ldm__new_on(ctx, os, x->device);
+    if (!y) return NULL;
+    ldm__strides(kshape, x->ndim, ost);
+    for (int i = 0; i < x->ndim; i++) if ((dims >> i) & 1) ost[i] = 0;
+    ldm__strides(x->shape, x->ndim, xst);
+    ldm__pad5(x->ndim, x->shape, xst, s5, o5);
+    for (int i = 0; i < 5; i++) o5[i] = 0;
+    for (int i = 0; i < x->ndim; i++) o5[5 - x->ndim + i] = ost[i];
+    const ldm_backend *be = LDM__BE(x);
+    be->reduce_sum(ctx, y->data, x->data, s5, o5, 0);
+    float scale = mean ? (float)(1.0 / (double)(count ? count : 1)) : 1.0f;
+    if (mean) be->unary(ctx, LDM__U_AFFINE, y->data, y->data, y->numel, scale, 0.0f);
+    ldm__node *nd = ldm__record(ctx, y, ldm__reduce_bw, 1, x, NULL, NULL, NULL);
+    if (nd) { nd->i[0] = (int64_t)dims; nd->f[0] = scale; }
+    return y;
+}
+LDM_API ldm_tensor *ldm_sum(ldm_ctx *ctx, ldm_tensor *x, unsigned dims, int keepdim) { return ldm__reduce(ctx, x, dims, keepdim, 0, "ldm_sum"); }
+LDM_API ldm_tensor *ldm_mean(ldm_ctx *ctx, ldm_tensor *x, unsigned dims, int keepdim) { return ldm__reduce(ctx, x, dims, keepdim, 1, "ldm_mean"); }
+LDM_API ldm_tensor *ldm_sum_all(ldm_ctx *ctx, ldm_tensor *x) {
+    return x ? ldm__reduce(ctx, x, (1u << x->ndim) - 1, 0, 0, "ldm_sum_all") : NULL;
+}
+LDM_API ldm_tensor *ldm_mean_all(ldm_ctx *ctx, ldm_tensor *x) {
+    return x ? ldm__reduce(ctx, x, (1u << x->ndim) - 1, 0, 1, "ldm_mean_all") : NULL;
+}
+
+/* ---- matmul and linear ------------------------------------------------------------------- */
+/* i: 0 batch, 1 M, 2 N, 3 K, 4 ta, 5 tb, 6 a batched, 7 b batched */
+static void ldm__matmul_bw(ldm_ctx *ctx, ldm__node *nd, float *dC, float **din) {
+    ldm_tensor *a = nd->in[0], *b = nd->in[1];
+    const ldm_backend *be = LDM__BE(a);
+    int64_t Bn = nd->i[0], M = nd->i[1], N = nd->i[2], K = nd->i[3];
+    int ta = (int)nd->i[4], tb = (int)nd->i[5];
+    int64_t lda = ta ? M : K, ldb = tb ? K : N, sa = nd->i[6] ? M * K : 0, sb = nd->i[7] ? K * N : 0;
+    for (int64_t z = 0; z < Bn; z++) {
+        const float *A = a->data + z * sa, *Bm = b->data + z * sb, *dc = dC + z * M * N;
+        if (din[0]) {
+            float *dA = din[0] + z * sa;
+            if (!ta) be->sgemm(ctx, 0, !tb, M, K, N, 1.0f, dc, N, Bm, ldb, 1.0f, dA, K);
+            else be->sgemm(ctx, tb, 1, K, M, N, 1.0f, Bm, ldb, dc, N, 1.0f, dA, M);
+        }
+        if (din[1]) {
+            float *dB = din[1] + z * sb;
+            if (!tb) be->sgemm(ctx, !ta, 0, K, N, M, 1.0f, A, lda, dc, N, 1.0f, dB, N);
+            else be->sgemm(ctx, 1, ta, N, K, M, 1.0f, dc, N, A, lda, 1.0f, dB, K);
+        }
+    }
+}
+LDM_API ldm_tensor *ldm_matmul(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b, int trans_a, int trans_b) {
+    if (ldm__bad(ctx, a) || ldm__bad(ctx, b) || !ldm__same_dev(ctx, "ldm_matmul", a, b)) return NULL;
+    if (a->ndim < 2 || a->ndim > 3 || b->ndim < 2 || b->ndim > 3) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_matmul: operands must be 2-D or 3-D, got %s and %s", ldm__shp(a).s, ldm__shp(b).s);
+        return NULL;
+    }
+    int ab = a->ndim == 3, bb = b->ndim == 3;
+    int64_t Ba = ab ? a->shape[0] : 1, Bb = bb ? b->shape[0] : 1;
+    int64_t M = trans_a ? a->shape[a->ndim - 1] : a->shape[a->ndim - 2], Ka = trans_a ? a->shape[a->ndim - 2] : a->shape[a->ndim - 1];
+    int64_t Kb = trans_b ? b->shape[b->ndim - 1] : b->shape[b->ndim - 2], N = trans_b ? b->shape[b->ndim - 2] : b->shape[b->ndim - 1];
+    if (Ka != Kb || (ab && bb && Ba != Bb)) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_matmul: shapes %s%s and %s%s do not multiply", ldm__shp(a).s,
+                       trans_a ? "^T" : "", ldm__shp(b).s, trans_b ? "^T" : "");
+        return NULL;
+    }
+    int64_t Bn = LDM__MAX(Ba, Bb);
+    ldm_tensor *y = ldm__new_on(ctx, (ab || bb) ? ldm_shape3(Bn, M, N) : ldm_shape2(M, N), a->device);
+    if (!y) return NULL;
+    int64_t lda = trans_a ? M : Ka, ldb = trans_b ? Ka : N;
+    for (int64_t z = 0; z < Bn; z++)
+        LDM__BE(a)->sgemm(ctx, trans_a, trans_b, M, N, Ka, 1.0f, a->data + (ab ? z * M * Ka : 0), lda,
+                          b->data + (bb ? z * Ka * N : 0), ldb, 0.0f, y->data + z * M * N, N);
+    ldm__node *nd = ldm__record(ctx, y, ldm__matmul_bw, 2, a, b, NULL, NULL);
+    if (nd) {
+        nd->i[0] = Bn; nd->i[1] = M; nd->i[2] = N; nd->i[3] = Ka;
+        nd->i[4] = trans_a; nd->i[5] = trans_b; nd->i[6] = ab; nd->i[7] = bb;
+    }
+    return y;
+}
+
+/* i: 0 rows R, 1 in I, 2 out O */
+static void ldm__linear_bw(ldm_ctx *ctx, ldm__node *nd, float *dy, float **din) {
+    ldm_tensor *x = nd->in[0], *w = nd->in[1];
+    const ldm_backend *be = LDM__BE(x);
+    int64_t R = nd->i[0], I = nd->i[1], O = nd->i[2];
+    if (din[0]) be->sgemm(ctx, 0, 0, R, I, O, 1.0f, dy, O, w->data, I, 1.0f, din[0], I);
+    if (din[1]) be->sgemm(ctx, 1, 0, O, I, R, 1.0f, dy, O, x->data, I, 1.0f, din[1], I);
+    if (din[2]) {
+        int64_t shape[5] = {1, 1, 1, R, O}, ost[5] = {0, 0, 0, 0, 1};
+        be->reduce_sum(ctx, din[2], dy, shape, ost, 1);
+    }
+}
+LDM_API ldm_tensor *ldm_linear(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b) {
+    if (ldm__bad(ctx, x) || ldm__bad(ctx, w) || !ldm__same_dev(ctx, "ldm_linear", x, w) || !ldm__same_dev(ctx, "ldm_linear", x, b)) return NULL;
+    int64_t I = x->shape[x->ndim - 1];
+    if (w->ndim != 2 || w->shape[1] != I || (b && b->numel != w->shape[0])) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_linear: input %s, weight %s%s%s: expected weight [out, %lld] and bias [out]",
+                       ldm__shp(x).s, ldm__shp(w).s, b ? ", bias " : "", b ? ldm__shp(b).s : "", (long long)I);
+        return NULL;
+    }
+    int64_t O = w->shape[0], R = x->numel / (I ? I : 1);
+    ldm_shape os = ldm_shape_of(x);
+    os.d[os.ndim - 1] = O;
+    ldm_tensor *y = ldm__new_on(ctx, os, x->device);
+    if (!y) return NULL;
+    const ldm_backend *be = LDM__BE(x);
+    if (b) { /* y = broadcast bias, then += x W^T */
+        int64_t shape[5] = {1, 1, 1, R, O}, dst[5] = {0, 0, 0, O, 1}, sst[5] = {0, 0, 0, 0, 1};
+        be->strided_copy(ctx, y->data, dst, b->data, sst, shape, 0);
+    }
+    be->sgemm(ctx, 0, 1, R, O, I, 1.0f, x->data, I, w->data, I, b ? 1.0f : 0.0f, y->data, O);
+    ldm__node *nd = ldm__record(ctx, y, ldm__linear_bw, b ? 3 : 2, x, w, b, NULL);
+    if (nd) { nd->i[0] = R; nd->i[1] = I; nd->i[2] = O; }
+    return y;
+}
+
+/* ---- convolution ------------------------------------------------------------------------- */
+LDM_API ldm_result ldm_conv_desc_init(ldm_conv_desc *d) {
+    int64_t et = d->T + d->pad[0] + d->pad[1] - d->kt, eh = d->H + d->pad[2] + d->pad[3] - d->kh,
+            ew = d->W + d->pad[4] + d->pad[5] - d->kw;
+    if (d->kt < 1 || d->kh < 1 || d->kw < 1 || d->st < 1 || d->sh < 1 || d->sw < 1 || et < 0 || eh < 0 || ew < 0)
+        return LDM_ERR_INVALID;
+    for (int i = 0; i < 6; i++) if (d->pad[i] < 0) return LDM_ERR_INVALID;
+    d->OT = et / d->st + 1;
+    d->OH = eh / d->sh + 1;
+    d->OW = ew / d->sw + 1;
+    return LDM_OK;
+}
+static void ldm__conv_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
+    ldm_conv_desc *d = (ldm_conv_desc *)nd->saved;
+    ldm_tensor *b = nd->nin > 2 ? nd->in[2] : NULL;
+    LDM__BE(nd->out)->conv_backward(ctx, din[0], din[1], b ? din[2] : NULL, dout, nd->in[0]->data, nd->in[1]->data, d);
+}
+static ldm_tensor *ldm__conv(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, const int st[3], const int pad[6], int nsp) {
+    const char *op = nsp == 2 ? "ldm_conv2d" : "ldm_conv3d";
+    if (ldm__bad(ctx, x) || ldm__bad(ctx, w) || !ldm__same_dev(ctx, op, x, w) || !ldm__same_dev(ctx, op, x, b)) return NULL;
+    if (x->ndim != nsp + 2 || w->ndim != nsp + 2 || w->shape[1] != x->shape[1] || (b && b->numel != w->shape[0])) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: input %s, weight %s%s%s: expected input [B,C,%s], weight [O,C,%s], bias [O]",
+                       op, ldm__shp(x).s, ldm__shp(w).s, b ? ", bias " : "", b ? ldm__shp(b).s : "",
+                       nsp == 2 ? "H,W" : "T,H,W", nsp == 2 ? "kh,kw" : "kt,kh,kw");
+        return NULL;
+    }
+    ldm_conv_desc *d = (ldm_conv_desc *)ldm_arena_alloc(ctx, LDM_CPU, sizeof *d);
+    if (!d) return NULL;
+    memset(d, 0, sizeof *d);
+    int o = nsp == 2 ? 1 : 0;
+    d->B = x->shape[0]; d->C = x->shape[1];
+    d->T = nsp == 3 ? x->shape[2] : 1; d->H = x->shape[3 - o]; d->W = x->shape[4 - o];
+    d->O = w->shape[0];
+    d->kt = nsp == 3 ? (int)w->shape[2] : 1; d->kh = (int)w->shape[3 - o]; d->kw = (int)w->shape[4 - o];
+    d->st = st[0]; d->sh = st[1]; d->sw = st[2];
+    for (int i = 0; i < 6; i++) d->pad[i] = pad[i];
+    if (ldm_conv_desc_init(d)) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: kernel %s does not fit input %s with stride (%d,%d,%d) and padding (%d,%d,%d,%d,%d,%d)",
+                       op, ldm__shp(w).s, ldm__shp(x).s, st[0], st[1], st[2], pad[0], pad[1], pad[2], pad[3], pad[4], pad[5]);
+        return NULL;
+    }
+    ldm_shape os = nsp == 2 ? ldm_shape4(d->B, d->O, d->OH, d->OW) : ldm_shape5(d->B, d->O, d->OT, d->OH, d->OW);
+    ldm_tensor *y = ldm__new_on(ctx, os, x->device);
+    if (!y) return NULL;
+    LDM__BE(x)->conv_forward(ctx, y->data, x->data, w->data, b ? b->data : NULL, d);
+    ldm__node *nd = ldm__record(ctx, y, ldm__conv_bw, b ? 3 : 2, x, w, b, NULL);
+    if (nd) nd->saved = d;
+    return y;
+}
+LDM_API ldm_tensor *ldm_conv2d_ex(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int stride_h, int stride_w,
+                                  int pad_top, int pad_bottom, int pad_left, int pad_right) {
+    int st[3] = {1, stride_h, stride_w}, pad[6] = {0, 0, pad_top, pad_bottom, pad_left, pad_right};
+    return ldm__conv(ctx, x, w, b, st, pad, 2);
+}
+LDM_API ldm_tensor *ldm_conv2d(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int stride, int pad) {
+    return ldm_conv2d_ex(ctx, x, w, b, stride, stride, pad, pad, pad, pad);
+}
+LDM_API ldm_tensor *ldm_conv3d_ex(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, const int stride[3], const int pad[6]) {
+    return ldm__conv(ctx, x, w, b, stride, pad, 3);
+}
+LDM_API ldm_tensor *ldm_conv3d(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int stride, int pad) {
+    int st[3] = {stride, stride, stride}, p[6] = {pad, pad, pad, pad, pad, pad};
+    return ldm__conv(ctx, x, w, b, st, p, 3);
+}
+
+/* ---- normalisation ----------------------------------------------------------------------- */
+static int64_t ldm__spatial(const ldm_tensor *x) { int64_t s = 1; for (int i = 2; i < x->ndim; i++) s *= x->shape[i]; return s; }
+static int ldm__affine_ok(ldm_ctx *ctx, const char *op, const ldm_tensor *x, const ldm_tensor *w, const ldm_tensor *b, int64_t n) {
+    if ((w && w->numel != n) || (b && b->numel != n)) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: input %s needs weight and bias of %lld elements, got %s and %s", op,
+                       ldm__shp(x).s, (long long)n, w ? ldm__shp(w).s : "none", b ? ldm__shp(b).s : "none");
+        return 0;
+    }
+    return ldm__same_dev(ctx, op, x, w) && ldm__same_dev(ctx, op, x, b);
+}
+
+/* saved: mean[B*G], saved2: rstd[B*G]; i: 0 B, 1 C, 2 S, 3 G */
+static void ldm__groupnorm_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
+    ldm_tensor *w = nd->in[1];
+    LDM__BE(nd->out)->groupnorm_backward(ctx, din[0], w ? din[1] : NULL, nd->in[2] ? din[2] : NULL, dout, nd->in[0]->data,
+                                         w ? w->data : NULL, (float *)nd->saved, (float *)nd->saved2, nd->i[0], nd->i[1],
+                                         nd->i[2], (int)nd->i[3]);
+}
+LDM_API ldm_tensor *ldm_group_norm(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int groups, float eps) {
+    if (ldm__bad(ctx, x)) return NULL;
+    if (x->ndim < 2 || groups < 1 || x->shape[1] % groups) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_group_norm: %d groups do not divide the channels of %s", groups, ldm__shp(x).s);
+        return NULL;
+    }
+    if (!ldm__affine_ok(ctx, "ldm_group_norm", x, w, b, x->shape[1])) return NULL;
+    int64_t B = x->shape[0], C = x->shape[1], S = ldm__spatial(x);
+    ldm_tensor *y = ldm__like(ctx, x);
+    float *mean = (float *)ldm_arena_alloc(ctx, x->device, sizeof(float) * (size_t)(B * groups));
+    float *rstd = (float *)ldm_arena_alloc(ctx, x->device, sizeof(float) * (size_t)(B * groups));
+    if (!y || !mean || !rstd) return NULL;
+    LDM__BE(x)->groupnorm_forward(ctx, y->data, mean, rstd, x->data, w ? w->data : NULL, b ? b->data : NULL, B, C, S, groups, eps);
+    ldm__node *nd = ldm__record(ctx, y, ldm__groupnorm_bw, 3, x, w, b, NULL);
+    if (nd) { nd->saved = mean; nd->saved2 = rstd; nd->i[0] = B; nd->i[1] = C; nd->i[2] = S; nd->i[3] = groups; }
+    return y;
+}
+
+/* saved: mean[C], saved2: rstd[C]; i: 0 B, 1 C, 2 S, 3 training */
+static void ldm__batchnorm_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
+    ldm_tensor *w = nd->in[1];
+    LDM__BE(nd->out)->batchnorm_backward(ctx, din[0], w ? din[1] : NULL, nd->in[2] ? din[2] : NULL, dout, nd->in[0]->data,
+                                         w ? w->data : NULL, (float *)nd->saved, (float *)nd->saved2, nd->i[0], nd->i[1],
+                                         nd->i[2], (int)nd->i[3]);
+}
+LDM_API ldm_tensor *ldm_batch_norm(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, ldm_tensor *running_mean,
+                                   ldm_tensor *running_var, int training, float momentum, float eps) {
+    if (ldm__bad(ctx, x)) return NULL;
+    if (x->ndim < 2) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_batch_norm: input %s has no channel dim", ldm__shp(x).s); return NULL; }
+    int64_t B = x->shape[0], C = x->shape[1], S = ldm__spatial(x);
+    if (!ldm__affine_ok(ctx, "ldm_batch_norm", x, w, b, C) || !ldm__affine_ok(ctx, "ldm_batch_norm", x, running_mean, running_var, C)) return NULL;
+    if (!training && (!running_mean || !running_var)) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_batch_norm: eval mode needs running_mean and running_var");
+        return NULL;
+    }
+    if (training && B * S < 2) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_batch_norm: expected more than 1 value per channel when training, got input %s", ldm__shp(x).s);
+        return NULL;
+    }
+    const ldm_backend *be = LDM__BE(x);
+    ldm_tensor *y = ldm__like(ctx, x);
+    float *mean = (float *)ldm_arena_alloc(ctx, x->device, sizeof(float) * (size_t)C);
+    float *rstd = (float *)ldm_arena_alloc(ctx, x->device, sizeof(float) * (size_t)C);
+    if (!y || !mean || !rstd) return NULL;
+    if (training) {
+        be->channel_stats(ctx, mean, rstd, x->data, B, C, S); /* rstd holds the variance for now */
+        if (running_mean) be->axpby(ctx, running_mean->data, mean, C, 1.0f - momentum, momentum);
+        if (running_var) { /* running statistics use the unbiased variance */
+            double n = (double)(B * S);
+            float *uv = (float *)ldm_arena_alloc(ctx, x->device, sizeof(float) * (size_t)C);
+            if (!uv) return NULL;
+            be->unary(ctx, LDM__U_AFFINE, uv, rstd, C, (float)(n / (n - 1.0)), 0.0f);
+            be->axpby(ctx, running_var->data, uv, C, 1.0f - momentum, momentum);
+        }
+        be->unary(ctx, LDM__U_AFFINE, rstd, rstd, C, 1.0f, eps);
+        be->unary(ctx, LDM__U_POW, rstd, rstd, C, -0.5f, 0.0f);
+    } else {
+        be->copy(ctx->be_state[x->device], mean, x->device, running_mean->data, x->device, sizeof(float) * (size_t)C);
+        be->unary(ctx, LDM__U_AFFINE, rstd, running_var->data, C, 1.0f, eps);
+        be->unary(ctx, LDM__U_POW, rstd, rstd, C, -0.5f, 0.0f);
+    }
+    be->channel_affine(ctx, y->data, x->data, mean, rstd, w ? w->data : NULL, b ? b->data : NULL, B, C, S);
+    ldm__node *nd = ldm__record(ctx, y, ldm__batchnorm_bw, 3, x, w, b, NULL);
+    if (nd) { nd->saved = mean; nd->saved2 = rstd; nd->i[0] = B; nd->i[1] = C; nd->i[2] = S; nd->i[3] = training; }
+    return y;
+}
+
+/* saved: mean[R], saved2: rstd[R]; i: 0 R, 1 N */
+static void ldm__layernorm_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
+    ldm_tensor *w = nd->in[1];
+    LDM__BE(nd->out)->layernorm_backward(ctx, din[0], w ? din[1] : NULL, nd->in[2] ? din[2] : NULL, dout, nd->in[0]->data,
+                                         w ? w->data : NULL, (float *)nd->saved, (float *)nd->saved2, nd->i[0], nd->i[1]);
+}
+LDM_API ldm_tensor *ldm_layer_norm(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int nd_, float eps) {
+    if (ldm__bad(ctx, x)) return NULL;
+    if (nd_ < 1 || nd_ > x->ndim) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_layer_norm: cannot normalise the last %d dims of %s", nd_, ldm__shp(x).s); return NULL; }
+    int64_t N = 1;
+    for (int i = x->ndim - nd_; i < x->ndim; i++) N *= x->shape[i];
+    if (!ldm__affine_ok(ctx, "ldm_layer_norm", x, w, b, N)) return NULL;
+    int64_t R = x->numel / (N ? N : 1);
+    ldm_tensor *y = ldm__like(ctx, x);
+    float *mean = (float *)ldm_arena_alloc(ctx, x->device, sizeof(float) * (size_t)R);
+    float *rstd = (float *)ldm_arena_alloc(ctx, x->device, sizeof(float) * (size_t)R);
+    if (!y || !mean || !rstd) return NULL;
+    LDM__BE(x)->layernorm_forward(ctx, y->data, mean, rstd, x->data, w ? w->data : NULL, b ? b->data : NULL, R, N, eps);
+    ldm__node *nd = ldm__record(ctx, y, ldm__layernorm_bw, 3, x, w, b, NULL);
+    if (nd) { nd->saved = mean; nd->saved2 = rstd; nd->i[0] = R; nd->i[1] = N; }
+    return y;
+}
+
+/* i: 0 outer, 1 D, 2 inner */
+static void ldm__softmax_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
+    if (din[0]) LDM__BE(nd->out)->softmax_backward(ctx, din[0], dout, nd->out->data, nd->i[0], nd->i[1], nd->i[2]);
+}
+LDM_API ldm_tensor *ldm_softmax(ldm_ctx *ctx, ldm_tensor *x, int dim) {
+    if (ldm__bad(ctx, x)) return NULL;
+    int d = ldm__dim(ctx, "ldm_softmax", x, dim);
+    if (d < 0) return NULL;
+    int64_t outer = 1, inner = 1;
+    for (int i = 0; i < d; i++) outer *= x->shape[i];
+    for (int i = d + 1; i < x->ndim; i++) inner *= x->shape[i];
+    ldm_tensor *y = ldm__like(ctx, x);
+    if (!y) return NULL;
+    LDM__BE(x)->softmax_forward(ctx, y->data, x->data, outer, x->shape[d], inner);
+    ldm__node *nd = ldm__record(ctx, y, ldm__softmax_bw, 1, x, NULL, NULL, NULL);
+    if (nd) { nd->i[0] = outer; nd->i[1] = x->shape[d]; nd->i[2] = inner; }
+    return y;
+}
+
+/* ---- spatial ----------------------------------------------------------------------------- */
+/* [B,C,H,W] or [B,C,T,H,W] as P = B*C planes of (T,H,W) */
+static int ldm__planes(ldm_ctx *ctx, const char *op, const ldm_tensor *x, int64_t *P, int64_t in3[3]) {
+    if (x->ndim != 4 && x->ndim != 5) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: expected [B,C,H,W] or [B,C,T,H,W], got %s", op, ldm__shp(x).s);
+        return 0;
+    }
+    *P = x->shape[0] * x->shape[1];
+    in3[0] = x->ndim == 5 ? x->shape[2] : 1;
+    in3[1] = x->shape[x->ndim - 2];
+    in3[2] = x->shape[x->ndim - 1];
+    return 1;
+}
+static ldm_shape ldm__planes_shape(const ldm_tensor *x, const int64_t o3[3]) {
+    return x->ndim == 5 ? ldm_shape5(x->shape[0], x->shape[1], o3[0], o3[1], o3[2]) : ldm_shape4(x->shape[0], x->shape[1], o3[1], o3[2]);
+}
+
+/* i: 0 P, 1-3 in3, 4-6 factors */
+static void ldm__upsample_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
+    int f3[3] = {(int)nd->i[4], (int)nd->i[5], (int)nd->i[6]};
+    if (din[0]) LDM__BE(nd->out)->upsample_backward(ctx, din[0], dout, nd->i[0], nd->i + 1, f3);
+}
+LDM_API ldm_tensor *ldm_upsample_nearest(ldm_ctx *ctx, ldm_tensor *x, int scale_t, int scale_h, int scale_w) {
+    int64_t P, in3[3], o3[3];
+    if (ldm__bad(ctx, x) || !ldm__planes(ctx, "ldm_upsample_nearest", x, &P, in3)) return NULL;
+    int f3[3] = {x->ndim == 5 ? scale_t : 1, scale_h, scale_w};
+    if (f3[0] < 1 || f3[1] < 1 || f3[2] < 1 || (x->ndim == 4 && scale_t != 1)) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_upsample_nearest: bad factors (%d,%d,%d) for %s", scale_t, scale_h, scale_w, ldm__shp(x).s);
+        return NULL;
+    }
+    for (int i = 0; i < 3; i++) o3[i] = in3[i] * f3[i];
+    ldm_tensor *y = ldm__new_on(ctx, ldm__planes_shape(x, o3), x->device);
+    if (!y) return NULL;
+    LDM__BE(x)->upsample_forward(ctx, y->data, x->data, P, in3, f3);
+    ldm__node *nd = ldm__record(ctx, y, ldm__upsample_bw, 1, x, NULL, NULL, NULL);
+    if (nd) { nd->i[0] = P; for (int i = 0; i < 3; i++) { nd->i[1 + i] = in3[i]; nd->i[4 + i] = f3[i]; } }
+    return y;
+}
+
+/* i: 0 P, 1-3 in3, 4-6 out3, 7 k, 8 s, 9 p, 10 is_max, 11 spatial dims; saved: argmax */
+static void ldm__pool_geom(const ldm__node *nd, int k3[3], int s3[3], int p3[3]) {
+    int three = nd->i[11] == 3;
+    k3[0] = three ? (int)nd->i[7] : 1; s3[0] = three ? (int)nd->i[8] : 1; p3[0] = three ? (int)nd->i[9] : 0;
+    k3[1] = k3[2] = (int)nd->i[7]; s3[1] = s3[2] = (int)nd->i[8]; p3[1] = p3[2] = (int)nd->i[9];
+}
+static void ldm__pool_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
+    int k3[3], s3[3], p3[3];
+    ldm__pool_geom(nd, k3, s3, p3);
+    if (din[0]) LDM__BE(nd->out)->pool_backward(ctx, din[0], dout, (float *)nd->saved, nd->i[0], nd->i + 1, nd->i + 4, k3, s3, p3, (int)nd->i[10]);
+}
+static ldm_tensor *ldm__pool(ldm_ctx *ctx, ldm_tensor *x, int kernel, int stride, int pad, int is_max) {
+    const char *op = is_max ? "ldm_max_pool" : "ldm_avg_pool";
+    int64_t P, in3[3], o3[3];
+    if (ldm__bad(ctx, x) || !ldm__planes(ctx, op, x, &P, in3)) return NULL;
+    ldm__node tmp;
+    memset(&tmp, 0, sizeof tmp);
+    tmp.i[7] = kernel; tmp.i[8] = stride; tmp.i[9] = pad; tmp.i[11] = x->ndim - 2;
+    int k3[3], s3[3], p3[3];
+    ldm__pool_geom(&tmp, k3, s3, p3);
+    for (int i = 0; i < 3; i++) {
+        int64_t e = in3[i] + 2 * p3[i] - k3[i];
+        if (kernel < 1 || stride < 1 || pad < 0 || 2 * pad > kernel || e < 0) {
+            ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: kernel %d, stride %d, padding %d do not fit %s (padding must be at most half the kernel)",
+                           op, kernel, stride, pad, ldm__shp(x).s);
+            return NULL;
+        }
+        o3[i] = e / s3[i] + 1;
+    }
+    ldm_tensor *y = ldm__new_on(ctx, ldm__planes_shape(x, o3), x->device);
+    float *arg = NULL;
+    if (!y) return NULL;
+    if (is_max && !(arg = (float *)ldm_arena_alloc(ctx, x->device, (size_t)y->numel * 4))) return NULL;
+    LDM__BE(x)->pool_forward(ctx, y->data, arg, x->data, P, in3, o3, k3, s3, p3, is_max);
+    ldm__node *nd = ldm__record(ctx, y, ldm__pool_bw, 1, x, NULL, NULL, NULL);
+    if (nd) {
+        *nd = tmp, nd->backward = ldm__pool_bw, nd->out = y, nd->in[0] = x, nd->nin = 1;
+        nd->i[0] = P;
+        for (int i = 0; i < 3; i++) { nd->i[1 + i] = in3[i]; nd->i[4 + i] = o3[i]; }
+        nd->i[10] = is_max;
+        nd->saved = arg;
+    }
+    return y;
+}
+LDM_API ldm_tensor *ldm_avg_pool(ldm_ctx *ctx, ldm_tensor *x, int kernel, int stride, int pad) { return ldm__pool(ctx, x, kernel, stride, pad, 0); }
+LDM_API ldm_tensor *ldm_max_pool(ldm_ctx *ctx, ldm_tensor *x, int kernel, int stride, int pad) { return ldm__pool(ctx, x, kernel, stride, pad, 1); }
+
+/* ---- shape ops: all of them are the strided-copy kernel ---------------------------------- */
+/* A sub-block of a bigger tensor: copy between a contiguous `shape` block and the region of
+   `big` starting at `offset` (big's strides). to_big: block -> region, else region -> block. */
+static void ldm__block_copy(ldm_ctx *ctx, const ldm_tensor *big, float *bigdata, int64_t offset, const int64_t *shape, int nd,
+                            float *block, int to_big, int accumulate) {
+    int64_t bst[LDM_MAX_DIMS], kst[LDM_MAX_DIMS], s5[5], b5[5], k5[5];
+    ldm__strides(big->shape, big->ndim, bst);
+    ldm__strides(shape, nd, kst);
+    for (int i = 0; i < 5; i++) { s5[i] = 1; b5[i] = 0; k5[i] = 0; }
+    for (int i = 0; i < nd; i++) { s5[5 - nd + i] = shape[i]; b5[5 - nd + i] = bst[i]; k5[5 - nd + i] = kst[i]; }
+    if (to_big) LDM__BE(big)->strided_copy(ctx, bigdata + offset, b5, block, k5, s5, accumulate);
+    else LDM__BE(big)->strided_copy(ctx, block, k5, bigdata + offset, b5, s5, accumulate);
+}
+
+static void ldm__view_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
+    if (din[0]) LDM__BE(nd->out)->axpby(ctx, din[0], dout, nd->out->numel, 1.0f, 1.0f);
+}
+LDM_API ldm_tensor *ldm_reshape(ldm_ctx *ctx, ldm_tensor *x, ldm_shape s) {
+    if (ldm__bad(ctx, x)) return NULL;
+    int infer = -1;
+    int64_t n = 1;
+    for (int i = 0; i < s.ndim; i++) {
+        if (s.d[i] == -1 && infer < 0) infer = i;
+        else if (s.d[i] < 0) { n = -1; break; }
+        else n *= s.d[i];
+    }
+    if (n >= 0 && infer >= 0 && n > 0 && x->numel % n == 0) { s.d[infer] = x->numel / n; n = x->numel; }
+    if (n != x->numel) {
+        char b[96];
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_reshape: cannot view %s as %s", ldm__shp(x).s, ldm__shape_fmt(s.d, s.ndim, b, sizeof b));
+        return NULL;
+    }
+    ldm_tensor *y = (ldm_tensor *)ldm_arena_alloc(ctx, LDM_CPU, sizeof *y);
+    if (!y) return NULL;
+    *y = *x; /* shares x's data: tensors are never modified in place */
+    y->ndim = s.ndim;
+    for (int i = 0; i < s.ndim; i++) y->shape[i] = s.d[i];
+    y->grad = NULL;
+    y->node = -1;
+    y->requires_grad = 0;
+    y->name = NULL;
+    ldm__record(ctx, y, ldm__view_bw, 1, x, NULL, NULL, NULL);
+    return y;
+}
+LDM_API ldm_tensor *ldm_copy(ldm_ctx *ctx, ldm_tensor *x) {
+    if (ldm__bad(ctx, x)) return NULL;
+    ldm_tensor *y = ldm__like(ctx, x);
+    if (!y) return NULL;
+    LDM__BE(x)->copy(ctx->be_state[x->device], y->data, x->device, x->data, x->device, (size_t)x->numel * 4);
+    ldm__record(ctx, y, ldm__view_bw, 1, x, NULL, NULL, NULL);
+    return y;
+}
+
+/* i: 0..4 perm */
+static void ldm__permute_strides(const ldm_tensor *x, const int64_t *perm, int64_t *s5, int64_t *src5, int64_t *dst5) {
+    int64_t xst[LDM_MAX_DIMS], yshape[LDM_MAX_DIMS], yst[LDM_MAX_DIMS];
+    int nd = x->ndim;
+    ldm__strides(x->shape, nd, xst);
+    for (int i = 0; i < nd; i++) yshape[i] = x->shape[perm[i]];
+    ldm__strides(yshape, nd, yst);
+    for (int i = 0; i < 5; i++) { s5[i] = 1; src5[i] = 0; dst5[i] = 0; }
+    for (int i = 0; i < nd; i++) { s5[5 - nd + i] = yshape[i]; src5[5 - nd + i] = xst[perm[i]]; dst5[5 - nd + i] = yst[i]; }
+}
+static void ldm__permute_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
+    if (!din[0]) return;
+    int64_t s5[5], x5[5], y5[5];
+    ldm__permute_strides(nd->in[0], nd->i, s5, x5, y5);
+    LDM__BE(nd->out)->strided_copy(ctx, din[0], x5, dout, y5, s5, 1);
+}
+LDM_API ldm_tensor *ldm_permute(ldm_ctx *ctx, ldm_tensor *x, const int *perm) {
+    if (ldm__bad(ctx, x)) return NULL;
+    int64_t p[LDM_MAX_DIMS];
+    unsigned seen = 0;
+    for (int i = 0; i < x->ndim; i++) {
+        int d = perm[i] < 0 ? perm[i] + x->ndim : perm[i];
+        if (d < 0 || d >= x->ndim || (seen >> d) & 1) {
+            ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_permute: invalid permutation for %s", ldm__shp(x).s);
+            return NULL;
+        }
+        seen |= 1u << d;
+        p[i] = d;
+    }
+    int64_t s5[5], x5[5], y5[5], ys[LDM_MAX_DIMS];
+    for (int i = 0; i < x->ndim; i++) ys[i] = x->shape[p[i]];
+    ldm_tensor *y = ldm__new_on(ctx, ldm_shape_n(x->ndim, ys), x->device);
+    if (!y) return NULL;
+    ldm__permute_strides(x, p, s5, x5, y5);
+    LDM__BE(x)->strided_copy(ctx, y->data, y5, x->data, x5, s5, 0);
+    ldm__node *nd = ldm__record(ctx, y, ldm__permute_bw, 1, x, NULL, NULL, NULL);
+    if (nd) for (int i = 0; i < x->ndim; i++) nd->i[i] = p[i];
+    return y;
+}
+LDM_API ldm_tensor *ldm_transpose(ldm_ctx *ctx, ldm_tensor *x, int d0, int d1) {
+    if (ldm__bad(ctx, x)) return NULL;
+    int a = ldm__dim(ctx, "ldm_transpose", x, d0), b = ldm__dim(ctx, "ldm_transpose", x, d1);
+    if (a < 0 || b < 0) return NULL;
+    int perm[LDM_MAX_DIMS];
+    for (int i = 0; i < x->ndim; i++) perm[i] = i;
+    perm[a] = b;
+    perm[b] = a;
+    return ldm_permute(ctx, x, perm);
+}
+
+/* slice: i: 0 dim, 1 start */
+static void ldm__slice_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
+    if (!din[0]) return;
+    ldm_tensor *x = nd->in[0];
+    int64_t st[LDM_MAX_DIMS];
+    ldm__strides(x->shape, x->ndim, st);
+    ldm__block_copy(ctx, x, din[0], nd->i[1] * st[nd->i[0]], nd->out->shape, x->ndim, dout, 1, 1);
+}
+LDM_API ldm_tensor *ldm_slice(ldm_ctx *ctx, ldm_tensor *x, int dim, int64_t start, int64_t len) {
+    if (ldm__bad(ctx, x)) return NULL;
+    int d = ldm__dim(ctx, "ldm_slice", x, dim);
+    if (d < 0) return NULL;
+    if (start < 0 || len < 0 || start + len > x->shape[d]) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_slice: [%lld, %lld) is outside dim %d of %s", (long long)start,
+                       (long long)(start + len), d, ldm__shp(x).s);
+        return NULL;
+    }
+    ldm_shape s = ldm_shape_of(x);
+    s.d[d] = len;
+    ldm_tensor *y = ldm__new_on(ctx, s, x->device);
+    if (!y) return NULL;
+    int64_t st[LDM_MAX_DIMS];
+    ldm__strides(x->shape, x->ndim, st);
+    ldm__block_copy(ctx, x, x->data, start * st[d], y->shape, x->ndim, y->data, 0, 0);
+    ldm__node *nd = ldm__record(ctx, y, ldm__slice_bw, 1, x, NULL, NULL, NULL);
+    if (nd) { nd->i[0] = d; nd->i[1] = start; }
+    return y;
+}
+LDM_API ldm_result ldm_split(ldm_ctx *ctx, ldm_tensor *x, int n, const int64_t *sizes, int dim, ldm_tensor **out) {
+    if (ldm__bad(ctx, x)) return ctx->status ? ctx->status : ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_split: NULL tensor");
+    int d = ldm__dim(ctx, "ldm_split", x, dim);
+    if (d < 0) return ctx->status;
+    int64_t total = 0;
+    for (int i = 0; i < n; i++) total += sizes[i];
+    if (total != x->shape[d]) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_split: sizes add up to %lld, dim %d of %s is %lld",
+                                                    (long long)total, d, ldm__shp(x).s, (long long)x->shape[d]);
+    int64_t at = 0;
+    for (int i = 0; i < n; i++) { out[i] = ldm_slice(ctx, x, d, at, sizes[i]); at += sizes[i]; }
+    return ctx->status;
+}
+LDM_API ldm_result ldm_chunk(ldm_ctx *ctx, ldm_tensor *x, int n, int dim, ldm_tensor **out) {
+    if (ldm__bad(ctx, x)) return ctx->status ? ctx->status : ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_chunk: NULL tensor");
+    int d = ldm__dim(ctx, "ldm_chunk", x, dim);
+    if (d < 0) return ctx->status;
+    if (n < 1 || x->shape[d] % n)
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_chunk: dim %d of %s does not split into %d equal chunks", d, ldm__shp(x).s, n);
+    int64_t sizes[64];
+    if (n > 64) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_chunk: at most 64 chunks");
+    for (int i = 0; i < n; i++) sizes[i] = x->shape[d] / n;
+    return ldm_split(ctx, x, n, sizes, d, out);
+}
+
+/* concat: i: 0 dim; saved: offsets along dim (int64 per input) */
+static void ldm__concat_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
+    ldm_tensor *y = nd->out;
+    int64_t *off = (int64_t *)nd->saved, st[LDM_MAX_DIMS];
+    ldm__strides(y->shape, y->ndim, st);
+    for (int k = 0; k < nd->nin; k++)
+        if (din[k]) ldm__block_copy(ctx, y, dout, off[k] * st[nd->i[0]], nd->in[k]->shape, y->ndim, din[k], 0, 1);
+}
+LDM_API ldm_tensor *ldm_concat(ldm_ctx *ctx, int n, ldm_tensor *const *xs, int dim) {
+    if (ctx->status) return NULL;
+    if (n < 1) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_concat: no tensors"); return NULL; }
+    for (int k = 0; k < n; k++) if (!xs[k]) return NULL;
+    ldm_tensor *x0 = xs[0];
+    int d = ldm__dim(ctx, "ldm_concat", x0, dim);
+    if (d < 0) return NULL;
+    ldm_shape s = ldm_shape_of(x0);
+    s.d[d] = 0;
+    for (int k = 0; k < n; k++) {
+        int ok = xs[k]->ndim == x0->ndim && xs[k]->device == x0->device;
+        for (int i = 0; ok && i < x0->ndim; i++) ok = i == d || xs[k]->shape[i] == x0->shape[i];
+        if (!ok) {
+            ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_concat: %s and %s differ outside dim %d", ldm__shp(x0).s, ldm__shp(xs[k]).s, d);
+            return NULL;
+        }
+        s.d[d] += xs[k]->shape[d];
+    }
+    if (ctx->grad_enabled && n > 4) { /* a tape node holds 4 inputs: chain longer lists */
+        ldm_tensor *part[4], *acc = ldm_concat(ctx, 4, xs, d);
+        for (int k = 4; k < n && acc;) {
+            int m = LDM__MIN(3, n - k);
+            part[0] = acc;
+            for (int q = 0; q < m; q++) part[1 + q] = xs[k + q];
+            acc = ldm_concat(ctx, 1 + m, part, d);
+            k += m;
+        }
+        return acc;
+    }
+    ldm_tensor *y = ldm__new_on(ctx, s, x0->device);
+    int64_t *off = (int64_t *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(int64_t) * (size_t)n), st[LDM_MAX_DIMS], at = 0;
+    if (!y || !off) return NULL;
+    ldm__strides(y->shape, y->ndim, st);
+    for (int k = 0; k < n; k++) {
+        off[k] = at;
+        ldm__block_copy(ctx, y, y->data, at * st[d], xs[k]->shape, y->ndim, xs[k]->data, 1, 0);
+        at += xs[k]->shape[d];
+    }
+    ldm__node *nd = ldm__record(ctx, y, ldm__concat_bw, n, xs[0], n > 1 ? xs[1] : NULL, n > 2 ? xs[2] : NULL, n > 3 ? xs[3] : NULL);
+    if (nd) { nd->i[0] = d; nd->saved = off; }
+    return y;
+}
+
+/* pad: saved: int64 lo[ndim]; the interior of y is x */
+static void ldm__pad_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
+    if (!din[0]) return;
+    ldm_tensor *x = nd->in[0], *y = nd->out;
+    int64_t *lo = (int64_t *)nd->saved, st[LDM_MAX_DIMS], off = 0;
+    ldm__strides(y->shape, y->ndim, st);
+    for (int i = 0; i < y->ndim; i++) off += lo[i] * st[i];
+    ldm__block_copy(ctx, y, dout, off, x->shape, x->ndim, din[0], 0, 1);
+}
+LDM_API ldm_tensor *ldm_pad(ldm_ctx *ctx, ldm_tensor *x, int n, const int *pads, float v) {
+    if (ldm__bad(ctx, x)) return NULL;
+    if (n < 0 || n > x->ndim) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_pad: %d padded dims for %s", n, ldm__shp(x).s); return NULL; }
+    int64_t *lo = (int64_t *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(int64_t) * LDM_MAX_DIMS), st[LDM_MAX_DIMS], off = 0;
+    if (!lo) return NULL;
+    ldm_shape s = ldm_shape_of(x);
+    for (int i = 0; i < x->ndim; i++) lo[i] = 0;
+    for (int k = 0; k < n; k++) {
+        int d = x->ndim - 1 - k;
+        if (pads[2 * k] < 0 || pads[2 * k + 1] < 0) {
+            ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_pad: negative padding (%d, %d) on dim %d is not supported", pads[2 * k], pads[2 * k + 1], d);
+            return NULL;
+        }
+        lo[d] = pads[2 * k];
+        s.d[d] += pads[2 * k] + pads[2 * k + 1];
+    }
+    ldm_tensor *y = ldm_full(ctx, s, v);
+    if (!y) return NULL;
+    y->device = x->device;
+    ldm__strides(y->shape, y->ndim, st);
+    for (int i = 0; i < y->ndim; i++) off += lo[i] * st[i];
+    ldm__block_copy(ctx, y, y->data, off, x->shape, x->ndim, x->data, 1, 0);
+    ldm__node *nd = ldm__record(ctx, y, ldm__pad_bw, 1, x, NULL, NULL, NULL);
+    if (nd) nd->saved = lo;
+    return y;
+}
+
+/* ---- dropout and embedding --------------------------------------------------------------- */
+LDM_API ldm_tensor *ldm_dropout(ldm_ctx *ctx, ldm_tensor *x, float p, int training) {
+    if (ldm__bad(ctx, x)) return NULL;
+    if (p < 0.0f || p > 1.0f) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_dropout: p = %g is not a probability", (double)p); return NULL; }
+    if (!training || p == 0.0f) return x;
+    ldm_tensor *mask = ldm__like(ctx, x);
+    if (!mask) return NULL;
+    ldm_rng_uniform(ctx, &ctx->rng, x->device, mask->data, x->numel, 0.0f, 1.0f);
+    /* mask = (u >= p) / (1 - p); p = 1 drops everything */
+    LDM__BE(x)->unary(ctx, LDM__U_STEP, mask->data, mask->data, x->numel, p, p < 1.0f ? 1.0f / (1.0f - p) : 0.0f);
+    return ldm_mul(ctx, x, mask);
+}
+
+/* saved: idx (int64, host copy) ; i: 0 n, 1 dim */
+static void ldm__embedding_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
+    if (din[0]) LDM__BE(nd->out)->embedding_backward(ctx, din[0], dout, (const int64_t *)nd->saved, nd->i[0], nd->i[1]);
+}
+LDM_API ldm_tensor *ldm_embedding(ldm_ctx *ctx, ldm_tensor *weight, int64_t n, const int64_t *idx) {
+    if (ldm__bad(ctx, weight)) return NULL;
+    if (weight->ndim != 2) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_embedding: weight %s is not [num, dim]", ldm__shp(weight).s); return NULL; }
+    for (int64_t i = 0; i < n; i++)
+        if (idx[i] < 0 || idx[i] >= weight->shape[0]) {
+            ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_embedding: index %lld (position %lld) is outside [0, %lld)",
+                           (long long)idx[i], (long long)i, (long long)weight->shape[0]);
+            return NULL;
+        }
+    int64_t *saved = (int64_t *)ldm_arena_alloc(ctx, weight->device, sizeof(int64_t) * (size_t)(n ? n : 1));
+    ldm_tensor *y = ldm__new_on(ctx, ldm_shape2(n, weight->shape[1]), weight->device);
+    if (!saved || !y) return NULL;
+    LDM__BE(weight)->copy(ctx->be_state[weight->device], saved, weight->device, idx, LDM_CPU, sizeof(int64_t) * (size_t)n);
+    LDM__BE(weight)->embedding_forward(ctx, y->data, weight->data, saved, n, weight->shape[1]);
+    ldm__node *nd = ldm__record(ctx, y, ldm__embedding_bw, 1, weight, NULL, NULL, NULL);
+    if (nd) { nd->saved = saved; nd->i[0] = n; nd->i[1] = weight->shape[1]; }
+    return y;
+}
+
+/* ========================================================================================== */
+/*                                    CPU kernels                                             */
+/* ========================================================================================== */
+/* Element-wise work is split in fixed 16K-element pieces so that results never depend on
+   the thread count; reductions keep a fixed order per output element. */
+#define LDM__GRAIN 16384
+
+static void *ldm__cpu_alloc(void *st, size_t n) { (void)st; return LDM_MALLOC(n ? n : 1); }
+static void ldm__cpu_free(void *st, void *p) { (void)st; LDM_FREE(p); }
+static void ldm__cpu_copy(void *st, void *dst, ldm_device dd, const void *src, ldm_device sd, size_t n) {
+    (void)st; (void)dd; (void)sd;
+    if (n && dst != src) memmove(dst, src, n);
+}
+typedef struct { float *out; float v; } ldm__fill_job;
+static void ldm__fill_task(void *arg, int64_t b, int64_t e, int tid) {
+    ldm__fill_job *j = (ldm__fill_job *)arg;
+    (void)tid;
+    for (int64_t i = b; i < e; i++) j->out[i] = j->v;
+}
+static void ldm__cpu_fill(ldm_ctx *ctx, float *out, int64_t n, float v) {
+    ldm__fill_job j;
+    j.out = out; j.v = v;
+    ldm_parallel_for(ctx, n, LDM__GRAIN * 4, ldm__fill_task, &j);
+}
+typedef struct { float *y; const float *x; float a, b; } ldm__axpby_job;
+static void ldm__axpby_task(void *arg, int64_t s, int64_t e, int tid) {
+    ldm__axpby_job *j = (ldm__axpby_job *)arg;
+    float *LDM_RESTRICT y = j->y;
+    const float *x = j->x;
+    float a = j->a, b = j->b;
+    (void)tid;
+    if (a == 1.0f && b == 1.0f) for (int64_t i = s; i < e; i++) y[i] += x[i];
+    else for (int64_t i = s; i < e; i++) y[i] = a * y[i] + b * x[i];
+}
+static void ldm__cpu_axpby(ldm_ctx *ctx, float *y, const float *x, int64_t n, float a, float b) {
+    ldm__axpby_job j;
+    j.y = y; j.x = x; j.a = a; j.b = b;
+    ldm_parallel_for(ctx, n, LDM__GRAIN, ldm__axpby_task, &j);
+}
+
+/* ---- unary ---- */
+typedef struct { ldm__unary_op op; float *out; const float *x, *dy, *y; float p0, p1; } ldm__unary_job;
+static float ldm__gelu_tanh_inner(float x) { return 0.7978845608028654f * (x + 0.044715f * x * x * x); }
+static void ldm__unary_task(void *arg, int64_t s, int64_t e, int tid) {
+    ldm__unary_job *j = (ldm__unary_job *)arg;
+    const float *x = j->x;
+    float *y = j->out, p0 = j->p0, p1 = j->p1;
+    (void)tid;
+#define LDM__MAP(expr) for (int64_t i = s; i < e; i++) { float v = x[i]; y[i] = (expr); } break
+    switch (j->op) {
+    case LDM__U_AFFINE: LDM__MAP(v * p0 + p1);
+    case LDM__U_POW: LDM__MAP(p0 == 2.0f ? v * v : p0 == -0.5f ? 1.0f / sqrtf(v) : powf(v, p0));
+    case LDM__U_EXP: LDM__MAP(expf(v));
+    case LDM__U_LOG: LDM__MAP(logf(v));
+    case LDM__U_SQRT: LDM__MAP(sqrtf(v));
+    case LDM__U_ABS: LDM__MAP(fabsf(v));
+    case LDM__U_SQUARE: LDM__MAP(v * v);
+    case LDM__U_CLAMP: LDM__MAP(v < p0 ? p0 : v > p1 ? p1 : v);
+    case LDM__U_SIGMOID: LDM__MAP(1.0f / (1.0f + expf(-v)));
+    case LDM__U_SILU: LDM__MAP(v / (1.0f + expf(-v)));
+    case LDM__U_RELU: LDM__MAP(v > 0.0f ? v : 0.0f);
+    case LDM__U_LEAKY: LDM__MAP(v > 0.0f ? v : v * p0);
+    case LDM__U_TANH: LDM__MAP(tanhf(v));
+    case LDM__U_GELU: LDM__MAP(0.5f * v * (1.0f + erff(v * 0.7071067811865476f)));
+    case LDM__U_GELU_TANH: LDM__MAP(0.5f * v * (1.0f + tanhf(ldm__gelu_tanh_inner(v))));
+    case LDM__U_SOFTPLUS: LDM__MAP(v * p0 > p1 ? v : log1pf(expf(v * p0)) / p0);
+    case LDM__U_STEP: LDM__MAP(v >= p0 ? p1 : 0.0f);
+    }
+#undef LDM__MAP
+}
+static void ldm__unary_bw_task(void *arg, int64_t s, int64_t e, int tid) {
+    ldm__unary_job *j = (ldm__unary_job *)arg;
+    const float *x = j->x, *y = j->y, *dy = j->dy;
+    float *dx = j->out, p0 = j->p0, p1 = j->p1;
+    (void)tid;
+    (void)y;
+#define LDM__MAP(expr) for (int64_t i = s; i < e; i++) { float v = x[i], o = y[i]; (void)v; (void)o; dx[i] += dy[i] * (expr); } break
+    switch (j->op) {
+    case LDM__U_AFFINE: LDM__MAP(p0);
+    case LDM__U_POW: LDM__MAP(p0 == 2.0f ? 2.0f * v : p0 * powf(v, p0 - 1.0f));
+    case LDM__U_EXP: LDM__MAP(o);
+    case LDM__U_LOG: LDM__MAP(1.0f / v);
+    case LDM__U_SQRT: LDM__MAP(0.5f / o);
+    case LDM__U_ABS: LDM__MAP(v > 0.0f ? 1.0f : v < 0.0f ? -1.0f : 0.0f);
+    case LDM__U_SQUARE: LDM__MAP(2.0f * v);
+    case LDM__U_CLAMP: LDM__MAP(v >= p0 && v <= p1 ? 1.0f : 0.0f);
+    case LDM__U_SIGMOID: LDM__MAP(o * (1.0f - o));
+    case LDM__U_SILU: { for (int64_t i = s; i < e; i++) { float sg = 1.0f / (1.0f + expf(-x[i])); dx[i] += dy[i] * sg * (1.0f + x[i] * (1.0f - sg)); } break; }
+    case LDM__U_RELU: LDM__MAP(v > 0.0f ? 1.0f : 0.0f);
+    case LDM__U_LEAKY: LDM__MAP(v > 0.0f ? 1.0f : p0);
+    case LDM__U_TANH: LDM__MAP(1.0f - o * o);
+    case LDM__U_GELU: LDM__MAP(0.5f * (1.0f + erff(v * 0.7071067811865476f)) + v * 0.3989422804014327f * expf(-0.5f * v * v));
+    case LDM__U_GELU_TANH: {
+        for (int64_t i = s; i < e; i++) {
+            float v = x[i], t = tanhf(ldm__gelu_tanh_inner(v));
+            float dinner = 0.7978845608028654f * (1.0f + 3.0f * 0.044715f * v * v);
+            dx[i] += dy[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * dinner);
+        }
+        break;
+    }
+    case LDM__U_SOFTPLUS: LDM__MAP(v * p0 > p1 ? 1.0f : 1.0f / (1.0f + expf(-v * p0)));
+    case LDM__U_STEP: break;
+    }
+#undef LDM__MAP
+}
+static void ldm__cpu_unary(ldm_ctx *ctx, ldm__unary_op op, float *out, const float *x, int64_t n, float p0, float p1) {
+    ldm__unary_job j;
+    memset(&j, 0, sizeof j);
+    j.op = op; j.out = out; j.x = x; j.p0 = p0; j.p1 = p1;
+    ldm_parallel_for(ctx, n, LDM__GRAIN, ldm__unary_task, &j);
+}
+static void ldm__cpu_unary_backward(ldm_ctx *ctx, ldm__unary_op op, float *dx, const float *dy, const float *x,
+                                    const float *y, int64_t n, float p0, float p1) {
+    ldm__unary_job j;
+    j.op = op; j.out = dx; j.x = x; j.dy = dy; j.y = y; j.p0 = p0; j.p1 = p1;
+    ldm_parallel_for(ctx, n, LDM__GRAIN, ldm__unary_bw_task, &j);
+}
+
+/* ---- binary with broadcast: the 5-D index splits into rows (first 4 dims) and the last dim */
+typedef struct { ldm__binary_op op; float *out, *da, *db; const float *a, *b, *dy; const ldm__bcast *g; } ldm__binary_job;
+static void ldm__row_offsets(const ldm__bcast *g, int64_t r, int64_t *oa, int64_t *ob) {
+    int64_t i3 = r % g->shape[3], t = r / g->shape[3];
+    int64_t i2 = t % g->shape[2]; t /= g->shape[2];
+    int64_t i1 = t % g->shape[1], i0 = t / g->shape[1];
+    *oa = i0 * g->sa[0] + i1 * g->sa[1] + i2 * g->sa[2] + i3 * g->sa[3];
+    *ob = i0 * g->sb[0] + i1 * g->sb[1] + i2 * g->sb[2] + i3 * g->sb[3];
+}
+static void ldm__binary_task(void *arg, int64_t r0, int64_t r1, int tid) {
+    ldm__binary_job *j = (ldm__binary_job *)arg;
+    const ldm__bcast *g = j->g;
+    int64_t W = g->shape[4], sa = g->sa[4], sb = g->sb[4];
+    (void)tid;
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t oa, ob;
+        ldm__row_offsets(g, r, &oa, &ob);
+        const float *a = j->a + oa, *b = j->b + ob;
+        float *y = j->out + r * W;
+#define LDM__ROW(expr)                                                                   \
+    if (sa && sb) for (int64_t i = 0; i < W; i++) { float u = a[i], v = b[i]; y[i] = (expr); } \
+    else if (sa) { float v = b[0]; for (int64_t i = 0; i < W; i++) { float u = a[i]; y[i] = (expr); } } \
+    else if (sb) { float u = a[0]; for (int64_t i = 0; i < W; i++) { float v = b[i]; y[i] = (expr); } } \
+    else { float u = a[0], v = b[0]; for (int64_t i = 0; i < W; i++) y[i] = (expr); } break
+        switch (j->op) {
+        case LDM__B_ADD: LDM__ROW(u + v);
+        case LDM__B_SUB: LDM__ROW(u - v);
+        case LDM__B_MUL: LDM__ROW(u * v);
+        case LDM__B_DIV: LDM__ROW(u / v);
+        }
+#undef LDM__ROW
+    }
+}
+static void ldm__binary_bw_task(void *arg, int64_t r0, int64_t r1, int tid) {
+    ldm__binary_job *j = (ldm__binary_job *)arg;
+    const ldm__bcast *g = j->g;
+    int64_t W = g->shape[4], sa = g->sa[4], sb = g->sb[4];
+    (void)tid;
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t oa, ob;
+        ldm__row_offsets(g, r, &oa, &ob);
+        const float *a = j->a + oa, *b = j->b + ob, *dy = j->dy + r * W;
+        float *da = j->da ? j->da + r * W : NULL, *db = j->db ? j->db + r * W : NULL;
+        for (int64_t i = 0; i < W; i++) {
+            float u = a[sa ? i : 0], v = b[sb ? i : 0], d = dy[i];
+            switch (j->op) {
+            case LDM__B_ADD: if (da) da[i] += d; if (db) db[i] += d; break;
+            case LDM__B_SUB: if (da) da[i] += d; if (db) db[i] -= d; break;
+            case LDM__B_MUL: if (da) da[i] += d * v; if (db) db[i] += d * u; break;
+            case LDM__B_DIV: if (da) da[i] += d / v; if (db) db[i] -= d * u / (v * v); break;
+            }
+        }
+    }
+}
+static void ldm__cpu_binary(ldm_ctx *ctx, ldm__binary_op op, float *out, const float *a, const float *b, const ldm__bcast *g) {
+    ldm__binary_job j;
+    memset(&j, 0, sizeof j);
+    j.op = op; j.out = out; j.a = a; j.b = b; j.g = g;
+    int64_t rows = g->n / (g->shape[4] ? g->shape[4] : 1);
+    ldm_parallel_for(ctx, rows, LDM__MAX(1, LDM__GRAIN / LDM__MAX(1, g->shape[4])), ldm__binary_task, &j);
+}
+static void ldm__cpu_binary_backward(ldm_ctx *ctx, ldm__binary_op op, float *da, float *db, const float *dy, const float *a,
+                                     const float *b, const ldm__bcast *g) {
+    ldm__binary_job j;
+    memset(&j, 0, sizeof j);
+    j.op = op; j.da = da; j.db = db; j.dy = dy; j.a = a; j.b = b; j.g = g;
+    int64_t rows = g->n / (g->shape[4] ? g->shape[4] : 1);
+    ldm_parallel_for(ctx, rows, LDM__MAX(1, LDM__GRAIN / LDM__MAX(1, g->shape[4])), ldm__binary_bw_task, &j);
+}
+
+/* ---- reduce_sum: accumulate in double in input order, per output element ---- */
+static void ldm__cpu_reduce_sum(ldm_ctx *ctx, float *out, const float *x, const int64_t *shape, const int64_t *ostride, int accumulate) {
+    int64_t on = 1;
+    for (int d = 0; d < 5; d++) if (ostride[d]) on *= shape[d];
+    size_t used0 = ctx->arena[LDM_CPU].used; /* the accumulator is scratch, released below */
+    double *acc = (double *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(double) * (size_t)on);
+    if (!acc) return;
+    memset(acc, 0, sizeof(double) * (size_t)on);
+    const float *p = x;
+    for (int64_t i0 = 0; i0 < shape[0]; i0++)
+        for (int64_t i1 = 0; i1 < shape[1]; i1++)
+            for (int64_t i2 = 0; i2 < shape[2]; i2++)
+                for (int64_t i3 = 0; i3 < shape[3]; i3++, p += shape[4]) {
+                    double *o = acc + i0 * ostride[0] + i1 * ostride[1] + i2 * ostride[2] + i3 * ostride[3];
+                    if (ostride[4]) for (int64_t i = 0; i < shape[4]; i++) o[i] += p[i];
+                    else {
+                        double s = 0.0;
+                        for (int64_t i = 0; i < shape[4]; i++) s += p[i];
+                        o[0] += s;
+                    }
+                }
+    /* ostride describes a contiguous output, so acc and out share the linear layout */
+    for (int64_t i = 0; i < on; i++) out[i] = accumulate ? out[i] + (float)acc[i] : (float)acc[i];
+    ctx->arena[LDM_CPU].used = used0;
+}
+
+/* ---- strided copy ---- */
+typedef struct { float *dst; const float *src; const int64_t *ds, *ss, *shape; int acc; } ldm__scopy_job;
+static void ldm__scopy_task(void *arg, int64_t r0, int64_t r1, int tid) {
+    ldm__scopy_job *j = (ldm__scopy_job *)arg;
+    const int64_t *sh = j->shape, *ds = j->ds, *ss = j->ss;
+    int64_t W = sh[4];
+    (void)tid;
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t i3 = r % sh[3], t = r / sh[3], i2 = t % sh[2], i1, i0;
+        t /= sh[2];
+        i1 = t % sh[1];
+        i0 = t / sh[1];
+        float *d = j->dst + i0 * ds[0] + i1 * ds[1] + i2 * ds[2] + i3 * ds[3];
+        const float *s = j->src + i0 * ss[0] + i1 * ss[1] + i2 * ss[2] + i3 * ss[3];
+        int64_t dw = ds[4], sw = ss[4];
+        if (j->acc) {
+            if (dw == 1 && sw == 1) for (int64_t i = 0; i < W; i++) d[i] += s[i];
+            else for (int64_t i = 0; i < W; i++) d[i * dw] += s[i * sw];
+        } else {
+            if (dw == 1 && sw == 1) memcpy(d, s, sizeof(float) * (size_t)W);
+            else for (int64_t i = 0; i < W; i++) d[i * dw] = s[i * sw];
+        }
+    }
+}
+static void ldm__cpu_strided_copy(ldm_ctx *ctx, float *dst, const int64_t *dstride, const float *src, const int64_t *sstride,
+                                  const int64_t *shape, int accumulate) {
+    ldm__scopy_job j;
+    j.dst = dst; j.src = src; j.ds = dstride; j.ss = sstride; j.shape = shape; j.acc = accumulate;
+    int64_t rows = shape[0] * shape[1] * shape[2] * shape[3];
+    /* accumulating through a dst stride of 0 (a broadcast read-back) must stay serial */
+    int serial = accumulate && (!dstride[0] || !dstride[1] || !dstride[2] || !dstride[3]);
+    if (serial) ldm__scopy_task(&j, 0, rows, 0);
+    else ldm_parallel_for(ctx, rows, LDM__MAX(1, LDM__GRAIN / LDM__MAX(1, shape[4])), ldm__scopy_task, &j);
+}
+
+/* ---- SGEMM ------------------------------------------------------------------------------- */
+LDM_API void ldm_sgemm_ref(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
+                           const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) {
+            double s = 0.0;
+            for (int64_t k = 0; k < K; k++) s += (double)(ta ? A[k * lda + i] : A[i * lda + k]) * (tb ? B[j * ldb + k] : B[k * ldb + j]);
+            C[i * ldc + j] = (float)(alpha * s + (beta == 0.0f ? 0.0 : (double)beta * C[i * ldc + j]));
+        }
+}
+
+#ifdef LDM_BLAS
+#include <cblas.h>
+static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                           int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+    (void)ctx;
+    if (M <= 0 || N <= 0) return;
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K,
+                alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+}
+#else
+/* Blocked, packed SGEMM (the BLIS loop nest): C is cut into MC x NC blocks; for each KC slice
+   A is packed into MR-row panels and B into NR-column panels, and a register-blocked
+   micro-kernel computes MR x NR tiles. Threads take disjoint column ranges of C (or row
+   ranges when N is small), and every element of C sees the same sequence of operations
+   whatever the split, so results do not depend on the thread count. */
+#define LDM__MR 8
+#define LDM__NR 16
+#define LDM__KC 256
+#define LDM__MC 128
+#define LDM__NC 2048
+
+static void ldm__pack_a(float *dst, const float *A, int64_t lda, int ta, int64_t i0, int64_t mc, int64_t k0, int64_t kc) {
+    for (int64_t ip = 0; ip < mc; ip += LDM__MR) {
+        int64_t mr = LDM__MIN(LDM__MR, mc - ip);
+        for (int64_t k = 0; k < kc; k++) {
+            for (int64_t r = 0; r < mr; r++) {
+                int64_t i = i0 + ip + r, kk = k0 + k;
+                dst[r] = ta ? A[kk * lda + i] : A[i * lda + kk];
+            }
+            for (int64_t r = mr; r < LDM__MR; r++) dst[r] = 0.0f;
+            dst += LDM__MR;
+        }
+    }
+}
+static void ldm__pack_b(float *dst, const float *B, int64_t ldb, int tb, int64_t j0, int64_t nc, int64_t k0, int64_t kc) {
+    for (int64_t jp = 0; jp < nc; jp += LDM__NR) {
+        int64_t nr = LDM__MIN(LDM__NR, nc - jp);
+        for (int64_t k = 0; k < kc; k++) {
+            int64_t kk = k0 + k;
+            if (!tb && nr == LDM__NR) memcpy(dst, B + kk * ldb + j0 + jp, sizeof(float) * LDM__NR);
+            else {
+                for (int64_t c = 0; c < nr; c++) { int64_t j = j0 + jp + c; dst[c] = tb ? B[j * ldb + kk] : B[kk * ldb + j]; }
+                for (int64_t c = nr; c < LDM__NR; c++) dst[c] = 0.0f;
+            }
+            dst += LDM__NR;
+        }
+    }
+}
+/* acc[MR][NR] = sum_k a[k][:] (x) b[k][:] */
+static void ldm__micro(int64_t kc, const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, float *LDM_RESTRICT acc) {
+    float c[LDM__MR][LDM__NR];
+    memset(c, 0, sizeof c);
+    for (int64_t k = 0; k < kc; k++) {
+        for (int r = 0; r < LDM__MR; r++) {
+            float av = a[r];
+            for (int q = 0; q < LDM__NR; q++) c[r][q] += av * b[q];
+        }
+        a += LDM__MR;
+        b += LDM__NR;
+    }
+    memcpy(acc, c, sizeof c);
+}
+typedef struct {
+    int ta, tb;
+    int64_t M, N, K, lda, ldb, ldc;
+    float alpha, beta;
+    const float *A, *B;
+    float *C;
+    int split_n;
+    float *work; /* per-thread packing buffers */
+    size_t work_per_thread;
+} ldm__gemm_job;
+static void ldm__gemm_block(const ldm__gemm_job *g, int64_t m0, int64_t m1, int64_t n0, int64_t n1, float *pa, float *pb) {
+    float acc[LDM__MR * LDM__NR];
+    for (int64_t jc = n0; jc < n1; jc += LDM__NC) {
+        int64_t nc = LDM__MIN(LDM__NC, n1 - jc);
+        for (int64_t pc = 0; pc < g->K; pc += LDM__KC) {
+            int64_t kc = LDM__MIN(LDM__KC, g->K - pc);
+            int first = pc == 0;
+            ldm__pack_b(pb, g->B, g->ldb, g->tb, jc, nc, pc, kc);
+            for (int64_t ic = m0; ic < m1; ic += LDM__MC) {
+                int64_t mc = LDM__MIN(LDM__MC, m1 - ic);
+                ldm__pack_a(pa, g->A, g->lda, g->ta, ic, mc, pc, kc);
+                for (int64_t jr = 0; jr < nc; jr += LDM__NR)
+                    for (int64_t ir = 0; ir < mc; ir += LDM__MR) {
+                        ldm__micro(kc, pa + ir * kc, pb + jr * kc, acc);
+                        int64_t mr = LDM__MIN(LDM__MR, mc - ir), nr = LDM__MIN(LDM__NR, nc - jr);
+                        for (int64_t r = 0; r < mr; r++) {
+                            float *c = g->C + (ic + ir + r) * g->ldc + jc + jr;
+                            const float *s = acc + r * LDM__NR;
+                            if (first && g->beta == 0.0f) for (int64_t q = 0; q < nr; q++) c[q] = g->alpha * s[q];
+                            else if (first) for (int64_t q = 0; q < nr; q++) c[q] = g->beta * c[q] + g->alpha * s[q];
+                            else for (int64_t q = 0; q < nr; q++) c[q] += g->alpha * s[q];
+                        }
+                    }
+            }
+        }
+    }
+}
+static void ldm__gemm_task(void *arg, int64_t b, int64_t e, int tid) {
+    ldm__gemm_job *g = (ldm__gemm_job *)arg;
+    float *pa = g->work + (size_t)tid * g->work_per_thread, *pb = pa + LDM__MC * LDM__KC;
+    if (g->split_n) ldm__gemm_block(g, 0, g->M, LDM__MIN(b * LDM__NR, g->N), LDM__MIN(e * LDM__NR, g->N), pa, pb);
+    else ldm__gemm_block(g, LDM__MIN(b * LDM__MR, g->M), LDM__MIN(e * LDM__MR, g->M), 0, g->N, pa, pb);
+}
+static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                           int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) { /* C = beta*C */
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N; j++) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+        return;
+    }
+    ldm__gemm_job g;
+    g.ta = ta; g.tb = tb; g.M = M; g.N = N; g.K = K; g.lda = lda; g.ldb = ldb; g.ldc = ldc;
+    g.alpha = alpha; g.beta = beta; g.A = A; g.B = B; g.C = C;
+    g.split_n = N >= M;
+    g.work_per_thread = (size_t)(LDM__MC * LDM__KC + LDM__KC * LDM__NC) + 16;
+    size_t used0 = ctx->arena[LDM_CPU].used;
+    g.work = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * g.work_per_thread * (size_t)ctx->threads);
+    if (!g.work) return;
+    int64_t units = g.split_n ? (N + LDM__NR - 1) / LDM__NR : (M + LDM__MR - 1) / LDM__MR;
+    double flops = 2.0 * (double)M * (double)N * (double)K;
+    int64_t grain = flops < 4e6 ? units : LDM__MAX(1, units / LDM__MAX(1, ctx->threads));
+    ldm_parallel_for(ctx, units, grain, ldm__gemm_task, &g);
+    ctx->arena[LDM_CPU].used = used0;
+}
+#endif
+
+LDM_API void ldm_sgemm(ldm_ctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                       int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+    ldm__cpu_sgemm(ctx, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* ---- convolution: im2col over column chunks + SGEMM --------------------------------------
+   The column matrix of one image is [K = C*kt*kh*kw, OT*OH*OW]; it is built a chunk of output
+   positions at a time so the buffer stays small. 1x1 convolutions without stride or padding
+   use the input directly. */
+typedef struct { const ldm_conv_desc *d; const float *img; float *col; int64_t n0, nc; } ldm__im2col_job;
+static int ldm__conv_is_pointwise(const ldm_conv_desc *d) {
+    int p = 0;
+    for (int i = 0; i < 6; i++) p |= d->pad[i];
+    return d->kt == 1 && d->kh == 1 && d->kw == 1 && d->st == 1 && d->sh == 1 && d->sw == 1 && !p;
+}
+/* Walks the chunk's output positions row by row (runs of constant ot, oy). */
+#define LDM__CONV_ROWS(d, n0, nc, ...)                                                             \
+    do {                                                                                           \
+        int64_t n_ = (n0), end_ = (n0) + (nc);                                                     \
+        while (n_ < end_) {                                                                        \
+            int64_t ox0 = n_ % (d)->OW, oy = (n_ / (d)->OW) % (d)->OH, ot = n_ / ((d)->OW * (d)->OH); \
+            int64_t run = LDM__MIN((d)->OW - ox0, end_ - n_), j0 = n_ - (n0);                      \
+            __VA_ARGS__                                                                            \
+            n_ += run;                                                                             \
+        }                                                                                          \
+    } while (0)
+static void ldm__im2col_task(void *arg, int64_t k0, int64_t k1, int tid) {
+    ldm__im2col_job *j = (ldm__im2col_job *)arg;
+    const ldm_conv_desc *d = j->d;
+    int64_t khw = (int64_t)d->kh * d->kw, kk = khw * d->kt;
+    (void)tid;
+    for (int64_t k = k0; k < k1; k++) {
+        int64_t c = k / kk, r = k % kk, ft = r / khw, fy = (r % khw) / d->kw, fx = r % d->kw;
+        const float *plane = j->img + c * d->T * d->H * d->W;
+        float *dst = j->col + k * j->nc;
+        LDM__CONV_ROWS(d, j->n0, j->nc, {
+            int64_t t = ot * d->st - d->pad[0] + ft, y = oy * d->sh - d->pad[2] + fy;
+            float *o = dst + j0;
+            if (t < 0 || t >= d->T || y < 0 || y >= d->H) { memset(o, 0, sizeof(float) * (size_t)run); }
+            else {
+                const float *src = plane + (t * d->H + y) * d->W;
+                int64_t x = ox0 * d->sw - d->pad[4] + fx;
+                if (d->sw == 1) {
+                    int64_t a = 0;
+                    for (; a < run && x + a < 0; a++) o[a] = 0.0f;
+                    int64_t b = run;
+                    while (b > a && x + b - 1 >= d->W) o[--b] = 0.0f;
+                    if (b > a) memcpy(o + a, src + x + a, sizeof(float) * (size_t)(b - a));
+                } else {
+                    for (int64_t a = 0; a < run; a++, x += d->sw) o[a] = (x >= 0 && x < d->W) ? src[x] : 0.0f;
+                }
+            }
+        });
+    }
+}
+typedef struct { const ldm_conv_desc *d; float *img; const float *col; int64_t n0, nc; } ldm__col2im_job;
+static void ldm__col2im_task(void *arg, int64_t c0, int64_t c1, int tid) { /* one channel per item: no write races */
+    ldm__col2im_job *j = (ldm__col2im_job *)arg;
+    const ldm_conv_desc *d = j->d;
+    int64_t khw = (int64_t)d->kh * d->kw, kk = khw * d->kt;
+    (void)tid;
+    for (int64_t c = c0; c < c1; c++) {
+        float *plane = j->img + c * d->T * d->H * d->W;
+        for (int64_t r = 0; r < kk; r++) {
+            int64_t ft = r / khw, fy = (r % khw) / d->kw, fx = r % d->kw;
+            const float *src = j->col + (c * kk + r) * j->nc;
+            LDM__CONV_ROWS(d, j->n0, j->nc, {
+                int64_t t = ot * d->st - d->pad[0] + ft, y = oy * d->sh - d->pad[2] + fy;
+                if (t >= 0 && t < d->T && y >= 0 && y < d->H) {
+                    float *dst = plane + (t * d->H + y) * d->W;
+                    const float *s = src + j0;
+                    int64_t x = ox0 * d->sw - d->pad[4] + fx;
+                    for (int64_t a = 0; a < run; a++, x += d->sw) if (x >= 0 && x < d->W) dst[x] += s[a];
+                }
+            });
+        }
+    }
+}
+static int64_t ldm__conv_chunk(const ldm_conv_desc *d, int64_t K) {
+    int64_t OS = d->OT * d->OH * d->OW, nc = ((int64_t)4 << 20) / LDM__MAX(K, 1); /* ~16 MiB of columns */
+    nc = LDM__MAX(nc, 64);
+    return LDM__MIN(nc, OS);
+}
+static void ldm__im2col(ldm_ctx *ctx, const ldm_conv_desc *d, const float *img, float *col, int64_t n0, int64_t nc, int64_t K) {
+    ldm__im2col_job j;
+    j.d = d; j.img = img; j.col = col; j.n0 = n0; j.nc = nc;
+    ldm_parallel_for(ctx, K, LDM__MAX(1, 8192 / LDM__MAX(nc, 1)), ldm__im2col_task, &j);
+}
+static void ldm__cpu_conv_forward(ldm_ctx *ctx, float *out, const float *inp, const float *w, const float *bias, const ldm_conv_desc *d) {
+    int64_t K = d->C * d->kt * d->kh * d->kw, IS = d->T * d->H * d->W, OS = d->OT * d->OH * d->OW;
+    int pw = ldm__conv_is_pointwise(d);
+    int64_t nc = pw ? OS : ldm__conv_chunk(d, K);
+    size_t used0 = ctx->arena[LDM_CPU].used;
+    float *col = pw ? NULL : (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(K * nc));
+    if (!pw && !col) return;
+    for (int64_t b = 0; b < d->B; b++) {
+        float *ob = out + b * d->O * OS;
+        if (bias) for (int64_t o = 0; o < d->O; o++) for (int64_t i = 0; i < OS; i++) ob[o * OS + i] = bias[o];
+        for (int64_t n0 = 0; n0 < OS; n0 += nc) {
+            int64_t m = LDM__MIN(nc, OS - n0);
+            if (pw) ldm__cpu_sgemm(ctx, 0, 0, d->O, m, K, 1.0f, w, K, inp + b * d->C * IS + n0, IS, bias ? 1.0f : 0.0f, ob + n0, OS);
+            else {
+                ldm__im2col(ctx, d, inp + b * d->C * IS, col, n0, m, K);
+                ldm__cpu_sgemm(ctx, 0, 0, d->O, m, K, 1.0f, w, K, col, m, bias ? 1.0f : 0.0f, ob + n0, OS);
+            }
+        }
+    }
+    ctx->arena[LDM_CPU].used = used0;
+}
+static void ldm__cpu_conv_backward(ldm_ctx *ctx, float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                                   const float *w, const ldm_conv_desc *d) {
+    int64_t K = d->C * d->kt * d->kh * d->kw, IS = d->T * d->H * d->W, OS = d->OT * d->OH * d->OW;
+    if (db)
+        for (int64_t o = 0; o < d->O; o++) {
+            double s = 0.0;
+            for (int64_t b = 0; b < d->B; b++) {
+                const float *p = dout + (b * d->O + o) * OS;
+                for (int64_t i = 0; i < OS; i++) s += p[i];
+            }
+            db[o] += (float)s;
+        }
+    if (!dinp && !dw) return;
+    int pw = ldm__conv_is_pointwise(d);
+    int64_t nc = pw ? OS : ldm__conv_chunk(d, K);
+    size_t used0 = ctx->arena[LDM_CPU].used;
+    float *col = pw ? NULL : (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(K * nc));
+    if (!pw && !col) return;
+    for (int64_t b = 0; b < d->B; b++) {
+        const float *gb = dout + b * d->O * OS, *xb = inp + b * d->C * IS;
+        float *dxb = dinp ? dinp + b * d->C * IS : NULL;
+        if (pw) {
+            if (dw) ldm__cpu_sgemm(ctx, 0, 1, d->O, K, OS, 1.0f, gb, OS, xb, IS, 1.0f, dw, K);
+            if (dxb) ldm__cpu_sgemm(ctx, 1, 0, K, OS, d->O, 1.0f, w, K, gb, OS, 1.0f, dxb, IS);
+            continue;
+        }
+        for (int64_t n0 = 0; n0 < OS; n0 += nc) {
+            int64_t m = LDM__MIN(nc, OS - n0);
+            if (dw) {
+                ldm__im2col(ctx, d, xb, col, n0, m, K);
+                ldm__cpu_sgemm(ctx, 0, 1, d->O, K, m, 1.0f, gb + n0, OS, col, m, 1.0f, dw, K);
+            }
+            if (dxb) {
+                ldm__col2im_job j;
+                ldm__cpu_sgemm(ctx, 1, 0, K, m, d->O, 1.0f, w, K, gb + n0, OS, 0.0f, col, m);
+                j.d = d; j.img = dxb; j.col = col; j.n0 = n0; j.nc = m;
+                ldm_parallel_for(ctx, d->C, 1, ldm__col2im_task, &j);
+            }
+        }
+    }
+    ctx->arena[LDM_CPU].used = used0;
+}
+LDM_API void ldm_conv_forward(ldm_ctx *ctx, float *out, const float *inp, const float *weight, const float *bias, const ldm_conv_desc *d) {
+    ldm__cpu_conv_forward(ctx, out, inp, weight, bias, d);
+}
+LDM_API void ldm_conv_backward(ldm_ctx *ctx, float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                               const float *weight, const ldm_conv_desc *d) {
+    ldm__cpu_conv_backward(ctx, dinp, dweight, dbias, dout, inp, weight, d);
+}
+
+/* ---- group norm: statistics in double, one (b, g) pair per work item ---- */
+typedef struct {
+    float *out, *mean, *rstd, *dinp;
+    const float *inp, *w, *b, *dout;
+    const float *cmean, *crstd;
+    double *dwp, *dbp; /* per (b, c) partial sums for the weight and bias gradients */
+    int64_t B, C, S;
+    int G;
+    float eps;
+} ldm__gn_job;
+static void ldm__gn_fwd_task(void *arg, int64_t i0, int64_t i1, int tid) {
+    ldm__gn_job *j = (ldm__gn_job *)arg;
+    int64_t cg = j->C / j->G, n = cg * j->S;
+    (void)tid;
+    for (int64_t i = i0; i < i1; i++) {
+        const float *x = j->inp + i * n;
+        double s = 0.0, ss = 0.0;
+        for (int64_t k = 0; k < n; k++) { s += x[k]; ss += (double)x[k] * x[k]; }
+        double m = s / (double)n, var = ss / (double)n - m * m;
+        if (var < 0.0) var = 0.0;
+        float mf = (float)m, r = (float)(1.0 / sqrt(var + (double)j->eps));
+        j->mean[i] = mf;
+        j->rstd[i] = r;
+        int64_t c0 = (i % j->G) * cg;
+        float *y = j->out + i * n;
+        for (int64_t c = 0; c < cg; c++) {
+            float sc = r * (j->w ? j->w[c0 + c] : 1.0f), sh = (j->b ? j->b[c0 + c] : 0.0f) - mf * sc;
+            const float *xc = x + c * j->S;
+            float *yc = y + c * j->S;
+            for (int64_t k = 0; k < j->S; k++) yc[k] = xc[k] * sc + sh;
+        }
+    }
+}
+static void ldm__cpu_groupnorm_forward(ldm_ctx *ctx, float *out, float *mean, float *rstd, const float *inp, const float *w,
+                                       const float *b, int64_t B, int64_t C, int64_t S, int G, float eps) {
+    ldm__gn_job j;
+    memset(&j, 0, sizeof j);
+    j.out = out; j.mean = mean; j.rstd = rstd; j.inp = inp; j.w = w; j.b = b; j.B = B; j.C = C; j.S = S; j.G = G; j.eps = eps;
+    ldm_parallel_for(ctx, B * G, 1, ldm__gn_fwd_task, &j);
+}
+static void ldm__gn_bwd_task(void *arg, int64_t i0, int64_t i1, int tid) {
+    ldm__gn_job *j = (ldm__gn_job *)arg;
+    int64_t cg = j->C / j->G, n = cg * j->S;
+    (void)tid;
+    for (int64_t i = i0; i < i1; i++) {
+        const float *x = j->inp + i * n, *dy = j->dout + i * n;
+        float m = j->cmean[i], r = j->crstd[i];
+        int64_t c0 = (i % j->G) * cg, bi = i / j->G;
+        double sdy = 0.0, sdyx = 0.0; /* sums of dy*w and dy*w*xhat over the group */
+        for (int64_t c = 0; c < cg; c++) {
+            double a = 0.0, bsum = 0.0;
+            const float *xc = x + c * j->S, *gc = dy + c * j->S;
+            for (int64_t k = 0; k < j->S; k++) { float xh = (xc[k] - m) * r; a += (double)gc[k] * xh; bsum += gc[k]; }
+            if (j->dwp) j->dwp[bi * j->C + c0 + c] = a;
+            if (j->dbp) j->dbp[bi * j->C + c0 + c] = bsum;
+            float wc = j->w ? j->w[c0 + c] : 1.0f;
+            sdy += wc * bsum;
+            sdyx += wc * a;
+        }
+        if (!j->dinp) continue;
+        float mdy = (float)(sdy / (double)n), mdyx = (float)(sdyx / (double)n);
+        float *dx = j->dinp + i * n;
+        for (int64_t c = 0; c < cg; c++) {
+            float wc = j->w ? j->w[c0 + c] : 1.0f;
+            const float *xc = x + c * j->S, *gc = dy + c * j->S;
+            float *dc = dx + c * j->S;
+            for (int64_t k = 0; k < j->S; k++) {
+                float xh = (xc[k] - m) * r;
+                dc[k] += r * (gc[k] * wc - mdy - xh * mdyx);
+            }
+        }
+    }
+}
+static void ldm__cpu_groupnorm_backward(ldm_ctx *ctx, float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                                        const float *w, const float *mean, const float *rstd, int64_t B, int64_t C, int64_t S, int G) {
+    ldm__gn_job j;
+    memset(&j, 0, sizeof j);
+    size_t used0 = ctx->arena[LDM_CPU].used;
+    j.dinp = dinp; j.dout = dout; j.inp = inp; j.w = w; j.cmean = mean; j.crstd = rstd; j.B = B; j.C = C; j.S = S; j.G = G;
+    if (dw && !(j.dwp = (double *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(double) * (size_t)(B * C)))) return;
+    if (db && !(j.dbp = (double *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(double) * (size_t)(B * C)))) return;
+    ldm_parallel_for(ctx, B * G, 1, ldm__gn_bwd_task, &j);
+    for (int64_t c = 0; c < C; c++) {
+        double a = 0.0, bb = 0.0;
+        for (int64_t b = 0; b < B; b++) { if (dw) a += j.dwp[b * C + c]; if (db) bb += j.dbp[b * C + c]; }
+        if (dw) dw[c] += (float)a;
+        if (db) db[c] += (float)bb;
+    }
+    ctx->arena[LDM_CPU].used = used0;
+}
+LDM_API void ldm_groupnorm_forward(ldm_ctx *ctx, float *out, float *mean, float *rstd, const float *inp, const float *weight,
+                                   const float *bias, int64_t B, int64_t C, int64_t S, int G, float eps) {
+    ldm__cpu_groupnorm_forward(ctx, out, mean, rstd, inp, weight, bias, B, C, S, G, eps);
+}
+LDM_API void ldm_groupnorm_backward(ldm_ctx *ctx, float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                                    const float *weight, const float *mean, const float *rstd, int64_t B, int64_t C, int64_t S, int G) {
+    ldm__cpu_groupnorm_backward(ctx, dinp, dweight, dbias, dout, inp, weight, mean, rstd, B, C, S, G);
+}
+
+/* ---- batch norm: per-channel work items ---- */
+typedef struct {
+    float *out, *mean, *var, *dinp, *dw, *db;
+    const float *x, *cmean, *crstd, *w, *b, *dout;
+    int64_t B, C, S;
+    int training;
+} ldm__bn_job;
+static void ldm__bn_stats_task(void *arg, int64_t c0, int64_t c1, int tid) {
+    ldm__bn_job *j = (ldm__bn_job *)arg;
+    (void)tid;
+    for (int64_t c = c0; c < c1; c++) {
+        double s = 0.0, ss = 0.0, n = (double)(j->B * j->S);
+        for (int64_t b = 0; b < j->B; b++) {
+            const float *p = j->x + (b * j->C + c) * j->S;
+            for (int64_t k = 0; k < j->S; k++) { s += p[k]; ss += (double)p[k] * p[k]; }
+        }
+        double m = s / n, v = ss / n - m * m;
+        j->mean[c] = (float)m;
+        j->var[c] = (float)(v < 0.0 ? 0.0 : v);
+    }
+}
+static void ldm__cpu_channel_stats(ldm_ctx *ctx, float *mean, float *var, const float *x, int64_t B, int64_t C, int64_t S) {
+    ldm__bn_job j;
+    memset(&j, 0, sizeof j);
+    j.mean = mean; j.var = var; j.x = x; j.B = B; j.C = C; j.S = S;
+    ldm_parallel_for(ctx, C, 1, ldm__bn_stats_task, &j);
+}
+static void ldm__bn_affine_task(void *arg, int64_t r0, int64_t r1, int tid) {
+    ldm__bn_job *j = (ldm__bn_job *)arg;
+    (void)tid;
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t c = r % j->C;
+        float sc = j->crstd[c] * (j->w ? j->w[c] : 1.0f), sh = (j->b ? j->b[c] : 0.0f) - j->cmean[c] * sc;
+        const float *p = j->x + r * j->S;
+        float *o = j->out + r * j->S;
+        for (int64_t k = 0; k < j->S; k++) o[k] = p[k] * sc + sh;
+    }
+}
+static void ldm__cpu_channel_affine(ldm_ctx *ctx, float *out, const float *x, const float *mean, const float *rstd, const float *w,
+                                    const float *b, int64_t B, int64_t C, int64_t S) {
+    ldm__bn_job j;
+    memset(&j, 0, sizeof j);
+    j.out = out; j.x = x; j.cmean = mean; j.crstd = rstd; j.w = w; j.b = b; j.B = B; j.C = C; j.S = S;
+    ldm_parallel_for(ctx, B * C, LDM__MAX(1, LDM__GRAIN / LDM__MAX(1, S)), ldm__bn_affine_task, &j);
+}
+static void ldm__bn_bwd_task(void *arg, int64_t c0, int64_t c1, int tid) {
+    ldm__bn_job *j = (ldm__bn_job *)arg;
+    (void)tid;
+    for (int64_t c = c0; c < c1; c++) {
+        float m = j->cmean[c], r = j->crstd[c], wc = j->w ? j->w[c] : 1.0f;
+        double sdy = 0.0, sdyx = 0.0, n = (double)(j->B * j->S);
+        for (int64_t b = 0; b < j->B; b++) {
+            const float *x = j->x + (b * j->C + c) * j->S, *g = j->dout + (b * j->C + c) * j->S;
+            for (int64_t k = 0; k < j->S; k++) { sdy += g[k]; sdyx += (double)g[k] * ((x[k] - m) * r); }
+        }
+        if (j->dw) j->dw[c] += (float)sdyx;
+        if (j->db) j->db[c] += (float)sdy;
+        if (!j->dinp) continue;
+        float mdy = j->training ? (float)(sdy / n) : 0.0f, mdyx = j->training ? (float)(sdyx / n) : 0.0f;
+        for (int64_t b = 0; b < j->B; b++) {
+            const float *x = j->x + (b * j->C + c) * j->S, *g = j->dout + (b * j->C + c) * j->S;
+            float *dx = j->dinp + (b * j->C + c) * j->S;
+            for (int64_t k = 0; k < j->S; k++) dx[k] += wc * r * (g[k] - mdy - (x[k] - m) * r * mdyx);
+        }
+    }
+}
+static void ldm__cpu_batchnorm_backward(ldm_ctx *ctx, float *dinp, float *dw, float *db, const float *dout, const float *x,
+                                        const float *w, const float *mean, const float *rstd, int64_t B, int64_t C, int64_t S, int training) {
+    ldm__bn_job j;
+    memset(&j, 0, sizeof j);
+    j.dinp = dinp; j.dw = dw; j.db = db; j.dout = dout; j.x = x; j.w = w; j.cmean = mean; j.crstd = rstd;
+    j.B = B; j.C = C; j.S = S; j.training = training;
+    ldm_parallel_for(ctx, C, 1, ldm__bn_bwd_task, &j);
+}
+
+/* ---- layer norm: rows ---- */
+typedef struct { float *y, *mean, *rstd, *dx; double *dwp, *dbp; const float *x, *w, *b, *dy, *cm, *cr; int64_t R, N; float eps; } ldm__ln_job;
+static void ldm__ln_fwd_task(void *arg, int64_t r0, int64_t r1, int tid) {
+    ldm__ln_job *j = (ldm__ln_job *)arg;
+    (void)tid;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *x = j->x + r * j->N;
+        double s = 0.0, ss = 0.0;
+        for (int64_t k = 0; k < j->N; k++) { s += x[k]; ss += (double)x[k] * x[k]; }
+        double m = s / (double)j->N, v = ss / (double)j->N - m * m;
+        float mf = (float)m, rs = (float)(1.0 / sqrt((v < 0.0 ? 0.0 : v) + (double)j->eps));
+        j->mean[r] = mf;
+        j->rstd[r] = rs;
+        float *y = j->y + r * j->N;
+        for (int64_t k = 0; k < j->N; k++) y[k] = (x[k] - mf) * rs * (j->w ? j->w[k] : 1.0f) + (j->b ? j->b[k] : 0.0f);
+    }
+}
+static void ldm__cpu_layernorm_forward(ldm_ctx *ctx, float *out, float *mean, float *rstd, const float *x, const float *w,
+                                       const float *b, int64_t R, int64_t N, float eps) {
+    ldm__ln_job j;
+    memset(&j, 0, sizeof j);
+    j.y = out; j.mean = mean; j.rstd = rstd; j.x = x; j.w = w; j.b = b; j.R = R; j.N = N; j.eps = eps;
+    ldm_parallel_for(ctx, R, LDM__MAX(1, LDM__GRAIN / LDM__MAX(1, N)), ldm__ln_fwd_task, &j);
+}
+static void ldm__ln_bwd_task(void *arg, int64_t r0, int64_t r1, int tid) {
+    ldm__ln_job *j = (ldm__ln_job *)arg;
+    (void)tid;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *x = j->x + r * j->N, *dy = j->dy + r * j->N;
+        float m = j->cm[r], rs = j->cr[r];
+        double sg = 0.0, sgx = 0.0;
+        for (int64_t k = 0; k < j->N; k++) {
+            float g = dy[k] * (j->w ? j->w[k] : 1.0f), xh = (x[k] - m) * rs;
+            sg += g;
+            sgx += (double)g * xh;
+        }
+        float mg = (float)(sg / (double)j->N), mgx = (float)(sgx / (double)j->N);
+        if (j->dx) {
+            float *dx = j->dx + r * j->N;
+            for (int64_t k = 0; k < j->N; k++) {
+                float g = dy[k] * (j->w ? j->w[k] : 1.0f), xh = (x[k] - m) * rs;
+                dx[k] += rs * (g - mg - xh * mgx);
+            }
+        }
+    }
+}
+static void ldm__cpu_layernorm_backward(ldm_ctx *ctx, float *dx, float *dw, float *db, const float *dy, const float *x,
+                                        const float *w, const float *mean, const float *rstd, int64_t R, int64_t N) {
+    ldm__ln_job j;
+    memset(&j, 0, sizeof j);
+    j.dx = dx; j.dy = dy; j.x = x; j.w = w; j.cm = mean; j.cr = rstd; j.R = R; j.N = N;
+    if (dx) ldm_parallel_for(ctx, R, LDM__MAX(1, LDM__GRAIN / LDM__MAX(1, N)), ldm__ln_bwd_task, &j);
+    if (dw || db) /* column sums over rows, in row order */
+        for (int64_t r = 0; r < R; r++) {
+            const float *xr = x + r * N, *g = dy + r * N;
+            for (int64_t k = 0; k < N; k++) {
+                if (dw) dw[k] += g[k] * ((xr[k] - mean[r]) * rstd[r]);
+                if (db) db[k] += g[k];
+            }
+        }
+}
+
+/* ---- softmax ---- */
+typedef struct { float *y, *dx; const float *x, *dy; int64_t D, inner; } ldm__sm_job;
+static void ldm__sm_fwd_task(void *arg, int64_t o0, int64_t o1, int tid) {
+    ldm__sm_job *j = (ldm__sm_job *)arg;
+    int64_t D = j->D, in = j->inner;
+    (void)tid;
+    for (int64_t o = o0; o < o1; o++)
+        for (int64_t i = 0; i < in; i++) {
+            const float *x = j->x + o * D * in + i;
+            float *y = j->y + o * D * in + i, mx = -INFINITY;
+            for (int64_t d = 0; d < D; d++) mx = x[d * in] > mx ? x[d * in] : mx;
+            double s = 0.0;
+            for (int64_t d = 0; d < D; d++) { float e = expf(x[d * in] - mx); y[d * in] = e; s += e; }
+            float inv = (float)(1.0 / s);
+            for (int64_t d = 0; d < D; d++) y[d * in] *= inv;
+        }
+}
+static void ldm__sm_bwd_task(void *arg, int64_t o0, int64_t o1, int tid) {
+    ldm__sm_job *j = (ldm__sm_job *)arg;
+    int64_t D = j->D, in = j->inner;
+    (void)tid;
+    for (int64_t o = o0; o < o1; o++)
+        for (int64_t i = 0; i < in; i++) {
+            const float *y = j->y + o * D * in + i, *dy = j->dy + o * D * in + i;
+            float *dx = j->dx + o * D * in + i;
+            double s = 0.0;
+            for (int64_t d = 0; d < D; d++) s += (double)dy[d * in] * y[d * in];
+            float sf = (float)s;
+            for (int64_t d = 0; d < D; d++) dx[d * in] += y[d * in] * (dy[d * in] - sf);
+        }
+}
+static void ldm__cpu_softmax_forward(ldm_ctx *ctx, float *y, const float *x, int64_t outer, int64_t D, int64_t inner) {
+    ldm__sm_job j;
+    memset(&j, 0, sizeof j);
+    j.y = y; j.x = x; j.D = D; j.inner = inner;
+    ldm_parallel_for(ctx, outer, LDM__MAX(1, LDM__GRAIN / LDM__MAX(1, D * inner)), ldm__sm_fwd_task, &j);
+}
+static void ldm__cpu_softmax_backward(ldm_ctx *ctx, float *dx, const float *dy, const float *y, int64_t outer, int64_t D, int64_t inner) {
+    ldm__sm_job j;
+    memset(&j, 0, sizeof j);
+    j.dx = dx; j.dy = dy; j.y = (float *)y; j.D = D; j.inner = inner;
+    ldm_parallel_for(ctx, outer, LDM__MAX(1, LDM__GRAIN / LDM__MAX(1, D * inner)), ldm__sm_bwd_task, &j);
+}
+
+/* ---- pooling and upsampling on planes ---- */
+typedef struct { float *out, *dx; int32_t *arg; const float *x, *dy; const int64_t *in3, *out3; const int *k3, *s3, *p3, *f3; int is_max; } ldm__plane_job;
+static void ldm__pool_fwd_task(void *arg, int64_t p0, int64_t p1, int tid) {
+    ldm__plane_job *j = (ldm__plane_job *)arg;
+    const int64_t *I = j->in3, *O = j->out3;
+    int64_t isz = I[0] * I[1] * I[2], osz = O[0] * O[1] * O[2];
+    float inv = 1.0f / (float)(j->k3[0] * j->k3[1] * j->k3[2]);
+    (void)tid;
+    for (int64_t p = p0; p < p1; p++) {
+        const float *x = j->x + p * isz;
+        for (int64_t o = 0; o < osz; o++) {
+            int64_t ot = o / (O[1] * O[2]), oy = (o / O[2]) % O[1], ox = o % O[2];
+            float best = -INFINITY;
+            int32_t bi = -1;
+            double s = 0.0;
+            for (int a = 0; a < j->k3[0]; a++) {
+                int64_t t = ot * j->s3[0] - j->p3[0] + a;
+                if (t < 0 || t >= I[0]) continue;
+                for (int b = 0; b < j->k3[1]; b++) {
+                    int64_t y = oy * j->s3[1] - j->p3[1] + b;
+                    if (y < 0 || y >= I[1]) continue;
+                    for (int c = 0; c < j->k3[2]; c++) {
+                        int64_t xx = ox * j->s3[2] - j->p3[2] + c;
+                        if (xx < 0 || xx >= I[2]) continue;
+                        int64_t idx = (t * I[1] + y) * I[2] + xx;
+                        float v = x[idx];
+                        s += v;
+                        if (v > best || bi < 0 || v != v) { best = v; bi = (int32_t)idx; }
+                    }
+                }
+            }
+            j->out[p * osz + o] = j->is_max ? best : (float)s * inv;
+            if (j->is_max) j->arg[p * osz + o] = bi;
+        }
+    }
+}
+static void ldm__pool_bwd_task(void *arg, int64_t p0, int64_t p1, int tid) {
+    ldm__plane_job *j = (ldm__plane_job *)arg;
+    const int64_t *I = j->in3, *O = j->out3;
+    int64_t isz = I[0] * I[1] * I[2], osz = O[0] * O[1] * O[2];
+    float inv = 1.0f / (float)(j->k3[0] * j->k3[1] * j->k3[2]);
+    (void)tid;
+    for (int64_t p = p0; p < p1; p++) {
+        float *dx = j->dx + p * isz;
+        const float *dy = j->dy + p * osz;
+        for (int64_t o = 0; o < osz; o++) {
+            if (j->is_max) { int32_t bi = j->arg[p * osz + o]; if (bi >= 0) dx[bi] += dy[o]; continue; }
+            int64_t ot = o / (O[1] * O[2]), oy = (o / O[2]) % O[1], ox = o % O[2];
+            float g = dy[o] * inv;
+            for (int a = 0; a < j->k3[0]; a++) {
+                int64_t t = ot * j->s3[0] - j->p3[0] + a;
+                if (t < 0 || t >= I[0]) continue;
+                for (int b = 0; b < j->k3[1]; b++) {
+                    int64_t y = oy * j->s3[1] - j->p3[1] + b;
+                    if (y < 0 || y >= I[1]) continue;
+                    for (int c = 0; c < j->k3[2]; c++) {
+                        int64_t xx = ox * j->s3[2] - j->p3[2] + c;
+                        if (xx >= 0 && xx < I[2]) dx[(t * I[1] + y) * I[2] + xx] += g;
+                    }
+                }
+            }
+        }
+    }
+}
+static void ldm__cpu_pool_forward(ldm_ctx *ctx, float *out, float *arg, const float *x, int64_t P, const int64_t *in3,
+                                  const int64_t *out3, const int *k3, const int *s3, const int *p3, int is_max) {
+    ldm__plane_job j;
+    memset(&j, 0, sizeof j);
+    j.out = out; j.arg = (int32_t *)(void *)arg; j.x = x; j.in3 = in3; j.out3 = out3; j.k3 = k3; j.s3 = s3; j.p3 = p3; j.is_max = is_max;
+    ldm_parallel_for(ctx, P, 1, ldm__pool_fwd_task, &j);
+}
+static void ldm__cpu_pool_backward(ldm_ctx *ctx, float *dx, const float *dy, const float *arg, int64_t P, const int64_t *in3,
+                                   const int64_t *out3, const int *k3, const int *s3, const int *p3, int is_max) {
+    ldm__plane_job j;
+    memset(&j, 0, sizeof j);
+    j.dx = dx; j.dy = dy; j.arg = (int32_t *)(void *)arg; j.in3 = in3; j.out3 = out3; j.k3 = k3; j.s3 = s3; j.p3 = p3; j.is_max = is_max;
+    ldm_parallel_for(ctx, P, 1, ldm__pool_bwd_task, &j);
+}
+static void ldm__up_fwd_task(void *arg, int64_t r0, int64_t r1, int tid) {
+    ldm__plane_job *j = (ldm__plane_job *)arg; /* items: input rows (p, t, y) */
+    const int64_t *I = j->in3;
+    const int *f = j->f3;
+    int64_t OW = I[2] * f[2], OH = I[1] * f[1], OT = I[0] * f[0];
+    (void)tid;
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t y = r % I[1], t = (r / I[1]) % I[0], p = r / (I[1] * I[0]);
+        const float *x = j->x + r * I[2];
+        float *row = j->out + ((p * OT + t * f[0]) * OH + y * f[1]) * OW;
+        for (int64_t xx = 0; xx < I[2]; xx++) for (int c = 0; c < f[2]; c++) row[xx * f[2] + c] = x[xx];
+        for (int a = 0; a < f[0]; a++)
+            for (int b = 0; b < f[1]; b++)
+                if (a || b) memcpy(row + ((int64_t)a * OH + b) * OW, row, sizeof(float) * (size_t)OW);
+    }
+}
+static void ldm__up_bwd_task(void *arg, int64_t r0, int64_t r1, int tid) {
+    ldm__plane_job *j = (ldm__plane_job *)arg;
+    const int64_t *I = j->in3;
+    const int *f = j->f3;
+    int64_t OW = I[2] * f[2], OH = I[1] * f[1], OT = I[0] * f[0];
+    (void)tid;
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t y = r % I[1], t = (r / I[1]) % I[0], p = r / (I[1] * I[0]);
+        float *dx = j->dx + r * I[2];
+        const float *base = j->dy + ((p * OT + t * f[0]) * OH + y * f[1]) * OW;
+        for (int64_t xx = 0; xx < I[2]; xx++) {
+            float s = 0.0f;
+            for (int a = 0; a < f[0]; a++)
+                for (int b = 0; b < f[1]; b++) {
+                    const float *row = base + ((int64_t)a * OH + b) * OW + xx * f[2];
+                    for (int c = 0; c < f[2]; c++) s += row[c];
+                }
+            dx[xx] += s;
+        }
+    }
+}
+static void ldm__cpu_upsample_forward(ldm_ctx *ctx, float *out, const float *x, int64_t P, const int64_t *in3, const int *f3) {
+    ldm__plane_job j;
+    memset(&j, 0, sizeof j);
+    j.out = out; j.x = x; j.in3 = in3; j.f3 = f3;
+    ldm_parallel_for(ctx, P * in3[0] * in3[1], LDM__MAX(1, LDM__GRAIN / LDM__MAX(1, in3[2] * f3[0] * f3[1] * f3[2])), ldm__up_fwd_task, &j);
+}
+static void ldm__cpu_upsample_backward(ldm_ctx *ctx, float *dx, const float *dy, int64_t P, const int64_t *in3, const int *f3) {
+    ldm__plane_job j;
+    memset(&j, 0, sizeof j);
+    j.dx = dx; j.dy = dy; j.in3 = in3; j.f3 = f3;
+    ldm_parallel_for(ctx, P * in3[0] * in3[1], LDM__MAX(1, LDM__GRAIN / LDM__MAX(1, in3[2] * f3[0] * f3[1] * f3[2])), ldm__up_bwd_task, &j);
+}
+
+/* ---- embedding ---- */
+static void ldm__cpu_embedding_forward(ldm_ctx *ctx, float *out, const float *w, const int64_t *idx, int64_t n, int64_t dim) {
+    (void)ctx;
+    for (int64_t i = 0; i < n; i++) memcpy(out + i * dim, w + idx[i] * dim, sizeof(float) * (size_t)dim);
+}
+static void ldm__cpu_embedding_backward(ldm_ctx *ctx, float *dw, const float *dout, const int64_t *idx, int64_t n, int64_t dim) {
+    (void)ctx;
+    for (int64_t i = 0; i < n; i++) {
+        float *d = dw + idx[i] * dim;
+        const float *g = dout + i * dim;
+        for (int64_t k = 0; k < dim; k++) d[k] += g[k];
+    }
+}
+
+static const ldm_backend ldm__cpu_backend = {
+    "cpu",
+    ldm__cpu_alloc, ldm__cpu_free, ldm__cpu_copy, ldm__cpu_fill, ldm__cpu_rng,
+    ldm__cpu_unary, ldm__cpu_unary_backward, ldm__cpu_binary, ldm__cpu_binary_backward,
+    ldm__cpu_reduce_sum, ldm__cpu_strided_copy, ldm__cpu_axpby, ldm__cpu_sgemm,
+    ldm__cpu_conv_forward, ldm__cpu_conv_backward,
+    ldm__cpu_groupnorm_forward, ldm__cpu_groupnorm_backward,
+    ldm__cpu_channel_stats, ldm__cpu_channel_affine, ldm__cpu_batchnorm_backward,
+    ldm__cpu_layernorm_forward, ldm__cpu_layernorm_backward,
+    ldm__cpu_softmax_forward, ldm__cpu_softmax_backward,
+    ldm__cpu_pool_forward, ldm__cpu_pool_backward,
+    ldm__cpu_upsample_forward, ldm__cpu_upsample_backward,
+    ldm__cpu_embedding_forward, ldm__cpu_embedding_backward,
+};
+static const ldm_backend *ldm__cpu_backend_get(void) { return &ldm__cpu_backend; }
+
+#endif /* LDM_TENSOR_IMPLEMENTATION_DONE */
+#endif /* LDM_IMPLEMENTATION || LDM_TENSOR_IMPLEMENTATION */
+
+/* ------------------------------------------------------------------------------------------
+   Licence: MIT. Copyright (c) 2026 the ldm.h authors.
+   ------------------------------------------------------------------------------------------ */

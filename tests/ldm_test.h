@@ -1,0 +1,77 @@
+/* ldm_test.h - the tiny harness every test program uses.
+
+   Each check prints one line, "ok   <name>" or "FAIL <name>: <why>"; lt_finish() prints
+   "<program>: N passed, M failed" and returns the exit code. build.sh adds the counts of all
+   programs up. Comparisons print the worst element so a failure says where and by how much. */
+#ifndef LDM_TEST_H
+#define LDM_TEST_H
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "../ldm_tensor.h"
+
+static int lt_passed, lt_failed;
+
+static void lt_report(int ok, const char *name, const char *fmt, ...) {
+    if (ok) { lt_passed++; printf("ok   %s\n", name); }
+    else {
+        va_list ap;
+        lt_failed++;
+        printf("FAIL %s: ", name);
+        va_start(ap, fmt);
+        vprintf(fmt, ap);
+        va_end(ap);
+        printf("\n");
+    }
+    fflush(stdout);
+}
+#define LT_CHECK(cond, name) lt_report((cond) ? 1 : 0, (name), "%s (%s:%d)", #cond, __FILE__, __LINE__)
+
+/* Passes when |got - want| <= atol + rtol*|want| everywhere (and no NaN). */
+static int lt_close(const char *name, const float *got, const float *want, long n, double atol, double rtol) {
+    double max_abs = 0, max_rel = 0, worst_excess = -1;
+    long worst = -1, bad = 0;
+    for (long i = 0; i < n; i++) {
+        double g = got[i], w = want[i], d = fabs(g - w), lim = atol + rtol * fabs(w);
+        if (d > max_abs) max_abs = d;
+        if (fabs(w) > 1e-12 && d / fabs(w) > max_rel) max_rel = d / fabs(w);
+        if (!(d <= lim) || g != g) {
+            bad++;
+            if (d - lim > worst_excess || g != g) { worst_excess = d - lim; worst = i; }
+        } else if (worst < 0 && d - lim > worst_excess) { worst_excess = d - lim; }
+    }
+    if (bad == 0) { lt_passed++; printf("ok   %s (max abs %.2e, max rel %.2e, n %ld)\n", name, max_abs, max_rel, n); fflush(stdout); return 1; }
+    lt_failed++;
+    printf("FAIL %s: %ld of %ld elements off; worst [%ld] got %.8g want %.8g (abs %.3e); max abs %.3e, max rel %.3e (atol %.1e rtol %.1e)\n",
+           name, bad, n, worst, (double)got[worst], (double)want[worst], fabs((double)got[worst] - want[worst]), max_abs, max_rel, atol, rtol);
+    fflush(stdout);
+    return 0;
+}
+
+static int lt_finish(const char *prog) {
+    printf("%s: %d passed, %d failed\n", prog, lt_passed, lt_failed);
+    return lt_failed ? 1 : 0;
+}
+
+/* Fixture access: tensors by name from a safetensors file, as malloc'd host floats. */
+static float *lt_load(ldm_ctx *ctx, ldm_weights *w, const char *name, long *numel) {
+    int i = ldm_weights_find(w, name);
+    if (i < 0) { fprintf(stderr, "fixture %s has no tensor '%s'\n", ldm_weights_path(w), name); return NULL; }
+    const ldm_weight_info *inf = ldm_weights_info(w, i);
+    float *p = (float *)malloc(sizeof(float) * (size_t)(inf->numel ? inf->numel : 1));
+    if (!p || ldm_weights_read(ctx, w, i, p)) { fprintf(stderr, "%s\n", ldm_ctx_error(ctx)); free(p); return NULL; }
+    if (numel) *numel = (long)inf->numel;
+    return p;
+}
+/* The same as an arena tensor with the file's shape. */
+static ldm_tensor *lt_tensor(ldm_ctx *ctx, ldm_weights *w, const char *name) {
+    int i = ldm_weights_find(w, name);
+    if (i < 0) { fprintf(stderr, "fixture %s has no tensor '%s'\n", ldm_weights_path(w), name); return NULL; }
+    const ldm_weight_info *inf = ldm_weights_info(w, i);
+    ldm_tensor *t = ldm_new(ctx, ldm_shape_n(inf->ndim, inf->shape));
+    if (!t || ldm_weights_read(ctx, w, i, t->data)) { fprintf(stderr, "%s\n", ldm_ctx_error(ctx)); return NULL; }
+    return t;
+}
+#endif
