@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# build.sh - builds ldm.h's examples, tests and benchmarks into build/.
+#
+#   ./build.sh            build examples/*.c and tests/test_*.c
+#   ./build.sh test       build, run every test program (and the sanitizer builds), print
+#                         "N passed, M failed", exit non-zero on any failure
+#   ./build.sh bench      build and run bench/*.c
+#   ./build.sh deps       install the Debian packages the build can use (stb, OpenBLAS)
+#
+# Environment: CC (default cc), LDM_PORTABLE=1 (no -march=native), LDM_CUDA=1 (CUDA build with
+# nvcc), LDM_THREADS (thread count at run time), LDM_SANITIZE=0 (skip sanitizer test builds).
+set -u
+cd "$(dirname "$0")"
+CC=${CC:-cc}
+mode=${1:-build}
+mkdir -p build
+
+ARCH="-march=native"
+[ "${LDM_PORTABLE:-0}" = 1 ] && ARCH=""
+CFLAGS="-std=c99 -O2 $ARCH -Wall -Wextra -Wno-unused-function -I. -Ithird_party"
+[ -d /usr/include/stb ] && CFLAGS="$CFLAGS -I/usr/include/stb"
+LIBS="-lm -lpthread"
+HAVE_BLAS=0
+if [ -f /usr/include/x86_64-linux-gnu/cblas.h ] || [ -f /usr/include/cblas.h ] || [ -f /usr/include/openblas/cblas.h ]; then
+  HAVE_BLAS=1
+fi
+
+deps() {
+  local pkgs="libstb-dev libopenblas-dev"
+  if command -v apt-get >/dev/null 2>&1; then
+    local sudo=""; [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && sudo=sudo
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq $pkgs
+  else
+    echo "build.sh: no apt-get here; install: $pkgs (optional: OpenBLAS for benchmarks)" >&2
+  fi
+}
+
+# compile SRC OUT [extra flags...]; prints the command's errors, returns its status
+compile() {
+  local src=$1 out=$2; shift 2
+  if [ "${LDM_CUDA:-0}" = 1 ]; then
+    cp "$src" "build/$(basename "${src%.c}").cu"
+    nvcc -O2 -DLDM_CUDA -I. -Ithird_party $( [ -d /usr/include/stb ] && echo -I/usr/include/stb ) \
+      "build/$(basename "${src%.c}").cu" -o "$out" -lcublas "$@" $LIBS
+  else
+    $CC $CFLAGS "$src" -o "$out" "$@" $LIBS
+  fi
+}
+
+build_all() {
+  local ok=0 src out
+  for src in examples/*.c tests/test_*.c; do
+    [ -f "$src" ] || continue
+    case $src in examples/*) out=build/ldm-$(basename "${src%.c}");; *) out=build/$(basename "${src%.c}");; esac
+    [ "$src" = examples/main.c ] && out=build/ldm
+    compile "$src" "$out" || { echo "build.sh: failed to build $src" >&2; ok=1; }
+  done
+  return $ok
+}
+
+run_tests() {
+  local pass=0 fail=0 t log p f line
+  build_all || fail=$((fail + 1))
+  mkdir -p build/logs
+  local progs=()
+  for t in tests/test_*.c; do [ -f "$t" ] && progs+=("build/$(basename "${t%.c}")"); done
+  # Loader and parser tests (files marked LDM_TEST_SANITIZE) again under ASan/UBSan.
+  if [ "${LDM_SANITIZE:-1}" = 1 ] && [ "${LDM_CUDA:-0}" != 1 ]; then
+    for t in $(grep -l "LDM_TEST_SANITIZE" tests/test_*.c 2>/dev/null); do
+      out=build/$(basename "${t%.c}")_asan
+      if $CC -std=c99 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -I. \
+           $( [ -d /usr/include/stb ] && echo -I/usr/include/stb ) "$t" -o "$out" $LIBS; then
+        progs+=("$out")
+      else
+        echo "FAIL build $t with sanitizers"; fail=$((fail + 1))
+      fi
+    done
+  fi
+  for p in "${progs[@]}"; do
+    [ -x "$p" ] || { echo "FAIL $p was not built"; fail=$((fail + 1)); continue; }
+    log=build/logs/$(basename "$p").log
+    echo "== $p"
+    ( cd build && ASAN_OPTIONS=detect_leaks=1 timeout 900 "../$p" ) > "$log" 2>&1
+    local rc=$?
+    grep -E '^(FAIL|SKIP)' "$log"
+    line=$(grep -E '^[^ ]+: [0-9]+ passed, [0-9]+ failed$' "$log" | tail -n 1)
+    if [ -n "$line" ]; then
+      p=$(echo "$line" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\1/')
+      f=$(echo "$line" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\2/')
+      pass=$((pass + p)); fail=$((fail + f))
+      echo "   $line"
+    fi
+    if [ $rc != 0 ] && { [ -z "$line" ] || [ "$f" = 0 ]; }; then
+      echo "FAIL $p exited with status $rc (log: $log)"; tail -n 5 "$log"; fail=$((fail + 1))
+    fi
+  done
+  echo "$pass passed, $fail failed"
+  [ $fail = 0 ]
+}
+
+run_bench() {
+  local src out extra
+  for src in bench/*.c; do
+    [ -f "$src" ] || continue
+    out=build/$(basename "${src%.c}")
+    extra=""
+    [ $HAVE_BLAS = 1 ] && extra="-DLDM_BENCH_OPENBLAS -lopenblas"
+    compile "$src" "$out" $extra || { echo "build.sh: failed to build $src" >&2; return 1; }
+    echo "== $out"; "$out" || return 1
+  done
+}
+
+case $mode in
+  build) build_all ;;
+  test) run_tests ;;
+  bench) run_bench ;;
+  deps) deps ;;
+  *) echo "usage: ./build.sh [build|test|bench|deps]" >&2; exit 2 ;;
+esac
