@@ -74,4 +74,28 @@ static ldm_tensor *lt_tensor(ldm_ctx *ctx, ldm_weights *w, const char *name) {
     if (!t || ldm_weights_read(ctx, w, i, t->data)) { fprintf(stderr, "%s\n", ldm_ctx_error(ctx)); return NULL; }
     return t;
 }
+/* The hash weight generator of tests/ref/common.py (hash_uniform / hash_init), so big random
+   models need no committed weights: element i of `name` is the splitmix64 finaliser of
+   fnv1a64(name) + i*golden, top 24 bits mapped to [-1, 1). */
+static void lt_hash_uniform(const char *name, float *out, long n) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (const unsigned char *c = (const unsigned char *)name; *c; c++) { h ^= *c; h *= 0x100000001b3ull; }
+    for (long i = 0; i < n; i++) {
+        uint64_t z = h + (uint64_t)i * 0x9E3779B97F4A7C15ull;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        out[i] = (float)(2.0 * ((double)(z >> 40) / (double)(1 << 24)) - 1.0);
+    }
+}
+/* hash_init for one tensor: ndim >= 2 -> U/sqrt(fan_in); "*.weight" -> 1 + 0.1U; else 0.1U. */
+static void lt_hash_init(const char *name, float *data, int ndim, const int64_t *shape) {
+    long n = 1;
+    for (int d = 0; d < ndim; d++) n *= (long)shape[d];
+    lt_hash_uniform(name, data, n);
+    size_t len = strlen(name);
+    int is_weight = len >= 7 && strcmp(name + len - 7, ".weight") == 0;
+    float s = ndim >= 2 ? (float)(1.0 / sqrt((double)(n / shape[0]))) : 0.1f;
+    for (long i = 0; i < n; i++) data[i] = (ndim < 2 && is_weight) ? 1.0f + s * data[i] : s * data[i];
+}
 #endif
