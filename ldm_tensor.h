@@ -149,7 +149,8 @@ LDM_API void *ldm_arena_alloc(ldm_ctx *ctx, ldm_device d, size_t bytes); /* 64-b
 LDM_API ldm_mark ldm_arena_mark(const ldm_ctx *ctx);
 LDM_API void ldm_arena_rewind(ldm_ctx *ctx, ldm_mark m);     /* frees everything allocated since m (CPU arena) */
 LDM_API size_t ldm_arena_used(const ldm_ctx *ctx, ldm_device d);
-LDM_API size_t ldm_arena_peak(const ldm_ctx *ctx, ldm_device d);
+LDM_API size_t ldm_arena_peak(const ldm_ctx *ctx, ldm_device d);  /* high-water mark since creation or reset_peak */
+LDM_API void ldm_arena_reset_peak(ldm_ctx *ctx);                  /* every device: peak = used now */
 LDM_API size_t ldm_arena_limit(const ldm_ctx *ctx, ldm_device d);
 LDM_API void ldm_step_reset(ldm_ctx *ctx);                   /* clears the tape and every arena */
 /* Rewinds to m but keeps t: its data is moved down to m (CPU) and the returned tensor is a
@@ -766,6 +767,9 @@ LDM_API void ldm_arena_rewind(ldm_ctx *ctx, ldm_mark m) {
 }
 LDM_API size_t ldm_arena_used(const ldm_ctx *ctx, ldm_device d) { return ctx->arena[d].used; }
 LDM_API size_t ldm_arena_peak(const ldm_ctx *ctx, ldm_device d) { return ctx->arena[d].peak; }
+LDM_API void ldm_arena_reset_peak(ldm_ctx *ctx) {
+    for (int d = 0; d < LDM_NUM_DEVICES; d++) ctx->arena[d].peak = ctx->arena[d].used;
+}
 LDM_API size_t ldm_arena_limit(const ldm_ctx *ctx, ldm_device d) { return ctx->arena[d].limit; }
 LDM_API void ldm_step_reset(ldm_ctx *ctx) {
     for (int d = 0; d < LDM_NUM_DEVICES; d++) ctx->arena[d].used = 0;

@@ -1,0 +1,713 @@
+/* ldm_vae.h - AutoencoderKL (the KL-regularised first stage of latent diffusion), exact to
+   CompVis latent-diffusion: encoder, decoder, diagonal Gaussian posterior, weights in the
+   CompVis and diffusers layouts, and tiled inference in bounded memory.      v0.1
+
+   Do this in exactly one C or C++ file before including it:
+       #define LDM_IMPLEMENTATION          (every ldm_ header)
+   ldm_vae.h includes ldm_nn.h and ldm_tensor.h; those three files are all a program that
+   only runs the autoencoder needs.
+
+   Example: encode an image to its latent mode and decode it again.
+
+       ldm_vae *vae;  ldm_vae_config cfg = ldm_vae_config_kl_f8();
+       if (ldm_vae_create(ctx, &vae, &cfg) || ldm_vae_load(ctx, vae, "kl-f8.ckpt", 1)) { ...error... }
+       ldm_vae_infer inf = {0};  inf.tile = 512;               // pixels; 0 = untiled
+       ldm_vae_posterior q;
+       if (ldm_vae_encode_infer(ctx, vae, x, &inf, &q)) { ... }   // x [B,3,H,W] in [-1,1]
+       ldm_tensor *img = ldm_vae_decode_infer(ctx, vae, q.mean, &inf);
+       ldm_vae_destroy(vae);
+
+   Shape legend: B batch, C channels, H, W image size, h = H/f, w = W/f latent size with
+   f = 2^(levels-1) (kl-f4: f 4, kl-f8: f 8), E embed_dim (latent channels), Z z_channels.
+       image [B, in_channels, H, W] in [-1, 1]  ->  moments [B, 2E, h, w]  ->  z [B, E, h, w]
+       z -> image [B, out_ch, H, W]
+
+   Architecture (ldm/modules/diffusionmodules/model.py), parameter names as CompVis:
+       encoder.conv_in; encoder.down.i.block.j (ResnetBlock), encoder.down.i.attn.j
+       (AttnBlock, at levels whose nominal resolution is in attn_resolutions),
+       encoder.down.i.downsample.conv (all levels but the last); encoder.mid.{block_1, attn_1,
+       block_2}; encoder.norm_out, swish, encoder.conv_out (-> 2Z); quant_conv (1x1 -> 2E);
+       post_quant_conv (1x1 E -> Z); decoder.conv_in; decoder.mid; decoder.up.i (run from the
+       last level down, num_res_blocks+1 blocks, upsample on all levels but 0); decoder
+       norm_out, swish, conv_out [, tanh].
+       ResnetBlock: conv1(swish(norm1(x))) -> conv2(dropout(swish(norm2(.)))) + x (or
+       nin_shortcut(x), a 1x1 conv, when channels change). Norms: GroupNorm(32, eps 1e-6).
+       AttnBlock: x + proj_out(v softmax(q^T k / sqrt(C))^T), q/k/v/proj_out 1x1 convs.
+       Downsample: zero pad right/bottom by 1, 3x3 conv stride 2 (or 2x2 average pool).
+       Upsample: nearest x2, 3x3 conv (or nearest only).
+
+   Posterior (DiagonalGaussianDistribution): mean, logvar = chunk(moments, 2), logvar clamped
+   to [-30, 20]; sample = mean + exp(logvar/2) * eps; mode = mean;
+   kl = 0.5 sum_{C,H,W}(mean^2 + var - 1 - logvar); nll = 0.5 sum(log 2pi + logvar + (x-mean)^2/var).
+
+   Weights: ldm_vae_load reads safetensors/.ckpt/.pth and detects the layout: CompVis names,
+   diffusers names (down_blocks/up_blocks/mid_block..., attention as [C,C] linears), and
+   either of them under `first_stage_model.` (whole latent-diffusion / Stable Diffusion
+   checkpoints; every other key is ignored). `loss.*` keys of CompVis autoencoder checkpoints
+   (LPIPS, discriminator) are not the VAE's and are skipped. ldm_vae_save writes CompVis names.
+
+   Inference in bounded memory (ldm_vae_encode_infer / ldm_vae_decode_infer): no autograd,
+   every block's activations rewound as soon as its output exists, `batch` samples at a time,
+   and optionally overlapping tiles blended with a raised-cosine ramp over the overlap, so
+   the result is seamless. GroupNorm and the mid-block attention see one tile instead of the
+   whole image, so a tiled result is close to, not equal to, the untiled one (the test states
+   the measured difference); larger tiles come closer.
+*/
+#ifndef LDM_VAE_H
+#define LDM_VAE_H
+
+#include "ldm_nn.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LDM_VAE_MAX_LEVELS 8
+#define LDM_VAE_MAX_BLOCKS 8   /* num_res_blocks + 1 */
+
+/* ddconfig + embed_dim, as in the CompVis yaml (model.params.ddconfig, model.params.embed_dim). */
+typedef struct ldm_vae_config {
+    int double_z;
+    int z_channels;
+    int resolution;               /* nominal; decides where attention goes, not the input size */
+    int in_channels, out_ch, ch;
+    int ch_mult[LDM_VAE_MAX_LEVELS], n_levels;
+    int num_res_blocks;
+    int attn_resolutions[LDM_VAE_MAX_LEVELS], n_attn;
+    float dropout;
+    int resamp_with_conv;
+    int tanh_out;
+    int embed_dim;
+} ldm_vae_config;
+
+/* The ddconfig keys once, for config readers: X(name, kind, default) with kind INT, BOOL,
+   FLOAT or INT_LIST. ldm_config.h builds its schema from this list. */
+#define LDM_VAE_DDCONFIG_KEYS(X)                 \
+    X(double_z, BOOL, "true")                    \
+    X(z_channels, INT, "4")                      \
+    X(resolution, INT, "256")                    \
+    X(in_channels, INT, "3")                     \
+    X(out_ch, INT, "3")                          \
+    X(ch, INT, "128")                            \
+    X(ch_mult, INT_LIST, "1, 2, 4, 4")           \
+    X(num_res_blocks, INT, "2")                  \
+    X(attn_resolutions, INT_LIST, "")            \
+    X(dropout, FLOAT, "0.0")                     \
+    X(resamp_with_conv, BOOL, "true")            \
+    X(tanh_out, BOOL, "false")
+
+LDM_API ldm_vae_config ldm_vae_config_kl_f4(void);  /* the seed's autoencoder_kl_64x64x3: ch 128, ch_mult 1,2,4, z 3 */
+LDM_API ldm_vae_config ldm_vae_config_kl_f8(void);  /* Stable Diffusion's: ch 128, ch_mult 1,2,4,4, z 4 */
+/* Checks ranges (channels divisible by the 32 GroupNorm groups, levels, lists); the message
+   names the key. */
+LDM_API ldm_result ldm_vae_config_check(ldm_ctx *ctx, const ldm_vae_config *cfg);
+LDM_API int ldm_vae_factor(const ldm_vae_config *cfg);   /* f = 2^(n_levels-1) */
+
+typedef struct ldm__vae_res {
+    ldm_nn_groupnorm norm1, norm2;
+    ldm_nn_conv2d conv1, conv2, nin_shortcut;
+    int has_shortcut;
+} ldm__vae_res;
+typedef struct ldm__vae_attn {
+    ldm_nn_groupnorm norm;
+    ldm_nn_conv2d q, k, v, proj_out;
+} ldm__vae_attn;
+typedef struct ldm__vae_level {
+    ldm__vae_res block[LDM_VAE_MAX_BLOCKS];
+    ldm__vae_attn attn[LDM_VAE_MAX_BLOCKS];
+    int n_block, n_attn;
+    ldm_nn_conv2d resample;       /* downsample.conv / upsample.conv */
+    int has_resample;
+} ldm__vae_level;
+typedef struct ldm__vae_half {    /* an Encoder or a Decoder */
+    ldm_nn_conv2d conv_in, conv_out;
+    ldm__vae_level level[LDM_VAE_MAX_LEVELS];
+    ldm__vae_res mid_block_1, mid_block_2;
+    ldm__vae_attn mid_attn_1;
+    ldm_nn_groupnorm norm_out;
+} ldm__vae_half;
+
+typedef struct ldm_vae {
+    ldm_vae_config cfg;
+    ldm_nn_params *P;             /* every parameter, CompVis names */
+    int training;                 /* dropout on (ldm_vae_set_training) */
+    ldm__vae_half enc, dec;
+    ldm_nn_conv2d quant_conv, post_quant_conv;
+} ldm_vae;
+
+/* Registers and allocates the model on the context's device, initialised like PyTorch's
+   defaults from the context's RNG. */
+LDM_API ldm_result ldm_vae_create(ldm_ctx *ctx, ldm_vae **vae, const ldm_vae_config *cfg);
+LDM_API void ldm_vae_destroy(ldm_vae *vae);
+LDM_API void ldm_vae_set_training(ldm_vae *vae, int on);
+/* Loads weights in any supported layout (see the top). strict: every VAE parameter must be
+   in the file and every considered file tensor must be used, shapes equal; the error lists
+   every offending name. report (may be NULL) gets the details. */
+LDM_API ldm_result ldm_vae_load(ldm_ctx *ctx, ldm_vae *vae, const char *path, int strict);
+LDM_API ldm_result ldm_vae_load_ex(ldm_ctx *ctx, ldm_vae *vae, const char *path, int strict, ldm_nn_load_report *report);
+/* Writes CompVis names (torch's load_state_dict(strict=True) on the CompVis module accepts it). */
+LDM_API ldm_result ldm_vae_save(ldm_ctx *ctx, const ldm_vae *vae, const char *path, ldm_dtype dtype);
+/* The diffusers -> CompVis name map (NULL when the name is not a VAE name). n_levels is
+   len(ch_mult): diffusers counts decoder levels the other way round. */
+LDM_API const char *ldm_vae_name_from_diffusers(const char *name, int n_levels, char *buf, size_t cap);
+
+/* ---- forward (autograd-aware: use these for training) ---- */
+typedef struct ldm_vae_posterior { ldm_tensor *mean, *logvar; } ldm_vae_posterior;  /* [B,E,h,w] each */
+LDM_API ldm_tensor *ldm_vae_encoder_forward(ldm_ctx *ctx, ldm_vae *vae, ldm_tensor *x);   /* -> [B,2Z,h,w] */
+LDM_API ldm_tensor *ldm_vae_decoder_forward(ldm_ctx *ctx, ldm_vae *vae, ldm_tensor *z);   /* [B,Z,h,w] -> image */
+LDM_API ldm_result ldm_vae_encode(ldm_ctx *ctx, ldm_vae *vae, ldm_tensor *x, ldm_vae_posterior *q);
+LDM_API ldm_tensor *ldm_vae_decode(ldm_ctx *ctx, ldm_vae *vae, ldm_tensor *z);              /* post_quant_conv + decoder */
+/* AutoencoderKL.forward: encode, z = sample (eps from the RNG) or mode, decode. q may be NULL. */
+LDM_API ldm_tensor *ldm_vae_forward(ldm_ctx *ctx, ldm_vae *vae, ldm_tensor *x, int sample_posterior, ldm_vae_posterior *q);
+LDM_API ldm_tensor *ldm_vae_last_layer(ldm_vae *vae);  /* decoder.conv_out.weight */
+
+LDM_API ldm_result ldm_vae_posterior_from_moments(ldm_ctx *ctx, ldm_tensor *moments, ldm_vae_posterior *q);
+/* mean + exp(logvar/2) * eps; eps NULL: drawn from the context's RNG. */
+LDM_API ldm_tensor *ldm_vae_posterior_sample(ldm_ctx *ctx, const ldm_vae_posterior *q, ldm_tensor *eps);
+LDM_API ldm_tensor *ldm_vae_posterior_mode(const ldm_vae_posterior *q);
+LDM_API ldm_tensor *ldm_vae_posterior_kl(ldm_ctx *ctx, const ldm_vae_posterior *q);              /* [B] */
+LDM_API ldm_tensor *ldm_vae_posterior_nll(ldm_ctx *ctx, const ldm_vae_posterior *q, ldm_tensor *x); /* [B] */
+
+/* ---- inference in bounded memory ---- */
+typedef struct ldm_vae_infer {
+    int batch;                    /* samples per pass (0: all) */
+    int tile;                     /* tile size in image pixels (0: no tiling); rounded down to a multiple of f */
+    int overlap;                  /* overlap in image pixels (0: tile/4), a multiple of f */
+} ldm_vae_infer;
+/* Posterior of x (mean and logvar, grad off). Tiled encoding needs H and W divisible by f. */
+LDM_API ldm_result ldm_vae_encode_infer(ldm_ctx *ctx, ldm_vae *vae, ldm_tensor *x, const ldm_vae_infer *opt, ldm_vae_posterior *q);
+LDM_API ldm_tensor *ldm_vae_decode_infer(ldm_ctx *ctx, ldm_vae *vae, ldm_tensor *z, const ldm_vae_infer *opt);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LDM_VAE_H */
+
+/* ========================================================================================== */
+/*                                      IMPLEMENTATION                                        */
+/* ========================================================================================== */
+#if defined(LDM_IMPLEMENTATION) || defined(LDM_VAE_IMPLEMENTATION)
+#ifndef LDM_VAE_IMPLEMENTATION_DONE
+#define LDM_VAE_IMPLEMENTATION_DONE
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- configs ---------------------------------------------------------------------------- */
+static ldm_vae_config ldm__vae_cfg(int z, const int *mult, int n) {
+    ldm_vae_config c;
+    memset(&c, 0, sizeof c);
+    c.double_z = 1; c.z_channels = z; c.resolution = 256; c.in_channels = 3; c.out_ch = 3; c.ch = 128;
+    for (int i = 0; i < n; i++) c.ch_mult[i] = mult[i];
+    c.n_levels = n; c.num_res_blocks = 2; c.dropout = 0.0f; c.resamp_with_conv = 1; c.embed_dim = z;
+    return c;
+}
+LDM_API ldm_vae_config ldm_vae_config_kl_f4(void) { static const int m[3] = {1, 2, 4}; return ldm__vae_cfg(3, m, 3); }
+LDM_API ldm_vae_config ldm_vae_config_kl_f8(void) { static const int m[4] = {1, 2, 4, 4}; return ldm__vae_cfg(4, m, 4); }
+LDM_API int ldm_vae_factor(const ldm_vae_config *c) { return 1 << (c->n_levels - 1); }
+
+LDM_API ldm_result ldm_vae_config_check(ldm_ctx *ctx, const ldm_vae_config *c) {
+#define LDM__VAE_REQ(cond, ...) do { if (!(cond)) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL config: " __VA_ARGS__); } while (0)
+    LDM__VAE_REQ(c->n_levels >= 1 && c->n_levels <= LDM_VAE_MAX_LEVELS, "ch_mult needs 1 to %d entries, got %d", LDM_VAE_MAX_LEVELS, c->n_levels);
+    LDM__VAE_REQ(c->num_res_blocks >= 1 && c->num_res_blocks < LDM_VAE_MAX_BLOCKS, "num_res_blocks must be 1..%d, got %d", LDM_VAE_MAX_BLOCKS - 1, c->num_res_blocks);
+    LDM__VAE_REQ(c->ch > 0 && c->ch % 32 == 0, "ch = %d: GroupNorm uses 32 groups, so ch must be a positive multiple of 32", c->ch);
+    for (int i = 0; i < c->n_levels; i++)
+        LDM__VAE_REQ(c->ch_mult[i] > 0, "ch_mult[%d] = %d must be positive", i, c->ch_mult[i]);
+    LDM__VAE_REQ(c->z_channels > 0 && c->embed_dim > 0, "z_channels (%d) and embed_dim (%d) must be positive", c->z_channels, c->embed_dim);
+    LDM__VAE_REQ(c->in_channels > 0 && c->out_ch > 0, "in_channels (%d) and out_ch (%d) must be positive", c->in_channels, c->out_ch);
+    LDM__VAE_REQ(c->n_attn >= 0 && c->n_attn <= LDM_VAE_MAX_LEVELS, "at most %d attn_resolutions", LDM_VAE_MAX_LEVELS);
+    LDM__VAE_REQ(c->dropout >= 0.0f && c->dropout < 1.0f, "dropout = %g must be in [0, 1)", (double)c->dropout);
+    LDM__VAE_REQ(c->double_z, "double_z = false has no variance to sample from; AutoencoderKL needs double_z = true");
+    return LDM_OK;
+#undef LDM__VAE_REQ
+}
+
+/* ---- registration (module order = CompVis state-dict order) ------------------------------ */
+static void ldm__vae_reg_res(ldm_nn_params *P, ldm__vae_res *r, int cin, int cout) {
+    ldm_nn_groupnorm_init(P, &r->norm1, "norm1", 32, cin, 1e-6f, 1);
+    ldm_nn_conv2d_init(P, &r->conv1, "conv1", cin, cout, 3, 1, 1, 1);
+    ldm_nn_groupnorm_init(P, &r->norm2, "norm2", 32, cout, 1e-6f, 1);
+    ldm_nn_conv2d_init(P, &r->conv2, "conv2", cout, cout, 3, 1, 1, 1);
+    r->has_shortcut = cin != cout;
+    if (r->has_shortcut) ldm_nn_conv2d_init(P, &r->nin_shortcut, "nin_shortcut", cin, cout, 1, 1, 0, 1);
+}
+static void ldm__vae_reg_attn(ldm_nn_params *P, ldm__vae_attn *a, int c) {
+    ldm_nn_groupnorm_init(P, &a->norm, "norm", 32, c, 1e-6f, 1);
+    ldm_nn_conv2d_init(P, &a->q, "q", c, c, 1, 1, 0, 1);
+    ldm_nn_conv2d_init(P, &a->k, "k", c, c, 1, 1, 0, 1);
+    ldm_nn_conv2d_init(P, &a->v, "v", c, c, 1, 1, 0, 1);
+    ldm_nn_conv2d_init(P, &a->proj_out, "proj_out", c, c, 1, 1, 0, 1);
+}
+static void ldm__vae_reg_mid(ldm_nn_params *P, ldm__vae_half *h, int c) {
+    ldm_nn_push(P, "mid");
+    ldm_nn_push(P, "block_1"); ldm__vae_reg_res(P, &h->mid_block_1, c, c); ldm_nn_pop(P);
+    ldm_nn_push(P, "attn_1"); ldm__vae_reg_attn(P, &h->mid_attn_1, c); ldm_nn_pop(P);
+    ldm_nn_push(P, "block_2"); ldm__vae_reg_res(P, &h->mid_block_2, c, c); ldm_nn_pop(P);
+    ldm_nn_pop(P);
+}
+static int ldm__vae_has_attn(const ldm_vae_config *c, int res) {
+    for (int i = 0; i < c->n_attn; i++) if (c->attn_resolutions[i] == res) return 1;
+    return 0;
+}
+
+static void ldm__vae_register(ldm_vae *v) {
+    const ldm_vae_config *c = &v->cfg;
+    ldm_nn_params *P = v->P;
+    int n = c->n_levels, res = c->resolution, cin = c->ch;
+    static const int pad_down[4] = {0, 1, 0, 1}; /* F.pad(x, (0,1,0,1)) then padding 0 */
+
+    ldm_nn_push(P, "encoder");
+    ldm_nn_conv2d_init(P, &v->enc.conv_in, "conv_in", c->in_channels, c->ch, 3, 1, 1, 1);
+    for (int i = 0; i < n; i++) {
+        ldm__vae_level *L = &v->enc.level[i];
+        int cout = c->ch * c->ch_mult[i];
+        L->n_block = c->num_res_blocks;
+        L->n_attn = ldm__vae_has_attn(c, res) ? L->n_block : 0;
+        ldm_nn_pushf(P, "down.%d", i);
+        for (int j = 0; j < L->n_block; j++) {
+            ldm_nn_pushf(P, "block.%d", j); ldm__vae_reg_res(P, &L->block[j], cin, cout); ldm_nn_pop(P);
+            cin = cout;
+        }
+        for (int j = 0; j < L->n_attn; j++) { ldm_nn_pushf(P, "attn.%d", j); ldm__vae_reg_attn(P, &L->attn[j], cin); ldm_nn_pop(P); }
+        L->has_resample = i != n - 1;
+        if (L->has_resample) {
+            if (c->resamp_with_conv) ldm_nn_conv2d_init_ex(P, &L->resample, "downsample.conv", cin, cin, 3, 3, 2, 2, pad_down, 1);
+            res /= 2;
+        }
+        ldm_nn_pop(P);
+    }
+    ldm__vae_reg_mid(P, &v->enc, cin);
+    ldm_nn_groupnorm_init(P, &v->enc.norm_out, "norm_out", 32, cin, 1e-6f, 1);
+    ldm_nn_conv2d_init(P, &v->enc.conv_out, "conv_out", cin, c->double_z ? 2 * c->z_channels : c->z_channels, 3, 1, 1, 1);
+    ldm_nn_pop(P);
+
+    /* Decoder: levels are registered 0..n-1 (state-dict order) but run n-1..0; level i's
+       input channels are the output channels of level i+1 (or of the mid block). */
+    ldm_nn_push(P, "decoder");
+    int top = c->ch * c->ch_mult[n - 1];
+    ldm_nn_conv2d_init(P, &v->dec.conv_in, "conv_in", c->z_channels, top, 3, 1, 1, 1);
+    ldm__vae_reg_mid(P, &v->dec, top);
+    for (int i = 0; i < n; i++) {
+        ldm__vae_level *L = &v->dec.level[i];
+        int lres = c->resolution >> i, cout = c->ch * c->ch_mult[i];
+        cin = i == n - 1 ? top : c->ch * c->ch_mult[i + 1];
+        L->n_block = c->num_res_blocks + 1;
+        L->n_attn = ldm__vae_has_attn(c, lres) ? L->n_block : 0;
+        ldm_nn_pushf(P, "up.%d", i);
+        for (int j = 0; j < L->n_block; j++) {
+            ldm_nn_pushf(P, "block.%d", j); ldm__vae_reg_res(P, &L->block[j], cin, cout); ldm_nn_pop(P);
+            cin = cout;
+        }
+        for (int j = 0; j < L->n_attn; j++) { ldm_nn_pushf(P, "attn.%d", j); ldm__vae_reg_attn(P, &L->attn[j], cout); ldm_nn_pop(P); }
+        L->has_resample = i != 0;
+        if (L->has_resample && c->resamp_with_conv) ldm_nn_conv2d_init(P, &L->resample, "upsample.conv", cout, cout, 3, 1, 1, 1);
+        ldm_nn_pop(P);
+    }
+    ldm_nn_groupnorm_init(P, &v->dec.norm_out, "norm_out", 32, c->ch * c->ch_mult[0], 1e-6f, 1);
+    ldm_nn_conv2d_init(P, &v->dec.conv_out, "conv_out", c->ch * c->ch_mult[0], c->out_ch, 3, 1, 1, 1);
+    ldm_nn_pop(P);
+
+    ldm_nn_conv2d_init(P, &v->quant_conv, "quant_conv", 2 * c->z_channels, 2 * c->embed_dim, 1, 1, 0, 1);
+    ldm_nn_conv2d_init(P, &v->post_quant_conv, "post_quant_conv", c->embed_dim, c->z_channels, 1, 1, 0, 1);
+}
+
+LDM_API ldm_result ldm_vae_create(ldm_ctx *ctx, ldm_vae **out, const ldm_vae_config *cfg) {
+    *out = NULL;
+    if (ldm_vae_config_check(ctx, cfg)) return ldm_ctx_status(ctx);
+    ldm_vae *v = (ldm_vae *)LDM_MALLOC(sizeof *v);
+    if (!v) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "AutoencoderKL: out of memory");
+    memset(v, 0, sizeof *v);
+    v->cfg = *cfg;
+    ldm_result r = ldm_nn_params_create(ctx, &v->P, ldm_ctx_device(ctx));
+    if (r) { LDM_FREE(v); return r; }
+    ldm__vae_register(v);
+    if ((r = ldm_nn_params_alloc(ctx, v->P)) != LDM_OK) { ldm_vae_destroy(v); return r; }
+    *out = v;
+    return LDM_OK;
+}
+LDM_API void ldm_vae_destroy(ldm_vae *v) {
+    if (!v) return;
+    ldm_nn_params_destroy(v->P);
+    LDM_FREE(v);
+}
+LDM_API void ldm_vae_set_training(ldm_vae *v, int on) { v->training = on; }
+LDM_API ldm_tensor *ldm_vae_last_layer(ldm_vae *v) { return v->dec.conv_out.weight; }
+
+/* ---- weight layouts ---------------------------------------------------------------------- */
+/* Matches s against pat, where '#' stands for a decimal number (stored in num[]); on success
+   returns the rest of s after the pattern, else NULL. */
+static const char *ldm__vae_match(const char *s, const char *pat, int *num) {
+    int k = 0;
+    for (; *pat; pat++) {
+        if (*pat == '#') {
+            if (*s < '0' || *s > '9') return NULL;
+            long v = 0;
+            while (*s >= '0' && *s <= '9' && v < 100000) v = v * 10 + (*s++ - '0');
+            num[k++] = (int)v;
+        } else if (*s++ != *pat) {
+            return NULL;
+        }
+    }
+    return s;
+}
+
+/* Attention sub-module names, diffusers (new and old) -> CompVis. */
+static const char *ldm__vae_attn_tail(const char *t, char *tmp, size_t cap) {
+    static const char *const map[][2] = {{"group_norm.", "norm."}, {"to_q.", "q."}, {"to_k.", "k."}, {"to_v.", "v."},
+                                         {"to_out.0.", "proj_out."}, {"query.", "q."}, {"key.", "k."}, {"value.", "v."},
+                                         {"proj_attn.", "proj_out."}};
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) {
+        size_t n = strlen(map[i][0]);
+        if (strncmp(t, map[i][0], n) == 0) { snprintf(tmp, cap, "%s%s", map[i][1], t + n); return tmp; }
+    }
+    return NULL;
+}
+static const char *ldm__vae_res_tail(const char *t, char *tmp, size_t cap) {
+    if (strncmp(t, "conv_shortcut.", 14) == 0) { snprintf(tmp, cap, "nin_shortcut.%s", t + 14); return tmp; }
+    return t;
+}
+
+LDM_API const char *ldm_vae_name_from_diffusers(const char *name, int n_levels, char *buf, size_t cap) {
+    char tail[256];
+    int num[4];
+    const char *r, *t;
+    for (int half = 0; half < 2; half++) {
+        const char *hn = half ? "decoder." : "encoder.";
+        if (strncmp(name, hn, 8) != 0) continue;
+        const char *s = name + 8;
+        if ((r = ldm__vae_match(s, half ? "up_blocks.#.resnets.#." : "down_blocks.#.resnets.#.", num))) {
+            int lvl = half ? n_levels - 1 - num[0] : num[0];
+            snprintf(buf, cap, "%s%s.%d.block.%d.%s", hn, half ? "up" : "down", lvl, num[1], ldm__vae_res_tail(r, tail, sizeof tail));
+        } else if ((r = ldm__vae_match(s, half ? "up_blocks.#.attentions.#." : "down_blocks.#.attentions.#.", num))) {
+            if (!(t = ldm__vae_attn_tail(r, tail, sizeof tail))) return NULL;
+            int lvl = half ? n_levels - 1 - num[0] : num[0];
+            snprintf(buf, cap, "%s%s.%d.attn.%d.%s", hn, half ? "up" : "down", lvl, num[1], t);
+        } else if (!half && (r = ldm__vae_match(s, "down_blocks.#.downsamplers.0.conv.", num))) {
+            snprintf(buf, cap, "%sdown.%d.downsample.conv.%s", hn, num[0], r);
+        } else if (half && (r = ldm__vae_match(s, "up_blocks.#.upsamplers.0.conv.", num))) {
+            snprintf(buf, cap, "%sup.%d.upsample.conv.%s", hn, n_levels - 1 - num[0], r);
+        } else if ((r = ldm__vae_match(s, "mid_block.resnets.#.", num)) && num[0] < 2) {
+            snprintf(buf, cap, "%smid.block_%d.%s", hn, num[0] + 1, ldm__vae_res_tail(r, tail, sizeof tail));
+        } else if ((r = ldm__vae_match(s, "mid_block.attentions.0.", num))) {
+            if (!(t = ldm__vae_attn_tail(r, tail, sizeof tail))) return NULL;
+            snprintf(buf, cap, "%smid.attn_1.%s", hn, t);
+        } else if ((r = ldm__vae_match(s, "conv_norm_out.", num))) {
+            snprintf(buf, cap, "%snorm_out.%s", hn, r);
+        } else {
+            return name; /* conv_in, conv_out: same names */
+        }
+        return buf;
+    }
+    return name; /* quant_conv, post_quant_conv */
+}
+
+typedef struct ldm__vae_map { int diffusers, n_levels; } ldm__vae_map;
+static const char *ldm__vae_rename(void *user, const char *name, char *buf, size_t cap) {
+    const ldm__vae_map *m = (const ldm__vae_map *)user;
+    if (strncmp(name, "loss.", 5) == 0) return NULL; /* the training loss's LPIPS/discriminator */
+    return m->diffusers ? ldm_vae_name_from_diffusers(name, m->n_levels, buf, cap) : name;
+}
+
+LDM_API ldm_result ldm_vae_load_ex(ldm_ctx *ctx, ldm_vae *v, const char *path, int strict, ldm_nn_load_report *report) {
+    ldm_weights *w;
+    ldm_result r = ldm_weights_open(ctx, &w, path);
+    if (r) return r;
+    static const char *const pfx = "first_stage_model.";
+    int n = ldm_weights_count(w), prefixed = 0, diffusers = 0;
+    for (int i = 0; i < n; i++) if (strncmp(ldm_weights_info(w, i)->name, pfx, strlen(pfx)) == 0) prefixed = 1;
+    for (int i = 0; i < n; i++) {
+        const char *nm = ldm_weights_info(w, i)->name;
+        if (prefixed && strncmp(nm, pfx, strlen(pfx)) != 0) continue;
+        if (strstr(nm, "down_blocks.") || strstr(nm, "up_blocks.") || strstr(nm, "mid_block.")) diffusers = 1;
+    }
+    ldm__vae_map map;
+    map.diffusers = diffusers;
+    map.n_levels = v->cfg.n_levels;
+    ldm_nn_load_opts o;
+    memset(&o, 0, sizeof o);
+    o.strict = strict;
+    o.prefix_strip = prefixed ? pfx : NULL;
+    o.rename = ldm__vae_rename;
+    o.rename_user = &map;
+    o.allow_unit_dims = diffusers;
+    o.report = report;
+    r = ldm_nn_load_weights(ctx, v->P, w, &o);
+    ldm_weights_close(w);
+    return r;
+}
+LDM_API ldm_result ldm_vae_load(ldm_ctx *ctx, ldm_vae *v, const char *path, int strict) {
+    return ldm_vae_load_ex(ctx, v, path, strict, NULL);
+}
+LDM_API ldm_result ldm_vae_save(ldm_ctx *ctx, const ldm_vae *v, const char *path, ldm_dtype dtype) {
+    return ldm_nn_save(ctx, v->P, path, dtype, NULL);
+}
+
+/* ---- forward ----------------------------------------------------------------------------- */
+static ldm_tensor *ldm__vae_res_fwd(ldm_ctx *ctx, const ldm_vae *v, const ldm__vae_res *r, ldm_tensor *x) {
+    ldm_tensor *h = ldm_nn_conv2d_forward(ctx, &r->conv1, ldm_silu(ctx, ldm_nn_groupnorm_forward(ctx, &r->norm1, x)));
+    h = ldm_silu(ctx, ldm_nn_groupnorm_forward(ctx, &r->norm2, h));
+    if (v->cfg.dropout > 0.0f) h = ldm_dropout(ctx, h, v->cfg.dropout, v->training);
+    h = ldm_nn_conv2d_forward(ctx, &r->conv2, h);
+    return ldm_add(ctx, r->has_shortcut ? ldm_nn_conv2d_forward(ctx, &r->nin_shortcut, x) : x, h);
+}
+static ldm_tensor *ldm__vae_attn_fwd(ldm_ctx *ctx, const ldm__vae_attn *a, ldm_tensor *x) {
+    if (!x) return NULL;
+    int64_t B = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+    ldm_tensor *h = ldm_nn_groupnorm_forward(ctx, &a->norm, x);
+    ldm_shape s3 = ldm_shape3(B, C, H * W);
+    ldm_tensor *q = ldm_reshape(ctx, ldm_nn_conv2d_forward(ctx, &a->q, h), s3);
+    ldm_tensor *k = ldm_reshape(ctx, ldm_nn_conv2d_forward(ctx, &a->k, h), s3);
+    ldm_tensor *vv = ldm_reshape(ctx, ldm_nn_conv2d_forward(ctx, &a->v, h), s3);
+    ldm_tensor *w = ldm_matmul(ctx, q, k, 1, 0);                        /* [B, HW, HW] = q^T k */
+    w = ldm_softmax(ctx, ldm_scale(ctx, w, (float)pow((double)C, -0.5)), 2);
+    ldm_tensor *o = ldm_matmul(ctx, vv, w, 0, 1);                       /* [B, C, HW] = v w^T */
+    o = ldm_nn_conv2d_forward(ctx, &a->proj_out, ldm_reshape(ctx, o, ldm_shape4(B, C, H, W)));
+    return ldm_add(ctx, x, o);
+}
+
+/* In no-grad mode each block's activations are dropped once its output exists. */
+#define LDM__VAE_STEP(expr)                                                        \
+    do {                                                                           \
+        ldm_mark m__ = ldm_arena_mark(ctx);                                        \
+        h = (expr);                                                                \
+        if (!ldm_grad_enabled(ctx) && h && h->device == LDM_CPU) h = ldm_arena_keep(ctx, m__, h); \
+    } while (0)
+
+static ldm_tensor *ldm__vae_mid(ldm_ctx *ctx, const ldm_vae *v, const ldm__vae_half *hf, ldm_tensor *h) {
+    LDM__VAE_STEP(ldm__vae_res_fwd(ctx, v, &hf->mid_block_1, h));
+    LDM__VAE_STEP(ldm__vae_attn_fwd(ctx, &hf->mid_attn_1, h));
+    LDM__VAE_STEP(ldm__vae_res_fwd(ctx, v, &hf->mid_block_2, h));
+    return h;
+}
+static ldm_tensor *ldm__vae_out(ldm_ctx *ctx, const ldm__vae_half *hf, ldm_tensor *h) {
+    return ldm_nn_conv2d_forward(ctx, &hf->conv_out, ldm_silu(ctx, ldm_nn_groupnorm_forward(ctx, &hf->norm_out, h)));
+}
+
+LDM_API ldm_tensor *ldm_vae_encoder_forward(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x) {
+    if (!x || ldm_ctx_status(ctx)) return NULL;
+    if (x->ndim != 4 || x->shape[1] != v->cfg.in_channels) {
+        char b[64];
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL encoder: input %s, expected [B, %d, H, W]", ldm_shape_str(x, b, sizeof b), v->cfg.in_channels);
+        return NULL;
+    }
+    ldm_tensor *h;
+    LDM__VAE_STEP(ldm_nn_conv2d_forward(ctx, &v->enc.conv_in, x));
+    for (int i = 0; i < v->cfg.n_levels; i++) {
+        const ldm__vae_level *L = &v->enc.level[i];
+        for (int j = 0; j < L->n_block; j++) {
+            LDM__VAE_STEP(ldm__vae_res_fwd(ctx, v, &L->block[j], h));
+            if (L->n_attn) LDM__VAE_STEP(ldm__vae_attn_fwd(ctx, &L->attn[j], h));
+        }
+        if (L->has_resample)
+            LDM__VAE_STEP(v->cfg.resamp_with_conv ? ldm_nn_conv2d_forward(ctx, &L->resample, h) : ldm_avg_pool(ctx, h, 2, 2, 0));
+    }
+    h = ldm__vae_mid(ctx, v, &v->enc, h);
+    LDM__VAE_STEP(ldm__vae_out(ctx, &v->enc, h));
+    return h;
+}
+
+LDM_API ldm_tensor *ldm_vae_decoder_forward(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *z) {
+    if (!z || ldm_ctx_status(ctx)) return NULL;
+    if (z->ndim != 4 || z->shape[1] != v->cfg.z_channels) {
+        char b[64];
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL decoder: input %s, expected [B, %d, h, w]", ldm_shape_str(z, b, sizeof b), v->cfg.z_channels);
+        return NULL;
+    }
+    ldm_tensor *h;
+    LDM__VAE_STEP(ldm_nn_conv2d_forward(ctx, &v->dec.conv_in, z));
+    h = ldm__vae_mid(ctx, v, &v->dec, h);
+    for (int i = v->cfg.n_levels - 1; i >= 0; i--) {
+        const ldm__vae_level *L = &v->dec.level[i];
+        for (int j = 0; j < L->n_block; j++) {
+            LDM__VAE_STEP(ldm__vae_res_fwd(ctx, v, &L->block[j], h));
+            if (L->n_attn) LDM__VAE_STEP(ldm__vae_attn_fwd(ctx, &L->attn[j], h));
+        }
+        if (L->has_resample) {
+            LDM__VAE_STEP(ldm_upsample_nearest(ctx, h, 1, 2, 2));
+            if (v->cfg.resamp_with_conv) LDM__VAE_STEP(ldm_nn_conv2d_forward(ctx, &L->resample, h));
+        }
+    }
+    LDM__VAE_STEP(ldm__vae_out(ctx, &v->dec, h));
+    return v->cfg.tanh_out ? ldm_tanh(ctx, h) : h;
+}
+
+LDM_API ldm_result ldm_vae_posterior_from_moments(ldm_ctx *ctx, ldm_tensor *moments, ldm_vae_posterior *q) {
+    ldm_tensor *part[2] = {NULL, NULL};
+    q->mean = q->logvar = NULL;
+    if (!moments) return ldm_ctx_status(ctx) ? ldm_ctx_status(ctx) : ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "posterior: NULL moments");
+    if (ldm_chunk(ctx, moments, 2, 1, part)) return ldm_ctx_status(ctx);
+    q->mean = part[0];
+    q->logvar = ldm_clamp(ctx, part[1], -30.0f, 20.0f);
+    return ldm_ctx_status(ctx);
+}
+LDM_API ldm_result ldm_vae_encode(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, ldm_vae_posterior *q) {
+    return ldm_vae_posterior_from_moments(ctx, ldm_nn_conv2d_forward(ctx, &v->quant_conv, ldm_vae_encoder_forward(ctx, v, x)), q);
+}
+LDM_API ldm_tensor *ldm_vae_decode(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *z) {
+    if (z && (z->ndim != 4 || z->shape[1] != v->cfg.embed_dim)) {
+        char b[64];
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL decode: latent %s, expected [B, %d, h, w] (embed_dim %d)",
+                       ldm_shape_str(z, b, sizeof b), v->cfg.embed_dim, v->cfg.embed_dim);
+        return NULL;
+    }
+    return ldm_vae_decoder_forward(ctx, v, ldm_nn_conv2d_forward(ctx, &v->post_quant_conv, z));
+}
+LDM_API ldm_tensor *ldm_vae_posterior_sample(ldm_ctx *ctx, const ldm_vae_posterior *q, ldm_tensor *eps) {
+    if (!q->mean || !q->logvar) return NULL;
+    if (!eps) eps = ldm_randn(ctx, ldm_shape_of(q->mean));
+    return ldm_add(ctx, q->mean, ldm_mul(ctx, ldm_exp(ctx, ldm_scale(ctx, q->logvar, 0.5f)), eps));
+}
+LDM_API ldm_tensor *ldm_vae_posterior_mode(const ldm_vae_posterior *q) { return q->mean; }
+LDM_API ldm_tensor *ldm_vae_posterior_kl(ldm_ctx *ctx, const ldm_vae_posterior *q) {
+    ldm_tensor *t = ldm_add(ctx, ldm_square(ctx, q->mean), ldm_exp(ctx, q->logvar));
+    t = ldm_sub(ctx, ldm_add_scalar(ctx, t, -1.0f), q->logvar);
+    return ldm_scale(ctx, ldm_sum(ctx, t, LDM_DIM(1) | LDM_DIM(2) | LDM_DIM(3), 0), 0.5f);
+}
+LDM_API ldm_tensor *ldm_vae_posterior_nll(ldm_ctx *ctx, const ldm_vae_posterior *q, ldm_tensor *x) {
+    ldm_tensor *d = ldm_sub(ctx, x, q->mean);
+    ldm_tensor *t = ldm_add(ctx, ldm_add_scalar(ctx, q->logvar, (float)log(2.0 * 3.14159265358979323846)),
+                            ldm_div(ctx, ldm_square(ctx, d), ldm_exp(ctx, q->logvar)));
+    return ldm_scale(ctx, ldm_sum(ctx, t, LDM_DIM(1) | LDM_DIM(2) | LDM_DIM(3), 0), 0.5f);
+}
+LDM_API ldm_tensor *ldm_vae_forward(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, int sample_posterior, ldm_vae_posterior *qout) {
+    ldm_vae_posterior q;
+    if (ldm_vae_encode(ctx, v, x, &q)) return NULL;
+    if (qout) *qout = q;
+    return ldm_vae_decode(ctx, v, sample_posterior ? ldm_vae_posterior_sample(ctx, &q, NULL) : q.mean);
+}
+
+/* ---- tiled inference --------------------------------------------------------------------- */
+/* Tile starts along one axis of n input units: step tile-overlap, the last tile flush with
+   the end. Returns the count (at most cap). */
+static int ldm__vae_tiles(int64_t n, int64_t tile, int64_t overlap, int64_t *start, int cap) {
+    int k = 0;
+    if (tile >= n) { start[0] = 0; return 1; }
+    int64_t step = tile - overlap;
+    for (int64_t s = 0; k < cap - 1; s += step) {
+        if (s + tile >= n) break;
+        start[k++] = s;
+    }
+    start[k++] = n - tile;
+    return k;
+}
+/* Blend weight of output position p in a tile [s, s+len) of an axis of size n: a raised
+   cosine over `ov` positions at every edge that is not the image border, 1 elsewhere. */
+static float ldm__vae_ramp(int64_t p, int64_t s, int64_t len, int64_t n, int64_t ov) {
+    const double pi = 3.14159265358979323846;
+    double w = 1.0;
+    if (ov <= 0) return 1.0f;
+    if (s > 0 && p < ov) w *= 0.5 - 0.5 * cos(pi * ((double)p + 0.5) / (double)ov);
+    if (s + len < n && p >= len - ov) w *= 0.5 - 0.5 * cos(pi * ((double)(len - p) - 0.5) / (double)ov);
+    return (float)w;
+}
+
+typedef ldm_tensor *(*ldm__vae_fn)(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x);
+static ldm_tensor *ldm__vae_enc_moments(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x) {
+    return ldm_nn_conv2d_forward(ctx, &v->quant_conv, ldm_vae_encoder_forward(ctx, v, x));
+}
+
+/* Runs fn over x in batch chunks and tiles and blends the results. up > 0: outputs are `up`
+   times larger than inputs (decoding); up < 0: `-up` times smaller (encoding). */
+static ldm_tensor *ldm__vae_tiled(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, const ldm_vae_infer *opt, ldm__vae_fn fn,
+                                  int out_ch, int up) {
+    if (!x || ldm_ctx_status(ctx)) return NULL;
+    if (x->ndim != 4) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: expected a 4-D [B, C, H, W] input"); return NULL; }
+    int f = ldm_vae_factor(&v->cfg);
+    int64_t B = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+    int64_t OH = up > 0 ? H * up : H / -up, OW = up > 0 ? W * up : W / -up;
+    int64_t nb = opt && opt->batch > 0 ? opt->batch : B;
+    /* tile and overlap in input units */
+    int64_t ti = 0, oi = 0;
+    if (opt && opt->tile > 0) {
+        ti = up > 0 ? opt->tile / f : opt->tile / f * f;
+        oi = opt->overlap > 0 ? (up > 0 ? opt->overlap / f : opt->overlap / f * f) : (up > 0 ? ti / 4 : ti / 4 / f * f);
+        if (ti < (up > 0 ? 1 : f) || oi >= ti) {
+            ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: tile %d / overlap %d pixels do not make tiles for f = %d (hint: tile >= %d, overlap < tile)",
+                           opt->tile, opt->overlap, f, 2 * f);
+            return NULL;
+        }
+        if (up < 0 && (H % f || W % f)) {
+            ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: tiled encoding needs H and W divisible by %d, got %lldx%lld",
+                           f, (long long)H, (long long)W);
+            return NULL;
+        }
+    }
+    if (ti <= 0 || (ti >= H && ti >= W)) ti = LDM__MAX(H, W), oi = 0;
+    if ((ti < H && (H - ti) / (ti - oi) + 2 > 512) || (ti < W && (W - ti) / (ti - oi) + 2 > 512)) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: more than 512 tiles per side (hint: a larger tile)");
+        return NULL;
+    }
+    int64_t ys[512], xs[512];
+    int ny = ldm__vae_tiles(H, LDM__MIN(ti, H), oi, ys, 512), nx = ldm__vae_tiles(W, LDM__MIN(ti, W), oi, xs, 512);
+    int64_t oplane = OH * OW;
+    float *acc = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(B * out_ch * oplane));
+    float *wsum = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)oplane);
+    if (!acc || !wsum) return NULL;
+    memset(acc, 0, sizeof(float) * (size_t)(B * out_ch * oplane));
+    memset(wsum, 0, sizeof(float) * (size_t)oplane);
+    int prev = ldm_set_grad_enabled(ctx, 0);
+    for (int64_t b0 = 0; b0 < B && !ldm_ctx_status(ctx); b0 += nb) {
+        int64_t bn = LDM__MIN(nb, B - b0);
+        for (int ty = 0; ty < ny; ty++)
+            for (int tx = 0; tx < nx && !ldm_ctx_status(ctx); tx++) {
+                ldm_mark m = ldm_arena_mark(ctx);
+                int64_t th = LDM__MIN(ti, H), tw = LDM__MIN(ti, W);
+                ldm_tensor *in = x;
+                if (bn != B) in = ldm_slice(ctx, in, 0, b0, bn);
+                if (th != H) in = ldm_slice(ctx, in, 2, ys[ty], th);
+                if (tw != W) in = ldm_slice(ctx, in, 3, xs[tx], tw);
+                ldm_tensor *o = fn(ctx, v, in);
+                float *host = o ? (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)o->numel) : NULL;
+                if (!host || ldm_to_host(ctx, o, host)) { ldm_arena_rewind(ctx, m); break; }
+                int64_t oh = o->shape[2], ow = o->shape[3];
+                int64_t oy = up > 0 ? ys[ty] * up : ys[ty] / -up, ox = up > 0 ? xs[tx] * up : xs[tx] / -up;
+                int64_t ovy = up > 0 ? oi * up : oi / -up;
+                for (int64_t yy = 0; yy < oh; yy++) {
+                    float wy = ldm__vae_ramp(yy, oy, oh, OH, ny > 1 ? ovy : 0);
+                    for (int64_t xx = 0; xx < ow; xx++) {
+                        float wgt = wy * ldm__vae_ramp(xx, ox, ow, OW, nx > 1 ? ovy : 0);
+                        int64_t pix = (oy + yy) * OW + ox + xx;
+                        if (b0 == 0) wsum[pix] += wgt;
+                        for (int64_t bc = 0; bc < bn * out_ch; bc++)
+                            acc[(b0 * out_ch + bc) * oplane + pix] += wgt * host[(bc * oh + yy) * ow + xx];
+                    }
+                }
+                ldm_arena_rewind(ctx, m);
+            }
+    }
+    ldm_set_grad_enabled(ctx, prev);
+    (void)C;
+    if (ldm_ctx_status(ctx)) return NULL;
+    for (int64_t i = 0; i < B * out_ch; i++)
+        for (int64_t p = 0; p < oplane; p++) acc[i * oplane + p] /= wsum[p];
+    return ldm_from_host(ctx, ldm_shape4(B, out_ch, OH, OW), acc);
+}
+
+LDM_API ldm_result ldm_vae_encode_infer(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, const ldm_vae_infer *opt, ldm_vae_posterior *q) {
+    q->mean = q->logvar = NULL;
+    if (x && (x->ndim != 4 || x->shape[1] != v->cfg.in_channels)) {
+        char b[64];
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL encode: input %s, expected [B, %d, H, W]", ldm_shape_str(x, b, sizeof b), v->cfg.in_channels);
+    }
+    int f = ldm_vae_factor(&v->cfg);
+    if (x && (x->shape[2] % f || x->shape[3] % f) && opt && opt->tile > 0)
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: tiled encoding needs H and W divisible by %d", f);
+    ldm_tensor *mom = ldm__vae_tiled(ctx, v, x, opt, ldm__vae_enc_moments, 2 * v->cfg.embed_dim, -f);
+    int prev = ldm_set_grad_enabled(ctx, 0);
+    ldm_result r = ldm_vae_posterior_from_moments(ctx, mom, q);
+    ldm_set_grad_enabled(ctx, prev);
+    return r;
+}
+LDM_API ldm_tensor *ldm_vae_decode_infer(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *z, const ldm_vae_infer *opt) {
+    if (z && (z->ndim != 4 || z->shape[1] != v->cfg.embed_dim)) {
+        char b[64];
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL decode: latent %s, expected [B, %d, h, w]", ldm_shape_str(z, b, sizeof b), v->cfg.embed_dim);
+        return NULL;
+    }
+    return ldm__vae_tiled(ctx, v, z, opt, ldm_vae_decode, v->cfg.out_ch, ldm_vae_factor(&v->cfg));
+}
+
+#endif /* LDM_VAE_IMPLEMENTATION_DONE */
+#endif /* LDM_IMPLEMENTATION || LDM_VAE_IMPLEMENTATION */
