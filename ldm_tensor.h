@@ -313,11 +313,28 @@ LDM_API const char *ldm_dtype_name(ldm_dtype t);
 
 /* ---- weight files: safetensors, PyTorch .ckpt/.pth (zip and legacy) ----------------------
    ldm_weights_open reads only the index (names, dtypes, shapes, where the bytes are); tensors
-   are read one at a time, converted to float32. The format is detected from the content. */
+   are read one at a time, converted to float32. The format is detected from the content:
+   - safetensors: element types F32 F16 BF16 F64 I64 I32 I16 I8 U8 BOOL (all read as float32;
+     integers above 2^24 round); F8/U16/U32/U64/C64 are LDM_ERR_UNSUPPORTED. The header is
+     validated strictly (JSON syntax, dtype/shape/data_offsets, sizes, bounds, overlaps,
+     duplicates); "__metadata__" is exposed by ldm_weights_metadata.
+   - PyTorch zip (torch.save since 1.6) and legacy (0.4 to 1.5) checkpoints, .pt/.pth/.ckpt:
+     the pickle is read by a restricted interpreter that never executes anything: it accepts
+     tensors (_rebuild_tensor_v2, _rebuild_parameter), typed storages, dicts/OrderedDicts,
+     lists, tuples and scalars, plus a few data-only classes seen in training checkpoints
+     (numpy scalars, torch dtypes, Lightning's ModelCheckpoint), which become opaque values.
+     Any other class (os.system, builtins.eval, ...) or opcode is an error naming it. Zip
+     entries must be stored (uncompressed), as torch.save writes them; ZIP64 is supported.
+     Names: the top-level dict, or its "state_dict" entry when that is a dict (Lightning);
+     nested dicts of tensors are flattened with '.' ("a": {"b": t} gives "a.b"); integer keys
+     are written in decimal; non-tensor values (epoch, optimizer settings, lists) are skipped.
+     Views (non-contiguous, offset, shared storages) are gathered on read.
+   An ldm_weights keeps its file open; read from one thread at a time. Errors name the file
+   and the tensor. */
 typedef struct ldm_weights ldm_weights;
 typedef struct ldm_weight_info {
     const char *name;
-    ldm_dtype dtype;              /* storage dtype in the file */
+    ldm_dtype dtype;              /* the file's dtype: F16, BF16, else F32 (also for F64 and integers) */
     int ndim;
     int64_t shape[LDM_MAX_DIMS];
     int64_t numel;
@@ -335,8 +352,11 @@ LDM_API ldm_result ldm_weights_read(ldm_ctx *ctx, ldm_weights *w, int i, float *
 /* safetensors metadata ("__metadata__" string map): value for key or NULL */
 LDM_API const char *ldm_weights_metadata(const ldm_weights *w, const char *key);
 
-/* Writes host float32 tensors as safetensors, converted to `dtype` (F32, F16, BF16).
-   names must be unique; meta_keys/meta_vals (n_meta strings) go to "__metadata__". */
+/* Writes host float32 tensors as safetensors, converted to `dtype` (F32, F16, BF16; round to
+   nearest even). names must be unique and non-empty; meta_keys/meta_vals (n_meta strings) go
+   to "__metadata__". The header is deterministic (metadata, then tensors in the given order,
+   padded with spaces to 8 bytes). Atomic: written to "<path>.tmp.<pid>", fsync'ed, renamed
+   over path; on failure path is untouched and the temporary file removed. */
 typedef struct ldm_named_data {
     const char *name;
     const float *data;            /* host memory */
@@ -3085,6 +3105,7 @@ static ldm_result ldm__wread_at(ldm_ctx *ctx, ldm_weights *w, uint64_t off, void
     if (off > w->size || n > w->size - off)
         return ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "%s (bytes %llu..%llu) runs past the end of the file (%llu bytes; truncated download?)",
                          what, (unsigned long long)off, (unsigned long long)(off + n), (unsigned long long)w->size);
+    clearerr(w->f);
     if (ldm__fseek(w->f, off) || fread(dst, 1, n, w->f) != n)
         return ldm__werr(ctx, LDM_ERR_IO, w->path, "cannot read %s at byte %llu: %s", what, (unsigned long long)off,
                          ferror(w->f) ? strerror(errno) : "unexpected end of file");
