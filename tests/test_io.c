@@ -3,6 +3,8 @@
    Fixtures: tests/ref/io_ref.py. Also built with sanitizers: LDM_TEST_SANITIZE */
 #define LDM_IMPLEMENTATION
 #include "ldm_test.h"
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define FIX "../tests/fixtures/"
 
@@ -153,6 +155,25 @@ static void test_roundtrip(void) {
     FILE *f = fopen("io_dup.safetensors", "rb");
     LT_CHECK(f == NULL, "no file after a rejected write");
     if (f) fclose(f);
+    /* a failed rename (the target is a directory) is an error and leaves no temporary file */
+    char tmp[64];
+    mkdir("io_dir.safetensors", 0755);
+    snprintf(tmp, sizeof tmp, "io_dir.safetensors.tmp.%ld", (long)getpid());
+    ldm_ctx_clear_error(ctx);
+    t[1].name = "other";
+    LT_CHECK(ldm_safetensors_write(ctx, "io_dir.safetensors", 2, t, LDM_F32, 0, NULL, NULL) == LDM_ERR_IO &&
+             strstr(ldm_ctx_error(ctx), "rename") != NULL, "write over a directory fails at rename");
+    f = fopen(tmp, "rb");
+    LT_CHECK(f == NULL, "the temporary file is removed after a failed rename");
+    if (f) fclose(f);
+    /* a rejected write leaves an existing file as it was */
+    t[1].data = NULL;
+    ldm_ctx_clear_error(ctx);
+    LT_CHECK(ldm_safetensors_write(ctx, "io_roundtrip_F32.safetensors", 2, t, LDM_F16, 0, NULL, NULL) == LDM_ERR_INVALID, "write rejects NULL data");
+    ldm_weights *w = NULL;
+    LT_CHECK(ldm_weights_open(ctx, &w, "io_roundtrip_F32.safetensors") == 0 && ldm_weights_count(w) == 3 &&
+             ldm_weights_info(w, 0)->dtype == LDM_F32, "the existing file is untouched by a rejected write");
+    ldm_weights_close(w);
     ldm_ctx_clear_error(ctx);
     LT_CHECK(ldm_safetensors_write(ctx, "/nonexistent-dir/x.safetensors", 1, t, LDM_F32, 0, NULL, NULL) == LDM_ERR_IO &&
              strstr(ldm_ctx_error(ctx), "/nonexistent-dir/x.safetensors") != NULL, "write to a missing directory is an I/O error naming the path");
