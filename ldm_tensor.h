@@ -1306,7 +1306,7 @@ LDM_API ldm_tensor *ldm_div(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b) { return
 static void ldm__reduce_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
     if (!din[0]) return;
     ldm_tensor *x = nd->in[0];
-    int64_t s5[5], ost5[5], xst[LDM_MAX_DIMS], dst5[5], ostride[LDM_MAX_DIMS];
+    int64_t s5[5], ost5[5], xst[LDM_MAX_DIMS] = {0}, dst5[5], ostride[LDM_MAX_DIMS];
     const ldm_backend *be = LDM__BE(x);
     float scale = nd->f[0];
     const float *src = dout;
@@ -1335,7 +1335,7 @@ static ldm_tensor *ldm__reduce(ldm_ctx *ctx, ldm_tensor *x, unsigned dims, int k
     }
     ldm_shape os;
     os.ndim = 0;
-    int64_t count = 1, ost[LDM_MAX_DIMS], kshape[LDM_MAX_DIMS], xst[LDM_MAX_DIMS], s5[5], o5[5];
+    int64_t count = 1, ost[LDM_MAX_DIMS], kshape[LDM_MAX_DIMS], xst[LDM_MAX_DIMS] = {0}, s5[5], o5[5];
     for (int i = 0; i < x->ndim; i++) {
         int r = (dims >> i) & 1;
         if (r) count *= x->shape[i];
@@ -1935,8 +1935,10 @@ LDM_API ldm_tensor *ldm_concat(ldm_ctx *ctx, int n, ldm_tensor *const *xs, int d
         ldm__block_copy(ctx, y, y->data, at * st[d], xs[k]->shape, y->ndim, xs[k]->data, 1, 0);
         at += xs[k]->shape[d];
     }
-    ldm__node *nd = ldm__record(ctx, y, ldm__concat_bw, n, xs[0], n > 1 ? xs[1] : NULL, n > 2 ? xs[2] : NULL, n > 3 ? xs[3] : NULL);
-    if (nd) { nd->i[0] = d; nd->saved = off; }
+    if (n <= 4) { /* more inputs only get here with grad mode off: nothing to record */
+        ldm__node *nd = ldm__record(ctx, y, ldm__concat_bw, n, xs[0], n > 1 ? xs[1] : NULL, n > 2 ? xs[2] : NULL, n > 3 ? xs[3] : NULL);
+        if (nd) { nd->i[0] = d; nd->saved = off; }
+    }
     return y;
 }
 
