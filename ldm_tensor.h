@@ -733,6 +733,17 @@ static unsigned char *ldm__arena_base(ldm__arena *a) {
     return (unsigned char *)(((uintptr_t)a->base + (LDM__ALIGN - 1)) & ~(uintptr_t)(LDM__ALIGN - 1));
 }
 
+/* "123 bytes", "4.0 KiB", "1.5 MiB", "2.00 GiB": small requests must not print as 0.0 MiB */
+typedef struct { char s[32]; } ldm__bytes_str;
+static ldm__bytes_str ldm__bytes(size_t n) {
+    ldm__bytes_str b;
+    if (n < 1024) snprintf(b.s, sizeof b.s, "%zu bytes", n);
+    else if (n < ((size_t)1 << 20)) snprintf(b.s, sizeof b.s, "%.1f KiB", n / 1024.0);
+    else if (n < ((size_t)1 << 30)) snprintf(b.s, sizeof b.s, "%.1f MiB", n / 1048576.0);
+    else snprintf(b.s, sizeof b.s, "%.2f GiB", n / 1073741824.0);
+    return b;
+}
+
 LDM_API void *ldm_arena_alloc(ldm_ctx *ctx, ldm_device d, size_t bytes) {
     ldm__arena *a = &ctx->arena[d];
     size_t need = LDM__ALIGN_UP(bytes ? bytes : 1);
@@ -740,11 +751,11 @@ LDM_API void *ldm_arena_alloc(ldm_ctx *ctx, ldm_device d, size_t bytes) {
         ldm_ctx_seterr(ctx, LDM_ERR_DEVICE, "no arena for device %d: attach its backend first", (int)d);
         return NULL;
     }
-    if (need > a->limit - a->used) {
+    if (need > a->limit - a->used || need < bytes) {
         ldm_ctx_seterr(ctx, LDM_ERR_NOMEM,
-                       "step arena full: needed %.1f MiB more, %.1f MiB of %.1f MiB in use "
+                       "step arena full: needed %s more, %s of %s in use, %s free "
                        "(hint: raise ldm_settings.arena_bytes or LDM_ARENA_MB, or lower the batch/tile size)",
-                       need / 1048576.0, a->used / 1048576.0, a->limit / 1048576.0);
+                       ldm__bytes(bytes).s, ldm__bytes(a->used).s, ldm__bytes(a->limit).s, ldm__bytes(a->limit - a->used).s);
         return NULL;
     }
     void *p = ldm__arena_base(a) + a->used;
@@ -1076,7 +1087,8 @@ static ldm_result ldm__backward_pass(ldm_ctx *ctx, ldm_tensor *root, const float
     if (last < 0 || !root->requires_grad) { /* root is a leaf (or constant) */
         for (int k = 0; wrt && k < n_wrt; k++)
             if (wrt[k] == root) ctx->be[root->device]->copy(ctx->be_state[root->device], out[k], root->device, droot, root->device, (size_t)root->numel * 4);
-        if (!wrt && root->requires_grad && root->grad) ctx->be[root->device]->axpby(ctx, root->grad, droot, root->numel, 1.0f, 1.0f);
+        if (!wrt && root->requires_grad && !root->grad && !(root->grad = ldm__zeros_raw(ctx, root->device, root->numel))) return ctx->status;
+        if (!wrt && root->requires_grad) ctx->be[root->device]->axpby(ctx, root->grad, droot, root->numel, 1.0f, 1.0f);
         return LDM_OK;
     }
     LDM_ASSERT(last < ctx->tape_len && ctx->tape[last].out == root);

@@ -19,7 +19,8 @@ enum {
     LT_GROUP_NORM, LT_BATCH_NORM, LT_LAYER_NORM, LT_SOFTMAX,
     LT_UPSAMPLE, LT_AVG_POOL, LT_MAX_POOL, LT_PAD,
     LT_RESHAPE, LT_PERMUTE, LT_TRANSPOSE, LT_CONCAT, LT_SLICE, LT_SPLIT, LT_CHUNK, LT_COPY,
-    LT_DROPOUT, LT_EMBEDDING
+    LT_DROPOUT, LT_EMBEDDING,
+    LT_GRAPH
 };
 
 /* Parameters by op (inputs in order; "[b]" = optional, present when the input count says so):
@@ -34,7 +35,10 @@ enum {
      PAD i0 n, i1.. pads, f0 value; RESHAPE shape; PERMUTE i0.. perm; TRANSPOSE i0 i1;
      CONCAT (all inputs) i0 dim; SLICE i0 dim i1 start i2 len; SPLIT i0 n i1 dim i2.. sizes;
      CHUNK i0 n i1 dim; DROPOUT f0 p i0 training, rng: the RNG state each call starts from;
-     EMBEDDING weight, idx/n_idx. */
+     EMBEDDING weight, idx/n_idx;
+     GRAPH x w b gw gb, i0 groups f0 eps: a small graph with fan-out and views, a ResnetBlock
+       shaped mix: h = conv3x3(silu(group_norm(x))); y = (x + h) * sigmoid(h);
+       out = y + mean(y over H,W, keepdim) reshaped and permuted back. */
 typedef struct lt_op {
     int op;
     int i[12];
@@ -124,6 +128,15 @@ static int lt_op_run(ldm_ctx *ctx, const lt_op *p, int n_in, ldm_tensor **in, ld
         break;
     }
     case LT_EMBEDDING: out[0] = ldm_embedding(ctx, x, p->n_idx, p->idx); break;
+    case LT_GRAPH: {
+        ldm_tensor *h = ldm_conv2d(ctx, ldm_silu(ctx, ldm_group_norm(ctx, x, in[3], in[4], i[0], f[0])), a1, a2, 1, 1);
+        ldm_tensor *y = ldm_mul(ctx, ldm_add(ctx, x, h), ldm_sigmoid(ctx, h));
+        ldm_tensor *m = ldm_mean(ctx, y, LDM_DIM(2) | LDM_DIM(3), 1);
+        static const int perm[4] = {0, 3, 1, 2}, back[4] = {0, 2, 3, 1};
+        ldm_tensor *t = ldm_permute(ctx, ldm_add(ctx, y, m), perm);
+        out[0] = ldm_permute(ctx, ldm_reshape(ctx, ldm_reshape(ctx, t, ldm_shape2(-1, x ? x->shape[1] : 1)), t ? ldm_shape_of(t) : ldm_shape1(1)), back);
+        break;
+    }
     default: ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "lt_op_run: unknown op %d", p->op); return 0;
     }
     for (int k = 0; k < n_out; k++) if (!out[k]) return 0;

@@ -498,6 +498,15 @@ static void test_embedding(void) {
     gradcheck("embedding repeated indices", &e, n_in, in);
 }
 
+/* Fan-out, shared inputs and views in one graph. */
+static void test_graph(void) {
+    lt_op g = lt_op_make(LT_GRAPH);
+    g.i[0] = 2; g.f[0] = 1e-6f;
+    ldm_step_reset(ctx);
+    IN(leaf(S4(2, 4, 3, 5), -1, 1), leaf(S4(4, 4, 3, 3), -0.3f, 0.3f), leaf(S1(4), -0.5f, 0.5f), leaf(S1(4), 0.5f, 1.5f), leaf(S1(4), -0.5f, 0.5f));
+    gradcheck("graph: group_norm, silu, conv, residual, sigmoid gate, mean, views", &g, n_in, in);
+}
+
 /* ---- autograd plumbing ---- */
 static void test_grad_api(void) {
     ldm_step_reset(ctx);
@@ -575,6 +584,10 @@ static void test_grad_api(void) {
     t0 = ldm_tape_len(ctx);
     ldm_tensor *co = ldm_exp(ctx, ldm_add(ctx, c, c));
     LT_CHECK(co && ldm_tape_len(ctx) == t0 && !co->requires_grad, "ops on constants record nothing");
+    /* a leaf as the loss gets a gradient buffer holding 1 */
+    ldm_tensor *lf = leaf(S1(1), -1, 1);
+    LT_CHECK(ldm_backward(ctx, lf) == LDM_OK && lf->grad && lf->grad[0] == 1.0f, "ldm_backward on a leaf loss");
+    ldm_ctx_clear_error(ctx);
 }
 
 /* The check itself must notice a wrong gradient: a 1% error in one element of square's. */
@@ -625,6 +638,7 @@ int main(void) {
     test_shape();
     test_dropout();
     test_embedding();
+    test_graph();
     test_grad_api();
     ldm_ctx_destroy(ctx);
     return lt_finish("test_grad");
