@@ -321,6 +321,7 @@ typedef struct ldm_weight_info {
     int ndim;
     int64_t shape[LDM_MAX_DIMS];
     int64_t numel;
+    const char *file_dtype;       /* the element type as stored: "F32" "F16" "BF16" "F64" "I64" ... */
 } ldm_weight_info;
 LDM_API ldm_result ldm_weights_open(ldm_ctx *ctx, ldm_weights **w, const char *path);
 LDM_API void ldm_weights_close(ldm_weights *w);
@@ -3011,6 +3012,771 @@ static const ldm_backend ldm__cpu_backend = {
     ldm__cpu_embedding_forward, ldm__cpu_embedding_backward,
 };
 static const ldm_backend *ldm__cpu_backend_get(void) { return &ldm__cpu_backend; }
+
+/* ---- weight files: safetensors, PyTorch zip and legacy checkpoints ---------------------- */
+/* Every format becomes one index: per tensor its element type in the file, where element 0 of
+   its storage lies, and a strided view (offset, shape, strides in elements) into that storage.
+   ldm_weights_read seeks and reads just the bytes of one view, so a multi-GB checkpoint costs
+   only its index in memory. Nothing from a file is ever executed: pickles run on a tiny
+   interpreter that knows a whitelist of classes and builds inert values. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <unistd.h>
+
+/* element types a file may store; all are converted to float32 on read */
+enum { LDM__WT_F32, LDM__WT_F16, LDM__WT_BF16, LDM__WT_F64, LDM__WT_I64, LDM__WT_I32,
+       LDM__WT_I16, LDM__WT_I8, LDM__WT_U8, LDM__WT_BOOL, LDM__WT_N };
+static const struct { const char *st, *torch; int size; } ldm__wt[LDM__WT_N] = {
+    {"F32", "FloatStorage", 4}, {"F16", "HalfStorage", 2}, {"BF16", "BFloat16Storage", 2},
+    {"F64", "DoubleStorage", 8}, {"I64", "LongStorage", 8}, {"I32", "IntStorage", 4},
+    {"I16", "ShortStorage", 2}, {"I8", "CharStorage", 1}, {"U8", "ByteStorage", 1},
+    {"BOOL", "BoolStorage", 1}};
+
+typedef struct ldm__wentry {
+    ldm_weight_info info;         /* info.name is owned */
+    int code;                     /* LDM__WT_* */
+    uint64_t base;                /* file offset of element 0 of the storage */
+    int64_t offset;               /* first element of the view */
+    int64_t stride[LDM_MAX_DIMS]; /* in elements */
+} ldm__wentry;
+
+struct ldm_weights {
+    char *path;
+    const char *format;
+    FILE *f;
+    uint64_t size;                /* file size in bytes */
+    ldm__wentry *e;
+    int n, cap;
+    int *hash, hcap;              /* open addressing over names: entry index + 1, 0 = empty */
+    char **meta;                  /* n_meta key, value pairs */
+    int n_meta;
+};
+
+/* Sets "<path>: <message>" as the context error and returns code. */
+static ldm_result ldm__werr(ldm_ctx *ctx, ldm_result code, const char *path, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+static ldm_result ldm__werr(ldm_ctx *ctx, ldm_result code, const char *path, const char *fmt, ...) {
+    char msg[1536];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return ldm_ctx_seterr(ctx, code, "%s: %s", path, msg);
+}
+
+static char *ldm__strndup(const char *s, size_t n) {
+    char *p = (char *)LDM_MALLOC(n + 1);
+    if (p) { memcpy(p, s, n); p[n] = 0; }
+    return p;
+}
+static uint64_t ldm__rd_le(const unsigned char *p, int n) {
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+static void ldm__wr_le(unsigned char *p, uint64_t v, int n) {
+    for (int i = 0; i < n; i++) { p[i] = (unsigned char)v; v >>= 8; }
+}
+
+/* 64-bit seek that also works where long is 32 bits (steps of LONG_MAX from the start) */
+static int ldm__fseek(FILE *f, uint64_t off) {
+    if (off <= (uint64_t)LONG_MAX) return fseek(f, (long)off, SEEK_SET);
+    if (fseek(f, LONG_MAX, SEEK_SET)) return -1;
+    for (off -= (uint64_t)LONG_MAX; off; ) {
+        long step = off > (uint64_t)LONG_MAX ? LONG_MAX : (long)off;
+        if (fseek(f, step, SEEK_CUR)) return -1;
+        off -= (uint64_t)step;
+    }
+    return 0;
+}
+/* Reads n bytes at off; a short read is a truncated file (LDM_ERR_FORMAT). */
+static ldm_result ldm__wread_at(ldm_ctx *ctx, ldm_weights *w, uint64_t off, void *dst, size_t n, const char *what) {
+    if (off > w->size || n > w->size - off)
+        return ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "%s (bytes %llu..%llu) runs past the end of the file (%llu bytes; truncated download?)",
+                         what, (unsigned long long)off, (unsigned long long)(off + n), (unsigned long long)w->size);
+    if (ldm__fseek(w->f, off) || fread(dst, 1, n, w->f) != n)
+        return ldm__werr(ctx, LDM_ERR_IO, w->path, "cannot read %s at byte %llu: %s", what, (unsigned long long)off,
+                         ferror(w->f) ? strerror(errno) : "unexpected end of file");
+    return LDM_OK;
+}
+
+static float ldm__wload(const unsigned char *p, int code) {
+    uint64_t u;
+    float f;
+    double d;
+    switch (code) {
+    case LDM__WT_F32: u = ldm__rd_le(p, 4); { uint32_t b = (uint32_t)u; memcpy(&f, &b, 4); } return f;
+    case LDM__WT_F16: return ldm_f16_to_f32((uint16_t)ldm__rd_le(p, 2));
+    case LDM__WT_BF16: return ldm_bf16_to_f32((uint16_t)ldm__rd_le(p, 2));
+    case LDM__WT_F64: u = ldm__rd_le(p, 8); memcpy(&d, &u, 8); return (float)d;
+    case LDM__WT_I64: return (float)(int64_t)ldm__rd_le(p, 8);
+    case LDM__WT_I32: return (float)(int32_t)(uint32_t)ldm__rd_le(p, 4);
+    case LDM__WT_I16: return (float)(int16_t)(uint16_t)ldm__rd_le(p, 2);
+    case LDM__WT_I8: return (float)(signed char)p[0];
+    case LDM__WT_U8: return (float)p[0];
+    default: return p[0] ? 1.0f : 0.0f; /* BOOL */
+    }
+}
+
+/* a*b into *out, 0 on overflow (all operands non-negative) */
+static int ldm__mul_ok(int64_t a, int64_t b, int64_t *out) {
+    if (a < 0 || b < 0 || (b && a > INT64_MAX / b)) return 0;
+    *out = a * b;
+    return 1;
+}
+
+static uint32_t ldm__hash_str(const char *s) {
+    uint32_t h = 2166136261u;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+/* Builds the name index; a name that appears twice is a malformed file. */
+static ldm_result ldm__wbuild_hash(ldm_ctx *ctx, ldm_weights *w) {
+    int cap = 16;
+    while (cap < 2 * w->n + 2) cap *= 2;
+    w->hash = (int *)LDM_MALLOC(sizeof(int) * (size_t)cap);
+    if (!w->hash) return ldm__werr(ctx, LDM_ERR_NOMEM, w->path, "out of memory for the name index");
+    memset(w->hash, 0, sizeof(int) * (size_t)cap);
+    w->hcap = cap;
+    for (int i = 0; i < w->n; i++) {
+        uint32_t h = ldm__hash_str(w->e[i].info.name) & (uint32_t)(cap - 1);
+        while (w->hash[h]) {
+            if (!strcmp(w->e[w->hash[h] - 1].info.name, w->e[i].info.name))
+                return ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "tensor name '%s' appears twice", w->e[i].info.name);
+            h = (h + 1) & (uint32_t)(cap - 1);
+        }
+        w->hash[h] = i + 1;
+    }
+    return LDM_OK;
+}
+
+/* Appends an entry (name copied); shape checked for rank, negative dims and overflow. */
+static ldm_result ldm__wadd(ldm_ctx *ctx, ldm_weights *w, const char *name, size_t name_len, int code,
+                            int ndim, const int64_t *shape, ldm__wentry **out) {
+    char nm[96];
+    snprintf(nm, sizeof nm, "%.*s", (int)LDM__MIN(name_len, (size_t)80), name);
+    if (ndim > LDM_MAX_DIMS)
+        return ldm__werr(ctx, LDM_ERR_UNSUPPORTED, w->path, "tensor '%s' has %d dims; ldm.h supports at most %d", nm, ndim, LDM_MAX_DIMS);
+    int64_t numel = 1;
+    for (int d = 0; d < ndim; d++)
+        if (shape[d] < 0 || !ldm__mul_ok(numel, shape[d], &numel) || numel > (INT64_MAX >> 4))
+            return ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "tensor '%s' has an invalid shape (dim %d is %lld)", nm, d, (long long)shape[d]);
+    if (w->n == w->cap) {
+        int cap = w->cap ? 2 * w->cap : 64;
+        ldm__wentry *e = (ldm__wentry *)LDM_REALLOC(w->e, sizeof *e * (size_t)cap);
+        if (!e) return ldm__werr(ctx, LDM_ERR_NOMEM, w->path, "out of memory for %d tensor entries", cap);
+        w->e = e;
+        w->cap = cap;
+    }
+    ldm__wentry *e = &w->e[w->n];
+    memset(e, 0, sizeof *e);
+    if (!(e->info.name = ldm__strndup(name, name_len))) return ldm__werr(ctx, LDM_ERR_NOMEM, w->path, "out of memory");
+    w->n++;
+    e->code = code;
+    e->info.dtype = code == LDM__WT_F16 ? LDM_F16 : code == LDM__WT_BF16 ? LDM_BF16 : LDM_F32;
+    e->info.file_dtype = ldm__wt[code].st;
+    e->info.ndim = ndim;
+    e->info.numel = numel;
+    uint64_t s = 1; /* contiguous strides unless the caller sets others; unsigned: wraps only when numel is 0 */
+    for (int d = ndim - 1; d >= 0; d--) {
+        e->info.shape[d] = shape[d];
+        e->stride[d] = (int64_t)(s & (uint64_t)INT64_MAX);
+        s *= (uint64_t)LDM__MAX(shape[d], 1);
+    }
+    *out = e;
+    return LDM_OK;
+}
+
+/* A strict JSON parser for safetensors headers: a DOM of nodes in one array, strings decoded
+   in place (an escape is never shorter than its UTF-8), integers kept exact. */
+enum { LDM__J_NULL, LDM__J_BOOL, LDM__J_NUM, LDM__J_STR, LDM__J_ARR, LDM__J_OBJ };
+typedef struct ldm__jnode {
+    int type, next, first, count; /* siblings linked by next (-1 ends); containers: first child */
+    const char *key, *str;        /* object members: key; strings: value */
+    int64_t ival;                 /* numbers: the value when is_int */
+    int is_int;
+} ldm__jnode;
+typedef struct ldm__json {
+    char *start, *p, *end;        /* *end is a NUL sentinel */
+    ldm__jnode *n;
+    int count, cap;
+    const char *err;
+    size_t err_at;
+} ldm__json;
+
+static int ldm__jfail(ldm__json *j, const char *at, const char *msg) {
+    if (!j->err) { j->err = msg; j->err_at = (size_t)(at - j->start); }
+    return -1;
+}
+static void ldm__jws(ldm__json *j) {
+    while (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r') j->p++;
+}
+static int ldm__jnew(ldm__json *j, int type) {
+    if (j->count == j->cap) {
+        int cap = j->cap ? 2 * j->cap : 256;
+        ldm__jnode *n = (ldm__jnode *)LDM_REALLOC(j->n, sizeof *n * (size_t)cap);
+        if (!n) return ldm__jfail(j, j->p, "out of memory");
+        j->n = n;
+        j->cap = cap;
+    }
+    ldm__jnode *n = &j->n[j->count];
+    memset(n, 0, sizeof *n);
+    n->type = type;
+    n->next = n->first = -1;
+    return j->count++;
+}
+static int ldm__jhex4(const char *p, unsigned *out) {
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
+        else return 0;
+    }
+    *out = v;
+    return 1;
+}
+/* j->p is at the opening quote; returns the decoded, NUL-terminated string */
+static char *ldm__jstr(ldm__json *j) {
+    char *s = ++j->p, *o = s;
+    for (;;) {
+        if (j->p >= j->end) { ldm__jfail(j, j->p, "unterminated string"); return NULL; }
+        char c = *j->p;
+        if (c == '"') { j->p++; *o = 0; return s; }
+        if ((unsigned char)c < 0x20) { ldm__jfail(j, j->p, "control character in a string (must be escaped)"); return NULL; }
+        if (c != '\\') { *o++ = *j->p++; continue; }
+        const char *e = j->p;
+        unsigned cp;
+        switch (e[1]) {
+        case '"': case '\\': case '/': *o++ = e[1]; j->p += 2; continue;
+        case 'b': *o++ = '\b'; j->p += 2; continue;
+        case 'f': *o++ = '\f'; j->p += 2; continue;
+        case 'n': *o++ = '\n'; j->p += 2; continue;
+        case 'r': *o++ = '\r'; j->p += 2; continue;
+        case 't': *o++ = '\t'; j->p += 2; continue;
+        case 'u': break;
+        default: ldm__jfail(j, e, "invalid escape in a string"); return NULL;
+        }
+        if (j->end - e < 6 || !ldm__jhex4(e + 2, &cp)) { ldm__jfail(j, e, "invalid \\u escape"); return NULL; }
+        j->p += 6;
+        if (cp >= 0xdc00 && cp <= 0xdfff) { ldm__jfail(j, e, "unpaired UTF-16 surrogate in \\u escape"); return NULL; }
+        if (cp >= 0xd800 && cp <= 0xdbff) {
+            unsigned lo;
+            if (j->end - j->p < 6 || j->p[0] != '\\' || j->p[1] != 'u' || !ldm__jhex4(j->p + 2, &lo) || lo < 0xdc00 || lo > 0xdfff) {
+                ldm__jfail(j, e, "unpaired UTF-16 surrogate in \\u escape");
+                return NULL;
+            }
+            j->p += 6;
+            cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+        }
+        if (cp == 0) { ldm__jfail(j, e, "\\u0000 in a string"); return NULL; }
+        if (cp < 0x80) *o++ = (char)cp;
+        else if (cp < 0x800) { *o++ = (char)(0xc0 | (cp >> 6)); *o++ = (char)(0x80 | (cp & 0x3f)); }
+        else if (cp < 0x10000) { *o++ = (char)(0xe0 | (cp >> 12)); *o++ = (char)(0x80 | ((cp >> 6) & 0x3f)); *o++ = (char)(0x80 | (cp & 0x3f)); }
+        else {
+            *o++ = (char)(0xf0 | (cp >> 18)); *o++ = (char)(0x80 | ((cp >> 12) & 0x3f));
+            *o++ = (char)(0x80 | ((cp >> 6) & 0x3f)); *o++ = (char)(0x80 | (cp & 0x3f));
+        }
+    }
+}
+static int ldm__jvalue(ldm__json *j, int depth) {
+    ldm__jws(j);
+    if (depth > 32) return ldm__jfail(j, j->p, "nested deeper than 32 levels");
+    char c = *j->p;
+    if (j->p >= j->end) return ldm__jfail(j, j->p, "unexpected end of the header");
+    if (c == '{' || c == '[') {
+        int obj = c == '{', node = ldm__jnew(j, obj ? LDM__J_OBJ : LDM__J_ARR), prev = -1;
+        if (node < 0) return -1;
+        j->p++;
+        ldm__jws(j);
+        if (*j->p == (obj ? '}' : ']')) { j->p++; return node; }
+        for (;;) {
+            const char *key = NULL;
+            if (obj) {
+                ldm__jws(j);
+                if (*j->p != '"') return ldm__jfail(j, j->p, "expected a string key");
+                if (!(key = ldm__jstr(j))) return -1;
+                ldm__jws(j);
+                if (*j->p != ':') return ldm__jfail(j, j->p, "expected ':' after a key");
+                j->p++;
+            }
+            int child = ldm__jvalue(j, depth + 1);
+            if (child < 0) return -1;
+            j->n[child].key = key;
+            if (prev < 0) j->n[node].first = child;
+            else j->n[prev].next = child;
+            prev = child;
+            j->n[node].count++;
+            ldm__jws(j);
+            if (*j->p == ',') { j->p++; continue; }
+            if (*j->p == (obj ? '}' : ']')) { j->p++; return node; }
+            return ldm__jfail(j, j->p, obj ? "expected ',' or '}'" : "expected ',' or ']'");
+        }
+    }
+    if (c == '"') {
+        int node = ldm__jnew(j, LDM__J_STR);
+        if (node < 0) return -1;
+        const char *s = ldm__jstr(j);
+        if (!s) return -1;
+        j->n[node].str = s;
+        return node;
+    }
+    if (c == '-' || (c >= '0' && c <= '9')) {
+        const char *s = j->p;
+        int neg = c == '-', is_int = 1;
+        uint64_t v = 0;
+        if (neg) j->p++;
+        if (*j->p == '0') j->p++;
+        else if (*j->p >= '1' && *j->p <= '9')
+            for (; *j->p >= '0' && *j->p <= '9'; j->p++) {
+                if (v > (uint64_t)INT64_MAX / 10) is_int = 0;
+                v = v * 10 + (uint64_t)(*j->p - '0');
+                if (v > (uint64_t)INT64_MAX) is_int = 0;
+            }
+        else return ldm__jfail(j, s, "invalid number");
+        if (*j->p == '.') {
+            is_int = 0;
+            if (*++j->p < '0' || *j->p > '9') return ldm__jfail(j, s, "invalid number");
+            while (*j->p >= '0' && *j->p <= '9') j->p++;
+        }
+        if (*j->p == 'e' || *j->p == 'E') {
+            is_int = 0;
+            j->p++;
+            if (*j->p == '+' || *j->p == '-') j->p++;
+            if (*j->p < '0' || *j->p > '9') return ldm__jfail(j, s, "invalid number");
+            while (*j->p >= '0' && *j->p <= '9') j->p++;
+        }
+        int node = ldm__jnew(j, LDM__J_NUM);
+        if (node < 0) return -1;
+        j->n[node].is_int = is_int;
+        j->n[node].ival = is_int ? (neg ? -(int64_t)v : (int64_t)v) : 0;
+        return node;
+    }
+    static const char *lit[3] = {"true", "false", "null"};
+    for (int k = 0; k < 3; k++)
+        if (!strncmp(j->p, lit[k], strlen(lit[k]))) {
+            int node = ldm__jnew(j, k < 2 ? LDM__J_BOOL : LDM__J_NULL);
+            j->p += strlen(lit[k]);
+            return node;
+        }
+    return ldm__jfail(j, j->p, "unexpected character");
+}
+static int ldm__jget(const ldm__json *j, int obj, const char *key) {
+    for (int c = j->n[obj].first; c >= 0; c = j->n[c].next)
+        if (!strcmp(j->n[c].key, key)) return c;
+    return -1;
+}
+/* Reads an array of non-negative integers (at most max) into out; returns the count or -1. */
+static int ldm__jints(const ldm__json *j, int node, int64_t *out, int max) {
+    if (node < 0 || j->n[node].type != LDM__J_ARR || j->n[node].count > max) return -1;
+    int k = 0;
+    for (int c = j->n[node].first; c >= 0; c = j->n[c].next) {
+        if (j->n[c].type != LDM__J_NUM || !j->n[c].is_int || j->n[c].ival < 0) return -1;
+        out[k++] = j->n[c].ival;
+    }
+    return k;
+}
+
+typedef struct { uint64_t b, e; int i; } ldm__span;
+static int ldm__span_cmp(const void *a, const void *b) {
+    const ldm__span *x = (const ldm__span *)a, *y = (const ldm__span *)b;
+    return x->b < y->b ? -1 : x->b > y->b ? 1 : x->i - y->i;
+}
+
+static ldm_result ldm__st_index(ldm_ctx *ctx, ldm_weights *w, ldm__json *j, uint64_t data0) {
+    static const char *unsupported[] = {"F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "U16", "U32", "U64", "C64"};
+    const char *path = w->path;
+    uint64_t dsize = w->size - data0;
+    int top = 0, seen_meta = 0;
+    if (j->n[top].type != LDM__J_OBJ) return ldm__werr(ctx, LDM_ERR_FORMAT, path, "safetensors header is not a JSON object");
+    for (int m = j->n[top].first; m >= 0; m = j->n[m].next) {
+        const char *name = j->n[m].key;
+        if (!strcmp(name, "__metadata__")) {
+            if (seen_meta++) return ldm__werr(ctx, LDM_ERR_FORMAT, path, "\"__metadata__\" appears twice in the header");
+            if (j->n[m].type != LDM__J_OBJ) return ldm__werr(ctx, LDM_ERR_FORMAT, path, "\"__metadata__\" is not a JSON object");
+            w->meta = (char **)LDM_MALLOC(sizeof(char *) * (size_t)(2 * j->n[m].count + 1));
+            if (!w->meta) return ldm__werr(ctx, LDM_ERR_NOMEM, path, "out of memory for metadata");
+            for (int c = j->n[m].first; c >= 0; c = j->n[c].next) {
+                if (j->n[c].type != LDM__J_STR)
+                    return ldm__werr(ctx, LDM_ERR_FORMAT, path, "\"__metadata__\" value of '%.200s' is not a string", j->n[c].key);
+                char *k = ldm__strndup(j->n[c].key, strlen(j->n[c].key)), *v = ldm__strndup(j->n[c].str, strlen(j->n[c].str));
+                if (k) w->meta[2 * w->n_meta] = k;
+                if (v) w->meta[2 * w->n_meta + 1] = v;
+                if (k && v) w->n_meta++;
+                else { LDM_FREE(k); LDM_FREE(v); return ldm__werr(ctx, LDM_ERR_NOMEM, path, "out of memory for metadata"); }
+            }
+            continue;
+        }
+        if (j->n[m].type != LDM__J_OBJ) return ldm__werr(ctx, LDM_ERR_FORMAT, path, "tensor '%.200s': header entry is not a JSON object", name);
+        int dt = ldm__jget(j, m, "dtype"), sh = ldm__jget(j, m, "shape"), of = ldm__jget(j, m, "data_offsets"), code = -1;
+        const char *missing = dt < 0 ? "dtype" : sh < 0 ? "shape" : of < 0 ? "data_offsets" : NULL;
+        if (missing) return ldm__werr(ctx, LDM_ERR_FORMAT, path, "tensor '%.200s' has no \"%s\" in the header", name, missing);
+        if (j->n[dt].type != LDM__J_STR) return ldm__werr(ctx, LDM_ERR_FORMAT, path, "tensor '%.200s': dtype is not a string", name);
+        for (int k = 0; k < LDM__WT_N; k++)
+            if (!strcmp(j->n[dt].str, ldm__wt[k].st)) code = k;
+        if (code < 0) {
+            for (size_t k = 0; k < sizeof unsupported / sizeof *unsupported; k++)
+                if (!strcmp(j->n[dt].str, unsupported[k]))
+                    return ldm__werr(ctx, LDM_ERR_UNSUPPORTED, path, "tensor '%.200s' has dtype %s, which ldm.h does not read (it reads F32 F16 BF16 F64 I64 I32 I16 I8 U8 BOOL)", name, j->n[dt].str);
+            return ldm__werr(ctx, LDM_ERR_FORMAT, path, "tensor '%.200s' has unknown dtype \"%.40s\"", name, j->n[dt].str);
+        }
+        int64_t shape[LDM_MAX_DIMS], off[2];
+        if (j->n[sh].type == LDM__J_ARR && j->n[sh].count > LDM_MAX_DIMS)
+            return ldm__werr(ctx, LDM_ERR_UNSUPPORTED, path, "tensor '%.200s' has %d dims; ldm.h supports at most %d", name, j->n[sh].count, LDM_MAX_DIMS);
+        int ndim = ldm__jints(j, sh, shape, LDM_MAX_DIMS);
+        if (ndim < 0) return ldm__werr(ctx, LDM_ERR_FORMAT, path, "tensor '%.200s': shape must be an array of non-negative integers", name);
+        if (ldm__jints(j, of, off, 2) != 2 || off[0] > off[1])
+            return ldm__werr(ctx, LDM_ERR_FORMAT, path, "tensor '%.200s': data_offsets must be [begin, end] with 0 <= begin <= end", name);
+        if ((uint64_t)off[1] > dsize)
+            return ldm__werr(ctx, LDM_ERR_FORMAT, path, "tensor '%.200s': data_offsets [%lld, %lld] run past the end of the data (%llu bytes; truncated file?)",
+                             name, (long long)off[0], (long long)off[1], (unsigned long long)dsize);
+        ldm__wentry *e;
+        ldm_result r = ldm__wadd(ctx, w, name, strlen(name), code, ndim, shape, &e);
+        if (r) return r;
+        if ((uint64_t)e->info.numel * (uint64_t)ldm__wt[code].size != (uint64_t)(off[1] - off[0]))
+            return ldm__werr(ctx, LDM_ERR_FORMAT, path, "tensor '%.200s': %lld elements of %s need %llu bytes but data_offsets span %lld",
+                             name, (long long)e->info.numel, ldm__wt[code].st,
+                             (unsigned long long)e->info.numel * (unsigned long long)ldm__wt[code].size, (long long)(off[1] - off[0]));
+        e->base = data0 + (uint64_t)off[0];
+    }
+    /* spans must not overlap (empty tensors may sit anywhere) */
+    ldm__span *s = (ldm__span *)LDM_MALLOC(sizeof *s * (size_t)(w->n + 1));
+    if (!s) return ldm__werr(ctx, LDM_ERR_NOMEM, path, "out of memory");
+    for (int i = 0; i < w->n; i++) {
+        s[i].b = w->e[i].base;
+        s[i].e = s[i].b + (uint64_t)w->e[i].info.numel * (uint64_t)ldm__wt[w->e[i].code].size;
+        s[i].i = i;
+    }
+    qsort(s, (size_t)w->n, sizeof *s, ldm__span_cmp);
+    ldm_result r = LDM_OK;
+    for (int i = 0, last = -1; i < w->n && !r; i++) {
+        if (s[i].b == s[i].e) continue;
+        if (last >= 0 && s[i].b < s[last].e)
+            r = ldm__werr(ctx, LDM_ERR_FORMAT, path, "tensors '%.200s' and '%.200s' overlap in the data section",
+                          w->e[s[last].i].info.name, w->e[s[i].i].info.name);
+        if (last < 0 || s[i].e > s[last].e) last = i;
+    }
+    LDM_FREE(s);
+    return r;
+}
+
+static ldm_result ldm__st_open(ldm_ctx *ctx, ldm_weights *w) {
+    unsigned char b8[8];
+    ldm_result r = ldm__wread_at(ctx, w, 0, b8, 8, "the safetensors header length");
+    if (r) return r;
+    uint64_t hlen = ldm__rd_le(b8, 8);
+    if (hlen > ((uint64_t)100 << 20))
+        return ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "safetensors header length %llu is larger than 100 MB (corrupt file, or not safetensors)", (unsigned long long)hlen);
+    if (hlen > w->size - 8)
+        return ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "safetensors header length %llu runs past the end of the file (%llu bytes; truncated download?)",
+                         (unsigned long long)hlen, (unsigned long long)w->size);
+    ldm__json j;
+    memset(&j, 0, sizeof j);
+    if (!(j.start = (char *)LDM_MALLOC((size_t)hlen + 1))) return ldm__werr(ctx, LDM_ERR_NOMEM, w->path, "out of memory for a %llu-byte header", (unsigned long long)hlen);
+    if (!(r = ldm__wread_at(ctx, w, 8, j.start, (size_t)hlen, "the safetensors header"))) {
+        j.start[hlen] = 0;
+        j.p = j.start;
+        j.end = j.start + hlen;
+        ldm__jvalue(&j, 0);
+        if (!j.err) {
+            ldm__jws(&j);
+            if (j.p != j.end) ldm__jfail(&j, j.p, "trailing characters after the header object");
+        }
+        if (j.err) r = ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "safetensors header is not valid JSON: %s at byte %zu of the header", j.err, j.err_at);
+        else r = ldm__st_index(ctx, w, &j, 8 + hlen);
+    }
+    LDM_FREE(j.n);
+    LDM_FREE(j.start);
+    return r;
+}
+
+/* ---- opening, the index, reading -------------------------------------------------------- */
+static const unsigned char ldm__torch_magic[10] = {0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
+
+LDM_API void ldm_weights_close(ldm_weights *w) {
+    if (!w) return;
+    if (w->f) fclose(w->f);
+    for (int i = 0; i < w->n; i++) LDM_FREE((void *)w->e[i].info.name);
+    for (int i = 0; i < 2 * w->n_meta; i++) LDM_FREE(w->meta[i]);
+    LDM_FREE(w->meta);
+    LDM_FREE(w->e);
+    LDM_FREE(w->hash);
+    LDM_FREE(w->path);
+    LDM_FREE(w);
+}
+
+LDM_API ldm_result ldm_weights_open(ldm_ctx *ctx, ldm_weights **out, const char *path) {
+    if (!out || !path) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_weights_open: NULL %s", out ? "path" : "output pointer");
+    *out = NULL;
+    ldm_weights *w = (ldm_weights *)LDM_MALLOC(sizeof *w);
+    if (!w) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "%s: out of memory", path);
+    memset(w, 0, sizeof *w);
+    if (!(w->path = ldm__strndup(path, strlen(path)))) { LDM_FREE(w); return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "%s: out of memory", path); }
+    ldm_result r = LDM_OK;
+    long size;
+    unsigned char head[16] = {0};
+    if (!(w->f = fopen(path, "rb")))
+        r = ldm__werr(ctx, LDM_ERR_IO, path, "cannot open: %s (check the path)", strerror(errno));
+    else if (fseek(w->f, 0, SEEK_END) || (size = ftell(w->f)) < 0)
+        r = ldm__werr(ctx, LDM_ERR_IO, path, "cannot determine the file size: %s (is it a regular file?)", strerror(errno));
+    else if ((w->size = (uint64_t)size) < 8)
+        r = ldm__werr(ctx, LDM_ERR_FORMAT, path, "file is only %llu bytes, too short for a weight file (empty or truncated download?)", (unsigned long long)w->size);
+    else if (!(r = ldm__wread_at(ctx, w, 0, head, (size_t)LDM__MIN(w->size, 16u), "the first bytes"))) {
+        uint64_t hlen = ldm__rd_le(head, 8);
+        if (head[8] == '{' || (hlen >= 2 && hlen <= w->size - 8 && hlen <= ((uint64_t)100 << 20))) {
+            w->format = "safetensors";
+            r = ldm__st_open(ctx, w);
+        } else
+            r = ldm__werr(ctx, LDM_ERR_FORMAT, path, "not a weight file (expected safetensors, a PyTorch zip checkpoint or a legacy torch.save file)");
+    }
+    if (!r) r = ldm__wbuild_hash(ctx, w);
+    if (r) { ldm_weights_close(w); return r; }
+    *out = w;
+    return LDM_OK;
+}
+
+LDM_API const char *ldm_weights_path(const ldm_weights *w) { return w ? w->path : NULL; }
+LDM_API const char *ldm_weights_format(const ldm_weights *w) { return w ? w->format : NULL; }
+LDM_API int ldm_weights_count(const ldm_weights *w) { return w ? w->n : 0; }
+LDM_API const ldm_weight_info *ldm_weights_info(const ldm_weights *w, int i) {
+    return w && i >= 0 && i < w->n ? &w->e[i].info : NULL;
+}
+LDM_API int ldm_weights_find(const ldm_weights *w, const char *name) {
+    if (!w || !name || !w->hcap) return -1;
+    for (uint32_t h = ldm__hash_str(name) & (uint32_t)(w->hcap - 1); w->hash[h]; h = (h + 1) & (uint32_t)(w->hcap - 1))
+        if (!strcmp(w->e[w->hash[h] - 1].info.name, name)) return w->hash[h] - 1;
+    return -1;
+}
+LDM_API const char *ldm_weights_metadata(const ldm_weights *w, const char *key) {
+    if (!w || !key) return NULL;
+    for (int i = 0; i < w->n_meta; i++)
+        if (!strcmp(w->meta[2 * i], key)) return w->meta[2 * i + 1];
+    return NULL;
+}
+
+static int ldm__host_le(void) {
+    const uint16_t one = 1;
+    unsigned char c;
+    memcpy(&c, &one, 1);
+    return c == 1;
+}
+
+LDM_API ldm_result ldm_weights_read(ldm_ctx *ctx, ldm_weights *w, int i, float *dst) {
+    if (!w || i < 0 || i >= w->n)
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: ldm_weights_read: index %d out of range (the file has %d tensors)",
+                              w ? w->path : "(NULL weights)", i, w ? w->n : 0);
+    const ldm__wentry *e = &w->e[i];
+    const int64_t *shape = e->info.shape, *stride = e->stride, n = e->info.numel;
+    int nd = e->info.ndim, esz = ldm__wt[e->code].size, contiguous = 1;
+    if (n == 0) return LDM_OK;
+    if (!dst) return ldm__werr(ctx, LDM_ERR_INVALID, w->path, "ldm_weights_read: NULL destination for tensor '%.200s'", e->info.name);
+    char what[256];
+    snprintf(what, sizeof what, "tensor '%.200s'", e->info.name);
+    int64_t span = 1, expect = 1; /* elements from the first to the last one of the view */
+    for (int d = nd - 1; d >= 0; d--) {
+        if (shape[d] != 1 && stride[d] != expect) contiguous = 0;
+        expect *= shape[d];
+        span += (shape[d] - 1) * stride[d];
+    }
+    uint64_t off = e->base + (uint64_t)e->offset * (uint64_t)esz;
+    if (contiguous && e->code == LDM__WT_F32 && ldm__host_le())
+        return ldm__wread_at(ctx, w, off, dst, (size_t)n * 4, what);
+    ldm_result r = LDM_OK;
+    if (contiguous) { /* convert in 1 MB chunks */
+        int64_t chunk = LDM__MIN(n, ((int64_t)1 << 20) / esz);
+        unsigned char *buf = (unsigned char *)LDM_MALLOC((size_t)(chunk * esz));
+        if (!buf) return ldm__werr(ctx, LDM_ERR_NOMEM, w->path, "out of memory reading %s", what);
+        for (int64_t done = 0; done < n && !r; done += chunk) {
+            int64_t cnt = LDM__MIN(chunk, n - done);
+            if (!(r = ldm__wread_at(ctx, w, off + (uint64_t)(done * esz), buf, (size_t)(cnt * esz), what)))
+                for (int64_t k = 0; k < cnt; k++) dst[done + k] = ldm__wload(buf + k * esz, e->code);
+        }
+        LDM_FREE(buf);
+        return r;
+    }
+    /* a strided view (checked at open to lie inside its storage): read its span, then gather */
+    unsigned char *buf = (unsigned char *)LDM_MALLOC((size_t)(span * esz));
+    if (!buf) return ldm__werr(ctx, LDM_ERR_NOMEM, w->path, "out of memory reading %s (%lld bytes)", what, (long long)(span * esz));
+    if (!(r = ldm__wread_at(ctx, w, off, buf, (size_t)(span * esz), what))) {
+        int64_t idx[LDM_MAX_DIMS] = {0}, src = 0;
+        for (int64_t k = 0; k < n; k++) {
+            dst[k] = ldm__wload(buf + src * esz, e->code);
+            for (int d = nd - 1; d >= 0; d--) {
+                if (++idx[d] < shape[d]) { src += stride[d]; break; }
+                src -= (shape[d] - 1) * stride[d];
+                idx[d] = 0;
+            }
+        }
+    }
+    LDM_FREE(buf);
+    return r;
+}
+
+/* ---- safetensors writer ------------------------------------------------------------------ */
+typedef struct ldm__hbuf { char *p; size_t n, cap; int oom; } ldm__hbuf;
+static void ldm__hb_put(ldm__hbuf *b, const char *s, size_t n) {
+    if (b->oom) return;
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = LDM__MAX(2 * b->cap, b->n + n + 256);
+        char *p = (char *)LDM_REALLOC(b->p, cap);
+        if (!p) { b->oom = 1; return; }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = 0;
+}
+static void ldm__hb_cstr(ldm__hbuf *b, const char *s) { ldm__hb_put(b, s, strlen(s)); }
+static void ldm__hb_json(ldm__hbuf *b, const char *s) { /* a JSON string literal */
+    ldm__hb_put(b, "\"", 1);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        char esc[8];
+        if (c == '"' || c == '\\') { esc[0] = '\\'; esc[1] = (char)c; ldm__hb_put(b, esc, 2); }
+        else if (c < 0x20) { snprintf(esc, sizeof esc, "\\u%04x", c); ldm__hb_put(b, esc, 6); }
+        else ldm__hb_put(b, s, 1);
+    }
+    ldm__hb_put(b, "\"", 1);
+}
+static void ldm__hb_i64(ldm__hbuf *b, int64_t v) {
+    char t[32];
+    snprintf(t, sizeof t, "%lld", (long long)v);
+    ldm__hb_cstr(b, t);
+}
+static int ldm__strptr_cmp(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+static int ldm__write_all(int fd, const void *p, size_t n) {
+    const char *c = (const char *)p;
+    while (n) {
+        ssize_t k = write(fd, c, n);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return -1;
+        c += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+LDM_API ldm_result ldm_safetensors_write(ldm_ctx *ctx, const char *path, int n, const ldm_named_data *t,
+                                         ldm_dtype dtype, int n_meta, const char *const *meta_keys,
+                                         const char *const *meta_vals) {
+    if (!path) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_safetensors_write: NULL path");
+    if (n < 0 || (n > 0 && !t) || n_meta < 0 || (n_meta > 0 && (!meta_keys || !meta_vals)))
+        return ldm__werr(ctx, LDM_ERR_INVALID, path, "ldm_safetensors_write: bad arguments (n %d, n_meta %d, or NULL arrays)", n, n_meta);
+    if (dtype != LDM_F32 && dtype != LDM_F16 && dtype != LDM_BF16)
+        return ldm__werr(ctx, LDM_ERR_INVALID, path, "ldm_safetensors_write: dtype %d is not LDM_F32, LDM_F16 or LDM_BF16", (int)dtype);
+    for (int k = 0; k < n_meta; k++)
+        if (!meta_keys[k] || !meta_vals[k]) return ldm__werr(ctx, LDM_ERR_INVALID, path, "ldm_safetensors_write: metadata entry %d is NULL", k);
+    int esz = (int)ldm_dtype_size(dtype);
+    for (int i = 0; i < n; i++) {
+        const ldm_named_data *d = &t[i];
+        int64_t numel = 1;
+        if (!d->name || !d->name[0] || !strcmp(d->name, "__metadata__"))
+            return ldm__werr(ctx, LDM_ERR_INVALID, path, "ldm_safetensors_write: tensor %d has an empty, NULL or reserved name", i);
+        if (d->ndim < 0 || d->ndim > LDM_MAX_DIMS)
+            return ldm__werr(ctx, LDM_ERR_INVALID, path, "ldm_safetensors_write: tensor '%.200s' has rank %d", d->name, d->ndim);
+        for (int k = 0; k < d->ndim; k++)
+            if (!ldm__mul_ok(numel, d->shape[k], &numel) || numel > (INT64_MAX >> 4))
+                return ldm__werr(ctx, LDM_ERR_INVALID, path, "ldm_safetensors_write: tensor '%.200s' has an invalid shape", d->name);
+        if (numel > 0 && !d->data) return ldm__werr(ctx, LDM_ERR_INVALID, path, "ldm_safetensors_write: tensor '%.200s' has NULL data", d->name);
+    }
+    const char **names = (const char **)LDM_MALLOC(sizeof(char *) * (size_t)(LDM__MAX(n, n_meta) + 1));
+    if (!names) return ldm__werr(ctx, LDM_ERR_NOMEM, path, "out of memory");
+    ldm_result r = LDM_OK;
+    for (int pass = 0; pass < 2 && !r; pass++) { /* duplicate tensor names, then metadata keys */
+        int cnt = pass ? n_meta : n;
+        for (int i = 0; i < cnt; i++) names[i] = pass ? meta_keys[i] : t[i].name;
+        qsort(names, (size_t)cnt, sizeof *names, ldm__strptr_cmp);
+        for (int i = 1; i < cnt && !r; i++)
+            if (!strcmp(names[i - 1], names[i]))
+                r = ldm__werr(ctx, LDM_ERR_INVALID, path, "ldm_safetensors_write: %s '%.200s' is given twice", pass ? "metadata key" : "tensor name", names[i]);
+    }
+    LDM_FREE(names);
+    if (r) return r;
+
+    /* header: metadata first, then the tensors in the order given; padded to 8 bytes */
+    ldm__hbuf h;
+    memset(&h, 0, sizeof h);
+    ldm__hb_cstr(&h, "{");
+    if (n_meta > 0) {
+        ldm__hb_cstr(&h, "\"__metadata__\":{");
+        for (int k = 0; k < n_meta; k++) {
+            if (k) ldm__hb_cstr(&h, ",");
+            ldm__hb_json(&h, meta_keys[k]);
+            ldm__hb_cstr(&h, ":");
+            ldm__hb_json(&h, meta_vals[k]);
+        }
+        ldm__hb_cstr(&h, n ? "}," : "}");
+    }
+    int64_t pos = 0;
+    for (int i = 0; i < n; i++) {
+        int64_t numel = 1;
+        for (int k = 0; k < t[i].ndim; k++) numel *= t[i].shape[k];
+        if (i) ldm__hb_cstr(&h, ",");
+        ldm__hb_json(&h, t[i].name);
+        ldm__hb_cstr(&h, ":{\"dtype\":\"");
+        ldm__hb_cstr(&h, ldm_dtype_name(dtype));
+        ldm__hb_cstr(&h, "\",\"shape\":[");
+        for (int k = 0; k < t[i].ndim; k++) {
+            if (k) ldm__hb_cstr(&h, ",");
+            ldm__hb_i64(&h, t[i].shape[k]);
+        }
+        ldm__hb_cstr(&h, "],\"data_offsets\":[");
+        ldm__hb_i64(&h, pos);
+        ldm__hb_cstr(&h, ",");
+        ldm__hb_i64(&h, pos += numel * esz);
+        ldm__hb_cstr(&h, "]}");
+    }
+    ldm__hb_cstr(&h, "}");
+    while (!h.oom && h.n % 8) ldm__hb_cstr(&h, " ");
+    size_t tmp_len = strlen(path) + 32;
+    char *tmp = (char *)LDM_MALLOC(tmp_len);
+    unsigned char *buf = (unsigned char *)LDM_MALLOC(1 << 20);
+    if (h.oom || !tmp || !buf) {
+        LDM_FREE(h.p); LDM_FREE(tmp); LDM_FREE(buf);
+        return ldm__werr(ctx, LDM_ERR_NOMEM, path, "out of memory writing safetensors");
+    }
+    /* atomic: write a temporary file beside the target, fsync it, then rename over the target */
+    snprintf(tmp, tmp_len, "%s.tmp.%ld", path, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) r = ldm__werr(ctx, LDM_ERR_IO, path, "cannot create %s: %s (is the directory writable?)", tmp, strerror(errno));
+    else {
+        unsigned char len8[8];
+        ldm__wr_le(len8, (uint64_t)h.n, 8);
+        int bad = ldm__write_all(fd, len8, 8) || ldm__write_all(fd, h.p, h.n);
+        int64_t chunk = (1 << 20) / esz;
+        for (int i = 0; i < n && !bad; i++) {
+            int64_t numel = 1;
+            for (int k = 0; k < t[i].ndim; k++) numel *= t[i].shape[k];
+            for (int64_t done = 0; done < numel && !bad; done += chunk) {
+                int64_t cnt = LDM__MIN(chunk, numel - done);
+                const float *src = t[i].data + done;
+                for (int64_t k = 0; k < cnt; k++) {
+                    uint32_t bits;
+                    memcpy(&bits, &src[k], 4);
+                    if (dtype == LDM_F32) ldm__wr_le(buf + 4 * k, bits, 4);
+                    else ldm__wr_le(buf + 2 * k, dtype == LDM_F16 ? ldm_f32_to_f16(src[k]) : ldm_f32_to_bf16(src[k]), 2);
+                }
+                bad = ldm__write_all(fd, buf, (size_t)(cnt * esz));
+            }
+        }
+        if (bad) r = ldm__werr(ctx, LDM_ERR_IO, path, "cannot write %s: %s (disk full?)", tmp, strerror(errno));
+        else if (fsync(fd)) r = ldm__werr(ctx, LDM_ERR_IO, path, "fsync of %s failed: %s", tmp, strerror(errno));
+        if (close(fd) && !r) r = ldm__werr(ctx, LDM_ERR_IO, path, "closing %s failed: %s", tmp, strerror(errno));
+        if (!r && rename(tmp, path)) r = ldm__werr(ctx, LDM_ERR_IO, path, "cannot rename %s to the target: %s", tmp, strerror(errno));
+        if (r) remove(tmp);
+    }
+    LDM_FREE(h.p);
+    LDM_FREE(tmp);
+    LDM_FREE(buf);
+    return r;
+}
 
 #endif /* LDM_TENSOR_IMPLEMENTATION_DONE */
 #endif /* LDM_IMPLEMENTATION || LDM_TENSOR_IMPLEMENTATION */
