@@ -1368,6 +1368,7 @@ static ldm_tensor *ldm__reduce(ldm_ctx *ctx, ldm_tensor *x, unsigned dims, int k
     be->reduce_sum(ctx, y->data, x->data, s5, o5, 0);
     float scale = mean ? (float)(1.0 / (double)(count ? count : 1)) : 1.0f;
     if (mean) be->unary(ctx, LDM__U_AFFINE, y->data, y->data, y->numel, scale, 0.0f);
+    if (ctx->status) return NULL; /* the kernel's scratch did not fit */
     ldm__node *nd = ldm__record(ctx, y, ldm__reduce_bw, 1, x, NULL, NULL, NULL);
     if (nd) { nd->i[0] = (int64_t)dims; nd->f[0] = scale; }
     return y;
@@ -1425,6 +1426,7 @@ LDM_API ldm_tensor *ldm_matmul(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b, int t
     for (int64_t z = 0; z < Bn; z++)
         LDM__BE(a)->sgemm(ctx, trans_a, trans_b, M, N, Ka, 1.0f, a->data + (ab ? z * M * Ka : 0), lda,
                           b->data + (bb ? z * Ka * N : 0), ldb, 0.0f, y->data + z * M * N, N);
+    if (ctx->status) return NULL; /* the kernel's scratch did not fit */
     ldm__node *nd = ldm__record(ctx, y, ldm__matmul_bw, 2, a, b, NULL, NULL);
     if (nd) {
         nd->i[0] = Bn; nd->i[1] = M; nd->i[2] = N; nd->i[3] = Ka;
@@ -1464,6 +1466,7 @@ LDM_API ldm_tensor *ldm_linear(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_t
         be->strided_copy(ctx, y->data, dst, b->data, sst, shape, 0);
     }
     be->sgemm(ctx, 0, 1, R, O, I, 1.0f, x->data, I, w->data, I, b ? 1.0f : 0.0f, y->data, O);
+    if (ctx->status) return NULL; /* the kernel's scratch did not fit */
     ldm__node *nd = ldm__record(ctx, y, ldm__linear_bw, b ? 3 : 2, x, w, b, NULL);
     if (nd) { nd->i[0] = R; nd->i[1] = I; nd->i[2] = O; }
     return y;
@@ -1514,6 +1517,7 @@ static ldm_tensor *ldm__conv(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_ten
     ldm_tensor *y = ldm__new_on(ctx, os, x->device);
     if (!y) return NULL;
     LDM__BE(x)->conv_forward(ctx, y->data, x->data, w->data, b ? b->data : NULL, d);
+    if (ctx->status) return NULL; /* the column buffer did not fit */
     ldm__node *nd = ldm__record(ctx, y, ldm__conv_bw, b ? 3 : 2, x, w, b, NULL);
     if (nd) nd->saved = d;
     return y;
@@ -2801,14 +2805,24 @@ static void ldm__cpu_layernorm_backward(ldm_ctx *ctx, float *dx, float *dw, floa
     memset(&j, 0, sizeof j);
     j.dx = dx; j.dy = dy; j.x = x; j.w = w; j.cm = mean; j.cr = rstd; j.R = R; j.N = N;
     if (dx) ldm_parallel_for(ctx, R, LDM__MAX(1, LDM__GRAIN / LDM__MAX(1, N)), ldm__ln_bwd_task, &j);
-    if (dw || db) /* column sums over rows, in row order */
+    if (dw || db) { /* column sums over rows, in row order, in double like the other norms */
+        size_t used0 = ctx->arena[LDM_CPU].used;
+        double *acc = (double *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(double) * (size_t)(2 * N));
+        if (!acc) return;
+        memset(acc, 0, sizeof(double) * (size_t)(2 * N));
         for (int64_t r = 0; r < R; r++) {
             const float *xr = x + r * N, *g = dy + r * N;
             for (int64_t k = 0; k < N; k++) {
-                if (dw) dw[k] += g[k] * ((xr[k] - mean[r]) * rstd[r]);
-                if (db) db[k] += g[k];
+                acc[k] += (double)g[k] * ((xr[k] - mean[r]) * rstd[r]);
+                acc[N + k] += g[k];
             }
         }
+        for (int64_t k = 0; k < N; k++) {
+            if (dw) dw[k] += (float)acc[k];
+            if (db) db[k] += (float)acc[N + k];
+        }
+        ctx->arena[LDM_CPU].used = used0;
+    }
 }
 
 /* ---- softmax ---- */

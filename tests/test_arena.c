@@ -1,6 +1,7 @@
 /* test_arena.c - the per-step arena: a clear error when it runs out (how much was needed, how
    much is in use, a hint), sticky errors, ldm_step_reset freeing everything, mark/rewind and
-   ldm_arena_keep. */
+   ldm_arena_keep. 
+   Also built and run under ASan/UBSan by build.sh (LDM_TEST_SANITIZE). */
 #define LDM_IMPLEMENTATION
 #include "ldm_test.h"
 
@@ -51,6 +52,13 @@ int main(void) {
     ldm_tensor *y = ldm_mean_all(ctx, ldm_exp(ctx, ldm_exp(ctx, x))); /* 2 more MiB */
     ldm_result r = y ? ldm_backward(ctx, y) : ldm_ctx_status(ctx);
     LT_CHECK(y && r == LDM_ERR_NOMEM && has(ldm_ctx_error(ctx), "step arena full"), "backward out of arena reports LDM_ERR_NOMEM");
+    ldm_step_reset(ctx);
+    ldm_ctx_clear_error(ctx);
+
+    /* an op whose output fits but whose scratch (im2col columns, ~9 MiB) does not: NULL too */
+    ldm_tensor *cx = ldm_zeros(ctx, ldm_shape4(1, 64, 64, 64)), *cw = ldm_zeros(ctx, ldm_shape4(8, 64, 3, 3));
+    ldm_tensor *cy = ldm_conv2d(ctx, cx, cw, NULL, 1, 1);
+    LT_CHECK(cx && cw && cy == NULL && ldm_ctx_status(ctx) == LDM_ERR_NOMEM, "conv whose column buffer does not fit returns NULL");
     ldm_step_reset(ctx);
     ldm_ctx_clear_error(ctx);
 

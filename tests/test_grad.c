@@ -6,7 +6,8 @@
    the loss summed in double. The rounding noise of a float32 forward divided by 2h sets the
    tolerances: rtol 1e-2 plus an absolute term of 1e-3 of the largest gradient entry. Inputs are
    kept away from kinks (relu, abs, clamp, leaky, softplus threshold) and ties (max pool) by
-   more than h so the difference quotient sees one smooth piece. */
+   more than h so the difference quotient sees one smooth piece. 
+   Also built and run under ASan/UBSan by build.sh (LDM_TEST_SANITIZE). */
 #define LDM_IMPLEMENTATION
 #include "lt_ops.h"
 

@@ -3,7 +3,8 @@
    the ranges split), and the RNG must draw the same numbers at every thread count.
 
    Shapes are big enough that every kernel really splits its work (element-wise kernels need
-   more than 16K elements per task, convolutions more than 4M column entries to be chunked). */
+   more than 16K elements per task, convolutions more than 4M column entries to be chunked). 
+   Also built and run under ASan/UBSan by build.sh (LDM_TEST_SANITIZE). */
 #define LDM_IMPLEMENTATION
 #include "ldm_test.h"
 
