@@ -151,7 +151,10 @@ LDM_API void ldm_arena_rewind(ldm_ctx *ctx, ldm_mark m);     /* frees everything
 LDM_API size_t ldm_arena_used(const ldm_ctx *ctx, ldm_device d);
 LDM_API size_t ldm_arena_peak(const ldm_ctx *ctx, ldm_device d);
 LDM_API size_t ldm_arena_limit(const ldm_ctx *ctx, ldm_device d);
-LDM_API void ldm_step_reset(ldm_ctx *ctx);                   /* clears the tape and every arena */
+/* Clears the tape and every arena. Leaves whose .grad ldm_backward allocated in the arena get
+   .grad = NULL (ldm_arena_rewind does the same for what it frees); persistent gradient
+   buffers (ldm_nn.h's) are untouched. */
+LDM_API void ldm_step_reset(ldm_ctx *ctx);
 /* Rewinds to m but keeps t: its data is moved down to m (CPU) and the returned tensor is a
    fresh leaf. For no-grad inference that wants bounded memory across blocks. */
 LDM_API ldm_tensor *ldm_arena_keep(ldm_ctx *ctx, ldm_mark m, ldm_tensor *t);
@@ -771,14 +774,35 @@ LDM_API ldm_mark ldm_arena_mark(const ldm_ctx *ctx) {
     m.tape_len = ctx->tape_len;
     return m;
 }
+/* Leaves on the tape whose .grad ldm_backward took from the arena at or above `from` (of
+   their device's arena) lose it: the memory is about to be reused, and a persistent leaf
+   (ldm_tensor_wrap) would otherwise accumulate into it on the next step. */
+static void ldm__drop_arena_grads(ldm_ctx *ctx, const size_t from[LDM_NUM_DEVICES]) {
+    for (int i = 0; i < ctx->tape_len; i++)
+        for (int k = 0; k < ctx->tape[i].nin; k++) {
+            ldm_tensor *t = ctx->tape[i].in[k];
+            if (!t || t->node >= 0 || !t->grad) continue;
+            ldm__arena *a = &ctx->arena[t->device];
+            if (!a->base) continue;
+            unsigned char *g = (unsigned char *)t->grad, *lo = ldm__arena_base(a) + from[t->device];
+            if (g >= lo && g < ldm__arena_base(a) + a->limit) t->grad = NULL;
+        }
+}
 LDM_API void ldm_arena_rewind(ldm_ctx *ctx, ldm_mark m) {
-    if (m.used <= ctx->arena[LDM_CPU].used) ctx->arena[LDM_CPU].used = m.used;
+    size_t from[LDM_NUM_DEVICES];
+    for (int d = 0; d < LDM_NUM_DEVICES; d++) from[d] = d == LDM_CPU ? m.used : ctx->arena[d].limit;
+    if (m.used <= ctx->arena[LDM_CPU].used) {
+        ldm__drop_arena_grads(ctx, from);
+        ctx->arena[LDM_CPU].used = m.used;
+    }
     if (m.tape_len <= ctx->tape_len) ctx->tape_len = m.tape_len;
 }
 LDM_API size_t ldm_arena_used(const ldm_ctx *ctx, ldm_device d) { return ctx->arena[d].used; }
 LDM_API size_t ldm_arena_peak(const ldm_ctx *ctx, ldm_device d) { return ctx->arena[d].peak; }
 LDM_API size_t ldm_arena_limit(const ldm_ctx *ctx, ldm_device d) { return ctx->arena[d].limit; }
 LDM_API void ldm_step_reset(ldm_ctx *ctx) {
+    size_t from[LDM_NUM_DEVICES] = {0};
+    ldm__drop_arena_grads(ctx, from);
     for (int d = 0; d < LDM_NUM_DEVICES; d++) ctx->arena[d].used = 0;
     ctx->tape_len = 0;
 }

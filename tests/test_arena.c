@@ -1,6 +1,6 @@
 /* test_arena.c - the per-step arena: a clear error when it runs out (how much was needed, how
    much is in use, a hint), sticky errors, ldm_step_reset freeing everything, mark/rewind and
-   ldm_arena_keep. 
+   ldm_arena_keep.
    Also built and run under ASan/UBSan by build.sh (LDM_TEST_SANITIZE). */
 #define LDM_IMPLEMENTATION
 #include "ldm_test.h"
@@ -78,6 +78,29 @@ int main(void) {
     LT_CHECK(all7 && kept->node == -1 && !kept->requires_grad && ldm_arena_used(ctx, LDM_CPU) <= used_m + ((size_t)1 << 20) + 256,
              "ldm_arena_keep moves the result down and frees the rest");
     LT_CHECK(ldm_ctx_status(ctx) == LDM_OK, "no error left behind");
+
+    /* a persistent leaf whose gradient came from the arena: the reset must not leave it
+       pointing at memory the next step reuses */
+    ldm_step_reset(ctx);
+    float pdata[64];
+    for (int i = 0; i < 64; i++) pdata[i] = 0.01f * (float)i;
+    ldm_tensor p = ldm_tensor_wrap(pdata, ldm_shape2(8, 8), LDM_CPU);
+    p.requires_grad = 1;
+    ldm_backward(ctx, ldm_sum_all(ctx, ldm_square(ctx, &p)));
+    int step1 = p.grad != NULL && p.grad[9] == 2.0f * pdata[9];
+    ldm_step_reset(ctx);
+    LT_CHECK(step1 && p.grad == NULL, "ldm_step_reset drops arena gradients of persistent leaves");
+    ldm_tensor *z = ldm_full(ctx, ldm_shape1(4096), 3.0f);
+    ldm_backward(ctx, ldm_sum_all(ctx, ldm_square(ctx, &p)));
+    int zok = 1;
+    for (int i = 0; z && i < 4096; i++) zok &= z->data[i] == 3.0f;
+    LT_CHECK(z && zok && p.grad && p.grad[9] == 2.0f * pdata[9], "the next step's gradient is fresh and nothing else is overwritten");
+    ldm_mark pm = ldm_arena_mark(ctx);
+    ldm_backward(ctx, ldm_sum_all(ctx, ldm_square(ctx, &p))); /* accumulates into the same buffer */
+    LT_CHECK(p.grad && p.grad[9] == 4.0f * pdata[9], "a second backward in the step accumulates");
+    ldm_arena_rewind(ctx, pm);
+    LT_CHECK(p.grad != NULL, "rewinding to a mark above the gradient keeps it");
+    ldm_step_reset(ctx);
 
     /* invalid shapes are INVALID, not NOMEM */
     ldm_step_reset(ctx);
