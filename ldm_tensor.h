@@ -1582,7 +1582,8 @@ static void ldm__groupnorm_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **
 }
 LDM_API ldm_tensor *ldm_group_norm(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int groups, float eps) {
     if (ldm__bad(ctx, x)) return NULL;
-    if (x->ndim < 2 || groups < 1 || x->shape[1] % groups) {
+    if (x->ndim < 2) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_group_norm: input %s has no channel dim (expected [B,C,...])", ldm__shp(x).s); return NULL; }
+    if (groups < 1 || x->shape[1] % groups) {
         ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_group_norm: %d groups do not divide the channels of %s", groups, ldm__shp(x).s);
         return NULL;
     }
@@ -2298,8 +2299,10 @@ static void ldm__cpu_strided_copy(ldm_ctx *ctx, float *dst, const int64_t *dstri
     ldm__scopy_job j;
     j.dst = dst; j.src = src; j.ds = dstride; j.ss = sstride; j.shape = shape; j.acc = accumulate;
     int64_t rows = shape[0] * shape[1] * shape[2] * shape[3];
-    /* accumulating through a dst stride of 0 (a broadcast read-back) must stay serial */
-    int serial = accumulate && (!dstride[0] || !dstride[1] || !dstride[2] || !dstride[3]);
+    /* accumulating through a dst stride of 0 over a dim longer than 1 (a broadcast read-back)
+       must stay serial; size-1 dims (rank padding) have stride 0 too and do not count */
+    int serial = 0;
+    for (int d = 0; d < 4; d++) serial |= accumulate && !dstride[d] && shape[d] > 1;
     if (serial) ldm__scopy_task(&j, 0, rows, 0);
     else ldm_parallel_for(ctx, rows, LDM__MAX(1, LDM__GRAIN / LDM__MAX(1, shape[4])), ldm__scopy_task, &j);
 }

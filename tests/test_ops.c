@@ -294,6 +294,67 @@ static void conv_chunked(int stride, int pad_lo, int pad_hi) {
     free(ry); free(rdx); free(rdw); free(fy); free(fdx); free(fdw);
 }
 
+/* ---- argument errors: NULL, LDM_ERR_INVALID and a message naming the op ------------------- */
+static void expect_invalid(ldm_tensor *got, const char *what, const char *must_say) {
+    char nm[160];
+    snprintf(nm, sizeof nm, "rejects %s", what);
+    int ok = got == NULL && ldm_ctx_status(ctx) == LDM_ERR_INVALID && strstr(ldm_ctx_error(ctx), must_say) != NULL;
+    lt_report(ok, nm, "got %p, status %d, message '%s' (wanted it to mention '%s')", (void *)got, (int)ldm_ctx_status(ctx),
+              ldm_ctx_error(ctx), must_say);
+    ldm_ctx_clear_error(ctx);
+}
+static void errors(void) {
+    ldm_step_reset(ctx);
+    ldm_tensor *a = ldm_zeros(ctx, ldm_shape2(2, 3)), *b4 = ldm_zeros(ctx, ldm_shape1(4)), *img = ldm_zeros(ctx, ldm_shape4(1, 4, 5, 5));
+    ldm_tensor *w3 = ldm_zeros(ctx, ldm_shape4(2, 3, 3, 3)), *w9 = ldm_zeros(ctx, ldm_shape4(2, 4, 7, 7)), *c4 = ldm_zeros(ctx, ldm_shape1(4));
+    ldm_tensor *out[4];
+    expect_invalid(ldm_add(ctx, a, b4), "add of [2,3] and [4]", "ldm_add: shapes [2, 3] and [4] do not broadcast");
+    expect_invalid(ldm_matmul(ctx, a, a, 0, 0), "matmul [2,3] x [2,3]", "ldm_matmul");
+    expect_invalid(ldm_matmul(ctx, b4, a, 0, 0), "matmul of a 1-D operand", "ldm_matmul");
+    expect_invalid(ldm_linear(ctx, a, ldm_zeros(ctx, ldm_shape2(5, 4)), NULL), "linear with weight [5,4] for 3 inputs", "ldm_linear");
+    expect_invalid(ldm_conv2d(ctx, img, w3, NULL, 1, 1), "conv2d with 3 weight channels for 4 input channels", "ldm_conv2d");
+    expect_invalid(ldm_conv2d(ctx, img, w9, NULL, 1, 0), "conv2d 7x7 kernel on 5x5 without padding", "ldm_conv2d");
+    expect_invalid(ldm_conv2d(ctx, img, w9, c4, 1, 1), "conv2d bias of the wrong size", "ldm_conv2d");
+    expect_invalid(ldm_conv2d(ctx, img, ldm_zeros(ctx, ldm_shape4(2, 4, 3, 3)), NULL, 0, 1), "conv2d stride 0", "ldm_conv2d");
+    expect_invalid(ldm_conv3d(ctx, img, w3, NULL, 1, 1), "conv3d of a 4-D input", "ldm_conv3d");
+    expect_invalid(ldm_group_norm(ctx, img, NULL, NULL, 3, 1e-5f), "group_norm 3 groups of 4 channels", "ldm_group_norm");
+    expect_invalid(ldm_group_norm(ctx, img, b4, ldm_zeros(ctx, ldm_shape1(3)), 2, 1e-5f), "group_norm bias of 3 for 4 channels", "ldm_group_norm");
+    expect_invalid(ldm_batch_norm(ctx, img, NULL, NULL, NULL, NULL, 0, 0.1f, 1e-5f), "batch_norm eval without running stats", "ldm_batch_norm");
+    expect_invalid(ldm_batch_norm(ctx, ldm_zeros(ctx, ldm_shape2(1, 4)), NULL, NULL, NULL, NULL, 1, 0.1f, 1e-5f), "batch_norm training on one value per channel", "ldm_batch_norm");
+    expect_invalid(ldm_layer_norm(ctx, a, NULL, NULL, 3, 1e-5f), "layer_norm over 3 dims of a 2-D tensor", "ldm_layer_norm");
+    expect_invalid(ldm_layer_norm(ctx, a, b4, NULL, 1, 1e-5f), "layer_norm weight of 4 for 3", "ldm_layer_norm");
+    expect_invalid(ldm_softmax(ctx, a, 2), "softmax dim 2 of a 2-D tensor", "ldm_softmax: dim 2 out of range");
+    expect_invalid(ldm_upsample_nearest(ctx, img, 2, 2, 2), "upsample of a 4-D tensor along T", "ldm_upsample_nearest");
+    expect_invalid(ldm_upsample_nearest(ctx, a, 1, 2, 2), "upsample of a 2-D tensor", "ldm_upsample_nearest");
+    expect_invalid(ldm_avg_pool(ctx, img, 3, 1, 2), "avg_pool padding above half the kernel", "ldm_avg_pool");
+    expect_invalid(ldm_max_pool(ctx, img, 7, 1, 0), "max_pool kernel larger than the input", "ldm_max_pool");
+    int negpad[2] = {-1, 1};
+    expect_invalid(ldm_pad(ctx, a, 1, negpad, 0.0f), "negative padding", "ldm_pad");
+    expect_invalid(ldm_pad(ctx, a, 3, negpad, 0.0f), "padding 3 dims of a 2-D tensor", "ldm_pad");
+    expect_invalid(ldm_reshape(ctx, a, ldm_shape2(4, 2)), "reshape [2,3] to [4,2]", "ldm_reshape: cannot view [2, 3] as [4, 2]");
+    expect_invalid(ldm_reshape(ctx, a, ldm_shape2(-1, 4)), "reshape [2,3] to [-1,4]", "ldm_reshape");
+    int badperm[2] = {0, 0};
+    expect_invalid(ldm_permute(ctx, a, badperm), "permutation (0,0)", "ldm_permute");
+    expect_invalid(ldm_transpose(ctx, a, 0, 2), "transpose of dim 2 of a 2-D tensor", "ldm_transpose");
+    ldm_tensor *pair[2] = {a, b4};
+    expect_invalid(ldm_concat(ctx, 2, pair, 0), "concat [2,3] with [4]", "ldm_concat");
+    expect_invalid(ldm_slice(ctx, a, 1, 2, 2), "slice [2,4) of a dim of 3", "ldm_slice");
+    int64_t sizes[2] = {1, 1};
+    ldm_result r = ldm_split(ctx, a, 2, sizes, 1, out);
+    expect_invalid(r == LDM_ERR_INVALID ? NULL : a, "split sizes adding to 2 of 3", "ldm_split");
+    r = ldm_chunk(ctx, a, 2, 1, out);
+    expect_invalid(r == LDM_ERR_INVALID ? NULL : a, "3 into 2 chunks", "ldm_chunk");
+    expect_invalid(ldm_dropout(ctx, a, 1.5f, 1), "dropout p 1.5", "ldm_dropout");
+    int64_t idx[2] = {0, 9};
+    expect_invalid(ldm_embedding(ctx, a, 2, idx), "embedding index 9 of 2 rows", "ldm_embedding: index 9");
+    expect_invalid(ldm_sum(ctx, a, LDM_DIM(2), 0), "sum over dim 2 of a 2-D tensor", "ldm_sum");
+    /* after an error every op returns NULL until the error is cleared */
+    ldm_add(ctx, a, b4);
+    LT_CHECK(ldm_exp(ctx, a) == NULL && ldm_ctx_status(ctx) == LDM_ERR_INVALID, "errors are sticky");
+    ldm_ctx_clear_error(ctx);
+    LT_CHECK(ldm_exp(ctx, a) != NULL, "clearing the error lets ops run again");
+}
+
 int main(void) {
     ldm_settings s;
     memset(&s, 0, sizeof s);
@@ -313,6 +374,7 @@ int main(void) {
     norms();
     spatial();
     shapes();
+    errors();
     conv_chunked(1, 1, 1);
     conv_chunked(2, 0, 1);
     ldm_weights_close(fx);
