@@ -285,6 +285,9 @@ static void test_conv(void) {
     { IN(tens(S4(1, 2, 5, 5), -1, 1, 0), leaf(S4(3, 2, 3, 3), -0.5f, 0.5f), leaf(S1(3), -1, 1)); gradcheck("conv2d constant input", &p, n_in, in); }
     ldm_step_reset(ctx);
     { IN(leaf(S4(1, 2, 5, 5), -1, 1), tens(S4(3, 2, 3, 3), -0.5f, 0.5f, 0), tens(S1(3), -1, 1, 0)); gradcheck("conv2d constant weight", &p, n_in, in); }
+    ldm_step_reset(ctx);
+    p.i[0] = 1; p.i[1] = 3;
+    { IN(leaf(S4(1, 2, 2, 3), -1, 1), leaf(S4(2, 2, 3, 3), -0.5f, 0.5f), leaf(S1(2), -1, 1)); gradcheck("conv2d padding 3 > kernel 3, input 2x3", &p, n_in, in); }
     /* asymmetric padding: the Downsample case (right/bottom 1, stride 2) and others */
     int ex[3][7] = {{2, 2, 0, 1, 0, 1, 1}, {1, 2, 2, 0, 1, 3, 1}, {2, 1, 1, 0, 0, 2, 0}};
     for (int c = 0; c < 3; c++) {
