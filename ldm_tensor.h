@@ -3022,6 +3022,7 @@ static const struct { const char *st, *torch; int size; } ldm__wt[LDM__WT_N] = {
 typedef struct ldm__wentry {
     ldm_weight_info info;         /* info.name is owned */
     int code;                     /* LDM__WT_* */
+    int storage;                  /* torch: index of its storage while the file is indexed */
     uint64_t base;                /* file offset of element 0 of the storage */
     int64_t offset;               /* first element of the view */
     int64_t stride[LDM_MAX_DIMS]; /* in elements */
@@ -3482,9 +3483,692 @@ static ldm_result ldm__st_open(ldm_ctx *ctx, ldm_weights *w) {
     return r;
 }
 
-/* ---- opening, the index, reading -------------------------------------------------------- */
-static const unsigned char ldm__torch_magic[10] = {0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
+/* ---- PyTorch checkpoints: a restricted unpickler ------------------------------------------
+   torch.save pickles the object with tensors as _rebuild_tensor_v2(storage, offset, size,
+   stride, ...) and storages as persistent ids ('storage', torch.FloatStorage, key, location,
+   numel[, view]). This interpreter knows the opcodes torch emits (protocols 2-5) and a
+   whitelist of classes; it builds plain values and never calls anything. A few data-only
+   classes found in training checkpoints (numpy scalars, Lightning's ModelCheckpoint, torch
+   dtypes) become opaque values; any other class is an error naming it. */
+enum { LDM__P_NONE, LDM__P_BOOL, LDM__P_INT, LDM__P_FLOAT, LDM__P_STR, LDM__P_BYTES, LDM__P_BIGINT,
+       LDM__P_TUPLE, LDM__P_LIST, LDM__P_DICT, LDM__P_GLOBAL, LDM__P_STORAGE, LDM__P_TENSOR, LDM__P_OPAQUE };
+enum { LDM__PG_DICT, LDM__PG_TENSOR, LDM__PG_PARAM, LDM__PG_INERT, LDM__PG_STORAGE /* + LDM__WT_* */ };
+static const struct { const char *mod, *name; int id; } ldm__pglobals[] = {
+    {"collections", "OrderedDict", LDM__PG_DICT},
+    {"torch._utils", "_rebuild_tensor_v2", LDM__PG_TENSOR},
+    {"torch._utils", "_rebuild_parameter", LDM__PG_PARAM},
+    {"torch._utils", "_rebuild_parameter_with_state", LDM__PG_PARAM},
+    {"numpy.core.multiarray", "scalar", LDM__PG_INERT}, {"numpy.core.multiarray", "_reconstruct", LDM__PG_INERT},
+    {"numpy", "dtype", LDM__PG_INERT}, {"numpy", "ndarray", LDM__PG_INERT}, {"_codecs", "encode", LDM__PG_INERT},
+    {"pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint", LDM__PG_INERT},
+    {"__builtin__", "set", LDM__PG_INERT}, {"builtins", "set", LDM__PG_INERT},
+    {"torch", "float32", LDM__PG_INERT}, {"torch", "float16", LDM__PG_INERT}, {"torch", "bfloat16", LDM__PG_INERT},
+    {"torch", "float64", LDM__PG_INERT}, {"torch", "int64", LDM__PG_INERT}, {"torch", "int32", LDM__PG_INERT},
+    {"torch", "uint8", LDM__PG_INERT}, {"torch", "bool", LDM__PG_INERT}};
 
+typedef struct ldm__pv {
+    int type, n, cap;
+    int *items;                   /* tuple, list, dict (key, value pairs) */
+    int64_t i, j, k;              /* int/bool: i; global: i = class; storage: i = index, j = offset, k = count; tensor: i */
+    double f;
+    const unsigned char *s;       /* str, bytes, bigint: into the pickle buffer */
+    size_t len;
+} ldm__pv;
+typedef struct ldm__pstorage { const unsigned char *key; size_t key_len; int code; int64_t numel; uint64_t base; int located; } ldm__pstorage;
+typedef struct ldm__ptensor { int storage, ndim; int64_t offset, shape[LDM_MAX_DIMS], stride[LDM_MAX_DIMS]; } ldm__ptensor;
+typedef struct ldm__pk {
+    const unsigned char *buf;
+    size_t len, pos;
+    int legacy;                   /* persistent ids carry view metadata */
+    ldm__pv *v;
+    int nv, capv;
+    int *stack, nstack, capstack;
+    int *marks, nmarks, capmarks;
+    int *memo;
+    size_t nmemo;
+    ldm__pstorage *st;
+    int nst, capst;
+    ldm__ptensor *t;
+    int nt, capt;
+    ldm_result err;               /* first error; `short_buf`: it ran past the end of buf */
+    int short_buf;
+    char msg[512];
+} ldm__pk;
+
+static int ldm__pkfail(ldm__pk *p, ldm_result code, size_t at, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+static int ldm__pkfail(ldm__pk *p, ldm_result code, size_t at, const char *fmt, ...) {
+    if (p->err) return -1;
+    int k = snprintf(p->msg, sizeof p->msg, "pickle byte %zu: ", at);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->msg + k, sizeof p->msg - (size_t)k, fmt, ap);
+    va_end(ap);
+    p->err = code;
+    return -1;
+}
+/* grows *arr (elements of size sz) to hold n + 1 */
+static int ldm__grow(void **arr, int *cap, int n, size_t sz) {
+    if (n < *cap) return 0;
+    int c = *cap ? 2 * *cap : 64;
+    void *a = LDM_REALLOC(*arr, sz * (size_t)c);
+    if (!a) return -1;
+    *arr = a;
+    *cap = c;
+    return 0;
+}
+static int ldm__pnew(ldm__pk *p, int type) {
+    if (ldm__grow((void **)&p->v, &p->capv, p->nv, sizeof *p->v)) return ldm__pkfail(p, LDM_ERR_NOMEM, p->pos, "out of memory");
+    memset(&p->v[p->nv], 0, sizeof *p->v);
+    p->v[p->nv].type = type;
+    return p->nv++;
+}
+static int ldm__padd(ldm__pk *p, int c, int item) {
+    ldm__pv *v = &p->v[c];
+    if (ldm__grow((void **)&v->items, &v->cap, v->n, sizeof(int))) return ldm__pkfail(p, LDM_ERR_NOMEM, p->pos, "out of memory");
+    v->items[v->n++] = item;
+    return 0;
+}
+static int ldm__ppush(ldm__pk *p, int x) {
+    if (x < 0) return -1;
+    if (p->nstack >= (1 << 24)) return ldm__pkfail(p, LDM_ERR_UNSUPPORTED, p->pos, "stack deeper than 2^24 entries");
+    if (ldm__grow((void **)&p->stack, &p->capstack, p->nstack, sizeof(int))) return ldm__pkfail(p, LDM_ERR_NOMEM, p->pos, "out of memory");
+    p->stack[p->nstack++] = x;
+    return 0;
+}
+static int ldm__ppop(ldm__pk *p, size_t at) {
+    int floor = p->nmarks ? p->marks[p->nmarks - 1] : 0;
+    if (p->nstack <= floor) return ldm__pkfail(p, LDM_ERR_FORMAT, at, "stack underflow (malformed pickle)");
+    return p->stack[--p->nstack];
+}
+/* pops everything above the topmost MARK into a new tuple/list value */
+static int ldm__ppop_mark(ldm__pk *p, int type, size_t at) {
+    if (!p->nmarks) return ldm__pkfail(p, LDM_ERR_FORMAT, at, "no MARK on the stack (malformed pickle)");
+    int m = p->marks[--p->nmarks], c = ldm__pnew(p, type);
+    for (int i = m; i < p->nstack && c >= 0; i++)
+        if (ldm__padd(p, c, p->stack[i])) c = -1;
+    p->nstack = m;
+    return c;
+}
+static int ldm__pstr_is(const ldm__pk *p, int x, const char *s) {
+    return x >= 0 && p->v[x].type == LDM__P_STR && p->v[x].len == strlen(s) && !memcmp(p->v[x].s, s, p->v[x].len);
+}
+static int ldm__pint(const ldm__pk *p, int x, int64_t *out) {
+    if (x < 0 || (p->v[x].type != LDM__P_INT && p->v[x].type != LDM__P_BOOL)) return 0;
+    *out = p->v[x].i;
+    return 1;
+}
+
+static int ldm__pglobal(ldm__pk *p, const unsigned char *mod, size_t ml, const unsigned char *name, size_t nl, size_t at) {
+    int id = -1;
+    for (size_t k = 0; k < sizeof ldm__pglobals / sizeof *ldm__pglobals && id < 0; k++)
+        if (strlen(ldm__pglobals[k].mod) == ml && !memcmp(ldm__pglobals[k].mod, mod, ml) &&
+            strlen(ldm__pglobals[k].name) == nl && !memcmp(ldm__pglobals[k].name, name, nl))
+            id = ldm__pglobals[k].id;
+    for (int k = 0; k < LDM__WT_N && id < 0; k++)
+        if (ml == 5 && !memcmp(mod, "torch", 5) && strlen(ldm__wt[k].torch) == nl && !memcmp(ldm__wt[k].torch, name, nl))
+            id = LDM__PG_STORAGE + k;
+    if (id < 0)
+        return ldm__pkfail(p, LDM_ERR_UNSUPPORTED, at, "refusing to load class %.*s.%.*s (not on ldm.h's whitelist of "
+                           "tensor and container classes; nothing was executed)", (int)LDM__MIN(ml, 100u), (const char *)mod,
+                           (int)LDM__MIN(nl, 100u), (const char *)name);
+    int x = ldm__pnew(p, LDM__P_GLOBAL);
+    if (x >= 0) p->v[x].i = id;
+    return x;
+}
+
+static int ldm__pstorage_ref(ldm__pk *p, int pid, size_t at) {
+    const ldm__pv *t = &p->v[pid];
+    int n = t->type == LDM__P_TUPLE ? t->n : 0;
+    int64_t numel = 0, voff = 0, vcnt = 0;
+    if (n != (p->legacy ? 6 : 5) || !ldm__pstr_is(p, t->items[0], "storage") || p->v[t->items[1]].type != LDM__P_GLOBAL ||
+        p->v[t->items[1]].i < LDM__PG_STORAGE || p->v[t->items[2]].type != LDM__P_STR || !ldm__pint(p, t->items[4], &numel) || numel < 0)
+        return ldm__pkfail(p, LDM_ERR_FORMAT, at, "persistent id is not ('storage', <storage class>, key, location, numel%s)",
+                           p->legacy ? ", view" : "");
+    int code = (int)p->v[t->items[1]].i - LDM__PG_STORAGE;
+    const ldm__pv *key = &p->v[t->items[2]];
+    vcnt = numel;
+    if (p->legacy && p->v[t->items[5]].type != LDM__P_NONE) { /* (view_key, offset, size) into the root storage */
+        const ldm__pv *vm = &p->v[t->items[5]];
+        if (vm->type != LDM__P_TUPLE || vm->n != 3 || !ldm__pint(p, vm->items[1], &voff) || !ldm__pint(p, vm->items[2], &vcnt) ||
+            voff < 0 || vcnt < 0 || voff > numel || vcnt > numel - voff)
+            return ldm__pkfail(p, LDM_ERR_FORMAT, at, "storage view metadata is not (key, offset, size) inside its storage of %lld elements", (long long)numel);
+    }
+    int s = 0;
+    for (; s < p->nst; s++)
+        if (p->st[s].key_len == key->len && !memcmp(p->st[s].key, key->s, key->len)) break;
+    if (s == p->nst) {
+        if (ldm__grow((void **)&p->st, &p->capst, p->nst, sizeof *p->st)) return ldm__pkfail(p, LDM_ERR_NOMEM, at, "out of memory");
+        memset(&p->st[s], 0, sizeof *p->st);
+        p->st[s].key = key->s;
+        p->st[s].key_len = key->len;
+        p->st[s].code = code;
+        p->st[s].numel = numel;
+        p->nst++;
+    } else if (p->st[s].code != code || p->st[s].numel != numel)
+        return ldm__pkfail(p, LDM_ERR_FORMAT, at, "storage '%.*s' is described twice with different types or sizes", (int)LDM__MIN(key->len, 64u), (const char *)key->s);
+    int x = ldm__pnew(p, LDM__P_STORAGE);
+    if (x >= 0) { p->v[x].i = s; p->v[x].j = voff; p->v[x].k = vcnt; }
+    return x;
+}
+
+/* _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata]) */
+static int ldm__prebuild_tensor(ldm__pk *p, int args, size_t at) {
+    const ldm__pv *a = &p->v[args];
+    int64_t off = 0;
+    if (a->n < 4 || p->v[a->items[0]].type != LDM__P_STORAGE || !ldm__pint(p, a->items[1], &off) || off < 0 ||
+        p->v[a->items[2]].type != LDM__P_TUPLE || p->v[a->items[3]].type != LDM__P_TUPLE || p->v[a->items[2]].n != p->v[a->items[3]].n)
+        return ldm__pkfail(p, LDM_ERR_FORMAT, at, "_rebuild_tensor_v2 arguments are not (storage, offset, size, stride, ...)");
+    const ldm__pv *sv = &p->v[a->items[0]], *size = &p->v[a->items[2]], *stride = &p->v[a->items[3]];
+    ldm__ptensor t;
+    memset(&t, 0, sizeof t);
+    t.ndim = size->n;
+    if (t.ndim > LDM_MAX_DIMS) return ldm__pkfail(p, LDM_ERR_UNSUPPORTED, at, "tensor with %d dims; ldm.h supports at most %d", t.ndim, LDM_MAX_DIMS);
+    int64_t last = off, numel = 1, ext; /* last element the view touches, checked against the storage */
+    for (int d = 0; d < t.ndim; d++) {
+        if (!ldm__pint(p, size->items[d], &t.shape[d]) || !ldm__pint(p, stride->items[d], &t.stride[d]) || t.shape[d] < 0 ||
+            t.stride[d] < 0 || t.shape[d] > ((int64_t)1 << 48) || t.stride[d] > ((int64_t)1 << 48))
+            return ldm__pkfail(p, LDM_ERR_FORMAT, at, "tensor size/stride entry %d is not a non-negative integer below 2^48", d);
+        if (!ldm__mul_ok(numel, t.shape[d], &numel) || numel > ((int64_t)1 << 48))
+            return ldm__pkfail(p, LDM_ERR_FORMAT, at, "tensor has more than 2^48 elements");
+        if (t.shape[d] > 0 && (!ldm__mul_ok(t.shape[d] - 1, t.stride[d], &ext) || (last += ext) > ((int64_t)1 << 60)))
+            return ldm__pkfail(p, LDM_ERR_FORMAT, at, "tensor view is too large");
+    }
+    if (numel > 0 && last >= sv->k)
+        return ldm__pkfail(p, LDM_ERR_FORMAT, at, "tensor view (offset %lld, last element %lld) runs past its storage '%.*s' of %lld elements",
+                           (long long)off, (long long)last, (int)LDM__MIN(p->st[sv->i].key_len, 64u), (const char *)p->st[sv->i].key, (long long)sv->k);
+    t.storage = (int)sv->i;
+    t.offset = sv->j + off;
+    if (ldm__grow((void **)&p->t, &p->capt, p->nt, sizeof *p->t)) return ldm__pkfail(p, LDM_ERR_NOMEM, at, "out of memory");
+    p->t[p->nt] = t;
+    int x = ldm__pnew(p, LDM__P_TENSOR);
+    if (x >= 0) p->v[x].i = p->nt++;
+    return x;
+}
+
+static int ldm__preduce(ldm__pk *p, int fn, int args, size_t at, int newobj) {
+    if (p->v[fn].type != LDM__P_GLOBAL || p->v[args].type != LDM__P_TUPLE)
+        return ldm__pkfail(p, LDM_ERR_FORMAT, at, "%s expects a class and an argument tuple", newobj ? "NEWOBJ" : "REDUCE");
+    int id = (int)p->v[fn].i;
+    const ldm__pv *a = &p->v[args];
+    if (id == LDM__PG_DICT) { /* OrderedDict() or OrderedDict([[k, v], ...]) */
+        int d = ldm__pnew(p, LDM__P_DICT);
+        if (d >= 0 && p->v[args].n > 0) {
+            const ldm__pv *l = &p->v[p->v[args].items[0]];
+            if (l->type != LDM__P_LIST && l->type != LDM__P_TUPLE) return ldm__pkfail(p, LDM_ERR_FORMAT, at, "OrderedDict argument is not a list of pairs");
+            for (int i = 0; i < p->v[p->v[args].items[0]].n; i++) {
+                const ldm__pv *kv = &p->v[p->v[p->v[args].items[0]].items[i]];
+                if ((kv->type != LDM__P_LIST && kv->type != LDM__P_TUPLE) || kv->n != 2)
+                    return ldm__pkfail(p, LDM_ERR_FORMAT, at, "OrderedDict argument is not a list of pairs");
+                int k = kv->items[0], v = kv->items[1];
+                if (ldm__padd(p, d, k) || ldm__padd(p, d, v)) return -1;
+            }
+        }
+        return d;
+    }
+    if (newobj && id != LDM__PG_INERT) return ldm__pkfail(p, LDM_ERR_UNSUPPORTED, at, "NEWOBJ of a class other than a data-only one");
+    if (id == LDM__PG_TENSOR) return ldm__prebuild_tensor(p, args, at);
+    if (id == LDM__PG_PARAM) {
+        if (a->n < 1 || p->v[a->items[0]].type != LDM__P_TENSOR) return ldm__pkfail(p, LDM_ERR_FORMAT, at, "_rebuild_parameter argument is not a tensor");
+        return a->items[0];
+    }
+    if (id == LDM__PG_INERT) return ldm__pnew(p, LDM__P_OPAQUE);
+    return ldm__pkfail(p, LDM_ERR_UNSUPPORTED, at, "a storage class is called directly (only persistent ids may create storages)");
+}
+
+/* Runs one pickle from p->pos to its STOP; *result is the value left on the stack. */
+static int ldm__prun(ldm__pk *p, int *result) {
+    p->nstack = p->nmarks = 0;
+    for (size_t i = 0; i < p->nmemo; i++) p->memo[i] = -1;
+    for (;;) {
+        size_t at = p->pos, need = 0;
+        if (p->pos >= p->len) { p->short_buf = 1; return ldm__pkfail(p, LDM_ERR_FORMAT, at, "the pickle ends without STOP (truncated file?)"); }
+        unsigned op = p->buf[p->pos++];
+        const unsigned char *a = p->buf + p->pos;
+        size_t left = p->len - p->pos;
+        int x = -1, y, z;
+        uint64_t n = 0;
+        /* argument widths first, so every read below is in bounds */
+        switch (op) {
+        case 0x80: case 'K': case 'U': case 'C': case 0x8c: case 'q': case 'h': case 0x8a: need = 1; break;
+        case 'M': need = 2; break;
+        case 'J': case 'X': case 'T': case 'B': case 'r': case 'j': case 0x8b: need = 4; break;
+        case 'G': case 0x95: case 0x8d: case 0x8e: need = 8; break;
+        default: break;
+        }
+        if (left < need) { p->short_buf = 1; return ldm__pkfail(p, LDM_ERR_FORMAT, at, "opcode 0x%02x is cut off (truncated file?)", op); }
+        if (need) n = ldm__rd_le(a, (int)need);
+        p->pos += need;
+        a += need;
+        left -= need;
+        switch (op) {
+        case 0x80: /* PROTO */
+            if (n < 2 || n > 5) return ldm__pkfail(p, LDM_ERR_UNSUPPORTED, at, "pickle protocol %u (ldm.h reads 2..5)", (unsigned)n);
+            continue;
+        case 0x95: continue; /* FRAME: a length hint only */
+        case '}': x = ldm__pnew(p, LDM__P_DICT); break;
+        case ']': case 0x8f: x = ldm__pnew(p, LDM__P_LIST); break; /* EMPTY_LIST, EMPTY_SET */
+        case ')': x = ldm__pnew(p, LDM__P_TUPLE); break;
+        case '(':
+            if (p->nmarks >= 1000) return ldm__pkfail(p, LDM_ERR_UNSUPPORTED, at, "more than 1000 nested MARKs");
+            if (ldm__grow((void **)&p->marks, &p->capmarks, p->nmarks, sizeof(int))) return ldm__pkfail(p, LDM_ERR_NOMEM, at, "out of memory");
+            p->marks[p->nmarks++] = p->nstack;
+            continue;
+        case 't': x = ldm__ppop_mark(p, LDM__P_TUPLE, at); break;
+        case 0x85: case 0x86: case 0x87: { /* TUPLE1..3 */
+            int k = (int)op - 0x84, it[3];
+            for (int i = k - 1; i >= 0; i--)
+                if ((it[i] = ldm__ppop(p, at)) < 0) return -1;
+            if ((x = ldm__pnew(p, LDM__P_TUPLE)) < 0) return -1;
+            for (int i = 0; i < k; i++)
+                if (ldm__padd(p, x, it[i])) return -1;
+            break;
+        }
+        case 'X': case 'T': case 'B': case 'U': case 'C': case 0x8c: case 0x8d: case 0x8e: /* strings, bytes */
+            if ((op == 'T' && n > 0x7fffffffu) || n > left) { p->short_buf = n <= ((uint64_t)1 << 40); return ldm__pkfail(p, LDM_ERR_FORMAT, at, "string of %llu bytes runs past the end of the pickle", (unsigned long long)n); }
+            if ((x = ldm__pnew(p, op == 'B' || op == 'C' || op == 0x8e ? LDM__P_BYTES : LDM__P_STR)) < 0) return -1;
+            p->v[x].s = a;
+            p->v[x].len = (size_t)n;
+            p->pos += (size_t)n;
+            break;
+        case 'K': case 'M': case 'J': /* BININT1/2 unsigned, BININT signed */
+            if ((x = ldm__pnew(p, LDM__P_INT)) >= 0) p->v[x].i = op == 'J' ? (int64_t)(int32_t)(uint32_t)n : (int64_t)n;
+            break;
+        case 0x8a: case 0x8b: /* LONG1, LONG4: little-endian two's complement */
+            if (n > left) { p->short_buf = n <= ((uint64_t)1 << 40); return ldm__pkfail(p, LDM_ERR_FORMAT, at, "long integer runs past the end of the pickle"); }
+            if ((x = ldm__pnew(p, n <= 8 ? LDM__P_INT : LDM__P_BIGINT)) < 0) return -1;
+            if (n <= 8) {
+                uint64_t u = n ? ldm__rd_le(a, (int)n) : 0;
+                if (n && n < 8 && (a[n - 1] & 0x80)) u |= ~(uint64_t)0 << (8 * n);
+                p->v[x].i = (int64_t)u;
+            }
+            p->v[x].s = a;
+            p->v[x].len = (size_t)n;
+            p->pos += (size_t)n;
+            break;
+        case 'G': { /* BINFLOAT: big-endian */
+            uint64_t u = 0;
+            double d;
+            for (int i = 0; i < 8; i++) u = (u << 8) | a[i - 8];
+            memcpy(&d, &u, 8);
+            if ((x = ldm__pnew(p, LDM__P_FLOAT)) >= 0) p->v[x].f = d;
+            break;
+        }
+        case 'N': x = ldm__pnew(p, LDM__P_NONE); break;
+        case 0x88: case 0x89:
+            if ((x = ldm__pnew(p, LDM__P_BOOL)) >= 0) p->v[x].i = op == 0x88;
+            break;
+        case 'q': case 'r': case 0x94: /* BINPUT, LONG_BINPUT, MEMOIZE */
+            if (op == 0x94) {
+                n = 0;
+                while (n < p->nmemo && p->memo[n] >= 0) n++;
+            }
+            if (!p->nstack || (p->nmarks && p->nstack <= p->marks[p->nmarks - 1])) return ldm__pkfail(p, LDM_ERR_FORMAT, at, "memo store from an empty stack");
+            if (n > p->len) return ldm__pkfail(p, LDM_ERR_FORMAT, at, "memo index %llu out of range", (unsigned long long)n);
+            if (n >= p->nmemo) {
+                size_t c = LDM__MAX((size_t)n + 1, 2 * p->nmemo);
+                int *m = (int *)LDM_REALLOC(p->memo, sizeof(int) * c);
+                if (!m) return ldm__pkfail(p, LDM_ERR_NOMEM, at, "out of memory");
+                for (size_t i = p->nmemo; i < c; i++) m[i] = -1;
+                p->memo = m;
+                p->nmemo = c;
+            }
+            p->memo[n] = p->stack[p->nstack - 1];
+            continue;
+        case 'h': case 'j':
+            if (n >= p->nmemo || p->memo[n] < 0) return ldm__pkfail(p, LDM_ERR_FORMAT, at, "memo index %llu out of range (never stored)", (unsigned long long)n);
+            x = p->memo[n];
+            break;
+        case 's': case 'u': case 'a': case 'e': case 0x90: { /* SETITEM(S), APPEND(S), ADDITEMS */
+            int single = op == 's' || op == 'a', c, m0;
+            if (single) m0 = p->nstack - (op == 's' ? 2 : 1);
+            else if (!p->nmarks) return ldm__pkfail(p, LDM_ERR_FORMAT, at, "no MARK on the stack (malformed pickle)");
+            else m0 = p->marks[--p->nmarks];
+            /* the target sits just below the items, above the enclosing MARK */
+            if (m0 - 1 < (p->nmarks ? p->marks[p->nmarks - 1] : 0)) return ldm__pkfail(p, LDM_ERR_FORMAT, at, "stack underflow (malformed pickle)");
+            c = p->stack[m0 - 1];
+            int want = (op == 's' || op == 'u') ? LDM__P_DICT : LDM__P_LIST;
+            if ((op == 's' || op == 'u') && (p->nstack - m0) % 2) return ldm__pkfail(p, LDM_ERR_FORMAT, at, "SETITEMS with an odd number of items");
+            if (p->v[c].type == want)
+                for (int i = m0; i < p->nstack; i++)
+                    if (ldm__padd(p, c, p->stack[i])) return -1;
+            if (p->v[c].type != want && p->v[c].type != LDM__P_OPAQUE)
+                return ldm__pkfail(p, LDM_ERR_FORMAT, at, "opcode '%c' applied to a value that is not a %s", op, want == LDM__P_DICT ? "dict" : "list");
+            p->nstack = m0;
+            continue;
+        }
+        case 'c': { /* GLOBAL "module\nname\n" */
+            const unsigned char *e1 = (const unsigned char *)memchr(a, '\n', left), *e2;
+            e2 = e1 ? (const unsigned char *)memchr(e1 + 1, '\n', left - (size_t)(e1 + 1 - a)) : NULL;
+            if (!e2) { p->short_buf = 1; return ldm__pkfail(p, LDM_ERR_FORMAT, at, "GLOBAL without two newline-terminated names"); }
+            x = ldm__pglobal(p, a, (size_t)(e1 - a), e1 + 1, (size_t)(e2 - e1 - 1), at);
+            p->pos = (size_t)(e2 + 1 - p->buf);
+            break;
+        }
+        case 0x93: /* STACK_GLOBAL */
+            if ((z = ldm__ppop(p, at)) < 0 || (y = ldm__ppop(p, at)) < 0) return -1;
+            if (p->v[y].type != LDM__P_STR || p->v[z].type != LDM__P_STR) return ldm__pkfail(p, LDM_ERR_FORMAT, at, "STACK_GLOBAL needs two strings");
+            x = ldm__pglobal(p, p->v[y].s, p->v[y].len, p->v[z].s, p->v[z].len, at);
+            break;
+        case 'R': case 0x81: /* REDUCE, NEWOBJ */
+            if ((z = ldm__ppop(p, at)) < 0 || (y = ldm__ppop(p, at)) < 0) return -1;
+            x = ldm__preduce(p, y, z, at, op == 0x81);
+            break;
+        case 'b': /* BUILD: object state (OrderedDict _metadata, numpy arrays) is not needed */
+            if (ldm__ppop(p, at) < 0 || (x = ldm__ppop(p, at)) < 0) return -1;
+            break;
+        case 'Q': /* BINPERSID */
+            if ((y = ldm__ppop(p, at)) < 0) return -1;
+            x = ldm__pstorage_ref(p, y, at);
+            break;
+        case '0': if (ldm__ppop(p, at) < 0) return -1; continue; /* POP */
+        case '.': /* STOP */
+            if ((x = ldm__ppop(p, at)) < 0) return -1;
+            if (p->nstack || p->nmarks) return ldm__pkfail(p, LDM_ERR_FORMAT, at, "values left on the stack at STOP");
+            *result = x;
+            return 0;
+        default:
+            return ldm__pkfail(p, LDM_ERR_UNSUPPORTED, at, "pickle opcode 0x%02x ('%c') is not one torch.save writes; refusing to interpret it",
+                               op, op >= 0x20 && op < 0x7f ? (char)op : '?');
+        }
+        if (x < 0 || ldm__ppush(p, x)) return -1;
+    }
+}
+
+static void ldm__pk_free(ldm__pk *p) {
+    for (int i = 0; i < p->nv; i++) LDM_FREE(p->v[i].items);
+    LDM_FREE(p->v);
+    LDM_FREE(p->stack);
+    LDM_FREE(p->marks);
+    LDM_FREE(p->memo);
+    LDM_FREE(p->st);
+    LDM_FREE(p->t);
+    memset(p, 0, sizeof *p);
+}
+
+/* Adds every tensor of dict d as an entry; nested dicts join their keys with '.'. */
+static ldm_result ldm__pflatten(ldm_ctx *ctx, ldm_weights *w, ldm__pk *p, int d, char *name, size_t len, int depth) {
+    if (depth > 32) return ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "dicts nested deeper than 32 levels (or a dict that contains itself)");
+    for (int i = 0; i + 1 < p->v[d].n; i += 2) {
+        const ldm__pv *k = &p->v[p->v[d].items[i]], *v = &p->v[p->v[d].items[i + 1]];
+        size_t kl;
+        if (v->type != LDM__P_TENSOR && v->type != LDM__P_DICT) continue;
+        char num[32];
+        const char *ks = num;
+        if (k->type == LDM__P_STR) { ks = (const char *)k->s; kl = k->len; }
+        else if (k->type == LDM__P_INT) kl = (size_t)snprintf(num, sizeof num, "%lld", (long long)k->i);
+        else continue;
+        if (memchr(ks, 0, kl)) return ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "a key contains a NUL byte");
+        if (len + kl + 2 > 4096) return ldm__werr(ctx, LDM_ERR_UNSUPPORTED, w->path, "a tensor name is longer than 4 KB");
+        memcpy(name + len, ks, kl);
+        if (v->type == LDM__P_DICT) {
+            name[len + kl] = '.';
+            ldm_result r = ldm__pflatten(ctx, w, p, p->v[d].items[i + 1], name, len + kl + 1, depth + 1);
+            if (r) return r;
+            continue;
+        }
+        const ldm__ptensor *t = &p->t[v->i];
+        ldm__wentry *e;
+        ldm_result r = ldm__wadd(ctx, w, name, len + kl, p->st[t->storage].code, t->ndim, t->shape, &e);
+        if (r) return r;
+        e->offset = t->offset;
+        e->storage = t->storage;
+        memcpy(e->stride, t->stride, sizeof e->stride);
+    }
+    return LDM_OK;
+}
+/* The state dict of a checkpoint: top-level dict, or its "state_dict" (Lightning). */
+static ldm_result ldm__pindex(ldm_ctx *ctx, ldm_weights *w, ldm__pk *p, int top) {
+    if (p->v[top].type != LDM__P_DICT)
+        return ldm__werr(ctx, LDM_ERR_UNSUPPORTED, w->path, "the checkpoint's top-level object is not a dict (save a state_dict instead)");
+    for (int i = 0; i + 1 < p->v[top].n; i += 2)
+        if (ldm__pstr_is(p, p->v[top].items[i], "state_dict") && p->v[p->v[top].items[i + 1]].type == LDM__P_DICT) {
+            top = p->v[top].items[i + 1];
+            break;
+        }
+    char *name = (char *)LDM_MALLOC(4096);
+    if (!name) return ldm__werr(ctx, LDM_ERR_NOMEM, w->path, "out of memory");
+    ldm_result r = ldm__pflatten(ctx, w, p, top, name, 0, 0);
+    LDM_FREE(name);
+    return r;
+}
+
+/* ---- PyTorch zip checkpoints (torch.save since 1.6) ---------------------------------------
+   A zip of "<archive>/data.pkl" and one "<archive>/data/<key>" entry per storage, all
+   "stored" (uncompressed), so a tensor's bytes can be read in place. */
+typedef struct ldm__zent { const char *name; size_t name_len; uint64_t lho, csize, usize; int method; } ldm__zent;
+typedef struct ldm__zip { unsigned char *cd; ldm__zent *e; int n; } ldm__zip;
+
+static ldm_result ldm__zip_dir(ldm_ctx *ctx, ldm_weights *w, ldm__zip *z) {
+    size_t tl = (size_t)LDM__MIN(w->size, (uint64_t)65557); /* record + longest comment */
+    unsigned char *tail = (unsigned char *)LDM_MALLOC(tl), *b;
+    if (!tail) return ldm__werr(ctx, LDM_ERR_NOMEM, w->path, "out of memory");
+    ldm_result r = ldm__wread_at(ctx, w, w->size - tl, tail, tl, "the zip directory");
+    if (r) { LDM_FREE(tail); return r; }
+    long eo = -1; /* end-of-central-directory record, searched from the back (a comment may follow it) */
+    for (long i = (long)tl - 22; i >= 0 && eo < 0; i--)
+        if (!memcmp(tail + i, "PK\5\6", 4)) eo = i;
+    uint64_t eocd = w->size - tl + (uint64_t)eo, n = 0, cd_size = 0, cd_off = 0;
+    if (eo >= 0) { n = ldm__rd_le(tail + eo + 10, 2); cd_size = ldm__rd_le(tail + eo + 12, 4); cd_off = ldm__rd_le(tail + eo + 16, 4); }
+    LDM_FREE(tail);
+    if (eo < 0) return ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "zip end-of-directory record not found (truncated or not a zip checkpoint)");
+    if (n == 0xffff || cd_size == 0xffffffffu || cd_off == 0xffffffffu) { /* ZIP64: locator just before the record */
+        unsigned char loc[20], z64[56];
+        if (eocd < 20 || (r = ldm__wread_at(ctx, w, eocd - 20, loc, 20, "the zip64 locator"))) return r ? r : ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "zip64 locator missing");
+        if (memcmp(loc, "PK\6\7", 4)) return ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "zip64 locator missing before the end-of-directory record");
+        if ((r = ldm__wread_at(ctx, w, ldm__rd_le(loc + 8, 8), z64, 56, "the zip64 directory record"))) return r;
+        if (memcmp(z64, "PK\6\6", 4)) return ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "bad zip64 end-of-directory signature");
+        n = ldm__rd_le(z64 + 32, 8);
+        cd_size = ldm__rd_le(z64 + 40, 8);
+        cd_off = ldm__rd_le(z64 + 48, 8);
+    }
+    if (cd_off > eocd || cd_size > eocd - cd_off || cd_size > ((uint64_t)1 << 30) || n > cd_size / 46)
+        return ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "zip central directory (%llu entries, %llu bytes at %llu) is inconsistent with the file",
+                         (unsigned long long)n, (unsigned long long)cd_size, (unsigned long long)cd_off);
+    z->cd = (unsigned char *)LDM_MALLOC((size_t)cd_size + 1);
+    z->e = (ldm__zent *)LDM_MALLOC(sizeof *z->e * (size_t)(n + 1));
+    if (!z->cd || !z->e) return ldm__werr(ctx, LDM_ERR_NOMEM, w->path, "out of memory for the zip directory");
+    if ((r = ldm__wread_at(ctx, w, cd_off, z->cd, (size_t)cd_size, "the zip central directory"))) return r;
+    size_t pos = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        b = z->cd + pos;
+        if (cd_size - pos < 46 || memcmp(b, "PK\1\2", 4))
+            return ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "zip central directory entry %llu is damaged", (unsigned long long)i);
+        size_t nl = (size_t)ldm__rd_le(b + 28, 2), xl = (size_t)ldm__rd_le(b + 30, 2), cl = (size_t)ldm__rd_le(b + 32, 2);
+        if (46 + nl + xl + cl > cd_size - pos)
+            return ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "zip central directory entry %llu runs past the directory", (unsigned long long)i);
+        ldm__zent *e = &z->e[z->n++];
+        e->name = (const char *)b + 46;
+        e->name_len = nl;
+        e->method = (int)ldm__rd_le(b + 10, 2);
+        e->csize = ldm__rd_le(b + 20, 4);
+        e->usize = ldm__rd_le(b + 24, 4);
+        e->lho = ldm__rd_le(b + 42, 4);
+        for (const unsigned char *x = b + 46 + nl, *xe = x + xl; xe - x >= 4;) { /* ZIP64 extra: the fields saturated above */
+            size_t id = (size_t)ldm__rd_le(x, 2), sz = (size_t)ldm__rd_le(x + 2, 2);
+            const unsigned char *f = x + 4, *fe = f + LDM__MIN(sz, (size_t)(xe - f));
+            if (id == 1) {
+                uint64_t *fld[3] = {&e->usize, &e->csize, &e->lho};
+                for (int k = 0; k < 3; k++)
+                    if (*fld[k] == 0xffffffffu) {
+                        if (fe - f < 8) return ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "zip64 extra field of entry %llu is too short", (unsigned long long)i);
+                        *fld[k] = ldm__rd_le(f, 8);
+                        f += 8;
+                    }
+            }
+            x = fe;
+        }
+        pos += 46 + nl + xl + cl;
+    }
+    return LDM_OK;
+}
+static const ldm__zent *ldm__zip_find(const ldm__zip *z, const char *prefix, size_t pl, const char *mid, const unsigned char *key, size_t kl) {
+    size_t ml = strlen(mid);
+    for (int i = 0; i < z->n; i++) {
+        const ldm__zent *e = &z->e[i];
+        if (e->name_len == pl + ml + kl && !memcmp(e->name, prefix, pl) && !memcmp(e->name + pl, mid, ml) && !memcmp(e->name + pl + ml, key, kl))
+            return e;
+    }
+    return NULL;
+}
+/* file offset of an entry's bytes: after its local header, which has its own name/extra lengths */
+static ldm_result ldm__zip_data(ldm_ctx *ctx, ldm_weights *w, const ldm__zent *e, uint64_t *off) {
+    unsigned char lh[30];
+    char what[160];
+    snprintf(what, sizeof what, "zip entry %.*s", (int)LDM__MIN(e->name_len, (size_t)120), e->name);
+    if (e->method != 0)
+        return ldm__werr(ctx, LDM_ERR_UNSUPPORTED, w->path, "%s is compressed (method %d); ldm.h reads the uncompressed entries torch.save writes (re-save it with torch.save)", what, e->method);
+    ldm_result r = ldm__wread_at(ctx, w, e->lho, lh, 30, what);
+    if (r) return r;
+    if (memcmp(lh, "PK\3\4", 4)) return ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "%s: bad local header signature", what);
+    *off = e->lho + 30 + ldm__rd_le(lh + 26, 2) + ldm__rd_le(lh + 28, 2);
+    if (e->csize != e->usize || *off > w->size || e->csize > w->size - *off)
+        return ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "%s (%llu bytes at %llu) runs past the end of the file (truncated?)", what,
+                         (unsigned long long)e->csize, (unsigned long long)*off);
+    return LDM_OK;
+}
+
+static ldm_result ldm__zip_open(ldm_ctx *ctx, ldm_weights *w) {
+    ldm__zip z;
+    ldm__pk p;
+    memset(&z, 0, sizeof z);
+    memset(&p, 0, sizeof p);
+    unsigned char *pkl = NULL;
+    const ldm__zent *pe = NULL;
+    uint64_t off;
+    size_t pl = 0;
+    ldm_result r = ldm__zip_dir(ctx, w, &z);
+    for (int i = 0; i < z.n && !r && !pe; i++) { /* "<archive>/data.pkl"; the archive name varies */
+        const char *sl = (const char *)memchr(z.e[i].name, '/', z.e[i].name_len);
+        if (sl && z.e[i].name_len - (size_t)(sl - z.e[i].name) == 9 && !memcmp(sl, "/data.pkl", 9)) { pe = &z.e[i]; pl = (size_t)(sl - pe->name) + 1; }
+    }
+    if (!r && !pe) r = ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "zip has no <archive>/data.pkl: not a PyTorch checkpoint");
+    const ldm__zent *bo = r ? NULL : ldm__zip_find(&z, pe->name, pl, "byteorder", (const unsigned char *)"", 0);
+    if (bo) { /* written by torch >= 1.13; absent means little-endian */
+        char order[8] = {0};
+        if (!(r = ldm__zip_data(ctx, w, bo, &off)) && bo->usize < sizeof order &&
+            !(r = ldm__wread_at(ctx, w, off, order, (size_t)bo->usize, "byteorder")) && strcmp(order, "little"))
+            r = ldm__werr(ctx, LDM_ERR_UNSUPPORTED, w->path, "checkpoint byte order is '%s'; ldm.h reads little-endian checkpoints", order);
+    }
+    if (!r && !(r = ldm__zip_data(ctx, w, pe, &off))) {
+        if (pe->usize > ((uint64_t)1 << 30)) r = ldm__werr(ctx, LDM_ERR_UNSUPPORTED, w->path, "data.pkl is larger than 1 GB");
+        else if (!(pkl = (unsigned char *)LDM_MALLOC((size_t)pe->usize + 1))) r = ldm__werr(ctx, LDM_ERR_NOMEM, w->path, "out of memory for data.pkl");
+        else r = ldm__wread_at(ctx, w, off, pkl, (size_t)pe->usize, "data.pkl");
+    }
+    if (!r) {
+        int top = -1;
+        p.buf = pkl;
+        p.len = (size_t)pe->usize;
+        if (ldm__prun(&p, &top)) r = ldm__werr(ctx, p.err, w->path, "data.pkl: %s", p.msg);
+        else if (p.pos != p.len) r = ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "data.pkl: %zu bytes after STOP", p.len - p.pos);
+        else r = ldm__pindex(ctx, w, &p, top);
+    }
+    for (int i = 0; i < w->n && !r; i++) { /* locate the storages the state dict uses */
+        ldm__pstorage *s = &p.st[w->e[i].storage];
+        if (!s->located) {
+            const ldm__zent *se = ldm__zip_find(&z, pe->name, pl, "data/", s->key, s->key_len);
+            if (!se) r = ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "storage '%.*s' of tensor '%.200s' is missing from the archive",
+                                   (int)LDM__MIN(s->key_len, 64u), (const char *)s->key, w->e[i].info.name);
+            else if (!(r = ldm__zip_data(ctx, w, se, &s->base)) && se->usize / (uint64_t)ldm__wt[s->code].size < (uint64_t)s->numel)
+                r = ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "storage '%.*s' holds %llu bytes, less than its %lld elements of %s",
+                              (int)LDM__MIN(s->key_len, 64u), (const char *)s->key, (unsigned long long)se->usize, (long long)s->numel, ldm__wt[s->code].st);
+            s->located = 1;
+        }
+        w->e[i].base = s->base;
+    }
+    ldm__pk_free(&p);
+    LDM_FREE(pkl);
+    LDM_FREE(z.cd);
+    LDM_FREE(z.e);
+    return r;
+}
+
+/* ---- legacy torch.save (before 1.6) --------------------------------------------------------
+   Five pickles (magic number, protocol version 1001, system info, the object, the storage keys),
+   then each storage in key order as an int64 element count and its raw bytes. */
+static const unsigned char ldm__torch_magic[10] = {0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
+static ldm_result ldm__legacy_parse(ldm_ctx *ctx, ldm_weights *w, ldm__pk *p, int res[5]) {
+    static const char *what[5] = {"magic number", "protocol version", "system info", "object", "storage keys"};
+    for (int k = 0; k < 5; k++) {
+        if (ldm__prun(p, &res[k])) return p->short_buf ? LDM_ERR_FORMAT : ldm__werr(ctx, p->err, w->path, "legacy %s pickle: %s", what[k], p->msg);
+        const ldm__pv *v = &p->v[res[k]];
+        int64_t ver;
+        if (k == 0 && (v->type != LDM__P_BIGINT || v->len != 10 || memcmp(v->s, ldm__torch_magic, 10)))
+            return ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "legacy torch.save magic number is wrong");
+        if (k == 1 && (!ldm__pint(p, res[1], &ver) || ver != 1001))
+            return ldm__werr(ctx, LDM_ERR_UNSUPPORTED, w->path, "legacy torch.save protocol version is not 1001");
+        if (k == 2) {
+            if (v->type != LDM__P_DICT) return ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "legacy system info is not a dict");
+            for (int i = 0; i + 1 < v->n; i += 2)
+                if (ldm__pstr_is(p, v->items[i], "little_endian") && p->v[v->items[i + 1]].type == LDM__P_BOOL && !p->v[v->items[i + 1]].i)
+                    return ldm__werr(ctx, LDM_ERR_UNSUPPORTED, w->path, "checkpoint was saved on a big-endian machine");
+        }
+        if (k == 1) p->legacy = 1; /* the object's persistent ids carry view metadata */
+    }
+    return LDM_OK;
+}
+static ldm_result ldm__legacy_open(ldm_ctx *ctx, ldm_weights *w) {
+    ldm__pk p;
+    memset(&p, 0, sizeof p);
+    unsigned char *buf = NULL;
+    int res[5];
+    ldm_result r = LDM_OK;
+    /* the pickles come first; read a window and grow it until they fit */
+    for (uint64_t win = LDM__MIN(w->size, (uint64_t)1 << 20);; win = LDM__MIN(w->size, win * 8)) {
+        ldm__pk_free(&p);
+        LDM_FREE(buf);
+        if (win > ((uint64_t)1 << 30)) { r = ldm__werr(ctx, LDM_ERR_UNSUPPORTED, w->path, "legacy pickles larger than 1 GB"); buf = NULL; break; }
+        if (!(buf = (unsigned char *)LDM_MALLOC((size_t)win))) { r = ldm__werr(ctx, LDM_ERR_NOMEM, w->path, "out of memory"); break; }
+        if ((r = ldm__wread_at(ctx, w, 0, buf, (size_t)win, "the legacy pickles"))) break;
+        p.buf = buf;
+        p.len = (size_t)win;
+        r = ldm__legacy_parse(ctx, w, &p, res);
+        if (!r || !p.short_buf) break;
+        if (win == w->size) { r = ldm__werr(ctx, p.err, w->path, "legacy pickles: %s", p.msg); break; }
+    }
+    if (!r) r = ldm__pindex(ctx, w, &p, res[3]);
+    if (!r && p.v[res[4]].type != LDM__P_LIST)
+        r = ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "legacy storage key list is not a list");
+    uint64_t pos = p.pos;
+    for (int i = 0; !r && i < p.v[res[4]].n; i++) { /* the storages follow in key-list order */
+        const ldm__pv *key = &p.v[p.v[res[4]].items[i]];
+        int s = 0;
+        unsigned char c8[8];
+        if (key->type == LDM__P_STR)
+            for (; s < p.nst; s++)
+                if (p.st[s].key_len == key->len && !memcmp(p.st[s].key, key->s, key->len)) break;
+        if (key->type != LDM__P_STR || s == p.nst || p.st[s].located) {
+            r = ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "legacy storage key %d is not a string naming a storage of the object, or is repeated", i);
+            break;
+        }
+        if ((r = ldm__wread_at(ctx, w, pos, c8, 8, "a legacy storage size"))) break;
+        int64_t cnt = (int64_t)ldm__rd_le(c8, 8);
+        if (cnt != p.st[s].numel) {
+            r = ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "legacy storage '%.*s' holds %lld elements, its persistent id says %lld",
+                          (int)LDM__MIN(key->len, 64u), (const char *)key->s, (long long)cnt, (long long)p.st[s].numel);
+            break;
+        }
+        p.st[s].base = pos + 8;
+        p.st[s].located = 1;
+        pos += 8 + (uint64_t)cnt * (uint64_t)ldm__wt[p.st[s].code].size;
+        if (pos > w->size)
+            r = ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "legacy storage '%.*s' runs past the end of the file (truncated download?)",
+                          (int)LDM__MIN(key->len, 64u), (const char *)key->s);
+    }
+    for (int i = 0; i < w->n && !r; i++) {
+        if (!p.st[w->e[i].storage].located)
+            r = ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "the storage of tensor '%.200s' is not in the legacy storage list", w->e[i].info.name);
+        w->e[i].base = p.st[w->e[i].storage].base;
+    }
+    ldm__pk_free(&p);
+    LDM_FREE(buf);
+    return r;
+}
+
+/* ---- opening, the index, reading -------------------------------------------------------- */
 LDM_API void ldm_weights_close(ldm_weights *w) {
     if (!w) return;
     if (w->f) fclose(w->f);
@@ -3515,7 +4199,13 @@ LDM_API ldm_result ldm_weights_open(ldm_ctx *ctx, ldm_weights **out, const char 
         r = ldm__werr(ctx, LDM_ERR_FORMAT, path, "file is only %llu bytes, too short for a weight file (empty or truncated download?)", (unsigned long long)w->size);
     else if (!(r = ldm__wread_at(ctx, w, 0, head, (size_t)LDM__MIN(w->size, 16u), "the first bytes"))) {
         uint64_t hlen = ldm__rd_le(head, 8);
-        if (head[8] == '{' || (hlen >= 2 && hlen <= w->size - 8 && hlen <= ((uint64_t)100 << 20))) {
+        if (!memcmp(head, "PK\3\4", 4) || !memcmp(head, "PK\5\6", 4)) {
+            w->format = "torch-zip";
+            r = ldm__zip_open(ctx, w);
+        } else if (w->size >= 14 && head[0] == 0x80 && head[2] == 0x8a && head[3] == 10 && !memcmp(head + 4, ldm__torch_magic, 10)) {
+            w->format = "torch-legacy";
+            r = ldm__legacy_open(ctx, w);
+        } else if (head[8] == '{' || (hlen >= 2 && hlen <= w->size - 8 && hlen <= ((uint64_t)100 << 20))) {
             w->format = "safetensors";
             r = ldm__st_open(ctx, w);
         } else

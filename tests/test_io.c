@@ -75,6 +75,30 @@ static void test_safetensors_fixture(ldm_weights *expect) {
     ldm_weights_close(w);
 }
 
+/* the real LPIPS v0.1 VGG linear heads, a legacy (pre-1.6) torch.save file */
+static void test_lpips(void) {
+    ldm_weights *w = NULL;
+    ldm_ctx_clear_error(ctx);
+    int rc = ldm_weights_open(ctx, &w, FIX "lpips_v0.1_vgg_lin.pth");
+    lt_report(rc == 0, "lpips legacy file opens", "%s", ldm_ctx_error(ctx));
+    if (rc) return;
+    static const int ch[5] = {64, 128, 256, 512, 512};
+    int ok = ldm_weights_count(w) == 5 && !strcmp(ldm_weights_format(w), "torch-legacy");
+    for (int k = 0; k < 5 && ok; k++) {
+        char name[64];
+        snprintf(name, sizeof name, "lin%d.model.1.weight", k);
+        int i = ldm_weights_find(w, name);
+        const ldm_weight_info *inf = ldm_weights_info(w, i);
+        ok = inf && inf->ndim == 4 && inf->shape[0] == 1 && inf->shape[1] == ch[k] && inf->shape[2] == 1 && inf->shape[3] == 1;
+    }
+    LT_CHECK(ok, "lpips has lin0..lin4 [1,C,1,1]");
+    float v[64];
+    const float want[4] = {0.0501117f, 0.0393123f, 0.0464007f, 0.0690696f};
+    if (ldm_weights_read(ctx, w, ldm_weights_find(w, "lin0.model.1.weight"), v) == 0) lt_close("lpips lin0 first values", v, want, 4, 5e-7, 0);
+    else lt_report(0, "lpips lin0 read", "%s", ldm_ctx_error(ctx));
+    ldm_weights_close(w);
+}
+
 /* write F32/F16/BF16 with ldm_safetensors_write and read back */
 static void test_roundtrip(void) {
     enum { N = 1000 };
@@ -147,6 +171,13 @@ int main(void) {
     }
     test_safetensors_fixture(expect);
     test_roundtrip();
+    check_against_expect(expect, FIX "io_zip_sd.pt", "sd", "torch-zip");
+    check_against_expect(expect, FIX "io_legacy_sd.pt", "sd", "torch-legacy");
+    check_against_expect(expect, FIX "io_zip_lightning.ckpt", "lightning", "torch-zip");
+    check_against_expect(expect, FIX "io_legacy_lightning.ckpt", "lightning", "torch-legacy");
+    check_against_expect(expect, FIX "io_zip_views.pt", "views", "torch-zip");
+    check_against_expect(expect, FIX "io_legacy_views.pt", "views", "torch-legacy");
+    test_lpips();
     ldm_weights_close(expect);
     ldm_ctx_destroy(ctx);
     return lt_finish("test_io");

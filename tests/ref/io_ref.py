@@ -6,10 +6,12 @@
   io_zip_sd.pt            torch.save (zip) of an nn.Sequential state dict (conv, batchnorm with
                           num_batches_tracked, linear)
   io_zip_lightning.ckpt   {"state_dict": ..., "epoch": 3, "global_step": 10, ...} as Lightning saves
-  io_zip_views.pt         fp16, bf16, float64, int64 tensors, a transposed (non-contiguous)
-                          tensor, slices sharing one storage, a nested dict
-  io_legacy_*.pt          the same three with _use_new_zipfile_serialization=False
-  io_expect.safetensors   the expected float32 values, named "<fixture>:<tensor>"
+  io_zip_views.pt         fp16, bf16, float64, int64, int32 tensors, transposed (non-contiguous)
+                          tensors, slices sharing one storage, an nn.Parameter, a nested dict,
+                          non-tensor values (skipped by the reader)
+  io_legacy_*             the same three with _use_new_zipfile_serialization=False
+  io_expect.safetensors   the expected float32 values, named "<tag>:<tensor>" (tags st, sd,
+                          lightning, views; a checkpoint and its legacy twin share a tag)
 """
 import collections
 import json
@@ -65,6 +67,46 @@ def main():
                       {"format": "pt", "note": "caf\u00e9 \"quoted\" \\ \n end"})
     for k, v in st.items():
         expect["st:" + k] = v.float()
+
+    # a small model's state dict, after one training step so BatchNorm's buffers are not trivial
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 5))
+    model(torch.randn(2, 3, 6, 6)).sum().backward()
+    sd = model.state_dict()
+    assert sd["1.num_batches_tracked"].dtype == torch.int64
+
+    opt = torch.optim.Adam(model.parameters())
+    opt.step()
+    lightning = {"epoch": 3, "global_step": 10, "pytorch-lightning_version": "1.4.2",
+                 "state_dict": sd, "optimizer_states": [opt.state_dict()], "lr_schedulers": [],
+                 "hyper_parameters": {"lr": 1e-4, "name": "ae", "sizes": (1, 2, 3), "flag": True, "none": None}}
+
+    big = torch.randn(6, 5)
+    base = torch.randn(3, 4)
+    views = collections.OrderedDict()
+    views["half"] = torch.randn(3, 2).half()
+    views["bf16"] = torch.randn(4).bfloat16()
+    views["f64"] = torch.randn(2, 2, dtype=torch.float64)
+    views["i64"] = torch.tensor([[1, -2], [3, 1 << 33]])
+    views["i32"] = torch.tensor([7, -8], dtype=torch.int32)
+    views["transposed"] = base.t()                  # non-contiguous
+    views["rows"] = big[2:5]                        # offset into a shared storage
+    views["block"] = big[1:3, 1:]                   # offset and non-contiguous, same storage
+    views["half_t"] = torch.randn(2, 3).half().t()  # non-contiguous fp16
+    views["param"] = torch.nn.Parameter(torch.randn(2, 3))
+    views["nested"] = {"inner": {"w": torch.randn(2)}, "count": 4}
+    views["scalar"] = torch.tensor(1.5)
+    views["not_a_tensor"] = [torch.randn(2), "text", 3.5]
+    flat_views = collections.OrderedDict(
+        (k, v) for k, v in views.items() if k not in ("nested", "not_a_tensor"))
+    flat_views["nested.inner.w"] = views["nested"]["inner"]["w"]
+
+    for tag, obj, flat in (("sd", sd, sd), ("lightning", lightning, sd), ("views", views, flat_views)):
+        ext = "ckpt" if tag == "lightning" else "pt"
+        torch.save(obj, os.path.join(FIX, "io_zip_%s.%s" % (tag, ext)))
+        torch.save(obj, os.path.join(FIX, "io_legacy_%s.%s" % (tag, ext)), _use_new_zipfile_serialization=False)
+        for k, v in flat.items():
+            expect["%s:%s" % (tag, k)] = v.detach().float()
 
     write_safetensors(os.path.join(FIX, "io_expect.safetensors"), expect)
 
