@@ -64,7 +64,8 @@
      PyTorch's, not the same numbers.
    - Freezing: ldm_nn_set_trainable(P, pattern, 0). Before ldm_nn_params_alloc it also keeps
      the gradient memory away (a frozen base model under LoRA costs no gradient block);
-     after it, the gradient slice stays allocated and zero. Unfreezing after alloc works only
+     after it, the gradient slice stays allocated but autograd no longer adds to it (zero it
+     with ldm_nn_zero_grad, as PyTorch's toggle_optimizer pattern needs). Unfreezing after alloc works only
      for parameters that were trainable at alloc time. Frozen parameters have
      requires_grad = 0 (autograd skips them) and optimizers skip them.
    - Patterns (freezing, optimizer groups, counting) are module-boundary prefixes with '*'
@@ -79,13 +80,18 @@
      torch.load_state_dict(strict=False), a non-strict load also skips (and reports) tensors
      whose shape does not match. ldm_nn_save writes safetensors with the same names.
    - Optimizers (Adam, AdamW, SGD) update one group of parameters with exactly torch 1.13's
-     arithmetic (single-tensor path). Their moments live in one block that mirrors the
-     group's slices. Learning rate can change every step; state saves to safetensors.
+     arithmetic (single-tensor path; hyper-parameters kept in double and rounded to float
+     where torch does). Their moments live in one block that mirrors the group's slices.
+     Adam works on blocks of 8 elements (AVX2 when compiled for it) with the same correctly
+     rounded operations on both paths, so results do not depend on the thread count. The
+     learning rate can change every step (schedulers); state saves to safetensors.
 
    Options: those of ldm_tensor.h (LDM_STATIC, LDM_MALLOC/LDM_REALLOC/LDM_FREE, LDM_ASSERT).
 
    Limits: grouped convolution is not provided (ldm_tensor.h has none); optimizer steps and
-   gradient clipping run on CPU parameters (a device backend must add its own kernels);
+   gradient clipping run on CPU parameters (LDM_ERR_UNSUPPORTED on another device: a device
+   backend adds its update/sum-of-squares kernels and ldm_nn_optim_step / ldm__nn_clip
+   dispatch to them; everything else here already goes through the context's backend);
    the optimizer keeps one step count for its group (torch keeps one per parameter: they
    differ only for a parameter frozen for some steps and unfrozen again); num_batches_tracked
    is kept as float (exact up to 2^24) and saved in the file's dtype.
