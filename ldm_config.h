@@ -89,11 +89,12 @@
    into a scalar, and may index an existing list item (`a.list[0]=5`); their location is
    "<command line>:N" for the N-th override (or the origin you pass).
 
-   The INI dump writes any tree so that parsing it gives an equal tree in the same key order:
-   scalars and lists as `key = value` (strings quoted only when needed, floats in the shortest
-   text that reads back exactly), mappings as [sections]; a mapping followed by more scalars in
-   its parent is written inline as dotted keys to keep the order; lists of mappings as flow
-   values `[{target: a, params: {x: 1}}]`.
+   The INI dump writes any tree so that parsing it gives an equal tree: in each mapping, first
+   its plain values as `key = value` (strings quoted only when needed, floats in the shortest
+   text that reads back exactly, lists of mappings as `[{target: a, params: {x: 1}}]`, empty
+   mappings as {}), then its mappings as [sections], both in insertion order. So a config
+   written the CompVis way (values before sub-mappings) keeps its exact order, and the dump of
+   a re-parsed dump is the same text.
 
    Registry: constructors registered under a target string and comma-separated aliases
    ("ldm.models.autoencoder.AutoencoderKL", "AutoencoderKL"); ldm_config_instantiate() reads
@@ -971,7 +972,7 @@ static ldm_config_node *ldm__cfgp_walk(ldm__cfgp *p, ldm_config_node *node, cons
             if (!(c = ldm__cfgp_node(p, LDM_CONFIG_MAP))) return NULL;
             if (ldm__cfgp_put(p, node, key + a, b - a, c)) { ldm__cfg_free(c); return NULL; }
         } else if (c->type != LDM_CONFIG_MAP) {
-            return ldm__cfgp_fail(p, "'%.*s' is already a %s (set at %s:%d), so it cannot hold '%.*s'", (int)(b - a), key + a,
+            return ldm__cfgp_fail(p, "'%.*s' is already a value (%s, set at %s:%d), so it cannot hold '%.*s'", (int)(b - a), key + a,
                                   ldm_config_type_name(c->type), c->file, c->line, (int)(len - b - 1), key + b + 1);
         }
         node = c;
@@ -1008,7 +1009,7 @@ static ldm_result ldm__cfg_parse_ini(ldm__cfgp *p, const char *text) {
             if (!(map = ldm__cfgp_walk(p, root, c + a, b - a, &last, &last_len))) return LDM_ERR_FORMAT;
             ex = ldm__cfg_child(map, last, last_len);
             if (ex && ex->type != LDM_CONFIG_MAP)
-                return ldm__cfg_err(p->err, LDM_ERR_FORMAT, p->file, p->line, "section [%.*s]: '%.*s' is already a %s (set at %s:%d)",
+                return ldm__cfg_err(p->err, LDM_ERR_FORMAT, p->file, p->line, "section [%.*s]: '%.*s' is already a value (%s, set at %s:%d)",
                                     (int)(b - a), c + a, (int)last_len, last, ldm_config_type_name(ex->type), ex->file, ex->line);
             if (ex && ex->ldm__defined)
                 return ldm__cfg_err(p->err, LDM_ERR_FORMAT, p->file, p->line,
@@ -1049,7 +1050,7 @@ static ldm_result ldm__cfg_parse_ini(ldm__cfgp *p, const char *text) {
 typedef struct ldm__yline { int indent, line; const char *t; size_t n; } ldm__yline;
 typedef struct ldm__yaml { ldm__cfgp *p; ldm__yline *l; int nl, pos, depth; } ldm__yaml;
 
-static ldm_config_node *ldm__yaml_block(ldm__yaml *y, int ind);
+static int ldm__yaml_fill(ldm__yaml *y, int ind, ldm_config_node *node);
 
 static int ldm__yaml_dash(const char *t, size_t n) { return n && t[0] == '-' && (n == 1 || ldm__cfg_space(t[1])); }
 
@@ -1061,134 +1062,123 @@ static size_t ldm__yaml_key(const char *t, size_t n) {
     return 0;
 }
 
-static ldm_config_node *ldm__yaml_fail(ldm__yaml *y, int line, const char *fmt, ...)
+static int ldm__yaml_fail(ldm__yaml *y, int line, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 3, 4)))
 #endif
     ;
-static ldm_config_node *ldm__yaml_fail(ldm__yaml *y, int line, const char *fmt, ...) {
+static int ldm__yaml_fail(ldm__yaml *y, int line, const char *fmt, ...) {
     va_list ap;
     y->p->line = line;
     va_start(ap, fmt);
     ldm__cfg_verr(y->p->err, LDM_ERR_FORMAT, y->p->file, line, fmt, ap);
     va_end(ap);
-    return NULL;
+    return -1;
 }
 
-static ldm_config_node *ldm__yaml_map(ldm__yaml *y, int ind) {
+/* A new, empty block node for the line at y->pos: a list when it starts with "- ". */
+static ldm_config_node *ldm__yaml_new_block(ldm__yaml *y, int line) {
+    const ldm__yline *L = &y->l[y->pos];
+    ldm_config_node *v;
+    y->p->line = line;
+    v = ldm__cfgp_node(y->p, ldm__yaml_dash(L->t, L->n) ? LDM_CONFIG_LIST : LDM_CONFIG_MAP);
+    return v;
+}
+
+/* Containers are attached to the tree before their content is read, so that messages name
+   their full path and a failure leaves nothing to free but the tree. */
+static int ldm__yaml_map(ldm__yaml *y, int ind, ldm_config_node *map) {
     ldm__cfgp *p = y->p;
-    ldm_config_node *map = ldm__cfgp_node(p, LDM_CONFIG_MAP);
-    if (!map) return NULL;
-    map->line = y->l[y->pos].line;
     while (y->pos < y->nl) {
         ldm__yline *L = &y->l[y->pos];
         ldm_config_node *v, *dst;
         const char *last;
         size_t kl, last_len, vs;
-        int line = L->line;
+        int line = L->line, block = 0;
         p->line = line;
         if (L->indent < ind) break;
-        if (L->indent > ind) {
-            ldm__cfg_free(map);
-            return ldm__yaml_fail(y, line, "bad indentation: %d spaces where this mapping's keys have %d",
-                                                     L->indent, ind);
-        }
-        if (ldm__yaml_dash(L->t, L->n)) {
-            ldm__cfg_free(map);
-            return ldm__yaml_fail(y, line, "a list item '- ...' among the keys of a mapping; a list "
-                                                     "must be the value of a key (indent it under 'key:')");
-        }
+        if (L->indent > ind) return ldm__yaml_fail(y, line, "bad indentation: %d spaces where this mapping's keys have %d", L->indent, ind);
+        if (ldm__yaml_dash(L->t, L->n))
+            return ldm__yaml_fail(y, line, "a list item '- ...' among the keys of a mapping; a list must be the value of a key "
+                                  "(indent it under 'key:')");
         kl = ldm__yaml_key(L->t, L->n);
         if (!kl) {
-            ldm__cfg_free(map);
-            if (L->t[0] == '"' || L->t[0] == '\'')
-                return ldm__yaml_fail(y, line, "quoted keys are not supported");
-            return ldm__yaml_fail(y, line, "expected 'key: value', found '%.*s' (a key is one word; a "
-                                                     "value cannot continue on the next line)", (int)(L->n < 40 ? L->n : 40), L->t);
+            if (L->t[0] == '"' || L->t[0] == '\'') return ldm__yaml_fail(y, line, "quoted keys are not supported");
+            return ldm__yaml_fail(y, line, "expected 'key: value', found '%.*s' (a key is one word; a value cannot continue on "
+                                  "the next line)", (int)(L->n < 40 ? L->n : 40), L->t);
         }
         vs = kl + 1;
         while (vs < L->n && ldm__cfg_space(L->t[vs])) vs++;
         y->pos++;
         if (vs == L->n) {
-            if (y->pos < y->nl && y->l[y->pos].indent > ind) v = ldm__yaml_block(y, y->l[y->pos].indent);
-            else if (y->pos < y->nl && y->l[y->pos].indent == ind && ldm__yaml_dash(y->l[y->pos].t, y->l[y->pos].n))
-                v = ldm__yaml_block(y, ind);
-            else { p->line = line; v = ldm__cfgp_node(p, LDM_CONFIG_NULL); }
+            const ldm__yline *next = y->pos < y->nl ? &y->l[y->pos] : NULL;
+            block = next && (next->indent > ind || (next->indent == ind && ldm__yaml_dash(next->t, next->n)));
+            v = block ? ldm__yaml_new_block(y, line) : (p->line = line, ldm__cfgp_node(p, LDM_CONFIG_NULL));
         } else {
-            if (L->t[vs] == '|' || L->t[vs] == '>') {
-                ldm__cfg_free(map);
-                return ldm__yaml_fail(y, line, "block scalars ('|', '>') are not supported; write the "
-                                                         "string in quotes on one line");
-            }
+            if (L->t[vs] == '|' || L->t[vs] == '>')
+                return ldm__yaml_fail(y, line, "block scalars ('|', '>') are not supported; write the string in quotes on one line");
             p->line = line;
             v = ldm__cfgp_top(p, L->t + vs, L->n - vs);
         }
-        if (!v) { ldm__cfg_free(map); return NULL; }
+        if (!v) return -1;
         v->line = line;
         p->line = line;
         if (!(dst = ldm__cfgp_walk(p, map, L->t, kl, &last, &last_len)) || ldm__cfgp_put(p, dst, last, last_len, v)) {
             ldm__cfg_free(v);
-            ldm__cfg_free(map);
-            return NULL;
+            return -1;
         }
+        if (block && ldm__yaml_fill(y, y->l[y->pos].indent, v)) return -1;
     }
-    return map;
+    return 0;
 }
 
-static ldm_config_node *ldm__yaml_seq(ldm__yaml *y, int ind) {
+static int ldm__yaml_seq(ldm__yaml *y, int ind, ldm_config_node *list) {
     ldm__cfgp *p = y->p;
-    ldm_config_node *list = ldm__cfgp_node(p, LDM_CONFIG_LIST);
-    if (!list) return NULL;
-    list->line = y->l[y->pos].line;
     while (y->pos < y->nl) {
         ldm__yline *L = &y->l[y->pos];
         ldm_config_node *v;
         size_t off = 1;
-        int line = L->line;
+        int line = L->line, block = 1;
         p->line = line;
         if (L->indent < ind) break;
-        if (L->indent > ind) {
-            ldm__cfg_free(list);
-            return ldm__yaml_fail(y, line, "bad indentation: %d spaces where this list's items have %d",
-                                                     L->indent, ind);
-        }
+        if (L->indent > ind) return ldm__yaml_fail(y, line, "bad indentation: %d spaces where this list's items have %d", L->indent, ind);
         if (!ldm__yaml_dash(L->t, L->n)) break;
         while (off < L->n && ldm__cfg_space(L->t[off])) off++;
-        if (off == L->n) {
+        if (off == L->n) { /* "-" alone: the item is the block under it, or null */
             y->pos++;
-            if (y->pos < y->nl && y->l[y->pos].indent > ind) v = ldm__yaml_block(y, y->l[y->pos].indent);
-            else v = ldm__cfgp_node(p, LDM_CONFIG_NULL);
+            block = y->pos < y->nl && y->l[y->pos].indent > ind;
+            v = block ? ldm__yaml_new_block(y, line) : ldm__cfgp_node(p, LDM_CONFIG_NULL);
         } else if (ldm__yaml_dash(L->t + off, L->n - off) || ldm__yaml_key(L->t + off, L->n - off)) {
             /* "- key: v" / "- - x": the rest of the line starts a block at its own column */
             L->indent = ind + (int)off;
             L->t += off;
             L->n -= off;
-            v = ldm__yaml_block(y, L->indent);
+            v = ldm__yaml_new_block(y, line);
         } else {
+            block = 0;
             y->pos++;
             v = ldm__cfgp_top(p, L->t + off, L->n - off);
         }
-        if (!v) { ldm__cfg_free(list); return NULL; }
+        if (!v) return -1;
         v->line = line;
-        if (ldm__cfg_append(list, v)) { ldm__cfg_free(v); ldm__cfg_free(list); ldm__cfg_oom(p->err); return NULL; }
+        if (ldm__cfg_append(list, v)) { ldm__cfg_free(v); ldm__cfg_oom(p->err); return -1; }
+        if (block && ldm__yaml_fill(y, y->l[y->pos].indent, v)) return -1;
     }
-    return list;
+    return 0;
 }
 
-static ldm_config_node *ldm__yaml_block(ldm__yaml *y, int ind) {
-    ldm_config_node *v;
-    if (++y->depth > LDM__CFG_MAX_DEPTH)
-        return ldm__yaml_fail(y, y->l[y->pos].line, "blocks nested more than %d deep", LDM__CFG_MAX_DEPTH);
-    v = ldm__yaml_dash(y->l[y->pos].t, y->l[y->pos].n) ? ldm__yaml_seq(y, ind) : ldm__yaml_map(y, ind);
+static int ldm__yaml_fill(ldm__yaml *y, int ind, ldm_config_node *node) {
+    int r;
+    if (++y->depth > LDM__CFG_MAX_DEPTH) return ldm__yaml_fail(y, y->l[y->pos].line, "blocks nested more than %d deep", LDM__CFG_MAX_DEPTH);
+    r = node->type == LDM_CONFIG_LIST ? ldm__yaml_seq(y, ind, node) : ldm__yaml_map(y, ind, node);
     y->depth--;
-    return v;
+    return r;
 }
 
 static ldm_result ldm__cfg_parse_yaml(ldm__cfgp *p, const char *text) {
     ldm__yaml y;
     const char *line = text;
     int cap = 0, lineno = 0;
-    ldm_config_node *top;
     ldm_result r = LDM_OK;
     memset(&y, 0, sizeof y);
     y.p = p;
@@ -1235,23 +1225,14 @@ static ldm_result ldm__cfg_parse_yaml(ldm__cfgp *p, const char *text) {
         y.nl++;
     }
     if (r == LDM_OK && y.nl) {
-        if (ldm__yaml_dash(y.l[0].t, y.l[0].n)) {
+        if (ldm__yaml_dash(y.l[0].t, y.l[0].n))
             r = ldm__cfg_err(p->err, LDM_ERR_FORMAT, p->file, y.l[0].line,
                              "the top level must be a mapping ('key: value'), not a list");
-        } else if (!(top = ldm__yaml_block(&y, y.l[0].indent))) {
+        else if (ldm__yaml_fill(&y, y.l[0].indent, p->tree->root))
             r = LDM_ERR_FORMAT;
-        } else {
-            if (y.pos < y.nl) {
-                r = ldm__cfg_err(p->err, LDM_ERR_FORMAT, p->file, y.l[y.pos].line,
-                                 "bad indentation: %d spaces, but the document's top-level keys have %d",
-                                 y.l[y.pos].indent, y.l[0].indent);
-                ldm__cfg_free(top);
-            } else {
-                ldm__cfg_free(p->tree->root);
-                p->tree->root = top;
-                top->line = 0;
-            }
-        }
+        else if (y.pos < y.nl)
+            r = ldm__cfg_err(p->err, LDM_ERR_FORMAT, p->file, y.l[y.pos].line,
+                             "bad indentation: %d spaces, but the document's top-level keys have %d", y.l[y.pos].indent, y.l[0].indent);
     }
     LDM_FREE(y.l);
     return r;
@@ -1473,7 +1454,7 @@ LDM_API ldm_result ldm_config_set(ldm_config *cfg, const char *assignment, const
         ex = ldm__cfg_step(node, &seg);
         if (!ex && (node->type != LDM_CONFIG_MAP || !seg.key)) {
             char where[256];
-            res = ldm__cfg_err(cfg, LDM_ERR_INVALID, origin, line, "override '%s': %s is a %s (%s:%d); it has no item %.*s%s",
+            res = ldm__cfg_err(cfg, LDM_ERR_INVALID, origin, line, "override '%s': %s (%s, %s:%d) has no item %.*s%s",
                                assignment, ldm_config_path(node, where, sizeof where), ldm_config_type_name(node->type),
                                node->file, node->line, seg.key ? (int)seg.len : 0, seg.key ? seg.key : "", seg.key ? "" : "[index]");
             goto done;
@@ -1489,7 +1470,7 @@ LDM_API ldm_result ldm_config_set(ldm_config *cfg, const char *assignment, const
         } else if (ex->type != LDM_CONFIG_MAP && ex->type != LDM_CONFIG_LIST) {
             char where[256];
             res = ldm__cfg_err(cfg, LDM_ERR_INVALID, origin, line,
-                               "override '%s': %s is a %s (set at %s:%d), not a mapping; nothing can be set inside it",
+                               "override '%s': %s is a value (%s, set at %s:%d), not a mapping; nothing can be set inside it",
                                assignment, ldm_config_path(ex, where, sizeof where), ldm_config_type_name(ex->type), ex->file, ex->line);
             goto done;
         }
@@ -1622,44 +1603,25 @@ static void ldm__cfg_write_value(FILE *f, const ldm_config_node *v) {
 
 static int ldm__cfg_nonempty_map(const ldm_config_node *v) { return v->type == LDM_CONFIG_MAP && v->n > 0; }
 
-/* key = value lines; a non-empty mapping becomes dotted keys */
-static int ldm__cfg_write_flat(FILE *f, ldm__cfg_buf *key, const ldm_config_node *v) {
-    int k;
-    if (!ldm__cfg_nonempty_map(v)) {
-        fprintf(f, "%s = ", key->p);
-        ldm__cfg_write_value(f, v);
-        fputc('\n', f);
-        return 0;
-    }
-    for (k = 0; k < v->n; k++) {
-        size_t mark = key->n;
-        if (ldm__cfg_buf_put(key, ".", 1) || ldm__cfg_buf_put(key, v->child[k]->key, strlen(v->child[k]->key))
-            || ldm__cfg_write_flat(f, key, v->child[k]))
-            return -1;
-        key->n = mark;
-        key->p[mark] = 0;
-    }
-    return 0;
-}
-
-/* Children up to the last one that is not a non-empty mapping are written in place (keeping
-   the order); the trailing mappings become [sections]. */
+/* A mapping's plain values (empty mappings included, as {}) first, then its non-empty
+   mappings as [sections], each group in insertion order. */
 static int ldm__cfg_dump_map(FILE *f, const ldm_config_node *m, ldm__cfg_buf *path, int *wrote) {
-    int k, last_inline = -1;
+    int k, plain = 0;
     size_t mark = path->n;
-    for (k = 0; k < m->n; k++) if (!ldm__cfg_nonempty_map(m->child[k])) last_inline = k;
-    if (path->n) {
+    for (k = 0; k < m->n; k++) plain += !ldm__cfg_nonempty_map(m->child[k]);
+    if (path->n && plain) { /* a header with nothing under it is implied by its sub-sections */
         fprintf(f, "%s[%s]\n", *wrote ? "\n" : "", path->p);
         *wrote = 1;
     }
-    for (k = 0; k <= last_inline; k++) {
-        ldm__cfg_buf key = {NULL, 0, 0};
-        int bad = ldm__cfg_buf_put(&key, m->child[k]->key, strlen(m->child[k]->key)) || ldm__cfg_write_flat(f, &key, m->child[k]);
-        LDM_FREE(key.p);
-        if (bad) return -1;
+    for (k = 0; k < m->n; k++) {
+        if (ldm__cfg_nonempty_map(m->child[k])) continue;
+        fprintf(f, "%s = ", m->child[k]->key);
+        ldm__cfg_write_value(f, m->child[k]);
+        fputc('\n', f);
         *wrote = 1;
     }
-    for (k = last_inline + 1; k < m->n; k++) {
+    for (k = 0; k < m->n; k++) {
+        if (!ldm__cfg_nonempty_map(m->child[k])) continue;
         if ((path->n && ldm__cfg_buf_put(path, ".", 1)) || ldm__cfg_buf_put(path, m->child[k]->key, strlen(m->child[k]->key))
             || ldm__cfg_dump_map(f, m->child[k], path, wrote))
             return -1;
@@ -1674,9 +1636,9 @@ LDM_API ldm_result ldm_config_dump(ldm_config *cfg, const ldm_config_node *node,
     int wrote = 0, bad;
     if (!node) node = cfg->root;
     if (node->type != LDM_CONFIG_MAP) {
-        char where[256];
-        return ldm__cfg_err(cfg, LDM_ERR_INVALID, node->file, node->line, "cannot dump %s as INI: it is a %s, not a mapping",
-                            ldm_config_path(node, where, sizeof where), ldm_config_type_name(node->type));
+        char where[256], desc[128];
+        return ldm__cfg_err(cfg, LDM_ERR_INVALID, node->file, node->line, "cannot dump %s as INI: it is %s, not a mapping",
+                            ldm_config_path(node, where, sizeof where), ldm__cfg_describe(node, desc, sizeof desc));
     }
     if (ldm__cfg_buf_put(&path, "", 0)) return ldm__cfg_oom(cfg);
     bad = ldm__cfg_dump_map(f, node, &path, &wrote);
@@ -1847,7 +1809,10 @@ static ldm_result ldm__cfg_default(ldm_config *cfg, const char *key, ldm_config_
     if (!(p.file = ldm__cfg_intern(tmp, "<default>"))) { ldm_config_destroy(tmp); return ldm__cfg_oom(cfg); }
     if (!(v = ldm__cfgp_top(&p, def, n))) {
         char why[256];
-        snprintf(why, sizeof why, "%s", cfg->err);
+        size_t l = strlen(cfg->err);
+        if (l >= sizeof why) l = sizeof why - 1;
+        memcpy(why, cfg->err, l);
+        why[l] = 0;
         ldm_config_destroy(tmp);
         return ldm__cfg_err(cfg, LDM_ERR_INVALID, NULL, 0, "the default '%.*s' of '%s' does not parse: %s", (int)n, def, key, why);
     }
