@@ -23,8 +23,9 @@
    The tree. Every file becomes one tree of ldm_config_node: mappings (MAP, keys in insertion
    order), lists, and scalars typed as null, bool, int (int64), float (double) or string. Each
    node remembers the file and line it came from, and every error message starts with that
-   "file:line: ". Keys are one word of letters, digits and `_-/+@$%&*!?<>|^~` (UTF-8 allowed);
-   a dotted key `a.b = 1` means key b inside mapping a.
+   "file:line: ". A key is one word: any characters but blanks, control characters and
+   . = : [ ] { } # ; , ' " \ ` (UTF-8 is fine); a dotted key `a.b = 1` means key b inside
+   mapping a.
 
    Scalars (both formats, and command-line values): unquoted text is typed by its spelling:
        null ~ Null NULL                         -> null
@@ -32,8 +33,8 @@
        [-+]digits                               -> int    (decimal only; out of int64 -> error)
        1.5  .5  4.5e-6  1e3  -2E+4  inf nan .inf -.inf .nan -> float (needs '.', 'e' or a name)
        anything else                            -> string
-   Quoted strings are always strings: "..." with escapes \\ \" \/ \n \t \r \0x.. (\xHH, \uHHHH),
-   or '...' where '' is a quote. Flow lists [1, 2, 4] and [] (nested lists and `{key: value}`
+   Quoted strings are always strings: "..." with escapes \\ \" \/ \n \t \r \xHH \uHHHH, or
+   '...' where '' is a quote. Flow lists [1, 2, 4] and [] (nested lists and `{key: value}`
    mappings allowed, trailing comma allowed) and flow mappings {} must close on their line.
 
    INI (.ini, .cfg, .conf): `[section]` or `[dotted.section]` headers, `key = value`, comments
@@ -733,7 +734,7 @@ static ldm_config_node *ldm__cfgp_scalar(ldm__cfgp *p, const char *s, size_t n) 
     }
     if (ldm__cfg_is_float(s, n) || ldm__cfg_special_float(s, n, &f)) {
         if (ldm__cfg_is_float(s, n) && ldm__cfg_strtod(s, n, &f))
-            return ldm__cfgp_fail(p, "number %.*s is out of the range of a double", (int)n, s);
+            return ldm__cfgp_fail(p, "number %.*s is out of the range of a double (or too long to read)", (int)n, s);
         if ((v = ldm__cfgp_node(p, LDM_CONFIG_FLOAT))) v->f = f;
         return v;
     }
@@ -817,8 +818,10 @@ static int ldm__cfgp_put(ldm__cfgp *p, ldm_config_node *map, const char *key, si
     ldm_config_node *ex = ldm__cfg_child(map, key, len);
     char path[256];
     if (ex) {
+        /* a flow mapping being read is not in the tree yet: it has no path */
         ldm__cfgp_fail(p, "duplicate key '%.*s' in %s (first set at %s:%d); each key may appear once per section",
-                       (int)len, key, ldm_config_path(map, path, sizeof path), ex->file, ex->line);
+                       (int)len, key, map->parent || map == p->tree->root ? ldm_config_path(map, path, sizeof path) : "a {...} value",
+                       ex->file, ex->line);
         return -1;
     }
     if (!(c->key = ldm__cfg_strndup(key, len)) || ldm__cfg_append(map, c)) { ldm__cfg_oom(p->err); return -1; }
@@ -1799,7 +1802,9 @@ static ldm_result ldm__cfg_default(ldm_config *cfg, const char *key, ldm_config_
     n = def ? strlen(def) : 0;
     while (n && ldm__cfg_space(def[n - 1])) n--;
     while (n && ldm__cfg_space(*def)) { def++; n--; }
-    if (kind >= LDM_CONFIG_KIND_INT_LIST && n == 0) { *(int *)dst = 0; return LDM_OK; } /* n is the first member of every list struct */
+    if (n == 0 && kind == LDM_CONFIG_KIND_INT_LIST) { ((ldm_config_ints *)dst)->n = 0; return LDM_OK; }
+    if (n == 0 && kind == LDM_CONFIG_KIND_FLOAT_LIST) { ((ldm_config_floats *)dst)->n = 0; return LDM_OK; }
+    if (n == 0 && kind == LDM_CONFIG_KIND_STR_LIST) { ((ldm_config_strs *)dst)->n = 0; return LDM_OK; }
     for (k = 0; k < cfg->n_kept; k++)
         if (strlen(cfg->kept[k].text) == n && !memcmp(cfg->kept[k].text, def, n)) return ldm__cfg_convert(cfg, cfg->kept[k].node, kind, dst);
     if (ldm_config_create(&tmp)) return ldm__cfg_oom(cfg);
