@@ -152,7 +152,10 @@ LDM_API size_t ldm_arena_used(const ldm_ctx *ctx, ldm_device d);
 LDM_API size_t ldm_arena_peak(const ldm_ctx *ctx, ldm_device d);  /* high-water mark since creation or reset_peak */
 LDM_API void ldm_arena_reset_peak(ldm_ctx *ctx);                  /* every device: peak = used now */
 LDM_API size_t ldm_arena_limit(const ldm_ctx *ctx, ldm_device d);
-LDM_API void ldm_step_reset(ldm_ctx *ctx);                   /* clears the tape and every arena */
+/* Clears the tape and every arena. Leaves whose .grad ldm_backward allocated in the arena get
+   .grad = NULL (ldm_arena_rewind does the same for what it frees); persistent gradient
+   buffers (ldm_nn.h's) are untouched. */
+LDM_API void ldm_step_reset(ldm_ctx *ctx);
 /* Rewinds to m but keeps t: its data is moved down to m (CPU) and the returned tensor is a
    fresh leaf. For no-grad inference that wants bounded memory across blocks. */
 LDM_API ldm_tensor *ldm_arena_keep(ldm_ctx *ctx, ldm_mark m, ldm_tensor *t);
@@ -314,11 +317,28 @@ LDM_API const char *ldm_dtype_name(ldm_dtype t);
 
 /* ---- weight files: safetensors, PyTorch .ckpt/.pth (zip and legacy) ----------------------
    ldm_weights_open reads only the index (names, dtypes, shapes, where the bytes are); tensors
-   are read one at a time, converted to float32. The format is detected from the content. */
+   are read one at a time, converted to float32. The format is detected from the content:
+   - safetensors: element types F32 F16 BF16 F64 I64 I32 I16 I8 U8 BOOL (all read as float32;
+     integers above 2^24 round); F8/U16/U32/U64/C64 are LDM_ERR_UNSUPPORTED. The header is
+     validated strictly (JSON syntax, dtype/shape/data_offsets, sizes, bounds, overlaps,
+     duplicates); "__metadata__" is exposed by ldm_weights_metadata.
+   - PyTorch zip (torch.save since 1.6) and legacy (0.4 to 1.5) checkpoints, .pt/.pth/.ckpt:
+     the pickle is read by a restricted interpreter that never executes anything: it accepts
+     tensors (_rebuild_tensor_v2, _rebuild_parameter), typed storages, dicts/OrderedDicts,
+     lists, tuples and scalars, plus a few data-only classes seen in training checkpoints
+     (numpy scalars, torch dtypes, Lightning's ModelCheckpoint), which become opaque values.
+     Any other class (os.system, builtins.eval, ...) or opcode is an error naming it. Zip
+     entries must be stored (uncompressed), as torch.save writes them; ZIP64 is supported.
+     Names: the top-level dict, or its "state_dict" entry when that is a dict (Lightning);
+     nested dicts of tensors are flattened with '.' ("a": {"b": t} gives "a.b"); integer keys
+     are written in decimal; non-tensor values (epoch, optimizer settings, lists) are skipped.
+     Views (non-contiguous, offset, shared storages) are gathered on read.
+   An ldm_weights keeps its file open; read from one thread at a time. Errors name the file
+   and the tensor. */
 typedef struct ldm_weights ldm_weights;
 typedef struct ldm_weight_info {
     const char *name;
-    ldm_dtype dtype;              /* storage dtype in the file */
+    ldm_dtype dtype;              /* the file's dtype: F16, BF16, else F32 (also for F64 and integers) */
     int ndim;
     int64_t shape[LDM_MAX_DIMS];
     int64_t numel;
@@ -336,8 +356,11 @@ LDM_API ldm_result ldm_weights_read(ldm_ctx *ctx, ldm_weights *w, int i, float *
 /* safetensors metadata ("__metadata__" string map): value for key or NULL */
 LDM_API const char *ldm_weights_metadata(const ldm_weights *w, const char *key);
 
-/* Writes host float32 tensors as safetensors, converted to `dtype` (F32, F16, BF16).
-   names must be unique; meta_keys/meta_vals (n_meta strings) go to "__metadata__". */
+/* Writes host float32 tensors as safetensors, converted to `dtype` (F32, F16, BF16; round to
+   nearest even). names must be unique and non-empty; meta_keys/meta_vals (n_meta strings) go
+   to "__metadata__". The header is deterministic (metadata, then tensors in the given order,
+   padded with spaces to 8 bytes). Atomic: written to "<path>.tmp.<pid>", fsync'ed, renamed
+   over path; on failure path is untouched and the temporary file removed. */
 typedef struct ldm_named_data {
     const char *name;
     const float *data;            /* host memory */
@@ -735,6 +758,17 @@ static unsigned char *ldm__arena_base(ldm__arena *a) {
     return (unsigned char *)(((uintptr_t)a->base + (LDM__ALIGN - 1)) & ~(uintptr_t)(LDM__ALIGN - 1));
 }
 
+/* "123 bytes", "4.0 KiB", "1.5 MiB", "2.00 GiB": small requests must not print as 0.0 MiB */
+typedef struct { char s[32]; } ldm__bytes_str;
+static ldm__bytes_str ldm__bytes(size_t n) {
+    ldm__bytes_str b;
+    if (n < 1024) snprintf(b.s, sizeof b.s, "%zu bytes", n);
+    else if (n < ((size_t)1 << 20)) snprintf(b.s, sizeof b.s, "%.1f KiB", n / 1024.0);
+    else if (n < ((size_t)1 << 30)) snprintf(b.s, sizeof b.s, "%.1f MiB", n / 1048576.0);
+    else snprintf(b.s, sizeof b.s, "%.2f GiB", n / 1073741824.0);
+    return b;
+}
+
 LDM_API void *ldm_arena_alloc(ldm_ctx *ctx, ldm_device d, size_t bytes) {
     ldm__arena *a = &ctx->arena[d];
     size_t need = LDM__ALIGN_UP(bytes ? bytes : 1);
@@ -742,11 +776,11 @@ LDM_API void *ldm_arena_alloc(ldm_ctx *ctx, ldm_device d, size_t bytes) {
         ldm_ctx_seterr(ctx, LDM_ERR_DEVICE, "no arena for device %d: attach its backend first", (int)d);
         return NULL;
     }
-    if (need > a->limit - a->used) {
+    if (need > a->limit - a->used || need < bytes) {
         ldm_ctx_seterr(ctx, LDM_ERR_NOMEM,
-                       "step arena full: needed %.1f MiB more, %.1f MiB of %.1f MiB in use "
+                       "step arena full: needed %s more, %s of %s in use, %s free "
                        "(hint: raise ldm_settings.arena_bytes or LDM_ARENA_MB, or lower the batch/tile size)",
-                       need / 1048576.0, a->used / 1048576.0, a->limit / 1048576.0);
+                       ldm__bytes(bytes).s, ldm__bytes(a->used).s, ldm__bytes(a->limit).s, ldm__bytes(a->limit - a->used).s);
         return NULL;
     }
     void *p = ldm__arena_base(a) + a->used;
@@ -761,8 +795,27 @@ LDM_API ldm_mark ldm_arena_mark(const ldm_ctx *ctx) {
     m.tape_len = ctx->tape_len;
     return m;
 }
+/* Leaves on the tape whose .grad ldm_backward took from the arena at or above `from` (of
+   their device's arena) lose it: the memory is about to be reused, and a persistent leaf
+   (ldm_tensor_wrap) would otherwise accumulate into it on the next step. */
+static void ldm__drop_arena_grads(ldm_ctx *ctx, const size_t from[LDM_NUM_DEVICES]) {
+    for (int i = 0; i < ctx->tape_len; i++)
+        for (int k = 0; k < ctx->tape[i].nin; k++) {
+            ldm_tensor *t = ctx->tape[i].in[k];
+            if (!t || t->node >= 0 || !t->grad) continue;
+            ldm__arena *a = &ctx->arena[t->device];
+            if (!a->base) continue;
+            unsigned char *g = (unsigned char *)t->grad, *lo = ldm__arena_base(a) + from[t->device];
+            if (g >= lo && g < ldm__arena_base(a) + a->limit) t->grad = NULL;
+        }
+}
 LDM_API void ldm_arena_rewind(ldm_ctx *ctx, ldm_mark m) {
-    if (m.used <= ctx->arena[LDM_CPU].used) ctx->arena[LDM_CPU].used = m.used;
+    size_t from[LDM_NUM_DEVICES];
+    for (int d = 0; d < LDM_NUM_DEVICES; d++) from[d] = d == LDM_CPU ? m.used : ctx->arena[d].limit;
+    if (m.used <= ctx->arena[LDM_CPU].used) {
+        ldm__drop_arena_grads(ctx, from);
+        ctx->arena[LDM_CPU].used = m.used;
+    }
     if (m.tape_len <= ctx->tape_len) ctx->tape_len = m.tape_len;
 }
 LDM_API size_t ldm_arena_used(const ldm_ctx *ctx, ldm_device d) { return ctx->arena[d].used; }
@@ -772,6 +825,8 @@ LDM_API void ldm_arena_reset_peak(ldm_ctx *ctx) {
 }
 LDM_API size_t ldm_arena_limit(const ldm_ctx *ctx, ldm_device d) { return ctx->arena[d].limit; }
 LDM_API void ldm_step_reset(ldm_ctx *ctx) {
+    size_t from[LDM_NUM_DEVICES] = {0};
+    ldm__drop_arena_grads(ctx, from);
     for (int d = 0; d < LDM_NUM_DEVICES; d++) ctx->arena[d].used = 0;
     ctx->tape_len = 0;
 }
@@ -1081,7 +1136,8 @@ static ldm_result ldm__backward_pass(ldm_ctx *ctx, ldm_tensor *root, const float
     if (last < 0 || !root->requires_grad) { /* root is a leaf (or constant) */
         for (int k = 0; wrt && k < n_wrt; k++)
             if (wrt[k] == root) ctx->be[root->device]->copy(ctx->be_state[root->device], out[k], root->device, droot, root->device, (size_t)root->numel * 4);
-        if (!wrt && root->requires_grad && root->grad) ctx->be[root->device]->axpby(ctx, root->grad, droot, root->numel, 1.0f, 1.0f);
+        if (!wrt && root->requires_grad && !root->grad && !(root->grad = ldm__zeros_raw(ctx, root->device, root->numel))) return ctx->status;
+        if (!wrt && root->requires_grad) ctx->be[root->device]->axpby(ctx, root->grad, droot, root->numel, 1.0f, 1.0f);
         return LDM_OK;
     }
     LDM_ASSERT(last < ctx->tape_len && ctx->tape[last].out == root);
@@ -1311,7 +1367,7 @@ LDM_API ldm_tensor *ldm_div(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b) { return
 static void ldm__reduce_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
     if (!din[0]) return;
     ldm_tensor *x = nd->in[0];
-    int64_t s5[5], ost5[5], xst[LDM_MAX_DIMS], dst5[5], ostride[LDM_MAX_DIMS];
+    int64_t s5[5], ost5[5], xst[LDM_MAX_DIMS] = {0}, dst5[5], ostride[LDM_MAX_DIMS];
     const ldm_backend *be = LDM__BE(x);
     float scale = nd->f[0];
     const float *src = dout;
@@ -1340,7 +1396,7 @@ static ldm_tensor *ldm__reduce(ldm_ctx *ctx, ldm_tensor *x, unsigned dims, int k
     }
     ldm_shape os;
     os.ndim = 0;
-    int64_t count = 1, ost[LDM_MAX_DIMS], kshape[LDM_MAX_DIMS], xst[LDM_MAX_DIMS], s5[5], o5[5];
+    int64_t count = 1, ost[LDM_MAX_DIMS], kshape[LDM_MAX_DIMS], xst[LDM_MAX_DIMS] = {0}, s5[5], o5[5];
     for (int i = 0; i < x->ndim; i++) {
         int r = (dims >> i) & 1;
         if (r) count *= x->shape[i];
@@ -1360,6 +1416,7 @@ static ldm_tensor *ldm__reduce(ldm_ctx *ctx, ldm_tensor *x, unsigned dims, int k
     be->reduce_sum(ctx, y->data, x->data, s5, o5, 0);
     float scale = mean ? (float)(1.0 / (double)(count ? count : 1)) : 1.0f;
     if (mean) be->unary(ctx, LDM__U_AFFINE, y->data, y->data, y->numel, scale, 0.0f);
+    if (ctx->status) return NULL; /* the kernel's scratch did not fit */
     ldm__node *nd = ldm__record(ctx, y, ldm__reduce_bw, 1, x, NULL, NULL, NULL);
     if (nd) { nd->i[0] = (int64_t)dims; nd->f[0] = scale; }
     return y;
@@ -1417,6 +1474,7 @@ LDM_API ldm_tensor *ldm_matmul(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b, int t
     for (int64_t z = 0; z < Bn; z++)
         LDM__BE(a)->sgemm(ctx, trans_a, trans_b, M, N, Ka, 1.0f, a->data + (ab ? z * M * Ka : 0), lda,
                           b->data + (bb ? z * Ka * N : 0), ldb, 0.0f, y->data + z * M * N, N);
+    if (ctx->status) return NULL; /* the kernel's scratch did not fit */
     ldm__node *nd = ldm__record(ctx, y, ldm__matmul_bw, 2, a, b, NULL, NULL);
     if (nd) {
         nd->i[0] = Bn; nd->i[1] = M; nd->i[2] = N; nd->i[3] = Ka;
@@ -1456,6 +1514,7 @@ LDM_API ldm_tensor *ldm_linear(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_t
         be->strided_copy(ctx, y->data, dst, b->data, sst, shape, 0);
     }
     be->sgemm(ctx, 0, 1, R, O, I, 1.0f, x->data, I, w->data, I, b ? 1.0f : 0.0f, y->data, O);
+    if (ctx->status) return NULL; /* the kernel's scratch did not fit */
     ldm__node *nd = ldm__record(ctx, y, ldm__linear_bw, b ? 3 : 2, x, w, b, NULL);
     if (nd) { nd->i[0] = R; nd->i[1] = I; nd->i[2] = O; }
     return y;
@@ -1506,6 +1565,7 @@ static ldm_tensor *ldm__conv(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_ten
     ldm_tensor *y = ldm__new_on(ctx, os, x->device);
     if (!y) return NULL;
     LDM__BE(x)->conv_forward(ctx, y->data, x->data, w->data, b ? b->data : NULL, d);
+    if (ctx->status) return NULL; /* the column buffer did not fit */
     ldm__node *nd = ldm__record(ctx, y, ldm__conv_bw, b ? 3 : 2, x, w, b, NULL);
     if (nd) nd->saved = d;
     return y;
@@ -1546,7 +1606,8 @@ static void ldm__groupnorm_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **
 }
 LDM_API ldm_tensor *ldm_group_norm(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int groups, float eps) {
     if (ldm__bad(ctx, x)) return NULL;
-    if (x->ndim < 2 || groups < 1 || x->shape[1] % groups) {
+    if (x->ndim < 2) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_group_norm: input %s has no channel dim (expected [B,C,...])", ldm__shp(x).s); return NULL; }
+    if (groups < 1 || x->shape[1] % groups) {
         ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_group_norm: %d groups do not divide the channels of %s", groups, ldm__shp(x).s);
         return NULL;
     }
@@ -1940,8 +2001,10 @@ LDM_API ldm_tensor *ldm_concat(ldm_ctx *ctx, int n, ldm_tensor *const *xs, int d
         ldm__block_copy(ctx, y, y->data, at * st[d], xs[k]->shape, y->ndim, xs[k]->data, 1, 0);
         at += xs[k]->shape[d];
     }
-    ldm__node *nd = ldm__record(ctx, y, ldm__concat_bw, n, xs[0], n > 1 ? xs[1] : NULL, n > 2 ? xs[2] : NULL, n > 3 ? xs[3] : NULL);
-    if (nd) { nd->i[0] = d; nd->saved = off; }
+    if (n <= 4) { /* more inputs only get here with grad mode off: nothing to record */
+        ldm__node *nd = ldm__record(ctx, y, ldm__concat_bw, n, xs[0], n > 1 ? xs[1] : NULL, n > 2 ? xs[2] : NULL, n > 3 ? xs[3] : NULL);
+        if (nd) { nd->i[0] = d; nd->saved = off; }
+    }
     return y;
 }
 
@@ -2260,8 +2323,10 @@ static void ldm__cpu_strided_copy(ldm_ctx *ctx, float *dst, const int64_t *dstri
     ldm__scopy_job j;
     j.dst = dst; j.src = src; j.ds = dstride; j.ss = sstride; j.shape = shape; j.acc = accumulate;
     int64_t rows = shape[0] * shape[1] * shape[2] * shape[3];
-    /* accumulating through a dst stride of 0 (a broadcast read-back) must stay serial */
-    int serial = accumulate && (!dstride[0] || !dstride[1] || !dstride[2] || !dstride[3]);
+    /* accumulating through a dst stride of 0 over a dim longer than 1 (a broadcast read-back)
+       must stay serial; size-1 dims (rank padding) have stride 0 too and do not count */
+    int serial = 0;
+    for (int d = 0; d < 4; d++) serial |= accumulate && !dstride[d] && shape[d] > 1;
     if (serial) ldm__scopy_task(&j, 0, rows, 0);
     else ldm_parallel_for(ctx, rows, LDM__MAX(1, LDM__GRAIN / LDM__MAX(1, shape[4])), ldm__scopy_task, &j);
 }
@@ -2791,14 +2856,24 @@ static void ldm__cpu_layernorm_backward(ldm_ctx *ctx, float *dx, float *dw, floa
     memset(&j, 0, sizeof j);
     j.dx = dx; j.dy = dy; j.x = x; j.w = w; j.cm = mean; j.cr = rstd; j.R = R; j.N = N;
     if (dx) ldm_parallel_for(ctx, R, LDM__MAX(1, LDM__GRAIN / LDM__MAX(1, N)), ldm__ln_bwd_task, &j);
-    if (dw || db) /* column sums over rows, in row order */
+    if (dw || db) { /* column sums over rows, in row order, in double like the other norms */
+        size_t used0 = ctx->arena[LDM_CPU].used;
+        double *acc = (double *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(double) * (size_t)(2 * N));
+        if (!acc) return;
+        memset(acc, 0, sizeof(double) * (size_t)(2 * N));
         for (int64_t r = 0; r < R; r++) {
             const float *xr = x + r * N, *g = dy + r * N;
             for (int64_t k = 0; k < N; k++) {
-                if (dw) dw[k] += g[k] * ((xr[k] - mean[r]) * rstd[r]);
-                if (db) db[k] += g[k];
+                acc[k] += (double)g[k] * ((xr[k] - mean[r]) * rstd[r]);
+                acc[N + k] += g[k];
             }
         }
+        for (int64_t k = 0; k < N; k++) {
+            if (dw) dw[k] += (float)acc[k];
+            if (db) db[k] += (float)acc[N + k];
+        }
+        ctx->arena[LDM_CPU].used = used0;
+    }
 }
 
 /* ---- softmax ---- */
@@ -3089,6 +3164,7 @@ static ldm_result ldm__wread_at(ldm_ctx *ctx, ldm_weights *w, uint64_t off, void
     if (off > w->size || n > w->size - off)
         return ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "%s (bytes %llu..%llu) runs past the end of the file (%llu bytes; truncated download?)",
                          what, (unsigned long long)off, (unsigned long long)(off + n), (unsigned long long)w->size);
+    clearerr(w->f);
     if (ldm__fseek(w->f, off) || fread(dst, 1, n, w->f) != n)
         return ldm__werr(ctx, LDM_ERR_IO, w->path, "cannot read %s at byte %llu: %s", what, (unsigned long long)off,
                          ferror(w->f) ? strerror(errno) : "unexpected end of file");

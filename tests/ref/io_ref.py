@@ -5,7 +5,8 @@
                           tensor, an escaped name, __metadata__
   io_zip_sd.pt            torch.save (zip) of an nn.Sequential state dict (conv, batchnorm with
                           num_batches_tracked, linear)
-  io_zip_lightning.ckpt   {"state_dict": ..., "epoch": 3, "global_step": 10, ...} as Lightning saves
+  io_zip_lightning.ckpt   {"state_dict": ..., "epoch": 3, "global_step": 10, ...} as Lightning saves,
+                          with optimizer state, numpy scalars, a dtype and a callback object
   io_zip_views.pt         fp16, bf16, float64, int64, int32 tensors, transposed (non-contiguous)
                           tensors, slices sharing one storage, an nn.Parameter, a nested dict,
                           non-tensor values (skipped by the reader)
@@ -17,6 +18,8 @@ import collections
 import json
 import os
 import struct
+import sys
+import types
 
 import numpy as np
 import torch
@@ -75,11 +78,28 @@ def main():
     sd = model.state_dict()
     assert sd["1.num_batches_tracked"].dtype == torch.int64
 
+    # what training checkpoints carry besides tensors: a callback object (a stand-in class under
+    # Lightning's module name, pickled with NEWOBJ + BUILD), numpy scalars, torch dtypes
+    mod = types.ModuleType("pytorch_lightning.callbacks.model_checkpoint")
+    class ModelCheckpoint:
+        pass
+    ModelCheckpoint.__module__ = mod.__name__
+    ModelCheckpoint.__qualname__ = "ModelCheckpoint"
+    mod.ModelCheckpoint = ModelCheckpoint
+    for parent in ("pytorch_lightning", "pytorch_lightning.callbacks"):
+        sys.modules.setdefault(parent, types.ModuleType(parent))
+    sys.modules[mod.__name__] = mod
+    callback = ModelCheckpoint()
+    callback.best_model_score = np.float64(0.25)
+    callback.monitor = "val/rec_loss"
+
     opt = torch.optim.Adam(model.parameters())
     opt.step()
     lightning = {"epoch": 3, "global_step": 10, "pytorch-lightning_version": "1.4.2",
                  "state_dict": sd, "optimizer_states": [opt.state_dict()], "lr_schedulers": [],
-                 "hyper_parameters": {"lr": 1e-4, "name": "ae", "sizes": (1, 2, 3), "flag": True, "none": None}}
+                 "hyper_parameters": {"lr": 1e-4, "name": "ae", "sizes": (1, 2, 3), "flag": True, "none": None,
+                                      "precision": torch.float16, "score": np.float32(1.5)},
+                 "callbacks": {ModelCheckpoint: callback}}
 
     big = torch.randn(6, 5)
     base = torch.randn(3, 4)
