@@ -80,21 +80,21 @@ typedef struct ldm_vae_config {
     int embed_dim;
 } ldm_vae_config;
 
-/* The ddconfig keys once, for config readers: X(name, kind, default) with kind INT, BOOL,
-   FLOAT or INT_LIST. ldm_config.h builds its schema from this list. */
-#define LDM_VAE_DDCONFIG_KEYS(X)                 \
-    X(double_z, BOOL, "true")                    \
-    X(z_channels, INT, "4")                      \
-    X(resolution, INT, "256")                    \
-    X(in_channels, INT, "3")                     \
-    X(out_ch, INT, "3")                          \
-    X(ch, INT, "128")                            \
-    X(ch_mult, INT_LIST, "1, 2, 4, 4")           \
-    X(num_res_blocks, INT, "2")                  \
-    X(attn_resolutions, INT_LIST, "")            \
-    X(dropout, FLOAT, "0.0")                     \
-    X(resamp_with_conv, BOOL, "true")            \
-    X(tanh_out, BOOL, "false")
+/* The ddconfig keys, described once: X(name, kind, default, help). With ldm_config.h included
+   before this header, ldm_vae_config_read() validates and reads them through this table. */
+#define LDM_VAE_DDCONFIG_KEYS(X)                                                               \
+    X(double_z, BOOL, "true", "encoder outputs mean and log-variance (2*z_channels)")          \
+    X(z_channels, INT, "4", "channels of the encoder/decoder latent")                         \
+    X(resolution, INT, "256", "nominal image size; decides which levels get attention")       \
+    X(in_channels, INT, "3", "image channels in")                                             \
+    X(out_ch, INT, "3", "image channels out")                                                 \
+    X(ch, INT, "128", "base channel count (a multiple of 32)")                                \
+    X(ch_mult, INT_LIST, "1,2,4,4", "channel multiplier per level; f = 2^(levels-1)")        \
+    X(num_res_blocks, INT, "2", "ResNet blocks per level (decoder: one more)")                \
+    X(attn_resolutions, INT_LIST, "", "nominal resolutions that get self-attention")          \
+    X(dropout, FLOAT, "0.0", "dropout in the ResNet blocks")                                  \
+    X(resamp_with_conv, BOOL, "true", "convolutional down/up-sampling")                       \
+    X(tanh_out, BOOL, "false", "tanh on the decoder output")
 
 LDM_API ldm_vae_config ldm_vae_config_kl_f4(void);  /* the seed's autoencoder_kl_64x64x3: ch 128, ch_mult 1,2,4, z 3 */
 LDM_API ldm_vae_config ldm_vae_config_kl_f8(void);  /* Stable Diffusion's: ch 128, ch_mult 1,2,4,4, z 4 */
@@ -177,6 +177,14 @@ typedef struct ldm_vae_infer {
 /* Posterior of x (mean and logvar, grad off). Tiled encoding needs H and W divisible by f. */
 LDM_API ldm_result ldm_vae_encode_infer(ldm_ctx *ctx, ldm_vae *vae, ldm_tensor *x, const ldm_vae_infer *opt, ldm_vae_posterior *q);
 LDM_API ldm_tensor *ldm_vae_decode_infer(ldm_ctx *ctx, ldm_vae *vae, ldm_tensor *z, const ldm_vae_infer *opt);
+
+#ifdef LDM_CONFIG_H
+/* Config glue, compiled when ldm_config.h was included first. node may be the root (reads
+   model.params), a model node (target + params), its params, or any node holding ddconfig
+   and embed_dim. Errors carry file:line (ldm_config_error). */
+LDM_CONFIG_DECLARE(ldm_vae_ddconfig, LDM_VAE_DDCONFIG_KEYS);
+LDM_API ldm_result ldm_vae_config_read(ldm_config *cfg, const ldm_config_node *node, ldm_vae_config *out);
+#endif
 
 #ifdef __cplusplus
 }
@@ -708,6 +716,46 @@ LDM_API ldm_tensor *ldm_vae_decode_infer(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *z
     }
     return ldm__vae_tiled(ctx, v, z, opt, ldm_vae_decode, v->cfg.out_ch, ldm_vae_factor(&v->cfg));
 }
+
+#ifdef LDM_CONFIG_H
+LDM_CONFIG_DEFINE(ldm_vae_ddconfig, LDM_VAE_DDCONFIG_KEYS)
+
+LDM_API ldm_result ldm_vae_config_read(ldm_config *cfg, const ldm_config_node *node, ldm_vae_config *out) {
+    static const char *const where[] = {"", "params", "model.params"};
+    const ldm_config_node *params = NULL, *dd = NULL;
+    if (!node) node = ldm_config_root(cfg);
+    for (int i = 0; i < 3 && !dd; i++) {
+        params = i ? ldm_config_find(node, where[i]) : node;
+        dd = params ? ldm_config_find(params, "ddconfig") : NULL;
+    }
+    if (!dd) {
+        char path[256];
+        return ldm_config_seterr(cfg, LDM_ERR_NOT_FOUND, "%s:%d: no ddconfig under '%s' (expected model.params.ddconfig and model.params.embed_dim, "
+                                 "or ddconfig and embed_dim at the top)", node->file ? node->file : "<config>", node->line,
+                                 ldm_config_path(node, path, sizeof path));
+    }
+    ldm_vae_ddconfig d;
+    ldm_result r = ldm_vae_ddconfig_load(cfg, dd, &d);
+    int embed = 0;
+    if (!r) r = ldm_config_get_int(cfg, params, "embed_dim", -1, &embed);
+    if (r) return r;
+    if (embed <= 0)
+        return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s:%d: embed_dim is missing or not positive (next to ddconfig)", dd->file ? dd->file : "<config>", dd->line);
+    if (d.ch_mult.n < 1 || d.ch_mult.n > LDM_VAE_MAX_LEVELS || d.attn_resolutions.n > LDM_VAE_MAX_LEVELS)
+        return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s:%d: ch_mult needs 1 to %d entries and attn_resolutions at most %d",
+                                 dd->file ? dd->file : "<config>", dd->line, LDM_VAE_MAX_LEVELS, LDM_VAE_MAX_LEVELS);
+    memset(out, 0, sizeof *out);
+    out->double_z = d.double_z; out->z_channels = d.z_channels; out->resolution = d.resolution;
+    out->in_channels = d.in_channels; out->out_ch = d.out_ch; out->ch = d.ch;
+    out->n_levels = d.ch_mult.n;
+    for (int i = 0; i < d.ch_mult.n; i++) out->ch_mult[i] = d.ch_mult.v[i];
+    out->n_attn = d.attn_resolutions.n;
+    for (int i = 0; i < d.attn_resolutions.n; i++) out->attn_resolutions[i] = d.attn_resolutions.v[i];
+    out->num_res_blocks = d.num_res_blocks; out->dropout = (float)d.dropout;
+    out->resamp_with_conv = d.resamp_with_conv; out->tanh_out = d.tanh_out; out->embed_dim = embed;
+    return LDM_OK;
+}
+#endif
 
 #endif /* LDM_VAE_IMPLEMENTATION_DONE */
 #endif /* LDM_IMPLEMENTATION || LDM_VAE_IMPLEMENTATION */
