@@ -72,16 +72,17 @@
                  linear interpolation with its area coefficients (fx = (d+1) - (s+1)/scale,
                  fractional part, 0 if negative), which is nearest for integer factors =
                  torch "area" there, and differs from torch otherwise.
-       PIL_*     Pillow's resize filters (NEAREST: src = floor((dst+0.5) * in/out); BILINEAR,
-                 BICUBIC (a = -0.5), BOX, HAMMING, LANCZOS (a = 3): antialiased, support
-                 scaled by the downscale factor): PIL_BILINEAR/PIL_BICUBIC = torch with
-                 antialias=True. Pillow works on 8-bit images in two passes (horizontal,
-                 then vertical, rounded in between); ldm_data_resize is float, the datasets'
-                 8-bit pipeline rounds between the passes the same way.
-   The datasets keep CompVis's uint8 pipeline: every resized image is rounded to 8-bit
-   levels (OpenCV: round half to even, after clamping to [0, 255]) before the next step.
-   OpenCV computes INTER_LINEAR/INTER_CUBIC/integer INTER_AREA on uint8 in fixed point, so its
-   8-bit results can differ from these by one level for some pixels.
+       PIL_*     Pillow's resize filters. NEAREST: src = int(0.5*s + s + ... + s), the
+                 position accumulated in double as Pillow does (= floor((dst+0.5) * in/out)
+                 except at exact ties). BILINEAR, BICUBIC (a = -0.5), BOX, HAMMING, LANCZOS
+                 (a = 3): antialiased, the filter support scaled by the downscale factor;
+                 in float PIL_BILINEAR/PIL_BICUBIC = torch with antialias=True.
+   ldm_data_resize_u8 and the datasets keep CompVis's uint8 pipeline: every resized image is
+   8-bit before the next step. OpenCV-style modes are computed in float and rounded half to
+   even after clamping to [0, 255] (saturate_cast); OpenCV itself computes INTER_LINEAR,
+   INTER_CUBIC and integer-factor INTER_AREA on uint8 in fixed point, so it differs by one
+   level on some pixels. Pillow filters use Pillow's own arithmetic (22-bit fixed-point
+   coefficients, horizontal pass to an 8-bit image, then vertical) and match it bit for bit.
 
    Loader (ldm_data_loader), DataLoader semantics as main.py sets them up: batch_size,
    shuffle (a Fisher-Yates permutation per epoch from (seed, epoch)), drop_last (default
@@ -155,6 +156,9 @@ LDM_API const char *ldm_data_interp_name(ldm_data_interp m);
    LDM_ERR_INVALID for non-positive sizes or an unknown mode; LDM_ERR_NOMEM. */
 LDM_API ldm_result ldm_data_resize(float *dst, int dh, int dw, const float *src, int C, int sh, int sw,
                                    ldm_data_interp mode);
+/* The same on 8-bit planes, rounded as the datasets do (see "Resampling conventions"). */
+LDM_API ldm_result ldm_data_resize_u8(unsigned char *dst, int dh, int dw, const unsigned char *src, int C, int sh, int sw,
+                                      ldm_data_interp mode);
 
 /* ---- images, items, batches ------------------------------------------------------------- */
 /* 8-bit planar image [c,h,w]: the base a dataset's `load` stage makes. */
@@ -639,7 +643,9 @@ static ldm_result ldm__dgunzip(const unsigned char *in, size_t n, unsigned char 
         size_t clen = n - 8 - p;
         if (clen > (size_t)INT_MAX) return ldm__derr(err, errn, LDM_ERR_UNSUPPORTED, "%s: compressed data over 2 GiB is not supported", name);
         int olen = 0;
-        char *o = stbi_zlib_decode_noheader_malloc((const char *)in + p, (int)clen, &olen);
+        /* The 8 trailer bytes stay in the input: stb_image's inflater fails when the deflate
+           stream ends exactly at the buffer's end (it expects PNG's Adler-32 after it). */
+        char *o = stbi_zlib_decode_noheader_malloc((const char *)in + p, (int)(clen + 8), &olen);
         if (!o) return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: corrupt deflate data (%s)", name, stbi_failure_reason());
         uint32_t crc = ldm__dle32(in + n - 8), isize = ldm__dle32(in + n - 4);
         if ((uint32_t)olen != isize) {
@@ -874,6 +880,7 @@ static int ldm__dtaps_make(ldm__dtaps *t, int in, int out, ldm_data_interp m, in
     t->w = (float *)ldm__dcalloc(sizeof(float) * (size_t)k * (size_t)out);
     if (!t->idx || !t->w) { LDM_FREE(t->idx); LDM_FREE(t->w); t->idx = NULL; t->w = NULL; return 0; }
     float fscale = (float)in / (float)out; /* torch computes its scales in float */
+    double pil_pos = 0.5 * scale;
     for (int o = 0; o < out; o++) {
         int *ix = t->idx + (size_t)o * k;
         float *w = t->w + (size_t)o * k;
@@ -884,8 +891,9 @@ static int ldm__dtaps_make(ldm__dtaps *t, int in, int out, ldm_data_interp m, in
             w[0] = 1;
             break;
         }
-        case LDM_INTERP_PIL_NEAREST: {
-            int s = (int)((o + 0.5) * scale);
+        case LDM_INTERP_PIL_NEAREST: { /* Pillow's ImagingScaleAffine accumulates the position in double */
+            int s = (int)pil_pos;
+            pil_pos += scale;
             ix[0] = s < in - 1 ? s : in - 1;
             w[0] = 1;
             break;
@@ -968,16 +976,85 @@ static void ldm__dtaps_free(ldm__dtaps *t) {
 
 static int ldm__dis_pil(ldm_data_interp m) { return m >= LDM_INTERP_PIL_NEAREST && m <= LDM_INTERP_PIL_LANCZOS; }
 
-/* Pillow's clip8 of a fixed-point sum: round half up, clamp. */
-static float ldm__dround_pil(float v) {
-    v = floorf(v + 0.5f);
-    return v < 0 ? 0 : v > 255 ? 255 : v;
+/* Pillow's 8-bit resampling: coefficients in 22-bit fixed point (precompute_coeffs +
+   normalize_coeffs_8bpc), horizontal pass into an 8-bit image, then vertical, each output
+   clip8((2^21 + sum) >> 22). Bit-exact with Pillow's Image.resize. */
+#define LDM__DPIL_BITS 22
+static int ldm__dpil_coeffs(int in, int out, ldm_data_interp m, int *ksize, int **xmin, int **xcnt, int64_t **kk) {
+    double scale = (double)in / out, fs = scale < 1.0 ? 1.0 : scale, support = ldm__dpil_support(m) * fs, ss = 1.0 / fs;
+    int k = (int)ceil(support) * 2 + 1;
+    *ksize = k;
+    *xmin = (int *)ldm__dcalloc(sizeof(int) * (size_t)out);
+    *xcnt = (int *)ldm__dcalloc(sizeof(int) * (size_t)out);
+    *kk = (int64_t *)ldm__dcalloc(sizeof(int64_t) * (size_t)out * k);
+    if (!*xmin || !*xcnt || !*kk) return 0;
+    for (int o = 0; o < out; o++) {
+        double center = (o + 0.5) * scale, ww = 0;
+        int lo = (int)(center - support + 0.5), n;
+        if (lo < 0) lo = 0;
+        n = (int)(center + support + 0.5);
+        if (n > in) n = in;
+        n -= lo;
+        if (n > k) n = k;
+        for (int x = 0; x < n; x++) ww += ldm__dpil_filter(m, (x + lo - center + 0.5) * ss);
+        for (int x = 0; x < n; x++) {
+            double w = ldm__dpil_filter(m, (x + lo - center + 0.5) * ss);
+            if (ww != 0.0) w /= ww;
+            (*kk)[(size_t)o * k + x] = w < 0 ? (int64_t)(-0.5 + w * (1 << LDM__DPIL_BITS)) : (int64_t)(0.5 + w * (1 << LDM__DPIL_BITS));
+        }
+        (*xmin)[o] = lo;
+        (*xcnt)[o] = n;
+    }
+    return 1;
 }
 
-/* Separable resize: horizontal pass into tmp [C,sh,dw], then vertical. round8: round to 8-bit
-   levels between the passes (Pillow's intermediate image). */
-static ldm_result ldm__dresize(float *dst, int dh, int dw, const float *src, int C, int sh, int sw,
-                               ldm_data_interp m, int round8) {
+static unsigned char ldm__dclip8(int64_t v) {
+    v = (v + (1 << (LDM__DPIL_BITS - 1))) >> LDM__DPIL_BITS;
+    return (unsigned char)(v < 0 ? 0 : v > 255 ? 255 : v);
+}
+
+static ldm_result ldm__dpil_resize_u8(unsigned char *dst, int dh, int dw, const unsigned char *src, int C, int sh, int sw, ldm_data_interp m) {
+    int kh = 0, kv = 0, *hmin = NULL, *hcnt = NULL, *vmin = NULL, *vcnt = NULL;
+    int64_t *hk = NULL, *vk = NULL;
+    unsigned char *tmp = (unsigned char *)ldm__dalloc((size_t)C * sh * dw);
+    ldm_result r = LDM_ERR_NOMEM;
+    if (tmp && ldm__dpil_coeffs(sw, dw, m, &kh, &hmin, &hcnt, &hk) && ldm__dpil_coeffs(sh, dh, m, &kv, &vmin, &vcnt, &vk)) {
+        for (int c = 0; c < C; c++)
+            for (int y = 0; y < sh; y++) {
+                const unsigned char *row = src + ((size_t)c * sh + y) * sw;
+                unsigned char *o = tmp + ((size_t)c * sh + y) * dw;
+                for (int x = 0; x < dw; x++) {
+                    int64_t acc = 0;
+                    const int64_t *k = hk + (size_t)x * kh;
+                    for (int j = 0; j < hcnt[x]; j++) acc += (int64_t)row[hmin[x] + j] * k[j];
+                    o[x] = dw == sw ? row[x] : ldm__dclip8(acc); /* Pillow skips a pass whose size is unchanged */
+                }
+            }
+        for (int c = 0; c < C; c++)
+            for (int y = 0; y < dh; y++) {
+                const int64_t *k = vk + (size_t)y * kv;
+                unsigned char *o = dst + ((size_t)c * dh + y) * dw;
+                for (int x = 0; x < dw; x++) {
+                    int64_t acc = 0;
+                    if (dh == sh) { o[x] = tmp[((size_t)c * sh + y) * dw + x]; continue; }
+                    for (int j = 0; j < vcnt[y]; j++) acc += (int64_t)tmp[((size_t)c * sh + vmin[y] + j) * dw + x] * k[j];
+                    o[x] = ldm__dclip8(acc);
+                }
+            }
+        r = LDM_OK;
+    }
+    LDM_FREE(tmp);
+    LDM_FREE(hmin);
+    LDM_FREE(hcnt);
+    LDM_FREE(hk);
+    LDM_FREE(vmin);
+    LDM_FREE(vcnt);
+    LDM_FREE(vk);
+    return r;
+}
+
+/* Separable resize: horizontal pass into tmp [C,sh,dw], then vertical. */
+static ldm_result ldm__dresize(float *dst, int dh, int dw, const float *src, int C, int sh, int sw, ldm_data_interp m) {
     if (dh <= 0 || dw <= 0 || sh <= 0 || sw <= 0 || C <= 0) return LDM_ERR_INVALID;
     if (m < LDM_INTERP_AUTO || m > LDM_INTERP_PIL_LANCZOS) return LDM_ERR_INVALID;
     if (m == LDM_INTERP_AUTO) m = (dh <= sh && dw <= sw) ? LDM_INTERP_AREA : LDM_INTERP_BILINEAR;
@@ -1001,7 +1078,7 @@ static ldm_result ldm__dresize(float *dst, int dh, int dw, const float *src, int
                 const float *w = th.w + (size_t)x * th.k;
                 float acc = 0;
                 for (int j = 0; j < th.k; j++) acc += w[j] * row[ix[j]];
-                o[x] = round8 ? ldm__dround_pil(acc) : acc;
+                o[x] = acc;
             }
         }
     for (int c = 0; c < C; c++)
@@ -1023,23 +1100,26 @@ static ldm_result ldm__dresize(float *dst, int dh, int dw, const float *src, int
 }
 
 LDM_API ldm_result ldm_data_resize(float *dst, int dh, int dw, const float *src, int C, int sh, int sw, ldm_data_interp mode) {
-    return ldm__dresize(dst, dh, dw, src, C, sh, sw, mode, 0);
+    return ldm__dresize(dst, dh, dw, src, C, sh, sw, mode);
 }
 
-/* 8-bit planar resize as CompVis's uint8 pipeline: OpenCV-style modes round half to even
-   (saturate_cast), Pillow modes round half up after each pass. Equal sizes copy. */
+/* 8-bit planar resize as CompVis's uint8 pipeline: OpenCV-style modes in float, rounded half
+   to even (saturate_cast); Pillow filters in Pillow's fixed point. Equal sizes copy. */
 static ldm_result ldm__dresize_u8(unsigned char *dst, int dh, int dw, const unsigned char *src, int C, int sh, int sw,
                                   ldm_data_interp m, char *err, size_t errn) {
     size_t ns = (size_t)C * sh * sw, nd = (size_t)C * dh * dw;
     if (dh == sh && dw == sw) { memcpy(dst, src, ns); return LDM_OK; }
+    if (ldm__dis_pil(m) && m != LDM_INTERP_PIL_NEAREST) {
+        if (ldm__dpil_resize_u8(dst, dh, dw, src, C, sh, sw, m) == LDM_OK) return LDM_OK;
+        return ldm__derr(err, errn, LDM_ERR_NOMEM, "out of memory resizing %dx%d to %dx%d", sw, sh, dw, dh);
+    }
     float *a = (float *)ldm__dalloc(sizeof(float) * ns), *b = (float *)ldm__dalloc(sizeof(float) * nd);
     if (!a || !b) { LDM_FREE(a); LDM_FREE(b); return ldm__derr(err, errn, LDM_ERR_NOMEM, "out of memory resizing %dx%d to %dx%d", sw, sh, dw, dh); }
     for (size_t i = 0; i < ns; i++) a[i] = (float)src[i];
-    int pil = ldm__dis_pil(m);
-    ldm_result r = ldm__dresize(b, dh, dw, a, C, sh, sw, m, pil);
+    ldm_result r = ldm__dresize(b, dh, dw, a, C, sh, sw, m);
     if (r == LDM_OK)
         for (size_t i = 0; i < nd; i++) {
-            float v = pil ? ldm__dround_pil(b[i]) : b[i];
+            float v = b[i];
             v = v < 0 ? 0 : v > 255 ? 255 : v;
             dst[i] = (unsigned char)nearbyintf(v);
         }
@@ -1047,6 +1127,12 @@ static ldm_result ldm__dresize_u8(unsigned char *dst, int dh, int dw, const unsi
     LDM_FREE(b);
     if (r) return ldm__derr(err, errn, r, "cannot resize %dx%d to %dx%d (%s)", sw, sh, dw, dh, r == LDM_ERR_NOMEM ? "out of memory" : "invalid sizes");
     return LDM_OK;
+}
+
+LDM_API ldm_result ldm_data_resize_u8(unsigned char *dst, int dh, int dw, const unsigned char *src, int C, int sh, int sw,
+                                      ldm_data_interp mode) {
+    if (dh <= 0 || dw <= 0 || sh <= 0 || sw <= 0 || C <= 0) return LDM_ERR_INVALID;
+    return ldm__dresize_u8(dst, dh, dw, src, C, sh, sw, mode, NULL, 0);
 }
 
 /* ---- images, items, batches ------------------------------------------------------------- */
@@ -1061,6 +1147,7 @@ LDM_API ldm_result ldm_data_image_load(const char *path, int channels, ldm_data_
     int w = 0, h = 0, n = 0;
     memset(out, 0, sizeof *out);
     out->label = -1;
+    out->index = -1;
     if (channels != 1 && channels != 3) return ldm__derr(err, errn, LDM_ERR_INVALID, "%s: channels must be 1 or 3, got %d", path, channels);
     FILE *f = fopen(path, "rb");
     if (!f) return ldm__derr(err, errn, LDM_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
@@ -1294,8 +1381,12 @@ static ldm_result ldm__dataset_load(ldm_dataset *ds, int64_t i, ldm_data_image *
         }
         memset(base, 0, sizeof *base);
         base->label = -1;
+        base->index = -1;
         ldm_result r = ds->vt->load(ds->self, j, base, err, errn);
-        if (r == LDM_OK) { base->index = j; return LDM_OK; }
+        if (r == LDM_OK) {
+            if (base->index < 0) base->index = j; /* a wrapper (cache) may already know the file read */
+            return LDM_OK;
+        }
         ldm_data_image_free(base);
         if (!ds->skip_unreadable || (r != LDM_ERR_FORMAT && r != LDM_ERR_IO)) return r;
         ldm__dlock(ds);
@@ -1303,7 +1394,7 @@ static ldm_result ldm__dataset_load(ldm_dataset *ds, int64_t i, ldm_data_image *
             char msg[LDM_DATA_ERR_MAX + 64];
             ds->bad[j] = 1;
             ds->n_bad++;
-            snprintf(msg, sizeof msg, "%s; skipped (item %lld reads the next file)", err, (long long)i);
+            snprintf(msg, sizeof msg, "%s: %s; skipped (item %lld reads the next file)", ldm_dataset_name(ds), err, (long long)i);
             ldm__dwarn(ds->warn, ds->warn_user, msg);
         }
         ldm__dunlock(ds);
@@ -1756,10 +1847,10 @@ static ldm_result ldm__didx_load(void *self, int64_t i, ldm_data_image *out, cha
     out->c = 1;
     out->h = d->h;
     out->w = d->w;
-    out->px = (unsigned char *)ldm__dalloc((size_t)(s > d->h ? s : d->h) * (s > d->w ? s : d->w));
+    out->px = (unsigned char *)ldm__dalloc((size_t)(s > d->h ? s : d->h) * (size_t)(s > d->w ? s : d->w));
     if (!out->px) return ldm__derr(err, errn, LDM_ERR_NOMEM, "out of memory");
     memcpy(out->px, src, (size_t)d->h * d->w);
-    if (s == d->h && s == d->w) return LDM_OK;
+    if (s == 0 || (s == d->h && s == d->w)) return LDM_OK;
     if (d->o.pad) {
         int top = (s - d->h) / 2, left = (s - d->w) / 2;
         memset(out->px, 0, (size_t)s * s);
@@ -1809,11 +1900,8 @@ LDM_API ldm_result ldm_dataset_idx(ldm_ctx *ctx, ldm_dataset **out, const ldm_da
         d->h = (int)d->img.dims[1];
         d->w = (int)d->img.dims[2];
         if (d->o.max_items > 0 && d->o.max_items < d->n) d->n = d->o.max_items;
-        if (!d->o.size) d->o.size = d->h;
-        if (d->o.pad && (d->o.size < d->h || d->o.size < d->w))
+        if (d->o.size && d->o.pad && (d->o.size < d->h || d->o.size < d->w))
             r = ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "IDX dataset: cannot pad %dx%d images to size %d (smaller); resize instead", d->w, d->h, d->o.size);
-        else if (!d->o.pad && d->h != d->w && d->o.size != d->h)
-            r = ldm_ctx_seterr(ctx, LDM_ERR_UNSUPPORTED, "IDX dataset: resizing non-square %dx%d images is not supported", d->w, d->h);
     }
     if (r) { ldm__didx_destroy(d); return r; }
     d->o.images = d->o.labels = NULL;
