@@ -67,7 +67,7 @@ t = {}
 torch.manual_seed(0)
 
 # ---- LPIPS on random images ------------------------------------------------------------------
-lp = hash_model(LPIPS())
+lp = hash_model(LPIPS()).eval()  # eval: the lin heads' Dropout off
 x0 = (torch.rand(2, 3, 32, 32) * 2 - 1).double().requires_grad_(True)
 x1 = (torch.rand(2, 3, 32, 32) * 2 - 1).double().requires_grad_(True)
 val = lp(x0, x1)
