@@ -253,6 +253,8 @@ static void make_folder(void) {
     ok &= write_image(p, small, 3, 30, 36);
     path_in(p, sizeof p, "img/.hidden/x.png");
     ok &= write_image(p, small, 3, 30, 36);
+    path_in(p, sizeof p, "img/sub2/loop"); /* a link back to img: the scan must not loop or count twice */
+    ok &= symlink("..", p) == 0;
     path_in(p, sizeof p, "img/notes.txt");
     write_bytes(p, "not an image", 12);
     path_in(p, sizeof p, "img/corrupt.png"); /* garbage: caught by the header check */
@@ -293,7 +295,7 @@ static void test_folder(void) {
     ldm_result r = ldm_dataset_image_folder(ctx, &ds, &o);
     lt_report(r == LDM_OK, "ImageFolder over png/jpg/bmp/tga with a corrupt file", "%s", ldm_ctx_error(ctx));
     if (r) { ldm_ctx_clear_error(ctx); return; }
-    LT_CHECK(ldm_dataset_len(ds) == 6, "ImageFolder finds 6 images (hidden dirs, .txt and the garbage file left out)");
+    LT_CHECK(ldm_dataset_len(ds) == 6, "ImageFolder finds 6 images (hidden dirs, .txt, the garbage file and a link loop left out)");
     LT_CHECK(ldm_dataset_skipped(ds) == 1 && n_warnings == 1 && has(warnings, "corrupt.png") && has(warnings, "skipped"),
              "corrupt file: one warning naming it, counted");
     printf("     warning was: %s", warnings);
