@@ -1472,7 +1472,7 @@ static char *ldm__djoin(const char *a, const char *b) {
 
 /* Relative paths of image files under root/rel, recursively. Symbolic links are followed,
    except to a directory already being scanned (a loop); seen[] holds the open ancestors. */
-typedef struct ldm__ddirid { dev_t dev; ino_t ino; } ldm__ddirid;
+typedef struct ldm__ddirid { uint64_t dev, ino; } ldm__ddirid;
 #define LDM__DSCAN_DEPTH 32
 static ldm_result ldm__dscan(const char *root, const char *rel, int depth, ldm__ddirid *seen, ldm__dstrs *out, char *err, size_t errn) {
     char *dir = rel[0] ? ldm__djoin(root, rel) : ldm__dstrdup(root);
@@ -1480,9 +1480,9 @@ static ldm_result ldm__dscan(const char *root, const char *rel, int depth, ldm__
     struct stat ds;
     if (stat(dir, &ds) == 0) {
         for (int i = 0; i < depth; i++)
-            if (seen[i].dev == ds.st_dev && seen[i].ino == ds.st_ino) { LDM_FREE(dir); return LDM_OK; }
-        seen[depth].dev = ds.st_dev;
-        seen[depth].ino = ds.st_ino;
+            if (seen[i].dev == (uint64_t)ds.st_dev && seen[i].ino == (uint64_t)ds.st_ino) { LDM_FREE(dir); return LDM_OK; }
+        seen[depth].dev = (uint64_t)ds.st_dev;
+        seen[depth].ino = (uint64_t)ds.st_ino;
     }
     DIR *d = opendir(dir);
     if (!d) {
