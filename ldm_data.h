@@ -245,7 +245,9 @@ typedef struct ldm_data_folder_opts {
     const char *root;             /* directory (required) */
     const char *split;            /* NULL/"all", "train" or "validation" */
     double val_fraction;          /* split != all: round(n * val_fraction) files (at least 1 when
-                                     > 0) spread evenly over the sorted list are validation */
+                                     > 0) spread evenly over the sorted list are validation: file j
+                                     when floor((j+1) v / n) > floor(j v / n). Computed over every
+                                     candidate before the header check, so a bad file never moves it */
     const char *file_list;        /* optional text file, one path per line (relative to root
                                      unless absolute, '#' comments): replaces the scan, keeps its order */
     int64_t max_items;            /* > 0: the first max_items files of the split */
