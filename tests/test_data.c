@@ -1115,6 +1115,17 @@ static void test_demo_photos(void) {
              "data/: one epoch of [3,64,64] crops in [-1, 1]");
     if (ok) ldm_data_loader_destroy(ld);
     ldm_dataset_destroy(ds);
+    /* the data section data/README.md shows */
+    char msg[2048];
+    ldm_data_module *dm;
+    r = cfg_module("data:\n  target: main.DataModuleFromConfig\n  params:\n    batch_size: 4\n    num_workers: 2\n    train:\n"
+                   "      target: ldm.data.folder.ImageFolderTrain\n      params: {root: ../data, size: 128, val_fraction: 0.2}\n"
+                   "    validation:\n      target: ldm.data.folder.ImageFolderValidation\n"
+                   "      params: {root: ../data, size: 128, val_fraction: 0.2}\n", &dm, msg, sizeof msg);
+    LT_CHECK(r == LDM_OK && ldm_dataset_len(dm->dataset[LDM_DATA_TRAIN]) == 5 && ldm_dataset_len(dm->dataset[LDM_DATA_VALIDATION]) == 1,
+             "data/README.md's config: 5 training photos, 1 validation photo");
+    if (r) printf("     %s\n", msg);
+    else ldm_data_module_destroy(dm);
 }
 
 int main(void) {
