@@ -36,8 +36,8 @@
    ldm_data_item_rng), so a run is reproducible whatever num_workers is and whatever order the
    threads finish in. Built in:
    - ImageFolder (ldm_dataset_image_folder): every PNG/JPG/JPEG/BMP/TGA file under a directory
-     (recursive, case-insensitive extensions, names starting with '.' ignored), sorted by path
-     bytewise. size > 0: the shorter side is rescaled to size (interpolation "auto": OpenCV
+     (recursive to 32 levels, links followed but not into a loop, case-insensitive
+     extensions, names starting with '.' ignored; POSIX dirent), sorted by path bytewise. size > 0: the shorter side is rescaled to size (interpolation "auto": OpenCV
      INTER_AREA when shrinking, bilinear when enlarging; others selectable), then a size x size
      crop, random in training (offset floor((H - size + 1) * u), albumentations' RandomCrop)
      or central ((H - size) / 2), then a horizontal flip with probability flip_p.
@@ -245,7 +245,9 @@ typedef struct ldm_data_folder_opts {
     const char *root;             /* directory (required) */
     const char *split;            /* NULL/"all", "train" or "validation" */
     double val_fraction;          /* split != all: round(n * val_fraction) files (at least 1 when
-                                     > 0) spread evenly over the sorted list are validation */
+                                     > 0) spread evenly over the sorted list are validation: file j
+                                     when floor((j+1) v / n) > floor(j v / n). Computed over every
+                                     candidate before the header check, so a bad file never moves it */
     const char *file_list;        /* optional text file, one path per line (relative to root
                                      unless absolute, '#' comments): replaces the scan, keeps its order */
     int64_t max_items;            /* > 0: the first max_items files of the split */
@@ -1470,10 +1472,20 @@ static char *ldm__djoin(const char *a, const char *b) {
     return p;
 }
 
-/* Relative paths of image files under root/rel, recursively. */
-static ldm_result ldm__dscan(const char *root, const char *rel, int depth, ldm__dstrs *out, char *err, size_t errn) {
+/* Relative paths of image files under root/rel, recursively. Symbolic links are followed,
+   except to a directory already being scanned (a loop); seen[] holds the open ancestors. */
+typedef struct ldm__ddirid { uint64_t dev, ino; } ldm__ddirid;
+#define LDM__DSCAN_DEPTH 32
+static ldm_result ldm__dscan(const char *root, const char *rel, int depth, ldm__ddirid *seen, ldm__dstrs *out, char *err, size_t errn) {
     char *dir = rel[0] ? ldm__djoin(root, rel) : ldm__dstrdup(root);
     if (!dir) return ldm__derr(err, errn, LDM_ERR_NOMEM, "out of memory scanning '%s'", root);
+    struct stat ds;
+    if (stat(dir, &ds) == 0) {
+        for (int i = 0; i < depth; i++)
+            if (seen[i].dev == (uint64_t)ds.st_dev && seen[i].ino == (uint64_t)ds.st_ino) { LDM_FREE(dir); return LDM_OK; }
+        seen[depth].dev = (uint64_t)ds.st_dev;
+        seen[depth].ino = (uint64_t)ds.st_ino;
+    }
     DIR *d = opendir(dir);
     if (!d) {
         ldm_result r = ldm__derr(err, errn, LDM_ERR_IO, "cannot open directory '%s': %s", dir, strerror(errno));
@@ -1490,7 +1502,7 @@ static ldm_result ldm__dscan(const char *root, const char *rel, int depth, ldm__
         if (!sub || !full) r = ldm__derr(err, errn, LDM_ERR_NOMEM, "out of memory scanning '%s'", root);
         else if (stat(full, &st) != 0) { /* dangling link: not an image we could read */ }
         else if (S_ISDIR(st.st_mode)) {
-            if (depth < 32) r = ldm__dscan(root, sub, depth + 1, out, err, errn);
+            if (depth + 1 < LDM__DSCAN_DEPTH) r = ldm__dscan(root, sub, depth + 1, seen, out, err, errn);
         } else if (S_ISREG(st.st_mode) && ldm__dis_image_name(e->d_name)) {
             if (!ldm__dstrs_push(out, sub)) r = ldm__derr(err, errn, LDM_ERR_NOMEM, "out of memory scanning '%s'", root);
             sub = NULL;
@@ -1556,7 +1568,8 @@ static ldm_result ldm__dfolder_open(ldm_ctx *ctx, ldm__dfolder *f, const ldm_dat
         struct stat st;
         if (stat(o->root, &st) != 0 || !S_ISDIR(st.st_mode))
             return ldm_ctx_seterr(ctx, LDM_ERR_IO, "%s: '%s' is not a directory (%s)", what, o->root, stat(o->root, &st) ? strerror(errno) : "a file");
-        r = ldm__dscan(o->root, "", 0, &rel, err, sizeof err);
+        ldm__ddirid seen[LDM__DSCAN_DEPTH];
+        r = ldm__dscan(o->root, "", 0, seen, &rel, err, sizeof err);
         if (r == LDM_OK && rel.n > 1) qsort(rel.v, (size_t)rel.n, sizeof(char *), ldm__dcmp_str);
     }
     if (r) { ldm__dstrs_free(&rel); return ldm_ctx_seterr(ctx, r, "%s: %s", what, err); }

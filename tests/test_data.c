@@ -253,6 +253,8 @@ static void make_folder(void) {
     ok &= write_image(p, small, 3, 30, 36);
     path_in(p, sizeof p, "img/.hidden/x.png");
     ok &= write_image(p, small, 3, 30, 36);
+    path_in(p, sizeof p, "img/sub2/loop"); /* a link back to img: the scan must not loop or count twice */
+    ok &= symlink("..", p) == 0;
     path_in(p, sizeof p, "img/notes.txt");
     write_bytes(p, "not an image", 12);
     path_in(p, sizeof p, "img/corrupt.png"); /* garbage: caught by the header check */
@@ -293,7 +295,7 @@ static void test_folder(void) {
     ldm_result r = ldm_dataset_image_folder(ctx, &ds, &o);
     lt_report(r == LDM_OK, "ImageFolder over png/jpg/bmp/tga with a corrupt file", "%s", ldm_ctx_error(ctx));
     if (r) { ldm_ctx_clear_error(ctx); return; }
-    LT_CHECK(ldm_dataset_len(ds) == 6, "ImageFolder finds 6 images (hidden dirs, .txt and the garbage file left out)");
+    LT_CHECK(ldm_dataset_len(ds) == 6, "ImageFolder finds 6 images (hidden dirs, .txt, the garbage file and a link loop left out)");
     LT_CHECK(ldm_dataset_skipped(ds) == 1 && n_warnings == 1 && has(warnings, "corrupt.png") && has(warnings, "skipped"),
              "corrupt file: one warning naming it, counted");
     printf("     warning was: %s", warnings);
@@ -1113,6 +1115,17 @@ static void test_demo_photos(void) {
              "data/: one epoch of [3,64,64] crops in [-1, 1]");
     if (ok) ldm_data_loader_destroy(ld);
     ldm_dataset_destroy(ds);
+    /* the data section data/README.md shows */
+    char msg[2048];
+    ldm_data_module *dm;
+    r = cfg_module("data:\n  target: main.DataModuleFromConfig\n  params:\n    batch_size: 4\n    num_workers: 2\n    train:\n"
+                   "      target: ldm.data.folder.ImageFolderTrain\n      params: {root: ../data, size: 128, val_fraction: 0.2}\n"
+                   "    validation:\n      target: ldm.data.folder.ImageFolderValidation\n"
+                   "      params: {root: ../data, size: 128, val_fraction: 0.2}\n", &dm, msg, sizeof msg);
+    LT_CHECK(r == LDM_OK && ldm_dataset_len(dm->dataset[LDM_DATA_TRAIN]) == 5 && ldm_dataset_len(dm->dataset[LDM_DATA_VALIDATION]) == 1,
+             "data/README.md's config: 5 training photos, 1 validation photo");
+    if (r) printf("     %s\n", msg);
+    else ldm_data_module_destroy(dm);
 }
 
 int main(void) {
