@@ -41,7 +41,8 @@
 
    Test hooks (environment): LDM_TEST_CRASH_IN_CHECKPOINT=1 kills the process (SIGKILL) in the
    middle of writing a checkpoint, =2 between moving the old one aside and moving the new one
-   into place; LDM_TEST_SIGNAL_AT_BATCH=N raises SIGTERM after N training batches of this run. */
+   into place; LDM_TEST_SIGNAL_AT_BATCH=N[:INT|TERM|USR1] raises that signal (SIGTERM by default)
+   after N training batches of this run. */
 #if !defined(_XOPEN_SOURCE)
 #define _XOPEN_SOURCE 700
 #endif
@@ -862,8 +863,9 @@ typedef struct drv {
     double t_start, rate;              /* steps per second (smoothed) */
     int64_t rate_steps;
     double rate_t;
-    float last_ae, last_d, last_val;
+    float last_ae, last_d, last_val, last_rec;
     int64_t batches_this_run, signal_at;
+    uint64_t data_seed;                /* the loaders' seed: --seed, or the resumed run's */
     int lpips_note_done, monitor_note;
     ldm_config_strs lpips_path;
 } drv;
@@ -1386,7 +1388,7 @@ static int drv_write_state(drv *d, const char *path) {
                "epoch_aeloss_sum = %.17g\nepoch_discloss_sum = %.17g\nepoch_samples = %.17g\n"
                "[image_logger]\nlog_steps_popped = %d\n[checkpoint]\nmonitor = \"%s\"\n",
             (long long)d->global_step, (long long)d->epoch, (long long)d->batch_in_epoch, (long long)d->accumulated,
-            (long long)d->met.rows, (unsigned long long)d->o->seed, (unsigned long long)rng->seed, (unsigned long long)rng->offset,
+            (long long)d->met.rows, (unsigned long long)d->data_seed, (unsigned long long)rng->seed, (unsigned long long)rng->offset,
             d->ep_ae_sum, d->ep_d_sum, d->ep_n, d->imlog.popped, d->mc.monitor);
     fprintf(f, "topk_names = [");
     for (int i = 0; i < d->n_topk; i++) fprintf(f, "%s\"%s\"", i ? ", " : "", d->topk[i].name);
@@ -1478,9 +1480,19 @@ static int drv_load_checkpoint(drv *d, const char *dir, int with_state) {
     lo.rename = drv_rename_vae;
     if (ldm_nn_load(ctx, d->vae->P, p, &lo)) return drv_fail_ctx(d, "resume");
     if (ldm_lpips_loss_load(ctx, d->L, p, "loss.")) return drv_fail_ctx(d, "resume");
-    if (!with_state) return 0;
     char st[DRV_PATH];
     drv_join(st, sizeof st, dir, drv_ckpt_files[4]);
+    if (!with_state) { /* weights only; the step and epoch are for the test report */
+        ldm_config *sc;
+        if (drv_is_file(st) && !ldm_config_create(&sc)) {
+            if (!ldm_config_load(sc, st)) {
+                ldm_config_get_i64(sc, NULL, "trainer.global_step", 0, &d->global_step);
+                ldm_config_get_i64(sc, NULL, "trainer.epoch", 0, &d->epoch);
+            }
+            ldm_config_destroy(sc);
+        }
+        return 0;
+    }
     if (!drv_is_file(st)) {
         drv_error("%s: weights only (no state.ini), so training cannot resume from it (hint: use model.params.ckpt_path=%s to "
                   "start a new run from these weights)", dir, p);
@@ -1525,8 +1537,9 @@ static int drv_load_checkpoint(drv *d, const char *dir, int with_state) {
         ldm_rng *rng = ldm_ctx_rng(ctx);
         rng->seed = strtoull(s_rs, NULL, 10);
         rng->offset = strtoull(s_ro, NULL, 10);
-        if (strtoull(s_seed, NULL, 10) != d->o->seed)
-            drv_note("Note: this run's seed is %llu, the checkpoint's %s; the RNG state comes from the checkpoint",
+        d->data_seed = strtoull(s_seed, NULL, 10);
+        if (d->data_seed != d->o->seed)
+            drv_note("Note: --seed %llu is ignored: the resumed run keeps its seed (%s) and RNG state",
                      (unsigned long long)d->o->seed, s_seed);
         if (strcmp(mon, d->mc.monitor)) d->n_topk = 0; /* another metric: start a fresh top-k */
         else {
@@ -1652,12 +1665,12 @@ static void drv_progress(drv *d, int force_line) {
         char bar[32];
         for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
         bar[width] = 0;
-        printf("\rEpoch %lld: %lld/%lld [%s] %.2f it/s ETA %s aeloss %.4f discloss %.4f%s\033[K", (long long)d->epoch,
-               (long long)d->global_step, (long long)d->total_steps, bar, d->rate, eta, d->last_ae, d->last_d, val);
+        printf("\rEpoch %lld: %lld/%lld [%s] %.2f it/s ETA %s aeloss %.1f rec_loss %.4f discloss %.4f%s\033[K", (long long)d->epoch,
+               (long long)d->global_step, (long long)d->total_steps, bar, d->rate, eta, d->last_ae, d->last_rec, d->last_d, val);
         fflush(stdout);
     } else if (force_line) {
-        printf("epoch %lld step %lld/%lld  %.2f it/s  ETA %s  aeloss %.5f  discloss %.5f%s\n", (long long)d->epoch,
-               (long long)d->global_step, (long long)d->total_steps, d->rate, eta, d->last_ae, d->last_d, val);
+        printf("epoch %lld step %lld/%lld  %.2f it/s  ETA %s  aeloss %.2f  rec_loss %.5f  discloss %.5f%s\n", (long long)d->epoch,
+               (long long)d->global_step, (long long)d->total_steps, d->rate, eta, d->last_ae, d->last_rec, d->last_d, val);
         fflush(stdout);
     }
 }
@@ -1800,7 +1813,7 @@ static int drv_test(drv *d) {
         split = LDM_DATA_VALIDATION;
     }
     ldm_data_loader *ld;
-    if (ldm_data_module_loader(ctx, d->dm, split, d->o->seed, &ld)) return drv_fail_ctx(d, "test data");
+    if (ldm_data_module_loader(ctx, d->dm, split, d->data_seed, &ld)) return drv_fail_ctx(d, "test data");
     int64_t nb = drv_limit_apply(&d->lim_test, ldm_data_loader_batches(ld));
     char dir[DRV_PATH], path[DRV_PATH];
     drv_sfmt(dir, sizeof dir, "%s/images/test", d->logdir);
@@ -1968,7 +1981,12 @@ static int drv_fit(drv *d) {
     }
     if (ldm_data_loader_seek(ctx, d->ld_train, drv_state(d->epoch, d->batch_in_epoch))) return drv_fail_ctx(d, "train data");
     const char *sig_env = getenv("LDM_TEST_SIGNAL_AT_BATCH");
+    int sig_num = SIGTERM;
     d->signal_at = sig_env ? atoll(sig_env) : -1;
+    if (sig_env && strchr(sig_env, ':')) {
+        const char *nm = strchr(sig_env, ':') + 1;
+        sig_num = !strcmp(nm, "INT") ? SIGINT : !strcmp(nm, "USR1") ? SIGUSR1 : SIGTERM;
+    }
 
     for (;;) {
         if (d->max_steps >= 0 && d->global_step >= d->max_steps) break;
@@ -1984,6 +2002,10 @@ static int drv_fit(drv *d) {
         float ae = 0, dl = 0;
         if (drv_train_batch(d, b, do_step, &l0, &l1, &ae, &dl)) { rc = 1; break; }
         d->last_ae = ae; d->last_d = dl;
+        {
+            const float *rl = ldm_loss_log_get(&l0, "train/rec_loss");
+            d->last_rec = rl ? *rl : NAN;
+        }
         int B = b->size;
         d->ep_ae_sum += (double)ae * B;
         d->ep_d_sum += (double)dl * B;
@@ -2062,7 +2084,7 @@ static int drv_fit(drv *d) {
         }
         if (do_step && d->mc.every_n_train_steps > 0 && d->global_step % d->mc.every_n_train_steps == 0) pd.last = 1;
         if (do_step && d->trainstep_every > 0 && d->global_step % d->trainstep_every == 0) pd.trainstep = 1;
-        if (d->signal_at >= 0 && d->batches_this_run == d->signal_at) raise(SIGTERM);
+        if (d->signal_at >= 0 && d->batches_this_run == d->signal_at) raise(sig_num);
         if (drv_sig_save) { drv_sig_save = 0; pd.last = 1; drv_progress_clear(d); printf("Summoning checkpoint (SIGUSR1).\n"); }
         if (drv_sig_stop) { pd.signal_stop = 1; drv_progress_clear(d); printf("Summoning checkpoint (%s).\n", drv_sig_stop == SIGINT ? "SIGINT" : "SIGTERM"); }
         if (drv_save_pending(d, &pd)) { rc = 1; break; }
@@ -2199,6 +2221,17 @@ static int drv_run(drv *d) {
         if (ldm_config_save(d->cfg, NULL, p)) return drv_fail_cfg(d);
         printf("Project config saved to %s\n", p);
     }
+    { /* temporaries of a run that was killed while writing a checkpoint */
+        DIR *dir = opendir(d->ckptdir);
+        struct dirent *e;
+        while (dir && (e = readdir(dir)) != NULL)
+            if (!strncmp(e->d_name, ".tmp-", 5)) {
+                char p[DRV_PATH];
+                drv_join(p, sizeof p, d->ckptdir, e->d_name);
+                drv_rm_rf(p);
+            }
+        if (dir) closedir(dir);
+    }
     drv_metrics_init(&d->met);
     drv_join(d->met.path, sizeof d->met.path, d->logdir, "metrics.csv");
     if (d->resuming) {
@@ -2211,7 +2244,7 @@ static int drv_run(drv *d) {
 
     if (o->train) {
         if (!d->dm->dataset[LDM_DATA_TRAIN]) { drv_error("-t needs data.params.train"); return 1; }
-        if (ldm_data_module_loader(ctx, d->dm, LDM_DATA_TRAIN, o->seed, &d->ld_train)) return drv_fail_ctx(d, "train data");
+        if (ldm_data_module_loader(ctx, d->dm, LDM_DATA_TRAIN, d->data_seed, &d->ld_train)) return drv_fail_ctx(d, "train data");
         int64_t nb = ldm_data_loader_batches(d->ld_train);
         d->n_train = drv_limit_apply(&d->lim_train, nb);
         if (d->n_train < 1) {
@@ -2220,7 +2253,7 @@ static int drv_run(drv *d) {
             return 1;
         }
         if (d->dm->dataset[LDM_DATA_VALIDATION]) {
-            if (ldm_data_module_loader(ctx, d->dm, LDM_DATA_VALIDATION, o->seed, &d->ld_val)) return drv_fail_ctx(d, "validation data");
+            if (ldm_data_module_loader(ctx, d->dm, LDM_DATA_VALIDATION, d->data_seed, &d->ld_val)) return drv_fail_ctx(d, "validation data");
             d->n_val = drv_limit_apply(&d->lim_val, ldm_data_loader_batches(d->ld_val));
         }
         if (d->val_interval.is_frac) {
@@ -2248,7 +2281,10 @@ static int drv_run(drv *d) {
                (long long)d->total_steps, (long long)d->n_train, (long long)d->steps_per_epoch, bs, ldm_ctx_threads(ctx), d->logdir);
         fflush(stdout);
         drv_install_signals();
-        if (drv_fit(d)) return 1;
+        int frc = drv_fit(d);
+        signal(SIGINT, SIG_DFL); /* the test is not checkpointed: Ctrl-C simply stops it */
+        signal(SIGTERM, SIG_DFL);
+        if (frc) return 1;
         if (drv_sig_stop) return 0; /* main.py: no test after an interruption */
     }
     if (!o->no_test) return drv_test(d);
@@ -2281,6 +2317,7 @@ int main(int argc, char **argv) {
     drv *d = (drv *)calloc(1, sizeof *d);
     if (!d) { drv_error("out of memory"); return 1; }
     d->o = &o;
+    d->data_seed = o.seed;
     d->tty = isatty(fileno(stdout));
     rc = drv_run(d);
     drv_free(d);
