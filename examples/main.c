@@ -385,7 +385,6 @@ static int drv_parse_args(int argc, char **argv, drv_opts *o) {
     X(save_top_k, INT, "3", "keep the k best checkpoints (-1: all, 0: none)")                   \
     X(every_n_train_steps, I64, "0", "also write checkpoints/last every n optimizer steps (0: off)") \
     X(save_last, BOOL, "true", "write checkpoints/last at every checkpoint event")              \
-    X(save_weights_only, BOOL, "false", "accepted for ModelCheckpoint callbacks (trainstep checkpoints)") \
     X(verbose, BOOL, "true", "print a line per saved checkpoint")
 #define DRV_STEPCKPT_KEYS(X)                                                                     \
     X(every_n_train_steps, I64, "10000", "write checkpoints/trainstep_checkpoints/epoch=E-step=S every n steps") \
@@ -2012,6 +2011,7 @@ static int drv_fit(drv *d) {
         d->ep_n += B;
         drv_pending pd;
         memset(&pd, 0, sizeof pd);
+        int log_line = 0;
 
         /* on_train_batch_end: ImageLogger (global_step not yet counted for this batch) */
         if (d->have_imlog && (d->global_step > 0 || d->imlog.c.log_first_step) && drv_log_images(d, b, "train", bi)) { rc = 1; break; }
@@ -2023,8 +2023,8 @@ static int drv_fit(drv *d) {
             drv_log_into(&d->met, row, &l0);
             drv_log_into(&d->met, row, &l1);
             if (drv_metrics_flush_row(&d->met)) { rc = 1; break; }
-            drv_progress(d, 1);
-        } else drv_progress(d, 0);
+            log_line = 1;
+        }
 
         /* validation (Lightning: in on_advance_end, before the global step is counted) */
         int val_epoch = (d->epoch + 1) % d->tc.check_val_every_n_epoch == 0;
@@ -2046,8 +2046,8 @@ static int drv_fit(drv *d) {
                 char lp[32] = "n/a";
                 double vl = vr.v[drv_metrics_col(&d->met, "val/lpips")];
                 if (vl == vl) drv_sfmt(lp, sizeof lp, "%.4f", vl);
-                printf("Validation at step %lld (epoch %lld): val/rec_loss %.5f  val/total_loss %.5f  PSNR %.2f dB  SSIM %.4f  LPIPS %s\n",
-                       (long long)d->global_step, (long long)d->epoch, rl, vr.v[drv_metrics_col(&d->met, "val/total_loss")],
+                printf("Validation (epoch %lld, step %lld): val/rec_loss %.5f  val/total_loss %.5f  PSNR %.2f dB  SSIM %.4f  LPIPS %s\n",
+                       (long long)d->epoch, (long long)d->global_step + do_step, rl, vr.v[drv_metrics_col(&d->met, "val/total_loss")],
                        vr.v[drv_metrics_col(&d->met, "val/psnr")], vr.v[drv_metrics_col(&d->met, "val/ssim")], lp);
                 fflush(stdout);
                 char cp[DRV_PATH];
@@ -2067,6 +2067,7 @@ static int drv_fit(drv *d) {
         d->batch_in_epoch++;
         if (do_step) { d->global_step++; d->accumulated = 0; }
         else d->accumulated++;
+        drv_progress(d, log_line);
         if (is_last) {
             double *row = drv_metrics_new_row(&d->met);
             if (!row) { rc = 1; drv_error("out of memory"); break; }
@@ -2122,7 +2123,7 @@ static void drv_help(void) {
            "  -r LOGDIR resumes from LOGDIR/checkpoints/last with the configs saved in LOGDIR/configs.\n"
            "  key=value overrides any config key (model.params.lossconfig.params.disc_start=1000).\n"
            "  Environment: LDM_THREADS (threads), LDM_LPIPS_WEIGHTS (LPIPS weights, comma-separated files).\n\n"
-           "config keys (defaults in brackets):\n\n[top level]\n");
+           "config keys (name, kind, default, meaning):\n\n[top level]\n");
     ldm_config_schema_print(stdout, drv_root_cfg_schema());
     printf("\n[model]\n");
     ldm_config_schema_print(stdout, drv_model_cfg_schema());
@@ -2131,7 +2132,32 @@ static void drv_help(void) {
     printf("\n[model.params.ddconfig]\n");
     ldm_config_schema_print(stdout, ldm_vae_ddconfig_schema());
     printf("\n[model.params.lossconfig.params]  (target ldm.modules.losses.LPIPSWithDiscriminator)\n");
-    ldm_config_schema_print(stdout, drv_loss_schema);
+    {
+        /* help for the keys whose ldm_lpips.h entry has none */
+        static const char *const help[][2] = {
+            {"disc_start", "global step at which the GAN terms start (the seed configs: 50001)"},
+            {"logvar_init", "initial (and, in no optimizer, final) value of the learned log-variance"},
+            {"kl_weight", "weight of the KL term (the seed configs: 1e-6)"},
+            {"pixelloss_weight", "accepted, unused (as in the reference)"},
+            {"disc_num_layers", "PatchGAN layers"},
+            {"disc_in_channels", "PatchGAN input channels"},
+            {"disc_factor", "GAN weight once disc_start is reached"},
+            {"disc_weight", "scale of the adaptive generator weight (the seed configs: 0.5)"},
+            {"perceptual_weight", "LPIPS weight in the reconstruction loss (0: no VGG16 weights needed)"},
+            {"use_actnorm", "false only"},
+            {"disc_conditional", "false only"},
+            {"disc_loss", "hinge or vanilla"},
+            {"lpips_eval", "ldm.h's: LPIPS without its dropout while training"}};
+        ldm_config_field f[64];
+        int n = 0;
+        for (; drv_loss_schema[n].name && n < 63; n++) {
+            f[n] = drv_loss_schema[n];
+            for (size_t k = 0; k < sizeof help / sizeof help[0]; k++)
+                if ((!f[n].help || !f[n].help[0]) && !strcmp(f[n].name, help[k][0])) f[n].help = help[k][1];
+        }
+        f[n] = drv_loss_schema[n];
+        ldm_config_schema_print(stdout, f);
+    }
     printf("\n[data.params]  (target main.DataModuleFromConfig; datasets: see ldm_data.h)\n");
     ldm_config_schema_print(stdout, ldm_data_module_params_schema());
     printf("\n[lightning]\n");

@@ -4,8 +4,8 @@ vae_model.AutoencoderKL (encoder, decoder, quant_conv, post_quant_conv) plus
 lpips_model.LPIPSWithDiscriminator as `loss` (logvar, discriminator, perceptual_loss), the
 attribute layout of ldm/models/autoencoder.py.
 
-    /usr/bin/python3 tests/ref/driver_ckpt_check.py LOGDIR            # checkpoints/last
-    /usr/bin/python3 tests/ref/driver_ckpt_check.py LOGDIR --lpips-weights OUT.safetensors
+    /usr/bin/python3 tests/ref/driver_ckpt_check.py LOGDIR            # checks checkpoints/last
+    /usr/bin/python3 tests/ref/driver_ckpt_check.py --lpips-weights OUT.safetensors
         (writes random LPIPS weights under taming's names, for a run with perceptual_weight > 0)
 
 Prints the load result; exit 0 when strict loading succeeds, or when the only missing keys are
@@ -89,10 +89,11 @@ class CompVisAutoencoderKL(nn.Module):
 
 
 def main():
-    if len(sys.argv) == 4 and sys.argv[2] == "--lpips-weights":
+    if len(sys.argv) == 3 and sys.argv[1] == "--lpips-weights":
         torch.manual_seed(0)
-        write_safetensors(sys.argv[3], {k: v for k, v in LPIPS().state_dict().items()})
-        print("wrote random LPIPS weights (taming names) to", sys.argv[3])
+        write_safetensors(sys.argv[2], {k: v for k, v in LPIPS().state_dict().items()})
+        print("wrote random LPIPS weights (taming names) to", sys.argv[2])
+        return 0
     logdir = sys.argv[1]
     cfgs = sorted(glob.glob(os.path.join(logdir, "configs", "*.ini")))
     cfg = read_ini(cfgs[-1])
