@@ -19,6 +19,19 @@
 
 #define FIX "../tests/fixtures/"
 
+/* The sanitizer build (-O1, no vectorisation) runs the convolutions some 50x slower; it is
+   there for memory errors, which fewer repetitions find as well. */
+#if defined(__SANITIZE_ADDRESS__)
+#define LT_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define LT_SANITIZED 1
+#endif
+#endif
+#ifndef LT_SANITIZED
+#define LT_SANITIZED 0
+#endif
+
 #include <time.h>
 static double now_s(void) {
     struct timespec ts;
@@ -198,7 +211,7 @@ static void test_lpips(ldm_ctx *ctx, ldm_weights *fx) {
 
     /* dropout (training mode): single draws differ, their mean is the eval value. The
        relative spread of one draw is measured; 5 standard errors bound the mean. */
-    {
+    if (!LT_SANITIZED) {
         int prev = ldm_set_grad_enabled(ctx, 0);
         ldm_tensor *a = ldm_slice(ctx, ldm_slice(ctx, x0, 2, 0, 16), 3, 0, 16), *b = ldm_slice(ctx, ldm_slice(ctx, x1, 2, 0, 16), 3, 0, 16);
         ldm_tensor *ev = ldm_lpips_forward(ctx, lp, a, b, 0);
@@ -222,7 +235,7 @@ static void test_lpips(ldm_ctx *ctx, ldm_weights *fx) {
             ok = fabs(mean - ev->data[k]) < 5 * se && se < 0.05 * ev->data[k];
         }
         printf("     (dropout check %.1f s)\n", now_s() - td);
-        lt_report(ok, "lpips: dropout mode is random and unbiased (mean of 64 draws within 5 standard errors of eval)", "%d draws differ", differ);
+        lt_report(ok, "lpips: dropout mode is random and unbiased (mean of the draws within 5 standard errors of eval)", "%d draws differ", differ);
     }
 
     /* the real LPIPS v0.1 heads (legacy torch.save file) with the torchvision-named backbone */
@@ -336,6 +349,7 @@ static void test_loss(ldm_ctx *ctx, ldm_weights *fx) {
     hash_fill(vae->P, 0.0f);
     char name[200];
     for (int k = 0; k < 4; k++) {
+        if (LT_SANITIZED && k != 1) continue; /* one training case with both backward passes */
         const loss_case *cs = &cases[k];
         int train = !strcmp(cs->split, "train");
         ldm_lpips_loss_config lc = ldm_lpips_loss_defaults();
@@ -356,7 +370,7 @@ static void test_loss(ldm_ctx *ctx, ldm_weights *fx) {
         ldm_vae_encode(ctx, vae, x, &q);
         ldm_tensor *xrec = ldm_vae_decode(ctx, vae, ldm_vae_posterior_sample(ctx, &q, eps));
         if (!xrec) { lt_report(0, "loss: autoencoder forward", "%s", ldm_ctx_error(ctx)); ldm_set_grad_enabled(ctx, prev); ldm_lpips_loss_destroy(L); break; }
-        if (k == 0) check_fx(ctx, fx, "ae.xrec", xrec->data, (long)xrec->numel, 1e-5, 1e-4);
+        if (k == 1) check_fx(ctx, fx, "ae.xrec", xrec->data, (long)xrec->numel, 1e-5, 1e-4);
         ldm_loss_log log, dlog;
         ldm_tensor *lg = ldm_lpips_loss_generator(ctx, L, x, xrec, &q, cs->step, ldm_vae_last_layer(vae), cs->split, &log);
         if (lg && train) ldm_backward(ctx, lg);
@@ -502,15 +516,16 @@ static void test_metrics(ldm_ctx *ctx, ldm_weights *fx) {
         if (p == 0) { a = load_png(ctx, FIX "photo_astronaut.png", 0, 0, 0, 0); b = load_png(ctx, FIX "photo_chelsea.png", 0, 0, 0, 0); }
         else { a = load_png(ctx, FIX "photo_astronaut.png", 0, 0, 60, 60); b = load_png(ctx, FIX "photo_astronaut.png", 2, 1, 60, 60); }
         if (!a || !b) { lt_report(0, "metrics: photos", "cannot read the PNG fixtures"); break; }
-        double ssim, psnr, lpips;
+        double ssim, psnr, lpips = 0;
         char key[64], name[128];
         ldm_metric_ssim(ctx, a, b, 1.0, &ssim);
         ldm_metric_psnr(ctx, a, b, 1.0, &psnr);
         ldm_tensor *sa = ldm_affine(ctx, a, 2.0f, -1.0f), *sb = ldm_affine(ctx, b, 2.0f, -1.0f);
-        ldm_metric_lpips(ctx, lp, sa, sb, &lpips);
+        int nm = LT_SANITIZED ? 2 : 3; /* the CLI checks LPIPS on the photos there */
+        if (nm == 3) ldm_metric_lpips(ctx, lp, sa, sb, &lpips);
         const char *what[3] = {"ssim", "psnr", "lpips"};
         double got[3] = {ssim, psnr, lpips};
-        for (int i = 0; i < 3; i++) {
+        for (int i = 0; i < nm; i++) {
             snprintf(key, sizeof key, "photo.%s_%s", what[i], tags[p]);
             float *w = lt_load(ctx, fx, key, NULL);
             snprintf(name, sizeof name, "metrics: %s on real photo crops (%s) vs %s within 1e-4", what[i], tags[p],
