@@ -2276,7 +2276,14 @@ LDM_API void ldm_sgemm_ref(int ta, int tb, int64_t M, int64_t N, int64_t K, floa
 }
 
 #ifdef LDM_BLAS
+/* OpenBLAS's cblas.h pulls in <complex.h>, whose macro I would break later code here. */
+#ifdef I
+#define LDM__HAD_I
+#endif
 #include <cblas.h>
+#if defined(I) && !defined(LDM__HAD_I)
+#undef I
+#endif
 static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                            int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
     (void)ctx;
@@ -2530,6 +2537,15 @@ typedef struct {
     size_t work_floats, b_offset;
 } ldm__gemm_job;
 
+static void ldm__prefetch_tile(const float *c, int64_t ldc, int rows, int cols) {
+#if defined(__GNUC__)
+    for (int r = 0; r < rows; r++)
+        for (int q = 0; q < cols + 15; q += 16) __builtin_prefetch(c + r * ldc + LDM__MIN(q, cols - 1), 1, 3);
+#else
+    (void)c; (void)ldc; (void)rows; (void)cols;
+#endif
+}
+
 static void ldm__gemm_part(const ldm__gemm_job *g, int64_t m0, int64_t m1, int64_t n0, int64_t n1, float *pa, float *pb) {
     const int64_t K = g->K, kcb = g->kc, ldc = g->ldc;
     for (int64_t ic = m0; ic < m1; ic += LDM__MC) {
@@ -2544,8 +2560,14 @@ static void ldm__gemm_part(const ldm__gemm_job *g, int64_t m0, int64_t m1, int64
                 for (int64_t ir = 0; ir < mc; ir += LDM__MR) {
                     float *c = g->C + (ic + ir) * ldc + jc;
                     int mr = (int)LDM__MIN(LDM__MR, mc - ir);
-                    for (int64_t jr = 0; jr < nc; jr += LDM__NR)
+                    if (ir == 0) ldm__prefetch_tile(c, ldc, mr, (int)LDM__MIN(LDM__NR, nc));
+                    for (int64_t jr = 0; jr < nc; jr += LDM__NR) {
+                        /* fetch the next tile of C while this one computes (its latency
+                           dominates when K is small) */
+                        if (jr + LDM__NR < nc) ldm__prefetch_tile(c + jr + LDM__NR, ldc, mr, (int)LDM__MIN(LDM__NR, nc - jr - LDM__NR));
+                        else if (ir + LDM__MR < mc) ldm__prefetch_tile(c + LDM__MR * ldc, ldc, (int)LDM__MIN(LDM__MR, mc - ir - LDM__MR), (int)LDM__MIN(LDM__NR, nc));
                         ldm__ukernel(kc, pa + ir * kc, pb + jr * kc, c + jr, ldc, mr, (int)LDM__MIN(LDM__NR, nc - jr), g->alpha, beta);
+                    }
                 }
             }
         }
@@ -2605,7 +2627,9 @@ static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, i
         if (best < 0 || cost < best) { best = cost; g.tm = tm; g.tn = tn; }
     }
 
-    size_t a_bytes = LDM__ALIGN_UP(sizeof(float) * LDM__MC * (size_t)g.kc), b_bytes = LDM__ALIGN_UP(sizeof(float) * LDM__NC * (size_t)g.kc);
+    /* one A block and one B block per thread, no larger than this product needs */
+    size_t mcap = (size_t)LDM__MIN(LDM__MC, g.tiles_m * LDM__MR), ncap = (size_t)LDM__MIN(LDM__NC, g.tiles_n * LDM__NR);
+    size_t a_bytes = LDM__ALIGN_UP(sizeof(float) * mcap * (size_t)g.kc), b_bytes = LDM__ALIGN_UP(sizeof(float) * ncap * (size_t)g.kc);
     g.b_offset = a_bytes / sizeof(float);
     g.work_floats = (a_bytes + b_bytes) / sizeof(float);
     size_t need = (a_bytes + b_bytes) * (size_t)(nested ? 1 : ctx->threads) + LDM__ALIGN;
