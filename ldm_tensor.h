@@ -2531,20 +2531,12 @@ typedef struct {
     const float *A, *B;
     float *C;
     int64_t kc;                  /* K slice: depends on K only, never on the thread count */
+    int64_t nc;                  /* columns per B block: the block keeps ~KC x NC floats */
     int tm, tn;                  /* thread grid: tm row ranges x tn column ranges */
     int64_t tiles_m, tiles_n;
     float *work;                 /* packing buffers: per thread, work_floats each */
     size_t work_floats, b_offset;
 } ldm__gemm_job;
-
-static void ldm__prefetch_tile(const float *c, int64_t ldc, int rows, int cols) {
-#if defined(__GNUC__)
-    for (int r = 0; r < rows; r++)
-        for (int q = 0; q < cols + 15; q += 16) __builtin_prefetch(c + r * ldc + LDM__MIN(q, cols - 1), 1, 3);
-#else
-    (void)c; (void)ldc; (void)rows; (void)cols;
-#endif
-}
 
 static void ldm__gemm_part(const ldm__gemm_job *g, int64_t m0, int64_t m1, int64_t n0, int64_t n1, float *pa, float *pb) {
     const int64_t K = g->K, kcb = g->kc, ldc = g->ldc;
@@ -2554,20 +2546,14 @@ static void ldm__gemm_part(const ldm__gemm_job *g, int64_t m0, int64_t m1, int64
             int64_t kc = LDM__MIN(kcb, K - pc);
             float beta = pc == 0 ? g->beta : 1.0f;
             ldm__pack_a(pa, g->A, g->lda, g->ta, ic, mc, pc, kc);
-            for (int64_t jc = n0; jc < n1; jc += LDM__NC) {
-                int64_t nc = LDM__MIN(LDM__NC, n1 - jc);
+            for (int64_t jc = n0; jc < n1; jc += g->nc) {
+                int64_t nc = LDM__MIN(g->nc, n1 - jc);
                 ldm__pack_b(pb, g->B, g->ldb, g->tb, jc, nc, pc, kc);
                 for (int64_t ir = 0; ir < mc; ir += LDM__MR) {
                     float *c = g->C + (ic + ir) * ldc + jc;
                     int mr = (int)LDM__MIN(LDM__MR, mc - ir);
-                    if (ir == 0) ldm__prefetch_tile(c, ldc, mr, (int)LDM__MIN(LDM__NR, nc));
-                    for (int64_t jr = 0; jr < nc; jr += LDM__NR) {
-                        /* fetch the next tile of C while this one computes (its latency
-                           dominates when K is small) */
-                        if (jr + LDM__NR < nc) ldm__prefetch_tile(c + jr + LDM__NR, ldc, mr, (int)LDM__MIN(LDM__NR, nc - jr - LDM__NR));
-                        else if (ir + LDM__MR < mc) ldm__prefetch_tile(c + LDM__MR * ldc, ldc, (int)LDM__MIN(LDM__MR, mc - ir - LDM__MR), (int)LDM__MIN(LDM__NR, nc));
+                    for (int64_t jr = 0; jr < nc; jr += LDM__NR)
                         ldm__ukernel(kc, pa + ir * kc, pb + jr * kc, c + jr, ldc, mr, (int)LDM__MIN(LDM__NR, nc - jr), g->alpha, beta);
-                    }
                 }
             }
         }
@@ -2604,6 +2590,8 @@ static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, i
     g.alpha = alpha; g.beta = beta; g.A = A; g.B = B; g.C = C;
     int64_t slices = (K + LDM__KC - 1) / LDM__KC;
     g.kc = (K + slices - 1) / slices; /* equal slices no longer than KC */
+    /* a short K slice gets a wider B block: longer runs of each C row per pass */
+    g.nc = LDM__MAX(LDM__NC, (int64_t)LDM__NC * LDM__KC / g.kc / LDM__NR * LDM__NR);
     g.tiles_m = (M + LDM__MR - 1) / LDM__MR;
     g.tiles_n = (N + LDM__NR - 1) / LDM__NR;
 
@@ -2628,7 +2616,7 @@ static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, i
     }
 
     /* one A block and one B block per thread, no larger than this product needs */
-    size_t mcap = (size_t)LDM__MIN(LDM__MC, g.tiles_m * LDM__MR), ncap = (size_t)LDM__MIN(LDM__NC, g.tiles_n * LDM__NR);
+    size_t mcap = (size_t)LDM__MIN(LDM__MC, g.tiles_m * LDM__MR), ncap = (size_t)LDM__MIN(g.nc, g.tiles_n * LDM__NR);
     size_t a_bytes = LDM__ALIGN_UP(sizeof(float) * mcap * (size_t)g.kc), b_bytes = LDM__ALIGN_UP(sizeof(float) * ncap * (size_t)g.kc);
     g.b_offset = a_bytes / sizeof(float);
     g.work_floats = (a_bytes + b_bytes) / sizeof(float);
