@@ -133,6 +133,7 @@ int main(void) {
     }
     check_case(ctx, 0, 0, 300, 1000, 520, 1.0f, 1.0f, 0);
     check_case(ctx, 0, 0, 1030, 50, 20, 1.0f, 0.0f, 1);     /* more rows than one packed block */
+    check_case(ctx, 0, 1, 9, 7000, 20, 1.0f, 1.0f, 0);      /* short K: several wide column blocks */
     check_case(ctx, 1, 0, 1, 1000, 300, 1.0f, -1.0f, 0);    /* vector x matrix */
     check_case(ctx, 0, 1, 1000, 1, 300, 1.0f, 0.0f, 1);     /* matrix x vector */
     check_case(ctx, 0, 0, 64, 64, 64, 0.0f, 0.5f, 0);       /* alpha 0: C = beta*C */
@@ -147,6 +148,7 @@ int main(void) {
     check_threads(ctx, 0, 1, 64, 576, 1000, 1.0f);   /* dW = dY col^T */
     check_threads(ctx, 1, 0, 576, 300, 64, 0.0f);    /* dX = W^T dY */
     check_threads(ctx, 1, 1, 100, 1030, 77, 0.5f);
+    check_threads(ctx, 0, 0, 20, 13000, 27, 1.0f);   /* conv_in: K = 27 */
     check_nested(ctx);
 
     ldm_ctx_destroy(ctx);
