@@ -109,7 +109,8 @@ static void check_nested(ldm_ctx *ctx) {
 
 int main(void) {
     ldm_ctx *ctx;
-    ldm_settings s = {0};
+    ldm_settings s;
+    memset(&s, 0, sizeof s);
     s.threads = 2;
     if (ldm_ctx_create(&ctx, &s)) { printf("FAIL ldm_ctx_create\n"); return 1; }
 
