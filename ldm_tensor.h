@@ -2276,7 +2276,7 @@ LDM_API void ldm_sgemm_ref(int ta, int tb, int64_t M, int64_t N, int64_t K, floa
 }
 
 #ifdef LDM_BLAS
-/* OpenBLAS's cblas.h pulls in <complex.h>, whose macro I would break later code here. */
+/* OpenBLAS's cblas.h pulls in <complex.h>, whose macro I would clash with variables named I below. */
 #ifdef I
 #define LDM__HAD_I
 #endif
@@ -2469,10 +2469,11 @@ static void ldm__ukernel(int64_t kc, const float *LDM_RESTRICT a, const float *L
 #endif
 
 /* Packing. A panel is `rows` (<= P) lines of op(X) for kc values of k, laid out [k][P] and
-   zero-padded to P. Two source layouts: "strided", where the P values of one k are contiguous
-   (a row of B, a column of A^T), and "transposed", where each line is contiguous in k (rows
-   of A, B^T): the latter is transposed 8 x 8 in registers where AVX is available. */
-static void ldm__pack_strided(float *LDM_RESTRICT dst, int P, const float *src, int64_t ld, int rows, int64_t kc) {
+   zero-padded to P. Two source layouts: "direct", where the P values of one k are contiguous
+   in memory (rows of B, rows of A^T) and are copied as they are, and "transposed", where each
+   line is contiguous in k (rows of A, rows of B^T) and 8 x 8 blocks are transposed in
+   registers where AVX is available. */
+static void ldm__pack_direct(float *LDM_RESTRICT dst, int P, const float *src, int64_t ld, int rows, int64_t kc) {
     for (int64_t k = 0; k < kc; k++, src += ld, dst += P) {
         if (rows == P) memcpy(dst, src, sizeof(float) * (size_t)P);
         else {
@@ -2528,7 +2529,7 @@ static void ldm__pack_transposed(float *LDM_RESTRICT dst, int P, const float *sr
 static void ldm__pack_a(float *dst, const float *A, int64_t lda, int ta, int64_t i0, int64_t mc, int64_t k0, int64_t kc) {
     for (int64_t ip = 0; ip < mc; ip += LDM__MR, dst += LDM__MR * kc) {
         int rows = (int)LDM__MIN(LDM__MR, mc - ip);
-        if (ta) ldm__pack_strided(dst, LDM__MR, A + k0 * lda + i0 + ip, lda, rows, kc);
+        if (ta) ldm__pack_direct(dst, LDM__MR, A + k0 * lda + i0 + ip, lda, rows, kc);
         else ldm__pack_transposed(dst, LDM__MR, A + (i0 + ip) * lda + k0, lda, rows, kc);
     }
 }
@@ -2537,7 +2538,7 @@ static void ldm__pack_b(float *dst, const float *B, int64_t ldb, int tb, int64_t
     for (int64_t jp = 0; jp < nc; jp += LDM__NR, dst += LDM__NR * kc) {
         int cols = (int)LDM__MIN(LDM__NR, nc - jp);
         if (tb) ldm__pack_transposed(dst, LDM__NR, B + (j0 + jp) * ldb + k0, ldb, cols, kc);
-        else ldm__pack_strided(dst, LDM__NR, B + k0 * ldb + j0 + jp, ldb, cols, kc);
+        else ldm__pack_direct(dst, LDM__NR, B + k0 * ldb + j0 + jp, ldb, cols, kc);
     }
 }
 

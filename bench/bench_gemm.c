@@ -7,7 +7,8 @@
    3x3 conv with C input channels multiplies [O, 9C] x [9C, min(nc, H*W)]; a 1x1 conv without
    stride or padding uses the whole image as N. The backward pass issues dW += dY col^T (NT, K
    = the chunk) and col = W^T dY (TN); leading dimensions are the real ones (dY rows are H*W
-   apart).
+   apart). The mid block's attention over 64x64 = 4096 positions with 512 channels adds two
+   products (scores and the weighted sum).
 
    Built by `./build.sh bench`; with -DLDM_BENCH_OPENBLAS (added there when cblas.h exists, with
    -lopenblas) it times cblas_sgemm on the same calls, with the same thread count, and prints
@@ -63,6 +64,8 @@ static const shape shapes[] = {
     {"dX 3x3 512->512 @64", 1, 0, 4608, 910, 512, 4608, 4096, 910, 0.0f},
     {"dW 1x1 256->128 @256", 0, 1, 128, 256, 65536, 65536, 65536, 256, 1.0f},
     {"dX 1x1 256->128 @256", 1, 0, 256, 65536, 128, 256, 65536, 65536, 1.0f},
+    {"mid attn 64^2 x 512: q k^T", 0, 1, 4096, 4096, 512, 512, 512, 4096, 0.0f},
+    {"mid attn 64^2 x 512: p v", 0, 0, 4096, 512, 4096, 4096, 512, 512, 0.0f},
 };
 
 static float *rand_buf(size_t n) {
