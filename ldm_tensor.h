@@ -2803,7 +2803,13 @@ static void ldm__col2im_task(void *arg, int64_t c0, int64_t c1, int tid) { /* on
                     float *dst = plane + (t * d->H + y) * d->W;
                     const float *s = src + j0;
                     int64_t x = ox0 * d->sw - d->pad[4] + fx;
-                    for (int64_t a = 0; a < run; a++, x += d->sw) if (x >= 0 && x < d->W) dst[x] += s[a];
+                    if (d->sw == 1) { /* the valid range once, then a plain (vectorisable) add */
+                        int64_t a = x < 0 ? -x : 0, e = LDM__MIN(run, d->W - x);
+                        float *dd = dst + x;
+                        for (int64_t i = a; i < e; i++) dd[i] += s[i];
+                    } else {
+                        for (int64_t a = 0; a < run; a++, x += d->sw) if (x >= 0 && x < d->W) dst[x] += s[a];
+                    }
                 }
             });
         }
@@ -2819,6 +2825,33 @@ static void ldm__im2col(ldm_ctx *ctx, const ldm_conv_desc *d, const float *img, 
     j.d = d; j.img = img; j.col = col; j.n0 = n0; j.nc = nc;
     ldm_parallel_for(ctx, K, LDM__MAX(1, 8192 / LDM__MAX(nc, 1)), ldm__im2col_task, &j);
 }
+/* Per output channel: fill the bias (forward) or sum the gradient into db (backward, in
+   double, batch then position order, so the thread count does not matter). */
+typedef struct { float *out, *db; const float *bias, *dout; int64_t B, O, OS; } ldm__conv_bias_job;
+static void ldm__conv_bias_task(void *arg, int64_t o0, int64_t o1, int tid) {
+    ldm__conv_bias_job *j = (ldm__conv_bias_job *)arg;
+    (void)tid;
+    for (int64_t o = o0; o < o1; o++) {
+        if (j->bias) {
+            for (int64_t b = 0; b < j->B; b++) {
+                float *p = j->out + (b * j->O + o) * j->OS, v = j->bias[o];
+                for (int64_t i = 0; i < j->OS; i++) p[i] = v;
+            }
+        } else {
+            double s = 0.0;
+            for (int64_t b = 0; b < j->B; b++) {
+                const float *p = j->dout + (b * j->O + o) * j->OS;
+                for (int64_t i = 0; i < j->OS; i++) s += p[i];
+            }
+            j->db[o] += (float)s;
+        }
+    }
+}
+static void ldm__conv_bias(ldm_ctx *ctx, float *out, const float *bias, float *db, const float *dout, const ldm_conv_desc *d) {
+    ldm__conv_bias_job j;
+    j.out = out; j.db = db; j.bias = bias; j.dout = dout; j.B = d->B; j.O = d->O; j.OS = d->OT * d->OH * d->OW;
+    ldm_parallel_for(ctx, d->O, LDM__MAX(1, 65536 / LDM__MAX(j.OS * j.B, 1)), ldm__conv_bias_task, &j);
+}
 static void ldm__cpu_conv_forward(ldm_ctx *ctx, float *out, const float *inp, const float *w, const float *bias, const ldm_conv_desc *d) {
     int64_t K = d->C * d->kt * d->kh * d->kw, IS = d->T * d->H * d->W, OS = d->OT * d->OH * d->OW;
     int pw = ldm__conv_is_pointwise(d);
@@ -2826,9 +2859,9 @@ static void ldm__cpu_conv_forward(ldm_ctx *ctx, float *out, const float *inp, co
     size_t used0 = ctx->arena[LDM_CPU].used;
     float *col = pw ? NULL : (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(K * nc));
     if (!pw && !col) return;
+    if (bias) ldm__conv_bias(ctx, out, bias, NULL, NULL, d);
     for (int64_t b = 0; b < d->B; b++) {
         float *ob = out + b * d->O * OS;
-        if (bias) for (int64_t o = 0; o < d->O; o++) for (int64_t i = 0; i < OS; i++) ob[o * OS + i] = bias[o];
         for (int64_t n0 = 0; n0 < OS; n0 += nc) {
             int64_t m = LDM__MIN(nc, OS - n0);
             if (pw) ldm__cpu_sgemm(ctx, 0, 0, d->O, m, K, 1.0f, w, K, inp + b * d->C * IS + n0, IS, bias ? 1.0f : 0.0f, ob + n0, OS);
@@ -2843,15 +2876,7 @@ static void ldm__cpu_conv_forward(ldm_ctx *ctx, float *out, const float *inp, co
 static void ldm__cpu_conv_backward(ldm_ctx *ctx, float *dinp, float *dw, float *db, const float *dout, const float *inp,
                                    const float *w, const ldm_conv_desc *d) {
     int64_t K = d->C * d->kt * d->kh * d->kw, IS = d->T * d->H * d->W, OS = d->OT * d->OH * d->OW;
-    if (db)
-        for (int64_t o = 0; o < d->O; o++) {
-            double s = 0.0;
-            for (int64_t b = 0; b < d->B; b++) {
-                const float *p = dout + (b * d->O + o) * OS;
-                for (int64_t i = 0; i < OS; i++) s += p[i];
-            }
-            db[o] += (float)s;
-        }
+    if (db) ldm__conv_bias(ctx, NULL, NULL, db, dout, d);
     if (!dinp && !dw) return;
     int pw = ldm__conv_is_pointwise(d);
     int64_t nc = pw ? OS : ldm__conv_chunk(d, K);
