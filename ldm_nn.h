@@ -64,7 +64,8 @@
      PyTorch's, not the same numbers.
    - Freezing: ldm_nn_set_trainable(P, pattern, 0). Before ldm_nn_params_alloc it also keeps
      the gradient memory away (a frozen base model under LoRA costs no gradient block);
-     after it, the gradient slice stays allocated and zero. Unfreezing after alloc works only
+     after it, the gradient slice stays allocated but autograd no longer adds to it (zero it
+     with ldm_nn_zero_grad, as PyTorch's toggle_optimizer pattern needs). Unfreezing after alloc works only
      for parameters that were trainable at alloc time. Frozen parameters have
      requires_grad = 0 (autograd skips them) and optimizers skip them.
    - Patterns (freezing, optimizer groups, counting) are module-boundary prefixes with '*'
@@ -79,13 +80,18 @@
      torch.load_state_dict(strict=False), a non-strict load also skips (and reports) tensors
      whose shape does not match. ldm_nn_save writes safetensors with the same names.
    - Optimizers (Adam, AdamW, SGD) update one group of parameters with exactly torch 1.13's
-     arithmetic (single-tensor path). Their moments live in one block that mirrors the
-     group's slices. Learning rate can change every step; state saves to safetensors.
+     arithmetic (single-tensor path; hyper-parameters kept in double and rounded to float
+     where torch does). Their moments live in one block that mirrors the group's slices.
+     Adam works on blocks of 8 elements (AVX2 when compiled for it) with the same correctly
+     rounded operations on both paths, so results do not depend on the thread count. The
+     learning rate can change every step (schedulers); state saves to safetensors.
 
    Options: those of ldm_tensor.h (LDM_STATIC, LDM_MALLOC/LDM_REALLOC/LDM_FREE, LDM_ASSERT).
 
    Limits: grouped convolution is not provided (ldm_tensor.h has none); optimizer steps and
-   gradient clipping run on CPU parameters (a device backend must add its own kernels);
+   gradient clipping run on CPU parameters (LDM_ERR_UNSUPPORTED on another device: a device
+   backend adds its update/sum-of-squares kernels and ldm_nn_optim_step / ldm__nn_clip
+   dispatch to them; everything else here already goes through the context's backend);
    the optimizer keeps one step count for its group (torch keeps one per parameter: they
    differ only for a parameter frozen for some steps and unfrozen again); num_batches_tracked
    is kept as float (exact up to 2^24) and saved in the file's dtype.
@@ -677,12 +683,14 @@ LDM_API ldm_result ldm_nn_params_alloc(ldm_ctx *ctx, ldm_nn_params *P) {
             return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_nn_params_alloc: cannot allocate %.1f MiB for the %s block on %s",
                                   (double)n[b] * 4 / 1048576.0, b == 0 ? "parameter" : b == 1 ? "gradient" : "buffer", be->name);
         P->block_n[b] = n[b];
-        if (n[b]) be->fill(ctx, P->block[b], n[b], 0.0f); /* padding stays zero */
     }
+    if (n[LDM_NN_BLOCK_GRADS]) be->fill(ctx, P->block[LDM_NN_BLOCK_GRADS], n[LDM_NN_BLOCK_GRADS], 0.0f);
     for (int i = 0; i < P->n; i++) {
         ldm_nn_entry *e = &P->e[i];
         e->t->data = P->block[e->kind == LDM_NN_PARAM ? LDM_NN_BLOCK_PARAMS : LDM_NN_BLOCK_BUFFERS] + e->offset;
         e->t->grad = e->grad_offset >= 0 ? P->block[LDM_NN_BLOCK_GRADS] + e->grad_offset : NULL;
+        int64_t pad = LDM__NN_UP(e->t->numel) - e->t->numel; /* init writes the data; the padding stays zero */
+        if (pad) be->fill(ctx, e->t->data + e->t->numel, pad, 0.0f);
     }
     P->allocated = 1;
     return ldm_nn_params_init(ctx, P);
@@ -1373,10 +1381,12 @@ typedef struct {
     float wd, b1, one_b1, b2, one_b2, bc2s, eps, neg_step;  /* Adam */
     float mom, one_damp, neg_lr;  /* SGD */
     int nesterov;
+    int64_t n;                    /* elements of the tensor (Adam's tasks count blocks of 8) */
 } ldm__nn_step_job;
-static void ldm__nn_adam_task(void *arg, int64_t b, int64_t e, int tid) {
-    const ldm__nn_step_job *j = (const ldm__nn_step_job *)arg;
-    (void)tid;
+/* Adam runs on blocks of 8 elements (the parallel split is in blocks, so whether an element
+   takes the vector or the scalar path depends only on its index, never on the thread count);
+   both paths do the same correctly rounded float operations in the same order. */
+static void ldm__nn_adam_scalar(const ldm__nn_step_job *j, int64_t b, int64_t e) {
     for (int64_t i = b; i < e; i++) {
         float p = j->p[i], g = j->g[i];
         if (j->adamw) p = p * j->decay;                       /* param.mul_(1 - lr*wd) */
@@ -1388,6 +1398,28 @@ static void ldm__nn_adam_task(void *arg, int64_t b, int64_t e, int tid) {
         j->v[i] = v;
         j->p[i] = p + j->neg_step * m / denom;                /* param.addcdiv_(exp_avg, denom, value=-step_size) */
     }
+}
+static void ldm__nn_adam_task(void *arg, int64_t b, int64_t e, int tid) {
+    const ldm__nn_step_job *j = (const ldm__nn_step_job *)arg;
+    (void)tid;
+    int64_t i = b * 8, end = LDM__MIN(e * 8, j->n);
+#if defined(__AVX2__)
+    const __m256 decay = _mm256_set1_ps(j->decay), wd = _mm256_set1_ps(j->wd), b1 = _mm256_set1_ps(j->b1),
+                 ob1 = _mm256_set1_ps(j->one_b1), b2 = _mm256_set1_ps(j->b2), ob2 = _mm256_set1_ps(j->one_b2),
+                 bc2s = _mm256_set1_ps(j->bc2s), eps = _mm256_set1_ps(j->eps), ns = _mm256_set1_ps(j->neg_step);
+    for (; i + 8 <= end; i += 8) {
+        __m256 p = _mm256_loadu_ps(j->p + i), g = _mm256_loadu_ps(j->g + i);
+        if (j->adamw) p = _mm256_mul_ps(p, decay);
+        else if (j->l2) g = _mm256_add_ps(g, _mm256_mul_ps(wd, p));
+        __m256 m = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(j->m + i), b1), _mm256_mul_ps(ob1, g));
+        __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(j->v + i), b2), _mm256_mul_ps(_mm256_mul_ps(ob2, g), g));
+        __m256 denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(v), bc2s), eps);
+        _mm256_storeu_ps(j->m + i, m);
+        _mm256_storeu_ps(j->v + i, v);
+        _mm256_storeu_ps(j->p + i, _mm256_add_ps(p, _mm256_div_ps(_mm256_mul_ps(ns, m), denom)));
+    }
+#endif
+    ldm__nn_adam_scalar(j, i, end);
 }
 static void ldm__nn_sgd_task(void *arg, int64_t b, int64_t e, int tid) {
     const ldm__nn_step_job *j = (const ldm__nn_step_job *)arg;
@@ -1444,7 +1476,9 @@ LDM_API ldm_result ldm_nn_optim_step(ldm_ctx *ctx, ldm_nn_optim *o) {
         j.g = t->grad;
         j.m = o->nmom >= 1 ? o->mom + o->moff[i] : NULL;
         j.v = o->nmom >= 2 ? o->mom + o->mn + o->moff[i] : NULL;
-        ldm_parallel_for(ctx, t->numel, 16384, fn, &j);
+        j.n = t->numel;
+        if (fn == ldm__nn_adam_task) ldm_parallel_for(ctx, (t->numel + 7) / 8, 2048, fn, &j);
+        else ldm_parallel_for(ctx, t->numel, 16384, fn, &j);
     }
     o->step = step;
     return LDM_OK;

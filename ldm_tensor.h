@@ -152,7 +152,10 @@ LDM_API size_t ldm_arena_used(const ldm_ctx *ctx, ldm_device d);
 LDM_API size_t ldm_arena_peak(const ldm_ctx *ctx, ldm_device d);  /* high-water mark since creation or reset_peak */
 LDM_API void ldm_arena_reset_peak(ldm_ctx *ctx);                  /* every device: peak = used now */
 LDM_API size_t ldm_arena_limit(const ldm_ctx *ctx, ldm_device d);
-LDM_API void ldm_step_reset(ldm_ctx *ctx);                   /* clears the tape and every arena */
+/* Clears the tape and every arena. Leaves whose .grad ldm_backward allocated in the arena get
+   .grad = NULL (ldm_arena_rewind does the same for what it frees); persistent gradient
+   buffers (ldm_nn.h's) are untouched. */
+LDM_API void ldm_step_reset(ldm_ctx *ctx);
 /* Rewinds to m but keeps t: its data is moved down to m (CPU) and the returned tensor is a
    fresh leaf. For no-grad inference that wants bounded memory across blocks. */
 LDM_API ldm_tensor *ldm_arena_keep(ldm_ctx *ctx, ldm_mark m, ldm_tensor *t);
@@ -314,11 +317,28 @@ LDM_API const char *ldm_dtype_name(ldm_dtype t);
 
 /* ---- weight files: safetensors, PyTorch .ckpt/.pth (zip and legacy) ----------------------
    ldm_weights_open reads only the index (names, dtypes, shapes, where the bytes are); tensors
-   are read one at a time, converted to float32. The format is detected from the content. */
+   are read one at a time, converted to float32. The format is detected from the content:
+   - safetensors: element types F32 F16 BF16 F64 I64 I32 I16 I8 U8 BOOL (all read as float32;
+     integers above 2^24 round); F8/U16/U32/U64/C64 are LDM_ERR_UNSUPPORTED. The header is
+     validated strictly (JSON syntax, dtype/shape/data_offsets, sizes, bounds, overlaps,
+     duplicates); "__metadata__" is exposed by ldm_weights_metadata.
+   - PyTorch zip (torch.save since 1.6) and legacy (0.4 to 1.5) checkpoints, .pt/.pth/.ckpt:
+     the pickle is read by a restricted interpreter that never executes anything: it accepts
+     tensors (_rebuild_tensor_v2, _rebuild_parameter), typed storages, dicts/OrderedDicts,
+     lists, tuples and scalars, plus a few data-only classes seen in training checkpoints
+     (numpy scalars, torch dtypes, Lightning's ModelCheckpoint), which become opaque values.
+     Any other class (os.system, builtins.eval, ...) or opcode is an error naming it. Zip
+     entries must be stored (uncompressed), as torch.save writes them; ZIP64 is supported.
+     Names: the top-level dict, or its "state_dict" entry when that is a dict (Lightning);
+     nested dicts of tensors are flattened with '.' ("a": {"b": t} gives "a.b"); integer keys
+     are written in decimal; non-tensor values (epoch, optimizer settings, lists) are skipped.
+     Views (non-contiguous, offset, shared storages) are gathered on read.
+   An ldm_weights keeps its file open; read from one thread at a time. Errors name the file
+   and the tensor. */
 typedef struct ldm_weights ldm_weights;
 typedef struct ldm_weight_info {
     const char *name;
-    ldm_dtype dtype;              /* storage dtype in the file */
+    ldm_dtype dtype;              /* the file's dtype: F16, BF16, else F32 (also for F64 and integers) */
     int ndim;
     int64_t shape[LDM_MAX_DIMS];
     int64_t numel;
@@ -336,8 +356,11 @@ LDM_API ldm_result ldm_weights_read(ldm_ctx *ctx, ldm_weights *w, int i, float *
 /* safetensors metadata ("__metadata__" string map): value for key or NULL */
 LDM_API const char *ldm_weights_metadata(const ldm_weights *w, const char *key);
 
-/* Writes host float32 tensors as safetensors, converted to `dtype` (F32, F16, BF16).
-   names must be unique; meta_keys/meta_vals (n_meta strings) go to "__metadata__". */
+/* Writes host float32 tensors as safetensors, converted to `dtype` (F32, F16, BF16; round to
+   nearest even). names must be unique and non-empty; meta_keys/meta_vals (n_meta strings) go
+   to "__metadata__". The header is deterministic (metadata, then tensors in the given order,
+   padded with spaces to 8 bytes). Atomic: written to "<path>.tmp.<pid>", fsync'ed, renamed
+   over path; on failure path is untouched and the temporary file removed. */
 typedef struct ldm_named_data {
     const char *name;
     const float *data;            /* host memory */
@@ -513,6 +536,8 @@ struct ldm_ctx {
     int grad_enabled;
     ldm__node *tape;
     int tape_len, tape_cap;
+    void *gemm_buf;           /* SGEMM packing buffers (per thread), grown on demand */
+    size_t gemm_buf_bytes;
 #ifndef LDM_NO_THREADS
     ldm__threadpool pool;
 #endif
@@ -727,12 +752,24 @@ LDM_API void ldm_ctx_destroy(ldm_ctx *ctx) {
 #endif
     LDM_FREE(ctx->arena[LDM_CPU].base);
     LDM_FREE(ctx->tape);
+    LDM_FREE(ctx->gemm_buf);
     LDM_FREE(ctx);
 }
 
 /* ---- arena ------------------------------------------------------------------------------ */
 static unsigned char *ldm__arena_base(ldm__arena *a) {
     return (unsigned char *)(((uintptr_t)a->base + (LDM__ALIGN - 1)) & ~(uintptr_t)(LDM__ALIGN - 1));
+}
+
+/* "123 bytes", "4.0 KiB", "1.5 MiB", "2.00 GiB": small requests must not print as 0.0 MiB */
+typedef struct { char s[32]; } ldm__bytes_str;
+static ldm__bytes_str ldm__bytes(size_t n) {
+    ldm__bytes_str b;
+    if (n < 1024) snprintf(b.s, sizeof b.s, "%zu bytes", n);
+    else if (n < ((size_t)1 << 20)) snprintf(b.s, sizeof b.s, "%.1f KiB", n / 1024.0);
+    else if (n < ((size_t)1 << 30)) snprintf(b.s, sizeof b.s, "%.1f MiB", n / 1048576.0);
+    else snprintf(b.s, sizeof b.s, "%.2f GiB", n / 1073741824.0);
+    return b;
 }
 
 LDM_API void *ldm_arena_alloc(ldm_ctx *ctx, ldm_device d, size_t bytes) {
@@ -742,11 +779,11 @@ LDM_API void *ldm_arena_alloc(ldm_ctx *ctx, ldm_device d, size_t bytes) {
         ldm_ctx_seterr(ctx, LDM_ERR_DEVICE, "no arena for device %d: attach its backend first", (int)d);
         return NULL;
     }
-    if (need > a->limit - a->used) {
+    if (need > a->limit - a->used || need < bytes) {
         ldm_ctx_seterr(ctx, LDM_ERR_NOMEM,
-                       "step arena full: needed %.1f MiB more, %.1f MiB of %.1f MiB in use "
+                       "step arena full: needed %s more, %s of %s in use, %s free "
                        "(hint: raise ldm_settings.arena_bytes or LDM_ARENA_MB, or lower the batch/tile size)",
-                       need / 1048576.0, a->used / 1048576.0, a->limit / 1048576.0);
+                       ldm__bytes(bytes).s, ldm__bytes(a->used).s, ldm__bytes(a->limit).s, ldm__bytes(a->limit - a->used).s);
         return NULL;
     }
     void *p = ldm__arena_base(a) + a->used;
@@ -761,8 +798,27 @@ LDM_API ldm_mark ldm_arena_mark(const ldm_ctx *ctx) {
     m.tape_len = ctx->tape_len;
     return m;
 }
+/* Leaves on the tape whose .grad ldm_backward took from the arena at or above `from` (of
+   their device's arena) lose it: the memory is about to be reused, and a persistent leaf
+   (ldm_tensor_wrap) would otherwise accumulate into it on the next step. */
+static void ldm__drop_arena_grads(ldm_ctx *ctx, const size_t from[LDM_NUM_DEVICES]) {
+    for (int i = 0; i < ctx->tape_len; i++)
+        for (int k = 0; k < ctx->tape[i].nin; k++) {
+            ldm_tensor *t = ctx->tape[i].in[k];
+            if (!t || t->node >= 0 || !t->grad) continue;
+            ldm__arena *a = &ctx->arena[t->device];
+            if (!a->base) continue;
+            unsigned char *g = (unsigned char *)t->grad, *lo = ldm__arena_base(a) + from[t->device];
+            if (g >= lo && g < ldm__arena_base(a) + a->limit) t->grad = NULL;
+        }
+}
 LDM_API void ldm_arena_rewind(ldm_ctx *ctx, ldm_mark m) {
-    if (m.used <= ctx->arena[LDM_CPU].used) ctx->arena[LDM_CPU].used = m.used;
+    size_t from[LDM_NUM_DEVICES];
+    for (int d = 0; d < LDM_NUM_DEVICES; d++) from[d] = d == LDM_CPU ? m.used : ctx->arena[d].limit;
+    if (m.used <= ctx->arena[LDM_CPU].used) {
+        ldm__drop_arena_grads(ctx, from);
+        ctx->arena[LDM_CPU].used = m.used;
+    }
     if (m.tape_len <= ctx->tape_len) ctx->tape_len = m.tape_len;
 }
 LDM_API size_t ldm_arena_used(const ldm_ctx *ctx, ldm_device d) { return ctx->arena[d].used; }
@@ -772,6 +828,8 @@ LDM_API void ldm_arena_reset_peak(ldm_ctx *ctx) {
 }
 LDM_API size_t ldm_arena_limit(const ldm_ctx *ctx, ldm_device d) { return ctx->arena[d].limit; }
 LDM_API void ldm_step_reset(ldm_ctx *ctx) {
+    size_t from[LDM_NUM_DEVICES] = {0};
+    ldm__drop_arena_grads(ctx, from);
     for (int d = 0; d < LDM_NUM_DEVICES; d++) ctx->arena[d].used = 0;
     ctx->tape_len = 0;
 }
@@ -1081,7 +1139,8 @@ static ldm_result ldm__backward_pass(ldm_ctx *ctx, ldm_tensor *root, const float
     if (last < 0 || !root->requires_grad) { /* root is a leaf (or constant) */
         for (int k = 0; wrt && k < n_wrt; k++)
             if (wrt[k] == root) ctx->be[root->device]->copy(ctx->be_state[root->device], out[k], root->device, droot, root->device, (size_t)root->numel * 4);
-        if (!wrt && root->requires_grad && root->grad) ctx->be[root->device]->axpby(ctx, root->grad, droot, root->numel, 1.0f, 1.0f);
+        if (!wrt && root->requires_grad && !root->grad && !(root->grad = ldm__zeros_raw(ctx, root->device, root->numel))) return ctx->status;
+        if (!wrt && root->requires_grad) ctx->be[root->device]->axpby(ctx, root->grad, droot, root->numel, 1.0f, 1.0f);
         return LDM_OK;
     }
     LDM_ASSERT(last < ctx->tape_len && ctx->tape[last].out == root);
@@ -1311,7 +1370,7 @@ LDM_API ldm_tensor *ldm_div(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b) { return
 static void ldm__reduce_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
     if (!din[0]) return;
     ldm_tensor *x = nd->in[0];
-    int64_t s5[5], ost5[5], xst[LDM_MAX_DIMS], dst5[5], ostride[LDM_MAX_DIMS];
+    int64_t s5[5], ost5[5], xst[LDM_MAX_DIMS] = {0}, dst5[5], ostride[LDM_MAX_DIMS];
     const ldm_backend *be = LDM__BE(x);
     float scale = nd->f[0];
     const float *src = dout;
@@ -1340,7 +1399,7 @@ static ldm_tensor *ldm__reduce(ldm_ctx *ctx, ldm_tensor *x, unsigned dims, int k
     }
     ldm_shape os;
     os.ndim = 0;
-    int64_t count = 1, ost[LDM_MAX_DIMS], kshape[LDM_MAX_DIMS], xst[LDM_MAX_DIMS], s5[5], o5[5];
+    int64_t count = 1, ost[LDM_MAX_DIMS], kshape[LDM_MAX_DIMS], xst[LDM_MAX_DIMS] = {0}, s5[5], o5[5];
     for (int i = 0; i < x->ndim; i++) {
         int r = (dims >> i) & 1;
         if (r) count *= x->shape[i];
@@ -1360,6 +1419,7 @@ static ldm_tensor *ldm__reduce(ldm_ctx *ctx, ldm_tensor *x, unsigned dims, int k
     be->reduce_sum(ctx, y->data, x->data, s5, o5, 0);
     float scale = mean ? (float)(1.0 / (double)(count ? count : 1)) : 1.0f;
     if (mean) be->unary(ctx, LDM__U_AFFINE, y->data, y->data, y->numel, scale, 0.0f);
+    if (ctx->status) return NULL; /* the kernel's scratch did not fit */
     ldm__node *nd = ldm__record(ctx, y, ldm__reduce_bw, 1, x, NULL, NULL, NULL);
     if (nd) { nd->i[0] = (int64_t)dims; nd->f[0] = scale; }
     return y;
@@ -1417,6 +1477,7 @@ LDM_API ldm_tensor *ldm_matmul(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b, int t
     for (int64_t z = 0; z < Bn; z++)
         LDM__BE(a)->sgemm(ctx, trans_a, trans_b, M, N, Ka, 1.0f, a->data + (ab ? z * M * Ka : 0), lda,
                           b->data + (bb ? z * Ka * N : 0), ldb, 0.0f, y->data + z * M * N, N);
+    if (ctx->status) return NULL; /* the kernel's scratch did not fit */
     ldm__node *nd = ldm__record(ctx, y, ldm__matmul_bw, 2, a, b, NULL, NULL);
     if (nd) {
         nd->i[0] = Bn; nd->i[1] = M; nd->i[2] = N; nd->i[3] = Ka;
@@ -1456,6 +1517,7 @@ LDM_API ldm_tensor *ldm_linear(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_t
         be->strided_copy(ctx, y->data, dst, b->data, sst, shape, 0);
     }
     be->sgemm(ctx, 0, 1, R, O, I, 1.0f, x->data, I, w->data, I, b ? 1.0f : 0.0f, y->data, O);
+    if (ctx->status) return NULL; /* the kernel's scratch did not fit */
     ldm__node *nd = ldm__record(ctx, y, ldm__linear_bw, b ? 3 : 2, x, w, b, NULL);
     if (nd) { nd->i[0] = R; nd->i[1] = I; nd->i[2] = O; }
     return y;
@@ -1506,6 +1568,7 @@ static ldm_tensor *ldm__conv(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_ten
     ldm_tensor *y = ldm__new_on(ctx, os, x->device);
     if (!y) return NULL;
     LDM__BE(x)->conv_forward(ctx, y->data, x->data, w->data, b ? b->data : NULL, d);
+    if (ctx->status) return NULL; /* the column buffer did not fit */
     ldm__node *nd = ldm__record(ctx, y, ldm__conv_bw, b ? 3 : 2, x, w, b, NULL);
     if (nd) nd->saved = d;
     return y;
@@ -1546,7 +1609,8 @@ static void ldm__groupnorm_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **
 }
 LDM_API ldm_tensor *ldm_group_norm(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int groups, float eps) {
     if (ldm__bad(ctx, x)) return NULL;
-    if (x->ndim < 2 || groups < 1 || x->shape[1] % groups) {
+    if (x->ndim < 2) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_group_norm: input %s has no channel dim (expected [B,C,...])", ldm__shp(x).s); return NULL; }
+    if (groups < 1 || x->shape[1] % groups) {
         ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_group_norm: %d groups do not divide the channels of %s", groups, ldm__shp(x).s);
         return NULL;
     }
@@ -1940,8 +2004,10 @@ LDM_API ldm_tensor *ldm_concat(ldm_ctx *ctx, int n, ldm_tensor *const *xs, int d
         ldm__block_copy(ctx, y, y->data, at * st[d], xs[k]->shape, y->ndim, xs[k]->data, 1, 0);
         at += xs[k]->shape[d];
     }
-    ldm__node *nd = ldm__record(ctx, y, ldm__concat_bw, n, xs[0], n > 1 ? xs[1] : NULL, n > 2 ? xs[2] : NULL, n > 3 ? xs[3] : NULL);
-    if (nd) { nd->i[0] = d; nd->saved = off; }
+    if (n <= 4) { /* more inputs only get here with grad mode off: nothing to record */
+        ldm__node *nd = ldm__record(ctx, y, ldm__concat_bw, n, xs[0], n > 1 ? xs[1] : NULL, n > 2 ? xs[2] : NULL, n > 3 ? xs[3] : NULL);
+        if (nd) { nd->i[0] = d; nd->saved = off; }
+    }
     return y;
 }
 
@@ -2260,8 +2326,10 @@ static void ldm__cpu_strided_copy(ldm_ctx *ctx, float *dst, const int64_t *dstri
     ldm__scopy_job j;
     j.dst = dst; j.src = src; j.ds = dstride; j.ss = sstride; j.shape = shape; j.acc = accumulate;
     int64_t rows = shape[0] * shape[1] * shape[2] * shape[3];
-    /* accumulating through a dst stride of 0 (a broadcast read-back) must stay serial */
-    int serial = accumulate && (!dstride[0] || !dstride[1] || !dstride[2] || !dstride[3]);
+    /* accumulating through a dst stride of 0 over a dim longer than 1 (a broadcast read-back)
+       must stay serial; size-1 dims (rank padding) have stride 0 too and do not count */
+    int serial = 0;
+    for (int d = 0; d < 4; d++) serial |= accumulate && !dstride[d] && shape[d] > 1;
     if (serial) ldm__scopy_task(&j, 0, rows, 0);
     else ldm_parallel_for(ctx, rows, LDM__MAX(1, LDM__GRAIN / LDM__MAX(1, shape[4])), ldm__scopy_task, &j);
 }
@@ -2278,7 +2346,14 @@ LDM_API void ldm_sgemm_ref(int ta, int tb, int64_t M, int64_t N, int64_t K, floa
 }
 
 #ifdef LDM_BLAS
+/* OpenBLAS's cblas.h pulls in <complex.h>, whose macro I would clash with variables named I below. */
+#ifdef I
+#define LDM__HAD_I
+#endif
 #include <cblas.h>
+#if defined(I) && !defined(LDM__HAD_I)
+#undef I
+#endif
 static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                            int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
     (void)ctx;
@@ -2287,122 +2362,372 @@ static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, i
                 alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
 }
 #else
-/* Blocked, packed SGEMM (the BLIS loop nest): C is cut into MC x NC blocks; for each KC slice
-   A is packed into MR-row panels and B into NR-column panels, and a register-blocked
-   micro-kernel computes MR x NR tiles. Threads take disjoint column ranges of C (or row
-   ranges when N is small), and every element of C sees the same sequence of operations
-   whatever the split, so results do not depend on the thread count. */
-#define LDM__MR 8
-#define LDM__NR 16
-#define LDM__KC 256
-#define LDM__MC 128
-#define LDM__NC 2048
+/* Blocked, packed SGEMM (the BLIS loop nest, with the roles of the caches chosen for
+   row-major C and a micro-tile that is wide in N):
 
-static void ldm__pack_a(float *dst, const float *A, int64_t lda, int ta, int64_t i0, int64_t mc, int64_t k0, int64_t kc) {
-    for (int64_t ip = 0; ip < mc; ip += LDM__MR) {
-        int64_t mr = LDM__MIN(LDM__MR, mc - ip);
-        for (int64_t k = 0; k < kc; k++) {
-            for (int64_t r = 0; r < mr; r++) {
-                int64_t i = i0 + ip + r, kk = k0 + k;
-                dst[r] = ta ? A[kk * lda + i] : A[i * lda + kk];
-            }
-            for (int64_t r = mr; r < LDM__MR; r++) dst[r] = 0.0f;
-            dst += LDM__MR;
-        }
+     for ic: MC rows of A            A block (MC x KC, packed in MR-row panels [k][MR])
+      for pc: KC slice of K
+       for jc: NC columns of B       B block (KC x NC, packed in NR-column panels [k][NR]): L2
+        for ir: MR rows              one A panel (MR x KC): L1
+         for jr: NR columns          micro-kernel: MR x NR tile of C in registers
+
+   The micro-kernel merges its tile into C (alpha*acc + beta*C on the first K slice, += after).
+   Edge panels are packed with zero padding and the kernel stores edge tiles with masks, so
+   every tile runs the same code. Threads take a grid of disjoint row x column ranges of C
+   (never a split of K) and every element of C sees the same sequence of operations whatever
+   the grid: results are bitwise identical for any thread count. */
+#if defined(__AVX512F__)
+#define LDM__MR 8          /* 8 x 48: 24 zmm accumulators, 3 B loads + 8 broadcasts per k */
+#define LDM__NR 48
+#elif defined(__AVX2__) && defined(__FMA__)
+#define LDM__MR 6          /* 6 x 16: 12 ymm accumulators */
+#define LDM__NR 16
+#else
+#define LDM__MR 6          /* 6 x 8 in 4-wide vectors: 12 accumulators (SSE/NEON) */
+#define LDM__NR 8
+#endif
+#define LDM__KC 512                            /* K slice */
+#define LDM__MC (1024 / LDM__MR * LDM__MR)     /* rows of A per packed block (L3) */
+#define LDM__NC (240 / LDM__NR * LDM__NR)      /* columns of B per packed block: KC x NC fits L2 */
+
+#if defined(__clang__)
+#define LDM__UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define LDM__UNROLL _Pragma("GCC unroll 16")
+#else
+#define LDM__UNROLL
+#endif
+
+/* Requests the tile of C before the K loop: when K is short its rows would otherwise come from
+   memory after the FMAs, with nothing left to overlap them. (A macro: GCC deems a function
+   holding only prefetches pure and deletes the call.) */
+#if defined(__GNUC__)
+#define LDM__PREFETCH_C(c, ldc, mr, nr)                                                             \
+    for (int r_ = 0; r_ < (mr); r_++) {                                                            \
+        const float *p_ = (c) + r_ * (ldc);                                                        \
+        for (int q_ = 0; q_ < (nr); q_ += 16) __builtin_prefetch(p_ + q_, 0, 3);                    \
+        __builtin_prefetch(p_ + (nr) - 1, 0, 3);                                                   \
     }
-}
-static void ldm__pack_b(float *dst, const float *B, int64_t ldb, int tb, int64_t j0, int64_t nc, int64_t k0, int64_t kc) {
-    for (int64_t jp = 0; jp < nc; jp += LDM__NR) {
-        int64_t nr = LDM__MIN(LDM__NR, nc - jp);
-        for (int64_t k = 0; k < kc; k++) {
-            int64_t kk = k0 + k;
-            if (!tb && nr == LDM__NR) memcpy(dst, B + kk * ldb + j0 + jp, sizeof(float) * LDM__NR);
-            else {
-                for (int64_t c = 0; c < nr; c++) { int64_t j = j0 + jp + c; dst[c] = tb ? B[j * ldb + kk] : B[kk * ldb + j]; }
-                for (int64_t c = nr; c < LDM__NR; c++) dst[c] = 0.0f;
-            }
-            dst += LDM__NR;
-        }
-    }
-}
-/* acc[MR][NR] = sum_k a[k][:] (x) b[k][:] */
-static void ldm__micro(int64_t kc, const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, float *LDM_RESTRICT acc) {
-    float c[LDM__MR][LDM__NR];
-    memset(c, 0, sizeof c);
+#else
+#define LDM__PREFETCH_C(c, ldc, mr, nr)
+#endif
+
+/* acc = sum over k of a[k][0..MR) (x) b[k][0..NR); C[0..mr)[0..nr) = alpha*acc + beta*C, where
+   beta == 0 never reads C. */
+#if defined(__AVX512F__)
+#define LDM__NV (LDM__NR / 16)
+static void ldm__ukernel(int64_t kc, const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, float *c, int64_t ldc,
+                         int mr, int nr, float alpha, float beta) {
+    __m512 acc[LDM__MR][LDM__NV];
+    LDM__PREFETCH_C(c, ldc, mr, nr)
+    LDM__UNROLL for (int r = 0; r < LDM__MR; r++) LDM__UNROLL for (int v = 0; v < LDM__NV; v++) acc[r][v] = _mm512_setzero_ps();
     for (int64_t k = 0; k < kc; k++) {
-        for (int r = 0; r < LDM__MR; r++) {
-            float av = a[r];
-            for (int q = 0; q < LDM__NR; q++) c[r][q] += av * b[q];
+        __m512 bv[LDM__NV];
+        LDM__UNROLL for (int v = 0; v < LDM__NV; v++) bv[v] = _mm512_load_ps(b + 16 * v);
+        LDM__UNROLL for (int r = 0; r < LDM__MR; r++) {
+            __m512 av = _mm512_set1_ps(a[r]);
+            LDM__UNROLL for (int v = 0; v < LDM__NV; v++) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
         }
         a += LDM__MR;
         b += LDM__NR;
     }
-    memcpy(acc, c, sizeof c);
+    __mmask16 m[LDM__NV];
+    LDM__UNROLL for (int v = 0; v < LDM__NV; v++) {
+        int left = nr - 16 * v;
+        m[v] = (__mmask16)(left >= 16 ? 0xFFFFu : left > 0 ? (1u << left) - 1 : 0u);
+    }
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    LDM__UNROLL for (int r = 0; r < LDM__MR; r++) {
+        if (r < mr) {
+            float *cr = c + r * ldc;
+            LDM__UNROLL for (int v = 0; v < LDM__NV; v++) {
+                __m512 x = _mm512_mul_ps(va, acc[r][v]);
+                if (beta != 0.0f) x = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m[v], cr + 16 * v), x);
+                _mm512_mask_storeu_ps(cr + 16 * v, m[v], x);
+            }
+        }
+    }
 }
+#elif defined(__AVX2__) && defined(__FMA__)
+#define LDM__NV (LDM__NR / 8)
+static void ldm__ukernel(int64_t kc, const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, float *c, int64_t ldc,
+                         int mr, int nr, float alpha, float beta) {
+    __m256 acc[LDM__MR][LDM__NV];
+    LDM__PREFETCH_C(c, ldc, mr, nr)
+    LDM__UNROLL for (int r = 0; r < LDM__MR; r++) LDM__UNROLL for (int v = 0; v < LDM__NV; v++) acc[r][v] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < kc; k++) {
+        __m256 bv[LDM__NV];
+        LDM__UNROLL for (int v = 0; v < LDM__NV; v++) bv[v] = _mm256_load_ps(b + 8 * v);
+        LDM__UNROLL for (int r = 0; r < LDM__MR; r++) {
+            __m256 av = _mm256_broadcast_ss(a + r);
+            LDM__UNROLL for (int v = 0; v < LDM__NV; v++) acc[r][v] = _mm256_fmadd_ps(av, bv[v], acc[r][v]);
+        }
+        a += LDM__MR;
+        b += LDM__NR;
+    }
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256i m[LDM__NV];
+    LDM__UNROLL for (int v = 0; v < LDM__NV; v++) m[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr - 8 * v), lane);
+    __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+    LDM__UNROLL for (int r = 0; r < LDM__MR; r++) {
+        if (r < mr) {
+            float *cr = c + r * ldc;
+            LDM__UNROLL for (int v = 0; v < LDM__NV; v++) {
+                __m256 x = _mm256_mul_ps(va, acc[r][v]);
+                if (beta != 0.0f) x = _mm256_fmadd_ps(vb, _mm256_maskload_ps(cr + 8 * v, m[v]), x);
+                _mm256_maskstore_ps(cr + 8 * v, m[v], x);
+            }
+        }
+    }
+}
+#else
+/* Portable: GCC/Clang vector extensions give SSE/NEON code without intrinsics; plain arrays
+   elsewhere. Edge tiles go through a local tile so every element takes the same path. */
+static void ldm__ukernel_full(int64_t kc, const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, float *c, int64_t ldc,
+                              float alpha, float beta) {
+#if defined(__GNUC__)
+    typedef float ldm__v4 __attribute__((vector_size(16)));
+    enum { NV = LDM__NR / 4 };
+    ldm__v4 acc[LDM__MR][NV];
+    LDM__UNROLL for (int r = 0; r < LDM__MR; r++) LDM__UNROLL for (int v = 0; v < NV; v++) acc[r][v] = (ldm__v4){0, 0, 0, 0};
+    for (int64_t k = 0; k < kc; k++) {
+        ldm__v4 bv[NV];
+        LDM__UNROLL for (int v = 0; v < NV; v++) memcpy(&bv[v], b + 4 * v, sizeof bv[v]);
+        LDM__UNROLL for (int r = 0; r < LDM__MR; r++) {
+            ldm__v4 av = {a[r], a[r], a[r], a[r]};
+            LDM__UNROLL for (int v = 0; v < NV; v++) acc[r][v] += av * bv[v];
+        }
+        a += LDM__MR;
+        b += LDM__NR;
+    }
+    LDM__UNROLL for (int r = 0; r < LDM__MR; r++) {
+        float *cr = c + r * ldc;
+        LDM__UNROLL for (int v = 0; v < NV; v++) {
+            ldm__v4 x = acc[r][v] * alpha, cv;
+            if (beta != 0.0f) { memcpy(&cv, cr + 4 * v, sizeof cv); x += cv * beta; }
+            memcpy(cr + 4 * v, &x, sizeof x);
+        }
+    }
+#else
+    float acc[LDM__MR][LDM__NR];
+    memset(acc, 0, sizeof acc);
+    for (int64_t k = 0; k < kc; k++) {
+        for (int r = 0; r < LDM__MR; r++)
+            for (int q = 0; q < LDM__NR; q++) acc[r][q] += a[r] * b[q];
+        a += LDM__MR;
+        b += LDM__NR;
+    }
+    for (int r = 0; r < LDM__MR; r++)
+        for (int q = 0; q < LDM__NR; q++) {
+            float x = acc[r][q] * alpha;
+            if (beta != 0.0f) x += c[r * ldc + q] * beta;
+            c[r * ldc + q] = x;
+        }
+#endif
+}
+static void ldm__ukernel(int64_t kc, const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, float *c, int64_t ldc,
+                         int mr, int nr, float alpha, float beta) {
+    float t[LDM__MR * LDM__NR];
+    LDM__PREFETCH_C(c, ldc, mr, nr)
+    if (mr == LDM__MR && nr == LDM__NR) { ldm__ukernel_full(kc, a, b, c, ldc, alpha, beta); return; }
+    for (int r = 0; r < mr; r++)
+        for (int q = 0; q < nr; q++) t[r * LDM__NR + q] = beta != 0.0f ? c[r * ldc + q] : 0.0f;
+    ldm__ukernel_full(kc, a, b, t, LDM__NR, alpha, beta);
+    for (int r = 0; r < mr; r++)
+        for (int q = 0; q < nr; q++) c[r * ldc + q] = t[r * LDM__NR + q];
+}
+#endif
+
+/* Packing. A panel is `rows` (<= P) lines of op(X) for kc values of k, laid out [k][P] and
+   zero-padded to P. Two source layouts: "direct", where the P values of one k are contiguous
+   in memory (rows of B, rows of A^T) and are copied as they are, and "transposed", where each
+   line is contiguous in k (rows of A, rows of B^T) and 8 x 8 blocks are transposed in
+   registers where AVX is available. */
+static void ldm__pack_direct(float *LDM_RESTRICT dst, int P, const float *src, int64_t ld, int rows, int64_t kc) {
+    for (int64_t k = 0; k < kc; k++, src += ld, dst += P) {
+        if (rows == P) memcpy(dst, src, sizeof(float) * (size_t)P);
+        else {
+            int q = 0;
+            for (; q < rows; q++) dst[q] = src[q];
+            for (; q < P; q++) dst[q] = 0.0f;
+        }
+    }
+}
+#if defined(__AVX2__) || defined(__AVX512F__)
+#define LDM__PACK_T8 1
+/* dst[i][0..8) = src[0..8)[i] for i < 8 (rows of src ld apart, of dst ldd apart) */
+static void ldm__transpose8(const float *src, int64_t ld, float *dst, int64_t ldd) {
+    __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + ld), r2 = _mm256_loadu_ps(src + 2 * ld);
+    __m256 r3 = _mm256_loadu_ps(src + 3 * ld), r4 = _mm256_loadu_ps(src + 4 * ld), r5 = _mm256_loadu_ps(src + 5 * ld);
+    __m256 r6 = _mm256_loadu_ps(src + 6 * ld), r7 = _mm256_loadu_ps(src + 7 * ld);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3);
+    __m256 t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE), s2 = _mm256_shuffle_ps(t1, t3, 0x44);
+    __m256 s3 = _mm256_shuffle_ps(t1, t3, 0xEE), s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(s0, s4, 0x20));
+    _mm256_storeu_ps(dst + ldd, _mm256_permute2f128_ps(s1, s5, 0x20));
+    _mm256_storeu_ps(dst + 2 * ldd, _mm256_permute2f128_ps(s2, s6, 0x20));
+    _mm256_storeu_ps(dst + 3 * ldd, _mm256_permute2f128_ps(s3, s7, 0x20));
+    _mm256_storeu_ps(dst + 4 * ldd, _mm256_permute2f128_ps(s0, s4, 0x31));
+    _mm256_storeu_ps(dst + 5 * ldd, _mm256_permute2f128_ps(s1, s5, 0x31));
+    _mm256_storeu_ps(dst + 6 * ldd, _mm256_permute2f128_ps(s2, s6, 0x31));
+    _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(s3, s7, 0x31));
+}
+#endif
+static void ldm__pack_transposed(float *LDM_RESTRICT dst, int P, const float *src, int64_t ld, int rows, int64_t kc) {
+    int r0 = 0;
+#ifdef LDM__PACK_T8
+    for (; r0 + 8 <= rows; r0 += 8) {
+        const float *s = src + r0 * ld;
+        int64_t k = 0;
+        for (; k + 8 <= kc; k += 8) ldm__transpose8(s + k, ld, dst + k * P + r0, P);
+        for (; k < kc; k++)
+            for (int r = 0; r < 8; r++) dst[k * P + r0 + r] = s[r * ld + k];
+    }
+#endif
+    for (int r = r0; r < rows; r++) {
+        const float *s = src + r * ld;
+        for (int64_t k = 0; k < kc; k++) dst[k * P + r] = s[k];
+    }
+    if (rows < P)
+        for (int64_t k = 0; k < kc; k++)
+            for (int r = rows; r < P; r++) dst[k * P + r] = 0.0f;
+}
+/* op(A)[i0 .. i0+mc, k0 .. k0+kc) into MR-row panels */
+static void ldm__pack_a(float *dst, const float *A, int64_t lda, int ta, int64_t i0, int64_t mc, int64_t k0, int64_t kc) {
+    for (int64_t ip = 0; ip < mc; ip += LDM__MR, dst += LDM__MR * kc) {
+        int rows = (int)LDM__MIN(LDM__MR, mc - ip);
+        if (ta) ldm__pack_direct(dst, LDM__MR, A + k0 * lda + i0 + ip, lda, rows, kc);
+        else ldm__pack_transposed(dst, LDM__MR, A + (i0 + ip) * lda + k0, lda, rows, kc);
+    }
+}
+/* op(B)[k0 .. k0+kc, j0 .. j0+nc) into NR-column panels */
+static void ldm__pack_b(float *dst, const float *B, int64_t ldb, int tb, int64_t j0, int64_t nc, int64_t k0, int64_t kc) {
+    for (int64_t jp = 0; jp < nc; jp += LDM__NR, dst += LDM__NR * kc) {
+        int cols = (int)LDM__MIN(LDM__NR, nc - jp);
+        if (tb) ldm__pack_transposed(dst, LDM__NR, B + (j0 + jp) * ldb + k0, ldb, cols, kc);
+        else ldm__pack_direct(dst, LDM__NR, B + k0 * ldb + j0 + jp, ldb, cols, kc);
+    }
+}
+
 typedef struct {
     int ta, tb;
     int64_t M, N, K, lda, ldb, ldc;
     float alpha, beta;
     const float *A, *B;
     float *C;
-    int split_n;
-    float *work; /* per-thread packing buffers */
-    size_t work_per_thread;
+    int64_t kc;                  /* K slice: depends on K only, never on the thread count */
+    int64_t nc;                  /* columns per B block: the block keeps ~KC x NC floats */
+    int tm, tn;                  /* thread grid: tm row ranges x tn column ranges */
+    int64_t tiles_m, tiles_n;
+    float *work;                 /* packing buffers: per thread, work_floats each */
+    size_t work_floats, b_offset;
 } ldm__gemm_job;
-static void ldm__gemm_block(const ldm__gemm_job *g, int64_t m0, int64_t m1, int64_t n0, int64_t n1, float *pa, float *pb) {
-    float acc[LDM__MR * LDM__NR];
-    for (int64_t jc = n0; jc < n1; jc += LDM__NC) {
-        int64_t nc = LDM__MIN(LDM__NC, n1 - jc);
-        for (int64_t pc = 0; pc < g->K; pc += LDM__KC) {
-            int64_t kc = LDM__MIN(LDM__KC, g->K - pc);
-            int first = pc == 0;
-            ldm__pack_b(pb, g->B, g->ldb, g->tb, jc, nc, pc, kc);
-            for (int64_t ic = m0; ic < m1; ic += LDM__MC) {
-                int64_t mc = LDM__MIN(LDM__MC, m1 - ic);
-                ldm__pack_a(pa, g->A, g->lda, g->ta, ic, mc, pc, kc);
-                for (int64_t jr = 0; jr < nc; jr += LDM__NR)
-                    for (int64_t ir = 0; ir < mc; ir += LDM__MR) {
-                        ldm__micro(kc, pa + ir * kc, pb + jr * kc, acc);
-                        int64_t mr = LDM__MIN(LDM__MR, mc - ir), nr = LDM__MIN(LDM__NR, nc - jr);
-                        for (int64_t r = 0; r < mr; r++) {
-                            float *c = g->C + (ic + ir + r) * g->ldc + jc + jr;
-                            const float *s = acc + r * LDM__NR;
-                            if (first && g->beta == 0.0f) for (int64_t q = 0; q < nr; q++) c[q] = g->alpha * s[q];
-                            else if (first) for (int64_t q = 0; q < nr; q++) c[q] = g->beta * c[q] + g->alpha * s[q];
-                            else for (int64_t q = 0; q < nr; q++) c[q] += g->alpha * s[q];
-                        }
-                    }
+
+static void ldm__gemm_part(const ldm__gemm_job *g, int64_t m0, int64_t m1, int64_t n0, int64_t n1, float *pa, float *pb) {
+    const int64_t K = g->K, kcb = g->kc, ldc = g->ldc;
+    for (int64_t ic = m0; ic < m1; ic += LDM__MC) {
+        int64_t mc = LDM__MIN(LDM__MC, m1 - ic);
+        for (int64_t pc = 0; pc < K; pc += kcb) {
+            int64_t kc = LDM__MIN(kcb, K - pc);
+            float beta = pc == 0 ? g->beta : 1.0f;
+            ldm__pack_a(pa, g->A, g->lda, g->ta, ic, mc, pc, kc);
+            for (int64_t jc = n0; jc < n1; jc += g->nc) {
+                int64_t nc = LDM__MIN(g->nc, n1 - jc);
+                ldm__pack_b(pb, g->B, g->ldb, g->tb, jc, nc, pc, kc);
+                for (int64_t ir = 0; ir < mc; ir += LDM__MR) {
+                    float *c = g->C + (ic + ir) * ldc + jc;
+                    int mr = (int)LDM__MIN(LDM__MR, mc - ir);
+                    for (int64_t jr = 0; jr < nc; jr += LDM__NR)
+                        ldm__ukernel(kc, pa + ir * kc, pb + jr * kc, c + jr, ldc, mr, (int)LDM__MIN(LDM__NR, nc - jr), g->alpha, beta);
+                }
             }
         }
     }
 }
+
 static void ldm__gemm_task(void *arg, int64_t b, int64_t e, int tid) {
-    ldm__gemm_job *g = (ldm__gemm_job *)arg;
-    float *pa = g->work + (size_t)tid * g->work_per_thread, *pb = pa + LDM__MC * LDM__KC;
-    if (g->split_n) ldm__gemm_block(g, 0, g->M, LDM__MIN(b * LDM__NR, g->N), LDM__MIN(e * LDM__NR, g->N), pa, pb);
-    else ldm__gemm_block(g, LDM__MIN(b * LDM__MR, g->M), LDM__MIN(e * LDM__MR, g->M), 0, g->N, pa, pb);
+    const ldm__gemm_job *g = (const ldm__gemm_job *)arg;
+    float *pa = g->work + (size_t)tid * g->work_floats, *pb = pa + g->b_offset;
+    for (int64_t p = b; p < e; p++) {
+        int64_t pm = p / g->tn, pn = p % g->tn;
+        int64_t m0 = LDM__MIN(g->M, pm * g->tiles_m / g->tm * LDM__MR), m1 = LDM__MIN(g->M, (pm + 1) * g->tiles_m / g->tm * LDM__MR);
+        int64_t n0 = LDM__MIN(g->N, pn * g->tiles_n / g->tn * LDM__NR), n1 = LDM__MIN(g->N, (pn + 1) * g->tiles_n / g->tn * LDM__NR);
+        if (m0 < m1 && n0 < n1) ldm__gemm_part(g, m0, m1, n0, n1, pa, pb);
+    }
 }
+
+/* C = beta*C; beta == 0 writes zeros without reading C. */
+static void ldm__gemm_scale(int64_t M, int64_t N, float beta, float *C, int64_t ldc) {
+    for (int64_t i = 0; i < M; i++) {
+        float *c = C + i * ldc;
+        if (beta == 0.0f) memset(c, 0, sizeof(float) * (size_t)N);
+        else if (beta != 1.0f)
+            for (int64_t j = 0; j < N; j++) c[j] *= beta;
+    }
+}
+
 static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                            int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
     if (M <= 0 || N <= 0) return;
-    if (K <= 0) { /* C = beta*C */
-        for (int64_t i = 0; i < M; i++)
-            for (int64_t j = 0; j < N; j++) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
-        return;
-    }
+    if (K <= 0 || alpha == 0.0f) { ldm__gemm_scale(M, N, beta, C, ldc); return; }
     ldm__gemm_job g;
     g.ta = ta; g.tb = tb; g.M = M; g.N = N; g.K = K; g.lda = lda; g.ldb = ldb; g.ldc = ldc;
     g.alpha = alpha; g.beta = beta; g.A = A; g.B = B; g.C = C;
-    g.split_n = N >= M;
-    g.work_per_thread = (size_t)(LDM__MC * LDM__KC + LDM__KC * LDM__NC) + 16;
-    size_t used0 = ctx->arena[LDM_CPU].used;
-    g.work = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * g.work_per_thread * (size_t)ctx->threads);
-    if (!g.work) return;
-    int64_t units = g.split_n ? (N + LDM__NR - 1) / LDM__NR : (M + LDM__MR - 1) / LDM__MR;
-    double flops = 2.0 * (double)M * (double)N * (double)K;
-    int64_t grain = flops < 4e6 ? units : LDM__MAX(1, units / LDM__MAX(1, ctx->threads));
-    ldm_parallel_for(ctx, units, grain, ldm__gemm_task, &g);
-    ctx->arena[LDM_CPU].used = used0;
+    int64_t slices = (K + LDM__KC - 1) / LDM__KC;
+    g.kc = (K + slices - 1) / slices; /* equal slices no longer than KC */
+    /* a short K slice gets a wider B block: longer runs of each C row per pass */
+    g.nc = LDM__MAX(LDM__NC, (int64_t)LDM__NC * LDM__KC / g.kc / LDM__NR * LDM__NR);
+    g.tiles_m = (M + LDM__MR - 1) / LDM__MR;
+    g.tiles_n = (N + LDM__NR - 1) / LDM__NR;
+
+    /* Called from inside a parallel region (regions do not nest): run on this thread with
+       a private buffer, since the context's buffers belong to the outer region. */
+    int nested = 0;
+#ifndef LDM_NO_THREADS
+    nested = ctx->pool.busy;
+#endif
+    int T = nested ? 1 : ctx->threads;
+    if (2.0 * (double)M * (double)N * (double)K < 4e6) T = 1; /* under ~20 us: not worth waking threads */
+    /* Thread grid: the one that minimises the busiest thread's time, estimated as its tiles'
+       FMAs at 32 per cycle (whole tiles: padding costs the same) plus what it packs. */
+    g.tm = 1; g.tn = 1;
+    double best = -1.0;
+    for (int tn = 1; tn <= T; tn++) {
+        int tm = T / tn;
+        if (T % tn || tn > g.tiles_n || tm > g.tiles_m) continue;
+        double tiles = (double)((g.tiles_m + tm - 1) / tm) * (double)((g.tiles_n + tn - 1) / tn);
+        double cost = tiles * (LDM__MR * LDM__NR / 32.0) * (double)K + 0.5 * ((double)M / tm + (double)N / tn) * (double)K;
+        if (best < 0 || cost < best) { best = cost; g.tm = tm; g.tn = tn; }
+    }
+
+    /* one A block and one B block per thread, no larger than this product needs */
+    size_t mcap = (size_t)LDM__MIN(LDM__MC, g.tiles_m * LDM__MR), ncap = (size_t)LDM__MIN(g.nc, g.tiles_n * LDM__NR);
+    size_t a_bytes = LDM__ALIGN_UP(sizeof(float) * mcap * (size_t)g.kc), b_bytes = LDM__ALIGN_UP(sizeof(float) * ncap * (size_t)g.kc);
+    g.b_offset = a_bytes / sizeof(float);
+    g.work_floats = (a_bytes + b_bytes) / sizeof(float);
+    size_t need = (a_bytes + b_bytes) * (size_t)(nested ? 1 : ctx->threads) + LDM__ALIGN;
+    void *own = NULL, *buf;
+    if (nested) buf = own = LDM_MALLOC(need);
+    else {
+        if (ctx->gemm_buf_bytes < need) { /* grown once to the largest K slice seen, then reused */
+            LDM_FREE(ctx->gemm_buf);
+            ctx->gemm_buf = LDM_MALLOC(need);
+            ctx->gemm_buf_bytes = ctx->gemm_buf ? need : 0;
+        }
+        buf = ctx->gemm_buf;
+    }
+    if (!buf) {
+        ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_sgemm: cannot allocate %.1f MiB of packing buffers (hint: free memory)",
+                       need / 1048576.0);
+        return;
+    }
+    g.work = (float *)(((uintptr_t)buf + (LDM__ALIGN - 1)) & ~(uintptr_t)(LDM__ALIGN - 1));
+    if (T == 1) ldm__gemm_task(&g, 0, 1, 0);
+    else ldm_parallel_for(ctx, g.tm * g.tn, 1, ldm__gemm_task, &g);
+    if (own) LDM_FREE(own);
 }
 #endif
 
@@ -2478,7 +2803,13 @@ static void ldm__col2im_task(void *arg, int64_t c0, int64_t c1, int tid) { /* on
                     float *dst = plane + (t * d->H + y) * d->W;
                     const float *s = src + j0;
                     int64_t x = ox0 * d->sw - d->pad[4] + fx;
-                    for (int64_t a = 0; a < run; a++, x += d->sw) if (x >= 0 && x < d->W) dst[x] += s[a];
+                    if (d->sw == 1) { /* the valid range once, then a plain (vectorisable) add */
+                        int64_t a = x < 0 ? -x : 0, e = LDM__MIN(run, d->W - x);
+                        float *dd = dst + x;
+                        for (int64_t i = a; i < e; i++) dd[i] += s[i];
+                    } else {
+                        for (int64_t a = 0; a < run; a++, x += d->sw) if (x >= 0 && x < d->W) dst[x] += s[a];
+                    }
                 }
             });
         }
@@ -2494,6 +2825,33 @@ static void ldm__im2col(ldm_ctx *ctx, const ldm_conv_desc *d, const float *img, 
     j.d = d; j.img = img; j.col = col; j.n0 = n0; j.nc = nc;
     ldm_parallel_for(ctx, K, LDM__MAX(1, 8192 / LDM__MAX(nc, 1)), ldm__im2col_task, &j);
 }
+/* Per output channel: fill the bias (forward) or sum the gradient into db (backward, in
+   double, batch then position order, so the thread count does not matter). */
+typedef struct { float *out, *db; const float *bias, *dout; int64_t B, O, OS; } ldm__conv_bias_job;
+static void ldm__conv_bias_task(void *arg, int64_t o0, int64_t o1, int tid) {
+    ldm__conv_bias_job *j = (ldm__conv_bias_job *)arg;
+    (void)tid;
+    for (int64_t o = o0; o < o1; o++) {
+        if (j->bias) {
+            for (int64_t b = 0; b < j->B; b++) {
+                float *p = j->out + (b * j->O + o) * j->OS, v = j->bias[o];
+                for (int64_t i = 0; i < j->OS; i++) p[i] = v;
+            }
+        } else {
+            double s = 0.0;
+            for (int64_t b = 0; b < j->B; b++) {
+                const float *p = j->dout + (b * j->O + o) * j->OS;
+                for (int64_t i = 0; i < j->OS; i++) s += p[i];
+            }
+            j->db[o] += (float)s;
+        }
+    }
+}
+static void ldm__conv_bias(ldm_ctx *ctx, float *out, const float *bias, float *db, const float *dout, const ldm_conv_desc *d) {
+    ldm__conv_bias_job j;
+    j.out = out; j.db = db; j.bias = bias; j.dout = dout; j.B = d->B; j.O = d->O; j.OS = d->OT * d->OH * d->OW;
+    ldm_parallel_for(ctx, d->O, LDM__MAX(1, 65536 / LDM__MAX(j.OS * j.B, 1)), ldm__conv_bias_task, &j);
+}
 static void ldm__cpu_conv_forward(ldm_ctx *ctx, float *out, const float *inp, const float *w, const float *bias, const ldm_conv_desc *d) {
     int64_t K = d->C * d->kt * d->kh * d->kw, IS = d->T * d->H * d->W, OS = d->OT * d->OH * d->OW;
     int pw = ldm__conv_is_pointwise(d);
@@ -2501,9 +2859,9 @@ static void ldm__cpu_conv_forward(ldm_ctx *ctx, float *out, const float *inp, co
     size_t used0 = ctx->arena[LDM_CPU].used;
     float *col = pw ? NULL : (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(K * nc));
     if (!pw && !col) return;
+    if (bias) ldm__conv_bias(ctx, out, bias, NULL, NULL, d);
     for (int64_t b = 0; b < d->B; b++) {
         float *ob = out + b * d->O * OS;
-        if (bias) for (int64_t o = 0; o < d->O; o++) for (int64_t i = 0; i < OS; i++) ob[o * OS + i] = bias[o];
         for (int64_t n0 = 0; n0 < OS; n0 += nc) {
             int64_t m = LDM__MIN(nc, OS - n0);
             if (pw) ldm__cpu_sgemm(ctx, 0, 0, d->O, m, K, 1.0f, w, K, inp + b * d->C * IS + n0, IS, bias ? 1.0f : 0.0f, ob + n0, OS);
@@ -2518,15 +2876,7 @@ static void ldm__cpu_conv_forward(ldm_ctx *ctx, float *out, const float *inp, co
 static void ldm__cpu_conv_backward(ldm_ctx *ctx, float *dinp, float *dw, float *db, const float *dout, const float *inp,
                                    const float *w, const ldm_conv_desc *d) {
     int64_t K = d->C * d->kt * d->kh * d->kw, IS = d->T * d->H * d->W, OS = d->OT * d->OH * d->OW;
-    if (db)
-        for (int64_t o = 0; o < d->O; o++) {
-            double s = 0.0;
-            for (int64_t b = 0; b < d->B; b++) {
-                const float *p = dout + (b * d->O + o) * OS;
-                for (int64_t i = 0; i < OS; i++) s += p[i];
-            }
-            db[o] += (float)s;
-        }
+    if (db) ldm__conv_bias(ctx, NULL, NULL, db, dout, d);
     if (!dinp && !dw) return;
     int pw = ldm__conv_is_pointwise(d);
     int64_t nc = pw ? OS : ldm__conv_chunk(d, K);
@@ -2791,14 +3141,24 @@ static void ldm__cpu_layernorm_backward(ldm_ctx *ctx, float *dx, float *dw, floa
     memset(&j, 0, sizeof j);
     j.dx = dx; j.dy = dy; j.x = x; j.w = w; j.cm = mean; j.cr = rstd; j.R = R; j.N = N;
     if (dx) ldm_parallel_for(ctx, R, LDM__MAX(1, LDM__GRAIN / LDM__MAX(1, N)), ldm__ln_bwd_task, &j);
-    if (dw || db) /* column sums over rows, in row order */
+    if (dw || db) { /* column sums over rows, in row order, in double like the other norms */
+        size_t used0 = ctx->arena[LDM_CPU].used;
+        double *acc = (double *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(double) * (size_t)(2 * N));
+        if (!acc) return;
+        memset(acc, 0, sizeof(double) * (size_t)(2 * N));
         for (int64_t r = 0; r < R; r++) {
             const float *xr = x + r * N, *g = dy + r * N;
             for (int64_t k = 0; k < N; k++) {
-                if (dw) dw[k] += g[k] * ((xr[k] - mean[r]) * rstd[r]);
-                if (db) db[k] += g[k];
+                acc[k] += (double)g[k] * ((xr[k] - mean[r]) * rstd[r]);
+                acc[N + k] += g[k];
             }
         }
+        for (int64_t k = 0; k < N; k++) {
+            if (dw) dw[k] += (float)acc[k];
+            if (db) db[k] += (float)acc[N + k];
+        }
+        ctx->arena[LDM_CPU].used = used0;
+    }
 }
 
 /* ---- softmax ---- */
@@ -3089,6 +3449,7 @@ static ldm_result ldm__wread_at(ldm_ctx *ctx, ldm_weights *w, uint64_t off, void
     if (off > w->size || n > w->size - off)
         return ldm__werr(ctx, LDM_ERR_FORMAT, w->path, "%s (bytes %llu..%llu) runs past the end of the file (%llu bytes; truncated download?)",
                          what, (unsigned long long)off, (unsigned long long)(off + n), (unsigned long long)w->size);
+    clearerr(w->f);
     if (ldm__fseek(w->f, off) || fread(dst, 1, n, w->f) != n)
         return ldm__werr(ctx, LDM_ERR_IO, w->path, "cannot read %s at byte %llu: %s", what, (unsigned long long)off,
                          ferror(w->f) ? strerror(errno) : "unexpected end of file");

@@ -5,7 +5,8 @@
                           tensor, an escaped name, __metadata__
   io_zip_sd.pt            torch.save (zip) of an nn.Sequential state dict (conv, batchnorm with
                           num_batches_tracked, linear)
-  io_zip_lightning.ckpt   {"state_dict": ..., "epoch": 3, "global_step": 10, ...} as Lightning saves
+  io_zip_lightning.ckpt   {"state_dict": ..., "epoch": 3, "global_step": 10, ...} as Lightning saves,
+                          with optimizer state, numpy scalars, a dtype and a callback object
   io_zip_views.pt         fp16, bf16, float64, int64, int32 tensors, transposed (non-contiguous)
                           tensors, slices sharing one storage, an nn.Parameter, a nested dict,
                           non-tensor values (skipped by the reader)
@@ -17,37 +18,17 @@ import collections
 import json
 import os
 import struct
+import sys
+import types
 
 import numpy as np
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import write_safetensors  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIX = os.path.join(HERE, "..", "fixtures")
-DT = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-      torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL"}
-
-
-def raw_bytes(t):
-    t = t.detach().contiguous()
-    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: reinterpret the bits
-        return t.view(torch.int16).numpy().astype("<i2").tobytes()
-    return t.numpy().newbyteorder("<").tobytes() if t.numel() else b""
-
-
-def write_safetensors(path, tensors, metadata=None):
-    """The safetensors layout by hand: u64 header length, JSON header padded with spaces, data."""
-    header, blobs, pos = {}, [], 0
-    if metadata:
-        header["__metadata__"] = metadata
-    for name, t in tensors.items():
-        b = raw_bytes(t)
-        header[name] = {"dtype": DT[t.dtype], "shape": list(t.shape), "data_offsets": [pos, pos + len(b)]}
-        blobs.append(b)
-        pos += len(b)
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
 def main():
@@ -75,11 +56,28 @@ def main():
     sd = model.state_dict()
     assert sd["1.num_batches_tracked"].dtype == torch.int64
 
+    # what training checkpoints carry besides tensors: a callback object (a stand-in class under
+    # Lightning's module name, pickled with NEWOBJ + BUILD), numpy scalars, torch dtypes
+    mod = types.ModuleType("pytorch_lightning.callbacks.model_checkpoint")
+    class ModelCheckpoint:
+        pass
+    ModelCheckpoint.__module__ = mod.__name__
+    ModelCheckpoint.__qualname__ = "ModelCheckpoint"
+    mod.ModelCheckpoint = ModelCheckpoint
+    for parent in ("pytorch_lightning", "pytorch_lightning.callbacks"):
+        sys.modules.setdefault(parent, types.ModuleType(parent))
+    sys.modules[mod.__name__] = mod
+    callback = ModelCheckpoint()
+    callback.best_model_score = np.float64(0.25)
+    callback.monitor = "val/rec_loss"
+
     opt = torch.optim.Adam(model.parameters())
     opt.step()
     lightning = {"epoch": 3, "global_step": 10, "pytorch-lightning_version": "1.4.2",
                  "state_dict": sd, "optimizer_states": [opt.state_dict()], "lr_schedulers": [],
-                 "hyper_parameters": {"lr": 1e-4, "name": "ae", "sizes": (1, 2, 3), "flag": True, "none": None}}
+                 "hyper_parameters": {"lr": 1e-4, "name": "ae", "sizes": (1, 2, 3), "flag": True, "none": None,
+                                      "precision": torch.float16, "score": np.float32(1.5)},
+                 "callbacks": {ModelCheckpoint: callback}}
 
     big = torch.randn(6, 5)
     base = torch.randn(3, 4)
