@@ -55,6 +55,14 @@ build_all() {
     [ "$src" = examples/main.c ] && out=build/ldm
     compile "$src" "$out" || { echo "build.sh: failed to build $src" >&2; ok=1; }
   done
+  # Vendoring tests also build as C++ (nvcc compiles .cu files as C++).
+  if [ "${LDM_CUDA:-0}" != 1 ]; then
+    for src in tests/test_vendor_*.c; do
+      [ -f "$src" ] || continue
+      ${CXX:-c++} -std=c++11 -O2 $ARCH -Wall -Wno-unused-function -I. -x c++ "$src" -o "build/$(basename "${src%.c}")_cpp" $LIBS ||
+        { echo "build.sh: failed to build $src as C++" >&2; ok=1; }
+    done
+  fi
   return $ok
 }
 
@@ -64,6 +72,7 @@ run_tests() {
   mkdir -p build/logs
   local progs=()
   for t in tests/test_*.c; do [ -f "$t" ] && progs+=("build/$(basename "${t%.c}")"); done
+  for t in tests/test_vendor_*.c; do [ -f "$t" ] && [ "${LDM_CUDA:-0}" != 1 ] && progs+=("build/$(basename "${t%.c}")_cpp"); done
   # Loader and parser tests (files marked LDM_TEST_SANITIZE) again under ASan/UBSan.
   if [ "${LDM_SANITIZE:-1}" = 1 ] && [ "${LDM_CUDA:-0}" != 1 ]; then
     for t in $(grep -l "LDM_TEST_SANITIZE" tests/test_*.c 2>/dev/null); do

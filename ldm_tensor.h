@@ -536,6 +536,8 @@ struct ldm_ctx {
     int grad_enabled;
     ldm__node *tape;
     int tape_len, tape_cap;
+    void *gemm_buf;           /* SGEMM packing buffers (per thread), grown on demand */
+    size_t gemm_buf_bytes;
 #ifndef LDM_NO_THREADS
     ldm__threadpool pool;
 #endif
@@ -750,6 +752,7 @@ LDM_API void ldm_ctx_destroy(ldm_ctx *ctx) {
 #endif
     LDM_FREE(ctx->arena[LDM_CPU].base);
     LDM_FREE(ctx->tape);
+    LDM_FREE(ctx->gemm_buf);
     LDM_FREE(ctx);
 }
 
@@ -2343,7 +2346,14 @@ LDM_API void ldm_sgemm_ref(int ta, int tb, int64_t M, int64_t N, int64_t K, floa
 }
 
 #ifdef LDM_BLAS
+/* OpenBLAS's cblas.h pulls in <complex.h>, whose macro I would clash with variables named I below. */
+#ifdef I
+#define LDM__HAD_I
+#endif
 #include <cblas.h>
+#if defined(I) && !defined(LDM__HAD_I)
+#undef I
+#endif
 static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                            int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
     (void)ctx;
@@ -2352,122 +2362,372 @@ static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, i
                 alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
 }
 #else
-/* Blocked, packed SGEMM (the BLIS loop nest): C is cut into MC x NC blocks; for each KC slice
-   A is packed into MR-row panels and B into NR-column panels, and a register-blocked
-   micro-kernel computes MR x NR tiles. Threads take disjoint column ranges of C (or row
-   ranges when N is small), and every element of C sees the same sequence of operations
-   whatever the split, so results do not depend on the thread count. */
-#define LDM__MR 8
-#define LDM__NR 16
-#define LDM__KC 256
-#define LDM__MC 128
-#define LDM__NC 2048
+/* Blocked, packed SGEMM (the BLIS loop nest, with the roles of the caches chosen for
+   row-major C and a micro-tile that is wide in N):
 
-static void ldm__pack_a(float *dst, const float *A, int64_t lda, int ta, int64_t i0, int64_t mc, int64_t k0, int64_t kc) {
-    for (int64_t ip = 0; ip < mc; ip += LDM__MR) {
-        int64_t mr = LDM__MIN(LDM__MR, mc - ip);
-        for (int64_t k = 0; k < kc; k++) {
-            for (int64_t r = 0; r < mr; r++) {
-                int64_t i = i0 + ip + r, kk = k0 + k;
-                dst[r] = ta ? A[kk * lda + i] : A[i * lda + kk];
-            }
-            for (int64_t r = mr; r < LDM__MR; r++) dst[r] = 0.0f;
-            dst += LDM__MR;
-        }
+     for ic: MC rows of A            A block (MC x KC, packed in MR-row panels [k][MR])
+      for pc: KC slice of K
+       for jc: NC columns of B       B block (KC x NC, packed in NR-column panels [k][NR]): L2
+        for ir: MR rows              one A panel (MR x KC): L1
+         for jr: NR columns          micro-kernel: MR x NR tile of C in registers
+
+   The micro-kernel merges its tile into C (alpha*acc + beta*C on the first K slice, += after).
+   Edge panels are packed with zero padding and the kernel stores edge tiles with masks, so
+   every tile runs the same code. Threads take a grid of disjoint row x column ranges of C
+   (never a split of K) and every element of C sees the same sequence of operations whatever
+   the grid: results are bitwise identical for any thread count. */
+#if defined(__AVX512F__)
+#define LDM__MR 8          /* 8 x 48: 24 zmm accumulators, 3 B loads + 8 broadcasts per k */
+#define LDM__NR 48
+#elif defined(__AVX2__) && defined(__FMA__)
+#define LDM__MR 6          /* 6 x 16: 12 ymm accumulators */
+#define LDM__NR 16
+#else
+#define LDM__MR 6          /* 6 x 8 in 4-wide vectors: 12 accumulators (SSE/NEON) */
+#define LDM__NR 8
+#endif
+#define LDM__KC 512                            /* K slice */
+#define LDM__MC (1024 / LDM__MR * LDM__MR)     /* rows of A per packed block (L3) */
+#define LDM__NC (240 / LDM__NR * LDM__NR)      /* columns of B per packed block: KC x NC fits L2 */
+
+#if defined(__clang__)
+#define LDM__UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define LDM__UNROLL _Pragma("GCC unroll 16")
+#else
+#define LDM__UNROLL
+#endif
+
+/* Requests the tile of C before the K loop: when K is short its rows would otherwise come from
+   memory after the FMAs, with nothing left to overlap them. (A macro: GCC deems a function
+   holding only prefetches pure and deletes the call.) */
+#if defined(__GNUC__)
+#define LDM__PREFETCH_C(c, ldc, mr, nr)                                                             \
+    for (int r_ = 0; r_ < (mr); r_++) {                                                            \
+        const float *p_ = (c) + r_ * (ldc);                                                        \
+        for (int q_ = 0; q_ < (nr); q_ += 16) __builtin_prefetch(p_ + q_, 0, 3);                    \
+        __builtin_prefetch(p_ + (nr) - 1, 0, 3);                                                   \
     }
-}
-static void ldm__pack_b(float *dst, const float *B, int64_t ldb, int tb, int64_t j0, int64_t nc, int64_t k0, int64_t kc) {
-    for (int64_t jp = 0; jp < nc; jp += LDM__NR) {
-        int64_t nr = LDM__MIN(LDM__NR, nc - jp);
-        for (int64_t k = 0; k < kc; k++) {
-            int64_t kk = k0 + k;
-            if (!tb && nr == LDM__NR) memcpy(dst, B + kk * ldb + j0 + jp, sizeof(float) * LDM__NR);
-            else {
-                for (int64_t c = 0; c < nr; c++) { int64_t j = j0 + jp + c; dst[c] = tb ? B[j * ldb + kk] : B[kk * ldb + j]; }
-                for (int64_t c = nr; c < LDM__NR; c++) dst[c] = 0.0f;
-            }
-            dst += LDM__NR;
-        }
-    }
-}
-/* acc[MR][NR] = sum_k a[k][:] (x) b[k][:] */
-static void ldm__micro(int64_t kc, const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, float *LDM_RESTRICT acc) {
-    float c[LDM__MR][LDM__NR];
-    memset(c, 0, sizeof c);
+#else
+#define LDM__PREFETCH_C(c, ldc, mr, nr)
+#endif
+
+/* acc = sum over k of a[k][0..MR) (x) b[k][0..NR); C[0..mr)[0..nr) = alpha*acc + beta*C, where
+   beta == 0 never reads C. */
+#if defined(__AVX512F__)
+#define LDM__NV (LDM__NR / 16)
+static void ldm__ukernel(int64_t kc, const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, float *c, int64_t ldc,
+                         int mr, int nr, float alpha, float beta) {
+    __m512 acc[LDM__MR][LDM__NV];
+    LDM__PREFETCH_C(c, ldc, mr, nr)
+    LDM__UNROLL for (int r = 0; r < LDM__MR; r++) LDM__UNROLL for (int v = 0; v < LDM__NV; v++) acc[r][v] = _mm512_setzero_ps();
     for (int64_t k = 0; k < kc; k++) {
-        for (int r = 0; r < LDM__MR; r++) {
-            float av = a[r];
-            for (int q = 0; q < LDM__NR; q++) c[r][q] += av * b[q];
+        __m512 bv[LDM__NV];
+        LDM__UNROLL for (int v = 0; v < LDM__NV; v++) bv[v] = _mm512_load_ps(b + 16 * v);
+        LDM__UNROLL for (int r = 0; r < LDM__MR; r++) {
+            __m512 av = _mm512_set1_ps(a[r]);
+            LDM__UNROLL for (int v = 0; v < LDM__NV; v++) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
         }
         a += LDM__MR;
         b += LDM__NR;
     }
-    memcpy(acc, c, sizeof c);
+    __mmask16 m[LDM__NV];
+    LDM__UNROLL for (int v = 0; v < LDM__NV; v++) {
+        int left = nr - 16 * v;
+        m[v] = (__mmask16)(left >= 16 ? 0xFFFFu : left > 0 ? (1u << left) - 1 : 0u);
+    }
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    LDM__UNROLL for (int r = 0; r < LDM__MR; r++) {
+        if (r < mr) {
+            float *cr = c + r * ldc;
+            LDM__UNROLL for (int v = 0; v < LDM__NV; v++) {
+                __m512 x = _mm512_mul_ps(va, acc[r][v]);
+                if (beta != 0.0f) x = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m[v], cr + 16 * v), x);
+                _mm512_mask_storeu_ps(cr + 16 * v, m[v], x);
+            }
+        }
+    }
 }
+#elif defined(__AVX2__) && defined(__FMA__)
+#define LDM__NV (LDM__NR / 8)
+static void ldm__ukernel(int64_t kc, const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, float *c, int64_t ldc,
+                         int mr, int nr, float alpha, float beta) {
+    __m256 acc[LDM__MR][LDM__NV];
+    LDM__PREFETCH_C(c, ldc, mr, nr)
+    LDM__UNROLL for (int r = 0; r < LDM__MR; r++) LDM__UNROLL for (int v = 0; v < LDM__NV; v++) acc[r][v] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < kc; k++) {
+        __m256 bv[LDM__NV];
+        LDM__UNROLL for (int v = 0; v < LDM__NV; v++) bv[v] = _mm256_load_ps(b + 8 * v);
+        LDM__UNROLL for (int r = 0; r < LDM__MR; r++) {
+            __m256 av = _mm256_broadcast_ss(a + r);
+            LDM__UNROLL for (int v = 0; v < LDM__NV; v++) acc[r][v] = _mm256_fmadd_ps(av, bv[v], acc[r][v]);
+        }
+        a += LDM__MR;
+        b += LDM__NR;
+    }
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256i m[LDM__NV];
+    LDM__UNROLL for (int v = 0; v < LDM__NV; v++) m[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr - 8 * v), lane);
+    __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+    LDM__UNROLL for (int r = 0; r < LDM__MR; r++) {
+        if (r < mr) {
+            float *cr = c + r * ldc;
+            LDM__UNROLL for (int v = 0; v < LDM__NV; v++) {
+                __m256 x = _mm256_mul_ps(va, acc[r][v]);
+                if (beta != 0.0f) x = _mm256_fmadd_ps(vb, _mm256_maskload_ps(cr + 8 * v, m[v]), x);
+                _mm256_maskstore_ps(cr + 8 * v, m[v], x);
+            }
+        }
+    }
+}
+#else
+/* Portable: GCC/Clang vector extensions give SSE/NEON code without intrinsics; plain arrays
+   elsewhere. Edge tiles go through a local tile so every element takes the same path. */
+static void ldm__ukernel_full(int64_t kc, const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, float *c, int64_t ldc,
+                              float alpha, float beta) {
+#if defined(__GNUC__)
+    typedef float ldm__v4 __attribute__((vector_size(16)));
+    enum { NV = LDM__NR / 4 };
+    ldm__v4 acc[LDM__MR][NV];
+    LDM__UNROLL for (int r = 0; r < LDM__MR; r++) LDM__UNROLL for (int v = 0; v < NV; v++) acc[r][v] = (ldm__v4){0, 0, 0, 0};
+    for (int64_t k = 0; k < kc; k++) {
+        ldm__v4 bv[NV];
+        LDM__UNROLL for (int v = 0; v < NV; v++) memcpy(&bv[v], b + 4 * v, sizeof bv[v]);
+        LDM__UNROLL for (int r = 0; r < LDM__MR; r++) {
+            ldm__v4 av = {a[r], a[r], a[r], a[r]};
+            LDM__UNROLL for (int v = 0; v < NV; v++) acc[r][v] += av * bv[v];
+        }
+        a += LDM__MR;
+        b += LDM__NR;
+    }
+    LDM__UNROLL for (int r = 0; r < LDM__MR; r++) {
+        float *cr = c + r * ldc;
+        LDM__UNROLL for (int v = 0; v < NV; v++) {
+            ldm__v4 x = acc[r][v] * alpha, cv;
+            if (beta != 0.0f) { memcpy(&cv, cr + 4 * v, sizeof cv); x += cv * beta; }
+            memcpy(cr + 4 * v, &x, sizeof x);
+        }
+    }
+#else
+    float acc[LDM__MR][LDM__NR];
+    memset(acc, 0, sizeof acc);
+    for (int64_t k = 0; k < kc; k++) {
+        for (int r = 0; r < LDM__MR; r++)
+            for (int q = 0; q < LDM__NR; q++) acc[r][q] += a[r] * b[q];
+        a += LDM__MR;
+        b += LDM__NR;
+    }
+    for (int r = 0; r < LDM__MR; r++)
+        for (int q = 0; q < LDM__NR; q++) {
+            float x = acc[r][q] * alpha;
+            if (beta != 0.0f) x += c[r * ldc + q] * beta;
+            c[r * ldc + q] = x;
+        }
+#endif
+}
+static void ldm__ukernel(int64_t kc, const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, float *c, int64_t ldc,
+                         int mr, int nr, float alpha, float beta) {
+    float t[LDM__MR * LDM__NR];
+    LDM__PREFETCH_C(c, ldc, mr, nr)
+    if (mr == LDM__MR && nr == LDM__NR) { ldm__ukernel_full(kc, a, b, c, ldc, alpha, beta); return; }
+    for (int r = 0; r < mr; r++)
+        for (int q = 0; q < nr; q++) t[r * LDM__NR + q] = beta != 0.0f ? c[r * ldc + q] : 0.0f;
+    ldm__ukernel_full(kc, a, b, t, LDM__NR, alpha, beta);
+    for (int r = 0; r < mr; r++)
+        for (int q = 0; q < nr; q++) c[r * ldc + q] = t[r * LDM__NR + q];
+}
+#endif
+
+/* Packing. A panel is `rows` (<= P) lines of op(X) for kc values of k, laid out [k][P] and
+   zero-padded to P. Two source layouts: "direct", where the P values of one k are contiguous
+   in memory (rows of B, rows of A^T) and are copied as they are, and "transposed", where each
+   line is contiguous in k (rows of A, rows of B^T) and 8 x 8 blocks are transposed in
+   registers where AVX is available. */
+static void ldm__pack_direct(float *LDM_RESTRICT dst, int P, const float *src, int64_t ld, int rows, int64_t kc) {
+    for (int64_t k = 0; k < kc; k++, src += ld, dst += P) {
+        if (rows == P) memcpy(dst, src, sizeof(float) * (size_t)P);
+        else {
+            int q = 0;
+            for (; q < rows; q++) dst[q] = src[q];
+            for (; q < P; q++) dst[q] = 0.0f;
+        }
+    }
+}
+#if defined(__AVX2__) || defined(__AVX512F__)
+#define LDM__PACK_T8 1
+/* dst[i][0..8) = src[0..8)[i] for i < 8 (rows of src ld apart, of dst ldd apart) */
+static void ldm__transpose8(const float *src, int64_t ld, float *dst, int64_t ldd) {
+    __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + ld), r2 = _mm256_loadu_ps(src + 2 * ld);
+    __m256 r3 = _mm256_loadu_ps(src + 3 * ld), r4 = _mm256_loadu_ps(src + 4 * ld), r5 = _mm256_loadu_ps(src + 5 * ld);
+    __m256 r6 = _mm256_loadu_ps(src + 6 * ld), r7 = _mm256_loadu_ps(src + 7 * ld);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3);
+    __m256 t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE), s2 = _mm256_shuffle_ps(t1, t3, 0x44);
+    __m256 s3 = _mm256_shuffle_ps(t1, t3, 0xEE), s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(s0, s4, 0x20));
+    _mm256_storeu_ps(dst + ldd, _mm256_permute2f128_ps(s1, s5, 0x20));
+    _mm256_storeu_ps(dst + 2 * ldd, _mm256_permute2f128_ps(s2, s6, 0x20));
+    _mm256_storeu_ps(dst + 3 * ldd, _mm256_permute2f128_ps(s3, s7, 0x20));
+    _mm256_storeu_ps(dst + 4 * ldd, _mm256_permute2f128_ps(s0, s4, 0x31));
+    _mm256_storeu_ps(dst + 5 * ldd, _mm256_permute2f128_ps(s1, s5, 0x31));
+    _mm256_storeu_ps(dst + 6 * ldd, _mm256_permute2f128_ps(s2, s6, 0x31));
+    _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(s3, s7, 0x31));
+}
+#endif
+static void ldm__pack_transposed(float *LDM_RESTRICT dst, int P, const float *src, int64_t ld, int rows, int64_t kc) {
+    int r0 = 0;
+#ifdef LDM__PACK_T8
+    for (; r0 + 8 <= rows; r0 += 8) {
+        const float *s = src + r0 * ld;
+        int64_t k = 0;
+        for (; k + 8 <= kc; k += 8) ldm__transpose8(s + k, ld, dst + k * P + r0, P);
+        for (; k < kc; k++)
+            for (int r = 0; r < 8; r++) dst[k * P + r0 + r] = s[r * ld + k];
+    }
+#endif
+    for (int r = r0; r < rows; r++) {
+        const float *s = src + r * ld;
+        for (int64_t k = 0; k < kc; k++) dst[k * P + r] = s[k];
+    }
+    if (rows < P)
+        for (int64_t k = 0; k < kc; k++)
+            for (int r = rows; r < P; r++) dst[k * P + r] = 0.0f;
+}
+/* op(A)[i0 .. i0+mc, k0 .. k0+kc) into MR-row panels */
+static void ldm__pack_a(float *dst, const float *A, int64_t lda, int ta, int64_t i0, int64_t mc, int64_t k0, int64_t kc) {
+    for (int64_t ip = 0; ip < mc; ip += LDM__MR, dst += LDM__MR * kc) {
+        int rows = (int)LDM__MIN(LDM__MR, mc - ip);
+        if (ta) ldm__pack_direct(dst, LDM__MR, A + k0 * lda + i0 + ip, lda, rows, kc);
+        else ldm__pack_transposed(dst, LDM__MR, A + (i0 + ip) * lda + k0, lda, rows, kc);
+    }
+}
+/* op(B)[k0 .. k0+kc, j0 .. j0+nc) into NR-column panels */
+static void ldm__pack_b(float *dst, const float *B, int64_t ldb, int tb, int64_t j0, int64_t nc, int64_t k0, int64_t kc) {
+    for (int64_t jp = 0; jp < nc; jp += LDM__NR, dst += LDM__NR * kc) {
+        int cols = (int)LDM__MIN(LDM__NR, nc - jp);
+        if (tb) ldm__pack_transposed(dst, LDM__NR, B + (j0 + jp) * ldb + k0, ldb, cols, kc);
+        else ldm__pack_direct(dst, LDM__NR, B + k0 * ldb + j0 + jp, ldb, cols, kc);
+    }
+}
+
 typedef struct {
     int ta, tb;
     int64_t M, N, K, lda, ldb, ldc;
     float alpha, beta;
     const float *A, *B;
     float *C;
-    int split_n;
-    float *work; /* per-thread packing buffers */
-    size_t work_per_thread;
+    int64_t kc;                  /* K slice: depends on K only, never on the thread count */
+    int64_t nc;                  /* columns per B block: the block keeps ~KC x NC floats */
+    int tm, tn;                  /* thread grid: tm row ranges x tn column ranges */
+    int64_t tiles_m, tiles_n;
+    float *work;                 /* packing buffers: per thread, work_floats each */
+    size_t work_floats, b_offset;
 } ldm__gemm_job;
-static void ldm__gemm_block(const ldm__gemm_job *g, int64_t m0, int64_t m1, int64_t n0, int64_t n1, float *pa, float *pb) {
-    float acc[LDM__MR * LDM__NR];
-    for (int64_t jc = n0; jc < n1; jc += LDM__NC) {
-        int64_t nc = LDM__MIN(LDM__NC, n1 - jc);
-        for (int64_t pc = 0; pc < g->K; pc += LDM__KC) {
-            int64_t kc = LDM__MIN(LDM__KC, g->K - pc);
-            int first = pc == 0;
-            ldm__pack_b(pb, g->B, g->ldb, g->tb, jc, nc, pc, kc);
-            for (int64_t ic = m0; ic < m1; ic += LDM__MC) {
-                int64_t mc = LDM__MIN(LDM__MC, m1 - ic);
-                ldm__pack_a(pa, g->A, g->lda, g->ta, ic, mc, pc, kc);
-                for (int64_t jr = 0; jr < nc; jr += LDM__NR)
-                    for (int64_t ir = 0; ir < mc; ir += LDM__MR) {
-                        ldm__micro(kc, pa + ir * kc, pb + jr * kc, acc);
-                        int64_t mr = LDM__MIN(LDM__MR, mc - ir), nr = LDM__MIN(LDM__NR, nc - jr);
-                        for (int64_t r = 0; r < mr; r++) {
-                            float *c = g->C + (ic + ir + r) * g->ldc + jc + jr;
-                            const float *s = acc + r * LDM__NR;
-                            if (first && g->beta == 0.0f) for (int64_t q = 0; q < nr; q++) c[q] = g->alpha * s[q];
-                            else if (first) for (int64_t q = 0; q < nr; q++) c[q] = g->beta * c[q] + g->alpha * s[q];
-                            else for (int64_t q = 0; q < nr; q++) c[q] += g->alpha * s[q];
-                        }
-                    }
+
+static void ldm__gemm_part(const ldm__gemm_job *g, int64_t m0, int64_t m1, int64_t n0, int64_t n1, float *pa, float *pb) {
+    const int64_t K = g->K, kcb = g->kc, ldc = g->ldc;
+    for (int64_t ic = m0; ic < m1; ic += LDM__MC) {
+        int64_t mc = LDM__MIN(LDM__MC, m1 - ic);
+        for (int64_t pc = 0; pc < K; pc += kcb) {
+            int64_t kc = LDM__MIN(kcb, K - pc);
+            float beta = pc == 0 ? g->beta : 1.0f;
+            ldm__pack_a(pa, g->A, g->lda, g->ta, ic, mc, pc, kc);
+            for (int64_t jc = n0; jc < n1; jc += g->nc) {
+                int64_t nc = LDM__MIN(g->nc, n1 - jc);
+                ldm__pack_b(pb, g->B, g->ldb, g->tb, jc, nc, pc, kc);
+                for (int64_t ir = 0; ir < mc; ir += LDM__MR) {
+                    float *c = g->C + (ic + ir) * ldc + jc;
+                    int mr = (int)LDM__MIN(LDM__MR, mc - ir);
+                    for (int64_t jr = 0; jr < nc; jr += LDM__NR)
+                        ldm__ukernel(kc, pa + ir * kc, pb + jr * kc, c + jr, ldc, mr, (int)LDM__MIN(LDM__NR, nc - jr), g->alpha, beta);
+                }
             }
         }
     }
 }
+
 static void ldm__gemm_task(void *arg, int64_t b, int64_t e, int tid) {
-    ldm__gemm_job *g = (ldm__gemm_job *)arg;
-    float *pa = g->work + (size_t)tid * g->work_per_thread, *pb = pa + LDM__MC * LDM__KC;
-    if (g->split_n) ldm__gemm_block(g, 0, g->M, LDM__MIN(b * LDM__NR, g->N), LDM__MIN(e * LDM__NR, g->N), pa, pb);
-    else ldm__gemm_block(g, LDM__MIN(b * LDM__MR, g->M), LDM__MIN(e * LDM__MR, g->M), 0, g->N, pa, pb);
+    const ldm__gemm_job *g = (const ldm__gemm_job *)arg;
+    float *pa = g->work + (size_t)tid * g->work_floats, *pb = pa + g->b_offset;
+    for (int64_t p = b; p < e; p++) {
+        int64_t pm = p / g->tn, pn = p % g->tn;
+        int64_t m0 = LDM__MIN(g->M, pm * g->tiles_m / g->tm * LDM__MR), m1 = LDM__MIN(g->M, (pm + 1) * g->tiles_m / g->tm * LDM__MR);
+        int64_t n0 = LDM__MIN(g->N, pn * g->tiles_n / g->tn * LDM__NR), n1 = LDM__MIN(g->N, (pn + 1) * g->tiles_n / g->tn * LDM__NR);
+        if (m0 < m1 && n0 < n1) ldm__gemm_part(g, m0, m1, n0, n1, pa, pb);
+    }
 }
+
+/* C = beta*C; beta == 0 writes zeros without reading C. */
+static void ldm__gemm_scale(int64_t M, int64_t N, float beta, float *C, int64_t ldc) {
+    for (int64_t i = 0; i < M; i++) {
+        float *c = C + i * ldc;
+        if (beta == 0.0f) memset(c, 0, sizeof(float) * (size_t)N);
+        else if (beta != 1.0f)
+            for (int64_t j = 0; j < N; j++) c[j] *= beta;
+    }
+}
+
 static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                            int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
     if (M <= 0 || N <= 0) return;
-    if (K <= 0) { /* C = beta*C */
-        for (int64_t i = 0; i < M; i++)
-            for (int64_t j = 0; j < N; j++) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
-        return;
-    }
+    if (K <= 0 || alpha == 0.0f) { ldm__gemm_scale(M, N, beta, C, ldc); return; }
     ldm__gemm_job g;
     g.ta = ta; g.tb = tb; g.M = M; g.N = N; g.K = K; g.lda = lda; g.ldb = ldb; g.ldc = ldc;
     g.alpha = alpha; g.beta = beta; g.A = A; g.B = B; g.C = C;
-    g.split_n = N >= M;
-    g.work_per_thread = (size_t)(LDM__MC * LDM__KC + LDM__KC * LDM__NC) + 16;
-    size_t used0 = ctx->arena[LDM_CPU].used;
-    g.work = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * g.work_per_thread * (size_t)ctx->threads);
-    if (!g.work) return;
-    int64_t units = g.split_n ? (N + LDM__NR - 1) / LDM__NR : (M + LDM__MR - 1) / LDM__MR;
-    double flops = 2.0 * (double)M * (double)N * (double)K;
-    int64_t grain = flops < 4e6 ? units : LDM__MAX(1, units / LDM__MAX(1, ctx->threads));
-    ldm_parallel_for(ctx, units, grain, ldm__gemm_task, &g);
-    ctx->arena[LDM_CPU].used = used0;
+    int64_t slices = (K + LDM__KC - 1) / LDM__KC;
+    g.kc = (K + slices - 1) / slices; /* equal slices no longer than KC */
+    /* a short K slice gets a wider B block: longer runs of each C row per pass */
+    g.nc = LDM__MAX(LDM__NC, (int64_t)LDM__NC * LDM__KC / g.kc / LDM__NR * LDM__NR);
+    g.tiles_m = (M + LDM__MR - 1) / LDM__MR;
+    g.tiles_n = (N + LDM__NR - 1) / LDM__NR;
+
+    /* Called from inside a parallel region (regions do not nest): run on this thread with
+       a private buffer, since the context's buffers belong to the outer region. */
+    int nested = 0;
+#ifndef LDM_NO_THREADS
+    nested = ctx->pool.busy;
+#endif
+    int T = nested ? 1 : ctx->threads;
+    if (2.0 * (double)M * (double)N * (double)K < 4e6) T = 1; /* under ~20 us: not worth waking threads */
+    /* Thread grid: the one that minimises the busiest thread's time, estimated as its tiles'
+       FMAs at 32 per cycle (whole tiles: padding costs the same) plus what it packs. */
+    g.tm = 1; g.tn = 1;
+    double best = -1.0;
+    for (int tn = 1; tn <= T; tn++) {
+        int tm = T / tn;
+        if (T % tn || tn > g.tiles_n || tm > g.tiles_m) continue;
+        double tiles = (double)((g.tiles_m + tm - 1) / tm) * (double)((g.tiles_n + tn - 1) / tn);
+        double cost = tiles * (LDM__MR * LDM__NR / 32.0) * (double)K + 0.5 * ((double)M / tm + (double)N / tn) * (double)K;
+        if (best < 0 || cost < best) { best = cost; g.tm = tm; g.tn = tn; }
+    }
+
+    /* one A block and one B block per thread, no larger than this product needs */
+    size_t mcap = (size_t)LDM__MIN(LDM__MC, g.tiles_m * LDM__MR), ncap = (size_t)LDM__MIN(g.nc, g.tiles_n * LDM__NR);
+    size_t a_bytes = LDM__ALIGN_UP(sizeof(float) * mcap * (size_t)g.kc), b_bytes = LDM__ALIGN_UP(sizeof(float) * ncap * (size_t)g.kc);
+    g.b_offset = a_bytes / sizeof(float);
+    g.work_floats = (a_bytes + b_bytes) / sizeof(float);
+    size_t need = (a_bytes + b_bytes) * (size_t)(nested ? 1 : ctx->threads) + LDM__ALIGN;
+    void *own = NULL, *buf;
+    if (nested) buf = own = LDM_MALLOC(need);
+    else {
+        if (ctx->gemm_buf_bytes < need) { /* grown once to the largest K slice seen, then reused */
+            LDM_FREE(ctx->gemm_buf);
+            ctx->gemm_buf = LDM_MALLOC(need);
+            ctx->gemm_buf_bytes = ctx->gemm_buf ? need : 0;
+        }
+        buf = ctx->gemm_buf;
+    }
+    if (!buf) {
+        ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_sgemm: cannot allocate %.1f MiB of packing buffers (hint: free memory)",
+                       need / 1048576.0);
+        return;
+    }
+    g.work = (float *)(((uintptr_t)buf + (LDM__ALIGN - 1)) & ~(uintptr_t)(LDM__ALIGN - 1));
+    if (T == 1) ldm__gemm_task(&g, 0, 1, 0);
+    else ldm_parallel_for(ctx, g.tm * g.tn, 1, ldm__gemm_task, &g);
+    if (own) LDM_FREE(own);
 }
 #endif
 
@@ -2543,7 +2803,13 @@ static void ldm__col2im_task(void *arg, int64_t c0, int64_t c1, int tid) { /* on
                     float *dst = plane + (t * d->H + y) * d->W;
                     const float *s = src + j0;
                     int64_t x = ox0 * d->sw - d->pad[4] + fx;
-                    for (int64_t a = 0; a < run; a++, x += d->sw) if (x >= 0 && x < d->W) dst[x] += s[a];
+                    if (d->sw == 1) { /* the valid range once, then a plain (vectorisable) add */
+                        int64_t a = x < 0 ? -x : 0, e = LDM__MIN(run, d->W - x);
+                        float *dd = dst + x;
+                        for (int64_t i = a; i < e; i++) dd[i] += s[i];
+                    } else {
+                        for (int64_t a = 0; a < run; a++, x += d->sw) if (x >= 0 && x < d->W) dst[x] += s[a];
+                    }
                 }
             });
         }
@@ -2559,6 +2825,33 @@ static void ldm__im2col(ldm_ctx *ctx, const ldm_conv_desc *d, const float *img, 
     j.d = d; j.img = img; j.col = col; j.n0 = n0; j.nc = nc;
     ldm_parallel_for(ctx, K, LDM__MAX(1, 8192 / LDM__MAX(nc, 1)), ldm__im2col_task, &j);
 }
+/* Per output channel: fill the bias (forward) or sum the gradient into db (backward, in
+   double, batch then position order, so the thread count does not matter). */
+typedef struct { float *out, *db; const float *bias, *dout; int64_t B, O, OS; } ldm__conv_bias_job;
+static void ldm__conv_bias_task(void *arg, int64_t o0, int64_t o1, int tid) {
+    ldm__conv_bias_job *j = (ldm__conv_bias_job *)arg;
+    (void)tid;
+    for (int64_t o = o0; o < o1; o++) {
+        if (j->bias) {
+            for (int64_t b = 0; b < j->B; b++) {
+                float *p = j->out + (b * j->O + o) * j->OS, v = j->bias[o];
+                for (int64_t i = 0; i < j->OS; i++) p[i] = v;
+            }
+        } else {
+            double s = 0.0;
+            for (int64_t b = 0; b < j->B; b++) {
+                const float *p = j->dout + (b * j->O + o) * j->OS;
+                for (int64_t i = 0; i < j->OS; i++) s += p[i];
+            }
+            j->db[o] += (float)s;
+        }
+    }
+}
+static void ldm__conv_bias(ldm_ctx *ctx, float *out, const float *bias, float *db, const float *dout, const ldm_conv_desc *d) {
+    ldm__conv_bias_job j;
+    j.out = out; j.db = db; j.bias = bias; j.dout = dout; j.B = d->B; j.O = d->O; j.OS = d->OT * d->OH * d->OW;
+    ldm_parallel_for(ctx, d->O, LDM__MAX(1, 65536 / LDM__MAX(j.OS * j.B, 1)), ldm__conv_bias_task, &j);
+}
 static void ldm__cpu_conv_forward(ldm_ctx *ctx, float *out, const float *inp, const float *w, const float *bias, const ldm_conv_desc *d) {
     int64_t K = d->C * d->kt * d->kh * d->kw, IS = d->T * d->H * d->W, OS = d->OT * d->OH * d->OW;
     int pw = ldm__conv_is_pointwise(d);
@@ -2566,9 +2859,9 @@ static void ldm__cpu_conv_forward(ldm_ctx *ctx, float *out, const float *inp, co
     size_t used0 = ctx->arena[LDM_CPU].used;
     float *col = pw ? NULL : (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(K * nc));
     if (!pw && !col) return;
+    if (bias) ldm__conv_bias(ctx, out, bias, NULL, NULL, d);
     for (int64_t b = 0; b < d->B; b++) {
         float *ob = out + b * d->O * OS;
-        if (bias) for (int64_t o = 0; o < d->O; o++) for (int64_t i = 0; i < OS; i++) ob[o * OS + i] = bias[o];
         for (int64_t n0 = 0; n0 < OS; n0 += nc) {
             int64_t m = LDM__MIN(nc, OS - n0);
             if (pw) ldm__cpu_sgemm(ctx, 0, 0, d->O, m, K, 1.0f, w, K, inp + b * d->C * IS + n0, IS, bias ? 1.0f : 0.0f, ob + n0, OS);
@@ -2583,15 +2876,7 @@ static void ldm__cpu_conv_forward(ldm_ctx *ctx, float *out, const float *inp, co
 static void ldm__cpu_conv_backward(ldm_ctx *ctx, float *dinp, float *dw, float *db, const float *dout, const float *inp,
                                    const float *w, const ldm_conv_desc *d) {
     int64_t K = d->C * d->kt * d->kh * d->kw, IS = d->T * d->H * d->W, OS = d->OT * d->OH * d->OW;
-    if (db)
-        for (int64_t o = 0; o < d->O; o++) {
-            double s = 0.0;
-            for (int64_t b = 0; b < d->B; b++) {
-                const float *p = dout + (b * d->O + o) * OS;
-                for (int64_t i = 0; i < OS; i++) s += p[i];
-            }
-            db[o] += (float)s;
-        }
+    if (db) ldm__conv_bias(ctx, NULL, NULL, db, dout, d);
     if (!dinp && !dw) return;
     int pw = ldm__conv_is_pointwise(d);
     int64_t nc = pw ? OS : ldm__conv_chunk(d, K);

@@ -453,37 +453,65 @@ LDM_API ldm_result ldm_vae_save(ldm_ctx *ctx, const ldm_vae *v, const char *path
 }
 
 /* ---- forward ----------------------------------------------------------------------------- */
+/* In no-grad mode (inference) the temporaries of each step are dropped as soon as its output
+   exists: the output is moved down to the mark (ldm_arena_keep), so peak memory stays at a few
+   activations instead of every intermediate of the network. */
+static ldm_tensor *ldm__vae_keep(ldm_ctx *ctx, ldm_mark m, ldm_tensor *h) {
+    if (!ldm_grad_enabled(ctx) && h && h->device == LDM_CPU) return ldm_arena_keep(ctx, m, h);
+    return h;
+}
 static ldm_tensor *ldm__vae_res_fwd(ldm_ctx *ctx, const ldm_vae *v, const ldm__vae_res *r, ldm_tensor *x) {
+    ldm_mark m = ldm_arena_mark(ctx);
     ldm_tensor *h = ldm_nn_conv2d_forward(ctx, &r->conv1, ldm_silu(ctx, ldm_nn_groupnorm_forward(ctx, &r->norm1, x)));
+    h = ldm__vae_keep(ctx, m, h);
+    m = ldm_arena_mark(ctx);
     h = ldm_silu(ctx, ldm_nn_groupnorm_forward(ctx, &r->norm2, h));
     if (v->cfg.dropout > 0.0f) h = ldm_dropout(ctx, h, v->cfg.dropout, v->training);
-    h = ldm_nn_conv2d_forward(ctx, &r->conv2, h);
+    h = ldm__vae_keep(ctx, m, ldm_nn_conv2d_forward(ctx, &r->conv2, h));
     return ldm_add(ctx, r->has_shortcut ? ldm_nn_conv2d_forward(ctx, &r->nin_shortcut, x) : x, h);
 }
 static ldm_tensor *ldm__vae_attn_fwd(ldm_ctx *ctx, const ldm__vae_attn *a, ldm_tensor *x) {
     if (!x) return NULL;
-    int64_t B = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+    int64_t B = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3], S = H * W;
+    float scale = (float)pow((double)C, -0.5);
     ldm_tensor *h = ldm_nn_groupnorm_forward(ctx, &a->norm, x);
-    ldm_shape s3 = ldm_shape3(B, C, H * W);
+    ldm_shape s3 = ldm_shape3(B, C, S);
     ldm_tensor *q = ldm_reshape(ctx, ldm_nn_conv2d_forward(ctx, &a->q, h), s3);
     ldm_tensor *k = ldm_reshape(ctx, ldm_nn_conv2d_forward(ctx, &a->k, h), s3);
     ldm_tensor *vv = ldm_reshape(ctx, ldm_nn_conv2d_forward(ctx, &a->v, h), s3);
-    ldm_tensor *w = ldm_matmul(ctx, q, k, 1, 0);                        /* [B, HW, HW] = q^T k */
-    w = ldm_softmax(ctx, ldm_scale(ctx, w, (float)pow((double)C, -0.5)), 2);
-    ldm_tensor *o = ldm_matmul(ctx, vv, w, 0, 1);                       /* [B, C, HW] = v w^T */
+    ldm_tensor *o;
+    if (ldm_grad_enabled(ctx) || x->device != LDM_CPU || !q || !k || !vv) {
+        ldm_tensor *w = ldm_matmul(ctx, q, k, 1, 0);                    /* [B, S, S] = q^T k */
+        w = ldm_softmax(ctx, ldm_scale(ctx, w, scale), 2);
+        o = ldm_matmul(ctx, vv, w, 0, 1);                               /* [B, C, S] = v w^T */
+    } else {
+        /* Inference: a block of query positions at a time, so the S x S weights (1 GiB for
+           a 128x128 latent) never exist at once. Same arithmetic per element as above. */
+        o = ldm_new(ctx, s3);
+        int64_t rows = LDM__MAX(((int64_t)16 << 20) / S, 16);
+        for (int64_t b = 0; o && b < B; b++) {
+            ldm_tensor *kb = ldm_slice(ctx, k, 0, b, 1), *vb = ldm_slice(ctx, vv, 0, b, 1), *qb = ldm_slice(ctx, q, 0, b, 1);
+            for (int64_t i0 = 0; kb && vb && qb && i0 < S; i0 += rows) {
+                int64_t n = LDM__MIN(rows, S - i0);
+                ldm_mark m = ldm_arena_mark(ctx);
+                ldm_tensor *w = ldm_matmul(ctx, ldm_slice(ctx, qb, 2, i0, n), kb, 1, 0);   /* [1, n, S] */
+                ldm_tensor *ob = ldm_matmul(ctx, vb, ldm_softmax(ctx, ldm_scale(ctx, w, scale), 2), 0, 1); /* [1, C, n] */
+                if (!ob) { o = NULL; break; }
+                for (int64_t c = 0; c < C; c++)
+                    memcpy(o->data + (b * C + c) * S + i0, ob->data + c * n, sizeof(float) * (size_t)n);
+                ldm_arena_rewind(ctx, m);
+            }
+        }
+    }
     o = ldm_nn_conv2d_forward(ctx, &a->proj_out, ldm_reshape(ctx, o, ldm_shape4(B, C, H, W)));
     return ldm_add(ctx, x, o);
 }
 
-/* In no-grad mode each block's activations are dropped once its output exists. */
-#define LDM__VAE_STEP(expr)                                                        \
-    do {                                                                           \
-        ldm_mark m__ = ldm_arena_mark(ctx);                                        \
-        h = (expr);                                                                \
-        if (!ldm_grad_enabled(ctx) && h && h->device == LDM_CPU) h = ldm_arena_keep(ctx, m__, h); \
-    } while (0)
+/* One step of a forward pass: h = expr(h). Without grad the result replaces the step's input
+   at `base` (a mark taken after the forward's own input), so memory stays bounded. */
+#define LDM__VAE_STEP(expr) do { h = ldm__vae_keep(ctx, base, (expr)); } while (0)
 
-static ldm_tensor *ldm__vae_mid(ldm_ctx *ctx, const ldm_vae *v, const ldm__vae_half *hf, ldm_tensor *h) {
+static ldm_tensor *ldm__vae_mid(ldm_ctx *ctx, const ldm_vae *v, const ldm__vae_half *hf, ldm_tensor *h, ldm_mark base) {
     LDM__VAE_STEP(ldm__vae_res_fwd(ctx, v, &hf->mid_block_1, h));
     LDM__VAE_STEP(ldm__vae_attn_fwd(ctx, &hf->mid_attn_1, h));
     LDM__VAE_STEP(ldm__vae_res_fwd(ctx, v, &hf->mid_block_2, h));
@@ -501,6 +529,7 @@ LDM_API ldm_tensor *ldm_vae_encoder_forward(ldm_ctx *ctx, ldm_vae *v, ldm_tensor
         return NULL;
     }
     ldm_tensor *h;
+    ldm_mark base = ldm_arena_mark(ctx);
     LDM__VAE_STEP(ldm_nn_conv2d_forward(ctx, &v->enc.conv_in, x));
     for (int i = 0; i < v->cfg.n_levels; i++) {
         const ldm__vae_level *L = &v->enc.level[i];
@@ -511,7 +540,7 @@ LDM_API ldm_tensor *ldm_vae_encoder_forward(ldm_ctx *ctx, ldm_vae *v, ldm_tensor
         if (L->has_resample)
             LDM__VAE_STEP(v->cfg.resamp_with_conv ? ldm_nn_conv2d_forward(ctx, &L->resample, h) : ldm_avg_pool(ctx, h, 2, 2, 0));
     }
-    h = ldm__vae_mid(ctx, v, &v->enc, h);
+    h = ldm__vae_mid(ctx, v, &v->enc, h, base);
     LDM__VAE_STEP(ldm__vae_out(ctx, &v->enc, h));
     return h;
 }
@@ -524,8 +553,9 @@ LDM_API ldm_tensor *ldm_vae_decoder_forward(ldm_ctx *ctx, ldm_vae *v, ldm_tensor
         return NULL;
     }
     ldm_tensor *h;
+    ldm_mark base = ldm_arena_mark(ctx);
     LDM__VAE_STEP(ldm_nn_conv2d_forward(ctx, &v->dec.conv_in, z));
-    h = ldm__vae_mid(ctx, v, &v->dec, h);
+    h = ldm__vae_mid(ctx, v, &v->dec, h, base);
     for (int i = v->cfg.n_levels - 1; i >= 0; i--) {
         const ldm__vae_level *L = &v->dec.level[i];
         for (int j = 0; j < L->n_block; j++) {

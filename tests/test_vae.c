@@ -42,6 +42,17 @@ static void check_model(ldm_ctx *ctx, ldm_vae *vae, ldm_weights *fx, const char 
         else lt_report(0, name, "missing or wrong size");
         free(want);
     }
+    { /* inference path (no grad, bounded memory, blocked attention) on the posterior mode */
+        ldm_vae_infer inf;
+        memset(&inf, 0, sizeof inf);
+        ldm_tensor *dm = ldm_vae_decode_infer(ctx, vae, q.mean, &inf);
+        long n;
+        float *want = lt_load(ctx, fx, "dec_mode", &n);
+        snprintf(name, sizeof name, "%s decode_infer(mode)", tag);
+        if (dm && want && n == dm->numel) lt_close(name, dm->data, want, n, 1e-5, 1e-4);
+        else lt_report(0, name, "%s", ldm_ctx_error(ctx));
+        free(want);
+    }
     if (!with_grads) return;
     if (ldm_backward(ctx, loss)) { lt_report(0, tag, "backward: %s", ldm_ctx_error(ctx)); return; }
     long n;

@@ -5,28 +5,40 @@ import json, struct
 import numpy as np
 import torch
 
-_DT = {torch.float32: ("F32", np.float32), torch.float16: ("F16", np.float16)}
+_NPDT = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.float64): "F64",
+         np.dtype(np.int64): "I64", np.dtype(np.int32): "I32", np.dtype(np.int16): "I16",
+         np.dtype(np.int8): "I8", np.dtype(np.uint8): "U8", np.dtype(np.bool_): "BOOL"}
+
+
+def _raw(t):
+    """(dtype code, little-endian bytes) of a torch tensor or numpy array."""
+    if isinstance(t, torch.Tensor):
+        t = t.detach().cpu().contiguous()
+        if t.dtype == torch.bfloat16:  # numpy has no bfloat16: reinterpret the bits
+            return "BF16", t.view(torch.int16).numpy().astype("<i2").tobytes()
+        t = t.numpy()
+    a = np.asarray(t)
+    if not a.flags.c_contiguous:
+        a = a.copy(order="C")  # (np.ascontiguousarray would turn a 0-d array into 1-d)
+    return _NPDT[a.dtype], a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
 def write_safetensors(path, tensors, metadata=None):
-    """tensors: dict name -> torch tensor (float32/float16/bfloat16), written in dict order."""
+    """The safetensors layout by hand: u64 header length, JSON header (metadata first, then the
+    tensors in dict order) padded with spaces to 8 bytes, then the data. Values: torch tensors
+    (any float/int dtype incl. bfloat16) or numpy arrays."""
     header, blobs, off = {}, [], 0
-    for name, t in tensors.items():
-        t = t.detach().cpu().contiguous()
-        if t.dtype == torch.bfloat16:
-            raw = t.view(torch.int16).numpy().astype("<i2").tobytes(); dt = "BF16"
-        else:
-            code, npdt = _DT[t.dtype]
-            raw = t.numpy().astype(npdt).astype(np.dtype(npdt).newbyteorder("<")).tobytes(); dt = code
-        header[name] = {"dtype": dt, "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
-        blobs.append(raw); off += len(raw)
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    for name, t in tensors.items():
+        code, raw = _raw(t)
+        header[name] = {"dtype": code, "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
     h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
+    h += b" " * (-len(h) % 8)
     with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h))); f.write(h)
-        for b in blobs: f.write(b)
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
 M64 = (1 << 64) - 1

@@ -18,37 +18,22 @@ import os
 import struct
 
 import numpy as np
+import sys
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import write_safetensors  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIX = os.path.join(HERE, "..", "fixtures")
 
-DT = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64", np.dtype(np.float16): "F16"}
 
 
 def write_st(path, tensors, meta=None):
-    """tensors: dict name -> numpy array (float32 / int64 / float16), kept in insertion order."""
-    header, blobs, off = {}, [], 0
-    if meta:
-        header["__metadata__"] = {k: str(v) for k, v in meta.items()}
-    for name, a in tensors.items():
-        a = np.asarray(a)
-        if not a.flags.c_contiguous:
-            a = a.copy(order="C")   # (np.ascontiguousarray would turn a 0-d array into 1-d)
-        b = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": DT[a.dtype], "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
-    print("wrote %s (%d bytes)" % (os.path.relpath(path), 8 + len(h) + off))
+    write_safetensors(path, tensors, meta)
+    print("wrote %s (%d bytes)" % (os.path.relpath(path), os.path.getsize(path)))
 
 
 def npf(t):

@@ -13,11 +13,15 @@ Dropout is not here: its mask comes from ldm.h's Philox stream, not torch's; tes
 it against the mask rebuilt from the same draws."""
 import json
 import os
+import sys
 import struct
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import write_safetensors  # noqa: E402
 
 torch.set_default_dtype(torch.float64)
 rng = np.random.default_rng(20240611)
@@ -243,25 +247,7 @@ def graph(x, w, b, gw, gb):
 case("graph", graph, U((2, 6, 5, 7)), U((6, 6, 3, 3), -0.3, 0.3), U((6,), -0.5, 0.5), U((6,), 0.5, 1.5), U((6,), -0.5, 0.5))
 
 
-# ---- write safetensors by hand -------------------------------------------------------------
-def write_safetensors(path, tens, meta):
-    header, off, blobs = {}, 0, []
-    for name, a in tens.items():
-        b = np.ascontiguousarray(a, dtype="<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    header["__metadata__"] = meta
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
-
-
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "ops.safetensors")
 os.makedirs(os.path.dirname(out), exist_ok=True)
-write_safetensors(out, tensors, {"generator": "tests/ref/ops_ref.py", "torch": torch.__version__})
+write_safetensors(out, {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}, {"generator": "tests/ref/ops_ref.py", "torch": torch.__version__})
 print(f"wrote {out}: {len(tensors)} tensors, {os.path.getsize(out)} bytes")
