@@ -77,7 +77,7 @@ run_tests() {
   if [ "${LDM_SANITIZE:-1}" = 1 ] && [ "${LDM_CUDA:-0}" != 1 ]; then
     for t in $(grep -l "LDM_TEST_SANITIZE" tests/test_*.c 2>/dev/null); do
       out=build/$(basename "${t%.c}")_asan
-      if $CC -std=c99 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -I. \
+      if $CC -std=c99 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -DLDM_TEST_SANITIZED -I. \
            $( [ -d /usr/include/stb ] && echo -I/usr/include/stb ) "$t" -o "$out" $LIBS; then
         progs+=("$out")
       else

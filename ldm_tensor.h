@@ -536,6 +536,8 @@ struct ldm_ctx {
     int grad_enabled;
     ldm__node *tape;
     int tape_len, tape_cap;
+    ldm_tensor **arena_grads;     /* leaves whose .grad ldm_backward took from the arena */
+    int n_arena_grads, cap_arena_grads;
     void *gemm_buf;           /* SGEMM packing buffers (per thread), grown on demand */
     size_t gemm_buf_bytes;
 #ifndef LDM_NO_THREADS
@@ -752,6 +754,7 @@ LDM_API void ldm_ctx_destroy(ldm_ctx *ctx) {
 #endif
     LDM_FREE(ctx->arena[LDM_CPU].base);
     LDM_FREE(ctx->tape);
+    LDM_FREE(ctx->arena_grads);
     LDM_FREE(ctx->gemm_buf);
     LDM_FREE(ctx);
 }
@@ -798,19 +801,21 @@ LDM_API ldm_mark ldm_arena_mark(const ldm_ctx *ctx) {
     m.tape_len = ctx->tape_len;
     return m;
 }
-/* Leaves on the tape whose .grad ldm_backward took from the arena at or above `from` (of
-   their device's arena) lose it: the memory is about to be reused, and a persistent leaf
-   (ldm_tensor_wrap) would otherwise accumulate into it on the next step. */
+/* Leaves whose .grad ldm_backward took from the arena at or above `from` (of their device's
+   arena) lose it: the memory is about to be reused, and a persistent leaf (ldm_tensor_wrap)
+   would otherwise accumulate into it on the next step. Only leaves recorded when the buffer
+   was handed out are touched (never, say, a model's parameters, which may be gone by now);
+   such a leaf must outlive the step. */
 static void ldm__drop_arena_grads(ldm_ctx *ctx, const size_t from[LDM_NUM_DEVICES]) {
-    for (int i = 0; i < ctx->tape_len; i++)
-        for (int k = 0; k < ctx->tape[i].nin; k++) {
-            ldm_tensor *t = ctx->tape[i].in[k];
-            if (!t || t->node >= 0 || !t->grad) continue;
-            ldm__arena *a = &ctx->arena[t->device];
-            if (!a->base) continue;
-            unsigned char *g = (unsigned char *)t->grad, *lo = ldm__arena_base(a) + from[t->device];
-            if (g >= lo && g < ldm__arena_base(a) + a->limit) t->grad = NULL;
-        }
+    int k = 0;
+    for (int i = 0; i < ctx->n_arena_grads; i++) {
+        ldm_tensor *t = ctx->arena_grads[i];
+        ldm__arena *a = &ctx->arena[t->device];
+        unsigned char *g = (unsigned char *)t->grad, *lo = ldm__arena_base(a) + from[t->device];
+        if (g && a->base && g >= lo && g < ldm__arena_base(a) + a->limit) t->grad = NULL;
+        else ctx->arena_grads[k++] = t;
+    }
+    ctx->n_arena_grads = k;
 }
 LDM_API void ldm_arena_rewind(ldm_ctx *ctx, ldm_mark m) {
     size_t from[LDM_NUM_DEVICES];
@@ -1120,6 +1125,19 @@ static float *ldm__zeros_raw(ldm_ctx *ctx, ldm_device d, int64_t n) {
     if (p) ctx->be[d]->fill(ctx, p, n, 0.0f);
     return p;
 }
+/* A leaf's gradient buffer from the arena, recorded so that resets can take it back. */
+static float *ldm__leaf_grad(ldm_ctx *ctx, ldm_tensor *t) {
+    if (ctx->n_arena_grads == ctx->cap_arena_grads) {
+        int cap = ctx->cap_arena_grads ? 2 * ctx->cap_arena_grads : 64;
+        ldm_tensor **p = (ldm_tensor **)LDM_REALLOC(ctx->arena_grads, sizeof(ldm_tensor *) * (size_t)cap);
+        if (!p) { ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "backward: out of memory"); return NULL; }
+        ctx->arena_grads = p;
+        ctx->cap_arena_grads = cap;
+    }
+    t->grad = ldm__zeros_raw(ctx, t->device, t->numel);
+    if (t->grad) ctx->arena_grads[ctx->n_arena_grads++] = t;
+    return t->grad;
+}
 
 /* The one backward pass behind ldm_backward, ldm_backward_from and ldm_grad.
    wrt == NULL: accumulate into leaves' .grad. Otherwise only the paths from wrt[] to root are
@@ -1139,7 +1157,7 @@ static ldm_result ldm__backward_pass(ldm_ctx *ctx, ldm_tensor *root, const float
     if (last < 0 || !root->requires_grad) { /* root is a leaf (or constant) */
         for (int k = 0; wrt && k < n_wrt; k++)
             if (wrt[k] == root) ctx->be[root->device]->copy(ctx->be_state[root->device], out[k], root->device, droot, root->device, (size_t)root->numel * 4);
-        if (!wrt && root->requires_grad && !root->grad && !(root->grad = ldm__zeros_raw(ctx, root->device, root->numel))) return ctx->status;
+        if (!wrt && root->requires_grad && !root->grad && !ldm__leaf_grad(ctx, root)) return ctx->status;
         if (!wrt && root->requires_grad) ctx->be[root->device]->axpby(ctx, root->grad, droot, root->numel, 1.0f, 1.0f);
         return LDM_OK;
     }
@@ -1151,7 +1169,7 @@ static ldm_result ldm__backward_pass(ldm_ctx *ctx, ldm_tensor *root, const float
             for (int k = 0; k < nd->nin; k++) {
                 ldm_tensor *t = nd->in[k];
                 if (t && t->node < 0 && t->requires_grad && !t->grad) {
-                    t->grad = ldm__zeros_raw(ctx, t->device, t->numel);
+                    ldm__leaf_grad(ctx, t);
                     if (!t->grad) return ctx->status;
                 }
             }
