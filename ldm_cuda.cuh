@@ -79,7 +79,7 @@ typedef struct ldm__cuda_state {
     cublasHandle_t blas;
     double *scratch;          /* sum_squares partials, LDM__CU_RED_BLOCKS + 1 doubles */
     void *arena;              /* the step arena's block */
-    char name[256];
+    char name[320];       /* "<prop.name> (device N, sm_XY)" */
 } ldm__cuda_state;
 
 #define LDM__CU_T 256         /* threads per block */
@@ -87,6 +87,7 @@ typedef struct ldm__cuda_state {
 
 static int ldm__cu_fail(ldm_ctx *ctx, cudaError_t e, const char *call, const char *file, int line) {
     if (e == cudaSuccess) return 0;
+    cudaGetLastError(); /* a non-sticky error must not resurface at the next launch check */
     ldm_ctx_seterr(ctx, LDM_ERR_DEVICE, "%s:%d: %s: %s (%s) (hint: a fault inside a kernel reports at the next CUDA call; run compute-sanitizer to find it)",
                    file, line, call, cudaGetErrorName(e), cudaGetErrorString(e));
     return 1;
@@ -144,6 +145,7 @@ static void *ldm__cu_alloc(void *state, size_t bytes) {
     void *p = NULL;
     cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
     if (e != cudaSuccess) {
+        cudaGetLastError();
         ldm_ctx_seterr(st->ctx, LDM_ERR_NOMEM, "%s:%d: cudaMalloc of %s on %s: %s (hint: lower the batch size, or LDM_CUDA_ARENA_MB to leave room for parameters)",
                        __FILE__, __LINE__, ldm__bytes(bytes).s, st->name, cudaGetErrorString(e));
         return NULL;
@@ -216,7 +218,6 @@ static __global__ void ldm__k_unary(ldm__unary_op op, float *y, const float *x, 
 }
 static __global__ void ldm__k_unary_bw(ldm__unary_op op, float *dx, const float *dy, const float *x, const float *y,
                                        int64_t n, float p0, float p1) {
-    (void)p1;
     LDM__CU_FOR(i, n) {
         float v = x[i], d;
         switch (op) {

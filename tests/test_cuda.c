@@ -256,11 +256,13 @@ static void test_ops(ldm_ctx *ctx) {
     s[0] = S4(2, 8, 6, 6); s[1] = S4(8, 8, 3, 3); s[2] = S1(8); s[3] = S1(8); s[4] = S1(8);
     p = op0(LT_GRAPH); p.i[0] = 4; p.f[0] = 1e-6f;
     check_case(ctx, "graph (ResnetBlock-like)", &p, 5, s, 0, 0, 0, GEMM_TOL);
-    /* realistic sizes: an attention-sized GEMM and a conv whose columns come in chunks */
+    /* realistic sizes: an attention-sized GEMM and a conv whose columns come in chunks (values
+       and gradients are sums of hundreds to tens of thousands of products: float rounding of
+       different summation orders, relative to those magnitudes) */
     s[0] = S3(2, 256, 320); s[1] = S2(320, 512);
-    { int v[2] = {0, 0}; check_case(ctx, "matmul 2x256x320x512", (p = opi(LT_MATMUL, 2, v), &p), 2, s, 0, 0, 0, 1e-3, 1e-3); }
+    { int v[2] = {0, 0}; check_case(ctx, "matmul 2x256x320x512", (p = opi(LT_MATMUL, 2, v), &p), 2, s, 0, 0, 0, 1e-2, 1e-3); }
     s[0] = S4(1, 64, 192, 192); s[1] = S4(8, 64, 3, 3); s[2] = S1(8);
-    { int v[2] = {1, 1}; check_case(ctx, "conv2d 64->8 on 192x192 (chunked im2col)", (p = opi(LT_CONV2D, 2, v), &p), 3, s, 0, 0, 0, 1e-3, 1e-3); }
+    { int v[2] = {1, 1}; check_case(ctx, "conv2d 64->8 on 192x192 (chunked im2col)", (p = opi(LT_CONV2D, 2, v), &p), 3, s, 0, 0, 0, 1e-2, 1e-3); }
 }
 
 static void test_rng(ldm_ctx *ctx) {
