@@ -44,7 +44,7 @@ compile() {
     cp "$src" "build/$(basename "${src%.c}").cu"
     # -ffp-contract=off keeps the host compiler from fusing the RNG's multiply-adds (the
     # device side fuses none), so CPU and GPU draw the same numbers
-    "$NVCC" -O2 -arch="${CUDA_ARCH:-sm_80}" -DLDM_CUDA -Xcompiler -ffp-contract=off -I. -Itests -Ithird_party \
+    "$NVCC" -O2 -arch="${CUDA_ARCH:-sm_80}" -DLDM_CUDA -Xcompiler -ffp-contract=off -I. -Itests -Iexamples -Ithird_party \
       $( [ -d /usr/include/stb ] && echo -I/usr/include/stb ) \
       "build/$(basename "${src%.c}").cu" -o "$out" -lcublas "$@" $LIBS
   else

@@ -2498,7 +2498,9 @@ static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, i
 #define LDM__MC (1024 / LDM__MR * LDM__MR)     /* rows of A per packed block (L3) */
 #define LDM__NC (240 / LDM__NR * LDM__NR)      /* columns of B per packed block: KC x NC fits L2 */
 
-#if defined(__clang__)
+#if defined(__CUDACC__) || defined(__NVCC__)
+#define LDM__UNROLL _Pragma("unroll") /* nvcc's front end does not know GCC's form */
+#elif defined(__clang__)
 #define LDM__UNROLL _Pragma("unroll")
 #elif defined(__GNUC__)
 #define LDM__UNROLL _Pragma("GCC unroll 16")
