@@ -16,7 +16,8 @@
        const char *note;
        if (ldm_lpips_loss_ready(ctx, L, &note)) { ...error (no LPIPS weights)... }
        if (note) puts(note);                             // said once, at the start
-       ldm_nn_optim_create(ctx, &opt_d, L->P, &adam, 1, (const char *[]){"discriminator"});
+       const char *d_only = "discriminator";             // logvar is in no optimizer
+       ldm_nn_optim_create(ctx, &opt_d, L->P, &adam, 1, &d_only);
        ldm_loss_log log;
        ldm_tensor *xrec = ldm_vae_forward(ctx, vae, x, 1, &q);
        ldm_tensor *lg = ldm_lpips_loss_generator(ctx, L, x, xrec, &q, step, ldm_vae_last_layer(vae), "train", &log);

@@ -19,6 +19,19 @@
 
 #define FIX "../tests/fixtures/"
 
+/* The sanitizer build (-O1, no vectorisation) runs the convolutions some 50x slower; it is
+   there for memory errors, which fewer repetitions find as well. */
+#if defined(__SANITIZE_ADDRESS__)
+#define LT_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define LT_SANITIZED 1
+#endif
+#endif
+#ifndef LT_SANITIZED
+#define LT_SANITIZED 0
+#endif
+
 #include <time.h>
 static double now_s(void) {
     struct timespec ts;
@@ -64,6 +77,32 @@ static void check_fx(ldm_ctx *ctx, ldm_weights *fx, const char *key, const float
     for (long k = 0; k < n; k++) wmax = fmax(wmax, fabs(want[k]));
     lt_close(key, got, want, n, atol_rel_max * wmax, rtol);
     free(want);
+}
+
+/* Input gradients of a ReLU/max-pool network are piecewise constant in the weights' sense:
+   where a pre-activation lies within float32 rounding of 0 (or two pooled values within
+   rounding of each other), another summation order can take the other side of the kink and
+   route one element's gradient differently, which moves a patch of input gradients. The
+   reference inputs avoid pooling near-ties (lpips_ref.py); for ReLU kinks that is not
+   feasible. So: relative L2 error under 1e-4 (so far met: ~2e-6), or, when a kink flipped
+   (seen with the portable scalar GEMM: one flip gives ~3e-4), under 2e-3 with at least 90% of
+   the elements still within 1e-4 of the largest plus 1e-4 relative. */
+static void check_kinked(ldm_ctx *ctx, ldm_weights *fx, const char *key, const float *got, long n) {
+    long m, close = 0;
+    float *w = lt_load(ctx, fx, key, &m);
+    if (!w || m != n) { lt_report(0, key, "fixture missing or of another size"); free(w); return; }
+    double e = 0, nn = 0, wmax = 0;
+    for (long k = 0; k < n; k++) wmax = fmax(wmax, fabs(w[k]));
+    for (long k = 0; k < n; k++) {
+        double d = (double)got[k] - w[k];
+        e += d * d; nn += (double)w[k] * w[k];
+        close += fabs(d) <= 1e-4 * wmax + 1e-4 * fabs(w[k]);
+    }
+    double rel = sqrt(e / nn), frac = (double)close / (double)n;
+    char name[160];
+    snprintf(name, sizeof name, "%s: relative L2 error %.2g, %.1f%% of elements within 1e-4", key, rel, 100 * frac);
+    lt_report(rel < 1e-4 || (rel < 2e-3 && frac >= 0.9), name, "too far from the reference");
+    free(w);
 }
 
 /* Per parameter: the gradient's projection on a hash vector and its squared norm, as the
@@ -191,14 +230,14 @@ static void test_lpips(ldm_ctx *ctx, ldm_weights *fx) {
     if (!loss || ldm_backward(ctx, loss)) { lt_report(0, "lpips: forward/backward", "%s", ldm_ctx_error(ctx)); return; }
     LT_CHECK(v->ndim == 4 && v->shape[0] == 2 && v->shape[1] == 1 && v->shape[2] == 1 && v->shape[3] == 1, "lpips: result is [B,1,1,1]");
     check_fx(ctx, fx, "lp.val", v->data, 2, 0.0, 1e-4);
-    check_fx(ctx, fx, "lp.grad0", x0->grad, (long)x0->numel, 1e-4, 1e-4);
-    check_fx(ctx, fx, "lp.grad1", x1->grad, (long)x1->numel, 1e-4, 1e-4);
+    check_kinked(ctx, fx, "lp.grad0", x0->grad, (long)x0->numel);
+    check_kinked(ctx, fx, "lp.grad1", x1->grad, (long)x1->numel);
     ldm_tensor *v2 = ldm_lpips_forward(ctx, lp2, x0, x1, 0);
     lt_report(v2 && !memcmp(v2->data, v->data, 2 * sizeof(float)), "lpips: two-file torchvision load gives the same value (bitwise)", "differs");
 
     /* dropout (training mode): single draws differ, their mean is the eval value. The
        relative spread of one draw is measured; 5 standard errors bound the mean. */
-    {
+    if (!LT_SANITIZED) {
         int prev = ldm_set_grad_enabled(ctx, 0);
         ldm_tensor *a = ldm_slice(ctx, ldm_slice(ctx, x0, 2, 0, 16), 3, 0, 16), *b = ldm_slice(ctx, ldm_slice(ctx, x1, 2, 0, 16), 3, 0, 16);
         ldm_tensor *ev = ldm_lpips_forward(ctx, lp, a, b, 0);
@@ -222,7 +261,7 @@ static void test_lpips(ldm_ctx *ctx, ldm_weights *fx) {
             ok = fabs(mean - ev->data[k]) < 5 * se && se < 0.05 * ev->data[k];
         }
         printf("     (dropout check %.1f s)\n", now_s() - td);
-        lt_report(ok, "lpips: dropout mode is random and unbiased (mean of 64 draws within 5 standard errors of eval)", "%d draws differ", differ);
+        lt_report(ok, "lpips: dropout mode is random and unbiased (mean of the draws within 5 standard errors of eval)", "%d draws differ", differ);
     }
 
     /* the real LPIPS v0.1 heads (legacy torch.save file) with the torchvision-named backbone */
@@ -263,10 +302,10 @@ static void test_lpips(ldm_ctx *ctx, ldm_weights *fx) {
     v = ldm_lpips_forward(ctx, lp, x0, small, 0);
     lt_report(!v && strstr(ldm_ctx_error(ctx), "differ in shape"), "lpips: images of different sizes -> error", "%s", ldm_ctx_error(ctx));
     ldm_ctx_clear_error(ctx);
+    ldm_step_reset(ctx); /* the tape refers to the models' tensors: reset before destroying them */
     ldm_lpips_destroy(src);
     ldm_lpips_destroy(lp);
     ldm_lpips_destroy(lp2);
-    ldm_step_reset(ctx);
 }
 
 static void test_discriminator(ldm_ctx *ctx, ldm_weights *fx) {
@@ -312,8 +351,8 @@ static void test_discriminator(ldm_ctx *ctx, ldm_weights *fx) {
     out = ldm_patchgan_forward(ctx, &D, xb, 0);
     ldm_set_grad_enabled(ctx, prev);
     if (out) check_fx(ctx, fx, "d.out_eval", out->data, (long)out->numel, 1e-5, 1e-4);
-    ldm_nn_params_destroy(P);
     ldm_step_reset(ctx);
+    ldm_nn_params_destroy(P);
 }
 
 typedef struct loss_case { const char *disc_loss; double kl_weight, disc_weight, logvar_init, perceptual_weight; int64_t step; const char *split; } loss_case;
@@ -336,6 +375,7 @@ static void test_loss(ldm_ctx *ctx, ldm_weights *fx) {
     hash_fill(vae->P, 0.0f);
     char name[200];
     for (int k = 0; k < 4; k++) {
+        if (LT_SANITIZED && k != 1) continue; /* one training case with both backward passes */
         const loss_case *cs = &cases[k];
         int train = !strcmp(cs->split, "train");
         ldm_lpips_loss_config lc = ldm_lpips_loss_defaults();
@@ -355,8 +395,8 @@ static void test_loss(ldm_ctx *ctx, ldm_weights *fx) {
         ldm_vae_posterior q;
         ldm_vae_encode(ctx, vae, x, &q);
         ldm_tensor *xrec = ldm_vae_decode(ctx, vae, ldm_vae_posterior_sample(ctx, &q, eps));
-        if (!xrec) { lt_report(0, "loss: autoencoder forward", "%s", ldm_ctx_error(ctx)); ldm_set_grad_enabled(ctx, prev); ldm_lpips_loss_destroy(L); break; }
-        if (k == 0) check_fx(ctx, fx, "ae.xrec", xrec->data, (long)xrec->numel, 1e-5, 1e-4);
+        if (!xrec) { lt_report(0, "loss: autoencoder forward", "%s", ldm_ctx_error(ctx)); ldm_set_grad_enabled(ctx, prev); ldm_step_reset(ctx); ldm_lpips_loss_destroy(L); break; }
+        if (k == 1) check_fx(ctx, fx, "ae.xrec", xrec->data, (long)xrec->numel, 1e-5, 1e-4);
         ldm_loss_log log, dlog;
         ldm_tensor *lg = ldm_lpips_loss_generator(ctx, L, x, xrec, &q, cs->step, ldm_vae_last_layer(vae), cs->split, &log);
         if (lg && train) ldm_backward(ctx, lg);
@@ -365,7 +405,7 @@ static void test_loss(ldm_ctx *ctx, ldm_weights *fx) {
         ldm_set_grad_enabled(ctx, prev);
         char tag[100];
         snprintf(tag, sizeof tag, "loss case %d (%s, step %lld, %s)", k, cs->disc_loss, (long long)cs->step, cs->split);
-        if (!lg || !ld || ldm_ctx_status(ctx)) { lt_report(0, tag, "%s", ldm_ctx_error(ctx)); ldm_ctx_clear_error(ctx); ldm_lpips_loss_destroy(L); continue; }
+        if (!lg || !ld || ldm_ctx_status(ctx)) { lt_report(0, tag, "%s", ldm_ctx_error(ctx)); ldm_ctx_clear_error(ctx); ldm_step_reset(ctx); ldm_lpips_loss_destroy(L); continue; }
         /* every logged value */
         int bad = 0;
         for (int i = 0; i < 11; i++) {
@@ -406,8 +446,8 @@ static void test_loss(ldm_ctx *ctx, ldm_weights *fx) {
         }
         snprintf(name, sizeof name, "c%d.buf.", k);
         check_buffers(ctx, fx, L->P, name, tag);
-        ldm_lpips_loss_destroy(L);
         ldm_step_reset(ctx);
+        ldm_lpips_loss_destroy(L);
     }
 
     /* perceptual_weight = 0: no LPIPS at all, a notice, rec_loss = mean |x - xrec| */
@@ -443,8 +483,8 @@ static void test_loss(ldm_ctx *ctx, ldm_weights *fx) {
             ldm_ctx_clear_error(ctx);
             if (!r) ldm_lpips_loss_destroy(L2);
         }
-        ldm_lpips_loss_destroy(L);
         ldm_step_reset(ctx);
+        ldm_lpips_loss_destroy(L);
     }
     /* errors */
     {
@@ -472,6 +512,7 @@ static void test_loss(ldm_ctx *ctx, ldm_weights *fx) {
         lt_report(r && strstr(ldm_ctx_error(ctx), "use_actnorm"), "loss: use_actnorm -> error", "%s", ldm_ctx_error(ctx));
         ldm_ctx_clear_error(ctx);
     }
+    ldm_step_reset(ctx);
     ldm_vae_destroy(vae);
 }
 
@@ -502,15 +543,16 @@ static void test_metrics(ldm_ctx *ctx, ldm_weights *fx) {
         if (p == 0) { a = load_png(ctx, FIX "photo_astronaut.png", 0, 0, 0, 0); b = load_png(ctx, FIX "photo_chelsea.png", 0, 0, 0, 0); }
         else { a = load_png(ctx, FIX "photo_astronaut.png", 0, 0, 60, 60); b = load_png(ctx, FIX "photo_astronaut.png", 2, 1, 60, 60); }
         if (!a || !b) { lt_report(0, "metrics: photos", "cannot read the PNG fixtures"); break; }
-        double ssim, psnr, lpips;
+        double ssim, psnr, lpips = 0;
         char key[64], name[128];
         ldm_metric_ssim(ctx, a, b, 1.0, &ssim);
         ldm_metric_psnr(ctx, a, b, 1.0, &psnr);
         ldm_tensor *sa = ldm_affine(ctx, a, 2.0f, -1.0f), *sb = ldm_affine(ctx, b, 2.0f, -1.0f);
-        ldm_metric_lpips(ctx, lp, sa, sb, &lpips);
+        int nm = LT_SANITIZED ? 2 : 3; /* the CLI checks LPIPS on the photos there */
+        if (nm == 3) ldm_metric_lpips(ctx, lp, sa, sb, &lpips);
         const char *what[3] = {"ssim", "psnr", "lpips"};
         double got[3] = {ssim, psnr, lpips};
-        for (int i = 0; i < 3; i++) {
+        for (int i = 0; i < nm; i++) {
             snprintf(key, sizeof key, "photo.%s_%s", what[i], tags[p]);
             float *w = lt_load(ctx, fx, key, NULL);
             snprintf(name, sizeof name, "metrics: %s on real photo crops (%s) vs %s within 1e-4", what[i], tags[p],
@@ -534,8 +576,8 @@ static void test_metrics(ldm_ctx *ctx, ldm_weights *fx) {
     a = ldm_rand(ctx, ldm_shape4(2, 3, 16, 16));
     r = ldm_metric_ssim(ctx, a, a, 1.0, out);
     LT_CHECK(!r && fabs(out[0] - 1) < 1e-12 && fabs(out[1] - 1) < 1e-12, "metrics: SSIM(x, x) = 1");
-    ldm_lpips_destroy(lp);
     ldm_step_reset(ctx);
+    ldm_lpips_destroy(lp);
 }
 
 /* The ldm-lpips CLI (build.sh builds examples/ before the tests run). */
