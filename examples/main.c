@@ -1,0 +1,2290 @@
+/* main.c - ldm, the train/test driver: CompVis latent-diffusion's main.py (PyTorch Lightning 1.4
+   semantics) for the AutoencoderKL, in C.
+
+       ./build.sh && ./build/ldm --base configs/demo_autoencoder.ini -t --name demo
+
+   usage: ldm --base CFG [CFG ...] [-t] [-n NAME | -r LOGDIR|CHECKPOINT] [options] [key=value ...]
+
+     -b, --base CFG ...     config files (INI or the CompVis YAML subset), merged left to right;
+                            then every key=value argument overrides (model.params.embed_dim=4)
+     -t, --train [BOOL]     train, then test (unless --no-test); without -t: only test
+     -n, --name NAME        logdir postfix: <logdir>/<YYYY-MM-DDTHH-MM-SS>_<NAME>
+                            (default: the first config's file name without extension)
+     -f, --postfix TEXT     appended to the logdir name
+     -r, --resume PATH      a logdir (resumes from its checkpoints/last with its saved configs)
+                            or a checkpoint directory inside one (<logdir>/checkpoints/<name>)
+     -s, --seed N           seed of everything random (default 23)
+     -l, --logdir DIR       where logdirs go (default logs)
+     --no-test [BOOL]       skip the test after training
+     --scale_lr [BOOL]      lr = accumulate_grad_batches * num_gpus * batch_size * base_lr
+                            (default true; --scale_lr false uses base_learning_rate as is)
+     --gpus IDS             Lightning's trainer flag; needs a CUDA build (an error here)
+     --max_steps N, --max_epochs N, ... any lightning.trainer key as a flag
+     -h, --help             this text and the config keys
+
+   What it writes (logdir = logs/<timestamp>_<name>):
+     configs/<timestamp>-project.ini   the merged config (every base file and override), INI
+     checkpoints/last/                 the latest state (also written on SIGINT/SIGTERM/SIGUSR1)
+     checkpoints/epoch=E-step=S/       the best save_top_k by `monitor` (default val/rec_loss)
+     checkpoints/trainstep_checkpoints/epoch=E-step=S/   every n steps (when configured)
+       each holds model.safetensors (CompVis AutoencoderKL state-dict names, loss.* included),
+       optimizer_0/1.safetensors (Adam moments), state.ini (step, epoch, batch, RNG, loader,
+       top-k), and grads.safetensors when saved in the middle of a gradient accumulation
+     images/train, images/val          ImageLogger grids: <key>_gs-<step>_e-<epoch>_b-<batch>.png
+     images/test                       test inputs and reconstructions, one PNG per image
+     metrics.csv                       step, epoch and every logged value
+     loss_curve.png                    train and val rec_loss, redrawn at each validation
+     test_metrics.csv, test_summary.txt   per-image and mean PSNR, SSIM, LPIPS, rec_loss
+
+   Exit status: 0 when done (or stopped by SIGINT/SIGTERM after writing checkpoints/last), 1 on
+   an error (config, data, NaN/Inf loss), 2 on a usage error.
+
+   Test hooks (environment): LDM_TEST_CRASH_IN_CHECKPOINT=1 kills the process (SIGKILL) in the
+   middle of writing a checkpoint, =2 between moving the old one aside and moving the new one
+   into place; LDM_TEST_SIGNAL_AT_BATCH=N raises SIGTERM after N training batches of this run. */
+#if !defined(_XOPEN_SOURCE)
+#define _XOPEN_SOURCE 700
+#endif
+#define LDM_IMPLEMENTATION
+#include "image_io.h" /* stb_image + stb_image_write implementations; ldm_data.h uses them */
+#include "ldm_config.h"
+#include "ldm_data.h"
+#include "ldm_lpips.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#define DRV_PATH 1024
+#define DRV_MAX_BASE 64
+#define DRV_MAX_OVR 256
+
+/* ============================================================================================
+   Messages and small file-system helpers
+   ============================================================================================ */
+static void drv_error(const char *fmt, ...) {
+    va_list ap;
+    fflush(stdout);
+    fprintf(stderr, "ldm: error: ");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n");
+}
+/* snprintf for messages and paths (a too-long path is cut, and then fails to open) */
+static int drv_sfmt(char *out, size_t n, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+static int drv_sfmt(char *out, size_t n, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int r = vsnprintf(out, n, fmt, ap);
+    va_end(ap);
+    return r;
+}
+static void drv_note(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    printf("\n");
+    fflush(stdout);
+}
+
+static int drv_is_dir(const char *p) { struct stat st; return stat(p, &st) == 0 && S_ISDIR(st.st_mode); }
+static int drv_is_file(const char *p) { struct stat st; return stat(p, &st) == 0 && S_ISREG(st.st_mode); }
+static int drv_exists(const char *p) { struct stat st; return lstat(p, &st) == 0; }
+
+static void drv_join(char *out, size_t n, const char *a, const char *b) {
+    size_t la = strlen(a);
+    drv_sfmt(out, n, "%s%s%s", a, (la && a[la - 1] == '/') ? "" : "/", b);
+}
+
+/* mkdir -p */
+static int drv_mkdirs(const char *path) {
+    char buf[DRV_PATH];
+    drv_sfmt(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST) return -1;
+        *p = '/';
+    }
+    if (mkdir(buf, 0777) != 0 && errno != EEXIST) return -1;
+    return drv_is_dir(buf) ? 0 : -1;
+}
+
+/* rm -r (files and directories, no symlink following) */
+static int drv_rm_rf(const char *path) {
+    struct stat st;
+    if (lstat(path, &st) != 0) return errno == ENOENT ? 0 : -1;
+    if (!S_ISDIR(st.st_mode)) return unlink(path);
+    DIR *d = opendir(path);
+    if (!d) return -1;
+    struct dirent *e;
+    int rc = 0;
+    while ((e = readdir(d)) != NULL) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char sub[DRV_PATH];
+        drv_join(sub, sizeof sub, path, e->d_name);
+        if (drv_rm_rf(sub)) rc = -1;
+    }
+    closedir(d);
+    if (rmdir(path)) rc = -1;
+    return rc;
+}
+
+static void drv_fsync_path(const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd >= 0) { fsync(fd); close(fd); }
+}
+static void drv_parent(char *out, size_t n, const char *path) {
+    drv_sfmt(out, n, "%s", path);
+    char *s = strrchr(out, '/');
+    if (s && s != out) *s = 0;
+    else drv_sfmt(out, n, "%s", s ? "/" : ".");
+}
+
+/* Hard link (the checkpoint files are never modified once written), else a copy. */
+static int drv_link_or_copy(const char *src, const char *dst) {
+    if (link(src, dst) == 0) return 0;
+    FILE *in = fopen(src, "rb"), *out = in ? fopen(dst, "wb") : NULL;
+    int ok = in && out;
+    char buf[1 << 16];
+    size_t n;
+    while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0) ok = fwrite(buf, 1, n, out) == n;
+    if (in) fclose(in);
+    if (out) { ok = fflush(out) == 0 && ok; fsync(fileno(out)); ok = fclose(out) == 0 && ok; }
+    return ok ? 0 : -1;
+}
+
+static double drv_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void drv_fmt_time(char *out, size_t n, double s) {
+    if (!(s >= 0) || s > 1e8) { drv_sfmt(out, n, "--:--"); return; }
+    long t = (long)(s + 0.5);
+    if (t >= 3600) drv_sfmt(out, n, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
+    else drv_sfmt(out, n, "%02ld:%02ld", t / 60, t % 60);
+}
+
+/* ============================================================================================
+   Command line (main.py's get_parser, plus Lightning trainer flags)
+   ============================================================================================ */
+typedef struct drv_opts {
+    const char *name, *resume, *logdir, *postfix;
+    const char *base[DRV_MAX_BASE];
+    int n_base;
+    char *ovr[DRV_MAX_OVR];            /* "a.b=value", applied in order */
+    int n_ovr;
+    int train, no_test, scale_lr, help;
+    uint64_t seed;
+} drv_opts;
+
+static int drv_parse_bool(const char *s, int *out) {
+    static const char *const yes[] = {"yes", "true", "t", "y", "1"}, *const no[] = {"no", "false", "f", "n", "0"};
+    char low[16];
+    size_t i;
+    for (i = 0; s[i] && i < sizeof low - 1; i++) low[i] = (char)((s[i] >= 'A' && s[i] <= 'Z') ? s[i] - 'A' + 'a' : s[i]);
+    low[i] = 0;
+    for (i = 0; i < 5; i++) if (!strcmp(low, yes[i])) { *out = 1; return 1; }
+    for (i = 0; i < 5; i++) if (!strcmp(low, no[i])) { *out = 0; return 1; }
+    return 0;
+}
+
+static int drv_add_ovr(drv_opts *o, const char *fmt, ...) {
+    if (o->n_ovr >= DRV_MAX_OVR) { drv_error("too many key=value overrides (at most %d)", DRV_MAX_OVR); return -1; }
+    char buf[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    o->ovr[o->n_ovr] = (char *)malloc(strlen(buf) + 1);
+    if (!o->ovr[o->n_ovr]) return -1;
+    strcpy(o->ovr[o->n_ovr++], buf);
+    return 0;
+}
+
+/* A value that the INI parser would read as a number or bool is passed as is, anything else
+   quoted (so --gpus 0, becomes the string "0," and not a list). */
+static int drv_plain_scalar(const char *v) {
+    int b;
+    if (drv_parse_bool(v, &b) && (!strcmp(v, "true") || !strcmp(v, "false"))) return 1;
+    char *e;
+    if (*v) { strtod(v, &e); if (!*e) return 1; }
+    return 0;
+}
+
+static const char *const drv_trainer_flags[] = {
+    "max_epochs", "max_steps", "accumulate_grad_batches", "limit_train_batches", "limit_val_batches",
+    "limit_test_batches", "val_check_interval", "check_val_every_n_epoch", "num_sanity_val_steps",
+    "log_every_n_steps", "benchmark", "gpus", "accelerator", NULL};
+
+static int drv_usage(const char *msg) {
+    if (msg) fprintf(stderr, "ldm: %s\n", msg);
+    fprintf(stderr, "usage: ldm --base CFG [CFG ...] [-t] [-n NAME | -r LOGDIR|CHECKPOINT] [-s SEED] [-l LOGDIR] [-f POSTFIX]\n"
+                    "           [--no-test] [--scale_lr BOOL] [--gpus IDS] [--<trainer key> VALUE] [key=value ...]\n"
+                    "       ldm --help   (options, outputs and every config key)\n");
+    return 2;
+}
+
+static int drv_parse_args(int argc, char **argv, drv_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->logdir = "logs";
+    o->postfix = "";
+    o->scale_lr = 1;
+    o->seed = 23;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *nx = i + 1 < argc ? argv[i + 1] : NULL;
+        int b;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { o->help = 1; return 0; }
+        if (!strcmp(a, "-b") || !strcmp(a, "--base")) {
+            /* nargs='*': the configs that follow; key=value words among them are overrides */
+            while (i + 1 < argc && argv[i + 1][0] != '-') {
+                const char *v = argv[++i];
+                if (strchr(v, '=') && !drv_is_file(v)) { if (drv_add_ovr(o, "%s", v)) return 2; continue; }
+                if (o->n_base >= DRV_MAX_BASE) return drv_usage("too many --base configs");
+                o->base[o->n_base++] = v;
+            }
+            continue;
+        }
+        if (!strcmp(a, "-t") || !strcmp(a, "--train")) {
+            o->train = 1;
+            if (nx && drv_parse_bool(nx, &b)) { o->train = b; i++; }
+            continue;
+        }
+        if (!strcmp(a, "--no-test")) {
+            o->no_test = 1;
+            if (nx && drv_parse_bool(nx, &b)) { o->no_test = b; i++; }
+            continue;
+        }
+        if (!strcmp(a, "--scale_lr")) {
+            o->scale_lr = 1;
+            if (nx && drv_parse_bool(nx, &b)) { o->scale_lr = b; i++; }
+            continue;
+        }
+#define DRV_OPT_VAL(s1, s2, dst)                                                               \
+    if (!strcmp(a, s1) || !strcmp(a, s2)) {                                                    \
+        if (!nx) return drv_usage(s2 " needs a value");                                       \
+        dst = argv[++i];                                                                       \
+        continue;                                                                              \
+    }
+        DRV_OPT_VAL("-n", "--name", o->name)
+        DRV_OPT_VAL("-r", "--resume", o->resume)
+        DRV_OPT_VAL("-l", "--logdir", o->logdir)
+        DRV_OPT_VAL("-f", "--postfix", o->postfix)
+        if (!strcmp(a, "-s") || !strcmp(a, "--seed")) {
+            char *e;
+            if (!nx) return drv_usage("--seed needs a value");
+            o->seed = strtoull(argv[++i], &e, 10);
+            if (*e || argv[i][0] == '-') return drv_usage("--seed needs a non-negative integer");
+            continue;
+        }
+        if (a[0] == '-' && a[1] == '-') {
+            /* Lightning trainer flags: --max_steps 100 or --max_steps=100 */
+            char key[64];
+            const char *eq = strchr(a + 2, '='), *val = NULL;
+            size_t kl = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
+            if (kl >= sizeof key) kl = sizeof key - 1;
+            memcpy(key, a + 2, kl);
+            key[kl] = 0;
+            int known = 0;
+            for (int k = 0; drv_trainer_flags[k]; k++) known |= !strcmp(key, drv_trainer_flags[k]);
+            if (!known) {
+                fprintf(stderr, "ldm: unknown option %s\n", a);
+                return drv_usage(NULL);
+            }
+            if (eq) val = eq + 1;
+            else { if (!nx) { fprintf(stderr, "ldm: --%s needs a value\n", key); return drv_usage(NULL); } val = argv[++i]; }
+            if (drv_add_ovr(o, drv_plain_scalar(val) ? "lightning.trainer.%s=%s" : "lightning.trainer.%s=\"%s\"", key, val)) return 2;
+            continue;
+        }
+        if (a[0] == '-' && a[1]) { fprintf(stderr, "ldm: unknown option %s\n", a); return drv_usage(NULL); }
+        if (strchr(a, '=')) { if (drv_add_ovr(o, "%s", a)) return 2; continue; }
+        fprintf(stderr, "ldm: unexpected argument '%s' (configs go after --base; overrides are key=value)\n", a);
+        return drv_usage(NULL);
+    }
+    if (o->name && o->resume)
+        return drv_usage("-n/--name and -r/--resume cannot be given together (a resumed run keeps its logdir and name)");
+    if (!o->n_base && !o->resume) return drv_usage("no config: give --base CFG (or -r LOGDIR)");
+    return 0;
+}
+
+/* ============================================================================================
+   Config schemas. Every key the driver reads is listed here once (X(name, kind, default,
+   help)); unknown keys and wrong types are errors with the file:line they were written at.
+   ============================================================================================ */
+#define DRV_ROOT_KEYS(X)                                                                         \
+    X(model, NODE, NULL, "the model: {base_learning_rate, target, params}")                      \
+    X(data, NODE, "", "main.DataModuleFromConfig: {target, params} (ldm_data.h)")               \
+    X(lightning, NODE, "", "trainer, callbacks, modelcheckpoint")
+#define DRV_MODEL_KEYS(X)                                                                        \
+    X(base_learning_rate, FLOAT, NULL, "lr before scaling by accumulate_grad_batches * gpus * batch_size") \
+    X(target, STR, NULL, "ldm.models.autoencoder.AutoencoderKL")                                 \
+    X(params, NODE, "", "the model's parameters")
+#define DRV_AE_KEYS(X)                                                                           \
+    X(ddconfig, NODE, NULL, "encoder/decoder architecture (ldm_vae.h)")                          \
+    X(lossconfig, NODE, NULL, "{target: ldm.modules.losses.LPIPSWithDiscriminator, params}")     \
+    X(embed_dim, INT, NULL, "latent channels")                                                   \
+    X(ckpt_path, STR, "", "initial weights (CompVis .ckpt / safetensors), loaded non-strictly")  \
+    X(ignore_keys, STR_LIST, "", "state-dict name prefixes dropped from ckpt_path")             \
+    X(image_key, STR, "image", "batch field holding the images")                                 \
+    X(colorize_nlabels, NODE, "", "accepted, ignored (segmentation inputs are not supported)")  \
+    X(monitor, STR, "val/rec_loss", "metric that selects the top-k checkpoints (lower is better)")
+#define DRV_TARGET_KEYS(X)                                                                       \
+    X(target, STR, NULL, "what to build")                                                        \
+    X(params, NODE, "", "its parameters")
+#define DRV_LIGHTNING_KEYS(X)                                                                    \
+    X(trainer, NODE, "", "Trainer arguments")                                                    \
+    X(callbacks, NODE, "", "callbacks: {name: {target, params}} (main.ImageLogger, ModelCheckpoint, ...)") \
+    X(modelcheckpoint, NODE, "", "{target: ModelCheckpoint, params: {monitor, save_top_k, every_n_train_steps, save_last}}")
+#define DRV_TRAINER_KEYS(X)                                                                      \
+    X(max_epochs, I64, "-1", "stop after this many epochs (-1: 1000 when max_steps is -1, else no limit)") \
+    X(max_steps, I64, "-1", "stop after this many optimizer steps (-1: no limit)")               \
+    X(accumulate_grad_batches, INT, "1", "batches per optimizer step (the loss is divided by it)") \
+    X(limit_train_batches, NODE, "", "int: batches per epoch; float: fraction of the epoch (1.0)") \
+    X(limit_val_batches, NODE, "", "int: batches; float: fraction (1.0); 0 disables validation") \
+    X(limit_test_batches, NODE, "", "int: batches; float: fraction (1.0)")                      \
+    X(val_check_interval, NODE, "", "float: validate every fraction of an epoch (1.0); int: every N batches") \
+    X(check_val_every_n_epoch, INT, "1", "validate in every n-th epoch")                         \
+    X(num_sanity_val_steps, INT, "2", "validation batches run before training (nothing logged, RNG untouched)") \
+    X(log_every_n_steps, INT, "50", "metrics.csv row and progress line every n steps")          \
+    X(benchmark, BOOL, "false", "accepted (cuDNN autotuning in Lightning); no effect")          \
+    X(gpus, NODE, "", "GPU ids (\"0,\") or a count: needs a CUDA build")                        \
+    X(accelerator, STR, "", "cpu (default); gpu/ddp need a CUDA build")
+#define DRV_IMLOG_KEYS(X)                                                                        \
+    X(batch_frequency, INT, "750", "log every n global steps (and at powers of two before)")     \
+    X(max_images, INT, "4", "images per grid")                                                   \
+    X(clamp, BOOL, "true", "clamp images to [-1, 1]")                                            \
+    X(increase_log_steps, BOOL, "true", "also log at steps 1, 2, 4, ... < batch_frequency")      \
+    X(rescale, BOOL, "true", "map [-1, 1] to [0, 1] before writing")                            \
+    X(disabled, BOOL, "false", "log nothing")                                                    \
+    X(log_on_batch_idx, BOOL, "false", "count batches of the epoch instead of global steps")    \
+    X(log_first_step, BOOL, "false", "also log at step 0")
+#define DRV_MCKPT_KEYS(X)                                                                        \
+    X(monitor, STR, "", "metric for top-k (default: model.params.monitor)")                      \
+    X(mode, STR, "min", "min or max: which monitor values are better")                          \
+    X(save_top_k, INT, "3", "keep the k best checkpoints (-1: all, 0: none)")                   \
+    X(every_n_train_steps, I64, "0", "also write checkpoints/last every n optimizer steps (0: off)") \
+    X(save_last, BOOL, "true", "write checkpoints/last at every checkpoint event")              \
+    X(save_weights_only, BOOL, "false", "accepted for ModelCheckpoint callbacks (trainstep checkpoints)") \
+    X(verbose, BOOL, "true", "print a line per saved checkpoint")
+#define DRV_STEPCKPT_KEYS(X)                                                                     \
+    X(every_n_train_steps, I64, "10000", "write checkpoints/trainstep_checkpoints/epoch=E-step=S every n steps") \
+    X(save_weights_only, BOOL, "true", "only model.safetensors (else a resumable checkpoint)")   \
+    X(save_top_k, INT, "-1", "-1 (keep all) only")                                               \
+    X(filename, STR, "", "accepted, ignored (the name is epoch=E-step=S)")                       \
+    X(dirpath, STR, "", "accepted, ignored (checkpoints/trainstep_checkpoints)")                 \
+    X(verbose, BOOL, "true", "print a line per saved checkpoint")
+#define DRV_LRMON_KEYS(X)                                                                        \
+    X(logging_interval, STR, "step", "accepted; lr is always a metrics.csv column")             \
+    X(log_momentum, BOOL, "false", "accepted, ignored")
+#define DRV_NOKEYS(X)
+
+LDM_CONFIG_DECLARE(drv_root_cfg, DRV_ROOT_KEYS);
+LDM_CONFIG_DEFINE(drv_root_cfg, DRV_ROOT_KEYS)
+LDM_CONFIG_DECLARE(drv_model_cfg, DRV_MODEL_KEYS);
+LDM_CONFIG_DEFINE(drv_model_cfg, DRV_MODEL_KEYS)
+LDM_CONFIG_DECLARE(drv_ae_cfg, DRV_AE_KEYS);
+LDM_CONFIG_DEFINE(drv_ae_cfg, DRV_AE_KEYS)
+LDM_CONFIG_DECLARE(drv_target_cfg, DRV_TARGET_KEYS);
+LDM_CONFIG_DEFINE(drv_target_cfg, DRV_TARGET_KEYS)
+LDM_CONFIG_DECLARE(drv_lightning_cfg, DRV_LIGHTNING_KEYS);
+LDM_CONFIG_DEFINE(drv_lightning_cfg, DRV_LIGHTNING_KEYS)
+LDM_CONFIG_DECLARE(drv_trainer_cfg, DRV_TRAINER_KEYS);
+LDM_CONFIG_DEFINE(drv_trainer_cfg, DRV_TRAINER_KEYS)
+LDM_CONFIG_DECLARE(drv_imlog_cfg, DRV_IMLOG_KEYS);
+LDM_CONFIG_DEFINE(drv_imlog_cfg, DRV_IMLOG_KEYS)
+LDM_CONFIG_DECLARE(drv_mckpt_cfg, DRV_MCKPT_KEYS);
+LDM_CONFIG_DEFINE(drv_mckpt_cfg, DRV_MCKPT_KEYS)
+LDM_CONFIG_DECLARE(drv_stepckpt_cfg, DRV_STEPCKPT_KEYS);
+LDM_CONFIG_DEFINE(drv_stepckpt_cfg, DRV_STEPCKPT_KEYS)
+LDM_CONFIG_DECLARE(drv_lrmon_cfg, DRV_LRMON_KEYS);
+LDM_CONFIG_DEFINE(drv_lrmon_cfg, DRV_LRMON_KEYS)
+
+/* The loss keys come from ldm_lpips.h (LDM_LPIPS_LOSS_KEYS: X(name, kind, default) or
+   X(name, kind, default, help); its string kind is spelled STRING or STR), plus the driver's
+   own lpips_path. */
+#ifndef LDM_CONFIG_KIND_STRING
+#define LDM_CONFIG_KIND_STRING LDM_CONFIG_KIND_STR
+#define LDM_CONFIG_CTYPE_STRING LDM_CONFIG_CTYPE_STR
+#endif
+#define DRV_ARG1(a, ...) a
+#define DRV_ARG2(a, b, ...) b
+#define DRV_LOSS_FIELD(name, kind, ...) {#name, LDM_CONFIG_KIND_##kind, DRV_ARG1(__VA_ARGS__, ~), DRV_ARG2(__VA_ARGS__, "", ~)},
+#define DRV_LOSS_GET(name, kind, ...)                                                            \
+    {                                                                                            \
+        LDM_CONFIG_CTYPE_##kind v_;                                                              \
+        if ((r = ldm_config_get_field(cfg, params, #name, LDM_CONFIG_KIND_##kind, DRV_ARG1(__VA_ARGS__, ~), &v_))) return r; \
+        out->name = v_;                                                                          \
+    }
+#define DRV_LPIPS_PATH_HELP                                                                      \
+    "LPIPS weights: one file (backbone + heads) or two (e.g. torchvision's vgg16 .pth, then LPIPS's vgg.pth); " \
+    "else $LDM_LPIPS_WEIGHTS (comma-separated), else loss.perceptual_loss.* of the checkpoint being loaded"
+static const ldm_config_field drv_loss_schema[] = {
+    LDM_LPIPS_LOSS_KEYS(DRV_LOSS_FIELD)
+    {"lpips_path", LDM_CONFIG_KIND_STR_LIST, "", DRV_LPIPS_PATH_HELP},
+    {NULL, LDM_CONFIG_KIND_NODE, NULL, NULL}};
+
+static ldm_result drv_loss_read(ldm_config *cfg, const ldm_config_node *params, ldm_lpips_loss_config *out,
+                                ldm_config_strs *lpips_path) {
+    ldm_result r = ldm_config_validate(cfg, params, drv_loss_schema);
+    if (r) return r;
+    *out = ldm_lpips_loss_defaults();
+    LDM_LPIPS_LOSS_KEYS(DRV_LOSS_GET)
+    return ldm_config_get_str_list(cfg, params, "lpips_path", "", lpips_path);
+}
+
+/* "file:line: path" of a node, for messages */
+static const char *drv_where(const ldm_config_node *n, char *buf, size_t cap) {
+    char path[256];
+    if (!n) { drv_sfmt(buf, cap, "<config>"); return buf; }
+    drv_sfmt(buf, cap, "%s:%d: %s", n->file ? n->file : "<config>", n->line, ldm_config_path(n, path, sizeof path));
+    return buf;
+}
+
+/* Lightning's int-or-float limits: an int counts batches, a float is a fraction. */
+typedef struct drv_limit { int is_frac; double frac; int64_t n; } drv_limit;
+static ldm_result drv_read_limit(ldm_config *cfg, const ldm_config_node *n, double def, drv_limit *out) {
+    char w[400];
+    out->is_frac = 1; out->frac = def; out->n = 0;
+    if (!n || n->type == LDM_CONFIG_NULL) return LDM_OK;
+    if (n->type == LDM_CONFIG_INT) {
+        if (n->i < 0) return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s: %lld must be >= 0", drv_where(n, w, sizeof w), (long long)n->i);
+        out->is_frac = 0; out->n = n->i;
+        return LDM_OK;
+    }
+    if (n->type == LDM_CONFIG_FLOAT) {
+        if (!(n->f >= 0.0 && n->f <= 1.0))
+            return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s: %g: a float is a fraction in [0, 1] (an int counts batches)",
+                                     drv_where(n, w, sizeof w), n->f);
+        out->frac = n->f;
+        return LDM_OK;
+    }
+    return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s: expected an int (batches) or a float (fraction), found %s",
+                             drv_where(n, w, sizeof w), ldm_config_type_name(n->type));
+}
+/* batches of an epoch of nb that a limit selects (PL: int(nb * fraction), or min(n, nb)) */
+static int64_t drv_limit_apply(const drv_limit *l, int64_t nb) {
+    if (l->is_frac) return (int64_t)((double)nb * l->frac);
+    return l->n < nb ? l->n : nb;
+}
+
+/* ============================================================================================
+   Target registries: model, loss, callbacks (unknown targets list the known ones)
+   ============================================================================================ */
+typedef enum { DRV_CB_IMAGE_LOGGER = 1, DRV_CB_MODEL_CHECKPOINT, DRV_CB_LR_MONITOR, DRV_CB_CUDA } drv_cb_kind;
+
+static ldm_result drv_model_ctor(ldm_config *cfg, const ldm_config_node *params, void *user, void *arg, void **out) {
+    (void)cfg; (void)params; (void)arg;
+    *out = user; /* the registry only resolves the name; the driver builds the model itself */
+    return LDM_OK;
+}
+
+/* ============================================================================================
+   Metrics: the columns of metrics.csv, rows kept in memory for the loss curve
+   ============================================================================================ */
+static const char *const drv_gen_keys[] = {"total_loss", "logvar", "kl_loss", "nll_loss", "rec_loss", "d_weight", "disc_factor", "g_loss"};
+static const char *const drv_disc_keys[] = {"disc_loss", "logits_real", "logits_fake"};
+#define DRV_NGEN 8
+#define DRV_NDISC 3
+#define DRV_MAX_COLS 64
+
+typedef struct drv_metrics {
+    char *col[DRV_MAX_COLS];
+    int ncol;
+    double *v;                         /* rows x ncol, NaN = empty */
+    int64_t rows, cap;
+    char path[DRV_PATH];
+} drv_metrics;
+
+static void drv_metrics_add_col(drv_metrics *m, const char *name) {
+    m->col[m->ncol] = (char *)malloc(strlen(name) + 1);
+    strcpy(m->col[m->ncol++], name);
+}
+static void drv_metrics_init(drv_metrics *m) {
+    char k[96];
+    memset(m, 0, sizeof *m);
+    const char *const fixed[] = {"step", "epoch", "lr", "aeloss_step", "discloss_step"};
+    for (int i = 0; i < 5; i++) drv_metrics_add_col(m, fixed[i]);
+    for (int i = 0; i < DRV_NGEN; i++) { drv_sfmt(k, sizeof k, "train/%s", drv_gen_keys[i]); drv_metrics_add_col(m, k); }
+    for (int i = 0; i < DRV_NDISC; i++) { drv_sfmt(k, sizeof k, "train/%s", drv_disc_keys[i]); drv_metrics_add_col(m, k); }
+    drv_metrics_add_col(m, "aeloss_epoch");
+    drv_metrics_add_col(m, "discloss_epoch");
+    for (int i = 0; i < DRV_NGEN; i++) { drv_sfmt(k, sizeof k, "val/%s", drv_gen_keys[i]); drv_metrics_add_col(m, k); }
+    for (int i = 0; i < DRV_NDISC; i++) { drv_sfmt(k, sizeof k, "val/%s", drv_disc_keys[i]); drv_metrics_add_col(m, k); }
+    drv_metrics_add_col(m, "val/psnr");
+    drv_metrics_add_col(m, "val/ssim");
+    drv_metrics_add_col(m, "val/lpips");
+}
+static void drv_metrics_free(drv_metrics *m) {
+    for (int i = 0; i < m->ncol; i++) free(m->col[i]);
+    free(m->v);
+}
+static int drv_metrics_col(const drv_metrics *m, const char *name) {
+    for (int i = 0; i < m->ncol; i++) if (!strcmp(m->col[i], name)) return i;
+    return -1;
+}
+static double *drv_metrics_new_row(drv_metrics *m) {
+    if (m->rows == m->cap) {
+        int64_t nc = m->cap ? m->cap * 2 : 256;
+        double *nv = (double *)realloc(m->v, sizeof(double) * (size_t)(nc * m->ncol));
+        if (!nv) return NULL;
+        m->v = nv; m->cap = nc;
+    }
+    double *r = m->v + m->rows * m->ncol;
+    for (int i = 0; i < m->ncol; i++) r[i] = NAN;
+    m->rows++;
+    return r;
+}
+static void drv_metrics_fmt_row(const drv_metrics *m, const double *r, FILE *f) {
+    for (int i = 0; i < m->ncol; i++) {
+        if (i) fputc(',', f);
+        if (r[i] != r[i]) continue;
+        if (i < 2) fprintf(f, "%lld", (long long)r[i]);
+        else fprintf(f, "%.9g", r[i]); /* a float32 value reads back exactly */
+    }
+    fputc('\n', f);
+}
+static void drv_metrics_header(const drv_metrics *m, FILE *f) {
+    for (int i = 0; i < m->ncol; i++) fprintf(f, "%s%s", i ? "," : "", m->col[i]);
+    fputc('\n', f);
+}
+/* Appends the newest row to metrics.csv. */
+static int drv_metrics_flush_row(drv_metrics *m) {
+    FILE *f = fopen(m->path, "a");
+    if (!f) { drv_error("%s: cannot append (%s)", m->path, strerror(errno)); return -1; }
+    drv_metrics_fmt_row(m, m->v + (m->rows - 1) * m->ncol, f);
+    return fclose(f) ? -1 : 0;
+}
+/* Writes the whole file (header + rows) atomically. */
+static int drv_metrics_rewrite(drv_metrics *m) {
+    char tmp[DRV_PATH + 32];
+    drv_sfmt(tmp, sizeof tmp, "%s.tmp.%ld", m->path, (long)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f) { drv_error("%s: cannot write (%s)", tmp, strerror(errno)); return -1; }
+    drv_metrics_header(m, f);
+    for (int64_t i = 0; i < m->rows; i++) drv_metrics_fmt_row(m, m->v + i * m->ncol, f);
+    int ok = fflush(f) == 0;
+    fsync(fileno(f));
+    ok = fclose(f) == 0 && ok;
+    if (!ok || rename(tmp, m->path)) { unlink(tmp); drv_error("%s: cannot write", m->path); return -1; }
+    return 0;
+}
+/* Reads the first `keep` rows of an existing metrics.csv (columns matched by name). */
+static int drv_metrics_load(drv_metrics *m, int64_t keep) {
+    FILE *f = fopen(m->path, "r");
+    if (!f) return keep == 0 ? 0 : (drv_error("%s: missing, but the checkpoint counts %lld rows", m->path, (long long)keep), -1);
+    static char line[1 << 16];
+    int map[DRV_MAX_COLS * 2], nmap = 0;
+    if (fgets(line, sizeof line, f)) {
+        char *s = line, *tok;
+        line[strcspn(line, "\r\n")] = 0;
+        while ((tok = s) != NULL && nmap < DRV_MAX_COLS * 2) {
+            char *c = strchr(s, ',');
+            if (c) *c = 0;
+            map[nmap++] = drv_metrics_col(m, tok);
+            s = c ? c + 1 : NULL;
+        }
+    }
+    while (m->rows < keep && fgets(line, sizeof line, f)) {
+        double *r = drv_metrics_new_row(m);
+        if (!r) { fclose(f); return -1; }
+        char *s = line;
+        line[strcspn(line, "\r\n")] = 0;
+        for (int c = 0; c < nmap && s; c++) {
+            char *e = strchr(s, ',');
+            if (e) *e = 0;
+            if (*s && map[c] >= 0) r[map[c]] = strtod(s, NULL);
+            s = e ? e + 1 : NULL;
+        }
+    }
+    fclose(f);
+    if (m->rows < keep) { drv_error("%s has %lld rows, the checkpoint counts %lld", m->path, (long long)m->rows, (long long)keep); return -1; }
+    return 0;
+}
+
+/* ============================================================================================
+   Loss-curve PNG: axes, ticks with numbers, train and val rec_loss (a 5x7 pixel font)
+   ============================================================================================ */
+typedef struct drv_glyph { char c; const char *rows[7]; } drv_glyph;
+static const drv_glyph drv_font[] = {
+    {'0', {".###.", "#...#", "#..##", "#.#.#", "##..#", "#...#", ".###."}},
+    {'1', {"..#..", ".##..", "..#..", "..#..", "..#..", "..#..", ".###."}},
+    {'2', {".###.", "#...#", "....#", "...#.", "..#..", ".#...", "#####"}},
+    {'3', {"#####", "...#.", "..#..", "...#.", "....#", "#...#", ".###."}},
+    {'4', {"...#.", "..##.", ".#.#.", "#..#.", "#####", "...#.", "...#."}},
+    {'5', {"#####", "#....", "####.", "....#", "....#", "#...#", ".###."}},
+    {'6', {"..##.", ".#...", "#....", "####.", "#...#", "#...#", ".###."}},
+    {'7', {"#####", "....#", "...#.", "..#..", ".#...", ".#...", ".#..."}},
+    {'8', {".###.", "#...#", "#...#", ".###.", "#...#", "#...#", ".###."}},
+    {'9', {".###.", "#...#", "#...#", ".####", "....#", "...#.", ".##.."}},
+    {'.', {".....", ".....", ".....", ".....", ".....", ".##..", ".##.."}},
+    {'-', {".....", ".....", ".....", ".###.", ".....", ".....", "....."}},
+    {'+', {".....", "..#..", "..#..", "#####", "..#..", "..#..", "....."}},
+    {'/', {".....", "....#", "...#.", "..#..", ".#...", "#....", "....."}},
+    {'_', {".....", ".....", ".....", ".....", ".....", ".....", "#####"}},
+    {'a', {".....", ".....", ".###.", "....#", ".####", "#...#", ".####"}},
+    {'c', {".....", ".....", ".###.", "#....", "#....", "#...#", ".###."}},
+    {'e', {".....", ".....", ".###.", "#...#", "#####", "#....", ".###."}},
+    {'i', {"..#..", ".....", ".##..", "..#..", "..#..", "..#..", ".###."}},
+    {'l', {".##..", "..#..", "..#..", "..#..", "..#..", "..#..", ".###."}},
+    {'n', {".....", ".....", "#.##.", "##..#", "#...#", "#...#", "#...#"}},
+    {'o', {".....", ".....", ".###.", "#...#", "#...#", "#...#", ".###."}},
+    {'p', {".....", ".....", "####.", "#...#", "####.", "#....", "#...."}},
+    {'r', {".....", ".....", "#.##.", "##..#", "#....", "#....", "#...."}},
+    {'s', {".....", ".....", ".####", "#....", ".###.", "....#", "####."}},
+    {'t', {".#...", ".#...", "###..", ".#...", ".#...", ".#..#", "..##."}},
+    {'v', {".....", ".....", "#...#", "#...#", "#...#", ".#.#.", "..#.."}},
+};
+
+typedef struct drv_canvas { int w, h; unsigned char *px; } drv_canvas;
+static void drv_px(drv_canvas *c, int x, int y, const unsigned char *rgb) {
+    if (x < 0 || y < 0 || x >= c->w || y >= c->h) return;
+    memcpy(c->px + ((size_t)y * (size_t)c->w + (size_t)x) * 3, rgb, 3);
+}
+static void drv_line(drv_canvas *c, int x0, int y0, int x1, int y1, const unsigned char *rgb, int thick) {
+    int dx = abs(x1 - x0), dy = -abs(y1 - y0), sx = x0 < x1 ? 1 : -1, sy = y0 < y1 ? 1 : -1, err = dx + dy;
+    for (;;) {
+        for (int a = 0; a < thick; a++)
+            for (int b = 0; b < thick; b++) drv_px(c, x0 + a - thick / 2, y0 + b - thick / 2, rgb);
+        if (x0 == x1 && y0 == y1) break;
+        int e2 = 2 * err;
+        if (e2 >= dy) { err += dy; x0 += sx; }
+        if (e2 <= dx) { err += dx; y0 += sy; }
+    }
+}
+static int drv_text(drv_canvas *c, int x, int y, const char *s, const unsigned char *rgb, int scale) {
+    for (; *s; s++, x += 6 * scale) {
+        const drv_glyph *g = NULL;
+        for (size_t i = 0; i < sizeof drv_font / sizeof drv_font[0]; i++) if (drv_font[i].c == *s) g = &drv_font[i];
+        if (!g) continue;
+        for (int r = 0; r < 7; r++)
+            for (int q = 0; q < 5; q++)
+                if (g->rows[r][q] == '#')
+                    for (int a = 0; a < scale; a++)
+                        for (int b = 0; b < scale; b++) drv_px(c, x + q * scale + a, y + r * scale + b, rgb);
+    }
+    return x;
+}
+static int drv_text_width(const char *s, int scale) { return (int)strlen(s) * 6 * scale; }
+static double drv_nice_step(double range, int n) {
+    double raw = range / n, p = pow(10.0, floor(log10(raw))), f = raw / p;
+    return (f < 1.5 ? 1 : f < 3.5 ? 2 : f < 7.5 ? 5 : 10) * p;
+}
+
+static int drv_plot_curve(const drv_metrics *m, const char *path) {
+    int ct = drv_metrics_col(m, "train/rec_loss"), cv = drv_metrics_col(m, "val/rec_loss");
+    double xmax = 1, ymin = INFINITY, ymax = -INFINITY;
+    int64_t npts = 0;
+    for (int64_t i = 0; i < m->rows; i++) {
+        const double *r = m->v + i * m->ncol;
+        for (int k = 0; k < 2; k++) {
+            double y = r[k ? cv : ct];
+            if (y != y || !isfinite(y)) continue;
+            npts++;
+            if (r[0] > xmax) xmax = r[0];
+            if (y < ymin) ymin = y;
+            if (y > ymax) ymax = y;
+        }
+    }
+    if (!npts) return 0;
+    if (ymax - ymin < 1e-12) { ymax += 0.5 * fabs(ymax) + 1e-3; ymin -= 0.5 * fabs(ymin) + 1e-3; }
+    double ystep = drv_nice_step(ymax - ymin, 5), xstep = drv_nice_step(xmax, 6);
+    ymin = floor(ymin / ystep) * ystep;
+    ymax = ceil(ymax / ystep) * ystep;
+    xmax = ceil(xmax / xstep) * xstep;
+    const int S = 2, W = 960, H = 600, L = 130, R = 30, T = 60, B = 70;
+    drv_canvas c = {W, H, (unsigned char *)malloc((size_t)W * H * 3)};
+    if (!c.px) return -1;
+    memset(c.px, 255, (size_t)W * H * 3);
+    static const unsigned char black[3] = {0, 0, 0}, grid[3] = {225, 225, 225}, blue[3] = {31, 119, 180}, orange[3] = {230, 110, 10};
+    int pw = W - L - R, ph = H - T - B;
+#define DRV_X(v) (L + (int)lround((v) / xmax * pw))
+#define DRV_Y(v) (T + ph - (int)lround(((v) - ymin) / (ymax - ymin) * ph))
+    char lab[32];
+    for (double y = ymin; y <= ymax + 0.5 * ystep; y += ystep) {
+        int py = DRV_Y(y);
+        drv_line(&c, L, py, L + pw, py, grid, 1);
+        drv_line(&c, L - 6, py, L, py, black, 1);
+        drv_sfmt(lab, sizeof lab, "%.4g", fabs(y) < 1e-9 * ystep ? 0.0 : y);
+        drv_text(&c, L - 10 - drv_text_width(lab, S), py - 7, lab, black, S);
+    }
+    for (double x = 0; x <= xmax + 0.5 * xstep; x += xstep) {
+        int px = DRV_X(x);
+        drv_line(&c, px, T, px, T + ph, grid, 1);
+        drv_line(&c, px, T + ph, px, T + ph + 6, black, 1);
+        drv_sfmt(lab, sizeof lab, "%.6g", x);
+        drv_text(&c, px - drv_text_width(lab, S) / 2, T + ph + 12, lab, black, S);
+    }
+    drv_line(&c, L, T, L, T + ph, black, 2);
+    drv_line(&c, L, T + ph, L + pw, T + ph, black, 2);
+    drv_text(&c, L + pw / 2 - drv_text_width("step", S) / 2, H - 28, "step", black, S);
+    drv_text(&c, L, 20, "rec_loss", black, S);
+    for (int k = 0; k < 2; k++) {
+        const unsigned char *col = k ? orange : blue;
+        int have = 0, lx = 0, ly = 0, ci = k ? cv : ct;
+        for (int64_t i = 0; i < m->rows; i++) {
+            const double *r = m->v + i * m->ncol;
+            if (r[ci] != r[ci] || !isfinite(r[ci])) continue;
+            int x = DRV_X(r[0]), y = DRV_Y(r[ci]);
+            if (have) drv_line(&c, lx, ly, x, y, col, 2);
+            if (k) for (int a = -3; a <= 3; a++) drv_line(&c, x - 3, y + a, x + 3, y + a, col, 1);
+            lx = x; ly = y; have = 1;
+        }
+    }
+    int lx0 = L + pw - 330, ly0 = T + 12;
+    drv_line(&c, lx0, ly0 + 7, lx0 + 40, ly0 + 7, blue, 3);
+    drv_text(&c, lx0 + 50, ly0, "train/rec_loss", black, S);
+    drv_line(&c, lx0, ly0 + 37, lx0 + 40, ly0 + 37, orange, 3);
+    drv_text(&c, lx0 + 50, ly0 + 30, "val/rec_loss", black, S);
+#undef DRV_X
+#undef DRV_Y
+    char tmp[DRV_PATH + 32];
+    drv_sfmt(tmp, sizeof tmp, "%s.tmp.%ld.png", path, (long)getpid());
+    int ok = stbi_write_png(tmp, W, H, 3, c.px, W * 3);
+    free(c.px);
+    if (!ok || rename(tmp, path)) { unlink(tmp); drv_error("%s: cannot write the loss curve", path); return -1; }
+    return 0;
+}
+
+/* ============================================================================================
+   Image grids (torchvision.utils.make_grid(nrow=4, padding=2, pad_value=0), then main.py's
+   ImageLogger: (x + 1) / 2 * 255 -> uint8, truncating, in float32 like numpy)
+   ============================================================================================ */
+static int drv_save_grid(const char *path, const float *x, int B, int C, int H, int W, int nrow, int clamp, int rescale) {
+    int pad = 2, xm, ym, gw, gh;
+    if (B == 1) { pad = 0; xm = ym = 1; } /* make_grid returns a single image unpadded */
+    else { xm = B < nrow ? B : nrow; ym = (B + xm - 1) / xm; }
+    gw = xm * (W + pad) + pad;
+    gh = ym * (H + pad) + pad;
+    unsigned char *px = (unsigned char *)malloc((size_t)gw * gh * 3);
+    if (!px) return -1;
+    for (size_t i = 0; i < (size_t)gw * gh * 3; i++) {
+        float v = 0.0f; /* pad_value 0, then the same mapping as the images */
+        if (rescale) v = (v + 1.0f) / 2.0f;
+        px[i] = (unsigned char)(v * 255.0f);
+    }
+    for (int b = 0; b < B; b++) {
+        int gx = (b % xm) * (W + pad) + pad, gy = (b / xm) * (H + pad) + pad;
+        for (int ch = 0; ch < 3; ch++) {
+            const float *src = x + ((size_t)b * C + (size_t)(C == 1 ? 0 : ch)) * (size_t)H * W;
+            for (int y = 0; y < H; y++)
+                for (int q = 0; q < W; q++) {
+                    float v = src[(size_t)y * W + q];
+                    if (clamp) v = v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v;
+                    if (rescale) v = (v + 1.0f) / 2.0f;
+                    v = v * 255.0f;
+                    v = v < 0.0f ? 0.0f : v > 255.0f ? 255.0f : v; /* numpy would wrap; never for clamped input */
+                    px[((size_t)(gy + y) * gw + (size_t)(gx + q)) * 3 + ch] = (unsigned char)v;
+                }
+        }
+    }
+    int ok = stbi_write_png(path, gw, gh, 3, px, gw * 3);
+    free(px);
+    if (!ok) { drv_error("%s: cannot write PNG", path); return -1; }
+    return 0;
+}
+
+/* ============================================================================================
+   The trainer
+   ============================================================================================ */
+typedef struct drv_topk { char name[96]; double score; int64_t step; } drv_topk;
+#define DRV_MAX_TOPK 32
+
+typedef struct drv_imlog {
+    drv_imlog_cfg c;
+    int64_t steps[64];                 /* ImageLogger.log_steps; popped from the front */
+    int n_steps, popped;
+} drv_imlog;
+
+typedef struct drv {
+    drv_opts *o;
+    ldm_ctx *ctx;
+    ldm_config *cfg;
+    ldm_config_registry *reg_model, *reg_loss, *reg_data, *reg_cb;
+    char now[32], nowname[256], logdir[DRV_PATH], ckptdir[DRV_PATH], cfgdir[DRV_PATH], resume_ckpt[DRV_PATH];
+    int resuming;
+
+    /* model */
+    ldm_vae *vae;
+    ldm_vae_config vc;
+    ldm_lpips_loss *L;
+    ldm_lpips_loss_config lc;
+    ldm_lpips *lp_metric;              /* L->lpips when loaded, or lp_own */
+    ldm_lpips *lp_own;
+    drv_ae_cfg ae;
+    double base_lr, lr;
+    ldm_nn_optim *opt_ae, *opt_d;
+
+    /* data */
+    ldm_data_module *dm;
+    ldm_data_loader *ld_train, *ld_val;
+
+    /* trainer settings */
+    drv_trainer_cfg tc;
+    drv_limit lim_train, lim_val, lim_test, val_interval;
+    int64_t max_epochs, max_steps, n_train, n_val, val_check_batch, steps_per_epoch, total_steps;
+    int accumulate;
+    drv_imlog imlog;
+    int have_imlog;
+    drv_mckpt_cfg mc;
+    int mode_max;
+    int64_t trainstep_every;
+    int trainstep_weights_only, trainstep_verbose;
+
+    /* state (all of it is in state.ini) */
+    int64_t global_step, epoch, batch_in_epoch, accumulated;
+    double ep_ae_sum, ep_d_sum, ep_n;
+    drv_topk topk[DRV_MAX_TOPK];
+    int n_topk;
+    drv_metrics met;
+
+    /* run */
+    int tty, nan_stop;
+    double t_start, rate;              /* steps per second (smoothed) */
+    int64_t rate_steps;
+    double rate_t;
+    float last_ae, last_d, last_val;
+    int64_t batches_this_run, signal_at;
+    int lpips_note_done, monitor_note;
+    ldm_config_strs lpips_path;
+} drv;
+
+/* ---- signals ---------------------------------------------------------------------------- */
+static volatile sig_atomic_t drv_sig_stop, drv_sig_save;
+static void drv_on_signal(int s) {
+    if (s == SIGUSR1) { drv_sig_save = 1; return; }
+    if (drv_sig_stop) { signal(s, SIG_DFL); raise(s); return; } /* a second one: leave now */
+    drv_sig_stop = s;
+}
+static void drv_install_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = drv_on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+}
+
+static int drv_crash_hook(int point) {
+    const char *e = getenv("LDM_TEST_CRASH_IN_CHECKPOINT");
+    if (e && atoi(e) == point) {
+        fflush(stdout);
+        fprintf(stderr, "ldm: LDM_TEST_CRASH_IN_CHECKPOINT=%d: killing myself in the middle of a checkpoint write\n", point);
+        raise(SIGKILL);
+    }
+    return 0;
+}
+
+static ldm_data_state drv_state(int64_t epoch, int64_t batch) {
+    ldm_data_state s;
+    s.epoch = epoch;
+    s.batch = batch;
+    return s;
+}
+
+static int drv_fail_ctx(drv *d, const char *what) {
+    drv_error("%s: %s", what, ldm_ctx_error(d->ctx));
+    return 1;
+}
+static int drv_fail_cfg(drv *d) {
+    drv_error("%s", ldm_config_error(d->cfg));
+    return 1;
+}
+
+/* ---- config ------------------------------------------------------------------------------ */
+static int drv_cmp_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+
+/* main.py's logdir / resume rules. */
+static int drv_setup_paths(drv *d) {
+    drv_opts *o = d->o;
+    time_t t = time(NULL);
+    struct tm tmv;
+    localtime_r(&t, &tmv);
+    strftime(d->now, sizeof d->now, "%Y-%m-%dT%H-%M-%S", &tmv);
+    if (o->resume) {
+        char r[DRV_PATH];
+        drv_sfmt(r, sizeof r, "%s", o->resume);
+        size_t n = strlen(r);
+        while (n > 1 && r[n - 1] == '/') r[--n] = 0;
+        if (!drv_exists(r)) { drv_error("cannot find %s (hint: -r takes a logdir or a checkpoint directory inside one)", r); return 1; }
+        char ckd[DRV_PATH];
+        drv_join(ckd, sizeof ckd, r, "checkpoints");
+        if (drv_is_dir(ckd)) {
+            drv_sfmt(d->logdir, sizeof d->logdir, "%s", r);
+            drv_join(d->resume_ckpt, sizeof d->resume_ckpt, ckd, "last");
+        } else {
+            /* a checkpoint: the logdir is two levels up (logdir/checkpoints/<ckpt>) */
+            drv_sfmt(d->resume_ckpt, sizeof d->resume_ckpt, "%s", r);
+            char p1[DRV_PATH], p2[DRV_PATH];
+            drv_parent(p1, sizeof p1, r);
+            drv_parent(p2, sizeof p2, p1);
+            if (!strcmp(p1 + strlen(p1) - strlen("trainstep_checkpoints"), "trainstep_checkpoints")) {
+                drv_parent(p1, sizeof p1, p2);
+                drv_sfmt(p2, sizeof p2, "%s", p1);
+            }
+            drv_sfmt(d->logdir, sizeof d->logdir, "%s", p2);
+        }
+        /* a crash between moving the old checkpoint aside and moving the new one in leaves
+           <ckpt>.old: that is the last complete one */
+        if (!drv_is_dir(d->resume_ckpt)) {
+            char old[DRV_PATH + 8];
+            drv_sfmt(old, sizeof old, "%s.old", d->resume_ckpt);
+            if (drv_is_dir(old)) {
+                drv_note("Note: %s is missing (interrupted checkpoint write); resuming from %s", d->resume_ckpt, old);
+                drv_sfmt(d->resume_ckpt, sizeof d->resume_ckpt, "%s", old);
+            } else {
+                drv_error("%s: no checkpoint to resume from (hint: the run wrote none yet, or pass a checkpoint directory)", d->resume_ckpt);
+                return 1;
+            }
+        }
+        const char *base = strrchr(d->logdir, '/');
+        drv_sfmt(d->nowname, sizeof d->nowname, "%s", base ? base + 1 : d->logdir);
+        d->resuming = 1;
+    } else {
+        char name[256] = "";
+        if (o->name && o->name[0]) drv_sfmt(name, sizeof name, "_%s", o->name);
+        else if (o->n_base) {
+            const char *f = strrchr(o->base[0], '/');
+            f = f ? f + 1 : o->base[0];
+            drv_sfmt(name, sizeof name, "_%s", f);
+            char *dot = strrchr(name, '.');
+            if (dot && dot != name) *dot = 0;
+        }
+        drv_sfmt(d->nowname, sizeof d->nowname, "%s%s%s", d->now, name, o->postfix);
+        drv_join(d->logdir, sizeof d->logdir, o->logdir, d->nowname);
+    }
+    drv_join(d->ckptdir, sizeof d->ckptdir, d->logdir, "checkpoints");
+    drv_join(d->cfgdir, sizeof d->cfgdir, d->logdir, "configs");
+    return 0;
+}
+
+static int drv_load_config(drv *d) {
+    drv_opts *o = d->o;
+    if (ldm_config_create(&d->cfg)) { drv_error("out of memory"); return 1; }
+    if (d->resuming) {
+        /* the logdir's saved configs first (sorted), then --base, then overrides */
+        DIR *dir = opendir(d->cfgdir);
+        char *names[256];
+        int n = 0;
+        if (dir) {
+            struct dirent *e;
+            while ((e = readdir(dir)) != NULL && n < 256) {
+                size_t l = strlen(e->d_name);
+                if (l > 4 && (!strcmp(e->d_name + l - 4, ".ini") || !strcmp(e->d_name + l - 5, ".yaml"))) {
+                    names[n] = (char *)malloc(l + 1);
+                    strcpy(names[n++], e->d_name);
+                }
+            }
+            closedir(dir);
+        }
+        if (!n) { drv_error("%s: no saved configs (hint: -r needs a logdir this program wrote)", d->cfgdir); return 1; }
+        qsort(names, (size_t)n, sizeof names[0], drv_cmp_str);
+        int bad = 0;
+        for (int i = 0; i < n; i++) {
+            char p[DRV_PATH];
+            drv_join(p, sizeof p, d->cfgdir, names[i]);
+            if (!bad && ldm_config_load(d->cfg, p)) bad = 1;
+            free(names[i]);
+        }
+        if (bad) return drv_fail_cfg(d);
+    }
+    for (int i = 0; i < o->n_base; i++)
+        if (ldm_config_load(d->cfg, o->base[i])) return drv_fail_cfg(d);
+    for (int i = 0; i < o->n_ovr; i++) {
+        char origin[32];
+        drv_sfmt(origin, sizeof origin, "<command line>:%d", i + 1);
+        if (ldm_config_set(d->cfg, o->ovr[i], origin)) return drv_fail_cfg(d);
+    }
+    return 0;
+}
+
+static int drv_registries(drv *d) {
+    if (ldm_config_registry_create(&d->reg_model) || ldm_config_registry_create(&d->reg_loss) ||
+        ldm_config_registry_create(&d->reg_data) || ldm_config_registry_create(&d->reg_cb)) { drv_error("out of memory"); return 1; }
+    static int kinds[4] = {DRV_CB_IMAGE_LOGGER, DRV_CB_MODEL_CHECKPOINT, DRV_CB_LR_MONITOR, DRV_CB_CUDA};
+    ldm_result r = ldm_config_registry_add(d->reg_model, "ldm.models.autoencoder.AutoencoderKL", "AutoencoderKL", drv_model_ctor, d);
+    if (!r) r = ldm_config_registry_add(d->reg_loss, "ldm.modules.losses.LPIPSWithDiscriminator",
+                                        "ldm.modules.losses.contperceptual.LPIPSWithDiscriminator,LPIPSWithDiscriminator", drv_model_ctor, d);
+    if (!r) r = ldm_config_registry_add(d->reg_cb, "main.ImageLogger", "ImageLogger", drv_model_ctor, &kinds[0]);
+    if (!r) r = ldm_config_registry_add(d->reg_cb, "pytorch_lightning.callbacks.ModelCheckpoint", "ModelCheckpoint", drv_model_ctor, &kinds[1]);
+    if (!r) r = ldm_config_registry_add(d->reg_cb, "main.LearningRateMonitor", "pytorch_lightning.callbacks.LearningRateMonitor,LearningRateMonitor",
+                                        drv_model_ctor, &kinds[2]);
+    if (!r) r = ldm_config_registry_add(d->reg_cb, "main.CUDACallback", "CUDACallback", drv_model_ctor, &kinds[3]);
+    if (r) { drv_error("registry: %s", ldm_config_registry_error(d->reg_model)); return 1; }
+    if (ldm_data_register(d->reg_data)) { drv_error("registry: %s", ldm_config_registry_error(d->reg_data)); return 1; }
+    return 0;
+}
+
+/* Instantiates a {target, params} node through reg (unknown target: error listing the known). */
+static int drv_resolve(drv *d, const ldm_config_registry *reg, const ldm_config_node *node, int validate, void **out) {
+    drv_target_cfg t;
+    if (validate && drv_target_cfg_load(d->cfg, node, &t)) return drv_fail_cfg(d);
+    if (ldm_config_instantiate(d->cfg, reg, node, NULL, out)) return drv_fail_cfg(d);
+    return 0;
+}
+
+/* Reads and checks every key of the config (the model is built later). */
+static int drv_read_config(drv *d, drv_root_cfg *root, drv_model_cfg *mcfg, const ldm_config_node **ae_params) {
+    ldm_config *cfg = d->cfg;
+    void *dummy;
+    char w[400];
+    if (drv_root_cfg_load(cfg, ldm_config_root(cfg), root)) return drv_fail_cfg(d);
+    if (drv_model_cfg_load(cfg, root->model, mcfg)) return drv_fail_cfg(d);
+    if (drv_resolve(d, d->reg_model, root->model, 0, &dummy)) return 1;
+    d->base_lr = mcfg->base_learning_rate;
+    *ae_params = mcfg->params;
+    if (drv_ae_cfg_load(cfg, mcfg->params, &d->ae)) return drv_fail_cfg(d);
+    if (ldm_vae_config_read(cfg, mcfg->params, &d->vc)) return drv_fail_cfg(d);
+    if (!d->vc.double_z) {
+        drv_error("%s: AutoencoderKL needs double_z = true (assert ddconfig[\"double_z\"] in CompVis)",
+                  drv_where(ldm_config_find(d->ae.ddconfig, "double_z"), w, sizeof w));
+        return 1;
+    }
+    if (drv_resolve(d, d->reg_loss, d->ae.lossconfig, 1, &dummy)) return 1;
+    if (drv_loss_read(cfg, ldm_config_find(d->ae.lossconfig, "params"), &d->lc, &d->lpips_path)) return drv_fail_cfg(d);
+
+    /* lightning */
+    drv_lightning_cfg lt;
+    if (drv_lightning_cfg_load(cfg, root->lightning, &lt)) return drv_fail_cfg(d);
+    if (drv_trainer_cfg_load(cfg, lt.trainer, &d->tc)) return drv_fail_cfg(d);
+    if (drv_read_limit(cfg, d->tc.limit_train_batches, 1.0, &d->lim_train) ||
+        drv_read_limit(cfg, d->tc.limit_val_batches, 1.0, &d->lim_val) ||
+        drv_read_limit(cfg, d->tc.limit_test_batches, 1.0, &d->lim_test) ||
+        drv_read_limit(cfg, d->tc.val_check_interval, 1.0, &d->val_interval)) return drv_fail_cfg(d);
+    const ldm_config_node *tn = lt.trainer;
+    if (d->tc.accumulate_grad_batches < 1) {
+        drv_error("%s: must be >= 1", drv_where(ldm_config_find(tn, "accumulate_grad_batches"), w, sizeof w));
+        return 1;
+    }
+    if (d->tc.log_every_n_steps < 1) { drv_error("%s: must be >= 1", drv_where(ldm_config_find(tn, "log_every_n_steps"), w, sizeof w)); return 1; }
+    if (d->tc.check_val_every_n_epoch < 1) {
+        drv_error("%s: must be >= 1", drv_where(ldm_config_find(tn, "check_val_every_n_epoch"), w, sizeof w));
+        return 1;
+    }
+    if (d->tc.num_sanity_val_steps < -1) {
+        drv_error("%s: must be >= -1", drv_where(ldm_config_find(tn, "num_sanity_val_steps"), w, sizeof w));
+        return 1;
+    }
+    if (!d->val_interval.is_frac && d->val_interval.n < 1) {
+        drv_error("%s: an int interval must be >= 1", drv_where(d->tc.val_check_interval, w, sizeof w));
+        return 1;
+    }
+    /* devices: CPU in this build */
+    const ldm_config_node *g = d->tc.gpus;
+    int wants_gpu = g && !(g->type == LDM_CONFIG_NULL || (g->type == LDM_CONFIG_INT && g->i == 0) ||
+                           (g->type == LDM_CONFIG_STR && g->s[0] == 0));
+    const char *acc = d->tc.accelerator;
+    if (acc[0] && strcmp(acc, "cpu")) wants_gpu = 1;
+    if (wants_gpu) {
+        const ldm_config_node *at = g && g->type != LDM_CONFIG_NULL ? g : ldm_config_find(tn, "accelerator");
+        drv_error("%s: this ldm is a CPU build: GPUs need the CUDA back end (ldm_cuda.cuh, built with LDM_CUDA=1 ./build.sh), "
+                  "which this version does not include (hint: drop --gpus / lightning.trainer.gpus to train on the CPU)",
+                  drv_where(at, w, sizeof w));
+        return 1;
+    }
+
+    /* callbacks: the ImageLogger is on by default (main.py's default_callbacks_cfg) */
+    if (drv_imlog_cfg_load(cfg, NULL, &d->imlog.c)) return drv_fail_cfg(d);
+    d->have_imlog = 1;
+    int n_imlog = 0;
+    const ldm_config_node *cbs = lt.callbacks;
+    if (cbs && cbs->type != LDM_CONFIG_NULL && cbs->type != LDM_CONFIG_MAP) {
+        drv_error("%s: expected a mapping of callbacks {name: {target, params}}", drv_where(cbs, w, sizeof w));
+        return 1;
+    }
+    for (int i = 0; cbs && cbs->type == LDM_CONFIG_MAP && i < cbs->n; i++) {
+        const ldm_config_node *cb = cbs->child[i];
+        void *kp;
+        if (drv_resolve(d, d->reg_cb, cb, 1, &kp)) return 1;
+        const ldm_config_node *params = ldm_config_find(cb, "params");
+        switch (*(int *)kp) {
+        case DRV_CB_IMAGE_LOGGER:
+            if (++n_imlog > 1) { drv_error("%s: one ImageLogger at most", drv_where(cb, w, sizeof w)); return 1; }
+            if (drv_imlog_cfg_load(cfg, params, &d->imlog.c)) return drv_fail_cfg(d);
+            break;
+        case DRV_CB_MODEL_CHECKPOINT: {
+            drv_stepckpt_cfg sc;
+            if (drv_stepckpt_cfg_load(cfg, params, &sc)) return drv_fail_cfg(d);
+            if (sc.save_top_k != -1) {
+                drv_error("%s: ModelCheckpoint callbacks keep every checkpoint (save_top_k -1); top-k by a metric is "
+                          "lightning.modelcheckpoint's job", drv_where(ldm_config_find(params, "save_top_k"), w, sizeof w));
+                return 1;
+            }
+            if (sc.every_n_train_steps < 1) {
+                drv_error("%s: must be >= 1", drv_where(ldm_config_find(params, "every_n_train_steps"), w, sizeof w));
+                return 1;
+            }
+            if (d->trainstep_every) { drv_error("%s: one trainstep ModelCheckpoint callback at most", drv_where(cb, w, sizeof w)); return 1; }
+            d->trainstep_every = sc.every_n_train_steps;
+            d->trainstep_weights_only = sc.save_weights_only;
+            d->trainstep_verbose = sc.verbose;
+            break;
+        }
+        case DRV_CB_LR_MONITOR: {
+            drv_lrmon_cfg lc;
+            if (drv_lrmon_cfg_load(cfg, params, &lc)) return drv_fail_cfg(d);
+            break;
+        }
+        default: {
+            static const ldm_config_field none[] = {{NULL, LDM_CONFIG_KIND_NODE, NULL, NULL}};
+            if (ldm_config_validate(cfg, params, none)) return drv_fail_cfg(d);
+        }
+        }
+    }
+    if (d->imlog.c.batch_frequency < 1) { drv_error("ImageLogger: batch_frequency must be >= 1"); return 1; }
+    if (d->imlog.c.max_images < 0) { drv_error("ImageLogger: max_images must be >= 0"); return 1; }
+    /* ImageLogger.log_steps = [2**n for n in range(int(log2(batch_freq)) + 1)] or [batch_freq] */
+    if (d->imlog.c.increase_log_steps) {
+        int nmax = (int)floor(log2((double)d->imlog.c.batch_frequency));
+        for (int n = 0; n <= nmax && n < 64; n++) d->imlog.steps[d->imlog.n_steps++] = (int64_t)1 << n;
+    } else d->imlog.steps[d->imlog.n_steps++] = d->imlog.c.batch_frequency;
+
+    /* model checkpointing */
+    const ldm_config_node *mck = lt.modelcheckpoint, *mparams = NULL;
+    if (mck && mck->type != LDM_CONFIG_NULL) {
+        static const ldm_config_field sch[] = {{"target", LDM_CONFIG_KIND_STR, "pytorch_lightning.callbacks.ModelCheckpoint", "ModelCheckpoint"},
+                                               {"params", LDM_CONFIG_KIND_NODE, "", "its parameters"},
+                                               {NULL, LDM_CONFIG_KIND_NODE, NULL, NULL}};
+        if (ldm_config_validate(cfg, mck, sch)) return drv_fail_cfg(d);
+        const ldm_config_node *tg = ldm_config_find(mck, "target");
+        const ldm_config_target *found;
+        if (tg && ldm_config_registry_lookup(cfg, d->reg_cb, tg, &found)) return drv_fail_cfg(d);
+        if (tg && *(int *)found->user != DRV_CB_MODEL_CHECKPOINT) {
+            drv_error("%s: lightning.modelcheckpoint needs pytorch_lightning.callbacks.ModelCheckpoint", drv_where(tg, w, sizeof w));
+            return 1;
+        }
+        mparams = ldm_config_find(mck, "params");
+    }
+    if (drv_mckpt_cfg_load(cfg, mparams, &d->mc)) return drv_fail_cfg(d);
+    if (!d->mc.monitor[0]) d->mc.monitor = d->ae.monitor;
+    if (strcmp(d->mc.mode, "min") && strcmp(d->mc.mode, "max")) {
+        drv_error("%s: mode is min or max", drv_where(ldm_config_find(mparams, "mode"), w, sizeof w));
+        return 1;
+    }
+    d->mode_max = !strcmp(d->mc.mode, "max");
+    if (d->mc.save_top_k < -1 || d->mc.save_top_k > DRV_MAX_TOPK) {
+        drv_error("%s: save_top_k must be -1 (all), 0 or up to %d", drv_where(ldm_config_find(mparams, "save_top_k"), w, sizeof w), DRV_MAX_TOPK);
+        return 1;
+    }
+    if (d->mc.every_n_train_steps < 0) {
+        drv_error("%s: must be >= 0", drv_where(ldm_config_find(mparams, "every_n_train_steps"), w, sizeof w));
+        return 1;
+    }
+    return 0;
+}
+
+/* ---- model --------------------------------------------------------------------------------- */
+static int drv_split_paths(const char *s, char out[2][DRV_PATH]) {
+    int n = 0;
+    while (s && *s && n < 2) {
+        const char *c = strchr(s, ',');
+        size_t l = c ? (size_t)(c - s) : strlen(s);
+        if (l >= DRV_PATH) l = DRV_PATH - 1;
+        memcpy(out[n], s, l);
+        out[n][l] = 0;
+        if (l) n++;
+        s = c ? c + 1 : NULL;
+    }
+    return n;
+}
+
+/* Whether a weights file holds a tensor whose name starts with prefix. */
+static int drv_file_has_prefix(drv *d, const char *path, const char *prefix) {
+    ldm_weights *w;
+    if (ldm_weights_open(d->ctx, &w, path)) { ldm_ctx_clear_error(d->ctx); return 0; }
+    int found = 0;
+    for (int i = 0; i < ldm_weights_count(w) && !found; i++)
+        found = !strncmp(ldm_weights_info(w, i)->name, prefix, strlen(prefix));
+    ldm_weights_close(w);
+    return found;
+}
+
+typedef struct drv_ignore { const ldm_config_strs *keys; int deleted; } drv_ignore;
+/* init_from_ckpt: drops ignore_keys prefixes and the loss's tensors (loaded separately). */
+static const char *drv_rename_vae(void *user, const char *name, char *buf, size_t cap) {
+    drv_ignore *ig = (drv_ignore *)user;
+    (void)buf; (void)cap;
+    for (int i = 0; ig && i < ig->keys->n; i++)
+        if (!strncmp(name, ig->keys->v[i], strlen(ig->keys->v[i]))) {
+            printf("Deleting key %s from state_dict.\n", name);
+            ig->deleted++;
+            return NULL;
+        }
+    if (!strncmp(name, "loss.", 5)) return NULL;
+    return name;
+}
+
+static int drv_build_model(drv *d, const ldm_config_node *ae_params) {
+    ldm_ctx *ctx = d->ctx;
+    (void)ae_params;
+    if (ldm_vae_create(ctx, &d->vae, &d->vc)) return drv_fail_ctx(d, "AutoencoderKL");
+    if (ldm_lpips_loss_create(ctx, &d->L, &d->lc)) return drv_fail_ctx(d, "LPIPSWithDiscriminator");
+
+    /* ckpt_path: CompVis init_from_ckpt (non-strict, ignore_keys), the loss's logvar and
+       discriminator when the file has them */
+    const char *ck = d->ae.ckpt_path;
+    if (ck && ck[0]) {
+        drv_ignore ig = {&d->ae.ignore_keys, 0};
+        ldm_nn_load_report rep;
+        ldm_nn_load_opts lo;
+        memset(&lo, 0, sizeof lo);
+        memset(&rep, 0, sizeof rep);
+        lo.rename = drv_rename_vae;
+        lo.rename_user = &ig;
+        lo.report = &rep;
+        /* without ignore_keys every layout ldm_vae_load knows (CompVis, diffusers, first_stage_model.) */
+        if (d->ae.ignore_keys.n == 0) {
+            if (ldm_vae_load_ex(ctx, d->vae, ck, 0, &rep)) return drv_fail_ctx(d, "model.params.ckpt_path");
+        } else if (ldm_nn_load(ctx, d->vae->P, ck, &lo)) return drv_fail_ctx(d, "model.params.ckpt_path");
+        printf("Restored from %s (%d tensors; %d missing, %d unexpected)\n", ck, rep.n_loaded, rep.n_missing, rep.n_unexpected);
+        ldm_nn_load_report_free(&rep);
+        int skip_loss = 0;
+        for (int i = 0; i < d->ae.ignore_keys.n; i++) skip_loss |= !strncmp("loss.", d->ae.ignore_keys.v[i], strlen(d->ae.ignore_keys.v[i]));
+        if (!skip_loss && drv_file_has_prefix(d, ck, "loss.logvar")) {
+            if (ldm_lpips_loss_load(ctx, d->L, ck, "loss.")) return drv_fail_ctx(d, "model.params.ckpt_path (loss.*)");
+        }
+    }
+    return 0;
+}
+
+/* LPIPS weights: lpips_path, else $LDM_LPIPS_WEIGHTS, else the checkpoint being loaded. */
+static int drv_setup_lpips(drv *d, const char *ckpt_model_file) {
+    ldm_ctx *ctx = d->ctx;
+    char paths[2][DRV_PATH];
+    int n = 0;
+    const ldm_config_strs lp = d->lpips_path;
+    const char *src = NULL;
+    if (lp.n) {
+        for (int i = 0; i < lp.n && i < 2; i++) drv_sfmt(paths[n++], DRV_PATH, "%s", lp.v[i]);
+        src = "lossconfig.params.lpips_path";
+    } else if (getenv("LDM_LPIPS_WEIGHTS") && getenv("LDM_LPIPS_WEIGHTS")[0]) {
+        n = drv_split_paths(getenv("LDM_LPIPS_WEIGHTS"), paths);
+        src = "$LDM_LPIPS_WEIGHTS";
+    } else {
+        const char *cands[2] = {ckpt_model_file, d->ae.ckpt_path};
+        for (int i = 0; i < 2 && !n; i++)
+            if (cands[i] && cands[i][0] && drv_file_has_prefix(d, cands[i], "loss.perceptual_loss.")) {
+                drv_sfmt(paths[n++], DRV_PATH, "%s", cands[i]);
+                src = "the checkpoint's loss.perceptual_loss.*";
+            }
+    }
+    if (n && d->L->lpips) {
+        if (ldm_lpips_loss_load_lpips(ctx, d->L, paths[0], n > 1 ? paths[1] : NULL)) return drv_fail_ctx(d, src);
+        d->lp_metric = d->L->lpips;
+    } else if (n) {
+        if (ldm_lpips_create(ctx, &d->lp_own, NULL) || ldm_lpips_load(ctx, d->lp_own, paths[0], n > 1 ? paths[1] : NULL))
+            return drv_fail_ctx(d, src);
+        d->lp_metric = d->lp_own;
+    }
+    const char *note = NULL;
+    if (ldm_lpips_loss_ready(ctx, d->L, &note)) return drv_fail_ctx(d, "LPIPSWithDiscriminator");
+    if (!d->lpips_note_done) {
+        if (note) drv_note("%s", note);
+        if (!d->lp_metric)
+            drv_note("metrics: no LPIPS weights (lossconfig.params.lpips_path or $LDM_LPIPS_WEIGHTS), so no LPIPS metric; PSNR and SSIM only");
+        else drv_note("LPIPS weights from %s", src);
+        d->lpips_note_done = 1;
+    }
+    return 0;
+}
+
+/* ---- checkpoints ---------------------------------------------------------------------------- */
+/* model.safetensors: the VAE, then the loss as loss.* (loss.perceptual_loss.* when LPIPS is
+   loaded), CompVis names, float32. */
+static int drv_write_model(drv *d, const char *path) {
+    ldm_ctx *ctx = d->ctx;
+    const ldm_nn_params *regs[3] = {d->vae->P, d->L->P, d->L->lpips && d->L->lpips->loaded ? d->L->lpips->P : NULL};
+    const char *pre[3] = {"", "loss.", "loss."};
+    int total = 0;
+    for (int k = 0; k < 3; k++)
+        for (int i = 0; regs[k] && i < ldm_nn_count(regs[k]); i++) total += ldm_nn_entry_at(regs[k], i)->kind != LDM_NN_BUFFER_TRANSIENT;
+    ldm_named_data *nd = (ldm_named_data *)calloc((size_t)total, sizeof *nd);
+    char **names = (char **)calloc((size_t)total, sizeof *names);
+    float **host = (float **)calloc((size_t)total, sizeof *host);
+    int m = 0, rc = 0;
+    if (!nd || !names || !host) { drv_error("out of memory"); rc = 1; goto done; }
+    for (int k = 0; k < 3; k++)
+        for (int i = 0; regs[k] && i < ldm_nn_count(regs[k]); i++) {
+            const ldm_nn_entry *e = ldm_nn_entry_at(regs[k], i);
+            if (e->kind == LDM_NN_BUFFER_TRANSIENT) continue;
+            names[m] = (char *)malloc(strlen(pre[k]) + strlen(e->name) + 1);
+            host[m] = (float *)malloc(sizeof(float) * (size_t)(e->t->numel ? e->t->numel : 1));
+            if (!names[m] || !host[m]) { drv_error("out of memory"); rc = 1; goto done; }
+            sprintf(names[m], "%s%s", pre[k], e->name);
+            if (ldm_to_host(ctx, e->t, host[m])) { rc = drv_fail_ctx(d, "checkpoint"); goto done; }
+            nd[m].name = names[m];
+            nd[m].data = host[m];
+            nd[m].ndim = e->t->ndim;
+            for (int q = 0; q < e->t->ndim; q++) nd[m].shape[q] = e->t->shape[q];
+            m++;
+        }
+    {
+        char gs[32], ep[32];
+        drv_sfmt(gs, sizeof gs, "%lld", (long long)d->global_step);
+        drv_sfmt(ep, sizeof ep, "%lld", (long long)d->epoch);
+        const char *mk[3] = {"format", "global_step", "epoch"}, *mv[3] = {"pt", gs, ep};
+        if (ldm_safetensors_write(ctx, path, m, nd, LDM_F32, 3, mk, mv)) rc = drv_fail_ctx(d, "checkpoint");
+    }
+done:
+    for (int i = 0; i < total; i++) { if (names) free(names[i]); if (host) free(host[i]); }
+    free(nd); free(names); free(host);
+    return rc;
+}
+
+/* The gradients accumulated since the last optimizer step (only mid-accumulation). */
+static int drv_write_grads(drv *d, const char *path) {
+    int64_t na, nl;
+    float *ga = ldm_nn_block(d->vae->P, LDM_NN_BLOCK_GRADS, &na), *gl = ldm_nn_block(d->L->P, LDM_NN_BLOCK_GRADS, &nl);
+    float *ha = (float *)malloc(sizeof(float) * (size_t)(na + 1)), *hl = (float *)malloc(sizeof(float) * (size_t)(nl + 1));
+    int rc = 0;
+    if (!ha || !hl) { drv_error("out of memory"); rc = 1; goto done; }
+    {
+        ldm_tensor ta = ldm_tensor_wrap(ga, ldm_shape1(na), ldm_nn_params_device(d->vae->P));
+        ldm_tensor tl = ldm_tensor_wrap(gl, ldm_shape1(nl), ldm_nn_params_device(d->L->P));
+        if ((na && ldm_to_host(d->ctx, &ta, ha)) || (nl && ldm_to_host(d->ctx, &tl, hl))) { rc = drv_fail_ctx(d, "checkpoint"); goto done; }
+        ldm_named_data nd[2];
+        memset(nd, 0, sizeof nd);
+        nd[0].name = "model"; nd[0].data = ha; nd[0].ndim = 1; nd[0].shape[0] = na;
+        nd[1].name = "loss"; nd[1].data = hl; nd[1].ndim = 1; nd[1].shape[0] = nl;
+        if (ldm_safetensors_write(d->ctx, path, 2, nd, LDM_F32, 0, NULL, NULL)) rc = drv_fail_ctx(d, "checkpoint");
+    }
+done:
+    free(ha); free(hl);
+    return rc;
+}
+
+static int drv_write_state(drv *d, const char *path) {
+    char tmp[DRV_PATH + 32];
+    drv_sfmt(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f) { drv_error("%s: cannot write (%s)", tmp, strerror(errno)); return 1; }
+    const ldm_rng *rng = ldm_ctx_rng(d->ctx);
+    fprintf(f, "# ldm training state: with model.safetensors and optimizer_*.safetensors, everything a\n"
+               "# resumed run needs to continue exactly where this one was.\n"
+               "[trainer]\nglobal_step = %lld\nepoch = %lld\nbatch_in_epoch = %lld\naccumulated = %lld\n"
+               "metrics_rows = %lld\nseed = \"%llu\"\nrng_seed = \"%llu\"\nrng_offset = \"%llu\"\n"
+               "epoch_aeloss_sum = %.17g\nepoch_discloss_sum = %.17g\nepoch_samples = %.17g\n"
+               "[image_logger]\nlog_steps_popped = %d\n[checkpoint]\nmonitor = \"%s\"\n",
+            (long long)d->global_step, (long long)d->epoch, (long long)d->batch_in_epoch, (long long)d->accumulated,
+            (long long)d->met.rows, (unsigned long long)d->o->seed, (unsigned long long)rng->seed, (unsigned long long)rng->offset,
+            d->ep_ae_sum, d->ep_d_sum, d->ep_n, d->imlog.popped, d->mc.monitor);
+    fprintf(f, "topk_names = [");
+    for (int i = 0; i < d->n_topk; i++) fprintf(f, "%s\"%s\"", i ? ", " : "", d->topk[i].name);
+    fprintf(f, "]\ntopk_scores = [");
+    for (int i = 0; i < d->n_topk; i++) fprintf(f, "%s%.17g", i ? ", " : "", d->topk[i].score);
+    fprintf(f, "]\ntopk_steps = [");
+    for (int i = 0; i < d->n_topk; i++) fprintf(f, "%s%lld", i ? ", " : "", (long long)d->topk[i].step);
+    fprintf(f, "]\n[data]\nepoch = %lld\nbatch = %lld\n", (long long)d->epoch, (long long)d->batch_in_epoch);
+    int ok = fflush(f) == 0;
+    fsync(fileno(f));
+    ok = fclose(f) == 0 && ok;
+    if (!ok || rename(tmp, path)) { unlink(tmp); drv_error("%s: cannot write", path); return 1; }
+    return 0;
+}
+
+/* Moves a complete directory `tmp` into place as `final`, keeping the previous `final` (as
+   final.old) until the new one is there. */
+static int drv_install_dir(const char *tmp, const char *final) {
+    char old[DRV_PATH + 8], parent[DRV_PATH];
+    drv_sfmt(old, sizeof old, "%s.old", final);
+    drv_parent(parent, sizeof parent, final);
+    drv_rm_rf(old);
+    int had = drv_exists(final);
+    if (had && rename(final, old)) { drv_error("%s: cannot move aside (%s)", final, strerror(errno)); return 1; }
+    if (had) drv_crash_hook(2);
+    if (rename(tmp, final)) { drv_error("%s: cannot move into place (%s)", final, strerror(errno)); return 1; }
+    drv_fsync_path(parent);
+    if (had) drv_rm_rf(old);
+    return 0;
+}
+
+static const char *const drv_ckpt_files[] = {"model.safetensors", "optimizer_0.safetensors", "optimizer_1.safetensors",
+                                             "grads.safetensors", "state.ini"};
+
+/* Writes the current state once into a temporary directory, then installs it under every
+   name in dests (hard links). weights_only: model.safetensors alone. */
+static int drv_checkpoint(drv *d, int n, const char *const *dests, int weights_only) {
+    char tmp[DRV_PATH], p[DRV_PATH];
+    drv_sfmt(tmp, sizeof tmp, "%s/.tmp-%ld", d->ckptdir, (long)getpid());
+    drv_rm_rf(tmp);
+    if (drv_mkdirs(tmp)) { drv_error("%s: cannot create (%s)", tmp, strerror(errno)); return 1; }
+    drv_join(p, sizeof p, tmp, drv_ckpt_files[0]);
+    if (drv_write_model(d, p)) return 1;
+    drv_crash_hook(1);
+    if (!weights_only) {
+        drv_join(p, sizeof p, tmp, drv_ckpt_files[1]);
+        if (ldm_nn_optim_save(d->ctx, d->opt_ae, p)) return drv_fail_ctx(d, "checkpoint");
+        drv_join(p, sizeof p, tmp, drv_ckpt_files[2]);
+        if (ldm_nn_optim_save(d->ctx, d->opt_d, p)) return drv_fail_ctx(d, "checkpoint");
+        if (d->accumulated) {
+            drv_join(p, sizeof p, tmp, drv_ckpt_files[3]);
+            if (drv_write_grads(d, p)) return 1;
+        }
+        drv_join(p, sizeof p, tmp, drv_ckpt_files[4]);
+        if (drv_write_state(d, p)) return 1;
+    }
+    drv_fsync_path(tmp);
+    for (int i = 0; i < n; i++) {
+        char final[DRV_PATH], parent[DRV_PATH];
+        drv_join(final, sizeof final, d->ckptdir, dests[i]);
+        drv_parent(parent, sizeof parent, final);
+        if (drv_mkdirs(parent)) { drv_error("%s: cannot create", parent); return 1; }
+        if (i == n - 1) { if (drv_install_dir(tmp, final)) return 1; continue; }
+        char t2[DRV_PATH];
+        drv_sfmt(t2, sizeof t2, "%s/.tmp-%ld-%d", d->ckptdir, (long)getpid(), i);
+        drv_rm_rf(t2);
+        if (drv_mkdirs(t2)) { drv_error("%s: cannot create", t2); return 1; }
+        for (size_t k = 0; k < sizeof drv_ckpt_files / sizeof drv_ckpt_files[0]; k++) {
+            char a[DRV_PATH], b[DRV_PATH];
+            drv_join(a, sizeof a, tmp, drv_ckpt_files[k]);
+            drv_join(b, sizeof b, t2, drv_ckpt_files[k]);
+            if (drv_is_file(a) && drv_link_or_copy(a, b)) { drv_error("%s: cannot write", b); return 1; }
+        }
+        drv_fsync_path(t2);
+        if (drv_install_dir(t2, final)) return 1;
+    }
+    return 0;
+}
+
+/* Loads a checkpoint directory; with_state: also optimizers, gradients and state.ini. */
+static int drv_load_checkpoint(drv *d, const char *dir, int with_state) {
+    ldm_ctx *ctx = d->ctx;
+    char p[DRV_PATH];
+    drv_join(p, sizeof p, dir, drv_ckpt_files[0]);
+    if (!drv_is_file(p)) { drv_error("%s: no model.safetensors here (hint: pass a checkpoint directory or a logdir)", dir); return 1; }
+    ldm_nn_load_opts lo;
+    memset(&lo, 0, sizeof lo);
+    lo.strict = 1;
+    lo.rename = drv_rename_vae;
+    if (ldm_nn_load(ctx, d->vae->P, p, &lo)) return drv_fail_ctx(d, "resume");
+    if (ldm_lpips_loss_load(ctx, d->L, p, "loss.")) return drv_fail_ctx(d, "resume");
+    if (!with_state) return 0;
+    char st[DRV_PATH];
+    drv_join(st, sizeof st, dir, drv_ckpt_files[4]);
+    if (!drv_is_file(st)) {
+        drv_error("%s: weights only (no state.ini), so training cannot resume from it (hint: use model.params.ckpt_path=%s to "
+                  "start a new run from these weights)", dir, p);
+        return 1;
+    }
+    drv_join(p, sizeof p, dir, drv_ckpt_files[1]);
+    if (ldm_nn_optim_load(ctx, d->opt_ae, p)) return drv_fail_ctx(d, "resume");
+    drv_join(p, sizeof p, dir, drv_ckpt_files[2]);
+    if (ldm_nn_optim_load(ctx, d->opt_d, p)) return drv_fail_ctx(d, "resume");
+
+    ldm_config *sc;
+    if (ldm_config_create(&sc)) return 1;
+    int rc = 0;
+    const char *s_seed, *s_rs, *s_ro, *mon;
+    int64_t rows;
+    ldm_config_strs names;
+    ldm_config_floats scores;
+    ldm_config_strs steps_dummy;
+    (void)steps_dummy;
+    ldm_config_ints steps_i;
+    if (ldm_config_load(sc, st) || ldm_config_get_i64(sc, NULL, "trainer.global_step", 0, &d->global_step) ||
+        ldm_config_get_i64(sc, NULL, "trainer.epoch", 0, &d->epoch) ||
+        ldm_config_get_i64(sc, NULL, "trainer.batch_in_epoch", 0, &d->batch_in_epoch) ||
+        ldm_config_get_i64(sc, NULL, "trainer.accumulated", 0, &d->accumulated) ||
+        ldm_config_get_i64(sc, NULL, "trainer.metrics_rows", 0, &rows) ||
+        ldm_config_get_str(sc, NULL, "trainer.seed", "", &s_seed) || ldm_config_get_str(sc, NULL, "trainer.rng_seed", "", &s_rs) ||
+        ldm_config_get_str(sc, NULL, "trainer.rng_offset", "", &s_ro) ||
+        ldm_config_get_float(sc, NULL, "trainer.epoch_aeloss_sum", 0, &d->ep_ae_sum) ||
+        ldm_config_get_float(sc, NULL, "trainer.epoch_discloss_sum", 0, &d->ep_d_sum) ||
+        ldm_config_get_float(sc, NULL, "trainer.epoch_samples", 0, &d->ep_n) ||
+        ldm_config_get_int(sc, NULL, "image_logger.log_steps_popped", 0, &d->imlog.popped) ||
+        ldm_config_get_str(sc, NULL, "checkpoint.monitor", "", &mon) ||
+        ldm_config_get_str_list(sc, NULL, "checkpoint.topk_names", "", &names) ||
+        ldm_config_get_float_list(sc, NULL, "checkpoint.topk_scores", "", &scores) ||
+        ldm_config_get_int_list(sc, NULL, "checkpoint.topk_steps", "", &steps_i)) {
+        drv_error("%s", ldm_config_error(sc));
+        rc = 1;
+        goto done;
+    }
+    if (names.n != scores.n || names.n != steps_i.n) { drv_error("%s: topk lists differ in length", st); rc = 1; goto done; }
+    {
+        ldm_rng *rng = ldm_ctx_rng(ctx);
+        rng->seed = strtoull(s_rs, NULL, 10);
+        rng->offset = strtoull(s_ro, NULL, 10);
+        if (strtoull(s_seed, NULL, 10) != d->o->seed)
+            drv_note("Note: this run's seed is %llu, the checkpoint's %s; the RNG state comes from the checkpoint",
+                     (unsigned long long)d->o->seed, s_seed);
+        if (strcmp(mon, d->mc.monitor)) d->n_topk = 0; /* another metric: start a fresh top-k */
+        else {
+            d->n_topk = 0;
+            for (int i = 0; i < names.n; i++) {
+                char pd[DRV_PATH];
+                drv_join(pd, sizeof pd, d->ckptdir, names.v[i]);
+                if (!drv_is_dir(pd)) continue; /* deleted after this checkpoint was written */
+                drv_topk *t = &d->topk[d->n_topk++];
+                drv_sfmt(t->name, sizeof t->name, "%s", names.v[i]);
+                t->score = scores.v[i];
+                t->step = steps_i.v[i];
+            }
+        }
+        if (d->accumulated) {
+            ldm_weights *w;
+            drv_join(p, sizeof p, dir, drv_ckpt_files[3]);
+            if (ldm_weights_open(ctx, &w, p)) { rc = drv_fail_ctx(d, "resume (accumulated gradients)"); goto done; }
+            int64_t na, nl;
+            float *ga = ldm_nn_block(d->vae->P, LDM_NN_BLOCK_GRADS, &na), *gl = ldm_nn_block(d->L->P, LDM_NN_BLOCK_GRADS, &nl);
+            int ia = ldm_weights_find(w, "model"), il = ldm_weights_find(w, "loss");
+            if (ia < 0 || il < 0 || ldm_weights_info(w, ia)->numel != na || ldm_weights_info(w, il)->numel != nl) {
+                ldm_weights_close(w);
+                drv_error("%s: gradient sizes do not match this model", p);
+                rc = 1;
+                goto done;
+            }
+            float *h = (float *)malloc(sizeof(float) * (size_t)((na > nl ? na : nl) + 1));
+            ldm_tensor ta = ldm_tensor_wrap(ga, ldm_shape1(na), ldm_nn_params_device(d->vae->P));
+            ldm_tensor tl = ldm_tensor_wrap(gl, ldm_shape1(nl), ldm_nn_params_device(d->L->P));
+            int bad = !h || ldm_weights_read(ctx, w, ia, h) || ldm_nn_copy_from_host(ctx, &ta, h) ||
+                      ldm_weights_read(ctx, w, il, h) || ldm_nn_copy_from_host(ctx, &tl, h);
+            free(h);
+            ldm_weights_close(w);
+            if (bad) { rc = drv_fail_ctx(d, "resume (accumulated gradients)"); goto done; }
+        }
+    }
+    if (drv_metrics_load(&d->met, rows) || drv_metrics_rewrite(&d->met)) rc = 1;
+done:
+    ldm_config_destroy(sc);
+    return rc;
+}
+
+/* ---- the ImageLogger ------------------------------------------------------------------------- */
+/* CompVis ImageLogger.check_frequency (pops the front of log_steps whenever it fires). */
+static int drv_check_frequency(drv_imlog *il, int64_t idx) {
+    int in_steps = 0;
+    for (int i = il->popped; i < il->n_steps; i++) in_steps |= il->steps[i] == idx;
+    if (((idx % il->c.batch_frequency) == 0 || in_steps) && (idx > 0 || il->c.log_first_step)) {
+        if (il->popped < il->n_steps) il->popped++;
+        return 1;
+    }
+    return 0;
+}
+
+static ldm_tensor *drv_upload(drv *d, const ldm_data_batch *b, int n) {
+    ldm_tensor x = ldm_data_batch_tensor(b, d->ae.image_key);
+    if (!x.data) {
+        ldm_ctx_seterr(d->ctx, LDM_ERR_NOT_FOUND, "the batch has no field '%s' (hint: model.params.image_key names the dataset's image field)",
+                       d->ae.image_key);
+        return NULL;
+    }
+    ldm_shape s = ldm_shape_of(&x);
+    if (n > 0 && n < s.d[0]) s.d[0] = n;
+    return ldm_from_host(d->ctx, s, x.data);
+}
+
+/* AutoencoderKL.log_images under no_grad and eval(): samples, reconstructions, inputs. */
+static int drv_log_images(drv *d, const ldm_data_batch *b, const char *split, int64_t batch_idx) {
+    drv_imlog *il = &d->imlog;
+    if (il->c.disabled) return 0;
+    int64_t idx = il->c.log_on_batch_idx ? batch_idx : d->global_step;
+    if (!drv_check_frequency(il, idx) || il->c.max_images <= 0) return 0;
+    ldm_ctx *ctx = d->ctx;
+    int prev = ldm_set_grad_enabled(ctx, 0), was = d->vae->training;
+    ldm_vae_set_training(d->vae, 0);
+    ldm_mark mk = ldm_arena_mark(ctx);
+    ldm_tensor *x = drv_upload(d, b, il->c.max_images);
+    ldm_vae_posterior q;
+    ldm_tensor *xrec = x ? ldm_vae_forward(ctx, d->vae, x, 1, &q) : NULL;
+    ldm_tensor *samples = xrec ? ldm_vae_decode(ctx, d->vae, ldm_randn(ctx, ldm_shape_of(q.mean))) : NULL;
+    ldm_vae_set_training(d->vae, was);
+    ldm_set_grad_enabled(ctx, prev);
+    int rc = 0;
+    if (!samples) rc = drv_fail_ctx(d, "ImageLogger");
+    ldm_tensor *imgs[3] = {samples, xrec, x};
+    const char *keys[3] = {"samples", "reconstructions", "inputs"};
+    for (int k = 0; k < 3 && !rc; k++) {
+        ldm_tensor *t = imgs[k];
+        float *h = (float *)malloc(sizeof(float) * (size_t)t->numel);
+        if (!h || ldm_to_host(ctx, t, h)) { free(h); rc = drv_fail_ctx(d, "ImageLogger"); break; }
+        char dir[DRV_PATH], name[160], path[DRV_PATH];
+        drv_sfmt(dir, sizeof dir, "%s/images/%s", d->logdir, split);
+        drv_mkdirs(dir);
+        drv_sfmt(name, sizeof name, "%s_gs-%06lld_e-%06lld_b-%06lld.png", keys[k], (long long)d->global_step, (long long)d->epoch,
+                 (long long)batch_idx);
+        drv_join(path, sizeof path, dir, name);
+        rc = drv_save_grid(path, h, (int)t->shape[0], (int)t->shape[1], (int)t->shape[2], (int)t->shape[3], 4, il->c.clamp, il->c.rescale);
+        free(h);
+    }
+    ldm_arena_rewind(ctx, mk);
+    return rc;
+}
+
+/* ---- progress --------------------------------------------------------------------------------- */
+static void drv_progress(drv *d, int force_line) {
+    double t = drv_now();
+    if (d->rate_t == 0) { d->rate_t = t; d->rate_steps = d->global_step; }
+    else if (t - d->rate_t > 2.0 || force_line) {
+        double r = (double)(d->global_step - d->rate_steps) / (t - d->rate_t);
+        if (t - d->rate_t > 0.5) {
+            d->rate = d->rate > 0 ? 0.7 * d->rate + 0.3 * r : r;
+            d->rate_t = t;
+            d->rate_steps = d->global_step;
+        }
+    }
+    char eta[32], val[48] = "";
+    int64_t left = d->total_steps > d->global_step ? d->total_steps - d->global_step : 0;
+    drv_fmt_time(eta, sizeof eta, d->rate > 0 ? (double)left / d->rate : -1);
+    if (d->last_val == d->last_val) drv_sfmt(val, sizeof val, " %s %.4f", d->mc.monitor, d->last_val);
+    if (d->tty) {
+        int width = 24, fill = d->total_steps > 0 ? (int)((double)width * (double)d->global_step / (double)d->total_steps) : 0;
+        char bar[32];
+        for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
+        bar[width] = 0;
+        printf("\rEpoch %lld: %lld/%lld [%s] %.2f it/s ETA %s aeloss %.4f discloss %.4f%s\033[K", (long long)d->epoch,
+               (long long)d->global_step, (long long)d->total_steps, bar, d->rate, eta, d->last_ae, d->last_d, val);
+        fflush(stdout);
+    } else if (force_line) {
+        printf("epoch %lld step %lld/%lld  %.2f it/s  ETA %s  aeloss %.5f  discloss %.5f%s\n", (long long)d->epoch,
+               (long long)d->global_step, (long long)d->total_steps, d->rate, eta, d->last_ae, d->last_d, val);
+        fflush(stdout);
+    }
+}
+static void drv_progress_clear(drv *d) {
+    if (d->tty) { printf("\r\033[K"); fflush(stdout); }
+}
+
+/* ---- one training batch (Lightning 1.4 automatic optimization, two optimizers) ---------------- */
+static void drv_log_into(drv_metrics *m, double *row, const ldm_loss_log *log) {
+    for (int i = 0; i < log->n; i++) {
+        int c = drv_metrics_col(m, log->item[i].key);
+        if (c >= 0) row[c] = log->item[i].value;
+    }
+}
+
+static int drv_nan_stop(drv *d, const char *what, float v) {
+    char last[DRV_PATH];
+    drv_join(last, sizeof last, d->ckptdir, "last");
+    drv_progress_clear(d);
+    drv_error("%s is %s at global step %lld (epoch %lld, batch %lld): training stopped. The last good checkpoint, %s, "
+              "is left as it was (hint: lower model.base_learning_rate, or check the data)",
+              what, v != v ? "NaN" : "Inf", (long long)d->global_step, (long long)d->epoch, (long long)d->batch_in_epoch,
+              drv_is_dir(last) ? last : "(none written yet)");
+    d->nan_stop = 1;
+    return 1;
+}
+
+static int drv_train_batch(drv *d, const ldm_data_batch *b, int do_step, ldm_loss_log *log0, ldm_loss_log *log1,
+                           float *aeloss, float *discloss) {
+    ldm_ctx *ctx = d->ctx;
+    float k = (float)d->accumulate;
+    /* optimizer 0: encoder, decoder, quant convs (the discriminator runs on detached weights
+       inside the generator loss: Lightning's toggle_optimizer) */
+    ldm_set_grad_enabled(ctx, 1);
+    ldm_tensor *x = drv_upload(d, b, 0);
+    if (x && (x->shape[2] % ldm_vae_factor(&d->vc) || x->shape[3] % ldm_vae_factor(&d->vc))) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "images of %lldx%lld pixels: the autoencoder needs sizes divisible by %d",
+                       (long long)x->shape[2], (long long)x->shape[3], ldm_vae_factor(&d->vc));
+        return drv_fail_ctx(d, "training");
+    }
+    ldm_vae_posterior q;
+    ldm_tensor *xrec = x ? ldm_vae_forward(ctx, d->vae, x, 1, &q) : NULL;
+    ldm_tensor *lg = xrec ? ldm_lpips_loss_generator(ctx, d->L, x, xrec, &q, d->global_step, ldm_vae_last_layer(d->vae), "train", log0) : NULL;
+    if (!lg || ldm_to_host(ctx, lg, aeloss)) return drv_fail_ctx(d, "training (autoencoder step)");
+    if (!isfinite(*aeloss)) return drv_nan_stop(d, "aeloss (train/total_loss)", *aeloss);
+    if (k != 1.0f) lg = ldm_div(ctx, lg, ldm_full(ctx, ldm_shape1(1), k)); /* Lightning: loss / accumulate_grad_batches */
+    if (ldm_backward(ctx, lg)) return drv_fail_ctx(d, "training (autoencoder backward)");
+    if (do_step) {
+        if (ldm_nn_optim_step(ctx, d->opt_ae)) return drv_fail_ctx(d, "training (autoencoder optimizer)");
+        ldm_nn_optim_zero_grad(ctx, d->opt_ae);
+    }
+    ldm_step_reset(ctx);
+
+    /* optimizer 1: the discriminator, on a second forward pass (a second posterior sample) */
+    x = drv_upload(d, b, 0);
+    ldm_set_grad_enabled(ctx, 0); /* nothing flows back into the autoencoder from this step */
+    xrec = x ? ldm_vae_forward(ctx, d->vae, x, 1, &q) : NULL;
+    ldm_set_grad_enabled(ctx, 1);
+    ldm_tensor *ld = xrec ? ldm_lpips_loss_discriminator(ctx, d->L, x, xrec, d->global_step, "train", log1) : NULL;
+    if (!ld || ldm_to_host(ctx, ld, discloss)) return drv_fail_ctx(d, "training (discriminator step)");
+    if (!isfinite(*discloss)) return drv_nan_stop(d, "discloss (train/disc_loss)", *discloss);
+    if (k != 1.0f) ld = ldm_div(ctx, ld, ldm_full(ctx, ldm_shape1(1), k));
+    if (ldm_backward(ctx, ld)) return drv_fail_ctx(d, "training (discriminator backward)");
+    if (do_step) {
+        if (ldm_nn_optim_step(ctx, d->opt_d)) return drv_fail_ctx(d, "training (discriminator optimizer)");
+        ldm_nn_optim_zero_grad(ctx, d->opt_d);
+    }
+    ldm_step_reset(ctx);
+    return 0;
+}
+
+/* ---- validation ------------------------------------------------------------------------------- */
+typedef struct drv_valres { double v[DRV_MAX_COLS]; double n; int have; } drv_valres;
+
+static int drv_validate(drv *d, int64_t nb, int sanity, drv_valres *res) {
+    ldm_ctx *ctx = d->ctx;
+    memset(res, 0, sizeof *res);
+    double sum_psnr = 0, sum_ssim = 0, sum_lp = 0;
+    int have_lp = d->lp_metric != NULL;
+    if (ldm_data_loader_seek(ctx, d->ld_val, drv_state(0, 0) /* same batches every time */)) return drv_fail_ctx(d, "validation");
+    int prev = ldm_set_grad_enabled(ctx, 0);
+    ldm_vae_set_training(d->vae, 0);
+    ldm_lpips_loss_set_training(d->L, 0);
+    int rc = 0;
+    for (int64_t i = 0; i < nb && !rc; i++) {
+        const ldm_data_batch *b;
+        ldm_result r = ldm_data_loader_next(ctx, d->ld_val, &b);
+        if (r == LDM_DATA_END) break;
+        if (r) { rc = drv_fail_ctx(d, "validation data"); break; }
+        ldm_tensor *x = drv_upload(d, b, 0);
+        ldm_vae_posterior q;
+        ldm_tensor *xrec = x ? ldm_vae_forward(ctx, d->vae, x, 1, &q) : NULL;
+        ldm_loss_log l0, l1;
+        ldm_tensor *lg = xrec ? ldm_lpips_loss_generator(ctx, d->L, x, xrec, &q, d->global_step, ldm_vae_last_layer(d->vae), "val", &l0) : NULL;
+        ldm_tensor *ldl = lg ? ldm_lpips_loss_discriminator(ctx, d->L, x, xrec, d->global_step, "val", &l1) : NULL;
+        if (!ldl) { rc = drv_fail_ctx(d, "validation"); break; }
+        int B = (int)x->shape[0];
+        /* Lightning 1.4 averages logged values over the epoch weighted by batch size */
+        for (int k = 0; k < 2; k++) {
+            const ldm_loss_log *l = k ? &l1 : &l0;
+            for (int j = 0; j < l->n; j++) {
+                int c = drv_metrics_col(&d->met, l->item[j].key);
+                if (c >= 0) res->v[c] += (double)l->item[j].value * B;
+            }
+        }
+        ldm_tensor *xc = ldm_clamp(ctx, xrec, -1.0f, 1.0f);
+        double *m = (double *)malloc(sizeof(double) * (size_t)B * 3);
+        if (!m || !xc || ldm_metric_psnr(ctx, x, xc, 2.0, m) || ldm_metric_ssim(ctx, x, xc, 2.0, m + B) ||
+            (have_lp && ldm_metric_lpips(ctx, d->lp_metric, x, xc, m + 2 * B))) {
+            free(m);
+            rc = drv_fail_ctx(d, "validation metrics");
+            break;
+        }
+        for (int j = 0; j < B; j++) { sum_psnr += m[j]; sum_ssim += m[B + j]; if (have_lp) sum_lp += m[2 * B + j]; }
+        free(m);
+        res->n += B;
+        ldm_step_reset(ctx);
+        if (!sanity && d->global_step > 0 && d->have_imlog) rc = drv_log_images(d, b, "val", i);
+    }
+    ldm_vae_set_training(d->vae, 1);
+    ldm_lpips_loss_set_training(d->L, 1);
+    ldm_set_grad_enabled(ctx, prev);
+    ldm_step_reset(ctx);
+    if (rc || res->n == 0) return rc;
+    for (int c = 0; c < d->met.ncol; c++) res->v[c] /= res->n;
+    res->v[drv_metrics_col(&d->met, "val/psnr")] = sum_psnr / res->n;
+    res->v[drv_metrics_col(&d->met, "val/ssim")] = sum_ssim / res->n;
+    res->v[drv_metrics_col(&d->met, "val/lpips")] = have_lp ? sum_lp / res->n : NAN;
+    res->have = 1;
+    return 0;
+}
+
+/* ---- test --------------------------------------------------------------------------------------- */
+static int drv_test(drv *d) {
+    ldm_ctx *ctx = d->ctx;
+    ldm_data_split split = LDM_DATA_TEST;
+    if (!d->dm->dataset[LDM_DATA_TEST]) {
+        if (!d->dm->dataset[LDM_DATA_VALIDATION]) { drv_note("test: no data.params.test or validation dataset: nothing to test"); return 0; }
+        drv_note("test: no data.params.test; testing on the validation dataset");
+        split = LDM_DATA_VALIDATION;
+    }
+    ldm_data_loader *ld;
+    if (ldm_data_module_loader(ctx, d->dm, split, d->o->seed, &ld)) return drv_fail_ctx(d, "test data");
+    int64_t nb = drv_limit_apply(&d->lim_test, ldm_data_loader_batches(ld));
+    char dir[DRV_PATH], path[DRV_PATH];
+    drv_sfmt(dir, sizeof dir, "%s/images/test", d->logdir);
+    if (drv_mkdirs(dir)) { ldm_data_loader_destroy(ld); drv_error("%s: cannot create", dir); return 1; }
+    drv_join(path, sizeof path, d->logdir, "test_metrics.csv");
+    FILE *csv = fopen(path, "w");
+    if (!csv) { ldm_data_loader_destroy(ld); drv_error("%s: cannot write", path); return 1; }
+    fprintf(csv, "index,psnr,ssim,lpips,l1,rec_loss\n");
+    int prev = ldm_set_grad_enabled(ctx, 0);
+    ldm_vae_set_training(d->vae, 0);
+    ldm_lpips_loss_set_training(d->L, 0);
+    double s_psnr = 0, s_ssim = 0, s_lp = 0, s_l1 = 0, s_rec = 0;
+    int64_t n = 0;
+    int rc = 0, have_lp = d->lp_metric != NULL;
+    double pw = d->lc.perceptual_weight;
+    printf("Testing on %lld batch%s of the %s split (posterior mode)\n", (long long)nb, nb == 1 ? "" : "es", ldm_data_split_name(split));
+    for (int64_t i = 0; i < nb && !rc; i++) {
+        const ldm_data_batch *b;
+        ldm_result r = ldm_data_loader_next(ctx, ld, &b);
+        if (r == LDM_DATA_END) break;
+        if (r) { rc = drv_fail_ctx(d, "test data"); break; }
+        ldm_tensor *x = drv_upload(d, b, 0);
+        ldm_vae_posterior q;
+        ldm_tensor *xrec = x && !ldm_vae_encode(ctx, d->vae, x, &q) ? ldm_vae_decode(ctx, d->vae, ldm_vae_posterior_mode(&q)) : NULL;
+        ldm_tensor *xc = xrec ? ldm_clamp(ctx, xrec, -1.0f, 1.0f) : NULL;
+        int B = x ? (int)x->shape[0] : 0;
+        double *m = xc ? (double *)malloc(sizeof(double) * (size_t)B * 4) : NULL;
+        float *hx = m ? (float *)malloc(sizeof(float) * (size_t)x->numel * 3) : NULL;
+        if (!hx || ldm_metric_psnr(ctx, x, xc, 2.0, m) || ldm_metric_ssim(ctx, x, xc, 2.0, m + B) ||
+            (have_lp && ldm_metric_lpips(ctx, d->lp_metric, x, xc, m + 2 * B)) || ldm_to_host(ctx, x, hx) ||
+            ldm_to_host(ctx, xrec, hx + x->numel) || ldm_to_host(ctx, xc, hx + 2 * x->numel)) {
+            free(m); free(hx);
+            rc = drv_fail_ctx(d, "test");
+            break;
+        }
+        int64_t per = x->numel / B;
+        int C = (int)x->shape[1], H = (int)x->shape[2], W = (int)x->shape[3];
+        for (int j = 0; j < B; j++) {
+            double l1 = 0;
+            for (int64_t e = 0; e < per; e++) l1 += fabs((double)hx[j * per + e] - (double)hx[x->numel + j * per + e]);
+            l1 /= (double)per;
+            double lp = have_lp ? m[2 * B + j] : NAN;
+            double rec = l1 + (pw > 0 ? pw * lp : 0.0); /* the loss's rec_loss: |x - xrec| + w * LPIPS, unclamped */
+            long long idx = b->index ? (long long)b->index[j] : (long long)n;
+            fprintf(csv, "%lld,%.9g,%.9g,", idx, m[j], m[B + j]);
+            if (have_lp) fprintf(csv, "%.9g", lp);
+            fprintf(csv, ",%.9g,%.9g\n", l1, rec);
+            s_psnr += m[j]; s_ssim += m[B + j]; s_lp += have_lp ? lp : 0; s_l1 += l1; s_rec += rec;
+            char name[64], err[256];
+            drv_sfmt(name, sizeof name, "%06lld_inputs.png", idx);
+            drv_join(path, sizeof path, dir, name);
+            if (ex_image_save_png(path, hx + j * per, C, H, W, err, sizeof err)) { drv_error("%s", err); rc = 1; }
+            drv_sfmt(name, sizeof name, "%06lld_reconstructions.png", idx);
+            drv_join(path, sizeof path, dir, name);
+            if (!rc && ex_image_save_png(path, hx + 2 * x->numel + j * per, C, H, W, err, sizeof err)) { drv_error("%s", err); rc = 1; }
+            n++;
+        }
+        free(m); free(hx);
+        ldm_step_reset(ctx);
+    }
+    ldm_vae_set_training(d->vae, 1);
+    ldm_lpips_loss_set_training(d->L, 1);
+    ldm_set_grad_enabled(ctx, prev);
+    fclose(csv);
+    ldm_data_loader_destroy(ld);
+    if (rc) return rc;
+    if (!n) { drv_note("test: the test split gave no images"); return 0; }
+    char lps[32] = "n/a";
+    if (have_lp) drv_sfmt(lps, sizeof lps, "%.4f", s_lp / n);
+    char summary[512];
+    drv_sfmt(summary, sizeof summary,
+             "test: %lld images (%s split)  PSNR %.3f dB  SSIM %.4f  LPIPS %s  rec_loss %.5f  (L1 %.5f)", (long long)n,
+             ldm_data_split_name(split), s_psnr / n, s_ssim / n, lps, s_rec / n, s_l1 / n);
+    drv_note("%s", summary);
+    drv_join(path, sizeof path, d->logdir, "test_summary.txt");
+    FILE *f = fopen(path, "w");
+    if (!f) { drv_error("%s: cannot write", path); return 1; }
+    fprintf(f, "# ldm test summary (reconstructions from the posterior mode; PSNR/SSIM/LPIPS on reconstructions\n"
+               "# clamped to [-1, 1], data range 2; rec_loss = mean|x - xrec| + perceptual_weight * LPIPS)\n"
+               "images = %lld\nsplit = %s\nglobal_step = %lld\npsnr = %.9g\nssim = %.9g\nlpips = %s\nl1 = %.9g\nrec_loss = %.9g\n",
+            (long long)n, ldm_data_split_name(split), (long long)d->global_step, s_psnr / n, s_ssim / n, lps, s_l1 / n, s_rec / n);
+    fclose(f);
+    drv_note("test: per-image values in %s/test_metrics.csv, images in %s", d->logdir, dir);
+    return 0;
+}
+
+/* ---- the training loop ------------------------------------------------------------------------ */
+typedef struct drv_pending {
+    int last, signal_stop, topk;
+    double score;
+    int64_t topk_epoch;
+    int trainstep;
+} drv_pending;
+
+static int drv_better(const drv *d, double a, double b) { return d->mode_max ? a > b : a < b; }
+
+/* Writes the checkpoints a batch asked for, after its global step was counted: one write,
+   installed as every name that wants it. A top-k entry pushed out is removed afterwards. */
+static int drv_save_pending(drv *d, const drv_pending *pd) {
+    const char *dests[2];
+    char topname[96], dropped[96] = "";
+    int n = 0;
+    if (pd->topk && d->mc.save_top_k != 0) {
+        int k = d->mc.save_top_k, worst = -1;
+        for (int i = 0; i < d->n_topk; i++)
+            if (worst < 0 || drv_better(d, d->topk[worst].score, d->topk[i].score)) worst = i;
+        int full = k > 0 && d->n_topk >= k;
+        if (!full || drv_better(d, pd->score, d->topk[worst].score)) { /* strictly better, as Lightning */
+            drv_topk nt;
+            drv_sfmt(topname, sizeof topname, "epoch=%06lld-step=%09lld", (long long)pd->topk_epoch, (long long)d->global_step);
+            drv_sfmt(nt.name, sizeof nt.name, "%s", topname);
+            nt.score = pd->score;
+            nt.step = d->global_step;
+            if (full) {
+                drv_sfmt(dropped, sizeof dropped, "%s", d->topk[worst].name);
+                d->topk[worst] = nt;
+            } else if (d->n_topk < DRV_MAX_TOPK) d->topk[d->n_topk++] = nt; /* save_top_k -1 keeps all, tracks 32 */
+            dests[n++] = topname;
+            if (d->mc.verbose) {
+                double best = pd->score;
+                for (int i = 0; i < d->n_topk; i++) if (drv_better(d, d->topk[i].score, best)) best = d->topk[i].score;
+                drv_progress_clear(d);
+                printf("Epoch %lld, global step %lld: %s reached %.5f (best %.5f), saving model to \"%s/%s\" as top %d\n",
+                       (long long)pd->topk_epoch, (long long)d->global_step, d->mc.monitor, pd->score, best, d->ckptdir, topname,
+                       k < 0 ? d->n_topk : k);
+            }
+        } else if (d->mc.verbose) {
+            drv_progress_clear(d);
+            printf("Epoch %lld, global step %lld: %s was not in top %d\n", (long long)pd->topk_epoch, (long long)d->global_step,
+                   d->mc.monitor, k);
+        }
+    }
+    if (pd->last || pd->signal_stop) dests[n++] = "last";
+    if (n && drv_checkpoint(d, n, dests, 0)) return 1;
+    if (dropped[0]) {
+        char p[DRV_PATH];
+        drv_join(p, sizeof p, d->ckptdir, dropped);
+        drv_rm_rf(p);
+    }
+    if (pd->trainstep) {
+        char stepname[160];
+        drv_sfmt(stepname, sizeof stepname, "trainstep_checkpoints/epoch=%06lld-step=%09lld", (long long)d->epoch, (long long)d->global_step);
+        const char *one[1] = {stepname};
+        if (drv_checkpoint(d, 1, one, d->trainstep_weights_only)) return 1;
+        if (d->trainstep_verbose) { drv_progress_clear(d); printf("Saved %s/%s\n", d->ckptdir, stepname); }
+    }
+    return 0;
+}
+
+static int drv_fit(drv *d) {
+    ldm_ctx *ctx = d->ctx;
+    int64_t nb_loader = ldm_data_loader_batches(d->ld_train);
+    int rc = 0;
+    d->last_val = NAN;
+    d->t_start = drv_now();
+
+    /* Lightning's sanity check: a few validation batches before training; nothing is logged
+       and the RNG state is put back, so it does not change the run */
+    int64_t ns = d->tc.num_sanity_val_steps < 0 ? d->n_val : (d->tc.num_sanity_val_steps < d->n_val ? d->tc.num_sanity_val_steps : d->n_val);
+    if (d->ld_val && ns > 0) {
+        ldm_rng keep = *ldm_ctx_rng(ctx);
+        drv_valres vr;
+        if (drv_validate(d, ns, 1, &vr)) return 1;
+        *ldm_ctx_rng(ctx) = keep;
+    }
+    if (ldm_data_loader_seek(ctx, d->ld_train, drv_state(d->epoch, d->batch_in_epoch))) return drv_fail_ctx(d, "train data");
+    const char *sig_env = getenv("LDM_TEST_SIGNAL_AT_BATCH");
+    d->signal_at = sig_env ? atoll(sig_env) : -1;
+
+    for (;;) {
+        if (d->max_steps >= 0 && d->global_step >= d->max_steps) break;
+        if (d->max_epochs >= 0 && d->epoch >= d->max_epochs) break;
+        const ldm_data_batch *b;
+        ldm_result r = ldm_data_loader_next(ctx, d->ld_train, &b);
+        if (r == LDM_DATA_END) { rc = 1; drv_error("train data: the epoch ended early"); break; }
+        if (r) { rc = drv_fail_ctx(d, "train data"); break; }
+        int64_t bi = d->batch_in_epoch;
+        int is_last = bi + 1 == d->n_train;
+        int do_step = (d->accumulated + 1) % d->accumulate == 0 || is_last;
+        ldm_loss_log l0, l1;
+        float ae = 0, dl = 0;
+        if (drv_train_batch(d, b, do_step, &l0, &l1, &ae, &dl)) { rc = 1; break; }
+        d->last_ae = ae; d->last_d = dl;
+        int B = b->size;
+        d->ep_ae_sum += (double)ae * B;
+        d->ep_d_sum += (double)dl * B;
+        d->ep_n += B;
+        drv_pending pd;
+        memset(&pd, 0, sizeof pd);
+
+        /* on_train_batch_end: ImageLogger (global_step not yet counted for this batch) */
+        if (d->have_imlog && (d->global_step > 0 || d->imlog.c.log_first_step) && drv_log_images(d, b, "train", bi)) { rc = 1; break; }
+        if (do_step && (d->global_step + 1) % d->tc.log_every_n_steps == 0) {
+            double *row = drv_metrics_new_row(&d->met);
+            if (!row) { rc = 1; drv_error("out of memory"); break; }
+            row[0] = (double)d->global_step; row[1] = (double)d->epoch; row[2] = d->lr;
+            row[3] = ae; row[4] = dl;
+            drv_log_into(&d->met, row, &l0);
+            drv_log_into(&d->met, row, &l1);
+            if (drv_metrics_flush_row(&d->met)) { rc = 1; break; }
+            drv_progress(d, 1);
+        } else drv_progress(d, 0);
+
+        /* validation (Lightning: in on_advance_end, before the global step is counted) */
+        int val_epoch = (d->epoch + 1) % d->tc.check_val_every_n_epoch == 0;
+        if (d->ld_val && d->n_val > 0 && val_epoch && ((bi + 1) % d->val_check_batch == 0)) {
+            drv_valres vr;
+            if (drv_validate(d, d->n_val, 0, &vr)) { rc = 1; break; }
+            if (vr.have) {
+                double *row = drv_metrics_new_row(&d->met);
+                if (!row) { rc = 1; drv_error("out of memory"); break; }
+                for (int c = 2; c < d->met.ncol; c++) if (!strncmp(d->met.col[c], "val/", 4)) row[c] = vr.v[c];
+                row[0] = (double)d->global_step; row[1] = (double)d->epoch;
+                if (drv_metrics_flush_row(&d->met)) { rc = 1; break; }
+                int mc = drv_metrics_col(&d->met, d->mc.monitor);
+                double score = mc >= 0 ? vr.v[mc] : NAN;
+                double rl = vr.v[drv_metrics_col(&d->met, "val/rec_loss")];
+                if (!isfinite(rl)) { drv_nan_stop(d, "val/rec_loss", (float)rl); rc = 1; break; }
+                d->last_val = (float)score;
+                drv_progress_clear(d);
+                char lp[32] = "n/a";
+                double vl = vr.v[drv_metrics_col(&d->met, "val/lpips")];
+                if (vl == vl) drv_sfmt(lp, sizeof lp, "%.4f", vl);
+                printf("Validation at step %lld (epoch %lld): val/rec_loss %.5f  val/total_loss %.5f  PSNR %.2f dB  SSIM %.4f  LPIPS %s\n",
+                       (long long)d->global_step, (long long)d->epoch, rl, vr.v[drv_metrics_col(&d->met, "val/total_loss")],
+                       vr.v[drv_metrics_col(&d->met, "val/psnr")], vr.v[drv_metrics_col(&d->met, "val/ssim")], lp);
+                fflush(stdout);
+                char cp[DRV_PATH];
+                drv_join(cp, sizeof cp, d->logdir, "loss_curve.png");
+                if (drv_plot_curve(&d->met, cp)) { rc = 1; break; }
+                if (mc >= 0 && score == score) { pd.topk = 1; pd.score = score; pd.topk_epoch = d->epoch; }
+                else if (mc < 0 && !d->monitor_note) {
+                    drv_note("Note: monitor %s is not a logged metric; no top-k checkpoints", d->mc.monitor);
+                    d->monitor_note = 1;
+                }
+                pd.last = d->mc.save_last;
+            }
+        }
+
+        /* the batch is done: count it */
+        d->batches_this_run++;
+        d->batch_in_epoch++;
+        if (do_step) { d->global_step++; d->accumulated = 0; }
+        else d->accumulated++;
+        if (is_last) {
+            double *row = drv_metrics_new_row(&d->met);
+            if (!row) { rc = 1; drv_error("out of memory"); break; }
+            row[0] = (double)(d->global_step - 1); row[1] = (double)d->epoch;
+            row[drv_metrics_col(&d->met, "aeloss_epoch")] = d->ep_ae_sum / d->ep_n;
+            row[drv_metrics_col(&d->met, "discloss_epoch")] = d->ep_d_sum / d->ep_n;
+            if (drv_metrics_flush_row(&d->met)) { rc = 1; break; }
+            d->ep_ae_sum = d->ep_d_sum = d->ep_n = 0;
+            d->epoch++;
+            d->batch_in_epoch = 0;
+            if (d->n_train == nb_loader) { /* the loader says END once per epoch */
+                const ldm_data_batch *e;
+                if (ldm_data_loader_next(ctx, d->ld_train, &e) != LDM_DATA_END) { rc = 1; drv_error("train data: epoch longer than expected"); break; }
+            } else if (ldm_data_loader_seek(ctx, d->ld_train, drv_state(d->epoch, 0))) { rc = drv_fail_ctx(d, "train data"); break; }
+        }
+        if (do_step && d->mc.every_n_train_steps > 0 && d->global_step % d->mc.every_n_train_steps == 0) pd.last = 1;
+        if (do_step && d->trainstep_every > 0 && d->global_step % d->trainstep_every == 0) pd.trainstep = 1;
+        if (d->signal_at >= 0 && d->batches_this_run == d->signal_at) raise(SIGTERM);
+        if (drv_sig_save) { drv_sig_save = 0; pd.last = 1; drv_progress_clear(d); printf("Summoning checkpoint (SIGUSR1).\n"); }
+        if (drv_sig_stop) { pd.signal_stop = 1; drv_progress_clear(d); printf("Summoning checkpoint (%s).\n", drv_sig_stop == SIGINT ? "SIGINT" : "SIGTERM"); }
+        if (drv_save_pending(d, &pd)) { rc = 1; break; }
+        if (pd.signal_stop) break;
+    }
+    drv_progress_clear(d);
+    if (rc) return rc;
+    if (drv_sig_stop) {
+        printf("Interrupted at global step %lld; checkpoints/last holds the state (resume with -r %s).\n", (long long)d->global_step, d->logdir);
+        return 0;
+    }
+    /* training is over: the final state goes to checkpoints/last (so that -r and the test see it) */
+    drv_pending pd;
+    memset(&pd, 0, sizeof pd);
+    pd.last = 1;
+    if (drv_save_pending(d, &pd)) return 1;
+    double el = drv_now() - d->t_start;
+    char t[32];
+    drv_fmt_time(t, sizeof t, el);
+    printf("Training done: global step %lld, epoch %lld, %s. Checkpoints in %s\n", (long long)d->global_step, (long long)d->epoch, t, d->ckptdir);
+    if (d->met.rows) {
+        char cp[DRV_PATH];
+        drv_join(cp, sizeof cp, d->logdir, "loss_curve.png");
+        if (drv_plot_curve(&d->met, cp)) return 1;
+    }
+    return 0;
+}
+
+/* ---- help ---------------------------------------------------------------------------------------- */
+static void drv_help(void) {
+    printf("ldm - train and test a CompVis AutoencoderKL from a config (main.py semantics)\n\n"
+           "usage: ldm --base CFG [CFG ...] [-t] [-n NAME | -r LOGDIR|CHECKPOINT] [-s SEED] [-l LOGDIR] [-f POSTFIX]\n"
+           "           [--no-test] [--scale_lr BOOL] [--gpus IDS] [--<trainer key> VALUE] [key=value ...]\n\n"
+           "  -t trains then tests; without -t only the test runs (weights from model.params.ckpt_path or -r).\n"
+           "  -r LOGDIR resumes from LOGDIR/checkpoints/last with the configs saved in LOGDIR/configs.\n"
+           "  key=value overrides any config key (model.params.lossconfig.params.disc_start=1000).\n"
+           "  Environment: LDM_THREADS (threads), LDM_LPIPS_WEIGHTS (LPIPS weights, comma-separated files).\n\n"
+           "config keys (defaults in brackets):\n\n[top level]\n");
+    ldm_config_schema_print(stdout, drv_root_cfg_schema());
+    printf("\n[model]\n");
+    ldm_config_schema_print(stdout, drv_model_cfg_schema());
+    printf("\n[model.params]  (target ldm.models.autoencoder.AutoencoderKL)\n");
+    ldm_config_schema_print(stdout, drv_ae_cfg_schema());
+    printf("\n[model.params.ddconfig]\n");
+    ldm_config_schema_print(stdout, ldm_vae_ddconfig_schema());
+    printf("\n[model.params.lossconfig.params]  (target ldm.modules.losses.LPIPSWithDiscriminator)\n");
+    ldm_config_schema_print(stdout, drv_loss_schema);
+    printf("\n[data.params]  (target main.DataModuleFromConfig; datasets: see ldm_data.h)\n");
+    ldm_config_schema_print(stdout, ldm_data_module_params_schema());
+    printf("\n[lightning]\n");
+    ldm_config_schema_print(stdout, drv_lightning_cfg_schema());
+    printf("\n[lightning.trainer]\n");
+    ldm_config_schema_print(stdout, drv_trainer_cfg_schema());
+    printf("\n[lightning.modelcheckpoint.params]\n");
+    ldm_config_schema_print(stdout, drv_mckpt_cfg_schema());
+    printf("\n[lightning.callbacks.<name>.params]  (target main.ImageLogger)\n");
+    ldm_config_schema_print(stdout, drv_imlog_cfg_schema());
+    printf("\n[lightning.callbacks.<name>.params]  (target pytorch_lightning.callbacks.ModelCheckpoint: trainstep checkpoints)\n");
+    ldm_config_schema_print(stdout, drv_stepckpt_cfg_schema());
+    printf("\n(also accepted: main.LearningRateMonitor, main.CUDACallback)\n");
+}
+
+/* ---- main ---------------------------------------------------------------------------------------- */
+static int drv_run(drv *d) {
+    drv_opts *o = d->o;
+    drv_root_cfg root;
+    drv_model_cfg mcfg;
+    const ldm_config_node *ae_params;
+    if (drv_setup_paths(d) || drv_load_config(d) || drv_registries(d) || drv_read_config(d, &root, &mcfg, &ae_params)) return 1;
+    if (!d->resuming && drv_exists(d->logdir)) {
+        drv_error("logdir %s exists already (hint: another --name, or wait a second)", d->logdir);
+        return 1;
+    }
+
+    ldm_settings s;
+    memset(&s, 0, sizeof s);
+    s.seed = o->seed; /* seed_everything */
+    if (ldm_ctx_create(&d->ctx, &s)) { drv_error("context: %s", d->ctx ? ldm_ctx_error(d->ctx) : "out of memory"); return 1; }
+    ldm_ctx *ctx = d->ctx;
+    if (drv_build_model(d, ae_params)) return 1;
+
+    /* data */
+    if (root.data) {
+        if (ldm_data_module_from_config(d->cfg, d->reg_data, root.data, ctx, &d->dm)) {
+            if (ldm_ctx_status(ctx)) return drv_fail_ctx(d, "data");
+            return drv_fail_cfg(d);
+        }
+        printf("#### Data #####\n");
+        for (int sp = 0; sp < LDM_DATA_NSPLITS; sp++)
+            if (d->dm->dataset[sp])
+                printf("%s, %s, %lld\n", ldm_data_split_name((ldm_data_split)sp), ldm_dataset_name(d->dm->dataset[sp]),
+                       (long long)ldm_dataset_len(d->dm->dataset[sp]));
+    } else {
+        drv_error("the config has no data section (data: {target: main.DataModuleFromConfig, params: ...})");
+        return 1;
+    }
+
+    /* learning rate (main.py) */
+    d->accumulate = d->tc.accumulate_grad_batches;
+    int ngpu = 1, bs = d->dm->batch_size;
+    printf("accumulate_grad_batches = %d\n", d->accumulate);
+    if (o->scale_lr) {
+        d->lr = d->accumulate * ngpu * bs * d->base_lr;
+        printf("Setting learning rate to %.2e = %d (accumulate_grad_batches) * %d (num_gpus) * %d (batchsize) * %.2e (base_lr)\n",
+               d->lr, d->accumulate, ngpu, bs, d->base_lr);
+    } else {
+        d->lr = d->base_lr;
+        printf("++++ NOT USING LR SCALING ++++\nSetting learning rate to %.2e\n", d->lr);
+    }
+    /* configure_optimizers: Adam(betas 0.5, 0.9) for the autoencoder and for the discriminator */
+    ldm_nn_optim_config oc = ldm_nn_optim_defaults(LDM_OPTIM_ADAM, d->lr);
+    oc.beta1 = 0.5;
+    oc.beta2 = 0.9;
+    const char *ae_groups[4] = {"encoder", "decoder", "quant_conv", "post_quant_conv"}, *d_groups[1] = {"discriminator"};
+    if (ldm_nn_optim_create(ctx, &d->opt_ae, d->vae->P, &oc, 4, ae_groups) ||
+        ldm_nn_optim_create(ctx, &d->opt_d, d->L->P, &oc, 1, d_groups)) return drv_fail_ctx(d, "optimizers");
+
+    /* the checkpoint to start from */
+    char resume_model[DRV_PATH] = "";
+    if (d->resuming) drv_join(resume_model, sizeof resume_model, d->resume_ckpt, "model.safetensors");
+    if (drv_setup_lpips(d, resume_model[0] ? resume_model : NULL)) return 1;
+
+    /* logdir (SetupCallback) */
+    if (drv_mkdirs(d->ckptdir) || drv_mkdirs(d->cfgdir)) { drv_error("%s: cannot create (%s)", d->logdir, strerror(errno)); return 1; }
+    if (o->train) {
+        char p[DRV_PATH];
+        drv_sfmt(p, sizeof p, "%s/images/train", d->logdir); drv_mkdirs(p);
+        drv_sfmt(p, sizeof p, "%s/images/val", d->logdir); drv_mkdirs(p);
+    }
+    {
+        char p[DRV_PATH], name[96];
+        drv_sfmt(name, sizeof name, "%s-project.ini", d->now);
+        drv_join(p, sizeof p, d->cfgdir, name);
+        if (ldm_config_save(d->cfg, NULL, p)) return drv_fail_cfg(d);
+        printf("Project config saved to %s\n", p);
+    }
+    drv_metrics_init(&d->met);
+    drv_join(d->met.path, sizeof d->met.path, d->logdir, "metrics.csv");
+    if (d->resuming) {
+        if (drv_load_checkpoint(d, d->resume_ckpt, o->train)) return 1;
+        printf("Resumed from %s at global step %lld (epoch %lld, batch %lld)\n", d->resume_ckpt, (long long)d->global_step,
+               (long long)d->epoch, (long long)d->batch_in_epoch);
+    } else if (o->train && drv_metrics_rewrite(&d->met)) return 1;
+    if (!o->train && !d->resuming && !(d->ae.ckpt_path && d->ae.ckpt_path[0]))
+        drv_note("Note: testing an untrained model (no -t, no -r, no model.params.ckpt_path)");
+
+    if (o->train) {
+        if (!d->dm->dataset[LDM_DATA_TRAIN]) { drv_error("-t needs data.params.train"); return 1; }
+        if (ldm_data_module_loader(ctx, d->dm, LDM_DATA_TRAIN, o->seed, &d->ld_train)) return drv_fail_ctx(d, "train data");
+        int64_t nb = ldm_data_loader_batches(d->ld_train);
+        d->n_train = drv_limit_apply(&d->lim_train, nb);
+        if (d->n_train < 1) {
+            drv_error("lightning.trainer.limit_train_batches selects 0 of the %lld training batches (hint: an int counts batches, a "
+                      "float is a fraction)", (long long)nb);
+            return 1;
+        }
+        if (d->dm->dataset[LDM_DATA_VALIDATION]) {
+            if (ldm_data_module_loader(ctx, d->dm, LDM_DATA_VALIDATION, o->seed, &d->ld_val)) return drv_fail_ctx(d, "validation data");
+            d->n_val = drv_limit_apply(&d->lim_val, ldm_data_loader_batches(d->ld_val));
+        }
+        if (d->val_interval.is_frac) {
+            d->val_check_batch = (int64_t)((double)d->n_train * d->val_interval.frac);
+            if (d->val_check_batch < 1) d->val_check_batch = 1;
+        } else {
+            d->val_check_batch = d->val_interval.n;
+            if (d->val_check_batch > d->n_train) {
+                drv_error("lightning.trainer.val_check_interval = %lld is more than the %lld training batches of an epoch",
+                          (long long)d->val_check_batch, (long long)d->n_train);
+                return 1;
+            }
+        }
+        d->max_steps = d->tc.max_steps;
+        d->max_epochs = d->tc.max_epochs >= 0 ? d->tc.max_epochs : (d->max_steps < 0 ? 1000 : -1);
+        d->steps_per_epoch = (d->n_train + d->accumulate - 1) / d->accumulate;
+        d->total_steps = d->max_steps >= 0 ? d->max_steps : d->max_epochs * d->steps_per_epoch;
+        if (d->max_steps >= 0 && d->max_epochs >= 0 && d->max_epochs * d->steps_per_epoch < d->max_steps)
+            d->total_steps = d->max_epochs * d->steps_per_epoch;
+        if (d->ld_val && d->n_val > 0)
+            printf("Monitoring %s as checkpoint metric.\n", d->mc.monitor);
+        else
+            printf("No validation (no data.params.validation, or limit_val_batches = 0): no top-k checkpoints, only last.\n");
+        printf("Training %lld steps: %lld batches per epoch (%lld steps), batch size %d, %d threads. Logdir: %s\n",
+               (long long)d->total_steps, (long long)d->n_train, (long long)d->steps_per_epoch, bs, ldm_ctx_threads(ctx), d->logdir);
+        fflush(stdout);
+        drv_install_signals();
+        if (drv_fit(d)) return 1;
+        if (drv_sig_stop) return 0; /* main.py: no test after an interruption */
+    }
+    if (!o->no_test) return drv_test(d);
+    return 0;
+}
+
+static void drv_free(drv *d) {
+    if (d->ld_train) ldm_data_loader_destroy(d->ld_train);
+    if (d->ld_val) ldm_data_loader_destroy(d->ld_val);
+    if (d->dm) ldm_data_module_destroy(d->dm);
+    if (d->opt_ae) ldm_nn_optim_destroy(d->opt_ae);
+    if (d->opt_d) ldm_nn_optim_destroy(d->opt_d);
+    if (d->lp_own) ldm_lpips_destroy(d->lp_own);
+    if (d->L) ldm_lpips_loss_destroy(d->L);
+    if (d->vae) ldm_vae_destroy(d->vae);
+    if (d->ctx) ldm_ctx_destroy(d->ctx);
+    if (d->reg_model) ldm_config_registry_destroy(d->reg_model);
+    if (d->reg_loss) ldm_config_registry_destroy(d->reg_loss);
+    if (d->reg_data) ldm_config_registry_destroy(d->reg_data);
+    if (d->reg_cb) ldm_config_registry_destroy(d->reg_cb);
+    if (d->cfg) ldm_config_destroy(d->cfg);
+    drv_metrics_free(&d->met);
+}
+
+int main(int argc, char **argv) {
+    drv_opts o;
+    int rc = drv_parse_args(argc, argv, &o);
+    if (rc) return rc;
+    if (o.help) { drv_help(); return 0; }
+    drv *d = (drv *)calloc(1, sizeof *d);
+    if (!d) { drv_error("out of memory"); return 1; }
+    d->o = &o;
+    d->tty = isatty(fileno(stdout));
+    rc = drv_run(d);
+    drv_free(d);
+    free(d);
+    for (int i = 0; i < o.n_ovr; i++) free(o.ovr[i]);
+    return rc;
+}

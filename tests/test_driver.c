@@ -1,0 +1,382 @@
+/* test_driver.c - the ldm train/test driver (examples/main.c -> build/ldm), end to end.
+
+   A tiny AutoencoderKL on 16x16 crops of generated images, a few optimizer steps each run:
+   - an uninterrupted run: checkpoints, configs, metrics.csv, images, loss curve, test outputs;
+   - the same run stopped by SIGTERM in the middle of a gradient accumulation, then resumed
+     with -r: metrics.csv and the final weights equal the uninterrupted run's bit for bit;
+   - a run stopped by max_steps and resumed with a larger max_steps: the same;
+   - a kill -9 in the middle of a checkpoint write (and between the two renames) leaves the
+     previous checkpoint loadable, and the run resumes from it;
+   - a NaN/Inf loss stops training with a message and leaves checkpoints/last untouched;
+   - config errors name file:line (unknown key, wrong type, unknown target), --gpus without
+     CUDA, bad command lines;
+   - test-only runs (ckpt_path, -r) reproduce the test metrics of the trained model.
+   Runs from build/ (./ldm); everything it writes goes to a temporary directory. */
+#if !defined(_XOPEN_SOURCE)
+#define _XOPEN_SOURCE 700
+#endif
+#define LDM_IMPLEMENTATION
+#include "ldm_test.h"
+#include <dirent.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#endif
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#define STB_IMAGE_WRITE_STATIC
+#include "../third_party/stb_image_write.h"
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+
+static char T[512];     /* the temporary directory */
+static char CFG[600];   /* the tiny config */
+
+static char *slurp(const char *path, long *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = (char *)malloc((size_t)n + 1);
+    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) { free(b); b = NULL; }
+    fclose(f);
+    if (b) b[n] = 0;
+    if (len) *len = n;
+    return b;
+}
+static int same_file(const char *a, const char *b) {
+    long na, nb;
+    char *x = slurp(a, &na), *y = slurp(b, &nb);
+    int same = x && y && na == nb && !memcmp(x, y, (size_t)na);
+    free(x); free(y);
+    return same;
+}
+static int file_has(const char *path, const char *needle) {
+    char *s = slurp(path, NULL);
+    int r = s && strstr(s, needle) != NULL;
+    free(s);
+    return r;
+}
+static int exists(const char *p) { struct stat st; return stat(p, &st) == 0; }
+static void writef(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    if (f) { fputs(text, f); fclose(f); }
+}
+
+/* Runs "env ./ldm args" with stdout/stderr to T/<tag>.out/.err; returns the exit status, or
+   128 + the signal that killed it. */
+static int ldm(const char *tag, const char *env, const char *args) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s ./ldm %s > %s/%s.out 2> %s/%s.err", env ? env : "", args, T, tag, T, tag);
+    int st = system(cmd);
+    if (st == -1) return -1;
+    if (WIFEXITED(st)) {
+        int rc = WEXITSTATUS(st);
+        /* the shell reports a child killed by a signal as 128 + signal */
+        return rc;
+    }
+    return 128 + WTERMSIG(st);
+}
+static void out_path(char *buf, size_t n, const char *tag, const char *ext) { snprintf(buf, n, "%s/%s.%s", T, tag, ext); }
+static int out_has(const char *tag, const char *ext, const char *needle) {
+    char p[700];
+    out_path(p, sizeof p, tag, ext);
+    return file_has(p, needle);
+}
+static void show(const char *tag) {
+    char p[700];
+    out_path(p, sizeof p, tag, "err");
+    char *s = slurp(p, NULL);
+    if (s && *s) printf("  [%s stderr] %.2000s\n", tag, s);
+    free(s);
+}
+
+/* The logdir <T>/logs/<timestamp>_<name>. */
+static int logdir_of(const char *name, char *out, size_t n) {
+    char root[600], suffix[128];
+    snprintf(root, sizeof root, "%s/logs", T);
+    snprintf(suffix, sizeof suffix, "_%s", name);
+    DIR *d = opendir(root);
+    if (!d) return 0;
+    struct dirent *e;
+    int found = 0;
+    while ((e = readdir(d)) != NULL) {
+        size_t l = strlen(e->d_name), s = strlen(suffix);
+        if (l > s && !strcmp(e->d_name + l - s, suffix)) { snprintf(out, n, "%s/%s", root, e->d_name); found = 1; }
+    }
+    closedir(d);
+    return found;
+}
+
+/* Smooth colour images with some structure (so an autoencoder has something to learn). */
+static void make_images(const char *dir, int count, int size) {
+    char p[1200];
+    unsigned char *px = (unsigned char *)malloc((size_t)size * size * 3);
+    for (int k = 0; k < count; k++) {
+        for (int y = 0; y < size; y++)
+            for (int x = 0; x < size; x++)
+                for (int c = 0; c < 3; c++) {
+                    double v = 0.5 + 0.35 * sin(0.11 * (k + 1) * x + 0.07 * (c + 1) * y + k) + 0.15 * cos(0.3 * (x - y) * (c + 1) / (k + 2.0));
+                    px[((size_t)y * size + x) * 3 + c] = (unsigned char)(v < 0 ? 0 : v > 1 ? 255 : v * 255);
+                }
+        if (snprintf(p, sizeof p, "%s/img_%02d.png", dir, k) >= (int)sizeof p) break;
+        stbi_write_png(p, size, size, 3, px, size * 3);
+    }
+    free(px);
+}
+
+static const char *tiny_cfg =
+    "# tiny AutoencoderKL for test_driver.c\n"
+    "[model]\nbase_learning_rate = 1.0e-4\ntarget = ldm.models.autoencoder.AutoencoderKL\n"
+    "[model.params]\nembed_dim = 2\n"
+    "[model.params.ddconfig]\ndouble_z = true\nz_channels = 2\nresolution = 16\nin_channels = 3\nout_ch = 3\nch = 32\n"
+    "ch_mult = 1, 2\nnum_res_blocks = 1\nattn_resolutions = []\ndropout = 0.0\n"
+    "[model.params.lossconfig]\ntarget = LPIPSWithDiscriminator\n"
+    "[model.params.lossconfig.params]\ndisc_start = 3\nkl_weight = 1.0e-6\ndisc_weight = 0.5\nperceptual_weight = 0.0\n"
+    "disc_num_layers = 2\n"
+    "[data]\ntarget = main.DataModuleFromConfig\n"
+    "[data.params]\nbatch_size = 2\nnum_workers = 2\n"
+    "[data.params.train]\ntarget = ldm.data.folder.ImageFolder\n"
+    "[data.params.train.params]\nroot = \"%s/img\"\nsize = 16\nrandom_crop = true\nflip_p = 0.5\n"
+    "[data.params.validation]\ntarget = ldm.data.folder.ImageFolder\n"
+    "[data.params.validation.params]\nroot = \"%s/img\"\nsize = 16\nmax_items = 4\n"
+    "[lightning.trainer]\nmax_steps = 6\naccumulate_grad_batches = 2\nlog_every_n_steps = 1\nval_check_interval = 2\n"
+    "num_sanity_val_steps = 1\n"
+    "[lightning.callbacks.image_logger]\ntarget = main.ImageLogger\n"
+    "[lightning.callbacks.image_logger.params]\nbatch_frequency = 2\nmax_images = 2\n"
+    "[lightning.modelcheckpoint.params]\nsave_top_k = 2\n";
+
+static void check_file(const char *dir, const char *rel, const char *name) {
+    char p[1200];
+    snprintf(p, sizeof p, "%s/%s", dir, rel);
+    lt_report(exists(p), name, "%s is missing", p);
+}
+
+static int count_topk(const char *ckdir) {
+    DIR *d = opendir(ckdir);
+    int n = 0;
+    struct dirent *e;
+    if (!d) return -1;
+    while ((e = readdir(d)) != NULL) n += !strncmp(e->d_name, "epoch=", 6);
+    closedir(d);
+    return n;
+}
+
+int main(void) {
+    snprintf(T, sizeof T, "/tmp/ldm_test_driver_XXXXXX");
+    if (!mkdtemp(T)) { printf("FAIL mkdtemp\n"); return 1; }
+    if (!exists("./ldm")) { printf("FAIL ./ldm is not built (run ./build.sh)\n"); return 1; }
+    char p[1200], q[1200], args[3000], U[800], I[800], S[800];
+    snprintf(p, sizeof p, "%s/img", T);
+    mkdir(p, 0777);
+    make_images(p, 8, 24);
+    char cfgtext[4096];
+    snprintf(cfgtext, sizeof cfgtext, tiny_cfg, T, T);
+    snprintf(CFG, sizeof CFG, "%s/tiny.ini", T);
+    writef(CFG, cfgtext);
+
+    /* ---- the uninterrupted run ---- */
+    snprintf(args, sizeof args, "--base %s -t --name U -l %s/logs", CFG, T);
+    int rc = ldm("U", NULL, args);
+    lt_report(rc == 0, "train: uninterrupted run exits 0", "exit %d", rc);
+    if (rc) show("U");
+    LT_CHECK(logdir_of("U", U, sizeof U), "train: logdir logs/<timestamp>_U");
+    LT_CHECK(out_has("U", "out", "Setting learning rate to 4.00e-04 = 2 (accumulate_grad_batches) * 1 (num_gpus) * 2 (batchsize) * 1.00e-04 (base_lr)"),
+             "train: lr scaling printed like main.py");
+    check_file(U, "checkpoints/last/model.safetensors", "train: checkpoints/last/model.safetensors");
+    check_file(U, "checkpoints/last/optimizer_0.safetensors", "train: checkpoints/last/optimizer_0.safetensors");
+    check_file(U, "checkpoints/last/optimizer_1.safetensors", "train: checkpoints/last/optimizer_1.safetensors");
+    check_file(U, "checkpoints/last/state.ini", "train: checkpoints/last/state.ini");
+    check_file(U, "metrics.csv", "train: metrics.csv");
+    check_file(U, "loss_curve.png", "train: loss_curve.png");
+    check_file(U, "images/train/reconstructions_gs-000001_e-000000_b-000002.png", "train: ImageLogger grid at step 1");
+    check_file(U, "images/train/samples_gs-000002_e-000001_b-000001.png", "train: ImageLogger samples at step 2");
+    check_file(U, "test_summary.txt", "test: test_summary.txt");
+    check_file(U, "test_metrics.csv", "test: test_metrics.csv");
+    check_file(U, "images/test/000000_reconstructions.png", "test: reconstruction PNG");
+    snprintf(p, sizeof p, "%s/checkpoints/last/state.ini", U);
+    LT_CHECK(file_has(p, "global_step = 6\n"), "train: last checkpoint at global step 6");
+    snprintf(p, sizeof p, "%s/checkpoints", U);
+    int ntop = count_topk(p);
+    lt_report(ntop == 2, "train: save_top_k = 2 keeps two epoch=...-step=... checkpoints", "found %d", ntop);
+    snprintf(p, sizeof p, "%s/metrics.csv", U);
+    LT_CHECK(file_has(p, "step,epoch,lr,aeloss_step,discloss_step,train/total_loss"), "train: metrics.csv header");
+    {
+        /* the weights: CompVis names, loss included */
+        ldm_ctx *ctx;
+        ldm_weights *w = NULL;
+        ldm_ctx_create(&ctx, NULL);
+        snprintf(p, sizeof p, "%s/checkpoints/last/model.safetensors", U);
+        int ok = ldm_weights_open(ctx, &w, p) == 0;
+        LT_CHECK(ok && ldm_weights_find(w, "encoder.conv_in.weight") >= 0 && ldm_weights_find(w, "decoder.conv_out.weight") >= 0 &&
+                     ldm_weights_find(w, "quant_conv.weight") >= 0 && ldm_weights_find(w, "post_quant_conv.bias") >= 0,
+                 "checkpoint: autoencoder tensors under CompVis names");
+        LT_CHECK(ok && ldm_weights_find(w, "loss.logvar") >= 0 && ldm_weights_find(w, "loss.discriminator.main.0.weight") >= 0 &&
+                     ldm_weights_find(w, "loss.discriminator.main.3.running_var") >= 0,
+                 "checkpoint: loss.logvar and loss.discriminator.* (BatchNorm buffers too)");
+        if (w) ldm_weights_close(w);
+        ldm_ctx_destroy(ctx);
+    }
+    snprintf(p, sizeof p, "%s/configs", U);
+    {
+        DIR *d = opendir(p);
+        int n = 0;
+        struct dirent *e;
+        while (d && (e = readdir(d)) != NULL) n += strstr(e->d_name, "-project.ini") != NULL;
+        if (d) closedir(d);
+        LT_CHECK(n == 1, "train: configs/<timestamp>-project.ini");
+    }
+
+    /* ---- stopped by SIGTERM after 5 batches (mid-accumulation), then resumed ---- */
+    snprintf(args, sizeof args, "--base %s -t --name I -l %s/logs", CFG, T);
+    rc = ldm("I1", "LDM_TEST_SIGNAL_AT_BATCH=5", args);
+    lt_report(rc == 0, "signal: SIGTERM writes last and exits 0", "exit %d", rc);
+    if (rc) show("I1");
+    LT_CHECK(logdir_of("I", I, sizeof I), "signal: logdir");
+    LT_CHECK(out_has("I1", "out", "Summoning checkpoint (SIGTERM)"), "signal: says it saves");
+    check_file(I, "checkpoints/last/grads.safetensors", "signal: mid-accumulation checkpoint keeps the gradients");
+    snprintf(p, sizeof p, "%s/checkpoints/last/state.ini", I);
+    LT_CHECK(file_has(p, "accumulated = 1\n") && file_has(p, "global_step = 2\n"), "signal: state at batch 5 (2 steps + 1 accumulated)");
+    LT_CHECK(!exists(strcat(strcpy(q, I), "/test_summary.txt")), "signal: no test after an interruption");
+    snprintf(args, sizeof args, "-r %s -t", I);
+    rc = ldm("I2", NULL, args);
+    lt_report(rc == 0, "resume: -r logdir exits 0", "exit %d", rc);
+    if (rc) show("I2");
+    LT_CHECK(out_has("I2", "out", "Resumed from") && out_has("I2", "out", "global step 2 (epoch 1, batch 1)"), "resume: from step 2, epoch 1, batch 1");
+    snprintf(p, sizeof p, "%s/metrics.csv", U);
+    snprintf(q, sizeof q, "%s/metrics.csv", I);
+    LT_CHECK(same_file(p, q), "resume: metrics.csv (every loss, every step) equals the uninterrupted run's bit for bit");
+    snprintf(p, sizeof p, "%s/checkpoints/last/model.safetensors", U);
+    snprintf(q, sizeof q, "%s/checkpoints/last/model.safetensors", I);
+    LT_CHECK(same_file(p, q), "resume: final weights equal the uninterrupted run's");
+    snprintf(p, sizeof p, "%s/checkpoints/last/optimizer_0.safetensors", U);
+    snprintf(q, sizeof q, "%s/checkpoints/last/optimizer_0.safetensors", I);
+    LT_CHECK(same_file(p, q), "resume: final Adam moments equal");
+    snprintf(p, sizeof p, "%s/test_summary.txt", U);
+    snprintf(q, sizeof q, "%s/test_summary.txt", I);
+    LT_CHECK(same_file(p, q), "resume: test summary equals");
+
+    /* ---- stopped by max_steps, resumed with an override ---- */
+    snprintf(args, sizeof args, "--base %s -t --no-test --name S -l %s/logs lightning.trainer.max_steps=3", CFG, T);
+    rc = ldm("S1", NULL, args);
+    lt_report(rc == 0 && logdir_of("S", S, sizeof S), "resume: run stopped at max_steps 3", "exit %d", rc);
+    snprintf(args, sizeof args, "-r %s -t --no-test lightning.trainer.max_steps=6", S);
+    rc = ldm("S2", NULL, args);
+    lt_report(rc == 0, "resume: continued to max_steps 6", "exit %d", rc);
+    if (rc) show("S2");
+    snprintf(p, sizeof p, "%s/metrics.csv", U);
+    snprintf(q, sizeof q, "%s/metrics.csv", S);
+    LT_CHECK(same_file(p, q), "resume: max_steps 3 + resume to 6 equals the uninterrupted metrics.csv");
+
+    /* ---- kill -9 in the middle of a checkpoint write ---- */
+    char K[900], keep[1200];
+    snprintf(K, sizeof K, "%s/logs/K_copy", T);
+    snprintf(args, sizeof args, "cp -a %s %s", U, K);
+    LT_CHECK(system(args) == 0, "crash: copy of a finished run");
+    snprintf(p, sizeof p, "%s/checkpoints/last/model.safetensors", K);
+    snprintf(keep, sizeof keep, "%s/model_before.safetensors", T);
+    snprintf(args, sizeof args, "cp %s %s", p, keep);
+    (void)!system(args);
+    snprintf(args, sizeof args, "-r %s -t --no-test lightning.trainer.max_steps=8", K);
+    rc = ldm("K1", "LDM_TEST_CRASH_IN_CHECKPOINT=1", args);
+    lt_report(rc == 128 + 9 || rc == 137, "crash: killed (SIGKILL) while writing", "exit %d", rc);
+    LT_CHECK(same_file(p, keep), "crash: checkpoints/last is the previous, complete one");
+    snprintf(q, sizeof q, "%s/checkpoints/last/state.ini", K);
+    LT_CHECK(file_has(q, "global_step = 6\n"), "crash: its state says step 6");
+    rc = ldm("K2", "LDM_TEST_CRASH_IN_CHECKPOINT=2", args);
+    lt_report(rc == 128 + 9 || rc == 137, "crash: killed between moving the old checkpoint aside and the new in", "exit %d", rc);
+    snprintf(q, sizeof q, "%s/checkpoints/last.old/model.safetensors", K);
+    LT_CHECK(same_file(q, keep), "crash: the previous checkpoint survives as last.old");
+    rc = ldm("K3", NULL, args);
+    lt_report(rc == 0, "crash: -r resumes from what survived and finishes", "exit %d", rc);
+    if (rc) show("K3");
+    LT_CHECK(out_has("K3", "out", "resuming from") && out_has("K3", "out", "global step 6"), "crash: resumed from last.old at step 6");
+    snprintf(q, sizeof q, "%s/checkpoints/last/state.ini", K);
+    LT_CHECK(file_has(q, "global_step = 8\n"), "crash: the resumed run wrote step 8");
+    snprintf(q, sizeof q, "%s/checkpoints/last.old", K);
+    LT_CHECK(!exists(q), "crash: last.old removed once the new last is in place");
+
+    /* ---- NaN/Inf loss ---- */
+    snprintf(p, sizeof p, "%s/checkpoints/last/model.safetensors", K);
+    snprintf(args, sizeof args, "cp %s %s", p, keep);
+    (void)!system(args);
+    snprintf(args, sizeof args, "-r %s -t lightning.trainer.max_steps=20 model.base_learning_rate=1e30", K);
+    rc = ldm("N", NULL, args);
+    lt_report(rc == 1, "nan: a diverging run exits 1", "exit %d", rc);
+    LT_CHECK(out_has("N", "err", "training stopped") && (out_has("N", "err", "is NaN") || out_has("N", "err", "is Inf")),
+             "nan: the message says which loss and that training stopped");
+    LT_CHECK(same_file(p, keep), "nan: checkpoints/last keeps the last good state");
+
+    /* ---- test only ---- */
+    snprintf(args, sizeof args, "--base %s --name T -l %s/logs model.params.ckpt_path=%s/checkpoints/last/model.safetensors", CFG, T, U);
+    rc = ldm("T", NULL, args);
+    lt_report(rc == 0, "test-only: ckpt_path run exits 0", "exit %d", rc);
+    if (rc) show("T");
+    {
+        char tdir[800];
+        if (logdir_of("T", tdir, sizeof tdir)) {
+            char *a, *b;
+            snprintf(p, sizeof p, "%s/test_summary.txt", tdir);
+            snprintf(q, sizeof q, "%s/test_summary.txt", U);
+            a = slurp(p, NULL);
+            b = slurp(q, NULL);
+            /* same weights, posterior mode: the same numbers (global_step differs: 0 vs 6) */
+            char *pa = a ? strstr(a, "psnr = ") : NULL, *pb = b ? strstr(b, "psnr = ") : NULL;
+            LT_CHECK(pa && pb && !strncmp(pa, pb, strcspn(pb, "\n") + 1) && strstr(a, "ssim = ") &&
+                         !strncmp(strstr(a, "ssim = "), strstr(b, "ssim = "), 20),
+                     "test-only: ckpt_path reproduces the trained model's PSNR and SSIM");
+            free(a); free(b);
+        } else LT_CHECK(0, "test-only: logdir");
+    }
+    snprintf(args, sizeof args, "-r %s", U);
+    rc = ldm("R", NULL, args);
+    lt_report(rc == 0 && out_has("R", "out", "test: "), "test-only: -r logdir without -t tests", "exit %d", rc);
+
+    /* ---- config and command-line errors ---- */
+    struct { const char *file, *text, *want1, *want2, *name; } bad[] = {
+        {"bad_key.ini", "[lightning.trainer]\nmax_stepz = 5\n", "bad_key.ini:2", "max_stepz", "errors: unknown key names file:line"},
+        {"bad_type.ini", "[lightning.trainer]\n\nmax_steps = \"ten\"\n", "bad_type.ini:3", "max_steps", "errors: wrong type names file:line"},
+        {"bad_target.ini", "[model]\ntarget = ldm.models.autoencoder.AutoencoderKLX\n", "bad_target.ini:2",
+         "ldm.models.autoencoder.AutoencoderKL", "errors: unknown model target names file:line and the known targets"},
+        {"bad_loss.ini", "[model.params.lossconfig]\ntarget = VQLPIPSWithDiscriminator\n", "bad_loss.ini:2", "LPIPSWithDiscriminator",
+         "errors: unknown loss target"},
+        {"bad_cb.ini", "[lightning.callbacks.x]\ntarget = main.SomeCallback\n", "bad_cb.ini:2", "main.ImageLogger", "errors: unknown callback target"},
+        {"bad_limit.ini", "[lightning.trainer]\nlimit_train_batches = \"all\"\n", "bad_limit.ini:2", "int (batches) or a float",
+         "errors: limit_train_batches type"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(p, sizeof p, "%s/%s", T, bad[i].file);
+        writef(p, bad[i].text);
+        snprintf(args, sizeof args, "--base %s %s -t --name E -l %s/logs", CFG, p, T);
+        rc = ldm("E", NULL, args);
+        int ok = rc == 1 && out_has("E", "err", bad[i].want1) && out_has("E", "err", bad[i].want2);
+        lt_report(ok, bad[i].name, "exit %d", rc);
+        if (!ok) show("E");
+    }
+    snprintf(args, sizeof args, "--base %s -t --name E -l %s/logs model.params.embed_dim=four", CFG, T);
+    rc = ldm("E", NULL, args);
+    lt_report(rc == 1 && out_has("E", "err", "<command line>:1"), "errors: a bad override names <command line>:N", "exit %d", rc);
+    snprintf(args, sizeof args, "--base %s -t --name E -l %s/logs --gpus 0,", CFG, T);
+    rc = ldm("E", NULL, args);
+    lt_report(rc == 1 && out_has("E", "err", "CUDA"), "errors: --gpus without a CUDA build is a clear error", "exit %d", rc);
+    snprintf(args, sizeof args, "--base %s -t --name E -r %s", CFG, U);
+    rc = ldm("E", NULL, args);
+    lt_report(rc == 2, "errors: -n with -r is a usage error", "exit %d", rc);
+    rc = ldm("E", NULL, "--base");
+    lt_report(rc == 2, "errors: no config is a usage error", "exit %d", rc);
+    snprintf(args, sizeof args, "--base %s/nonexistent.ini -t", T);
+    rc = ldm("E", NULL, args);
+    lt_report(rc == 1 && out_has("E", "err", "nonexistent.ini"), "errors: a missing config file is named", "exit %d", rc);
+
+    snprintf(args, sizeof args, "rm -rf %s", T);
+    if (!lt_failed) (void)!system(args);
+    else printf("outputs kept in %s\n", T);
+    return lt_finish("test_driver");
+}
