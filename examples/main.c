@@ -41,7 +41,8 @@
 
    Test hooks (environment): LDM_TEST_CRASH_IN_CHECKPOINT=1 kills the process (SIGKILL) in the
    middle of writing a checkpoint, =2 between moving the old one aside and moving the new one
-   into place; LDM_TEST_SIGNAL_AT_BATCH=N raises SIGTERM after N training batches of this run. */
+   into place; LDM_TEST_SIGNAL_AT_BATCH=N[:INT|TERM|USR1] raises that signal (SIGTERM by default)
+   after N training batches of this run. */
 #if !defined(_XOPEN_SOURCE)
 #define _XOPEN_SOURCE 700
 #endif
@@ -384,7 +385,6 @@ static int drv_parse_args(int argc, char **argv, drv_opts *o) {
     X(save_top_k, INT, "3", "keep the k best checkpoints (-1: all, 0: none)")                   \
     X(every_n_train_steps, I64, "0", "also write checkpoints/last every n optimizer steps (0: off)") \
     X(save_last, BOOL, "true", "write checkpoints/last at every checkpoint event")              \
-    X(save_weights_only, BOOL, "false", "accepted for ModelCheckpoint callbacks (trainstep checkpoints)") \
     X(verbose, BOOL, "true", "print a line per saved checkpoint")
 #define DRV_STEPCKPT_KEYS(X)                                                                     \
     X(every_n_train_steps, I64, "10000", "write checkpoints/trainstep_checkpoints/epoch=E-step=S every n steps") \
@@ -862,8 +862,9 @@ typedef struct drv {
     double t_start, rate;              /* steps per second (smoothed) */
     int64_t rate_steps;
     double rate_t;
-    float last_ae, last_d, last_val;
+    float last_ae, last_d, last_val, last_rec;
     int64_t batches_this_run, signal_at;
+    uint64_t data_seed;                /* the loaders' seed: --seed, or the resumed run's */
     int lpips_note_done, monitor_note;
     ldm_config_strs lpips_path;
 } drv;
@@ -1386,7 +1387,7 @@ static int drv_write_state(drv *d, const char *path) {
                "epoch_aeloss_sum = %.17g\nepoch_discloss_sum = %.17g\nepoch_samples = %.17g\n"
                "[image_logger]\nlog_steps_popped = %d\n[checkpoint]\nmonitor = \"%s\"\n",
             (long long)d->global_step, (long long)d->epoch, (long long)d->batch_in_epoch, (long long)d->accumulated,
-            (long long)d->met.rows, (unsigned long long)d->o->seed, (unsigned long long)rng->seed, (unsigned long long)rng->offset,
+            (long long)d->met.rows, (unsigned long long)d->data_seed, (unsigned long long)rng->seed, (unsigned long long)rng->offset,
             d->ep_ae_sum, d->ep_d_sum, d->ep_n, d->imlog.popped, d->mc.monitor);
     fprintf(f, "topk_names = [");
     for (int i = 0; i < d->n_topk; i++) fprintf(f, "%s\"%s\"", i ? ", " : "", d->topk[i].name);
@@ -1478,9 +1479,19 @@ static int drv_load_checkpoint(drv *d, const char *dir, int with_state) {
     lo.rename = drv_rename_vae;
     if (ldm_nn_load(ctx, d->vae->P, p, &lo)) return drv_fail_ctx(d, "resume");
     if (ldm_lpips_loss_load(ctx, d->L, p, "loss.")) return drv_fail_ctx(d, "resume");
-    if (!with_state) return 0;
     char st[DRV_PATH];
     drv_join(st, sizeof st, dir, drv_ckpt_files[4]);
+    if (!with_state) { /* weights only; the step and epoch are for the test report */
+        ldm_config *sc;
+        if (drv_is_file(st) && !ldm_config_create(&sc)) {
+            if (!ldm_config_load(sc, st)) {
+                ldm_config_get_i64(sc, NULL, "trainer.global_step", 0, &d->global_step);
+                ldm_config_get_i64(sc, NULL, "trainer.epoch", 0, &d->epoch);
+            }
+            ldm_config_destroy(sc);
+        }
+        return 0;
+    }
     if (!drv_is_file(st)) {
         drv_error("%s: weights only (no state.ini), so training cannot resume from it (hint: use model.params.ckpt_path=%s to "
                   "start a new run from these weights)", dir, p);
@@ -1525,8 +1536,9 @@ static int drv_load_checkpoint(drv *d, const char *dir, int with_state) {
         ldm_rng *rng = ldm_ctx_rng(ctx);
         rng->seed = strtoull(s_rs, NULL, 10);
         rng->offset = strtoull(s_ro, NULL, 10);
-        if (strtoull(s_seed, NULL, 10) != d->o->seed)
-            drv_note("Note: this run's seed is %llu, the checkpoint's %s; the RNG state comes from the checkpoint",
+        d->data_seed = strtoull(s_seed, NULL, 10);
+        if (d->data_seed != d->o->seed)
+            drv_note("Note: --seed %llu is ignored: the resumed run keeps its seed (%s) and RNG state",
                      (unsigned long long)d->o->seed, s_seed);
         if (strcmp(mon, d->mc.monitor)) d->n_topk = 0; /* another metric: start a fresh top-k */
         else {
@@ -1652,12 +1664,12 @@ static void drv_progress(drv *d, int force_line) {
         char bar[32];
         for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
         bar[width] = 0;
-        printf("\rEpoch %lld: %lld/%lld [%s] %.2f it/s ETA %s aeloss %.4f discloss %.4f%s\033[K", (long long)d->epoch,
-               (long long)d->global_step, (long long)d->total_steps, bar, d->rate, eta, d->last_ae, d->last_d, val);
+        printf("\rEpoch %lld: %lld/%lld [%s] %.2f it/s ETA %s aeloss %.1f rec_loss %.4f discloss %.4f%s\033[K", (long long)d->epoch,
+               (long long)d->global_step, (long long)d->total_steps, bar, d->rate, eta, d->last_ae, d->last_rec, d->last_d, val);
         fflush(stdout);
     } else if (force_line) {
-        printf("epoch %lld step %lld/%lld  %.2f it/s  ETA %s  aeloss %.5f  discloss %.5f%s\n", (long long)d->epoch,
-               (long long)d->global_step, (long long)d->total_steps, d->rate, eta, d->last_ae, d->last_d, val);
+        printf("epoch %lld step %lld/%lld  %.2f it/s  ETA %s  aeloss %.2f  rec_loss %.5f  discloss %.5f%s\n", (long long)d->epoch,
+               (long long)d->global_step, (long long)d->total_steps, d->rate, eta, d->last_ae, d->last_rec, d->last_d, val);
         fflush(stdout);
     }
 }
@@ -1800,7 +1812,7 @@ static int drv_test(drv *d) {
         split = LDM_DATA_VALIDATION;
     }
     ldm_data_loader *ld;
-    if (ldm_data_module_loader(ctx, d->dm, split, d->o->seed, &ld)) return drv_fail_ctx(d, "test data");
+    if (ldm_data_module_loader(ctx, d->dm, split, d->data_seed, &ld)) return drv_fail_ctx(d, "test data");
     int64_t nb = drv_limit_apply(&d->lim_test, ldm_data_loader_batches(ld));
     char dir[DRV_PATH], path[DRV_PATH];
     drv_sfmt(dir, sizeof dir, "%s/images/test", d->logdir);
@@ -1968,7 +1980,12 @@ static int drv_fit(drv *d) {
     }
     if (ldm_data_loader_seek(ctx, d->ld_train, drv_state(d->epoch, d->batch_in_epoch))) return drv_fail_ctx(d, "train data");
     const char *sig_env = getenv("LDM_TEST_SIGNAL_AT_BATCH");
+    int sig_num = SIGTERM;
     d->signal_at = sig_env ? atoll(sig_env) : -1;
+    if (sig_env && strchr(sig_env, ':')) {
+        const char *nm = strchr(sig_env, ':') + 1;
+        sig_num = !strcmp(nm, "INT") ? SIGINT : !strcmp(nm, "USR1") ? SIGUSR1 : SIGTERM;
+    }
 
     for (;;) {
         if (d->max_steps >= 0 && d->global_step >= d->max_steps) break;
@@ -1984,12 +2001,17 @@ static int drv_fit(drv *d) {
         float ae = 0, dl = 0;
         if (drv_train_batch(d, b, do_step, &l0, &l1, &ae, &dl)) { rc = 1; break; }
         d->last_ae = ae; d->last_d = dl;
+        {
+            const float *rl = ldm_loss_log_get(&l0, "train/rec_loss");
+            d->last_rec = rl ? *rl : NAN;
+        }
         int B = b->size;
         d->ep_ae_sum += (double)ae * B;
         d->ep_d_sum += (double)dl * B;
         d->ep_n += B;
         drv_pending pd;
         memset(&pd, 0, sizeof pd);
+        int log_line = 0;
 
         /* on_train_batch_end: ImageLogger (global_step not yet counted for this batch) */
         if (d->have_imlog && (d->global_step > 0 || d->imlog.c.log_first_step) && drv_log_images(d, b, "train", bi)) { rc = 1; break; }
@@ -2001,8 +2023,8 @@ static int drv_fit(drv *d) {
             drv_log_into(&d->met, row, &l0);
             drv_log_into(&d->met, row, &l1);
             if (drv_metrics_flush_row(&d->met)) { rc = 1; break; }
-            drv_progress(d, 1);
-        } else drv_progress(d, 0);
+            log_line = 1;
+        }
 
         /* validation (Lightning: in on_advance_end, before the global step is counted) */
         int val_epoch = (d->epoch + 1) % d->tc.check_val_every_n_epoch == 0;
@@ -2024,8 +2046,8 @@ static int drv_fit(drv *d) {
                 char lp[32] = "n/a";
                 double vl = vr.v[drv_metrics_col(&d->met, "val/lpips")];
                 if (vl == vl) drv_sfmt(lp, sizeof lp, "%.4f", vl);
-                printf("Validation at step %lld (epoch %lld): val/rec_loss %.5f  val/total_loss %.5f  PSNR %.2f dB  SSIM %.4f  LPIPS %s\n",
-                       (long long)d->global_step, (long long)d->epoch, rl, vr.v[drv_metrics_col(&d->met, "val/total_loss")],
+                printf("Validation (epoch %lld, step %lld): val/rec_loss %.5f  val/total_loss %.5f  PSNR %.2f dB  SSIM %.4f  LPIPS %s\n",
+                       (long long)d->epoch, (long long)d->global_step + do_step, rl, vr.v[drv_metrics_col(&d->met, "val/total_loss")],
                        vr.v[drv_metrics_col(&d->met, "val/psnr")], vr.v[drv_metrics_col(&d->met, "val/ssim")], lp);
                 fflush(stdout);
                 char cp[DRV_PATH];
@@ -2045,6 +2067,7 @@ static int drv_fit(drv *d) {
         d->batch_in_epoch++;
         if (do_step) { d->global_step++; d->accumulated = 0; }
         else d->accumulated++;
+        drv_progress(d, log_line);
         if (is_last) {
             double *row = drv_metrics_new_row(&d->met);
             if (!row) { rc = 1; drv_error("out of memory"); break; }
@@ -2062,7 +2085,7 @@ static int drv_fit(drv *d) {
         }
         if (do_step && d->mc.every_n_train_steps > 0 && d->global_step % d->mc.every_n_train_steps == 0) pd.last = 1;
         if (do_step && d->trainstep_every > 0 && d->global_step % d->trainstep_every == 0) pd.trainstep = 1;
-        if (d->signal_at >= 0 && d->batches_this_run == d->signal_at) raise(SIGTERM);
+        if (d->signal_at >= 0 && d->batches_this_run == d->signal_at) raise(sig_num);
         if (drv_sig_save) { drv_sig_save = 0; pd.last = 1; drv_progress_clear(d); printf("Summoning checkpoint (SIGUSR1).\n"); }
         if (drv_sig_stop) { pd.signal_stop = 1; drv_progress_clear(d); printf("Summoning checkpoint (%s).\n", drv_sig_stop == SIGINT ? "SIGINT" : "SIGTERM"); }
         if (drv_save_pending(d, &pd)) { rc = 1; break; }
@@ -2100,7 +2123,7 @@ static void drv_help(void) {
            "  -r LOGDIR resumes from LOGDIR/checkpoints/last with the configs saved in LOGDIR/configs.\n"
            "  key=value overrides any config key (model.params.lossconfig.params.disc_start=1000).\n"
            "  Environment: LDM_THREADS (threads), LDM_LPIPS_WEIGHTS (LPIPS weights, comma-separated files).\n\n"
-           "config keys (defaults in brackets):\n\n[top level]\n");
+           "config keys (name, kind, default, meaning):\n\n[top level]\n");
     ldm_config_schema_print(stdout, drv_root_cfg_schema());
     printf("\n[model]\n");
     ldm_config_schema_print(stdout, drv_model_cfg_schema());
@@ -2109,7 +2132,32 @@ static void drv_help(void) {
     printf("\n[model.params.ddconfig]\n");
     ldm_config_schema_print(stdout, ldm_vae_ddconfig_schema());
     printf("\n[model.params.lossconfig.params]  (target ldm.modules.losses.LPIPSWithDiscriminator)\n");
-    ldm_config_schema_print(stdout, drv_loss_schema);
+    {
+        /* help for the keys whose ldm_lpips.h entry has none */
+        static const char *const help[][2] = {
+            {"disc_start", "global step at which the GAN terms start (the seed configs: 50001)"},
+            {"logvar_init", "initial (and, in no optimizer, final) value of the learned log-variance"},
+            {"kl_weight", "weight of the KL term (the seed configs: 1e-6)"},
+            {"pixelloss_weight", "accepted, unused (as in the reference)"},
+            {"disc_num_layers", "PatchGAN layers"},
+            {"disc_in_channels", "PatchGAN input channels"},
+            {"disc_factor", "GAN weight once disc_start is reached"},
+            {"disc_weight", "scale of the adaptive generator weight (the seed configs: 0.5)"},
+            {"perceptual_weight", "LPIPS weight in the reconstruction loss (0: no VGG16 weights needed)"},
+            {"use_actnorm", "false only"},
+            {"disc_conditional", "false only"},
+            {"disc_loss", "hinge or vanilla"},
+            {"lpips_eval", "ldm.h's: LPIPS without its dropout while training"}};
+        ldm_config_field f[64];
+        int n = 0;
+        for (; drv_loss_schema[n].name && n < 63; n++) {
+            f[n] = drv_loss_schema[n];
+            for (size_t k = 0; k < sizeof help / sizeof help[0]; k++)
+                if ((!f[n].help || !f[n].help[0]) && !strcmp(f[n].name, help[k][0])) f[n].help = help[k][1];
+        }
+        f[n] = drv_loss_schema[n];
+        ldm_config_schema_print(stdout, f);
+    }
     printf("\n[data.params]  (target main.DataModuleFromConfig; datasets: see ldm_data.h)\n");
     ldm_config_schema_print(stdout, ldm_data_module_params_schema());
     printf("\n[lightning]\n");
@@ -2199,6 +2247,17 @@ static int drv_run(drv *d) {
         if (ldm_config_save(d->cfg, NULL, p)) return drv_fail_cfg(d);
         printf("Project config saved to %s\n", p);
     }
+    { /* temporaries of a run that was killed while writing a checkpoint */
+        DIR *dir = opendir(d->ckptdir);
+        struct dirent *e;
+        while (dir && (e = readdir(dir)) != NULL)
+            if (!strncmp(e->d_name, ".tmp-", 5)) {
+                char p[DRV_PATH];
+                drv_join(p, sizeof p, d->ckptdir, e->d_name);
+                drv_rm_rf(p);
+            }
+        if (dir) closedir(dir);
+    }
     drv_metrics_init(&d->met);
     drv_join(d->met.path, sizeof d->met.path, d->logdir, "metrics.csv");
     if (d->resuming) {
@@ -2211,7 +2270,7 @@ static int drv_run(drv *d) {
 
     if (o->train) {
         if (!d->dm->dataset[LDM_DATA_TRAIN]) { drv_error("-t needs data.params.train"); return 1; }
-        if (ldm_data_module_loader(ctx, d->dm, LDM_DATA_TRAIN, o->seed, &d->ld_train)) return drv_fail_ctx(d, "train data");
+        if (ldm_data_module_loader(ctx, d->dm, LDM_DATA_TRAIN, d->data_seed, &d->ld_train)) return drv_fail_ctx(d, "train data");
         int64_t nb = ldm_data_loader_batches(d->ld_train);
         d->n_train = drv_limit_apply(&d->lim_train, nb);
         if (d->n_train < 1) {
@@ -2220,7 +2279,7 @@ static int drv_run(drv *d) {
             return 1;
         }
         if (d->dm->dataset[LDM_DATA_VALIDATION]) {
-            if (ldm_data_module_loader(ctx, d->dm, LDM_DATA_VALIDATION, o->seed, &d->ld_val)) return drv_fail_ctx(d, "validation data");
+            if (ldm_data_module_loader(ctx, d->dm, LDM_DATA_VALIDATION, d->data_seed, &d->ld_val)) return drv_fail_ctx(d, "validation data");
             d->n_val = drv_limit_apply(&d->lim_val, ldm_data_loader_batches(d->ld_val));
         }
         if (d->val_interval.is_frac) {
@@ -2248,7 +2307,10 @@ static int drv_run(drv *d) {
                (long long)d->total_steps, (long long)d->n_train, (long long)d->steps_per_epoch, bs, ldm_ctx_threads(ctx), d->logdir);
         fflush(stdout);
         drv_install_signals();
-        if (drv_fit(d)) return 1;
+        int frc = drv_fit(d);
+        signal(SIGINT, SIG_DFL); /* the test is not checkpointed: Ctrl-C simply stops it */
+        signal(SIGTERM, SIG_DFL);
+        if (frc) return 1;
         if (drv_sig_stop) return 0; /* main.py: no test after an interruption */
     }
     if (!o->no_test) return drv_test(d);
@@ -2281,6 +2343,7 @@ int main(int argc, char **argv) {
     drv *d = (drv *)calloc(1, sizeof *d);
     if (!d) { drv_error("out of memory"); return 1; }
     d->o = &o;
+    d->data_seed = o.seed;
     d->tty = isatty(fileno(stdout));
     rc = drv_run(d);
     drv_free(d);

@@ -263,6 +263,23 @@ int main(void) {
     snprintf(q, sizeof q, "%s/test_summary.txt", I);
     LT_CHECK(same_file(p, q), "resume: test summary equals");
 
+    /* ---- SIGUSR1 writes last and continues (without changing the run); SIGINT stops ---- */
+    snprintf(args, sizeof args, "--base %s -t --no-test --name USR -l %s/logs", CFG, T);
+    rc = ldm("USR", "LDM_TEST_SIGNAL_AT_BATCH=3:USR1", args);
+    lt_report(rc == 0 && out_has("USR", "out", "Summoning checkpoint (SIGUSR1)") && logdir_of("USR", S, sizeof S),
+              "signal: SIGUSR1 writes a checkpoint and goes on", "exit %d", rc);
+    snprintf(p, sizeof p, "%s/metrics.csv", U);
+    snprintf(q, sizeof q, "%s/metrics.csv", S);
+    LT_CHECK(same_file(p, q), "signal: a SIGUSR1 checkpoint does not change the run");
+    snprintf(args, sizeof args, "--base %s -t --name INT -l %s/logs", CFG, T);
+    rc = ldm("INT", "LDM_TEST_SIGNAL_AT_BATCH=4:INT", args);
+    lt_report(rc == 0 && out_has("INT", "out", "Summoning checkpoint (SIGINT)") && logdir_of("INT", S, sizeof S),
+              "signal: SIGINT writes last and exits 0", "exit %d", rc);
+    snprintf(p, sizeof p, "%s/checkpoints/last/state.ini", S);
+    snprintf(q, sizeof q, "%s/checkpoints/last/grads.safetensors", S);
+    LT_CHECK(file_has(p, "global_step = 2\n") && file_has(p, "accumulated = 0\n") && !exists(q),
+             "signal: at an accumulation boundary there are no gradients to keep");
+
     /* ---- stopped by max_steps, resumed with an override ---- */
     snprintf(args, sizeof args, "--base %s -t --no-test --name S -l %s/logs lightning.trainer.max_steps=3", CFG, T);
     rc = ldm("S1", NULL, args);
@@ -302,6 +319,15 @@ int main(void) {
     LT_CHECK(file_has(q, "global_step = 8\n"), "crash: the resumed run wrote step 8");
     snprintf(q, sizeof q, "%s/checkpoints/last.old", K);
     LT_CHECK(!exists(q), "crash: last.old removed once the new last is in place");
+    {
+        int stale = 0;
+        snprintf(q, sizeof q, "%s/checkpoints", K);
+        DIR *dd = opendir(q);
+        struct dirent *e;
+        while (dd && (e = readdir(dd)) != NULL) stale += !strncmp(e->d_name, ".tmp-", 5);
+        if (dd) closedir(dd);
+        LT_CHECK(stale == 0, "crash: the killed run's temporary directory is cleaned up");
+    }
 
     /* ---- NaN/Inf loss ---- */
     snprintf(p, sizeof p, "%s/checkpoints/last/model.safetensors", K);
@@ -338,6 +364,8 @@ int main(void) {
     snprintf(args, sizeof args, "-r %s", U);
     rc = ldm("R", NULL, args);
     lt_report(rc == 0 && out_has("R", "out", "test: "), "test-only: -r logdir without -t tests", "exit %d", rc);
+    LT_CHECK(out_has("R", "out", "Resumed from") && logdir_of("U", U, sizeof U) && file_has(strcat(strcpy(p, U), "/test_summary.txt"), "global_step = 6\n"),
+             "test-only: -r reports the checkpoint's global step");
 
     /* ---- config and command-line errors ---- */
     struct { const char *file, *text, *want1, *want2, *name; } bad[] = {
