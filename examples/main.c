@@ -865,6 +865,7 @@ typedef struct drv {
     float last_ae, last_d, last_val, last_rec;
     int64_t batches_this_run, signal_at;
     uint64_t data_seed;                /* the loaders' seed: --seed, or the resumed run's */
+    int64_t last_written;              /* batches_this_run when checkpoints/last was written, or -1 */
     int lpips_note_done, monitor_note;
     ldm_config_strs lpips_path;
 } drv;
@@ -1685,13 +1686,14 @@ static void drv_log_into(drv_metrics *m, double *row, const ldm_loss_log *log) {
     }
 }
 
-static int drv_nan_stop(drv *d, const char *what, float v) {
+static const char *drv_nonfinite(double v) { return v != v ? "NaN" : "Inf"; }
+static int drv_nan_stop(drv *d, const char *what, const char *kind) {
     char last[DRV_PATH];
     drv_join(last, sizeof last, d->ckptdir, "last");
     drv_progress_clear(d);
     drv_error("%s is %s at global step %lld (epoch %lld, batch %lld): training stopped. The last good checkpoint, %s, "
               "is left as it was (hint: lower model.base_learning_rate, or check the data)",
-              what, v != v ? "NaN" : "Inf", (long long)d->global_step, (long long)d->epoch, (long long)d->batch_in_epoch,
+              what, kind, (long long)d->global_step, (long long)d->epoch, (long long)d->batch_in_epoch,
               drv_is_dir(last) ? last : "(none written yet)");
     d->nan_stop = 1;
     return 1;
@@ -1714,7 +1716,7 @@ static int drv_train_batch(drv *d, const ldm_data_batch *b, int do_step, ldm_los
     ldm_tensor *xrec = x ? ldm_vae_forward(ctx, d->vae, x, 1, &q) : NULL;
     ldm_tensor *lg = xrec ? ldm_lpips_loss_generator(ctx, d->L, x, xrec, &q, d->global_step, ldm_vae_last_layer(d->vae), "train", log0) : NULL;
     if (!lg || ldm_to_host(ctx, lg, aeloss)) return drv_fail_ctx(d, "training (autoencoder step)");
-    if (!isfinite(*aeloss)) return drv_nan_stop(d, "aeloss (train/total_loss)", *aeloss);
+    if (!isfinite(*aeloss)) return drv_nan_stop(d, "aeloss (train/total_loss)", drv_nonfinite(*aeloss));
     if (k != 1.0f) lg = ldm_div(ctx, lg, ldm_full(ctx, ldm_shape1(1), k)); /* Lightning: loss / accumulate_grad_batches */
     if (ldm_backward(ctx, lg)) return drv_fail_ctx(d, "training (autoencoder backward)");
     if (do_step) {
@@ -1730,7 +1732,7 @@ static int drv_train_batch(drv *d, const ldm_data_batch *b, int do_step, ldm_los
     ldm_set_grad_enabled(ctx, 1);
     ldm_tensor *ld = xrec ? ldm_lpips_loss_discriminator(ctx, d->L, x, xrec, d->global_step, "train", log1) : NULL;
     if (!ld || ldm_to_host(ctx, ld, discloss)) return drv_fail_ctx(d, "training (discriminator step)");
-    if (!isfinite(*discloss)) return drv_nan_stop(d, "discloss (train/disc_loss)", *discloss);
+    if (!isfinite(*discloss)) return drv_nan_stop(d, "discloss (train/disc_loss)", drv_nonfinite(*discloss));
     if (k != 1.0f) ld = ldm_div(ctx, ld, ldm_full(ctx, ldm_shape1(1), k));
     if (ldm_backward(ctx, ld)) return drv_fail_ctx(d, "training (discriminator backward)");
     if (do_step) {
@@ -1909,6 +1911,25 @@ typedef struct drv_pending {
 
 static int drv_better(const drv *d, double a, double b) { return d->mode_max ? a > b : a < b; }
 
+/* A finite loss can still leave non-finite weights behind (an overflowing update); such a
+   state must not replace a good checkpoint. */
+static int drv_params_finite(drv *d) {
+    const ldm_nn_params *regs[2] = {d->vae->P, d->L->P};
+    int ok = 1;
+    for (int k = 0; k < 2 && ok; k++) {
+        int64_t n;
+        float *blk = ldm_nn_block(regs[k], LDM_NN_BLOCK_PARAMS, &n), *h = blk;
+        if (ldm_nn_params_device(regs[k]) != LDM_CPU) {
+            ldm_tensor t = ldm_tensor_wrap(blk, ldm_shape1(n), ldm_nn_params_device(regs[k]));
+            h = (float *)malloc(sizeof(float) * (size_t)(n + 1));
+            if (!h || ldm_to_host(d->ctx, &t, h)) { free(h); return 1; } /* cannot tell: do not block the save */
+        }
+        for (int64_t i = 0; i < n && ok; i++) ok = isfinite(h[i]);
+        if (h != blk) free(h);
+    }
+    return ok;
+}
+
 /* Writes the checkpoints a batch asked for, after its global step was counted: one write,
    installed as every name that wants it. A top-k entry pushed out is removed afterwards. */
 static int drv_save_pending(drv *d, const drv_pending *pd) {
@@ -1946,7 +1967,11 @@ static int drv_save_pending(drv *d, const drv_pending *pd) {
         }
     }
     if (pd->last || pd->signal_stop) dests[n++] = "last";
+    if ((n || pd->trainstep) && !drv_params_finite(d)) {
+        return drv_nan_stop(d, "a weight after the last optimizer step", "not finite");
+    }
     if (n && drv_checkpoint(d, n, dests, 0)) return 1;
+    if (n && !strcmp(dests[n - 1], "last")) d->last_written = d->batches_this_run;
     if (dropped[0]) {
         char p[DRV_PATH];
         drv_join(p, sizeof p, d->ckptdir, dropped);
@@ -2040,7 +2065,7 @@ static int drv_fit(drv *d) {
                 int mc = drv_metrics_col(&d->met, d->mc.monitor);
                 double score = mc >= 0 ? vr.v[mc] : NAN;
                 double rl = vr.v[drv_metrics_col(&d->met, "val/rec_loss")];
-                if (!isfinite(rl)) { drv_nan_stop(d, "val/rec_loss", (float)rl); rc = 1; break; }
+                if (!isfinite(rl)) { drv_nan_stop(d, "val/rec_loss", drv_nonfinite(rl)); rc = 1; break; }
                 d->last_val = (float)score;
                 drv_progress_clear(d);
                 char lp[32] = "n/a";
@@ -2100,7 +2125,7 @@ static int drv_fit(drv *d) {
     /* training is over: the final state goes to checkpoints/last (so that -r and the test see it) */
     drv_pending pd;
     memset(&pd, 0, sizeof pd);
-    pd.last = 1;
+    pd.last = d->last_written != d->batches_this_run; /* unless that state is already there */
     if (drv_save_pending(d, &pd)) return 1;
     double el = drv_now() - d->t_start;
     char t[32];
@@ -2344,6 +2369,7 @@ int main(int argc, char **argv) {
     if (!d) { drv_error("out of memory"); return 1; }
     d->o = &o;
     d->data_seed = o.seed;
+    d->last_written = -1;
     d->tty = isatty(fileno(stdout));
     rc = drv_run(d);
     drv_free(d);
