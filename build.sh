@@ -8,10 +8,12 @@
 #   ./build.sh deps       install the Debian packages the build can use (stb, OpenBLAS)
 #
 # Environment: CC (default cc), LDM_PORTABLE=1 (no -march=native), LDM_CUDA=1 (CUDA build with
-# nvcc), LDM_THREADS (thread count at run time), LDM_SANITIZE=0 (skip sanitizer test builds).
+# nvcc: NVCC, default nvcc on PATH else /usr/local/cuda/bin/nvcc; CUDA_ARCH, default sm_80),
+# LDM_THREADS (thread count at run time), LDM_SANITIZE=0 (skip sanitizer test builds).
 set -u
 cd "$(dirname "$0")"
 CC=${CC:-cc}
+NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 mode=${1:-build}
 mkdir -p build
 
@@ -40,7 +42,10 @@ compile() {
   local src=$1 out=$2; shift 2
   if [ "${LDM_CUDA:-0}" = 1 ]; then
     cp "$src" "build/$(basename "${src%.c}").cu"
-    nvcc -O2 -DLDM_CUDA -I. -Ithird_party $( [ -d /usr/include/stb ] && echo -I/usr/include/stb ) \
+    # -ffp-contract=off keeps the host compiler from fusing the RNG's multiply-adds (the
+    # device side fuses none), so CPU and GPU draw the same numbers
+    "$NVCC" -O2 -arch="${CUDA_ARCH:-sm_80}" -DLDM_CUDA -Xcompiler -ffp-contract=off -I. -Itests -Iexamples -Ithird_party \
+      $( [ -d /usr/include/stb ] && echo -I/usr/include/stb ) \
       "build/$(basename "${src%.c}").cu" -o "$out" -lcublas "$@" $LIBS
   else
     $CC $CFLAGS "$src" -o "$out" "$@" $LIBS

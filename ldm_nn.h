@@ -88,13 +88,15 @@
 
    Options: those of ldm_tensor.h (LDM_STATIC, LDM_MALLOC/LDM_REALLOC/LDM_FREE, LDM_ASSERT).
 
-   Limits: grouped convolution is not provided (ldm_tensor.h has none); optimizer steps and
-   gradient clipping run on CPU parameters (LDM_ERR_UNSUPPORTED on another device: a device
-   backend adds its update/sum-of-squares kernels and ldm_nn_optim_step / ldm__nn_clip
-   dispatch to them; everything else here already goes through the context's backend);
-   the optimizer keeps one step count for its group (torch keeps one per parameter: they
-   differ only for a parameter frozen for some steps and unfrozen again); num_batches_tracked
-   is kept as float (exact up to 2^24) and saved in the file's dtype.
+   Devices: everything here goes through the context's backend for the registry's device.
+   Optimizer steps and gradient clipping use this header's kernels on the CPU and the back
+   end's optim_step / sum_squares entries elsewhere (ldm_cuda.cuh has both; a back end
+   without them gives LDM_ERR_UNSUPPORTED).
+
+   Limits: grouped convolution is not provided (ldm_tensor.h has none); the optimizer keeps
+   one step count for its group (torch keeps one per parameter: they differ only for a
+   parameter frozen for some steps and unfrozen again); num_batches_tracked is kept as float
+   (exact up to 2^24) and saved in the file's dtype.
 */
 #ifndef LDM_NN_H
 #define LDM_NN_H
@@ -784,8 +786,23 @@ static void ldm__nn_scale_task(void *arg, int64_t b, int64_t e, int tid) {
 static ldm_result ldm__nn_clip(ldm_ctx *ctx, ldm_device dev, ldm_nn_entry *const *es, int cnt, float max_norm, float *total_norm, const char *who) {
     if (total_norm) *total_norm = 0.0f;
     if (ctx->status) return ctx->status;
-    if (dev != LDM_CPU)
-        return ldm_ctx_seterr(ctx, LDM_ERR_UNSUPPORTED, "%s: gradient clipping runs on CPU parameters only so far (hint: keep the parameters on LDM_CPU)", who);
+    if (dev != LDM_CPU) { /* the device back end's sum of squares and scaling */
+        const ldm_backend *be = ctx->be[dev];
+        if (!be->sum_squares)
+            return ldm_ctx_seterr(ctx, LDM_ERR_UNSUPPORTED, "%s: the %s back end cannot clip gradients (hint: keep the parameters on LDM_CPU)", who, be->name);
+        double total = 0.0;
+        for (int i = 0; i < cnt; i++) {
+            ldm_tensor *t = es[i]->t;
+            if (t->requires_grad && t->grad && t->numel) total += be->sum_squares(ctx, t->grad, t->numel);
+        }
+        float tn = (float)sqrt(total), coef = max_norm / (tn + 1e-6f);
+        if (total_norm) *total_norm = tn;
+        for (int i = 0; i < cnt && coef < 1.0f; i++) {
+            ldm_tensor *t = es[i]->t;
+            if (t->requires_grad && t->grad && t->numel) be->unary(ctx, LDM__U_AFFINE, t->grad, t->grad, t->numel, coef, 0.0f);
+        }
+        return ctx->status;
+    }
     float **p = (float **)LDM_MALLOC(sizeof(float *) * (size_t)(cnt + 1));
     int64_t *n = (int64_t *)LDM_MALLOC(sizeof(int64_t) * (size_t)(cnt + 1) * 2);
     if (!p || !n) { LDM_FREE(p); LDM_FREE(n); return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "%s: out of memory", who); }
@@ -1438,8 +1455,10 @@ static void ldm__nn_sgd_task(void *arg, int64_t b, int64_t e, int tid) {
 
 LDM_API ldm_result ldm_nn_optim_step(ldm_ctx *ctx, ldm_nn_optim *o) {
     if (ctx->status) return ctx->status;
-    if (o->P->device != LDM_CPU)
-        return ldm_ctx_seterr(ctx, LDM_ERR_UNSUPPORTED, "ldm_nn_optim_step: optimizer updates run on CPU parameters only so far (hint: keep the parameters on LDM_CPU)");
+    const ldm_backend *be = ctx->be[o->P->device];
+    int dev = o->P->device != LDM_CPU; /* the device back end's update kernel, same arithmetic */
+    if (dev && !be->optim_step)
+        return ldm_ctx_seterr(ctx, LDM_ERR_UNSUPPORTED, "ldm_nn_optim_step: the %s back end has no optimizer kernel (hint: keep the parameters on LDM_CPU)", be->name);
     const ldm_nn_optim_config *c = &o->cfg;
     ldm__nn_step_job j;
     memset(&j, 0, sizeof j);
@@ -1477,11 +1496,17 @@ LDM_API ldm_result ldm_nn_optim_step(ldm_ctx *ctx, ldm_nn_optim *o) {
         j.m = o->nmom >= 1 ? o->mom + o->moff[i] : NULL;
         j.v = o->nmom >= 2 ? o->mom + o->mn + o->moff[i] : NULL;
         j.n = t->numel;
-        if (fn == ldm__nn_adam_task) ldm_parallel_for(ctx, (t->numel + 7) / 8, 2048, fn, &j);
+        if (dev) {
+            ldm__optim_args a;
+            a.sgd = fn == ldm__nn_sgd_task; a.adamw = j.adamw; a.l2 = j.l2; a.first = j.first; a.nesterov = j.nesterov;
+            a.decay = j.decay; a.wd = j.wd; a.b1 = j.b1; a.one_b1 = j.one_b1; a.b2 = j.b2; a.one_b2 = j.one_b2;
+            a.bc2s = j.bc2s; a.eps = j.eps; a.neg_step = j.neg_step; a.mom = j.mom; a.one_damp = j.one_damp; a.neg_lr = j.neg_lr;
+            be->optim_step(ctx, &a, j.p, j.g, j.m, j.v, j.n);
+        } else if (fn == ldm__nn_adam_task) ldm_parallel_for(ctx, (t->numel + 7) / 8, 2048, fn, &j);
         else ldm_parallel_for(ctx, t->numel, 16384, fn, &j);
     }
     o->step = step;
-    return LDM_OK;
+    return ctx->status;
 }
 
 LDM_API void ldm_nn_optim_zero_grad(ldm_ctx *ctx, ldm_nn_optim *o) {

@@ -38,6 +38,8 @@
      Programmer errors (broken invariants) use LDM_ASSERT, which reports file:line.
 
    Options (define before including the implementation):
+       LDM_CUDA              compile the CUDA back end in (ldm_cuda.cuh, pulled in by this
+                             header; the file must be compiled by nvcc): see ldm_cuda.cuh
        LDM_STATIC            make every function static
        LDM_MALLOC/LDM_REALLOC/LDM_FREE   allocator hooks (all three or none)
        LDM_ASSERT(c)         assertion hook (default: print file:line, abort)
@@ -64,6 +66,13 @@
 #endif
 
 #define LDM_MAX_DIMS 5
+
+/* LDM_CUDA is both the build switch (-DLDM_CUDA) and the device constant of ldm_device: the
+   switch is redefined to name itself, so #ifdef LDM_CUDA and the enum value both work. */
+#ifdef LDM_CUDA
+#undef LDM_CUDA
+#define LDM_CUDA LDM_CUDA
+#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -144,10 +153,10 @@ typedef void (*ldm_task_fn)(void *arg, int64_t begin, int64_t end, int tid);
 LDM_API void ldm_parallel_for(ldm_ctx *ctx, int64_t n, int64_t grain, ldm_task_fn fn, void *arg);
 
 /* ---- per-step arena --------------------------------------------------------------------- */
-typedef struct ldm_mark { size_t used; int tape_len; } ldm_mark;
+typedef struct ldm_mark { size_t used[LDM_NUM_DEVICES]; int tape_len; } ldm_mark; /* per device arena */
 LDM_API void *ldm_arena_alloc(ldm_ctx *ctx, ldm_device d, size_t bytes); /* 64-byte aligned; NULL + error when full */
 LDM_API ldm_mark ldm_arena_mark(const ldm_ctx *ctx);
-LDM_API void ldm_arena_rewind(ldm_ctx *ctx, ldm_mark m);     /* frees everything allocated since m (CPU arena) */
+LDM_API void ldm_arena_rewind(ldm_ctx *ctx, ldm_mark m);     /* frees everything allocated since m (every arena) */
 LDM_API size_t ldm_arena_used(const ldm_ctx *ctx, ldm_device d);
 LDM_API size_t ldm_arena_peak(const ldm_ctx *ctx, ldm_device d);  /* high-water mark since creation or reset_peak */
 LDM_API void ldm_arena_reset_peak(ldm_ctx *ctx);                  /* every device: peak = used now */
@@ -156,8 +165,8 @@ LDM_API size_t ldm_arena_limit(const ldm_ctx *ctx, ldm_device d);
    .grad = NULL (ldm_arena_rewind does the same for what it frees); persistent gradient
    buffers (ldm_nn.h's) are untouched. */
 LDM_API void ldm_step_reset(ldm_ctx *ctx);
-/* Rewinds to m but keeps t: its data is moved down to m (CPU) and the returned tensor is a
-   fresh leaf. For no-grad inference that wants bounded memory across blocks. */
+/* Rewinds to m but keeps t: its data is moved down to m (in its device's arena) and the
+   returned tensor is a fresh leaf. For no-grad inference that wants bounded memory across blocks. */
 LDM_API ldm_tensor *ldm_arena_keep(ldm_ctx *ctx, ldm_mark m, ldm_tensor *t);
 
 /* ---- shapes and tensors ----------------------------------------------------------------- */
@@ -374,6 +383,9 @@ LDM_API ldm_result ldm_safetensors_write(ldm_ctx *ctx, const char *path, int n, 
 #ifdef __cplusplus
 }
 #endif
+#ifdef LDM_CUDA
+#include "ldm_cuda.cuh" /* the CUDA back end's declarations (plain C) */
+#endif
 #endif /* LDM_TENSOR_H */
 
 /* ========================================================================================== */
@@ -437,6 +449,14 @@ typedef enum { LDM__B_ADD, LDM__B_SUB, LDM__B_MUL, LDM__B_DIV } ldm__binary_op;
 /* Broadcast geometry of a binary op, padded to 5 dims (stride 0 = broadcast). */
 typedef struct ldm__bcast { int64_t shape[LDM_MAX_DIMS], sa[LDM_MAX_DIMS], sb[LDM_MAX_DIMS]; int64_t n; } ldm__bcast;
 
+/* One optimizer update, torch 1.13's single-tensor arithmetic in float (ldm_nn.h fills it).
+   sgd: p -= lr*d with d = g (+ wd*p), momentum buffer m; else Adam/AdamW with moments m, v. */
+typedef struct ldm__optim_args {
+    int sgd, adamw, l2, first, nesterov;
+    float decay, wd, b1, one_b1, b2, one_b2, bc2s, eps, neg_step; /* Adam (decay = 1 - lr*wd) */
+    float mom, one_damp, neg_lr;                                  /* SGD */
+} ldm__optim_args;
+
 struct ldm_backend {
     const char *name;
     void *(*alloc)(void *state, size_t bytes);                /* persistent memory */
@@ -491,6 +511,12 @@ struct ldm_backend {
     void (*upsample_backward)(ldm_ctx *ctx, float *dx, const float *dy, int64_t P, const int64_t *in3, const int *f3);
     void (*embedding_forward)(ldm_ctx *ctx, float *out, const float *w, const int64_t *idx, int64_t n, int64_t dim);
     void (*embedding_backward)(ldm_ctx *ctx, float *dw, const float *dout, const int64_t *idx, int64_t n, int64_t dim);
+    /* Optional (NULL where absent). ldm_nn.h's optimizers and gradient clipping use the first
+       two for parameters on this device (its own kernels serve the CPU); ldm_ctx_destroy calls
+       release so a device back end can free what it attached. */
+    void (*optim_step)(ldm_ctx *ctx, const ldm__optim_args *a, float *p, const float *g, float *m, float *v, int64_t n);
+    double (*sum_squares)(ldm_ctx *ctx, const float *x, int64_t n); /* sum of x[i]^2, in double */
+    void (*release)(ldm_ctx *ctx, void *state);
 };
 
 /* ---- the context ------------------------------------------------------------------------ */
@@ -749,6 +775,8 @@ LDM_API ldm_result ldm_ctx_create(ldm_ctx **out, const ldm_settings *settings) {
 
 LDM_API void ldm_ctx_destroy(ldm_ctx *ctx) {
     if (!ctx) return;
+    for (int d = 0; d < LDM_NUM_DEVICES; d++)
+        if (d != LDM_CPU && ctx->be[d] && ctx->be[d]->release) ctx->be[d]->release(ctx, ctx->be_state[d]);
 #ifndef LDM_NO_THREADS
     ldm__pool_stop(ctx);
 #endif
@@ -797,7 +825,7 @@ LDM_API void *ldm_arena_alloc(ldm_ctx *ctx, ldm_device d, size_t bytes) {
 
 LDM_API ldm_mark ldm_arena_mark(const ldm_ctx *ctx) {
     ldm_mark m;
-    m.used = ctx->arena[LDM_CPU].used;
+    for (int d = 0; d < LDM_NUM_DEVICES; d++) m.used[d] = ctx->arena[d].used;
     m.tape_len = ctx->tape_len;
     return m;
 }
@@ -819,11 +847,9 @@ static void ldm__drop_arena_grads(ldm_ctx *ctx, const size_t from[LDM_NUM_DEVICE
 }
 LDM_API void ldm_arena_rewind(ldm_ctx *ctx, ldm_mark m) {
     size_t from[LDM_NUM_DEVICES];
-    for (int d = 0; d < LDM_NUM_DEVICES; d++) from[d] = d == LDM_CPU ? m.used : ctx->arena[d].limit;
-    if (m.used <= ctx->arena[LDM_CPU].used) {
-        ldm__drop_arena_grads(ctx, from);
-        ctx->arena[LDM_CPU].used = m.used;
-    }
+    for (int d = 0; d < LDM_NUM_DEVICES; d++) from[d] = m.used[d] <= ctx->arena[d].used ? m.used[d] : ctx->arena[d].limit;
+    ldm__drop_arena_grads(ctx, from);
+    for (int d = 0; d < LDM_NUM_DEVICES; d++) if (m.used[d] <= ctx->arena[d].used) ctx->arena[d].used = m.used[d];
     if (m.tape_len <= ctx->tape_len) ctx->tape_len = m.tape_len;
 }
 LDM_API size_t ldm_arena_used(const ldm_ctx *ctx, ldm_device d) { return ctx->arena[d].used; }
@@ -891,8 +917,29 @@ LDM_API uint16_t ldm_f32_to_bf16(float f) {
 LDM_API size_t ldm_dtype_size(ldm_dtype t) { return t == LDM_F32 ? 4 : 2; }
 LDM_API const char *ldm_dtype_name(ldm_dtype t) { return t == LDM_F32 ? "F32" : t == LDM_F16 ? "F16" : "BF16"; }
 
-/* ---- RNG: Philox4x32-10 ------------------------------------------------------------------ */
-static void ldm__philox(uint64_t key, uint64_t ctr, uint32_t out[4]) {
+/* ---- RNG: Philox4x32-10 ------------------------------------------------------------------
+   The generator and the transforms below are shared with the CUDA back end (LDM__HD), and
+   the normal transform uses only IEEE +, -, *, / and sqrt in double (no libm, whose last bits
+   differ between glibc and CUDA), with contraction into fused multiply-adds ruled out on the
+   device: element i of a draw is the same float on every device. (Host compilers contract
+   only when asked to: GCC does not in ISO C mode, nor on x86-64 without -mfma.) */
+#if defined(__CUDACC__)
+#define LDM__HD __host__ __device__
+#else
+#define LDM__HD
+#endif
+#if defined(__CUDA_ARCH__)
+#define LDM__FMUL(a, b) __fmul_rn((a), (b))
+#define LDM__FADD(a, b) __fadd_rn((a), (b))
+#define LDM__DMUL(a, b) __dmul_rn((a), (b))
+#define LDM__DADD(a, b) __dadd_rn((a), (b))
+#else
+#define LDM__FMUL(a, b) ((a) * (b))
+#define LDM__FADD(a, b) ((a) + (b))
+#define LDM__DMUL(a, b) ((a) * (b))
+#define LDM__DADD(a, b) ((a) + (b))
+#endif
+LDM__HD static void ldm__philox(uint64_t key, uint64_t ctr, uint32_t out[4]) {
     uint32_t k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
     uint32_t c0 = (uint32_t)ctr, c1 = (uint32_t)(ctr >> 32), c2 = 0x9e3779b9u, c3 = 0x85a308d3u;
     for (int r = 0; r < 10; r++) {
@@ -903,29 +950,58 @@ static void ldm__philox(uint64_t key, uint64_t ctr, uint32_t out[4]) {
     }
     out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
 }
+/* ln(k / 2^24) for k in [1, 2^24]: k = m 2^e with m in [1/sqrt2, sqrt2), ln m = 2 atanh(s),
+   s = (m-1)/(m+1), |s| < 0.172, by its series to s^23 (error below 1e-19). */
+LDM__HD static double ldm__ln_u24(uint32_t k) {
+    int e = 0;
+    while ((k >> e) > 1) e++;
+    double m = (double)k / (double)((uint32_t)1 << e); /* exact */
+    if (m > 1.4142135623730951) { m *= 0.5; e++; }
+    double s = (m - 1.0) / (m + 1.0), s2 = LDM__DMUL(s, s), p = 1.0 / 23;
+    for (int q = 21; q >= 1; q -= 2) p = LDM__DADD(LDM__DMUL(p, s2), 1.0 / q);
+    return LDM__DADD(LDM__DMUL((double)(e - 24), 0.69314718055994531), LDM__DMUL(2.0 * s, p));
+}
+/* Box-Muller on two 32-bit draws: r = sqrt(-2 ln U1), U1 in (0,1]; the angle 2 pi U2,
+   U2 = k/2^24, is reduced exactly on k (quadrant, then reflection to [0, pi/4]) and its sine
+   and cosine are Taylor series (error below 1e-17). */
+LDM__HD static void ldm__box_muller(uint32_t u0, uint32_t u1, float *z0, float *z1) {
+    double r = sqrt(LDM__DMUL(-2.0, ldm__ln_u24((u0 >> 8) + 1)));
+    uint32_t k = u1 >> 8, q = k >> 22, rem = k & 0x3fffffu, refl = rem > (1u << 21);
+    double x = LDM__DMUL((double)(refl ? (1u << 22) - rem : rem), 6.283185307179586 / 16777216.0), x2 = LDM__DMUL(x, x);
+#define LDM__H(p, c) LDM__DADD(LDM__DMUL(p, x2), c)
+    double sp = LDM__H(LDM__H(LDM__H(LDM__H(LDM__H(LDM__H(LDM__H(1.0 / 355687428096000.0, -1.0 / 1307674368000.0),
+                1.0 / 6227020800.0), -1.0 / 39916800), 1.0 / 362880), -1.0 / 5040), 1.0 / 120), -1.0 / 6);
+    double cp = LDM__H(LDM__H(LDM__H(LDM__H(LDM__H(LDM__H(LDM__H(1.0 / 20922789888000.0, -1.0 / 87178291200.0),
+                1.0 / 479001600), -1.0 / 3628800), 1.0 / 40320), -1.0 / 720), 1.0 / 24), -1.0 / 2);
+#undef LDM__H
+    double sn = LDM__DADD(x, LDM__DMUL(LDM__DMUL(x, x2), sp)), cs = LDM__DADD(1.0, LDM__DMUL(x2, cp));
+    if (refl) { double t = sn; sn = cs; cs = t; }   /* sin(pi/2 - x) = cos x */
+    double c = q == 0 ? cs : q == 1 ? -sn : q == 2 ? -cs : sn, s = q == 0 ? sn : q == 1 ? cs : q == 2 ? -sn : -cs;
+    *z0 = (float)LDM__DMUL(r, c);
+    *z1 = (float)LDM__DMUL(r, s);
+}
 /* Element i of a draw at `offset` is lane i%4 of block offset/4 + i/4 ... offsets are kept
-   multiples of 4 so every element has exactly one (block, lane). */
-static float ldm__u01(uint32_t u) { return (float)(u >> 8) * (1.0f / 16777216.0f); }            /* [0,1) */
-static float ldm__u01_open(uint32_t u) { return ((float)(u >> 8) + 1.0f) * (1.0f / 16777216.0f); } /* (0,1] */
+   multiples of 4 so every element has exactly one (block, lane). One block: normal a + b*z
+   (Box-Muller on lane pairs (0,1) and (2,3)) or uniform a + (b-a)*u, u = k/2^24 in [0,1). */
+LDM__HD static void ldm__rng_block(uint64_t seed, uint64_t block, int normal, float a, float b, float v[4]) {
+    uint32_t u[4];
+    ldm__philox(seed, block, u);
+    if (normal) {
+        ldm__box_muller(u[0], u[1], &v[0], &v[1]);
+        ldm__box_muller(u[2], u[3], &v[2], &v[3]);
+        for (int q = 0; q < 4; q++) v[q] = LDM__FADD(a, LDM__FMUL(b, v[q]));
+    } else {
+        for (int q = 0; q < 4; q++) v[q] = LDM__FADD(a, LDM__FMUL(b - a, (float)(u[q] >> 8) * (1.0f / 16777216.0f)));
+    }
+}
 
 typedef struct { float *out; uint64_t seed, block0; int normal; float a, b; int64_t n; } ldm__rng_job;
 static void ldm__rng_task(void *arg, int64_t b0, int64_t b1, int tid) {
     ldm__rng_job *j = (ldm__rng_job *)arg;
     (void)tid;
     for (int64_t blk = b0; blk < b1; blk++) {
-        uint32_t u[4];
         float v[4];
-        ldm__philox(j->seed, j->block0 + (uint64_t)blk, u);
-        if (j->normal) { /* Box-Muller on lane pairs (0,1) and (2,3) */
-            for (int q = 0; q < 4; q += 2) {
-                float r = sqrtf(-2.0f * logf(ldm__u01_open(u[q]))), th = 6.2831853071795864f * ldm__u01(u[q + 1]);
-                v[q] = r * cosf(th);
-                v[q + 1] = r * sinf(th);
-            }
-            for (int q = 0; q < 4; q++) v[q] = j->a + j->b * v[q];
-        } else {
-            for (int q = 0; q < 4; q++) v[q] = j->a + (j->b - j->a) * ldm__u01(u[q]);
-        }
+        ldm__rng_block(j->seed, j->block0 + (uint64_t)blk, j->normal, j->a, j->b, v);
         int64_t base = blk * 4;
         for (int q = 0; q < 4 && base + q < j->n; q++) j->out[base + q] = v[q];
     }
@@ -1068,13 +1144,27 @@ LDM_API ldm_tensor *ldm_to_device(ldm_ctx *ctx, ldm_tensor *t, ldm_device d) {
 }
 LDM_API ldm_tensor *ldm_arena_keep(ldm_ctx *ctx, ldm_mark m, ldm_tensor *t) {
     if (!t || ctx->status) return NULL;
-    LDM_ASSERT(t->device == LDM_CPU);
     ldm_tensor keep = *t;
     ldm_arena_rewind(ctx, m);
     ldm_tensor *o = (ldm_tensor *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(ldm_tensor));
-    float *data = (float *)ldm_arena_alloc(ctx, LDM_CPU, (size_t)keep.numel * 4);
+    float *data = (float *)ldm_arena_alloc(ctx, keep.device, (size_t)keep.numel * 4);
     if (!o || !data) return NULL;
-    memmove(data, keep.data, (size_t)keep.numel * 4); /* the destination is at or below the source */
+    /* The destination is at or below the source. A device copies in pieces no longer than the
+       distance, so no piece overlaps its own source (the CPU's memmove handles the overlap);
+       when that would take many pieces, it bounces through host memory instead. */
+    const ldm_backend *be = ctx->be[keep.device];
+    void *st = ctx->be_state[keep.device];
+    size_t bytes = (size_t)keep.numel * 4, step = bytes;
+    char *src = (char *)keep.data, *dst = (char *)data, *host = NULL;
+    if (keep.device != LDM_CPU && src > dst && (size_t)(src - dst) < bytes) step = (size_t)(src - dst);
+    if (step < bytes / 64 && (host = (char *)LDM_MALLOC(bytes)) != NULL) {
+        be->copy(st, host, LDM_CPU, src, keep.device, bytes);
+        be->copy(st, dst, keep.device, host, LDM_CPU, bytes);
+        LDM_FREE(host);
+    } else {
+        for (size_t at = 0; src != dst && at < bytes; at += step)
+            be->copy(st, dst + at, keep.device, src + at, keep.device, LDM__MIN(step, bytes - at));
+    }
     *o = keep;
     o->data = data;
     o->grad = NULL;
@@ -2054,9 +2144,9 @@ LDM_API ldm_tensor *ldm_pad(ldm_ctx *ctx, ldm_tensor *x, int n, const int *pads,
         lo[d] = pads[2 * k];
         s.d[d] += pads[2 * k] + pads[2 * k + 1];
     }
-    ldm_tensor *y = ldm_full(ctx, s, v);
+    ldm_tensor *y = ldm__new_on(ctx, s, x->device);
     if (!y) return NULL;
-    y->device = x->device;
+    LDM__BE(x)->fill(ctx, y->data, y->numel, v);
     ldm__strides(y->shape, y->ndim, st);
     for (int i = 0; i < y->ndim; i++) off += lo[i] * st[i];
     ldm__block_copy(ctx, y, y->data, off, x->shape, x->ndim, x->data, 1, 0);
@@ -2177,7 +2267,7 @@ static void ldm__unary_bw_task(void *arg, int64_t s, int64_t e, int tid) {
     float *dx = j->out, p0 = j->p0, p1 = j->p1;
     (void)tid;
     (void)y;
-#define LDM__MAP(expr) for (int64_t i = s; i < e; i++) { float v = x[i], o = y[i]; (void)v; (void)o; dx[i] += dy[i] * (expr); } break
+#define LDM__MAP(expr) for (int64_t i = s; i < e; i++) { float v = x[i], o = y[i]; (void)(v + o); dx[i] += dy[i] * (expr); } break
     switch (j->op) {
     case LDM__U_AFFINE: LDM__MAP(p0);
     case LDM__U_POW: LDM__MAP(p0 == 2.0f ? 2.0f * v : p0 * powf(v, p0 - 1.0f));
@@ -2408,7 +2498,9 @@ static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, i
 #define LDM__MC (1024 / LDM__MR * LDM__MR)     /* rows of A per packed block (L3) */
 #define LDM__NC (240 / LDM__NR * LDM__NR)      /* columns of B per packed block: KC x NC fits L2 */
 
-#if defined(__clang__)
+#if defined(__CUDACC__) || defined(__NVCC__)
+#define LDM__UNROLL _Pragma("unroll") /* nvcc's front end does not know GCC's form */
+#elif defined(__clang__)
 #define LDM__UNROLL _Pragma("unroll")
 #elif defined(__GNUC__)
 #define LDM__UNROLL _Pragma("GCC unroll 16")
@@ -3378,6 +3470,7 @@ static const ldm_backend ldm__cpu_backend = {
     ldm__cpu_pool_forward, ldm__cpu_pool_backward,
     ldm__cpu_upsample_forward, ldm__cpu_upsample_backward,
     ldm__cpu_embedding_forward, ldm__cpu_embedding_backward,
+    NULL, NULL, NULL, /* ldm_nn.h runs the CPU's optimizer and clipping kernels itself */
 };
 static const ldm_backend *ldm__cpu_backend_get(void) { return &ldm__cpu_backend; }
 
@@ -4837,6 +4930,9 @@ LDM_API ldm_result ldm_safetensors_write(ldm_ctx *ctx, const char *path, int n, 
     return r;
 }
 
+#ifdef LDM_CUDA
+#include "ldm_cuda.cuh" /* the CUDA back end's implementation (nvcc only) */
+#endif
 #endif /* LDM_TENSOR_IMPLEMENTATION_DONE */
 #endif /* LDM_IMPLEMENTATION || LDM_TENSOR_IMPLEMENTATION */
 

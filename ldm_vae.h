@@ -653,7 +653,7 @@ static ldm_tensor *ldm__vae_tiled(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, const
     if (!x || ldm_ctx_status(ctx)) return NULL;
     if (x->ndim != 4) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: expected a 4-D [B, C, H, W] input"); return NULL; }
     int f = ldm_vae_factor(&v->cfg);
-    int64_t B = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+    int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3];
     int64_t OH = up > 0 ? H * up : H / -up, OW = up > 0 ? W * up : W / -up;
     int64_t nb = opt && opt->batch > 0 ? opt->batch : B;
     /* tile and overlap in input units */
@@ -716,7 +716,6 @@ static ldm_tensor *ldm__vae_tiled(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, const
             }
     }
     ldm_set_grad_enabled(ctx, prev);
-    (void)C;
     if (ldm_ctx_status(ctx)) return NULL;
     for (int64_t i = 0; i < B * out_ch; i++)
         for (int64_t p = 0; p < oplane; p++) acc[i * oplane + p] /= wsum[p];

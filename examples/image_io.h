@@ -29,10 +29,10 @@
 static float *ex_image_load(const char *path, int channels, int *w, int *h, char *err, size_t errn) {
     int n = 0;
     unsigned char *px = stbi_load(path, w, h, &n, 0);
-    if (!px) { snprintf(err, errn, "%.400s: cannot read image (%s)", path, stbi_failure_reason()); return NULL; }
+    if (!px) { snprintf(err, errn, "%.200s: cannot read image (%s)", path, stbi_failure_reason()); return NULL; }
     size_t plane = (size_t)*w * (size_t)*h;
     float *out = (float *)malloc(sizeof(float) * plane * (size_t)channels);
-    if (!out) { stbi_image_free(px); snprintf(err, errn, "%.400s: out of memory", path); return NULL; }
+    if (!out) { stbi_image_free(px); snprintf(err, errn, "%.200s: out of memory", path); return NULL; }
     int colour = n >= 3;
     for (int c = 0; c < channels; c++)
         for (size_t i = 0; i < plane; i++) {
@@ -47,7 +47,7 @@ static float *ex_image_load(const char *path, int channels, int *w, int *h, char
 static int ex_image_save_png(const char *path, const float *chw, int c, int h, int w, char *err, size_t errn) {
     size_t plane = (size_t)w * (size_t)h;
     unsigned char *px = (unsigned char *)malloc(plane * (size_t)c);
-    if (!px) { snprintf(err, errn, "%.400s: out of memory", path); return -1; }
+    if (!px) { snprintf(err, errn, "%.200s: out of memory", path); return -1; }
     for (size_t i = 0; i < plane; i++)
         for (int k = 0; k < c; k++) {
             float v = chw[(size_t)k * plane + i];
@@ -56,7 +56,7 @@ static int ex_image_save_png(const char *path, const float *chw, int c, int h, i
         }
     int ok = stbi_write_png(path, w, h, c, px, w * c);
     free(px);
-    if (!ok) { snprintf(err, errn, "%.400s: cannot write PNG", path); return -1; }
+    if (!ok) { snprintf(err, errn, "%.200s: cannot write PNG", path); return -1; }
     return 0;
 }
 

@@ -150,6 +150,55 @@ static ldm_tensor *load_latent(ldm_ctx *ctx, const char *path, int embed_dim) {
     return z;
 }
 
+static int run(ldm_ctx *ctx, ldm_vae *vae, const args *a, const ldm_vae_config *vc) {
+    ldm_vae_infer inf;
+    inf.batch = a->batch;
+    inf.tile = a->tile;
+    inf.overlap = a->overlap;
+
+    if (!strcmp(a->cmd, "decode")) {
+        ldm_tensor *z = load_latent(ctx, a->in, vc->embed_dim);
+        ldm_tensor *img = z ? ldm_vae_decode_infer(ctx, vae, z, &inf) : NULL;
+        if (!img) return fail(ctx, "decode");
+        return save_image(ctx, a->out, img);
+    }
+    ldm_tensor *x = load_image(ctx, a->in, vc->in_channels);
+    ldm_vae_posterior q;
+    if (!x || ldm_vae_encode_infer(ctx, vae, x, &inf, &q)) return fail(ctx, "encode");
+    if (!strcmp(a->cmd, "encode")) {
+        if (!ex_has_ext(a->out, ".safetensors")) { fprintf(stderr, "ldm-vae: %s: encode writes .safetensors\n", a->out); return 1; }
+        int prev = ldm_set_grad_enabled(ctx, 0);
+        ldm_tensor *z = a->sample ? ldm_vae_posterior_sample(ctx, &q, NULL) : q.mean;
+        ldm_set_grad_enabled(ctx, prev);
+        const char *names[3] = {"mean", "logvar", "z"};
+        ldm_tensor *t[3];
+        t[0] = q.mean; t[1] = q.logvar; t[2] = z;
+        if (!z || save_tensors(ctx, a->out, 3, names, t)) return fail(ctx, "writing the latent");
+        printf("latent [1, %lld, %lld, %lld] (%s) -> %s\n", (long long)z->shape[1], (long long)z->shape[2], (long long)z->shape[3],
+               a->sample ? "sample" : "mode", a->out);
+        return 0;
+    }
+    /* roundtrip */
+    {
+        ldm_tensor *y = ldm_vae_decode_infer(ctx, vae, q.mean, &inf);
+        if (!y) return fail(ctx, "decode");
+        if (y->shape[2] != x->shape[2] || y->shape[3] != x->shape[3] || y->shape[1] != x->shape[1]) {
+            fprintf(stderr, "ldm-vae: the reconstruction is %lldx%lld for a %lldx%lld input (hint: use sizes divisible by %d)\n",
+                    (long long)y->shape[3], (long long)y->shape[2], (long long)x->shape[3], (long long)x->shape[2], ldm_vae_factor(vc));
+            return 1;
+        }
+        if (save_image(ctx, a->out, y)) return 1;
+        /* metrics on [0,1] images: the input's pixels vs the PNG's (8-bit, clamped, rounded) */
+        double psnr, ssim;
+        ldm_tensor *yq = ldm_affine(ctx, ldm_clamp(ctx, y, -1.0f, 1.0f), 127.5f, 127.5f);
+        for (int64_t i = 0; yq && i < yq->numel; i++) yq->data[i] = (float)(nearbyint(yq->data[i]) / 255.0);
+        ldm_tensor *x01 = ldm_affine(ctx, x, 0.5f, 0.5f);
+        if (!yq || !x01 || ldm_metric_psnr(ctx, x01, yq, 1.0, &psnr) || ldm_metric_ssim(ctx, x01, yq, 1.0, &ssim)) return fail(ctx, "metrics");
+        printf("psnr: %.4f\nssim: %.6f\n", psnr, ssim);
+        return 0;
+    }
+}
+
 int main(int argc, char **argv) {
     args a;
     int pr = parse(argc, argv, &a);
@@ -172,58 +221,10 @@ int main(int argc, char **argv) {
     ldm_ctx *ctx;
     if (ldm_ctx_create(&ctx, &st)) return fail(NULL, "cannot create the context");
     ldm_vae *vae = NULL;
-    int rc = 1;
-    if (ldm_vae_create(ctx, &vae, &vc)) { rc = fail(ctx, "model"); goto done; }
-    if (ldm_vae_load(ctx, vae, a.weights, a.strict)) { rc = fail(ctx, "weights"); goto done; }
-    ldm_vae_infer inf;
-    inf.batch = a.batch;
-    inf.tile = a.tile;
-    inf.overlap = a.overlap;
-
-    if (!strcmp(a.cmd, "decode")) {
-        ldm_tensor *z = load_latent(ctx, a.in, vc.embed_dim);
-        ldm_tensor *img = z ? ldm_vae_decode_infer(ctx, vae, z, &inf) : NULL;
-        if (!img) { rc = fail(ctx, "decode"); goto done; }
-        rc = save_image(ctx, a.out, img);
-        goto done;
-    }
-    ldm_tensor *x = load_image(ctx, a.in, vc.in_channels);
-    ldm_vae_posterior q;
-    if (!x || ldm_vae_encode_infer(ctx, vae, x, &inf, &q)) { rc = fail(ctx, "encode"); goto done; }
-    if (!strcmp(a.cmd, "encode")) {
-        if (!ex_has_ext(a.out, ".safetensors")) { fprintf(stderr, "ldm-vae: %s: encode writes .safetensors\n", a.out); goto done; }
-        int prev = ldm_set_grad_enabled(ctx, 0);
-        ldm_tensor *z = a.sample ? ldm_vae_posterior_sample(ctx, &q, NULL) : q.mean;
-        ldm_set_grad_enabled(ctx, prev);
-        const char *names[3] = {"mean", "logvar", "z"};
-        ldm_tensor *t[3];
-        t[0] = q.mean; t[1] = q.logvar; t[2] = z;
-        if (!z || save_tensors(ctx, a.out, 3, names, t)) { rc = fail(ctx, "writing the latent"); goto done; }
-        printf("latent [1, %lld, %lld, %lld] (%s) -> %s\n", (long long)z->shape[1], (long long)z->shape[2], (long long)z->shape[3],
-               a.sample ? "sample" : "mode", a.out);
-        rc = 0;
-        goto done;
-    }
-    /* roundtrip */
-    {
-        ldm_tensor *y = ldm_vae_decode_infer(ctx, vae, q.mean, &inf);
-        if (!y) { rc = fail(ctx, "decode"); goto done; }
-        if (y->shape[2] != x->shape[2] || y->shape[3] != x->shape[3] || y->shape[1] != x->shape[1]) {
-            fprintf(stderr, "ldm-vae: the reconstruction is %lldx%lld for a %lldx%lld input (hint: use sizes divisible by %d)\n",
-                    (long long)y->shape[3], (long long)y->shape[2], (long long)x->shape[3], (long long)x->shape[2], ldm_vae_factor(&vc));
-            goto done;
-        }
-        if (save_image(ctx, a.out, y)) goto done;
-        /* metrics on [0,1] images: the input's pixels vs the PNG's (8-bit, clamped, rounded) */
-        double psnr, ssim;
-        ldm_tensor *yq = ldm_affine(ctx, ldm_clamp(ctx, y, -1.0f, 1.0f), 127.5f, 127.5f);
-        for (int64_t i = 0; yq && i < yq->numel; i++) yq->data[i] = (float)(nearbyint(yq->data[i]) / 255.0);
-        ldm_tensor *x01 = ldm_affine(ctx, x, 0.5f, 0.5f);
-        if (!yq || !x01 || ldm_metric_psnr(ctx, x01, yq, 1.0, &psnr) || ldm_metric_ssim(ctx, x01, yq, 1.0, &ssim)) { rc = fail(ctx, "metrics"); goto done; }
-        printf("psnr: %.4f\nssim: %.6f\n", psnr, ssim);
-        rc = 0;
-    }
-done:
+    int rc;
+    if (ldm_vae_create(ctx, &vae, &vc)) rc = fail(ctx, "model");
+    else if (ldm_vae_load(ctx, vae, a.weights, a.strict)) rc = fail(ctx, "weights");
+    else rc = run(ctx, vae, &a, &vc);
     ldm_vae_destroy(vae);
     ldm_ctx_destroy(ctx);
     return rc;
