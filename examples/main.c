@@ -866,6 +866,7 @@ typedef struct drv {
     int64_t batches_this_run, signal_at;
     uint64_t data_seed;                /* the loaders' seed: --seed, or the resumed run's */
     int64_t last_written;              /* batches_this_run when checkpoints/last was written, or -1 */
+    int ngpu, gpu_id;                  /* 0 GPUs: the CPU */
     int lpips_note_done, monitor_note;
     ldm_config_strs lpips_path;
 } drv;
@@ -1012,11 +1013,8 @@ static int drv_load_config(drv *d) {
     }
     for (int i = 0; i < o->n_base; i++)
         if (ldm_config_load(d->cfg, o->base[i])) return drv_fail_cfg(d);
-    for (int i = 0; i < o->n_ovr; i++) {
-        char origin[32];
-        drv_sfmt(origin, sizeof origin, "<command line>:%d", i + 1);
-        if (ldm_config_set(d->cfg, o->ovr[i], origin)) return drv_fail_cfg(d);
-    }
+    for (int i = 0; i < o->n_ovr; i++) /* located as <command line>:N */
+        if (ldm_config_set(d->cfg, o->ovr[i], NULL)) return drv_fail_cfg(d);
     return 0;
 }
 
@@ -1091,19 +1089,44 @@ static int drv_read_config(drv *d, drv_root_cfg *root, drv_model_cfg *mcfg, cons
         drv_error("%s: an int interval must be >= 1", drv_where(d->tc.val_check_interval, w, sizeof w));
         return 1;
     }
-    /* devices: CPU in this build */
+    /* devices (Lightning's gpus: an int n = n GPUs, "0," or [0] = those ids; main.py counts
+       them as len(gpus.strip(",").split(","))) */
     const ldm_config_node *g = d->tc.gpus;
-    int wants_gpu = g && !(g->type == LDM_CONFIG_NULL || (g->type == LDM_CONFIG_INT && g->i == 0) ||
-                           (g->type == LDM_CONFIG_STR && g->s[0] == 0));
+    int ngpu = 0;
+    d->gpu_id = 0;
+    if (g && g->type == LDM_CONFIG_INT) ngpu = g->i > 0 ? (int)g->i : g->i < 0 ? 2 : 0; /* -1: all (at least 2 here) */
+    else if (g && g->type == LDM_CONFIG_STR) {
+        char ids[256], *tok, *save = NULL;
+        drv_sfmt(ids, sizeof ids, "%s", g->s);
+        for (tok = strtok_r(ids, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
+            if (!ngpu) d->gpu_id = atoi(tok);
+            ngpu++;
+        }
+        if (ngpu == 1 && !strchr(g->s, ',')) { ngpu = d->gpu_id > 0 ? d->gpu_id : 0; d->gpu_id = 0; } /* "2" is a count */
+    } else if (g && g->type == LDM_CONFIG_LIST) {
+        ngpu = g->n;
+        if (g->n && g->child[0]->type == LDM_CONFIG_INT) d->gpu_id = (int)g->child[0]->i;
+    }
     const char *acc = d->tc.accelerator;
-    if (acc[0] && strcmp(acc, "cpu")) wants_gpu = 1;
-    if (wants_gpu) {
-        const ldm_config_node *at = g && g->type != LDM_CONFIG_NULL ? g : ldm_config_find(tn, "accelerator");
-        drv_error("%s: this ldm is a CPU build: GPUs need the CUDA back end (ldm_cuda.cuh, built with LDM_CUDA=1 ./build.sh), "
-                  "which this version does not include (hint: drop --gpus / lightning.trainer.gpus to train on the CPU)",
-                  drv_where(at, w, sizeof w));
+    const ldm_config_node *at = g && g->type != LDM_CONFIG_NULL ? g : ldm_config_find(tn, "accelerator");
+    if (acc[0] && strcmp(acc, "cpu") && strcmp(acc, "gpu") && strcmp(acc, "cuda") && strcmp(acc, "ddp") && strcmp(acc, "dp")) {
+        drv_error("%s: accelerator \"%s\" (hint: cpu, or gpu with gpus)", drv_where(at, w, sizeof w), acc);
         return 1;
     }
+    if (acc[0] && strcmp(acc, "cpu") && ngpu == 0) ngpu = 1;
+    if (ngpu > 1) {
+        drv_error("%s: %d GPUs asked for: multi-GPU data parallel is not supported yet (hint: one GPU, e.g. --gpus 0,)",
+                  drv_where(at, w, sizeof w), ngpu);
+        return 1;
+    }
+#ifndef LDM_CUDA
+    if (ngpu) {
+        drv_error("%s: this ldm is a CPU build: GPUs need the CUDA back end (rebuild with LDM_CUDA=1 ./build.sh on a machine "
+                  "with nvcc; hint: drop --gpus / lightning.trainer.gpus to train on the CPU)", drv_where(at, w, sizeof w));
+        return 1;
+    }
+#endif
+    d->ngpu = ngpu;
 
     /* callbacks: the ImageLogger is on by default (main.py's default_callbacks_cfg) */
     if (drv_imlog_cfg_load(cfg, NULL, &d->imlog.c)) return drv_fail_cfg(d);
@@ -2215,6 +2238,14 @@ static int drv_run(drv *d) {
     s.seed = o->seed; /* seed_everything */
     if (ldm_ctx_create(&d->ctx, &s)) { drv_error("context: %s", d->ctx ? ldm_ctx_error(d->ctx) : "out of memory"); return 1; }
     ldm_ctx *ctx = d->ctx;
+#ifdef LDM_CUDA
+    if (d->ngpu) {
+        /* every tensor the run creates from here on lives on the GPU */
+        if (!ldm_cuda_available()) { drv_error("--gpus: no CUDA device is visible (hint: check nvidia-smi, or drop --gpus)"); return 1; }
+        if (ldm_cuda_init(ctx, d->gpu_id)) return drv_fail_ctx(d, "--gpus");
+        printf("Running on GPU %d (%s)\n", d->gpu_id, ldm_cuda_device_name(ctx));
+    }
+#endif
     if (drv_build_model(d, ae_params)) return 1;
 
     /* data */
@@ -2235,7 +2266,7 @@ static int drv_run(drv *d) {
 
     /* learning rate (main.py) */
     d->accumulate = d->tc.accumulate_grad_batches;
-    int ngpu = 1, bs = d->dm->batch_size;
+    int ngpu = d->ngpu ? d->ngpu : 1, bs = d->dm->batch_size;
     printf("accumulate_grad_batches = %d\n", d->accumulate);
     if (o->scale_lr) {
         d->lr = d->accumulate * ngpu * bs * d->base_lr;
