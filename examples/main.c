@@ -18,7 +18,8 @@
      --no-test [BOOL]       skip the test after training
      --scale_lr [BOOL]      lr = accumulate_grad_batches * num_gpus * batch_size * base_lr
                             (default true; --scale_lr false uses base_learning_rate as is)
-     --gpus IDS             Lightning's trainer flag; needs a CUDA build (an error here)
+     --gpus IDS             Lightning's trainer flag: one GPU ("0,") in a CUDA build
+                            (LDM_CUDA=1 ./build.sh); in a CPU build a GPU is an error
      --max_steps N, --max_epochs N, ... any lightning.trainer key as a flag
      -h, --help             this text and the config keys
 
@@ -1094,7 +1095,7 @@ static int drv_read_config(drv *d, drv_root_cfg *root, drv_model_cfg *mcfg, cons
     const ldm_config_node *g = d->tc.gpus;
     int ngpu = 0;
     d->gpu_id = 0;
-    if (g && g->type == LDM_CONFIG_INT) ngpu = g->i > 0 ? (int)g->i : g->i < 0 ? 2 : 0; /* -1: all (at least 2 here) */
+    if (g && g->type == LDM_CONFIG_INT) ngpu = g->i > 0 ? (int)g->i : g->i < 0 ? -1 : 0; /* -1: every visible GPU */
     else if (g && g->type == LDM_CONFIG_STR) {
         char ids[256], *tok, *save = NULL;
         drv_sfmt(ids, sizeof ids, "%s", g->s);
@@ -1110,7 +1111,7 @@ static int drv_read_config(drv *d, drv_root_cfg *root, drv_model_cfg *mcfg, cons
     const char *acc = d->tc.accelerator;
     const ldm_config_node *at = g && g->type != LDM_CONFIG_NULL ? g : ldm_config_find(tn, "accelerator");
     if (acc[0] && strcmp(acc, "cpu") && strcmp(acc, "gpu") && strcmp(acc, "cuda") && strcmp(acc, "ddp") && strcmp(acc, "dp")) {
-        drv_error("%s: accelerator \"%s\" (hint: cpu, or gpu with gpus)", drv_where(at, w, sizeof w), acc);
+        drv_error("%s: accelerator \"%s\" (hint: cpu, or gpu with gpus)", drv_where(ldm_config_find(tn, "accelerator"), w, sizeof w), acc);
         return 1;
     }
     if (acc[0] && strcmp(acc, "cpu") && ngpu == 0) ngpu = 1;
@@ -2241,7 +2242,10 @@ static int drv_run(drv *d) {
 #ifdef LDM_CUDA
     if (d->ngpu) {
         /* every tensor the run creates from here on lives on the GPU */
-        if (!ldm_cuda_available()) { drv_error("--gpus: no CUDA device is visible (hint: check nvidia-smi, or drop --gpus)"); return 1; }
+        int avail = ldm_cuda_available();
+        if (!avail) { drv_error("--gpus: no CUDA device is visible (hint: check nvidia-smi, or drop --gpus)"); return 1; }
+        if (d->ngpu < 0) d->ngpu = avail;
+        if (d->ngpu > 1) { drv_error("--gpus: %d GPUs: multi-GPU data parallel is not supported yet (hint: --gpus 0,)", d->ngpu); return 1; }
         if (ldm_cuda_init(ctx, d->gpu_id)) return drv_fail_ctx(d, "--gpus");
         printf("Running on GPU %d (%s)\n", d->gpu_id, ldm_cuda_device_name(ctx));
     }

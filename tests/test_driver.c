@@ -170,7 +170,8 @@ static int count_topk(const char *ckdir) {
 }
 
 int main(void) {
-    snprintf(T, sizeof T, "/tmp/ldm_test_driver_XXXXXX");
+    snprintf(T, sizeof T, "/tmp/ldm_test_driver_");
+    for (int i = 0; i < 6; i++) strcat(T, "X"); /* mkdtemp's template */
     if (!mkdtemp(T)) { printf("FAIL mkdtemp\n"); return 1; }
     if (!exists("./ldm")) { printf("FAIL ./ldm is not built (run ./build.sh)\n"); return 1; }
     char p[1200], q[1200], args[3000], U[800], I[800], S[800];
