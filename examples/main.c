@@ -868,7 +868,7 @@ typedef struct drv {
     uint64_t data_seed;                /* the loaders' seed: --seed, or the resumed run's */
     int64_t last_written;              /* batches_this_run when checkpoints/last was written, or -1 */
     int ngpu, gpu_id;                  /* 0 GPUs: the CPU */
-    int lpips_note_done, monitor_note;
+    int monitor_note;
     ldm_config_strs lpips_path;
 } drv;
 
@@ -1045,7 +1045,7 @@ static int drv_resolve(drv *d, const ldm_config_registry *reg, const ldm_config_
 }
 
 /* Reads and checks every key of the config (the model is built later). */
-static int drv_read_config(drv *d, drv_root_cfg *root, drv_model_cfg *mcfg, const ldm_config_node **ae_params) {
+static int drv_read_config(drv *d, drv_root_cfg *root, drv_model_cfg *mcfg) {
     ldm_config *cfg = d->cfg;
     void *dummy;
     char w[400];
@@ -1053,7 +1053,6 @@ static int drv_read_config(drv *d, drv_root_cfg *root, drv_model_cfg *mcfg, cons
     if (drv_model_cfg_load(cfg, root->model, mcfg)) return drv_fail_cfg(d);
     if (drv_resolve(d, d->reg_model, root->model, 0, &dummy)) return 1;
     d->base_lr = mcfg->base_learning_rate;
-    *ae_params = mcfg->params;
     if (drv_ae_cfg_load(cfg, mcfg->params, &d->ae)) return drv_fail_cfg(d);
     if (ldm_vae_config_read(cfg, mcfg->params, &d->vc)) return drv_fail_cfg(d);
     if (!d->vc.double_z) {
@@ -1260,9 +1259,8 @@ static const char *drv_rename_vae(void *user, const char *name, char *buf, size_
     return name;
 }
 
-static int drv_build_model(drv *d, const ldm_config_node *ae_params) {
+static int drv_build_model(drv *d) {
     ldm_ctx *ctx = d->ctx;
-    (void)ae_params;
     if (ldm_vae_create(ctx, &d->vae, &d->vc)) return drv_fail_ctx(d, "AutoencoderKL");
     if (ldm_lpips_loss_create(ctx, &d->L, &d->lc)) return drv_fail_ctx(d, "LPIPSWithDiscriminator");
 
@@ -1324,13 +1322,10 @@ static int drv_setup_lpips(drv *d, const char *ckpt_model_file) {
     }
     const char *note = NULL;
     if (ldm_lpips_loss_ready(ctx, d->L, &note)) return drv_fail_ctx(d, "LPIPSWithDiscriminator");
-    if (!d->lpips_note_done) {
-        if (note) drv_note("%s", note);
-        if (!d->lp_metric)
-            drv_note("metrics: no LPIPS weights (lossconfig.params.lpips_path or $LDM_LPIPS_WEIGHTS), so no LPIPS metric; PSNR and SSIM only");
-        else drv_note("LPIPS weights from %s", src);
-        d->lpips_note_done = 1;
-    }
+    if (note) drv_note("%s", note);
+    if (!d->lp_metric)
+        drv_note("metrics: no LPIPS weights (lossconfig.params.lpips_path or $LDM_LPIPS_WEIGHTS), so no LPIPS metric; PSNR and SSIM only");
+    else drv_note("LPIPS weights from %s", src);
     return 0;
 }
 
@@ -2227,8 +2222,7 @@ static int drv_run(drv *d) {
     drv_opts *o = d->o;
     drv_root_cfg root;
     drv_model_cfg mcfg;
-    const ldm_config_node *ae_params;
-    if (drv_setup_paths(d) || drv_load_config(d) || drv_registries(d) || drv_read_config(d, &root, &mcfg, &ae_params)) return 1;
+    if (drv_setup_paths(d) || drv_load_config(d) || drv_registries(d) || drv_read_config(d, &root, &mcfg)) return 1;
     if (!d->resuming && drv_exists(d->logdir)) {
         drv_error("logdir %s exists already (hint: another --name, or wait a second)", d->logdir);
         return 1;
@@ -2250,7 +2244,7 @@ static int drv_run(drv *d) {
         printf("Running on GPU %d (%s)\n", d->gpu_id, ldm_cuda_device_name(ctx));
     }
 #endif
-    if (drv_build_model(d, ae_params)) return 1;
+    if (drv_build_model(d)) return 1;
 
     /* data */
     if (root.data) {
@@ -2307,7 +2301,7 @@ static int drv_run(drv *d) {
         if (ldm_config_save(d->cfg, NULL, p)) return drv_fail_cfg(d);
         printf("Project config saved to %s\n", p);
     }
-    { /* temporaries of a run that was killed while writing a checkpoint */
+    if (o->train) { /* temporaries of a run that was killed while writing a checkpoint */
         DIR *dir = opendir(d->ckptdir);
         struct dirent *e;
         while (dir && (e = readdir(dir)) != NULL)
