@@ -65,11 +65,20 @@ LDM_API void ldm_cuda_shutdown(ldm_ctx *ctx);
    backend table are defined. */
 #if defined(LDM_TENSOR_IMPLEMENTATION_DONE) && !defined(LDM_CUDA_IMPLEMENTATION_DONE)
 #define LDM_CUDA_IMPLEMENTATION_DONE
+#if defined(LDM_CUDA_EMULATOR)
+/* Tests only: a C++ header (tests/cuda_emu.hpp) that runs these kernels on the CPU, one block
+   at a time, with device memory unreadable to host code, so CI checks the back end's logic. */
+#include LDM_CUDA_EMULATOR
+#define LDM__CU_LAUNCH(k, grid, block, stream, ...) ldm_emu_launch(#k, k, (grid), (block), (stream), __VA_ARGS__)
+#else
 #ifndef __CUDACC__
 #error "LDM_CUDA: the file that defines LDM_IMPLEMENTATION must be compiled by nvcc (as .cu)"
 #endif
 #include <cuda_runtime.h>
 #include <cublas_v2.h>
+/* Every launch goes through this macro (dynamic shared memory is never used). */
+#define LDM__CU_LAUNCH(k, grid, block, stream, ...) k<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
+#endif
 #include <limits.h>
 
 typedef struct ldm__cuda_state {
@@ -113,7 +122,7 @@ static unsigned ldm__cu_blocks(int64_t n) {
 #define LDM__CU_RUN(ctx, n, k, ...)                                                              \
     do {                                                                                        \
         if ((n) > 0) {                                                                          \
-            k<<<ldm__cu_blocks(n), LDM__CU_T, 0, ldm__cu_st(ctx)->stream>>>(__VA_ARGS__);       \
+            LDM__CU_LAUNCH(k, ldm__cu_blocks(n), LDM__CU_T, ldm__cu_st(ctx)->stream, __VA_ARGS__);       \
             LDM__CU_LAUNCHED(ctx);                                                              \
         }                                                                                       \
     } while (0)
@@ -343,7 +352,7 @@ static void ldm__cu_reduce(ldm_ctx *ctx, float *out, const float *x, const ldm__
     if (r->on <= 0) return;
     if (r->on >= 4096 || r->rn <= 64) LDM__CU_RUN(ctx, r->on, ldm__k_reduce_thread, out, x, *r, accumulate);
     else {
-        ldm__k_reduce_block<<<(unsigned)LDM__MIN(r->on, 65535), LDM__CU_T, 0, ldm__cu_st(ctx)->stream>>>(out, x, *r, accumulate);
+        LDM__CU_LAUNCH(ldm__k_reduce_block, (unsigned)LDM__MIN(r->on, 65535), LDM__CU_T, ldm__cu_st(ctx)->stream, out, x, *r, accumulate);
         LDM__CU_LAUNCHED(ctx);
     }
 }
@@ -568,7 +577,7 @@ static __global__ void ldm__k_sum_over_b(float *dw, float *db, const double *dwp
 static void ldm__cu_groupnorm_forward(ldm_ctx *ctx, float *out, float *mean, float *rstd, const float *inp, const float *w,
                                       const float *b, int64_t B, int64_t C, int64_t S, int G, float eps) {
     if (B * G <= 0) return;
-    ldm__k_gn_fwd<<<(unsigned)(B * G), LDM__CU_T, 0, ldm__cu_st(ctx)->stream>>>(out, mean, rstd, inp, w, b, C, S, G, eps);
+    LDM__CU_LAUNCH(ldm__k_gn_fwd, (unsigned)(B * G), LDM__CU_T, ldm__cu_st(ctx)->stream, out, mean, rstd, inp, w, b, C, S, G, eps);
     LDM__CU_LAUNCHED(ctx);
 }
 static void ldm__cu_groupnorm_backward(ldm_ctx *ctx, float *dinp, float *dw, float *db, const float *dout, const float *inp,
@@ -577,7 +586,7 @@ static void ldm__cu_groupnorm_backward(ldm_ctx *ctx, float *dinp, float *dw, flo
     size_t used0 = ctx->arena[LDM_CUDA].used;
     double *part = (double *)ldm_arena_alloc(ctx, LDM_CUDA, sizeof(double) * (size_t)(2 * B * C));
     if (!part) return;
-    ldm__k_gn_bwd<<<(unsigned)(B * G), LDM__CU_T, 0, ldm__cu_st(ctx)->stream>>>(dinp, part, part + B * C, dout, inp, w, mean, rstd, C, S, G);
+    LDM__CU_LAUNCH(ldm__k_gn_bwd, (unsigned)(B * G), LDM__CU_T, ldm__cu_st(ctx)->stream, dinp, part, part + B * C, dout, inp, w, mean, rstd, C, S, G);
     if (!LDM__CU_LAUNCHED(ctx) && (dw || db)) LDM__CU_RUN(ctx, C, ldm__k_sum_over_b, dw, db, part, part + B * C, B, C);
     ctx->arena[LDM_CUDA].used = used0;
 }
@@ -631,7 +640,7 @@ static __global__ void ldm__k_bn_bwd(float *dinp, float *dw, float *db, const fl
 }
 static void ldm__cu_channel_stats(ldm_ctx *ctx, float *mean, float *var, const float *x, int64_t B, int64_t C, int64_t S) {
     if (C <= 0) return;
-    ldm__k_bn_stats<<<(unsigned)C, LDM__CU_T, 0, ldm__cu_st(ctx)->stream>>>(mean, var, x, B, C, S);
+    LDM__CU_LAUNCH(ldm__k_bn_stats, (unsigned)C, LDM__CU_T, ldm__cu_st(ctx)->stream, mean, var, x, B, C, S);
     LDM__CU_LAUNCHED(ctx);
 }
 static void ldm__cu_channel_affine(ldm_ctx *ctx, float *out, const float *x, const float *mean, const float *rstd, const float *w,
@@ -641,7 +650,7 @@ static void ldm__cu_channel_affine(ldm_ctx *ctx, float *out, const float *x, con
 static void ldm__cu_batchnorm_backward(ldm_ctx *ctx, float *dinp, float *dw, float *db, const float *dout, const float *x,
                                        const float *w, const float *mean, const float *rstd, int64_t B, int64_t C, int64_t S, int training) {
     if (C <= 0) return;
-    ldm__k_bn_bwd<<<(unsigned)C, LDM__CU_T, 0, ldm__cu_st(ctx)->stream>>>(dinp, dw, db, dout, x, w, mean, rstd, B, C, S, training);
+    LDM__CU_LAUNCH(ldm__k_bn_bwd, (unsigned)C, LDM__CU_T, ldm__cu_st(ctx)->stream, dinp, dw, db, dout, x, w, mean, rstd, B, C, S, training);
     LDM__CU_LAUNCHED(ctx);
 }
 
@@ -706,14 +715,14 @@ static unsigned ldm__cu_row_blocks(int64_t R) {
 static void ldm__cu_layernorm_forward(ldm_ctx *ctx, float *out, float *mean, float *rstd, const float *x, const float *w,
                                       const float *b, int64_t R, int64_t N, float eps) {
     if (R <= 0) return;
-    ldm__k_ln_fwd<<<ldm__cu_row_blocks(R), LDM__CU_T, 0, ldm__cu_st(ctx)->stream>>>(out, mean, rstd, x, w, b, R, N, eps);
+    LDM__CU_LAUNCH(ldm__k_ln_fwd, ldm__cu_row_blocks(R), LDM__CU_T, ldm__cu_st(ctx)->stream, out, mean, rstd, x, w, b, R, N, eps);
     LDM__CU_LAUNCHED(ctx);
 }
 static void ldm__cu_layernorm_backward(ldm_ctx *ctx, float *dx, float *dw, float *db, const float *dy, const float *x,
                                        const float *w, const float *mean, const float *rstd, int64_t R, int64_t N) {
     if (R <= 0) return;
     if (dx) {
-        ldm__k_ln_bwd<<<ldm__cu_row_blocks(R), LDM__CU_T, 0, ldm__cu_st(ctx)->stream>>>(dx, dy, x, w, mean, rstd, R, N);
+        LDM__CU_LAUNCH(ldm__k_ln_bwd, ldm__cu_row_blocks(R), LDM__CU_T, ldm__cu_st(ctx)->stream, dx, dy, x, w, mean, rstd, R, N);
         LDM__CU_LAUNCHED(ctx);
     }
     if (dw || db) LDM__CU_RUN(ctx, N, ldm__k_ln_wgrad, dw, db, dy, x, mean, rstd, R, N);
@@ -775,14 +784,14 @@ static __global__ void ldm__k_sm_bwd_cols(float *dxx, const float *dyy, const fl
 static void ldm__cu_softmax_forward(ldm_ctx *ctx, float *y, const float *x, int64_t outer, int64_t D, int64_t inner) {
     if (outer * inner <= 0 || D <= 0) return;
     if (inner == 1) {
-        ldm__k_sm_fwd_rows<<<ldm__cu_row_blocks(outer), LDM__CU_T, 0, ldm__cu_st(ctx)->stream>>>(y, x, outer, D);
+        LDM__CU_LAUNCH(ldm__k_sm_fwd_rows, ldm__cu_row_blocks(outer), LDM__CU_T, ldm__cu_st(ctx)->stream, y, x, outer, D);
         LDM__CU_LAUNCHED(ctx);
     } else LDM__CU_RUN(ctx, outer * inner, ldm__k_sm_fwd_cols, y, x, outer, D, inner);
 }
 static void ldm__cu_softmax_backward(ldm_ctx *ctx, float *dx, const float *dy, const float *y, int64_t outer, int64_t D, int64_t inner) {
     if (outer * inner <= 0 || D <= 0) return;
     if (inner == 1) {
-        ldm__k_sm_bwd_rows<<<ldm__cu_row_blocks(outer), LDM__CU_T, 0, ldm__cu_st(ctx)->stream>>>(dx, dy, y, outer, D);
+        LDM__CU_LAUNCH(ldm__k_sm_bwd_rows, ldm__cu_row_blocks(outer), LDM__CU_T, ldm__cu_st(ctx)->stream, dx, dy, y, outer, D);
         LDM__CU_LAUNCHED(ctx);
     } else LDM__CU_RUN(ctx, outer * inner, ldm__k_sm_bwd_cols, dx, dy, y, outer, D, inner);
 }
@@ -961,9 +970,9 @@ static double ldm__cu_sum_squares(ldm_ctx *ctx, const float *x, int64_t n) {
     double r = 0.0;
     if (n <= 0) return 0.0;
     int nb = (int)LDM__MIN((n + LDM__CU_T * 8 - 1) / (LDM__CU_T * 8), LDM__CU_RED_BLOCKS);
-    ldm__k_sumsq_part<<<nb, LDM__CU_T, 0, st->stream>>>(st->scratch, x, n);
+    LDM__CU_LAUNCH(ldm__k_sumsq_part, nb, LDM__CU_T, st->stream, st->scratch, x, n);
     if (LDM__CU_LAUNCHED(ctx)) return 0.0;
-    ldm__k_sum_parts<<<1, LDM__CU_T, 0, st->stream>>>(st->scratch + LDM__CU_RED_BLOCKS, st->scratch, nb);
+    LDM__CU_LAUNCH(ldm__k_sum_parts, 1, LDM__CU_T, st->stream, st->scratch + LDM__CU_RED_BLOCKS, st->scratch, nb);
     if (LDM__CU_LAUNCHED(ctx)) return 0.0;
     if (LDM__CU(ctx, cudaMemcpyAsync(&r, st->scratch + LDM__CU_RED_BLOCKS, sizeof r, cudaMemcpyDeviceToHost, st->stream))) return 0.0;
     if (LDM__CU(ctx, cudaStreamSynchronize(st->stream))) return 0.0;
