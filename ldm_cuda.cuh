@@ -514,9 +514,20 @@ static void ldm__cu_conv_backward(ldm_ctx *ctx, float *dinp, float *dw, float *d
     ctx->arena[LDM_CUDA].used = used0;
 }
 
-/* ---- group norm: one block per (b, g); statistics in double ---- */
+/* ---- group norm: one block per (b, g); statistics in double ----
+   silu: the output is silu(z) for z the normalised value, written in the same pass; the
+   backward recomputes z per element (same operations as the forward) and uses dy * silu'(z). */
+static __device__ float ldm__cu_gn_z(float x, float mf, float r, const float *w, const float *b, int64_t c) {
+    float sc = __fmul_rn(r, w ? w[c] : 1.0f), shf = __fsub_rn(b ? b[c] : 0.0f, __fmul_rn(mf, sc));
+    return __fadd_rn(__fmul_rn(x, sc), shf);
+}
+/* dy * silu'(z), as ldm__k_unary_bw computes it */
+static __device__ float ldm__cu_silu_grad(float dy, float z) {
+    float sg = 1.0f / (1.0f + expf(-z));
+    return dy * (sg * (1.0f + z * (1.0f - sg)));
+}
 static __global__ void ldm__k_gn_fwd(float *out, float *mean, float *rstd, const float *inp, const float *w, const float *b,
-                                     int64_t C, int64_t S, int G, float eps) {
+                                     int64_t C, int64_t S, int G, float eps, int silu) {
     __shared__ double sh[33];
     int64_t i = blockIdx.x, cg = C / G, n = cg * S, c0 = (i % G) * cg;
     const float *x = inp + i * n;
@@ -530,13 +541,12 @@ static __global__ void ldm__k_gn_fwd(float *out, float *mean, float *rstd, const
     if (threadIdx.x == 0) { mean[i] = mf; rstd[i] = r; }
     float *y = out + i * n;
     for (int64_t k = threadIdx.x; k < n; k += blockDim.x) {
-        int64_t c = c0 + k / S;
-        float sc = __fmul_rn(r, w ? w[c] : 1.0f), shf = __fsub_rn(b ? b[c] : 0.0f, __fmul_rn(mf, sc));
-        y[k] = __fadd_rn(__fmul_rn(x[k], sc), shf);
+        float z = ldm__cu_gn_z(x[k], mf, r, w, b, c0 + k / S);
+        y[k] = silu ? z / (1.0f + expf(-z)) : z; /* LDM__U_SILU's expression */
     }
 }
 static __global__ void ldm__k_gn_bwd(float *dinp, double *dwp, double *dbp, const float *dout, const float *inp, const float *w,
-                                     const float *mean, const float *rstd, int64_t C, int64_t S, int G) {
+                                     const float *b, const float *mean, const float *rstd, int64_t C, int64_t S, int G, int silu) {
     __shared__ double sh[33];
     int64_t i = blockIdx.x, cg = C / G, n = cg * S, c0 = (i % G) * cg, bi = i / G;
     const float *x = inp + i * n, *dy = dout + i * n;
@@ -546,6 +556,7 @@ static __global__ void ldm__k_gn_bwd(float *dinp, double *dwp, double *dbp, cons
         double a = 0.0, bs = 0.0;
         for (int64_t k = threadIdx.x; k < S; k += blockDim.x) {
             float xh = (x[c * S + k] - m) * r, g = dy[c * S + k];
+            if (silu) g = ldm__cu_silu_grad(g, ldm__cu_gn_z(x[c * S + k], m, r, w, b, c0 + c));
             a += (double)g * xh;
             bs += g;
         }
@@ -561,8 +572,9 @@ static __global__ void ldm__k_gn_bwd(float *dinp, double *dwp, double *dbp, cons
     float *dx = dinp + i * n;
     for (int64_t k = threadIdx.x; k < n; k += blockDim.x) {
         int64_t c = c0 + k / S;
-        float wc = w ? w[c] : 1.0f, xh = (x[k] - m) * r;
-        dx[k] += r * (dy[k] * wc - mdy - xh * mdyx);
+        float wc = w ? w[c] : 1.0f, xh = (x[k] - m) * r, g = dy[k];
+        if (silu) g = ldm__cu_silu_grad(g, ldm__cu_gn_z(x[k], m, r, w, b, c));
+        dx[k] += r * (g * wc - mdy - xh * mdyx);
     }
 }
 /* Per-channel sums of per-(b, c) partials over b, in b order (the CPU's order). */
@@ -575,18 +587,19 @@ static __global__ void ldm__k_sum_over_b(float *dw, float *db, const double *dwp
     }
 }
 static void ldm__cu_groupnorm_forward(ldm_ctx *ctx, float *out, float *mean, float *rstd, const float *inp, const float *w,
-                                      const float *b, int64_t B, int64_t C, int64_t S, int G, float eps) {
+                                      const float *b, int64_t B, int64_t C, int64_t S, int G, float eps, int silu) {
     if (B * G <= 0) return;
-    LDM__CU_LAUNCH(ldm__k_gn_fwd, (unsigned)(B * G), LDM__CU_T, ldm__cu_st(ctx)->stream, out, mean, rstd, inp, w, b, C, S, G, eps);
+    LDM__CU_LAUNCH(ldm__k_gn_fwd, (unsigned)(B * G), LDM__CU_T, ldm__cu_st(ctx)->stream, out, mean, rstd, inp, w, b, C, S, G, eps, silu);
     LDM__CU_LAUNCHED(ctx);
 }
 static void ldm__cu_groupnorm_backward(ldm_ctx *ctx, float *dinp, float *dw, float *db, const float *dout, const float *inp,
-                                       const float *w, const float *mean, const float *rstd, int64_t B, int64_t C, int64_t S, int G) {
+                                       const float *w, const float *b, const float *mean, const float *rstd, int64_t B, int64_t C,
+                                       int64_t S, int G, int silu) {
     if (B * G <= 0) return;
     size_t used0 = ctx->arena[LDM_CUDA].used;
     double *part = (double *)ldm_arena_alloc(ctx, LDM_CUDA, sizeof(double) * (size_t)(2 * B * C));
     if (!part) return;
-    LDM__CU_LAUNCH(ldm__k_gn_bwd, (unsigned)(B * G), LDM__CU_T, ldm__cu_st(ctx)->stream, dinp, part, part + B * C, dout, inp, w, mean, rstd, C, S, G);
+    LDM__CU_LAUNCH(ldm__k_gn_bwd, (unsigned)(B * G), LDM__CU_T, ldm__cu_st(ctx)->stream, dinp, part, part + B * C, dout, inp, w, b, mean, rstd, C, S, G, silu);
     if (!LDM__CU_LAUNCHED(ctx) && (dw || db)) LDM__CU_RUN(ctx, C, ldm__k_sum_over_b, dw, db, part, part + B * C, B, C);
     ctx->arena[LDM_CUDA].used = used0;
 }

@@ -255,6 +255,8 @@ typedef struct ldm_nn_groupnorm {
 LDM_API ldm_result ldm_nn_groupnorm_init(ldm_nn_params *P, ldm_nn_groupnorm *m, const char *name, int groups,
                                          int channels, float eps, int affine);
 LDM_API ldm_tensor *ldm_nn_groupnorm_forward(ldm_ctx *ctx, const ldm_nn_groupnorm *m, ldm_tensor *x);
+/* F.silu(norm(x)) in one op (ldm_group_norm_silu): no normalised activation is kept. */
+LDM_API ldm_tensor *ldm_nn_groupnorm_silu_forward(ldm_ctx *ctx, const ldm_nn_groupnorm *m, ldm_tensor *x);
 
 /* nn.BatchNorm1d/2d/3d (any [B, C, ...] input). momentum < 0 means momentum=None
    (cumulative average, factor 1/num_batches_tracked). Training with running statistics
@@ -943,6 +945,9 @@ LDM_API ldm_result ldm_nn_groupnorm_init(ldm_nn_params *P, ldm_nn_groupnorm *m, 
 }
 LDM_API ldm_tensor *ldm_nn_groupnorm_forward(ldm_ctx *ctx, const ldm_nn_groupnorm *m, ldm_tensor *x) {
     return ldm_group_norm(ctx, x, m->weight, m->bias, m->groups, m->eps);
+}
+LDM_API ldm_tensor *ldm_nn_groupnorm_silu_forward(ldm_ctx *ctx, const ldm_nn_groupnorm *m, ldm_tensor *x) {
+    return ldm_group_norm_silu(ctx, x, m->weight, m->bias, m->groups, m->eps);
 }
 
 LDM_API ldm_result ldm_nn_batchnorm_init(ldm_nn_params *P, ldm_nn_batchnorm *m, const char *name, int channels,

@@ -256,6 +256,11 @@ LDM_API ldm_tensor *ldm_conv3d(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_t
 LDM_API ldm_tensor *ldm_conv3d_ex(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, const int stride[3], const int pad[6]);
 /* normalisation (x [B,C,...]); weight/bias may be NULL (no affine) */
 LDM_API ldm_tensor *ldm_group_norm(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int groups, float eps);
+/* silu(group_norm(x)) as one op (the ResnetBlock and VAE norm_out pattern): the forward equals
+   ldm_silu(ldm_group_norm(...)) bitwise on the CPU; the normalised pre-activation is never
+   stored (the tape keeps x, mean and rstd; the backward recomputes it), which saves one
+   activation of x's size per call, with or without grad. */
+LDM_API ldm_tensor *ldm_group_norm_silu(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int groups, float eps);
 /* training: batch statistics, and running_mean/var (persistent, may be NULL) updated in place
    with momentum (running = (1-m)*running + m*batch, unbiased var); eval: running statistics. */
 LDM_API ldm_tensor *ldm_batch_norm(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b,
@@ -484,10 +489,13 @@ struct ldm_backend {
     void (*conv_forward)(ldm_ctx *ctx, float *out, const float *inp, const float *w, const float *b, const ldm_conv_desc *d);
     void (*conv_backward)(ldm_ctx *ctx, float *dinp, float *dw, float *db, const float *dout, const float *inp,
                           const float *w, const ldm_conv_desc *d);
+    /* silu: out = silu(z) instead of z = groupnorm(x); the backward then recomputes z from inp,
+       mean, rstd, w and b (b is read only then) and back-propagates dout * silu'(z) */
     void (*groupnorm_forward)(ldm_ctx *ctx, float *out, float *mean, float *rstd, const float *inp, const float *w,
-                              const float *b, int64_t B, int64_t C, int64_t S, int G, float eps);
+                              const float *b, int64_t B, int64_t C, int64_t S, int G, float eps, int silu);
     void (*groupnorm_backward)(ldm_ctx *ctx, float *dinp, float *dw, float *db, const float *dout, const float *inp,
-                               const float *w, const float *mean, const float *rstd, int64_t B, int64_t C, int64_t S, int G);
+                               const float *w, const float *b, const float *mean, const float *rstd, int64_t B, int64_t C,
+                               int64_t S, int G, int silu);
     /* per-channel statistics over B and S (biased variance) */
     void (*channel_stats)(ldm_ctx *ctx, float *mean, float *var, const float *x, int64_t B, int64_t C, int64_t S);
     /* out = (x - mean[c]) * rstd[c] * w[c] + b[c] */
@@ -1708,30 +1716,39 @@ static int ldm__affine_ok(ldm_ctx *ctx, const char *op, const ldm_tensor *x, con
     return ldm__same_dev(ctx, op, x, w) && ldm__same_dev(ctx, op, x, b);
 }
 
-/* saved: mean[B*G], saved2: rstd[B*G]; i: 0 B, 1 C, 2 S, 3 G */
+/* saved: mean[B*G], saved2: rstd[B*G]; i: 0 B, 1 C, 2 S, 3 G, 4 silu (the output is
+   silu(z); z is recomputed from x, mean, rstd, w and b) */
 static void ldm__groupnorm_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
-    ldm_tensor *w = nd->in[1];
-    LDM__BE(nd->out)->groupnorm_backward(ctx, din[0], w ? din[1] : NULL, nd->in[2] ? din[2] : NULL, dout, nd->in[0]->data,
-                                         w ? w->data : NULL, (float *)nd->saved, (float *)nd->saved2, nd->i[0], nd->i[1],
-                                         nd->i[2], (int)nd->i[3]);
+    ldm_tensor *w = nd->in[1], *b = nd->in[2];
+    LDM__BE(nd->out)->groupnorm_backward(ctx, din[0], w ? din[1] : NULL, b ? din[2] : NULL, dout, nd->in[0]->data,
+                                         w ? w->data : NULL, b ? b->data : NULL, (float *)nd->saved, (float *)nd->saved2,
+                                         nd->i[0], nd->i[1], nd->i[2], (int)nd->i[3], (int)nd->i[4]);
 }
-LDM_API ldm_tensor *ldm_group_norm(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int groups, float eps) {
+static ldm_tensor *ldm__group_norm(ldm_ctx *ctx, const char *op, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int groups,
+                                   float eps, int silu) {
     if (ldm__bad(ctx, x)) return NULL;
-    if (x->ndim < 2) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_group_norm: input %s has no channel dim (expected [B,C,...])", ldm__shp(x).s); return NULL; }
+    if (x->ndim < 2) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: input %s has no channel dim (expected [B,C,...])", op, ldm__shp(x).s); return NULL; }
     if (groups < 1 || x->shape[1] % groups) {
-        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_group_norm: %d groups do not divide the channels of %s", groups, ldm__shp(x).s);
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: %d groups do not divide the channels of %s", op, groups, ldm__shp(x).s);
         return NULL;
     }
-    if (!ldm__affine_ok(ctx, "ldm_group_norm", x, w, b, x->shape[1])) return NULL;
+    if (!ldm__affine_ok(ctx, op, x, w, b, x->shape[1])) return NULL;
     int64_t B = x->shape[0], C = x->shape[1], S = ldm__spatial(x);
     ldm_tensor *y = ldm__like(ctx, x);
     float *mean = (float *)ldm_arena_alloc(ctx, x->device, sizeof(float) * (size_t)(B * groups));
     float *rstd = (float *)ldm_arena_alloc(ctx, x->device, sizeof(float) * (size_t)(B * groups));
     if (!y || !mean || !rstd) return NULL;
-    LDM__BE(x)->groupnorm_forward(ctx, y->data, mean, rstd, x->data, w ? w->data : NULL, b ? b->data : NULL, B, C, S, groups, eps);
+    LDM__BE(x)->groupnorm_forward(ctx, y->data, mean, rstd, x->data, w ? w->data : NULL, b ? b->data : NULL, B, C, S, groups,
+                                  eps, silu);
     ldm__node *nd = ldm__record(ctx, y, ldm__groupnorm_bw, 3, x, w, b, NULL);
-    if (nd) { nd->saved = mean; nd->saved2 = rstd; nd->i[0] = B; nd->i[1] = C; nd->i[2] = S; nd->i[3] = groups; }
+    if (nd) { nd->saved = mean; nd->saved2 = rstd; nd->i[0] = B; nd->i[1] = C; nd->i[2] = S; nd->i[3] = groups; nd->i[4] = silu; }
     return y;
+}
+LDM_API ldm_tensor *ldm_group_norm(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int groups, float eps) {
+    return ldm__group_norm(ctx, "ldm_group_norm", x, w, b, groups, eps, 0);
+}
+LDM_API ldm_tensor *ldm_group_norm_silu(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int groups, float eps) {
+    return ldm__group_norm(ctx, "ldm_group_norm_silu", x, w, b, groups, eps, 1);
 }
 
 /* saved: mean[C], saved2: rstd[C]; i: 0 B, 1 C, 2 S, 3 training */
@@ -3025,16 +3042,23 @@ LDM_API void ldm_conv_backward(ldm_ctx *ctx, float *dinp, float *dweight, float 
     ldm__cpu_conv_backward(ctx, dinp, dweight, dbias, dout, inp, weight, d);
 }
 
-/* ---- group norm: statistics in double, one (b, g) pair per work item ---- */
+/* ---- group norm: statistics in double, one (b, g) pair per work item ----
+   With silu the output is silu(z) for z the group norm output, computed with the same
+   operations as ldm_group_norm then ldm_silu (bitwise equal); the backward recomputes z. */
 typedef struct {
     float *out, *mean, *rstd, *dinp;
     const float *inp, *w, *b, *dout;
     const float *cmean, *crstd;
     double *dwp, *dbp; /* per (b, c) partial sums for the weight and bias gradients */
     int64_t B, C, S;
-    int G;
+    int G, silu;
     float eps;
 } ldm__gn_job;
+/* dy * silu'(z), as ldm_silu's backward computes it */
+static float ldm__silu_grad(float dy, float z) {
+    float sg = 1.0f / (1.0f + expf(-z));
+    return dy * sg * (1.0f + z * (1.0f - sg));
+}
 static void ldm__gn_fwd_task(void *arg, int64_t i0, int64_t i1, int tid) {
     ldm__gn_job *j = (ldm__gn_job *)arg;
     int64_t cg = j->C / j->G, n = cg * j->S;
@@ -3055,14 +3079,17 @@ static void ldm__gn_fwd_task(void *arg, int64_t i0, int64_t i1, int tid) {
             const float *xc = x + c * j->S;
             float *yc = y + c * j->S;
             for (int64_t k = 0; k < j->S; k++) yc[k] = xc[k] * sc + sh;
+            if (j->silu) /* in place, while the channel is in cache: LDM__U_SILU's expression */
+                for (int64_t k = 0; k < j->S; k++) { float v = yc[k]; yc[k] = v / (1.0f + expf(-v)); }
         }
     }
 }
 static void ldm__cpu_groupnorm_forward(ldm_ctx *ctx, float *out, float *mean, float *rstd, const float *inp, const float *w,
-                                       const float *b, int64_t B, int64_t C, int64_t S, int G, float eps) {
+                                       const float *b, int64_t B, int64_t C, int64_t S, int G, float eps, int silu) {
     ldm__gn_job j;
     memset(&j, 0, sizeof j);
     j.out = out; j.mean = mean; j.rstd = rstd; j.inp = inp; j.w = w; j.b = b; j.B = B; j.C = C; j.S = S; j.G = G; j.eps = eps;
+    j.silu = silu;
     ldm_parallel_for(ctx, B * G, 1, ldm__gn_fwd_task, &j);
 }
 static void ldm__gn_bwd_task(void *arg, int64_t i0, int64_t i1, int tid) {
@@ -3077,10 +3104,19 @@ static void ldm__gn_bwd_task(void *arg, int64_t i0, int64_t i1, int tid) {
         for (int64_t c = 0; c < cg; c++) {
             double a = 0.0, bsum = 0.0;
             const float *xc = x + c * j->S, *gc = dy + c * j->S;
-            for (int64_t k = 0; k < j->S; k++) { float xh = (xc[k] - m) * r; a += (double)gc[k] * xh; bsum += gc[k]; }
+            float wc = j->w ? j->w[c0 + c] : 1.0f;
+            if (j->silu) { /* the gradient reaching z: dy * silu'(z), z as the forward made it */
+                float sc = r * wc, sh = (j->b ? j->b[c0 + c] : 0.0f) - m * sc;
+                for (int64_t k = 0; k < j->S; k++) {
+                    float xh = (xc[k] - m) * r, g = ldm__silu_grad(gc[k], xc[k] * sc + sh);
+                    a += (double)g * xh;
+                    bsum += g;
+                }
+            } else {
+                for (int64_t k = 0; k < j->S; k++) { float xh = (xc[k] - m) * r; a += (double)gc[k] * xh; bsum += gc[k]; }
+            }
             if (j->dwp) j->dwp[bi * j->C + c0 + c] = a;
             if (j->dbp) j->dbp[bi * j->C + c0 + c] = bsum;
-            float wc = j->w ? j->w[c0 + c] : 1.0f;
             sdy += wc * bsum;
             sdyx += wc * a;
         }
@@ -3091,6 +3127,14 @@ static void ldm__gn_bwd_task(void *arg, int64_t i0, int64_t i1, int tid) {
             float wc = j->w ? j->w[c0 + c] : 1.0f;
             const float *xc = x + c * j->S, *gc = dy + c * j->S;
             float *dc = dx + c * j->S;
+            if (j->silu) {
+                float sc = r * wc, sh = (j->b ? j->b[c0 + c] : 0.0f) - m * sc;
+                for (int64_t k = 0; k < j->S; k++) {
+                    float xh = (xc[k] - m) * r, g = ldm__silu_grad(gc[k], xc[k] * sc + sh);
+                    dc[k] += r * (g * wc - mdy - xh * mdyx);
+                }
+                continue;
+            }
             for (int64_t k = 0; k < j->S; k++) {
                 float xh = (xc[k] - m) * r;
                 dc[k] += r * (gc[k] * wc - mdy - xh * mdyx);
@@ -3099,11 +3143,13 @@ static void ldm__gn_bwd_task(void *arg, int64_t i0, int64_t i1, int tid) {
     }
 }
 static void ldm__cpu_groupnorm_backward(ldm_ctx *ctx, float *dinp, float *dw, float *db, const float *dout, const float *inp,
-                                        const float *w, const float *mean, const float *rstd, int64_t B, int64_t C, int64_t S, int G) {
+                                        const float *w, const float *b, const float *mean, const float *rstd, int64_t B, int64_t C,
+                                        int64_t S, int G, int silu) {
     ldm__gn_job j;
     memset(&j, 0, sizeof j);
     size_t used0 = ctx->arena[LDM_CPU].used;
-    j.dinp = dinp; j.dout = dout; j.inp = inp; j.w = w; j.cmean = mean; j.crstd = rstd; j.B = B; j.C = C; j.S = S; j.G = G;
+    j.dinp = dinp; j.dout = dout; j.inp = inp; j.w = w; j.b = b; j.cmean = mean; j.crstd = rstd; j.B = B; j.C = C; j.S = S; j.G = G;
+    j.silu = silu;
     if (dw && !(j.dwp = (double *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(double) * (size_t)(B * C)))) return;
     if (db && !(j.dbp = (double *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(double) * (size_t)(B * C)))) return;
     ldm_parallel_for(ctx, B * G, 1, ldm__gn_bwd_task, &j);
@@ -3117,11 +3163,11 @@ static void ldm__cpu_groupnorm_backward(ldm_ctx *ctx, float *dinp, float *dw, fl
 }
 LDM_API void ldm_groupnorm_forward(ldm_ctx *ctx, float *out, float *mean, float *rstd, const float *inp, const float *weight,
                                    const float *bias, int64_t B, int64_t C, int64_t S, int G, float eps) {
-    ldm__cpu_groupnorm_forward(ctx, out, mean, rstd, inp, weight, bias, B, C, S, G, eps);
+    ldm__cpu_groupnorm_forward(ctx, out, mean, rstd, inp, weight, bias, B, C, S, G, eps, 0);
 }
 LDM_API void ldm_groupnorm_backward(ldm_ctx *ctx, float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
                                     const float *weight, const float *mean, const float *rstd, int64_t B, int64_t C, int64_t S, int G) {
-    ldm__cpu_groupnorm_backward(ctx, dinp, dweight, dbias, dout, inp, weight, mean, rstd, B, C, S, G);
+    ldm__cpu_groupnorm_backward(ctx, dinp, dweight, dbias, dout, inp, weight, NULL, mean, rstd, B, C, S, G, 0);
 }
 
 /* ---- batch norm: per-channel work items ---- */

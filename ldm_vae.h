@@ -462,10 +462,10 @@ static ldm_tensor *ldm__vae_keep(ldm_ctx *ctx, ldm_mark m, ldm_tensor *h) {
 }
 static ldm_tensor *ldm__vae_res_fwd(ldm_ctx *ctx, const ldm_vae *v, const ldm__vae_res *r, ldm_tensor *x) {
     ldm_mark m = ldm_arena_mark(ctx);
-    ldm_tensor *h = ldm_nn_conv2d_forward(ctx, &r->conv1, ldm_silu(ctx, ldm_nn_groupnorm_forward(ctx, &r->norm1, x)));
+    ldm_tensor *h = ldm_nn_conv2d_forward(ctx, &r->conv1, ldm_nn_groupnorm_silu_forward(ctx, &r->norm1, x));
     h = ldm__vae_keep(ctx, m, h);
     m = ldm_arena_mark(ctx);
-    h = ldm_silu(ctx, ldm_nn_groupnorm_forward(ctx, &r->norm2, h));
+    h = ldm_nn_groupnorm_silu_forward(ctx, &r->norm2, h);
     if (v->cfg.dropout > 0.0f) h = ldm_dropout(ctx, h, v->cfg.dropout, v->training);
     h = ldm__vae_keep(ctx, m, ldm_nn_conv2d_forward(ctx, &r->conv2, h));
     return ldm_add(ctx, r->has_shortcut ? ldm_nn_conv2d_forward(ctx, &r->nin_shortcut, x) : x, h);
@@ -518,7 +518,7 @@ static ldm_tensor *ldm__vae_mid(ldm_ctx *ctx, const ldm_vae *v, const ldm__vae_h
     return h;
 }
 static ldm_tensor *ldm__vae_out(ldm_ctx *ctx, const ldm__vae_half *hf, ldm_tensor *h) {
-    return ldm_nn_conv2d_forward(ctx, &hf->conv_out, ldm_silu(ctx, ldm_nn_groupnorm_forward(ctx, &hf->norm_out, h)));
+    return ldm_nn_conv2d_forward(ctx, &hf->conv_out, ldm_nn_groupnorm_silu_forward(ctx, &hf->norm_out, h));
 }
 
 LDM_API ldm_tensor *ldm_vae_encoder_forward(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x) {

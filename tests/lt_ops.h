@@ -16,7 +16,7 @@ enum {
     LT_SUM, LT_MEAN, LT_SUM_ALL, LT_MEAN_ALL,
     LT_MATMUL, LT_LINEAR,
     LT_CONV2D, LT_CONV2D_EX, LT_CONV3D, LT_CONV3D_EX,
-    LT_GROUP_NORM, LT_BATCH_NORM, LT_LAYER_NORM, LT_SOFTMAX,
+    LT_GROUP_NORM, LT_BATCH_NORM, LT_LAYER_NORM, LT_SOFTMAX, LT_GROUP_NORM_SILU,
     LT_UPSAMPLE, LT_AVG_POOL, LT_MAX_POOL, LT_PAD,
     LT_RESHAPE, LT_PERMUTE, LT_TRANSPOSE, LT_CONCAT, LT_SLICE, LT_SPLIT, LT_CHUNK, LT_COPY,
     LT_DROPOUT, LT_EMBEDDING,
@@ -29,7 +29,7 @@ enum {
      MATMUL a b, i0 trans_a i1 trans_b; LINEAR x w [b];
      CONV2D x w [b], i0 stride i1 pad; CONV2D_EX x w [b], i0 sh i1 sw i2..i5 top bottom left right;
      CONV3D x w [b], i0 stride i1 pad; CONV3D_EX x w [b], i0..i2 stride i3..i8 pads;
-     GROUP_NORM x [w b], i0 groups f0 eps; BATCH_NORM x [w b], i0 training f0 momentum f1 eps,
+     GROUP_NORM and GROUP_NORM_SILU x [w [b]], i0 groups f0 eps; BATCH_NORM x [w b], i0 training f0 momentum f1 eps,
        rm/rv running stats (may be NULL when training); LAYER_NORM x [w b], i0 nd f0 eps;
      SOFTMAX i0 dim; UPSAMPLE i0..i2 factors t,h,w; AVG/MAX_POOL i0 kernel i1 stride i2 pad;
      PAD i0 n, i1.. pads, f0 value; RESHAPE shape; PERMUTE i0.. perm; TRANSPOSE i0 i1;
@@ -96,6 +96,7 @@ static int lt_op_run(ldm_ctx *ctx, const lt_op *p, int n_in, ldm_tensor **in, ld
     case LT_CONV3D: out[0] = ldm_conv3d(ctx, x, a1, a2, i[0], i[1]); break;
     case LT_CONV3D_EX: out[0] = ldm_conv3d_ex(ctx, x, a1, a2, i, i + 3); break;
     case LT_GROUP_NORM: out[0] = ldm_group_norm(ctx, x, a1, a2, i[0], f[0]); break;
+    case LT_GROUP_NORM_SILU: out[0] = ldm_group_norm_silu(ctx, x, a1, a2, i[0], f[0]); break;
     case LT_BATCH_NORM: out[0] = ldm_batch_norm(ctx, x, a1, a2, p->rm, p->rv, i[0], f[0], f[1]); break;
     case LT_LAYER_NORM: out[0] = ldm_layer_norm(ctx, x, a1, a2, i[0], f[0]); break;
     case LT_SOFTMAX: out[0] = ldm_softmax(ctx, x, i[0]); break;

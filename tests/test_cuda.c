@@ -207,6 +207,11 @@ static void test_ops(ldm_ctx *ctx) {
     p = op0(LT_GROUP_NORM); p.i[0] = 4; p.f[0] = 1e-5f;
     check_case(ctx, "group_norm affine", &p, 3, s, 0, 0, 0, TOL);
     check_case(ctx, "group_norm plain", &p, 1, s, 0, 0, 0, TOL);
+    p = op0(LT_GROUP_NORM_SILU); p.i[0] = 4; p.f[0] = 1e-5f;
+    check_case(ctx, "group_norm_silu affine", &p, 3, s, 0, 0, 0, TOL);
+    check_case(ctx, "group_norm_silu weight only", &p, 2, s, 0, 0, 0, TOL);
+    check_case(ctx, "group_norm_silu plain", &p, 1, s, 0, 0, 0, TOL);
+    check_case(ctx, "group_norm_silu constant weight and bias", &p, 3, s, 0, 6, 0, TOL);
     s[0] = S4(4, 3, 5, 5); s[1] = S1(3); s[2] = S1(3);
     p = op0(LT_BATCH_NORM); p.i[0] = 1; p.f[0] = 0.1f; p.f[1] = 1e-5f;
     check_case(ctx, "batch_norm training", &p, 3, s, 0, 0, 0, TOL);

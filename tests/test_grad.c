@@ -336,6 +336,24 @@ static void test_norm(void) {
     p.i[0] = 5;
     { IN(leaf(S3(3, 5, 4), -1, 2), leaf(S1(5), 0.5f, 1.5f), leaf(S1(5), -1, 1)); gradcheck("group_norm [3,5,4] G5 (one channel per group)", &p, n_in, in); }
 
+    /* fused silu(group_norm): the backward recomputes the normalised values */
+    lt_op q = lt_op_make(LT_GROUP_NORM_SILU);
+    q.i[0] = 3; q.f[0] = 1e-5f;
+    ldm_step_reset(ctx);
+    { IN(leaf(S4(2, 6, 3, 4), -1, 2), leaf(S1(6), 0.5f, 1.5f), leaf(S1(6), -1, 1)); gradcheck("group_norm_silu [2,6,3,4] G3 affine", &q, n_in, in); }
+    ldm_step_reset(ctx);
+    { IN(leaf(S4(2, 6, 3, 4), -1, 2)); gradcheck("group_norm_silu G3 no affine", &q, n_in, in); }
+    ldm_step_reset(ctx);
+    { IN(leaf(S4(2, 6, 3, 4), -1, 2), leaf(S1(6), -1.5f, 1.5f)); gradcheck("group_norm_silu G3 weight, no bias", &q, n_in, in); }
+    ldm_step_reset(ctx);
+    q.i[0] = 2; q.f[0] = 1e-6f;
+    { IN(leaf(S5(1, 4, 2, 3, 3), -1, 2), leaf(S1(4), 0.5f, 1.5f), leaf(S1(4), -2, 2)); gradcheck("group_norm_silu 5-D G2", &q, n_in, in); }
+    ldm_step_reset(ctx);
+    q.i[0] = 1;
+    { IN(tens(S4(2, 3, 2, 3), -1, 2, 0), leaf(S1(3), 0.5f, 1.5f), leaf(S1(3), -1, 1)); gradcheck("group_norm_silu G1 constant input", &q, n_in, in); }
+    ldm_step_reset(ctx);
+    { IN(leaf(S4(2, 3, 2, 3), -1, 2), tens(S1(3), 0.5f, 1.5f, 0), tens(S1(3), -1, 1, 0)); gradcheck("group_norm_silu G1 constant weight and bias", &q, n_in, in); }
+
     lt_op b = lt_op_make(LT_BATCH_NORM);
     b.i[0] = 1; b.f[0] = 0.1f; b.f[1] = 1e-5f;
     ldm_step_reset(ctx);

@@ -5,7 +5,9 @@
    <c>/r0.. and input gradients <c>/g0..; the table below repeats ops_ref.py's parameters.
    Tolerances: 1e-6 abs + 1e-5 rel for element-wise and data-movement ops; 1e-5 + 1e-4 for
    the ops that sum many terms in float32 (GEMM, convolution, norms). Also: chunked
-   convolution against direct loops in double (shapes too big for the fixture). 
+   convolution against direct loops in double (shapes too big for the fixture); the fused
+   ldm_group_norm_silu against ldm_silu(ldm_group_norm(...)) (forward bitwise, gradients to
+   float rounding) and the arena memory its tape saves. 
    Also built and run under ASan/UBSan by build.sh (LDM_TEST_SANITIZE). */
 #define LDM_IMPLEMENTATION
 #include "lt_ops.h"
@@ -193,6 +195,94 @@ static void norms(void) {
     run_case("softmax_1", OPI(LT_SOFTMAX, 0, 0, 1), 1, HEAVY);
     run_case("softmax_2", OPI(LT_SOFTMAX, 0, 0, 2), 1, HEAVY);
     run_case("softmax_large", OPI(LT_SOFTMAX, 0, 0, -1), 1, HEAVY);
+    run_case("group_norm_silu", OPI(LT_GROUP_NORM_SILU, 1e-6f, 0, 3), 3, HEAVY);
+    run_case("group_norm_silu_noaffine", OPI(LT_GROUP_NORM_SILU, 1e-5f, 0, 4), 1, HEAVY);
+    run_case("group_norm_silu_32", OPI(LT_GROUP_NORM_SILU, 1e-6f, 0, 32), 3, HEAVY);
+    run_case("group_norm_silu_5d", OPI(LT_GROUP_NORM_SILU, 1e-6f, 0, 2), 3, HEAVY);
+}
+
+/* ---- fused group norm + SiLU against the composition ------------------------------------ */
+/* One pass of y = silu(group_norm(x)) (fused or not) into y and the gradients of sum(y * r)
+   into g[0..2] (x, w, b; NULL inputs skipped). */
+static int gn_silu_pass(int fused, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int G, const float *r, float *y,
+                        float *const *g) {
+    ldm_tensor *in[3] = {x, w, b}, *wrt[3];
+    float *dst[3];
+    int n = 0;
+    for (int k = 0; k < 3; k++) if (in[k]) { wrt[n] = in[k]; dst[n++] = g[k]; }
+    ldm_tensor *out = fused ? ldm_group_norm_silu(ctx, x, w, b, G, 1e-6f) : ldm_silu(ctx, ldm_group_norm(ctx, x, w, b, G, 1e-6f));
+    ldm_tensor *loss = ldm_sum_all(ctx, ldm_mul(ctx, out, ldm_from_host(ctx, out ? ldm_shape_of(out) : ldm_shape1(1), r)));
+    if (!loss || ldm_grad(ctx, loss, n, wrt, dst)) return 0;
+    memcpy(y, out->data, sizeof(float) * (size_t)out->numel);
+    return 1;
+}
+static void gn_silu_vs_composition(int affine, int has_bias) {
+    const int64_t B = 2, C = 64, H = 12, W = 10;
+    const int G = 32;
+    char nm[160];
+    const char *tag = affine ? (has_bias ? "weight+bias" : "weight only") : "no affine";
+    ldm_step_reset(ctx);
+    ldm_tensor *x = ldm_randn(ctx, ldm_shape4(B, C, H, W)), *w = affine ? ldm_rand(ctx, ldm_shape1(C)) : NULL;
+    ldm_tensor *b = affine && has_bias ? ldm_randn(ctx, ldm_shape1(C)) : NULL, *r = ldm_randn(ctx, ldm_shape4(B, C, H, W));
+    if (!x || !r || (affine && !w) || (has_bias && !b)) { lt_report(0, "group_norm_silu setup", "%s", ldm_ctx_error(ctx)); return; }
+    x->requires_grad = 1;
+    for (int64_t i = 0; i < x->numel; i++) x->data[i] = 1.5f * x->data[i] + 0.5f; /* an offset mean, both signs of z */
+    if (w) { w->requires_grad = 1; for (int64_t i = 0; i < C; i++) w->data[i] += 0.5f; }
+    if (b) b->requires_grad = 1;
+    int64_t n = x->numel;
+    float *y[2], *g[2][3];
+    for (int f = 0; f < 2; f++) {
+        y[f] = (float *)malloc(sizeof(float) * (size_t)n);
+        g[f][0] = (float *)malloc(sizeof(float) * (size_t)n);
+        g[f][1] = (float *)malloc(sizeof(float) * (size_t)C);
+        g[f][2] = (float *)malloc(sizeof(float) * (size_t)C);
+    }
+    int ok = gn_silu_pass(0, x, w, b, G, r->data, y[0], g[0]) && gn_silu_pass(1, x, w, b, G, r->data, y[1], g[1]);
+    if (!ok) {
+        lt_report(0, "group_norm_silu vs composition", "%s", ldm_ctx_error(ctx));
+        ldm_ctx_clear_error(ctx);
+    } else {
+        snprintf(nm, sizeof nm, "group_norm_silu %s [2,64,12,10] G32: forward bitwise == silu(group_norm)", tag);
+        lt_close(nm, y[1], y[0], (long)n, 0, 0);
+        snprintf(nm, sizeof nm, "group_norm_silu %s: d/dx vs composition", tag);
+        lt_close(nm, g[1][0], g[0][0], (long)n, 1e-6, 1e-5);
+        if (w) { snprintf(nm, sizeof nm, "group_norm_silu %s: d/dweight vs composition", tag); lt_close(nm, g[1][1], g[0][1], (long)C, 1e-6, 1e-5); }
+        if (b) { snprintf(nm, sizeof nm, "group_norm_silu %s: d/dbias vs composition", tag); lt_close(nm, g[1][2], g[0][2], (long)C, 1e-6, 1e-5); }
+    }
+    for (int f = 0; f < 2; f++) { free(y[f]); for (int k = 0; k < 3; k++) free(g[f][k]); }
+}
+/* The fused op keeps no normalised activation: with grad on, its forward takes one
+   activation of x's size less arena memory than the composition (whose silu node keeps z). */
+static void gn_silu_memory(void) {
+    const int64_t B = 1, C = 128, H = 32, W = 32;
+    ldm_step_reset(ctx);
+    ldm_tensor *x = ldm_randn(ctx, ldm_shape4(B, C, H, W)), *w = ldm_full(ctx, ldm_shape1(C), 1.0f), *b = ldm_zeros(ctx, ldm_shape1(C));
+    if (!x || !w || !b) { lt_report(0, "group_norm_silu memory setup", "%s", ldm_ctx_error(ctx)); return; }
+    x->requires_grad = w->requires_grad = b->requires_grad = 1;
+    size_t u0 = ldm_arena_used(ctx, LDM_CPU);
+    ldm_tensor *y0 = ldm_silu(ctx, ldm_group_norm(ctx, x, w, b, 32, 1e-6f));
+    size_t u1 = ldm_arena_used(ctx, LDM_CPU);
+    ldm_tensor *y1 = ldm_group_norm_silu(ctx, x, w, b, 32, 1e-6f);
+    size_t u2 = ldm_arena_used(ctx, LDM_CPU);
+    size_t unfused = u1 - u0, fused = u2 - u1, act = sizeof(float) * (size_t)x->numel;
+    int ok = y0 && y1 && y0->requires_grad && y1->requires_grad && unfused >= fused + act;
+    lt_report(ok, "group_norm_silu [1,128,32,32] saves one activation of arena memory on the tape",
+              "composition %zu bytes, fused %zu bytes, activation %zu bytes", unfused, fused, act);
+    printf("     arena per call with grad: silu(group_norm) %zu bytes, group_norm_silu %zu bytes (saves %zu)\n",
+           unfused, fused, unfused - fused);
+    /* the backward works from what was saved, and agrees with the composition's */
+    float *gx0 = (float *)malloc(sizeof(float) * (size_t)x->numel);
+    ldm_tensor *wrt[1] = {x};
+    float *outs0[1] = {gx0};
+    ldm_tensor *l0 = ldm_sum_all(ctx, ldm_square(ctx, y0)), *l1 = ldm_sum_all(ctx, ldm_square(ctx, y1));
+    ok = l0 && l1 && ldm_grad(ctx, l0, 1, wrt, outs0) == LDM_OK;
+    float *gx1 = (float *)malloc(sizeof(float) * (size_t)x->numel);
+    float *outs1[1] = {gx1};
+    ok = ok && ldm_grad(ctx, l1, 1, wrt, outs1) == LDM_OK;
+    if (ok) lt_close("group_norm_silu [1,128,32,32] d(sum y^2)/dx vs composition", gx1, gx0, (long)x->numel, 1e-6, 1e-5);
+    else { lt_report(0, "group_norm_silu memory backward", "%s", ldm_ctx_error(ctx)); ldm_ctx_clear_error(ctx); }
+    free(gx0);
+    free(gx1);
 }
 
 static void spatial(void) {
@@ -319,6 +409,8 @@ static void errors(void) {
     expect_invalid(ldm_conv3d(ctx, img, w3, NULL, 1, 1), "conv3d of a 4-D input", "ldm_conv3d");
     expect_invalid(ldm_group_norm(ctx, img, NULL, NULL, 3, 1e-5f), "group_norm 3 groups of 4 channels", "ldm_group_norm");
     expect_invalid(ldm_group_norm(ctx, img, b4, ldm_zeros(ctx, ldm_shape1(3)), 2, 1e-5f), "group_norm bias of 3 for 4 channels", "ldm_group_norm");
+    expect_invalid(ldm_group_norm_silu(ctx, img, NULL, NULL, 3, 1e-5f), "group_norm_silu 3 groups of 4 channels", "ldm_group_norm_silu: 3 groups");
+    expect_invalid(ldm_group_norm_silu(ctx, b4, NULL, NULL, 1, 1e-5f), "group_norm_silu of a 1-D tensor", "ldm_group_norm_silu: input [4]");
     expect_invalid(ldm_batch_norm(ctx, img, NULL, NULL, NULL, NULL, 0, 0.1f, 1e-5f), "batch_norm eval without running stats", "ldm_batch_norm");
     expect_invalid(ldm_batch_norm(ctx, ldm_zeros(ctx, ldm_shape2(1, 4)), NULL, NULL, NULL, NULL, 1, 0.1f, 1e-5f), "batch_norm training on one value per channel", "ldm_batch_norm");
     expect_invalid(ldm_layer_norm(ctx, a, NULL, NULL, 3, 1e-5f), "layer_norm over 3 dims of a 2-D tensor", "ldm_layer_norm");
@@ -377,6 +469,10 @@ int main(void) {
     errors();
     conv_chunked(1, 1, 1);
     conv_chunked(2, 0, 1);
+    gn_silu_vs_composition(1, 1);
+    gn_silu_vs_composition(1, 0);
+    gn_silu_vs_composition(0, 0);
+    gn_silu_memory();
     ldm_weights_close(fx);
     ldm_ctx_destroy(ctx);
     return lt_finish("test_ops");

@@ -246,6 +246,16 @@ def graph(x, w, b, gw, gb):
 
 case("graph", graph, U((2, 6, 5, 7)), U((6, 6, 3, 3), -0.3, 0.3), U((6,), -0.5, 0.5), U((6,), 0.5, 1.5), U((6,), -0.5, 0.5))
 
+# ---- fused group norm + SiLU (ldm_group_norm_silu); after every other case so that adding
+# them left the earlier cases' random draws unchanged ------------------------------------------
+case("group_norm_silu", lambda x, w, b: F.silu(F.group_norm(x, 3, w, b, eps=1e-6)),
+     U((2, 12, 5, 7), -1, 2), U((12,), 0.5, 1.5), U((12,)))
+case("group_norm_silu_noaffine", lambda x: F.silu(F.group_norm(x, 4, None, None, eps=1e-5)), U((2, 12, 5, 7), -1, 2))
+case("group_norm_silu_32", lambda x, w, b: F.silu(F.group_norm(x, 32, w, b, eps=1e-6)),
+     U((1, 96, 4, 5), -1, 2), U((96,), 0.5, 1.5), U((96,), -2, 2))
+case("group_norm_silu_5d", lambda x, w, b: F.silu(F.group_norm(x, 2, w, b, eps=1e-6)),
+     U((2, 6, 3, 4, 5), -1, 2), U((6,), 0.5, 1.5), U((6,)))
+
 
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "ops.safetensors")
 os.makedirs(os.path.dirname(out), exist_ok=True)
