@@ -9,7 +9,9 @@
 #
 # Environment: CC (default cc), LDM_PORTABLE=1 (no -march=native), LDM_CUDA=1 (CUDA build with
 # nvcc: NVCC, default nvcc on PATH else /usr/local/cuda/bin/nvcc; CUDA_ARCH, default sm_80),
-# LDM_THREADS (thread count at run time), LDM_SANITIZE=0 (skip sanitizer test builds).
+# LDM_THREADS (thread count at run time), LDM_SANITIZE=0 (skip sanitizer test builds),
+# LDM_EMU=0 (skip the CUDA-emulator builds: build/emu/test_cuda and build/emu/ldm run the CUDA
+# back end's code on the CPU through tests/cuda_emu.hpp; CXX, default c++).
 set -u
 cd "$(dirname "$0")"
 CC=${CC:-cc}
@@ -60,6 +62,16 @@ build_all() {
     [ "$src" = examples/main.c ] && out=build/ldm
     compile "$src" "$out" || { echo "build.sh: failed to build $src" >&2; ok=1; }
   done
+  # The CUDA back end on the CPU emulator (C++17), for machines without a GPU.
+  if [ "${LDM_CUDA:-0}" != 1 ] && [ "${LDM_EMU:-1}" = 1 ]; then
+    mkdir -p build/emu
+    for src in tests/test_cuda.c examples/main.c; do
+      out=build/emu/$(basename "${src%.c}"); [ "$src" = examples/main.c ] && out=build/emu/ldm
+      ${CXX:-c++} -std=c++17 -O2 -U_FORTIFY_SOURCE -w -DLDM_CUDA -DLDM_CUDA_EMULATOR='"cuda_emu.hpp"' -I. -Itests -Iexamples -Ithird_party \
+        $( [ -d /usr/include/stb ] && echo -I/usr/include/stb ) -x c++ "$src" -o "$out" $LIBS ||
+        { echo "build.sh: failed to build $src for the CUDA emulator" >&2; ok=1; }
+    done
+  fi
   # Vendoring tests also build as C++ (nvcc compiles .cu files as C++).
   if [ "${LDM_CUDA:-0}" != 1 ]; then
     for src in tests/test_vendor_*.c; do
@@ -78,6 +90,7 @@ run_tests() {
   local progs=()
   for t in tests/test_*.c; do [ -f "$t" ] && progs+=("build/$(basename "${t%.c}")"); done
   for t in tests/test_vendor_*.c; do [ -f "$t" ] && [ "${LDM_CUDA:-0}" != 1 ] && progs+=("build/$(basename "${t%.c}")_cpp"); done
+  [ "${LDM_CUDA:-0}" != 1 ] && [ "${LDM_EMU:-1}" = 1 ] && progs+=("build/emu/test_cuda")
   # Loader and parser tests (files marked LDM_TEST_SANITIZE) again under ASan/UBSan.
   if [ "${LDM_SANITIZE:-1}" = 1 ] && [ "${LDM_CUDA:-0}" != 1 ]; then
     for t in $(grep -l "LDM_TEST_SANITIZE" tests/test_*.c 2>/dev/null); do
@@ -92,7 +105,7 @@ run_tests() {
   fi
   for p in "${progs[@]}"; do
     [ -x "$p" ] || { echo "FAIL $p was not built"; fail=$((fail + 1)); continue; }
-    log=build/logs/$(basename "$p").log
+    log=build/logs/$(echo "${p#build/}" | tr / _).log
     echo "== $p"
     ( cd build && ASAN_OPTIONS=detect_leaks=1 timeout 900 "../$p" ) > "$log" 2>&1
     local rc=$?
