@@ -65,7 +65,7 @@ build_all() {
   # The CUDA back end on the CPU emulator (C++17), for machines without a GPU.
   if [ "${LDM_CUDA:-0}" != 1 ] && [ "${LDM_EMU:-1}" = 1 ]; then
     mkdir -p build/emu
-    for src in tests/test_cuda.c examples/main.c; do
+    for src in tests/test_cuda.c tests/test_vae.c tests/test_lpips.c examples/main.c; do
       out=build/emu/$(basename "${src%.c}"); [ "$src" = examples/main.c ] && out=build/emu/ldm
       ${CXX:-c++} -std=c++17 -O2 -U_FORTIFY_SOURCE -w -DLDM_CUDA -DLDM_CUDA_EMULATOR='"cuda_emu.hpp"' -I. -Itests -Iexamples -Ithird_party \
         $( [ -d /usr/include/stb ] && echo -I/usr/include/stb ) -x c++ "$src" -o "$out" $LIBS ||
@@ -90,7 +90,7 @@ run_tests() {
   local progs=()
   for t in tests/test_*.c; do [ -f "$t" ] && progs+=("build/$(basename "${t%.c}")"); done
   for t in tests/test_vendor_*.c; do [ -f "$t" ] && [ "${LDM_CUDA:-0}" != 1 ] && progs+=("build/$(basename "${t%.c}")_cpp"); done
-  [ "${LDM_CUDA:-0}" != 1 ] && [ "${LDM_EMU:-1}" = 1 ] && progs+=("build/emu/test_cuda")
+  [ "${LDM_CUDA:-0}" != 1 ] && [ "${LDM_EMU:-1}" = 1 ] && progs+=(build/emu/test_cuda build/emu/test_vae build/emu/test_lpips)
   # Loader and parser tests (files marked LDM_TEST_SANITIZE) again under ASan/UBSan.
   if [ "${LDM_SANITIZE:-1}" = 1 ] && [ "${LDM_CUDA:-0}" != 1 ]; then
     for t in $(grep -l "LDM_TEST_SANITIZE" tests/test_*.c 2>/dev/null); do

@@ -95,7 +95,7 @@ struct ldm_emu_blas { cudaStream_t stream; cublasMath_t math; };
 typedef ldm_emu_blas *cublasHandle_t;
 
 /* ---- emulator state ---- */
-struct ldm_emu_alloc { unsigned char *map, *ptr; size_t maplen, size, span; long id; };
+struct ldm_emu_alloc { unsigned char *map, *body, *ptr; size_t maplen, bodylen, size, span; long id; };
 struct ldm_emu_fiber { ucontext_t uc; jmp_buf jb; int state, started; const void *site; };
 enum { LDM_EMU_READY, LDM_EMU_AT_BLOCK, LDM_EMU_AT_WARP, LDM_EMU_DONE };
 #define LDM_EMU_STACK (128 * 1024)
@@ -157,7 +157,7 @@ static void ldm_emu_protect_all(int rw) {
     if (!g.protect) return;
     for (size_t i = 0; i < g.allocs.size(); i++) {
         ldm_emu_alloc &a = g.allocs[i];
-        if (mprotect(a.map, a.maplen - (size_t)getpagesize(), rw ? PROT_READ | PROT_WRITE : PROT_NONE))
+        if (mprotect(a.body, a.bodylen, rw ? PROT_READ | PROT_WRITE : PROT_NONE))
             ldm_emu_fatal("mprotect failed: %s", strerror(errno));
     }
 }
@@ -278,16 +278,24 @@ static cudaError_t cudaMalloc(void **out, size_t bytes) {
     if (!bytes) return cudaSuccess;
     if (bytes > g.total - g.used) return ldm_emu_ret(cudaErrorMemoryAllocation);
     ldm_emu_install_handler();
-    size_t page = (size_t)getpagesize(), span = (bytes + 255) & ~(size_t)255, body = (span + page - 1) / page * page;
+    /* Big allocations sit on 2 MiB-aligned transparent huge pages: switching protection then
+       touches one page-table entry per 2 MiB instead of per 4 KiB (the arena is large). */
+    size_t page = (size_t)getpagesize(), huge = (size_t)2 << 20, span = (bytes + 255) & ~(size_t)255;
+    size_t align = span >= huge ? huge : page, body = (span + align - 1) / align * align;
     ldm_emu_alloc a;
-    a.maplen = body + page; /* + the guard page */
+    a.maplen = body + (align > page ? align : 0) + page; /* alignment slack, the guard page */
     a.map = (unsigned char *)mmap(NULL, a.maplen, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (a.map == (unsigned char *)MAP_FAILED) return ldm_emu_ret(cudaErrorMemoryAllocation);
-    a.ptr = a.map + body - span; /* the allocation ends where the guard page starts */
+    a.body = (unsigned char *)(((uintptr_t)a.map + align - 1) & ~(uintptr_t)(align - 1));
+    a.bodylen = body;
+    a.ptr = a.body + body - span; /* the allocation ends where the guard page starts */
     a.size = bytes;
     a.span = span;
     a.id = g.next_id++;
-    if (!g.device_mode || !g.protect) mprotect(a.map, body, g.device_mode || !g.protect ? PROT_READ | PROT_WRITE : PROT_NONE);
+#ifdef MADV_HUGEPAGE
+    if (align > page) madvise(a.body, body, MADV_HUGEPAGE);
+#endif
+    mprotect(a.body, body, g.device_mode || !g.protect ? PROT_READ | PROT_WRITE : PROT_NONE);
     g.allocs.push_back(a);
     g.used += span;
     *out = a.ptr;

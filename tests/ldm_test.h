@@ -13,13 +13,14 @@
 #include "../ldm_tensor.h"
 
 static int lt_passed, lt_failed;
+static const char *lt_tag = ""; /* printed before every check's name, e.g. "[cuda] " */
 
 static void lt_report(int ok, const char *name, const char *fmt, ...) {
-    if (ok) { lt_passed++; printf("ok   %s\n", name); }
+    if (ok) { lt_passed++; printf("ok   %s%s\n", lt_tag, name); }
     else {
         va_list ap;
         lt_failed++;
-        printf("FAIL %s: ", name);
+        printf("FAIL %s%s: ", lt_tag, name);
         va_start(ap, fmt);
         vprintf(fmt, ap);
         va_end(ap);
@@ -42,15 +43,35 @@ static int lt_close(const char *name, const float *got, const float *want, long 
             if (d - lim > worst_excess || g != g) { worst_excess = d - lim; worst = i; }
         } else if (worst < 0 && d - lim > worst_excess) { worst_excess = d - lim; }
     }
-    if (bad == 0) { lt_passed++; printf("ok   %s (max abs %.2e, max rel %.2e, n %ld)\n", name, max_abs, max_rel, n); fflush(stdout); return 1; }
+    if (bad == 0) { lt_passed++; printf("ok   %s%s (max abs %.2e, max rel %.2e, n %ld)\n", lt_tag, name, max_abs, max_rel, n); fflush(stdout); return 1; }
     lt_failed++;
-    printf("FAIL %s: %ld of %ld elements off; worst [%ld] got %.8g want %.8g (abs %.3e); max abs %.3e, max rel %.3e (atol %.1e rtol %.1e)\n",
-           name, bad, n, worst, (double)got[worst], (double)want[worst], fabs((double)got[worst] - want[worst]), max_abs, max_rel, atol, rtol);
+    printf("FAIL %s%s: %ld of %ld elements off; worst [%ld] got %.8g want %.8g (abs %.3e); max abs %.3e, max rel %.3e (atol %.1e rtol %.1e)\n",
+           lt_tag, name, bad, n, worst, (double)got[worst], (double)want[worst], fabs((double)got[worst] - want[worst]), max_abs, max_rel, atol, rtol);
     fflush(stdout);
     return 0;
 }
 
+/* A tensor's values (grad: its gradient) readable on the host: its own memory on the CPU,
+   else a host copy kept until lt_host_release() (so fixture checks run on any device). */
+#define LT_MAX_COPIES 4096
+static float *lt__copies[LT_MAX_COPIES];
+static int lt__ncopies;
+static void lt_host_release(void) {
+    while (lt__ncopies > 0) free(lt__copies[--lt__ncopies]);
+}
+static const float *lt_h(ldm_ctx *ctx, const ldm_tensor *t, int grad) {
+    float *p = t ? (grad ? t->grad : t->data) : NULL;
+    if (!p || t->device == LDM_CPU) return p;
+    if (lt__ncopies == LT_MAX_COPIES) lt_host_release();
+    float *h = (float *)malloc(sizeof(float) * (size_t)(t->numel ? t->numel : 1));
+    ldm_tensor w = ldm_tensor_wrap(p, ldm_shape_of(t), t->device);
+    if (!h || ldm_to_host(ctx, &w, h)) { free(h); return NULL; }
+    lt__copies[lt__ncopies++] = h;
+    return h;
+}
+
 static int lt_finish(const char *prog) {
+    lt_host_release();
     printf("%s: %d passed, %d failed\n", prog, lt_passed, lt_failed);
     return lt_failed ? 1 : 0;
 }
@@ -65,14 +86,16 @@ static float *lt_load(ldm_ctx *ctx, ldm_weights *w, const char *name, long *nume
     if (numel) *numel = (long)inf->numel;
     return p;
 }
-/* The same as an arena tensor with the file's shape. */
+/* The same as an arena tensor with the file's shape, on the context's device. */
 static ldm_tensor *lt_tensor(ldm_ctx *ctx, ldm_weights *w, const char *name) {
     int i = ldm_weights_find(w, name);
     if (i < 0) { fprintf(stderr, "fixture %s has no tensor '%s'\n", ldm_weights_path(w), name); return NULL; }
     const ldm_weight_info *inf = ldm_weights_info(w, i);
-    ldm_tensor *t = ldm_new(ctx, ldm_shape_n(inf->ndim, inf->shape));
-    if (!t || ldm_weights_read(ctx, w, i, t->data)) { fprintf(stderr, "%s\n", ldm_ctx_error(ctx)); return NULL; }
-    return t;
+    float *h = (float *)malloc(sizeof(float) * (size_t)(inf->numel ? inf->numel : 1));
+    ldm_tensor *t = h && !ldm_weights_read(ctx, w, i, h) ? ldm_from_host(ctx, ldm_shape_n(inf->ndim, inf->shape), h) : NULL;
+    free(h);
+    if (!t) fprintf(stderr, "%s\n", ldm_ctx_error(ctx));
+    return t; /* on the context's device */
 }
 /* The hash weight generator of tests/ref/common.py (hash_uniform / hash_init), so big random
    models need no committed weights: element i of `name` is the splitmix64 finaliser of

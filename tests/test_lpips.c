@@ -47,7 +47,7 @@ static int ends_with(const char *s, const char *t) {
 
 /* The reference's hash_model: hash_init, then VGG convs x2.5, lin heads |.|, scaling
    constants and BatchNorm running statistics kept at their defaults, logvar = logvar_init. */
-static void hash_fill(ldm_nn_params *P, float logvar) {
+static void hash_fill(ldm_ctx *ctx, ldm_nn_params *P, float logvar) { /* on any device */
     char dotted[300];
     for (int i = 0; i < ldm_nn_count(P); i++) {
         const ldm_nn_entry *e = ldm_nn_entry_at(P, i);
@@ -55,13 +55,25 @@ static void hash_fill(ldm_nn_params *P, float logvar) {
         const char *nm = e->name;
         snprintf(dotted, sizeof dotted, ".%s", nm);
         if (ends_with(nm, "scaling_layer.shift") || ends_with(nm, "scaling_layer.scale")) continue;
-        if (ends_with(nm, "running_mean") || ends_with(nm, "num_batches_tracked")) { for (int64_t k = 0; k < t->numel; k++) t->data[k] = 0.0f; continue; }
-        if (ends_with(nm, "running_var")) { for (int64_t k = 0; k < t->numel; k++) t->data[k] = 1.0f; continue; }
-        if (!strcmp(nm, "logvar")) { t->data[0] = logvar; continue; }
-        lt_hash_init(nm, t->data, t->ndim, t->shape);
-        if (strstr(dotted, ".net.slice") && t->ndim == 4) for (int64_t k = 0; k < t->numel; k++) t->data[k] *= 2.5f;
-        if (strstr(dotted, ".lin") && ends_with(nm, ".model.1.weight")) for (int64_t k = 0; k < t->numel; k++) t->data[k] = fabsf(t->data[k]);
+        float *h = (float *)malloc(sizeof(float) * (size_t)t->numel);
+        if (!h) continue;
+        if (ends_with(nm, "running_mean") || ends_with(nm, "num_batches_tracked")) for (int64_t k = 0; k < t->numel; k++) h[k] = 0.0f;
+        else if (ends_with(nm, "running_var")) for (int64_t k = 0; k < t->numel; k++) h[k] = 1.0f;
+        else if (!strcmp(nm, "logvar")) h[0] = logvar;
+        else {
+            lt_hash_init(nm, h, t->ndim, t->shape);
+            if (strstr(dotted, ".net.slice") && t->ndim == 4) for (int64_t k = 0; k < t->numel; k++) h[k] *= 2.5f;
+            if (strstr(dotted, ".lin") && ends_with(nm, ".model.1.weight")) for (int64_t k = 0; k < t->numel; k++) h[k] = fabsf(h[k]);
+        }
+        ldm_nn_copy_from_host(ctx, t, h);
+        free(h);
     }
+}
+/* A registry block readable on the host. */
+static const float *block_h(ldm_ctx *ctx, ldm_nn_params *P, int64_t *n) {
+    float *b = ldm_nn_block(P, LDM_NN_BLOCK_PARAMS, n);
+    ldm_tensor w = ldm_tensor_wrap(b, ldm_shape1(*n), ldm_nn_params_device(P));
+    return lt_h(ctx, &w, 0);
 }
 
 /* value compare: |got - want| <= tol * max(1e-3, |want|) */
@@ -129,10 +141,11 @@ static void check_gproj(ldm_ctx *ctx, ldm_weights *fx, ldm_nn_params *P, const c
         snprintf(hname, sizeof hname, "proj.%s", local);
         float *g = lt_load(ctx, fx, key, NULL);
         float *h = (float *)malloc(sizeof(float) * (size_t)e->t->numel);
-        if (!g || !h) { bad++; free(g); free(h); continue; }
+        const float *eg = lt_h(ctx, e->t, 1);
+        if (!g || !h || !eg) { bad++; free(g); free(h); continue; }
         lt_hash_uniform(hname, h, (long)e->t->numel);
         double proj = 0, ss = 0;
-        for (int64_t k = 0; k < e->t->numel; k++) { proj += (double)e->t->grad[k] * h[k]; ss += (double)e->t->grad[k] * e->t->grad[k]; }
+        for (int64_t k = 0; k < e->t->numel; k++) { proj += (double)eg[k] * h[k]; ss += (double)eg[k] * eg[k]; }
         double rootn = sqrt((double)e->t->numel);
         double scale = sqrt(g[1]) / sqrt(3.0) + 1e-2 * grms * rootn;
         double d1 = fabs(proj - g[0]) / (1e-3 * scale);
@@ -157,9 +170,10 @@ static void check_buffers(ldm_ctx *ctx, ldm_weights *fx, ldm_nn_params *P, const
         long n;
         float *want = lt_load(ctx, fx, key, &n);
         count++;
-        if (!want || n != e->t->numel) { bad++; free(want); continue; }
+        const float *ed = lt_h(ctx, e->t, 0);
+        if (!want || !ed || n != e->t->numel) { bad++; free(want); continue; }
         for (long k = 0; k < n; k++)
-            if (fabs(e->t->data[k] - want[k]) > 1e-5 + 1e-4 * fabs(want[k])) { bad++; printf("  %s[%ld] got %.7g want %.7g\n", e->name, k, e->t->data[k], want[k]); break; }
+            if (fabs(ed[k] - want[k]) > 1e-5 + 1e-4 * fabs(want[k])) { bad++; printf("  %s[%ld] got %.7g want %.7g\n", e->name, k, ed[k], want[k]); break; }
         free(want);
     }
     snprintf(key, sizeof key, "%s: BatchNorm running statistics (%d buffers)", tag, count);
@@ -187,7 +201,7 @@ static int write_lpips_files(ldm_ctx *ctx, ldm_lpips *lp) {
             d = &ndb[nb++];
             d->name = e->name;
         } else continue;
-        d->data = e->t->data;
+        d->data = lt_h(ctx, e->t, 0);
         d->ndim = e->t->ndim;
         memcpy(d->shape, e->t->shape, sizeof d->shape);
     }
@@ -213,7 +227,7 @@ static void test_lpips(ldm_ctx *ctx, ldm_weights *fx) {
     lt_report(!v && strstr(ldm_ctx_error(ctx), "convert_lpips.py"), "lpips: no weights -> error with the conversion hint", "%s", ldm_ctx_error(ctx));
     ldm_ctx_clear_error(ctx);
 
-    hash_fill(src->P, 0.0f);
+    hash_fill(ctx, src->P, 0.0f);
     src->loaded = 1;
     lt_report(write_lpips_files(ctx, src) == 0, "lpips: write hash weights (taming and torchvision names)", "%s", ldm_ctx_error(ctx));
     int r = ldm_lpips_load(ctx, lp, "lpips_hash.safetensors", NULL);
@@ -229,11 +243,12 @@ static void test_lpips(ldm_ctx *ctx, ldm_weights *fx) {
     ldm_tensor *loss = v ? ldm_sum_all(ctx, ldm_mul(ctx, ldm_reshape(ctx, v, ldm_shape1(2)), ldm_from_host(ctx, ldm_shape1(2), wv))) : NULL;
     if (!loss || ldm_backward(ctx, loss)) { lt_report(0, "lpips: forward/backward", "%s", ldm_ctx_error(ctx)); return; }
     LT_CHECK(v->ndim == 4 && v->shape[0] == 2 && v->shape[1] == 1 && v->shape[2] == 1 && v->shape[3] == 1, "lpips: result is [B,1,1,1]");
-    check_fx(ctx, fx, "lp.val", v->data, 2, 0.0, 1e-4);
-    check_kinked(ctx, fx, "lp.grad0", x0->grad, (long)x0->numel);
-    check_kinked(ctx, fx, "lp.grad1", x1->grad, (long)x1->numel);
+    const float *vh = lt_h(ctx, v, 0);
+    check_fx(ctx, fx, "lp.val", vh, 2, 0.0, 1e-4);
+    check_kinked(ctx, fx, "lp.grad0", lt_h(ctx, x0, 1), (long)x0->numel);
+    check_kinked(ctx, fx, "lp.grad1", lt_h(ctx, x1, 1), (long)x1->numel);
     ldm_tensor *v2 = ldm_lpips_forward(ctx, lp2, x0, x1, 0);
-    lt_report(v2 && !memcmp(v2->data, v->data, 2 * sizeof(float)), "lpips: two-file torchvision load gives the same value (bitwise)", "differs");
+    lt_report(v2 && !memcmp(lt_h(ctx, v2, 0), vh, 2 * sizeof(float)), "lpips: two-file torchvision load gives the same value (bitwise)", "differs");
 
     /* dropout (training mode): single draws differ, their mean is the eval value. The
        relative spread of one draw is measured; 5 standard errors bound the mean. */
@@ -241,15 +256,17 @@ static void test_lpips(ldm_ctx *ctx, ldm_weights *fx) {
         int prev = ldm_set_grad_enabled(ctx, 0);
         ldm_tensor *a = ldm_slice(ctx, ldm_slice(ctx, x0, 2, 0, 16), 3, 0, 16), *b = ldm_slice(ctx, ldm_slice(ctx, x1, 2, 0, 16), 3, 0, 16);
         ldm_tensor *ev = ldm_lpips_forward(ctx, lp, a, b, 0);
+        const float *evh = ev ? lt_h(ctx, ev, 0) : NULL;
         double sum[2] = {0, 0}, sq[2] = {0, 0}, td = now_s();
         int n = 64, differ = 0;
         for (int i = 0; ev && i < n; i++) {
             ldm_mark m = ldm_arena_mark(ctx);
             ldm_tensor *d = ldm_lpips_forward(ctx, lp, a, b, 1);
-            if (!d) break;
+            const float *dh = d ? lt_h(ctx, d, 0) : NULL;
+            if (!dh) break;
             for (int k = 0; k < 2; k++) {
-                sum[k] += d->data[k]; sq[k] += (double)d->data[k] * d->data[k];
-                differ += fabsf(d->data[k] - ev->data[k]) > 1e-4f * ev->data[k];
+                sum[k] += dh[k]; sq[k] += (double)dh[k] * dh[k];
+                differ += fabsf(dh[k] - evh[k]) > 1e-4f * evh[k];
             }
             ldm_arena_rewind(ctx, m);
         }
@@ -257,8 +274,8 @@ static void test_lpips(ldm_ctx *ctx, ldm_weights *fx) {
         int ok = ev && differ > n;
         for (int k = 0; ok && k < 2; k++) {
             double mean = sum[k] / n, se = sqrt(fmax(sq[k] / n - mean * mean, 0) / n);
-            printf("     dropout: mean of %d draws %.6g (standard error %.2g), eval %.6g\n", n, mean, se, ev->data[k]);
-            ok = fabs(mean - ev->data[k]) < 5 * se && se < 0.05 * ev->data[k];
+            printf("     dropout: mean of %d draws %.6g (standard error %.2g), eval %.6g\n", n, mean, se, evh[k]);
+            ok = fabs(mean - evh[k]) < 5 * se && se < 0.05 * evh[k];
         }
         printf("     (dropout check %.1f s)\n", now_s() - td);
         lt_report(ok, "lpips: dropout mode is random and unbiased (mean of the draws within 5 standard errors of eval)", "%d draws differ", differ);
@@ -268,8 +285,9 @@ static void test_lpips(ldm_ctx *ctx, ldm_weights *fx) {
     r = ldm_lpips_load(ctx, lp2, "lpips_hash_features.safetensors", FIX "lpips_v0.1_vgg_lin.pth");
     const float want_lin0[4] = {0.0501117f, 0.0393123f, 0.0464007f, 0.0690696f};
     ldm_tensor *l0 = ldm_nn_find(lp2->P, "lin0.model.1.weight");
-    lt_report(r == 0 && l0 && l0->shape[1] == 64 && fabsf(l0->data[0] - want_lin0[0]) < 1e-6f && fabsf(l0->data[1] - want_lin0[1]) < 1e-6f &&
-              fabsf(l0->data[2] - want_lin0[2]) < 1e-6f && fabsf(l0->data[3] - want_lin0[3]) < 1e-6f,
+    const float *l0h = l0 ? lt_h(ctx, l0, 0) : NULL;
+    lt_report(r == 0 && l0h && l0->shape[1] == 64 && fabsf(l0h[0] - want_lin0[0]) < 1e-6f && fabsf(l0h[1] - want_lin0[1]) < 1e-6f &&
+              fabsf(l0h[2] - want_lin0[2]) < 1e-6f && fabsf(l0h[3] - want_lin0[3]) < 1e-6f,
               "lpips: real v0.1 lin weights load (lin0 starts 0.0501117 0.0393123 0.0464007 0.0690696)", "%s", ldm_ctx_error(ctx));
     ldm_ctx_clear_error(ctx);
 
@@ -311,7 +329,7 @@ static void test_lpips(ldm_ctx *ctx, ldm_weights *fx) {
 static void test_discriminator(ldm_ctx *ctx, ldm_weights *fx) {
     ldm_nn_params *P;
     ldm_patchgan D;
-    ldm_nn_params_create(ctx, &P, LDM_CPU);
+    ldm_nn_params_create(ctx, &P, ldm_ctx_device(ctx));
     ldm_patchgan_init(P, &D, NULL, 3, 64, 3, 0);
     if (ldm_nn_params_alloc(ctx, P)) { lt_report(0, "disc: create", "%s", ldm_ctx_error(ctx)); return; }
     const char *names[] = {"main.0.weight", "main.0.bias", "main.2.weight", "main.3.weight", "main.3.running_var", "main.5.weight",
@@ -326,31 +344,32 @@ static void test_discriminator(ldm_ctx *ctx, ldm_weights *fx) {
         ldm_tensor *w = ldm_nn_find(P, "main.8.weight"), *bn = ldm_nn_find(P, "main.9.weight"), *bb = ldm_nn_find(P, "main.9.bias"),
                    *cb = ldm_nn_find(P, "main.0.bias");
         double m = 0, s = 0, bm = 0, bs = 0, bz = 0, cbmax = 0;
-        for (int64_t k = 0; k < w->numel; k++) { m += w->data[k]; s += (double)w->data[k] * w->data[k]; }
+        const float *wh = lt_h(ctx, w, 0), *bnh = lt_h(ctx, bn, 0), *bbh = lt_h(ctx, bb, 0), *cbh = lt_h(ctx, cb, 0);
+        for (int64_t k = 0; k < w->numel; k++) { m += wh[k]; s += (double)wh[k] * wh[k]; }
         m /= (double)w->numel; s = sqrt(s / (double)w->numel - m * m);
-        for (int64_t k = 0; k < bn->numel; k++) { bm += bn->data[k]; bs += (double)(bn->data[k] - 1) * (bn->data[k] - 1); bz += fabsf(bb->data[k]); }
+        for (int64_t k = 0; k < bn->numel; k++) { bm += bnh[k]; bs += (double)(bnh[k] - 1) * (bnh[k] - 1); bz += fabsf(bbh[k]); }
         bm /= (double)bn->numel; bs = sqrt(bs / (double)bn->numel);
-        for (int64_t k = 0; k < cb->numel; k++) cbmax = fmax(cbmax, fabs(cb->data[k]));
+        for (int64_t k = 0; k < cb->numel; k++) cbmax = fmax(cbmax, fabs(cbh[k]));
         printf("     init: conv mean %.2e std %.5f; BN weight mean %.5f std %.5f; main.0.bias max %.4f (bound %.4f)\n", m, s, bm, bs, cbmax, 1 / sqrt(48.0));
         lt_report(fabs(m) < 1e-4 && fabs(s - 0.02) < 2e-4 && fabs(bm - 1) < 4e-3 && fabs(bs - 0.02) < 2e-3 && bz == 0 &&
                   cbmax <= 1 / sqrt(48.0) && cbmax > 0.5 / sqrt(48.0), "disc: taming's weights_init from the seeded RNG", "see the line above");
     }
-    hash_fill(P, 0.0f);
+    hash_fill(ctx, P, 0.0f);
     ldm_tensor *xa = lt_tensor(ctx, fx, "d.xa"), *xb = lt_tensor(ctx, fx, "d.xb"), *R = lt_tensor(ctx, fx, "d.R");
     xa->requires_grad = 1;
     ldm_tensor *out = ldm_patchgan_forward(ctx, &D, xa, 1);
     ldm_tensor *loss = ldm_sum_all(ctx, ldm_mul(ctx, out, R));
     if (!loss || ldm_backward(ctx, loss)) { lt_report(0, "disc: forward/backward", "%s", ldm_ctx_error(ctx)); return; }
     LT_CHECK(out->shape[0] == 2 && out->shape[1] == 1 && out->shape[2] == 2 && out->shape[3] == 2, "disc: 32x32 -> [2,1,2,2] logits");
-    check_fx(ctx, fx, "d.out_train", out->data, (long)out->numel, 1e-5, 1e-4);
-    check_fx(ctx, fx, "d.xgrad", xa->grad, (long)xa->numel, 1e-4, 1e-3);
+    check_fx(ctx, fx, "d.out_train", lt_h(ctx, out, 0), (long)out->numel, 1e-5, 1e-4);
+    check_fx(ctx, fx, "d.xgrad", lt_h(ctx, xa, 1), (long)xa->numel, 1e-4, 1e-3);
     check_gproj(ctx, fx, P, "d.gproj.", NULL, "disc train");
     check_buffers(ctx, fx, P, "d.buf.", "disc train");
-    LT_CHECK(ldm_nn_find(P, "main.3.num_batches_tracked")->data[0] == 1.0f, "disc: num_batches_tracked counts the training call");
+    LT_CHECK(lt_h(ctx, ldm_nn_find(P, "main.3.num_batches_tracked"), 0)[0] == 1.0f, "disc: num_batches_tracked counts the training call");
     int prev = ldm_set_grad_enabled(ctx, 0);
     out = ldm_patchgan_forward(ctx, &D, xb, 0);
     ldm_set_grad_enabled(ctx, prev);
-    if (out) check_fx(ctx, fx, "d.out_eval", out->data, (long)out->numel, 1e-5, 1e-4);
+    if (out) check_fx(ctx, fx, "d.out_eval", lt_h(ctx, out, 0), (long)out->numel, 1e-5, 1e-4);
     ldm_step_reset(ctx);
     ldm_nn_params_destroy(P);
 }
@@ -372,7 +391,7 @@ static void test_loss(ldm_ctx *ctx, ldm_weights *fx) {
     vc.attn_resolutions[0] = 16; vc.n_attn = 1;
     ldm_vae *vae;
     if (ldm_vae_create(ctx, &vae, &vc)) { lt_report(0, "loss: vae", "%s", ldm_ctx_error(ctx)); return; }
-    hash_fill(vae->P, 0.0f);
+    hash_fill(ctx, vae->P, 0.0f);
     char name[200];
     for (int k = 0; k < 4; k++) {
         if (LT_SANITIZED && k != 1) continue; /* one training case with both backward passes */
@@ -384,8 +403,8 @@ static void test_loss(ldm_ctx *ctx, ldm_weights *fx) {
         lc.lpips_eval = 1; /* the reference keeps LPIPS in eval mode */
         ldm_lpips_loss *L;
         if (ldm_lpips_loss_create(ctx, &L, &lc)) { lt_report(0, "loss: create", "%s", ldm_ctx_error(ctx)); break; }
-        hash_fill(L->P, (float)cs->logvar_init);
-        hash_fill(L->lpips->P, 0.0f);
+        hash_fill(ctx, L->P, (float)cs->logvar_init);
+        hash_fill(ctx, L->lpips->P, 0.0f);
         L->lpips->loaded = 1;
         ldm_lpips_loss_set_training(L, train);
         ldm_nn_zero_grad(ctx, vae->P);
@@ -396,7 +415,7 @@ static void test_loss(ldm_ctx *ctx, ldm_weights *fx) {
         ldm_vae_encode(ctx, vae, x, &q);
         ldm_tensor *xrec = ldm_vae_decode(ctx, vae, ldm_vae_posterior_sample(ctx, &q, eps));
         if (!xrec) { lt_report(0, "loss: autoencoder forward", "%s", ldm_ctx_error(ctx)); ldm_set_grad_enabled(ctx, prev); ldm_step_reset(ctx); ldm_lpips_loss_destroy(L); break; }
-        if (k == 1) check_fx(ctx, fx, "ae.xrec", xrec->data, (long)xrec->numel, 1e-5, 1e-4);
+        if (k == 1) check_fx(ctx, fx, "ae.xrec", lt_h(ctx, xrec, 0), (long)xrec->numel, 1e-5, 1e-4);
         ldm_loss_log log, dlog;
         ldm_tensor *lg = ldm_lpips_loss_generator(ctx, L, x, xrec, &q, cs->step, ldm_vae_last_layer(vae), cs->split, &log);
         if (lg && train) ldm_backward(ctx, lg);
@@ -423,12 +442,12 @@ static void test_loss(ldm_ctx *ctx, ldm_weights *fx) {
         snprintf(name, sizeof name, "c%d.loss_g", k);
         float *w = lt_load(ctx, fx, name, NULL);
         snprintf(name, sizeof name, "%s: generator loss", tag);
-        if (w) check_scalar(name, lg->data[0], w[0], 1e-3);
+        if (w) check_scalar(name, lt_h(ctx, lg, 0)[0], w[0], 1e-3);
         free(w);
         snprintf(name, sizeof name, "c%d.loss_d", k);
         w = lt_load(ctx, fx, name, NULL);
         snprintf(name, sizeof name, "%s: discriminator loss", tag);
-        if (w) check_scalar(name, ld->data[0], w[0], 1e-3);
+        if (w) check_scalar(name, lt_h(ctx, ld, 0)[0], w[0], 1e-3);
         free(w);
         if (train) {
             snprintf(name, sizeof name, "c%d.gproj.", k);
@@ -439,7 +458,7 @@ static void test_loss(ldm_ctx *ctx, ldm_weights *fx) {
             /* |x - xrec| has a sign: where x - xrec is within float32 rounding of 0 the float64
                reference can take the other sign, moving single elements by about the
                activation size; hence 5e-4 of the largest element besides 1e-3 relative */
-            check_fx(ctx, fx, name, ll->grad, (long)ll->numel, 5e-4, 1e-3);
+            check_fx(ctx, fx, name, lt_h(ctx, ll, 1), (long)ll->numel, 5e-4, 1e-3);
             snprintf(name, sizeof name, "c%d.dgproj.", k);
             snprintf(tag + strlen(tag) - 10, sizeof tag - strlen(tag) + 10, " discriminator");
             check_gproj(ctx, fx, L->P, name, "discriminator.", tag);
@@ -467,18 +486,19 @@ static void test_loss(ldm_ctx *ctx, ldm_weights *fx) {
             ldm_loss_log log;
             ldm_tensor *lg = ldm_lpips_loss_generator(ctx, L, x, xrec, &q, 0, ldm_vae_last_layer(vae), NULL, &log);
             double s = 0;
-            for (int64_t i = 0; lg && i < x->numel; i++) s += fabs((double)x->data[i] - xrec->data[i]);
+            const float *xh = lt_h(ctx, x, 0), *xrh = lt_h(ctx, xrec, 0);
+            for (int64_t i = 0; lg && i < x->numel; i++) s += fabs((double)xh[i] - xrh[i]);
             const float *rl = ldm_loss_log_get(&log, "train/rec_loss");
             lt_report(lg && rl && fabs(*rl - s / (double)x->numel) < 1e-5 * s / (double)x->numel, "loss: without LPIPS rec_loss is the mean L1",
                       "%s", ldm_ctx_error(ctx));
             ldm_ctx_clear_error(ctx);
             /* state round trip under "loss." */
-            hash_fill(L->P, 0.0f);
+            hash_fill(ctx, L->P, 0.0f);
             ldm_nn_save(ctx, L->P, "lpips_loss_state.safetensors", LDM_F32, "loss.");
             ldm_lpips_loss *L2;
             r = ldm_lpips_loss_create(ctx, &L2, &lc) || ldm_lpips_loss_load(ctx, L2, "lpips_loss_state.safetensors", "loss.");
             int64_t n1, n2;
-            float *b1 = ldm_nn_block(L->P, LDM_NN_BLOCK_PARAMS, &n1), *b2 = r ? NULL : ldm_nn_block(L2->P, LDM_NN_BLOCK_PARAMS, &n2);
+            const float *b1 = block_h(ctx, L->P, &n1), *b2 = r ? NULL : block_h(ctx, L2->P, &n2);
             lt_report(!r && n1 == n2 && !memcmp(b1, b2, sizeof(float) * (size_t)n1), "loss: logvar + discriminator save/load under \"loss.\"", "%s", ldm_ctx_error(ctx));
             ldm_ctx_clear_error(ctx);
             if (!r) ldm_lpips_loss_destroy(L2);
@@ -632,12 +652,33 @@ int main(void) {
     ldm_weights *fx;
     if (ldm_weights_open(ctx, &fx, FIX "lpips_ref.safetensors")) { printf("FAIL fixture: %s\n", ldm_ctx_error(ctx)); return 1; }
     void (*tests[5])(ldm_ctx *, ldm_weights *) = {test_lpips, test_discriminator, test_loss, test_metrics, test_cli};
+#ifndef LDM_CUDA_EMULATOR /* the emulator build only runs the device part below */
     for (int i = 0; i < 5; i++) {
         double t0 = now_s();
         tests[i](ctx, fx);
         printf("     (%.1f s)\n", now_s() - t0);
     }
+#endif
+#ifdef LDM_CUDA
+    /* LPIPS, the discriminator and the loss fixtures again on the GPU (the CPU emulator's build
+       runs the CUDA code on the CPU) */
+    ldm_ctx *gpu;
+    if (ldm_cuda_available() && !ldm_ctx_create(&gpu, &s)) {
+        if (ldm_cuda_init(gpu, 0)) lt_report(0, "cuda init", "%s", ldm_ctx_error(gpu));
+        else {
+            lt_tag = "[cuda] ";
+            printf("device: %s\n", ldm_cuda_device_name(gpu));
+            for (int i = 0; i < 3; i++) {
+                double t0 = now_s();
+                tests[i](gpu, fx);
+                lt_host_release();
+                printf("     (%.1f s)\n", now_s() - t0);
+            }
+            lt_tag = "";
+        }
+        ldm_ctx_destroy(gpu);
+    } else printf("SKIP test_lpips on CUDA: no CUDA device\n");
+#endif
     ldm_weights_close(fx);
-    ldm_ctx_destroy(ctx);
     return lt_finish("test_lpips");
 }

@@ -38,7 +38,7 @@ static void check_model(ldm_ctx *ctx, ldm_vae *vae, ldm_weights *fx, const char 
         long n;
         float *want = lt_load(ctx, fx, keys[i], &n);
         snprintf(name, sizeof name, "%s %s", tag, keys[i]);
-        if (want && n == got[i]->numel) lt_close(name, got[i]->data, want, n, 1e-5, 1e-4);
+        if (want && n == got[i]->numel) lt_close(name, lt_h(ctx, got[i], 0), want, n, 1e-5, 1e-4);
         else lt_report(0, name, "missing or wrong size");
         free(want);
     }
@@ -49,7 +49,7 @@ static void check_model(ldm_ctx *ctx, ldm_vae *vae, ldm_weights *fx, const char 
         long n;
         float *want = lt_load(ctx, fx, "dec_mode", &n);
         snprintf(name, sizeof name, "%s decode_infer(mode)", tag);
-        if (dm && want && n == dm->numel) lt_close(name, dm->data, want, n, 1e-5, 1e-4);
+        if (dm && want && n == dm->numel) lt_close(name, lt_h(ctx, dm, 0), want, n, 1e-5, 1e-4);
         else lt_report(0, name, "%s", ldm_ctx_error(ctx));
         free(want);
     }
@@ -61,7 +61,7 @@ static void check_model(ldm_ctx *ctx, ldm_vae *vae, ldm_weights *fx, const char 
     if (want) {
         double wmax = 0;
         for (long k = 0; k < n; k++) wmax = fmax(wmax, fabs(want[k]));
-        lt_close(name, x->grad, want, n, 1e-4 * wmax, 1e-3);
+        lt_close(name, lt_h(ctx, x, 1), want, n, 1e-4 * wmax, 1e-3);
     }
     free(want);
     /* The scale of the whole gradient: some true gradients are exactly zero (a bias right
@@ -87,6 +87,7 @@ static void check_model(ldm_ctx *ctx, ldm_vae *vae, ldm_weights *fx, const char 
         const ldm_nn_entry *e = ldm_nn_entry_at(vae->P, i);
         if (e->kind != LDM_NN_PARAM) continue;
         count++;
+        const float *eg = lt_h(ctx, e->t, 1);
         if (full) {
             snprintf(name, sizeof name, "grad.%s", e->name);
             float *g = lt_load(ctx, fx, name, &n);
@@ -94,9 +95,9 @@ static void check_model(ldm_ctx *ctx, ldm_vae *vae, ldm_weights *fx, const char 
             double gmax = 0;
             for (long k = 0; k < n; k++) gmax = fmax(gmax, fabs(g[k]));
             for (long k = 0; k < n; k++) {
-                double d = fabs((double)e->t->grad[k] - g[k]), lim = 1e-3 * fabs(g[k]) + 1e-4 * gmax + 1e-4 * grms;
+                double d = fabs((double)eg[k] - g[k]), lim = 1e-3 * fabs(g[k]) + 1e-4 * gmax + 1e-4 * grms;
                 if (d / lim > worst) { worst = d / lim; worst_name = e->name; }
-                if (d > lim) { bad++; printf("  %s[%ld]: got %.6g want %.6g (max |g| %.3g)\n", e->name, k, e->t->grad[k], g[k], gmax); break; }
+                if (d > lim) { bad++; printf("  %s[%ld]: got %.6g want %.6g (max |g| %.3g)\n", e->name, k, eg[k], g[k], gmax); break; }
             }
             free(g);
         } else {
@@ -106,7 +107,7 @@ static void check_model(ldm_ctx *ctx, ldm_vae *vae, ldm_weights *fx, const char 
             snprintf(name, sizeof name, "proj.%s", e->name);
             lt_hash_uniform(name, h, (long)e->t->numel);
             double proj = 0, ss = 0;
-            for (int64_t k = 0; k < e->t->numel; k++) { proj += (double)e->t->grad[k] * h[k]; ss += (double)e->t->grad[k] * e->t->grad[k]; }
+            for (int64_t k = 0; k < e->t->numel; k++) { proj += (double)eg[k] * h[k]; ss += (double)eg[k] * eg[k]; }
             /* a projection on a U(-1,1) vector is typically |g| / sqrt(3) large */
             double rootn = sqrt((double)e->t->numel);
             double scale = sqrt(g ? g[1] : 0) / sqrt(3.0) + 1e-1 * grms * rootn;
@@ -123,11 +124,39 @@ static void check_model(ldm_ctx *ctx, ldm_vae *vae, ldm_weights *fx, const char 
     if (bad == 0) printf("     (worst %s at %.2f of the tolerance)\n", worst_name, worst);
 }
 
-static void hash_weights(ldm_vae *vae) {
+static void hash_weights(ldm_ctx *ctx, ldm_vae *vae) { /* on any device */
     for (int i = 0; i < ldm_nn_count(vae->P); i++) {
         const ldm_nn_entry *e = ldm_nn_entry_at(vae->P, i);
-        lt_hash_init(e->name, e->t->data, e->t->ndim, e->t->shape);
+        float *h = (float *)malloc(sizeof(float) * (size_t)e->t->numel);
+        if (!h) continue;
+        lt_hash_init(e->name, h, e->t->ndim, e->t->shape);
+        ldm_nn_copy_from_host(ctx, e->t, h);
+        free(h);
     }
+}
+
+/* The tiny model's fixtures (three files, every gradient of the first) on a CUDA device. */
+static void test_tiny_device(ldm_ctx *ctx) {
+    ldm_vae_config cfg = tiny_cfg();
+    ldm_vae *vae;
+    ldm_weights *fx;
+    if (ldm_vae_create(ctx, &vae, &cfg) || ldm_weights_open(ctx, &fx, FIX "vae_tiny.safetensors")) {
+        lt_report(0, "tiny: create", "%s", ldm_ctx_error(ctx));
+        return;
+    }
+    lt_report(ldm_nn_params_device(vae->P) == ldm_ctx_device(ctx), "tiny: parameters live on the device", "device %d", (int)ldm_nn_params_device(vae->P));
+    const char *files[] = {FIX "vae_tiny_compvis.safetensors", FIX "vae_tiny_diffusers.safetensors", FIX "vae_tiny.ckpt"};
+    const char *tags[] = {"tiny compvis", "tiny diffusers", "tiny ckpt"};
+    for (int f = 0; f < 3; f++) {
+        int r = ldm_vae_load(ctx, vae, files[f], 1);
+        lt_report(r == LDM_OK, tags[f], "strict load: %s", ldm_ctx_error(ctx));
+        if (r) { ldm_ctx_clear_error(ctx); continue; }
+        check_model(ctx, vae, fx, tags[f], 1, f == 0);
+        lt_host_release();
+    }
+    ldm_step_reset(ctx);
+    ldm_weights_close(fx);
+    ldm_vae_destroy(vae);
 }
 
 static void test_tiny(ldm_ctx *ctx) {
@@ -290,7 +319,7 @@ static void test_hash_model(ldm_ctx *ctx, const char *tag, const char *file, ldm
         ldm_ctx_clear_error(ctx);
         return;
     }
-    hash_weights(vae);
+    hash_weights(ctx, vae);
     check_model(ctx, vae, fx, tag, 0, 1);
     ldm_weights_close(fx);
     ldm_vae_destroy(vae);
@@ -303,11 +332,30 @@ int main(void) {
     memset(&s, 0, sizeof s);
     s.seed = 1;
     if (ldm_ctx_create(&ctx, &s)) return 1;
+#ifndef LDM_CUDA_EMULATOR /* the emulator build only runs the device part below */
     test_tiny(ctx);
 #ifndef LDM_TEST_SANITIZED /* the 55M/84M-parameter models take minutes under ASan; the plain build runs them */
     test_hash_model(ctx, "kl-f4 (seed config)", FIX "vae_f4.safetensors", ldm_vae_config_kl_f4());
     test_hash_model(ctx, "kl-f8", FIX "vae_f8.safetensors", ldm_vae_config_kl_f8());
 #endif
+#endif
     ldm_ctx_destroy(ctx);
+#ifdef LDM_CUDA
+    /* the same fixtures on the GPU (the CPU emulator's build runs the CUDA code on the CPU) */
+    if (ldm_cuda_available() && !ldm_ctx_create(&ctx, &s)) {
+        if (ldm_cuda_init(ctx, 0)) lt_report(0, "cuda init", "%s", ldm_ctx_error(ctx));
+        else {
+            lt_tag = "[cuda] ";
+            printf("device: %s\n", ldm_cuda_device_name(ctx));
+            test_tiny_device(ctx);
+#ifndef LDM_CUDA_EMULATOR /* minutes on the emulator, a second on a GPU */
+            test_hash_model(ctx, "kl-f4 (seed config)", FIX "vae_f4.safetensors", ldm_vae_config_kl_f4());
+            test_hash_model(ctx, "kl-f8", FIX "vae_f8.safetensors", ldm_vae_config_kl_f8());
+#endif
+        }
+        ldm_ctx_destroy(ctx);
+        lt_tag = "";
+    } else printf("SKIP test_vae on CUDA: no CUDA device\n");
+#endif
     return lt_finish("test_vae");
 }
