@@ -847,9 +847,10 @@ static void ldm__drop_arena_grads(ldm_ctx *ctx, const size_t from[LDM_NUM_DEVICE
     for (int i = 0; i < ctx->n_arena_grads; i++) {
         ldm_tensor *t = ctx->arena_grads[i];
         ldm__arena *a = &ctx->arena[t->device];
-        unsigned char *g = (unsigned char *)t->grad, *lo = ldm__arena_base(a) + from[t->device];
-        if (g && a->base && g >= lo && g < ldm__arena_base(a) + a->limit) t->grad = NULL;
-        else ctx->arena_grads[k++] = t;
+        unsigned char *g = (unsigned char *)t->grad, *base = ldm__arena_base(a), *lo = base + from[t->device];
+        if (!g || !a->base || g < base || g >= base + a->limit) continue; /* the caller cleared or replaced it: forget the leaf */
+        if (g >= lo) t->grad = NULL;
+        else ctx->arena_grads[k++] = t; /* below the rewind point: still live */
     }
     ctx->n_arena_grads = k;
 }

@@ -102,6 +102,20 @@ int main(void) {
     LT_CHECK(p.grad != NULL, "rewinding to a mark above the gradient keeps it");
     ldm_step_reset(ctx);
 
+    /* an arena leaf whose gradient the caller clears (PyTorch's x.grad = None) is forgotten:
+       the reset must not read it after its memory is reused (ASan checks this build) */
+    for (int rep = 0; rep < 3; rep++) {
+        ldm_tensor *q = ldm_full(ctx, ldm_shape1(64), 1.5f);
+        q->requires_grad = 1;
+        ldm_backward(ctx, ldm_sum_all(ctx, ldm_square(ctx, q)));
+        int ok = q->grad && q->grad[3] == 3.0f;
+        q->grad = NULL;
+        ldm_step_reset(ctx);
+        (void)ldm_full(ctx, ldm_shape1(4096), -7.0f); /* reuses the memory q and its entry lived in */
+        ldm_step_reset(ctx);
+        if (rep == 2) LT_CHECK(ok && ldm_ctx_status(ctx) == LDM_OK && ctx->n_arena_grads == 0, "a cleared arena gradient is forgotten at the reset");
+    }
+
     /* invalid shapes are INVALID, not NOMEM */
     ldm_step_reset(ctx);
     int64_t huge[2] = {(int64_t)1 << 40, (int64_t)1 << 40};
