@@ -1,8 +1,10 @@
 /* ldm_cuda.cuh - the CUDA back end of ldm.h: every kernel of ldm_tensor.h's ldm_backend on one
    NVIDIA GPU, with cuBLAS for the GEMMs.                                             v0.1
 
-   Build (the file holding LDM_IMPLEMENTATION must be compiled by nvcc; rename .c to .cu):
-       nvcc -O2 -arch=sm_80 -DLDM_CUDA -Xcompiler -ffp-contract=off -I. prog.cu -o prog -lcublas -lm -lpthread
+   Build (the file holding LDM_IMPLEMENTATION must be compiled by nvcc as CUDA: a .cu file, or
+   -x cu for a .c file; -arch=sm_90 for Hopper, sm_80 also runs there through its PTX):
+       nvcc -x cu -O2 -arch=sm_80 -DLDM_CUDA -Xcompiler -ffp-contract=off -I. prog.c -o prog -lcublas -lm -lpthread
+   Without a GPU, tests/cuda_emu.hpp runs this file's kernels on the CPU (see build.sh).
 
    Nothing includes this file directly: defining LDM_CUDA before ldm_tensor.h makes that header
    pull in the declarations below (plain C) and, in its implementation, the CUDA code.

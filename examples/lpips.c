@@ -1,4 +1,5 @@
 /* cc -std=c99 -O2 -march=native -I. -Ithird_party examples/lpips.c -o build/ldm-lpips -lm -lpthread
+   GPU: nvcc -x cu -O2 -arch=sm_80 -DLDM_CUDA -Xcompiler -ffp-contract=off -I. -Ithird_party examples/lpips.c -o build/ldm-lpips -lcublas -lm -lpthread
 
    ldm-lpips - perceptual distance (LPIPS-VGG16), PSNR and SSIM between two images.
 

@@ -3,6 +3,9 @@
 
        ./build.sh && ./build/ldm --base configs/demo_autoencoder.ini -t --name demo
 
+   Build alone: cc -std=c99 -O2 -march=native -I. -Ithird_party examples/main.c -o build/ldm -lm -lpthread
+   GPU:         nvcc -x cu -O2 -arch=sm_80 -DLDM_CUDA -Xcompiler -ffp-contract=off -I. -Ithird_party examples/main.c -o build/ldm -lcublas -lm -lpthread
+
    usage: ldm --base CFG [CFG ...] [-t] [-n NAME | -r LOGDIR|CHECKPOINT] [options] [key=value ...]
 
      -b, --base CFG ...     config files (INI or the CompVis YAML subset), merged left to right;

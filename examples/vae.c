@@ -2,6 +2,7 @@
    images, and round trips with PSNR/SSIM.
 
    Build:  cc -std=c99 -O2 -march=native -I. -Ithird_party examples/vae.c -o build/ldm-vae -lm -lpthread
+   GPU:    nvcc -x cu -O2 -arch=sm_80 -DLDM_CUDA -Xcompiler -ffp-contract=off -I. -Ithird_party examples/vae.c -o build/ldm-vae -lcublas -lm -lpthread
    (or ./build.sh, which builds every example into build/)
 
    ldm-vae encode    --config C --weights W IN.png OUT.safetensors [--sample] [--seed S] [--tile N]
