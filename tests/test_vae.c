@@ -135,30 +135,6 @@ static void hash_weights(ldm_ctx *ctx, ldm_vae *vae) { /* on any device */
     }
 }
 
-/* The tiny model's fixtures (three files, every gradient of the first) on a CUDA device. */
-static void test_tiny_device(ldm_ctx *ctx) {
-    ldm_vae_config cfg = tiny_cfg();
-    ldm_vae *vae;
-    ldm_weights *fx;
-    if (ldm_vae_create(ctx, &vae, &cfg) || ldm_weights_open(ctx, &fx, FIX "vae_tiny.safetensors")) {
-        lt_report(0, "tiny: create", "%s", ldm_ctx_error(ctx));
-        return;
-    }
-    lt_report(ldm_nn_params_device(vae->P) == ldm_ctx_device(ctx), "tiny: parameters live on the device", "device %d", (int)ldm_nn_params_device(vae->P));
-    const char *files[] = {FIX "vae_tiny_compvis.safetensors", FIX "vae_tiny_diffusers.safetensors", FIX "vae_tiny.ckpt"};
-    const char *tags[] = {"tiny compvis", "tiny diffusers", "tiny ckpt"};
-    for (int f = 0; f < 3; f++) {
-        int r = ldm_vae_load(ctx, vae, files[f], 1);
-        lt_report(r == LDM_OK, tags[f], "strict load: %s", ldm_ctx_error(ctx));
-        if (r) { ldm_ctx_clear_error(ctx); continue; }
-        check_model(ctx, vae, fx, tags[f], 1, f == 0);
-        lt_host_release();
-    }
-    ldm_step_reset(ctx);
-    ldm_weights_close(fx);
-    ldm_vae_destroy(vae);
-}
-
 static void test_tiny(ldm_ctx *ctx) {
     ldm_vae_config cfg = tiny_cfg();
     ldm_vae *vae;
@@ -175,6 +151,15 @@ static void test_tiny(ldm_ctx *ctx) {
         lt_report(r == LDM_OK, tags[f], "strict load: %s", ldm_ctx_error(ctx));
         if (r) { ldm_ctx_clear_error(ctx); continue; }
         check_model(ctx, vae, fx, tags[f], 1, f == 0);
+        lt_host_release();
+    }
+    if (ldm_ctx_device(ctx) != LDM_CPU) { /* on a GPU: the fixtures above; the rest is host-side */
+        lt_report(ldm_nn_params_device(vae->P) == ldm_ctx_device(ctx), "tiny: parameters live on the device", "device %d",
+                  (int)ldm_nn_params_device(vae->P));
+        ldm_step_reset(ctx);
+        ldm_weights_close(fx);
+        ldm_vae_destroy(vae);
+        return;
     }
 
     /* save (CompVis names) -> load is bitwise, and the names are the fixture's */
@@ -347,7 +332,7 @@ int main(void) {
         else {
             lt_tag = "[cuda] ";
             printf("device: %s\n", ldm_cuda_device_name(ctx));
-            test_tiny_device(ctx);
+            test_tiny(ctx);
 #ifndef LDM_CUDA_EMULATOR /* minutes on the emulator, a second on a GPU */
             test_hash_model(ctx, "kl-f4 (seed config)", FIX "vae_f4.safetensors", ldm_vae_config_kl_f4());
             test_hash_model(ctx, "kl-f8", FIX "vae_f8.safetensors", ldm_vae_config_kl_f8());
