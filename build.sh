@@ -63,7 +63,9 @@ build_all() {
     compile "$src" "$out" || { echo "build.sh: failed to build $src" >&2; ok=1; }
   done
   # The CUDA back end on the CPU emulator (C++17), for machines without a GPU.
-  if [ "${LDM_CUDA:-0}" != 1 ] && [ "${LDM_EMU:-1}" = 1 ]; then
+  if [ "${LDM_CUDA:-0}" != 1 ] && [ "${LDM_EMU:-1}" = 1 ] && ! command -v "${CXX:-c++}" >/dev/null 2>&1; then
+    echo "build.sh: no C++ compiler (${CXX:-c++}): the CUDA-emulator tests are not built" >&2
+  elif [ "${LDM_CUDA:-0}" != 1 ] && [ "${LDM_EMU:-1}" = 1 ]; then
     mkdir -p build/emu
     for src in tests/test_cuda.c tests/test_vae.c tests/test_lpips.c examples/main.c; do
       out=build/emu/$(basename "${src%.c}"); [ "$src" = examples/main.c ] && out=build/emu/ldm
@@ -90,7 +92,10 @@ run_tests() {
   local progs=()
   for t in tests/test_*.c; do [ -f "$t" ] && progs+=("build/$(basename "${t%.c}")"); done
   for t in tests/test_vendor_*.c; do [ -f "$t" ] && [ "${LDM_CUDA:-0}" != 1 ] && progs+=("build/$(basename "${t%.c}")_cpp"); done
-  [ "${LDM_CUDA:-0}" != 1 ] && [ "${LDM_EMU:-1}" = 1 ] && progs+=(build/emu/test_cuda build/emu/test_vae build/emu/test_lpips)
+  if [ "${LDM_CUDA:-0}" != 1 ] && [ "${LDM_EMU:-1}" = 1 ]; then
+    if command -v "${CXX:-c++}" >/dev/null 2>&1; then progs+=(build/emu/test_cuda build/emu/test_vae build/emu/test_lpips)
+    else echo "SKIP CUDA-emulator tests: no C++ compiler"; fi
+  fi
   # Loader and parser tests (files marked LDM_TEST_SANITIZE) again under ASan/UBSan.
   if [ "${LDM_SANITIZE:-1}" = 1 ] && [ "${LDM_CUDA:-0}" != 1 ]; then
     for t in $(grep -l "LDM_TEST_SANITIZE" tests/test_*.c 2>/dev/null); do
