@@ -43,8 +43,10 @@
    Options: --device cpu|cuda (cuda in LDM_CUDA builds; the default there), --cases LIST,
    --size S, --batch B, --reps R, --warmup W, --threads T (CPU threads, both sides), --tf32
    (TF32 GEMMs on both sides; off by default), --cudnn-benchmark (PyTorch's cudnn.benchmark),
-   --no-torch, --python CMD (default: the first of $PYTHON, python3, /usr/bin/python3 that
-   imports torch).
+   --arena-mb N (ldm.h's CUDA step arena; default: $LDM_CUDA_ARENA_MB, else 90% of the free
+   device memory less 3 GiB), --no-torch, --python CMD (default: the first of $PYTHON, python3,
+   /usr/bin/python3 that imports torch). ldm.h runs every case first and releases the device,
+   then PyTorch runs each case in its own process, so neither side holds memory the other needs.
 
    Build and run: ./build.sh bench (CPU); LDM_CUDA=1 ./build.sh bench or bench/gpu.sh (GPU);
    or cc -O2 -march=native -I. bench/bench_vae.c -lm -lpthread. Run from the repository root
@@ -73,6 +75,7 @@ typedef struct {
     int cases;                    /* bit i: case i */
     int size, batch;              /* 0: the case's default */
     int reps, warmup, threads, tf32, cudnn_benchmark, torch;
+    int arena_mb;                 /* CUDA step arena; 0: most of the device (see main) */
     const char *python;
 } opts;
 
@@ -273,7 +276,8 @@ static int torch_case(const opts *o, const char *py, const char *script, int c, 
 static void usage(void) {
     fprintf(stderr,
             "usage: bench_vae [--device cpu|cuda] [--cases encdec,dec,train] [--size S] [--batch B] [--reps R]\n"
-            "                 [--warmup W] [--threads T] [--tf32] [--cudnn-benchmark] [--no-torch] [--python CMD]\n"
+            "                 [--warmup W] [--threads T] [--tf32] [--cudnn-benchmark] [--arena-mb N] [--no-torch]\n"
+            "                 [--python CMD]\n"
             "  defaults: encdec and dec at 512x512 batch 1, train at 256x256 batch 8; every case on a GPU,\n"
             "  encdec,dec on the CPU; reps 5 (GPU) / 2 (CPU), warmup 2 (GPU) / 1 (CPU)\n");
 }
@@ -330,6 +334,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--reps")) bad = parse_int(a, v, 1, &o.reps), i++;
         else if (!strcmp(a, "--warmup")) bad = parse_int(a, v, 1, &o.warmup), i++;
         else if (!strcmp(a, "--threads")) bad = parse_int(a, v, 1, &o.threads), i++;
+        else if (!strcmp(a, "--arena-mb")) bad = parse_int(a, v, 64, &o.arena_mb), i++;
         else if (!strcmp(a, "--tf32")) o.tf32 = 1;
         else if (!strcmp(a, "--cudnn-benchmark")) o.cudnn_benchmark = 1;
         else if (!strcmp(a, "--no-torch")) o.torch = 0;
@@ -344,6 +349,11 @@ int main(int argc, char **argv) {
         return 2;
     }
 #endif
+    if (o.size && o.size < 32 && (o.cases < 0 || (o.cases & (1 << CASE_TRAIN)))) {
+        fprintf(stderr, "bench_vae: the training step needs --size >= 32 (the discriminator's receptive field)\n");
+        if (o.cases >= 0) return 2;
+        o.cases = (1 << CASE_ENCDEC) | (1 << CASE_DEC); /* the default case list without train */
+    }
     int gpu = o.dev != LDM_CPU;
     if (o.cases < 0) o.cases = gpu ? (1 << N_CASES) - 1 : (1 << CASE_ENCDEC) | (1 << CASE_DEC);
     if (o.reps < 0) o.reps = gpu ? 5 : 2;
@@ -362,9 +372,22 @@ int main(int argc, char **argv) {
 #ifdef LDM_CUDA
     if (gpu) {
         if (!ldm_cuda_available()) { fprintf(stderr, "bench_vae: no CUDA device is visible (hint: check nvidia-smi, or --device cpu)\n"); return 1; }
+        /* The training step at 256x256 batch 8 needs more activation memory than the default
+           arena of ldm_cuda_init (half the free memory): take most of the device, unless
+           LDM_CUDA_ARENA_MB or --arena-mb says otherwise. */
+        if (o.arena_mb > 0 || !getenv("LDM_CUDA_ARENA_MB")) {
+            size_t fr = 0, tot = 0;
+            long mb = o.arena_mb;
+            if (mb <= 0 && cudaSetDevice(0) == cudaSuccess && cudaMemGetInfo(&fr, &tot) == cudaSuccess)
+                mb = (long)(fr >> 20) * 9 / 10 - 3072; /* room for the persistent buffers and cuBLAS */
+            char v[32];
+            snprintf(v, sizeof v, "%ld", mb);
+            if (mb >= 64) setenv("LDM_CUDA_ARENA_MB", v, 1);
+        }
         if (ldm_cuda_init(ctx, 0)) { fprintf(stderr, "bench_vae: %s\n", ldm_ctx_error(ctx)); return 1; }
         ldm_cuda_set_tf32(ctx, o.tf32);
-        snprintf(devname, sizeof devname, "cuda: %s", ldm_cuda_device_name(ctx));
+        snprintf(devname, sizeof devname, "cuda: %s, ldm.h step arena %.1f GiB", ldm_cuda_device_name(ctx),
+                 (double)ldm_arena_limit(ctx, LDM_CUDA) / 1073741824.0);
     }
 #endif
     ldm_vae_config cfg = ldm_vae_config_kl_f4();
@@ -399,8 +422,17 @@ int main(int argc, char **argv) {
             ldm_ctx_clear_error(ctx);
             fail = 1;
         }
-        if (py && torch_case(&o, py, script, c, S[c], B[c], threads, &rt[c])) fail = 1;
     }
+    /* every ldm.h buffer goes (on a GPU: the step arena too) before PyTorch starts, so that
+       each side has the whole device */
+    if (b.opt_ae) ldm_nn_optim_destroy(b.opt_ae);
+    if (b.opt_d) ldm_nn_optim_destroy(b.opt_d);
+    if (b.L) ldm_lpips_loss_destroy(b.L);
+    if (b.in) ldm_nn_params_destroy(b.in);
+    ldm_vae_destroy(b.vae);
+    ldm_ctx_destroy(ctx);
+    for (int c = 0; c < N_CASES; c++)
+        if (py && (o.cases & (1 << c)) && torch_case(&o, py, script, c, S[c], B[c], threads, &rt[c])) fail = 1;
 
     printf("%-24s %9s %9s %8s %9s %8s %8s %10s %10s\n", "case", "ldm.h s", "torch s", "speedup", "GFLOP", "ldm TF/s",
            "torch TF/s", "ldm.h MiB", "torch MiB");
@@ -433,11 +465,5 @@ int main(int argc, char **argv) {
         else printf("%s: ldm.h's and PyTorch's FLOP counts agree\n", case_names[c]);
     }
 
-    if (b.opt_ae) ldm_nn_optim_destroy(b.opt_ae);
-    if (b.opt_d) ldm_nn_optim_destroy(b.opt_d);
-    if (b.L) ldm_lpips_loss_destroy(b.L);
-    if (b.in) ldm_nn_params_destroy(b.in);
-    ldm_vae_destroy(b.vae);
-    ldm_ctx_destroy(ctx);
     return fail;
 }
