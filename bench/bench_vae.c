@@ -30,11 +30,12 @@
    encoder and frozen layers once); a matrix product is 2*M*N*K (attention, backward included).
    Element-wise ops, norms, softmax and the optimizers are not counted. bench/vae_torch.py
    counts its aten calls (convolution, convolution_backward by its output mask, mm, addmm, bmm,
-   baddbmm) by the same rule. One count divides both times, so the two TFLOP/s columns compare
-   like with like: PyTorch's when it ran (its autograd computes only the gradients the step
-   needs), else ldm.h's; the program prints both counts where they differ. They do for the
-   training step: ldm.h's LPIPS runs x and xrec through VGG16 as one batch, so its backward also
-   computes the input gradient of x's half, one VGG16 backward pass more per LPIPS backward.
+   baddbmm) by the same rule, in one more run after its timed runs. One count divides both
+   times, so the two TFLOP/s columns compare like with like: PyTorch's when it ran (its
+   autograd computes only the gradients the step needs), else ldm.h's; the program prints both
+   counts where they differ. They do for the training step: ldm.h's LPIPS runs x and xrec
+   through VGG16 as one batch, so its backward also computes the input gradient of x's half,
+   one VGG16 backward pass more per LPIPS backward.
 
    Memory: ldm.h = its persistent buffers (parameters, gradients, buffers, Adam moments, the
    inputs) + the peak of the device's step arena over the timed runs; PyTorch = its
