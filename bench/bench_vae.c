@@ -81,6 +81,9 @@ typedef struct {
 } opts;
 
 /* ---- FLOP counter: the device's kernel table with counting entries ------------------------- */
+/* struct ldm_backend and ctx->be come from ldm_tensor.h's implementation part, compiled into this
+   file. Every op reaches its kernels through that table (the CPU and CUDA convolutions call their
+   own GEMM directly, not the table's sgemm), so each call is counted once. */
 static const ldm_backend *fc_orig;
 static ldm_backend fc_table;
 static double fc_flops;
