@@ -679,6 +679,14 @@ static ldm_tensor *ldm__vae_tiled(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, const
     }
     int64_t ys[512], xs[512];
     int ny = ldm__vae_tiles(H, LDM__MIN(ti, H), oi, ys, 512), nx = ldm__vae_tiles(W, LDM__MIN(ti, W), oi, xs, 512);
+    if (ny == 1 && nx == 1 && nb >= B) { /* one piece: fn's result as it is, on x's device */
+        int prev = ldm_set_grad_enabled(ctx, 0);
+        ldm_tensor *o = fn(ctx, v, x);
+        ldm_set_grad_enabled(ctx, prev);
+        return o;
+    }
+    /* Tiles and chunks are blended on the host: the output is assembled in CPU memory and
+       copied to x's device at the end. */
     int64_t oplane = OH * OW;
     float *acc = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(B * out_ch * oplane));
     float *wsum = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)oplane);

@@ -154,7 +154,9 @@ int main(void) {
     printf(" %9s %7s", "BLAS GF/s", "ratio");
 #endif
     printf("\n");
+#ifdef LDM_BENCH_OPENBLAS
     double log_ratio = 0.0;
+#endif
     for (int i = 0; i < ns; i++) {
         const shape *s = &shapes[i];
         gemm_arg g = {ctx, s, A, B, C};
@@ -172,8 +174,6 @@ int main(void) {
     }
 #ifdef LDM_BENCH_OPENBLAS
     printf("geometric mean ldm/OpenBLAS over %d calls: %.2f\n", ns, exp(log_ratio / ns));
-#else
-    (void)log_ratio;
 #endif
     free(A); free(B); free(C);
 
