@@ -346,7 +346,8 @@ static cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, cudaMem
     int sd = ldm_emu_is_device(src), dd = ldm_emu_is_device(dst);
     ldm_emu_check_range("cudaMemcpyAsync", "source", src, n);
     ldm_emu_check_range("cudaMemcpyAsync", "destination", dst, n);
-    if (kind != cudaMemcpyDefault && kind != (cudaMemcpyKind)((sd ? 2 : 0) + (dd ? 1 : 0) == 3 ? 3 : sd ? 2 : dd ? 1 : 0)) {
+    cudaMemcpyKind actual = (cudaMemcpyKind)((sd ? 2 : 0) + (dd ? 1 : 0)); /* HostToHost 0 ... DeviceToDevice 3 */
+    if (kind != cudaMemcpyDefault && kind != actual) {
         fprintf(stderr, "cuda emulator: cudaMemcpyAsync kind %d, but the source is %s memory and the destination %s memory\n", (int)kind,
                 sd ? "device" : "host", dd ? "device" : "host");
         return ldm_emu_ret(cudaErrorInvalidMemcpyDirection);
