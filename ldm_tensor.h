@@ -1238,6 +1238,19 @@ static float *ldm__leaf_grad(ldm_ctx *ctx, ldm_tensor *t) {
     return t->grad;
 }
 
+typedef struct { float *p; int64_t n; ldm_device device; } ldm__gfree;
+/* A zeroed gradient buffer of n floats: the smallest freed one that fits, else new arena memory. */
+static float *ldm__pool_zeros(ldm_ctx *ctx, ldm__gfree *pool, int *npool, ldm_device d, int64_t n) {
+    int best = -1;
+    for (int k = 0; k < *npool; k++)
+        if (pool[k].device == d && pool[k].n >= n && (best < 0 || pool[k].n < pool[best].n)) best = k;
+    if (best < 0) return ldm__zeros_raw(ctx, d, n);
+    float *p = pool[best].p;
+    pool[best] = pool[--*npool];
+    ctx->be[d]->fill(ctx, p, n, 0.0f);
+    return p;
+}
+
 /* The one backward pass behind ldm_backward, ldm_backward_from and ldm_grad.
    wrt == NULL: accumulate into leaves' .grad. Otherwise only the paths from wrt[] to root are
    walked and the results land in out[]. Gradients of intermediate tensors live in the arena
@@ -1277,7 +1290,12 @@ static ldm_result ldm__backward_pass(ldm_ctx *ctx, ldm_tensor *root, const float
     ldm_mark mark = ldm_arena_mark(ctx);
     float **g = (float **)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float *) * (size_t)(last + 1));
     unsigned char *reach = (unsigned char *)ldm_arena_alloc(ctx, LDM_CPU, (size_t)(last + 1));
-    if (!g || !reach) return ctx->status;
+    /* Freed gradient buffers: a node's output gradient is dead once the node has run, so later
+       nodes reuse it (smallest that fits) instead of growing the arena: the pass then needs
+       about the largest set of simultaneously live gradients, not all of them. */
+    ldm__gfree *pool = (ldm__gfree *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(ldm__gfree) * (size_t)(last + 1));
+    int npool = 0;
+    if (!g || !reach || !pool) return ctx->status;
     memset(g, 0, sizeof(float *) * (size_t)(last + 1));
     /* reach[i]: node i lies on a path from a wrt tensor (pass over the tape in order). */
     for (int i = 0; i <= last; i++) {
@@ -1310,11 +1328,19 @@ static ldm_result ldm__backward_pass(ldm_ctx *ctx, ldm_tensor *root, const float
                 int wanted = !wrt || reach[j];
                 for (int q = 0; wrt && q < n_wrt; q++) if (wrt[q] == t) wanted = 1;
                 if (!wanted) continue;
-                if (!g[j] && !(g[j] = ldm__zeros_raw(ctx, t->device, t->numel))) return ctx->status;
+                if (!g[j] && !(g[j] = ldm__pool_zeros(ctx, pool, &npool, t->device, t->numel))) return ctx->status;
                 din[k] = g[j];
             }
         }
         nd->backward(ctx, nd, g[i], din);
+        int keep = 0; /* a wrt tensor that is this node's output is read after the loop */
+        for (int q = 0; wrt && q < n_wrt; q++) keep |= wrt[q] == nd->out;
+        if (!keep && i != last) {
+            pool[npool].p = g[i];
+            pool[npool].n = nd->out->numel;
+            pool[npool++].device = nd->out->device;
+            g[i] = NULL;
+        }
     }
     for (int q = 0; wrt && q < n_wrt; q++) { /* wrt tensors that are op outputs */
         ldm_tensor *t = wrt[q];

@@ -116,6 +116,23 @@ int main(void) {
         if (rep == 2) LT_CHECK(ok && ldm_ctx_status(ctx) == LDM_OK && ctx->n_arena_grads == 0, "a cleared arena gradient is forgotten at the reset");
     }
 
+    /* backward reuses the gradient buffers of nodes it has finished: a chain of 12 ops needs a
+       few live gradients at a time, not 12 */
+    {
+        const int64_t n = 16384;
+        ldm_tensor *x = ldm_full(ctx, ldm_shape1(n), 0.25f), *h = x;
+        x->requires_grad = 1;
+        for (int k = 0; k < 12; k++) h = (k & 1) ? ldm_tanh(ctx, h) : ldm_scale(ctx, h, 1.5f);
+        ldm_tensor *loss = ldm_sum_all(ctx, h);
+        ldm_arena_reset_peak(ctx);
+        size_t before = ldm_arena_used(ctx, LDM_CPU);
+        ldm_backward(ctx, loss);
+        size_t grew = ldm_arena_peak(ctx, LDM_CPU) - before, one = (size_t)n * sizeof(float);
+        printf("     backward of a 12-op chain: arena peak +%zu bytes (%.1f gradients of %zu)\n", grew, (double)grew / (double)one, one);
+        LT_CHECK(x->grad && ldm_ctx_status(ctx) == LDM_OK && grew < 5 * one, "backward reuses finished nodes' gradient buffers");
+        ldm_step_reset(ctx);
+    }
+
     /* invalid shapes are INVALID, not NOMEM */
     ldm_step_reset(ctx);
     int64_t huge[2] = {(int64_t)1 << 40, (int64_t)1 << 40};
