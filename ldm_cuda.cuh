@@ -201,6 +201,11 @@ static void ldm__cu_axpby(ldm_ctx *ctx, float *y, const float *x, int64_t n, flo
 }
 
 /* ---- unary ---- */
+/* silu'(v): the unary SiLU backward and the fused GroupNorm+SiLU backward share it */
+static __device__ float ldm__cu_dsilu(float v) {
+    float sg = 1.0f / (1.0f + expf(-v));
+    return sg * (1.0f + v * (1.0f - sg));
+}
 static __device__ float ldm__cu_gelu_tanh_inner(float x) { return 0.7978845608028654f * (x + 0.044715f * x * x * x); }
 static __global__ void ldm__k_unary(ldm__unary_op op, float *y, const float *x, int64_t n, float p0, float p1) {
     LDM__CU_FOR(i, n) {
@@ -241,7 +246,7 @@ static __global__ void ldm__k_unary_bw(ldm__unary_op op, float *dx, const float 
         case LDM__U_SQUARE: d = 2.0f * v; break;
         case LDM__U_CLAMP: d = v >= p0 && v <= p1 ? 1.0f : 0.0f; break;
         case LDM__U_SIGMOID: { float o = y[i]; d = o * (1.0f - o); break; }
-        case LDM__U_SILU: { float sg = 1.0f / (1.0f + expf(-v)); d = sg * (1.0f + v * (1.0f - sg)); break; }
+        case LDM__U_SILU: d = ldm__cu_dsilu(v); break;
         case LDM__U_RELU: d = v > 0.0f ? 1.0f : 0.0f; break;
         case LDM__U_LEAKY: d = v > 0.0f ? 1.0f : p0; break;
         case LDM__U_TANH: { float o = y[i]; d = 1.0f - o * o; break; }
@@ -523,11 +528,6 @@ static __device__ float ldm__cu_gn_z(float x, float mf, float r, const float *w,
     float sc = __fmul_rn(r, w ? w[c] : 1.0f), shf = __fsub_rn(b ? b[c] : 0.0f, __fmul_rn(mf, sc));
     return __fadd_rn(__fmul_rn(x, sc), shf);
 }
-/* dy * silu'(z), as ldm__k_unary_bw computes it */
-static __device__ float ldm__cu_silu_grad(float dy, float z) {
-    float sg = 1.0f / (1.0f + expf(-z));
-    return dy * (sg * (1.0f + z * (1.0f - sg)));
-}
 static __global__ void ldm__k_gn_fwd(float *out, float *mean, float *rstd, const float *inp, const float *w, const float *b,
                                      int64_t C, int64_t S, int G, float eps, int silu) {
     __shared__ double sh[33];
@@ -558,7 +558,7 @@ static __global__ void ldm__k_gn_bwd(float *dinp, double *dwp, double *dbp, cons
         double a = 0.0, bs = 0.0;
         for (int64_t k = threadIdx.x; k < S; k += blockDim.x) {
             float xh = (x[c * S + k] - m) * r, g = dy[c * S + k];
-            if (silu) g = ldm__cu_silu_grad(g, ldm__cu_gn_z(x[c * S + k], m, r, w, b, c0 + c));
+            if (silu) g = g * ldm__cu_dsilu(ldm__cu_gn_z(x[c * S + k], m, r, w, b, c0 + c));
             a += (double)g * xh;
             bs += g;
         }
@@ -575,7 +575,7 @@ static __global__ void ldm__k_gn_bwd(float *dinp, double *dwp, double *dbp, cons
     for (int64_t k = threadIdx.x; k < n; k += blockDim.x) {
         int64_t c = c0 + k / S;
         float wc = w ? w[c] : 1.0f, xh = (x[k] - m) * r, g = dy[k];
-        if (silu) g = ldm__cu_silu_grad(g, ldm__cu_gn_z(x[k], m, r, w, b, c));
+        if (silu) g = g * ldm__cu_dsilu(ldm__cu_gn_z(x[k], m, r, w, b, c));
         dx[k] += r * (g * wc - mdy - xh * mdyx);
     }
 }
