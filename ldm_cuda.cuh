@@ -25,7 +25,7 @@
    so a run repeats bitwise on the same GPU. Transcendentals use CUDA's libdevice (a few ulp from
    glibc); GEMMs use cuBLAS in full FP32 unless ldm_cuda_set_tf32(ctx, 1).
 
-   Memory: the step arena (ldm_arena_*) of LDM_CUDA is one cudaMalloc block: $LDM_CUDA_ARENA_MB,
+   Memory: the step arena (ldm_arena_*) of LDM_GPU is one cudaMalloc block: $LDM_CUDA_ARENA_MB,
    else half of the device memory free at init. Persistent buffers (parameters, optimizer state)
    come from cudaMalloc through the back end's alloc entry. All work runs on one stream, so arena
    memory rewound by the host can be reused at once; copies to the host wait for the stream.
@@ -42,7 +42,7 @@ extern "C" {
 #endif
 /* Number of usable CUDA devices (0 when there is no driver or device). */
 LDM_API int ldm_cuda_available(void);
-/* Attaches device `device` to ctx as LDM_CUDA (stream, cuBLAS handle, device arena) and makes
+/* Attaches device `device` to ctx as LDM_GPU (stream, cuBLAS handle, device arena) and makes
    it the context's default device (ldm_ctx_set_device(ctx, LDM_CPU) switches back).
    LDM_ERR_DEVICE when there is no such device or it cannot be set up. */
 LDM_API ldm_result ldm_cuda_init(ldm_ctx *ctx, int device);
@@ -74,7 +74,7 @@ LDM_API void ldm_cuda_shutdown(ldm_ctx *ctx);
 #define LDM__CU_LAUNCH(k, grid, block, stream, ...) ldm_emu_launch(#k, k, (grid), (block), (stream), __VA_ARGS__)
 #else
 #ifndef __CUDACC__
-#error "LDM_CUDA: the file that defines LDM_IMPLEMENTATION must be compiled by nvcc (as .cu)"
+#error "LDM_GPU: the file that defines LDM_IMPLEMENTATION must be compiled by nvcc (as .cu)"
 #endif
 #include <cuda_runtime.h>
 #include <cublas_v2.h>
@@ -113,7 +113,7 @@ static int ldm__cublas_fail(ldm_ctx *ctx, cublasStatus_t s, const char *call, co
 #define LDM__CUBLAS(ctx, call) ldm__cublas_fail((ctx), (call), #call, __FILE__, __LINE__)
 #define LDM__CU_LAUNCHED(ctx) ldm__cu_fail((ctx), cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
 
-static ldm__cuda_state *ldm__cu_st(ldm_ctx *ctx) { return (ldm__cuda_state *)ctx->be_state[LDM_CUDA]; }
+static ldm__cuda_state *ldm__cu_st(ldm_ctx *ctx) { return (ldm__cuda_state *)ctx->be_state[LDM_GPU]; }
 static unsigned ldm__cu_blocks(int64_t n) {
     int64_t b = (n + LDM__CU_T - 1) / LDM__CU_T;
     return (unsigned)(b < 1 ? 1 : b > 65536 * 16 ? 65536 * 16 : b);
@@ -468,8 +468,8 @@ static void ldm__cu_conv_forward(ldm_ctx *ctx, float *out, const float *inp, con
     int64_t K = d->C * d->kt * d->kh * d->kw, IS = d->T * d->H * d->W, OS = d->OT * d->OH * d->OW;
     int pw = ldm__cu_conv_pointwise(d);
     int64_t nc = pw ? OS : ldm__cu_conv_chunk(d, K);
-    size_t used0 = ctx->arena[LDM_CUDA].used;
-    float *col = pw ? NULL : (float *)ldm_arena_alloc(ctx, LDM_CUDA, sizeof(float) * (size_t)(K * nc));
+    size_t used0 = ctx->arena[LDM_GPU].used;
+    float *col = pw ? NULL : (float *)ldm_arena_alloc(ctx, LDM_GPU, sizeof(float) * (size_t)(K * nc));
     if (!pw && !col) return;
     if (bias) LDM__CU_RUN(ctx, d->B * d->O * OS, ldm__k_bias_fill, out, bias, d->O, OS, d->B * d->O * OS);
     for (int64_t b = 0; b < d->B && !ctx->status; b++) {
@@ -483,7 +483,7 @@ static void ldm__cu_conv_forward(ldm_ctx *ctx, float *out, const float *inp, con
             }
         }
     }
-    ctx->arena[LDM_CUDA].used = used0; /* the stream orders later users of this memory after the GEMMs */
+    ctx->arena[LDM_GPU].used = used0; /* the stream orders later users of this memory after the GEMMs */
 }
 static void ldm__cu_conv_backward(ldm_ctx *ctx, float *dinp, float *dw, float *db, const float *dout, const float *inp,
                                   const float *w, const ldm_conv_desc *d) {
@@ -495,8 +495,8 @@ static void ldm__cu_conv_backward(ldm_ctx *ctx, float *dinp, float *dw, float *d
     if (!dinp && !dw) return;
     int pw = ldm__cu_conv_pointwise(d);
     int64_t nc = pw ? OS : ldm__cu_conv_chunk(d, K);
-    size_t used0 = ctx->arena[LDM_CUDA].used;
-    float *col = pw ? NULL : (float *)ldm_arena_alloc(ctx, LDM_CUDA, sizeof(float) * (size_t)(K * nc));
+    size_t used0 = ctx->arena[LDM_GPU].used;
+    float *col = pw ? NULL : (float *)ldm_arena_alloc(ctx, LDM_GPU, sizeof(float) * (size_t)(K * nc));
     if (!pw && !col) return;
     for (int64_t b = 0; b < d->B && !ctx->status; b++) {
         const float *gb = dout + b * d->O * OS, *xb = inp + b * d->C * IS;
@@ -518,7 +518,7 @@ static void ldm__cu_conv_backward(ldm_ctx *ctx, float *dinp, float *dw, float *d
             }
         }
     }
-    ctx->arena[LDM_CUDA].used = used0;
+    ctx->arena[LDM_GPU].used = used0;
 }
 
 /* ---- group norm: one block per (b, g); statistics in double ----
@@ -598,12 +598,12 @@ static void ldm__cu_groupnorm_backward(ldm_ctx *ctx, float *dinp, float *dw, flo
                                        const float *w, const float *b, const float *mean, const float *rstd, int64_t B, int64_t C,
                                        int64_t S, int G, int silu) {
     if (B * G <= 0) return;
-    size_t used0 = ctx->arena[LDM_CUDA].used;
-    double *part = (double *)ldm_arena_alloc(ctx, LDM_CUDA, sizeof(double) * (size_t)(2 * B * C));
+    size_t used0 = ctx->arena[LDM_GPU].used;
+    double *part = (double *)ldm_arena_alloc(ctx, LDM_GPU, sizeof(double) * (size_t)(2 * B * C));
     if (!part) return;
     LDM__CU_LAUNCH(ldm__k_gn_bwd, (unsigned)(B * G), LDM__CU_T, ldm__cu_st(ctx)->stream, dinp, part, part + B * C, dout, inp, w, b, mean, rstd, C, S, G, silu);
     if (!LDM__CU_LAUNCHED(ctx) && (dw || db)) LDM__CU_RUN(ctx, C, ldm__k_sum_over_b, dw, db, part, part + B * C, B, C);
-    ctx->arena[LDM_CUDA].used = used0;
+    ctx->arena[LDM_GPU].used = used0;
 }
 
 /* ---- batch norm: one block per channel ---- */
@@ -1006,10 +1006,10 @@ static void ldm__cu_destroy_state(ldm_ctx *ctx, ldm__cuda_state *st) {
 }
 static void ldm__cu_release(ldm_ctx *ctx, void *state) {
     ldm__cu_destroy_state(ctx, (ldm__cuda_state *)state);
-    ctx->be[LDM_CUDA] = NULL;
-    ctx->be_state[LDM_CUDA] = NULL;
-    memset(&ctx->arena[LDM_CUDA], 0, sizeof ctx->arena[LDM_CUDA]);
-    if (ctx->s.device == LDM_CUDA) ctx->s.device = LDM_CPU;
+    ctx->be[LDM_GPU] = NULL;
+    ctx->be_state[LDM_GPU] = NULL;
+    memset(&ctx->arena[LDM_GPU], 0, sizeof ctx->arena[LDM_GPU]);
+    if (ctx->s.device == LDM_GPU) ctx->s.device = LDM_CPU;
 }
 
 static const ldm_backend ldm__cuda_backend = {
@@ -1036,7 +1036,7 @@ LDM_API int ldm_cuda_available(void) {
 
 LDM_API ldm_result ldm_cuda_init(ldm_ctx *ctx, int device) {
     if (ctx->status) return ctx->status;
-    if (ctx->be[LDM_CUDA]) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_cuda_init: a CUDA device is already attached (hint: ldm_cuda_shutdown first)");
+    if (ctx->be[LDM_GPU]) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_cuda_init: a CUDA device is already attached (hint: ldm_cuda_shutdown first)");
     int n = ldm_cuda_available();
     if (device < 0 || device >= n)
         return ldm_ctx_seterr(ctx, LDM_ERR_DEVICE, "ldm_cuda_init: no CUDA device %d (%d found; hint: check nvidia-smi and CUDA_VISIBLE_DEVICES)", device, n);
@@ -1070,28 +1070,28 @@ LDM_API ldm_result ldm_cuda_init(ldm_ctx *ctx, int device) {
         ldm__cu_destroy_state(ctx, st);
         return ctx->status;
     }
-    ctx->arena[LDM_CUDA].base = (unsigned char *)st->arena;
-    ctx->arena[LDM_CUDA].used = ctx->arena[LDM_CUDA].peak = 0;
-    ctx->arena[LDM_CUDA].limit = bytes;
-    ldm_ctx_set_backend(ctx, LDM_CUDA, &ldm__cuda_backend, st);
-    ctx->s.device = LDM_CUDA;
+    ctx->arena[LDM_GPU].base = (unsigned char *)st->arena;
+    ctx->arena[LDM_GPU].used = ctx->arena[LDM_GPU].peak = 0;
+    ctx->arena[LDM_GPU].limit = bytes;
+    ldm_ctx_set_backend(ctx, LDM_GPU, &ldm__cuda_backend, st);
+    ctx->s.device = LDM_GPU;
     return LDM_OK;
 }
 
 LDM_API const char *ldm_cuda_device_name(const ldm_ctx *ctx) {
-    const ldm__cuda_state *st = (const ldm__cuda_state *)ctx->be_state[LDM_CUDA];
-    return ctx->be[LDM_CUDA] && st ? st->name : "";
+    const ldm__cuda_state *st = (const ldm__cuda_state *)ctx->be_state[LDM_GPU];
+    return ctx->be[LDM_GPU] && st ? st->name : "";
 }
 LDM_API void ldm_cuda_set_tf32(ldm_ctx *ctx, int on) {
-    if (!ctx->be[LDM_CUDA]) return;
+    if (!ctx->be[LDM_GPU]) return;
     LDM__CUBLAS(ctx, cublasSetMathMode(ldm__cu_st(ctx)->blas, on ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
 }
 LDM_API ldm_result ldm_cuda_sync(ldm_ctx *ctx) {
-    if (ctx->be[LDM_CUDA]) LDM__CU(ctx, cudaStreamSynchronize(ldm__cu_st(ctx)->stream));
+    if (ctx->be[LDM_GPU]) LDM__CU(ctx, cudaStreamSynchronize(ldm__cu_st(ctx)->stream));
     return ctx->status;
 }
 LDM_API void ldm_cuda_shutdown(ldm_ctx *ctx) {
-    if (ctx->be[LDM_CUDA]) ldm__cu_release(ctx, ctx->be_state[LDM_CUDA]);
+    if (ctx->be[LDM_GPU]) ldm__cu_release(ctx, ctx->be_state[LDM_GPU]);
 }
 
 #endif /* LDM_TENSOR_IMPLEMENTATION_DONE && !LDM_CUDA_IMPLEMENTATION_DONE */

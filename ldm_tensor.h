@@ -67,12 +67,6 @@
 
 #define LDM_MAX_DIMS 5
 
-/* LDM_CUDA is both the build switch (-DLDM_CUDA) and the device constant of ldm_device: the
-   switch is redefined to name itself, so #ifdef LDM_CUDA and the enum value both work. */
-#ifdef LDM_CUDA
-#undef LDM_CUDA
-#define LDM_CUDA LDM_CUDA
-#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -96,7 +90,8 @@ LDM_API const char *ldm_result_name(ldm_result r);
 
 /* ---- types ------------------------------------------------------------------------------ */
 typedef enum { LDM_F32 = 0, LDM_F16 = 1, LDM_BF16 = 2 } ldm_dtype;
-typedef enum { LDM_CPU = 0, LDM_CUDA = 1, LDM_NUM_DEVICES = 2 } ldm_device;
+/* Devices. LDM_GPU is the CUDA device; the build switch LDM_CUDA (-DLDM_CUDA) is a separate name. */
+typedef enum { LDM_CPU = 0, LDM_GPU = 1, LDM_NUM_DEVICES = 2 } ldm_device;
 
 typedef struct ldm_shape { int ndim; int64_t d[LDM_MAX_DIMS]; } ldm_shape;
 
@@ -247,6 +242,11 @@ LDM_API ldm_tensor *ldm_mean_all(ldm_ctx *ctx, ldm_tensor *x);  /* shape [1] */
    a 2-D operand is shared across the batch of the other. */
 LDM_API ldm_tensor *ldm_matmul(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b, int trans_a, int trans_b);
 LDM_API ldm_tensor *ldm_linear(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b); /* x[...,I] w[O,I] b[O]|NULL */
+/* Multi-head scaled dot-product attention, token-major as Linear layers produce it:
+   q [B, Sq, heads*D], k and v [B, Sk, heads*D] -> [B, Sq, heads*D];
+   out_h = softmax(q_h k_h^T * scale) v_h per head h (channels h*D .. h*D+D-1).
+   scale 0 means 1/sqrt(D). */
+LDM_API ldm_tensor *ldm_attention(ldm_ctx *ctx, ldm_tensor *q, ldm_tensor *k, ldm_tensor *v, int heads, float scale);
 /* convolution: x [B,C,H,W] w [O,C,kh,kw] (conv3d: [B,C,T,H,W], [O,C,kt,kh,kw]); bias may be NULL */
 LDM_API ldm_tensor *ldm_conv2d(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int stride, int pad);
 LDM_API ldm_tensor *ldm_conv2d_ex(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b,
@@ -1627,6 +1627,26 @@ LDM_API ldm_tensor *ldm_matmul(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b, int t
         nd->i[4] = trans_a; nd->i[5] = trans_b; nd->i[6] = ab; nd->i[7] = bb;
     }
     return y;
+}
+
+/* Attention composed of matmul and softmax (materialises the [Sq, Sk] scores of every head). */
+LDM_API ldm_tensor *ldm_attention(ldm_ctx *ctx, ldm_tensor *q, ldm_tensor *k, ldm_tensor *v, int heads, float scale) {
+    if (ldm__bad(ctx, q) || ldm__bad(ctx, k) || ldm__bad(ctx, v)) return NULL;
+    if (q->ndim != 3 || k->ndim != 3 || v->ndim != 3 || heads < 1 || q->shape[2] % heads || k->shape[0] != q->shape[0] ||
+        v->shape[0] != q->shape[0] || k->shape[2] != q->shape[2] || v->shape[2] != q->shape[2] || v->shape[1] != k->shape[1]) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_attention: q %s, k %s, v %s with %d heads (hint: [B, S, heads*D] each, k and v of one length)",
+                       ldm__shp(q).s, ldm__shp(k).s, ldm__shp(v).s, heads);
+        return NULL;
+    }
+    int64_t B = q->shape[0], Sq = q->shape[1], Sk = k->shape[1], D = q->shape[2] / heads;
+    if (scale == 0.0f) scale = 1.0f / sqrtf((float)D);
+    const int perm[4] = {0, 2, 1, 3};
+    ldm_tensor *qh = ldm_reshape(ctx, ldm_permute(ctx, ldm_reshape(ctx, q, ldm_shape4(B, Sq, heads, D)), perm), ldm_shape3(B * heads, Sq, D));
+    ldm_tensor *kh = ldm_reshape(ctx, ldm_permute(ctx, ldm_reshape(ctx, k, ldm_shape4(B, Sk, heads, D)), perm), ldm_shape3(B * heads, Sk, D));
+    ldm_tensor *vh = ldm_reshape(ctx, ldm_permute(ctx, ldm_reshape(ctx, v, ldm_shape4(B, Sk, heads, D)), perm), ldm_shape3(B * heads, Sk, D));
+    ldm_tensor *w = ldm_softmax(ctx, ldm_scale(ctx, ldm_matmul(ctx, qh, kh, 0, 1), scale), 2);
+    ldm_tensor *o = ldm_reshape(ctx, ldm_matmul(ctx, w, vh, 0, 0), ldm_shape4(B, heads, Sq, D));
+    return ldm_reshape(ctx, ldm_permute(ctx, o, perm), ldm_shape3(B, Sq, heads * D));
 }
 
 /* i: 0 rows R, 1 in I, 2 out O */

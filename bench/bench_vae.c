@@ -137,7 +137,7 @@ static double block_bytes(const ldm_nn_params *P, int with_grads) {
 
 static int sync_dev(bench *b) {
 #ifdef LDM_CUDA
-    if (b->dev == LDM_CUDA) return ldm_cuda_sync(b->ctx) != LDM_OK;
+    if (b->dev == LDM_GPU) return ldm_cuda_sync(b->ctx) != LDM_OK;
 #endif
     return ldm_ctx_status(b->ctx) != LDM_OK;
 }
@@ -304,7 +304,7 @@ int main(int argc, char **argv) {
     o.reps = o.warmup = -1;
     o.cases = -1;
 #ifdef LDM_CUDA
-    o.dev = LDM_CUDA;
+    o.dev = LDM_GPU;
 #else
     o.dev = LDM_CPU;
 #endif
@@ -316,7 +316,7 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "bench_vae: --device cpu or cuda\n");
                 return 2;
             }
-            o.dev = strcmp(v, "cpu") ? LDM_CUDA : LDM_CPU;
+            o.dev = strcmp(v, "cpu") ? LDM_GPU : LDM_CPU;
             i++;
         } else if (!strcmp(a, "--cases")) {
             if (!v) { usage(); return 2; }
@@ -391,7 +391,7 @@ int main(int argc, char **argv) {
         if (ldm_cuda_init(ctx, 0)) { fprintf(stderr, "bench_vae: %s\n", ldm_ctx_error(ctx)); return 1; }
         ldm_cuda_set_tf32(ctx, o.tf32);
         snprintf(devname, sizeof devname, "cuda: %s, ldm.h step arena %.1f GiB", ldm_cuda_device_name(ctx),
-                 (double)ldm_arena_limit(ctx, LDM_CUDA) / 1073741824.0);
+                 (double)ldm_arena_limit(ctx, LDM_GPU) / 1073741824.0);
     }
 #endif
     ldm_vae_config cfg = ldm_vae_config_kl_f4();

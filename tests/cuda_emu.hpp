@@ -171,7 +171,7 @@ static void ldm_emu_on_fault(int sig, siginfo_t *si, void *uc) {
         long off = (long)(p - a.ptr);
         if (!g.device_mode)
             fprintf(stderr, "cuda emulator: host code touched device memory at %p: byte %ld of device allocation #%ld (%zu bytes)"
-                            " (hint: device tensors are read with ldm_to_host; look for ->data of a tensor on LDM_CUDA)\n",
+                            " (hint: device tensors are read with ldm_to_host; look for ->data of a tensor on LDM_GPU)\n",
                     (const void *)p, off, a.id, a.size);
         else
             fprintf(stderr, "cuda emulator: %s (block %u,%u,%u thread %u,%u,%u) accessed %p: byte %ld of device allocation #%ld of %zu bytes,"

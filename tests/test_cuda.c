@@ -97,11 +97,11 @@ static void check_case(ldm_ctx *ctx, const char *name, const lt_op *p, int n_in,
     }
     int ok = run_on(ctx, LDM_CPU, p, n_in, shapes, hin, needs_grad, running, &rc);
     ldm_step_reset(ctx);
-    ok = ok && run_on(ctx, LDM_CUDA, p, n_in, shapes, hin, needs_grad, running, &rg);
+    ok = ok && run_on(ctx, LDM_GPU, p, n_in, shapes, hin, needs_grad, running, &rg);
     ldm_step_reset(ctx);
-    ok = ok && run_on(ctx, LDM_CUDA, p, n_in, shapes, hin, needs_grad, running, &rg2);
+    ok = ok && run_on(ctx, LDM_GPU, p, n_in, shapes, hin, needs_grad, running, &rg2);
     ldm_step_reset(ctx);
-    ldm_ctx_set_device(ctx, LDM_CUDA);
+    ldm_ctx_set_device(ctx, LDM_GPU);
     if (!ok) {
         lt_report(0, name, "%s", ldm_ctx_error(ctx));
         ldm_ctx_clear_error(ctx);
@@ -273,13 +273,13 @@ static void test_ops(ldm_ctx *ctx) {
 static void test_rng(ldm_ctx *ctx) {
     const int64_t n = 100003; /* ends mid-block */
     float *c = (float *)malloc(sizeof(float) * n), *g = (float *)malloc(sizeof(float) * n);
-    float *d = (float *)ldm_arena_alloc(ctx, LDM_CUDA, sizeof(float) * n);
+    float *d = (float *)ldm_arena_alloc(ctx, LDM_GPU, sizeof(float) * n);
     if (!c || !g || !d) { lt_report(0, "rng", "out of memory"); free(c); free(g); return; }
     for (int normal = 0; normal < 2; normal++) {
         ldm_rng a = {7, 12}, b = {7, 12};
-        if (normal) { ldm_rng_normal(ctx, &a, LDM_CPU, c, n, 0.5f, 2.0f); ldm_rng_normal(ctx, &b, LDM_CUDA, d, n, 0.5f, 2.0f); }
-        else { ldm_rng_uniform(ctx, &a, LDM_CPU, c, n, -1.0f, 3.0f); ldm_rng_uniform(ctx, &b, LDM_CUDA, d, n, -1.0f, 3.0f); }
-        ldm_tensor w = ldm_tensor_wrap(d, ldm_shape1(n), LDM_CUDA);
+        if (normal) { ldm_rng_normal(ctx, &a, LDM_CPU, c, n, 0.5f, 2.0f); ldm_rng_normal(ctx, &b, LDM_GPU, d, n, 0.5f, 2.0f); }
+        else { ldm_rng_uniform(ctx, &a, LDM_CPU, c, n, -1.0f, 3.0f); ldm_rng_uniform(ctx, &b, LDM_GPU, d, n, -1.0f, 3.0f); }
+        ldm_tensor w = ldm_tensor_wrap(d, ldm_shape1(n), LDM_GPU);
         int ok = ldm_to_host(ctx, &w, g) == LDM_OK && memcmp(c, g, sizeof(float) * n) == 0 && a.offset == b.offset;
         long first = -1;
         for (long i = 0; i < n && first < 0; i++) if (c[i] != g[i]) first = i;
@@ -293,19 +293,19 @@ static void test_rng(ldm_ctx *ctx) {
 }
 
 static void test_arena(ldm_ctx *ctx) {
-    ldm_ctx_set_device(ctx, LDM_CUDA);
+    ldm_ctx_set_device(ctx, LDM_GPU);
     ldm_mark m = ldm_arena_mark(ctx);
     float h[6] = {1, 2, 3, 4, 5, 6}, back[6] = {0};
     ldm_tensor *junk = ldm_zeros(ctx, ldm_shape1(1 << 20));
     ldm_tensor *x = ldm_from_host(ctx, ldm_shape2(2, 3), h);
     ldm_tensor *k = ldm_arena_keep(ctx, m, x);
-    int ok = junk && k && k->device == LDM_CUDA && ldm_to_host(ctx, k, back) == LDM_OK && memcmp(h, back, sizeof h) == 0;
+    int ok = junk && k && k->device == LDM_GPU && ldm_to_host(ctx, k, back) == LDM_OK && memcmp(h, back, sizeof h) == 0;
     lt_report(ok, "arena_keep moves a device tensor down its arena", "%s", ldm_ctx_error(ctx));
-    lt_report(ldm_arena_used(ctx, LDM_CUDA) < ((size_t)1 << 20), "arena_keep released the device memory above it", "used %zu",
-              ldm_arena_used(ctx, LDM_CUDA));
+    lt_report(ldm_arena_used(ctx, LDM_GPU) < ((size_t)1 << 20), "arena_keep released the device memory above it", "used %zu",
+              ldm_arena_used(ctx, LDM_GPU));
     ldm_arena_rewind(ctx, m);
-    lt_report(ldm_arena_used(ctx, LDM_CUDA) == m.used[LDM_CUDA], "arena_rewind rewinds the device arena", "used %zu",
-              ldm_arena_used(ctx, LDM_CUDA));
+    lt_report(ldm_arena_used(ctx, LDM_GPU) == m.used[LDM_GPU], "arena_rewind rewinds the device arena", "used %zu",
+              ldm_arena_used(ctx, LDM_GPU));
     ldm_step_reset(ctx);
 }
 
@@ -320,7 +320,7 @@ static void test_optim(ldm_ctx *ctx) {
         ldm_nn_optim *o[2] = {NULL, NULL};
         float *res[2] = {NULL, NULL}, norm[2] = {0, 0};
         for (int dv = 0; dv < 2; dv++) {
-            ldm_device dev = dv ? LDM_CUDA : LDM_CPU;
+            ldm_device dev = dv ? LDM_GPU : LDM_CPU;
             ldm_ctx_set_device(ctx, dev);
             if (ldm_nn_params_create(ctx, &P[dv], dev)) break;
             ldm_tensor *a = ldm_nn_param(P[dv], "a", ldm_shape1(n0), ldm_nn_init_const(0.0f));
@@ -366,7 +366,7 @@ static void test_optim(ldm_ctx *ctx) {
         ldm_nn_optim *o[2] = {NULL, NULL};
         float *res[2] = {NULL, NULL};
         for (int dv = 0; dv < 2; dv++) {
-            ldm_device dev = dv ? LDM_CUDA : LDM_CPU;
+            ldm_device dev = dv ? LDM_GPU : LDM_CPU;
             ldm_ctx_set_device(ctx, dev);
             if (ldm_nn_params_create(ctx, &P[dv], dev)) break;
             ldm_tensor *a = ldm_nn_param(P[dv], "a", ldm_shape1(n0), ldm_nn_init_const(0.0f));
@@ -413,7 +413,7 @@ static void test_tf32(ldm_ctx *ctx) {
     const int64_t M = 64, K = 192, N = 48;
     float *ha = random_host(ctx, M * K, 71, 0), *hb = random_host(ctx, K * N, 72, 0);
     float *r32 = NULL, *r19 = NULL, *again = NULL;
-    ldm_ctx_set_device(ctx, LDM_CUDA);
+    ldm_ctx_set_device(ctx, LDM_GPU);
     ldm_tensor *a = ldm_from_host(ctx, ldm_shape2(M, K), ha), *b = ldm_from_host(ctx, ldm_shape2(K, N), hb);
     ldm_tensor *c = ldm_matmul(ctx, a, b, 0, 0);
     if (c) r32 = host_of(ctx, c);
@@ -440,7 +440,7 @@ static void test_tf32(ldm_ctx *ctx) {
     ldm_tensor *dc = ldm_from_host(ctx, ldm_shape2(6, 10), hc);
     if (!dc) { lt_report(0, "sgemm K=0", "%s", ldm_ctx_error(ctx)); return; }
     ctx->be[LDM_CPU]->sgemm(ctx, 0, 0, 5, 7, 0, 1.0f, NULL, 1, NULL, 7, 0.5f, want, 10);
-    ctx->be[LDM_CUDA]->sgemm(ctx, 0, 0, 5, 7, 0, 1.0f, NULL, 1, NULL, 7, 0.5f, dc->data, 10);
+    ctx->be[LDM_GPU]->sgemm(ctx, 0, 0, 5, 7, 0, 1.0f, NULL, 1, NULL, 7, 0.5f, dc->data, 10);
     float *got = host_of(ctx, dc);
     lt_report(got && !memcmp(got, want, sizeof want), "sgemm with K = 0 scales C by beta inside its leading dimension", "%s",
               ldm_ctx_error(ctx));
