@@ -54,13 +54,29 @@ compile() {
   fi
 }
 
+# tests/test_flags.c links three copies of ldm_tensor.h built with other flags (see its header):
+# GNU defaults, this script's flags with -ffp-contract=off, and nvcc's host flags.
+flags_objs() {
+  local cxx=${CXX:-c++} lang="-x c++"
+  command -v "$cxx" >/dev/null 2>&1 || { cxx=$CC; lang=""; } # no C++ compiler: the same flags as C
+  mkdir -p build/flags &&
+    $CC -O2 $ARCH -DFLAGS_TU=gemm_default -c tests/flags_tu.c -o build/flags/default.o &&
+    $CC $CFLAGS -ffp-contract=off -DFLAGS_TU=gemm_c99 -c tests/flags_tu.c -o build/flags/c99.o &&
+    $cxx -O2 -ffp-contract=off -DFLAGS_TU=gemm_nvcc $lang -c tests/flags_tu.c -o build/flags/nvcc.o
+}
+
 build_all() {
-  local ok=0 src out
+  local ok=0 src out extra
   for src in examples/*.c tests/test_*.c; do
     [ -f "$src" ] || continue
     case $src in examples/*) out=build/ldm-$(basename "${src%.c}");; *) out=build/$(basename "${src%.c}");; esac
     [ "$src" = examples/main.c ] && out=build/ldm
-    compile "$src" "$out" || { echo "build.sh: failed to build $src" >&2; ok=1; }
+    extra=""
+    if [ "$src" = tests/test_flags.c ]; then
+      flags_objs || { echo "build.sh: failed to build tests/flags_tu.c" >&2; ok=1; continue; }
+      extra="build/flags/default.o build/flags/c99.o build/flags/nvcc.o"
+    fi
+    compile "$src" "$out" $extra || { echo "build.sh: failed to build $src" >&2; ok=1; }
   done
   # The CUDA back end on the CPU emulator (C++17), for machines without a GPU.
   if [ "${LDM_CUDA:-0}" != 1 ] && [ "${LDM_EMU:-1}" = 1 ] && ! command -v "${CXX:-c++}" >/dev/null 2>&1; then

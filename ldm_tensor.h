@@ -45,7 +45,10 @@
        LDM_ASSERT(c)         assertion hook (default: print file:line, abort)
        LDM_BLAS              route SGEMM to cblas_sgemm (link -lopenblas); for comparison
        LDM_NO_THREADS        build without pthreads (single-threaded)
-   Environment: LDM_THREADS (thread count), LDM_ARENA_MB (per-step arena limit).
+       LDM_NO_DISPATCH       x86: only the SGEMM kernels the -march flags enable (no run-time
+                             choice by CPU; without -march=native that is the portable one)
+   Environment: LDM_THREADS (thread count), LDM_ARENA_MB (per-step arena limit),
+   LDM_CPU_KERNEL (avx512, avx2 or portable: use a slower SGEMM kernel, for comparisons).
 */
 #ifndef LDM_TENSOR_H
 #define LDM_TENSOR_H
@@ -126,6 +129,10 @@ LDM_API ldm_result ldm_ctx_create(ldm_ctx **ctx, const ldm_settings *settings /*
 LDM_API void ldm_ctx_destroy(ldm_ctx *ctx);
 LDM_API ldm_result ldm_ctx_status(const ldm_ctx *ctx);        /* first error since clear */
 LDM_API const char *ldm_ctx_error(const ldm_ctx *ctx);        /* its message ("" if none) */
+/* The CPU SGEMM micro-kernel in use: "avx512", "avx2" or "portable" (x86-64 GCC/Clang builds
+   choose by CPU at ldm_ctx_create whatever the -march flags; $LDM_CPU_KERNEL may name a
+   slower one), or "cblas" under LDM_BLAS. */
+LDM_API const char *ldm_cpu_kernel_name(const ldm_ctx *ctx);
 LDM_API void ldm_ctx_clear_error(ldm_ctx *ctx);
 LDM_API ldm_result ldm_ctx_seterr(ldm_ctx *ctx, ldm_result code, const char *fmt, ...)
 #if defined(__GNUC__)
@@ -409,8 +416,9 @@ LDM_API ldm_result ldm_safetensors_write(ldm_ctx *ctx, const char *path, int n, 
 #include <pthread.h>
 #include <unistd.h>
 #endif
-#if defined(__AVX2__) || defined(__AVX512F__)
-#include <immintrin.h>
+#if ((defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))) || defined(__AVX2__) || \
+    defined(__AVX512F__)
+#include <immintrin.h> /* GCC and Clang declare every intrinsic; functions enable them by target */
 #endif
 
 #if defined(LDM_MALLOC) && defined(LDM_REALLOC) && defined(LDM_FREE)
@@ -573,6 +581,7 @@ struct ldm_ctx {
     ldm_tensor **arena_grads;     /* leaves whose .grad ldm_backward took from the arena */
     int n_arena_grads, cap_arena_grads;
     void *gemm_buf;           /* SGEMM packing buffers (per thread), grown on demand */
+    const struct ldm__gemm_kernel *gemm_kernel; /* the SGEMM micro-kernel for this CPU */
     size_t gemm_buf_bytes;
 #ifndef LDM_NO_THREADS
     ldm__threadpool pool;
@@ -744,6 +753,9 @@ static size_t ldm__default_arena_bytes(void) {
     return ram / 2;
 }
 
+#ifndef LDM_BLAS
+static const struct ldm__gemm_kernel *ldm__gemm_pick(const char *want);
+#endif
 LDM_API ldm_result ldm_ctx_create(ldm_ctx **out, const ldm_settings *settings) {
     *out = NULL;
     ldm_ctx *ctx = (ldm_ctx *)LDM_MALLOC(sizeof *ctx);
@@ -754,6 +766,9 @@ LDM_API ldm_result ldm_ctx_create(ldm_ctx **out, const ldm_settings *settings) {
     ctx->rng.seed = ctx->s.seed;
     ctx->grad_enabled = 1;
     ctx->be[LDM_CPU] = ldm__cpu_backend_get();
+#ifndef LDM_BLAS
+    ctx->gemm_kernel = ldm__gemm_pick(getenv("LDM_CPU_KERNEL"));
+#endif
     int threads = ctx->s.threads;
     if (threads <= 0) {
         const char *e = getenv("LDM_THREADS");
@@ -2548,19 +2563,29 @@ static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, i
    every tile runs the same code. Threads take a grid of disjoint row x column ranges of C
    (never a split of K) and every element of C sees the same sequence of operations whatever
    the grid: results are bitwise identical for any thread count. */
-#if defined(__AVX512F__)
-#define LDM__MR 8          /* 8 x 48: 24 zmm accumulators, 3 B loads + 8 broadcasts per k */
-#define LDM__NR 48
-#elif defined(__AVX2__) && defined(__FMA__)
-#define LDM__MR 6          /* 6 x 16: 12 ymm accumulators */
-#define LDM__NR 16
+/* Micro-kernels. Each computes acc = sum over k of a[k][0..MR) (x) b[k][0..NR) and stores
+   C[0..mr)[0..nr) = alpha*acc + beta*C (beta == 0 never reads C). Their multiply-adds are
+   explicit FMA intrinsics, so neither -std=c99 (which turns off floating-point contraction)
+   nor -ffp-contract=off slows them down. On x86-64 with GCC or Clang the AVX-512 and AVX2
+   kernels are compiled with target attributes and chosen at run time from the CPU, so a
+   program built without -march flags (nvcc's host pass, a portable build) still runs them. */
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && !defined(LDM_NO_DISPATCH)
+#define LDM__X86_AVX512 1
+#define LDM__X86_AVX2 1
+#define LDM__TARGET(s) __attribute__((target(s)))
 #else
-#define LDM__MR 6          /* 6 x 8 in 4-wide vectors: 12 accumulators (SSE/NEON) */
-#define LDM__NR 8
+#if defined(__AVX512F__)
+#define LDM__X86_AVX512 1
 #endif
-#define LDM__KC 512                            /* K slice */
-#define LDM__MC (1024 / LDM__MR * LDM__MR)     /* rows of A per packed block (L3) */
-#define LDM__NC (240 / LDM__NR * LDM__NR)      /* columns of B per packed block: KC x NC fits L2 */
+#if defined(__AVX2__) && defined(__FMA__)
+#define LDM__X86_AVX2 1
+#endif
+#define LDM__TARGET(s)
+#endif
+#if defined(LDM__X86_AVX512) || defined(LDM__X86_AVX2)
+#define LDM__X86 1
+#endif
+#define LDM__KC 512  /* K slice; A blocks are ~1024 rows (L3), B blocks ~KC x 240 columns (L2) */
 
 #if defined(__CUDACC__) || defined(__NVCC__)
 #define LDM__UNROLL _Pragma("unroll") /* nvcc's front end does not know GCC's form */
@@ -2586,35 +2611,44 @@ static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, i
 #define LDM__PREFETCH_C(c, ldc, mr, nr)
 #endif
 
-/* acc = sum over k of a[k][0..MR) (x) b[k][0..NR); C[0..mr)[0..nr) = alpha*acc + beta*C, where
-   beta == 0 never reads C. */
-#if defined(__AVX512F__)
-#define LDM__NV (LDM__NR / 16)
-static void ldm__ukernel(int64_t kc, const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, float *c, int64_t ldc,
-                         int mr, int nr, float alpha, float beta) {
-    __m512 acc[LDM__MR][LDM__NV];
+typedef void (*ldm__ukernel_fn)(int64_t kc, const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, float *c, int64_t ldc,
+                                int mr, int nr, float alpha, float beta);
+typedef struct ldm__gemm_kernel {
+    const char *name;
+    int mr, nr;          /* register tile */
+    int t8;              /* packs may use the AVX 8 x 8 transpose */
+    ldm__ukernel_fn run;
+} ldm__gemm_kernel;
+
+#ifdef LDM__X86_AVX512
+/* 8 x 48: 24 zmm accumulators, 3 B loads + 8 broadcasts per k */
+LDM__TARGET("avx512f")
+static void ldm__ukernel_avx512(int64_t kc, const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, float *c, int64_t ldc,
+                                int mr, int nr, float alpha, float beta) {
+    enum { MR = 8, NR = 48, NV = NR / 16 };
+    __m512 acc[MR][NV];
     LDM__PREFETCH_C(c, ldc, mr, nr)
-    LDM__UNROLL for (int r = 0; r < LDM__MR; r++) LDM__UNROLL for (int v = 0; v < LDM__NV; v++) acc[r][v] = _mm512_setzero_ps();
+    LDM__UNROLL for (int r = 0; r < MR; r++) LDM__UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
     for (int64_t k = 0; k < kc; k++) {
-        __m512 bv[LDM__NV];
-        LDM__UNROLL for (int v = 0; v < LDM__NV; v++) bv[v] = _mm512_load_ps(b + 16 * v);
-        LDM__UNROLL for (int r = 0; r < LDM__MR; r++) {
+        __m512 bv[NV];
+        LDM__UNROLL for (int v = 0; v < NV; v++) bv[v] = _mm512_load_ps(b + 16 * v);
+        LDM__UNROLL for (int r = 0; r < MR; r++) {
             __m512 av = _mm512_set1_ps(a[r]);
-            LDM__UNROLL for (int v = 0; v < LDM__NV; v++) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+            LDM__UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
         }
-        a += LDM__MR;
-        b += LDM__NR;
+        a += MR;
+        b += NR;
     }
-    __mmask16 m[LDM__NV];
-    LDM__UNROLL for (int v = 0; v < LDM__NV; v++) {
+    __mmask16 m[NV];
+    LDM__UNROLL for (int v = 0; v < NV; v++) {
         int left = nr - 16 * v;
         m[v] = (__mmask16)(left >= 16 ? 0xFFFFu : left > 0 ? (1u << left) - 1 : 0u);
     }
     __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-    LDM__UNROLL for (int r = 0; r < LDM__MR; r++) {
+    LDM__UNROLL for (int r = 0; r < MR; r++) {
         if (r < mr) {
             float *cr = c + r * ldc;
-            LDM__UNROLL for (int v = 0; v < LDM__NV; v++) {
+            LDM__UNROLL for (int v = 0; v < NV; v++) {
                 __m512 x = _mm512_mul_ps(va, acc[r][v]);
                 if (beta != 0.0f) x = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m[v], cr + 16 * v), x);
                 _mm512_mask_storeu_ps(cr + 16 * v, m[v], x);
@@ -2622,31 +2656,34 @@ static void ldm__ukernel(int64_t kc, const float *LDM_RESTRICT a, const float *L
         }
     }
 }
-#elif defined(__AVX2__) && defined(__FMA__)
-#define LDM__NV (LDM__NR / 8)
-static void ldm__ukernel(int64_t kc, const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, float *c, int64_t ldc,
-                         int mr, int nr, float alpha, float beta) {
-    __m256 acc[LDM__MR][LDM__NV];
+#endif
+#ifdef LDM__X86_AVX2
+/* 6 x 16: 12 ymm accumulators */
+LDM__TARGET("avx2,fma")
+static void ldm__ukernel_avx2(int64_t kc, const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, float *c, int64_t ldc,
+                              int mr, int nr, float alpha, float beta) {
+    enum { MR = 6, NR = 16, NV = NR / 8 };
+    __m256 acc[MR][NV];
     LDM__PREFETCH_C(c, ldc, mr, nr)
-    LDM__UNROLL for (int r = 0; r < LDM__MR; r++) LDM__UNROLL for (int v = 0; v < LDM__NV; v++) acc[r][v] = _mm256_setzero_ps();
+    LDM__UNROLL for (int r = 0; r < MR; r++) LDM__UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm256_setzero_ps();
     for (int64_t k = 0; k < kc; k++) {
-        __m256 bv[LDM__NV];
-        LDM__UNROLL for (int v = 0; v < LDM__NV; v++) bv[v] = _mm256_load_ps(b + 8 * v);
-        LDM__UNROLL for (int r = 0; r < LDM__MR; r++) {
+        __m256 bv[NV];
+        LDM__UNROLL for (int v = 0; v < NV; v++) bv[v] = _mm256_load_ps(b + 8 * v);
+        LDM__UNROLL for (int r = 0; r < MR; r++) {
             __m256 av = _mm256_broadcast_ss(a + r);
-            LDM__UNROLL for (int v = 0; v < LDM__NV; v++) acc[r][v] = _mm256_fmadd_ps(av, bv[v], acc[r][v]);
+            LDM__UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm256_fmadd_ps(av, bv[v], acc[r][v]);
         }
-        a += LDM__MR;
-        b += LDM__NR;
+        a += MR;
+        b += NR;
     }
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    __m256i m[LDM__NV];
-    LDM__UNROLL for (int v = 0; v < LDM__NV; v++) m[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr - 8 * v), lane);
+    __m256i m[NV];
+    LDM__UNROLL for (int v = 0; v < NV; v++) m[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr - 8 * v), lane);
     __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
-    LDM__UNROLL for (int r = 0; r < LDM__MR; r++) {
+    LDM__UNROLL for (int r = 0; r < MR; r++) {
         if (r < mr) {
             float *cr = c + r * ldc;
-            LDM__UNROLL for (int v = 0; v < LDM__NV; v++) {
+            LDM__UNROLL for (int v = 0; v < NV; v++) {
                 __m256 x = _mm256_mul_ps(va, acc[r][v]);
                 if (beta != 0.0f) x = _mm256_fmadd_ps(vb, _mm256_maskload_ps(cr + 8 * v, m[v]), x);
                 _mm256_maskstore_ps(cr + 8 * v, m[v], x);
@@ -2654,27 +2691,31 @@ static void ldm__ukernel(int64_t kc, const float *LDM_RESTRICT a, const float *L
         }
     }
 }
-#else
-/* Portable: GCC/Clang vector extensions give SSE/NEON code without intrinsics; plain arrays
-   elsewhere. Edge tiles go through a local tile so every element takes the same path. */
-static void ldm__ukernel_full(int64_t kc, const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, float *c, int64_t ldc,
-                              float alpha, float beta) {
+#endif
+
+/* Portable 6 x 8: GCC/Clang vector extensions give SSE/NEON code without intrinsics; plain
+   arrays elsewhere. It is the kernel of CPUs without AVX2, which have no FMA unit either, so
+   its separate multiply and add cost nothing there. Edge tiles go through a local tile so
+   every element takes the same path. */
+enum { LDM__PMR = 6, LDM__PNR = 8 };
+static void ldm__ukernel_portable_full(int64_t kc, const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, float *c,
+                                       int64_t ldc, float alpha, float beta) {
 #if defined(__GNUC__)
     typedef float ldm__v4 __attribute__((vector_size(16)));
-    enum { NV = LDM__NR / 4 };
-    ldm__v4 acc[LDM__MR][NV];
-    LDM__UNROLL for (int r = 0; r < LDM__MR; r++) LDM__UNROLL for (int v = 0; v < NV; v++) acc[r][v] = (ldm__v4){0, 0, 0, 0};
+    enum { NV = LDM__PNR / 4 };
+    ldm__v4 acc[LDM__PMR][NV];
+    LDM__UNROLL for (int r = 0; r < LDM__PMR; r++) LDM__UNROLL for (int v = 0; v < NV; v++) acc[r][v] = (ldm__v4){0, 0, 0, 0};
     for (int64_t k = 0; k < kc; k++) {
         ldm__v4 bv[NV];
         LDM__UNROLL for (int v = 0; v < NV; v++) memcpy(&bv[v], b + 4 * v, sizeof bv[v]);
-        LDM__UNROLL for (int r = 0; r < LDM__MR; r++) {
+        LDM__UNROLL for (int r = 0; r < LDM__PMR; r++) {
             ldm__v4 av = {a[r], a[r], a[r], a[r]};
             LDM__UNROLL for (int v = 0; v < NV; v++) acc[r][v] += av * bv[v];
         }
-        a += LDM__MR;
-        b += LDM__NR;
+        a += LDM__PMR;
+        b += LDM__PNR;
     }
-    LDM__UNROLL for (int r = 0; r < LDM__MR; r++) {
+    LDM__UNROLL for (int r = 0; r < LDM__PMR; r++) {
         float *cr = c + r * ldc;
         LDM__UNROLL for (int v = 0; v < NV; v++) {
             ldm__v4 x = acc[r][v] * alpha, cv;
@@ -2683,34 +2724,58 @@ static void ldm__ukernel_full(int64_t kc, const float *LDM_RESTRICT a, const flo
         }
     }
 #else
-    float acc[LDM__MR][LDM__NR];
+    float acc[LDM__PMR][LDM__PNR];
     memset(acc, 0, sizeof acc);
     for (int64_t k = 0; k < kc; k++) {
-        for (int r = 0; r < LDM__MR; r++)
-            for (int q = 0; q < LDM__NR; q++) acc[r][q] += a[r] * b[q];
-        a += LDM__MR;
-        b += LDM__NR;
+        for (int r = 0; r < LDM__PMR; r++)
+            for (int q = 0; q < LDM__PNR; q++) acc[r][q] += a[r] * b[q];
+        a += LDM__PMR;
+        b += LDM__PNR;
     }
-    for (int r = 0; r < LDM__MR; r++)
-        for (int q = 0; q < LDM__NR; q++) {
+    for (int r = 0; r < LDM__PMR; r++)
+        for (int q = 0; q < LDM__PNR; q++) {
             float x = acc[r][q] * alpha;
             if (beta != 0.0f) x += c[r * ldc + q] * beta;
             c[r * ldc + q] = x;
         }
 #endif
 }
-static void ldm__ukernel(int64_t kc, const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, float *c, int64_t ldc,
-                         int mr, int nr, float alpha, float beta) {
-    float t[LDM__MR * LDM__NR];
+static void ldm__ukernel_portable(int64_t kc, const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, float *c, int64_t ldc,
+                                  int mr, int nr, float alpha, float beta) {
+    float t[LDM__PMR * LDM__PNR];
     LDM__PREFETCH_C(c, ldc, mr, nr)
-    if (mr == LDM__MR && nr == LDM__NR) { ldm__ukernel_full(kc, a, b, c, ldc, alpha, beta); return; }
+    if (mr == LDM__PMR && nr == LDM__PNR) { ldm__ukernel_portable_full(kc, a, b, c, ldc, alpha, beta); return; }
     for (int r = 0; r < mr; r++)
-        for (int q = 0; q < nr; q++) t[r * LDM__NR + q] = beta != 0.0f ? c[r * ldc + q] : 0.0f;
-    ldm__ukernel_full(kc, a, b, t, LDM__NR, alpha, beta);
+        for (int q = 0; q < nr; q++) t[r * LDM__PNR + q] = beta != 0.0f ? c[r * ldc + q] : 0.0f;
+    ldm__ukernel_portable_full(kc, a, b, t, LDM__PNR, alpha, beta);
     for (int r = 0; r < mr; r++)
-        for (int q = 0; q < nr; q++) c[r * ldc + q] = t[r * LDM__NR + q];
+        for (int q = 0; q < nr; q++) c[r * ldc + q] = t[r * LDM__PNR + q];
 }
+
+static const ldm__gemm_kernel ldm__gemm_kernels[] = {
+#ifdef LDM__X86_AVX512
+    {"avx512", 8, 48, 1, ldm__ukernel_avx512},
 #endif
+#ifdef LDM__X86_AVX2
+    {"avx2", 6, 16, 1, ldm__ukernel_avx2},
+#endif
+    {"portable", LDM__PMR, LDM__PNR, 0, ldm__ukernel_portable},
+};
+/* The fastest kernel this CPU runs; `want` ("avx512", "avx2", "portable", from $LDM_CPU_KERNEL)
+   picks a slower one, never one the CPU lacks. */
+static const ldm__gemm_kernel *ldm__gemm_pick(const char *want) {
+    int n = (int)(sizeof ldm__gemm_kernels / sizeof ldm__gemm_kernels[0]);
+    for (int i = 0; i < n; i++) {
+        const ldm__gemm_kernel *k = &ldm__gemm_kernels[i];
+        int ok = 1;
+#if defined(LDM__X86) && (defined(__GNUC__) || defined(__clang__))
+        if (!strcmp(k->name, "avx512")) ok = __builtin_cpu_supports("avx512f");
+        if (!strcmp(k->name, "avx2")) ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+        if (ok && (!want || !*want || !strcmp(want, k->name))) return k;
+    }
+    return &ldm__gemm_kernels[n - 1];
+}
 
 /* Packing. A panel is `rows` (<= P) lines of op(X) for kc values of k, laid out [k][P] and
    zero-padded to P. Two source layouts: "direct", where the P values of one k are contiguous
@@ -2727,9 +2792,9 @@ static void ldm__pack_direct(float *LDM_RESTRICT dst, int P, const float *src, i
         }
     }
 }
-#if defined(__AVX2__) || defined(__AVX512F__)
-#define LDM__PACK_T8 1
+#ifdef LDM__X86
 /* dst[i][0..8) = src[0..8)[i] for i < 8 (rows of src ld apart, of dst ldd apart) */
+LDM__TARGET("avx")
 static void ldm__transpose8(const float *src, int64_t ld, float *dst, int64_t ldd) {
     __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + ld), r2 = _mm256_loadu_ps(src + 2 * ld);
     __m256 r3 = _mm256_loadu_ps(src + 3 * ld), r4 = _mm256_loadu_ps(src + 4 * ld), r5 = _mm256_loadu_ps(src + 5 * ld);
@@ -2750,16 +2815,18 @@ static void ldm__transpose8(const float *src, int64_t ld, float *dst, int64_t ld
     _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(s3, s7, 0x31));
 }
 #endif
-static void ldm__pack_transposed(float *LDM_RESTRICT dst, int P, const float *src, int64_t ld, int rows, int64_t kc) {
+static void ldm__pack_transposed(float *LDM_RESTRICT dst, int P, const float *src, int64_t ld, int rows, int64_t kc, int t8) {
     int r0 = 0;
-#ifdef LDM__PACK_T8
-    for (; r0 + 8 <= rows; r0 += 8) {
+#ifdef LDM__X86
+    for (; t8 && r0 + 8 <= rows; r0 += 8) {
         const float *s = src + r0 * ld;
         int64_t k = 0;
         for (; k + 8 <= kc; k += 8) ldm__transpose8(s + k, ld, dst + k * P + r0, P);
         for (; k < kc; k++)
             for (int r = 0; r < 8; r++) dst[k * P + r0 + r] = s[r * ld + k];
     }
+#else
+    (void)t8;
 #endif
     for (int r = r0; r < rows; r++) {
         const float *s = src + r * ld;
@@ -2770,23 +2837,29 @@ static void ldm__pack_transposed(float *LDM_RESTRICT dst, int P, const float *sr
             for (int r = rows; r < P; r++) dst[k * P + r] = 0.0f;
 }
 /* op(A)[i0 .. i0+mc, k0 .. k0+kc) into MR-row panels */
-static void ldm__pack_a(float *dst, const float *A, int64_t lda, int ta, int64_t i0, int64_t mc, int64_t k0, int64_t kc) {
-    for (int64_t ip = 0; ip < mc; ip += LDM__MR, dst += LDM__MR * kc) {
-        int rows = (int)LDM__MIN(LDM__MR, mc - ip);
-        if (ta) ldm__pack_direct(dst, LDM__MR, A + k0 * lda + i0 + ip, lda, rows, kc);
-        else ldm__pack_transposed(dst, LDM__MR, A + (i0 + ip) * lda + k0, lda, rows, kc);
+static void ldm__pack_a(const ldm__gemm_kernel *uk, float *dst, const float *A, int64_t lda, int ta, int64_t i0, int64_t mc,
+                        int64_t k0, int64_t kc) {
+    const int MR = uk->mr;
+    for (int64_t ip = 0; ip < mc; ip += MR, dst += MR * kc) {
+        int rows = (int)LDM__MIN(MR, mc - ip);
+        if (ta) ldm__pack_direct(dst, MR, A + k0 * lda + i0 + ip, lda, rows, kc);
+        else ldm__pack_transposed(dst, MR, A + (i0 + ip) * lda + k0, lda, rows, kc, uk->t8);
     }
 }
 /* op(B)[k0 .. k0+kc, j0 .. j0+nc) into NR-column panels */
-static void ldm__pack_b(float *dst, const float *B, int64_t ldb, int tb, int64_t j0, int64_t nc, int64_t k0, int64_t kc) {
-    for (int64_t jp = 0; jp < nc; jp += LDM__NR, dst += LDM__NR * kc) {
-        int cols = (int)LDM__MIN(LDM__NR, nc - jp);
-        if (tb) ldm__pack_transposed(dst, LDM__NR, B + (j0 + jp) * ldb + k0, ldb, cols, kc);
-        else ldm__pack_direct(dst, LDM__NR, B + k0 * ldb + j0 + jp, ldb, cols, kc);
+static void ldm__pack_b(const ldm__gemm_kernel *uk, float *dst, const float *B, int64_t ldb, int tb, int64_t j0, int64_t nc,
+                        int64_t k0, int64_t kc) {
+    const int NR = uk->nr;
+    for (int64_t jp = 0; jp < nc; jp += NR, dst += NR * kc) {
+        int cols = (int)LDM__MIN(NR, nc - jp);
+        if (tb) ldm__pack_transposed(dst, NR, B + (j0 + jp) * ldb + k0, ldb, cols, kc, uk->t8);
+        else ldm__pack_direct(dst, NR, B + k0 * ldb + j0 + jp, ldb, cols, kc);
     }
 }
 
 typedef struct {
+    const ldm__gemm_kernel *uk;  /* micro-kernel and its tile */
+    int64_t mcb;                 /* rows of A per packed block */
     int ta, tb;
     int64_t M, N, K, lda, ldb, ldc;
     float alpha, beta;
@@ -2802,20 +2875,22 @@ typedef struct {
 
 static void ldm__gemm_part(const ldm__gemm_job *g, int64_t m0, int64_t m1, int64_t n0, int64_t n1, float *pa, float *pb) {
     const int64_t K = g->K, kcb = g->kc, ldc = g->ldc;
-    for (int64_t ic = m0; ic < m1; ic += LDM__MC) {
-        int64_t mc = LDM__MIN(LDM__MC, m1 - ic);
+    const ldm__gemm_kernel *uk = g->uk;
+    const int MR = uk->mr, NR = uk->nr;
+    for (int64_t ic = m0; ic < m1; ic += g->mcb) {
+        int64_t mc = LDM__MIN(g->mcb, m1 - ic);
         for (int64_t pc = 0; pc < K; pc += kcb) {
             int64_t kc = LDM__MIN(kcb, K - pc);
             float beta = pc == 0 ? g->beta : 1.0f;
-            ldm__pack_a(pa, g->A, g->lda, g->ta, ic, mc, pc, kc);
+            ldm__pack_a(uk, pa, g->A, g->lda, g->ta, ic, mc, pc, kc);
             for (int64_t jc = n0; jc < n1; jc += g->nc) {
                 int64_t nc = LDM__MIN(g->nc, n1 - jc);
-                ldm__pack_b(pb, g->B, g->ldb, g->tb, jc, nc, pc, kc);
-                for (int64_t ir = 0; ir < mc; ir += LDM__MR) {
+                ldm__pack_b(uk, pb, g->B, g->ldb, g->tb, jc, nc, pc, kc);
+                for (int64_t ir = 0; ir < mc; ir += MR) {
                     float *c = g->C + (ic + ir) * ldc + jc;
-                    int mr = (int)LDM__MIN(LDM__MR, mc - ir);
-                    for (int64_t jr = 0; jr < nc; jr += LDM__NR)
-                        ldm__ukernel(kc, pa + ir * kc, pb + jr * kc, c + jr, ldc, mr, (int)LDM__MIN(LDM__NR, nc - jr), g->alpha, beta);
+                    int mr = (int)LDM__MIN(MR, mc - ir);
+                    for (int64_t jr = 0; jr < nc; jr += NR)
+                        uk->run(kc, pa + ir * kc, pb + jr * kc, c + jr, ldc, mr, (int)LDM__MIN(NR, nc - jr), g->alpha, beta);
                 }
             }
         }
@@ -2827,8 +2902,9 @@ static void ldm__gemm_task(void *arg, int64_t b, int64_t e, int tid) {
     float *pa = g->work + (size_t)tid * g->work_floats, *pb = pa + g->b_offset;
     for (int64_t p = b; p < e; p++) {
         int64_t pm = p / g->tn, pn = p % g->tn;
-        int64_t m0 = LDM__MIN(g->M, pm * g->tiles_m / g->tm * LDM__MR), m1 = LDM__MIN(g->M, (pm + 1) * g->tiles_m / g->tm * LDM__MR);
-        int64_t n0 = LDM__MIN(g->N, pn * g->tiles_n / g->tn * LDM__NR), n1 = LDM__MIN(g->N, (pn + 1) * g->tiles_n / g->tn * LDM__NR);
+        const int MR = g->uk->mr, NR = g->uk->nr;
+        int64_t m0 = LDM__MIN(g->M, pm * g->tiles_m / g->tm * MR), m1 = LDM__MIN(g->M, (pm + 1) * g->tiles_m / g->tm * MR);
+        int64_t n0 = LDM__MIN(g->N, pn * g->tiles_n / g->tn * NR), n1 = LDM__MIN(g->N, (pn + 1) * g->tiles_n / g->tn * NR);
         if (m0 < m1 && n0 < n1) ldm__gemm_part(g, m0, m1, n0, n1, pa, pb);
     }
 }
@@ -2850,12 +2926,16 @@ static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, i
     ldm__gemm_job g;
     g.ta = ta; g.tb = tb; g.M = M; g.N = N; g.K = K; g.lda = lda; g.ldb = ldb; g.ldc = ldc;
     g.alpha = alpha; g.beta = beta; g.A = A; g.B = B; g.C = C;
+    g.uk = ctx->gemm_kernel;
+    const int MR = g.uk->mr, NR = g.uk->nr;
+    const int64_t NCB = 240 / NR * NR;  /* columns of B per packed block: KC x NC fits L2 */
+    g.mcb = 1024 / MR * MR;             /* rows of A per packed block (L3) */
     int64_t slices = (K + LDM__KC - 1) / LDM__KC;
     g.kc = (K + slices - 1) / slices; /* equal slices no longer than KC */
     /* a short K slice gets a wider B block: longer runs of each C row per pass */
-    g.nc = LDM__MAX(LDM__NC, (int64_t)LDM__NC * LDM__KC / g.kc / LDM__NR * LDM__NR);
-    g.tiles_m = (M + LDM__MR - 1) / LDM__MR;
-    g.tiles_n = (N + LDM__NR - 1) / LDM__NR;
+    g.nc = LDM__MAX(NCB, NCB * LDM__KC / g.kc / NR * NR);
+    g.tiles_m = (M + MR - 1) / MR;
+    g.tiles_n = (N + NR - 1) / NR;
 
     /* Called from inside a parallel region (regions do not nest): run on this thread with
        a private buffer, since the context's buffers belong to the outer region. */
@@ -2873,12 +2953,12 @@ static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, i
         int tm = T / tn;
         if (T % tn || tn > g.tiles_n || tm > g.tiles_m) continue;
         double tiles = (double)((g.tiles_m + tm - 1) / tm) * (double)((g.tiles_n + tn - 1) / tn);
-        double cost = tiles * (LDM__MR * LDM__NR / 32.0) * (double)K + 0.5 * ((double)M / tm + (double)N / tn) * (double)K;
+        double cost = tiles * (MR * NR / 32.0) * (double)K + 0.5 * ((double)M / tm + (double)N / tn) * (double)K;
         if (best < 0 || cost < best) { best = cost; g.tm = tm; g.tn = tn; }
     }
 
     /* one A block and one B block per thread, no larger than this product needs */
-    size_t mcap = (size_t)LDM__MIN(LDM__MC, g.tiles_m * LDM__MR), ncap = (size_t)LDM__MIN(g.nc, g.tiles_n * LDM__NR);
+    size_t mcap = (size_t)LDM__MIN(g.mcb, g.tiles_m * MR), ncap = (size_t)LDM__MIN(g.nc, g.tiles_n * NR);
     size_t a_bytes = LDM__ALIGN_UP(sizeof(float) * mcap * (size_t)g.kc), b_bytes = LDM__ALIGN_UP(sizeof(float) * ncap * (size_t)g.kc);
     g.b_offset = a_bytes / sizeof(float);
     g.work_floats = (a_bytes + b_bytes) / sizeof(float);
@@ -2908,6 +2988,15 @@ static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, i
 LDM_API void ldm_sgemm(ldm_ctx *ctx, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                        int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
     ldm__cpu_sgemm(ctx, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+LDM_API const char *ldm_cpu_kernel_name(const ldm_ctx *ctx) {
+#ifdef LDM_BLAS
+    (void)ctx;
+    return "cblas";
+#else
+    return ctx->gemm_kernel ? ctx->gemm_kernel->name : "";
+#endif
 }
 
 /* ---- convolution: im2col over column chunks + SGEMM --------------------------------------

@@ -1,6 +1,8 @@
 /* test_gemm.c - ldm_sgemm against ldm_sgemm_ref: every transpose combination, alpha/beta
    (beta 0 over NaN-filled C), odd and blocked sizes, padded leading dimensions, K = 0, calls
-   from inside a parallel region, and bitwise equality across thread counts. */
+   from inside a parallel region, and bitwise equality across thread counts; for every
+   micro-kernel this CPU runs (chosen with $LDM_CPU_KERNEL). */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #define LDM_IMPLEMENTATION
 #include "ldm_test.h"
 
@@ -107,13 +109,7 @@ static void check_nested(ldm_ctx *ctx) {
     free(A); free(B); free(C); free(R);
 }
 
-int main(void) {
-    ldm_ctx *ctx;
-    ldm_settings s;
-    memset(&s, 0, sizeof s);
-    s.threads = 2;
-    if (ldm_ctx_create(&ctx, &s)) { printf("FAIL ldm_ctx_create\n"); return 1; }
-
+static void battery(ldm_ctx *ctx) {
     /* every transpose combination over small odd sizes, edges on every side */
     static const int64_t small[] = {1, 7, 17, 33};
     int all_small = 1;
@@ -151,7 +147,25 @@ int main(void) {
     check_threads(ctx, 1, 1, 100, 1030, 77, 0.5f);
     check_threads(ctx, 0, 0, 20, 13000, 27, 1.0f);   /* conv_in: K = 27 */
     check_nested(ctx);
+}
 
-    ldm_ctx_destroy(ctx);
+int main(void) {
+    static const char *kernels[] = {"avx512", "avx2", "portable"};
+    for (int i = 0; i < 3; i++) {
+        ldm_ctx *ctx;
+        ldm_settings s;
+        memset(&s, 0, sizeof s);
+        s.threads = 2;
+        setenv("LDM_CPU_KERNEL", kernels[i], 1);
+        if (ldm_ctx_create(&ctx, &s)) { printf("FAIL ldm_ctx_create\n"); return 1; }
+        if (strcmp(ldm_cpu_kernel_name(ctx), kernels[i])) {
+            printf("SKIP the %s kernel: this CPU or build does not run it (uses %s)\n", kernels[i], ldm_cpu_kernel_name(ctx));
+        } else {
+            printf("-- kernel %s\n", kernels[i]);
+            battery(ctx);
+        }
+        ldm_ctx_destroy(ctx);
+    }
+    unsetenv("LDM_CPU_KERNEL");
     return lt_finish("test_gemm");
 }
