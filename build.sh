@@ -55,14 +55,22 @@ compile() {
 }
 
 # tests/test_flags.c links three copies of ldm_tensor.h built with other flags (see its header):
-# GNU defaults, this script's flags with -ffp-contract=off, and nvcc's host flags.
+# GNU defaults, this script's flags with -ffp-contract=off, and nvcc's (its host pass; c++ with
+# nvcc's host flags where there is no nvcc). Sets FLAGS_LINK to what linking them needs.
+FLAGS_LINK=""
 flags_objs() {
-  local cxx=${CXX:-c++} lang="-x c++"
-  command -v "$cxx" >/dev/null 2>&1 || { cxx=$CC; lang=""; } # no C++ compiler: the same flags as C
   mkdir -p build/flags &&
     $CC -O2 $ARCH -DFLAGS_TU=gemm_default -c tests/flags_tu.c -o build/flags/default.o &&
-    $CC $CFLAGS -ffp-contract=off -DFLAGS_TU=gemm_c99 -c tests/flags_tu.c -o build/flags/c99.o &&
-    $cxx -O2 -ffp-contract=off -DFLAGS_TU=gemm_nvcc $lang -c tests/flags_tu.c -o build/flags/nvcc.o
+    $CC $CFLAGS -ffp-contract=off -DFLAGS_TU=gemm_c99 -c tests/flags_tu.c -o build/flags/c99.o || return 1
+  FLAGS_LINK="build/flags/default.o build/flags/c99.o build/flags/nvcc.o"
+  if [ -x "$NVCC" ]; then
+    "$NVCC" -O2 -Xcompiler -ffp-contract=off -DFLAGS_TU=gemm_nvcc -x cu -c tests/flags_tu.c -o build/flags/nvcc.o || return 1
+    FLAGS_LINK="$FLAGS_LINK -L$(dirname "$NVCC")/../lib64 -lcudart_static -ldl -lrt -lstdc++"
+  elif command -v "${CXX:-c++}" >/dev/null 2>&1; then
+    ${CXX:-c++} -O2 -ffp-contract=off -DFLAGS_TU=gemm_nvcc -x c++ -c tests/flags_tu.c -o build/flags/nvcc.o
+  else
+    $CC -O2 -ffp-contract=off -DFLAGS_TU=gemm_nvcc -c tests/flags_tu.c -o build/flags/nvcc.o
+  fi
 }
 
 build_all() {
@@ -74,7 +82,7 @@ build_all() {
     extra=""
     if [ "$src" = tests/test_flags.c ]; then
       flags_objs || { echo "build.sh: failed to build tests/flags_tu.c" >&2; ok=1; continue; }
-      extra="build/flags/default.o build/flags/c99.o build/flags/nvcc.o"
+      extra=$FLAGS_LINK
     fi
     compile "$src" "$out" $extra || { echo "build.sh: failed to build $src" >&2; ok=1; }
   done

@@ -2587,8 +2587,10 @@ static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, i
 #endif
 #define LDM__KC 512  /* K slice; A blocks are ~1024 rows (L3), B blocks ~KC x 240 columns (L2) */
 
-#if defined(__CUDACC__) || defined(__NVCC__)
-#define LDM__UNROLL _Pragma("unroll") /* nvcc's front end does not know GCC's form */
+#if defined(__CUDA_ARCH__)
+#define LDM__UNROLL _Pragma("unroll") /* device code: nvcc's own form */
+#elif defined(__NVCC__)
+#define LDM__UNROLL /* nvcc's host pass drops GCC's form with a warning */
 #elif defined(__clang__)
 #define LDM__UNROLL _Pragma("unroll")
 #elif defined(__GNUC__)
@@ -2620,39 +2622,44 @@ typedef struct ldm__gemm_kernel {
     ldm__ukernel_fn run;
 } ldm__gemm_kernel;
 
+/* The K loops are unrolled by hand, with the accumulators as named variables: unroll pragmas
+   are not portable (nvcc's host pass drops GCC's), and without them the tile stays in memory. */
 #ifdef LDM__X86_AVX512
 /* 8 x 48: 24 zmm accumulators, 3 B loads + 8 broadcasts per k */
 LDM__TARGET("avx512f")
 static void ldm__ukernel_avx512(int64_t kc, const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, float *c, int64_t ldc,
                                 int mr, int nr, float alpha, float beta) {
     enum { MR = 8, NR = 48, NV = NR / 16 };
-    __m512 acc[MR][NV];
     LDM__PREFETCH_C(c, ldc, mr, nr)
-    LDM__UNROLL for (int r = 0; r < MR; r++) LDM__UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
+#define LDM__Z3(r) __m512 c##r##0 = _mm512_setzero_ps(), c##r##1 = _mm512_setzero_ps(), c##r##2 = _mm512_setzero_ps();
+    LDM__Z3(0) LDM__Z3(1) LDM__Z3(2) LDM__Z3(3) LDM__Z3(4) LDM__Z3(5) LDM__Z3(6) LDM__Z3(7)
+#undef LDM__Z3
     for (int64_t k = 0; k < kc; k++) {
-        __m512 bv[NV];
-        LDM__UNROLL for (int v = 0; v < NV; v++) bv[v] = _mm512_load_ps(b + 16 * v);
-        LDM__UNROLL for (int r = 0; r < MR; r++) {
-            __m512 av = _mm512_set1_ps(a[r]);
-            LDM__UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
-        }
+        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16), b2 = _mm512_load_ps(b + 32), av;
+#define LDM__R3(r)                                                                                 \
+    av = _mm512_set1_ps(a[r]);                                                                     \
+    c##r##0 = _mm512_fmadd_ps(av, b0, c##r##0);                                                    \
+    c##r##1 = _mm512_fmadd_ps(av, b1, c##r##1);                                                    \
+    c##r##2 = _mm512_fmadd_ps(av, b2, c##r##2);
+        LDM__R3(0) LDM__R3(1) LDM__R3(2) LDM__R3(3) LDM__R3(4) LDM__R3(5) LDM__R3(6) LDM__R3(7)
+#undef LDM__R3
         a += MR;
         b += NR;
     }
+    const __m512 acc[MR][NV] = {{c00, c01, c02}, {c10, c11, c12}, {c20, c21, c22}, {c30, c31, c32},
+                                {c40, c41, c42}, {c50, c51, c52}, {c60, c61, c62}, {c70, c71, c72}};
     __mmask16 m[NV];
-    LDM__UNROLL for (int v = 0; v < NV; v++) {
+    for (int v = 0; v < NV; v++) {
         int left = nr - 16 * v;
         m[v] = (__mmask16)(left >= 16 ? 0xFFFFu : left > 0 ? (1u << left) - 1 : 0u);
     }
     __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-    LDM__UNROLL for (int r = 0; r < MR; r++) {
-        if (r < mr) {
-            float *cr = c + r * ldc;
-            LDM__UNROLL for (int v = 0; v < NV; v++) {
-                __m512 x = _mm512_mul_ps(va, acc[r][v]);
-                if (beta != 0.0f) x = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m[v], cr + 16 * v), x);
-                _mm512_mask_storeu_ps(cr + 16 * v, m[v], x);
-            }
+    for (int r = 0; r < mr; r++) {
+        float *cr = c + r * ldc;
+        for (int v = 0; v < NV; v++) {
+            __m512 x = _mm512_mul_ps(va, acc[r][v]);
+            if (beta != 0.0f) x = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m[v], cr + 16 * v), x);
+            _mm512_mask_storeu_ps(cr + 16 * v, m[v], x);
         }
     }
 }
@@ -2663,31 +2670,32 @@ LDM__TARGET("avx2,fma")
 static void ldm__ukernel_avx2(int64_t kc, const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, float *c, int64_t ldc,
                               int mr, int nr, float alpha, float beta) {
     enum { MR = 6, NR = 16, NV = NR / 8 };
-    __m256 acc[MR][NV];
     LDM__PREFETCH_C(c, ldc, mr, nr)
-    LDM__UNROLL for (int r = 0; r < MR; r++) LDM__UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm256_setzero_ps();
+#define LDM__Z2(r) __m256 c##r##0 = _mm256_setzero_ps(), c##r##1 = _mm256_setzero_ps();
+    LDM__Z2(0) LDM__Z2(1) LDM__Z2(2) LDM__Z2(3) LDM__Z2(4) LDM__Z2(5)
+#undef LDM__Z2
     for (int64_t k = 0; k < kc; k++) {
-        __m256 bv[NV];
-        LDM__UNROLL for (int v = 0; v < NV; v++) bv[v] = _mm256_load_ps(b + 8 * v);
-        LDM__UNROLL for (int r = 0; r < MR; r++) {
-            __m256 av = _mm256_broadcast_ss(a + r);
-            LDM__UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm256_fmadd_ps(av, bv[v], acc[r][v]);
-        }
+        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8), av;
+#define LDM__R2(r)                                                                                 \
+    av = _mm256_broadcast_ss(a + r);                                                               \
+    c##r##0 = _mm256_fmadd_ps(av, b0, c##r##0);                                                    \
+    c##r##1 = _mm256_fmadd_ps(av, b1, c##r##1);
+        LDM__R2(0) LDM__R2(1) LDM__R2(2) LDM__R2(3) LDM__R2(4) LDM__R2(5)
+#undef LDM__R2
         a += MR;
         b += NR;
     }
+    const __m256 acc[MR][NV] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     __m256i m[NV];
-    LDM__UNROLL for (int v = 0; v < NV; v++) m[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr - 8 * v), lane);
+    for (int v = 0; v < NV; v++) m[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr - 8 * v), lane);
     __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
-    LDM__UNROLL for (int r = 0; r < MR; r++) {
-        if (r < mr) {
-            float *cr = c + r * ldc;
-            LDM__UNROLL for (int v = 0; v < NV; v++) {
-                __m256 x = _mm256_mul_ps(va, acc[r][v]);
-                if (beta != 0.0f) x = _mm256_fmadd_ps(vb, _mm256_maskload_ps(cr + 8 * v, m[v]), x);
-                _mm256_maskstore_ps(cr + 8 * v, m[v], x);
-            }
+    for (int r = 0; r < mr; r++) {
+        float *cr = c + r * ldc;
+        for (int v = 0; v < NV; v++) {
+            __m256 x = _mm256_mul_ps(va, acc[r][v]);
+            if (beta != 0.0f) x = _mm256_fmadd_ps(vb, _mm256_maskload_ps(cr + 8 * v, m[v]), x);
+            _mm256_maskstore_ps(cr + 8 * v, m[v], x);
         }
     }
 }

@@ -10,8 +10,8 @@
 #ifdef __cplusplus
 extern "C"
 #endif
-    /* Best time in seconds of `reps` products C = A B ([M,K] x [K,N]) on one thread; writes the
-       kernel's name into `kernel`. Returns a negative value on error. */
+    /* Best time in seconds of `reps` products C = A B ([M,K] x [K,N]) on one thread; writes
+       "<kernel> <compiler>" into `kernel`. Returns a negative value on error. */
     double
     FLAGS_TU(int64_t M, int64_t N, int64_t K, const float *A, const float *B, float *C, int reps, char *kernel, size_t cap) {
     ldm_ctx *ctx;
@@ -20,7 +20,14 @@ extern "C"
     s.threads = 1; /* one core: the other one may be busy */
     s.arena_bytes = (size_t)64 << 20;
     if (ldm_ctx_create(&ctx, &s)) return -1.0;
-    snprintf(kernel, cap, "%s", ldm_cpu_kernel_name(ctx));
+#if defined(__NVCC__)
+    const char *cc = "nvcc";
+#elif defined(__cplusplus)
+    const char *cc = "c++";
+#else
+    const char *cc = "cc";
+#endif
+    snprintf(kernel, cap, "%s %s", ldm_cpu_kernel_name(ctx), cc);
     double best = -1.0;
     for (int r = 0; r < reps; r++) {
         struct timespec t0, t1;
