@@ -24,8 +24,11 @@ ARCH="-march=native"
 CFLAGS="-std=c99 -O2 $ARCH -Wall -Wextra -Wno-unused-function -I. -Ithird_party"
 [ -d /usr/include/stb ] && CFLAGS="$CFLAGS -I/usr/include/stb"
 LIBS="-lm -lpthread"
+# OpenBLAS (the benchmarks' reference) when its header and library are both there: cblas.h
+# alone may come from another BLAS.
 HAVE_BLAS=0
-if [ -f /usr/include/x86_64-linux-gnu/cblas.h ] || [ -f /usr/include/cblas.h ] || [ -f /usr/include/openblas/cblas.h ]; then
+if { [ -f /usr/include/x86_64-linux-gnu/cblas.h ] || [ -f /usr/include/cblas.h ] || [ -f /usr/include/openblas/cblas.h ]; } &&
+   echo 'int main(void){return 0;}' | $CC -x c - -o /dev/null -lopenblas >/dev/null 2>&1; then
   HAVE_BLAS=1
 fi
 

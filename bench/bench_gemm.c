@@ -116,26 +116,16 @@ static void run_conv(void *p) {
     else ldm_conv_forward(c->ctx, c->y, c->x, c->w, c->b, &c->d);
 }
 
-static const char *kernel_name(void) {
-#if defined(__AVX512F__)
-    return "AVX-512";
-#elif defined(__AVX2__) && defined(__FMA__)
-    return "AVX2+FMA";
-#else
-    return "portable C";
-#endif
-}
-
 int main(void) {
     ldm_ctx *ctx;
     if (ldm_ctx_create(&ctx, NULL)) { fprintf(stderr, "bench_gemm: cannot create a context\n"); return 1; }
     int threads = ldm_ctx_threads(ctx);
 #ifdef LDM_BENCH_OPENBLAS
     openblas_set_num_threads(threads);
-    printf("ldm_sgemm (%s kernel) vs OpenBLAS cblas_sgemm (%s), %d thread%s each\n", kernel_name(), openblas_get_config(),
+    printf("ldm_sgemm (%s kernel) vs OpenBLAS cblas_sgemm (%s), %d thread%s each\n", ldm_cpu_kernel_name(ctx), openblas_get_config(),
            threads, threads == 1 ? "" : "s");
 #else
-    printf("ldm_sgemm (%s kernel), %d thread%s (build with -DLDM_BENCH_OPENBLAS -lopenblas to compare)\n", kernel_name(),
+    printf("ldm_sgemm (%s kernel), %d thread%s (build with -DLDM_BENCH_OPENBLAS -lopenblas to compare)\n", ldm_cpu_kernel_name(ctx),
            threads, threads == 1 ? "" : "s");
 #endif
     size_t na = 0, nb = 0, nc = 0;

@@ -372,7 +372,7 @@ int main(int argc, char **argv) {
     ldm_ctx *ctx = b.ctx;
     b.dev = o.dev;
     char devname[400];
-    snprintf(devname, sizeof devname, "cpu");
+    snprintf(devname, sizeof devname, "cpu (%s SGEMM kernel)", ldm_cpu_kernel_name(ctx));
 #ifdef LDM_CUDA
     if (gpu) {
         if (!ldm_cuda_available()) { fprintf(stderr, "bench_vae: no CUDA device is visible (hint: check nvidia-smi, or --device cpu)\n"); return 1; }
