@@ -174,6 +174,7 @@ LDM_API ldm_shape ldm_shape_of(const ldm_tensor *t);
 LDM_API ldm_shape ldm_shape_n(int ndim, const int64_t *d);
 LDM_API int ldm_shape_eq(const ldm_tensor *a, const ldm_tensor *b);
 LDM_API char *ldm_shape_str(const ldm_tensor *t, char *buf, size_t n); /* "[2, 3, 8, 8]" */
+LDM_API char *ldm_dims_str(const int64_t *d, int ndim, char *buf, size_t n); /* the same for a dims array */
 
 /* Arena tensors on the context's device (uninitialised / filled). */
 LDM_API ldm_tensor *ldm_new(ldm_ctx *ctx, ldm_shape s);
@@ -321,6 +322,35 @@ LDM_API void ldm_groupnorm_backward(ldm_ctx *ctx, float *dinp, float *dweight, f
                                     const float *mean, const float *rstd,
                                     int64_t B, int64_t C, int64_t S, int G);
 
+/* ---- raw memory on a device, through its back end ----------------------------------------
+   For persistent buffers outside the arena (ldm_nn.h's parameter, gradient and optimizer
+   blocks): the same calls serve every device, the context's back end for d does the work. */
+LDM_API const char *ldm_device_name(const ldm_ctx *ctx, ldm_device d); /* "cpu", "cuda"; NULL: none attached */
+/* Back-end memory (malloc on the CPU), NULL when it fails (a device back end sets the error). */
+LDM_API void *ldm_device_alloc(ldm_ctx *ctx, ldm_device d, size_t bytes);
+LDM_API void ldm_device_free(ldm_ctx *ctx, ldm_device d, void *p);
+LDM_API void ldm_device_copy(ldm_ctx *ctx, void *dst, ldm_device dst_dev, const void *src, ldm_device src_dev, size_t bytes);
+LDM_API void ldm_device_fill(ldm_ctx *ctx, ldm_device d, float *x, int64_t n, float v);
+LDM_API void ldm_device_scale(ldm_ctx *ctx, ldm_device d, float *x, int64_t n, float s); /* x *= s, exactly */
+/* Sum of x[i]^2 in double, in fixed pieces: the same on any thread count. */
+LDM_API double ldm_device_sum_squares(ldm_ctx *ctx, ldm_device d, const float *x, int64_t n);
+
+/* One optimizer update of n elements, torch 1.13's single-tensor arithmetic in float with the
+   coefficients below (ldm_nn.h derives them from its hyper-parameters each step):
+     SGD:  d = g (+ wd*p when l2); with a momentum buffer m (NULL: none):
+           m = first ? d : m*mom + one_damp*d,  d = nesterov ? d + mom*m : m;  p += neg_lr*d
+     Adam: p *= decay (adamw), or g += wd*p (l2);  m = m*b1 + one_b1*g;  v = v*b2 + one_b2*g*g;
+           p += neg_step*m / (sqrt(v)/bc2s + eps)
+   Every back end does these correctly rounded operations in this order, so the CPU and the
+   GPU agree bitwise. */
+typedef struct ldm_optim_args {
+    int sgd, adamw, l2, first, nesterov;
+    float decay, wd, b1, one_b1, b2, one_b2, bc2s, eps, neg_step; /* Adam (decay = 1 - lr*wd) */
+    float mom, one_damp, neg_lr;                                  /* SGD */
+} ldm_optim_args;
+LDM_API void ldm_device_optim_update(ldm_ctx *ctx, ldm_device d, const ldm_optim_args *a, float *p, const float *g,
+                                     float *m, float *v, int64_t n);
+
 /* ---- half precision --------------------------------------------------------------------- */
 LDM_API float ldm_f16_to_f32(uint16_t h);
 LDM_API uint16_t ldm_f32_to_f16(float f);     /* round to nearest even */
@@ -454,14 +484,6 @@ typedef enum { LDM__B_ADD, LDM__B_SUB, LDM__B_MUL, LDM__B_DIV } ldm__binary_op;
 /* Broadcast geometry of a binary op, padded to 5 dims (stride 0 = broadcast). */
 typedef struct ldm__bcast { int64_t shape[LDM_MAX_DIMS], sa[LDM_MAX_DIMS], sb[LDM_MAX_DIMS]; int64_t n; } ldm__bcast;
 
-/* One optimizer update, torch 1.13's single-tensor arithmetic in float (ldm_nn.h fills it).
-   sgd: p -= lr*d with d = g (+ wd*p), momentum buffer m; else Adam/AdamW with moments m, v. */
-typedef struct ldm__optim_args {
-    int sgd, adamw, l2, first, nesterov;
-    float decay, wd, b1, one_b1, b2, one_b2, bc2s, eps, neg_step; /* Adam (decay = 1 - lr*wd) */
-    float mom, one_damp, neg_lr;                                  /* SGD */
-} ldm__optim_args;
-
 struct ldm_backend {
     const char *name;
     void *(*alloc)(void *state, size_t bytes);                /* persistent memory */
@@ -519,10 +541,10 @@ struct ldm_backend {
     void (*upsample_backward)(ldm_ctx *ctx, float *dx, const float *dy, int64_t P, const int64_t *in3, const int *f3);
     void (*embedding_forward)(ldm_ctx *ctx, float *out, const float *w, const int64_t *idx, int64_t n, int64_t dim);
     void (*embedding_backward)(ldm_ctx *ctx, float *dw, const float *dout, const int64_t *idx, int64_t n, int64_t dim);
-    /* Optional (NULL where absent). ldm_nn.h's optimizers and gradient clipping use the first
-       two for parameters on this device (its own kernels serve the CPU); ldm_ctx_destroy calls
-       release so a device back end can free what it attached. */
-    void (*optim_step)(ldm_ctx *ctx, const ldm__optim_args *a, float *p, const float *g, float *m, float *v, int64_t n);
+    /* ldm_nn.h's optimizers and gradient clipping, through ldm_device_optim_update and
+       ldm_device_sum_squares (a back end without them, NULL, gives LDM_ERR_UNSUPPORTED there);
+       release is optional: ldm_ctx_destroy calls it so a device back end can free what it attached. */
+    void (*optim_step)(ldm_ctx *ctx, const ldm_optim_args *a, float *p, const float *g, float *m, float *v, int64_t n);
     double (*sum_squares)(ldm_ctx *ctx, const float *x, int64_t n); /* sum of x[i]^2, in double */
     void (*release)(ldm_ctx *ctx, void *state);
 };
@@ -617,6 +639,39 @@ LDM_API void ldm_ctx_set_backend(ldm_ctx *ctx, ldm_device d, const ldm_backend *
     ctx->be_state[d] = state;
 }
 LDM_API void *ldm_ctx_backend_state(const ldm_ctx *ctx, ldm_device d) { return ctx->be_state[d]; }
+
+/* ---- raw memory on a device: the back end of the device does the work ------------------ */
+LDM_API const char *ldm_device_name(const ldm_ctx *ctx, ldm_device d) {
+    return (int)d >= 0 && d < LDM_NUM_DEVICES && ctx->be[d] ? ctx->be[d]->name : NULL;
+}
+LDM_API void *ldm_device_alloc(ldm_ctx *ctx, ldm_device d, size_t bytes) { return ctx->be[d]->alloc(ctx->be_state[d], bytes); }
+LDM_API void ldm_device_free(ldm_ctx *ctx, ldm_device d, void *p) { if (p) ctx->be[d]->free(ctx->be_state[d], p); }
+LDM_API void ldm_device_copy(ldm_ctx *ctx, void *dst, ldm_device dst_dev, const void *src, ldm_device src_dev, size_t bytes) {
+    ldm_device d = dst_dev != LDM_CPU ? dst_dev : src_dev; /* a copy involving a device is that device's */
+    ctx->be[d]->copy(ctx->be_state[d], dst, dst_dev, src, src_dev, bytes);
+}
+LDM_API void ldm_device_fill(ldm_ctx *ctx, ldm_device d, float *x, int64_t n, float v) { if (n) ctx->be[d]->fill(ctx, x, n, v); }
+/* x*s + (-0.0) is x*s bitwise, signed zeros included (+0.0 would turn -0.0 into +0.0) */
+LDM_API void ldm_device_scale(ldm_ctx *ctx, ldm_device d, float *x, int64_t n, float s) {
+    if (n) ctx->be[d]->unary(ctx, LDM__U_AFFINE, x, x, n, s, -0.0f);
+}
+LDM_API double ldm_device_sum_squares(ldm_ctx *ctx, ldm_device d, const float *x, int64_t n) {
+    if (ctx->status || n <= 0) return 0.0;
+    if (!ctx->be[d]->sum_squares) {
+        ldm_ctx_seterr(ctx, LDM_ERR_UNSUPPORTED, "ldm_device_sum_squares: the %s back end has no sum_squares kernel (hint: keep the parameters on LDM_CPU)", ctx->be[d]->name);
+        return 0.0;
+    }
+    return ctx->be[d]->sum_squares(ctx, x, n);
+}
+LDM_API void ldm_device_optim_update(ldm_ctx *ctx, ldm_device d, const ldm_optim_args *a, float *p, const float *g,
+                                     float *m, float *v, int64_t n) {
+    if (ctx->status || n <= 0) return;
+    if (!ctx->be[d]->optim_step) {
+        ldm_ctx_seterr(ctx, LDM_ERR_UNSUPPORTED, "ldm_device_optim_update: the %s back end has no optimizer kernel (hint: keep the parameters on LDM_CPU)", ctx->be[d]->name);
+        return;
+    }
+    ctx->be[d]->optim_step(ctx, a, p, g, m, v, n);
+}
 LDM_API int ldm_grad_enabled(const ldm_ctx *ctx) { return ctx->grad_enabled; }
 LDM_API int ldm_set_grad_enabled(ldm_ctx *ctx, int on) { int p = ctx->grad_enabled; ctx->grad_enabled = on; return p; }
 LDM_API int ldm_tape_len(const ldm_ctx *ctx) { return ctx->tape_len; }
@@ -1068,6 +1123,7 @@ static char *ldm__shape_fmt(const int64_t *d, int nd, char *buf, size_t n) {
     return buf;
 }
 LDM_API char *ldm_shape_str(const ldm_tensor *t, char *buf, size_t n) { return ldm__shape_fmt(t->shape, t->ndim, buf, n); }
+LDM_API char *ldm_dims_str(const int64_t *d, int ndim, char *buf, size_t n) { return ldm__shape_fmt(d, ndim, buf, n); }
 /* Several shape strings in one expression need separate buffers. */
 typedef struct { char s[96]; } ldm__sbuf;
 static ldm__sbuf ldm__shp(const ldm_tensor *t) { ldm__sbuf b; ldm_shape_str(t, b.s, sizeof b.s); return b; }
@@ -3550,6 +3606,94 @@ static void ldm__cpu_embedding_backward(ldm_ctx *ctx, float *dw, const float *do
     }
 }
 
+/* ---- optimizer update (ldm_optim_args) and sum of squares, for ldm_nn.h ---- */
+typedef struct { const ldm_optim_args *a; float *p; const float *g; float *m, *v; int64_t n; } ldm__optim_job;
+/* Adam runs on blocks of 8 elements (the parallel split is in blocks, so whether an element
+   takes the vector or the scalar path depends only on its index, never on the thread count);
+   both paths do the same correctly rounded float operations in the same order. */
+static void ldm__adam_scalar(const ldm__optim_job *j, int64_t b, int64_t e) {
+    const ldm_optim_args *a = j->a;
+    for (int64_t i = b; i < e; i++) {
+        float p = j->p[i], g = j->g[i];
+        if (a->adamw) p = p * a->decay;                       /* param.mul_(1 - lr*wd) */
+        else if (a->l2) g = g + a->wd * p;                    /* grad.add(param, alpha=wd) */
+        float m = j->m[i] * a->b1 + a->one_b1 * g;            /* exp_avg.mul_(b1).add_(g, alpha=1-b1) */
+        float v = j->v[i] * a->b2 + a->one_b2 * g * g;        /* exp_avg_sq.mul_(b2).addcmul_(g, g, value=1-b2) */
+        float denom = sqrtf(v) / a->bc2s + a->eps;            /* (exp_avg_sq.sqrt() / bc2_sqrt).add_(eps) */
+        j->m[i] = m;
+        j->v[i] = v;
+        j->p[i] = p + a->neg_step * m / denom;                /* param.addcdiv_(exp_avg, denom, value=-step_size) */
+    }
+}
+static void ldm__adam_task(void *arg, int64_t b, int64_t e, int tid) {
+    const ldm__optim_job *j = (const ldm__optim_job *)arg;
+    (void)tid;
+    int64_t i = b * 8, end = LDM__MIN(e * 8, j->n);
+#if defined(__AVX2__)
+    const ldm_optim_args *a = j->a;
+    const __m256 decay = _mm256_set1_ps(a->decay), wd = _mm256_set1_ps(a->wd), b1 = _mm256_set1_ps(a->b1),
+                 ob1 = _mm256_set1_ps(a->one_b1), b2 = _mm256_set1_ps(a->b2), ob2 = _mm256_set1_ps(a->one_b2),
+                 bc2s = _mm256_set1_ps(a->bc2s), eps = _mm256_set1_ps(a->eps), ns = _mm256_set1_ps(a->neg_step);
+    for (; i + 8 <= end; i += 8) {
+        __m256 p = _mm256_loadu_ps(j->p + i), g = _mm256_loadu_ps(j->g + i);
+        if (a->adamw) p = _mm256_mul_ps(p, decay);
+        else if (a->l2) g = _mm256_add_ps(g, _mm256_mul_ps(wd, p));
+        __m256 m = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(j->m + i), b1), _mm256_mul_ps(ob1, g));
+        __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(j->v + i), b2), _mm256_mul_ps(_mm256_mul_ps(ob2, g), g));
+        __m256 denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(v), bc2s), eps);
+        _mm256_storeu_ps(j->m + i, m);
+        _mm256_storeu_ps(j->v + i, v);
+        _mm256_storeu_ps(j->p + i, _mm256_add_ps(p, _mm256_div_ps(_mm256_mul_ps(ns, m), denom)));
+    }
+#endif
+    ldm__adam_scalar(j, i, end);
+}
+static void ldm__sgd_task(void *arg, int64_t b, int64_t e, int tid) {
+    const ldm__optim_job *j = (const ldm__optim_job *)arg;
+    const ldm_optim_args *a = j->a;
+    (void)tid;
+    for (int64_t i = b; i < e; i++) {
+        float p = j->p[i], d = j->g[i];
+        if (a->l2) d = d + a->wd * p;                         /* d_p = d_p.add(param, alpha=wd) */
+        if (j->m) {
+            float buf = a->first ? d : j->m[i] * a->mom + a->one_damp * d; /* buf.mul_(momentum).add_(d_p, alpha=1-dampening) */
+            j->m[i] = buf;
+            d = a->nesterov ? d + a->mom * buf : buf;
+        }
+        j->p[i] = p + a->neg_lr * d;                          /* param.add_(d_p, alpha=-lr) */
+    }
+}
+static void ldm__cpu_optim_step(ldm_ctx *ctx, const ldm_optim_args *a, float *p, const float *g, float *m, float *v, int64_t n) {
+    ldm__optim_job j;
+    j.a = a; j.p = p; j.g = g; j.m = m; j.v = v; j.n = n;
+    if (a->sgd) ldm_parallel_for(ctx, n, 16384, ldm__sgd_task, &j);
+    else ldm_parallel_for(ctx, (n + 7) / 8, 2048, ldm__adam_task, &j);
+}
+#define LDM__SUMSQ_PIECE 65536
+typedef struct { const float *x; int64_t n; double *part; } ldm__sumsq_job;
+static void ldm__sumsq_task(void *arg, int64_t b, int64_t e, int tid) {
+    ldm__sumsq_job *j = (ldm__sumsq_job *)arg;
+    (void)tid;
+    for (int64_t q = b; q < e; q++) {
+        int64_t s = q * LDM__SUMSQ_PIECE, end = LDM__MIN(j->n, s + LDM__SUMSQ_PIECE);
+        double acc = 0.0;
+        for (int64_t i = s; i < end; i++) acc += (double)j->x[i] * j->x[i];
+        j->part[q] = acc;
+    }
+}
+/* Pieces of fixed size summed in order: the result does not depend on the thread count. */
+static double ldm__cpu_sum_squares(ldm_ctx *ctx, const float *x, int64_t n) {
+    int64_t pieces = (n + LDM__SUMSQ_PIECE - 1) / LDM__SUMSQ_PIECE;
+    double local[64], *part = pieces <= 64 ? local : (double *)LDM_MALLOC(sizeof(double) * (size_t)pieces), s = 0.0;
+    if (!part) { ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "sum of squares: out of memory"); return 0.0; }
+    ldm__sumsq_job j;
+    j.x = x; j.n = n; j.part = part;
+    ldm_parallel_for(ctx, pieces, 1, ldm__sumsq_task, &j);
+    for (int64_t q = 0; q < pieces; q++) s += part[q];
+    if (part != local) LDM_FREE(part);
+    return s;
+}
+
 static const ldm_backend ldm__cpu_backend = {
     "cpu",
     ldm__cpu_alloc, ldm__cpu_free, ldm__cpu_copy, ldm__cpu_fill, ldm__cpu_rng,
@@ -3563,7 +3707,7 @@ static const ldm_backend ldm__cpu_backend = {
     ldm__cpu_pool_forward, ldm__cpu_pool_backward,
     ldm__cpu_upsample_forward, ldm__cpu_upsample_backward,
     ldm__cpu_embedding_forward, ldm__cpu_embedding_backward,
-    NULL, NULL, NULL, /* ldm_nn.h runs the CPU's optimizer and clipping kernels itself */
+    ldm__cpu_optim_step, ldm__cpu_sum_squares, NULL,
 };
 static const ldm_backend *ldm__cpu_backend_get(void) { return &ldm__cpu_backend; }
 
