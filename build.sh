@@ -101,8 +101,8 @@ build_all() {
         { echo "build.sh: failed to build $src for the CUDA emulator" >&2; ok=1; }
     done
   fi
-  # Vendoring tests also build as C++ (nvcc compiles .cu files as C++).
-  if [ "${LDM_CUDA:-0}" != 1 ]; then
+  # Vendoring tests also build as C++ (nvcc compiles .cu files as C++); skipped without one.
+  if [ "${LDM_CUDA:-0}" != 1 ] && command -v "${CXX:-c++}" >/dev/null 2>&1; then
     for src in tests/test_vendor_*.c; do
       [ -f "$src" ] || continue
       ${CXX:-c++} -std=c++11 -O2 $ARCH -Wall -Wno-unused-function -I. -x c++ "$src" -o "build/$(basename "${src%.c}")_cpp" $LIBS ||
@@ -118,7 +118,11 @@ run_tests() {
   mkdir -p build/logs
   local progs=()
   for t in tests/test_*.c; do [ -f "$t" ] && progs+=("build/$(basename "${t%.c}")"); done
-  for t in tests/test_vendor_*.c; do [ -f "$t" ] && [ "${LDM_CUDA:-0}" != 1 ] && progs+=("build/$(basename "${t%.c}")_cpp"); done
+  if [ "${LDM_CUDA:-0}" != 1 ]; then
+    if command -v "${CXX:-c++}" >/dev/null 2>&1; then
+      for t in tests/test_vendor_*.c; do [ -f "$t" ] && progs+=("build/$(basename "${t%.c}")_cpp"); done
+    else echo "SKIP vendoring check as C++ (tests/test_vendor_*.c): no C++ compiler"; fi
+  fi
   if [ "${LDM_CUDA:-0}" != 1 ] && [ "${LDM_EMU:-1}" = 1 ]; then
     if command -v "${CXX:-c++}" >/dev/null 2>&1; then progs+=(build/emu/test_cuda build/emu/test_vae build/emu/test_lpips)
     else echo "SKIP CUDA-emulator tests: no C++ compiler"; fi

@@ -937,8 +937,8 @@ static void ldm__cu_embedding_backward(ldm_ctx *ctx, float *dw, const float *dou
     LDM__CU_RUN(ctx, n * dim, ldm__k_emb_bwd, dw, dout, idx, n, dim);
 }
 
-/* ---- optimizer update: ldm_nn.h's CPU arithmetic, operation for operation ---- */
-static __global__ void ldm__k_optim(ldm__optim_args a, float *pp, const float *gg, float *mm, float *vv, int64_t n) {
+/* ---- optimizer update: the CPU back end's arithmetic (ldm_optim_args), operation for operation ---- */
+static __global__ void ldm__k_optim(ldm_optim_args a, float *pp, const float *gg, float *mm, float *vv, int64_t n) {
     LDM__CU_FOR(i, n) {
         float p = pp[i], g = gg[i];
         if (a.sgd) {
@@ -961,7 +961,7 @@ static __global__ void ldm__k_optim(ldm__optim_args a, float *pp, const float *g
         }
     }
 }
-static void ldm__cu_optim_step(ldm_ctx *ctx, const ldm__optim_args *a, float *p, const float *g, float *m, float *v, int64_t n) {
+static void ldm__cu_optim_step(ldm_ctx *ctx, const ldm_optim_args *a, float *p, const float *g, float *m, float *v, int64_t n) {
     LDM__CU_RUN(ctx, n, ldm__k_optim, *a, p, g, m, v, n);
 }
 

@@ -355,8 +355,8 @@ LDM_API ldm_result ldm_lpips_load(ldm_ctx *ctx, ldm_lpips *lp, const char *path_
                 char a[96], b[96];
                 r = ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "LPIPS: %s: tensor \"%s\" has shape %s, LPIPS-VGG16 needs %s for %s "
                                    "(hint: the backbone must be torchvision's vgg16 and the heads LPIPS v0.1 vgg.pth)",
-                                   paths[f], fi->name, ldm__shape_fmt(fi->shape, fi->ndim, a, sizeof a),
-                                   ldm__shape_fmt(t->shape, t->ndim, b, sizeof b), m);
+                                   paths[f], fi->name, ldm_dims_str(fi->shape, fi->ndim, a, sizeof a),
+                                   ldm_dims_str(t->shape, t->ndim, b, sizeof b), m);
                 break;
             }
             src_file[e] = f;

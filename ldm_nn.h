@@ -82,16 +82,18 @@
    - Optimizers (Adam, AdamW, SGD) update one group of parameters with exactly torch 1.13's
      arithmetic (single-tensor path; hyper-parameters kept in double and rounded to float
      where torch does). Their moments live in one block that mirrors the group's slices.
-     Adam works on blocks of 8 elements (AVX2 when compiled for it) with the same correctly
-     rounded operations on both paths, so results do not depend on the thread count. The
-     learning rate can change every step (schedulers); state saves to safetensors.
+     A step turns the hyper-parameters into one ldm_optim_args and hands every tensor to
+     ldm_device_optim_update, whose kernel (ldm_tensor.h's on the CPU, ldm_cuda.cuh's on the
+     GPU) does the same correctly rounded operations in the same order on every device and
+     thread count. The learning rate can change every step (schedulers); state saves to
+     safetensors.
 
    Options: those of ldm_tensor.h (LDM_STATIC, LDM_MALLOC/LDM_REALLOC/LDM_FREE, LDM_ASSERT).
 
-   Devices: everything here goes through the context's backend for the registry's device.
-   Optimizer steps and gradient clipping use this header's kernels on the CPU and the back
-   end's optim_step / sum_squares entries elsewhere (ldm_cuda.cuh has both; a back end
-   without them gives LDM_ERR_UNSUPPORTED).
+   Devices: this header uses only ldm_tensor.h's public API. Memory, copies, fills, the
+   optimizer update and the gradient norm go through ldm_device_* for the registry's device,
+   so one code path serves the CPU and the GPU (a back end without an optimizer or
+   sum-of-squares kernel gives LDM_ERR_UNSUPPORTED).
 
    Limits: grouped convolution is not provided (ldm_tensor.h has none); the optimizer keeps
    one step count for its group (torch keeps one per parameter: they differ only for a
@@ -472,8 +474,8 @@ LDM_API int ldm_nn_match(const char *pattern, const char *name) {
 /* ---- the registry --------------------------------------------------------------------- */
 LDM_API ldm_result ldm_nn_params_create(ldm_ctx *ctx, ldm_nn_params **out, ldm_device device) {
     *out = NULL;
-    if (ctx->status) return ctx->status;
-    if ((int)device < 0 || device >= LDM_NUM_DEVICES || !ctx->be[device])
+    if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
+    if (!ldm_device_name(ctx, device))
         return ldm_ctx_seterr(ctx, LDM_ERR_DEVICE, "ldm_nn_params_create: device %d has no backend (hint: attach it, e.g. with ldm_cuda.cuh, or use LDM_CPU)", (int)device);
     ldm_nn_params *P = (ldm_nn_params *)LDM_MALLOC(sizeof *P);
     if (!P) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_nn_params_create: out of memory");
@@ -491,7 +493,7 @@ LDM_API ldm_result ldm_nn_params_create(ldm_ctx *ctx, ldm_nn_params **out, ldm_d
 LDM_API void ldm_nn_params_destroy(ldm_nn_params *P) {
     if (!P) return;
     for (int b = 0; b < 3; b++)
-        if (P->raw[b]) P->ctx->be[P->device]->free(P->ctx->be_state[P->device], P->raw[b]);
+        ldm_device_free(P->ctx, P->device, P->raw[b]);
     for (int i = 0; i < P->n; i++) {
         LDM_FREE((void *)P->e[i].name);
         LDM_FREE(P->e[i].t);
@@ -551,7 +553,7 @@ LDM_API const char *ldm_nn_prefix(const ldm_nn_params *P) { return P->prefix; }
 
 static ldm_tensor *ldm__nn_register(ldm_nn_params *P, const char *name, ldm_shape s, ldm_nn_init init, ldm_nn_kind kind) {
     ldm_ctx *ctx = P->ctx;
-    if (ctx->status) return NULL;
+    if (ldm_ctx_status(ctx)) return NULL;
     size_t nl = name ? strlen(name) : 0;
     if (P->allocated)
         { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn: cannot register \"%s%s%s\" after ldm_nn_params_alloc (hint: register every layer first)", P->prefix, P->plen && nl ? "." : "", name ? name : ""); return NULL; }
@@ -614,7 +616,7 @@ LDM_API void ldm_nn_set_init(ldm_nn_params *P, ldm_tensor *t, ldm_nn_init init) 
 }
 LDM_API ldm_result ldm_nn_set_trainable(ldm_nn_params *P, const char *pattern, int on) {
     ldm_ctx *ctx = P->ctx;
-    if (ctx->status) return ctx->status;
+    if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
     int hits = 0;
     for (int i = 0; i < P->n; i++) {
         ldm_nn_entry *e = &P->e[i];
@@ -650,15 +652,15 @@ static void ldm__nn_msort(const ldm_nn_params *P, int *a, int *tmp, int n) {
 static void *ldm__nn_dev_alloc(ldm_ctx *ctx, ldm_device d, int64_t nfloats, void **raw) {
     *raw = NULL;
     if (nfloats == 0) return NULL;
-    size_t bytes = (size_t)nfloats * sizeof(float) + LDM__ALIGN;
-    *raw = ctx->be[d]->alloc(ctx->be_state[d], bytes);
+    size_t bytes = (size_t)nfloats * sizeof(float) + 64;
+    *raw = ldm_device_alloc(ctx, d, bytes);
     if (!*raw) return NULL;
-    return (void *)(((uintptr_t)*raw + (LDM__ALIGN - 1)) & ~(uintptr_t)(LDM__ALIGN - 1));
+    return (void *)(((uintptr_t)*raw + 63) & ~(uintptr_t)63); /* 64-byte aligned, as LDM__NN_ALIGNF assumes */
 }
 
 LDM_API ldm_result ldm_nn_params_alloc(ldm_ctx *ctx, ldm_nn_params *P) {
     LDM_ASSERT(ctx == P->ctx && "ldm_nn_params_alloc: ctx is not the registry's context");
-    if (ctx->status) return ctx->status;
+    if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
     if (P->allocated) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_params_alloc: already allocated");
     if (P->depth) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_params_alloc: %d ldm_nn_push without ldm_nn_pop (prefix \"%s\")", P->depth, P->prefix);
     P->sorted = (int *)LDM_MALLOC(sizeof(int) * (size_t)(P->n ? P->n : 1) * 2);
@@ -680,42 +682,40 @@ LDM_API ldm_result ldm_nn_params_alloc(ldm_ctx *ctx, ldm_nn_params *P) {
             n[LDM_NN_BLOCK_GRADS] += LDM__NN_UP(e->t->numel);
         }
     }
-    const ldm_backend *be = ctx->be[P->device];
     for (int b = 0; b < 3; b++) {
         P->block[b] = (float *)ldm__nn_dev_alloc(ctx, P->device, n[b], &P->raw[b]);
         if (n[b] && !P->block[b])
             return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_nn_params_alloc: cannot allocate %.1f MiB for the %s block on %s",
-                                  (double)n[b] * 4 / 1048576.0, b == 0 ? "parameter" : b == 1 ? "gradient" : "buffer", be->name);
+                                  (double)n[b] * 4 / 1048576.0, b == 0 ? "parameter" : b == 1 ? "gradient" : "buffer", ldm_device_name(ctx, P->device));
         P->block_n[b] = n[b];
     }
-    if (n[LDM_NN_BLOCK_GRADS]) be->fill(ctx, P->block[LDM_NN_BLOCK_GRADS], n[LDM_NN_BLOCK_GRADS], 0.0f);
+    ldm_device_fill(ctx, P->device, P->block[LDM_NN_BLOCK_GRADS], n[LDM_NN_BLOCK_GRADS], 0.0f);
     for (int i = 0; i < P->n; i++) {
         ldm_nn_entry *e = &P->e[i];
         e->t->data = P->block[e->kind == LDM_NN_PARAM ? LDM_NN_BLOCK_PARAMS : LDM_NN_BLOCK_BUFFERS] + e->offset;
         e->t->grad = e->grad_offset >= 0 ? P->block[LDM_NN_BLOCK_GRADS] + e->grad_offset : NULL;
         int64_t pad = LDM__NN_UP(e->t->numel) - e->t->numel; /* init writes the data; the padding stays zero */
-        if (pad) be->fill(ctx, e->t->data + e->t->numel, pad, 0.0f);
+        ldm_device_fill(ctx, P->device, e->t->data + e->t->numel, pad, 0.0f);
     }
     P->allocated = 1;
     return ldm_nn_params_init(ctx, P);
 }
 
 LDM_API ldm_result ldm_nn_params_init(ldm_ctx *ctx, ldm_nn_params *P) {
-    if (ctx->status) return ctx->status;
+    if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
     if (!P->allocated) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_params_init: call ldm_nn_params_alloc first");
-    const ldm_backend *be = ctx->be[P->device];
     for (int i = 0; i < P->n; i++) {
         ldm_nn_entry *e = &P->e[i];
         ldm_tensor *t = e->t;
         if (!t->numel) continue;
         switch (e->init.kind) {
-        case LDM_NN_INIT_CONST: be->fill(ctx, t->data, t->numel, e->init.a); break;
-        case LDM_NN_INIT_UNIFORM: ldm_rng_uniform(ctx, &ctx->rng, P->device, t->data, t->numel, e->init.a, e->init.b); break;
-        case LDM_NN_INIT_NORMAL: ldm_rng_normal(ctx, &ctx->rng, P->device, t->data, t->numel, e->init.a, e->init.b); break;
+        case LDM_NN_INIT_CONST: ldm_device_fill(ctx, P->device, t->data, t->numel, e->init.a); break;
+        case LDM_NN_INIT_UNIFORM: ldm_rng_uniform(ctx, ldm_ctx_rng(ctx), P->device, t->data, t->numel, e->init.a, e->init.b); break;
+        case LDM_NN_INIT_NORMAL: ldm_rng_normal(ctx, ldm_ctx_rng(ctx), P->device, t->data, t->numel, e->init.a, e->init.b); break;
         default: return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_params_init: \"%s\" has an unknown init kind %d", e->name, (int)e->init.kind);
         }
     }
-    return ctx->status;
+    return ldm_ctx_status(ctx);
 }
 
 LDM_API int ldm_nn_count(const ldm_nn_params *P) { return P->n; }
@@ -750,109 +750,43 @@ LDM_API float *ldm_nn_block(const ldm_nn_params *P, ldm_nn_block_id b, int64_t *
     return P->block[b];
 }
 LDM_API ldm_result ldm_nn_copy_from_host(ldm_ctx *ctx, ldm_tensor *t, const float *src) {
-    if (ctx->status) return ctx->status;
+    if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
     if (!t || !t->data) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_copy_from_host: tensor %s has no memory (hint: ldm_nn_params_alloc first)", t && t->name ? t->name : "(null)");
-    ctx->be[t->device]->copy(ctx->be_state[t->device], t->data, t->device, src, LDM_CPU, (size_t)t->numel * sizeof(float));
+    ldm_device_copy(ctx, t->data, t->device, src, LDM_CPU, (size_t)t->numel * sizeof(float));
     return LDM_OK;
 }
 
 /* ---- gradients: zeroing and clipping ---------------------------------------------------- */
 LDM_API void ldm_nn_zero_grad(ldm_ctx *ctx, ldm_nn_params *P) {
-    if (P->block_n[LDM_NN_BLOCK_GRADS]) ctx->be[P->device]->fill(ctx, P->block[LDM_NN_BLOCK_GRADS], P->block_n[LDM_NN_BLOCK_GRADS], 0.0f);
+    ldm_device_fill(ctx, P->device, P->block[LDM_NN_BLOCK_GRADS], P->block_n[LDM_NN_BLOCK_GRADS], 0.0f);
 }
 
-/* Sum of squares over a list of CPU arrays, in double, in fixed pieces so the result does
-   not depend on the thread count. */
-#define LDM__NN_PIECE 65536
-typedef struct { float **p; const int64_t *n; const int64_t *first; int cnt; double *part; } ldm__nn_sumsq_job;
-static void ldm__nn_sumsq_task(void *arg, int64_t b, int64_t e, int tid) {
-    ldm__nn_sumsq_job *j = (ldm__nn_sumsq_job *)arg;
-    (void)tid;
-    int t = 0;
-    for (int64_t q = b; q < e; q++) {
-        while (t + 1 < j->cnt && j->first[t + 1] <= q) t++;
-        int64_t s = (q - j->first[t]) * LDM__NN_PIECE, end = LDM__MIN(j->n[t], s + LDM__NN_PIECE);
-        const float *x = j->p[t];
-        double acc = 0.0;
-        for (int64_t i = s; i < end; i++) acc += (double)x[i] * x[i];
-        j->part[q] = acc;
-    }
-}
-typedef struct { float *g; float c; } ldm__nn_scale_job;
-static void ldm__nn_scale_task(void *arg, int64_t b, int64_t e, int tid) {
-    ldm__nn_scale_job *j = (ldm__nn_scale_job *)arg;
-    (void)tid;
-    for (int64_t i = b; i < e; i++) j->g[i] *= j->c;
-}
-/* The shared core of both clip functions: grads of the listed entries. */
-static ldm_result ldm__nn_clip(ldm_ctx *ctx, ldm_device dev, ldm_nn_entry *const *es, int cnt, float max_norm, float *total_norm, const char *who) {
+/* The shared core of both clip functions, on the grads of the listed entries. torch: the
+   norm of the per-tensor norms (summed in double here), then every grad *= max_norm /
+   (norm + 1e-6) when that is below 1. */
+static ldm_result ldm__nn_clip(ldm_ctx *ctx, ldm_device dev, ldm_nn_entry *const *es, int cnt, float max_norm, float *total_norm) {
     if (total_norm) *total_norm = 0.0f;
-    if (ctx->status) return ctx->status;
-    if (dev != LDM_CPU) { /* the device back end's sum of squares and scaling */
-        const ldm_backend *be = ctx->be[dev];
-        if (!be->sum_squares)
-            return ldm_ctx_seterr(ctx, LDM_ERR_UNSUPPORTED, "%s: the %s back end cannot clip gradients (hint: keep the parameters on LDM_CPU)", who, be->name);
-        double total = 0.0;
-        for (int i = 0; i < cnt; i++) {
-            ldm_tensor *t = es[i]->t;
-            if (t->requires_grad && t->grad && t->numel) total += be->sum_squares(ctx, t->grad, t->numel);
-        }
-        float tn = (float)sqrt(total), coef = max_norm / (tn + 1e-6f);
-        if (total_norm) *total_norm = tn;
-        for (int i = 0; i < cnt && coef < 1.0f; i++) {
-            ldm_tensor *t = es[i]->t;
-            if (t->requires_grad && t->grad && t->numel) be->unary(ctx, LDM__U_AFFINE, t->grad, t->grad, t->numel, coef, 0.0f);
-        }
-        return ctx->status;
-    }
-    float **p = (float **)LDM_MALLOC(sizeof(float *) * (size_t)(cnt + 1));
-    int64_t *n = (int64_t *)LDM_MALLOC(sizeof(int64_t) * (size_t)(cnt + 1) * 2);
-    if (!p || !n) { LDM_FREE(p); LDM_FREE(n); return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "%s: out of memory", who); }
-    int64_t *first = n + cnt + 1, pieces = 0;
-    int m = 0;
+    if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
+    double total = 0.0;
     for (int i = 0; i < cnt; i++) {
         ldm_tensor *t = es[i]->t;
-        if (!t->requires_grad || !t->grad || !t->numel) continue;
-        p[m] = t->grad;
-        n[m] = t->numel;
-        first[m] = pieces;
-        pieces += (t->numel + LDM__NN_PIECE - 1) / LDM__NN_PIECE;
-        m++;
+        if (t->requires_grad && t->grad) total += ldm_device_sum_squares(ctx, dev, t->grad, t->numel);
     }
-    double *part = (double *)LDM_MALLOC(sizeof(double) * (size_t)(pieces ? pieces : 1));
-    if (!part) { LDM_FREE(p); LDM_FREE(n); return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "%s: out of memory", who); }
-    ldm__nn_sumsq_job j;
-    j.p = p; j.n = n; j.first = first; j.cnt = m; j.part = part;
-    ldm_parallel_for(ctx, pieces, 1, ldm__nn_sumsq_task, &j);
-    /* torch: the norm of the per-tensor norms */
-    double total = 0.0;
-    for (int t = 0; t < m; t++) {
-        double s = 0.0;
-        int64_t end = t + 1 < m ? first[t + 1] : pieces;
-        for (int64_t q = first[t]; q < end; q++) s += part[q];
-        total += s;
-    }
-    float tn = (float)sqrt(total);
+    if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
+    float tn = (float)sqrt(total), coef = max_norm / (tn + 1e-6f);
     if (total_norm) *total_norm = tn;
-    float coef = max_norm / (tn + 1e-6f);
-    if (coef < 1.0f) {
-        for (int t = 0; t < m; t++) {
-            ldm__nn_scale_job sj;
-            sj.g = p[t]; sj.c = coef;
-            ldm_parallel_for(ctx, n[t], 16384, ldm__nn_scale_task, &sj);
-        }
+    for (int i = 0; i < cnt && coef < 1.0f; i++) {
+        ldm_tensor *t = es[i]->t;
+        if (t->requires_grad && t->grad) ldm_device_scale(ctx, dev, t->grad, t->numel, coef);
     }
-    LDM_FREE(part);
-    LDM_FREE(p);
-    LDM_FREE(n);
-    return LDM_OK;
+    return ldm_ctx_status(ctx);
 }
 LDM_API ldm_result ldm_nn_clip_grad_norm(ldm_ctx *ctx, ldm_nn_params *P, float max_norm, float *total_norm) {
     ldm_nn_entry **es = (ldm_nn_entry **)LDM_MALLOC(sizeof(ldm_nn_entry *) * (size_t)(P->n ? P->n : 1));
     if (!es) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_nn_clip_grad_norm: out of memory");
     int m = 0;
     for (int i = 0; i < P->n; i++) if (P->e[i].kind == LDM_NN_PARAM) es[m++] = &P->e[i];
-    ldm_result r = ldm__nn_clip(ctx, P->device, es, m, max_norm, total_norm, "ldm_nn_clip_grad_norm");
+    ldm_result r = ldm__nn_clip(ctx, P->device, es, m, max_norm, total_norm);
     LDM_FREE(es);
     return r;
 }
@@ -871,7 +805,7 @@ LDM_API ldm_result ldm_nn_conv2d_init_ex(ldm_nn_params *P, ldm_nn_conv2d *m, con
     m->weight = ldm_nn_param(P, "weight", ldm_shape4(out, in, kh, kw), ldm_nn_init_kaiming_uniform(sqrt(5.0), fan_in));
     if (bias) m->bias = ldm_nn_param(P, "bias", ldm_shape1(out), ldm_nn_init_fan_in_uniform(fan_in));
     ldm_nn_pop(P);
-    return P->ctx->status;
+    return ldm_ctx_status(P->ctx);
 }
 LDM_API ldm_result ldm_nn_conv2d_init(ldm_nn_params *P, ldm_nn_conv2d *m, const char *name, int in, int out,
                                       int kernel, int stride, int pad, int bias) {
@@ -900,7 +834,7 @@ LDM_API ldm_result ldm_nn_conv3d_init_ex(ldm_nn_params *P, ldm_nn_conv3d *m, con
     m->weight = ldm_nn_param(P, "weight", ldm_shape5(out, in, k[0], k[1], k[2]), ldm_nn_init_kaiming_uniform(sqrt(5.0), fan_in));
     if (bias) m->bias = ldm_nn_param(P, "bias", ldm_shape1(out), ldm_nn_init_fan_in_uniform(fan_in));
     ldm_nn_pop(P);
-    return P->ctx->status;
+    return ldm_ctx_status(P->ctx);
 }
 LDM_API ldm_result ldm_nn_conv3d_init(ldm_nn_params *P, ldm_nn_conv3d *m, const char *name, int in, int out,
                                       int kernel, int stride, int pad, int bias) {
@@ -922,7 +856,7 @@ LDM_API ldm_result ldm_nn_linear_init(ldm_nn_params *P, ldm_nn_linear *m, const 
     m->weight = ldm_nn_param(P, "weight", ldm_shape2(out, in), ldm_nn_init_kaiming_uniform(sqrt(5.0), in));
     if (bias) m->bias = ldm_nn_param(P, "bias", ldm_shape1(out), ldm_nn_init_fan_in_uniform(in));
     ldm_nn_pop(P);
-    return P->ctx->status;
+    return ldm_ctx_status(P->ctx);
 }
 LDM_API ldm_tensor *ldm_nn_linear_forward(ldm_ctx *ctx, const ldm_nn_linear *m, ldm_tensor *x) {
     return ldm_linear(ctx, x, m->weight, m->bias);
@@ -941,7 +875,7 @@ LDM_API ldm_result ldm_nn_groupnorm_init(ldm_nn_params *P, ldm_nn_groupnorm *m, 
         m->bias = ldm_nn_param(P, "bias", ldm_shape1(channels), ldm_nn_init_const(0.0f));
         ldm_nn_pop(P);
     }
-    return P->ctx->status;
+    return ldm_ctx_status(P->ctx);
 }
 LDM_API ldm_tensor *ldm_nn_groupnorm_forward(ldm_ctx *ctx, const ldm_nn_groupnorm *m, ldm_tensor *x) {
     return ldm_group_norm(ctx, x, m->weight, m->bias, m->groups, m->eps);
@@ -968,19 +902,18 @@ LDM_API ldm_result ldm_nn_batchnorm_init(ldm_nn_params *P, ldm_nn_batchnorm *m, 
         m->num_batches_tracked = ldm_nn_buffer(P, "num_batches_tracked", ldm_shape_n(0, NULL), ldm_nn_init_const(0.0f), 1);
     }
     ldm_nn_pop(P);
-    return P->ctx->status;
+    return ldm_ctx_status(P->ctx);
 }
 LDM_API ldm_tensor *ldm_nn_batchnorm_forward(ldm_ctx *ctx, ldm_nn_batchnorm *m, ldm_tensor *x, int training) {
-    if (ctx->status || !x) return NULL;
+    if (ldm_ctx_status(ctx) || !x) return NULL;
     if (!m->running_mean) return ldm_batch_norm(ctx, x, m->weight, m->bias, NULL, NULL, 1, 0.0f, m->eps);
     if (!training) return ldm_batch_norm(ctx, x, m->weight, m->bias, m->running_mean, m->running_var, 0, 0.0f, m->eps);
     /* torch: num_batches_tracked += 1 first; momentum None averages with factor 1/count */
     ldm_tensor *c = m->num_batches_tracked;
     float count;
-    const ldm_backend *be = ctx->be[c->device];
-    be->copy(ctx->be_state[c->device], &count, LDM_CPU, c->data, c->device, sizeof count);
+    ldm_device_copy(ctx, &count, LDM_CPU, c->data, c->device, sizeof count);
     count += 1.0f;
-    be->copy(ctx->be_state[c->device], c->data, c->device, &count, LDM_CPU, sizeof count);
+    ldm_device_copy(ctx, c->data, c->device, &count, LDM_CPU, sizeof count);
     float factor = m->momentum < 0.0f ? 1.0f / count : m->momentum;
     return ldm_batch_norm(ctx, x, m->weight, m->bias, m->running_mean, m->running_var, 1, factor, m->eps);
 }
@@ -1000,17 +933,17 @@ LDM_API ldm_result ldm_nn_layernorm_init(ldm_nn_params *P, ldm_nn_layernorm *m, 
         m->bias = ldm_nn_param(P, "bias", normalized, ldm_nn_init_const(0.0f));
         ldm_nn_pop(P);
     }
-    return P->ctx->status;
+    return ldm_ctx_status(P->ctx);
 }
 LDM_API ldm_tensor *ldm_nn_layernorm_forward(ldm_ctx *ctx, const ldm_nn_layernorm *m, ldm_tensor *x) {
-    if (ctx->status || !x) return NULL;
+    if (ldm_ctx_status(ctx) || !x) return NULL;
     int nd = m->normalized.ndim, ok = x->ndim >= nd;
     for (int i = 0; ok && i < nd; i++) ok = x->shape[x->ndim - nd + i] == m->normalized.d[i];
     if (!ok) {
         char a[96], b[96];
         ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_layernorm_forward%s%s: input %s does not end in the normalized shape %s",
                        m->weight ? " " : "", m->weight ? m->weight->name : "", ldm_shape_str(x, a, sizeof a),
-                       ldm__shape_fmt(m->normalized.d, nd, b, sizeof b));
+                       ldm_dims_str(m->normalized.d, nd, b, sizeof b));
         return NULL;
     }
     return ldm_layer_norm(ctx, x, m->weight, m->bias, nd, m->eps);
@@ -1030,7 +963,7 @@ LDM_API ldm_result ldm_nn_embedding_init(ldm_nn_params *P, ldm_nn_embedding *m, 
     ldm_nn_push(P, name);
     m->weight = ldm_nn_param(P, "weight", ldm_shape2(num, dim), ldm_nn_init_normal(0.0f, 1.0f));
     ldm_nn_pop(P);
-    return P->ctx->status;
+    return ldm_ctx_status(P->ctx);
 }
 LDM_API ldm_tensor *ldm_nn_embedding_forward(ldm_ctx *ctx, const ldm_nn_embedding *m, int64_t n, const int64_t *idx) {
     return ldm_embedding(ctx, m->weight, n, idx);
@@ -1113,7 +1046,7 @@ static void ldm__nn_msg_add(ldm__nn_msg *m, const char *fmt, ...) {
 }
 
 LDM_API ldm_result ldm_nn_load_weights(ldm_ctx *ctx, ldm_nn_params *P, ldm_weights *w, const ldm_nn_load_opts *opts) {
-    if (ctx->status) return ctx->status;
+    if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
     ldm_nn_load_opts o;
     memset(&o, 0, sizeof o);
     if (opts) o = *opts; else o.strict = 1;
@@ -1186,17 +1119,17 @@ LDM_API ldm_result ldm_nn_load_weights(ldm_ctx *ctx, ldm_nn_params *P, ldm_weigh
         int shown = 0;
         char a[96], b[96];
         for (int i = 0; i < miss.n && !m.full; i++, shown++)
-            ldm__nn_msg_add(&m, "\n  missing:    %s %s", miss.v[i].name, ldm__shape_fmt(miss.v[i].model_shape, miss.v[i].model_ndim, a, sizeof a));
+            ldm__nn_msg_add(&m, "\n  missing:    %s %s", miss.v[i].name, ldm_dims_str(miss.v[i].model_shape, miss.v[i].model_ndim, a, sizeof a));
         for (int i = 0; i < unexp.n && !m.full; i++, shown++) {
             if (strcmp(unexp.v[i].name, unexp.v[i].file_name))
                 ldm__nn_msg_add(&m, "\n  unexpected: %s (as %s) %s", unexp.v[i].file_name, unexp.v[i].name,
-                                ldm__shape_fmt(unexp.v[i].file_shape, unexp.v[i].file_ndim, a, sizeof a));
+                                ldm_dims_str(unexp.v[i].file_shape, unexp.v[i].file_ndim, a, sizeof a));
             else
-                ldm__nn_msg_add(&m, "\n  unexpected: %s %s", unexp.v[i].file_name, ldm__shape_fmt(unexp.v[i].file_shape, unexp.v[i].file_ndim, a, sizeof a));
+                ldm__nn_msg_add(&m, "\n  unexpected: %s %s", unexp.v[i].file_name, ldm_dims_str(unexp.v[i].file_shape, unexp.v[i].file_ndim, a, sizeof a));
         }
         for (int i = 0; i < mis.n && !m.full; i++, shown++)
-            ldm__nn_msg_add(&m, "\n  shape:      %s file %s model %s", mis.v[i].name, ldm__shape_fmt(mis.v[i].file_shape, mis.v[i].file_ndim, a, sizeof a),
-                            ldm__shape_fmt(mis.v[i].model_shape, mis.v[i].model_ndim, b, sizeof b));
+            ldm__nn_msg_add(&m, "\n  shape:      %s file %s model %s", mis.v[i].name, ldm_dims_str(mis.v[i].file_shape, mis.v[i].file_ndim, a, sizeof a),
+                            ldm_dims_str(mis.v[i].model_shape, mis.v[i].model_ndim, b, sizeof b));
         int total = miss.n + unexp.n + mis.n;
         if (m.full) shown--; /* the line that did not fit */
         m.full = 0;
@@ -1217,7 +1150,7 @@ LDM_API ldm_result ldm_nn_load_weights(ldm_ctx *ctx, ldm_nn_params *P, ldm_weigh
     for (int i = 0; i < nf; i++) {
         if (target[i] < 0) continue;
         ldm_tensor *t = P->e[target[i]].t;
-        if (ldm_weights_read(ctx, w, i, tmp ? tmp : t->data)) { r = ctx->status; goto done; }
+        if (ldm_weights_read(ctx, w, i, tmp ? tmp : t->data)) { r = ldm_ctx_status(ctx); goto done; }
         if (tmp) ldm_nn_copy_from_host(ctx, t, tmp);
         n_loaded++;
     }
@@ -1243,9 +1176,9 @@ done:
 }
 
 LDM_API ldm_result ldm_nn_load(ldm_ctx *ctx, ldm_nn_params *P, const char *path, const ldm_nn_load_opts *opts) {
-    if (ctx->status) return ctx->status;
+    if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
     ldm_weights *w = NULL;
-    if (ldm_weights_open(ctx, &w, path)) return ctx->status;
+    if (ldm_weights_open(ctx, &w, path)) return ldm_ctx_status(ctx);
     ldm_result r = ldm_nn_load_weights(ctx, P, w, opts);
     ldm_weights_close(w);
     return r;
@@ -1257,12 +1190,12 @@ static float *ldm__nn_host_view(ldm_ctx *ctx, const float *data, ldm_device d, i
     *owned = NULL;
     if (d == LDM_CPU) return (float *)data;
     *owned = (float *)LDM_MALLOC(sizeof(float) * (size_t)(n ? n : 1));
-    if (*owned) ctx->be[d]->copy(ctx->be_state[d], *owned, LDM_CPU, data, d, (size_t)n * sizeof(float));
+    if (*owned) ldm_device_copy(ctx, *owned, LDM_CPU, data, d, (size_t)n * sizeof(float));
     return *owned;
 }
 
 LDM_API ldm_result ldm_nn_save(ldm_ctx *ctx, const ldm_nn_params *P, const char *path, ldm_dtype dtype, const char *prefix) {
-    if (ctx->status) return ctx->status;
+    if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
     if (!P->allocated) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_save: %s: the model has no memory yet (hint: ldm_nn_params_alloc first)", path);
     size_t pl = prefix ? strlen(prefix) : 0;
     ldm_named_data *nd = (ldm_named_data *)LDM_MALLOC(sizeof(ldm_named_data) * (size_t)(P->n ? P->n : 1));
@@ -1332,7 +1265,7 @@ static const char *ldm__nn_optim_name(ldm_optim_type t) {
 LDM_API ldm_result ldm_nn_optim_create(ldm_ctx *ctx, ldm_nn_optim **out, ldm_nn_params *P, const ldm_nn_optim_config *cfg,
                                        int n_patterns, const char *const *patterns) {
     *out = NULL;
-    if (ctx->status) return ctx->status;
+    if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
     if (!P->allocated) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_optim_create: the model has no memory yet (hint: ldm_nn_params_alloc first)");
     const ldm_nn_optim_config *c = cfg;
     if (c->type != LDM_OPTIM_SGD && c->type != LDM_OPTIM_ADAM && c->type != LDM_OPTIM_ADAMW)
@@ -1378,7 +1311,7 @@ LDM_API ldm_result ldm_nn_optim_create(ldm_ctx *ctx, ldm_nn_optim **out, ldm_nn_
             ldm_nn_optim_destroy(o);
             return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_nn_optim_create: cannot allocate %.1f MiB of optimizer state", (double)o->mn * o->nmom * 4 / 1048576.0);
         }
-        ctx->be[P->device]->fill(ctx, o->mom, o->mn * o->nmom, 0.0f);
+        ldm_device_fill(ctx, P->device, o->mom, o->mn * o->nmom, 0.0f);
     }
     *out = o;
     return LDM_OK;
@@ -1386,143 +1319,61 @@ LDM_API ldm_result ldm_nn_optim_create(ldm_ctx *ctx, ldm_nn_optim **out, ldm_nn_
 
 LDM_API void ldm_nn_optim_destroy(ldm_nn_optim *o) {
     if (!o) return;
-    if (o->raw) o->P->ctx->be[o->P->device]->free(o->P->ctx->be_state[o->P->device], o->raw);
+    ldm_device_free(o->P->ctx, o->P->device, o->raw);
     LDM_FREE(o->e);
     LDM_FREE(o->moff);
     LDM_FREE(o);
 }
 
-/* Element-wise update kernels: torch 1.13's single-tensor arithmetic, in float with the
-   coefficients rounded to float where torch passes them as scalars. */
-typedef struct {
-    float *p;
-    const float *g;
-    float *m, *v;
-    int adamw, l2, first;
-    float decay;                  /* AdamW: 1 - lr*wd */
-    float wd, b1, one_b1, b2, one_b2, bc2s, eps, neg_step;  /* Adam */
-    float mom, one_damp, neg_lr;  /* SGD */
-    int nesterov;
-    int64_t n;                    /* elements of the tensor (Adam's tasks count blocks of 8) */
-} ldm__nn_step_job;
-/* Adam runs on blocks of 8 elements (the parallel split is in blocks, so whether an element
-   takes the vector or the scalar path depends only on its index, never on the thread count);
-   both paths do the same correctly rounded float operations in the same order. */
-static void ldm__nn_adam_scalar(const ldm__nn_step_job *j, int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; i++) {
-        float p = j->p[i], g = j->g[i];
-        if (j->adamw) p = p * j->decay;                       /* param.mul_(1 - lr*wd) */
-        else if (j->l2) g = g + j->wd * p;                    /* grad.add(param, alpha=wd) */
-        float m = j->m[i] * j->b1 + j->one_b1 * g;            /* exp_avg.mul_(b1).add_(g, alpha=1-b1) */
-        float v = j->v[i] * j->b2 + j->one_b2 * g * g;        /* exp_avg_sq.mul_(b2).addcmul_(g, g, value=1-b2) */
-        float denom = sqrtf(v) / j->bc2s + j->eps;            /* (exp_avg_sq.sqrt() / bc2_sqrt).add_(eps) */
-        j->m[i] = m;
-        j->v[i] = v;
-        j->p[i] = p + j->neg_step * m / denom;                /* param.addcdiv_(exp_avg, denom, value=-step_size) */
-    }
-}
-static void ldm__nn_adam_task(void *arg, int64_t b, int64_t e, int tid) {
-    const ldm__nn_step_job *j = (const ldm__nn_step_job *)arg;
-    (void)tid;
-    int64_t i = b * 8, end = LDM__MIN(e * 8, j->n);
-#if defined(__AVX2__)
-    const __m256 decay = _mm256_set1_ps(j->decay), wd = _mm256_set1_ps(j->wd), b1 = _mm256_set1_ps(j->b1),
-                 ob1 = _mm256_set1_ps(j->one_b1), b2 = _mm256_set1_ps(j->b2), ob2 = _mm256_set1_ps(j->one_b2),
-                 bc2s = _mm256_set1_ps(j->bc2s), eps = _mm256_set1_ps(j->eps), ns = _mm256_set1_ps(j->neg_step);
-    for (; i + 8 <= end; i += 8) {
-        __m256 p = _mm256_loadu_ps(j->p + i), g = _mm256_loadu_ps(j->g + i);
-        if (j->adamw) p = _mm256_mul_ps(p, decay);
-        else if (j->l2) g = _mm256_add_ps(g, _mm256_mul_ps(wd, p));
-        __m256 m = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(j->m + i), b1), _mm256_mul_ps(ob1, g));
-        __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(j->v + i), b2), _mm256_mul_ps(_mm256_mul_ps(ob2, g), g));
-        __m256 denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(v), bc2s), eps);
-        _mm256_storeu_ps(j->m + i, m);
-        _mm256_storeu_ps(j->v + i, v);
-        _mm256_storeu_ps(j->p + i, _mm256_add_ps(p, _mm256_div_ps(_mm256_mul_ps(ns, m), denom)));
-    }
-#endif
-    ldm__nn_adam_scalar(j, i, end);
-}
-static void ldm__nn_sgd_task(void *arg, int64_t b, int64_t e, int tid) {
-    const ldm__nn_step_job *j = (const ldm__nn_step_job *)arg;
-    (void)tid;
-    for (int64_t i = b; i < e; i++) {
-        float p = j->p[i], d = j->g[i];
-        if (j->l2) d = d + j->wd * p;                         /* d_p = d_p.add(param, alpha=wd) */
-        if (j->m) {
-            float buf = j->first ? d : j->m[i] * j->mom + j->one_damp * d; /* buf.mul_(momentum).add_(d_p, alpha=1-dampening) */
-            j->m[i] = buf;
-            d = j->nesterov ? d + j->mom * buf : buf;
-        }
-        j->p[i] = p + j->neg_lr * d;                          /* param.add_(d_p, alpha=-lr) */
-    }
-}
-
+/* One update per tensor, on the registry's device: ldm_optim_args holds torch 1.13's
+   single-tensor coefficients, rounded to float where torch passes them as scalars. */
 LDM_API ldm_result ldm_nn_optim_step(ldm_ctx *ctx, ldm_nn_optim *o) {
-    if (ctx->status) return ctx->status;
-    const ldm_backend *be = ctx->be[o->P->device];
-    int dev = o->P->device != LDM_CPU; /* the device back end's update kernel, same arithmetic */
-    if (dev && !be->optim_step)
-        return ldm_ctx_seterr(ctx, LDM_ERR_UNSUPPORTED, "ldm_nn_optim_step: the %s back end has no optimizer kernel (hint: keep the parameters on LDM_CPU)", be->name);
+    if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
     const ldm_nn_optim_config *c = &o->cfg;
-    ldm__nn_step_job j;
-    memset(&j, 0, sizeof j);
     int64_t step = o->step + 1;
-    ldm_task_fn fn;
-    if (c->type == LDM_OPTIM_SGD) {
-        fn = ldm__nn_sgd_task;
-        j.l2 = c->weight_decay != 0.0;
-        j.wd = (float)c->weight_decay;
-        j.first = o->step == 0;
-        j.mom = (float)c->momentum;
-        j.one_damp = (float)(1.0 - c->dampening);
-        j.neg_lr = (float)-c->lr;
-        j.nesterov = c->nesterov;
+    ldm_optim_args a;
+    memset(&a, 0, sizeof a);
+    a.sgd = c->type == LDM_OPTIM_SGD;
+    a.wd = (float)c->weight_decay;
+    if (a.sgd) {
+        a.l2 = c->weight_decay != 0.0;
+        a.first = o->step == 0;
+        a.mom = (float)c->momentum;
+        a.one_damp = (float)(1.0 - c->dampening);
+        a.neg_lr = (float)-c->lr;
+        a.nesterov = c->nesterov;
     } else {
-        fn = ldm__nn_adam_task;
-        j.adamw = c->type == LDM_OPTIM_ADAMW;
-        j.l2 = !j.adamw && c->weight_decay != 0.0;
-        j.decay = (float)(1.0 - c->lr * c->weight_decay);
-        j.wd = (float)c->weight_decay;
-        j.b1 = (float)c->beta1;
-        j.one_b1 = (float)(1.0 - c->beta1);
-        j.b2 = (float)c->beta2;
-        j.one_b2 = (float)(1.0 - c->beta2);
+        a.adamw = c->type == LDM_OPTIM_ADAMW;
+        a.l2 = !a.adamw && c->weight_decay != 0.0;
+        a.decay = (float)(1.0 - c->lr * c->weight_decay);
+        a.b1 = (float)c->beta1;
+        a.one_b1 = (float)(1.0 - c->beta1);
+        a.b2 = (float)c->beta2;
+        a.one_b2 = (float)(1.0 - c->beta2);
         double bc1 = 1.0 - pow(c->beta1, (double)step), bc2 = 1.0 - pow(c->beta2, (double)step);
-        j.bc2s = (float)sqrt(bc2);
-        j.eps = (float)c->eps;
-        j.neg_step = (float)-(c->lr / bc1);
+        a.bc2s = (float)sqrt(bc2);
+        a.eps = (float)c->eps;
+        a.neg_step = (float)-(c->lr / bc1);
     }
     for (int i = 0; i < o->n; i++) {
         ldm_tensor *t = o->e[i]->t;
         if (!t->requires_grad || !t->numel) continue;
-        j.p = t->data;
-        j.g = t->grad;
-        j.m = o->nmom >= 1 ? o->mom + o->moff[i] : NULL;
-        j.v = o->nmom >= 2 ? o->mom + o->mn + o->moff[i] : NULL;
-        j.n = t->numel;
-        if (dev) {
-            ldm__optim_args a;
-            a.sgd = fn == ldm__nn_sgd_task; a.adamw = j.adamw; a.l2 = j.l2; a.first = j.first; a.nesterov = j.nesterov;
-            a.decay = j.decay; a.wd = j.wd; a.b1 = j.b1; a.one_b1 = j.one_b1; a.b2 = j.b2; a.one_b2 = j.one_b2;
-            a.bc2s = j.bc2s; a.eps = j.eps; a.neg_step = j.neg_step; a.mom = j.mom; a.one_damp = j.one_damp; a.neg_lr = j.neg_lr;
-            be->optim_step(ctx, &a, j.p, j.g, j.m, j.v, j.n);
-        } else if (fn == ldm__nn_adam_task) ldm_parallel_for(ctx, (t->numel + 7) / 8, 2048, fn, &j);
-        else ldm_parallel_for(ctx, t->numel, 16384, fn, &j);
+        ldm_device_optim_update(ctx, o->P->device, &a, t->data, t->grad, o->nmom >= 1 ? o->mom + o->moff[i] : NULL,
+                                o->nmom >= 2 ? o->mom + o->mn + o->moff[i] : NULL, t->numel);
     }
+    if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
     o->step = step;
-    return ctx->status;
+    return LDM_OK;
 }
 
 LDM_API void ldm_nn_optim_zero_grad(ldm_ctx *ctx, ldm_nn_optim *o) {
-    const ldm_backend *be = ctx->be[o->P->device];
     for (int i = 0; i < o->n; i++) {
         ldm_tensor *t = o->e[i]->t;
-        if (t->grad && t->numel) be->fill(ctx, t->grad, t->numel, 0.0f);
+        if (t->grad) ldm_device_fill(ctx, o->P->device, t->grad, t->numel, 0.0f);
     }
 }
 LDM_API ldm_result ldm_nn_optim_clip_grad_norm(ldm_ctx *ctx, ldm_nn_optim *o, float max_norm, float *total_norm) {
-    return ldm__nn_clip(ctx, o->P->device, o->e, o->n, max_norm, total_norm, "ldm_nn_optim_clip_grad_norm");
+    return ldm__nn_clip(ctx, o->P->device, o->e, o->n, max_norm, total_norm);
 }
 LDM_API void ldm_nn_optim_set_lr(ldm_nn_optim *o, double lr) { o->cfg.lr = lr; }
 LDM_API double ldm_nn_optim_lr(const ldm_nn_optim *o) { return o->cfg.lr; }
@@ -1542,7 +1393,7 @@ static const char *ldm__nn_moment_suffix(const ldm_nn_optim *o, int k) {
 }
 
 LDM_API ldm_result ldm_nn_optim_save(ldm_ctx *ctx, const ldm_nn_optim *o, const char *path) {
-    if (ctx->status) return ctx->status;
+    if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
     int cnt = o->n * o->nmom;
     ldm_named_data *nd = (ldm_named_data *)LDM_MALLOC(sizeof(ldm_named_data) * (size_t)(cnt ? cnt : 1));
     char **names = (char **)LDM_MALLOC(sizeof(char *) * (size_t)(cnt ? cnt : 1));
@@ -1586,9 +1437,9 @@ done:
 }
 
 LDM_API ldm_result ldm_nn_optim_load(ldm_ctx *ctx, ldm_nn_optim *o, const char *path) {
-    if (ctx->status) return ctx->status;
+    if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
     ldm_weights *w = NULL;
-    if (ldm_weights_open(ctx, &w, path)) return ctx->status;
+    if (ldm_weights_open(ctx, &w, path)) return ldm_ctx_status(ctx);
     ldm_result r = LDM_OK;
     int cnt = o->n * o->nmom, nf = ldm_weights_count(w);
     int *src = (int *)LDM_MALLOC(sizeof(int) * (size_t)(cnt ? cnt : 1));
@@ -1631,7 +1482,7 @@ LDM_API ldm_result ldm_nn_optim_load(ldm_ctx *ctx, ldm_nn_optim *o, const char *
             if (!same) {
                 char a[96], b[96];
                 r = ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_optim_load: %s: \"%s\" is %s, the parameter is %s", path, name,
-                                   ldm__shape_fmt(fi->shape, fi->ndim, a, sizeof a), ldm_shape_str(t, b, sizeof b));
+                                   ldm_dims_str(fi->shape, fi->ndim, a, sizeof a), ldm_shape_str(t, b, sizeof b));
                 goto done;
             }
             src[q] = f;
@@ -1643,8 +1494,8 @@ LDM_API ldm_result ldm_nn_optim_load(ldm_ctx *ctx, ldm_nn_optim *o, const char *
     for (int k = 0, q = 0; k < o->nmom; k++)
         for (int i = 0; i < o->n; i++, q++) {
             float *dst = o->mom + (int64_t)k * o->mn + o->moff[i];
-            if (ldm_weights_read(ctx, w, src[q], tmp ? tmp : dst)) { r = ctx->status; goto done; }
-            if (tmp) ctx->be[o->P->device]->copy(ctx->be_state[o->P->device], dst, o->P->device, tmp, LDM_CPU, (size_t)o->e[i]->t->numel * sizeof(float));
+            if (ldm_weights_read(ctx, w, src[q], tmp ? tmp : dst)) { r = ldm_ctx_status(ctx); goto done; }
+            if (tmp) ldm_device_copy(ctx, dst, o->P->device, tmp, LDM_CPU, (size_t)o->e[i]->t->numel * sizeof(float));
         }
     o->step = st;
 done:

@@ -181,6 +181,7 @@ LDM_API ldm_shape ldm_shape_of(const ldm_tensor *t);
 LDM_API ldm_shape ldm_shape_n(int ndim, const int64_t *d);
 LDM_API int ldm_shape_eq(const ldm_tensor *a, const ldm_tensor *b);
 LDM_API char *ldm_shape_str(const ldm_tensor *t, char *buf, size_t n); /* "[2, 3, 8, 8]" */
+LDM_API char *ldm_dims_str(const int64_t *d, int ndim, char *buf, size_t n); /* the same for a dims array */
 
 /* Arena tensors on the context's device (uninitialised / filled). */
 LDM_API ldm_tensor *ldm_new(ldm_ctx *ctx, ldm_shape s);
@@ -328,6 +329,35 @@ LDM_API void ldm_groupnorm_backward(ldm_ctx *ctx, float *dinp, float *dweight, f
                                     const float *mean, const float *rstd,
                                     int64_t B, int64_t C, int64_t S, int G);
 
+/* ---- raw memory on a device, through its back end ----------------------------------------
+   For persistent buffers outside the arena (ldm_nn.h's parameter, gradient and optimizer
+   blocks): the same calls serve every device, the context's back end for d does the work. */
+LDM_API const char *ldm_device_name(const ldm_ctx *ctx, ldm_device d); /* "cpu", "cuda"; NULL: none attached */
+/* Back-end memory (malloc on the CPU), NULL when it fails (a device back end sets the error). */
+LDM_API void *ldm_device_alloc(ldm_ctx *ctx, ldm_device d, size_t bytes);
+LDM_API void ldm_device_free(ldm_ctx *ctx, ldm_device d, void *p);
+LDM_API void ldm_device_copy(ldm_ctx *ctx, void *dst, ldm_device dst_dev, const void *src, ldm_device src_dev, size_t bytes);
+LDM_API void ldm_device_fill(ldm_ctx *ctx, ldm_device d, float *x, int64_t n, float v);
+LDM_API void ldm_device_scale(ldm_ctx *ctx, ldm_device d, float *x, int64_t n, float s); /* x *= s, exactly */
+/* Sum of x[i]^2 in double, in fixed pieces: the same on any thread count. */
+LDM_API double ldm_device_sum_squares(ldm_ctx *ctx, ldm_device d, const float *x, int64_t n);
+
+/* One optimizer update of n elements, torch 1.13's single-tensor arithmetic in float with the
+   coefficients below (ldm_nn.h derives them from its hyper-parameters each step):
+     SGD:  d = g (+ wd*p when l2); with a momentum buffer m (NULL: none):
+           m = first ? d : m*mom + one_damp*d,  d = nesterov ? d + mom*m : m;  p += neg_lr*d
+     Adam: p *= decay (adamw), or g += wd*p (l2);  m = m*b1 + one_b1*g;  v = v*b2 + one_b2*g*g;
+           p += neg_step*m / (sqrt(v)/bc2s + eps)
+   Every back end does these correctly rounded operations in this order, so the CPU and the
+   GPU agree bitwise. */
+typedef struct ldm_optim_args {
+    int sgd, adamw, l2, first, nesterov;
+    float decay, wd, b1, one_b1, b2, one_b2, bc2s, eps, neg_step; /* Adam (decay = 1 - lr*wd) */
+    float mom, one_damp, neg_lr;                                  /* SGD */
+} ldm_optim_args;
+LDM_API void ldm_device_optim_update(ldm_ctx *ctx, ldm_device d, const ldm_optim_args *a, float *p, const float *g,
+                                     float *m, float *v, int64_t n);
+
 /* ---- half precision --------------------------------------------------------------------- */
 LDM_API float ldm_f16_to_f32(uint16_t h);
 LDM_API uint16_t ldm_f32_to_f16(float f);     /* round to nearest even */
@@ -462,14 +492,6 @@ typedef enum { LDM__B_ADD, LDM__B_SUB, LDM__B_MUL, LDM__B_DIV } ldm__binary_op;
 /* Broadcast geometry of a binary op, padded to 5 dims (stride 0 = broadcast). */
 typedef struct ldm__bcast { int64_t shape[LDM_MAX_DIMS], sa[LDM_MAX_DIMS], sb[LDM_MAX_DIMS]; int64_t n; } ldm__bcast;
 
-/* One optimizer update, torch 1.13's single-tensor arithmetic in float (ldm_nn.h fills it).
-   sgd: p -= lr*d with d = g (+ wd*p), momentum buffer m; else Adam/AdamW with moments m, v. */
-typedef struct ldm__optim_args {
-    int sgd, adamw, l2, first, nesterov;
-    float decay, wd, b1, one_b1, b2, one_b2, bc2s, eps, neg_step; /* Adam (decay = 1 - lr*wd) */
-    float mom, one_damp, neg_lr;                                  /* SGD */
-} ldm__optim_args;
-
 struct ldm_backend {
     const char *name;
     void *(*alloc)(void *state, size_t bytes);                /* persistent memory */
@@ -527,10 +549,10 @@ struct ldm_backend {
     void (*upsample_backward)(ldm_ctx *ctx, float *dx, const float *dy, int64_t P, const int64_t *in3, const int *f3);
     void (*embedding_forward)(ldm_ctx *ctx, float *out, const float *w, const int64_t *idx, int64_t n, int64_t dim);
     void (*embedding_backward)(ldm_ctx *ctx, float *dw, const float *dout, const int64_t *idx, int64_t n, int64_t dim);
-    /* Optional (NULL where absent). ldm_nn.h's optimizers and gradient clipping use the first
-       two for parameters on this device (its own kernels serve the CPU); ldm_ctx_destroy calls
-       release so a device back end can free what it attached. */
-    void (*optim_step)(ldm_ctx *ctx, const ldm__optim_args *a, float *p, const float *g, float *m, float *v, int64_t n);
+    /* ldm_nn.h's optimizers and gradient clipping, through ldm_device_optim_update and
+       ldm_device_sum_squares (a back end without them, NULL, gives LDM_ERR_UNSUPPORTED there);
+       release is optional: ldm_ctx_destroy calls it so a device back end can free what it attached. */
+    void (*optim_step)(ldm_ctx *ctx, const ldm_optim_args *a, float *p, const float *g, float *m, float *v, int64_t n);
     double (*sum_squares)(ldm_ctx *ctx, const float *x, int64_t n); /* sum of x[i]^2, in double */
     void (*release)(ldm_ctx *ctx, void *state);
 };
@@ -538,14 +560,34 @@ struct ldm_backend {
 /* ---- the context ------------------------------------------------------------------------ */
 typedef struct ldm__node ldm__node;
 typedef void (*ldm__backward_fn)(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din);
+/* What a node keeps for its backward besides its tensors: one struct per op family (the op
+   that records the node fills its member, its backward reads the same one). */
+typedef union ldm__node_args {
+    struct { ldm__unary_op op; float p0, p1; } unary;
+    struct { ldm__binary_op op; ldm__bcast g; } binary;          /* g: the broadcast geometry */
+    struct { unsigned dims; float scale; } reduce;               /* reduced-dim mask; 1/count for a mean, else 1 */
+    struct { int64_t batch, M, N, K; int trans_a, trans_b, a_batched, b_batched; } matmul;
+    struct { int64_t R, I, O; } linear;                          /* rows, in and out features */
+    ldm_conv_desc conv;
+    struct { int64_t B, C, S; int groups, silu; } groupnorm;     /* saved: mean, saved2: rstd [B*groups] */
+    struct { int64_t B, C, S; int training; } batchnorm;         /* saved: mean, saved2: rstd [C] */
+    struct { int64_t R, N; } layernorm;                          /* saved: mean, saved2: rstd [R] */
+    struct { int64_t outer, D, inner; } softmax;
+    struct { int64_t P, in3[3]; int f3[3]; } upsample;           /* P planes of in3 = (T,H,W); factors */
+    struct { int64_t P, in3[3], out3[3]; int k3[3], s3[3], p3[3], is_max; } pool; /* saved: argmax */
+    struct { int64_t perm[LDM_MAX_DIMS]; } permute;
+    struct { int dim; int64_t start; } slice;
+    struct { int dim; int64_t off[4]; } concat;                  /* where each input starts along dim */
+    struct { int64_t lo[LDM_MAX_DIMS]; } pad;                    /* padding before each dim */
+    struct { int64_t n, dim; } embedding;                        /* saved: the indices (int64, on the device) */
+} ldm__node_args;
 struct ldm__node {
     ldm__backward_fn backward;
     ldm_tensor *out;
     ldm_tensor *in[4];
     int nin;
-    int64_t i[12];            /* op-specific integers */
-    float f[4];               /* op-specific floats */
-    void *saved;              /* op-specific saved buffer (arena) */
+    ldm__node_args args;
+    void *saved;              /* arena buffers the forward computed for the backward */
     void *saved2;
 };
 
@@ -626,6 +668,39 @@ LDM_API void ldm_ctx_set_backend(ldm_ctx *ctx, ldm_device d, const ldm_backend *
     ctx->be_state[d] = state;
 }
 LDM_API void *ldm_ctx_backend_state(const ldm_ctx *ctx, ldm_device d) { return ctx->be_state[d]; }
+
+/* ---- raw memory on a device: the back end of the device does the work ------------------ */
+LDM_API const char *ldm_device_name(const ldm_ctx *ctx, ldm_device d) {
+    return (int)d >= 0 && d < LDM_NUM_DEVICES && ctx->be[d] ? ctx->be[d]->name : NULL;
+}
+LDM_API void *ldm_device_alloc(ldm_ctx *ctx, ldm_device d, size_t bytes) { return ctx->be[d]->alloc(ctx->be_state[d], bytes); }
+LDM_API void ldm_device_free(ldm_ctx *ctx, ldm_device d, void *p) { if (p) ctx->be[d]->free(ctx->be_state[d], p); }
+LDM_API void ldm_device_copy(ldm_ctx *ctx, void *dst, ldm_device dst_dev, const void *src, ldm_device src_dev, size_t bytes) {
+    ldm_device d = dst_dev != LDM_CPU ? dst_dev : src_dev; /* a copy involving a device is that device's */
+    ctx->be[d]->copy(ctx->be_state[d], dst, dst_dev, src, src_dev, bytes);
+}
+LDM_API void ldm_device_fill(ldm_ctx *ctx, ldm_device d, float *x, int64_t n, float v) { if (n) ctx->be[d]->fill(ctx, x, n, v); }
+/* x*s + (-0.0) is x*s bitwise, signed zeros included (+0.0 would turn -0.0 into +0.0) */
+LDM_API void ldm_device_scale(ldm_ctx *ctx, ldm_device d, float *x, int64_t n, float s) {
+    if (n) ctx->be[d]->unary(ctx, LDM__U_AFFINE, x, x, n, s, -0.0f);
+}
+LDM_API double ldm_device_sum_squares(ldm_ctx *ctx, ldm_device d, const float *x, int64_t n) {
+    if (ctx->status || n <= 0) return 0.0;
+    if (!ctx->be[d]->sum_squares) {
+        ldm_ctx_seterr(ctx, LDM_ERR_UNSUPPORTED, "ldm_device_sum_squares: the %s back end has no sum_squares kernel (hint: keep the parameters on LDM_CPU)", ctx->be[d]->name);
+        return 0.0;
+    }
+    return ctx->be[d]->sum_squares(ctx, x, n);
+}
+LDM_API void ldm_device_optim_update(ldm_ctx *ctx, ldm_device d, const ldm_optim_args *a, float *p, const float *g,
+                                     float *m, float *v, int64_t n) {
+    if (ctx->status || n <= 0) return;
+    if (!ctx->be[d]->optim_step) {
+        ldm_ctx_seterr(ctx, LDM_ERR_UNSUPPORTED, "ldm_device_optim_update: the %s back end has no optimizer kernel (hint: keep the parameters on LDM_CPU)", ctx->be[d]->name);
+        return;
+    }
+    ctx->be[d]->optim_step(ctx, a, p, g, m, v, n);
+}
 LDM_API int ldm_grad_enabled(const ldm_ctx *ctx) { return ctx->grad_enabled; }
 LDM_API int ldm_set_grad_enabled(ldm_ctx *ctx, int on) { int p = ctx->grad_enabled; ctx->grad_enabled = on; return p; }
 LDM_API int ldm_tape_len(const ldm_ctx *ctx) { return ctx->tape_len; }
@@ -1083,6 +1158,7 @@ static char *ldm__shape_fmt(const int64_t *d, int nd, char *buf, size_t n) {
     return buf;
 }
 LDM_API char *ldm_shape_str(const ldm_tensor *t, char *buf, size_t n) { return ldm__shape_fmt(t->shape, t->ndim, buf, n); }
+LDM_API char *ldm_dims_str(const int64_t *d, int ndim, char *buf, size_t n) { return ldm__shape_fmt(d, ndim, buf, n); }
 /* Several shape strings in one expression need separate buffers. */
 typedef struct { char s[96]; } ldm__sbuf;
 static ldm__sbuf ldm__shp(const ldm_tensor *t) { ldm__sbuf b; ldm_shape_str(t, b.s, sizeof b.s); return b; }
@@ -1422,8 +1498,8 @@ static void ldm__pad5(int nd, const int64_t *shape, const int64_t *stride, int64
 
 /* ---- unary ------------------------------------------------------------------------------- */
 static void ldm__unary_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
-    if (din[0]) LDM__BE(nd->out)->unary_backward(ctx, (ldm__unary_op)nd->i[0], din[0], dout, nd->in[0]->data,
-                                                 nd->out->data, nd->out->numel, nd->f[0], nd->f[1]);
+    if (din[0]) LDM__BE(nd->out)->unary_backward(ctx, nd->args.unary.op, din[0], dout, nd->in[0]->data,
+                                                 nd->out->data, nd->out->numel, nd->args.unary.p0, nd->args.unary.p1);
 }
 static ldm_tensor *ldm__unary(ldm_ctx *ctx, ldm_tensor *x, ldm__unary_op op, float p0, float p1) {
     if (ldm__bad(ctx, x)) return NULL;
@@ -1431,7 +1507,7 @@ static ldm_tensor *ldm__unary(ldm_ctx *ctx, ldm_tensor *x, ldm__unary_op op, flo
     if (!y) return NULL;
     LDM__BE(x)->unary(ctx, op, y->data, x->data, x->numel, p0, p1);
     ldm__node *nd = ldm__record(ctx, y, ldm__unary_bw, 1, x, NULL, NULL, NULL);
-    if (nd) { nd->i[0] = op; nd->f[0] = p0; nd->f[1] = p1; }
+    if (nd) { nd->args.unary.op = op; nd->args.unary.p0 = p0; nd->args.unary.p1 = p1; }
     return y;
 }
 LDM_API ldm_tensor *ldm_affine(ldm_ctx *ctx, ldm_tensor *x, float scale, float shift) { return ldm__unary(ctx, x, LDM__U_AFFINE, scale, shift); }
@@ -1487,7 +1563,7 @@ static void ldm__reduce_to(ldm_ctx *ctx, float *dst, const ldm_tensor *t, const 
     LDM__BE(t)->reduce_sum(ctx, dst, full, g->shape, ost, 1);
 }
 static void ldm__binary_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
-    ldm__bcast *g = (ldm__bcast *)nd->saved;
+    const ldm__bcast *g = &nd->args.binary.g;
     ldm_tensor *a = nd->in[0], *b = nd->in[1];
     const ldm_backend *be = LDM__BE(nd->out);
     float *da = NULL, *db = NULL;
@@ -1498,25 +1574,25 @@ static void ldm__binary_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din
     if (da && db && da == db) { /* x op x: separate buffers so both terms are added */
         db = ldm__zeros_raw(ctx, b->device, g->n);
         if (!db) return;
-        be->binary_backward(ctx, (ldm__binary_op)nd->i[0], da, db, dout, a->data, b->data, g);
+        be->binary_backward(ctx, nd->args.binary.op, da, db, dout, a->data, b->data, g);
         be->axpby(ctx, da, db, g->n, 1.0f, 1.0f);
         db = NULL;
     } else {
-        be->binary_backward(ctx, (ldm__binary_op)nd->i[0], da, db, dout, a->data, b->data, g);
+        be->binary_backward(ctx, nd->args.binary.op, da, db, dout, a->data, b->data, g);
     }
     if (da && !a_full) ldm__reduce_to(ctx, din[0], a, da, g);
     if (db && !b_full) ldm__reduce_to(ctx, din[1], b, db, g);
 }
 static ldm_tensor *ldm__binary(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b, ldm__binary_op op, const char *name) {
     if (ldm__bad(ctx, a) || ldm__bad(ctx, b) || !ldm__same_dev(ctx, name, a, b)) return NULL;
-    ldm__bcast *g = (ldm__bcast *)ldm_arena_alloc(ctx, LDM_CPU, sizeof *g);
+    ldm__bcast g;
     ldm_shape os;
-    if (!g || !ldm__broadcast(ctx, name, a, b, g, &os)) return NULL;
+    if (!ldm__broadcast(ctx, name, a, b, &g, &os)) return NULL;
     ldm_tensor *y = ldm__new_on(ctx, os, a->device);
     if (!y) return NULL;
-    LDM__BE(a)->binary(ctx, op, y->data, a->data, b->data, g);
+    LDM__BE(a)->binary(ctx, op, y->data, a->data, b->data, &g);
     ldm__node *nd = ldm__record(ctx, y, ldm__binary_bw, 2, a, b, NULL, NULL);
-    if (nd) { nd->i[0] = op; nd->saved = g; }
+    if (nd) { nd->args.binary.op = op; nd->args.binary.g = g; }
     return y;
 }
 LDM_API ldm_tensor *ldm_add(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b) { return ldm__binary(ctx, a, b, LDM__B_ADD, "ldm_add"); }
@@ -1530,7 +1606,8 @@ static void ldm__reduce_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din
     ldm_tensor *x = nd->in[0];
     int64_t s5[5], ost5[5], xst[LDM_MAX_DIMS] = {0}, dst5[5], ostride[LDM_MAX_DIMS];
     const ldm_backend *be = LDM__BE(x);
-    float scale = nd->f[0];
+    float scale = nd->args.reduce.scale;
+    unsigned dims = nd->args.reduce.dims;
     const float *src = dout;
     if (scale != 1.0f) {
         float *t = (float *)ldm_arena_alloc(ctx, x->device, (size_t)nd->out->numel * 4);
@@ -1540,9 +1617,9 @@ static void ldm__reduce_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din
     }
     /* dout viewed at x's rank with the reduced dims of size 1, then broadcast by stride 0 */
     int64_t kshape[LDM_MAX_DIMS];
-    for (int i = 0; i < x->ndim; i++) kshape[i] = (nd->i[0] >> i) & 1 ? 1 : x->shape[i];
+    for (int i = 0; i < x->ndim; i++) kshape[i] = (dims >> i) & 1 ? 1 : x->shape[i];
     ldm__strides(kshape, x->ndim, ostride);
-    for (int i = 0; i < x->ndim; i++) if ((nd->i[0] >> i) & 1) ostride[i] = 0;
+    for (int i = 0; i < x->ndim; i++) if ((dims >> i) & 1) ostride[i] = 0;
     ldm__strides(x->shape, x->ndim, xst);
     ldm__pad5(x->ndim, x->shape, xst, s5, dst5);
     for (int i = 0; i < 5; i++) ost5[i] = 0;
@@ -1579,7 +1656,7 @@ static ldm_tensor *ldm__reduce(ldm_ctx *ctx, ldm_tensor *x, unsigned dims, int k
     if (mean) be->unary(ctx, LDM__U_AFFINE, y->data, y->data, y->numel, scale, 0.0f);
     if (ctx->status) return NULL; /* the kernel's scratch did not fit */
     ldm__node *nd = ldm__record(ctx, y, ldm__reduce_bw, 1, x, NULL, NULL, NULL);
-    if (nd) { nd->i[0] = (int64_t)dims; nd->f[0] = scale; }
+    if (nd) { nd->args.reduce.dims = dims; nd->args.reduce.scale = scale; }
     return y;
 }
 LDM_API ldm_tensor *ldm_sum(ldm_ctx *ctx, ldm_tensor *x, unsigned dims, int keepdim) { return ldm__reduce(ctx, x, dims, keepdim, 0, "ldm_sum"); }
@@ -1592,13 +1669,12 @@ LDM_API ldm_tensor *ldm_mean_all(ldm_ctx *ctx, ldm_tensor *x) {
 }
 
 /* ---- matmul and linear ------------------------------------------------------------------- */
-/* i: 0 batch, 1 M, 2 N, 3 K, 4 ta, 5 tb, 6 a batched, 7 b batched */
 static void ldm__matmul_bw(ldm_ctx *ctx, ldm__node *nd, float *dC, float **din) {
     ldm_tensor *a = nd->in[0], *b = nd->in[1];
     const ldm_backend *be = LDM__BE(a);
-    int64_t Bn = nd->i[0], M = nd->i[1], N = nd->i[2], K = nd->i[3];
-    int ta = (int)nd->i[4], tb = (int)nd->i[5];
-    int64_t lda = ta ? M : K, ldb = tb ? K : N, sa = nd->i[6] ? M * K : 0, sb = nd->i[7] ? K * N : 0;
+    int64_t Bn = nd->args.matmul.batch, M = nd->args.matmul.M, N = nd->args.matmul.N, K = nd->args.matmul.K;
+    int ta = nd->args.matmul.trans_a, tb = nd->args.matmul.trans_b;
+    int64_t lda = ta ? M : K, ldb = tb ? K : N, sa = nd->args.matmul.a_batched ? M * K : 0, sb = nd->args.matmul.b_batched ? K * N : 0;
     for (int64_t z = 0; z < Bn; z++) {
         const float *A = a->data + z * sa, *Bm = b->data + z * sb, *dc = dC + z * M * N;
         if (din[0]) {
@@ -1638,8 +1714,9 @@ LDM_API ldm_tensor *ldm_matmul(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b, int t
     if (ctx->status) return NULL; /* the kernel's scratch did not fit */
     ldm__node *nd = ldm__record(ctx, y, ldm__matmul_bw, 2, a, b, NULL, NULL);
     if (nd) {
-        nd->i[0] = Bn; nd->i[1] = M; nd->i[2] = N; nd->i[3] = Ka;
-        nd->i[4] = trans_a; nd->i[5] = trans_b; nd->i[6] = ab; nd->i[7] = bb;
+        nd->args.matmul.batch = Bn; nd->args.matmul.M = M; nd->args.matmul.N = N; nd->args.matmul.K = Ka;
+        nd->args.matmul.trans_a = trans_a; nd->args.matmul.trans_b = trans_b;
+        nd->args.matmul.a_batched = ab; nd->args.matmul.b_batched = bb;
     }
     return y;
 }
@@ -1664,11 +1741,10 @@ LDM_API ldm_tensor *ldm_attention(ldm_ctx *ctx, ldm_tensor *q, ldm_tensor *k, ld
     return ldm_reshape(ctx, ldm_permute(ctx, o, perm), ldm_shape3(B, Sq, heads * D));
 }
 
-/* i: 0 rows R, 1 in I, 2 out O */
 static void ldm__linear_bw(ldm_ctx *ctx, ldm__node *nd, float *dy, float **din) {
     ldm_tensor *x = nd->in[0], *w = nd->in[1];
     const ldm_backend *be = LDM__BE(x);
-    int64_t R = nd->i[0], I = nd->i[1], O = nd->i[2];
+    int64_t R = nd->args.linear.R, I = nd->args.linear.I, O = nd->args.linear.O;
     if (din[0]) be->sgemm(ctx, 0, 0, R, I, O, 1.0f, dy, O, w->data, I, 1.0f, din[0], I);
     if (din[1]) be->sgemm(ctx, 1, 0, O, I, R, 1.0f, dy, O, x->data, I, 1.0f, din[1], I);
     if (din[2]) {
@@ -1697,7 +1773,7 @@ LDM_API ldm_tensor *ldm_linear(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_t
     be->sgemm(ctx, 0, 1, R, O, I, 1.0f, x->data, I, w->data, I, b ? 1.0f : 0.0f, y->data, O);
     if (ctx->status) return NULL; /* the kernel's scratch did not fit */
     ldm__node *nd = ldm__record(ctx, y, ldm__linear_bw, b ? 3 : 2, x, w, b, NULL);
-    if (nd) { nd->i[0] = R; nd->i[1] = I; nd->i[2] = O; }
+    if (nd) { nd->args.linear.R = R; nd->args.linear.I = I; nd->args.linear.O = O; }
     return y;
 }
 
@@ -1714,9 +1790,8 @@ LDM_API ldm_result ldm_conv_desc_init(ldm_conv_desc *d) {
     return LDM_OK;
 }
 static void ldm__conv_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
-    ldm_conv_desc *d = (ldm_conv_desc *)nd->saved;
     ldm_tensor *b = nd->nin > 2 ? nd->in[2] : NULL;
-    LDM__BE(nd->out)->conv_backward(ctx, din[0], din[1], b ? din[2] : NULL, dout, nd->in[0]->data, nd->in[1]->data, d);
+    LDM__BE(nd->out)->conv_backward(ctx, din[0], din[1], b ? din[2] : NULL, dout, nd->in[0]->data, nd->in[1]->data, &nd->args.conv);
 }
 static ldm_tensor *ldm__conv(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, const int st[3], const int pad[6], int nsp) {
     const char *op = nsp == 2 ? "ldm_conv2d" : "ldm_conv3d";
@@ -1727,8 +1802,7 @@ static ldm_tensor *ldm__conv(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_ten
                        nsp == 2 ? "H,W" : "T,H,W", nsp == 2 ? "kh,kw" : "kt,kh,kw");
         return NULL;
     }
-    ldm_conv_desc *d = (ldm_conv_desc *)ldm_arena_alloc(ctx, LDM_CPU, sizeof *d);
-    if (!d) return NULL;
+    ldm_conv_desc desc, *d = &desc;
     memset(d, 0, sizeof *d);
     int o = nsp == 2 ? 1 : 0;
     d->B = x->shape[0]; d->C = x->shape[1];
@@ -1748,7 +1822,7 @@ static ldm_tensor *ldm__conv(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_ten
     LDM__BE(x)->conv_forward(ctx, y->data, x->data, w->data, b ? b->data : NULL, d);
     if (ctx->status) return NULL; /* the column buffer did not fit */
     ldm__node *nd = ldm__record(ctx, y, ldm__conv_bw, b ? 3 : 2, x, w, b, NULL);
-    if (nd) nd->saved = d;
+    if (nd) nd->args.conv = desc;
     return y;
 }
 LDM_API ldm_tensor *ldm_conv2d_ex(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int stride_h, int stride_w,
@@ -1778,13 +1852,13 @@ static int ldm__affine_ok(ldm_ctx *ctx, const char *op, const ldm_tensor *x, con
     return ldm__same_dev(ctx, op, x, w) && ldm__same_dev(ctx, op, x, b);
 }
 
-/* saved: mean[B*G], saved2: rstd[B*G]; i: 0 B, 1 C, 2 S, 3 G, 4 silu (the output is
-   silu(z); z is recomputed from x, mean, rstd, w and b) */
+/* silu: the output is silu(z); the backward recomputes z from x, mean, rstd, w and b */
 static void ldm__groupnorm_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
     ldm_tensor *w = nd->in[1], *b = nd->in[2];
     LDM__BE(nd->out)->groupnorm_backward(ctx, din[0], w ? din[1] : NULL, b ? din[2] : NULL, dout, nd->in[0]->data,
                                          w ? w->data : NULL, b ? b->data : NULL, (float *)nd->saved, (float *)nd->saved2,
-                                         nd->i[0], nd->i[1], nd->i[2], (int)nd->i[3], (int)nd->i[4]);
+                                         nd->args.groupnorm.B, nd->args.groupnorm.C, nd->args.groupnorm.S,
+                                         nd->args.groupnorm.groups, nd->args.groupnorm.silu);
 }
 static ldm_tensor *ldm__group_norm(ldm_ctx *ctx, const char *op, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int groups,
                                    float eps, int silu) {
@@ -1803,7 +1877,11 @@ static ldm_tensor *ldm__group_norm(ldm_ctx *ctx, const char *op, ldm_tensor *x, 
     LDM__BE(x)->groupnorm_forward(ctx, y->data, mean, rstd, x->data, w ? w->data : NULL, b ? b->data : NULL, B, C, S, groups,
                                   eps, silu);
     ldm__node *nd = ldm__record(ctx, y, ldm__groupnorm_bw, 3, x, w, b, NULL);
-    if (nd) { nd->saved = mean; nd->saved2 = rstd; nd->i[0] = B; nd->i[1] = C; nd->i[2] = S; nd->i[3] = groups; nd->i[4] = silu; }
+    if (nd) {
+        nd->saved = mean; nd->saved2 = rstd;
+        nd->args.groupnorm.B = B; nd->args.groupnorm.C = C; nd->args.groupnorm.S = S;
+        nd->args.groupnorm.groups = groups; nd->args.groupnorm.silu = silu;
+    }
     return y;
 }
 LDM_API ldm_tensor *ldm_group_norm(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int groups, float eps) {
@@ -1813,12 +1891,11 @@ LDM_API ldm_tensor *ldm_group_norm_silu(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor 
     return ldm__group_norm(ctx, "ldm_group_norm_silu", x, w, b, groups, eps, 1);
 }
 
-/* saved: mean[C], saved2: rstd[C]; i: 0 B, 1 C, 2 S, 3 training */
 static void ldm__batchnorm_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
     ldm_tensor *w = nd->in[1];
     LDM__BE(nd->out)->batchnorm_backward(ctx, din[0], w ? din[1] : NULL, nd->in[2] ? din[2] : NULL, dout, nd->in[0]->data,
-                                         w ? w->data : NULL, (float *)nd->saved, (float *)nd->saved2, nd->i[0], nd->i[1],
-                                         nd->i[2], (int)nd->i[3]);
+                                         w ? w->data : NULL, (float *)nd->saved, (float *)nd->saved2, nd->args.batchnorm.B,
+                                         nd->args.batchnorm.C, nd->args.batchnorm.S, nd->args.batchnorm.training);
 }
 LDM_API ldm_tensor *ldm_batch_norm(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, ldm_tensor *running_mean,
                                    ldm_tensor *running_var, int training, float momentum, float eps) {
@@ -1858,15 +1935,18 @@ LDM_API ldm_tensor *ldm_batch_norm(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, l
     }
     be->channel_affine(ctx, y->data, x->data, mean, rstd, w ? w->data : NULL, b ? b->data : NULL, B, C, S);
     ldm__node *nd = ldm__record(ctx, y, ldm__batchnorm_bw, 3, x, w, b, NULL);
-    if (nd) { nd->saved = mean; nd->saved2 = rstd; nd->i[0] = B; nd->i[1] = C; nd->i[2] = S; nd->i[3] = training; }
+    if (nd) {
+        nd->saved = mean; nd->saved2 = rstd;
+        nd->args.batchnorm.B = B; nd->args.batchnorm.C = C; nd->args.batchnorm.S = S; nd->args.batchnorm.training = training;
+    }
     return y;
 }
 
-/* saved: mean[R], saved2: rstd[R]; i: 0 R, 1 N */
 static void ldm__layernorm_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
     ldm_tensor *w = nd->in[1];
     LDM__BE(nd->out)->layernorm_backward(ctx, din[0], w ? din[1] : NULL, nd->in[2] ? din[2] : NULL, dout, nd->in[0]->data,
-                                         w ? w->data : NULL, (float *)nd->saved, (float *)nd->saved2, nd->i[0], nd->i[1]);
+                                         w ? w->data : NULL, (float *)nd->saved, (float *)nd->saved2, nd->args.layernorm.R,
+                                         nd->args.layernorm.N);
 }
 LDM_API ldm_tensor *ldm_layer_norm(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int nd_, float eps) {
     if (ldm__bad(ctx, x)) return NULL;
@@ -1881,13 +1961,13 @@ LDM_API ldm_tensor *ldm_layer_norm(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, l
     if (!y || !mean || !rstd) return NULL;
     LDM__BE(x)->layernorm_forward(ctx, y->data, mean, rstd, x->data, w ? w->data : NULL, b ? b->data : NULL, R, N, eps);
     ldm__node *nd = ldm__record(ctx, y, ldm__layernorm_bw, 3, x, w, b, NULL);
-    if (nd) { nd->saved = mean; nd->saved2 = rstd; nd->i[0] = R; nd->i[1] = N; }
+    if (nd) { nd->saved = mean; nd->saved2 = rstd; nd->args.layernorm.R = R; nd->args.layernorm.N = N; }
     return y;
 }
 
-/* i: 0 outer, 1 D, 2 inner */
 static void ldm__softmax_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
-    if (din[0]) LDM__BE(nd->out)->softmax_backward(ctx, din[0], dout, nd->out->data, nd->i[0], nd->i[1], nd->i[2]);
+    if (din[0]) LDM__BE(nd->out)->softmax_backward(ctx, din[0], dout, nd->out->data, nd->args.softmax.outer, nd->args.softmax.D,
+                                                   nd->args.softmax.inner);
 }
 LDM_API ldm_tensor *ldm_softmax(ldm_ctx *ctx, ldm_tensor *x, int dim) {
     if (ldm__bad(ctx, x)) return NULL;
@@ -1900,7 +1980,7 @@ LDM_API ldm_tensor *ldm_softmax(ldm_ctx *ctx, ldm_tensor *x, int dim) {
     if (!y) return NULL;
     LDM__BE(x)->softmax_forward(ctx, y->data, x->data, outer, x->shape[d], inner);
     ldm__node *nd = ldm__record(ctx, y, ldm__softmax_bw, 1, x, NULL, NULL, NULL);
-    if (nd) { nd->i[0] = outer; nd->i[1] = x->shape[d]; nd->i[2] = inner; }
+    if (nd) { nd->args.softmax.outer = outer; nd->args.softmax.D = x->shape[d]; nd->args.softmax.inner = inner; }
     return y;
 }
 
@@ -1921,10 +2001,8 @@ static ldm_shape ldm__planes_shape(const ldm_tensor *x, const int64_t o3[3]) {
     return x->ndim == 5 ? ldm_shape5(x->shape[0], x->shape[1], o3[0], o3[1], o3[2]) : ldm_shape4(x->shape[0], x->shape[1], o3[1], o3[2]);
 }
 
-/* i: 0 P, 1-3 in3, 4-6 factors */
 static void ldm__upsample_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
-    int f3[3] = {(int)nd->i[4], (int)nd->i[5], (int)nd->i[6]};
-    if (din[0]) LDM__BE(nd->out)->upsample_backward(ctx, din[0], dout, nd->i[0], nd->i + 1, f3);
+    if (din[0]) LDM__BE(nd->out)->upsample_backward(ctx, din[0], dout, nd->args.upsample.P, nd->args.upsample.in3, nd->args.upsample.f3);
 }
 LDM_API ldm_tensor *ldm_upsample_nearest(ldm_ctx *ctx, ldm_tensor *x, int scale_t, int scale_h, int scale_w) {
     int64_t P, in3[3], o3[3];
@@ -1939,30 +2017,20 @@ LDM_API ldm_tensor *ldm_upsample_nearest(ldm_ctx *ctx, ldm_tensor *x, int scale_
     if (!y) return NULL;
     LDM__BE(x)->upsample_forward(ctx, y->data, x->data, P, in3, f3);
     ldm__node *nd = ldm__record(ctx, y, ldm__upsample_bw, 1, x, NULL, NULL, NULL);
-    if (nd) { nd->i[0] = P; for (int i = 0; i < 3; i++) { nd->i[1 + i] = in3[i]; nd->i[4 + i] = f3[i]; } }
+    if (nd) { nd->args.upsample.P = P; for (int i = 0; i < 3; i++) { nd->args.upsample.in3[i] = in3[i]; nd->args.upsample.f3[i] = f3[i]; } }
     return y;
 }
 
-/* i: 0 P, 1-3 in3, 4-6 out3, 7 k, 8 s, 9 p, 10 is_max, 11 spatial dims; saved: argmax */
-static void ldm__pool_geom(const ldm__node *nd, int k3[3], int s3[3], int p3[3]) {
-    int three = nd->i[11] == 3;
-    k3[0] = three ? (int)nd->i[7] : 1; s3[0] = three ? (int)nd->i[8] : 1; p3[0] = three ? (int)nd->i[9] : 0;
-    k3[1] = k3[2] = (int)nd->i[7]; s3[1] = s3[2] = (int)nd->i[8]; p3[1] = p3[2] = (int)nd->i[9];
-}
 static void ldm__pool_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
-    int k3[3], s3[3], p3[3];
-    ldm__pool_geom(nd, k3, s3, p3);
-    if (din[0]) LDM__BE(nd->out)->pool_backward(ctx, din[0], dout, (float *)nd->saved, nd->i[0], nd->i + 1, nd->i + 4, k3, s3, p3, (int)nd->i[10]);
+    if (din[0]) LDM__BE(nd->out)->pool_backward(ctx, din[0], dout, (float *)nd->saved, nd->args.pool.P, nd->args.pool.in3, nd->args.pool.out3,
+                                                nd->args.pool.k3, nd->args.pool.s3, nd->args.pool.p3, nd->args.pool.is_max);
 }
 static ldm_tensor *ldm__pool(ldm_ctx *ctx, ldm_tensor *x, int kernel, int stride, int pad, int is_max) {
     const char *op = is_max ? "ldm_max_pool" : "ldm_avg_pool";
     int64_t P, in3[3], o3[3];
     if (ldm__bad(ctx, x) || !ldm__planes(ctx, op, x, &P, in3)) return NULL;
-    ldm__node tmp;
-    memset(&tmp, 0, sizeof tmp);
-    tmp.i[7] = kernel; tmp.i[8] = stride; tmp.i[9] = pad; tmp.i[11] = x->ndim - 2;
-    int k3[3], s3[3], p3[3];
-    ldm__pool_geom(&tmp, k3, s3, p3);
+    int three = x->ndim == 5; /* 2-D pooling is 3-D pooling with a unit window in T */
+    int k3[3] = {three ? kernel : 1, kernel, kernel}, s3[3] = {three ? stride : 1, stride, stride}, p3[3] = {three ? pad : 0, pad, pad};
     for (int i = 0; i < 3; i++) {
         int64_t e = in3[i] + 2 * p3[i] - k3[i];
         if (kernel < 1 || stride < 1 || pad < 0 || 2 * pad > kernel || e < 0) {
@@ -1979,10 +2047,12 @@ static ldm_tensor *ldm__pool(ldm_ctx *ctx, ldm_tensor *x, int kernel, int stride
     LDM__BE(x)->pool_forward(ctx, y->data, arg, x->data, P, in3, o3, k3, s3, p3, is_max);
     ldm__node *nd = ldm__record(ctx, y, ldm__pool_bw, 1, x, NULL, NULL, NULL);
     if (nd) {
-        *nd = tmp, nd->backward = ldm__pool_bw, nd->out = y, nd->in[0] = x, nd->nin = 1;
-        nd->i[0] = P;
-        for (int i = 0; i < 3; i++) { nd->i[1 + i] = in3[i]; nd->i[4 + i] = o3[i]; }
-        nd->i[10] = is_max;
+        nd->args.pool.P = P;
+        for (int i = 0; i < 3; i++) {
+            nd->args.pool.in3[i] = in3[i]; nd->args.pool.out3[i] = o3[i];
+            nd->args.pool.k3[i] = k3[i]; nd->args.pool.s3[i] = s3[i]; nd->args.pool.p3[i] = p3[i];
+        }
+        nd->args.pool.is_max = is_max;
         nd->saved = arg;
     }
     return y;
@@ -2043,7 +2113,6 @@ LDM_API ldm_tensor *ldm_copy(ldm_ctx *ctx, ldm_tensor *x) {
     return y;
 }
 
-/* i: 0..4 perm */
 static void ldm__permute_strides(const ldm_tensor *x, const int64_t *perm, int64_t *s5, int64_t *src5, int64_t *dst5) {
     int64_t xst[LDM_MAX_DIMS], yshape[LDM_MAX_DIMS], yst[LDM_MAX_DIMS];
     int nd = x->ndim;
@@ -2056,7 +2125,7 @@ static void ldm__permute_strides(const ldm_tensor *x, const int64_t *perm, int64
 static void ldm__permute_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
     if (!din[0]) return;
     int64_t s5[5], x5[5], y5[5];
-    ldm__permute_strides(nd->in[0], nd->i, s5, x5, y5);
+    ldm__permute_strides(nd->in[0], nd->args.permute.perm, s5, x5, y5);
     LDM__BE(nd->out)->strided_copy(ctx, din[0], x5, dout, y5, s5, 1);
 }
 LDM_API ldm_tensor *ldm_permute(ldm_ctx *ctx, ldm_tensor *x, const int *perm) {
@@ -2079,7 +2148,7 @@ LDM_API ldm_tensor *ldm_permute(ldm_ctx *ctx, ldm_tensor *x, const int *perm) {
     ldm__permute_strides(x, p, s5, x5, y5);
     LDM__BE(x)->strided_copy(ctx, y->data, y5, x->data, x5, s5, 0);
     ldm__node *nd = ldm__record(ctx, y, ldm__permute_bw, 1, x, NULL, NULL, NULL);
-    if (nd) for (int i = 0; i < x->ndim; i++) nd->i[i] = p[i];
+    if (nd) for (int i = 0; i < x->ndim; i++) nd->args.permute.perm[i] = p[i];
     return y;
 }
 LDM_API ldm_tensor *ldm_transpose(ldm_ctx *ctx, ldm_tensor *x, int d0, int d1) {
@@ -2093,13 +2162,12 @@ LDM_API ldm_tensor *ldm_transpose(ldm_ctx *ctx, ldm_tensor *x, int d0, int d1) {
     return ldm_permute(ctx, x, perm);
 }
 
-/* slice: i: 0 dim, 1 start */
 static void ldm__slice_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
     if (!din[0]) return;
     ldm_tensor *x = nd->in[0];
     int64_t st[LDM_MAX_DIMS];
     ldm__strides(x->shape, x->ndim, st);
-    ldm__block_copy(ctx, x, din[0], nd->i[1] * st[nd->i[0]], nd->out->shape, x->ndim, dout, 1, 1);
+    ldm__block_copy(ctx, x, din[0], nd->args.slice.start * st[nd->args.slice.dim], nd->out->shape, x->ndim, dout, 1, 1);
 }
 LDM_API ldm_tensor *ldm_slice(ldm_ctx *ctx, ldm_tensor *x, int dim, int64_t start, int64_t len) {
     if (ldm__bad(ctx, x)) return NULL;
@@ -2118,7 +2186,7 @@ LDM_API ldm_tensor *ldm_slice(ldm_ctx *ctx, ldm_tensor *x, int dim, int64_t star
     ldm__strides(x->shape, x->ndim, st);
     ldm__block_copy(ctx, x, x->data, start * st[d], y->shape, x->ndim, y->data, 0, 0);
     ldm__node *nd = ldm__record(ctx, y, ldm__slice_bw, 1, x, NULL, NULL, NULL);
-    if (nd) { nd->i[0] = d; nd->i[1] = start; }
+    if (nd) { nd->args.slice.dim = d; nd->args.slice.start = start; }
     return y;
 }
 LDM_API ldm_result ldm_split(ldm_ctx *ctx, ldm_tensor *x, int n, const int64_t *sizes, int dim, ldm_tensor **out) {
@@ -2145,13 +2213,12 @@ LDM_API ldm_result ldm_chunk(ldm_ctx *ctx, ldm_tensor *x, int n, int dim, ldm_te
     return ldm_split(ctx, x, n, sizes, d, out);
 }
 
-/* concat: i: 0 dim; saved: offsets along dim (int64 per input) */
 static void ldm__concat_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
     ldm_tensor *y = nd->out;
-    int64_t *off = (int64_t *)nd->saved, st[LDM_MAX_DIMS];
+    int64_t st[LDM_MAX_DIMS];
     ldm__strides(y->shape, y->ndim, st);
     for (int k = 0; k < nd->nin; k++)
-        if (din[k]) ldm__block_copy(ctx, y, dout, off[k] * st[nd->i[0]], nd->in[k]->shape, y->ndim, din[k], 0, 1);
+        if (din[k]) ldm__block_copy(ctx, y, dout, nd->args.concat.off[k] * st[nd->args.concat.dim], nd->in[k]->shape, y->ndim, din[k], 0, 1);
 }
 LDM_API ldm_tensor *ldm_concat(ldm_ctx *ctx, int n, ldm_tensor *const *xs, int dim) {
     if (ctx->status) return NULL;
@@ -2183,26 +2250,30 @@ LDM_API ldm_tensor *ldm_concat(ldm_ctx *ctx, int n, ldm_tensor *const *xs, int d
         return acc;
     }
     ldm_tensor *y = ldm__new_on(ctx, s, x0->device);
-    int64_t *off = (int64_t *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(int64_t) * (size_t)n), st[LDM_MAX_DIMS], at = 0;
-    if (!y || !off) return NULL;
+    int64_t st[LDM_MAX_DIMS], at = 0;
+    if (!y) return NULL;
     ldm__strides(y->shape, y->ndim, st);
     for (int k = 0; k < n; k++) {
-        off[k] = at;
         ldm__block_copy(ctx, y, y->data, at * st[d], xs[k]->shape, y->ndim, xs[k]->data, 1, 0);
         at += xs[k]->shape[d];
     }
     if (n <= 4) { /* more inputs only get here with grad mode off: nothing to record */
         ldm__node *nd = ldm__record(ctx, y, ldm__concat_bw, n, xs[0], n > 1 ? xs[1] : NULL, n > 2 ? xs[2] : NULL, n > 3 ? xs[3] : NULL);
-        if (nd) { nd->i[0] = d; nd->saved = off; }
+        if (nd) {
+            nd->args.concat.dim = d;
+            at = 0;
+            for (int k = 0; k < n; k++) { nd->args.concat.off[k] = at; at += xs[k]->shape[d]; }
+        }
     }
     return y;
 }
 
-/* pad: saved: int64 lo[ndim]; the interior of y is x */
+/* the interior of y is x */
 static void ldm__pad_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
     if (!din[0]) return;
     ldm_tensor *x = nd->in[0], *y = nd->out;
-    int64_t *lo = (int64_t *)nd->saved, st[LDM_MAX_DIMS], off = 0;
+    const int64_t *lo = nd->args.pad.lo;
+    int64_t st[LDM_MAX_DIMS], off = 0;
     ldm__strides(y->shape, y->ndim, st);
     for (int i = 0; i < y->ndim; i++) off += lo[i] * st[i];
     ldm__block_copy(ctx, y, dout, off, x->shape, x->ndim, din[0], 0, 1);
@@ -2210,8 +2281,7 @@ static void ldm__pad_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
 LDM_API ldm_tensor *ldm_pad(ldm_ctx *ctx, ldm_tensor *x, int n, const int *pads, float v) {
     if (ldm__bad(ctx, x)) return NULL;
     if (n < 0 || n > x->ndim) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_pad: %d padded dims for %s", n, ldm__shp(x).s); return NULL; }
-    int64_t *lo = (int64_t *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(int64_t) * LDM_MAX_DIMS), st[LDM_MAX_DIMS], off = 0;
-    if (!lo) return NULL;
+    int64_t lo[LDM_MAX_DIMS], st[LDM_MAX_DIMS], off = 0;
     ldm_shape s = ldm_shape_of(x);
     for (int i = 0; i < x->ndim; i++) lo[i] = 0;
     for (int k = 0; k < n; k++) {
@@ -2230,7 +2300,7 @@ LDM_API ldm_tensor *ldm_pad(ldm_ctx *ctx, ldm_tensor *x, int n, const int *pads,
     for (int i = 0; i < y->ndim; i++) off += lo[i] * st[i];
     ldm__block_copy(ctx, y, y->data, off, x->shape, x->ndim, x->data, 1, 0);
     ldm__node *nd = ldm__record(ctx, y, ldm__pad_bw, 1, x, NULL, NULL, NULL);
-    if (nd) nd->saved = lo;
+    if (nd) for (int i = 0; i < x->ndim; i++) nd->args.pad.lo[i] = lo[i];
     return y;
 }
 
@@ -2247,9 +2317,9 @@ LDM_API ldm_tensor *ldm_dropout(ldm_ctx *ctx, ldm_tensor *x, float p, int traini
     return ldm_mul(ctx, x, mask);
 }
 
-/* saved: idx (int64, host copy) ; i: 0 n, 1 dim */
 static void ldm__embedding_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
-    if (din[0]) LDM__BE(nd->out)->embedding_backward(ctx, din[0], dout, (const int64_t *)nd->saved, nd->i[0], nd->i[1]);
+    if (din[0]) LDM__BE(nd->out)->embedding_backward(ctx, din[0], dout, (const int64_t *)nd->saved, nd->args.embedding.n,
+                                                     nd->args.embedding.dim);
 }
 LDM_API ldm_tensor *ldm_embedding(ldm_ctx *ctx, ldm_tensor *weight, int64_t n, const int64_t *idx) {
     if (ldm__bad(ctx, weight)) return NULL;
@@ -2266,7 +2336,7 @@ LDM_API ldm_tensor *ldm_embedding(ldm_ctx *ctx, ldm_tensor *weight, int64_t n, c
     LDM__BE(weight)->copy(ctx->be_state[weight->device], saved, weight->device, idx, LDM_CPU, sizeof(int64_t) * (size_t)n);
     LDM__BE(weight)->embedding_forward(ctx, y->data, weight->data, saved, n, weight->shape[1]);
     ldm__node *nd = ldm__record(ctx, y, ldm__embedding_bw, 1, weight, NULL, NULL, NULL);
-    if (nd) { nd->saved = saved; nd->i[0] = n; nd->i[1] = weight->shape[1]; }
+    if (nd) { nd->saved = saved; nd->args.embedding.n = n; nd->args.embedding.dim = weight->shape[1]; }
     return y;
 }
 
@@ -3647,6 +3717,94 @@ static void ldm__cpu_embedding_backward(ldm_ctx *ctx, float *dw, const float *do
     }
 }
 
+/* ---- optimizer update (ldm_optim_args) and sum of squares, for ldm_nn.h ---- */
+typedef struct { const ldm_optim_args *a; float *p; const float *g; float *m, *v; int64_t n; } ldm__optim_job;
+/* Adam runs on blocks of 8 elements (the parallel split is in blocks, so whether an element
+   takes the vector or the scalar path depends only on its index, never on the thread count);
+   both paths do the same correctly rounded float operations in the same order. */
+static void ldm__adam_scalar(const ldm__optim_job *j, int64_t b, int64_t e) {
+    const ldm_optim_args *a = j->a;
+    for (int64_t i = b; i < e; i++) {
+        float p = j->p[i], g = j->g[i];
+        if (a->adamw) p = p * a->decay;                       /* param.mul_(1 - lr*wd) */
+        else if (a->l2) g = g + a->wd * p;                    /* grad.add(param, alpha=wd) */
+        float m = j->m[i] * a->b1 + a->one_b1 * g;            /* exp_avg.mul_(b1).add_(g, alpha=1-b1) */
+        float v = j->v[i] * a->b2 + a->one_b2 * g * g;        /* exp_avg_sq.mul_(b2).addcmul_(g, g, value=1-b2) */
+        float denom = sqrtf(v) / a->bc2s + a->eps;            /* (exp_avg_sq.sqrt() / bc2_sqrt).add_(eps) */
+        j->m[i] = m;
+        j->v[i] = v;
+        j->p[i] = p + a->neg_step * m / denom;                /* param.addcdiv_(exp_avg, denom, value=-step_size) */
+    }
+}
+static void ldm__adam_task(void *arg, int64_t b, int64_t e, int tid) {
+    const ldm__optim_job *j = (const ldm__optim_job *)arg;
+    (void)tid;
+    int64_t i = b * 8, end = LDM__MIN(e * 8, j->n);
+#if defined(__AVX2__)
+    const ldm_optim_args *a = j->a;
+    const __m256 decay = _mm256_set1_ps(a->decay), wd = _mm256_set1_ps(a->wd), b1 = _mm256_set1_ps(a->b1),
+                 ob1 = _mm256_set1_ps(a->one_b1), b2 = _mm256_set1_ps(a->b2), ob2 = _mm256_set1_ps(a->one_b2),
+                 bc2s = _mm256_set1_ps(a->bc2s), eps = _mm256_set1_ps(a->eps), ns = _mm256_set1_ps(a->neg_step);
+    for (; i + 8 <= end; i += 8) {
+        __m256 p = _mm256_loadu_ps(j->p + i), g = _mm256_loadu_ps(j->g + i);
+        if (a->adamw) p = _mm256_mul_ps(p, decay);
+        else if (a->l2) g = _mm256_add_ps(g, _mm256_mul_ps(wd, p));
+        __m256 m = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(j->m + i), b1), _mm256_mul_ps(ob1, g));
+        __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(j->v + i), b2), _mm256_mul_ps(_mm256_mul_ps(ob2, g), g));
+        __m256 denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(v), bc2s), eps);
+        _mm256_storeu_ps(j->m + i, m);
+        _mm256_storeu_ps(j->v + i, v);
+        _mm256_storeu_ps(j->p + i, _mm256_add_ps(p, _mm256_div_ps(_mm256_mul_ps(ns, m), denom)));
+    }
+#endif
+    ldm__adam_scalar(j, i, end);
+}
+static void ldm__sgd_task(void *arg, int64_t b, int64_t e, int tid) {
+    const ldm__optim_job *j = (const ldm__optim_job *)arg;
+    const ldm_optim_args *a = j->a;
+    (void)tid;
+    for (int64_t i = b; i < e; i++) {
+        float p = j->p[i], d = j->g[i];
+        if (a->l2) d = d + a->wd * p;                         /* d_p = d_p.add(param, alpha=wd) */
+        if (j->m) {
+            float buf = a->first ? d : j->m[i] * a->mom + a->one_damp * d; /* buf.mul_(momentum).add_(d_p, alpha=1-dampening) */
+            j->m[i] = buf;
+            d = a->nesterov ? d + a->mom * buf : buf;
+        }
+        j->p[i] = p + a->neg_lr * d;                          /* param.add_(d_p, alpha=-lr) */
+    }
+}
+static void ldm__cpu_optim_step(ldm_ctx *ctx, const ldm_optim_args *a, float *p, const float *g, float *m, float *v, int64_t n) {
+    ldm__optim_job j;
+    j.a = a; j.p = p; j.g = g; j.m = m; j.v = v; j.n = n;
+    if (a->sgd) ldm_parallel_for(ctx, n, 16384, ldm__sgd_task, &j);
+    else ldm_parallel_for(ctx, (n + 7) / 8, 2048, ldm__adam_task, &j);
+}
+#define LDM__SUMSQ_PIECE 65536
+typedef struct { const float *x; int64_t n; double *part; } ldm__sumsq_job;
+static void ldm__sumsq_task(void *arg, int64_t b, int64_t e, int tid) {
+    ldm__sumsq_job *j = (ldm__sumsq_job *)arg;
+    (void)tid;
+    for (int64_t q = b; q < e; q++) {
+        int64_t s = q * LDM__SUMSQ_PIECE, end = LDM__MIN(j->n, s + LDM__SUMSQ_PIECE);
+        double acc = 0.0;
+        for (int64_t i = s; i < end; i++) acc += (double)j->x[i] * j->x[i];
+        j->part[q] = acc;
+    }
+}
+/* Pieces of fixed size summed in order: the result does not depend on the thread count. */
+static double ldm__cpu_sum_squares(ldm_ctx *ctx, const float *x, int64_t n) {
+    int64_t pieces = (n + LDM__SUMSQ_PIECE - 1) / LDM__SUMSQ_PIECE;
+    double local[64], *part = pieces <= 64 ? local : (double *)LDM_MALLOC(sizeof(double) * (size_t)pieces), s = 0.0;
+    if (!part) { ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "sum of squares: out of memory"); return 0.0; }
+    ldm__sumsq_job j;
+    j.x = x; j.n = n; j.part = part;
+    ldm_parallel_for(ctx, pieces, 1, ldm__sumsq_task, &j);
+    for (int64_t q = 0; q < pieces; q++) s += part[q];
+    if (part != local) LDM_FREE(part);
+    return s;
+}
+
 static const ldm_backend ldm__cpu_backend = {
     "cpu",
     ldm__cpu_alloc, ldm__cpu_free, ldm__cpu_copy, ldm__cpu_fill, ldm__cpu_rng,
@@ -3660,7 +3818,7 @@ static const ldm_backend ldm__cpu_backend = {
     ldm__cpu_pool_forward, ldm__cpu_pool_backward,
     ldm__cpu_upsample_forward, ldm__cpu_upsample_backward,
     ldm__cpu_embedding_forward, ldm__cpu_embedding_backward,
-    NULL, NULL, NULL, /* ldm_nn.h runs the CPU's optimizer and clipping kernels itself */
+    ldm__cpu_optim_step, ldm__cpu_sum_squares, NULL,
 };
 static const ldm_backend *ldm__cpu_backend_get(void) { return &ldm__cpu_backend; }
 

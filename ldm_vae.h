@@ -203,6 +203,9 @@ LDM_API ldm_result ldm_vae_config_read(ldm_config *cfg, const ldm_config_node *n
 #include <stdlib.h>
 #include <string.h>
 
+#define LDM__VAE_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define LDM__VAE_MAX(a, b) ((a) > (b) ? (a) : (b))
+
 /* ---- configs ---------------------------------------------------------------------------- */
 static ldm_vae_config ldm__vae_cfg(int z, const int *mult, int n) {
     ldm_vae_config c;
@@ -488,11 +491,11 @@ static ldm_tensor *ldm__vae_attn_fwd(ldm_ctx *ctx, const ldm__vae_attn *a, ldm_t
         /* Inference: a block of query positions at a time, so the S x S weights (1 GiB for
            a 128x128 latent) never exist at once. Same arithmetic per element as above. */
         o = ldm_new(ctx, s3);
-        int64_t rows = LDM__MAX(((int64_t)16 << 20) / S, 16);
+        int64_t rows = LDM__VAE_MAX(((int64_t)16 << 20) / S, 16);
         for (int64_t b = 0; o && b < B; b++) {
             ldm_tensor *kb = ldm_slice(ctx, k, 0, b, 1), *vb = ldm_slice(ctx, vv, 0, b, 1), *qb = ldm_slice(ctx, q, 0, b, 1);
             for (int64_t i0 = 0; kb && vb && qb && i0 < S; i0 += rows) {
-                int64_t n = LDM__MIN(rows, S - i0);
+                int64_t n = LDM__VAE_MIN(rows, S - i0);
                 ldm_mark m = ldm_arena_mark(ctx);
                 ldm_tensor *w = ldm_matmul(ctx, ldm_slice(ctx, qb, 2, i0, n), kb, 1, 0);   /* [1, n, S] */
                 ldm_tensor *ob = ldm_matmul(ctx, vb, ldm_softmax(ctx, ldm_scale(ctx, w, scale), 2), 0, 1); /* [1, C, n] */
@@ -672,13 +675,13 @@ static ldm_tensor *ldm__vae_tiled(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, const
             return NULL;
         }
     }
-    if (ti <= 0 || (ti >= H && ti >= W)) ti = LDM__MAX(H, W), oi = 0;
+    if (ti <= 0 || (ti >= H && ti >= W)) ti = LDM__VAE_MAX(H, W), oi = 0;
     if ((ti < H && (H - ti) / (ti - oi) + 2 > 512) || (ti < W && (W - ti) / (ti - oi) + 2 > 512)) {
         ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: more than 512 tiles per side (hint: a larger tile)");
         return NULL;
     }
     int64_t ys[512], xs[512];
-    int ny = ldm__vae_tiles(H, LDM__MIN(ti, H), oi, ys, 512), nx = ldm__vae_tiles(W, LDM__MIN(ti, W), oi, xs, 512);
+    int ny = ldm__vae_tiles(H, LDM__VAE_MIN(ti, H), oi, ys, 512), nx = ldm__vae_tiles(W, LDM__VAE_MIN(ti, W), oi, xs, 512);
     if (ny == 1 && nx == 1 && nb >= B) { /* one piece: fn's result as it is, on x's device */
         int prev = ldm_set_grad_enabled(ctx, 0);
         ldm_tensor *o = fn(ctx, v, x);
@@ -695,11 +698,11 @@ static ldm_tensor *ldm__vae_tiled(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, const
     memset(wsum, 0, sizeof(float) * (size_t)oplane);
     int prev = ldm_set_grad_enabled(ctx, 0);
     for (int64_t b0 = 0; b0 < B && !ldm_ctx_status(ctx); b0 += nb) {
-        int64_t bn = LDM__MIN(nb, B - b0);
+        int64_t bn = LDM__VAE_MIN(nb, B - b0);
         for (int ty = 0; ty < ny; ty++)
             for (int tx = 0; tx < nx && !ldm_ctx_status(ctx); tx++) {
                 ldm_mark m = ldm_arena_mark(ctx);
-                int64_t th = LDM__MIN(ti, H), tw = LDM__MIN(ti, W);
+                int64_t th = LDM__VAE_MIN(ti, H), tw = LDM__VAE_MIN(ti, W);
                 ldm_tensor *in = x;
                 if (bn != B) in = ldm_slice(ctx, in, 0, b0, bn);
                 if (th != H) in = ldm_slice(ctx, in, 2, ys[ty], th);

@@ -10,7 +10,11 @@
    - a NaN/Inf loss stops training with a message and leaves checkpoints/last untouched;
    - config errors name file:line (unknown key, wrong type, unknown target), --gpus without
      CUDA, bad command lines;
-   - test-only runs (ckpt_path, -r) reproduce the test metrics of the trained model.
+   - test-only runs (ckpt_path, -r) reproduce the test metrics of the trained model;
+   - where a python with torch is found ($LDM_TORCH_PYTHON, /usr/bin/python3, python3): a
+     checkpoint of a run with LPIPS weights loads into the CompVis module with
+     load_state_dict(strict=True) (tests/ref/driver_ckpt_check.py), as README says; without
+     torch this part prints a SKIP line.
    Runs from build/ (./ldm); everything it writes goes to a temporary directory. */
 #if !defined(_XOPEN_SOURCE)
 #define _XOPEN_SOURCE 700
@@ -245,6 +249,50 @@ static void test_gpu(const char *U) {
     lt_report(tg > 0 && fabs(tg - tc) <= 2e-4 * tg, "gpu: test rec_loss on the GPU equals the CPU's on the same checkpoint", "GPU %.7g CPU %.7g", tg, tc);
 }
 
+/* A python that can import torch, or NULL. */
+static const char *torch_python(void) {
+    static char found[600];
+    const char *env = getenv("LDM_TORCH_PYTHON"), *cands[3] = {env, "/usr/bin/python3", "python3"};
+    for (int i = 0; i < 3; i++) {
+        char cmd[800];
+        if (!cands[i] || !*cands[i] || strlen(cands[i]) > 500) continue;
+        snprintf(cmd, sizeof cmd, "%s -c 'import torch' > /dev/null 2>&1", cands[i]);
+        if (system(cmd) == 0) { snprintf(found, sizeof found, "%s", cands[i]); return found; }
+    }
+    return NULL;
+}
+
+/* README's claim: with LPIPS weights loaded, checkpoints/last/model.safetensors loads into the
+   CompVis AutoencoderKL (loss included) with PyTorch's load_state_dict(strict=True). A short
+   run with perceptual_weight 1 and LPIPS weights (random, under taming's names, written by the
+   reference script) is checked by tests/ref/driver_ckpt_check.py; the perceptual_weight 0 run
+   U must load except for exactly loss.perceptual_loss.*. */
+static void test_strict_load(const char *U) {
+    const char *py = torch_python();
+    if (!py) { printf("SKIP strict load: no python with torch (set LDM_TORCH_PYTHON) to run tests/ref/driver_ckpt_check.py\n"); return; }
+    char cmd[3000], lp[700], args[3000], L[800];
+    snprintf(lp, sizeof lp, "%s/lpips_random.safetensors", T);
+    snprintf(cmd, sizeof cmd, "%s ../tests/ref/driver_ckpt_check.py --lpips-weights %s > %s/py_lp.out 2>&1", py, lp, T);
+    int rc = system(cmd);
+    lt_report(rc == 0, "strict load: the reference script writes LPIPS weights", "exit %d (see %s/py_lp.out)", rc, T);
+    if (rc) return;
+    snprintf(args, sizeof args, "--base %s -t --no-test --name L -l %s/logs lightning.trainer.max_steps=2 "
+             "model.params.lossconfig.params.perceptual_weight=1.0", CFG, T);
+    snprintf(cmd, sizeof cmd, "LDM_LPIPS_WEIGHTS=%s", lp);
+    rc = ldm("L", cmd, args);
+    lt_report(rc == 0 && logdir_of("L", L, sizeof L), "strict load: a run with LPIPS weights (perceptual_weight 1) exits 0", "exit %d", rc);
+    if (rc) { show("L"); return; }
+    snprintf(cmd, sizeof cmd, "%s ../tests/ref/driver_ckpt_check.py %s > %s/py_L.out 2>&1", py, L, T);
+    rc = system(cmd);
+    lt_report(rc == 0 && out_has("py_L", "out", "load_state_dict(strict=True): OK"),
+              "strict load: with LPIPS weights, torch's load_state_dict(strict=True) on the CompVis module accepts the checkpoint",
+              "exit %d (see %s/py_L.out)", rc, T);
+    snprintf(cmd, sizeof cmd, "%s ../tests/ref/driver_ckpt_check.py %s > %s/py_U.out 2>&1", py, U, T);
+    rc = system(cmd);
+    lt_report(rc == 0 && out_has("py_U", "out", "perceptual_weight 0, no LPIPS weights"),
+              "strict load: without LPIPS weights only loss.perceptual_loss.* is missing", "exit %d (see %s/py_U.out)", rc, T);
+}
+
 int main(void) {
     snprintf(T, sizeof T, "/tmp/ldm_test_driver_");
     for (int i = 0; i < 6; i++) strcat(T, "X"); /* mkdtemp's template */
@@ -312,6 +360,7 @@ int main(void) {
     }
 
     test_gpu(U);
+    test_strict_load(U);
 
     /* ---- stopped by SIGTERM after 5 batches (mid-accumulation), then resumed ---- */
     snprintf(args, sizeof args, "--base %s -t --name I -l %s/logs", CFG, T);

@@ -9,8 +9,8 @@ attribute layout of ldm/models/autoencoder.py.
         (writes random LPIPS weights under taming's names, for a run with perceptual_weight > 0)
 
 Prints the load result; exit 0 when strict loading succeeds, or when the only missing keys are
-loss.perceptual_loss.* and the run had no LPIPS weights (perceptual_weight 0). Needs torch, so
-CI does not run it; see the report in README's training section for the result."""
+loss.perceptual_loss.* and the run had no LPIPS weights (perceptual_weight 0). Needs torch:
+tests/test_driver.c runs it on its own checkpoints when a python with torch is found."""
 import glob, json, os, struct, sys
 
 import numpy as np

@@ -1,5 +1,5 @@
-"""LPIPS (VGG16), NLayerDiscriminator and LPIPSWithDiscriminator in PyTorch, written from
-../shared/REFERENCE.md (taming/modules/losses/lpips.py, taming/modules/discriminator/model.py,
+"""LPIPS (VGG16), NLayerDiscriminator and LPIPSWithDiscriminator in PyTorch, written to match
+taming-transformers and latent-diffusion (taming/modules/losses/lpips.py, taming/modules/discriminator/model.py,
 ldm/modules/losses/contperceptual.py); parameter names follow those modules. No torchvision:
 the VGG16 feature stack is built by hand with torchvision's layer indices."""
 import numpy as np

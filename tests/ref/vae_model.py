@@ -1,4 +1,4 @@
-"""AutoencoderKL in PyTorch, written from ../shared/REFERENCE.md (CompVis ldm/modules/
+"""AutoencoderKL in PyTorch, written to match CompVis latent-diffusion (ldm/modules/
 diffusionmodules/model.py + ldm/models/autoencoder.py). Parameter names follow CompVis."""
 import torch
 import torch.nn as nn
