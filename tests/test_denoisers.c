@@ -170,7 +170,7 @@ static void test_unet_case(ldm_ctx *ctx, char v) {
     snprintf(tag, sizeof tag, "unet_%c", v);
     snprintf(path, sizeof path, FIX "denoiser_unet_%c.safetensors", v);
     ldm_weights *fx;
-    if (ldm_weights_open(ctx, &fx, path)) { lt_report(0, tag, "%s", ldm_ctx_error(ctx)); return; }
+    if (ldm_weights_open(ctx, &fx, path)) { lt_report(0, tag, "%s", ldm_ctx_error(ctx)); ldm_ctx_clear_error(ctx); return; }
     ldm_unet_config cfg = cfg_case(v);
     ldm_unet *u = NULL;
     ldm_class_embedder *ce = NULL;
@@ -305,7 +305,13 @@ static void test_dit(ldm_ctx *ctx) {
 static void test_load_save(ldm_ctx *ctx) {
     ldm_unet_config cfg = cfg_case('e');
     ldm_unet *u = NULL, *u2 = NULL, *ua = NULL;
-    if (ldm_unet_create(ctx, &u, &cfg) || ldm_unet_create(ctx, &u2, &cfg)) { lt_report(0, "unet_e create", "%s", ldm_ctx_error(ctx)); goto done; }
+    ldm_unet_config ca = cfg_case('a');
+    if (ldm_unet_create(ctx, &u, &cfg) || ldm_unet_create(ctx, &u2, &cfg)) {
+        lt_report(0, "unet_e create", "%s", ldm_ctx_error(ctx));
+        ldm_unet_destroy(u);
+        ldm_ctx_clear_error(ctx);
+        return;
+    }
     ldm_nn_load_report rep;
     memset(&rep, 0, sizeof rep);
     ldm_result r = ldm_unet_load(ctx, u, FIX "denoiser_unet_e.ckpt", "model.diffusion_model.", 1, &rep);
@@ -337,7 +343,6 @@ static void test_load_save(ldm_ctx *ctx) {
     if (same && ldm_ctx_device(ctx) == LDM_CPU) same = memcmp(b1, b2, sizeof(float) * (size_t)n1) == 0;
     lt_report(same, "unet_e: save (prefixed) and strict load round trip", "%s", ldm_ctx_error(ctx));
     ldm_ctx_clear_error(ctx);
-    ldm_unet_config ca = cfg_case('a');
     if (ldm_unet_create(ctx, &ua, &ca) == LDM_OK) {
         memset(&rep, 0, sizeof rep);
         r = ldm_unet_load(ctx, ua, FIX "denoiser_unet_e.ckpt", "model.diffusion_model.", 1, &rep);
@@ -349,7 +354,6 @@ static void test_load_save(ldm_ctx *ctx) {
         ldm_nn_load_report_free(&rep);
         ldm_ctx_clear_error(ctx);
     }
-done:
     ldm_unet_destroy(u); ldm_unet_destroy(u2); ldm_unet_destroy(ua);
     ldm_ctx_clear_error(ctx);
 }
@@ -424,6 +428,7 @@ int main(void) {
     memset(&s, 0, sizeof s);
     s.seed = 1;
     if (ldm_ctx_create(&ctx, &s)) return 1;
+#ifndef LDM_CUDA_EMULATOR /* the emulator build only runs the device part below */
     test_unet_case(ctx, 'a');
     test_unet_case(ctx, 'b');
     test_unet_case(ctx, 'c');
@@ -431,6 +436,25 @@ int main(void) {
     test_dit(ctx);
     test_load_save(ctx);
     test_configs(ctx);
+#endif
     ldm_ctx_destroy(ctx);
+#ifdef LDM_CUDA
+    /* the same fixtures on the GPU (the CPU emulator's build runs the CUDA code on the CPU) */
+    if (ldm_cuda_available() && !ldm_ctx_create(&ctx, &s)) {
+        if (ldm_cuda_init(ctx, 0)) lt_report(0, "cuda init", "%s", ldm_ctx_error(ctx));
+        else {
+            lt_tag = "[cuda] ";
+            printf("device: %s\n", ldm_cuda_device_name(ctx));
+            test_unet_case(ctx, 'a');
+            test_unet_case(ctx, 'b');
+            test_unet_case(ctx, 'c');
+            test_unet_case(ctx, 'd');
+            test_dit(ctx);
+            test_load_save(ctx);
+        }
+        ldm_ctx_destroy(ctx);
+        lt_tag = "";
+    } else printf("SKIP test_denoisers on CUDA: no CUDA device\n");
+#endif
     return lt_finish("test_denoisers");
 }
