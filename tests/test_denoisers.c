@@ -191,6 +191,10 @@ static void test_unet_case(ldm_ctx *ctx, char v) {
         LT_CHECK(zero, path);
     }
     for (int k = 0; k < nP; k++) hash_weights(ctx, Ps[k]);
+    if (v == 'a') { /* for tests/ref/denoiser_crosscheck.py: CompVis's UNetModel loads it with strict=True */
+        ldm_result r = ldm_unet_save(ctx, u, "denoiser_unet_a_saved.safetensors", LDM_F32, NULL);
+        lt_report(r == LDM_OK, "unet_a saved as build/denoiser_unet_a_saved.safetensors", "%s", ldm_ctx_error(ctx));
+    }
     ldm_step_reset(ctx);
     ldm_tensor *x = lt_tensor(ctx, fx, "x"), *t = lt_tensor(ctx, fx, "t"), *context = NULL, *y = NULL;
     if (ldm_weights_find(fx, "y") >= 0) y = lt_tensor(ctx, fx, "y");
