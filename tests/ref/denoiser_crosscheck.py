@@ -5,7 +5,12 @@ Needs checkouts of the two repositories (not vendored here); einops and timm are
 on the reference machines, so this script provides the few pieces the originals import
 (einops.rearrange/repeat, timm's PatchEmbed/Attention/Mlp with timm's parameter names).
 Optionally a .safetensors written by ldm.h (ldm_unet_save) is loaded strictly into the original.
-Run: /usr/bin/python3 tests/ref/denoiser_crosscheck.py LATENT_DIFFUSION_DIR DIT_DIR [unet_a.safetensors]"""
+SD2's linear proj_in/proj_out (Stability-AI/stablediffusion, whose package is also named ldm)
+is checked in a separate run. Depth 1 there: SD2's SpatialTransformer indexes one context_dim
+per block, so depth > 1 with an int context_dim fails in SD2; ldm.h (like SDXL) gives every
+block the same context_dim and context.
+Run: /usr/bin/python3 tests/ref/denoiser_crosscheck.py LATENT_DIFFUSION_DIR DIT_DIR [build/denoiser_unet_a_saved.safetensors]
+     /usr/bin/python3 tests/ref/denoiser_crosscheck.py --sd2 STABLEDIFFUSION_DIR"""
 import os, re, sys, types, json, struct
 import numpy as np
 import torch
@@ -113,7 +118,35 @@ def read_safetensors(path):
     return out
 
 
+def compare(tag, cfg, mine, orig):
+    orig.load_state_dict(mine.state_dict(), strict=True)
+    x, t = torch.randn(2, cfg["in_channels"], 8, 8), torch.tensor([3.0, 917.0])
+    ctx = torch.randn(2, 3, cfg["context_dim"]) if cfg.get("context_dim") else None
+    y = torch.tensor([1, 7]) if cfg.get("num_classes") else None
+    with torch.no_grad():
+        a, b = mine(x, t, context=ctx, y=y), orig(x, t, context=ctx, y=y)
+    d = (a - b).abs().max().item()
+    print("%-22s strict load ok, %d tensors, max |ours - original| = %.2e" % (tag, len(mine.state_dict()), d))
+    return d < 1e-5
+
+
+def main_sd2(sd):
+    sys.path.insert(0, sd)
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+    base = dict(image_size=8, in_channels=4, model_channels=32, out_channels=4, num_res_blocks=1, channel_mult=(1, 2))
+    cfg = dict(base, attention_resolutions=[1, 2], num_head_channels=16, use_spatial_transformer=True, context_dim=20,
+               transformer_depth=1, use_linear_in_transformer=True, use_scale_shift_norm=True, legacy=False)
+    torch.manual_seed(0)
+    mine = ref.UNetModel(**cfg)
+    hash_init(mine)
+    ok = compare("unet_d, depth 1 (SD2)", cfg, mine, UNetModel(**cfg))
+    print("crosscheck:", "ok" if ok else "MISMATCH")
+    sys.exit(0 if ok else 1)
+
+
 def main():
+    if sys.argv[1] == "--sd2":
+        return main_sd2(sys.argv[2])
     ld, dit_dir = sys.argv[1], sys.argv[2]
     sys.path.insert(0, ld)
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
@@ -134,17 +167,9 @@ def main():
     ok = True
     for tag, cfg in cases.items():
         torch.manual_seed(0)
-        mine, orig = ref.UNetModel(**cfg), UNetModel(**cfg)
+        mine = ref.UNetModel(**cfg)
         hash_init(mine)
-        orig.load_state_dict(mine.state_dict(), strict=True)
-        x, t = torch.randn(2, cfg["in_channels"], 8, 8), torch.tensor([3.0, 917.0])
-        ctx = torch.randn(2, 3, cfg["context_dim"]) if cfg.get("context_dim") else None
-        y = torch.tensor([1, 7]) if cfg.get("num_classes") else None
-        with torch.no_grad():
-            a, b = mine(x, t, context=ctx, y=y), orig(x, t, context=ctx, y=y)
-        d = (a - b).abs().max().item()
-        print("%-22s strict load ok, %d tensors, max |ours - CompVis| = %.2e" % (tag, len(mine.state_dict()), d))
-        ok &= d < 1e-5
+        ok &= compare(tag, cfg, mine, UNetModel(**cfg))
     ce_m, ce_o = ref.ClassEmbedder(24, n_classes=11), ClassEmbedder(24, n_classes=11)
     ce_o.load_state_dict(ce_m.state_dict(), strict=True)
     yy = {"class": torch.tensor([4, 10])}
