@@ -1,7 +1,7 @@
 /* test_denoisers.c - the LDM UNet (+ SpatialTransformer), ClassEmbedder and DiT against PyTorch
    (tests/ref/denoiser_ref.py: float64 references of modules named as CompVis / DiT, hash
    weights made here too with lt_hash_init): forward, the input gradient and every parameter
-   gradient (hash projection and norm) for four UNet variants and a DiT; state-dict names and
+   gradient (hash projection and norm) for five UNet variants (one 3-D) and a DiT; state-dict names and
    shapes against the PyTorch state dicts; a torch.save checkpoint loaded under
    model.diffusion_model.; save/load round trip; strict-load errors; the published configs'
    unet_config read unchanged with PyTorch's parameter counts; denoiser calls (concat, CFG null
@@ -40,6 +40,7 @@ static ldm_unet_config cfg_case(char v) {
     case 'd': c.attention_resolutions[0] = 1; c.attention_resolutions[1] = 2; c.n_attn = 2; c.num_head_channels = 16;
               c.use_spatial_transformer = 1; c.context_dim = 20; c.transformer_depth = 2; c.use_linear_in_transformer = 1;
               c.use_scale_shift_norm = 1; c.legacy = 0; break;
+    case 'f': c.dims = 3; c.attention_resolutions[0] = 2; c.n_attn = 1; c.num_heads = 2; break;
     case 'e': c.channel_mult[0] = 1; c.n_levels = 1; c.attention_resolutions[0] = 1; c.n_attn = 1; c.num_heads = 1;
               c.use_spatial_transformer = 1; c.context_dim = 8; c.num_classes = 5; break;
     }
@@ -209,9 +210,9 @@ static void test_unet_case(ldm_ctx *ctx, char v) {
     check_out(ctx, fx, tag, out, ok ? x : NULL);
     if (ok) {
         check_grads(ctx, fx, tag, Ps, pre, nP);
-        printf("     %s: %lld parameters, batch %lld at %lldx%lld: forward %.1f ms, backward %.1f ms\n", tag,
+        printf("     %s: %lld parameters, batch %lld at %lldx%lld%s: forward %.1f ms, backward %.1f ms\n", tag,
                (long long)(ldm_nn_numel(Ps[0], NULL, 0) + (ce ? ldm_nn_numel(Ps[1], NULL, 0) : 0)), (long long)x->shape[0],
-               (long long)x->shape[2], (long long)x->shape[3], 1e3 * (t1 - t0), 1e3 * (t2 - t1));
+               (long long)x->shape[x->ndim - 2], (long long)x->shape[x->ndim - 1], x->ndim == 5 ? " x 3 frames" : "", 1e3 * (t1 - t0), 1e3 * (t2 - t1));
     } else lt_report(0, tag, "backward: %s", ldm_ctx_error(ctx));
     if (v == 'c') { /* the denoiser call: the last 2 channels given as cond.concat */
         int prev = ldm_set_grad_enabled(ctx, 0);
@@ -437,6 +438,7 @@ int main(void) {
     test_unet_case(ctx, 'b');
     test_unet_case(ctx, 'c');
     test_unet_case(ctx, 'd');
+    test_unet_case(ctx, 'f');
     test_dit(ctx);
     test_load_save(ctx);
     test_configs(ctx);
@@ -453,6 +455,7 @@ int main(void) {
             test_unet_case(ctx, 'b');
             test_unet_case(ctx, 'c');
             test_unet_case(ctx, 'd');
+            test_unet_case(ctx, 'f');
             test_dit(ctx);
             test_load_save(ctx);
         }

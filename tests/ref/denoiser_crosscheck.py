@@ -120,7 +120,8 @@ def read_safetensors(path):
 
 def compare(tag, cfg, mine, orig):
     orig.load_state_dict(mine.state_dict(), strict=True)
-    x, t = torch.randn(2, cfg["in_channels"], 8, 8), torch.tensor([3.0, 917.0])
+    x = torch.randn((2, cfg["in_channels"]) + ((3,) if cfg.get("dims") == 3 else ()) + (8, 8))
+    t = torch.tensor([3.0, 917.0])
     ctx = torch.randn(2, 3, cfg["context_dim"]) if cfg.get("context_dim") else None
     y = torch.tensor([1, 7]) if cfg.get("num_classes") else None
     with torch.no_grad():
@@ -160,6 +161,7 @@ def main():
                        resblock_updown=True, num_classes=10),
         "unet_c": dict(base, in_channels=6, out_channels=3, attention_resolutions=[2], num_heads=2, num_heads_upsample=1,
                        use_new_attention_order=True, legacy=False, conv_resample=False),
+        "unet_f (dims 3)": dict(base, dims=3, attention_resolutions=[2], num_heads=2),
         "cin256-v2 (2 levels)": dict(image_size=8, in_channels=3, out_channels=3, model_channels=64, attention_resolutions=[2, 1],
                                      num_res_blocks=2, channel_mult=[1, 2], num_heads=1, use_spatial_transformer=True,
                                      transformer_depth=1, context_dim=16),

@@ -51,12 +51,13 @@ def dump(tag, models, run, inputs, meta):
     print(tag, "params", n, "fixture entries", len(t))
 
 
-def unet_case(tag, cfg, B=2, size=8, L=3, with_class_embedder=False):
+def unet_case(tag, cfg, B=2, size=8, L=3, with_class_embedder=False, frames=0):
     torch.manual_seed(0)
     m = UNetModel(**cfg)
     hash_init(m)
     models = {"": m}
-    inputs = {"x": torch.randn(B, cfg["in_channels"], size, size), "t": torch.tensor([3.0, 917.0][:B])}
+    shape = (B, cfg["in_channels"]) + ((frames,) if frames else ()) + (size, size)
+    inputs = {"x": torch.randn(shape), "t": torch.tensor([3.0, 917.0][:B])}
     if cfg.get("num_classes"):
         inputs["y"] = torch.tensor([1.0, 7.0][:B])
     ce = None
@@ -105,6 +106,8 @@ unet_case("unet_c", dict(base, in_channels=6, out_channels=3, attention_resoluti
 unet_case("unet_d", dict(base, attention_resolutions=[1, 2], num_head_channels=16, use_spatial_transformer=True,
                          context_dim=20, transformer_depth=2, use_linear_in_transformer=True, use_scale_shift_norm=True,
                          legacy=False), L=5)
+# F: dims 3 (video): 3x3x3 convs, 1x2x2 resampling, AttentionBlock over T*H*W positions
+unet_case("unet_f", dict(base, dims=3, attention_resolutions=[2], num_heads=2), frames=3)
 dit_case("dit", dict(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=2, num_heads=4, mlp_ratio=4.0,
                      class_dropout_prob=0.1, num_classes=10, learn_sigma=True))
 
