@@ -209,7 +209,8 @@ LDM_API ldm_result ldm_dit_save(ldm_ctx *ctx, const ldm_dit *dit, const char *pa
 
 #ifdef LDM_CONFIG_H
 /* Config glue, compiled when ldm_config.h was included first. node may be the root (reads
-   model.params.unet_config.params), a unet_config node (target + params), or its params.
+   model.params.unet_config.params), the model node, its params, a unet_config node (target +
+   params), or the UNet's params themselves (the first of these holding model_channels).
    Errors carry file:line (ldm_config_error). */
 LDM_CONFIG_DECLARE(ldm_unet_yaml, LDM_UNET_CONFIG_KEYS);
 LDM_API ldm_result ldm_unet_config_read(ldm_config *cfg, const ldm_config_node *node, ldm_unet_config *out);
@@ -1026,10 +1027,10 @@ LDM_API ldm_denoiser ldm_dit_denoiser(ldm_dit *m) { ldm_denoiser d; d.forward = 
 LDM_CONFIG_DEFINE(ldm_unet_yaml, LDM_UNET_CONFIG_KEYS)
 
 LDM_API ldm_result ldm_unet_config_read(ldm_config *cfg, const ldm_config_node *node, ldm_unet_config *out) {
-    static const char *const where[] = {"", "params", "unet_config.params", "model.params.unet_config.params"};
+    static const char *const where[] = {"", "params", "unet_config.params", "params.unet_config.params", "model.params.unet_config.params"};
     const ldm_config_node *params = NULL;
     if (!node) node = ldm_config_root(cfg);
-    for (int i = 0; i < 4 && !params; i++) {
+    for (int i = 0; i < 5 && !params; i++) {
         const ldm_config_node *n = i ? ldm_config_find(node, where[i]) : node;
         if (n && ldm_config_find(n, "model_channels")) params = n;
     }

@@ -378,7 +378,12 @@ static void test_configs(ldm_ctx *ctx) {
         if (!r) r = ldm_config_load(cf, path);
         if (!r) r = ldm_unet_config_read(cf, NULL, &uc);
         if (r) { snprintf(name, sizeof name, "%s unet_config", cases[i].file); lt_report(0, name, "%s", ldm_config_error(cf)); ldm_config_destroy(cf); continue; }
-        r = ldm_unet_count_params(ctx, &uc, &n);
+        if (!r) { /* the same from the unet_config node itself */
+            ldm_unet_config u2;
+            r = ldm_unet_config_read(cf, ldm_config_find(ldm_config_root(cf), "model.params.unet_config"), &u2);
+            if (!r && memcmp(&u2, &uc, sizeof uc) != 0) r = LDM_ERR_INVALID;
+        }
+        if (!r) r = ldm_unet_count_params(ctx, &uc, &n);
         snprintf(name, sizeof name, "%s: unet_config reads and the UNet has PyTorch's %lld parameters", cases[i].file, (long long)cases[i].params);
         lt_report(r == LDM_OK && n == cases[i].params, name, "got %lld (%s)", (long long)n, ldm_ctx_error(ctx));
         ldm_ctx_clear_error(ctx);
