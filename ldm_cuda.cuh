@@ -227,6 +227,8 @@ static __global__ void ldm__k_unary(ldm__unary_op op, float *y, const float *x, 
         case LDM__U_GELU: r = 0.5f * v * (1.0f + erff(v * 0.7071067811865476f)); break;
         case LDM__U_GELU_TANH: r = 0.5f * v * (1.0f + tanhf(ldm__cu_gelu_tanh_inner(v))); break;
         case LDM__U_SOFTPLUS: r = v * p0 > p1 ? v : log1pf(expf(v * p0)) / p0; break;
+        case LDM__U_SIN: r = sinf(v); break;
+        case LDM__U_COS: r = cosf(v); break;
         case LDM__U_STEP: r = v >= p0 ? p1 : 0.0f; break;
         }
         y[i] = r;
@@ -257,6 +259,8 @@ static __global__ void ldm__k_unary_bw(ldm__unary_op op, float *dx, const float 
             break;
         }
         case LDM__U_SOFTPLUS: d = v * p0 > p1 ? 1.0f : 1.0f / (1.0f + expf(-v * p0)); break;
+        case LDM__U_SIN: d = cosf(v); break;
+        case LDM__U_COS: d = -sinf(v); break;
         default: continue; /* STEP: no gradient */
         }
         dx[i] = __fadd_rn(dx[i], __fmul_rn(dy[i], d));

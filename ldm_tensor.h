@@ -232,20 +232,26 @@ LDM_API ldm_tensor *ldm_leaky_relu(ldm_ctx *ctx, ldm_tensor *x, float slope);
 LDM_API ldm_tensor *ldm_tanh(ldm_ctx *ctx, ldm_tensor *x);
 LDM_API ldm_tensor *ldm_gelu(ldm_ctx *ctx, ldm_tensor *x, int tanh_approx);
 LDM_API ldm_tensor *ldm_softplus(ldm_ctx *ctx, ldm_tensor *x, float beta, float threshold); /* torch: 1, 20 */
+LDM_API ldm_tensor *ldm_sin(ldm_ctx *ctx, ldm_tensor *x);
+LDM_API ldm_tensor *ldm_cos(ldm_ctx *ctx, ldm_tensor *x);
 /* reductions: dims is a bit mask (bit i = dim i; LDM_DIM(-1) is not allowed, use ndim-1) */
 #define LDM_DIM(i) (1u << (i))
 LDM_API ldm_tensor *ldm_sum(ldm_ctx *ctx, ldm_tensor *x, unsigned dims, int keepdim);
 LDM_API ldm_tensor *ldm_mean(ldm_ctx *ctx, ldm_tensor *x, unsigned dims, int keepdim);
 LDM_API ldm_tensor *ldm_sum_all(ldm_ctx *ctx, ldm_tensor *x);   /* shape [1] */
 LDM_API ldm_tensor *ldm_mean_all(ldm_ctx *ctx, ldm_tensor *x);  /* shape [1] */
-/* linear algebra. matmul: a [M,K] or [B,M,K] (or [K,M] / [B,K,M] when trans_a), b likewise;
-   a 2-D operand is shared across the batch of the other. */
+/* linear algebra. matmul: a [..., M, K] (or [..., K, M] when trans_a), b [..., K, N] (or
+   [..., N, K] when trans_b), with 0 to 2 leading batch dims each, e.g. [B, heads, S, D]. Batch
+   dims broadcast numpy-style (right-aligned; missing or size 1 = shared), so a 2-D operand is
+   shared across the other's batch; the result is [batch..., M, N]. No operand is copied. */
 LDM_API ldm_tensor *ldm_matmul(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b, int trans_a, int trans_b);
 LDM_API ldm_tensor *ldm_linear(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b); /* x[...,I] w[O,I] b[O]|NULL */
 /* Multi-head scaled dot-product attention, token-major as Linear layers produce it:
    q [B, Sq, heads*D], k and v [B, Sk, heads*D] -> [B, Sq, heads*D];
    out_h = softmax(q_h k_h^T * scale) v_h per head h (channels h*D .. h*D+D-1).
-   scale 0 means 1/sqrt(D). */
+   scale 0 means 1/sqrt(D). One op, flash-style: scores are computed a block at a time and
+   never held whole (memory O(S * block)); the backward recomputes them from the saved
+   per-row log-sum-exp. q, k and v may be the same tensor. */
 LDM_API ldm_tensor *ldm_attention(ldm_ctx *ctx, ldm_tensor *q, ldm_tensor *k, ldm_tensor *v, int heads, float scale);
 /* convolution: x [B,C,H,W] w [O,C,kh,kw] (conv3d: [B,C,T,H,W], [O,C,kt,kh,kw]); bias may be NULL */
 LDM_API ldm_tensor *ldm_conv2d(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int stride, int pad);
@@ -446,7 +452,7 @@ static void ldm__assert_fail(const char *what, const char *file, int line) {
 typedef enum {
     LDM__U_AFFINE, LDM__U_POW, LDM__U_EXP, LDM__U_LOG, LDM__U_SQRT, LDM__U_ABS, LDM__U_SQUARE,
     LDM__U_CLAMP, LDM__U_SIGMOID, LDM__U_SILU, LDM__U_RELU, LDM__U_LEAKY, LDM__U_TANH,
-    LDM__U_GELU, LDM__U_GELU_TANH, LDM__U_SOFTPLUS,
+    LDM__U_GELU, LDM__U_GELU_TANH, LDM__U_SOFTPLUS, LDM__U_SIN, LDM__U_COS,
     LDM__U_STEP /* (x >= p0) ? p1 : 0, for masks; no gradient */
 } ldm__unary_op;
 typedef enum { LDM__B_ADD, LDM__B_SUB, LDM__B_MUL, LDM__B_DIV } ldm__binary_op;
@@ -519,6 +525,16 @@ struct ldm_backend {
     void (*upsample_backward)(ldm_ctx *ctx, float *dx, const float *dy, int64_t P, const int64_t *in3, const int *f3);
     void (*embedding_forward)(ldm_ctx *ctx, float *out, const float *w, const int64_t *idx, int64_t n, int64_t dim);
     void (*embedding_backward)(ldm_ctx *ctx, float *dw, const float *dout, const int64_t *idx, int64_t n, int64_t dim);
+    /* Attention over token-major q [B, Sq, H*D] and k, v [B, Sk, H*D] (head h: channels h*D..):
+       out [B, Sq, H*D] = softmax(scale * q_h k_h^T) v_h per head, lse [B, H, Sq] = the log-sum-exp
+       of each row of scaled scores. Never holds more than a block of the Sq x Sk scores. */
+    void (*attn_forward)(ldm_ctx *ctx, float *out, float *lse, const float *q, const float *k, const float *v,
+                         int64_t B, int64_t H, int64_t Sq, int64_t Sk, int64_t D, float scale);
+    /* dq, dk, dv (each may be NULL, and they may be one buffer when q, k, v are one tensor) +=
+       the gradients, recomputing the probabilities from q, k and lse */
+    void (*attn_backward)(ldm_ctx *ctx, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                          const float *lse, const float *q, const float *k, const float *v, int64_t B, int64_t H,
+                          int64_t Sq, int64_t Sk, int64_t D, float scale);
     /* Optional (NULL where absent). ldm_nn.h's optimizers and gradient clipping use the first
        two for parameters on this device (its own kernels serve the CPU); ldm_ctx_destroy calls
        release so a device back end can free what it attached. */
@@ -1434,6 +1450,8 @@ LDM_API ldm_tensor *ldm_silu(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary(ct
 LDM_API ldm_tensor *ldm_relu(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary(ctx, x, LDM__U_RELU, 0, 0); }
 LDM_API ldm_tensor *ldm_leaky_relu(ldm_ctx *ctx, ldm_tensor *x, float slope) { return ldm__unary(ctx, x, LDM__U_LEAKY, slope, 0); }
 LDM_API ldm_tensor *ldm_tanh(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary(ctx, x, LDM__U_TANH, 0, 0); }
+LDM_API ldm_tensor *ldm_sin(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary(ctx, x, LDM__U_SIN, 0, 0); }
+LDM_API ldm_tensor *ldm_cos(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary(ctx, x, LDM__U_COS, 0, 0); }
 LDM_API ldm_tensor *ldm_gelu(ldm_ctx *ctx, ldm_tensor *x, int tanh_approx) {
     return ldm__unary(ctx, x, tanh_approx ? LDM__U_GELU_TANH : LDM__U_GELU, 0, 0);
 }
@@ -1577,76 +1595,103 @@ LDM_API ldm_tensor *ldm_mean_all(ldm_ctx *ctx, ldm_tensor *x) {
 }
 
 /* ---- matmul and linear ------------------------------------------------------------------- */
-/* i: 0 batch, 1 M, 2 N, 3 K, 4 ta, 5 tb, 6 a batched, 7 b batched */
+/* i: 0-1 output batch dims, 2 M, 3 N, 4 K, 5 ta, 6 tb, 7-8 a's strides per batch dim (0 where
+   broadcast), 9-10 b's. A broadcast operand's gradient sums over the batch in a fixed order. */
 static void ldm__matmul_bw(ldm_ctx *ctx, ldm__node *nd, float *dC, float **din) {
     ldm_tensor *a = nd->in[0], *b = nd->in[1];
     const ldm_backend *be = LDM__BE(a);
-    int64_t Bn = nd->i[0], M = nd->i[1], N = nd->i[2], K = nd->i[3];
-    int ta = (int)nd->i[4], tb = (int)nd->i[5];
-    int64_t lda = ta ? M : K, ldb = tb ? K : N, sa = nd->i[6] ? M * K : 0, sb = nd->i[7] ? K * N : 0;
-    for (int64_t z = 0; z < Bn; z++) {
-        const float *A = a->data + z * sa, *Bm = b->data + z * sb, *dc = dC + z * M * N;
-        if (din[0]) {
-            float *dA = din[0] + z * sa;
-            if (!ta) be->sgemm(ctx, 0, !tb, M, K, N, 1.0f, dc, N, Bm, ldb, 1.0f, dA, K);
-            else be->sgemm(ctx, tb, 1, K, M, N, 1.0f, Bm, ldb, dc, N, 1.0f, dA, M);
+    int64_t M = nd->i[2], N = nd->i[3], K = nd->i[4];
+    int ta = (int)nd->i[5], tb = (int)nd->i[6];
+    int64_t lda = ta ? M : K, ldb = tb ? K : N;
+    for (int64_t z0 = 0; z0 < nd->i[0]; z0++)
+        for (int64_t z1 = 0; z1 < nd->i[1]; z1++) {
+            int64_t oa = z0 * nd->i[7] + z1 * nd->i[8], ob = z0 * nd->i[9] + z1 * nd->i[10];
+            const float *A = a->data + oa, *Bm = b->data + ob, *dc = dC + (z0 * nd->i[1] + z1) * M * N;
+            if (din[0]) {
+                float *dA = din[0] + oa;
+                if (!ta) be->sgemm(ctx, 0, !tb, M, K, N, 1.0f, dc, N, Bm, ldb, 1.0f, dA, K);
+                else be->sgemm(ctx, tb, 1, K, M, N, 1.0f, Bm, ldb, dc, N, 1.0f, dA, M);
+            }
+            if (din[1]) {
+                float *dB = din[1] + ob;
+                if (!tb) be->sgemm(ctx, !ta, 0, K, N, M, 1.0f, A, lda, dc, N, 1.0f, dB, N);
+                else be->sgemm(ctx, 1, ta, N, K, M, 1.0f, dc, N, A, lda, 1.0f, dB, K);
+            }
         }
-        if (din[1]) {
-            float *dB = din[1] + z * sb;
-            if (!tb) be->sgemm(ctx, !ta, 0, K, N, M, 1.0f, A, lda, dc, N, 1.0f, dB, N);
-            else be->sgemm(ctx, 1, ta, N, K, M, 1.0f, dc, N, A, lda, 1.0f, dB, K);
-        }
-    }
 }
 LDM_API ldm_tensor *ldm_matmul(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b, int trans_a, int trans_b) {
     if (ldm__bad(ctx, a) || ldm__bad(ctx, b) || !ldm__same_dev(ctx, "ldm_matmul", a, b)) return NULL;
-    if (a->ndim < 2 || a->ndim > 3 || b->ndim < 2 || b->ndim > 3) {
-        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_matmul: operands must be 2-D or 3-D, got %s and %s", ldm__shp(a).s, ldm__shp(b).s);
+    if (a->ndim < 2 || a->ndim > 4 || b->ndim < 2 || b->ndim > 4) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_matmul: operands must be 2-D to 4-D, got %s and %s", ldm__shp(a).s, ldm__shp(b).s);
         return NULL;
     }
-    int ab = a->ndim == 3, bb = b->ndim == 3;
-    int64_t Ba = ab ? a->shape[0] : 1, Bb = bb ? b->shape[0] : 1;
     int64_t M = trans_a ? a->shape[a->ndim - 1] : a->shape[a->ndim - 2], Ka = trans_a ? a->shape[a->ndim - 2] : a->shape[a->ndim - 1];
     int64_t Kb = trans_b ? b->shape[b->ndim - 1] : b->shape[b->ndim - 2], N = trans_b ? b->shape[b->ndim - 2] : b->shape[b->ndim - 1];
-    if (Ka != Kb || (ab && bb && Ba != Bb)) {
+    /* batch dims right-aligned into two, missing ones of size 1; size 1 broadcasts */
+    int64_t ba[2] = {1, 1}, bb[2] = {1, 1}, bo[2], sa[2], sb[2];
+    for (int i = 0; i < a->ndim - 2; i++) ba[4 - a->ndim + i] = a->shape[i];
+    for (int i = 0; i < b->ndim - 2; i++) bb[4 - b->ndim + i] = b->shape[i];
+    int ok = Ka == Kb;
+    for (int i = 0; i < 2; i++) {
+        ok &= ba[i] == bb[i] || ba[i] == 1 || bb[i] == 1;
+        bo[i] = LDM__MAX(ba[i], bb[i]);
+    }
+    if (!ok) {
         ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_matmul: shapes %s%s and %s%s do not multiply", ldm__shp(a).s,
                        trans_a ? "^T" : "", ldm__shp(b).s, trans_b ? "^T" : "");
         return NULL;
     }
-    int64_t Bn = LDM__MAX(Ba, Bb);
-    ldm_tensor *y = ldm__new_on(ctx, (ab || bb) ? ldm_shape3(Bn, M, N) : ldm_shape2(M, N), a->device);
+    sa[1] = ba[1] == 1 ? 0 : M * Ka; sa[0] = ba[0] == 1 ? 0 : ba[1] * M * Ka;
+    sb[1] = bb[1] == 1 ? 0 : Ka * N; sb[0] = bb[0] == 1 ? 0 : bb[1] * Ka * N;
+    int ond = LDM__MAX(a->ndim, b->ndim);
+    int64_t od[4] = {bo[0], bo[1], M, N};
+    ldm_tensor *y = ldm__new_on(ctx, ldm_shape_n(ond, od + 4 - ond), a->device);
     if (!y) return NULL;
     int64_t lda = trans_a ? M : Ka, ldb = trans_b ? Ka : N;
-    for (int64_t z = 0; z < Bn; z++)
-        LDM__BE(a)->sgemm(ctx, trans_a, trans_b, M, N, Ka, 1.0f, a->data + (ab ? z * M * Ka : 0), lda,
-                          b->data + (bb ? z * Ka * N : 0), ldb, 0.0f, y->data + z * M * N, N);
+    for (int64_t z0 = 0; z0 < bo[0]; z0++)
+        for (int64_t z1 = 0; z1 < bo[1]; z1++)
+            LDM__BE(a)->sgemm(ctx, trans_a, trans_b, M, N, Ka, 1.0f, a->data + z0 * sa[0] + z1 * sa[1], lda,
+                              b->data + z0 * sb[0] + z1 * sb[1], ldb, 0.0f, y->data + (z0 * bo[1] + z1) * M * N, N);
     if (ctx->status) return NULL; /* the kernel's scratch did not fit */
     ldm__node *nd = ldm__record(ctx, y, ldm__matmul_bw, 2, a, b, NULL, NULL);
     if (nd) {
-        nd->i[0] = Bn; nd->i[1] = M; nd->i[2] = N; nd->i[3] = Ka;
-        nd->i[4] = trans_a; nd->i[5] = trans_b; nd->i[6] = ab; nd->i[7] = bb;
+        nd->i[0] = bo[0]; nd->i[1] = bo[1]; nd->i[2] = M; nd->i[3] = N; nd->i[4] = Ka; nd->i[5] = trans_a; nd->i[6] = trans_b;
+        nd->i[7] = sa[0]; nd->i[8] = sa[1]; nd->i[9] = sb[0]; nd->i[10] = sb[1];
     }
     return y;
 }
 
-/* Attention composed of matmul and softmax (materialises the [Sq, Sk] scores of every head). */
+/* i: 0 B, 1 Sq, 2 Sk, 3 heads, 4 D; f[0] scale; saved: lse [B, heads, Sq] */
+static void ldm__attention_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
+    LDM__BE(nd->out)->attn_backward(ctx, din[0], din[1], din[2], dout, nd->out->data, (const float *)nd->saved,
+                                    nd->in[0]->data, nd->in[1]->data, nd->in[2]->data, nd->i[0], nd->i[3], nd->i[1],
+                                    nd->i[2], nd->i[4], nd->f[0]);
+}
 LDM_API ldm_tensor *ldm_attention(ldm_ctx *ctx, ldm_tensor *q, ldm_tensor *k, ldm_tensor *v, int heads, float scale) {
-    if (ldm__bad(ctx, q) || ldm__bad(ctx, k) || ldm__bad(ctx, v)) return NULL;
+    if (ldm__bad(ctx, q) || ldm__bad(ctx, k) || ldm__bad(ctx, v) || !ldm__same_dev(ctx, "ldm_attention", q, k) ||
+        !ldm__same_dev(ctx, "ldm_attention", q, v))
+        return NULL;
     if (q->ndim != 3 || k->ndim != 3 || v->ndim != 3 || heads < 1 || q->shape[2] % heads || k->shape[0] != q->shape[0] ||
-        v->shape[0] != q->shape[0] || k->shape[2] != q->shape[2] || v->shape[2] != q->shape[2] || v->shape[1] != k->shape[1]) {
+        v->shape[0] != q->shape[0] || k->shape[2] != q->shape[2] || v->shape[2] != q->shape[2] || v->shape[1] != k->shape[1] ||
+        k->shape[1] < 1 || q->shape[2] < 1) {
         ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_attention: q %s, k %s, v %s with %d heads (hint: [B, S, heads*D] each, k and v of one length)",
                        ldm__shp(q).s, ldm__shp(k).s, ldm__shp(v).s, heads);
         return NULL;
     }
     int64_t B = q->shape[0], Sq = q->shape[1], Sk = k->shape[1], D = q->shape[2] / heads;
     if (scale == 0.0f) scale = 1.0f / sqrtf((float)D);
-    const int perm[4] = {0, 2, 1, 3};
-    ldm_tensor *qh = ldm_reshape(ctx, ldm_permute(ctx, ldm_reshape(ctx, q, ldm_shape4(B, Sq, heads, D)), perm), ldm_shape3(B * heads, Sq, D));
-    ldm_tensor *kh = ldm_reshape(ctx, ldm_permute(ctx, ldm_reshape(ctx, k, ldm_shape4(B, Sk, heads, D)), perm), ldm_shape3(B * heads, Sk, D));
-    ldm_tensor *vh = ldm_reshape(ctx, ldm_permute(ctx, ldm_reshape(ctx, v, ldm_shape4(B, Sk, heads, D)), perm), ldm_shape3(B * heads, Sk, D));
-    ldm_tensor *w = ldm_softmax(ctx, ldm_scale(ctx, ldm_matmul(ctx, qh, kh, 0, 1), scale), 2);
-    ldm_tensor *o = ldm_reshape(ctx, ldm_matmul(ctx, w, vh, 0, 0), ldm_shape4(B, heads, Sq, D));
-    return ldm_reshape(ctx, ldm_permute(ctx, o, perm), ldm_shape3(B, Sq, heads * D));
+    ldm_tensor *o = ldm__like(ctx, q);
+    float *lse = (float *)ldm_arena_alloc(ctx, q->device, sizeof(float) * (size_t)LDM__MAX(1, B * heads * Sq));
+    if (!o || !lse) return NULL;
+    LDM__BE(q)->attn_forward(ctx, o->data, lse, q->data, k->data, v->data, B, heads, Sq, Sk, D, scale);
+    if (ctx->status) return NULL;
+    ldm__node *nd = ldm__record(ctx, o, ldm__attention_bw, 3, q, k, v, NULL);
+    if (nd) {
+        nd->i[0] = B; nd->i[1] = Sq; nd->i[2] = Sk; nd->i[3] = heads; nd->i[4] = D;
+        nd->f[0] = scale;
+        nd->saved = lse;
+    }
+    return o;
 }
 
 /* i: 0 rows R, 1 in I, 2 out O */
@@ -2321,6 +2366,8 @@ static void ldm__unary_task(void *arg, int64_t s, int64_t e, int tid) {
     case LDM__U_GELU: LDM__MAP(0.5f * v * (1.0f + erff(v * 0.7071067811865476f)));
     case LDM__U_GELU_TANH: LDM__MAP(0.5f * v * (1.0f + tanhf(ldm__gelu_tanh_inner(v))));
     case LDM__U_SOFTPLUS: LDM__MAP(v * p0 > p1 ? v : log1pf(expf(v * p0)) / p0);
+    case LDM__U_SIN: LDM__MAP(sinf(v));
+    case LDM__U_COS: LDM__MAP(cosf(v));
     case LDM__U_STEP: LDM__MAP(v >= p0 ? p1 : 0.0f);
     }
 #undef LDM__MAP
@@ -2356,6 +2403,8 @@ static void ldm__unary_bw_task(void *arg, int64_t s, int64_t e, int tid) {
         break;
     }
     case LDM__U_SOFTPLUS: LDM__MAP(v * p0 > p1 ? 1.0f : 1.0f / (1.0f + expf(-v * p0)));
+    case LDM__U_SIN: LDM__MAP(cosf(v));
+    case LDM__U_COS: LDM__MAP(-sinf(v));
     case LDM__U_STEP: break;
     }
 #undef LDM__MAP
@@ -3550,6 +3599,303 @@ static void ldm__cpu_embedding_backward(ldm_ctx *ctx, float *dw, const float *do
     }
 }
 
+/* ---- attention (flash-style): q, k, v token-major [B, S, H*D], head h at channels h*D.. ----
+   Queries go in blocks of BQ rows and keys in blocks of BK: a block of scores lives in a
+   BQ x BK tile, never the S x S matrix. The forward keeps a running max and sum per row
+   (online softmax) and saves the log-sum-exp per row; the backward recomputes each block's
+   probabilities from it. The block products run on the SGEMM micro-kernel with the operands
+   packed straight from their strided rows (no per-head copies). Every output element is
+   computed by one task in a fixed order: results do not depend on the thread count. */
+#if defined(__GNUC__) && !defined(__CUDACC__)
+#define LDM__ATTN_VEC 1
+typedef float ldm__f8 __attribute__((vector_size(32)));
+typedef int32_t ldm__i8 __attribute__((vector_size(32)));
+/* C has no ?: on vectors: select by the comparison's lane mask */
+#define LDM__VSEL(mask, a, b) ((ldm__f8)(((ldm__i8)(a) & (mask)) | ((ldm__i8)(b) & ~(mask))))
+#endif
+/* exp on [-87, 88] to about 2 ulp (Cephes' polynomial, 2^n from the exponent bits); the
+   vector and scalar forms do the same operations. */
+#define LDM__EXP_BODY(T, x, n, r, p)                                                                 \
+    x = x < (T)(-87.0f) ? (T)(-87.0f) : x;                                                          \
+    x = x > (T)(88.0f) ? (T)(88.0f) : x;                                                            \
+    n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */              \
+    r = x - n * 0.693359375f;                                                                        \
+    r = r - n * -2.12194440e-4f;                                                                     \
+    p = (T)(1.9875691500e-4f);                                                                       \
+    p = p * r + 1.3981999507e-3f;                                                                    \
+    p = p * r + 8.3334519073e-3f;                                                                    \
+    p = p * r + 4.1665795894e-2f;                                                                    \
+    p = p * r + 1.6666665459e-1f;                                                                    \
+    p = p * r + 5.0000001201e-1f;                                                                    \
+    p = p * r * r + r + 1.0f;
+static float ldm__exp1(float x) {
+    float n, r, p;
+    LDM__EXP_BODY(float, x, n, r, p)
+    int32_t e = ((int32_t)n + 127) << 23;
+    float s;
+    memcpy(&s, &e, 4);
+    return p * s;
+}
+/* x[i] = exp(x[i] - sub); returns the sum (in a fixed order). */
+static float ldm__exp_sub_sum(float *x, int64_t n, float sub) {
+    int64_t i = 0;
+    float sum = 0.0f;
+#ifdef LDM__ATTN_VEC
+    const ldm__f8 lo = {-87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f}, hi = lo + 175.0f;
+    ldm__f8 acc = lo - lo;
+    for (; i + 8 <= n; i += 8) {
+        ldm__f8 v, nn, r, p;
+        memcpy(&v, x + i, 32);
+        v = v - sub;
+        v = LDM__VSEL(v < lo, lo, v);
+        v = LDM__VSEL(v > hi, hi, v);
+        nn = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+        r = v - nn * 0.693359375f;
+        r = r - nn * -2.12194440e-4f;
+        p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+        p = p * r + 8.3334519073e-3f;
+        p = p * r + 4.1665795894e-2f;
+        p = p * r + 1.6666665459e-1f;
+        p = p * r + 5.0000001201e-1f;
+        p = p * r * r + r + 1.0f;
+        ldm__i8 e = (__builtin_convertvector(nn, ldm__i8) + 127) << 23;
+        p = p * (ldm__f8)e;
+        memcpy(x + i, &p, 32);
+        acc += p;
+    }
+    for (int k = 0; k < 8; k++) sum += acc[k];
+#endif
+    for (; i < n; i++) { x[i] = ldm__exp1(x[i] - sub); sum += x[i]; }
+    return sum;
+}
+static float ldm__row_max(const float *x, int64_t n, float m) {
+    int64_t i = 0;
+#ifdef LDM__ATTN_VEC
+    if (n >= 8) {
+        ldm__f8 mv;
+        memcpy(&mv, x, 32);
+        for (i = 8; i + 8 <= n; i += 8) {
+            ldm__f8 v;
+            memcpy(&v, x + i, 32);
+            mv = LDM__VSEL(v > mv, v, mv);
+        }
+        for (int k = 0; k < 8; k++) m = mv[k] > m ? mv[k] : m;
+    }
+#endif
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+#ifdef LDM_BLAS
+#define LDM__AMR 1
+#define LDM__ANR 1
+#else
+#define LDM__AMR LDM__MR
+#define LDM__ANR LDM__NR
+#endif
+/* C[M x N] = alpha * op(A) op(B) + beta * C for one block, on this thread. A is packed into pa
+   unless apack says it already is (then A is ignored), likewise B into pb. */
+static void ldm__blk_gemm(int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda, int ta, float *pa,
+                          int apack, const float *B, int64_t ldb, int tb, float *pb, int bpack, float beta, float *C, int64_t ldc) {
+#ifdef LDM_BLAS
+    (void)pa; (void)pb; (void)apack; (void)bpack;
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K,
+                alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+#else
+    if (!apack) ldm__pack_a(pa, A, lda, ta, 0, M, 0, K);
+    if (!bpack) ldm__pack_b(pb, B, ldb, tb, 0, N, 0, K);
+    for (int64_t ir = 0; ir < M; ir += LDM__MR)
+        for (int64_t jr = 0; jr < N; jr += LDM__NR)
+            ldm__ukernel(K, pa + ir * K, pb + jr * K, C + ir * ldc + jr, ldc, (int)LDM__MIN(LDM__MR, M - ir),
+                         (int)LDM__MIN(LDM__NR, N - jr), alpha, beta);
+#endif
+}
+
+typedef struct {
+    float *out, *lse, *dq, *dk, *dv, *di;
+    const float *q, *k, *v, *dout, *o;
+    int64_t B, H, Sq, Sk, D, bq, bk, nq, nk;
+    float scale;
+    float *work;
+    size_t work_floats, pack_floats;
+} ldm__attn_job;
+static void ldm__attn_blocks(int64_t D, int64_t *bq, int64_t *bk) {
+    *bq = D <= 128 ? 128 : 64;
+    *bk = D <= 128 ? 128 : 64;
+}
+/* Per-thread scratch: 4 packing buffers, 2 score tiles, 2 accumulators, row statistics. */
+static void ldm__attn_scratch(ldm__attn_job *j, int threads) {
+    int64_t r = LDM__MAX(LDM__MAX(j->bq, j->bk), j->D), kk = LDM__MAX(LDM__MAX(j->bq, j->bk), j->D);
+    int64_t rp = (r + LDM__AMR + LDM__ANR) / LDM__AMR * LDM__AMR + LDM__ANR;
+    j->pack_floats = (size_t)LDM__ALIGN_UP(sizeof(float) * (size_t)(rp * kk)) / sizeof(float);
+    size_t tile = (size_t)LDM__ALIGN_UP(sizeof(float) * (size_t)(j->bq * j->bk)) / sizeof(float);
+    size_t acc = (size_t)LDM__ALIGN_UP(sizeof(float) * (size_t)(LDM__MAX(j->bq, j->bk) * j->D)) / sizeof(float);
+    size_t rows = (size_t)LDM__ALIGN_UP(sizeof(float) * (size_t)(4 * LDM__MAX(j->bq, j->bk))) / sizeof(float);
+    j->work_floats = 4 * j->pack_floats + 2 * tile + 2 * acc + rows;
+    j->work = (float *)LDM_MALLOC(sizeof(float) * j->work_floats * (size_t)threads + LDM__ALIGN);
+}
+static float *ldm__attn_buf(const ldm__attn_job *j, int tid) {
+    uintptr_t p = ((uintptr_t)j->work + (LDM__ALIGN - 1)) & ~(uintptr_t)(LDM__ALIGN - 1);
+    return (float *)p + (size_t)tid * j->work_floats;
+}
+
+static void ldm__attn_fwd_task(void *arg, int64_t t0, int64_t t1, int tid) {
+    const ldm__attn_job *j = (const ldm__attn_job *)arg;
+    const int64_t D = j->D, HD = j->H * D, bq = j->bq, bk = j->bk;
+    float *w = ldm__attn_buf(j, tid), *pq = w, *pb = w + j->pack_floats, *pp = w + 2 * j->pack_floats;
+    float *s = w + 4 * j->pack_floats, *acc = s + 2 * (size_t)LDM__ALIGN_UP(sizeof(float) * (size_t)(bq * bk)) / sizeof(float);
+    float *m = acc + 2 * (size_t)LDM__ALIGN_UP(sizeof(float) * (size_t)(LDM__MAX(bq, bk) * D)) / sizeof(float), *l = m + bq;
+    for (int64_t t = t0; t < t1; t++) {
+        int64_t bh = t / j->nq, b = bh / j->H, h = bh % j->H, i0 = (t % j->nq) * bq, nr = LDM__MIN(bq, j->Sq - i0);
+        const float *q = j->q + (b * j->Sq + i0) * HD + h * D;
+        for (int64_t r = 0; r < nr; r++) { m[r] = -INFINITY; l[r] = 0.0f; }
+        memset(acc, 0, sizeof(float) * (size_t)(nr * D));
+        for (int64_t c0 = 0; c0 < j->Sk; c0 += bk) {
+            int64_t nc = LDM__MIN(bk, j->Sk - c0);
+            const float *k = j->k + (b * j->Sk + c0) * HD + h * D, *v = j->v + (b * j->Sk + c0) * HD + h * D;
+            ldm__blk_gemm(nr, nc, D, j->scale, q, HD, 0, pq, c0 > 0, k, HD, 1, pb, 0, 0.0f, s, nc);
+            for (int64_t r = 0; r < nr; r++) {
+                float *sr = s + r * nc, mn = ldm__row_max(sr, nc, m[r]);
+                float corr = m[r] == -INFINITY ? 0.0f : ldm__exp1(m[r] - mn);
+                l[r] = l[r] * corr + ldm__exp_sub_sum(sr, nc, mn);
+                m[r] = mn;
+                if (corr != 1.0f) {
+                    float *ar = acc + r * D;
+                    for (int64_t d = 0; d < D; d++) ar[d] *= corr;
+                }
+            }
+            ldm__blk_gemm(nr, D, nc, 1.0f, s, nc, 0, pp, 0, v, HD, 0, pb, 0, 1.0f, acc, D);
+        }
+        float *o = j->out + (b * j->Sq + i0) * HD + h * D;
+        for (int64_t r = 0; r < nr; r++) {
+            float inv = 1.0f / l[r];
+            for (int64_t d = 0; d < D; d++) o[r * HD + d] = acc[r * D + d] * inv;
+            j->lse[bh * j->Sq + i0 + r] = m[r] + logf(l[r]);
+        }
+    }
+}
+static void ldm__cpu_attn_forward(ldm_ctx *ctx, float *out, float *lse, const float *q, const float *k, const float *v,
+                                  int64_t B, int64_t H, int64_t Sq, int64_t Sk, int64_t D, float scale) {
+    ldm__attn_job j;
+    memset(&j, 0, sizeof j);
+    j.out = out; j.lse = lse; j.q = q; j.k = k; j.v = v;
+    j.B = B; j.H = H; j.Sq = Sq; j.Sk = Sk; j.D = D; j.scale = scale;
+    ldm__attn_blocks(D, &j.bq, &j.bk);
+    j.nq = (Sq + j.bq - 1) / j.bq;
+    ldm__attn_scratch(&j, ctx->threads);
+    if (!j.work) { ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_attention: out of memory for the block scratch"); return; }
+    ldm_parallel_for(ctx, B * H * j.nq, 1, ldm__attn_fwd_task, &j);
+    LDM_FREE(j.work);
+}
+
+/* P = exp(scale * Q K^T - lse) for one block; dS = P * (dO V^T - Di), in place of P in dp. */
+static void ldm__attn_ds(const ldm__attn_job *j, float *p, float *dp, int64_t nr, int64_t nc, const float *lse, const float *di) {
+    for (int64_t r = 0; r < nr; r++) {
+        float *pr = p + r * nc, *dr = dp + r * nc;
+        ldm__exp_sub_sum(pr, nc, lse[r]);
+        for (int64_t c = 0; c < nc; c++) dr[c] = pr[c] * (dr[c] - di[r]);
+    }
+    (void)j;
+}
+/* dK and dV of one key block: a loop over every query block. */
+static void ldm__attn_bwd_kv_task(void *arg, int64_t t0, int64_t t1, int tid) {
+    const ldm__attn_job *j = (const ldm__attn_job *)arg;
+    const int64_t D = j->D, HD = j->H * D, bq = j->bq, bk = j->bk;
+    float *w = ldm__attn_buf(j, tid), *pk = w, *pv = w + j->pack_floats, *pa = w + 2 * j->pack_floats, *pb = w + 3 * j->pack_floats;
+    size_t tile = (size_t)LDM__ALIGN_UP(sizeof(float) * (size_t)(bq * bk)) / sizeof(float);
+    size_t accn = (size_t)LDM__ALIGN_UP(sizeof(float) * (size_t)(LDM__MAX(bq, bk) * D)) / sizeof(float);
+    float *p = w + 4 * j->pack_floats, *dp = p + tile, *dk = dp + tile, *dv = dk + accn;
+    for (int64_t t = t0; t < t1; t++) {
+        int64_t bh = t / j->nk, b = bh / j->H, h = bh % j->H, c0 = (t % j->nk) * bk, nc = LDM__MIN(bk, j->Sk - c0);
+        const float *k = j->k + (b * j->Sk + c0) * HD + h * D, *v = j->v + (b * j->Sk + c0) * HD + h * D;
+        memset(dk, 0, sizeof(float) * (size_t)(nc * D));
+        memset(dv, 0, sizeof(float) * (size_t)(nc * D));
+        for (int64_t i0 = 0; i0 < j->Sq; i0 += bq) {
+            int64_t nr = LDM__MIN(bq, j->Sq - i0);
+            const float *q = j->q + (b * j->Sq + i0) * HD + h * D, *go = j->dout + (b * j->Sq + i0) * HD + h * D;
+            ldm__blk_gemm(nr, nc, D, j->scale, q, HD, 0, pa, 0, k, HD, 1, pk, i0 > 0, 0.0f, p, nc);
+            ldm__blk_gemm(nr, nc, D, 1.0f, go, HD, 0, pa, 0, v, HD, 1, pv, i0 > 0, 0.0f, dp, nc);
+            /* P before dS overwrites dp: dV needs P, dK needs dS */
+            for (int64_t r = 0; r < nr; r++) ldm__exp_sub_sum(p + r * nc, nc, j->lse[bh * j->Sq + i0 + r]);
+            ldm__blk_gemm(nc, D, nr, 1.0f, p, nc, 1, pa, 0, go, HD, 0, pb, 0, 1.0f, dv, D);
+            for (int64_t r = 0; r < nr; r++) {
+                const float *pr = p + r * nc;
+                float *dr = dp + r * nc, di = j->di[bh * j->Sq + i0 + r];
+                for (int64_t c = 0; c < nc; c++) dr[c] = pr[c] * (dr[c] - di);
+            }
+            ldm__blk_gemm(nc, D, nr, j->scale, dp, nc, 1, pa, 0, q, HD, 0, pb, 0, 1.0f, dk, D);
+        }
+        /* dk and dv may be one buffer (k and v the same tensor): add one after the other */
+        if (j->dk) {
+            float *g = j->dk + (b * j->Sk + c0) * HD + h * D;
+            for (int64_t r = 0; r < nc; r++) for (int64_t d = 0; d < D; d++) g[r * HD + d] += dk[r * D + d];
+        }
+        if (j->dv) {
+            float *g = j->dv + (b * j->Sk + c0) * HD + h * D;
+            for (int64_t r = 0; r < nc; r++) for (int64_t d = 0; d < D; d++) g[r * HD + d] += dv[r * D + d];
+        }
+    }
+}
+/* dQ of one query block: a loop over every key block. */
+static void ldm__attn_bwd_q_task(void *arg, int64_t t0, int64_t t1, int tid) {
+    const ldm__attn_job *j = (const ldm__attn_job *)arg;
+    const int64_t D = j->D, HD = j->H * D, bq = j->bq, bk = j->bk;
+    float *w = ldm__attn_buf(j, tid), *pq = w, *po = w + j->pack_floats, *pa = w + 2 * j->pack_floats, *pb = w + 3 * j->pack_floats;
+    size_t tile = (size_t)LDM__ALIGN_UP(sizeof(float) * (size_t)(bq * bk)) / sizeof(float);
+    float *p = w + 4 * j->pack_floats, *dp = p + tile, *dq = dp + tile;
+    for (int64_t t = t0; t < t1; t++) {
+        int64_t bh = t / j->nq, b = bh / j->H, h = bh % j->H, i0 = (t % j->nq) * bq, nr = LDM__MIN(bq, j->Sq - i0);
+        const float *q = j->q + (b * j->Sq + i0) * HD + h * D, *go = j->dout + (b * j->Sq + i0) * HD + h * D;
+        memset(dq, 0, sizeof(float) * (size_t)(nr * D));
+        for (int64_t c0 = 0; c0 < j->Sk; c0 += bk) {
+            int64_t nc = LDM__MIN(bk, j->Sk - c0);
+            const float *k = j->k + (b * j->Sk + c0) * HD + h * D, *v = j->v + (b * j->Sk + c0) * HD + h * D;
+            ldm__blk_gemm(nr, nc, D, j->scale, q, HD, 0, pq, c0 > 0, k, HD, 1, pb, 0, 0.0f, p, nc);
+            ldm__blk_gemm(nr, nc, D, 1.0f, go, HD, 0, po, c0 > 0, v, HD, 1, pb, 0, 0.0f, dp, nc);
+            ldm__attn_ds(j, p, dp, nr, nc, j->lse + bh * j->Sq + i0, j->di + bh * j->Sq + i0);
+            ldm__blk_gemm(nr, D, nc, j->scale, dp, nc, 0, pa, 0, k, HD, 0, pb, 0, 1.0f, dq, D);
+        }
+        float *g = j->dq + (b * j->Sq + i0) * HD + h * D;
+        for (int64_t r = 0; r < nr; r++) for (int64_t d = 0; d < D; d++) g[r * HD + d] += dq[r * D + d];
+    }
+}
+/* Di = rowsum(dO * O) per (b, h, query) */
+static void ldm__attn_di_task(void *arg, int64_t r0, int64_t r1, int tid) {
+    const ldm__attn_job *j = (const ldm__attn_job *)arg;
+    const int64_t D = j->D, HD = j->H * D;
+    (void)tid;
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t bh = r / j->Sq, i = r % j->Sq, b = bh / j->H, h = bh % j->H;
+        const float *o = j->o + (b * j->Sq + i) * HD + h * D, *g = j->dout + (b * j->Sq + i) * HD + h * D;
+        double s = 0.0;
+        for (int64_t d = 0; d < D; d++) s += (double)o[d] * g[d];
+        j->di[r] = (float)s;
+    }
+}
+static void ldm__cpu_attn_backward(ldm_ctx *ctx, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                   const float *lse, const float *q, const float *k, const float *v, int64_t B, int64_t H,
+                                   int64_t Sq, int64_t Sk, int64_t D, float scale) {
+    ldm__attn_job j;
+    memset(&j, 0, sizeof j);
+    j.dq = dq; j.dk = dk; j.dv = dv; j.dout = dout; j.o = out; j.lse = (float *)lse; j.q = q; j.k = k; j.v = v;
+    j.B = B; j.H = H; j.Sq = Sq; j.Sk = Sk; j.D = D; j.scale = scale;
+    ldm__attn_blocks(D, &j.bq, &j.bk);
+    j.nq = (Sq + j.bq - 1) / j.bq;
+    j.nk = (Sk + j.bk - 1) / j.bk;
+    j.di = (float *)LDM_MALLOC(sizeof(float) * (size_t)(B * H * Sq));
+    ldm__attn_scratch(&j, ctx->threads);
+    if (!j.work || !j.di) {
+        ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_attention backward: out of memory for the block scratch");
+    } else {
+        ldm_parallel_for(ctx, B * H * Sq, LDM__MAX(1, LDM__GRAIN / LDM__MAX(1, D)), ldm__attn_di_task, &j);
+        /* two passes, so each gradient row has one writer; q, k and v may share a buffer */
+        if (dk || dv) ldm_parallel_for(ctx, B * H * j.nk, 1, ldm__attn_bwd_kv_task, &j);
+        if (dq) ldm_parallel_for(ctx, B * H * j.nq, 1, ldm__attn_bwd_q_task, &j);
+    }
+    LDM_FREE(j.work);
+    LDM_FREE(j.di);
+}
+
 static const ldm_backend ldm__cpu_backend = {
     "cpu",
     ldm__cpu_alloc, ldm__cpu_free, ldm__cpu_copy, ldm__cpu_fill, ldm__cpu_rng,
@@ -3563,6 +3909,7 @@ static const ldm_backend ldm__cpu_backend = {
     ldm__cpu_pool_forward, ldm__cpu_pool_backward,
     ldm__cpu_upsample_forward, ldm__cpu_upsample_backward,
     ldm__cpu_embedding_forward, ldm__cpu_embedding_backward,
+    ldm__cpu_attn_forward, ldm__cpu_attn_backward,
     NULL, NULL, NULL, /* ldm_nn.h runs the CPU's optimizer and clipping kernels itself */
 };
 static const ldm_backend *ldm__cpu_backend_get(void) { return &ldm__cpu_backend; }
