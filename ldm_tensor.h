@@ -3716,60 +3716,75 @@ typedef struct {
     const float *q, *k, *v, *dout, *o;
     int64_t B, H, Sq, Sk, D, bq, bk, nq, nk;
     float scale;
+    int whole;                    /* backward: one task per (b, h) does dQ, dK and dV in one pass */
     float *work;
-    size_t work_floats, pack_floats;
+    size_t work_floats, pack_floats, tile_floats, acc_floats;
 } ldm__attn_job;
-static void ldm__attn_blocks(int64_t D, int64_t *bq, int64_t *bk) {
-    *bq = D <= 128 ? 128 : 64;
-    *bk = D <= 128 ? 128 : 64;
-}
-/* Per-thread scratch: 4 packing buffers, 2 score tiles, 2 accumulators, row statistics. */
-static void ldm__attn_scratch(ldm__attn_job *j, int threads) {
-    int64_t r = LDM__MAX(LDM__MAX(j->bq, j->bk), j->D), kk = LDM__MAX(LDM__MAX(j->bq, j->bk), j->D);
+/* Blocks of 96 rows fill the micro-tiles of every ISA (8/6 x 48/16/8) without padding; a
+   large D takes shorter query blocks so that the accumulators stay in L2. */
+static void ldm__attn_setup(ldm__attn_job *j, int threads, int backward) {
+    j->bq = j->D <= 128 ? 96 : 48;
+    j->bk = 96;
+    j->nq = (j->Sq + j->bq - 1) / j->bq;
+    j->nk = (j->Sk + j->bk - 1) / j->bk;
+    /* A fixed rule of the shape (never of the thread count), so results stay bitwise the
+       same for any thread count: enough (b, h) pairs to keep threads busy -> the single pass
+       (5 block products per tile pair instead of 7) */
+    j->whole = backward && j->B * j->H >= 8;
+    int64_t r = LDM__MAX(LDM__MAX(j->bq, j->bk), j->D);
     int64_t rp = (r + LDM__AMR + LDM__ANR) / LDM__AMR * LDM__AMR + LDM__ANR;
-    j->pack_floats = (size_t)LDM__ALIGN_UP(sizeof(float) * (size_t)(rp * kk)) / sizeof(float);
-    size_t tile = (size_t)LDM__ALIGN_UP(sizeof(float) * (size_t)(j->bq * j->bk)) / sizeof(float);
-    size_t acc = (size_t)LDM__ALIGN_UP(sizeof(float) * (size_t)(LDM__MAX(j->bq, j->bk) * j->D)) / sizeof(float);
-    size_t rows = (size_t)LDM__ALIGN_UP(sizeof(float) * (size_t)(4 * LDM__MAX(j->bq, j->bk))) / sizeof(float);
-    j->work_floats = 4 * j->pack_floats + 2 * tile + 2 * acc + rows;
+    j->pack_floats = LDM__ALIGN_UP(sizeof(float) * (size_t)(rp * r)) / sizeof(float);
+    j->tile_floats = LDM__ALIGN_UP(sizeof(float) * (size_t)(j->bq * j->bk)) / sizeof(float);
+    j->acc_floats = LDM__ALIGN_UP(sizeof(float) * (size_t)(j->D * (j->whole ? LDM__MAX(j->Sq, j->bk) : LDM__MAX(j->bq, j->bk)))) / sizeof(float);
+    size_t rows = LDM__ALIGN_UP(sizeof(float) * (size_t)(4 * j->bq)) / sizeof(float);
+    /* 4 packing buffers, 2 score tiles, 3 accumulators, row statistics */
+    j->work_floats = 4 * j->pack_floats + 2 * j->tile_floats + 3 * j->acc_floats + rows;
     j->work = (float *)LDM_MALLOC(sizeof(float) * j->work_floats * (size_t)threads + LDM__ALIGN);
 }
 static float *ldm__attn_buf(const ldm__attn_job *j, int tid) {
     uintptr_t p = ((uintptr_t)j->work + (LDM__ALIGN - 1)) & ~(uintptr_t)(LDM__ALIGN - 1);
     return (float *)p + (size_t)tid * j->work_floats;
 }
+/* g[r*ld + d] += t[d*ldt + r] for r < n, d < D: a transposed accumulator into token-major rows */
+static void ldm__attn_add_t(float *g, int64_t ld, const float *t, int64_t ldt, int64_t n, int64_t D) {
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t d = 0; d < D; d++) g[r * ld + d] += t[d * ldt + r];
+}
 
+/* Accumulators are kept transposed ([D, rows]): the block products then have D rows and 96
+   columns, which fill the micro-kernel's wide tiles (D = 64 as columns would pad to 96). */
 static void ldm__attn_fwd_task(void *arg, int64_t t0, int64_t t1, int tid) {
     const ldm__attn_job *j = (const ldm__attn_job *)arg;
     const int64_t D = j->D, HD = j->H * D, bq = j->bq, bk = j->bk;
-    float *w = ldm__attn_buf(j, tid), *pq = w, *pb = w + j->pack_floats, *pp = w + 2 * j->pack_floats;
-    float *s = w + 4 * j->pack_floats, *acc = s + 2 * (size_t)LDM__ALIGN_UP(sizeof(float) * (size_t)(bq * bk)) / sizeof(float);
-    float *m = acc + 2 * (size_t)LDM__ALIGN_UP(sizeof(float) * (size_t)(LDM__MAX(bq, bk) * D)) / sizeof(float), *l = m + bq;
+    float *w = ldm__attn_buf(j, tid), *pq = w, *pa = w + 2 * j->pack_floats, *pb = w + 3 * j->pack_floats;
+    float *s = w + 4 * j->pack_floats, *acc = s + 2 * j->tile_floats, *m = acc + 3 * j->acc_floats, *l = m + bq, *corr = l + bq;
     for (int64_t t = t0; t < t1; t++) {
         int64_t bh = t / j->nq, b = bh / j->H, h = bh % j->H, i0 = (t % j->nq) * bq, nr = LDM__MIN(bq, j->Sq - i0);
         const float *q = j->q + (b * j->Sq + i0) * HD + h * D;
         for (int64_t r = 0; r < nr; r++) { m[r] = -INFINITY; l[r] = 0.0f; }
-        memset(acc, 0, sizeof(float) * (size_t)(nr * D));
+        memset(acc, 0, sizeof(float) * (size_t)(D * bq));
         for (int64_t c0 = 0; c0 < j->Sk; c0 += bk) {
             int64_t nc = LDM__MIN(bk, j->Sk - c0);
             const float *k = j->k + (b * j->Sk + c0) * HD + h * D, *v = j->v + (b * j->Sk + c0) * HD + h * D;
             ldm__blk_gemm(nr, nc, D, j->scale, q, HD, 0, pq, c0 > 0, k, HD, 1, pb, 0, 0.0f, s, nc);
+            int rescale = 0;
             for (int64_t r = 0; r < nr; r++) {
                 float *sr = s + r * nc, mn = ldm__row_max(sr, nc, m[r]);
-                float corr = m[r] == -INFINITY ? 0.0f : ldm__exp1(m[r] - mn);
-                l[r] = l[r] * corr + ldm__exp_sub_sum(sr, nc, mn);
+                corr[r] = m[r] == -INFINITY ? 0.0f : ldm__exp1(m[r] - mn);
+                rescale |= corr[r] != 1.0f;
+                l[r] = l[r] * corr[r] + ldm__exp_sub_sum(sr, nc, mn);
                 m[r] = mn;
-                if (corr != 1.0f) {
-                    float *ar = acc + r * D;
-                    for (int64_t d = 0; d < D; d++) ar[d] *= corr;
-                }
             }
-            ldm__blk_gemm(nr, D, nc, 1.0f, s, nc, 0, pp, 0, v, HD, 0, pb, 0, 1.0f, acc, D);
+            if (rescale && c0 > 0)
+                for (int64_t d = 0; d < D; d++)
+                    for (int64_t r = 0; r < nr; r++) acc[d * bq + r] *= corr[r];
+            /* acc^T += V^T P^T */
+            ldm__blk_gemm(D, nr, nc, 1.0f, v, HD, 1, pa, 0, s, nc, 1, pb, 0, 1.0f, acc, bq);
         }
         float *o = j->out + (b * j->Sq + i0) * HD + h * D;
         for (int64_t r = 0; r < nr; r++) {
             float inv = 1.0f / l[r];
-            for (int64_t d = 0; d < D; d++) o[r * HD + d] = acc[r * D + d] * inv;
+            for (int64_t d = 0; d < D; d++) o[r * HD + d] = acc[d * bq + r] * inv;
             j->lse[bh * j->Sq + i0 + r] = m[r] + logf(l[r]);
         }
     }
@@ -3780,83 +3795,85 @@ static void ldm__cpu_attn_forward(ldm_ctx *ctx, float *out, float *lse, const fl
     memset(&j, 0, sizeof j);
     j.out = out; j.lse = lse; j.q = q; j.k = k; j.v = v;
     j.B = B; j.H = H; j.Sq = Sq; j.Sk = Sk; j.D = D; j.scale = scale;
-    ldm__attn_blocks(D, &j.bq, &j.bk);
-    j.nq = (Sq + j.bq - 1) / j.bq;
-    ldm__attn_scratch(&j, ctx->threads);
+    ldm__attn_setup(&j, ctx->threads, 0);
     if (!j.work) { ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_attention: out of memory for the block scratch"); return; }
     ldm_parallel_for(ctx, B * H * j.nq, 1, ldm__attn_fwd_task, &j);
     LDM_FREE(j.work);
 }
 
-/* P = exp(scale * Q K^T - lse) for one block; dS = P * (dO V^T - Di), in place of P in dp. */
-static void ldm__attn_ds(const ldm__attn_job *j, float *p, float *dp, int64_t nr, int64_t nc, const float *lse, const float *di) {
+/* One query block against one key block (b, h given by the pointers): P = exp(scale q k^T -
+   lse) in p, dS = P * (dO v^T - Di) in dp; k and v come packed (kpack/vpack) or are packed
+   into pk/pv. */
+static void ldm__attn_probs(const ldm__attn_job *j, float *p, float *dp, const float *q, const float *go, int64_t nr,
+                            const float *k, const float *v, int64_t nc, float *pk, int kpack, float *pv, int vpack,
+                            float *pa, const float *lse, const float *di) {
+    const int64_t D = j->D, HD = j->H * D;
+    ldm__blk_gemm(nr, nc, D, j->scale, q, HD, 0, pa, 0, k, HD, 1, pk, kpack, 0.0f, p, nc);
+    ldm__blk_gemm(nr, nc, D, 1.0f, go, HD, 0, pa, 0, v, HD, 1, pv, vpack, 0.0f, dp, nc);
     for (int64_t r = 0; r < nr; r++) {
-        float *pr = p + r * nc, *dr = dp + r * nc;
+        float *pr = p + r * nc, *dr = dp + r * nc, d0 = di[r];
         ldm__exp_sub_sum(pr, nc, lse[r]);
-        for (int64_t c = 0; c < nc; c++) dr[c] = pr[c] * (dr[c] - di[r]);
+        for (int64_t c = 0; c < nc; c++) dr[c] = pr[c] * (dr[c] - d0);
     }
-    (void)j;
 }
-/* dK and dV of one key block: a loop over every query block. */
+/* dK and dV (transposed, [D, bk]) of one key block over the query blocks; with dqt, also
+   dQ^T [D, Sq] (leading dimension Sq) of every query block. */
+static void ldm__attn_kv_block(const ldm__attn_job *j, float *w, int64_t b, int64_t h, int64_t c0, float *dqt) {
+    const int64_t D = j->D, HD = j->H * D, bq = j->bq, bk = j->bk, bh = b * j->H + h, nc = LDM__MIN(bk, j->Sk - c0);
+    float *pk = w, *pv = w + j->pack_floats, *pa = w + 2 * j->pack_floats, *pb = w + 3 * j->pack_floats;
+    float *p = w + 4 * j->pack_floats, *dp = p + j->tile_floats, *dkt = dp + j->tile_floats, *dvt = dkt + j->acc_floats;
+    const float *k = j->k + (b * j->Sk + c0) * HD + h * D, *v = j->v + (b * j->Sk + c0) * HD + h * D;
+    memset(dkt, 0, sizeof(float) * (size_t)(D * bk));
+    memset(dvt, 0, sizeof(float) * (size_t)(D * bk));
+    for (int64_t i0 = 0; i0 < j->Sq; i0 += bq) {
+        int64_t nr = LDM__MIN(bq, j->Sq - i0);
+        const float *q = j->q + (b * j->Sq + i0) * HD + h * D, *go = j->dout + (b * j->Sq + i0) * HD + h * D;
+        ldm__attn_probs(j, p, dp, q, go, nr, k, v, nc, pk, i0 > 0, pv, i0 > 0, pa, j->lse + bh * j->Sq + i0, j->di + bh * j->Sq + i0);
+        ldm__blk_gemm(D, nc, nr, 1.0f, go, HD, 1, pa, 0, p, nc, 0, pb, 0, 1.0f, dvt, bk);           /* dV^T += dO^T P */
+        ldm__blk_gemm(D, nc, nr, j->scale, q, HD, 1, pa, 0, dp, nc, 0, pb, 0, 1.0f, dkt, bk);       /* dK^T += s Q^T dS */
+        if (dqt) ldm__blk_gemm(D, nr, nc, j->scale, k, HD, 1, pa, 0, dp, nc, 1, pb, 0, 1.0f, dqt + i0, j->Sq); /* dQ^T += s K^T dS^T */
+    }
+    /* dk and dv may be one buffer (k and v the same tensor): add one after the other */
+    if (j->dk) ldm__attn_add_t(j->dk + (b * j->Sk + c0) * HD + h * D, HD, dkt, bk, nc, D);
+    if (j->dv) ldm__attn_add_t(j->dv + (b * j->Sk + c0) * HD + h * D, HD, dvt, bk, nc, D);
+}
 static void ldm__attn_bwd_kv_task(void *arg, int64_t t0, int64_t t1, int tid) {
     const ldm__attn_job *j = (const ldm__attn_job *)arg;
-    const int64_t D = j->D, HD = j->H * D, bq = j->bq, bk = j->bk;
-    float *w = ldm__attn_buf(j, tid), *pk = w, *pv = w + j->pack_floats, *pa = w + 2 * j->pack_floats, *pb = w + 3 * j->pack_floats;
-    size_t tile = (size_t)LDM__ALIGN_UP(sizeof(float) * (size_t)(bq * bk)) / sizeof(float);
-    size_t accn = (size_t)LDM__ALIGN_UP(sizeof(float) * (size_t)(LDM__MAX(bq, bk) * D)) / sizeof(float);
-    float *p = w + 4 * j->pack_floats, *dp = p + tile, *dk = dp + tile, *dv = dk + accn;
     for (int64_t t = t0; t < t1; t++) {
-        int64_t bh = t / j->nk, b = bh / j->H, h = bh % j->H, c0 = (t % j->nk) * bk, nc = LDM__MIN(bk, j->Sk - c0);
-        const float *k = j->k + (b * j->Sk + c0) * HD + h * D, *v = j->v + (b * j->Sk + c0) * HD + h * D;
-        memset(dk, 0, sizeof(float) * (size_t)(nc * D));
-        memset(dv, 0, sizeof(float) * (size_t)(nc * D));
-        for (int64_t i0 = 0; i0 < j->Sq; i0 += bq) {
-            int64_t nr = LDM__MIN(bq, j->Sq - i0);
-            const float *q = j->q + (b * j->Sq + i0) * HD + h * D, *go = j->dout + (b * j->Sq + i0) * HD + h * D;
-            ldm__blk_gemm(nr, nc, D, j->scale, q, HD, 0, pa, 0, k, HD, 1, pk, i0 > 0, 0.0f, p, nc);
-            ldm__blk_gemm(nr, nc, D, 1.0f, go, HD, 0, pa, 0, v, HD, 1, pv, i0 > 0, 0.0f, dp, nc);
-            /* P before dS overwrites dp: dV needs P, dK needs dS */
-            for (int64_t r = 0; r < nr; r++) ldm__exp_sub_sum(p + r * nc, nc, j->lse[bh * j->Sq + i0 + r]);
-            ldm__blk_gemm(nc, D, nr, 1.0f, p, nc, 1, pa, 0, go, HD, 0, pb, 0, 1.0f, dv, D);
-            for (int64_t r = 0; r < nr; r++) {
-                const float *pr = p + r * nc;
-                float *dr = dp + r * nc, di = j->di[bh * j->Sq + i0 + r];
-                for (int64_t c = 0; c < nc; c++) dr[c] = pr[c] * (dr[c] - di);
-            }
-            ldm__blk_gemm(nc, D, nr, j->scale, dp, nc, 1, pa, 0, q, HD, 0, pb, 0, 1.0f, dk, D);
-        }
-        /* dk and dv may be one buffer (k and v the same tensor): add one after the other */
-        if (j->dk) {
-            float *g = j->dk + (b * j->Sk + c0) * HD + h * D;
-            for (int64_t r = 0; r < nc; r++) for (int64_t d = 0; d < D; d++) g[r * HD + d] += dk[r * D + d];
-        }
-        if (j->dv) {
-            float *g = j->dv + (b * j->Sk + c0) * HD + h * D;
-            for (int64_t r = 0; r < nc; r++) for (int64_t d = 0; d < D; d++) g[r * HD + d] += dv[r * D + d];
-        }
+        int64_t bh = t / j->nk;
+        ldm__attn_kv_block(j, ldm__attn_buf(j, tid), bh / j->H, bh % j->H, (t % j->nk) * j->bk, NULL);
     }
 }
-/* dQ of one query block: a loop over every key block. */
+/* The single pass: every key block of one (b, h), dQ^T gathered over all of them. */
+static void ldm__attn_bwd_whole_task(void *arg, int64_t t0, int64_t t1, int tid) {
+    const ldm__attn_job *j = (const ldm__attn_job *)arg;
+    const int64_t D = j->D, HD = j->H * D;
+    float *w = ldm__attn_buf(j, tid), *dqt = w + 4 * j->pack_floats + 2 * j->tile_floats + 2 * j->acc_floats;
+    for (int64_t t = t0; t < t1; t++) {
+        int64_t b = t / j->H, h = t % j->H;
+        memset(dqt, 0, sizeof(float) * (size_t)(D * j->Sq));
+        for (int64_t c0 = 0; c0 < j->Sk; c0 += j->bk) ldm__attn_kv_block(j, w, b, h, c0, j->dq ? dqt : NULL);
+        if (j->dq) ldm__attn_add_t(j->dq + b * j->Sq * HD + h * D, HD, dqt, j->Sq, j->Sq, D);
+    }
+}
+/* dQ of one query block over every key block (the second pass). */
 static void ldm__attn_bwd_q_task(void *arg, int64_t t0, int64_t t1, int tid) {
     const ldm__attn_job *j = (const ldm__attn_job *)arg;
     const int64_t D = j->D, HD = j->H * D, bq = j->bq, bk = j->bk;
-    float *w = ldm__attn_buf(j, tid), *pq = w, *po = w + j->pack_floats, *pa = w + 2 * j->pack_floats, *pb = w + 3 * j->pack_floats;
-    size_t tile = (size_t)LDM__ALIGN_UP(sizeof(float) * (size_t)(bq * bk)) / sizeof(float);
-    float *p = w + 4 * j->pack_floats, *dp = p + tile, *dq = dp + tile;
+    float *w = ldm__attn_buf(j, tid), *pa = w + 2 * j->pack_floats, *pb = w + 3 * j->pack_floats;
+    float *p = w + 4 * j->pack_floats, *dp = p + j->tile_floats, *dqt = dp + j->tile_floats;
     for (int64_t t = t0; t < t1; t++) {
         int64_t bh = t / j->nq, b = bh / j->H, h = bh % j->H, i0 = (t % j->nq) * bq, nr = LDM__MIN(bq, j->Sq - i0);
         const float *q = j->q + (b * j->Sq + i0) * HD + h * D, *go = j->dout + (b * j->Sq + i0) * HD + h * D;
-        memset(dq, 0, sizeof(float) * (size_t)(nr * D));
+        memset(dqt, 0, sizeof(float) * (size_t)(D * bq));
         for (int64_t c0 = 0; c0 < j->Sk; c0 += bk) {
             int64_t nc = LDM__MIN(bk, j->Sk - c0);
             const float *k = j->k + (b * j->Sk + c0) * HD + h * D, *v = j->v + (b * j->Sk + c0) * HD + h * D;
-            ldm__blk_gemm(nr, nc, D, j->scale, q, HD, 0, pq, c0 > 0, k, HD, 1, pb, 0, 0.0f, p, nc);
-            ldm__blk_gemm(nr, nc, D, 1.0f, go, HD, 0, po, c0 > 0, v, HD, 1, pb, 0, 0.0f, dp, nc);
-            ldm__attn_ds(j, p, dp, nr, nc, j->lse + bh * j->Sq + i0, j->di + bh * j->Sq + i0);
-            ldm__blk_gemm(nr, D, nc, j->scale, dp, nc, 0, pa, 0, k, HD, 0, pb, 0, 1.0f, dq, D);
+            ldm__attn_probs(j, p, dp, q, go, nr, k, v, nc, w, 0, w + j->pack_floats, 0, pa, j->lse + bh * j->Sq + i0,
+                            j->di + bh * j->Sq + i0);
+            ldm__blk_gemm(D, nr, nc, j->scale, k, HD, 1, pa, 0, dp, nc, 1, pb, 0, 1.0f, dqt, bq);
         }
-        float *g = j->dq + (b * j->Sq + i0) * HD + h * D;
-        for (int64_t r = 0; r < nr; r++) for (int64_t d = 0; d < D; d++) g[r * HD + d] += dq[r * D + d];
+        ldm__attn_add_t(j->dq + (b * j->Sq + i0) * HD + h * D, HD, dqt, bq, nr, D);
     }
 }
 /* Di = rowsum(dO * O) per (b, h, query) */
@@ -3879,18 +3896,17 @@ static void ldm__cpu_attn_backward(ldm_ctx *ctx, float *dq, float *dk, float *dv
     memset(&j, 0, sizeof j);
     j.dq = dq; j.dk = dk; j.dv = dv; j.dout = dout; j.o = out; j.lse = (float *)lse; j.q = q; j.k = k; j.v = v;
     j.B = B; j.H = H; j.Sq = Sq; j.Sk = Sk; j.D = D; j.scale = scale;
-    ldm__attn_blocks(D, &j.bq, &j.bk);
-    j.nq = (Sq + j.bq - 1) / j.bq;
-    j.nk = (Sk + j.bk - 1) / j.bk;
-    j.di = (float *)LDM_MALLOC(sizeof(float) * (size_t)(B * H * Sq));
-    ldm__attn_scratch(&j, ctx->threads);
+    j.di = (float *)LDM_MALLOC(sizeof(float) * (size_t)LDM__MAX(1, B * H * Sq));
+    ldm__attn_setup(&j, ctx->threads, 1);
     if (!j.work || !j.di) {
         ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_attention backward: out of memory for the block scratch");
     } else {
         ldm_parallel_for(ctx, B * H * Sq, LDM__MAX(1, LDM__GRAIN / LDM__MAX(1, D)), ldm__attn_di_task, &j);
-        /* two passes, so each gradient row has one writer; q, k and v may share a buffer */
-        if (dk || dv) ldm_parallel_for(ctx, B * H * j.nk, 1, ldm__attn_bwd_kv_task, &j);
-        if (dq) ldm_parallel_for(ctx, B * H * j.nq, 1, ldm__attn_bwd_q_task, &j);
+        if (j.whole) ldm_parallel_for(ctx, B * H, 1, ldm__attn_bwd_whole_task, &j);
+        else { /* two passes, so each gradient row has one writer; q, k and v may share a buffer */
+            if (dk || dv) ldm_parallel_for(ctx, B * H * j.nk, 1, ldm__attn_bwd_kv_task, &j);
+            if (dq) ldm_parallel_for(ctx, B * H * j.nq, 1, ldm__attn_bwd_q_task, &j);
+        }
     }
     LDM_FREE(j.work);
     LDM_FREE(j.di);

@@ -327,8 +327,8 @@ static void test_attn_block(ldm_ctx *ctx) {
         float *gx = (float *)malloc(sizeof(float) * (size_t)n), *gw = (float *)malloc(sizeof(float) * (size_t)wq->numel);
         float *outs[2] = {gx, gw};
         ldm_tensor *wrt[2] = {x, wq};
-        float *dev[2] = {ldm_arena_alloc(ctx, ldm_ctx_device(ctx), sizeof(float) * (size_t)n),
-                         ldm_arena_alloc(ctx, ldm_ctx_device(ctx), sizeof(float) * (size_t)wq->numel)};
+        float *dev[2] = {(float *)ldm_arena_alloc(ctx, ldm_ctx_device(ctx), sizeof(float) * (size_t)n),
+                         (float *)ldm_arena_alloc(ctx, ldm_ctx_device(ctx), sizeof(float) * (size_t)wq->numel)};
         ldm_grad(ctx, loss, 2, wrt, dev);
         for (int i = 0; i < 2; i++) {
             ldm_tensor t = ldm_tensor_wrap(dev[i], ldm_shape1(i ? wq->numel : n), ldm_ctx_device(ctx));
