@@ -3716,29 +3716,28 @@ typedef struct {
     const float *q, *k, *v, *dout, *o;
     int64_t B, H, Sq, Sk, D, bq, bk, nq, nk;
     float scale;
-    int whole;                    /* backward: one task per (b, h) does dQ, dK and dV in one pass */
-    float *work;
+    int64_t groups;               /* backward: key-block groups per (b, h) */
+    float *work, *dqp;            /* dqp: dQ^T partials [B*H, groups, D, Sq] */
     size_t work_floats, pack_floats, tile_floats, acc_floats;
 } ldm__attn_job;
-/* Blocks of 96 rows fill the micro-tiles of every ISA (8/6 x 48/16/8) without padding; a
-   large D takes shorter query blocks so that the accumulators stay in L2. */
-static void ldm__attn_setup(ldm__attn_job *j, int threads, int backward) {
-    j->bq = j->D <= 128 ? 96 : 48;
+/* Blocks of 96 rows fill the micro-tiles of every ISA (8/6 x 48/16/8) without padding. */
+static void ldm__attn_setup(ldm__attn_job *j, int threads) {
+    j->bq = 96;
     j->bk = 96;
     j->nq = (j->Sq + j->bq - 1) / j->bq;
     j->nk = (j->Sk + j->bk - 1) / j->bk;
-    /* A fixed rule of the shape (never of the thread count), so results stay bitwise the
-       same for any thread count: enough (b, h) pairs to keep threads busy -> the single pass
-       (5 block products per tile pair instead of 7) */
-    j->whole = backward && j->B * j->H >= 8;
+    /* backward: key blocks of one (b, h) go in G groups, each a task with its own dQ partial.
+       G depends on the shape only (never on the thread count), so results stay bitwise the
+       same for any thread count; about 8 tasks at least. */
+    j->groups = j->B * j->H >= 8 ? 1 : LDM__MIN(j->nk, (8 + j->B * j->H - 1) / (j->B * j->H));
     int64_t r = LDM__MAX(LDM__MAX(j->bq, j->bk), j->D);
     int64_t rp = (r + LDM__AMR + LDM__ANR) / LDM__AMR * LDM__AMR + LDM__ANR;
     j->pack_floats = LDM__ALIGN_UP(sizeof(float) * (size_t)(rp * r)) / sizeof(float);
     j->tile_floats = LDM__ALIGN_UP(sizeof(float) * (size_t)(j->bq * j->bk)) / sizeof(float);
-    j->acc_floats = LDM__ALIGN_UP(sizeof(float) * (size_t)(j->D * (j->whole ? LDM__MAX(j->Sq, j->bk) : LDM__MAX(j->bq, j->bk)))) / sizeof(float);
+    j->acc_floats = LDM__ALIGN_UP(sizeof(float) * (size_t)(j->D * LDM__MAX(j->bq, j->bk))) / sizeof(float);
     size_t rows = LDM__ALIGN_UP(sizeof(float) * (size_t)(4 * j->bq)) / sizeof(float);
-    /* 4 packing buffers, 2 score tiles, 3 accumulators, row statistics */
-    j->work_floats = 4 * j->pack_floats + 2 * j->tile_floats + 3 * j->acc_floats + rows;
+    /* 4 packing buffers, 2 score tiles, 2 accumulators, row statistics */
+    j->work_floats = 4 * j->pack_floats + 2 * j->tile_floats + 2 * j->acc_floats + rows;
     j->work = (float *)LDM_MALLOC(sizeof(float) * j->work_floats * (size_t)threads + LDM__ALIGN);
 }
 static float *ldm__attn_buf(const ldm__attn_job *j, int tid) {
@@ -3757,7 +3756,7 @@ static void ldm__attn_fwd_task(void *arg, int64_t t0, int64_t t1, int tid) {
     const ldm__attn_job *j = (const ldm__attn_job *)arg;
     const int64_t D = j->D, HD = j->H * D, bq = j->bq, bk = j->bk;
     float *w = ldm__attn_buf(j, tid), *pq = w, *pa = w + 2 * j->pack_floats, *pb = w + 3 * j->pack_floats;
-    float *s = w + 4 * j->pack_floats, *acc = s + 2 * j->tile_floats, *m = acc + 3 * j->acc_floats, *l = m + bq, *corr = l + bq;
+    float *s = w + 4 * j->pack_floats, *acc = s + 2 * j->tile_floats, *m = acc + 2 * j->acc_floats, *l = m + bq, *corr = l + bq;
     for (int64_t t = t0; t < t1; t++) {
         int64_t bh = t / j->nq, b = bh / j->H, h = bh % j->H, i0 = (t % j->nq) * bq, nr = LDM__MIN(bq, j->Sq - i0);
         const float *q = j->q + (b * j->Sq + i0) * HD + h * D;
@@ -3795,7 +3794,7 @@ static void ldm__cpu_attn_forward(ldm_ctx *ctx, float *out, float *lse, const fl
     memset(&j, 0, sizeof j);
     j.out = out; j.lse = lse; j.q = q; j.k = k; j.v = v;
     j.B = B; j.H = H; j.Sq = Sq; j.Sk = Sk; j.D = D; j.scale = scale;
-    ldm__attn_setup(&j, ctx->threads, 0);
+    ldm__attn_setup(&j, ctx->threads);
     if (!j.work) { ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_attention: out of memory for the block scratch"); return; }
     ldm_parallel_for(ctx, B * H * j.nq, 1, ldm__attn_fwd_task, &j);
     LDM_FREE(j.work);
@@ -3837,43 +3836,31 @@ static void ldm__attn_kv_block(const ldm__attn_job *j, float *w, int64_t b, int6
     if (j->dk) ldm__attn_add_t(j->dk + (b * j->Sk + c0) * HD + h * D, HD, dkt, bk, nc, D);
     if (j->dv) ldm__attn_add_t(j->dv + (b * j->Sk + c0) * HD + h * D, HD, dvt, bk, nc, D);
 }
-static void ldm__attn_bwd_kv_task(void *arg, int64_t t0, int64_t t1, int tid) {
+/* One group of key blocks of one (b, h): dK and dV of its blocks, and its dQ^T partial. */
+static void ldm__attn_bwd_task(void *arg, int64_t t0, int64_t t1, int tid) {
     const ldm__attn_job *j = (const ldm__attn_job *)arg;
     for (int64_t t = t0; t < t1; t++) {
-        int64_t bh = t / j->nk;
-        ldm__attn_kv_block(j, ldm__attn_buf(j, tid), bh / j->H, bh % j->H, (t % j->nk) * j->bk, NULL);
+        int64_t bh = t / j->groups, g = t % j->groups;
+        float *dqt = j->dqp ? j->dqp + (size_t)t * (size_t)(j->D * j->Sq) : NULL;
+        if (dqt) memset(dqt, 0, sizeof(float) * (size_t)(j->D * j->Sq));
+        for (int64_t kb = g * j->nk / j->groups; kb < (g + 1) * j->nk / j->groups; kb++)
+            ldm__attn_kv_block(j, ldm__attn_buf(j, tid), bh / j->H, bh % j->H, kb * j->bk, dqt);
     }
 }
-/* The single pass: every key block of one (b, h), dQ^T gathered over all of them. */
-static void ldm__attn_bwd_whole_task(void *arg, int64_t t0, int64_t t1, int tid) {
+/* dq += the sum of the groups' dQ^T partials (in group order), per (b, h, query) row */
+static void ldm__attn_dq_task(void *arg, int64_t r0, int64_t r1, int tid) {
     const ldm__attn_job *j = (const ldm__attn_job *)arg;
-    const int64_t D = j->D, HD = j->H * D;
-    float *w = ldm__attn_buf(j, tid), *dqt = w + 4 * j->pack_floats + 2 * j->tile_floats + 2 * j->acc_floats;
-    for (int64_t t = t0; t < t1; t++) {
-        int64_t b = t / j->H, h = t % j->H;
-        memset(dqt, 0, sizeof(float) * (size_t)(D * j->Sq));
-        for (int64_t c0 = 0; c0 < j->Sk; c0 += j->bk) ldm__attn_kv_block(j, w, b, h, c0, j->dq ? dqt : NULL);
-        if (j->dq) ldm__attn_add_t(j->dq + b * j->Sq * HD + h * D, HD, dqt, j->Sq, j->Sq, D);
-    }
-}
-/* dQ of one query block over every key block (the second pass). */
-static void ldm__attn_bwd_q_task(void *arg, int64_t t0, int64_t t1, int tid) {
-    const ldm__attn_job *j = (const ldm__attn_job *)arg;
-    const int64_t D = j->D, HD = j->H * D, bq = j->bq, bk = j->bk;
-    float *w = ldm__attn_buf(j, tid), *pa = w + 2 * j->pack_floats, *pb = w + 3 * j->pack_floats;
-    float *p = w + 4 * j->pack_floats, *dp = p + j->tile_floats, *dqt = dp + j->tile_floats;
-    for (int64_t t = t0; t < t1; t++) {
-        int64_t bh = t / j->nq, b = bh / j->H, h = bh % j->H, i0 = (t % j->nq) * bq, nr = LDM__MIN(bq, j->Sq - i0);
-        const float *q = j->q + (b * j->Sq + i0) * HD + h * D, *go = j->dout + (b * j->Sq + i0) * HD + h * D;
-        memset(dqt, 0, sizeof(float) * (size_t)(D * bq));
-        for (int64_t c0 = 0; c0 < j->Sk; c0 += bk) {
-            int64_t nc = LDM__MIN(bk, j->Sk - c0);
-            const float *k = j->k + (b * j->Sk + c0) * HD + h * D, *v = j->v + (b * j->Sk + c0) * HD + h * D;
-            ldm__attn_probs(j, p, dp, q, go, nr, k, v, nc, w, 0, w + j->pack_floats, 0, pa, j->lse + bh * j->Sq + i0,
-                            j->di + bh * j->Sq + i0);
-            ldm__blk_gemm(D, nr, nc, j->scale, k, HD, 1, pa, 0, dp, nc, 1, pb, 0, 1.0f, dqt, bq);
+    const int64_t D = j->D, HD = j->H * D, Sq = j->Sq, G = j->groups;
+    (void)tid;
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t bh = r / Sq, i = r % Sq;
+        float *g = j->dq + ((bh / j->H) * Sq + i) * HD + (bh % j->H) * D;
+        const float *p = j->dqp + (size_t)(bh * G) * (size_t)(D * Sq) + i;
+        for (int64_t d = 0; d < D; d++) {
+            float s = p[d * Sq];
+            for (int64_t k = 1; k < G; k++) s += p[(size_t)k * (size_t)(D * Sq) + d * Sq];
+            g[d] += s;
         }
-        ldm__attn_add_t(j->dq + (b * j->Sq + i0) * HD + h * D, HD, dqt, bq, nr, D);
     }
 }
 /* Di = rowsum(dO * O) per (b, h, query) */
@@ -3897,17 +3884,18 @@ static void ldm__cpu_attn_backward(ldm_ctx *ctx, float *dq, float *dk, float *dv
     j.dq = dq; j.dk = dk; j.dv = dv; j.dout = dout; j.o = out; j.lse = (float *)lse; j.q = q; j.k = k; j.v = v;
     j.B = B; j.H = H; j.Sq = Sq; j.Sk = Sk; j.D = D; j.scale = scale;
     j.di = (float *)LDM_MALLOC(sizeof(float) * (size_t)LDM__MAX(1, B * H * Sq));
-    ldm__attn_setup(&j, ctx->threads, 1);
-    if (!j.work || !j.di) {
+    ldm__attn_setup(&j, ctx->threads);
+    if (dq) j.dqp = (float *)LDM_MALLOC(sizeof(float) * (size_t)(B * H * j.groups) * (size_t)(D * Sq));
+    if (!j.work || !j.di || (dq && !j.dqp)) {
         ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_attention backward: out of memory for the block scratch");
     } else {
         ldm_parallel_for(ctx, B * H * Sq, LDM__MAX(1, LDM__GRAIN / LDM__MAX(1, D)), ldm__attn_di_task, &j);
-        if (j.whole) ldm_parallel_for(ctx, B * H, 1, ldm__attn_bwd_whole_task, &j);
-        else { /* two passes, so each gradient row has one writer; q, k and v may share a buffer */
-            if (dk || dv) ldm_parallel_for(ctx, B * H * j.nk, 1, ldm__attn_bwd_kv_task, &j);
-            if (dq) ldm_parallel_for(ctx, B * H * j.nq, 1, ldm__attn_bwd_q_task, &j);
-        }
+        /* each task writes the dK and dV rows of its own key blocks and its own dQ partial, so
+           q, k and v may share a gradient buffer */
+        ldm_parallel_for(ctx, B * H * j.groups, 1, ldm__attn_bwd_task, &j);
+        if (dq) ldm_parallel_for(ctx, B * H * Sq, LDM__MAX(1, LDM__GRAIN / LDM__MAX(1, D * j.groups)), ldm__attn_dq_task, &j);
     }
+    LDM_FREE(j.dqp);
     LDM_FREE(j.work);
     LDM_FREE(j.di);
 }
