@@ -3717,12 +3717,12 @@ typedef struct {
     int64_t B, H, Sq, Sk, D, bq, bk, nq, nk;
     float scale;
     int64_t groups;               /* backward: key-block groups per (b, h) */
-    float *work, *dqp;            /* dqp: dQ^T partials [B*H, groups, D, Sq] */
+    float *work, *dqp;            /* dqp: dQ^T partials [B*H, groups, nq, D, bq] */
     size_t work_floats, pack_floats, tile_floats, acc_floats;
 } ldm__attn_job;
 /* Blocks of 96 rows fill the micro-tiles of every ISA (8/6 x 48/16/8) without padding. */
 static void ldm__attn_setup(ldm__attn_job *j, int threads) {
-    j->bq = 96;
+    j->bq = j->D > 128 ? 192 : 96; /* a long D: longer K for the products over query rows */
     j->bk = 96;
     j->nq = (j->Sq + j->bq - 1) / j->bq;
     j->nk = (j->Sk + j->bk - 1) / j->bk;
@@ -3816,7 +3816,8 @@ static void ldm__attn_probs(const ldm__attn_job *j, float *p, float *dp, const f
     }
 }
 /* dK and dV (transposed, [D, bk]) of one key block over the query blocks; with dqt, also
-   dQ^T [D, Sq] (leading dimension Sq) of every query block. */
+   adds to dQ^T of every query block (block-major: [nq][D][bq], so no row is a power-of-two
+   stride apart from the next). */
 static void ldm__attn_kv_block(const ldm__attn_job *j, float *w, int64_t b, int64_t h, int64_t c0, float *dqt) {
     const int64_t D = j->D, HD = j->H * D, bq = j->bq, bk = j->bk, bh = b * j->H + h, nc = LDM__MIN(bk, j->Sk - c0);
     float *pk = w, *pv = w + j->pack_floats, *pa = w + 2 * j->pack_floats, *pb = w + 3 * j->pack_floats;
@@ -3830,7 +3831,7 @@ static void ldm__attn_kv_block(const ldm__attn_job *j, float *w, int64_t b, int6
         ldm__attn_probs(j, p, dp, q, go, nr, k, v, nc, pk, i0 > 0, pv, i0 > 0, pa, j->lse + bh * j->Sq + i0, j->di + bh * j->Sq + i0);
         ldm__blk_gemm(D, nc, nr, 1.0f, go, HD, 1, pa, 0, p, nc, 0, pb, 0, 1.0f, dvt, bk);           /* dV^T += dO^T P */
         ldm__blk_gemm(D, nc, nr, j->scale, q, HD, 1, pa, 0, dp, nc, 0, pb, 0, 1.0f, dkt, bk);       /* dK^T += s Q^T dS */
-        if (dqt) ldm__blk_gemm(D, nr, nc, j->scale, k, HD, 1, pa, 0, dp, nc, 1, pb, 0, 1.0f, dqt + i0, j->Sq); /* dQ^T += s K^T dS^T */
+        if (dqt) ldm__blk_gemm(D, nr, nc, j->scale, k, HD, 1, pa, 0, dp, nc, 1, pb, 0, 1.0f, dqt + i0 * D, bq); /* dQ^T += s K^T dS^T */
     }
     /* dk and dv may be one buffer (k and v the same tensor): add one after the other */
     if (j->dk) ldm__attn_add_t(j->dk + (b * j->Sk + c0) * HD + h * D, HD, dkt, bk, nc, D);
@@ -3841,8 +3842,8 @@ static void ldm__attn_bwd_task(void *arg, int64_t t0, int64_t t1, int tid) {
     const ldm__attn_job *j = (const ldm__attn_job *)arg;
     for (int64_t t = t0; t < t1; t++) {
         int64_t bh = t / j->groups, g = t % j->groups;
-        float *dqt = j->dqp ? j->dqp + (size_t)t * (size_t)(j->D * j->Sq) : NULL;
-        if (dqt) memset(dqt, 0, sizeof(float) * (size_t)(j->D * j->Sq));
+        float *dqt = j->dqp ? j->dqp + (size_t)t * (size_t)(j->nq * j->D * j->bq) : NULL;
+        if (dqt) memset(dqt, 0, sizeof(float) * (size_t)(j->nq * j->D * j->bq));
         for (int64_t kb = g * j->nk / j->groups; kb < (g + 1) * j->nk / j->groups; kb++)
             ldm__attn_kv_block(j, ldm__attn_buf(j, tid), bh / j->H, bh % j->H, kb * j->bk, dqt);
     }
@@ -3850,15 +3851,15 @@ static void ldm__attn_bwd_task(void *arg, int64_t t0, int64_t t1, int tid) {
 /* dq += the sum of the groups' dQ^T partials (in group order), per (b, h, query) row */
 static void ldm__attn_dq_task(void *arg, int64_t r0, int64_t r1, int tid) {
     const ldm__attn_job *j = (const ldm__attn_job *)arg;
-    const int64_t D = j->D, HD = j->H * D, Sq = j->Sq, G = j->groups;
+    const int64_t D = j->D, HD = j->H * D, Sq = j->Sq, G = j->groups, bq = j->bq, part = j->nq * D * bq;
     (void)tid;
     for (int64_t r = r0; r < r1; r++) {
         int64_t bh = r / Sq, i = r % Sq;
         float *g = j->dq + ((bh / j->H) * Sq + i) * HD + (bh % j->H) * D;
-        const float *p = j->dqp + (size_t)(bh * G) * (size_t)(D * Sq) + i;
+        const float *p = j->dqp + (size_t)(bh * G) * (size_t)part + (i / bq) * D * bq + i % bq;
         for (int64_t d = 0; d < D; d++) {
-            float s = p[d * Sq];
-            for (int64_t k = 1; k < G; k++) s += p[(size_t)k * (size_t)(D * Sq) + d * Sq];
+            float s = p[d * bq];
+            for (int64_t k = 1; k < G; k++) s += p[(size_t)k * (size_t)part + d * bq];
             g[d] += s;
         }
     }
@@ -3885,7 +3886,7 @@ static void ldm__cpu_attn_backward(ldm_ctx *ctx, float *dq, float *dk, float *dv
     j.B = B; j.H = H; j.Sq = Sq; j.Sk = Sk; j.D = D; j.scale = scale;
     j.di = (float *)LDM_MALLOC(sizeof(float) * (size_t)LDM__MAX(1, B * H * Sq));
     ldm__attn_setup(&j, ctx->threads);
-    if (dq) j.dqp = (float *)LDM_MALLOC(sizeof(float) * (size_t)(B * H * j.groups) * (size_t)(D * Sq));
+    if (dq) j.dqp = (float *)LDM_MALLOC(sizeof(float) * (size_t)(B * H * j.groups) * (size_t)(j.nq * D * j.bq));
     if (!j.work || !j.di || (dq && !j.dqp)) {
         ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_attention backward: out of memory for the block scratch");
     } else {
