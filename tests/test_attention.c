@@ -213,6 +213,15 @@ int main(int argc, char **argv) {
     threads_and_memory(1, 1000, 2, 32);
     threads_and_memory(2, 300, 4, 16);
     errors();
+#ifdef LDM_CUDA
+    /* the same fixtures on the GPU back end (also under the CPU emulator) */
+    if (ldm_cuda_available() && ldm_cuda_init(ctx, 0) == LDM_OK) {
+        lt_tag = "[cuda] ";
+        fixture_cases(fx);
+        shared_inputs();
+        lt_tag = "";
+    } else printf("SKIP test_attention on CUDA: %s\n", ldm_ctx_status(ctx) ? ldm_ctx_error(ctx) : "no CUDA device");
+#endif
     ldm_weights_close(fx);
     ldm_ctx_destroy(ctx);
     return lt_finish("test_attention");
