@@ -3711,6 +3711,21 @@ static void ldm__blk_gemm(int64_t M, int64_t N, int64_t K, float alpha, const fl
 #endif
 }
 
+/* Host scratch for one kernel call: from the CPU arena when it has room (its pages are
+   already touched, so big buffers cost no page faults), else the heap. Released in reverse
+   order; nothing else allocates from the arena in between. */
+typedef struct { size_t used; int heap; } ldm__scratch_mark;
+static void *ldm__scratch_get(ldm_ctx *ctx, size_t bytes, ldm__scratch_mark *m) {
+    ldm__arena *a = &ctx->arena[LDM_CPU];
+    m->used = a->used;
+    m->heap = !a->base || LDM__ALIGN_UP(bytes) > a->limit - a->used;
+    return m->heap ? LDM_MALLOC(bytes) : ldm_arena_alloc(ctx, LDM_CPU, bytes);
+}
+static void ldm__scratch_put(ldm_ctx *ctx, void *p, const ldm__scratch_mark *m) {
+    if (m->heap) LDM_FREE(p);
+    else if (p) ctx->arena[LDM_CPU].used = m->used;
+}
+
 typedef struct {
     float *out, *lse, *dq, *dk, *dv, *di;
     const float *q, *k, *v, *dout, *o;
@@ -3718,10 +3733,11 @@ typedef struct {
     float scale;
     int64_t groups;               /* backward: key-block groups per (b, h) */
     float *work, *dqp;            /* dqp: dQ^T partials [B*H, groups, nq, D, bq] */
+    ldm__scratch_mark work_mark;
     size_t work_floats, pack_floats, tile_floats, acc_floats;
 } ldm__attn_job;
 /* Blocks of 96 rows fill the micro-tiles of every ISA (8/6 x 48/16/8) without padding. */
-static void ldm__attn_setup(ldm__attn_job *j, int threads) {
+static void ldm__attn_setup(ldm_ctx *ctx, ldm__attn_job *j) {
     j->bq = j->D > 128 ? 192 : 96; /* a long D: longer K for the products over query rows */
     j->bk = 96;
     j->nq = (j->Sq + j->bq - 1) / j->bq;
@@ -3738,7 +3754,7 @@ static void ldm__attn_setup(ldm__attn_job *j, int threads) {
     size_t rows = LDM__ALIGN_UP(sizeof(float) * (size_t)(4 * j->bq)) / sizeof(float);
     /* 4 packing buffers, 2 score tiles, 2 accumulators, row statistics */
     j->work_floats = 4 * j->pack_floats + 2 * j->tile_floats + 2 * j->acc_floats + rows;
-    j->work = (float *)LDM_MALLOC(sizeof(float) * j->work_floats * (size_t)threads + LDM__ALIGN);
+    j->work = (float *)ldm__scratch_get(ctx, sizeof(float) * j->work_floats * (size_t)ctx->threads + LDM__ALIGN, &j->work_mark);
 }
 static float *ldm__attn_buf(const ldm__attn_job *j, int tid) {
     uintptr_t p = ((uintptr_t)j->work + (LDM__ALIGN - 1)) & ~(uintptr_t)(LDM__ALIGN - 1);
@@ -3794,10 +3810,10 @@ static void ldm__cpu_attn_forward(ldm_ctx *ctx, float *out, float *lse, const fl
     memset(&j, 0, sizeof j);
     j.out = out; j.lse = lse; j.q = q; j.k = k; j.v = v;
     j.B = B; j.H = H; j.Sq = Sq; j.Sk = Sk; j.D = D; j.scale = scale;
-    ldm__attn_setup(&j, ctx->threads);
+    ldm__attn_setup(ctx, &j);
     if (!j.work) { ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_attention: out of memory for the block scratch"); return; }
     ldm_parallel_for(ctx, B * H * j.nq, 1, ldm__attn_fwd_task, &j);
-    LDM_FREE(j.work);
+    ldm__scratch_put(ctx, j.work, &j.work_mark);
 }
 
 /* One query block against one key block (b, h given by the pointers): P = exp(scale q k^T -
@@ -3818,7 +3834,7 @@ static void ldm__attn_probs(const ldm__attn_job *j, float *p, float *dp, const f
 /* dK and dV (transposed, [D, bk]) of one key block over the query blocks; with dqt, also
    adds to dQ^T of every query block (block-major: [nq][D][bq], so no row is a power-of-two
    stride apart from the next). */
-static void ldm__attn_kv_block(const ldm__attn_job *j, float *w, int64_t b, int64_t h, int64_t c0, float *dqt) {
+static void ldm__attn_kv_block(const ldm__attn_job *j, float *w, int64_t b, int64_t h, int64_t c0, float *dqt, int dq_first) {
     const int64_t D = j->D, HD = j->H * D, bq = j->bq, bk = j->bk, bh = b * j->H + h, nc = LDM__MIN(bk, j->Sk - c0);
     float *pk = w, *pv = w + j->pack_floats, *pa = w + 2 * j->pack_floats, *pb = w + 3 * j->pack_floats;
     float *p = w + 4 * j->pack_floats, *dp = p + j->tile_floats, *dkt = dp + j->tile_floats, *dvt = dkt + j->acc_floats;
@@ -3831,7 +3847,8 @@ static void ldm__attn_kv_block(const ldm__attn_job *j, float *w, int64_t b, int6
         ldm__attn_probs(j, p, dp, q, go, nr, k, v, nc, pk, i0 > 0, pv, i0 > 0, pa, j->lse + bh * j->Sq + i0, j->di + bh * j->Sq + i0);
         ldm__blk_gemm(D, nc, nr, 1.0f, go, HD, 1, pa, 0, p, nc, 0, pb, 0, 1.0f, dvt, bk);           /* dV^T += dO^T P */
         ldm__blk_gemm(D, nc, nr, j->scale, q, HD, 1, pa, 0, dp, nc, 0, pb, 0, 1.0f, dkt, bk);       /* dK^T += s Q^T dS */
-        if (dqt) ldm__blk_gemm(D, nr, nc, j->scale, k, HD, 1, pa, 0, dp, nc, 1, pb, 0, 1.0f, dqt + i0 * D, bq); /* dQ^T += s K^T dS^T */
+        if (dqt) /* dQ^T (+)= s K^T dS^T; the group's first key block writes it */
+            ldm__blk_gemm(D, nr, nc, j->scale, k, HD, 1, pa, 0, dp, nc, 1, pb, 0, dq_first ? 0.0f : 1.0f, dqt + i0 * D, bq);
     }
     /* dk and dv may be one buffer (k and v the same tensor): add one after the other */
     if (j->dk) ldm__attn_add_t(j->dk + (b * j->Sk + c0) * HD + h * D, HD, dkt, bk, nc, D);
@@ -3843,9 +3860,8 @@ static void ldm__attn_bwd_task(void *arg, int64_t t0, int64_t t1, int tid) {
     for (int64_t t = t0; t < t1; t++) {
         int64_t bh = t / j->groups, g = t % j->groups;
         float *dqt = j->dqp ? j->dqp + (size_t)t * (size_t)(j->nq * j->D * j->bq) : NULL;
-        if (dqt) memset(dqt, 0, sizeof(float) * (size_t)(j->nq * j->D * j->bq));
-        for (int64_t kb = g * j->nk / j->groups; kb < (g + 1) * j->nk / j->groups; kb++)
-            ldm__attn_kv_block(j, ldm__attn_buf(j, tid), bh / j->H, bh % j->H, kb * j->bk, dqt);
+        int64_t k0 = g * j->nk / j->groups, k1 = (g + 1) * j->nk / j->groups;
+        for (int64_t kb = k0; kb < k1; kb++) ldm__attn_kv_block(j, ldm__attn_buf(j, tid), bh / j->H, bh % j->H, kb * j->bk, dqt, kb == k0);
     }
 }
 /* dq += the sum of the groups' dQ^T partials (in group order), per (b, h, query) row */
@@ -3884,9 +3900,10 @@ static void ldm__cpu_attn_backward(ldm_ctx *ctx, float *dq, float *dk, float *dv
     memset(&j, 0, sizeof j);
     j.dq = dq; j.dk = dk; j.dv = dv; j.dout = dout; j.o = out; j.lse = (float *)lse; j.q = q; j.k = k; j.v = v;
     j.B = B; j.H = H; j.Sq = Sq; j.Sk = Sk; j.D = D; j.scale = scale;
-    j.di = (float *)LDM_MALLOC(sizeof(float) * (size_t)LDM__MAX(1, B * H * Sq));
-    ldm__attn_setup(&j, ctx->threads);
-    if (dq) j.dqp = (float *)LDM_MALLOC(sizeof(float) * (size_t)(B * H * j.groups) * (size_t)(j.nq * D * j.bq));
+    ldm__scratch_mark dm, pm;
+    ldm__attn_setup(ctx, &j);
+    j.di = (float *)ldm__scratch_get(ctx, sizeof(float) * (size_t)LDM__MAX(1, B * H * Sq), &dm);
+    if (dq) j.dqp = (float *)ldm__scratch_get(ctx, sizeof(float) * (size_t)(B * H * j.groups) * (size_t)(j.nq * D * j.bq), &pm);
     if (!j.work || !j.di || (dq && !j.dqp)) {
         ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_attention backward: out of memory for the block scratch");
     } else {
@@ -3896,9 +3913,9 @@ static void ldm__cpu_attn_backward(ldm_ctx *ctx, float *dq, float *dk, float *dv
         ldm_parallel_for(ctx, B * H * j.groups, 1, ldm__attn_bwd_task, &j);
         if (dq) ldm_parallel_for(ctx, B * H * Sq, LDM__MAX(1, LDM__GRAIN / LDM__MAX(1, D * j.groups)), ldm__attn_dq_task, &j);
     }
-    LDM_FREE(j.dqp);
-    LDM_FREE(j.work);
-    LDM_FREE(j.di);
+    if (dq) ldm__scratch_put(ctx, j.dqp, &pm);
+    ldm__scratch_put(ctx, j.di, &dm);
+    ldm__scratch_put(ctx, j.work, &j.work_mark);
 }
 
 static const ldm_backend ldm__cpu_backend = {
