@@ -250,8 +250,8 @@ LDM_API ldm_tensor *ldm_linear(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_t
    q [B, Sq, heads*D], k and v [B, Sk, heads*D] -> [B, Sq, heads*D];
    out_h = softmax(q_h k_h^T * scale) v_h per head h (channels h*D .. h*D+D-1).
    scale 0 means 1/sqrt(D). One op, flash-style: scores are computed a block at a time and
-   never held whole (memory O(S * block)); the backward recomputes them from the saved
-   per-row log-sum-exp. q, k and v may be the same tensor. */
+   never held whole (memory O(S * (block + D)), never Sq x Sk); the backward recomputes them
+   from the saved per-row log-sum-exp. q, k and v may be one tensor or views of one. */
 LDM_API ldm_tensor *ldm_attention(ldm_ctx *ctx, ldm_tensor *q, ldm_tensor *k, ldm_tensor *v, int heads, float scale);
 /* convolution: x [B,C,H,W] w [O,C,kh,kw] (conv3d: [B,C,T,H,W], [O,C,kt,kh,kw]); bias may be NULL */
 LDM_API ldm_tensor *ldm_conv2d(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int stride, int pad);
