@@ -3613,24 +3613,20 @@ typedef int32_t ldm__i8 __attribute__((vector_size(32)));
 /* C has no ?: on vectors: select by the comparison's lane mask */
 #define LDM__VSEL(mask, a, b) ((ldm__f8)(((ldm__i8)(a) & (mask)) | ((ldm__i8)(b) & ~(mask))))
 #endif
-/* exp on [-87, 88] to about 2 ulp (Cephes' polynomial, 2^n from the exponent bits); the
-   vector and scalar forms do the same operations. */
-#define LDM__EXP_BODY(T, x, n, r, p)                                                                 \
-    x = x < (T)(-87.0f) ? (T)(-87.0f) : x;                                                          \
-    x = x > (T)(88.0f) ? (T)(88.0f) : x;                                                            \
-    n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */              \
-    r = x - n * 0.693359375f;                                                                        \
-    r = r - n * -2.12194440e-4f;                                                                     \
-    p = (T)(1.9875691500e-4f);                                                                       \
-    p = p * r + 1.3981999507e-3f;                                                                    \
-    p = p * r + 8.3334519073e-3f;                                                                    \
-    p = p * r + 4.1665795894e-2f;                                                                    \
-    p = p * r + 1.6666665459e-1f;                                                                    \
-    p = p * r + 5.0000001201e-1f;                                                                    \
-    p = p * r * r + r + 1.0f;
+/* exp, clamped to [-87, 88], to about 1 ulp: Cephes' polynomial on x - n ln2, times 2^n built
+   from the exponent bits (n rounded to nearest by the 1.5 * 2^23 trick). The vector loop in
+   ldm__exp_sub_sum does the same operations 8 lanes at a time. */
 static float ldm__exp1(float x) {
-    float n, r, p;
-    LDM__EXP_BODY(float, x, n, r, p)
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
     int32_t e = ((int32_t)n + 127) << 23;
     float s;
     memcpy(&s, &e, 4);
