@@ -227,6 +227,8 @@ static __global__ void ldm__k_unary(ldm__unary_op op, float *y, const float *x, 
         case LDM__U_GELU: r = 0.5f * v * (1.0f + erff(v * 0.7071067811865476f)); break;
         case LDM__U_GELU_TANH: r = 0.5f * v * (1.0f + tanhf(ldm__cu_gelu_tanh_inner(v))); break;
         case LDM__U_SOFTPLUS: r = v * p0 > p1 ? v : log1pf(expf(v * p0)) / p0; break;
+        case LDM__U_SIN: r = sinf(v); break;
+        case LDM__U_COS: r = cosf(v); break;
         case LDM__U_STEP: r = v >= p0 ? p1 : 0.0f; break;
         }
         y[i] = r;
@@ -257,6 +259,8 @@ static __global__ void ldm__k_unary_bw(ldm__unary_op op, float *dx, const float 
             break;
         }
         case LDM__U_SOFTPLUS: d = v * p0 > p1 ? 1.0f : 1.0f / (1.0f + expf(-v * p0)); break;
+        case LDM__U_SIN: d = cosf(v); break;
+        case LDM__U_COS: d = -sinf(v); break;
         default: continue; /* STEP: no gradient */
         }
         dx[i] = __fadd_rn(dx[i], __fmul_rn(dy[i], d));
@@ -994,6 +998,182 @@ static double ldm__cu_sum_squares(ldm_ctx *ctx, const float *x, int64_t n) {
     return r;
 }
 
+/* ---- attention: a block per (query or key tile, batch*head); the scores of one tile pair sit in
+   shared memory, operands stream through it in chunks of D, accumulators live in the output
+   (or gradient) rows the block owns. Forward: online softmax over key tiles, saving the
+   per-row log-sum-exp. Backward (FlashAttention-2): Di = rowsum(dO*O); one kernel per key
+   tile adds dK and dV over every query tile, another per query tile adds dQ; each recomputes
+   P = exp(S - lse). ---- */
+#define LDM__CU_AQ 16         /* query rows per tile */
+#define LDM__CU_AK 32         /* key rows per tile */
+#define LDM__CU_AC 32         /* D columns per shared chunk */
+/* s[r*nc + c] = alpha * dot(a row r, b row c) over D, rows ld apart (all threads call) */
+static __device__ void ldm__cu_att_dots(float *s, const float *a, int nr, const float *b, int nc, int64_t ld, int64_t D,
+                                        float alpha, float *sha, float *shb) {
+    float acc[(LDM__CU_AQ * LDM__CU_AK + LDM__CU_T - 1) / LDM__CU_T];
+    const int per = (LDM__CU_AQ * LDM__CU_AK + LDM__CU_T - 1) / LDM__CU_T;
+    for (int e = 0; e < per; e++) acc[e] = 0.0f;
+    for (int64_t d0 = 0; d0 < D; d0 += LDM__CU_AC) {
+        int dc = (int)(D - d0 < LDM__CU_AC ? D - d0 : LDM__CU_AC);
+        __syncthreads(); /* the previous chunk's readers are done */
+        for (int i = threadIdx.x; i < LDM__CU_AQ * LDM__CU_AC; i += blockDim.x) {
+            int r = i / LDM__CU_AC, d = i % LDM__CU_AC;
+            sha[i] = r < nr && d < dc ? a[r * ld + d0 + d] : 0.0f;
+        }
+        for (int i = threadIdx.x; i < LDM__CU_AK * LDM__CU_AC; i += blockDim.x) {
+            int c = i / LDM__CU_AC, d = i % LDM__CU_AC;
+            shb[i] = c < nc && d < dc ? b[c * ld + d0 + d] : 0.0f;
+        }
+        __syncthreads();
+        for (int e = 0; e < per; e++) {
+            int i = threadIdx.x + e * LDM__CU_T, r = i / LDM__CU_AK, c = i % LDM__CU_AK;
+            if (i >= LDM__CU_AQ * LDM__CU_AK) break;
+            float x = acc[e];
+            for (int d = 0; d < dc; d++) x += sha[r * LDM__CU_AC + d] * shb[c * LDM__CU_AC + d];
+            acc[e] = x;
+        }
+    }
+    __syncthreads();
+    for (int e = 0; e < per; e++) {
+        int i = threadIdx.x + e * LDM__CU_T, r = i / LDM__CU_AK, c = i % LDM__CU_AK;
+        if (i < LDM__CU_AQ * LDM__CU_AK && r < nr && c < nc) s[r * nc + c] = alpha * acc[e];
+    }
+    __syncthreads();
+}
+/* out[x*ldo + d] = out[x*ldo + d] * (rs ? rs[x] : 1) + alpha * sum_y p(x, y) b[y*ld + d] for x < nx,
+   with p(x, y) = p[x*ny + y], or p[y*nx + x] when trans; b's rows stream through shared memory
+   (all threads call) */
+static __device__ void ldm__cu_att_acc(float *out, int64_t ldo, const float *rs, const float *p, int nx, int ny, int trans,
+                                       const float *b, int64_t ld, int64_t D, float alpha, float *shb) {
+    for (int64_t d0 = 0; d0 < D; d0 += LDM__CU_AC) {
+        int dc = (int)(D - d0 < LDM__CU_AC ? D - d0 : LDM__CU_AC);
+        __syncthreads();
+        for (int i = threadIdx.x; i < LDM__CU_AK * LDM__CU_AC; i += blockDim.x) {
+            int y = i / LDM__CU_AC, d = i % LDM__CU_AC;
+            shb[i] = y < ny && d < dc ? b[y * ld + d0 + d] : 0.0f;
+        }
+        __syncthreads();
+        for (int i = threadIdx.x; i < nx * dc; i += blockDim.x) {
+            int x = i / dc, d = i % dc;
+            float a = 0.0f;
+            for (int y = 0; y < ny; y++) a += (trans ? p[y * nx + x] : p[x * ny + y]) * shb[y * LDM__CU_AC + d];
+            float *o = out + x * ldo + d0 + d;
+            *o = (rs ? *o * rs[x] : *o) + alpha * a;
+        }
+    }
+    __syncthreads();
+}
+static __global__ void ldm__k_attn_fwd(float *out, float *lse, const float *q, const float *k, const float *v, int64_t H,
+                                       int64_t Sq, int64_t Sk, int64_t D, float scale) {
+    __shared__ float sha[LDM__CU_AQ * LDM__CU_AC], shb[LDM__CU_AK * LDM__CU_AC], s[LDM__CU_AQ * LDM__CU_AK];
+    __shared__ float m[LDM__CU_AQ], l[LDM__CU_AQ], corr[LDM__CU_AQ];
+    int64_t bh = blockIdx.y, b = bh / H, h = bh % H, i0 = (int64_t)blockIdx.x * LDM__CU_AQ, HD = H * D;
+    int nr = (int)(Sq - i0 < LDM__CU_AQ ? Sq - i0 : LDM__CU_AQ);
+    const float *qb = q + (b * Sq + i0) * HD + h * D;
+    float *ob = out + (b * Sq + i0) * HD + h * D;
+    for (int i = threadIdx.x; i < nr * D; i += blockDim.x) ob[(i / D) * HD + i % D] = 0.0f;
+    if (threadIdx.x < LDM__CU_AQ) { m[threadIdx.x] = -INFINITY; l[threadIdx.x] = 0.0f; }
+    for (int64_t c0 = 0; c0 < Sk; c0 += LDM__CU_AK) {
+        int nc = (int)(Sk - c0 < LDM__CU_AK ? Sk - c0 : LDM__CU_AK);
+        const float *kb = k + (b * Sk + c0) * HD + h * D, *vb = v + (b * Sk + c0) * HD + h * D;
+        ldm__cu_att_dots(s, qb, nr, kb, nc, HD, D, scale, sha, shb);
+        if (threadIdx.x < nr) {
+            int r = threadIdx.x;
+            float mx = m[r], sum = 0.0f;
+            for (int c = 0; c < nc; c++) mx = s[r * nc + c] > mx ? s[r * nc + c] : mx;
+            for (int c = 0; c < nc; c++) { float e = expf(s[r * nc + c] - mx); s[r * nc + c] = e; sum += e; }
+            corr[r] = m[r] == -INFINITY ? 0.0f : expf(m[r] - mx);
+            l[r] = l[r] * corr[r] + sum;
+            m[r] = mx;
+        }
+        ldm__cu_att_acc(ob, HD, corr, s, nr, nc, 0, vb, HD, D, 1.0f, shb);
+    }
+    for (int i = threadIdx.x; i < nr * D; i += blockDim.x) ob[(i / D) * HD + i % D] /= l[i / D];
+    if (threadIdx.x < nr) lse[bh * Sq + i0 + threadIdx.x] = m[threadIdx.x] + logf(l[threadIdx.x]);
+}
+/* Di = rowsum(dO * O) per (b, h, query), n = B*H*Sq rows */
+static __global__ void ldm__k_attn_di(float *di, const float *dout, const float *out, int64_t n, int64_t H, int64_t Sq, int64_t D) {
+    LDM__CU_FOR(r, n) {
+        int64_t bh = r / Sq, i = r % Sq, off = ((bh / H) * Sq + i) * H * D + (bh % H) * D;
+        double s = 0.0;
+        for (int64_t d = 0; d < D; d++) s += (double)dout[off + d] * out[off + d];
+        di[r] = (float)s;
+    }
+}
+/* p = exp(scale * q k^T - lse), dp = p * (dO v^T - Di) for one tile pair (all threads call) */
+static __device__ void ldm__cu_att_probs(float *p, float *dp, const float *qb, const float *gob, int nr, const float *kb,
+                                         const float *vb, int nc, int64_t HD, int64_t D, float scale, const float *lse,
+                                         const float *di, float *sha, float *shb) {
+    ldm__cu_att_dots(p, qb, nr, kb, nc, HD, D, scale, sha, shb);
+    ldm__cu_att_dots(dp, gob, nr, vb, nc, HD, D, 1.0f, sha, shb);
+    for (int i = threadIdx.x; i < nr * nc; i += blockDim.x) {
+        int r = i / nc;
+        float e = expf(p[i] - lse[r]);
+        p[i] = e;
+        dp[i] = e * (dp[i] - di[r]);
+    }
+}
+/* dK and dV of one key tile over every query tile; dk and dv may be one buffer (the two
+   updates of an element come from the same thread, in order) */
+static __global__ void ldm__k_attn_bwd_kv(float *dk, float *dv, const float *dout, const float *lse, const float *di,
+                                          const float *q, const float *k, const float *v, int64_t H, int64_t Sq, int64_t Sk,
+                                          int64_t D, float scale) {
+    __shared__ float sha[LDM__CU_AQ * LDM__CU_AC], shb[LDM__CU_AK * LDM__CU_AC];
+    __shared__ float p[LDM__CU_AQ * LDM__CU_AK], dp[LDM__CU_AQ * LDM__CU_AK];
+    int64_t bh = blockIdx.y, b = bh / H, h = bh % H, c0 = (int64_t)blockIdx.x * LDM__CU_AK, HD = H * D;
+    int nc = (int)(Sk - c0 < LDM__CU_AK ? Sk - c0 : LDM__CU_AK);
+    const float *kb = k + (b * Sk + c0) * HD + h * D, *vb = v + (b * Sk + c0) * HD + h * D;
+    for (int64_t i0 = 0; i0 < Sq; i0 += LDM__CU_AQ) {
+        int nr = (int)(Sq - i0 < LDM__CU_AQ ? Sq - i0 : LDM__CU_AQ);
+        const float *qb = q + (b * Sq + i0) * HD + h * D, *gob = dout + (b * Sq + i0) * HD + h * D;
+        ldm__cu_att_probs(p, dp, qb, gob, nr, kb, vb, nc, HD, D, scale, lse + bh * Sq + i0, di + bh * Sq + i0, sha, shb);
+        if (dv) ldm__cu_att_acc(dv + (b * Sk + c0) * HD + h * D, HD, NULL, p, nc, nr, 1, gob, HD, D, 1.0f, shb);
+        if (dk) ldm__cu_att_acc(dk + (b * Sk + c0) * HD + h * D, HD, NULL, dp, nc, nr, 1, qb, HD, D, scale, shb);
+    }
+}
+/* dQ of one query tile over every key tile */
+static __global__ void ldm__k_attn_bwd_q(float *dq, const float *dout, const float *lse, const float *di, const float *q,
+                                         const float *k, const float *v, int64_t H, int64_t Sq, int64_t Sk, int64_t D, float scale) {
+    __shared__ float sha[LDM__CU_AQ * LDM__CU_AC], shb[LDM__CU_AK * LDM__CU_AC];
+    __shared__ float p[LDM__CU_AQ * LDM__CU_AK], dp[LDM__CU_AQ * LDM__CU_AK];
+    int64_t bh = blockIdx.y, b = bh / H, h = bh % H, i0 = (int64_t)blockIdx.x * LDM__CU_AQ, HD = H * D;
+    int nr = (int)(Sq - i0 < LDM__CU_AQ ? Sq - i0 : LDM__CU_AQ);
+    const float *qb = q + (b * Sq + i0) * HD + h * D, *gob = dout + (b * Sq + i0) * HD + h * D;
+    for (int64_t c0 = 0; c0 < Sk; c0 += LDM__CU_AK) {
+        int nc = (int)(Sk - c0 < LDM__CU_AK ? Sk - c0 : LDM__CU_AK);
+        const float *kb = k + (b * Sk + c0) * HD + h * D, *vb = v + (b * Sk + c0) * HD + h * D;
+        ldm__cu_att_probs(p, dp, qb, gob, nr, kb, vb, nc, HD, D, scale, lse + bh * Sq + i0, di + bh * Sq + i0, sha, shb);
+        ldm__cu_att_acc(dq + (b * Sq + i0) * HD + h * D, HD, NULL, dp, nr, nc, 0, kb, HD, D, scale, shb);
+    }
+}
+static void ldm__cu_attn_forward(ldm_ctx *ctx, float *out, float *lse, const float *q, const float *k, const float *v,
+                                 int64_t B, int64_t H, int64_t Sq, int64_t Sk, int64_t D, float scale) {
+    if (B * H * Sq <= 0) return;
+    dim3 grid((unsigned)((Sq + LDM__CU_AQ - 1) / LDM__CU_AQ), (unsigned)(B * H));
+    LDM__CU_LAUNCH(ldm__k_attn_fwd, grid, LDM__CU_T, ldm__cu_st(ctx)->stream, out, lse, q, k, v, H, Sq, Sk, D, scale);
+    LDM__CU_LAUNCHED(ctx);
+}
+static void ldm__cu_attn_backward(ldm_ctx *ctx, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                  const float *lse, const float *q, const float *k, const float *v, int64_t B, int64_t H,
+                                  int64_t Sq, int64_t Sk, int64_t D, float scale) {
+    if (B * H * Sq <= 0) return;
+    /* Di lives in the step arena until the backward pass that called this rewinds it */
+    float *di = (float *)ldm_arena_alloc(ctx, LDM_GPU, sizeof(float) * (size_t)(B * H * Sq));
+    if (!di) return;
+    LDM__CU_RUN(ctx, B * H * Sq, ldm__k_attn_di, di, dout, out, B * H * Sq, H, Sq, D);
+    /* two kernels, so each gradient row has one writer; q, k and v may share a buffer */
+    if (dk || dv) {
+        dim3 grid((unsigned)((Sk + LDM__CU_AK - 1) / LDM__CU_AK), (unsigned)(B * H));
+        LDM__CU_LAUNCH(ldm__k_attn_bwd_kv, grid, LDM__CU_T, ldm__cu_st(ctx)->stream, dk, dv, dout, lse, di, q, k, v, H, Sq, Sk, D, scale);
+        LDM__CU_LAUNCHED(ctx);
+    }
+    if (dq) {
+        dim3 grid((unsigned)((Sq + LDM__CU_AQ - 1) / LDM__CU_AQ), (unsigned)(B * H));
+        LDM__CU_LAUNCH(ldm__k_attn_bwd_q, grid, LDM__CU_T, ldm__cu_st(ctx)->stream, dq, dout, lse, di, q, k, v, H, Sq, Sk, D, scale);
+        LDM__CU_LAUNCHED(ctx);
+    }
+}
+
 /* ---- life cycle ---- */
 static void ldm__cu_destroy_state(ldm_ctx *ctx, ldm__cuda_state *st) {
     if (!st) return;
@@ -1025,6 +1205,7 @@ static const ldm_backend ldm__cuda_backend = {
     ldm__cu_pool_forward, ldm__cu_pool_backward,
     ldm__cu_upsample_forward, ldm__cu_upsample_backward,
     ldm__cu_embedding_forward, ldm__cu_embedding_backward,
+    ldm__cu_attn_forward, ldm__cu_attn_backward,
     ldm__cu_optim_step, ldm__cu_sum_squares, ldm__cu_release,
 };
 

@@ -240,20 +240,26 @@ LDM_API ldm_tensor *ldm_leaky_relu(ldm_ctx *ctx, ldm_tensor *x, float slope);
 LDM_API ldm_tensor *ldm_tanh(ldm_ctx *ctx, ldm_tensor *x);
 LDM_API ldm_tensor *ldm_gelu(ldm_ctx *ctx, ldm_tensor *x, int tanh_approx);
 LDM_API ldm_tensor *ldm_softplus(ldm_ctx *ctx, ldm_tensor *x, float beta, float threshold); /* torch: 1, 20 */
+LDM_API ldm_tensor *ldm_sin(ldm_ctx *ctx, ldm_tensor *x);
+LDM_API ldm_tensor *ldm_cos(ldm_ctx *ctx, ldm_tensor *x);
 /* reductions: dims is a bit mask (bit i = dim i; LDM_DIM(-1) is not allowed, use ndim-1) */
 #define LDM_DIM(i) (1u << (i))
 LDM_API ldm_tensor *ldm_sum(ldm_ctx *ctx, ldm_tensor *x, unsigned dims, int keepdim);
 LDM_API ldm_tensor *ldm_mean(ldm_ctx *ctx, ldm_tensor *x, unsigned dims, int keepdim);
 LDM_API ldm_tensor *ldm_sum_all(ldm_ctx *ctx, ldm_tensor *x);   /* shape [1] */
 LDM_API ldm_tensor *ldm_mean_all(ldm_ctx *ctx, ldm_tensor *x);  /* shape [1] */
-/* linear algebra. matmul: a [M,K] or [B,M,K] (or [K,M] / [B,K,M] when trans_a), b likewise;
-   a 2-D operand is shared across the batch of the other. */
+/* linear algebra. matmul: a [..., M, K] (or [..., K, M] when trans_a), b [..., K, N] (or
+   [..., N, K] when trans_b), with 0 to 2 leading batch dims each, e.g. [B, heads, S, D]. Batch
+   dims broadcast numpy-style (right-aligned; missing or size 1 = shared), so a 2-D operand is
+   shared across the other's batch; the result is [batch..., M, N]. No operand is copied. */
 LDM_API ldm_tensor *ldm_matmul(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b, int trans_a, int trans_b);
 LDM_API ldm_tensor *ldm_linear(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b); /* x[...,I] w[O,I] b[O]|NULL */
 /* Multi-head scaled dot-product attention, token-major as Linear layers produce it:
    q [B, Sq, heads*D], k and v [B, Sk, heads*D] -> [B, Sq, heads*D];
    out_h = softmax(q_h k_h^T * scale) v_h per head h (channels h*D .. h*D+D-1).
-   scale 0 means 1/sqrt(D). */
+   scale 0 means 1/sqrt(D). One op, flash-style: scores are computed a block at a time and
+   never held whole (memory O(S * (block + D)), never Sq x Sk); the backward recomputes them
+   from the saved per-row log-sum-exp. q, k and v may be one tensor or views of one. */
 LDM_API ldm_tensor *ldm_attention(ldm_ctx *ctx, ldm_tensor *q, ldm_tensor *k, ldm_tensor *v, int heads, float scale);
 /* convolution: x [B,C,H,W] w [O,C,kh,kw] (conv3d: [B,C,T,H,W], [O,C,kt,kh,kw]); bias may be NULL */
 LDM_API ldm_tensor *ldm_conv2d(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int stride, int pad);
@@ -484,7 +490,7 @@ static void ldm__assert_fail(const char *what, const char *file, int line) {
 typedef enum {
     LDM__U_AFFINE, LDM__U_POW, LDM__U_EXP, LDM__U_LOG, LDM__U_SQRT, LDM__U_ABS, LDM__U_SQUARE,
     LDM__U_CLAMP, LDM__U_SIGMOID, LDM__U_SILU, LDM__U_RELU, LDM__U_LEAKY, LDM__U_TANH,
-    LDM__U_GELU, LDM__U_GELU_TANH, LDM__U_SOFTPLUS,
+    LDM__U_GELU, LDM__U_GELU_TANH, LDM__U_SOFTPLUS, LDM__U_SIN, LDM__U_COS,
     LDM__U_STEP /* (x >= p0) ? p1 : 0, for masks; no gradient */
 } ldm__unary_op;
 typedef enum { LDM__B_ADD, LDM__B_SUB, LDM__B_MUL, LDM__B_DIV } ldm__binary_op;
@@ -549,6 +555,16 @@ struct ldm_backend {
     void (*upsample_backward)(ldm_ctx *ctx, float *dx, const float *dy, int64_t P, const int64_t *in3, const int *f3);
     void (*embedding_forward)(ldm_ctx *ctx, float *out, const float *w, const int64_t *idx, int64_t n, int64_t dim);
     void (*embedding_backward)(ldm_ctx *ctx, float *dw, const float *dout, const int64_t *idx, int64_t n, int64_t dim);
+    /* Attention over token-major q [B, Sq, H*D] and k, v [B, Sk, H*D] (head h: channels h*D..):
+       out [B, Sq, H*D] = softmax(scale * q_h k_h^T) v_h per head, lse [B, H, Sq] = the log-sum-exp
+       of each row of scaled scores. Never holds more than a block of the Sq x Sk scores. */
+    void (*attn_forward)(ldm_ctx *ctx, float *out, float *lse, const float *q, const float *k, const float *v,
+                         int64_t B, int64_t H, int64_t Sq, int64_t Sk, int64_t D, float scale);
+    /* dq, dk, dv (each may be NULL, and they may be one buffer when q, k, v are one tensor) +=
+       the gradients, recomputing the probabilities from q, k and lse */
+    void (*attn_backward)(ldm_ctx *ctx, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                          const float *lse, const float *q, const float *k, const float *v, int64_t B, int64_t H,
+                          int64_t Sq, int64_t Sk, int64_t D, float scale);
     /* ldm_nn.h's optimizers and gradient clipping, through ldm_device_optim_update and
        ldm_device_sum_squares (a back end without them, NULL, gives LDM_ERR_UNSUPPORTED there);
        release is optional: ldm_ctx_destroy calls it so a device back end can free what it attached. */
@@ -566,7 +582,8 @@ typedef union ldm__node_args {
     struct { ldm__unary_op op; float p0, p1; } unary;
     struct { ldm__binary_op op; ldm__bcast g; } binary;          /* g: the broadcast geometry */
     struct { unsigned dims; float scale; } reduce;               /* reduced-dim mask; 1/count for a mean, else 1 */
-    struct { int64_t batch, M, N, K; int trans_a, trans_b, a_batched, b_batched; } matmul;
+    struct { int64_t batch[2], M, N, K, sa[2], sb[2]; int trans_a, trans_b; } matmul; /* sa, sb: strides per batch dim, 0 broadcasts */
+    struct { int64_t B, Sq, Sk, heads, D; float scale; } attention;  /* saved: lse [B, heads, Sq] */
     struct { int64_t R, I, O; } linear;                          /* rows, in and out features */
     ldm_conv_desc conv;
     struct { int64_t B, C, S; int groups, silu; } groupnorm;     /* saved: mean, saved2: rstd [B*groups] */
@@ -1525,6 +1542,8 @@ LDM_API ldm_tensor *ldm_silu(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary(ct
 LDM_API ldm_tensor *ldm_relu(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary(ctx, x, LDM__U_RELU, 0, 0); }
 LDM_API ldm_tensor *ldm_leaky_relu(ldm_ctx *ctx, ldm_tensor *x, float slope) { return ldm__unary(ctx, x, LDM__U_LEAKY, slope, 0); }
 LDM_API ldm_tensor *ldm_tanh(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary(ctx, x, LDM__U_TANH, 0, 0); }
+LDM_API ldm_tensor *ldm_sin(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary(ctx, x, LDM__U_SIN, 0, 0); }
+LDM_API ldm_tensor *ldm_cos(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary(ctx, x, LDM__U_COS, 0, 0); }
 LDM_API ldm_tensor *ldm_gelu(ldm_ctx *ctx, ldm_tensor *x, int tanh_approx) {
     return ldm__unary(ctx, x, tanh_approx ? LDM__U_GELU_TANH : LDM__U_GELU, 0, 0);
 }
@@ -1669,76 +1688,106 @@ LDM_API ldm_tensor *ldm_mean_all(ldm_ctx *ctx, ldm_tensor *x) {
 }
 
 /* ---- matmul and linear ------------------------------------------------------------------- */
+/* A broadcast operand's gradient sums over the batch in a fixed order. */
 static void ldm__matmul_bw(ldm_ctx *ctx, ldm__node *nd, float *dC, float **din) {
     ldm_tensor *a = nd->in[0], *b = nd->in[1];
     const ldm_backend *be = LDM__BE(a);
-    int64_t Bn = nd->args.matmul.batch, M = nd->args.matmul.M, N = nd->args.matmul.N, K = nd->args.matmul.K;
+    const int64_t *bo = nd->args.matmul.batch, *sa = nd->args.matmul.sa, *sb = nd->args.matmul.sb;
+    int64_t M = nd->args.matmul.M, N = nd->args.matmul.N, K = nd->args.matmul.K;
     int ta = nd->args.matmul.trans_a, tb = nd->args.matmul.trans_b;
-    int64_t lda = ta ? M : K, ldb = tb ? K : N, sa = nd->args.matmul.a_batched ? M * K : 0, sb = nd->args.matmul.b_batched ? K * N : 0;
-    for (int64_t z = 0; z < Bn; z++) {
-        const float *A = a->data + z * sa, *Bm = b->data + z * sb, *dc = dC + z * M * N;
-        if (din[0]) {
-            float *dA = din[0] + z * sa;
-            if (!ta) be->sgemm(ctx, 0, !tb, M, K, N, 1.0f, dc, N, Bm, ldb, 1.0f, dA, K);
-            else be->sgemm(ctx, tb, 1, K, M, N, 1.0f, Bm, ldb, dc, N, 1.0f, dA, M);
+    int64_t lda = ta ? M : K, ldb = tb ? K : N;
+    for (int64_t z0 = 0; z0 < bo[0]; z0++)
+        for (int64_t z1 = 0; z1 < bo[1]; z1++) {
+            int64_t oa = z0 * sa[0] + z1 * sa[1], ob = z0 * sb[0] + z1 * sb[1];
+            const float *A = a->data + oa, *Bm = b->data + ob, *dc = dC + (z0 * bo[1] + z1) * M * N;
+            if (din[0]) {
+                float *dA = din[0] + oa;
+                if (!ta) be->sgemm(ctx, 0, !tb, M, K, N, 1.0f, dc, N, Bm, ldb, 1.0f, dA, K);
+                else be->sgemm(ctx, tb, 1, K, M, N, 1.0f, Bm, ldb, dc, N, 1.0f, dA, M);
+            }
+            if (din[1]) {
+                float *dB = din[1] + ob;
+                if (!tb) be->sgemm(ctx, !ta, 0, K, N, M, 1.0f, A, lda, dc, N, 1.0f, dB, N);
+                else be->sgemm(ctx, 1, ta, N, K, M, 1.0f, dc, N, A, lda, 1.0f, dB, K);
+            }
         }
-        if (din[1]) {
-            float *dB = din[1] + z * sb;
-            if (!tb) be->sgemm(ctx, !ta, 0, K, N, M, 1.0f, A, lda, dc, N, 1.0f, dB, N);
-            else be->sgemm(ctx, 1, ta, N, K, M, 1.0f, dc, N, A, lda, 1.0f, dB, K);
-        }
-    }
 }
 LDM_API ldm_tensor *ldm_matmul(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b, int trans_a, int trans_b) {
     if (ldm__bad(ctx, a) || ldm__bad(ctx, b) || !ldm__same_dev(ctx, "ldm_matmul", a, b)) return NULL;
-    if (a->ndim < 2 || a->ndim > 3 || b->ndim < 2 || b->ndim > 3) {
-        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_matmul: operands must be 2-D or 3-D, got %s and %s", ldm__shp(a).s, ldm__shp(b).s);
+    if (a->ndim < 2 || a->ndim > 4 || b->ndim < 2 || b->ndim > 4) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_matmul: operands must be 2-D to 4-D, got %s and %s", ldm__shp(a).s, ldm__shp(b).s);
         return NULL;
     }
-    int ab = a->ndim == 3, bb = b->ndim == 3;
-    int64_t Ba = ab ? a->shape[0] : 1, Bb = bb ? b->shape[0] : 1;
     int64_t M = trans_a ? a->shape[a->ndim - 1] : a->shape[a->ndim - 2], Ka = trans_a ? a->shape[a->ndim - 2] : a->shape[a->ndim - 1];
     int64_t Kb = trans_b ? b->shape[b->ndim - 1] : b->shape[b->ndim - 2], N = trans_b ? b->shape[b->ndim - 2] : b->shape[b->ndim - 1];
-    if (Ka != Kb || (ab && bb && Ba != Bb)) {
+    /* batch dims right-aligned into two, missing ones of size 1; size 1 broadcasts */
+    int64_t ba[2] = {1, 1}, bb[2] = {1, 1}, bo[2], sa[2], sb[2];
+    for (int i = 0; i < a->ndim - 2; i++) ba[4 - a->ndim + i] = a->shape[i];
+    for (int i = 0; i < b->ndim - 2; i++) bb[4 - b->ndim + i] = b->shape[i];
+    int ok = Ka == Kb;
+    for (int i = 0; i < 2; i++) {
+        ok &= ba[i] == bb[i] || ba[i] == 1 || bb[i] == 1;
+        bo[i] = LDM__MAX(ba[i], bb[i]);
+    }
+    if (!ok) {
         ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_matmul: shapes %s%s and %s%s do not multiply", ldm__shp(a).s,
                        trans_a ? "^T" : "", ldm__shp(b).s, trans_b ? "^T" : "");
         return NULL;
     }
-    int64_t Bn = LDM__MAX(Ba, Bb);
-    ldm_tensor *y = ldm__new_on(ctx, (ab || bb) ? ldm_shape3(Bn, M, N) : ldm_shape2(M, N), a->device);
+    sa[1] = ba[1] == 1 ? 0 : M * Ka; sa[0] = ba[0] == 1 ? 0 : ba[1] * M * Ka;
+    sb[1] = bb[1] == 1 ? 0 : Ka * N; sb[0] = bb[0] == 1 ? 0 : bb[1] * Ka * N;
+    int ond = LDM__MAX(a->ndim, b->ndim);
+    int64_t od[4] = {bo[0], bo[1], M, N};
+    ldm_tensor *y = ldm__new_on(ctx, ldm_shape_n(ond, od + 4 - ond), a->device);
     if (!y) return NULL;
     int64_t lda = trans_a ? M : Ka, ldb = trans_b ? Ka : N;
-    for (int64_t z = 0; z < Bn; z++)
-        LDM__BE(a)->sgemm(ctx, trans_a, trans_b, M, N, Ka, 1.0f, a->data + (ab ? z * M * Ka : 0), lda,
-                          b->data + (bb ? z * Ka * N : 0), ldb, 0.0f, y->data + z * M * N, N);
+    for (int64_t z0 = 0; z0 < bo[0]; z0++)
+        for (int64_t z1 = 0; z1 < bo[1]; z1++)
+            LDM__BE(a)->sgemm(ctx, trans_a, trans_b, M, N, Ka, 1.0f, a->data + z0 * sa[0] + z1 * sa[1], lda,
+                              b->data + z0 * sb[0] + z1 * sb[1], ldb, 0.0f, y->data + (z0 * bo[1] + z1) * M * N, N);
     if (ctx->status) return NULL; /* the kernel's scratch did not fit */
     ldm__node *nd = ldm__record(ctx, y, ldm__matmul_bw, 2, a, b, NULL, NULL);
     if (nd) {
-        nd->args.matmul.batch = Bn; nd->args.matmul.M = M; nd->args.matmul.N = N; nd->args.matmul.K = Ka;
+        for (int d = 0; d < 2; d++) {
+            nd->args.matmul.batch[d] = bo[d]; nd->args.matmul.sa[d] = sa[d]; nd->args.matmul.sb[d] = sb[d];
+        }
+        nd->args.matmul.M = M; nd->args.matmul.N = N; nd->args.matmul.K = Ka;
         nd->args.matmul.trans_a = trans_a; nd->args.matmul.trans_b = trans_b;
-        nd->args.matmul.a_batched = ab; nd->args.matmul.b_batched = bb;
     }
     return y;
 }
 
-/* Attention composed of matmul and softmax (materialises the [Sq, Sk] scores of every head). */
+static void ldm__attention_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
+    const int64_t B = nd->args.attention.B, H = nd->args.attention.heads, Sq = nd->args.attention.Sq, Sk = nd->args.attention.Sk;
+    LDM__BE(nd->out)->attn_backward(ctx, din[0], din[1], din[2], dout, nd->out->data, (const float *)nd->saved,
+                                    nd->in[0]->data, nd->in[1]->data, nd->in[2]->data, B, H, Sq, Sk, nd->args.attention.D,
+                                    nd->args.attention.scale);
+}
 LDM_API ldm_tensor *ldm_attention(ldm_ctx *ctx, ldm_tensor *q, ldm_tensor *k, ldm_tensor *v, int heads, float scale) {
-    if (ldm__bad(ctx, q) || ldm__bad(ctx, k) || ldm__bad(ctx, v)) return NULL;
+    if (ldm__bad(ctx, q) || ldm__bad(ctx, k) || ldm__bad(ctx, v) || !ldm__same_dev(ctx, "ldm_attention", q, k) ||
+        !ldm__same_dev(ctx, "ldm_attention", q, v))
+        return NULL;
     if (q->ndim != 3 || k->ndim != 3 || v->ndim != 3 || heads < 1 || q->shape[2] % heads || k->shape[0] != q->shape[0] ||
-        v->shape[0] != q->shape[0] || k->shape[2] != q->shape[2] || v->shape[2] != q->shape[2] || v->shape[1] != k->shape[1]) {
+        v->shape[0] != q->shape[0] || k->shape[2] != q->shape[2] || v->shape[2] != q->shape[2] || v->shape[1] != k->shape[1] ||
+        k->shape[1] < 1 || q->shape[2] < 1) {
         ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_attention: q %s, k %s, v %s with %d heads (hint: [B, S, heads*D] each, k and v of one length)",
                        ldm__shp(q).s, ldm__shp(k).s, ldm__shp(v).s, heads);
         return NULL;
     }
     int64_t B = q->shape[0], Sq = q->shape[1], Sk = k->shape[1], D = q->shape[2] / heads;
     if (scale == 0.0f) scale = 1.0f / sqrtf((float)D);
-    const int perm[4] = {0, 2, 1, 3};
-    ldm_tensor *qh = ldm_reshape(ctx, ldm_permute(ctx, ldm_reshape(ctx, q, ldm_shape4(B, Sq, heads, D)), perm), ldm_shape3(B * heads, Sq, D));
-    ldm_tensor *kh = ldm_reshape(ctx, ldm_permute(ctx, ldm_reshape(ctx, k, ldm_shape4(B, Sk, heads, D)), perm), ldm_shape3(B * heads, Sk, D));
-    ldm_tensor *vh = ldm_reshape(ctx, ldm_permute(ctx, ldm_reshape(ctx, v, ldm_shape4(B, Sk, heads, D)), perm), ldm_shape3(B * heads, Sk, D));
-    ldm_tensor *w = ldm_softmax(ctx, ldm_scale(ctx, ldm_matmul(ctx, qh, kh, 0, 1), scale), 2);
-    ldm_tensor *o = ldm_reshape(ctx, ldm_matmul(ctx, w, vh, 0, 0), ldm_shape4(B, heads, Sq, D));
-    return ldm_reshape(ctx, ldm_permute(ctx, o, perm), ldm_shape3(B, Sq, heads * D));
+    ldm_tensor *o = ldm__like(ctx, q);
+    float *lse = (float *)ldm_arena_alloc(ctx, q->device, sizeof(float) * (size_t)LDM__MAX(1, B * heads * Sq));
+    if (!o || !lse) return NULL;
+    LDM__BE(q)->attn_forward(ctx, o->data, lse, q->data, k->data, v->data, B, heads, Sq, Sk, D, scale);
+    if (ctx->status) return NULL;
+    ldm__node *nd = ldm__record(ctx, o, ldm__attention_bw, 3, q, k, v, NULL);
+    if (nd) {
+        nd->args.attention.B = B; nd->args.attention.Sq = Sq; nd->args.attention.Sk = Sk;
+        nd->args.attention.heads = heads; nd->args.attention.D = D; nd->args.attention.scale = scale;
+        nd->saved = lse;
+    }
+    return o;
 }
 
 static void ldm__linear_bw(ldm_ctx *ctx, ldm__node *nd, float *dy, float **din) {
@@ -2406,6 +2455,8 @@ static void ldm__unary_task(void *arg, int64_t s, int64_t e, int tid) {
     case LDM__U_GELU: LDM__MAP(0.5f * v * (1.0f + erff(v * 0.7071067811865476f)));
     case LDM__U_GELU_TANH: LDM__MAP(0.5f * v * (1.0f + tanhf(ldm__gelu_tanh_inner(v))));
     case LDM__U_SOFTPLUS: LDM__MAP(v * p0 > p1 ? v : log1pf(expf(v * p0)) / p0);
+    case LDM__U_SIN: LDM__MAP(sinf(v));
+    case LDM__U_COS: LDM__MAP(cosf(v));
     case LDM__U_STEP: LDM__MAP(v >= p0 ? p1 : 0.0f);
     }
 #undef LDM__MAP
@@ -2441,6 +2492,8 @@ static void ldm__unary_bw_task(void *arg, int64_t s, int64_t e, int tid) {
         break;
     }
     case LDM__U_SOFTPLUS: LDM__MAP(v * p0 > p1 ? 1.0f : 1.0f / (1.0f + expf(-v * p0)));
+    case LDM__U_SIN: LDM__MAP(cosf(v));
+    case LDM__U_COS: LDM__MAP(-sinf(v));
     case LDM__U_STEP: break;
     }
 #undef LDM__MAP
@@ -3805,6 +3858,325 @@ static double ldm__cpu_sum_squares(ldm_ctx *ctx, const float *x, int64_t n) {
     return s;
 }
 
+/* ---- attention (flash-style): q, k, v token-major [B, S, H*D], head h at channels h*D.. ----
+   Queries go in blocks of BQ rows and keys in blocks of BK: a block of scores lives in a
+   BQ x BK tile, never the S x S matrix. The forward keeps a running max and sum per row
+   (online softmax) and saves the log-sum-exp per row; the backward recomputes each block's
+   probabilities from it. The block products run on the SGEMM micro-kernel with the operands
+   packed straight from their strided rows (no per-head copies). Every output element is
+   computed by one task in a fixed order: results do not depend on the thread count. */
+#if defined(__GNUC__) && !defined(__CUDACC__)
+#define LDM__ATTN_VEC 1
+typedef float ldm__f8 __attribute__((vector_size(32)));
+typedef int32_t ldm__i8 __attribute__((vector_size(32)));
+/* C has no ?: on vectors: select by the comparison's lane mask */
+#define LDM__VSEL(mask, a, b) ((ldm__f8)(((ldm__i8)(a) & (mask)) | ((ldm__i8)(b) & ~(mask))))
+#endif
+/* exp, clamped to [-87, 88], to about 1 ulp: Cephes' polynomial on x - n ln2, times 2^n built
+   from the exponent bits (n rounded to nearest by the 1.5 * 2^23 trick). The vector loop in
+   ldm__exp_sub_sum does the same operations 8 lanes at a time. */
+static float ldm__exp1(float x) {
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t e = ((int32_t)n + 127) << 23;
+    float s;
+    memcpy(&s, &e, 4);
+    return p * s;
+}
+/* x[i] = exp(x[i] - sub); returns the sum (in a fixed order). */
+static float ldm__exp_sub_sum(float *x, int64_t n, float sub) {
+    int64_t i = 0;
+    float sum = 0.0f;
+#ifdef LDM__ATTN_VEC
+    const ldm__f8 lo = {-87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f}, hi = lo + 175.0f;
+    ldm__f8 acc = lo - lo;
+    for (; i + 8 <= n; i += 8) {
+        ldm__f8 v, nn, r, p;
+        memcpy(&v, x + i, 32);
+        v = v - sub;
+        v = LDM__VSEL(v < lo, lo, v);
+        v = LDM__VSEL(v > hi, hi, v);
+        nn = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+        r = v - nn * 0.693359375f;
+        r = r - nn * -2.12194440e-4f;
+        p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+        p = p * r + 8.3334519073e-3f;
+        p = p * r + 4.1665795894e-2f;
+        p = p * r + 1.6666665459e-1f;
+        p = p * r + 5.0000001201e-1f;
+        p = p * r * r + r + 1.0f;
+        ldm__i8 e = (__builtin_convertvector(nn, ldm__i8) + 127) << 23;
+        p = p * (ldm__f8)e;
+        memcpy(x + i, &p, 32);
+        acc += p;
+    }
+    for (int k = 0; k < 8; k++) sum += acc[k];
+#endif
+    for (; i < n; i++) { x[i] = ldm__exp1(x[i] - sub); sum += x[i]; }
+    return sum;
+}
+static float ldm__row_max(const float *x, int64_t n, float m) {
+    int64_t i = 0;
+#ifdef LDM__ATTN_VEC
+    if (n >= 8) {
+        ldm__f8 mv;
+        memcpy(&mv, x, 32);
+        for (i = 8; i + 8 <= n; i += 8) {
+            ldm__f8 v;
+            memcpy(&v, x + i, 32);
+            mv = LDM__VSEL(v > mv, v, mv);
+        }
+        for (int k = 0; k < 8; k++) m = mv[k] > m ? mv[k] : m;
+    }
+#endif
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+/* C[M x N] = alpha * op(A) op(B) + beta * C for one block, on this thread, with the context's
+   SGEMM micro-kernel uk. A is packed into pa unless apack says it already is (then A is
+   ignored), likewise B into pb. */
+static void ldm__blk_gemm(const struct ldm__gemm_kernel *uk, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                          int64_t lda, int ta, float *pa, int apack, const float *B, int64_t ldb, int tb, float *pb, int bpack,
+                          float beta, float *C, int64_t ldc) {
+#ifdef LDM_BLAS
+    (void)uk; (void)pa; (void)pb; (void)apack; (void)bpack;
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K,
+                alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+#else
+    const int MR = uk->mr, NR = uk->nr;
+    if (!apack) ldm__pack_a(uk, pa, A, lda, ta, 0, M, 0, K);
+    if (!bpack) ldm__pack_b(uk, pb, B, ldb, tb, 0, N, 0, K);
+    for (int64_t ir = 0; ir < M; ir += MR)
+        for (int64_t jr = 0; jr < N; jr += NR)
+            uk->run(K, pa + ir * K, pb + jr * K, C + ir * ldc + jr, ldc, (int)LDM__MIN(MR, M - ir), (int)LDM__MIN(NR, N - jr),
+                    alpha, beta);
+#endif
+}
+
+/* Host scratch for one kernel call: from the CPU arena when it has room (its pages are
+   already touched, so big buffers cost no page faults), else the heap. Released in reverse
+   order; nothing else allocates from the arena in between. */
+typedef struct { size_t used; int heap; } ldm__scratch_mark;
+static void *ldm__scratch_get(ldm_ctx *ctx, size_t bytes, ldm__scratch_mark *m) {
+    ldm__arena *a = &ctx->arena[LDM_CPU];
+    m->used = a->used;
+    m->heap = !a->base || LDM__ALIGN_UP(bytes) > a->limit - a->used;
+    return m->heap ? LDM_MALLOC(bytes) : ldm_arena_alloc(ctx, LDM_CPU, bytes);
+}
+static void ldm__scratch_put(ldm_ctx *ctx, void *p, const ldm__scratch_mark *m) {
+    if (m->heap) LDM_FREE(p);
+    else if (p) ctx->arena[LDM_CPU].used = m->used;
+}
+
+typedef struct {
+    float *out, *lse, *dq, *dk, *dv, *di;
+    const float *q, *k, *v, *dout, *o;
+    const struct ldm__gemm_kernel *uk; /* the context's SGEMM micro-kernel (unused under LDM_BLAS) */
+    int64_t B, H, Sq, Sk, D, bq, bk, nq, nk;
+    float scale;
+    int64_t groups;               /* backward: key-block groups per (b, h) */
+    float *work, *dqp;            /* dqp: dQ^T partials [B*H, groups, nq, D, bq] */
+    ldm__scratch_mark work_mark;
+    size_t work_floats, pack_floats, tile_floats, acc_floats;
+} ldm__attn_job;
+/* Blocks of 96 rows fill the micro-tiles of every ISA (8/6 x 48/16/8) without padding. */
+static void ldm__attn_setup(ldm_ctx *ctx, ldm__attn_job *j) {
+    j->bq = j->D > 128 ? 192 : 96; /* a long D: longer K for the products over query rows */
+    j->bk = 96;
+    j->nq = (j->Sq + j->bq - 1) / j->bq;
+    j->nk = (j->Sk + j->bk - 1) / j->bk;
+    /* backward: key blocks of one (b, h) go in G groups, each a task with its own dQ partial.
+       G depends on the shape only (never on the thread count), so results stay bitwise the
+       same for any thread count; about 8 tasks at least. */
+    j->groups = j->B * j->H >= 8 ? 1 : LDM__MIN(j->nk, (8 + j->B * j->H - 1) / (j->B * j->H));
+#ifdef LDM_BLAS
+    const int64_t MR = 1, NR = 1;
+    j->uk = NULL;
+#else
+    j->uk = ctx->gemm_kernel;
+    const int64_t MR = j->uk->mr, NR = j->uk->nr;
+#endif
+    int64_t r = LDM__MAX(LDM__MAX(j->bq, j->bk), j->D);
+    int64_t rp = (r + MR + NR) / MR * MR + NR; /* rows padded to either tile */
+    j->pack_floats = LDM__ALIGN_UP(sizeof(float) * (size_t)(rp * r)) / sizeof(float);
+    j->tile_floats = LDM__ALIGN_UP(sizeof(float) * (size_t)(j->bq * j->bk)) / sizeof(float);
+    j->acc_floats = LDM__ALIGN_UP(sizeof(float) * (size_t)(j->D * LDM__MAX(j->bq, j->bk))) / sizeof(float);
+    size_t rows = LDM__ALIGN_UP(sizeof(float) * (size_t)(4 * j->bq)) / sizeof(float);
+    /* 4 packing buffers, 2 score tiles, 2 accumulators, row statistics */
+    j->work_floats = 4 * j->pack_floats + 2 * j->tile_floats + 2 * j->acc_floats + rows;
+    j->work = (float *)ldm__scratch_get(ctx, sizeof(float) * j->work_floats * (size_t)ctx->threads + LDM__ALIGN, &j->work_mark);
+}
+static float *ldm__attn_buf(const ldm__attn_job *j, int tid) {
+    uintptr_t p = ((uintptr_t)j->work + (LDM__ALIGN - 1)) & ~(uintptr_t)(LDM__ALIGN - 1);
+    return (float *)p + (size_t)tid * j->work_floats;
+}
+/* g[r*ld + d] += t[d*ldt + r] for r < n, d < D: a transposed accumulator into token-major rows */
+static void ldm__attn_add_t(float *g, int64_t ld, const float *t, int64_t ldt, int64_t n, int64_t D) {
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t d = 0; d < D; d++) g[r * ld + d] += t[d * ldt + r];
+}
+
+/* Accumulators are kept transposed ([D, rows]): the block products then have D rows and 96
+   columns, which fill the micro-kernel's wide tiles (D = 64 as columns would pad to 96). */
+static void ldm__attn_fwd_task(void *arg, int64_t t0, int64_t t1, int tid) {
+    const ldm__attn_job *j = (const ldm__attn_job *)arg;
+    const int64_t D = j->D, HD = j->H * D, bq = j->bq, bk = j->bk;
+    float *w = ldm__attn_buf(j, tid), *pq = w, *pa = w + 2 * j->pack_floats, *pb = w + 3 * j->pack_floats;
+    float *s = w + 4 * j->pack_floats, *acc = s + 2 * j->tile_floats, *m = acc + 2 * j->acc_floats, *l = m + bq, *corr = l + bq;
+    for (int64_t t = t0; t < t1; t++) {
+        int64_t bh = t / j->nq, b = bh / j->H, h = bh % j->H, i0 = (t % j->nq) * bq, nr = LDM__MIN(bq, j->Sq - i0);
+        const float *q = j->q + (b * j->Sq + i0) * HD + h * D;
+        for (int64_t r = 0; r < nr; r++) { m[r] = -INFINITY; l[r] = 0.0f; }
+        memset(acc, 0, sizeof(float) * (size_t)(D * bq));
+        for (int64_t c0 = 0; c0 < j->Sk; c0 += bk) {
+            int64_t nc = LDM__MIN(bk, j->Sk - c0);
+            const float *k = j->k + (b * j->Sk + c0) * HD + h * D, *v = j->v + (b * j->Sk + c0) * HD + h * D;
+            ldm__blk_gemm(j->uk, nr, nc, D, j->scale, q, HD, 0, pq, c0 > 0, k, HD, 1, pb, 0, 0.0f, s, nc);
+            int rescale = 0;
+            for (int64_t r = 0; r < nr; r++) {
+                float *sr = s + r * nc, mn = ldm__row_max(sr, nc, m[r]);
+                corr[r] = m[r] == -INFINITY ? 0.0f : ldm__exp1(m[r] - mn);
+                rescale |= corr[r] != 1.0f;
+                l[r] = l[r] * corr[r] + ldm__exp_sub_sum(sr, nc, mn);
+                m[r] = mn;
+            }
+            if (rescale && c0 > 0)
+                for (int64_t d = 0; d < D; d++)
+                    for (int64_t r = 0; r < nr; r++) acc[d * bq + r] *= corr[r];
+            /* acc^T += V^T P^T */
+            ldm__blk_gemm(j->uk, D, nr, nc, 1.0f, v, HD, 1, pa, 0, s, nc, 1, pb, 0, 1.0f, acc, bq);
+        }
+        float *o = j->out + (b * j->Sq + i0) * HD + h * D;
+        for (int64_t r = 0; r < nr; r++) {
+            float inv = 1.0f / l[r];
+            for (int64_t d = 0; d < D; d++) o[r * HD + d] = acc[d * bq + r] * inv;
+            j->lse[bh * j->Sq + i0 + r] = m[r] + logf(l[r]);
+        }
+    }
+}
+static void ldm__cpu_attn_forward(ldm_ctx *ctx, float *out, float *lse, const float *q, const float *k, const float *v,
+                                  int64_t B, int64_t H, int64_t Sq, int64_t Sk, int64_t D, float scale) {
+    ldm__attn_job j;
+    memset(&j, 0, sizeof j);
+    j.out = out; j.lse = lse; j.q = q; j.k = k; j.v = v;
+    j.B = B; j.H = H; j.Sq = Sq; j.Sk = Sk; j.D = D; j.scale = scale;
+    ldm__attn_setup(ctx, &j);
+    if (!j.work) { ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_attention: out of memory for the block scratch"); return; }
+    ldm_parallel_for(ctx, B * H * j.nq, 1, ldm__attn_fwd_task, &j);
+    ldm__scratch_put(ctx, j.work, &j.work_mark);
+}
+
+/* One query block against one key block (b, h given by the pointers): P = exp(scale q k^T -
+   lse) in p, dS = P * (dO v^T - Di) in dp; k and v come packed (kpack/vpack) or are packed
+   into pk/pv. */
+static void ldm__attn_probs(const ldm__attn_job *j, float *p, float *dp, const float *q, const float *go, int64_t nr,
+                            const float *k, const float *v, int64_t nc, float *pk, int kpack, float *pv, int vpack,
+                            float *pa, const float *lse, const float *di) {
+    const int64_t D = j->D, HD = j->H * D;
+    ldm__blk_gemm(j->uk, nr, nc, D, j->scale, q, HD, 0, pa, 0, k, HD, 1, pk, kpack, 0.0f, p, nc);
+    ldm__blk_gemm(j->uk, nr, nc, D, 1.0f, go, HD, 0, pa, 0, v, HD, 1, pv, vpack, 0.0f, dp, nc);
+    for (int64_t r = 0; r < nr; r++) {
+        float *pr = p + r * nc, *dr = dp + r * nc, d0 = di[r];
+        ldm__exp_sub_sum(pr, nc, lse[r]);
+        for (int64_t c = 0; c < nc; c++) dr[c] = pr[c] * (dr[c] - d0);
+    }
+}
+/* dK and dV (transposed, [D, bk]) of one key block over the query blocks; with dqt, also
+   adds to dQ^T of every query block (block-major: [nq][D][bq], so no row is a power-of-two
+   stride apart from the next). */
+static void ldm__attn_kv_block(const ldm__attn_job *j, float *w, int64_t b, int64_t h, int64_t c0, float *dqt, int dq_first) {
+    const int64_t D = j->D, HD = j->H * D, bq = j->bq, bk = j->bk, bh = b * j->H + h, nc = LDM__MIN(bk, j->Sk - c0);
+    float *pk = w, *pv = w + j->pack_floats, *pa = w + 2 * j->pack_floats, *pb = w + 3 * j->pack_floats;
+    float *p = w + 4 * j->pack_floats, *dp = p + j->tile_floats, *dkt = dp + j->tile_floats, *dvt = dkt + j->acc_floats;
+    const float *k = j->k + (b * j->Sk + c0) * HD + h * D, *v = j->v + (b * j->Sk + c0) * HD + h * D;
+    memset(dkt, 0, sizeof(float) * (size_t)(D * bk));
+    memset(dvt, 0, sizeof(float) * (size_t)(D * bk));
+    for (int64_t i0 = 0; i0 < j->Sq; i0 += bq) {
+        int64_t nr = LDM__MIN(bq, j->Sq - i0);
+        const float *q = j->q + (b * j->Sq + i0) * HD + h * D, *go = j->dout + (b * j->Sq + i0) * HD + h * D;
+        ldm__attn_probs(j, p, dp, q, go, nr, k, v, nc, pk, i0 > 0, pv, i0 > 0, pa, j->lse + bh * j->Sq + i0, j->di + bh * j->Sq + i0);
+        ldm__blk_gemm(j->uk, D, nc, nr, 1.0f, go, HD, 1, pa, 0, p, nc, 0, pb, 0, 1.0f, dvt, bk);           /* dV^T += dO^T P */
+        ldm__blk_gemm(j->uk, D, nc, nr, j->scale, q, HD, 1, pa, 0, dp, nc, 0, pb, 0, 1.0f, dkt, bk);       /* dK^T += s Q^T dS */
+        if (dqt) /* dQ^T (+)= s K^T dS^T; the group's first key block writes it */
+            ldm__blk_gemm(j->uk, D, nr, nc, j->scale, k, HD, 1, pa, 0, dp, nc, 1, pb, 0, dq_first ? 0.0f : 1.0f, dqt + i0 * D, bq);
+    }
+    /* dk and dv may be one buffer (k and v the same tensor): add one after the other */
+    if (j->dk) ldm__attn_add_t(j->dk + (b * j->Sk + c0) * HD + h * D, HD, dkt, bk, nc, D);
+    if (j->dv) ldm__attn_add_t(j->dv + (b * j->Sk + c0) * HD + h * D, HD, dvt, bk, nc, D);
+}
+/* One group of key blocks of one (b, h): dK and dV of its blocks, and its dQ^T partial. */
+static void ldm__attn_bwd_task(void *arg, int64_t t0, int64_t t1, int tid) {
+    const ldm__attn_job *j = (const ldm__attn_job *)arg;
+    for (int64_t t = t0; t < t1; t++) {
+        int64_t bh = t / j->groups, g = t % j->groups;
+        float *dqt = j->dqp ? j->dqp + (size_t)t * (size_t)(j->nq * j->D * j->bq) : NULL;
+        int64_t k0 = g * j->nk / j->groups, k1 = (g + 1) * j->nk / j->groups;
+        for (int64_t kb = k0; kb < k1; kb++) ldm__attn_kv_block(j, ldm__attn_buf(j, tid), bh / j->H, bh % j->H, kb * j->bk, dqt, kb == k0);
+    }
+}
+/* dq += the sum of the groups' dQ^T partials (in group order), per (b, h, query) row */
+static void ldm__attn_dq_task(void *arg, int64_t r0, int64_t r1, int tid) {
+    const ldm__attn_job *j = (const ldm__attn_job *)arg;
+    const int64_t D = j->D, HD = j->H * D, Sq = j->Sq, G = j->groups, bq = j->bq, part = j->nq * D * bq;
+    (void)tid;
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t bh = r / Sq, i = r % Sq;
+        float *g = j->dq + ((bh / j->H) * Sq + i) * HD + (bh % j->H) * D;
+        const float *p = j->dqp + (size_t)(bh * G) * (size_t)part + (i / bq) * D * bq + i % bq;
+        for (int64_t d = 0; d < D; d++) {
+            float s = p[d * bq];
+            for (int64_t k = 1; k < G; k++) s += p[(size_t)k * (size_t)part + d * bq];
+            g[d] += s;
+        }
+    }
+}
+/* Di = rowsum(dO * O) per (b, h, query) */
+static void ldm__attn_di_task(void *arg, int64_t r0, int64_t r1, int tid) {
+    const ldm__attn_job *j = (const ldm__attn_job *)arg;
+    const int64_t D = j->D, HD = j->H * D;
+    (void)tid;
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t bh = r / j->Sq, i = r % j->Sq, b = bh / j->H, h = bh % j->H;
+        const float *o = j->o + (b * j->Sq + i) * HD + h * D, *g = j->dout + (b * j->Sq + i) * HD + h * D;
+        double s = 0.0;
+        for (int64_t d = 0; d < D; d++) s += (double)o[d] * g[d];
+        j->di[r] = (float)s;
+    }
+}
+static void ldm__cpu_attn_backward(ldm_ctx *ctx, float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                   const float *lse, const float *q, const float *k, const float *v, int64_t B, int64_t H,
+                                   int64_t Sq, int64_t Sk, int64_t D, float scale) {
+    ldm__attn_job j;
+    memset(&j, 0, sizeof j);
+    j.dq = dq; j.dk = dk; j.dv = dv; j.dout = dout; j.o = out; j.lse = (float *)lse; j.q = q; j.k = k; j.v = v;
+    j.B = B; j.H = H; j.Sq = Sq; j.Sk = Sk; j.D = D; j.scale = scale;
+    ldm__scratch_mark dm, pm;
+    ldm__attn_setup(ctx, &j);
+    j.di = (float *)ldm__scratch_get(ctx, sizeof(float) * (size_t)LDM__MAX(1, B * H * Sq), &dm);
+    if (dq) j.dqp = (float *)ldm__scratch_get(ctx, sizeof(float) * (size_t)(B * H * j.groups) * (size_t)(j.nq * D * j.bq), &pm);
+    if (!j.work || !j.di || (dq && !j.dqp)) {
+        ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_attention backward: out of memory for the block scratch");
+    } else {
+        ldm_parallel_for(ctx, B * H * Sq, LDM__MAX(1, LDM__GRAIN / LDM__MAX(1, D)), ldm__attn_di_task, &j);
+        /* each task writes the dK and dV rows of its own key blocks and its own dQ partial, so
+           q, k and v may share a gradient buffer */
+        ldm_parallel_for(ctx, B * H * j.groups, 1, ldm__attn_bwd_task, &j);
+        if (dq) ldm_parallel_for(ctx, B * H * Sq, LDM__MAX(1, LDM__GRAIN / LDM__MAX(1, D * j.groups)), ldm__attn_dq_task, &j);
+    }
+    if (dq) ldm__scratch_put(ctx, j.dqp, &pm);
+    ldm__scratch_put(ctx, j.di, &dm);
+    ldm__scratch_put(ctx, j.work, &j.work_mark);
+}
+
 static const ldm_backend ldm__cpu_backend = {
     "cpu",
     ldm__cpu_alloc, ldm__cpu_free, ldm__cpu_copy, ldm__cpu_fill, ldm__cpu_rng,
@@ -3818,6 +4190,7 @@ static const ldm_backend ldm__cpu_backend = {
     ldm__cpu_pool_forward, ldm__cpu_pool_backward,
     ldm__cpu_upsample_forward, ldm__cpu_upsample_backward,
     ldm__cpu_embedding_forward, ldm__cpu_embedding_backward,
+    ldm__cpu_attn_forward, ldm__cpu_attn_backward,
     ldm__cpu_optim_step, ldm__cpu_sum_squares, NULL,
 };
 static const ldm_backend *ldm__cpu_backend_get(void) { return &ldm__cpu_backend; }

@@ -473,40 +473,23 @@ static ldm_tensor *ldm__vae_res_fwd(ldm_ctx *ctx, const ldm_vae *v, const ldm__v
     h = ldm__vae_keep(ctx, m, ldm_nn_conv2d_forward(ctx, &r->conv2, h));
     return ldm_add(ctx, r->has_shortcut ? ldm_nn_conv2d_forward(ctx, &r->nin_shortcut, x) : x, h);
 }
+/* A 1x1 conv applied token-major: x [B, S, C] times the weight [O, C, 1, 1] seen as [O, C]. */
+static ldm_tensor *ldm__vae_pointwise(ldm_ctx *ctx, const ldm_nn_conv2d *c, ldm_tensor *x) {
+    return ldm_linear(ctx, x, ldm_reshape(ctx, c->weight, ldm_shape2(c->out, c->in)), c->bias);
+}
+/* AttnBlock: single-head self-attention over the H*W positions. The normalised input is
+   transposed once to [B, HW, C]; q, k, v and proj_out (1x1 convs) run as linears on it and
+   ldm_attention never holds the HW x HW weights, in training and inference alike. */
 static ldm_tensor *ldm__vae_attn_fwd(ldm_ctx *ctx, const ldm__vae_attn *a, ldm_tensor *x) {
     if (!x) return NULL;
     int64_t B = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3], S = H * W;
-    float scale = (float)pow((double)C, -0.5);
+    const int tr[3] = {0, 2, 1};
     ldm_tensor *h = ldm_nn_groupnorm_forward(ctx, &a->norm, x);
-    ldm_shape s3 = ldm_shape3(B, C, S);
-    ldm_tensor *q = ldm_reshape(ctx, ldm_nn_conv2d_forward(ctx, &a->q, h), s3);
-    ldm_tensor *k = ldm_reshape(ctx, ldm_nn_conv2d_forward(ctx, &a->k, h), s3);
-    ldm_tensor *vv = ldm_reshape(ctx, ldm_nn_conv2d_forward(ctx, &a->v, h), s3);
-    ldm_tensor *o;
-    if (ldm_grad_enabled(ctx) || x->device != LDM_CPU || !q || !k || !vv) {
-        ldm_tensor *w = ldm_matmul(ctx, q, k, 1, 0);                    /* [B, S, S] = q^T k */
-        w = ldm_softmax(ctx, ldm_scale(ctx, w, scale), 2);
-        o = ldm_matmul(ctx, vv, w, 0, 1);                               /* [B, C, S] = v w^T */
-    } else {
-        /* Inference: a block of query positions at a time, so the S x S weights (1 GiB for
-           a 128x128 latent) never exist at once. Same arithmetic per element as above. */
-        o = ldm_new(ctx, s3);
-        int64_t rows = LDM__VAE_MAX(((int64_t)16 << 20) / S, 16);
-        for (int64_t b = 0; o && b < B; b++) {
-            ldm_tensor *kb = ldm_slice(ctx, k, 0, b, 1), *vb = ldm_slice(ctx, vv, 0, b, 1), *qb = ldm_slice(ctx, q, 0, b, 1);
-            for (int64_t i0 = 0; kb && vb && qb && i0 < S; i0 += rows) {
-                int64_t n = LDM__VAE_MIN(rows, S - i0);
-                ldm_mark m = ldm_arena_mark(ctx);
-                ldm_tensor *w = ldm_matmul(ctx, ldm_slice(ctx, qb, 2, i0, n), kb, 1, 0);   /* [1, n, S] */
-                ldm_tensor *ob = ldm_matmul(ctx, vb, ldm_softmax(ctx, ldm_scale(ctx, w, scale), 2), 0, 1); /* [1, C, n] */
-                if (!ob) { o = NULL; break; }
-                for (int64_t c = 0; c < C; c++)
-                    memcpy(o->data + (b * C + c) * S + i0, ob->data + c * n, sizeof(float) * (size_t)n);
-                ldm_arena_rewind(ctx, m);
-            }
-        }
-    }
-    o = ldm_nn_conv2d_forward(ctx, &a->proj_out, ldm_reshape(ctx, o, ldm_shape4(B, C, H, W)));
+    h = ldm_permute(ctx, ldm_reshape(ctx, h, ldm_shape3(B, C, S)), tr); /* [B, S, C] */
+    ldm_tensor *q = ldm__vae_pointwise(ctx, &a->q, h), *k = ldm__vae_pointwise(ctx, &a->k, h);
+    ldm_tensor *v = ldm__vae_pointwise(ctx, &a->v, h);
+    ldm_tensor *o = ldm__vae_pointwise(ctx, &a->proj_out, ldm_attention(ctx, q, k, v, 1, (float)pow((double)C, -0.5)));
+    o = ldm_reshape(ctx, ldm_permute(ctx, o, tr), ldm_shape4(B, C, H, W));
     return ldm_add(ctx, x, o);
 }
 

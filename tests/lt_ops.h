@@ -12,9 +12,9 @@ enum {
     LT_ADD, LT_SUB, LT_MUL, LT_DIV,
     LT_AFFINE, LT_SCALE, LT_ADD_SCALAR, LT_POW,
     LT_EXP, LT_LOG, LT_SQRT, LT_ABS, LT_SQUARE, LT_CLAMP, LT_SIGMOID, LT_SILU, LT_RELU, LT_LEAKY,
-    LT_TANH, LT_GELU, LT_SOFTPLUS,
+    LT_TANH, LT_GELU, LT_SOFTPLUS, LT_SIN, LT_COS,
     LT_SUM, LT_MEAN, LT_SUM_ALL, LT_MEAN_ALL,
-    LT_MATMUL, LT_LINEAR,
+    LT_MATMUL, LT_LINEAR, LT_ATTENTION,
     LT_CONV2D, LT_CONV2D_EX, LT_CONV3D, LT_CONV3D_EX,
     LT_GROUP_NORM, LT_BATCH_NORM, LT_LAYER_NORM, LT_SOFTMAX, LT_GROUP_NORM_SILU,
     LT_UPSAMPLE, LT_AVG_POOL, LT_MAX_POOL, LT_PAD,
@@ -26,7 +26,8 @@ enum {
 /* Parameters by op (inputs in order; "[b]" = optional, present when the input count says so):
      AFFINE f0 scale f1 shift; SCALE/ADD_SCALAR/POW f0; CLAMP f0 lo f1 hi; LEAKY f0 slope;
      GELU i0 tanh; SOFTPLUS f0 beta f1 threshold; SUM/MEAN i0 dim mask i1 keepdim;
-     MATMUL a b, i0 trans_a i1 trans_b; LINEAR x w [b];
+     MATMUL a b, i0 trans_a i1 trans_b; LINEAR x w [b]; ATTENTION q [k v] (one input: q = k = v),
+       i0 heads f0 scale;
      CONV2D x w [b], i0 stride i1 pad; CONV2D_EX x w [b], i0 sh i1 sw i2..i5 top bottom left right;
      CONV3D x w [b], i0 stride i1 pad; CONV3D_EX x w [b], i0..i2 stride i3..i8 pads;
      GROUP_NORM and GROUP_NORM_SILU x [w [b]], i0 groups f0 eps; BATCH_NORM x [w b], i0 training f0 momentum f1 eps,
@@ -83,6 +84,8 @@ static int lt_op_run(ldm_ctx *ctx, const lt_op *p, int n_in, ldm_tensor **in, ld
     case LT_RELU: out[0] = ldm_relu(ctx, x); break;
     case LT_LEAKY: out[0] = ldm_leaky_relu(ctx, x, f[0]); break;
     case LT_TANH: out[0] = ldm_tanh(ctx, x); break;
+    case LT_SIN: out[0] = ldm_sin(ctx, x); break;
+    case LT_COS: out[0] = ldm_cos(ctx, x); break;
     case LT_GELU: out[0] = ldm_gelu(ctx, x, i[0]); break;
     case LT_SOFTPLUS: out[0] = ldm_softplus(ctx, x, f[0], f[1]); break;
     case LT_SUM: out[0] = ldm_sum(ctx, x, (unsigned)i[0], i[1]); break;
@@ -90,6 +93,7 @@ static int lt_op_run(ldm_ctx *ctx, const lt_op *p, int n_in, ldm_tensor **in, ld
     case LT_SUM_ALL: out[0] = ldm_sum_all(ctx, x); break;
     case LT_MEAN_ALL: out[0] = ldm_mean_all(ctx, x); break;
     case LT_MATMUL: out[0] = ldm_matmul(ctx, x, a1, i[0], i[1]); break;
+    case LT_ATTENTION: out[0] = n_in == 1 ? ldm_attention(ctx, x, x, x, i[0], f[0]) : ldm_attention(ctx, x, a1, a2, i[0], f[0]); break;
     case LT_LINEAR: out[0] = ldm_linear(ctx, x, a1, a2); break;
     case LT_CONV2D: out[0] = ldm_conv2d(ctx, x, a1, a2, i[0], i[1]); break;
     case LT_CONV2D_EX: out[0] = ldm_conv2d_ex(ctx, x, a1, a2, i[0], i[1], i[2], i[3], i[4], i[5]); break;

@@ -176,6 +176,8 @@ static void test_ops(ldm_ctx *ctx) {
     { int v[1] = {1}; check_case(ctx, "gelu tanh", (p = opi(LT_GELU, 1, v), &p), 1, s, 0, 0, 0, TOL); }
     check_case(ctx, "softplus", (p = opf(LT_SOFTPLUS, 1.0f, 20.0f), &p), 1, s, 0, 0, 0, TOL);
     check_case(ctx, "softplus beta 2 threshold 1", (p = opf(LT_SOFTPLUS, 2.0f, 1.0f), &p), 1, s, 0, 0, 0, TOL);
+    check_case(ctx, "sin", (p = op0(LT_SIN), &p), 1, s, 0, 0, 0, TOL);
+    check_case(ctx, "cos", (p = op0(LT_COS), &p), 1, s, 0, 0, 0, TOL);
     /* reductions (one thread per output and one block per output) */
     s[0] = S4(2, 3, 4, 5);
     { int v[2] = {LDM_DIM(1) | LDM_DIM(3), 0}; check_case(ctx, "sum dims 1,3", (p = opi(LT_SUM, 2, v), &p), 1, s, 0, 0, 0, TOL); }
@@ -190,6 +192,19 @@ static void test_ops(ldm_ctx *ctx) {
     { int v[2] = {0, 0}; check_case(ctx, "matmul batched x shared", (p = opi(LT_MATMUL, 2, v), &p), 2, s, 0, 0, 0, GEMM_TOL); }
     s[0] = S3(2, 33, 17); s[1] = S3(2, 9, 33);
     { int v[2] = {1, 1}; check_case(ctx, "matmul trans_a trans_b", (p = opi(LT_MATMUL, 2, v), &p), 2, s, 0, 0, 0, GEMM_TOL); }
+    s[0] = S4(2, 3, 17, 33); s[1] = S3(3, 33, 9);
+    { int v[2] = {0, 0}; check_case(ctx, "matmul 4-D x 3-D (broadcast batch)", (p = opi(LT_MATMUL, 2, v), &p), 2, s, 0, 0, 0, GEMM_TOL); }
+    s[0] = S4(2, 1, 33, 17); s[1] = S4(1, 3, 9, 33);
+    { int v[2] = {1, 1}; check_case(ctx, "matmul 4-D size-1 batches, trans_a trans_b", (p = opi(LT_MATMUL, 2, v), &p), 2, s, 0, 0, 0, GEMM_TOL); }
+    /* attention: lengths off the 16/32-row tiles, D across 32-column chunks, Sq != Sk, heads */
+    s[0] = S3(2, 40, 120); s[1] = S3(2, 45, 120); s[2] = S3(2, 45, 120);
+    { int v[1] = {3}; check_case(ctx, "attention 3 heads D40 Sq40 Sk45", (p = opi(LT_ATTENTION, 1, v), &p), 3, s, 0, 0, 0, GEMM_TOL); }
+    s[0] = S3(1, 20, 64); s[1] = S3(1, 70, 64); s[2] = S3(1, 70, 64);
+    { int v[1] = {8}; check_case(ctx, "attention 8 heads D8 Sq20 Sk70", (p = opi(LT_ATTENTION, 1, v), &p), 3, s, 0, 0, 0, GEMM_TOL); }
+    s[0] = S3(2, 33, 64);
+    { int v[1] = {1}; check_case(ctx, "attention q = k = v one tensor, D64", (p = opi(LT_ATTENTION, 1, v), &p), 1, s, 0, 0, 0, GEMM_TOL); }
+    s[0] = S3(1, 17, 48); s[1] = S3(1, 9, 48); s[2] = S3(1, 9, 48);
+    { int v[1] = {2}; check_case(ctx, "attention v constant", (p = opi(LT_ATTENTION, 1, v), &p), 3, s, 0, 4, 0, GEMM_TOL); }
     s[0] = S3(4, 7, 64); s[1] = S2(32, 64); s[2] = S1(32);
     check_case(ctx, "linear", (p = op0(LT_LINEAR), &p), 3, s, 0, 0, 0, GEMM_TOL);
     /* convolution */

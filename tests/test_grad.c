@@ -194,6 +194,8 @@ static void test_unary(void) {
         {LT_RELU, 0, 0, 0, -2, 2, 1, {0, 0}, "relu"},
         {LT_LEAKY, 0.2f, 0, 0, -2, 2, 1, {0, 0}, "leaky_relu 0.2"},
         {LT_TANH, 0, 0, 0, -2.5f, 2.5f, 0, {0, 0}, "tanh"},
+        {LT_SIN, 0, 0, 0, -4, 4, 0, {0, 0}, "sin"},
+        {LT_COS, 0, 0, 0, -4, 4, 0, {0, 0}, "cos"},
         {LT_GELU, 0, 0, 0, -3, 3, 0, {0, 0}, "gelu exact"},
         {LT_GELU, 0, 0, 1, -3, 3, 0, {0, 0}, "gelu tanh"},
         {LT_SOFTPLUS, 1.0f, 20.0f, 0, -4, 4, 0, {0, 0}, "softplus 1,20"},
@@ -254,6 +256,26 @@ static void test_matmul(void) {
                 gradcheck(nm, &p, n_in, in);
             }
         }
+    /* 4-D operands: batch dims broadcast when missing or of size 1 */
+    struct { int na, a[2], nb, b[2]; } b4[] = {{2, {2, 3}, 2, {2, 3}}, {2, {2, 3}, 1, {3, 0}}, {2, {2, 1}, 2, {1, 3}},
+                                              {0, {0, 0}, 2, {2, 2}}, {1, {2, 0}, 2, {3, 2}}};
+    for (size_t c = 0; c < sizeof b4 / sizeof b4[0]; c++)
+        for (int t = 0; t < 4; t++) {
+            int ta = t & 1, tb = t >> 1, M = 3, K = 4, N = 2;
+            int64_t da[4], db[4];
+            for (int i = 0; i < b4[c].na; i++) da[i] = b4[c].a[i];
+            for (int i = 0; i < b4[c].nb; i++) db[i] = b4[c].b[i];
+            da[b4[c].na] = ta ? K : M; da[b4[c].na + 1] = ta ? M : K;
+            db[b4[c].nb] = tb ? N : K; db[b4[c].nb + 1] = tb ? K : N;
+            ldm_step_reset(ctx);
+            lt_op p = lt_op_make(LT_MATMUL);
+            p.i[0] = ta; p.i[1] = tb;
+            IN(leaf(ldm_shape_n(b4[c].na + 2, da), -1, 1), leaf(ldm_shape_n(b4[c].nb + 2, db), -1, 1));
+            char sa[40], sb[40];
+            snprintf(nm, sizeof nm, "matmul batched %s%s x %s%s", ldm_shape_str(in[0], sa, sizeof sa), ta ? "^T" : "",
+                     ldm_shape_str(in[1], sb, sizeof sb), tb ? "^T" : "");
+            gradcheck(nm, &p, n_in, in);
+        }
     lt_op p = lt_op_make(LT_LINEAR);
     ldm_step_reset(ctx);
     { IN(leaf(S2(3, 5), -1, 1), leaf(S2(4, 5), -1, 1), leaf(S1(4), -1, 1)); gradcheck("linear [3,5] w[4,5] b", &p, n_in, in); }
@@ -263,6 +285,27 @@ static void test_matmul(void) {
     { IN(leaf(S3(2, 3, 5), -1, 1), leaf(S2(4, 5), -1, 1), leaf(S1(4), -1, 1)); gradcheck("linear 3-D input", &p, n_in, in); }
     ldm_step_reset(ctx);
     { IN(leaf(S3(2, 3, 5), -1, 1), tens(S2(4, 5), -1, 1, 0), leaf(S1(4), -1, 1)); gradcheck("linear constant weight", &p, n_in, in); }
+}
+
+/* Attention: cross lengths, several heads, lengths across a 128-row block, q = k = v. */
+static void test_attention(void) {
+    struct { int B, Sq, Sk, H, D; float scale; } c[] = {{2, 5, 7, 2, 3, 0.0f}, {1, 130, 3, 1, 2, 0.0f}, {1, 3, 130, 1, 2, 0.7f}, {1, 4, 4, 3, 2, 0.0f}};
+    char nm[160];
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+        ldm_step_reset(ctx);
+        lt_op p = lt_op_make(LT_ATTENTION);
+        p.i[0] = c[i].H; p.f[0] = c[i].scale;
+        int C = c[i].H * c[i].D;
+        IN(leaf(S3(c[i].B, c[i].Sq, C), -1.5f, 1.5f), leaf(S3(c[i].B, c[i].Sk, C), -1.5f, 1.5f), leaf(S3(c[i].B, c[i].Sk, C), -1, 1));
+        snprintf(nm, sizeof nm, "attention B%d Sq%d Sk%d heads %d D%d scale %g", c[i].B, c[i].Sq, c[i].Sk, c[i].H, c[i].D, c[i].scale);
+        gradcheck(nm, &p, n_in, in);
+    }
+    ldm_step_reset(ctx);
+    lt_op p = lt_op_make(LT_ATTENTION);
+    p.i[0] = 2;
+    { IN(leaf(S3(2, 6, 4), -1.5f, 1.5f)); gradcheck("attention q = k = v one tensor, 2 heads", &p, n_in, in); }
+    ldm_step_reset(ctx);
+    { IN(leaf(S3(1, 5, 4), -1.5f, 1.5f), tens(S3(1, 6, 4), -1, 1, 0), leaf(S3(1, 6, 4), -1, 1)); gradcheck("attention constant k", &p, n_in, in); }
 }
 
 static void test_conv(void) {
@@ -654,6 +697,7 @@ int main(void) {
     test_unary();
     test_reduce();
     test_matmul();
+    test_attention();
     test_conv();
     test_norm();
     test_spatial();

@@ -296,6 +296,59 @@ static void test_tiny(ldm_ctx *ctx) {
     ldm_vae_destroy(vae);
 }
 
+/* AttnBlock (token-major linears around ldm_attention) against the conv / matmul / softmax
+   form it replaced: output and the gradients of x and of the q weight, to 1e-5. */
+static ldm_tensor *attn_block_ref(ldm_ctx *ctx, const ldm__vae_attn *a, ldm_tensor *x) {
+    int64_t B = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+    ldm_shape s3 = ldm_shape3(B, C, H * W);
+    ldm_tensor *h = ldm_nn_groupnorm_forward(ctx, &a->norm, x);
+    ldm_tensor *q = ldm_reshape(ctx, ldm_nn_conv2d_forward(ctx, &a->q, h), s3);
+    ldm_tensor *k = ldm_reshape(ctx, ldm_nn_conv2d_forward(ctx, &a->k, h), s3);
+    ldm_tensor *v = ldm_reshape(ctx, ldm_nn_conv2d_forward(ctx, &a->v, h), s3);
+    ldm_tensor *w = ldm_softmax(ctx, ldm_scale(ctx, ldm_matmul(ctx, q, k, 1, 0), (float)pow((double)C, -0.5)), 2);
+    ldm_tensor *o = ldm_reshape(ctx, ldm_matmul(ctx, v, w, 0, 1), ldm_shape4(B, C, H, W));
+    return ldm_add(ctx, x, ldm_nn_conv2d_forward(ctx, &a->proj_out, o));
+}
+static void test_attn_block(ldm_ctx *ctx) {
+    ldm_vae_config cfg = tiny_cfg();
+    ldm_vae *vae;
+    if (ldm_vae_create(ctx, &vae, &cfg)) { lt_report(0, "attn block: create", "%s", ldm_ctx_error(ctx)); return; }
+    hash_weights(ctx, vae);
+    const ldm__vae_attn *a = &vae->enc.mid_attn_1;
+    int64_t C = a->q.in, n = 2 * C * 5 * 7;
+    float *hx = (float *)malloc(sizeof(float) * (size_t)n), *r[2][3];
+    lt_hash_uniform("attn_block.x", hx, (long)n);
+    ldm_tensor *wq = a->q.weight;
+    for (int which = 0; which < 2; which++) {
+        ldm_tensor *x = ldm_from_host(ctx, ldm_shape4(2, C, 5, 7), hx);
+        x->requires_grad = 1;
+        ldm_tensor *y = which ? attn_block_ref(ctx, a, x) : ldm__vae_attn_fwd(ctx, a, x);
+        ldm_tensor *loss = ldm_sum_all(ctx, ldm_mul(ctx, y, y));
+        float *gx = (float *)malloc(sizeof(float) * (size_t)n), *gw = (float *)malloc(sizeof(float) * (size_t)wq->numel);
+        float *outs[2] = {gx, gw};
+        ldm_tensor *wrt[2] = {x, wq};
+        float *dev[2] = {(float *)ldm_arena_alloc(ctx, ldm_ctx_device(ctx), sizeof(float) * (size_t)n),
+                         (float *)ldm_arena_alloc(ctx, ldm_ctx_device(ctx), sizeof(float) * (size_t)wq->numel)};
+        ldm_grad(ctx, loss, 2, wrt, dev);
+        for (int i = 0; i < 2; i++) {
+            ldm_tensor t = ldm_tensor_wrap(dev[i], ldm_shape1(i ? wq->numel : n), ldm_ctx_device(ctx));
+            ldm_to_host(ctx, &t, outs[i]);
+        }
+        r[which][0] = (float *)malloc(sizeof(float) * (size_t)n);
+        ldm_to_host(ctx, y, r[which][0]);
+        r[which][1] = gx;
+        r[which][2] = gw;
+        ldm_step_reset(ctx);
+    }
+    LT_CHECK(ldm_ctx_status(ctx) == LDM_OK, "attn block: both forms ran");
+    lt_close("attn block: output vs conv/matmul/softmax form", r[0][0], r[1][0], (long)n, 1e-5, 1e-5);
+    lt_close("attn block: d/dx vs conv/matmul/softmax form", r[0][1], r[1][1], (long)n, 1e-5, 1e-4);
+    lt_close("attn block: d/d(q.weight) vs conv/matmul/softmax form", r[0][2], r[1][2], (long)wq->numel, 1e-5, 1e-4);
+    for (int w = 0; w < 2; w++) for (int i = 0; i < 3; i++) free(r[w][i]);
+    free(hx);
+    ldm_vae_destroy(vae);
+}
+
 static void test_hash_model(ldm_ctx *ctx, const char *tag, const char *file, ldm_vae_config cfg) {
     ldm_vae *vae;
     ldm_weights *fx;
@@ -319,6 +372,7 @@ int main(void) {
     if (ldm_ctx_create(&ctx, &s)) return 1;
 #ifndef LDM_CUDA_EMULATOR /* the emulator build only runs the device part below */
     test_tiny(ctx);
+    test_attn_block(ctx);
 #ifndef LDM_TEST_SANITIZED /* the 55M/84M-parameter models take minutes under ASan; the plain build runs them */
     test_hash_model(ctx, "kl-f4 (seed config)", FIX "vae_f4.safetensors", ldm_vae_config_kl_f4());
     test_hash_model(ctx, "kl-f8", FIX "vae_f8.safetensors", ldm_vae_config_kl_f8());
@@ -333,6 +387,7 @@ int main(void) {
             lt_tag = "[cuda] ";
             printf("device: %s\n", ldm_cuda_device_name(ctx));
             test_tiny(ctx);
+            test_attn_block(ctx);
 #ifndef LDM_CUDA_EMULATOR /* minutes on the emulator, a second on a GPU */
             test_hash_model(ctx, "kl-f4 (seed config)", FIX "vae_f4.safetensors", ldm_vae_config_kl_f4());
             test_hash_model(ctx, "kl-f8", FIX "vae_f8.safetensors", ldm_vae_config_kl_f8());
