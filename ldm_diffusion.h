@@ -424,7 +424,7 @@ LDM_API void ldm_schedule_free(ldm_schedule *s) {
 LDM_API ldm_tensor *ldm_diffusion_extract(ldm_ctx *ctx, const float *values, const int *t, const ldm_tensor *like) {
     if (!like || ctx->status) return NULL;
     int64_t B = like->shape[0];
-    float buf[256], *h = B <= 256 ? buf : (float *)LDM_MALLOC(sizeof(float) * (size_t)B);
+    float *h = (float *)LDM_MALLOC(sizeof(float) * (size_t)(B ? B : 1));
     if (!h) { ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_diffusion_extract: out of memory"); return NULL; }
     for (int64_t i = 0; i < B; i++) h[i] = values[t[i]];
     ldm_shape sh;
@@ -432,7 +432,7 @@ LDM_API ldm_tensor *ldm_diffusion_extract(ldm_ctx *ctx, const float *values, con
     sh.d[0] = B;
     for (int d = 1; d < like->ndim; d++) sh.d[d] = 1;
     ldm_tensor *r = ldm_from_host(ctx, sh, h);
-    if (h != buf) LDM_FREE(h);
+    LDM_FREE(h);
     return r;
 }
 static ldm_result ldm__diff_check_t(ldm_ctx *ctx, const ldm_schedule *s, const ldm_tensor *x, const int *t, const char *fn) {
@@ -505,11 +505,11 @@ static void ldm__diff_sample_t(ldm_ctx *ctx, int T, int64_t B, int *t) {
 }
 /* the model's t: [B] floats on the ctx device */
 static ldm_tensor *ldm__diff_t_tensor(ldm_ctx *ctx, const int *t, int64_t B) {
-    float buf[256], *h = B <= 256 ? buf : (float *)LDM_MALLOC(sizeof(float) * (size_t)B);
+    float *h = (float *)LDM_MALLOC(sizeof(float) * (size_t)(B ? B : 1));
     if (!h) { ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "out of memory"); return NULL; }
     for (int64_t i = 0; i < B; i++) h[i] = (float)t[i];
     ldm_tensor *r = ldm_from_host(ctx, ldm_shape1(B), h);
-    if (h != buf) LDM_FREE(h);
+    LDM_FREE(h);
     return r;
 }
 static float ldm__diff_scalar(ldm_ctx *ctx, ldm_tensor *x) {
@@ -541,9 +541,9 @@ LDM_API ldm_tensor *ldm_diffusion_p_losses(ldm_ctx *ctx, const ldm_schedule *s, 
         return NULL;
     }
     int64_t B = x0->shape[0];
-    int tb[256], *tt = B <= 256 ? tb : (int *)LDM_MALLOC(sizeof(int) * (size_t)B);
-    int64_t *ti = (int64_t *)LDM_MALLOC(sizeof(int64_t) * (size_t)B);
-    if (!tt || !ti) { if (tt != tb) LDM_FREE(tt); LDM_FREE(ti); ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_diffusion_p_losses: out of memory"); return NULL; }
+    int *tt = (int *)LDM_MALLOC(sizeof(int) * (size_t)(B ? B : 1));
+    int64_t *ti = (int64_t *)LDM_MALLOC(sizeof(int64_t) * (size_t)(B ? B : 1));
+    if (!tt || !ti) { LDM_FREE(tt); LDM_FREE(ti); ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_diffusion_p_losses: out of memory"); return NULL; }
     if (t) memcpy(tt, t, sizeof(int) * (size_t)B); else ldm__diff_sample_t(ctx, s->T, B, tt);
     if (t_out) memcpy(t_out, tt, sizeof(int) * (size_t)B);
     for (int64_t i = 0; i < B; i++) ti[i] = tt[i];
@@ -585,7 +585,7 @@ LDM_API ldm_tensor *ldm_diffusion_p_losses(ldm_ctx *ctx, const ldm_schedule *s, 
         if (c.original_elbo_weight != 0) loss = ldm_add(ctx, loss, ldm_scale(ctx, vlb, (float)c.original_elbo_weight));
         ldm__diff_log(log, prefix, "loss", ldm__diff_scalar(ctx, loss));
     }
-    if (tt != tb) LDM_FREE(tt);
+    LDM_FREE(tt);
     LDM_FREE(ti);
     return ctx->status ? NULL : loss;
 }
@@ -865,12 +865,12 @@ LDM_API ldm_tensor *ldm_diffusion_model_output(ldm_ctx *ctx, const ldm_denoiser 
         cc.context = ldm__diff_cat2(ctx, u->context, c->context, "context");
         cc.concat = ldm__diff_cat2(ctx, u->concat, c->concat, "concat");
         ldm_tensor *x2 = ldm__diff_cat2(ctx, x, x, "x");
-        int tb[256], *t2 = 2 * B <= 256 ? tb : (int *)LDM_MALLOC(sizeof(int) * (size_t)(2 * B));
+        int *t2 = (int *)LDM_MALLOC(sizeof(int) * (size_t)(B ? 2 * B : 1));
         if (!t2) { ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_diffusion_model_output: out of memory"); return NULL; }
         memcpy(t2, t, sizeof(int) * (size_t)B);
         memcpy(t2 + B, t, sizeof(int) * (size_t)B);
         ldm_tensor *tt = ldm__diff_t_tensor(ctx, t2, 2 * B);
-        if (t2 != tb) LDM_FREE(t2);
+        LDM_FREE(t2);
         ldm_tensor *o2 = ctx->status ? NULL : model->forward(ctx, model->self, x2, tt, &cc);
         ldm_tensor *ou = ldm_slice(ctx, o2, 0, 0, B), *oc = ldm_slice(ctx, o2, 0, B, B);
         out = ldm_add(ctx, ou, ldm_scale(ctx, ldm_sub(ctx, oc, ou), scale));
@@ -900,11 +900,11 @@ LDM_API ldm_tensor *ldm_ddpm_step(ldm_ctx *ctx, const ldm_schedule *s, const ldm
     if (!noise) noise = ldm_randn(ctx, ldm_shape_of(x));
     /* nonzero_mask * exp(0.5 * log_variance): no noise at t == 0 */
     int64_t B = x->shape[0];
-    float buf[256], *h = B <= 256 ? buf : (float *)LDM_MALLOC(sizeof(float) * (size_t)B);
+    float *h = (float *)LDM_MALLOC(sizeof(float) * (size_t)(B ? B : 1));
     if (!h) { ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_ddpm_step: out of memory"); return NULL; }
     for (int64_t i = 0; i < B; i++) h[i] = (t[i] != 0 ? 1.0f : 0.0f) * expf(0.5f * s->posterior_log_variance_clipped[t[i]]);
     ldm_tensor *sd = ldm_from_host(ctx, ldm_shape_of(lv), h);
-    if (h != buf) LDM_FREE(h);
+    LDM_FREE(h);
     return ldm_add(ctx, mean, ldm_mul(ctx, sd, noise));
 }
 
@@ -979,11 +979,11 @@ LDM_API ldm_tensor *ldm_ddim_step(ldm_ctx *ctx, const ldm_ddim *d, const ldm_sch
     if (ctx->status || !x) return NULL;
     if (index < 0 || index >= d->S) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_ddim_step: index %d outside [0, %d)", index, d->S); return NULL; }
     int64_t B = x->shape[0];
-    int tb[256], *t = B <= 256 ? tb : (int *)LDM_MALLOC(sizeof(int) * (size_t)B);
+    int *t = (int *)LDM_MALLOC(sizeof(int) * (size_t)(B ? B : 1));
     if (!t) { ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_ddim_step: out of memory"); return NULL; }
     for (int64_t b = 0; b < B; b++) t[b] = d->timesteps[index];
     ldm_tensor *out = ldm_diffusion_model_output(ctx, model, x, t, opts);
-    if (t != tb) LDM_FREE(t);
+    LDM_FREE(t);
     return ldm_ddim_update(ctx, d, s, out, x, index, opts ? opts->clip_denoised : 0, noise, pred_x0);
 }
 LDM_API ldm_tensor *ldm_ddim_sample(ldm_ctx *ctx, const ldm_ddim *d, const ldm_schedule *s, const ldm_denoiser *model,
