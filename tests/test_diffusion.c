@@ -323,16 +323,15 @@ static void test_loss(void) {
     for (int k = 0; k < 4; k++) {
         ldm_schedule s;
         init_sched(&s, LDM_BETA_LINEAR, 1000, V[k].p);
-        ldm_tensor w[3], lvw;
+        ldm_tensor *w[3], *lvw = ldm_from_host(ctx, ldm_shape1(1000), lv0); /* leaves on the ctx device */
         for (int i = 0; i < 3; i++) {
-            w[i] = ldm_tensor_wrap(wv[i], ldm_shape_n(nd[i], shp[i]), LDM_CPU);
-            w[i].requires_grad = 1;
+            w[i] = ldm_from_host(ctx, ldm_shape_n(nd[i], shp[i]), wv[i]);
+            if (w[i]) w[i]->requires_grad = 1;
         }
-        lvw = ldm_tensor_wrap(lv0, ldm_shape1(1000), LDM_CPU);
-        lvw.requires_grad = 1;
+        if (lvw) lvw->requires_grad = 1;
         toy m;
         ldm_denoiser den;
-        m.W = &w[0]; m.b = &w[1]; m.E = &w[2]; m.T = 1000;
+        m.W = w[0]; m.b = w[1]; m.E = w[2]; m.T = 1000;
         den.forward = toy_forward; den.self = &m;
         ldm_cond cond;
         memset(&cond, 0, sizeof cond);
@@ -342,7 +341,7 @@ static void test_loss(void) {
         lc.loss_type = V[k].lt; lc.original_elbo_weight = V[k].elbo;
         ldm_loss_log log;
         ldm_tensor *loss = ldm_diffusion_p_losses(ctx, &s, &lc, &den, FT("loss.x0"), &cond, t, NULL, FT("loss.noise"),
-                                                  V[k].learn ? &lvw : NULL, &log);
+                                                  V[k].learn ? lvw : NULL, &log);
         char name[128];
         snprintf(name, sizeof name, "p_losses %s", V[k].name);
         if (!loss || ldm_backward(ctx, loss)) { check_ok(name); ldm_schedule_free(&s); continue; }
@@ -364,11 +363,11 @@ static void test_loss(void) {
         lt_close(name, lt_h(ctx, loss, 0), want + 4, 1, 1e-6, 1e-5);
         for (int i = 0; i < 3; i++) {
             snprintf(name, sizeof name, "p_losses %s: d loss / d %s", V[k].name, NW[i]);
-            lt_close(name, w[i].grad, F("loss.%s.grad_%s", V[k].name, NW[i]), w[i].numel, 1e-6, 1e-3);
+            lt_close(name, lt_h(ctx, w[i], 1), F("loss.%s.grad_%s", V[k].name, NW[i]), (long)w[i]->numel, 1e-6, 1e-3);
         }
         if (V[k].learn) {
             snprintf(name, sizeof name, "p_losses %s: d loss / d logvar", V[k].name);
-            lt_close(name, lvw.grad, F("loss.%s.grad_logvar", V[k].name), 1000, 1e-7, 1e-3);
+            lt_close(name, lt_h(ctx, lvw, 1), F("loss.%s.grad_logvar", V[k].name), 1000, 1e-7, 1e-3);
         }
         ldm_step_reset(ctx);
         ldm_schedule_free(&s);
@@ -376,11 +375,10 @@ static void test_loss(void) {
     /* sampled steps and noise come from the ctx RNG */
     ldm_schedule s;
     init_sched(&s, LDM_BETA_LINEAR, 1000, LDM_PRED_EPS);
-    ldm_tensor w0 = ldm_tensor_wrap(wv[0], ldm_shape2(32, 32), LDM_CPU), w1 = ldm_tensor_wrap(wv[1], ldm_shape1(32), LDM_CPU),
-               w2 = ldm_tensor_wrap(wv[2], ldm_shape2(4, 32), LDM_CPU);
     toy m;
     ldm_denoiser den;
-    m.W = &w0; m.b = &w1; m.E = &w2; m.T = 1000;
+    m.W = ldm_from_host(ctx, ldm_shape2(32, 32), wv[0]); m.b = ldm_from_host(ctx, ldm_shape1(32), wv[1]);
+    m.E = ldm_from_host(ctx, ldm_shape2(4, 32), wv[2]); m.T = 1000;
     den.forward = toy_forward; den.self = &m;
     ldm_cond cond;
     memset(&cond, 0, sizeof cond);
@@ -402,47 +400,61 @@ static void test_loss(void) {
 }
 
 /* ---- EMA (LitEma) ------------------------------------------------------------------------- */
+/* n floats of device (or host) memory of the ctx device into out */
+static void host(const float *p, int64_t n, float *out) {
+    ldm_tensor w = ldm_tensor_wrap((float *)p, ldm_shape1(n), ldm_ctx_device(ctx));
+    if (ldm_to_host(ctx, &w, out)) memset(out, 0xff, sizeof(float) * (size_t)n);
+}
 static void test_ema(void) {
     static const char *const N[3] = {"a", "b", "c"};
     for (int variant = 0; variant < 2; variant++) {
         ldm_nn_params *P;
         ldm_tensor *p[3];
-        ldm_nn_params_create(ctx, &P, LDM_CPU);
+        ldm_nn_params_create(ctx, &P, ldm_ctx_device(ctx));
         p[0] = ldm_nn_param(P, "a", ldm_shape2(3, 4), ldm_nn_init_const(0));
         p[1] = ldm_nn_param(P, "b", ldm_shape1(5), ldm_nn_init_const(0));
         p[2] = ldm_nn_param(P, "c", ldm_shape1(2), ldm_nn_init_const(0));
         ldm_nn_set_trainable(P, "c", 0);
         ldm_nn_params_alloc(ctx, P);
-        for (int i = 0; i < 3; i++) ldm_nn_copy_from_host(ctx, p[i], F("ema.init.%s", N[i]));
+        float cur[3][12], sh[64], pa[12], pc[2];
+        int64_t nblk = 0;
+        for (int i = 0; i < 3; i++) {
+            memcpy(cur[i], F("ema.init.%s", N[i]), sizeof(float) * (size_t)p[i]->numel);
+            ldm_nn_copy_from_host(ctx, p[i], cur[i]);
+        }
         ldm_ema ema;
         int updates = variant == 0 ? 12 : 3;
         ldm_ema_init(ctx, &ema, P, variant == 0 ? 0.0f : 0.9f, variant == 0);
         for (int u = 0; u < updates; u++) {
             for (int i = 0; i < 3; i++) {
                 const float *d = F("ema.step%d.%s", u, N[i]);
-                for (int64_t j = 0; j < p[i]->numel; j++) p[i]->data[j] += d[j];
+                for (int64_t j = 0; j < p[i]->numel; j++) cur[i][j] += d[j];
+                ldm_nn_copy_from_host(ctx, p[i], cur[i]);
             }
             ldm_ema_update(ctx, &ema);
         }
         const char *tag = variant == 0 ? "warm" : "plain";
+        ldm_nn_block(P, LDM_NN_BLOCK_PARAMS, &nblk);
+        if (nblk > 64) nblk = 64;
+        host(ema.shadow, nblk, sh);
         char name[128];
         if (!check_ok(variant == 0 ? "ema: decay 0.9999 with warm-up, 12 updates" : "ema: decay 0.9 without warm-up, 3 updates")) { ldm_nn_params_destroy(P); continue; }
         for (int i = 0; i < 2; i++) {
             snprintf(name, sizeof name, "ema %s: shadow of %s equals LitEma's", tag, N[i]);
-            lt_close(name, ema.shadow + ldm_nn_entry_at(P, i)->offset, F("ema.%s.%s", tag, N[i]), p[i]->numel, 0, 1e-7);
+            lt_close(name, sh + ldm_nn_entry_at(P, i)->offset, F("ema.%s.%s", tag, N[i]), (long)p[i]->numel, 0, 1e-7);
         }
         snprintf(name, sizeof name, "ema %s: frozen c is not averaged", tag);
-        LT_CHECK(memcmp(ema.shadow + ldm_nn_entry_at(P, 2)->offset, F("ema.init.c"), 2 * sizeof(float)) == 0, name);
+        LT_CHECK(memcmp(sh + ldm_nn_entry_at(P, 2)->offset, F("ema.init.c"), 2 * sizeof(float)) == 0, name);
         if (variant == 0) {
-            float a_train[12], c_train[2];
-            memcpy(a_train, p[0]->data, sizeof a_train);
-            memcpy(c_train, p[2]->data, sizeof c_train);
             ldm_ema_store(ctx, &ema);
             ldm_ema_copy_to(ctx, &ema);
-            LT_CHECK(memcmp(p[0]->data, F("ema.warm.a"), sizeof a_train) == 0 && memcmp(p[2]->data, c_train, sizeof c_train) == 0,
+            host(p[0]->data, 12, pa);
+            host(p[2]->data, 2, pc);
+            LT_CHECK(memcmp(pa, F("ema.warm.a"), sizeof pa) == 0 && memcmp(pc, cur[2], sizeof pc) == 0,
                      "ema copy_to: trainable parameters get the shadow, frozen ones stay");
             ldm_ema_restore(ctx, &ema);
-            LT_CHECK(memcmp(p[0]->data, a_train, sizeof a_train) == 0, "ema restore: the training weights are back");
+            host(p[0]->data, 12, pa);
+            LT_CHECK(memcmp(pa, cur[0], sizeof pa) == 0, "ema restore: the training weights are back");
             char nm[128];
             size_t len = ldm_ema_state_name("model.diffusion_model.out.2.weight", "model.", nm, sizeof nm);
             LT_CHECK(strcmp(nm, "model_ema.diffusion_modelout2weight") == 0 && len == strlen(nm), "ema state name: model_ema.diffusion_modelout2weight");
@@ -454,8 +466,10 @@ static void test_ema(void) {
             ldm_ema_save(ctx, &ema, path, NULL);
             ldm_ema_init(ctx, &e2, P, 0.5f, 1);
             ldm_ema_load(ctx, &e2, path, NULL);
+            float sh2[64];
+            host(e2.shadow, nblk, sh2);
             if (check_ok("ema save + load"))
-                LT_CHECK(memcmp(e2.shadow, ema.shadow, sizeof(float) * 16) == 0 && e2.num_updates == 12 && e2.decay == 0.9999f,
+                LT_CHECK(memcmp(sh2, sh, sizeof(float) * 12) == 0 && memcmp(sh2 + ldm_nn_entry_at(P, 1)->offset, sh + ldm_nn_entry_at(P, 1)->offset, sizeof(float) * 5) == 0 && e2.num_updates == 12 && e2.decay == 0.9999f,
                          "ema save + load: shadow, decay and num_updates round trip");
             ldm_weights *w;
             if (!ldm_weights_open(ctx, &w, path)) {
@@ -625,6 +639,24 @@ int main(int argc, char **argv) {
     test_loss();
     test_ema();
     if (e2e) test_e2e();
+#ifdef LDM_CUDA
+    /* the same checks on the GPU (the emulator build runs the CUDA code on the CPU) */
+    ldm_ctx *cpu = ctx;
+    if (ldm_cuda_available() && !ldm_ctx_create(&ctx, &st)) {
+        if (ldm_cuda_init(ctx, 0)) lt_report(0, "cuda init", "%s", ldm_ctx_error(ctx));
+        else {
+            lt_tag = "[cuda] ";
+            test_process();
+            test_ddim();
+            test_runs();
+            test_loss();
+            test_ema();
+            lt_tag = "";
+        }
+        ldm_ctx_destroy(ctx);
+    } else printf("SKIP test_diffusion on CUDA: no CUDA device\n");
+    ctx = cpu;
+#endif
     ldm_weights_close(W);
     while (nheld) free(held[--nheld]);
     ldm_ctx_destroy(ctx);
