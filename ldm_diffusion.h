@@ -243,6 +243,11 @@ typedef struct ldm_sample_opts {
     int clip_denoised;            /* DDPM: clamp x0_hat to [-1, 1] (DDPM class default on, LatentDiffusion off);
                                      DDIM: clamp pred_x0 (an extension; CompVis' ddim.py never clips) */
     int log_every_t;              /* 0: 100 */
+    float temperature;            /* scales the noise of each step; 0: 1 */
+    /* inpainting (log_images' "samples_inpainting"): with mask [B, 1 or C, ...] (1 = keep) and x0,
+       x = q_sample(x0, t)*mask + (1 - mask)*x, its noise from the ctx RNG; DDPM applies it after
+       each step, DDIM before each step, as CompVis does. NULL: off. */
+    ldm_tensor *mask, *x0;
     /* after each step i of total (a progress bar) */
     void (*on_step)(void *user, int i, int total);
     /* the intermediates (x_inter, pred_x0): the start (i = -1, both x_T), then every step whose
@@ -892,12 +897,25 @@ static ldm_tensor *ldm__diff_noise(ldm_ctx *ctx, const ldm_sample_opts *o, int s
     return ldm_reshape(ctx, ldm_slice(ctx, o->noise, 0, step, 1), ldm_shape_of(x));
 }
 
+static ldm_tensor *ldm__diff_inpaint(ldm_ctx *ctx, const ldm_schedule *s, const ldm_sample_opts *o, ldm_tensor *x, int t) {
+    if (!o || !o->mask || !x) return x;
+    if (!o->x0) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "sampler: opts.mask without opts.x0 (hint: the image to keep)"); return NULL; }
+    int64_t B = x->shape[0];
+    int *tt = (int *)LDM_MALLOC(sizeof(int) * (size_t)(B ? B : 1));
+    if (!tt) { ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "sampler: out of memory"); return NULL; }
+    for (int64_t i = 0; i < B; i++) tt[i] = t;
+    ldm_tensor *orig = ldm_diffusion_q_sample(ctx, s, o->x0, tt, ldm_randn(ctx, ldm_shape_of(o->x0)));
+    LDM_FREE(tt);
+    return ldm_add(ctx, ldm_mul(ctx, orig, o->mask), ldm_mul(ctx, ldm_affine(ctx, o->mask, -1.0f, 1.0f), x));
+}
+
 LDM_API ldm_tensor *ldm_ddpm_step(ldm_ctx *ctx, const ldm_schedule *s, const ldm_denoiser *model, ldm_tensor *x, const int *t,
                                   const ldm_sample_opts *opts, ldm_tensor *noise, ldm_tensor **pred_x0) {
     if (ldm__diff_check_t(ctx, s, x, t, "ldm_ddpm_step")) return NULL;
     ldm_tensor *out = ldm_diffusion_model_output(ctx, model, x, t, opts), *mean = NULL, *lv = NULL;
     if (ldm_diffusion_p_mean_variance(ctx, s, out, x, t, opts ? opts->clip_denoised : 0, &mean, NULL, &lv, pred_x0)) return NULL;
     if (!noise) noise = ldm_randn(ctx, ldm_shape_of(x));
+    if (opts && opts->temperature != 0 && opts->temperature != 1.0f) noise = ldm_scale(ctx, noise, opts->temperature);
     /* nonzero_mask * exp(0.5 * log_variance): no noise at t == 0 */
     int64_t B = x->shape[0];
     float *h = (float *)LDM_MALLOC(sizeof(float) * (size_t)(B ? B : 1));
@@ -933,6 +951,7 @@ LDM_API ldm_tensor *ldm_ddpm_sample(ldm_ctx *ctx, const ldm_schedule *s, const l
             ldm_tensor *x0 = NULL;
             for (int64_t b = 0; b < shape.d[0]; b++) t[b] = i;
             ldm_tensor *xn = ldm_ddpm_step(ctx, s, model, x, t, opts, opts && opts->noise ? ldm__diff_noise(ctx, opts, k, x) : NULL, &x0);
+            xn = ldm__diff_inpaint(ctx, s, opts, xn, i);
             if (!xn) break;
             if (opts && opts->on_log && (i % every == 0 || i == s->T - 1)) opts->on_log(opts->user, k, xn, x0);
             x = ldm_arena_keep(ctx, m, xn);
@@ -984,6 +1003,10 @@ LDM_API ldm_tensor *ldm_ddim_step(ldm_ctx *ctx, const ldm_ddim *d, const ldm_sch
     for (int64_t b = 0; b < B; b++) t[b] = d->timesteps[index];
     ldm_tensor *out = ldm_diffusion_model_output(ctx, model, x, t, opts);
     LDM_FREE(t);
+    if (opts && opts->temperature != 0 && opts->temperature != 1.0f && d->sigmas[index] != 0.0f) {
+        if (!noise) noise = ldm_randn(ctx, ldm_shape_of(x));
+        noise = ldm_scale(ctx, noise, opts->temperature);
+    }
     return ldm_ddim_update(ctx, d, s, out, x, index, opts ? opts->clip_denoised : 0, noise, pred_x0);
 }
 LDM_API ldm_tensor *ldm_ddim_sample(ldm_ctx *ctx, const ldm_ddim *d, const ldm_schedule *s, const ldm_denoiser *model,
@@ -998,7 +1021,8 @@ LDM_API ldm_tensor *ldm_ddim_sample(ldm_ctx *ctx, const ldm_ddim *d, const ldm_s
             ldm_mark m = ldm_arena_mark(ctx);
             ldm_tensor *x0 = NULL;
             ldm_tensor *noise = opts && opts->noise ? ldm__diff_noise(ctx, opts, i, x) : NULL;
-            ldm_tensor *xn = ldm_ddim_step(ctx, d, s, model, x, index, opts, noise, &x0);
+            ldm_tensor *xin = ldm__diff_inpaint(ctx, s, opts, x, d->timesteps[index]);
+            ldm_tensor *xn = ldm_ddim_step(ctx, d, s, model, xin, index, opts, noise, &x0);
             if (!xn) break;
             if (opts && opts->on_log && (index % every == 0 || index == d->S - 1)) opts->on_log(opts->user, i, xn, x0);
             x = ldm_arena_keep(ctx, m, xn);

@@ -303,6 +303,49 @@ static void test_runs(void) {
         ldm_tensor *x2 = ldm_ddpm_sample(ctx, &s, &den, ldm_shape4(2, 2, 4, 4), &o);
         if (x2) ldm_to_host(ctx, x2, b);
         LT_CHECK(x1 && x2 && memcmp(a, b, sizeof(float) * 64) == 0, "DDPM sampling from the ctx RNG is deterministic for a seed");
+        /* temperature scales the step noise */
+        {
+            int t5[2] = {5, 5};
+            ldm_tensor *xT = FT("run.xT"), *n0 = ldm_reshape(ctx, ldm_slice(ctx, FT("run.noise20"), 0, 0, 1), ldm_shape4(2, 2, 4, 4));
+            ldm_sample_opts ot = o;
+            ot.temperature = 0.5f;
+            ldm_tensor *ya = ldm_ddpm_step(ctx, &s, &den, xT, t5, &ot, n0, NULL);
+            ldm_tensor *yb = ldm_ddpm_step(ctx, &s, &den, xT, t5, &o, ldm_scale(ctx, n0, 0.5f), NULL);
+            if (ya && yb) { ldm_to_host(ctx, ya, a); ldm_to_host(ctx, yb, b); }
+            LT_CHECK(ya && yb && memcmp(a, b, sizeof(float) * 64) == 0, "DDPM step: temperature 0.5 equals half the noise");
+        }
+        /* inpainting: channel 0 kept from x0 (mask 1), channel 1 sampled */
+        {
+            float mk[64], x0h[64], got[64];
+            for (int i = 0; i < 64; i++) mk[i] = (i / 16) % 2 == 0 ? 1.0f : 0.0f;
+            memcpy(x0h, F("proc.x0"), sizeof x0h);
+            ldm_sample_opts oi = o;
+            oi.mask = ldm_from_host(ctx, ldm_shape4(2, 2, 4, 4), mk);
+            oi.x0 = ldm_from_host(ctx, ldm_shape4(2, 2, 4, 4), x0h);
+            ldm_tensor *xi = ldm_ddpm_sample(ctx, &s, &den, ldm_shape4(2, 2, 4, 4), &oi);
+            double kept = 0, free_ = 0;
+            if (xi && !ldm_to_host(ctx, xi, got))
+                for (int i = 0; i < 64; i++) {
+                    double d = fabs(got[i] - x0h[i]);
+                    if (mk[i] != 0) { if (d > kept) kept = d; } else if (d > free_) free_ = d;
+                }
+            lt_report(xi && kept < 0.06 && free_ > 0.1, "DDPM inpainting: the masked channel ends at q_sample(x0, 0), the other is sampled",
+                      "max |x - x0| kept %.4f, free %.4f", kept, free_);
+            ldm_ddim d5;
+            ldm_schedule s1000;
+            init_sched(&s1000, LDM_BETA_LINEAR, 1000, LDM_PRED_EPS);
+            ldm_ddim_init(ctx, &d5, &s1000, 5, 0, 0.0);
+            m.T = 1000;
+            oi.clip_denoised = 0;
+            xi = ldm_ddim_sample(ctx, &d5, &s1000, &den, ldm_shape4(2, 2, 4, 4), &oi);
+            kept = 0;
+            if (xi && !ldm_to_host(ctx, xi, got))
+                for (int i = 0; i < 64; i++) if (mk[i] != 0 && fabs(got[i] - x0h[i]) > kept) kept = fabs(got[i] - x0h[i]);
+            lt_report(xi && kept < 0.1, "DDIM inpainting: the masked channel stays near x0", "max |x - x0| kept %.4f", kept);
+            m.T = 20;
+            ldm_ddim_free(&d5);
+            ldm_schedule_free(&s1000);
+        }
         ldm_schedule_free(&s);
     }
     ldm_step_reset(ctx);
