@@ -121,7 +121,8 @@ LDM_API void ldm_schedule_free(ldm_schedule *s);
 
 /* The diffusion process on tensors x [B, ...] (any rank >= 1) with host timesteps t[B] in
    [0, T). Schedule values are gathered per sample into a [B, 1, ...] tensor and multiplied in
-   (autograd flows through x / noise / model outputs). Each returns NULL on error. */
+   (autograd flows through x / noise / model outputs). Each returns NULL on error (a step
+   outside [0, T) is one; ldm_diffusion_extract, which does not know T, trusts t). */
 LDM_API ldm_tensor *ldm_diffusion_extract(ldm_ctx *ctx, const float *values, const int *t, const ldm_tensor *like);
 LDM_API ldm_tensor *ldm_diffusion_q_sample(ldm_ctx *ctx, const ldm_schedule *s, ldm_tensor *x0, const int *t, ldm_tensor *noise);
 LDM_API ldm_tensor *ldm_diffusion_predict_start_from_noise(ldm_ctx *ctx, const ldm_schedule *s, ldm_tensor *x_t, const int *t, ldm_tensor *eps);
@@ -543,6 +544,10 @@ LDM_API ldm_tensor *ldm_diffusion_p_losses(ldm_ctx *ctx, const ldm_schedule *s, 
     if (x0->ndim < 2) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_diffusion_p_losses: x0 must be [B, ...] with at least 2 dims"); return NULL; }
     if (logvar && logvar->numel != s->T) {
         ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_diffusion_p_losses: logvar has %lld values, the schedule %d (hint: a [T] tensor)", (long long)logvar->numel, s->T);
+        return NULL;
+    }
+    if (noise && !ldm_shape_eq(noise, x0)) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_diffusion_p_losses: noise does not have x0's shape (hint: NULL draws it)");
         return NULL;
     }
     int64_t B = x0->shape[0];
