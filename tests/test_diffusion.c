@@ -126,6 +126,10 @@ static void init_sched(ldm_schedule *s, ldm_beta_schedule k, int T, ldm_paramete
     c.schedule = k; c.timesteps = T; c.parameterization = p;
     ldm_schedule_init(ctx, s, &c);
 }
+static ldm_tensor *fixed_forward(ldm_ctx *c, void *self, ldm_tensor *x, ldm_tensor *t, const ldm_cond *cond) {
+    (void)c; (void)x; (void)t; (void)cond;
+    return (ldm_tensor *)self;
+}
 static void test_process(void) {
     static const char *const PN[3] = {"eps", "x0", "v"};
     ldm_schedule s[3];
@@ -152,14 +156,13 @@ static void test_process(void) {
             close_t(name, m, F("proc.pmv.%s.%d.mean", PN[p], clip), 1e-6, 1e-6);
             snprintf(name, sizeof name, "p_mean_variance %s clip %d x0_hat", PN[p], clip);
             close_t(name, x0h, F("proc.pmv.%s.%d.x0", PN[p], clip), 1e-6, 1e-6);
-            /* one DDPM step with a fixed model output */
-            ldm_tensor *xs = NULL;
-            m = lv = NULL;
-            if (!ldm_diffusion_p_mean_variance(ctx, &s[p], mo, xt, t, clip, &m, NULL, &lv, NULL)) {
-                float sd[3];
-                for (int b = 0; b < 3; b++) sd[b] = (t[b] != 0) * expf(0.5f * s[p].posterior_log_variance_clipped[t[b]]);
-                xs = ldm_add(ctx, m, ldm_mul(ctx, ldm_from_host(ctx, ldm_shape4(3, 1, 1, 1), sd), nz));
-            }
+            /* one DDPM step (ldm_ddpm_step) of a denoiser that returns model_out */
+            ldm_denoiser fixed;
+            ldm_sample_opts o;
+            memset(&o, 0, sizeof o);
+            o.clip_denoised = clip;
+            fixed.forward = fixed_forward; fixed.self = mo;
+            ldm_tensor *xs = ldm_ddpm_step(ctx, &s[p], &fixed, xt, t, &o, nz, NULL);
             snprintf(name, sizeof name, "DDPM step (p_sample) %s clip %d", PN[p], clip);
             close_t(name, xs, F("proc.p_sample.%s.%d", PN[p], clip), 1e-5, 1e-5);
         }
