@@ -561,6 +561,7 @@ LDM_API ldm_tensor *ldm_diffusion_p_losses(ldm_ctx *ctx, const ldm_schedule *s, 
     if (!noise) noise = ldm_randn(ctx, ldm_shape_of(x0));
     ldm_tensor *x_t = ldm_diffusion_q_sample(ctx, s, x0, tt, noise);
     ldm_tensor *out = x_t ? model->forward(ctx, model->self, x_t, ldm__diff_t_tensor(ctx, tt, B), cond) : NULL;
+    if (!out && x_t && !ctx->status) ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_diffusion_p_losses: the denoiser returned NULL without an error");
     if (out && !ldm_shape_eq(out, x0)) {
         ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_diffusion_p_losses: the model output does not have x0's shape (hint: out_channels = in_channels)");
         out = NULL;
@@ -885,6 +886,7 @@ LDM_API ldm_tensor *ldm_diffusion_model_output(ldm_ctx *ctx, const ldm_denoiser 
         ldm_tensor *ou = ldm_slice(ctx, o2, 0, 0, B), *oc = ldm_slice(ctx, o2, 0, B, B);
         out = ldm_add(ctx, ou, ldm_scale(ctx, ldm_sub(ctx, oc, ou), scale));
     }
+    if (!out && !ctx->status) ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_diffusion_model_output: the denoiser returned NULL without an error");
     if (out && !ldm_shape_eq(out, x)) {
         ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_diffusion_model_output: the model output does not have x's shape (hint: out_channels = in_channels, learn_sigma off)");
         return NULL;
