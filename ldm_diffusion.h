@@ -44,6 +44,7 @@
                                     the diffusion process on tensors (autograd flows through)
      ldm_diffusion_p_losses         LatentDiffusion.p_losses (eps | x0 | v, l2 | l1, learned
                                     logvar, vlb term), logged under CompVis' keys
+     ldm_diffusion_logvar_param     the learned "logvar" parameter (learn_logvar, logvar_init)
      ldm_ema_init/update/copy_to/store/restore/free, ldm_ema_state_name/save/load
                                     LitEma over a registry's parameter block
      ldm_ddim_init/free             make_ddim_timesteps (uniform | quad) + sampling parameters
@@ -165,6 +166,11 @@ typedef struct ldm_loss_log {
    logvar: NULL (fixed at 0) or a [T] tensor (a parameter with requires_grad when learned:
    learn_logvar; gathered with ldm_embedding so its gradient flows). Returns the scalar loss
    [1]; log may be NULL. */
+/* learn_logvar: registers LatentDiffusion's "logvar" parameter ([T], every value logvar_init)
+   at the registry's current prefix, for ldm_diffusion_p_losses and the optimizer. Without
+   learn_logvar CompVis keeps a fixed tensor outside the state dict: pass logvar NULL (0) or
+   any [T] tensor without requires_grad. */
+LDM_API ldm_tensor *ldm_diffusion_logvar_param(ldm_nn_params *P, int T, float logvar_init);
 struct ldm_denoiser; /* section 2 */
 struct ldm_cond;
 LDM_API ldm_tensor *ldm_diffusion_p_losses(ldm_ctx *ctx, const ldm_schedule *s, const ldm_loss_config *cfg,
@@ -502,6 +508,10 @@ LDM_API ldm_result ldm_diffusion_p_mean_variance(ldm_ctx *ctx, const ldm_schedul
     if (clip_denoised) x0 = ldm_clamp(ctx, x0, -1.0f, 1.0f);
     if (x0_hat) *x0_hat = x0;
     return ldm_diffusion_q_posterior(ctx, s, x0, x_t, t, mean, variance, log_variance);
+}
+
+LDM_API ldm_tensor *ldm_diffusion_logvar_param(ldm_nn_params *P, int T, float logvar_init) {
+    return ldm_nn_param(P, "logvar", ldm_shape1(T), ldm_nn_init_const(logvar_init));
 }
 
 /* torch.randint(0, T, (B,)) from the ctx RNG */

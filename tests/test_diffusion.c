@@ -355,6 +355,11 @@ static void test_runs(void) {
 }
 
 /* ---- the training loss -------------------------------------------------------------------- */
+/* n floats of device (or host) memory of the ctx device into out */
+static void host(const float *p, int64_t n, float *out) {
+    ldm_tensor w = ldm_tensor_wrap((float *)p, ldm_shape1(n), ldm_ctx_device(ctx));
+    if (ldm_to_host(ctx, &w, out)) memset(out, 0xff, sizeof(float) * (size_t)n);
+}
 static void test_loss(void) {
     static const struct { const char *name; ldm_parameterization p; ldm_loss_type lt; int learn; double elbo; } V[4] = {
         {"eps_l2", LDM_PRED_EPS, LDM_LOSS_L2, 1, 0.5}, {"x0_l2", LDM_PRED_X0, LDM_LOSS_L2, 0, 0.0},
@@ -418,6 +423,37 @@ static void test_loss(void) {
         ldm_step_reset(ctx);
         ldm_schedule_free(&s);
     }
+    /* learn_logvar through a registry parameter: its gradient lands in the gradient block */
+    {
+        ldm_nn_params *P;
+        ldm_schedule s;
+        init_sched(&s, LDM_BETA_LINEAR, 1000, LDM_PRED_EPS);
+        ldm_nn_params_create(ctx, &P, ldm_ctx_device(ctx));
+        ldm_tensor *lvp = ldm_diffusion_logvar_param(P, 1000, 0.0f);
+        ldm_nn_params_alloc(ctx, P);
+        toy m;
+        ldm_denoiser den;
+        m.W = ldm_from_host(ctx, ldm_shape2(32, 32), wv[0]); m.b = ldm_from_host(ctx, ldm_shape1(32), wv[1]);
+        m.E = ldm_from_host(ctx, ldm_shape2(4, 32), wv[2]); m.T = 1000;
+        den.forward = toy_forward; den.self = &m;
+        ldm_cond cond;
+        memset(&cond, 0, sizeof cond);
+        cond.y = ldm_from_host(ctx, ldm_shape1(4), yv);
+        ldm_loss_log log;
+        ldm_tensor *loss = ldm_diffusion_p_losses(ctx, &s, NULL, &den, FT("loss.x0"), &cond, t, NULL, FT("loss.noise"), lvp, &log);
+        float g[1000];
+        int ok = loss && !ldm_backward(ctx, loss) && ldm_nn_find(P, "logvar") == lvp;
+        if (ok) { host(lvp->grad, 1000, g); }
+        /* d/d logvar_t of mean_b(ls_b e^-lv + lv) at lv = 0 is (1 - ls_b)/B at the sampled t only */
+        int nz = 0;
+        for (int i = 0; ok && i < 1000; i++) nz += g[i] != 0;
+        lt_report(ok && nz == 4 && log.n == 5 && strcmp(log.key[2], "logvar") == 0 && log.value[2] == 0.0f,
+                  "learn_logvar: \"logvar\" parameter (logvar_init 0) gets gradients at the 4 sampled steps", "%s nz %d", ldm_ctx_error(ctx), nz);
+        ldm_ctx_clear_error(ctx);
+        ldm_nn_params_destroy(P);
+        ldm_schedule_free(&s);
+        ldm_step_reset(ctx);
+    }
     /* sampled steps and noise come from the ctx RNG */
     ldm_schedule s;
     init_sched(&s, LDM_BETA_LINEAR, 1000, LDM_PRED_EPS);
@@ -446,11 +482,6 @@ static void test_loss(void) {
 }
 
 /* ---- EMA (LitEma) ------------------------------------------------------------------------- */
-/* n floats of device (or host) memory of the ctx device into out */
-static void host(const float *p, int64_t n, float *out) {
-    ldm_tensor w = ldm_tensor_wrap((float *)p, ldm_shape1(n), ldm_ctx_device(ctx));
-    if (ldm_to_host(ctx, &w, out)) memset(out, 0xff, sizeof(float) * (size_t)n);
-}
 static void test_ema(void) {
     static const char *const N[3] = {"a", "b", "c"};
     for (int variant = 0; variant < 2; variant++) {
