@@ -682,13 +682,17 @@ LDM_API ldm_result ldm_ema_update(ldm_ctx *ctx, ldm_ema *ema) {
     ldm_device d = ldm_nn_params_device(ema->P);
     int prev = ldm_set_grad_enabled(ctx, 0), i = 0, next;
     while (ldm__ema_run(ema->P, i, &b, &e, &next)) {
-        /* shadow -= omd * (shadow - param), the ops of LitEma.forward, on any device */
-        ldm_mark m = ldm_arena_mark(ctx);
-        ldm_tensor sw = ldm_tensor_wrap(ema->shadow + b, ldm_shape1(e - b), d);
-        ldm_tensor pw = ldm_tensor_wrap(p + b, ldm_shape1(e - b), d);
-        ldm_tensor *r = ldm_sub(ctx, &sw, ldm_scale(ctx, ldm_sub(ctx, &sw, &pw), omd));
-        if (r) ldm__ema_copy(ctx, d, ema->shadow + b, r->data, e - b);
-        ldm_arena_rewind(ctx, m);
+        /* shadow -= omd * (shadow - param), the ops of LitEma.forward, on any device, in
+           chunks of 4M floats so the temporaries stay small for big models */
+        for (int64_t o = b; o < e && !ctx->status; o += (int64_t)1 << 22) {
+            int64_t len = e - o < ((int64_t)1 << 22) ? e - o : (int64_t)1 << 22;
+            ldm_mark m = ldm_arena_mark(ctx);
+            ldm_tensor sw = ldm_tensor_wrap(ema->shadow + o, ldm_shape1(len), d);
+            ldm_tensor pw = ldm_tensor_wrap(p + o, ldm_shape1(len), d);
+            ldm_tensor *r = ldm_sub(ctx, &sw, ldm_scale(ctx, ldm_sub(ctx, &sw, &pw), omd));
+            if (r) ldm__ema_copy(ctx, d, ema->shadow + o, r->data, len);
+            ldm_arena_rewind(ctx, m);
+        }
         i = next;
     }
     ldm_set_grad_enabled(ctx, prev);

@@ -560,6 +560,34 @@ static void test_ema(void) {
         ldm_ema_free(ctx, &ema);
         ldm_nn_params_destroy(P);
     }
+    /* a block longer than one 4M-float chunk */
+    {
+        const int64_t n = ((int64_t)1 << 22) + 300000;
+        ldm_nn_params *P;
+        ldm_nn_params_create(ctx, &P, ldm_ctx_device(ctx));
+        ldm_tensor *big = ldm_nn_param(P, "big", ldm_shape1(n), ldm_nn_init_uniform(-1, 1));
+        ldm_nn_params_alloc(ctx, P);
+        float *p0 = (float *)malloc(sizeof(float) * (size_t)n), *sh = (float *)malloc(sizeof(float) * (size_t)n);
+        float *got = (float *)malloc(sizeof(float) * (size_t)n);
+        ldm_ema ema;
+        int ok = p0 && sh && got && !ldm_ema_init(ctx, &ema, P, 0.0f, 1);
+        if (ok) {
+            host(big->data, n, p0);
+            memcpy(sh, p0, sizeof(float) * (size_t)n);
+            for (int64_t j = 0; j < n; j++) p0[j] = 0.5f * p0[j] + 0.25f;  /* an optimizer's step */
+            ldm_nn_copy_from_host(ctx, big, p0);
+            ldm_ema_update(ctx, &ema);                                     /* decay 2/11 */
+            float omd = 1.0f - 2.0f / 11.0f;
+            for (int64_t j = 0; j < n; j++) sh[j] -= omd * (sh[j] - p0[j]);
+            host(ema.shadow, n, got);
+            ok = memcmp(got, sh, sizeof(float) * (size_t)n) == 0;
+            ldm_ema_free(ctx, &ema);
+        }
+        lt_report(ok, "ema: a 4.5M-float block (two chunks) updates every element", "%s", ldm_ctx_error(ctx));
+        ldm_ctx_clear_error(ctx);
+        free(p0); free(sh); free(got);
+        ldm_nn_params_destroy(P);
+    }
     check_ok("ema: no error");
 }
 
