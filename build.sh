@@ -94,7 +94,7 @@ build_all() {
     echo "build.sh: no C++ compiler (${CXX:-c++}): the CUDA-emulator tests are not built" >&2
   elif [ "${LDM_CUDA:-0}" != 1 ] && [ "${LDM_EMU:-1}" = 1 ]; then
     mkdir -p build/emu
-    for src in tests/test_cuda.c tests/test_vae.c tests/test_lpips.c examples/main.c; do
+    for src in tests/test_cuda.c tests/test_vae.c tests/test_vq.c tests/test_lpips.c examples/main.c; do
       out=build/emu/$(basename "${src%.c}"); [ "$src" = examples/main.c ] && out=build/emu/ldm
       ${CXX:-c++} -std=c++17 -O2 -U_FORTIFY_SOURCE -w -DLDM_CUDA -DLDM_CUDA_EMULATOR='"cuda_emu.hpp"' -I. -Itests -Iexamples -Ithird_party \
         $( [ -d /usr/include/stb ] && echo -I/usr/include/stb ) -x c++ "$src" -o "$out" $LIBS ||
@@ -124,7 +124,7 @@ run_tests() {
     else echo "SKIP vendoring check as C++ (tests/test_vendor_*.c): no C++ compiler"; fi
   fi
   if [ "${LDM_CUDA:-0}" != 1 ] && [ "${LDM_EMU:-1}" = 1 ]; then
-    if command -v "${CXX:-c++}" >/dev/null 2>&1; then progs+=(build/emu/test_cuda build/emu/test_vae build/emu/test_lpips)
+    if command -v "${CXX:-c++}" >/dev/null 2>&1; then progs+=(build/emu/test_cuda build/emu/test_vae build/emu/test_vq build/emu/test_lpips)
     else echo "SKIP CUDA-emulator tests: no C++ compiler"; fi
   fi
   # Loader and parser tests (files marked LDM_TEST_SANITIZE) again under ASan/UBSan.
