@@ -673,12 +673,19 @@ LDM_API ldm_tensor *ldm_vae_posterior_sample(ldm_ctx *ctx, const ldm_vae_posteri
     return ldm_add(ctx, q->mean, ldm_mul(ctx, ldm_exp(ctx, ldm_scale(ctx, q->logvar, 0.5f)), eps));
 }
 LDM_API ldm_tensor *ldm_vae_posterior_mode(const ldm_vae_posterior *q) { return q->mean; }
+static ldm_tensor *ldm__vae_no_logvar(ldm_ctx *ctx, const ldm_vae_posterior *q, const char *what) {
+    if (q->mean && !ldm_ctx_status(ctx))
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "posterior %s: no logvar (a VQ first stage's latent is deterministic; hint: KL/NLL need an AutoencoderKL)", what);
+    return NULL;
+}
 LDM_API ldm_tensor *ldm_vae_posterior_kl(ldm_ctx *ctx, const ldm_vae_posterior *q) {
+    if (!q->logvar) return ldm__vae_no_logvar(ctx, q, "kl");
     ldm_tensor *t = ldm_add(ctx, ldm_square(ctx, q->mean), ldm_exp(ctx, q->logvar));
     t = ldm_sub(ctx, ldm_add_scalar(ctx, t, -1.0f), q->logvar);
     return ldm_scale(ctx, ldm_sum(ctx, t, LDM_DIM(1) | LDM_DIM(2) | LDM_DIM(3), 0), 0.5f);
 }
 LDM_API ldm_tensor *ldm_vae_posterior_nll(ldm_ctx *ctx, const ldm_vae_posterior *q, ldm_tensor *x) {
+    if (!q->logvar) return ldm__vae_no_logvar(ctx, q, "nll");
     ldm_tensor *d = ldm_sub(ctx, x, q->mean);
     ldm_tensor *t = ldm_add(ctx, ldm_add_scalar(ctx, q->logvar, (float)log(2.0 * 3.14159265358979323846)),
                             ldm_div(ctx, ldm_square(ctx, d), ldm_exp(ctx, q->logvar)));
@@ -860,14 +867,14 @@ LDM_API ldm_tensor *ldm_vae_vq_quantize(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *h,
     int64_t *idx = indices ? indices : (int64_t *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(int64_t) * (size_t)(N ? N : 1));
     if (!idx) return NULL;
     /* Nearest codebook rows: VectorQuantizer2's d = sum(z^2) + sum(e^2) - 2 z e^T in its order
-       of operations, over row blocks so that d stays under 16M floats; grad off and rewound
+       of operations, over row blocks so that d stays under 4M floats; grad off and rewound
        (the indices are integers, nothing to differentiate). */
     int prev = ldm_set_grad_enabled(ctx, 0);
     ldm_mark m = ldm_arena_mark(ctx);
     static const int to_bhwc[4] = {0, 2, 3, 1};
     ldm_tensor *z = ldm_reshape(ctx, ldm_permute(ctx, h, to_bhwc), ldm_shape2(N, E));   /* z_flattened */
     ldm_tensor *ee = ldm_sum(ctx, ldm_square(ctx, v->codebook), LDM_DIM(1), 0);         /* [K] */
-    int64_t rows = LDM__VAE_MAX(((int64_t)16 << 20) / K, 1);
+    int64_t rows = LDM__VAE_MAX(((int64_t)4 << 20) / K, 1);
     for (int64_t r0 = 0; z && ee && r0 < N && !ldm_ctx_status(ctx); r0 += rows) {
         ldm_mark mr = ldm_arena_mark(ctx);
         ldm_tensor *zc = ldm_slice(ctx, z, 0, r0, LDM__VAE_MIN(rows, N - r0));

@@ -90,6 +90,9 @@ static void test_fixture(ldm_ctx *ctx) {
         lt_report(r == LDM_OK && q.logvar == NULL && ldm_vae_posterior_sample(ctx, &q, NULL) == q.mean && ldm_vae_posterior_mode(&q) == q.mean,
                   "vq tiny: ldm_vae_encode gives h as a deterministic posterior (sample = mode = h)", "%s", ldm_ctx_error(ctx));
         close_to(ctx, fx, "h", q.mean, "vq tiny: ldm_vae_encode's h");
+        lt_report(ldm_vae_posterior_kl(ctx, &q) == NULL && strstr(ldm_ctx_error(ctx), "no logvar"),
+                  "vq tiny: the KL of a VQ latent is a clear error", "got: %s", ldm_ctx_error(ctx));
+        ldm_ctx_clear_error(ctx);
     }
     /* inference helpers: untiled equals the fixture, batch chunks of 1 equal the whole batch */
     ldm_vae_infer all = {0, 0, 0}, chunk = {1, 0, 0};
