@@ -20,8 +20,8 @@
    meanings, += into gradients, NULL gradient = skip). Results agree with the CPU to float
    rounding, not bitwise, except: the RNG (element i of a draw is the same float on both), the
    element-wise arithmetic ops (affine, axpby, binary ops and their gradients, copies, pooling
-   and upsampling gradients, embedding gradients) and the optimizer update, which do the CPU's
-   correctly rounded operations in its order. Every reduction runs in a fixed order (no atomics),
+   and upsampling gradients, embedding gradients, argmin) and the optimizer update, which do the
+   CPU's correctly rounded operations in its order. Every reduction runs in a fixed order (no atomics),
    so a run repeats bitwise on the same GPU. Transcendentals use CUDA's libdevice (a few ulp from
    glibc); GEMMs use cuBLAS in full FP32 unless ldm_cuda_set_tf32(ctx, 1).
 
@@ -941,6 +941,37 @@ static void ldm__cu_embedding_backward(ldm_ctx *ctx, float *dw, const float *dou
     LDM__CU_RUN(ctx, n * dim, ldm__k_emb_bwd, dw, dout, idx, n, dim);
 }
 
+/* ---- argmin over rows: a warp per row, lanes scan strided and the warp merges (value, index)
+   pairs; the order of the candidates never matters because the merge is a total order (NaN
+   first, then the smaller value, then the lower index), so the result is the CPU's exactly ---- */
+static __device__ int ldm__cu_argmin_better(float v, int64_t i, float bv, int64_t bi) {
+    int vn = v != v, bn = bv != bv;
+    if (vn != bn) return vn;
+    if (!vn && v != bv) return v < bv;
+    return i < bi;
+}
+static __global__ void ldm__k_argmin_rows(int64_t *idx, const float *xx, int64_t R, int64_t K) {
+    int lane = threadIdx.x & 31;
+    for (int64_t r = (int64_t)blockIdx.x * LDM__CU_ROWS_PER_BLOCK + (threadIdx.x >> 5); r < R; r += (int64_t)gridDim.x * LDM__CU_ROWS_PER_BLOCK) {
+        const float *x = xx + r * K;
+        float bv = 0.0f;
+        int64_t bi = -1;
+        for (int64_t k = lane; k < K; k += 32)
+            if (bi < 0 || ldm__cu_argmin_better(x[k], k, bv, bi)) { bv = x[k]; bi = k; }
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (oi >= 0 && (bi < 0 || ldm__cu_argmin_better(ov, oi, bv, bi))) { bv = ov; bi = oi; }
+        }
+        if (lane == 0) idx[r] = bi;
+    }
+}
+static void ldm__cu_argmin_rows(ldm_ctx *ctx, int64_t *idx, const float *x, int64_t rows, int64_t K) {
+    if (rows <= 0 || K <= 0) return;
+    LDM__CU_LAUNCH(ldm__k_argmin_rows, ldm__cu_row_blocks(rows), LDM__CU_T, ldm__cu_st(ctx)->stream, idx, x, rows, K);
+    LDM__CU_LAUNCHED(ctx);
+}
+
 /* ---- optimizer update: the CPU back end's arithmetic (ldm_optim_args), operation for operation ---- */
 static __global__ void ldm__k_optim(ldm_optim_args a, float *pp, const float *gg, float *mm, float *vv, int64_t n) {
     LDM__CU_FOR(i, n) {
@@ -1206,6 +1237,7 @@ static const ldm_backend ldm__cuda_backend = {
     ldm__cu_upsample_forward, ldm__cu_upsample_backward,
     ldm__cu_embedding_forward, ldm__cu_embedding_backward,
     ldm__cu_attn_forward, ldm__cu_attn_backward,
+    ldm__cu_argmin_rows,
     ldm__cu_optim_step, ldm__cu_sum_squares, ldm__cu_release,
 };
 

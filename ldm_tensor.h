@@ -301,6 +301,10 @@ LDM_API ldm_tensor *ldm_copy(ldm_ctx *ctx, ldm_tensor *x);
 /* misc */
 LDM_API ldm_tensor *ldm_dropout(ldm_ctx *ctx, ldm_tensor *x, float p, int training);
 LDM_API ldm_tensor *ldm_embedding(ldm_ctx *ctx, ldm_tensor *weight, int64_t n, const int64_t *idx); /* [n, dim] */
+/* Index of the smallest element of each row of x (the last dim; rows = numel / last dim),
+   written to idx (host memory, one int64 per row), as torch.argmin(x, dim=-1): the first index
+   on ties, a NaN counts as smaller than every number. Not differentiable (records nothing). */
+LDM_API ldm_result ldm_argmin(ldm_ctx *ctx, const ldm_tensor *x, int64_t *idx);
 
 /* ---- kernels: forward/backward pairs on raw memory ---------------------------------------
    Arguments: outputs, saved values, inputs, weights, sizes. Backward adds (+=) into every
@@ -565,6 +569,8 @@ struct ldm_backend {
     void (*attn_backward)(ldm_ctx *ctx, float *dq, float *dk, float *dv, const float *dout, const float *out,
                           const float *lse, const float *q, const float *k, const float *v, int64_t B, int64_t H,
                           int64_t Sq, int64_t Sk, int64_t D, float scale);
+    /* idx[r] = argmin over the K entries of row r of x (rows x K, contiguous); idx on x's device */
+    void (*argmin_rows)(ldm_ctx *ctx, int64_t *idx, const float *x, int64_t rows, int64_t K);
     /* ldm_nn.h's optimizers and gradient clipping, through ldm_device_optim_update and
        ldm_device_sum_squares (a back end without them, NULL, gives LDM_ERR_UNSUPPORTED there);
        release is optional: ldm_ctx_destroy calls it so a device back end can free what it attached. */
@@ -2389,6 +2395,20 @@ LDM_API ldm_tensor *ldm_embedding(ldm_ctx *ctx, ldm_tensor *weight, int64_t n, c
     return y;
 }
 
+LDM_API ldm_result ldm_argmin(ldm_ctx *ctx, const ldm_tensor *x, int64_t *idx) {
+    if (ldm__bad(ctx, x)) return ctx->status ? ctx->status : ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_argmin: NULL input");
+    int64_t K = x->ndim ? x->shape[x->ndim - 1] : 1, rows = K ? x->numel / K : 0;
+    if (K < 1) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_argmin: input %s has an empty last dim", ldm__shp(x).s);
+    if (rows == 0) return LDM_OK;
+    ldm_mark m = ldm_arena_mark(ctx);
+    int64_t *dev = x->device == LDM_CPU ? idx : (int64_t *)ldm_arena_alloc(ctx, x->device, sizeof(int64_t) * (size_t)rows);
+    if (!dev) return ctx->status;
+    LDM__BE(x)->argmin_rows(ctx, dev, x->data, rows, K);
+    if (dev != idx) LDM__BE(x)->copy(ctx->be_state[x->device], idx, LDM_CPU, dev, x->device, sizeof(int64_t) * (size_t)rows);
+    ldm_arena_rewind(ctx, m);
+    return ctx->status;
+}
+
 /* ========================================================================================== */
 /*                                    CPU kernels                                             */
 /* ========================================================================================== */
@@ -3770,6 +3790,27 @@ static void ldm__cpu_embedding_backward(ldm_ctx *ctx, float *dw, const float *do
     }
 }
 
+/* ---- argmin over rows: NaN first (torch's min propagates NaN), then the smallest value, ties
+   to the lower index ---- */
+typedef struct { int64_t *idx; const float *x; int64_t K; } ldm__argmin_job;
+static void ldm__argmin_task(void *arg, int64_t b, int64_t e, int tid) {
+    const ldm__argmin_job *j = (const ldm__argmin_job *)arg;
+    (void)tid;
+    for (int64_t r = b; r < e; r++) {
+        const float *x = j->x + r * j->K;
+        int64_t best = 0;
+        float bv = x[0];
+        for (int64_t k = 1; k < j->K && bv == bv; k++)
+            if (x[k] < bv || x[k] != x[k]) { bv = x[k]; best = k; }
+        j->idx[r] = best;
+    }
+}
+static void ldm__cpu_argmin_rows(ldm_ctx *ctx, int64_t *idx, const float *x, int64_t rows, int64_t K) {
+    ldm__argmin_job j;
+    j.idx = idx; j.x = x; j.K = K;
+    ldm_parallel_for(ctx, rows, LDM__MAX(1, LDM__GRAIN / LDM__MAX(1, K)), ldm__argmin_task, &j);
+}
+
 /* ---- optimizer update (ldm_optim_args) and sum of squares, for ldm_nn.h ---- */
 typedef struct { const ldm_optim_args *a; float *p; const float *g; float *m, *v; int64_t n; } ldm__optim_job;
 /* Adam runs on blocks of 8 elements (the parallel split is in blocks, so whether an element
@@ -4191,6 +4232,7 @@ static const ldm_backend ldm__cpu_backend = {
     ldm__cpu_upsample_forward, ldm__cpu_upsample_backward,
     ldm__cpu_embedding_forward, ldm__cpu_embedding_backward,
     ldm__cpu_attn_forward, ldm__cpu_attn_backward,
+    ldm__cpu_argmin_rows,
     ldm__cpu_optim_step, ldm__cpu_sum_squares, NULL,
 };
 static const ldm_backend *ldm__cpu_backend_get(void) { return &ldm__cpu_backend; }

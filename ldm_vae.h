@@ -46,6 +46,19 @@
    checkpoints; every other key is ignored). `loss.*` keys of CompVis autoencoder checkpoints
    (LPIPS, discriminator) are not the VAE's and are skipped. ldm_vae_save writes CompVis names.
 
+   VQ first stage (VQModel / VQModelInterface of ldm/models/autoencoder.py with taming's
+   VectorQuantizer2; the published CompVis LDMs cin256, bsr_sr, celebahq and lsun use vq-f4):
+   config n_embed > 0 selects it (0 keeps AutoencoderKL). The encoder runs with double_z false
+   (conv_out -> Z), quant_conv is 1x1 Z -> E, post_quant_conv E -> Z, and the codebook
+   quantize.embedding.weight is [n_embed, E].
+       encode:   h = quant_conv(encoder(x))   [B,E,h,w], NOT quantized (latent diffusion's latent;
+                 ldm_vae_encode puts it in q.mean with q.logvar NULL, sample = mode = h)
+       quantize: per position, the codebook row nearest by d = |z|^2 + |e|^2 - 2 z.e (first
+                 index on ties), output z + (e - z) with the difference detached, as taming
+       decode:   quantize (unless force_not_quantize), post_quant_conv, decoder
+   Inference only: the commitment/codebook losses and the index remap of VectorQuantizer2
+   are not implemented; the argmin passes no gradient (straight-through to h, as in taming).
+
    Inference in bounded memory (ldm_vae_encode_infer / ldm_vae_decode_infer): no autograd,
    every block's activations rewound as soon as its output exists, `batch` samples at a time,
    and optionally overlapping tiles blended with a raised-cosine ramp over the overlap, so
@@ -78,6 +91,7 @@ typedef struct ldm_vae_config {
     int resamp_with_conv;
     int tanh_out;
     int embed_dim;
+    int n_embed;                  /* VQ codebook size (model.params.n_embed); 0: AutoencoderKL */
 } ldm_vae_config;
 
 /* The ddconfig keys, described once: X(name, kind, default, help). With ldm_config.h included
@@ -98,6 +112,7 @@ typedef struct ldm_vae_config {
 
 LDM_API ldm_vae_config ldm_vae_config_kl_f4(void);  /* the seed's autoencoder_kl_64x64x3: ch 128, ch_mult 1,2,4, z 3 */
 LDM_API ldm_vae_config ldm_vae_config_kl_f8(void);  /* Stable Diffusion's: ch 128, ch_mult 1,2,4,4, z 4 */
+LDM_API ldm_vae_config ldm_vae_config_vq_f4(void);  /* CompVis vq-f4: ch 128, ch_mult 1,2,4, z 3, embed_dim 3, n_embed 8192 */
 /* Checks ranges (channels divisible by the 32 GroupNorm groups, levels, lists); the message
    names the key. */
 LDM_API ldm_result ldm_vae_config_check(ldm_ctx *ctx, const ldm_vae_config *cfg);
@@ -133,6 +148,7 @@ typedef struct ldm_vae {
     int training;                 /* dropout on (ldm_vae_set_training) */
     ldm__vae_half enc, dec;
     ldm_nn_conv2d quant_conv, post_quant_conv;
+    ldm_tensor *codebook;         /* VQ: quantize.embedding.weight [n_embed, E]; NULL for AutoencoderKL */
 } ldm_vae;
 
 /* Registers and allocates the model on the context's device, initialised like PyTorch's
@@ -178,6 +194,20 @@ typedef struct ldm_vae_infer {
 LDM_API ldm_result ldm_vae_encode_infer(ldm_ctx *ctx, ldm_vae *vae, ldm_tensor *x, const ldm_vae_infer *opt, ldm_vae_posterior *q);
 LDM_API ldm_tensor *ldm_vae_decode_infer(ldm_ctx *ctx, ldm_vae *vae, ldm_tensor *z, const ldm_vae_infer *opt);
 
+/* ---- VQ first stage (n_embed > 0; see the top) ---- */
+LDM_API int ldm_vae_is_vq(const ldm_vae *vae);
+/* VQModelInterface.encode: quant_conv(encoder(x)) -> h [B,E,h,w], not quantized. */
+LDM_API ldm_tensor *ldm_vae_vq_encode(ldm_ctx *ctx, ldm_vae *vae, ldm_tensor *x);
+/* VectorQuantizer2 forward: z_q [B,E,h,w]; indices (may be NULL) gets B*h*w codebook rows,
+   in (b, y, x) order (sane_index_shape's order). */
+LDM_API ldm_tensor *ldm_vae_vq_quantize(ldm_ctx *ctx, ldm_vae *vae, ldm_tensor *h, int64_t *indices);
+/* VQModelInterface.decode: quantize unless force_not_quantize, post_quant_conv, decoder. */
+LDM_API ldm_tensor *ldm_vae_vq_decode(ldm_ctx *ctx, ldm_vae *vae, ldm_tensor *h, int force_not_quantize);
+/* get_codebook_entry: the codebook rows of B*h*w indices as [B,E,h,w]. */
+LDM_API ldm_tensor *ldm_vae_vq_embed_code(ldm_ctx *ctx, ldm_vae *vae, const int64_t *indices, int64_t B, int64_t h, int64_t w);
+/* VQModel.decode_code: the image of B*h*w indices (codebook rows, post_quant_conv, decoder). */
+LDM_API ldm_tensor *ldm_vae_vq_decode_code(ldm_ctx *ctx, ldm_vae *vae, const int64_t *indices, int64_t B, int64_t h, int64_t w);
+
 #ifdef LDM_CONFIG_H
 /* Config glue, compiled when ldm_config.h was included first. node may be the root (reads
    model.params), a model node (target + params), its params, or any node holding ddconfig
@@ -217,6 +247,12 @@ static ldm_vae_config ldm__vae_cfg(int z, const int *mult, int n) {
 }
 LDM_API ldm_vae_config ldm_vae_config_kl_f4(void) { static const int m[3] = {1, 2, 4}; return ldm__vae_cfg(3, m, 3); }
 LDM_API ldm_vae_config ldm_vae_config_kl_f8(void) { static const int m[4] = {1, 2, 4, 4}; return ldm__vae_cfg(4, m, 4); }
+LDM_API ldm_vae_config ldm_vae_config_vq_f4(void) {
+    static const int m[3] = {1, 2, 4};
+    ldm_vae_config c = ldm__vae_cfg(3, m, 3);
+    c.double_z = 0; c.n_embed = 8192;
+    return c;
+}
 LDM_API int ldm_vae_factor(const ldm_vae_config *c) { return 1 << (c->n_levels - 1); }
 
 LDM_API ldm_result ldm_vae_config_check(ldm_ctx *ctx, const ldm_vae_config *c) {
@@ -230,7 +266,10 @@ LDM_API ldm_result ldm_vae_config_check(ldm_ctx *ctx, const ldm_vae_config *c) {
     LDM__VAE_REQ(c->in_channels > 0 && c->out_ch > 0, "in_channels (%d) and out_ch (%d) must be positive", c->in_channels, c->out_ch);
     LDM__VAE_REQ(c->n_attn >= 0 && c->n_attn <= LDM_VAE_MAX_LEVELS, "at most %d attn_resolutions", LDM_VAE_MAX_LEVELS);
     LDM__VAE_REQ(c->dropout >= 0.0f && c->dropout < 1.0f, "dropout = %g must be in [0, 1)", (double)c->dropout);
-    LDM__VAE_REQ(c->double_z, "double_z = false has no variance to sample from; AutoencoderKL needs double_z = true");
+    if (c->n_embed < 0 || (c->n_embed > 0 && c->double_z))
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "VQModel config: n_embed = %d with double_z = %s (hint: n_embed > 0 selects the VQ first "
+                              "stage, whose encoder needs double_z = false; n_embed 0 is AutoencoderKL)", c->n_embed, c->double_z ? "true" : "false");
+    LDM__VAE_REQ(c->double_z || c->n_embed > 0, "double_z = false has no variance to sample from; AutoencoderKL needs double_z = true");
     return LDM_OK;
 #undef LDM__VAE_REQ
 }
@@ -320,7 +359,11 @@ static void ldm__vae_register(ldm_vae *v) {
     ldm_nn_conv2d_init(P, &v->dec.conv_out, "conv_out", c->ch * c->ch_mult[0], c->out_ch, 3, 1, 1, 1);
     ldm_nn_pop(P);
 
-    ldm_nn_conv2d_init(P, &v->quant_conv, "quant_conv", 2 * c->z_channels, 2 * c->embed_dim, 1, 1, 0, 1);
+    if (c->n_embed > 0) /* VectorQuantizer2's nn.Embedding init; registered where VQModel's state dict has it */
+        v->codebook = ldm_nn_param(P, "quantize.embedding.weight", ldm_shape2(c->n_embed, c->embed_dim),
+                                   ldm_nn_init_uniform(-1.0f / (float)c->n_embed, 1.0f / (float)c->n_embed));
+    int moments = c->n_embed > 0 ? 1 : 2; /* VQ: h itself; KL: mean and logvar */
+    ldm_nn_conv2d_init(P, &v->quant_conv, "quant_conv", moments * c->z_channels, moments * c->embed_dim, 1, 1, 0, 1);
     ldm_nn_conv2d_init(P, &v->post_quant_conv, "post_quant_conv", c->embed_dim, c->z_channels, 1, 1, 0, 1);
 }
 
@@ -421,6 +464,27 @@ static const char *ldm__vae_rename(void *user, const char *name, char *buf, size
     return m->diffusers ? ldm_vae_name_from_diffusers(name, m->n_levels, buf, cap) : name;
 }
 
+/* The codebook against the model before the generic loader runs, so a KL/VQ mix-up or a wrong
+   n_embed is named as such. */
+static ldm_result ldm__vae_vq_check_file(ldm_ctx *ctx, const ldm_vae *v, ldm_weights *w, const char *path, const char *pfx, int strict) {
+    char nm[128];
+    snprintf(nm, sizeof nm, "%squantize.embedding.weight", pfx);
+    int i = ldm_weights_find(w, nm);
+    const ldm_weight_info *inf = i >= 0 ? ldm_weights_info(w, i) : NULL;
+    if (!v->codebook && inf && strict)
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: holds a VQ codebook %s [%lld, %lld], but the model is an AutoencoderKL "
+                              "(hint: set model.params.n_embed to %lld for a VQ first stage)", path, nm, (long long)inf->shape[0],
+                              (long long)(inf->ndim > 1 ? inf->shape[1] : 0), (long long)inf->shape[0]);
+    if (v->codebook && !inf && strict)
+        return ldm_ctx_seterr(ctx, LDM_ERR_NOT_FOUND, "%s: no %s (the VQ codebook) in the file (hint: an AutoencoderKL checkpoint "
+                              "needs n_embed 0)", path, nm);
+    if (v->codebook && inf && (inf->ndim != 2 || inf->shape[0] != v->cfg.n_embed || inf->shape[1] != v->cfg.embed_dim))
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: %s is [%lld, %lld] in the file, the model's codebook is [%d, %d] "
+                              "(hint: n_embed and embed_dim must be the checkpoint's)", path, nm, (long long)inf->shape[0],
+                              (long long)(inf->ndim > 1 ? inf->shape[1] : 0), v->cfg.n_embed, v->cfg.embed_dim);
+    return LDM_OK;
+}
+
 LDM_API ldm_result ldm_vae_load_ex(ldm_ctx *ctx, ldm_vae *v, const char *path, int strict, ldm_nn_load_report *report) {
     ldm_weights *w;
     ldm_result r = ldm_weights_open(ctx, &w, path);
@@ -433,6 +497,7 @@ LDM_API ldm_result ldm_vae_load_ex(ldm_ctx *ctx, ldm_vae *v, const char *path, i
         if (prefixed && strncmp(nm, pfx, strlen(pfx)) != 0) continue;
         if (strstr(nm, "down_blocks.") || strstr(nm, "up_blocks.") || strstr(nm, "mid_block.")) diffusers = 1;
     }
+    if ((r = ldm__vae_vq_check_file(ctx, v, w, path, prefixed ? pfx : "", strict)) != LDM_OK) { ldm_weights_close(w); return r; }
     ldm__vae_map map;
     map.diffusers = diffusers;
     map.n_levels = v->cfg.n_levels;
@@ -567,9 +632,15 @@ LDM_API ldm_result ldm_vae_posterior_from_moments(ldm_ctx *ctx, ldm_tensor *mome
     return ldm_ctx_status(ctx);
 }
 LDM_API ldm_result ldm_vae_encode(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, ldm_vae_posterior *q) {
+    if (v->codebook) { /* VQ: the deterministic latent h (see the top) */
+        q->logvar = NULL;
+        q->mean = ldm_vae_vq_encode(ctx, v, x);
+        return q->mean ? LDM_OK : ldm_ctx_status(ctx);
+    }
     return ldm_vae_posterior_from_moments(ctx, ldm_nn_conv2d_forward(ctx, &v->quant_conv, ldm_vae_encoder_forward(ctx, v, x)), q);
 }
 LDM_API ldm_tensor *ldm_vae_decode(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *z) {
+    if (v->codebook) return ldm_vae_vq_decode(ctx, v, z, 0); /* VQModelInterface.decode quantizes */
     if (z && (z->ndim != 4 || z->shape[1] != v->cfg.embed_dim)) {
         char b[64];
         ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL decode: latent %s, expected [B, %d, h, w] (embed_dim %d)",
@@ -579,17 +650,25 @@ LDM_API ldm_tensor *ldm_vae_decode(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *z) {
     return ldm_vae_decoder_forward(ctx, v, ldm_nn_conv2d_forward(ctx, &v->post_quant_conv, z));
 }
 LDM_API ldm_tensor *ldm_vae_posterior_sample(ldm_ctx *ctx, const ldm_vae_posterior *q, ldm_tensor *eps) {
+    if (q->mean && !q->logvar) return q->mean; /* a VQ model's latent is deterministic */
     if (!q->mean || !q->logvar) return NULL;
     if (!eps) eps = ldm_randn(ctx, ldm_shape_of(q->mean));
     return ldm_add(ctx, q->mean, ldm_mul(ctx, ldm_exp(ctx, ldm_scale(ctx, q->logvar, 0.5f)), eps));
 }
 LDM_API ldm_tensor *ldm_vae_posterior_mode(const ldm_vae_posterior *q) { return q->mean; }
+static ldm_tensor *ldm__vae_no_logvar(ldm_ctx *ctx, const ldm_vae_posterior *q, const char *what) {
+    if (q->mean && !ldm_ctx_status(ctx))
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "posterior %s: no logvar (a VQ first stage's latent is deterministic; hint: KL/NLL need an AutoencoderKL)", what);
+    return NULL;
+}
 LDM_API ldm_tensor *ldm_vae_posterior_kl(ldm_ctx *ctx, const ldm_vae_posterior *q) {
+    if (!q->logvar) return ldm__vae_no_logvar(ctx, q, "kl");
     ldm_tensor *t = ldm_add(ctx, ldm_square(ctx, q->mean), ldm_exp(ctx, q->logvar));
     t = ldm_sub(ctx, ldm_add_scalar(ctx, t, -1.0f), q->logvar);
     return ldm_scale(ctx, ldm_sum(ctx, t, LDM_DIM(1) | LDM_DIM(2) | LDM_DIM(3), 0), 0.5f);
 }
 LDM_API ldm_tensor *ldm_vae_posterior_nll(ldm_ctx *ctx, const ldm_vae_posterior *q, ldm_tensor *x) {
+    if (!q->logvar) return ldm__vae_no_logvar(ctx, q, "nll");
     ldm_tensor *d = ldm_sub(ctx, x, q->mean);
     ldm_tensor *t = ldm_add(ctx, ldm_add_scalar(ctx, q->logvar, (float)log(2.0 * 3.14159265358979323846)),
                             ldm_div(ctx, ldm_square(ctx, d), ldm_exp(ctx, q->logvar)));
@@ -725,7 +804,8 @@ LDM_API ldm_result ldm_vae_encode_infer(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x,
     int f = ldm_vae_factor(&v->cfg);
     if (x && (x->shape[2] % f || x->shape[3] % f) && opt && opt->tile > 0)
         return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: tiled encoding needs H and W divisible by %d", f);
-    ldm_tensor *mom = ldm__vae_tiled(ctx, v, x, opt, ldm__vae_enc_moments, 2 * v->cfg.embed_dim, -f);
+    ldm_tensor *mom = ldm__vae_tiled(ctx, v, x, opt, ldm__vae_enc_moments, (v->codebook ? 1 : 2) * v->cfg.embed_dim, -f);
+    if (v->codebook) { q->mean = mom; return mom ? LDM_OK : ldm_ctx_status(ctx); } /* VQ: h, not quantized */
     int prev = ldm_set_grad_enabled(ctx, 0);
     ldm_result r = ldm_vae_posterior_from_moments(ctx, mom, q);
     ldm_set_grad_enabled(ctx, prev);
@@ -738,6 +818,84 @@ LDM_API ldm_tensor *ldm_vae_decode_infer(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *z
         return NULL;
     }
     return ldm__vae_tiled(ctx, v, z, opt, ldm_vae_decode, v->cfg.out_ch, ldm_vae_factor(&v->cfg));
+}
+
+/* ---- VQ first stage ---------------------------------------------------------------------- */
+LDM_API int ldm_vae_is_vq(const ldm_vae *v) { return v && v->codebook != NULL; }
+
+static int ldm__vae_vq_need(ldm_ctx *ctx, const ldm_vae *v, const char *fn) {
+    if (ldm_ctx_status(ctx)) return 0;
+    if (v->codebook) return 1;
+    ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: the model has no codebook (n_embed 0: an AutoencoderKL; hint: model.params.n_embed > 0 "
+                   "builds the VQ first stage)", fn);
+    return 0;
+}
+static int ldm__vae_vq_latent_ok(ldm_ctx *ctx, const ldm_vae *v, const ldm_tensor *h, const char *fn) {
+    if (!h || !ldm__vae_vq_need(ctx, v, fn)) return 0;
+    if (h->ndim == 4 && h->shape[1] == v->cfg.embed_dim) return 1;
+    char b[64];
+    ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: latent %s, expected [B, %d, h, w] (embed_dim %d)", fn, ldm_shape_str(h, b, sizeof b),
+                   v->cfg.embed_dim, v->cfg.embed_dim);
+    return 0;
+}
+
+LDM_API ldm_tensor *ldm_vae_vq_encode(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x) {
+    if (!ldm__vae_vq_need(ctx, v, "VQModel encode")) return NULL;
+    return ldm__vae_enc_moments(ctx, v, x);
+}
+
+LDM_API ldm_tensor *ldm_vae_vq_quantize(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *h, int64_t *indices) {
+    if (!ldm__vae_vq_latent_ok(ctx, v, h, "VQModel quantize")) return NULL;
+    int64_t B = h->shape[0], E = h->shape[1], H = h->shape[2], W = h->shape[3], N = B * H * W, K = v->cfg.n_embed;
+    int64_t *idx = indices ? indices : (int64_t *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(int64_t) * (size_t)(N ? N : 1));
+    if (!idx) return NULL;
+    /* Nearest codebook rows: VectorQuantizer2's d = sum(z^2) + sum(e^2) - 2 z e^T in its order
+       of operations, over row blocks so that d stays under 4M floats; grad off and rewound
+       (the indices are integers, nothing to differentiate). */
+    int prev = ldm_set_grad_enabled(ctx, 0);
+    ldm_mark m = ldm_arena_mark(ctx);
+    static const int to_bhwc[4] = {0, 2, 3, 1};
+    ldm_tensor *z = ldm_reshape(ctx, ldm_permute(ctx, h, to_bhwc), ldm_shape2(N, E));   /* z_flattened */
+    ldm_tensor *ee = ldm_sum(ctx, ldm_square(ctx, v->codebook), LDM_DIM(1), 0);         /* [K] */
+    int64_t rows = LDM__VAE_MAX(((int64_t)4 << 20) / K, 1);
+    for (int64_t r0 = 0; z && ee && r0 < N && !ldm_ctx_status(ctx); r0 += rows) {
+        ldm_mark mr = ldm_arena_mark(ctx);
+        ldm_tensor *zc = ldm_slice(ctx, z, 0, r0, LDM__VAE_MIN(rows, N - r0));
+        ldm_tensor *zz = ldm_sum(ctx, ldm_square(ctx, zc), LDM_DIM(1), 1);                /* [n, 1] */
+        ldm_tensor *ze = ldm_matmul(ctx, zc, v->codebook, 0, 1);                          /* [n, K] */
+        ldm_tensor *d = ldm_sub(ctx, ldm_add(ctx, zz, ee), ldm_scale(ctx, ze, 2.0f));
+        if (d) ldm_argmin(ctx, d, idx + r0);
+        ldm_arena_rewind(ctx, mr);
+    }
+    ldm_arena_rewind(ctx, m);
+    ldm_set_grad_enabled(ctx, prev);
+    if (ldm_ctx_status(ctx)) return NULL;
+    /* z_q = z + (z_q - z).detach(): the same float values as taming's output, and the gradient
+       goes straight through to h */
+    ldm_tensor *zq = ldm_vae_vq_embed_code(ctx, v, idx, B, H, W);
+    return ldm_add(ctx, h, ldm_detach(ctx, ldm_sub(ctx, zq, h)));
+}
+
+LDM_API ldm_tensor *ldm_vae_vq_embed_code(ldm_ctx *ctx, ldm_vae *v, const int64_t *indices, int64_t B, int64_t H, int64_t W) {
+    if (!ldm__vae_vq_need(ctx, v, "VQModel embed_code")) return NULL;
+    if (!indices || B < 1 || H < 1 || W < 1) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "VQModel embed_code: %s indices for a [%lld, %lld, %lld] latent", indices ? "need" : "NULL",
+                       (long long)B, (long long)H, (long long)W);
+        return NULL;
+    }
+    static const int to_bchw[4] = {0, 3, 1, 2};
+    ldm_tensor *e = ldm_embedding(ctx, v->codebook, B * H * W, indices);                  /* [B*h*w, E], checks the range */
+    return ldm_permute(ctx, ldm_reshape(ctx, e, ldm_shape4(B, H, W, v->cfg.embed_dim)), to_bchw);
+}
+
+LDM_API ldm_tensor *ldm_vae_vq_decode(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *h, int force_not_quantize) {
+    if (!ldm__vae_vq_latent_ok(ctx, v, h, "VQModel decode")) return NULL;
+    ldm_tensor *q = force_not_quantize ? h : ldm_vae_vq_quantize(ctx, v, h, NULL);
+    return ldm_vae_decoder_forward(ctx, v, ldm_nn_conv2d_forward(ctx, &v->post_quant_conv, q));
+}
+
+LDM_API ldm_tensor *ldm_vae_vq_decode_code(ldm_ctx *ctx, ldm_vae *v, const int64_t *indices, int64_t B, int64_t H, int64_t W) {
+    return ldm_vae_vq_decode(ctx, v, ldm_vae_vq_embed_code(ctx, v, indices, B, H, W), 1);
 }
 
 #ifdef LDM_CONFIG_H
@@ -761,7 +919,12 @@ LDM_API ldm_result ldm_vae_config_read(ldm_config *cfg, const ldm_config_node *n
     ldm_result r = ldm_vae_ddconfig_load(cfg, dd, &d);
     int embed = 0;
     if (!r) r = ldm_config_get_int(cfg, params, "embed_dim", -1, &embed);
+    int n_embed = 0;
+    if (!r) r = ldm_config_get_int(cfg, params, "n_embed", 0, &n_embed);
     if (r) return r;
+    if (n_embed < 0)
+        return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s:%d: n_embed = %d must be positive (a VQ first stage) or absent (AutoencoderKL)",
+                                 params->file ? params->file : "<config>", params->line, n_embed);
     if (embed <= 0)
         return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s:%d: embed_dim is missing or not positive (next to ddconfig)", dd->file ? dd->file : "<config>", dd->line);
     if (d.ch_mult.n < 1 || d.ch_mult.n > LDM_VAE_MAX_LEVELS || d.attn_resolutions.n > LDM_VAE_MAX_LEVELS)
@@ -776,6 +939,7 @@ LDM_API ldm_result ldm_vae_config_read(ldm_config *cfg, const ldm_config_node *n
     for (int i = 0; i < d.attn_resolutions.n; i++) out->attn_resolutions[i] = d.attn_resolutions.v[i];
     out->num_res_blocks = d.num_res_blocks; out->dropout = (float)d.dropout;
     out->resamp_with_conv = d.resamp_with_conv; out->tanh_out = d.tanh_out; out->embed_dim = embed;
+    out->n_embed = n_embed;
     return LDM_OK;
 }
 #endif

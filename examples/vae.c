@@ -14,7 +14,9 @@
    (ddconfig and embed_dim under model.params, like configs/autoencoder_kl_64x64x3.yaml) or
    one holding just ddconfig and embed_dim. Weights: safetensors/.ckpt/.pth, CompVis or
    diffusers names, optionally under first_stage_model. (see ldm_vae.h).
-   encode writes float32 `mean`, `logvar` and `z` [1,C,h,w] (z = mean unless --sample).
+   encode writes float32 `mean`, `logvar` and `z` [1,C,h,w] (z = mean unless --sample); with a
+   VQ first stage (model.params.n_embed, e.g. configs/first_stage_vq-f4.yaml) `mean` and `z`,
+   both the unquantized h; decode quantizes it.
    decode reads `z` (or the file's only tensor); .safetensors output holds `image`
    [1,3,H,W] float32 in [-1,1] unclamped; PNG output is clamped and rounded. */
 #define LDM_IMPLEMENTATION
@@ -174,7 +176,9 @@ static int run(ldm_ctx *ctx, ldm_vae *vae, const args *a, const ldm_vae_config *
         const char *names[3] = {"mean", "logvar", "z"};
         ldm_tensor *t[3];
         t[0] = q.mean; t[1] = q.logvar; t[2] = z;
-        if (!z || save_tensors(ctx, a->out, 3, names, t)) return fail(ctx, "writing the latent");
+        int nt = 3;
+        if (!q.logvar) { names[1] = "z"; t[1] = z; nt = 2; } /* a VQ first stage: h, no variance */
+        if (!z || save_tensors(ctx, a->out, nt, names, t)) return fail(ctx, "writing the latent");
         printf("latent [1, %lld, %lld, %lld] (%s) -> %s\n", (long long)z->shape[1], (long long)z->shape[2], (long long)z->shape[3],
                a->sample ? "sample" : "mode", a->out);
         return 0;

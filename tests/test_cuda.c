@@ -285,6 +285,38 @@ static void test_ops(ldm_ctx *ctx) {
     { int v[2] = {1, 1}; check_case(ctx, "conv2d 64->8 on 192x192 (chunked im2col)", (p = opi(LT_CONV2D, 2, v), &p), 3, s, 0, 0, 0, 1e-2, 1e-3); }
 }
 
+/* ldm_argmin (the VQ quantizer's nearest codebook row): indices are integers, so the GPU must
+   give the CPU's exactly, ties to the first index and NaN first included. */
+static void test_argmin(ldm_ctx *ctx) {
+    static const int64_t dims[6][2] = {{1, 1}, {7, 31}, {300, 33}, {65, 1000}, {5, 8192}, {3, 64}};
+    for (int c = 0; c < 6; c++) {
+        int64_t R = dims[c][0], K = dims[c][1];
+        float *h = random_host(ctx, R * K, 500 + (uint64_t)c, 0);
+        int64_t *ic = (int64_t *)malloc(sizeof(int64_t) * (size_t)R), *ig = (int64_t *)malloc(sizeof(int64_t) * (size_t)R);
+        if (!h || !ic || !ig) { lt_report(0, "argmin", "out of memory"); free(h); free(ic); free(ig); return; }
+        for (int64_t i = 0; i < R * K; i++) h[i] = floorf(h[i] * 2.0f) * 0.5f; /* few distinct values: many ties */
+        if (c == 2) { h[5 * K + 20] = (float)NAN; h[5 * K + 30] = (float)NAN; h[9 * K + 3] = -(float)INFINITY; h[9 * K + 31] = -(float)INFINITY; }
+        if (c == 5) for (int64_t k = 0; k < K; k++) h[K + k] = -1.0f;     /* a row of equal values */
+        ldm_ctx_set_device(ctx, LDM_CPU);
+        ldm_tensor *tc = ldm_from_host(ctx, ldm_shape2(R, K), h);
+        ldm_ctx_set_device(ctx, LDM_GPU);
+        ldm_tensor *tg = ldm_from_host(ctx, ldm_shape2(R, K), h);
+        int ok = tc && tg && ldm_argmin(ctx, tc, ic) == LDM_OK && ldm_argmin(ctx, tg, ig) == LDM_OK &&
+                 memcmp(ic, ig, sizeof(int64_t) * (size_t)R) == 0;
+        if (c == 2) ok = ok && ic[5] == 20 && ic[9] == 3;
+        if (c == 5) ok = ok && ic[1] == 0;
+        char name[96];
+        snprintf(name, sizeof name, "argmin %lld rows of %lld (ties, NaN, -inf): GPU indices equal the CPU's", (long long)R, (long long)K);
+        long first = -1;
+        for (int64_t r = 0; r < R && first < 0; r++) if (ic[r] != ig[r]) first = (long)r;
+        lt_report(ok, name, "first difference at row %ld (cpu %lld gpu %lld) %s", first, first >= 0 ? (long long)ic[first] : 0LL,
+                  first >= 0 ? (long long)ig[first] : 0LL, ldm_ctx_error(ctx));
+        ldm_ctx_clear_error(ctx);
+        free(h); free(ic); free(ig);
+        ldm_step_reset(ctx);
+    }
+}
+
 static void test_rng(ldm_ctx *ctx) {
     const int64_t n = 100003; /* ends mid-block */
     float *c = (float *)malloc(sizeof(float) * n), *g = (float *)malloc(sizeof(float) * n);
@@ -508,6 +540,7 @@ int main(void) {
     test_rng(ctx);
     test_arena(ctx);
     test_ops(ctx);
+    test_argmin(ctx);
     test_optim(ctx);
     test_tf32(ctx);
     test_errors(ctx);
