@@ -78,6 +78,7 @@
 #define DRV_PATH 1024
 #define DRV_MAX_BASE 64
 #define DRV_MAX_OVR 256
+#define DRV_MAX_TOPK 32                /* top-k checkpoints tracked at most */
 
 /* ============================================================================================
    Messages and small file-system helpers
@@ -358,20 +359,20 @@ static int drv_parse_args(int argc, char **argv, drv_opts *o) {
 #define DRV_TRAINER_KEYS(X)                                                                      \
     X(max_epochs, I64, "-1", "stop after this many epochs (-1: 1000 when max_steps is -1, else no limit)") \
     X(max_steps, I64, "-1", "stop after this many optimizer steps (-1: no limit)")               \
-    X(accumulate_grad_batches, INT, "1", "batches per optimizer step (the loss is divided by it)") \
+    X(accumulate_grad_batches, AT_LEAST(INT, 1), "1", "batches per optimizer step (the loss is divided by it)") \
     X(limit_train_batches, NODE, "", "int: batches per epoch; float: fraction of the epoch (1.0)") \
     X(limit_val_batches, NODE, "", "int: batches; float: fraction (1.0); 0 disables validation") \
     X(limit_test_batches, NODE, "", "int: batches; float: fraction (1.0)")                      \
     X(val_check_interval, NODE, "", "float: validate every fraction of an epoch (1.0); int: every N batches") \
-    X(check_val_every_n_epoch, INT, "1", "validate in every n-th epoch")                         \
-    X(num_sanity_val_steps, INT, "2", "validation batches run before training (nothing logged, RNG untouched)") \
-    X(log_every_n_steps, INT, "50", "metrics.csv row and progress line every n steps")          \
+    X(check_val_every_n_epoch, AT_LEAST(INT, 1), "1", "validate in every n-th epoch")                         \
+    X(num_sanity_val_steps, AT_LEAST(INT, -1), "2", "validation batches run before training (nothing logged, RNG untouched)") \
+    X(log_every_n_steps, AT_LEAST(INT, 1), "50", "metrics.csv row and progress line every n steps")          \
     X(benchmark, BOOL, "false", "accepted (cuDNN autotuning in Lightning); no effect")          \
     X(gpus, NODE, "", "GPU ids (\"0,\") or a count: needs a CUDA build")                        \
     X(accelerator, STR, "", "cpu (default); gpu/ddp need a CUDA build")
 #define DRV_IMLOG_KEYS(X)                                                                        \
-    X(batch_frequency, INT, "750", "log every n global steps (and at powers of two before)")     \
-    X(max_images, INT, "4", "images per grid")                                                   \
+    X(batch_frequency, AT_LEAST(INT, 1), "750", "log every n global steps (and at powers of two before)")     \
+    X(max_images, AT_LEAST(INT, 0), "4", "images per grid")                                                   \
     X(clamp, BOOL, "true", "clamp images to [-1, 1]")                                            \
     X(increase_log_steps, BOOL, "true", "also log at steps 1, 2, 4, ... < batch_frequency")      \
     X(rescale, BOOL, "true", "map [-1, 1] to [0, 1] before writing")                            \
@@ -381,12 +382,12 @@ static int drv_parse_args(int argc, char **argv, drv_opts *o) {
 #define DRV_MCKPT_KEYS(X)                                                                        \
     X(monitor, STR, "", "metric for top-k (default: model.params.monitor)")                      \
     X(mode, STR, "min", "min or max: which monitor values are better")                          \
-    X(save_top_k, INT, "3", "keep the k best checkpoints (-1: all, 0: none)")                   \
-    X(every_n_train_steps, I64, "0", "also write checkpoints/last every n optimizer steps (0: off)") \
+    X(save_top_k, BETWEEN(INT, -1, DRV_MAX_TOPK), "3", "keep the k best checkpoints (-1: all, 0: none)")                   \
+    X(every_n_train_steps, AT_LEAST(I64, 0), "0", "also write checkpoints/last every n optimizer steps (0: off)") \
     X(save_last, BOOL, "true", "write checkpoints/last at every checkpoint event")              \
     X(verbose, BOOL, "true", "print a line per saved checkpoint")
 #define DRV_STEPCKPT_KEYS(X)                                                                     \
-    X(every_n_train_steps, I64, "10000", "write checkpoints/trainstep_checkpoints/epoch=E-step=S every n steps") \
+    X(every_n_train_steps, AT_LEAST(I64, 1), "10000", "write checkpoints/trainstep_checkpoints/epoch=E-step=S every n steps") \
     X(save_weights_only, BOOL, "true", "only model.safetensors (else a resumable checkpoint)")   \
     X(save_top_k, INT, "-1", "-1 (keep all) only")                                               \
     X(filename, STR, "", "accepted, ignored (the name is epoch=E-step=S)")                       \
@@ -646,7 +647,6 @@ static int drv_save_grid(const char *path, const float *x, int B, int C, int H, 
    The trainer
    ============================================================================================ */
 typedef struct drv_topk { char name[96]; double score; int64_t step; } drv_topk;
-#define DRV_MAX_TOPK 32
 
 typedef struct drv_imlog {
     drv_imlog_cfg c;
@@ -900,19 +900,6 @@ static int drv_read_config(drv *d, drv_root_cfg *root, drv_model_cfg *mcfg) {
         drv_read_limit(cfg, d->tc.limit_test_batches, 1.0, &d->lim_test) ||
         drv_read_limit(cfg, d->tc.val_check_interval, 1.0, &d->val_interval)) return drv_fail_cfg(d);
     const ldm_config_node *tn = lt.trainer;
-    if (d->tc.accumulate_grad_batches < 1) {
-        drv_error("%s: must be >= 1", drv_where(ldm_config_find(tn, "accumulate_grad_batches"), w, sizeof w));
-        return 1;
-    }
-    if (d->tc.log_every_n_steps < 1) { drv_error("%s: must be >= 1", drv_where(ldm_config_find(tn, "log_every_n_steps"), w, sizeof w)); return 1; }
-    if (d->tc.check_val_every_n_epoch < 1) {
-        drv_error("%s: must be >= 1", drv_where(ldm_config_find(tn, "check_val_every_n_epoch"), w, sizeof w));
-        return 1;
-    }
-    if (d->tc.num_sanity_val_steps < -1) {
-        drv_error("%s: must be >= -1", drv_where(ldm_config_find(tn, "num_sanity_val_steps"), w, sizeof w));
-        return 1;
-    }
     if (!d->val_interval.is_frac && d->val_interval.n < 1) {
         drv_error("%s: an int interval must be >= 1", drv_where(d->tc.val_check_interval, w, sizeof w));
         return 1;
@@ -983,10 +970,6 @@ static int drv_read_config(drv *d, drv_root_cfg *root, drv_model_cfg *mcfg) {
                           "lightning.modelcheckpoint's job", drv_where(ldm_config_find(params, "save_top_k"), w, sizeof w));
                 return 1;
             }
-            if (sc.every_n_train_steps < 1) {
-                drv_error("%s: must be >= 1", drv_where(ldm_config_find(params, "every_n_train_steps"), w, sizeof w));
-                return 1;
-            }
             if (d->trainstep_every) { drv_error("%s: one trainstep ModelCheckpoint callback at most", drv_where(cb, w, sizeof w)); return 1; }
             d->trainstep_every = sc.every_n_train_steps;
             d->trainstep_weights_only = sc.save_weights_only;
@@ -999,13 +982,11 @@ static int drv_read_config(drv *d, drv_root_cfg *root, drv_model_cfg *mcfg) {
             break;
         }
         default: {
-            static const ldm_config_field none[] = {{NULL, LDM_CONFIG_KIND_NODE, NULL, NULL}};
+            static const ldm_config_field none[] = {LDM_CONFIG_FIELD_END};
             if (ldm_config_validate(cfg, params, none)) return drv_fail_cfg(d);
         }
         }
     }
-    if (d->imlog.c.batch_frequency < 1) { drv_error("ImageLogger: batch_frequency must be >= 1"); return 1; }
-    if (d->imlog.c.max_images < 0) { drv_error("ImageLogger: max_images must be >= 0"); return 1; }
     /* ImageLogger.log_steps = [2**n for n in range(int(log2(batch_freq)) + 1)] or [batch_freq] */
     if (d->imlog.c.increase_log_steps) {
         int nmax = (int)floor(log2((double)d->imlog.c.batch_frequency));
@@ -1015,9 +996,9 @@ static int drv_read_config(drv *d, drv_root_cfg *root, drv_model_cfg *mcfg) {
     /* model checkpointing */
     const ldm_config_node *mck = lt.modelcheckpoint, *mparams = NULL;
     if (mck && mck->type != LDM_CONFIG_NULL) {
-        static const ldm_config_field sch[] = {{"target", LDM_CONFIG_KIND_STR, "pytorch_lightning.callbacks.ModelCheckpoint", "ModelCheckpoint"},
-                                               {"params", LDM_CONFIG_KIND_NODE, "", "its parameters"},
-                                               {NULL, LDM_CONFIG_KIND_NODE, NULL, NULL}};
+        static const ldm_config_field sch[] = {{"target", LDM_CONFIG_KIND_STR, "pytorch_lightning.callbacks.ModelCheckpoint", "ModelCheckpoint", 0, 0.0, 0.0},
+                                               {"params", LDM_CONFIG_KIND_NODE, "", "its parameters", 0, 0.0, 0.0},
+                                               LDM_CONFIG_FIELD_END};
         if (ldm_config_validate(cfg, mck, sch)) return drv_fail_cfg(d);
         const ldm_config_node *tg = ldm_config_find(mck, "target");
         const ldm_config_target *found;
@@ -1035,14 +1016,6 @@ static int drv_read_config(drv *d, drv_root_cfg *root, drv_model_cfg *mcfg) {
         return 1;
     }
     d->mode_max = !strcmp(d->mc.mode, "max");
-    if (d->mc.save_top_k < -1 || d->mc.save_top_k > DRV_MAX_TOPK) {
-        drv_error("%s: save_top_k must be -1 (all), 0 or up to %d", drv_where(ldm_config_find(mparams, "save_top_k"), w, sizeof w), DRV_MAX_TOPK);
-        return 1;
-    }
-    if (d->mc.every_n_train_steps < 0) {
-        drv_error("%s: must be >= 0", drv_where(ldm_config_find(mparams, "every_n_train_steps"), w, sizeof w));
-        return 1;
-    }
     return 0;
 }
 
