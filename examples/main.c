@@ -737,7 +737,7 @@ static ldm_data_state drv_state(int64_t epoch, int64_t batch) {
 }
 
 static int drv_fail_ctx(drv *d, const char *what) {
-    drv_error("%s: %s", what, ldm_ctx_error(d->ctx));
+    drv_error("%s: %s", what ? what : "model", ldm_ctx_error(d->ctx));
     return 1;
 }
 static int drv_fail_cfg(drv *d) {
@@ -849,11 +849,9 @@ static int drv_load_config(drv *d) {
     return 0;
 }
 
-/* The models this driver builds: each registry entry's constructor reads model.params and
-   returns an ex_model; its user pointer is the ex_model_class (for --help). */
+/* The models this driver builds: each class's constructor reads model.params and returns an
+   ex_model. */
 static const ex_model_class *const drv_models[] = {&ex_autoencoder_class};
-static const ldm_config_ctor drv_model_ctors[] = {ex_autoencoder_create};
-static const char *const drv_model_aliases[] = {"AutoencoderKL"};
 
 static int drv_registries(drv *d) {
     if (ldm_config_registry_create(&d->reg_model) || ldm_config_registry_create(&d->reg_data) ||
@@ -861,7 +859,7 @@ static int drv_registries(drv *d) {
     static int kinds[4] = {DRV_CB_IMAGE_LOGGER, DRV_CB_MODEL_CHECKPOINT, DRV_CB_LR_MONITOR, DRV_CB_CUDA};
     ldm_result r = LDM_OK;
     for (size_t i = 0; i < sizeof drv_models / sizeof drv_models[0] && !r; i++)
-        r = ldm_config_registry_add(d->reg_model, drv_models[i]->target, drv_model_aliases[i], drv_model_ctors[i], (void *)drv_models[i]);
+        r = ldm_config_registry_add(d->reg_model, drv_models[i]->target, drv_models[i]->aliases, drv_models[i]->create, (void *)drv_models[i]);
     if (r) { drv_error("registry: %s", ldm_config_registry_error(d->reg_model)); return 1; }
     r = ldm_config_registry_add(d->reg_cb, "main.ImageLogger", "ImageLogger", ex_config_ctor_name, &kinds[0]);
     if (!r) r = ldm_config_registry_add(d->reg_cb, "pytorch_lightning.callbacks.ModelCheckpoint", "ModelCheckpoint", ex_config_ctor_name, &kinds[1]);
@@ -1387,9 +1385,9 @@ static int drv_train_batch(drv *d, const ldm_data_batch *b, int do_step, ex_log 
         const ex_optim *o = &m->optim[i];
         char what[160];
         ldm_set_grad_enabled(ctx, 1);
-        if (o->lr_lambda) ldm_nn_optim_set_lr(o->opt, d->lr * o->lr_lambda(m->self, d->global_step));
+        if (o->lr_lambda) ldm_nn_optim_set_lr(o->opt, o->base_lr * o->lr_lambda(m->self, d->global_step));
         ldm_tensor *loss = m->training_step(m, ctx, b, d->global_step, i, log);
-        if (!loss || ldm_to_host(ctx, loss, &losses[i])) return drv_fail_ctx(d, m->what ? m->what : "training");
+        if (!loss || ldm_to_host(ctx, loss, &losses[i])) return drv_fail_ctx(d, m->what);
         if (!isfinite(losses[i])) {
             drv_sfmt(what, sizeof what, "%s (%s)", o->name, o->loss_key);
             return drv_nan_stop(d, what, drv_nonfinite(losses[i]));
@@ -1405,7 +1403,7 @@ static int drv_train_batch(drv *d, const ldm_data_batch *b, int do_step, ex_log 
         ldm_step_reset(ctx);
     }
     ldm_set_grad_enabled(ctx, 1);
-    if (m->on_train_batch_end && m->on_train_batch_end(m, ctx, d->global_step, do_step)) return drv_fail_ctx(d, m->what ? m->what : "training");
+    if (m->on_train_batch_end && m->on_train_batch_end(m, ctx, d->global_step, do_step)) return drv_fail_ctx(d, m->what);
     return 0;
 }
 
@@ -1807,7 +1805,7 @@ static void drv_help(void) {
            "  -t trains then tests; without -t only the test runs (weights from model.params.ckpt_path or -r).\n"
            "  -r LOGDIR resumes from LOGDIR/checkpoints/last with the configs saved in LOGDIR/configs.\n"
            "  key=value overrides any config key (model.params.lossconfig.params.disc_start=1000).\n"
-           "  Environment: LDM_THREADS (threads), LDM_LPIPS_WEIGHTS (LPIPS weights, comma-separated files).\n\n"
+           "  Environment: LDM_THREADS (threads).\n\n"
            "config keys (name, kind, default, meaning):\n\n[top level]\n");
     ldm_config_schema_print(stdout, drv_root_cfg_schema());
     printf("\n[model]\n");
@@ -1890,6 +1888,7 @@ static int drv_run(drv *d) {
         printf("++++ NOT USING LR SCALING ++++\nSetting learning rate to %.2e\n", d->lr);
     }
     if (d->m->configure_optimizers(d->m, ctx, d->lr)) return drv_fail_ctx(d, d->m->what);
+    for (int i = 0; i < d->m->n_optim; i++) d->m->optim[i].base_lr = ldm_nn_optim_lr(d->m->optim[i].opt);
 
     /* logdir (SetupCallback) */
     if (drv_mkdirs(d->ckptdir) || drv_mkdirs(d->cfgdir)) { drv_error("%s: cannot create (%s)", d->logdir, strerror(errno)); return 1; }

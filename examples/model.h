@@ -4,8 +4,8 @@
    is a struct of function pointers and a `self`, built from the config by the constructor
    registered for its target (ldm_config.h's registry):
 
-       ldm_config_registry_add(reg, "ldm.models.autoencoder.AutoencoderKL", "AutoencoderKL",
-                               ex_autoencoder_create, (void *)&ex_autoencoder_class);
+       const ex_model_class *mc = &ex_autoencoder_class;
+       ldm_config_registry_add(reg, mc->target, mc->aliases, mc->create, (void *)mc);
        ex_model *m;  ldm_config_instantiate(cfg, reg, model_node, NULL, (void **)&m);
        m->setup(m, ctx, resume_file);  m->configure_optimizers(m, ctx, lr);
        for each batch: for i < m->n_optim: loss = m->training_step(m, ctx, batch, step, i, &log);
@@ -60,8 +60,9 @@ typedef struct ex_optim {
     const char *name;             /* "aeloss": metrics.csv's <name>_step, <name>_epoch */
     const char *loss_key;         /* the logged value the loss is ("train/total_loss"), for messages */
     ldm_nn_optim *opt;
-    /* LambdaLR: lr = base lr * lr_lambda(self, global_step) before each step; NULL = constant */
+    /* LambdaLR: lr = base_lr * lr_lambda(self, global_step) before each step; NULL = constant */
     double (*lr_lambda)(void *self, int64_t global_step);
+    double base_lr;               /* the driver keeps the lr configure_optimizers gave here */
 } ex_optim;
 
 /* A parameter registry whose gradients a checkpoint keeps mid-accumulation (grads.safetensors
@@ -121,9 +122,12 @@ struct ex_model {
     void (*destroy)(ex_model *m);
 };
 
-/* What the registry's `user` points to for a model target: its --help text. */
+/* A model target: what the driver registers (ldm_config_registry_add(reg, target, aliases,
+   create, class)) and its --help text. */
 typedef struct ex_model_class {
-    const char *target;
+    const char *target;           /* "ldm.models.autoencoder.AutoencoderKL" */
+    const char *aliases;          /* "AutoencoderKL" */
+    ldm_config_ctor create;       /* reads model.params; *out = an ex_model */
     void (*help)(FILE *f);
 } ex_model_class;
 

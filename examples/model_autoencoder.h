@@ -2,8 +2,8 @@
    (examples/model.h): ldm_vae.h's autoencoder trained with ldm_lpips.h's LPIPSWithDiscriminator,
    two Adam optimizers (autoencoder, discriminator), Lightning 1.4 semantics.
 
-       ldm_config_registry_add(reg, "ldm.models.autoencoder.AutoencoderKL", "AutoencoderKL",
-                               ex_autoencoder_create, (void *)&ex_autoencoder_class);
+       const ex_model_class *mc = &ex_autoencoder_class;
+       ldm_config_registry_add(reg, mc->target, mc->aliases, mc->create, (void *)mc);
 
    Its state dict is CompVis's: the autoencoder's names, then the loss under loss.*
    (loss.perceptual_loss.* once LPIPS weights are loaded). Needs ldm_vae.h, ldm_lpips.h and
@@ -428,8 +428,10 @@ static void ex__ae_help(FILE *f) {
     ldm_config_schema_print(f, ldm_vae_ddconfig_schema());
     fprintf(f, "\n[model.params.lossconfig.params]  (target ldm.modules.losses.LPIPSWithDiscriminator)\n");
     ldm_config_schema_print(f, ex_ae_loss_cfg_schema());
+    fprintf(f, "  (environment: LDM_LPIPS_WEIGHTS, LPIPS weights as comma-separated files)\n");
 }
 
-static const ex_model_class ex_autoencoder_class = {"ldm.models.autoencoder.AutoencoderKL", ex__ae_help};
+static const ex_model_class ex_autoencoder_class = {"ldm.models.autoencoder.AutoencoderKL", "AutoencoderKL", ex_autoencoder_create,
+                                                    ex__ae_help};
 
 #endif /* EX_MODEL_AUTOENCODER_H */
