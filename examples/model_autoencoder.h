@@ -6,8 +6,9 @@
        ldm_config_registry_add(reg, mc->target, mc->aliases, mc->create, (void *)mc);
 
    Its state dict is CompVis's: the autoencoder's names, then the loss under loss.*
-   (loss.perceptual_loss.* once LPIPS weights are loaded). Needs ldm_vae.h, ldm_lpips.h and
-   image decoding (ldm_data.h) included before it. */
+   (loss.perceptual_loss.* once LPIPS weights are loaded). It includes model.h, ldm_vae.h and
+   ldm_lpips.h; in the file with LDM_IMPLEMENTATION, include image_io.h (stb_image for
+   ldm_data.h) before it, as examples/main.c does. */
 #ifndef EX_MODEL_AUTOENCODER_H
 #define EX_MODEL_AUTOENCODER_H
 
