@@ -78,7 +78,11 @@
    defaults) and `my_ddconfig_print(FILE *, &v)` (the struct as commented INI lines). Kinds and
    their C types: BOOL int, INT int, I64 int64_t, FLOAT double, STR const char *, INT_LIST
    ldm_config_ints, FLOAT_LIST ldm_config_floats, STR_LIST ldm_config_strs, NODE const
-   ldm_config_node * (any sub-tree, passed on unchecked). Defaults are text parsed like an INI
+   ldm_config_node * (any sub-tree, passed on unchecked). A numeric kind may carry inclusive
+   bounds, checked by validate (and so by _load) with the value's file:line:
+       X(accumulate_grad_batches, AT_LEAST(INT, 1),       "1",   "batches per optimizer step")
+       X(flip_p,                  BETWEEN(FLOAT, 0, 1),   "0.5", "probability of a flip")
+   (AT_MOST(kind, hi) too; for a list, each item). Defaults are text parsed like an INI
    value ("" is the empty list for list kinds; STR defaults are taken literally); a NULL
    default makes the key required. ldm_config_validate() reports every unknown key (with a
    did-you-mean), wrong type and missing required key at once, one per line.
@@ -207,16 +211,21 @@ typedef enum ldm_config_kind {
     LDM_CONFIG_KIND_STR_LIST, LDM_CONFIG_KIND_NODE
 } ldm_config_kind;
 
-/* One key of a schema; a table ends with an entry whose name is NULL. */
+/* One key of a schema; a table ends with LDM_CONFIG_FIELD_END (name NULL). */
+enum { LDM_CONFIG_MIN = 1, LDM_CONFIG_MAX = 2 };
 typedef struct ldm_config_field {
     const char *name;
     ldm_config_kind kind;
     const char *def;              /* default as text; NULL = required */
     const char *help;
+    int bounds;                   /* LDM_CONFIG_MIN | LDM_CONFIG_MAX: min/max apply */
+    double min, max;              /* inclusive bounds of a number, or of each item of a list */
 } ldm_config_field;
+#define LDM_CONFIG_FIELD_END { NULL, LDM_CONFIG_KIND_NODE, NULL, NULL, 0, 0.0, 0.0 }
 
-/* Checks node (a mapping, or NULL/null = empty) against schema: unknown keys, types, required
-   keys. All problems go into one message, one per line; returns the first one's code. */
+/* Checks node (a mapping, or NULL/null = empty) against schema: unknown keys, types, bounds,
+   required keys. All problems go into one message, one per line (file:line first); returns
+   the first one's code. */
 LDM_API ldm_result ldm_config_validate(ldm_config *cfg, const ldm_config_node *node, const ldm_config_field *schema);
 /* Converts node's `key` (or the default text) to kind into *dst (the kind's C type). */
 LDM_API ldm_result ldm_config_get_field(ldm_config *cfg, const ldm_config_node *node, const char *key,
@@ -236,11 +245,42 @@ LDM_API const char *ldm_config_kind_name(ldm_config_kind k);
 #define LDM_CONFIG_CTYPE_STR_LIST ldm_config_strs
 #define LDM_CONFIG_CTYPE_NODE const ldm_config_node *
 
+/* A kind in a schema is a plain kind (INT) or a kind with bounds: AT_LEAST(INT, 1),
+   AT_MOST(FLOAT, 1), BETWEEN(INT, -1, 32) (inclusive; for lists, each item). The macros below
+   take a kind column apart: its C type, its ldm_config_kind, its bounds. */
+#define LDM_CONFIG_CTYPE_AT_LEAST(k, lo) LDM_CONFIG_CTYPE_##k
+#define LDM_CONFIG_CTYPE_AT_MOST(k, hi) LDM_CONFIG_CTYPE_##k
+#define LDM_CONFIG_CTYPE_BETWEEN(k, lo, hi) LDM_CONFIG_CTYPE_##k
+#define LDM__CFG_K_BOOL LDM_CONFIG_KIND_BOOL
+#define LDM__CFG_K_INT LDM_CONFIG_KIND_INT
+#define LDM__CFG_K_I64 LDM_CONFIG_KIND_I64
+#define LDM__CFG_K_FLOAT LDM_CONFIG_KIND_FLOAT
+#define LDM__CFG_K_STR LDM_CONFIG_KIND_STR
+#define LDM__CFG_K_INT_LIST LDM_CONFIG_KIND_INT_LIST
+#define LDM__CFG_K_FLOAT_LIST LDM_CONFIG_KIND_FLOAT_LIST
+#define LDM__CFG_K_STR_LIST LDM_CONFIG_KIND_STR_LIST
+#define LDM__CFG_K_NODE LDM_CONFIG_KIND_NODE
+#define LDM__CFG_K_AT_LEAST(k, lo) LDM_CONFIG_KIND_##k
+#define LDM__CFG_K_AT_MOST(k, hi) LDM_CONFIG_KIND_##k
+#define LDM__CFG_K_BETWEEN(k, lo, hi) LDM_CONFIG_KIND_##k
+#define LDM__CFG_B_BOOL 0, 0.0, 0.0
+#define LDM__CFG_B_INT 0, 0.0, 0.0
+#define LDM__CFG_B_I64 0, 0.0, 0.0
+#define LDM__CFG_B_FLOAT 0, 0.0, 0.0
+#define LDM__CFG_B_STR 0, 0.0, 0.0
+#define LDM__CFG_B_INT_LIST 0, 0.0, 0.0
+#define LDM__CFG_B_FLOAT_LIST 0, 0.0, 0.0
+#define LDM__CFG_B_STR_LIST 0, 0.0, 0.0
+#define LDM__CFG_B_NODE 0, 0.0, 0.0
+#define LDM__CFG_B_AT_LEAST(k, lo) LDM_CONFIG_MIN, (double)(lo), 0.0
+#define LDM__CFG_B_AT_MOST(k, hi) LDM_CONFIG_MAX, 0.0, (double)(hi)
+#define LDM__CFG_B_BETWEEN(k, lo, hi) LDM_CONFIG_MIN | LDM_CONFIG_MAX, (double)(lo), (double)(hi)
+
 #define LDM__CONFIG_MEMBER(name, kind, def, help) LDM_CONFIG_CTYPE_##kind name;
-#define LDM__CONFIG_FIELD(name, kind, def, help) { #name, LDM_CONFIG_KIND_##kind, def, help },
+#define LDM__CONFIG_FIELD(name, kind, def, help) { #name, LDM__CFG_K_##kind, def, help, LDM__CFG_B_##kind },
 #define LDM__CONFIG_LOAD(name, kind, def, help) \
-    if ((r = ldm_config_get_field(cfg, node, #name, LDM_CONFIG_KIND_##kind, def, &out->name)) != LDM_OK) return r;
-#define LDM__CONFIG_PRINT(name, kind, def, help) ldm_config_print_field(f, #name, LDM_CONFIG_KIND_##kind, &v->name, help);
+    if ((r = ldm_config_get_field(cfg, node, #name, LDM__CFG_K_##kind, def, &out->name)) != LDM_OK) return r;
+#define LDM__CONFIG_PRINT(name, kind, def, help) ldm_config_print_field(f, #name, LDM__CFG_K_##kind, &v->name, help);
 
 /* The struct T with one member per key, and the prototypes of T_schema/T_load/T_print. */
 #define LDM_CONFIG_DECLARE(T, KEYS)                                                            \
@@ -252,7 +292,7 @@ LDM_API const char *ldm_config_kind_name(ldm_config_kind k);
 #define LDM_CONFIG_DEFINE(T, KEYS)                                                             \
     LDM_API const ldm_config_field *T##_schema(void) {                                         \
         static const ldm_config_field fields[] = {                                             \
-            KEYS(LDM__CONFIG_FIELD) { NULL, LDM_CONFIG_KIND_NODE, NULL, NULL } };              \
+            KEYS(LDM__CONFIG_FIELD) LDM_CONFIG_FIELD_END };                                    \
         return fields;                                                                         \
     }                                                                                          \
     LDM_API ldm_result T##_load(ldm_config *cfg, const ldm_config_node *node, T *out) {        \
@@ -1919,6 +1959,47 @@ LDM_API ldm_result ldm_config_get_field(ldm_config *cfg, const ldm_config_node *
     return ldm__cfg_default(cfg, key, kind, def, dst);
 }
 
+/* "(>= 1)", "(<= 0.5)", "(in [-1, 32])" */
+static void ldm__cfg_bounds_text(const ldm_config_field *fd, char *buf, size_t n) {
+    char a[40], b[40];
+    if (fd->kind == LDM_CONFIG_KIND_FLOAT || fd->kind == LDM_CONFIG_KIND_FLOAT_LIST) {
+        ldm__cfg_fmt_float(fd->min, a, sizeof a);
+        ldm__cfg_fmt_float(fd->max, b, sizeof b);
+    } else {
+        snprintf(a, sizeof a, "%.0f", fd->min);
+        snprintf(b, sizeof b, "%.0f", fd->max);
+    }
+    if ((fd->bounds & LDM_CONFIG_MIN) && (fd->bounds & LDM_CONFIG_MAX)) snprintf(buf, n, "in [%s, %s]", a, b);
+    else if (fd->bounds & LDM_CONFIG_MIN) snprintf(buf, n, ">= %s", a);
+    else if (fd->bounds & LDM_CONFIG_MAX) snprintf(buf, n, "<= %s", b);
+    else buf[0] = 0;
+}
+
+/* The converted value(s) of node v (at val, the kind's C type) against fd's bounds. */
+static ldm_result ldm__cfg_check_bounds(ldm_config *cfg, const ldm_config_node *v, const ldm_config_field *fd, const void *val) {
+    const void *items = val;
+    int n = 1, k;
+    ldm_config_kind item = fd->kind;
+    if (fd->kind == LDM_CONFIG_KIND_INT_LIST) { n = ((const ldm_config_ints *)val)->n; items = ((const ldm_config_ints *)val)->v; item = LDM_CONFIG_KIND_INT; }
+    if (fd->kind == LDM_CONFIG_KIND_FLOAT_LIST) { n = ((const ldm_config_floats *)val)->n; items = ((const ldm_config_floats *)val)->v; item = LDM_CONFIG_KIND_FLOAT; }
+    for (k = 0; k < n; k++) {
+        double x;
+        char num[40], want[100], path[256];
+        if (item == LDM_CONFIG_KIND_INT) x = (double)((const int *)items)[k];
+        else if (item == LDM_CONFIG_KIND_I64) x = (double)((const int64_t *)items)[k];
+        else if (item == LDM_CONFIG_KIND_FLOAT) x = ((const double *)items)[k];
+        else return LDM_OK; /* bounds on a kind without numbers: nothing to check */
+        if (!((fd->bounds & LDM_CONFIG_MIN) && !(x >= fd->min)) && !((fd->bounds & LDM_CONFIG_MAX) && !(x <= fd->max))) continue;
+        const ldm_config_node *at = v->type == LDM_CONFIG_LIST && k < v->n ? v->child[k] : v;
+        if (item == LDM_CONFIG_KIND_FLOAT) ldm__cfg_fmt_float(x, num, sizeof num);
+        else snprintf(num, sizeof num, "%lld", item == LDM_CONFIG_KIND_I64 ? (long long)((const int64_t *)items)[k] : (long long)((const int *)items)[k]);
+        ldm__cfg_bounds_text(fd, want, sizeof want);
+        return ldm__cfg_err(cfg, LDM_ERR_INVALID, at->file, at->line, "%s: %s is out of range: %s must be %s", ldm_config_path(at, path, sizeof path),
+                            num, fd->name, want);
+    }
+    return LDM_OK;
+}
+
 LDM_API ldm_result ldm_config_validate(ldm_config *cfg, const ldm_config_node *node, const ldm_config_field *schema) {
     ldm_result first = LDM_OK, r;
     int k;
@@ -1961,6 +2042,7 @@ LDM_API ldm_result ldm_config_validate(ldm_config *cfg, const ldm_config_node *n
             r = LDM_OK;
         } else {
             r = ldm__cfg_convert(cfg, c, fd->kind, &scratch);
+            if (r == LDM_OK && fd->bounds) r = ldm__cfg_check_bounds(cfg, c, fd, &scratch);
         }
         if (r != LDM_OK && first == LDM_OK) first = r;
     }
@@ -2020,9 +2102,13 @@ LDM_API void ldm_config_print_field(FILE *f, const char *name, ldm_config_kind k
 }
 
 LDM_API void ldm_config_schema_print(FILE *f, const ldm_config_field *schema) {
-    for (; schema->name; schema++)
-        fprintf(f, "  %-22s %-11s %-14s %s\n", schema->name, ldm_config_kind_name(schema->kind),
-                schema->def ? (*schema->def ? schema->def : "\"\"") : "(required)", schema->help ? schema->help : "");
+    char b[100];
+    for (; schema->name; schema++) {
+        ldm__cfg_bounds_text(schema, b, sizeof b);
+        fprintf(f, "  %-22s %-11s %-14s %s%s%s%s\n", schema->name, ldm_config_kind_name(schema->kind),
+                schema->def ? (*schema->def ? schema->def : "\"\"") : "(required)", schema->help ? schema->help : "",
+                b[0] ? " (" : "", b, b[0] ? ")" : "");
+    }
 }
 
 /* ---- registry --------------------------------------------------------------------------- */

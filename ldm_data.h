@@ -2359,7 +2359,7 @@ LDM_CONFIG_DEFINE(ldm_data_module_params, LDM_DATA_MODULE_KEYS)
 /* A variant: same members as T, other defaults. */
 #define LDM__DATA_VARIANT(NAME, T, KEYS)                                                             \
     LDM_API const ldm_config_field *NAME##_schema(void) {                                            \
-        static const ldm_config_field fields[] = {KEYS(LDM__CONFIG_FIELD){NULL, LDM_CONFIG_KIND_NODE, NULL, NULL}}; \
+        static const ldm_config_field fields[] = {KEYS(LDM__CONFIG_FIELD) LDM_CONFIG_FIELD_END}; \
         return fields;                                                                               \
     }                                                                                                \
     static ldm_result NAME##_load(ldm_config *cfg, const ldm_config_node *node, T *out) {            \

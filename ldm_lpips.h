@@ -4,7 +4,8 @@
 
    Do this in exactly one C or C++ file before including it:
        #define LDM_IMPLEMENTATION          (every ldm_ header)
-   ldm_lpips.h includes ldm_vae.h (for the posterior), ldm_nn.h and ldm_tensor.h.
+   ldm_lpips.h includes ldm_nn.h and ldm_tensor.h (the autoencoder is the caller's: the loss
+   takes the posterior's KL divergence, not the posterior).
 
    Example: one training iteration of an AutoencoderKL with its loss (latent-diffusion's
    AutoencoderKL.training_step for optimizer 0 and 1).
@@ -20,7 +21,8 @@
        ldm_nn_optim_create(ctx, &opt_d, L->P, &adam, 1, &d_only);
        ldm_loss_log log;
        ldm_tensor *xrec = ldm_vae_forward(ctx, vae, x, 1, &q);
-       ldm_tensor *lg = ldm_lpips_loss_generator(ctx, L, x, xrec, &q, step, ldm_vae_last_layer(vae), "train", &log);
+       ldm_tensor *kl = ldm_vae_posterior_kl(ctx, &q);
+       ldm_tensor *lg = ldm_lpips_loss_generator(ctx, L, x, xrec, kl, step, ldm_vae_last_layer(vae), "train", &log);
        ldm_backward(ctx, lg);  ...step the autoencoder's optimizer...
        xrec = ldm_vae_forward(ctx, vae, x, 1, &q);      // Lightning runs the model again
        ldm_tensor *ld = ldm_lpips_loss_discriminator(ctx, L, x, xrec, step, "train", &log);
@@ -109,7 +111,7 @@
 #ifndef LDM_LPIPS_H
 #define LDM_LPIPS_H
 
-#include "ldm_vae.h"
+#include "ldm_nn.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -148,22 +150,23 @@ LDM_API ldm_result ldm_patchgan_init(ldm_nn_params *P, ldm_patchgan *D, const ch
 LDM_API ldm_tensor *ldm_patchgan_forward(ldm_ctx *ctx, ldm_patchgan *D, ldm_tensor *x, int training);
 
 /* ---- LPIPSWithDiscriminator ------------------------------------------------------------- */
-/* The loss config keys once, for config readers: X(name, kind, default), kind INT, BOOL,
-   FLOAT or STRING. The last one is ldm.h's, not the reference's (see the dropout note). */
-#define LDM_LPIPS_LOSS_KEYS(X)                   \
-    X(disc_start, INT, "0")                      \
-    X(logvar_init, FLOAT, "0.0")                 \
-    X(kl_weight, FLOAT, "1.0")                   \
-    X(pixelloss_weight, FLOAT, "1.0")            \
-    X(disc_num_layers, INT, "3")                 \
-    X(disc_in_channels, INT, "3")                \
-    X(disc_factor, FLOAT, "1.0")                 \
-    X(disc_weight, FLOAT, "1.0")                 \
-    X(perceptual_weight, FLOAT, "1.0")           \
-    X(use_actnorm, BOOL, "false")                \
-    X(disc_conditional, BOOL, "false")           \
-    X(disc_loss, STRING, "hinge")                \
-    X(lpips_eval, BOOL, "false")
+/* The loss config keys once, for config readers (ldm_config.h's schema convention
+   X(name, kind, default, help); the fields of ldm_lpips_loss_config of the same names). The
+   last one is ldm.h's, not the reference's (see the dropout note). */
+#define LDM_LPIPS_LOSS_KEYS(X)                                                                     \
+    X(disc_start, I64, "0", "global step at which the GAN terms start (the seed configs: 50001)")    \
+    X(logvar_init, FLOAT, "0.0", "initial (and, in no optimizer, final) value of the learned log-variance") \
+    X(kl_weight, FLOAT, "1.0", "weight of the KL term (the seed configs: 1e-6)")                    \
+    X(pixelloss_weight, FLOAT, "1.0", "accepted, unused (as in the reference)")                     \
+    X(disc_num_layers, INT, "3", "PatchGAN layers")                                                 \
+    X(disc_in_channels, INT, "3", "PatchGAN input channels")                                        \
+    X(disc_factor, FLOAT, "1.0", "GAN weight once disc_start is reached")                           \
+    X(disc_weight, FLOAT, "1.0", "scale of the adaptive generator weight (the seed configs: 0.5)")  \
+    X(perceptual_weight, FLOAT, "1.0", "LPIPS weight in the reconstruction loss (0: no VGG16 weights needed)") \
+    X(use_actnorm, BOOL, "false", "false only")                                                     \
+    X(disc_conditional, BOOL, "false", "false only")                                                \
+    X(disc_loss, STR, "hinge", "hinge or vanilla")                                                  \
+    X(lpips_eval, BOOL, "false", "ldm.h's: LPIPS without its dropout while training")
 
 /* Hyper-parameters in double, as in Python (they round to float where torch does). */
 typedef struct ldm_lpips_loss_config {
@@ -208,10 +211,11 @@ LDM_API ldm_result ldm_lpips_loss_ready(ldm_ctx *ctx, const ldm_lpips_loss *L, c
 LDM_API ldm_result ldm_lpips_loss_load(ldm_ctx *ctx, ldm_lpips_loss *L, const char *path, const char *prefix);
 
 /* Generator step: the loss tensor (one element) to backpropagate into the autoencoder.
-   last_layer: the decoder's last weight (ldm_vae_last_layer). split: "train", "val" (NULL:
-   "train"). log may be NULL. */
+   kl [B]: the posterior's KL divergence per sample (ldm_vae_posterior_kl). last_layer: the
+   decoder's last weight (ldm_vae_last_layer). split: "train", "val" (NULL: "train"). log may
+   be NULL. */
 LDM_API ldm_tensor *ldm_lpips_loss_generator(ldm_ctx *ctx, ldm_lpips_loss *L, ldm_tensor *x, ldm_tensor *xrec,
-                                             const ldm_vae_posterior *q, int64_t global_step, ldm_tensor *last_layer,
+                                             ldm_tensor *kl, int64_t global_step, ldm_tensor *last_layer,
                                              const char *split, ldm_loss_log *log);
 /* Discriminator step: the loss tensor whose gradient goes to the discriminator only. */
 LDM_API ldm_tensor *ldm_lpips_loss_discriminator(ldm_ctx *ctx, ldm_lpips_loss *L, ldm_tensor *x, ldm_tensor *xrec,
@@ -623,12 +627,15 @@ static double ldm__norm2(const float *g, int64_t n) {
 }
 
 LDM_API ldm_tensor *ldm_lpips_loss_generator(ldm_ctx *ctx, ldm_lpips_loss *L, ldm_tensor *x, ldm_tensor *xrec,
-                                             const ldm_vae_posterior *q, int64_t global_step, ldm_tensor *last_layer,
+                                             ldm_tensor *kl, int64_t global_step, ldm_tensor *last_layer,
                                              const char *split, ldm_loss_log *log) {
     const char *what = "LPIPSWithDiscriminator (generator step)";
     if (log) log->n = 0;
     if (ldm__loss_inputs(ctx, x, xrec, what)) return NULL;
-    if (!q || !q->mean || !q->logvar) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: no posterior", what); return NULL; }
+    if (!kl || kl->ndim != 1 || kl->shape[0] != x->shape[0]) {
+        if (!ldm_ctx_status(ctx)) ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: kl must be the posterior's KL per sample [B] (ldm_vae_posterior_kl)", what);
+        return NULL;
+    }
     if (!split) split = "train";
     const ldm_lpips_loss_config *c = &L->cfg;
     int64_t B = x->shape[0];
@@ -640,8 +647,7 @@ LDM_API ldm_tensor *ldm_lpips_loss_generator(ldm_ctx *ctx, ldm_lpips_loss *L, ld
     }
     ldm_tensor *nll = ldm_add(ctx, ldm_div(ctx, rec, ldm_exp(ctx, L->logvar)), L->logvar);
     ldm_tensor *nll_loss = ldm_scale(ctx, ldm_sum_all(ctx, nll), 1.0f / (float)B);
-    ldm_tensor *kl = ldm_vae_posterior_kl(ctx, q);
-    ldm_tensor *kl_loss = kl ? ldm_scale(ctx, ldm_sum_all(ctx, kl), 1.0f / (float)kl->shape[0]) : NULL;
+    ldm_tensor *kl_loss = ldm_scale(ctx, ldm_sum_all(ctx, kl), 1.0f / (float)kl->shape[0]);
 
     ldm_patchgan frozen = ldm__disc_frozen(ctx, &L->disc);
     ldm_tensor *logits = ldm_patchgan_forward(ctx, &frozen, xrec, L->training);

@@ -55,6 +55,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #define LDM_VERSION_MAJOR 0
 #define LDM_VERSION_MINOR 1
@@ -431,6 +432,19 @@ typedef struct ldm_named_data {
 LDM_API ldm_result ldm_safetensors_write(ldm_ctx *ctx, const char *path, int n, const ldm_named_data *t,
                                          ldm_dtype dtype, int n_meta, const char *const *meta_keys,
                                          const char *const *meta_vals);
+
+/* Atomic file replacement: begin opens "<path>.tmp.<pid>" for writing (af->f); commit flushes,
+   fsyncs and closes it, then renames it over path, so a reader (or a crash) sees either the
+   old file or the complete new one. On any failure (also a write error left on af->f) commit
+   removes the temporary file, leaves path untouched and returns the error; abort drops an
+   unfinished write. */
+typedef struct ldm_atomic_file {
+    FILE *f;                      /* write here between begin and commit */
+    char *tmp, *path;
+} ldm_atomic_file;
+LDM_API ldm_result ldm_atomic_begin(ldm_ctx *ctx, ldm_atomic_file *af, const char *path);
+LDM_API ldm_result ldm_atomic_commit(ldm_ctx *ctx, ldm_atomic_file *af);
+LDM_API void ldm_atomic_abort(ldm_atomic_file *af);
 
 #ifdef __cplusplus
 }
@@ -5566,16 +5580,46 @@ static void ldm__hb_i64(ldm__hbuf *b, int64_t v) {
     ldm__hb_cstr(b, t);
 }
 static int ldm__strptr_cmp(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
-static int ldm__write_all(int fd, const void *p, size_t n) {
-    const char *c = (const char *)p;
-    while (n) {
-        ssize_t k = write(fd, c, n);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return -1;
-        c += k;
-        n -= (size_t)k;
+LDM_API ldm_result ldm_atomic_begin(ldm_ctx *ctx, ldm_atomic_file *af, const char *path) {
+    size_t n = strlen(path);
+    memset(af, 0, sizeof *af);
+    af->tmp = (char *)LDM_MALLOC(n + 32);
+    af->path = (char *)LDM_MALLOC(n + 1);
+    if (!af->tmp || !af->path) { ldm_atomic_abort(af); return ldm__werr(ctx, LDM_ERR_NOMEM, path, "out of memory"); }
+    memcpy(af->path, path, n + 1);
+    /* beside the target, so that the rename stays within one file system */
+    snprintf(af->tmp, n + 32, "%s.tmp.%ld", path, (long)getpid());
+    af->f = fopen(af->tmp, "wb");
+    if (!af->f) {
+        ldm_result r = ldm__werr(ctx, LDM_ERR_IO, path, "cannot create %s: %s (is the directory writable?)", af->tmp, strerror(errno));
+        ldm_atomic_abort(af);
+        return r;
     }
-    return 0;
+    return LDM_OK;
+}
+
+LDM_API ldm_result ldm_atomic_commit(ldm_ctx *ctx, ldm_atomic_file *af) {
+    ldm_result r = LDM_OK;
+    if (!af->f) { ldm_atomic_abort(af); return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_atomic_commit: no write in progress"); }
+    if (ferror(af->f) || fflush(af->f)) r = ldm__werr(ctx, LDM_ERR_IO, af->path, "cannot write %s: %s (disk full?)", af->tmp, strerror(errno));
+    if (fclose(af->f) && !r) r = ldm__werr(ctx, LDM_ERR_IO, af->path, "closing %s failed: %s", af->tmp, strerror(errno));
+    af->f = NULL;
+    if (!r) { /* the data must be on disk before the rename makes it the file (fileno is not C99: reopen) */
+        int fd = open(af->tmp, O_RDONLY);
+        if (fd < 0 || fsync(fd)) r = ldm__werr(ctx, LDM_ERR_IO, af->path, "fsync of %s failed: %s", af->tmp, strerror(errno));
+        if (fd >= 0) close(fd);
+    }
+    if (!r && rename(af->tmp, af->path)) r = ldm__werr(ctx, LDM_ERR_IO, af->path, "cannot rename %s to the target: %s", af->tmp, strerror(errno));
+    ldm_atomic_abort(af);
+    return r;
+}
+
+LDM_API void ldm_atomic_abort(ldm_atomic_file *af) {
+    if (af->f) fclose(af->f);
+    if (af->tmp) remove(af->tmp); /* after a successful rename there is nothing to remove */
+    LDM_FREE(af->tmp);
+    LDM_FREE(af->path);
+    memset(af, 0, sizeof *af);
 }
 
 LDM_API ldm_result ldm_safetensors_write(ldm_ctx *ctx, const char *path, int n, const ldm_named_data *t,
@@ -5650,21 +5694,17 @@ LDM_API ldm_result ldm_safetensors_write(ldm_ctx *ctx, const char *path, int n, 
     }
     ldm__hb_cstr(&h, "}");
     while (!h.oom && h.n % 8) ldm__hb_cstr(&h, " ");
-    size_t tmp_len = strlen(path) + 32;
-    char *tmp = (char *)LDM_MALLOC(tmp_len);
+    ldm_atomic_file af;
     unsigned char *buf = (unsigned char *)LDM_MALLOC(1 << 20);
-    if (h.oom || !tmp || !buf) {
-        LDM_FREE(h.p); LDM_FREE(tmp); LDM_FREE(buf);
+    if (h.oom || !buf) {
+        LDM_FREE(h.p); LDM_FREE(buf);
         return ldm__werr(ctx, LDM_ERR_NOMEM, path, "out of memory writing safetensors");
     }
-    /* atomic: write a temporary file beside the target, fsync it, then rename over the target */
-    snprintf(tmp, tmp_len, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) r = ldm__werr(ctx, LDM_ERR_IO, path, "cannot create %s: %s (is the directory writable?)", tmp, strerror(errno));
-    else {
+    r = ldm_atomic_begin(ctx, &af, path);
+    if (!r) {
         unsigned char len8[8];
         ldm__wr_le(len8, (uint64_t)h.n, 8);
-        int bad = ldm__write_all(fd, len8, 8) || ldm__write_all(fd, h.p, h.n);
+        int bad = fwrite(len8, 1, 8, af.f) != 8 || fwrite(h.p, 1, h.n, af.f) != h.n;
         int64_t chunk = (1 << 20) / esz;
         for (int i = 0; i < n && !bad; i++) {
             int64_t numel = 1;
@@ -5678,17 +5718,15 @@ LDM_API ldm_result ldm_safetensors_write(ldm_ctx *ctx, const char *path, int n, 
                     if (dtype == LDM_F32) ldm__wr_le(buf + 4 * k, bits, 4);
                     else ldm__wr_le(buf + 2 * k, dtype == LDM_F16 ? ldm_f32_to_f16(src[k]) : ldm_f32_to_bf16(src[k]), 2);
                 }
-                bad = ldm__write_all(fd, buf, (size_t)(cnt * esz));
+                bad = fwrite(buf, 1, (size_t)(cnt * esz), af.f) != (size_t)(cnt * esz);
             }
         }
-        if (bad) r = ldm__werr(ctx, LDM_ERR_IO, path, "cannot write %s: %s (disk full?)", tmp, strerror(errno));
-        else if (fsync(fd)) r = ldm__werr(ctx, LDM_ERR_IO, path, "fsync of %s failed: %s", tmp, strerror(errno));
-        if (close(fd) && !r) r = ldm__werr(ctx, LDM_ERR_IO, path, "closing %s failed: %s", tmp, strerror(errno));
-        if (!r && rename(tmp, path)) r = ldm__werr(ctx, LDM_ERR_IO, path, "cannot rename %s to the target: %s", tmp, strerror(errno));
-        if (r) remove(tmp);
+        if (bad) {
+            r = ldm__werr(ctx, LDM_ERR_IO, path, "cannot write %s: %s (disk full?)", af.tmp, strerror(errno));
+            ldm_atomic_abort(&af);
+        } else r = ldm_atomic_commit(ctx, &af);
     }
     LDM_FREE(h.p);
-    LDM_FREE(tmp);
     LDM_FREE(buf);
     return r;
 }

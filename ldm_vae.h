@@ -94,20 +94,21 @@ typedef struct ldm_vae_config {
     int n_embed;                  /* VQ codebook size (model.params.n_embed); 0: AutoencoderKL */
 } ldm_vae_config;
 
-/* The ddconfig keys, described once: X(name, kind, default, help). With ldm_config.h included
+/* The ddconfig keys, described once: X(name, kind, default, help) (ldm_config.h's schema
+   convention; bounds as AT_LEAST(INT, 1)). With ldm_config.h included
    before this header, ldm_vae_config_read() validates and reads them through this table. */
 #define LDM_VAE_DDCONFIG_KEYS(X)                                                               \
     X(double_z, BOOL, "true", "encoder outputs mean and log-variance (2*z_channels)")          \
-    X(z_channels, INT, "4", "channels of the encoder/decoder latent")                         \
-    X(resolution, INT, "256", "nominal image size; decides which levels get attention")       \
-    X(in_channels, INT, "3", "image channels in")                                             \
-    X(out_ch, INT, "3", "image channels out")                                                 \
-    X(ch, INT, "128", "base channel count (a multiple of 32)")                                \
-    X(ch_mult, INT_LIST, "1,2,4,4", "channel multiplier per level; f = 2^(levels-1)")        \
-    X(num_res_blocks, INT, "2", "ResNet blocks per level (decoder: one more)")                \
-    X(attn_resolutions, INT_LIST, "", "nominal resolutions that get self-attention")          \
-    X(dropout, FLOAT, "0.0", "dropout in the ResNet blocks")                                  \
-    X(resamp_with_conv, BOOL, "true", "convolutional down/up-sampling")                       \
+    X(z_channels, AT_LEAST(INT, 1), "4", "channels of the encoder/decoder latent")             \
+    X(resolution, AT_LEAST(INT, 1), "256", "nominal image size; decides which levels get attention") \
+    X(in_channels, AT_LEAST(INT, 1), "3", "image channels in")                                 \
+    X(out_ch, AT_LEAST(INT, 1), "3", "image channels out")                                     \
+    X(ch, AT_LEAST(INT, 32), "128", "base channel count (a multiple of 32)")                   \
+    X(ch_mult, AT_LEAST(INT_LIST, 1), "1,2,4,4", "channel multiplier per level; f = 2^(levels-1)") \
+    X(num_res_blocks, AT_LEAST(INT, 1), "2", "ResNet blocks per level (decoder: one more)")    \
+    X(attn_resolutions, INT_LIST, "", "nominal resolutions that get self-attention")           \
+    X(dropout, BETWEEN(FLOAT, 0, 1), "0.0", "dropout in the ResNet blocks")                    \
+    X(resamp_with_conv, BOOL, "true", "convolutional down/up-sampling")                        \
     X(tanh_out, BOOL, "false", "tanh on the decoder output")
 
 LDM_API ldm_vae_config ldm_vae_config_kl_f4(void);  /* the seed's autoencoder_kl_64x64x3: ch 128, ch_mult 1,2,4, z 3 */

@@ -54,6 +54,7 @@
    or from build/ (it looks for bench/vae_torch.py in both places). */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime, popen */
 #define LDM_IMPLEMENTATION
+#include "ldm_vae.h"
 #include "ldm_lpips.h"
 #include <math.h>
 #include <stdio.h>
@@ -162,7 +163,7 @@ static int run_case(bench *b, int c) {
     ldm_set_grad_enabled(ctx, 1);
     ldm_vae_posterior q;
     ldm_tensor *xrec = ldm_vae_forward(ctx, b->vae, b->x, 1, &q);
-    ldm_tensor *lg = xrec ? ldm_lpips_loss_generator(ctx, b->L, b->x, xrec, &q, step, ldm_vae_last_layer(b->vae), "train", NULL) : NULL;
+    ldm_tensor *lg = xrec ? ldm_lpips_loss_generator(ctx, b->L, b->x, xrec, ldm_vae_posterior_kl(ctx, &q), step, ldm_vae_last_layer(b->vae), "train", NULL) : NULL;
     if (!lg || ldm_to_host(ctx, lg, &b->aeloss) || ldm_backward(ctx, lg) || ldm_nn_optim_step(ctx, b->opt_ae)) return 1;
     ldm_nn_optim_zero_grad(ctx, b->opt_ae);
     ldm_step_reset(ctx);

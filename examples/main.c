@@ -1,5 +1,7 @@
 /* main.c - ldm, the train/test driver: CompVis latent-diffusion's main.py (PyTorch Lightning 1.4
-   semantics) for the AutoencoderKL, in C.
+   semantics), in C. It knows no model: the config's model.target is built through a registry
+   of ex_model implementations (examples/model.h; AutoencoderKL: examples/model_autoencoder.h),
+   and the loop, checkpoints, metrics and image logging work through that interface.
 
        ./build.sh && ./build/ldm --base configs/demo_autoencoder.ini -t --name demo
 
@@ -31,14 +33,14 @@
      checkpoints/last/                 the latest state (also written on SIGINT/SIGTERM/SIGUSR1)
      checkpoints/epoch=E-step=S/       the best save_top_k by `monitor` (default val/rec_loss)
      checkpoints/trainstep_checkpoints/epoch=E-step=S/   every n steps (when configured)
-       each holds model.safetensors (CompVis AutoencoderKL state-dict names, loss.* included),
-       optimizer_0/1.safetensors (Adam moments), state.ini (step, epoch, batch, RNG, loader,
+       each holds model.safetensors (the model's state dict in CompVis names),
+       optimizer_<i>.safetensors (one per optimizer), state.ini (step, epoch, batch, RNG, loader,
        top-k), and grads.safetensors when saved in the middle of a gradient accumulation
      images/train, images/val          ImageLogger grids: <key>_gs-<step>_e-<epoch>_b-<batch>.png
-     images/test                       test inputs and reconstructions, one PNG per image
+     images/test                       the model's test images, one PNG per image and key
      metrics.csv                       step, epoch and every logged value
-     loss_curve.png                    train and val rec_loss, redrawn at each validation
-     test_metrics.csv, test_summary.txt   per-image and mean PSNR, SSIM, LPIPS, rec_loss
+     loss_curve.png                    the model's curve key (rec_loss) on train and val, redrawn at each validation
+     test_metrics.csv, test_summary.txt   per-image and mean test values (AutoencoderKL: PSNR, SSIM, LPIPS, rec_loss)
 
    Exit status: 0 when done (or stopped by SIGINT/SIGTERM after writing checkpoints/last), 1 on
    an error (config, data, NaN/Inf loss), 2 on a usage error.
@@ -54,7 +56,9 @@
 #include "image_io.h" /* stb_image + stb_image_write implementations; ldm_data.h uses them */
 #include "ldm_config.h"
 #include "ldm_data.h"
-#include "ldm_lpips.h"
+#include "model.h"
+#include "model_autoencoder.h" /* the models this driver can build (drv_registries) */
+#include "plot.h"
 
 #include <errno.h>
 #include <math.h>
@@ -74,6 +78,7 @@
 #define DRV_PATH 1024
 #define DRV_MAX_BASE 64
 #define DRV_MAX_OVR 256
+#define DRV_MAX_TOPK 32                /* top-k checkpoints tracked at most */
 
 /* ============================================================================================
    Messages and small file-system helpers
@@ -342,17 +347,8 @@ static int drv_parse_args(int argc, char **argv, drv_opts *o) {
     X(lightning, NODE, "", "trainer, callbacks, modelcheckpoint")
 #define DRV_MODEL_KEYS(X)                                                                        \
     X(base_learning_rate, FLOAT, NULL, "lr before scaling by accumulate_grad_batches * gpus * batch_size") \
-    X(target, STR, NULL, "ldm.models.autoencoder.AutoencoderKL")                                 \
+    X(target, STR, NULL, "the model class (ldm.models.autoencoder.AutoencoderKL)")                \
     X(params, NODE, "", "the model's parameters")
-#define DRV_AE_KEYS(X)                                                                           \
-    X(ddconfig, NODE, NULL, "encoder/decoder architecture (ldm_vae.h)")                          \
-    X(lossconfig, NODE, NULL, "{target: ldm.modules.losses.LPIPSWithDiscriminator, params}")     \
-    X(embed_dim, INT, NULL, "latent channels")                                                   \
-    X(ckpt_path, STR, "", "initial weights (CompVis .ckpt / safetensors), loaded non-strictly")  \
-    X(ignore_keys, STR_LIST, "", "state-dict name prefixes dropped from ckpt_path")             \
-    X(image_key, STR, "image", "batch field holding the images")                                 \
-    X(colorize_nlabels, NODE, "", "accepted, ignored (segmentation inputs are not supported)")  \
-    X(monitor, STR, "val/rec_loss", "metric that selects the top-k checkpoints (lower is better)")
 #define DRV_TARGET_KEYS(X)                                                                       \
     X(target, STR, NULL, "what to build")                                                        \
     X(params, NODE, "", "its parameters")
@@ -363,20 +359,20 @@ static int drv_parse_args(int argc, char **argv, drv_opts *o) {
 #define DRV_TRAINER_KEYS(X)                                                                      \
     X(max_epochs, I64, "-1", "stop after this many epochs (-1: 1000 when max_steps is -1, else no limit)") \
     X(max_steps, I64, "-1", "stop after this many optimizer steps (-1: no limit)")               \
-    X(accumulate_grad_batches, INT, "1", "batches per optimizer step (the loss is divided by it)") \
+    X(accumulate_grad_batches, AT_LEAST(INT, 1), "1", "batches per optimizer step (the loss is divided by it)") \
     X(limit_train_batches, NODE, "", "int: batches per epoch; float: fraction of the epoch (1.0)") \
     X(limit_val_batches, NODE, "", "int: batches; float: fraction (1.0); 0 disables validation") \
     X(limit_test_batches, NODE, "", "int: batches; float: fraction (1.0)")                      \
     X(val_check_interval, NODE, "", "float: validate every fraction of an epoch (1.0); int: every N batches") \
-    X(check_val_every_n_epoch, INT, "1", "validate in every n-th epoch")                         \
-    X(num_sanity_val_steps, INT, "2", "validation batches run before training (nothing logged, RNG untouched)") \
-    X(log_every_n_steps, INT, "50", "metrics.csv row and progress line every n steps")          \
+    X(check_val_every_n_epoch, AT_LEAST(INT, 1), "1", "validate in every n-th epoch")                         \
+    X(num_sanity_val_steps, AT_LEAST(INT, -1), "2", "validation batches run before training (nothing logged, RNG untouched)") \
+    X(log_every_n_steps, AT_LEAST(INT, 1), "50", "metrics.csv row and progress line every n steps")          \
     X(benchmark, BOOL, "false", "accepted (cuDNN autotuning in Lightning); no effect")          \
     X(gpus, NODE, "", "GPU ids (\"0,\") or a count: needs a CUDA build")                        \
     X(accelerator, STR, "", "cpu (default); gpu/ddp need a CUDA build")
 #define DRV_IMLOG_KEYS(X)                                                                        \
-    X(batch_frequency, INT, "750", "log every n global steps (and at powers of two before)")     \
-    X(max_images, INT, "4", "images per grid")                                                   \
+    X(batch_frequency, AT_LEAST(INT, 1), "750", "log every n global steps (and at powers of two before)")     \
+    X(max_images, AT_LEAST(INT, 0), "4", "images per grid")                                                   \
     X(clamp, BOOL, "true", "clamp images to [-1, 1]")                                            \
     X(increase_log_steps, BOOL, "true", "also log at steps 1, 2, 4, ... < batch_frequency")      \
     X(rescale, BOOL, "true", "map [-1, 1] to [0, 1] before writing")                            \
@@ -386,12 +382,12 @@ static int drv_parse_args(int argc, char **argv, drv_opts *o) {
 #define DRV_MCKPT_KEYS(X)                                                                        \
     X(monitor, STR, "", "metric for top-k (default: model.params.monitor)")                      \
     X(mode, STR, "min", "min or max: which monitor values are better")                          \
-    X(save_top_k, INT, "3", "keep the k best checkpoints (-1: all, 0: none)")                   \
-    X(every_n_train_steps, I64, "0", "also write checkpoints/last every n optimizer steps (0: off)") \
+    X(save_top_k, BETWEEN(INT, -1, DRV_MAX_TOPK), "3", "keep the k best checkpoints (-1: all, 0: none)")                   \
+    X(every_n_train_steps, AT_LEAST(I64, 0), "0", "also write checkpoints/last every n optimizer steps (0: off)") \
     X(save_last, BOOL, "true", "write checkpoints/last at every checkpoint event")              \
     X(verbose, BOOL, "true", "print a line per saved checkpoint")
 #define DRV_STEPCKPT_KEYS(X)                                                                     \
-    X(every_n_train_steps, I64, "10000", "write checkpoints/trainstep_checkpoints/epoch=E-step=S every n steps") \
+    X(every_n_train_steps, AT_LEAST(I64, 1), "10000", "write checkpoints/trainstep_checkpoints/epoch=E-step=S every n steps") \
     X(save_weights_only, BOOL, "true", "only model.safetensors (else a resumable checkpoint)")   \
     X(save_top_k, INT, "-1", "-1 (keep all) only")                                               \
     X(filename, STR, "", "accepted, ignored (the name is epoch=E-step=S)")                       \
@@ -406,8 +402,6 @@ LDM_CONFIG_DECLARE(drv_root_cfg, DRV_ROOT_KEYS);
 LDM_CONFIG_DEFINE(drv_root_cfg, DRV_ROOT_KEYS)
 LDM_CONFIG_DECLARE(drv_model_cfg, DRV_MODEL_KEYS);
 LDM_CONFIG_DEFINE(drv_model_cfg, DRV_MODEL_KEYS)
-LDM_CONFIG_DECLARE(drv_ae_cfg, DRV_AE_KEYS);
-LDM_CONFIG_DEFINE(drv_ae_cfg, DRV_AE_KEYS)
 LDM_CONFIG_DECLARE(drv_target_cfg, DRV_TARGET_KEYS);
 LDM_CONFIG_DEFINE(drv_target_cfg, DRV_TARGET_KEYS)
 LDM_CONFIG_DECLARE(drv_lightning_cfg, DRV_LIGHTNING_KEYS);
@@ -422,39 +416,6 @@ LDM_CONFIG_DECLARE(drv_stepckpt_cfg, DRV_STEPCKPT_KEYS);
 LDM_CONFIG_DEFINE(drv_stepckpt_cfg, DRV_STEPCKPT_KEYS)
 LDM_CONFIG_DECLARE(drv_lrmon_cfg, DRV_LRMON_KEYS);
 LDM_CONFIG_DEFINE(drv_lrmon_cfg, DRV_LRMON_KEYS)
-
-/* The loss keys come from ldm_lpips.h (LDM_LPIPS_LOSS_KEYS: X(name, kind, default) or
-   X(name, kind, default, help); its string kind is spelled STRING or STR), plus the driver's
-   own lpips_path. */
-#ifndef LDM_CONFIG_KIND_STRING
-#define LDM_CONFIG_KIND_STRING LDM_CONFIG_KIND_STR
-#define LDM_CONFIG_CTYPE_STRING LDM_CONFIG_CTYPE_STR
-#endif
-#define DRV_ARG1(a, ...) a
-#define DRV_ARG2(a, b, ...) b
-#define DRV_LOSS_FIELD(name, kind, ...) {#name, LDM_CONFIG_KIND_##kind, DRV_ARG1(__VA_ARGS__, ~), DRV_ARG2(__VA_ARGS__, "", ~)},
-#define DRV_LOSS_GET(name, kind, ...)                                                            \
-    {                                                                                            \
-        LDM_CONFIG_CTYPE_##kind v_;                                                              \
-        if ((r = ldm_config_get_field(cfg, params, #name, LDM_CONFIG_KIND_##kind, DRV_ARG1(__VA_ARGS__, ~), &v_))) return r; \
-        out->name = v_;                                                                          \
-    }
-#define DRV_LPIPS_PATH_HELP                                                                      \
-    "LPIPS weights: one file (backbone + heads) or two (e.g. torchvision's vgg16 .pth, then LPIPS's vgg.pth); " \
-    "else $LDM_LPIPS_WEIGHTS (comma-separated), else loss.perceptual_loss.* of the checkpoint being loaded"
-static const ldm_config_field drv_loss_schema[] = {
-    LDM_LPIPS_LOSS_KEYS(DRV_LOSS_FIELD)
-    {"lpips_path", LDM_CONFIG_KIND_STR_LIST, "", DRV_LPIPS_PATH_HELP},
-    {NULL, LDM_CONFIG_KIND_NODE, NULL, NULL}};
-
-static ldm_result drv_loss_read(ldm_config *cfg, const ldm_config_node *params, ldm_lpips_loss_config *out,
-                                ldm_config_strs *lpips_path) {
-    ldm_result r = ldm_config_validate(cfg, params, drv_loss_schema);
-    if (r) return r;
-    *out = ldm_lpips_loss_defaults();
-    LDM_LPIPS_LOSS_KEYS(DRV_LOSS_GET)
-    return ldm_config_get_str_list(cfg, params, "lpips_path", "", lpips_path);
-}
 
 /* "file:line: path" of a node, for messages */
 static const char *drv_where(const ldm_config_node *n, char *buf, size_t cap) {
@@ -492,24 +453,14 @@ static int64_t drv_limit_apply(const drv_limit *l, int64_t nb) {
 }
 
 /* ============================================================================================
-   Target registries: model, loss, callbacks (unknown targets list the known ones)
+   Target registries: models, callbacks (unknown targets list the known ones)
    ============================================================================================ */
 typedef enum { DRV_CB_IMAGE_LOGGER = 1, DRV_CB_MODEL_CHECKPOINT, DRV_CB_LR_MONITOR, DRV_CB_CUDA } drv_cb_kind;
-
-static ldm_result drv_model_ctor(ldm_config *cfg, const ldm_config_node *params, void *user, void *arg, void **out) {
-    (void)cfg; (void)params; (void)arg;
-    *out = user; /* the registry only resolves the name; the driver builds the model itself */
-    return LDM_OK;
-}
 
 /* ============================================================================================
    Metrics: the columns of metrics.csv, rows kept in memory for the loss curve
    ============================================================================================ */
-static const char *const drv_gen_keys[] = {"total_loss", "logvar", "kl_loss", "nll_loss", "rec_loss", "d_weight", "disc_factor", "g_loss"};
-static const char *const drv_disc_keys[] = {"disc_loss", "logits_real", "logits_fake"};
-#define DRV_NGEN 8
-#define DRV_NDISC 3
-#define DRV_MAX_COLS 64
+#define DRV_MAX_COLS 96
 
 typedef struct drv_metrics {
     char *col[DRV_MAX_COLS];
@@ -520,23 +471,22 @@ typedef struct drv_metrics {
 } drv_metrics;
 
 static void drv_metrics_add_col(drv_metrics *m, const char *name) {
+    if (m->ncol >= DRV_MAX_COLS) return;
     m->col[m->ncol] = (char *)malloc(strlen(name) + 1);
     strcpy(m->col[m->ncol++], name);
 }
-static void drv_metrics_init(drv_metrics *m) {
+/* step, epoch, lr, <optimizer>_step, train/<key>, <optimizer>_epoch, val/<key>, val/<val key> */
+static void drv_metrics_init(drv_metrics *m, const ex_model *md) {
     char k[96];
     memset(m, 0, sizeof *m);
-    const char *const fixed[] = {"step", "epoch", "lr", "aeloss_step", "discloss_step"};
-    for (int i = 0; i < 5; i++) drv_metrics_add_col(m, fixed[i]);
-    for (int i = 0; i < DRV_NGEN; i++) { drv_sfmt(k, sizeof k, "train/%s", drv_gen_keys[i]); drv_metrics_add_col(m, k); }
-    for (int i = 0; i < DRV_NDISC; i++) { drv_sfmt(k, sizeof k, "train/%s", drv_disc_keys[i]); drv_metrics_add_col(m, k); }
-    drv_metrics_add_col(m, "aeloss_epoch");
-    drv_metrics_add_col(m, "discloss_epoch");
-    for (int i = 0; i < DRV_NGEN; i++) { drv_sfmt(k, sizeof k, "val/%s", drv_gen_keys[i]); drv_metrics_add_col(m, k); }
-    for (int i = 0; i < DRV_NDISC; i++) { drv_sfmt(k, sizeof k, "val/%s", drv_disc_keys[i]); drv_metrics_add_col(m, k); }
-    drv_metrics_add_col(m, "val/psnr");
-    drv_metrics_add_col(m, "val/ssim");
-    drv_metrics_add_col(m, "val/lpips");
+    drv_metrics_add_col(m, "step");
+    drv_metrics_add_col(m, "epoch");
+    drv_metrics_add_col(m, "lr");
+    for (int i = 0; i < md->n_optim; i++) { drv_sfmt(k, sizeof k, "%s_step", md->optim[i].name); drv_metrics_add_col(m, k); }
+    for (int i = 0; i < md->n_log_keys; i++) { drv_sfmt(k, sizeof k, "train/%s", md->log_keys[i]); drv_metrics_add_col(m, k); }
+    for (int i = 0; i < md->n_optim; i++) { drv_sfmt(k, sizeof k, "%s_epoch", md->optim[i].name); drv_metrics_add_col(m, k); }
+    for (int i = 0; i < md->n_log_keys; i++) { drv_sfmt(k, sizeof k, "val/%s", md->log_keys[i]); drv_metrics_add_col(m, k); }
+    for (int i = 0; i < md->n_val_keys; i++) { drv_sfmt(k, sizeof k, "val/%s", md->val_keys[i]); drv_metrics_add_col(m, k); }
 }
 static void drv_metrics_free(drv_metrics *m) {
     for (int i = 0; i < m->ncol; i++) free(m->col[i]);
@@ -579,17 +529,12 @@ static int drv_metrics_flush_row(drv_metrics *m) {
     return fclose(f) ? -1 : 0;
 }
 /* Writes the whole file (header + rows) atomically. */
-static int drv_metrics_rewrite(drv_metrics *m) {
-    char tmp[DRV_PATH + 32];
-    drv_sfmt(tmp, sizeof tmp, "%s.tmp.%ld", m->path, (long)getpid());
-    FILE *f = fopen(tmp, "w");
-    if (!f) { drv_error("%s: cannot write (%s)", tmp, strerror(errno)); return -1; }
-    drv_metrics_header(m, f);
-    for (int64_t i = 0; i < m->rows; i++) drv_metrics_fmt_row(m, m->v + i * m->ncol, f);
-    int ok = fflush(f) == 0;
-    fsync(fileno(f));
-    ok = fclose(f) == 0 && ok;
-    if (!ok || rename(tmp, m->path)) { unlink(tmp); drv_error("%s: cannot write", m->path); return -1; }
+static int drv_metrics_rewrite(drv_metrics *m, ldm_ctx *ctx) {
+    ldm_atomic_file af;
+    if (ldm_atomic_begin(ctx, &af, m->path)) { drv_error("%s", ldm_ctx_error(ctx)); return -1; }
+    drv_metrics_header(m, af.f);
+    for (int64_t i = 0; i < m->rows; i++) drv_metrics_fmt_row(m, m->v + i * m->ncol, af.f);
+    if (ldm_atomic_commit(ctx, &af)) { drv_error("%s", ldm_ctx_error(ctx)); return -1; }
     return 0;
 }
 /* Reads the first `keep` rows of an existing metrics.csv (columns matched by name). */
@@ -626,147 +571,38 @@ static int drv_metrics_load(drv_metrics *m, int64_t keep) {
 }
 
 /* ============================================================================================
-   Loss-curve PNG: axes, ticks with numbers, train and val rec_loss (a 5x7 pixel font)
+   Loss-curve PNG (examples/plot.h): train/<key> and val/<key> of metrics.csv against the step
    ============================================================================================ */
-typedef struct drv_glyph { char c; const char *rows[7]; } drv_glyph;
-static const drv_glyph drv_font[] = {
-    {'0', {".###.", "#...#", "#..##", "#.#.#", "##..#", "#...#", ".###."}},
-    {'1', {"..#..", ".##..", "..#..", "..#..", "..#..", "..#..", ".###."}},
-    {'2', {".###.", "#...#", "....#", "...#.", "..#..", ".#...", "#####"}},
-    {'3', {"#####", "...#.", "..#..", "...#.", "....#", "#...#", ".###."}},
-    {'4', {"...#.", "..##.", ".#.#.", "#..#.", "#####", "...#.", "...#."}},
-    {'5', {"#####", "#....", "####.", "....#", "....#", "#...#", ".###."}},
-    {'6', {"..##.", ".#...", "#....", "####.", "#...#", "#...#", ".###."}},
-    {'7', {"#####", "....#", "...#.", "..#..", ".#...", ".#...", ".#..."}},
-    {'8', {".###.", "#...#", "#...#", ".###.", "#...#", "#...#", ".###."}},
-    {'9', {".###.", "#...#", "#...#", ".####", "....#", "...#.", ".##.."}},
-    {'.', {".....", ".....", ".....", ".....", ".....", ".##..", ".##.."}},
-    {'-', {".....", ".....", ".....", ".###.", ".....", ".....", "....."}},
-    {'+', {".....", "..#..", "..#..", "#####", "..#..", "..#..", "....."}},
-    {'/', {".....", "....#", "...#.", "..#..", ".#...", "#....", "....."}},
-    {'_', {".....", ".....", ".....", ".....", ".....", ".....", "#####"}},
-    {'a', {".....", ".....", ".###.", "....#", ".####", "#...#", ".####"}},
-    {'c', {".....", ".....", ".###.", "#....", "#....", "#...#", ".###."}},
-    {'e', {".....", ".....", ".###.", "#...#", "#####", "#....", ".###."}},
-    {'i', {"..#..", ".....", ".##..", "..#..", "..#..", "..#..", ".###."}},
-    {'l', {".##..", "..#..", "..#..", "..#..", "..#..", "..#..", ".###."}},
-    {'n', {".....", ".....", "#.##.", "##..#", "#...#", "#...#", "#...#"}},
-    {'o', {".....", ".....", ".###.", "#...#", "#...#", "#...#", ".###."}},
-    {'p', {".....", ".....", "####.", "#...#", "####.", "#....", "#...."}},
-    {'r', {".....", ".....", "#.##.", "##..#", "#....", "#....", "#...."}},
-    {'s', {".....", ".....", ".####", "#....", ".###.", "....#", "####."}},
-    {'t', {".#...", ".#...", "###..", ".#...", ".#...", ".#..#", "..##."}},
-    {'v', {".....", ".....", "#...#", "#...#", "#...#", ".#.#.", "..#.."}},
-};
+static void drv_png_out(void *f, void *data, int size) { fwrite(data, 1, (size_t)size, (FILE *)f); }
 
-typedef struct drv_canvas { int w, h; unsigned char *px; } drv_canvas;
-static void drv_px(drv_canvas *c, int x, int y, const unsigned char *rgb) {
-    if (x < 0 || y < 0 || x >= c->w || y >= c->h) return;
-    memcpy(c->px + ((size_t)y * (size_t)c->w + (size_t)x) * 3, rgb, 3);
-}
-static void drv_line(drv_canvas *c, int x0, int y0, int x1, int y1, const unsigned char *rgb, int thick) {
-    int dx = abs(x1 - x0), dy = -abs(y1 - y0), sx = x0 < x1 ? 1 : -1, sy = y0 < y1 ? 1 : -1, err = dx + dy;
-    for (;;) {
-        for (int a = 0; a < thick; a++)
-            for (int b = 0; b < thick; b++) drv_px(c, x0 + a - thick / 2, y0 + b - thick / 2, rgb);
-        if (x0 == x1 && y0 == y1) break;
-        int e2 = 2 * err;
-        if (e2 >= dy) { err += dy; x0 += sx; }
-        if (e2 <= dx) { err += dx; y0 += sy; }
-    }
-}
-static int drv_text(drv_canvas *c, int x, int y, const char *s, const unsigned char *rgb, int scale) {
-    for (; *s; s++, x += 6 * scale) {
-        const drv_glyph *g = NULL;
-        for (size_t i = 0; i < sizeof drv_font / sizeof drv_font[0]; i++) if (drv_font[i].c == *s) g = &drv_font[i];
-        if (!g) continue;
-        for (int r = 0; r < 7; r++)
-            for (int q = 0; q < 5; q++)
-                if (g->rows[r][q] == '#')
-                    for (int a = 0; a < scale; a++)
-                        for (int b = 0; b < scale; b++) drv_px(c, x + q * scale + a, y + r * scale + b, rgb);
-    }
-    return x;
-}
-static int drv_text_width(const char *s, int scale) { return (int)strlen(s) * 6 * scale; }
-static double drv_nice_step(double range, int n) {
-    double raw = range / n, p = pow(10.0, floor(log10(raw))), f = raw / p;
-    return (f < 1.5 ? 1 : f < 3.5 ? 2 : f < 7.5 ? 5 : 10) * p;
-}
-
-static int drv_plot_curve(const drv_metrics *m, const char *path) {
-    int ct = drv_metrics_col(m, "train/rec_loss"), cv = drv_metrics_col(m, "val/rec_loss");
-    double xmax = 1, ymin = INFINITY, ymax = -INFINITY;
-    int64_t npts = 0;
-    for (int64_t i = 0; i < m->rows; i++) {
-        const double *r = m->v + i * m->ncol;
-        for (int k = 0; k < 2; k++) {
-            double y = r[k ? cv : ct];
-            if (y != y || !isfinite(y)) continue;
-            npts++;
-            if (r[0] > xmax) xmax = r[0];
-            if (y < ymin) ymin = y;
-            if (y > ymax) ymax = y;
-        }
-    }
-    if (!npts) return 0;
-    if (ymax - ymin < 1e-12) { ymax += 0.5 * fabs(ymax) + 1e-3; ymin -= 0.5 * fabs(ymin) + 1e-3; }
-    double ystep = drv_nice_step(ymax - ymin, 5), xstep = drv_nice_step(xmax, 6);
-    ymin = floor(ymin / ystep) * ystep;
-    ymax = ceil(ymax / ystep) * ystep;
-    xmax = ceil(xmax / xstep) * xstep;
-    const int S = 2, W = 960, H = 600, L = 130, R = 30, T = 60, B = 70;
-    drv_canvas c = {W, H, (unsigned char *)malloc((size_t)W * H * 3)};
-    if (!c.px) return -1;
-    memset(c.px, 255, (size_t)W * H * 3);
-    static const unsigned char black[3] = {0, 0, 0}, grid[3] = {225, 225, 225}, blue[3] = {31, 119, 180}, orange[3] = {230, 110, 10};
-    int pw = W - L - R, ph = H - T - B;
-#define DRV_X(v) (L + (int)lround((v) / xmax * pw))
-#define DRV_Y(v) (T + ph - (int)lround(((v) - ymin) / (ymax - ymin) * ph))
-    char lab[32];
-    for (double y = ymin; y <= ymax + 0.5 * ystep; y += ystep) {
-        int py = DRV_Y(y);
-        drv_line(&c, L, py, L + pw, py, grid, 1);
-        drv_line(&c, L - 6, py, L, py, black, 1);
-        drv_sfmt(lab, sizeof lab, "%.4g", fabs(y) < 1e-9 * ystep ? 0.0 : y);
-        drv_text(&c, L - 10 - drv_text_width(lab, S), py - 7, lab, black, S);
-    }
-    for (double x = 0; x <= xmax + 0.5 * xstep; x += xstep) {
-        int px = DRV_X(x);
-        drv_line(&c, px, T, px, T + ph, grid, 1);
-        drv_line(&c, px, T + ph, px, T + ph + 6, black, 1);
-        drv_sfmt(lab, sizeof lab, "%.6g", x);
-        drv_text(&c, px - drv_text_width(lab, S) / 2, T + ph + 12, lab, black, S);
-    }
-    drv_line(&c, L, T, L, T + ph, black, 2);
-    drv_line(&c, L, T + ph, L + pw, T + ph, black, 2);
-    drv_text(&c, L + pw / 2 - drv_text_width("step", S) / 2, H - 28, "step", black, S);
-    drv_text(&c, L, 20, "rec_loss", black, S);
+static int drv_plot_curve(const drv_metrics *m, ldm_ctx *ctx, const char *key, const char *path) {
+    char name[2][96];
+    double *xs = (double *)malloc(sizeof(double) * (size_t)(m->rows + 1) * 3), *ys[2];
+    if (!xs) return -1;
+    ys[0] = xs + m->rows + 1;
+    ys[1] = ys[0] + m->rows + 1;
+    ex_plot_series s[2];
     for (int k = 0; k < 2; k++) {
-        const unsigned char *col = k ? orange : blue;
-        int have = 0, lx = 0, ly = 0, ci = k ? cv : ct;
+        drv_sfmt(name[k], sizeof name[k], "%s/%s", k ? "val" : "train", key);
+        int c = drv_metrics_col(m, name[k]);
         for (int64_t i = 0; i < m->rows; i++) {
-            const double *r = m->v + i * m->ncol;
-            if (r[ci] != r[ci] || !isfinite(r[ci])) continue;
-            int x = DRV_X(r[0]), y = DRV_Y(r[ci]);
-            if (have) drv_line(&c, lx, ly, x, y, col, 2);
-            if (k) for (int a = -3; a <= 3; a++) drv_line(&c, x - 3, y + a, x + 3, y + a, col, 1);
-            lx = x; ly = y; have = 1;
+            xs[i] = m->v[i * m->ncol];
+            ys[k][i] = c >= 0 ? m->v[i * m->ncol + c] : NAN;
         }
+        s[k].label = name[k]; s[k].x = xs; s[k].y = ys[k]; s[k].n = m->rows; s[k].markers = k;
     }
-    int lx0 = L + pw - 330, ly0 = T + 12;
-    drv_line(&c, lx0, ly0 + 7, lx0 + 40, ly0 + 7, blue, 3);
-    drv_text(&c, lx0 + 50, ly0, "train/rec_loss", black, S);
-    drv_line(&c, lx0, ly0 + 37, lx0 + 40, ly0 + 37, orange, 3);
-    drv_text(&c, lx0 + 50, ly0 + 30, "val/rec_loss", black, S);
-#undef DRV_X
-#undef DRV_Y
-    char tmp[DRV_PATH + 32];
-    drv_sfmt(tmp, sizeof tmp, "%s.tmp.%ld.png", path, (long)getpid());
-    int ok = stbi_write_png(tmp, W, H, 3, c.px, W * 3);
-    free(c.px);
-    if (!ok || rename(tmp, path)) { unlink(tmp); drv_error("%s: cannot write the loss curve", path); return -1; }
-    return 0;
+    const int W = 960, H = 600;
+    unsigned char *px = ex_plot_lines(W, H, "step", key, 2, s);
+    free(xs);
+    if (!px) return 0; /* nothing to plot yet */
+    ldm_atomic_file af;
+    int rc = 0;
+    if (ldm_atomic_begin(ctx, &af, path)) rc = -1;
+    else if (!stbi_write_png_to_func(drv_png_out, af.f, W, H, 3, px, W * 3)) { ldm_atomic_abort(&af); rc = -1; }
+    else if (ldm_atomic_commit(ctx, &af)) rc = -1;
+    free(px);
+    if (rc) drv_error("%s: cannot write the loss curve (%s)", path, ldm_ctx_error(ctx));
+    return rc;
 }
 
 /* ============================================================================================
@@ -811,7 +647,6 @@ static int drv_save_grid(const char *path, const float *x, int B, int C, int H, 
    The trainer
    ============================================================================================ */
 typedef struct drv_topk { char name[96]; double score; int64_t step; } drv_topk;
-#define DRV_MAX_TOPK 32
 
 typedef struct drv_imlog {
     drv_imlog_cfg c;
@@ -823,20 +658,13 @@ typedef struct drv {
     drv_opts *o;
     ldm_ctx *ctx;
     ldm_config *cfg;
-    ldm_config_registry *reg_model, *reg_loss, *reg_data, *reg_cb;
+    ldm_config_registry *reg_model, *reg_data, *reg_cb;
     char now[32], nowname[256], logdir[DRV_PATH], ckptdir[DRV_PATH], cfgdir[DRV_PATH], resume_ckpt[DRV_PATH];
     int resuming;
 
     /* model */
-    ldm_vae *vae;
-    ldm_vae_config vc;
-    ldm_lpips_loss *L;
-    ldm_lpips_loss_config lc;
-    ldm_lpips *lp_metric;              /* L->lpips when loaded, or lp_own */
-    ldm_lpips *lp_own;
-    drv_ae_cfg ae;
+    ex_model *m;
     double base_lr, lr;
-    ldm_nn_optim *opt_ae, *opt_d;
 
     /* data */
     ldm_data_module *dm;
@@ -856,7 +684,7 @@ typedef struct drv {
 
     /* state (all of it is in state.ini) */
     int64_t global_step, epoch, batch_in_epoch, accumulated;
-    double ep_ae_sum, ep_d_sum, ep_n;
+    double ep_loss_sum[EX_MAX_OPTIM], ep_n; /* per optimizer: sum of loss * batch size this epoch */
     drv_topk topk[DRV_MAX_TOPK];
     int n_topk;
     drv_metrics met;
@@ -866,13 +694,12 @@ typedef struct drv {
     double t_start, rate;              /* steps per second (smoothed) */
     int64_t rate_steps;
     double rate_t;
-    float last_ae, last_d, last_val, last_rec;
+    float last_loss[EX_MAX_OPTIM], last_val, last_progress;
     int64_t batches_this_run, signal_at;
     uint64_t data_seed;                /* the loaders' seed: --seed, or the resumed run's */
     int64_t last_written;              /* batches_this_run when checkpoints/last was written, or -1 */
     int ngpu, gpu_id;                  /* 0 GPUs: the CPU */
     int monitor_note;
-    ldm_config_strs lpips_path;
 } drv;
 
 /* ---- signals ---------------------------------------------------------------------------- */
@@ -910,7 +737,7 @@ static ldm_data_state drv_state(int64_t epoch, int64_t batch) {
 }
 
 static int drv_fail_ctx(drv *d, const char *what) {
-    drv_error("%s: %s", what, ldm_ctx_error(d->ctx));
+    drv_error("%s: %s", what ? what : "model", ldm_ctx_error(d->ctx));
     return 1;
 }
 static int drv_fail_cfg(drv *d) {
@@ -1022,19 +849,24 @@ static int drv_load_config(drv *d) {
     return 0;
 }
 
+/* The models this driver builds: each class's constructor reads model.params and returns an
+   ex_model. */
+static const ex_model_class *const drv_models[] = {&ex_autoencoder_class};
+
 static int drv_registries(drv *d) {
-    if (ldm_config_registry_create(&d->reg_model) || ldm_config_registry_create(&d->reg_loss) ||
-        ldm_config_registry_create(&d->reg_data) || ldm_config_registry_create(&d->reg_cb)) { drv_error("out of memory"); return 1; }
+    if (ldm_config_registry_create(&d->reg_model) || ldm_config_registry_create(&d->reg_data) ||
+        ldm_config_registry_create(&d->reg_cb)) { drv_error("out of memory"); return 1; }
     static int kinds[4] = {DRV_CB_IMAGE_LOGGER, DRV_CB_MODEL_CHECKPOINT, DRV_CB_LR_MONITOR, DRV_CB_CUDA};
-    ldm_result r = ldm_config_registry_add(d->reg_model, "ldm.models.autoencoder.AutoencoderKL", "AutoencoderKL", drv_model_ctor, d);
-    if (!r) r = ldm_config_registry_add(d->reg_loss, "ldm.modules.losses.LPIPSWithDiscriminator",
-                                        "ldm.modules.losses.contperceptual.LPIPSWithDiscriminator,LPIPSWithDiscriminator", drv_model_ctor, d);
-    if (!r) r = ldm_config_registry_add(d->reg_cb, "main.ImageLogger", "ImageLogger", drv_model_ctor, &kinds[0]);
-    if (!r) r = ldm_config_registry_add(d->reg_cb, "pytorch_lightning.callbacks.ModelCheckpoint", "ModelCheckpoint", drv_model_ctor, &kinds[1]);
-    if (!r) r = ldm_config_registry_add(d->reg_cb, "main.LearningRateMonitor", "pytorch_lightning.callbacks.LearningRateMonitor,LearningRateMonitor",
-                                        drv_model_ctor, &kinds[2]);
-    if (!r) r = ldm_config_registry_add(d->reg_cb, "main.CUDACallback", "CUDACallback", drv_model_ctor, &kinds[3]);
+    ldm_result r = LDM_OK;
+    for (size_t i = 0; i < sizeof drv_models / sizeof drv_models[0] && !r; i++)
+        r = ldm_config_registry_add(d->reg_model, drv_models[i]->target, drv_models[i]->aliases, drv_models[i]->create, (void *)drv_models[i]);
     if (r) { drv_error("registry: %s", ldm_config_registry_error(d->reg_model)); return 1; }
+    r = ldm_config_registry_add(d->reg_cb, "main.ImageLogger", "ImageLogger", ex_config_ctor_name, &kinds[0]);
+    if (!r) r = ldm_config_registry_add(d->reg_cb, "pytorch_lightning.callbacks.ModelCheckpoint", "ModelCheckpoint", ex_config_ctor_name, &kinds[1]);
+    if (!r) r = ldm_config_registry_add(d->reg_cb, "main.LearningRateMonitor", "pytorch_lightning.callbacks.LearningRateMonitor,LearningRateMonitor",
+                                        ex_config_ctor_name, &kinds[2]);
+    if (!r) r = ldm_config_registry_add(d->reg_cb, "main.CUDACallback", "CUDACallback", ex_config_ctor_name, &kinds[3]);
+    if (r) { drv_error("registry: %s", ldm_config_registry_error(d->reg_cb)); return 1; }
     if (ldm_data_register(d->reg_data)) { drv_error("registry: %s", ldm_config_registry_error(d->reg_data)); return 1; }
     return 0;
 }
@@ -1050,21 +882,12 @@ static int drv_resolve(drv *d, const ldm_config_registry *reg, const ldm_config_
 /* Reads and checks every key of the config (the model is built later). */
 static int drv_read_config(drv *d, drv_root_cfg *root, drv_model_cfg *mcfg) {
     ldm_config *cfg = d->cfg;
-    void *dummy;
     char w[400];
     if (drv_root_cfg_load(cfg, ldm_config_root(cfg), root)) return drv_fail_cfg(d);
     if (drv_model_cfg_load(cfg, root->model, mcfg)) return drv_fail_cfg(d);
-    if (drv_resolve(d, d->reg_model, root->model, 0, &dummy)) return 1;
     d->base_lr = mcfg->base_learning_rate;
-    if (drv_ae_cfg_load(cfg, mcfg->params, &d->ae)) return drv_fail_cfg(d);
-    if (ldm_vae_config_read(cfg, mcfg->params, &d->vc)) return drv_fail_cfg(d);
-    if (!d->vc.double_z) {
-        drv_error("%s: AutoencoderKL needs double_z = true (assert ddconfig[\"double_z\"] in CompVis)",
-                  drv_where(ldm_config_find(d->ae.ddconfig, "double_z"), w, sizeof w));
-        return 1;
-    }
-    if (drv_resolve(d, d->reg_loss, d->ae.lossconfig, 1, &dummy)) return 1;
-    if (drv_loss_read(cfg, ldm_config_find(d->ae.lossconfig, "params"), &d->lc, &d->lpips_path)) return drv_fail_cfg(d);
+    /* the model's constructor reads and checks model.params */
+    if (drv_resolve(d, d->reg_model, root->model, 0, (void **)&d->m)) return 1;
 
     /* lightning */
     drv_lightning_cfg lt;
@@ -1075,19 +898,6 @@ static int drv_read_config(drv *d, drv_root_cfg *root, drv_model_cfg *mcfg) {
         drv_read_limit(cfg, d->tc.limit_test_batches, 1.0, &d->lim_test) ||
         drv_read_limit(cfg, d->tc.val_check_interval, 1.0, &d->val_interval)) return drv_fail_cfg(d);
     const ldm_config_node *tn = lt.trainer;
-    if (d->tc.accumulate_grad_batches < 1) {
-        drv_error("%s: must be >= 1", drv_where(ldm_config_find(tn, "accumulate_grad_batches"), w, sizeof w));
-        return 1;
-    }
-    if (d->tc.log_every_n_steps < 1) { drv_error("%s: must be >= 1", drv_where(ldm_config_find(tn, "log_every_n_steps"), w, sizeof w)); return 1; }
-    if (d->tc.check_val_every_n_epoch < 1) {
-        drv_error("%s: must be >= 1", drv_where(ldm_config_find(tn, "check_val_every_n_epoch"), w, sizeof w));
-        return 1;
-    }
-    if (d->tc.num_sanity_val_steps < -1) {
-        drv_error("%s: must be >= -1", drv_where(ldm_config_find(tn, "num_sanity_val_steps"), w, sizeof w));
-        return 1;
-    }
     if (!d->val_interval.is_frac && d->val_interval.n < 1) {
         drv_error("%s: an int interval must be >= 1", drv_where(d->tc.val_check_interval, w, sizeof w));
         return 1;
@@ -1158,10 +968,6 @@ static int drv_read_config(drv *d, drv_root_cfg *root, drv_model_cfg *mcfg) {
                           "lightning.modelcheckpoint's job", drv_where(ldm_config_find(params, "save_top_k"), w, sizeof w));
                 return 1;
             }
-            if (sc.every_n_train_steps < 1) {
-                drv_error("%s: must be >= 1", drv_where(ldm_config_find(params, "every_n_train_steps"), w, sizeof w));
-                return 1;
-            }
             if (d->trainstep_every) { drv_error("%s: one trainstep ModelCheckpoint callback at most", drv_where(cb, w, sizeof w)); return 1; }
             d->trainstep_every = sc.every_n_train_steps;
             d->trainstep_weights_only = sc.save_weights_only;
@@ -1174,13 +980,11 @@ static int drv_read_config(drv *d, drv_root_cfg *root, drv_model_cfg *mcfg) {
             break;
         }
         default: {
-            static const ldm_config_field none[] = {{NULL, LDM_CONFIG_KIND_NODE, NULL, NULL}};
+            static const ldm_config_field none[] = {LDM_CONFIG_FIELD_END};
             if (ldm_config_validate(cfg, params, none)) return drv_fail_cfg(d);
         }
         }
     }
-    if (d->imlog.c.batch_frequency < 1) { drv_error("ImageLogger: batch_frequency must be >= 1"); return 1; }
-    if (d->imlog.c.max_images < 0) { drv_error("ImageLogger: max_images must be >= 0"); return 1; }
     /* ImageLogger.log_steps = [2**n for n in range(int(log2(batch_freq)) + 1)] or [batch_freq] */
     if (d->imlog.c.increase_log_steps) {
         int nmax = (int)floor(log2((double)d->imlog.c.batch_frequency));
@@ -1190,9 +994,9 @@ static int drv_read_config(drv *d, drv_root_cfg *root, drv_model_cfg *mcfg) {
     /* model checkpointing */
     const ldm_config_node *mck = lt.modelcheckpoint, *mparams = NULL;
     if (mck && mck->type != LDM_CONFIG_NULL) {
-        static const ldm_config_field sch[] = {{"target", LDM_CONFIG_KIND_STR, "pytorch_lightning.callbacks.ModelCheckpoint", "ModelCheckpoint"},
-                                               {"params", LDM_CONFIG_KIND_NODE, "", "its parameters"},
-                                               {NULL, LDM_CONFIG_KIND_NODE, NULL, NULL}};
+        static const ldm_config_field sch[] = {{"target", LDM_CONFIG_KIND_STR, "pytorch_lightning.callbacks.ModelCheckpoint", "ModelCheckpoint", 0, 0.0, 0.0},
+                                               {"params", LDM_CONFIG_KIND_NODE, "", "its parameters", 0, 0.0, 0.0},
+                                               LDM_CONFIG_FIELD_END};
         if (ldm_config_validate(cfg, mck, sch)) return drv_fail_cfg(d);
         const ldm_config_node *tg = ldm_config_find(mck, "target");
         const ldm_config_target *found;
@@ -1204,214 +1008,87 @@ static int drv_read_config(drv *d, drv_root_cfg *root, drv_model_cfg *mcfg) {
         mparams = ldm_config_find(mck, "params");
     }
     if (drv_mckpt_cfg_load(cfg, mparams, &d->mc)) return drv_fail_cfg(d);
-    if (!d->mc.monitor[0]) d->mc.monitor = d->ae.monitor;
+    if (!d->mc.monitor[0]) d->mc.monitor = d->m->monitor;
     if (strcmp(d->mc.mode, "min") && strcmp(d->mc.mode, "max")) {
         drv_error("%s: mode is min or max", drv_where(ldm_config_find(mparams, "mode"), w, sizeof w));
         return 1;
     }
     d->mode_max = !strcmp(d->mc.mode, "max");
-    if (d->mc.save_top_k < -1 || d->mc.save_top_k > DRV_MAX_TOPK) {
-        drv_error("%s: save_top_k must be -1 (all), 0 or up to %d", drv_where(ldm_config_find(mparams, "save_top_k"), w, sizeof w), DRV_MAX_TOPK);
-        return 1;
-    }
-    if (d->mc.every_n_train_steps < 0) {
-        drv_error("%s: must be >= 0", drv_where(ldm_config_find(mparams, "every_n_train_steps"), w, sizeof w));
-        return 1;
-    }
-    return 0;
-}
-
-/* ---- model --------------------------------------------------------------------------------- */
-static int drv_split_paths(const char *s, char out[2][DRV_PATH]) {
-    int n = 0;
-    while (s && *s && n < 2) {
-        const char *c = strchr(s, ',');
-        size_t l = c ? (size_t)(c - s) : strlen(s);
-        if (l >= DRV_PATH) l = DRV_PATH - 1;
-        memcpy(out[n], s, l);
-        out[n][l] = 0;
-        if (l) n++;
-        s = c ? c + 1 : NULL;
-    }
-    return n;
-}
-
-/* Whether a weights file holds a tensor whose name starts with prefix. */
-static int drv_file_has_prefix(drv *d, const char *path, const char *prefix) {
-    ldm_weights *w;
-    if (ldm_weights_open(d->ctx, &w, path)) { ldm_ctx_clear_error(d->ctx); return 0; }
-    int found = 0;
-    for (int i = 0; i < ldm_weights_count(w) && !found; i++)
-        found = !strncmp(ldm_weights_info(w, i)->name, prefix, strlen(prefix));
-    ldm_weights_close(w);
-    return found;
-}
-
-typedef struct drv_ignore { const ldm_config_strs *keys; int deleted; } drv_ignore;
-/* init_from_ckpt: drops ignore_keys prefixes and the loss's tensors (loaded separately). */
-static const char *drv_rename_vae(void *user, const char *name, char *buf, size_t cap) {
-    drv_ignore *ig = (drv_ignore *)user;
-    (void)buf; (void)cap;
-    for (int i = 0; ig && i < ig->keys->n; i++)
-        if (!strncmp(name, ig->keys->v[i], strlen(ig->keys->v[i]))) {
-            printf("Deleting key %s from state_dict.\n", name);
-            ig->deleted++;
-            return NULL;
-        }
-    if (!strncmp(name, "loss.", 5)) return NULL;
-    return name;
-}
-
-static int drv_build_model(drv *d) {
-    ldm_ctx *ctx = d->ctx;
-    if (ldm_vae_create(ctx, &d->vae, &d->vc)) return drv_fail_ctx(d, "AutoencoderKL");
-    if (ldm_lpips_loss_create(ctx, &d->L, &d->lc)) return drv_fail_ctx(d, "LPIPSWithDiscriminator");
-
-    /* ckpt_path: CompVis init_from_ckpt (non-strict, ignore_keys), the loss's logvar and
-       discriminator when the file has them */
-    const char *ck = d->ae.ckpt_path;
-    if (ck && ck[0]) {
-        drv_ignore ig = {&d->ae.ignore_keys, 0};
-        ldm_nn_load_report rep;
-        ldm_nn_load_opts lo;
-        memset(&lo, 0, sizeof lo);
-        memset(&rep, 0, sizeof rep);
-        lo.rename = drv_rename_vae;
-        lo.rename_user = &ig;
-        lo.report = &rep;
-        /* without ignore_keys every layout ldm_vae_load knows (CompVis, diffusers, first_stage_model.) */
-        if (d->ae.ignore_keys.n == 0) {
-            if (ldm_vae_load_ex(ctx, d->vae, ck, 0, &rep)) return drv_fail_ctx(d, "model.params.ckpt_path");
-        } else if (ldm_nn_load(ctx, d->vae->P, ck, &lo)) return drv_fail_ctx(d, "model.params.ckpt_path");
-        printf("Restored from %s (%d tensors; %d missing, %d unexpected)\n", ck, rep.n_loaded, rep.n_missing, rep.n_unexpected);
-        ldm_nn_load_report_free(&rep);
-        int skip_loss = 0;
-        for (int i = 0; i < d->ae.ignore_keys.n; i++) skip_loss |= !strncmp("loss.", d->ae.ignore_keys.v[i], strlen(d->ae.ignore_keys.v[i]));
-        if (!skip_loss && drv_file_has_prefix(d, ck, "loss.logvar")) {
-            if (ldm_lpips_loss_load(ctx, d->L, ck, "loss.")) return drv_fail_ctx(d, "model.params.ckpt_path (loss.*)");
-        }
-    }
-    return 0;
-}
-
-/* LPIPS weights: lpips_path, else $LDM_LPIPS_WEIGHTS, else the checkpoint being loaded. */
-static int drv_setup_lpips(drv *d, const char *ckpt_model_file) {
-    ldm_ctx *ctx = d->ctx;
-    char paths[2][DRV_PATH];
-    int n = 0;
-    const ldm_config_strs lp = d->lpips_path;
-    const char *src = NULL;
-    if (lp.n) {
-        for (int i = 0; i < lp.n && i < 2; i++) drv_sfmt(paths[n++], DRV_PATH, "%s", lp.v[i]);
-        src = "lossconfig.params.lpips_path";
-    } else if (getenv("LDM_LPIPS_WEIGHTS") && getenv("LDM_LPIPS_WEIGHTS")[0]) {
-        n = drv_split_paths(getenv("LDM_LPIPS_WEIGHTS"), paths);
-        src = "$LDM_LPIPS_WEIGHTS";
-    } else {
-        const char *cands[2] = {ckpt_model_file, d->ae.ckpt_path};
-        for (int i = 0; i < 2 && !n; i++)
-            if (cands[i] && cands[i][0] && drv_file_has_prefix(d, cands[i], "loss.perceptual_loss.")) {
-                drv_sfmt(paths[n++], DRV_PATH, "%s", cands[i]);
-                src = "the checkpoint's loss.perceptual_loss.*";
-            }
-    }
-    if (n && d->L->lpips) {
-        if (ldm_lpips_loss_load_lpips(ctx, d->L, paths[0], n > 1 ? paths[1] : NULL)) return drv_fail_ctx(d, src);
-        d->lp_metric = d->L->lpips;
-    } else if (n) {
-        if (ldm_lpips_create(ctx, &d->lp_own, NULL) || ldm_lpips_load(ctx, d->lp_own, paths[0], n > 1 ? paths[1] : NULL))
-            return drv_fail_ctx(d, src);
-        d->lp_metric = d->lp_own;
-    }
-    const char *note = NULL;
-    if (ldm_lpips_loss_ready(ctx, d->L, &note)) return drv_fail_ctx(d, "LPIPSWithDiscriminator");
-    if (note) drv_note("%s", note);
-    if (!d->lp_metric)
-        drv_note("metrics: no LPIPS weights (lossconfig.params.lpips_path or $LDM_LPIPS_WEIGHTS), so no LPIPS metric; PSNR and SSIM only");
-    else drv_note("LPIPS weights from %s", src);
     return 0;
 }
 
 /* ---- checkpoints ---------------------------------------------------------------------------- */
-/* model.safetensors: the VAE, then the loss as loss.* (loss.perceptual_loss.* when LPIPS is
-   loaded), CompVis names, float32. */
+/* model.safetensors: the model's state dict, with the step and epoch as metadata. */
 static int drv_write_model(drv *d, const char *path) {
-    ldm_ctx *ctx = d->ctx;
-    const ldm_nn_params *regs[3] = {d->vae->P, d->L->P, d->L->lpips && d->L->lpips->loaded ? d->L->lpips->P : NULL};
-    const char *pre[3] = {"", "loss.", "loss."};
-    int total = 0;
-    for (int k = 0; k < 3; k++)
-        for (int i = 0; regs[k] && i < ldm_nn_count(regs[k]); i++) total += ldm_nn_entry_at(regs[k], i)->kind != LDM_NN_BUFFER_TRANSIENT;
-    ldm_named_data *nd = (ldm_named_data *)calloc((size_t)total, sizeof *nd);
-    char **names = (char **)calloc((size_t)total, sizeof *names);
-    float **host = (float **)calloc((size_t)total, sizeof *host);
-    int m = 0, rc = 0;
-    if (!nd || !names || !host) { drv_error("out of memory"); rc = 1; goto done; }
-    for (int k = 0; k < 3; k++)
-        for (int i = 0; regs[k] && i < ldm_nn_count(regs[k]); i++) {
-            const ldm_nn_entry *e = ldm_nn_entry_at(regs[k], i);
-            if (e->kind == LDM_NN_BUFFER_TRANSIENT) continue;
-            names[m] = (char *)malloc(strlen(pre[k]) + strlen(e->name) + 1);
-            host[m] = (float *)malloc(sizeof(float) * (size_t)(e->t->numel ? e->t->numel : 1));
-            if (!names[m] || !host[m]) { drv_error("out of memory"); rc = 1; goto done; }
-            sprintf(names[m], "%s%s", pre[k], e->name);
-            if (ldm_to_host(ctx, e->t, host[m])) { rc = drv_fail_ctx(d, "checkpoint"); goto done; }
-            nd[m].name = names[m];
-            nd[m].data = host[m];
-            nd[m].ndim = e->t->ndim;
-            for (int q = 0; q < e->t->ndim; q++) nd[m].shape[q] = e->t->shape[q];
-            m++;
-        }
-    {
-        char gs[32], ep[32];
-        drv_sfmt(gs, sizeof gs, "%lld", (long long)d->global_step);
-        drv_sfmt(ep, sizeof ep, "%lld", (long long)d->epoch);
-        const char *mk[3] = {"format", "global_step", "epoch"}, *mv[3] = {"pt", gs, ep};
-        if (ldm_safetensors_write(ctx, path, m, nd, LDM_F32, 3, mk, mv)) rc = drv_fail_ctx(d, "checkpoint");
+    char gs[32], ep[32];
+    drv_sfmt(gs, sizeof gs, "%lld", (long long)d->global_step);
+    drv_sfmt(ep, sizeof ep, "%lld", (long long)d->epoch);
+    const char *mk[3] = {"format", "global_step", "epoch"}, *mv[3] = {"pt", gs, ep};
+    if (d->m->save(d->m, d->ctx, path, 3, mk, mv)) return drv_fail_ctx(d, d->m->what);
+    return 0;
+}
+
+/* The gradients accumulated since the last optimizer step (only mid-accumulation): one flat
+   tensor per parameter set of the model. */
+static int drv_write_grads(drv *d, const char *path) {
+    ex_model *m = d->m;
+    ldm_named_data nd[EX_MAX_PARAMS];
+    float *h[EX_MAX_PARAMS];
+    int rc = 0;
+    memset(nd, 0, sizeof nd);
+    memset(h, 0, sizeof h);
+    for (int k = 0; k < m->n_params && !rc; k++) {
+        int64_t n;
+        float *g = ldm_nn_block(m->params[k].P, LDM_NN_BLOCK_GRADS, &n);
+        ldm_tensor t = ldm_tensor_wrap(g, ldm_shape1(n), ldm_nn_params_device(m->params[k].P));
+        h[k] = (float *)malloc(sizeof(float) * (size_t)(n + 1));
+        if (!h[k]) { drv_error("out of memory"); rc = 1; break; }
+        if (n && ldm_to_host(d->ctx, &t, h[k])) { rc = drv_fail_ctx(d, "checkpoint"); break; }
+        nd[k].name = m->params[k].name; nd[k].data = h[k]; nd[k].ndim = 1; nd[k].shape[0] = n;
     }
-done:
-    for (int i = 0; i < total; i++) { if (names) free(names[i]); if (host) free(host[i]); }
-    free(nd); free(names); free(host);
+    if (!rc && ldm_safetensors_write(d->ctx, path, m->n_params, nd, LDM_F32, 0, NULL, NULL)) rc = drv_fail_ctx(d, "checkpoint");
+    for (int k = 0; k < m->n_params; k++) free(h[k]);
     return rc;
 }
 
-/* The gradients accumulated since the last optimizer step (only mid-accumulation). */
-static int drv_write_grads(drv *d, const char *path) {
-    int64_t na, nl;
-    float *ga = ldm_nn_block(d->vae->P, LDM_NN_BLOCK_GRADS, &na), *gl = ldm_nn_block(d->L->P, LDM_NN_BLOCK_GRADS, &nl);
-    float *ha = (float *)malloc(sizeof(float) * (size_t)(na + 1)), *hl = (float *)malloc(sizeof(float) * (size_t)(nl + 1));
-    int rc = 0;
-    if (!ha || !hl) { drv_error("out of memory"); rc = 1; goto done; }
-    {
-        ldm_tensor ta = ldm_tensor_wrap(ga, ldm_shape1(na), ldm_nn_params_device(d->vae->P));
-        ldm_tensor tl = ldm_tensor_wrap(gl, ldm_shape1(nl), ldm_nn_params_device(d->L->P));
-        if ((na && ldm_to_host(d->ctx, &ta, ha)) || (nl && ldm_to_host(d->ctx, &tl, hl))) { rc = drv_fail_ctx(d, "checkpoint"); goto done; }
-        ldm_named_data nd[2];
-        memset(nd, 0, sizeof nd);
-        nd[0].name = "model"; nd[0].data = ha; nd[0].ndim = 1; nd[0].shape[0] = na;
-        nd[1].name = "loss"; nd[1].data = hl; nd[1].ndim = 1; nd[1].shape[0] = nl;
-        if (ldm_safetensors_write(d->ctx, path, 2, nd, LDM_F32, 0, NULL, NULL)) rc = drv_fail_ctx(d, "checkpoint");
+/* Puts grads.safetensors back into the model's gradient blocks. */
+static int drv_read_grads(drv *d, const char *path) {
+    ex_model *m = d->m;
+    ldm_weights *w;
+    if (ldm_weights_open(d->ctx, &w, path)) return drv_fail_ctx(d, "resume (accumulated gradients)");
+    int bad = 0;
+    for (int k = 0; k < m->n_params && !bad; k++) {
+        int64_t n;
+        float *g = ldm_nn_block(m->params[k].P, LDM_NN_BLOCK_GRADS, &n);
+        int i = ldm_weights_find(w, m->params[k].name);
+        if (i < 0 || ldm_weights_info(w, i)->numel != n) {
+            ldm_weights_close(w);
+            drv_error("%s: gradient sizes do not match this model", path);
+            return 1;
+        }
+        float *h = (float *)malloc(sizeof(float) * (size_t)(n + 1));
+        ldm_tensor t = ldm_tensor_wrap(g, ldm_shape1(n), ldm_nn_params_device(m->params[k].P));
+        bad = !h || ldm_weights_read(d->ctx, w, i, h) || ldm_nn_copy_from_host(d->ctx, &t, h);
+        free(h);
     }
-done:
-    free(ha); free(hl);
-    return rc;
+    ldm_weights_close(w);
+    return bad ? drv_fail_ctx(d, "resume (accumulated gradients)") : 0;
 }
 
 static int drv_write_state(drv *d, const char *path) {
-    char tmp[DRV_PATH + 32];
-    drv_sfmt(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "w");
-    if (!f) { drv_error("%s: cannot write (%s)", tmp, strerror(errno)); return 1; }
+    ldm_atomic_file af;
+    if (ldm_atomic_begin(d->ctx, &af, path)) return drv_fail_ctx(d, "checkpoint");
+    FILE *f = af.f;
     const ldm_rng *rng = ldm_ctx_rng(d->ctx);
     fprintf(f, "# ldm training state: with model.safetensors and optimizer_*.safetensors, everything a\n"
                "# resumed run needs to continue exactly where this one was.\n"
                "[trainer]\nglobal_step = %lld\nepoch = %lld\nbatch_in_epoch = %lld\naccumulated = %lld\n"
-               "metrics_rows = %lld\nseed = \"%llu\"\nrng_seed = \"%llu\"\nrng_offset = \"%llu\"\n"
-               "epoch_aeloss_sum = %.17g\nepoch_discloss_sum = %.17g\nepoch_samples = %.17g\n"
-               "[image_logger]\nlog_steps_popped = %d\n[checkpoint]\nmonitor = \"%s\"\n",
+               "metrics_rows = %lld\nseed = \"%llu\"\nrng_seed = \"%llu\"\nrng_offset = \"%llu\"\n",
             (long long)d->global_step, (long long)d->epoch, (long long)d->batch_in_epoch, (long long)d->accumulated,
-            (long long)d->met.rows, (unsigned long long)d->data_seed, (unsigned long long)rng->seed, (unsigned long long)rng->offset,
-            d->ep_ae_sum, d->ep_d_sum, d->ep_n, d->imlog.popped, d->mc.monitor);
+            (long long)d->met.rows, (unsigned long long)d->data_seed, (unsigned long long)rng->seed, (unsigned long long)rng->offset);
+    for (int i = 0; i < d->m->n_optim; i++) fprintf(f, "epoch_%s_sum = %.17g\n", d->m->optim[i].name, d->ep_loss_sum[i]);
+    fprintf(f, "epoch_samples = %.17g\n[image_logger]\nlog_steps_popped = %d\n[checkpoint]\nmonitor = \"%s\"\n", d->ep_n,
+            d->imlog.popped, d->mc.monitor);
     fprintf(f, "topk_names = [");
     for (int i = 0; i < d->n_topk; i++) fprintf(f, "%s\"%s\"", i ? ", " : "", d->topk[i].name);
     fprintf(f, "]\ntopk_scores = [");
@@ -1419,10 +1096,7 @@ static int drv_write_state(drv *d, const char *path) {
     fprintf(f, "]\ntopk_steps = [");
     for (int i = 0; i < d->n_topk; i++) fprintf(f, "%s%lld", i ? ", " : "", (long long)d->topk[i].step);
     fprintf(f, "]\n[data]\nepoch = %lld\nbatch = %lld\n", (long long)d->epoch, (long long)d->batch_in_epoch);
-    int ok = fflush(f) == 0;
-    fsync(fileno(f));
-    ok = fclose(f) == 0 && ok;
-    if (!ok || rename(tmp, path)) { unlink(tmp); drv_error("%s: cannot write", path); return 1; }
+    if (ldm_atomic_commit(d->ctx, &af)) return drv_fail_ctx(d, "checkpoint");
     return 0;
 }
 
@@ -1442,8 +1116,16 @@ static int drv_install_dir(const char *tmp, const char *final) {
     return 0;
 }
 
-static const char *const drv_ckpt_files[] = {"model.safetensors", "optimizer_0.safetensors", "optimizer_1.safetensors",
-                                             "grads.safetensors", "state.ini"};
+/* The files of a checkpoint directory: model.safetensors, optimizer_<i>.safetensors (one per
+   optimizer), grads.safetensors, state.ini; i-th name into out (false past the end). */
+static int drv_ckpt_file(const drv *d, int i, char *out, size_t n) {
+    static const char *const fixed[] = {"model.safetensors", "grads.safetensors", "state.ini"};
+    if (i == 0) { drv_sfmt(out, n, "%s", fixed[0]); return 1; }
+    if (i <= d->m->n_optim) { drv_sfmt(out, n, "optimizer_%d.safetensors", i - 1); return 1; }
+    i -= d->m->n_optim + 1;
+    if (i < 2) { drv_sfmt(out, n, "%s", fixed[1 + i]); return 1; }
+    return 0;
+}
 
 /* Writes the current state once into a temporary directory, then installs it under every
    name in dests (hard links). weights_only: model.safetensors alone. */
@@ -1452,19 +1134,21 @@ static int drv_checkpoint(drv *d, int n, const char *const *dests, int weights_o
     drv_sfmt(tmp, sizeof tmp, "%s/.tmp-%ld", d->ckptdir, (long)getpid());
     drv_rm_rf(tmp);
     if (drv_mkdirs(tmp)) { drv_error("%s: cannot create (%s)", tmp, strerror(errno)); return 1; }
-    drv_join(p, sizeof p, tmp, drv_ckpt_files[0]);
+    drv_join(p, sizeof p, tmp, "model.safetensors");
     if (drv_write_model(d, p)) return 1;
     drv_crash_hook(1);
     if (!weights_only) {
-        drv_join(p, sizeof p, tmp, drv_ckpt_files[1]);
-        if (ldm_nn_optim_save(d->ctx, d->opt_ae, p)) return drv_fail_ctx(d, "checkpoint");
-        drv_join(p, sizeof p, tmp, drv_ckpt_files[2]);
-        if (ldm_nn_optim_save(d->ctx, d->opt_d, p)) return drv_fail_ctx(d, "checkpoint");
+        for (int i = 0; i < d->m->n_optim; i++) {
+            char f[64];
+            drv_sfmt(f, sizeof f, "optimizer_%d.safetensors", i);
+            drv_join(p, sizeof p, tmp, f);
+            if (ldm_nn_optim_save(d->ctx, d->m->optim[i].opt, p)) return drv_fail_ctx(d, "checkpoint");
+        }
         if (d->accumulated) {
-            drv_join(p, sizeof p, tmp, drv_ckpt_files[3]);
+            drv_join(p, sizeof p, tmp, "grads.safetensors");
             if (drv_write_grads(d, p)) return 1;
         }
-        drv_join(p, sizeof p, tmp, drv_ckpt_files[4]);
+        drv_join(p, sizeof p, tmp, "state.ini");
         if (drv_write_state(d, p)) return 1;
     }
     drv_fsync_path(tmp);
@@ -1478,10 +1162,11 @@ static int drv_checkpoint(drv *d, int n, const char *const *dests, int weights_o
         drv_sfmt(t2, sizeof t2, "%s/.tmp-%ld-%d", d->ckptdir, (long)getpid(), i);
         drv_rm_rf(t2);
         if (drv_mkdirs(t2)) { drv_error("%s: cannot create", t2); return 1; }
-        for (size_t k = 0; k < sizeof drv_ckpt_files / sizeof drv_ckpt_files[0]; k++) {
+        char f[64];
+        for (int k = 0; drv_ckpt_file(d, k, f, sizeof f); k++) {
             char a[DRV_PATH], b[DRV_PATH];
-            drv_join(a, sizeof a, tmp, drv_ckpt_files[k]);
-            drv_join(b, sizeof b, t2, drv_ckpt_files[k]);
+            drv_join(a, sizeof a, tmp, f);
+            drv_join(b, sizeof b, t2, f);
             if (drv_is_file(a) && drv_link_or_copy(a, b)) { drv_error("%s: cannot write", b); return 1; }
         }
         drv_fsync_path(t2);
@@ -1494,16 +1179,11 @@ static int drv_checkpoint(drv *d, int n, const char *const *dests, int weights_o
 static int drv_load_checkpoint(drv *d, const char *dir, int with_state) {
     ldm_ctx *ctx = d->ctx;
     char p[DRV_PATH];
-    drv_join(p, sizeof p, dir, drv_ckpt_files[0]);
+    drv_join(p, sizeof p, dir, "model.safetensors");
     if (!drv_is_file(p)) { drv_error("%s: no model.safetensors here (hint: pass a checkpoint directory or a logdir)", dir); return 1; }
-    ldm_nn_load_opts lo;
-    memset(&lo, 0, sizeof lo);
-    lo.strict = 1;
-    lo.rename = drv_rename_vae;
-    if (ldm_nn_load(ctx, d->vae->P, p, &lo)) return drv_fail_ctx(d, "resume");
-    if (ldm_lpips_loss_load(ctx, d->L, p, "loss.")) return drv_fail_ctx(d, "resume");
+    if (d->m->load(d->m, ctx, p)) return drv_fail_ctx(d, d->m->what);
     char st[DRV_PATH];
-    drv_join(st, sizeof st, dir, drv_ckpt_files[4]);
+    drv_join(st, sizeof st, dir, "state.ini");
     if (!with_state) { /* weights only; the step and epoch are for the test report */
         ldm_config *sc;
         if (drv_is_file(st) && !ldm_config_create(&sc)) {
@@ -1520,10 +1200,12 @@ static int drv_load_checkpoint(drv *d, const char *dir, int with_state) {
                   "start a new run from these weights)", dir, p);
         return 1;
     }
-    drv_join(p, sizeof p, dir, drv_ckpt_files[1]);
-    if (ldm_nn_optim_load(ctx, d->opt_ae, p)) return drv_fail_ctx(d, "resume");
-    drv_join(p, sizeof p, dir, drv_ckpt_files[2]);
-    if (ldm_nn_optim_load(ctx, d->opt_d, p)) return drv_fail_ctx(d, "resume");
+    for (int i = 0; i < d->m->n_optim; i++) {
+        char f[64];
+        drv_sfmt(f, sizeof f, "optimizer_%d.safetensors", i);
+        drv_join(p, sizeof p, dir, f);
+        if (ldm_nn_optim_load(ctx, d->m->optim[i].opt, p)) return drv_fail_ctx(d, "resume");
+    }
 
     ldm_config *sc;
     if (ldm_config_create(&sc)) return 1;
@@ -1532,8 +1214,6 @@ static int drv_load_checkpoint(drv *d, const char *dir, int with_state) {
     int64_t rows;
     ldm_config_strs names;
     ldm_config_floats scores;
-    ldm_config_strs steps_dummy;
-    (void)steps_dummy;
     ldm_config_ints steps_i;
     if (ldm_config_load(sc, st) || ldm_config_get_i64(sc, NULL, "trainer.global_step", 0, &d->global_step) ||
         ldm_config_get_i64(sc, NULL, "trainer.epoch", 0, &d->epoch) ||
@@ -1542,8 +1222,6 @@ static int drv_load_checkpoint(drv *d, const char *dir, int with_state) {
         ldm_config_get_i64(sc, NULL, "trainer.metrics_rows", 0, &rows) ||
         ldm_config_get_str(sc, NULL, "trainer.seed", "", &s_seed) || ldm_config_get_str(sc, NULL, "trainer.rng_seed", "", &s_rs) ||
         ldm_config_get_str(sc, NULL, "trainer.rng_offset", "", &s_ro) ||
-        ldm_config_get_float(sc, NULL, "trainer.epoch_aeloss_sum", 0, &d->ep_ae_sum) ||
-        ldm_config_get_float(sc, NULL, "trainer.epoch_discloss_sum", 0, &d->ep_d_sum) ||
         ldm_config_get_float(sc, NULL, "trainer.epoch_samples", 0, &d->ep_n) ||
         ldm_config_get_int(sc, NULL, "image_logger.log_steps_popped", 0, &d->imlog.popped) ||
         ldm_config_get_str(sc, NULL, "checkpoint.monitor", "", &mon) ||
@@ -1553,6 +1231,11 @@ static int drv_load_checkpoint(drv *d, const char *dir, int with_state) {
         drv_error("%s", ldm_config_error(sc));
         rc = 1;
         goto done;
+    }
+    for (int i = 0; i < d->m->n_optim; i++) {
+        char k[96];
+        drv_sfmt(k, sizeof k, "trainer.epoch_%s_sum", d->m->optim[i].name);
+        if (ldm_config_get_float(sc, NULL, k, 0, &d->ep_loss_sum[i])) { drv_error("%s", ldm_config_error(sc)); rc = 1; goto done; }
     }
     if (names.n != scores.n || names.n != steps_i.n) { drv_error("%s: topk lists differ in length", st); rc = 1; goto done; }
     {
@@ -1577,29 +1260,11 @@ static int drv_load_checkpoint(drv *d, const char *dir, int with_state) {
             }
         }
         if (d->accumulated) {
-            ldm_weights *w;
-            drv_join(p, sizeof p, dir, drv_ckpt_files[3]);
-            if (ldm_weights_open(ctx, &w, p)) { rc = drv_fail_ctx(d, "resume (accumulated gradients)"); goto done; }
-            int64_t na, nl;
-            float *ga = ldm_nn_block(d->vae->P, LDM_NN_BLOCK_GRADS, &na), *gl = ldm_nn_block(d->L->P, LDM_NN_BLOCK_GRADS, &nl);
-            int ia = ldm_weights_find(w, "model"), il = ldm_weights_find(w, "loss");
-            if (ia < 0 || il < 0 || ldm_weights_info(w, ia)->numel != na || ldm_weights_info(w, il)->numel != nl) {
-                ldm_weights_close(w);
-                drv_error("%s: gradient sizes do not match this model", p);
-                rc = 1;
-                goto done;
-            }
-            float *h = (float *)malloc(sizeof(float) * (size_t)((na > nl ? na : nl) + 1));
-            ldm_tensor ta = ldm_tensor_wrap(ga, ldm_shape1(na), ldm_nn_params_device(d->vae->P));
-            ldm_tensor tl = ldm_tensor_wrap(gl, ldm_shape1(nl), ldm_nn_params_device(d->L->P));
-            int bad = !h || ldm_weights_read(ctx, w, ia, h) || ldm_nn_copy_from_host(ctx, &ta, h) ||
-                      ldm_weights_read(ctx, w, il, h) || ldm_nn_copy_from_host(ctx, &tl, h);
-            free(h);
-            ldm_weights_close(w);
-            if (bad) { rc = drv_fail_ctx(d, "resume (accumulated gradients)"); goto done; }
+            drv_join(p, sizeof p, dir, "grads.safetensors");
+            if (drv_read_grads(d, p)) { rc = 1; goto done; }
         }
     }
-    if (drv_metrics_load(&d->met, rows) || drv_metrics_rewrite(&d->met)) rc = 1;
+    if (drv_metrics_load(&d->met, rows) || drv_metrics_rewrite(&d->met, ctx)) rc = 1;
 done:
     ldm_config_destroy(sc);
     return rc;
@@ -1617,46 +1282,27 @@ static int drv_check_frequency(drv_imlog *il, int64_t idx) {
     return 0;
 }
 
-static ldm_tensor *drv_upload(drv *d, const ldm_data_batch *b, int n) {
-    ldm_tensor x = ldm_data_batch_tensor(b, d->ae.image_key);
-    if (!x.data) {
-        ldm_ctx_seterr(d->ctx, LDM_ERR_NOT_FOUND, "the batch has no field '%s' (hint: model.params.image_key names the dataset's image field)",
-                       d->ae.image_key);
-        return NULL;
-    }
-    ldm_shape s = ldm_shape_of(&x);
-    if (n > 0 && n < s.d[0]) s.d[0] = n;
-    return ldm_from_host(d->ctx, s, x.data);
-}
-
-/* AutoencoderKL.log_images under no_grad and eval(): samples, reconstructions, inputs. */
+/* The model's log_images under no_grad: one grid per key. */
 static int drv_log_images(drv *d, const ldm_data_batch *b, const char *split, int64_t batch_idx) {
     drv_imlog *il = &d->imlog;
     if (il->c.disabled) return 0;
     int64_t idx = il->c.log_on_batch_idx ? batch_idx : d->global_step;
     if (!drv_check_frequency(il, idx) || il->c.max_images <= 0) return 0;
     ldm_ctx *ctx = d->ctx;
-    int prev = ldm_set_grad_enabled(ctx, 0), was = d->vae->training;
-    ldm_vae_set_training(d->vae, 0);
+    int prev = ldm_set_grad_enabled(ctx, 0);
     ldm_mark mk = ldm_arena_mark(ctx);
-    ldm_tensor *x = drv_upload(d, b, il->c.max_images);
-    ldm_vae_posterior q;
-    ldm_tensor *xrec = x ? ldm_vae_forward(ctx, d->vae, x, 1, &q) : NULL;
-    ldm_tensor *samples = xrec ? ldm_vae_decode(ctx, d->vae, ldm_randn(ctx, ldm_shape_of(q.mean))) : NULL;
-    ldm_vae_set_training(d->vae, was);
+    ex_images im;
+    memset(&im, 0, sizeof im);
+    int rc = d->m->log_images(d->m, ctx, b, il->c.max_images, &im) ? drv_fail_ctx(d, d->m->what) : 0;
     ldm_set_grad_enabled(ctx, prev);
-    int rc = 0;
-    if (!samples) rc = drv_fail_ctx(d, "ImageLogger");
-    ldm_tensor *imgs[3] = {samples, xrec, x};
-    const char *keys[3] = {"samples", "reconstructions", "inputs"};
-    for (int k = 0; k < 3 && !rc; k++) {
-        ldm_tensor *t = imgs[k];
+    for (int k = 0; k < im.n && !rc; k++) {
+        ldm_tensor *t = im.t[k];
         float *h = (float *)malloc(sizeof(float) * (size_t)t->numel);
         if (!h || ldm_to_host(ctx, t, h)) { free(h); rc = drv_fail_ctx(d, "ImageLogger"); break; }
         char dir[DRV_PATH], name[160], path[DRV_PATH];
         drv_sfmt(dir, sizeof dir, "%s/images/%s", d->logdir, split);
         drv_mkdirs(dir);
-        drv_sfmt(name, sizeof name, "%s_gs-%06lld_e-%06lld_b-%06lld.png", keys[k], (long long)d->global_step, (long long)d->epoch,
+        drv_sfmt(name, sizeof name, "%s_gs-%06lld_e-%06lld_b-%06lld.png", im.key[k], (long long)d->global_step, (long long)d->epoch,
                  (long long)batch_idx);
         drv_join(path, sizeof path, dir, name);
         rc = drv_save_grid(path, h, (int)t->shape[0], (int)t->shape[1], (int)t->shape[2], (int)t->shape[3], 4, il->c.clamp, il->c.rescale);
@@ -1682,17 +1328,26 @@ static void drv_progress(drv *d, int force_line) {
     int64_t left = d->total_steps > d->global_step ? d->total_steps - d->global_step : 0;
     drv_fmt_time(eta, sizeof eta, d->rate > 0 ? (double)left / d->rate : -1);
     if (d->last_val == d->last_val) drv_sfmt(val, sizeof val, " %s %.4f", d->mc.monitor, d->last_val);
+    /* each optimizer's loss, then the model's progress value */
+    char losses[256] = "";
+    size_t u = 0;
+    const char *pk = d->m->progress_key, *ps = pk ? strrchr(pk, '/') : NULL;
+    for (int i = 0; i < d->m->n_optim && u < sizeof losses; i++)
+        u += (size_t)drv_sfmt(losses + u, sizeof losses - u, "%s%s %.*f", d->tty ? " " : "  ", d->m->optim[i].name, i ? (d->tty ? 4 : 5) : (d->tty ? 1 : 2),
+                              d->last_loss[i]);
+    if (pk && u < sizeof losses)
+        drv_sfmt(losses + u, sizeof losses - u, "%s%s %.*f", d->tty ? " " : "  ", ps ? ps + 1 : pk, d->tty ? 4 : 5, d->last_progress);
     if (d->tty) {
         int width = 24, fill = d->total_steps > 0 ? (int)((double)width * (double)d->global_step / (double)d->total_steps) : 0;
         char bar[32];
         for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
         bar[width] = 0;
-        printf("\rEpoch %lld: %lld/%lld [%s] %.2f it/s ETA %s aeloss %.1f rec_loss %.4f discloss %.4f%s\033[K", (long long)d->epoch,
-               (long long)d->global_step, (long long)d->total_steps, bar, d->rate, eta, d->last_ae, d->last_rec, d->last_d, val);
+        printf("\rEpoch %lld: %lld/%lld [%s] %.2f it/s ETA %s%s%s\033[K", (long long)d->epoch, (long long)d->global_step,
+               (long long)d->total_steps, bar, d->rate, eta, losses, val);
         fflush(stdout);
     } else if (force_line) {
-        printf("epoch %lld step %lld/%lld  %.2f it/s  ETA %s  aeloss %.2f  rec_loss %.5f  discloss %.5f%s\n", (long long)d->epoch,
-               (long long)d->global_step, (long long)d->total_steps, d->rate, eta, d->last_ae, d->last_rec, d->last_d, val);
+        printf("epoch %lld step %lld/%lld  %.2f it/s  ETA %s%s%s\n", (long long)d->epoch, (long long)d->global_step,
+               (long long)d->total_steps, d->rate, eta, losses, val);
         fflush(stdout);
     }
 }
@@ -1700,8 +1355,8 @@ static void drv_progress_clear(drv *d) {
     if (d->tty) { printf("\r\033[K"); fflush(stdout); }
 }
 
-/* ---- one training batch (Lightning 1.4 automatic optimization, two optimizers) ---------------- */
-static void drv_log_into(drv_metrics *m, double *row, const ldm_loss_log *log) {
+/* ---- one training batch (Lightning 1.4 automatic optimization, every optimizer in turn) ------- */
+static void drv_log_into(drv_metrics *m, double *row, const ex_log *log) {
     for (int i = 0; i < log->n; i++) {
         int c = drv_metrics_col(m, log->item[i].key);
         if (c >= 0) row[c] = log->item[i].value;
@@ -1721,114 +1376,85 @@ static int drv_nan_stop(drv *d, const char *what, const char *kind) {
     return 1;
 }
 
-static int drv_train_batch(drv *d, const ldm_data_batch *b, int do_step, ldm_loss_log *log0, ldm_loss_log *log1,
-                           float *aeloss, float *discloss) {
+static int drv_train_batch(drv *d, const ldm_data_batch *b, int do_step, ex_log *log, float *losses) {
     ldm_ctx *ctx = d->ctx;
+    ex_model *m = d->m;
     float k = (float)d->accumulate;
-    /* optimizer 0: encoder, decoder, quant convs (the discriminator runs on detached weights
-       inside the generator loss: Lightning's toggle_optimizer) */
+    log->n = 0;
+    for (int i = 0; i < m->n_optim; i++) {
+        const ex_optim *o = &m->optim[i];
+        char what[160];
+        ldm_set_grad_enabled(ctx, 1);
+        if (o->lr_lambda) ldm_nn_optim_set_lr(o->opt, o->base_lr * o->lr_lambda(m->self, d->global_step));
+        ldm_tensor *loss = m->training_step(m, ctx, b, d->global_step, i, log);
+        if (!loss || ldm_to_host(ctx, loss, &losses[i])) return drv_fail_ctx(d, m->what);
+        if (!isfinite(losses[i])) {
+            drv_sfmt(what, sizeof what, "%s (%s)", o->name, o->loss_key);
+            return drv_nan_stop(d, what, drv_nonfinite(losses[i]));
+        }
+        if (k != 1.0f) loss = ldm_div(ctx, loss, ldm_full(ctx, ldm_shape1(1), k)); /* Lightning: loss / accumulate_grad_batches */
+        drv_sfmt(what, sizeof what, "training (%s backward)", o->name);
+        if (ldm_backward(ctx, loss)) return drv_fail_ctx(d, what);
+        if (do_step) {
+            drv_sfmt(what, sizeof what, "training (%s optimizer)", o->name);
+            if (ldm_nn_optim_step(ctx, o->opt)) return drv_fail_ctx(d, what);
+            ldm_nn_optim_zero_grad(ctx, o->opt);
+        }
+        ldm_step_reset(ctx);
+    }
     ldm_set_grad_enabled(ctx, 1);
-    ldm_tensor *x = drv_upload(d, b, 0);
-    if (x && (x->shape[2] % ldm_vae_factor(&d->vc) || x->shape[3] % ldm_vae_factor(&d->vc))) {
-        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "images of %lldx%lld pixels: the autoencoder needs sizes divisible by %d",
-                       (long long)x->shape[2], (long long)x->shape[3], ldm_vae_factor(&d->vc));
-        return drv_fail_ctx(d, "training");
-    }
-    ldm_vae_posterior q;
-    ldm_tensor *xrec = x ? ldm_vae_forward(ctx, d->vae, x, 1, &q) : NULL;
-    ldm_tensor *lg = xrec ? ldm_lpips_loss_generator(ctx, d->L, x, xrec, &q, d->global_step, ldm_vae_last_layer(d->vae), "train", log0) : NULL;
-    if (!lg || ldm_to_host(ctx, lg, aeloss)) return drv_fail_ctx(d, "training (autoencoder step)");
-    if (!isfinite(*aeloss)) return drv_nan_stop(d, "aeloss (train/total_loss)", drv_nonfinite(*aeloss));
-    if (k != 1.0f) lg = ldm_div(ctx, lg, ldm_full(ctx, ldm_shape1(1), k)); /* Lightning: loss / accumulate_grad_batches */
-    if (ldm_backward(ctx, lg)) return drv_fail_ctx(d, "training (autoencoder backward)");
-    if (do_step) {
-        if (ldm_nn_optim_step(ctx, d->opt_ae)) return drv_fail_ctx(d, "training (autoencoder optimizer)");
-        ldm_nn_optim_zero_grad(ctx, d->opt_ae);
-    }
-    ldm_step_reset(ctx);
-
-    /* optimizer 1: the discriminator, on a second forward pass (a second posterior sample) */
-    x = drv_upload(d, b, 0);
-    ldm_set_grad_enabled(ctx, 0); /* nothing flows back into the autoencoder from this step */
-    xrec = x ? ldm_vae_forward(ctx, d->vae, x, 1, &q) : NULL;
-    ldm_set_grad_enabled(ctx, 1);
-    ldm_tensor *ld = xrec ? ldm_lpips_loss_discriminator(ctx, d->L, x, xrec, d->global_step, "train", log1) : NULL;
-    if (!ld || ldm_to_host(ctx, ld, discloss)) return drv_fail_ctx(d, "training (discriminator step)");
-    if (!isfinite(*discloss)) return drv_nan_stop(d, "discloss (train/disc_loss)", drv_nonfinite(*discloss));
-    if (k != 1.0f) ld = ldm_div(ctx, ld, ldm_full(ctx, ldm_shape1(1), k));
-    if (ldm_backward(ctx, ld)) return drv_fail_ctx(d, "training (discriminator backward)");
-    if (do_step) {
-        if (ldm_nn_optim_step(ctx, d->opt_d)) return drv_fail_ctx(d, "training (discriminator optimizer)");
-        ldm_nn_optim_zero_grad(ctx, d->opt_d);
-    }
-    ldm_step_reset(ctx);
+    if (m->on_train_batch_end && m->on_train_batch_end(m, ctx, d->global_step, do_step)) return drv_fail_ctx(d, m->what);
     return 0;
 }
 
 /* ---- validation ------------------------------------------------------------------------------- */
 typedef struct drv_valres { double v[DRV_MAX_COLS]; double n; int have; } drv_valres;
 
+/* Runs validation_step over nb batches; res->v holds every logged value (metrics.csv column
+   order) averaged over the samples, NaN for columns nothing was logged into. */
 static int drv_validate(drv *d, int64_t nb, int sanity, drv_valres *res) {
     ldm_ctx *ctx = d->ctx;
+    ex_model *m = d->m;
+    char logged[DRV_MAX_COLS];
     memset(res, 0, sizeof *res);
-    double sum_psnr = 0, sum_ssim = 0, sum_lp = 0;
-    int have_lp = d->lp_metric != NULL;
+    memset(logged, 0, sizeof logged);
     if (ldm_data_loader_seek(ctx, d->ld_val, drv_state(0, 0) /* same batches every time */)) return drv_fail_ctx(d, "validation");
     int prev = ldm_set_grad_enabled(ctx, 0);
-    ldm_vae_set_training(d->vae, 0);
-    ldm_lpips_loss_set_training(d->L, 0);
+    m->set_training(m, 0);
     int rc = 0;
     for (int64_t i = 0; i < nb && !rc; i++) {
         const ldm_data_batch *b;
         ldm_result r = ldm_data_loader_next(ctx, d->ld_val, &b);
         if (r == LDM_DATA_END) break;
         if (r) { rc = drv_fail_ctx(d, "validation data"); break; }
-        ldm_tensor *x = drv_upload(d, b, 0);
-        ldm_vae_posterior q;
-        ldm_tensor *xrec = x ? ldm_vae_forward(ctx, d->vae, x, 1, &q) : NULL;
-        ldm_loss_log l0, l1;
-        ldm_tensor *lg = xrec ? ldm_lpips_loss_generator(ctx, d->L, x, xrec, &q, d->global_step, ldm_vae_last_layer(d->vae), "val", &l0) : NULL;
-        ldm_tensor *ldl = lg ? ldm_lpips_loss_discriminator(ctx, d->L, x, xrec, d->global_step, "val", &l1) : NULL;
-        if (!ldl) { rc = drv_fail_ctx(d, "validation"); break; }
-        int B = (int)x->shape[0];
+        ex_log log;
+        log.n = 0;
+        if (m->validation_step(m, ctx, b, d->global_step, &log)) { rc = drv_fail_ctx(d, m->what ? m->what : "validation"); break; }
         /* Lightning 1.4 averages logged values over the epoch weighted by batch size */
-        for (int k = 0; k < 2; k++) {
-            const ldm_loss_log *l = k ? &l1 : &l0;
-            for (int j = 0; j < l->n; j++) {
-                int c = drv_metrics_col(&d->met, l->item[j].key);
-                if (c >= 0) res->v[c] += (double)l->item[j].value * B;
-            }
+        for (int j = 0; j < log.n; j++) {
+            int c = drv_metrics_col(&d->met, log.item[j].key);
+            if (c >= 0) { res->v[c] += log.item[j].value * b->size; logged[c] = 1; }
         }
-        ldm_tensor *xc = ldm_clamp(ctx, xrec, -1.0f, 1.0f);
-        double *m = (double *)malloc(sizeof(double) * (size_t)B * 3);
-        if (!m || !xc || ldm_metric_psnr(ctx, x, xc, 2.0, m) || ldm_metric_ssim(ctx, x, xc, 2.0, m + B) ||
-            (have_lp && ldm_metric_lpips(ctx, d->lp_metric, x, xc, m + 2 * B))) {
-            free(m);
-            rc = drv_fail_ctx(d, "validation metrics");
-            break;
-        }
-        for (int j = 0; j < B; j++) { sum_psnr += m[j]; sum_ssim += m[B + j]; if (have_lp) sum_lp += m[2 * B + j]; }
-        free(m);
-        res->n += B;
+        res->n += b->size;
         ldm_step_reset(ctx);
         if (!sanity && d->global_step > 0 && d->have_imlog) rc = drv_log_images(d, b, "val", i);
     }
-    ldm_vae_set_training(d->vae, 1);
-    ldm_lpips_loss_set_training(d->L, 1);
+    m->set_training(m, 1);
     ldm_set_grad_enabled(ctx, prev);
     ldm_step_reset(ctx);
     if (rc || res->n == 0) return rc;
-    for (int c = 0; c < d->met.ncol; c++) res->v[c] /= res->n;
-    res->v[drv_metrics_col(&d->met, "val/psnr")] = sum_psnr / res->n;
-    res->v[drv_metrics_col(&d->met, "val/ssim")] = sum_ssim / res->n;
-    res->v[drv_metrics_col(&d->met, "val/lpips")] = have_lp ? sum_lp / res->n : NAN;
+    for (int c = 0; c < d->met.ncol; c++) res->v[c] = logged[c] ? res->v[c] / res->n : NAN;
     res->have = 1;
     return 0;
 }
 
 /* ---- test --------------------------------------------------------------------------------------- */
+/* The model's test_step over the test split (else validation): test_metrics.csv (a row per
+   image), test_summary.txt (the means), its images one PNG per image and key. */
 static int drv_test(drv *d) {
     ldm_ctx *ctx = d->ctx;
+    ex_model *m = d->m;
+    const int nk = m->n_test_keys;
     ldm_data_split split = LDM_DATA_TEST;
     if (!d->dm->dataset[LDM_DATA_TEST]) {
         if (!d->dm->dataset[LDM_DATA_VALIDATION]) { drv_note("test: no data.params.test or validation dataset: nothing to test"); return 0; }
@@ -1844,81 +1470,83 @@ static int drv_test(drv *d) {
     drv_join(path, sizeof path, d->logdir, "test_metrics.csv");
     FILE *csv = fopen(path, "w");
     if (!csv) { ldm_data_loader_destroy(ld); drv_error("%s: cannot write", path); return 1; }
-    fprintf(csv, "index,psnr,ssim,lpips,l1,rec_loss\n");
+    fprintf(csv, "index");
+    for (int k = 0; k < nk; k++) fprintf(csv, ",%s", m->test_keys[k]);
+    fprintf(csv, "\n");
     int prev = ldm_set_grad_enabled(ctx, 0);
-    ldm_vae_set_training(d->vae, 0);
-    ldm_lpips_loss_set_training(d->L, 0);
-    double s_psnr = 0, s_ssim = 0, s_lp = 0, s_l1 = 0, s_rec = 0;
+    m->set_training(m, 0);
+    double *sum = (double *)calloc((size_t)nk + 1, sizeof(double));
     int64_t n = 0;
-    int rc = 0, have_lp = d->lp_metric != NULL;
-    double pw = d->lc.perceptual_weight;
-    printf("Testing on %lld batch%s of the %s split (posterior mode)\n", (long long)nb, nb == 1 ? "" : "es", ldm_data_split_name(split));
+    int rc = sum ? 0 : (drv_error("out of memory"), 1);
+    printf("Testing on %lld batch%s of the %s split\n", (long long)nb, nb == 1 ? "" : "es", ldm_data_split_name(split));
     for (int64_t i = 0; i < nb && !rc; i++) {
         const ldm_data_batch *b;
         ldm_result r = ldm_data_loader_next(ctx, ld, &b);
         if (r == LDM_DATA_END) break;
         if (r) { rc = drv_fail_ctx(d, "test data"); break; }
-        ldm_tensor *x = drv_upload(d, b, 0);
-        ldm_vae_posterior q;
-        ldm_tensor *xrec = x && !ldm_vae_encode(ctx, d->vae, x, &q) ? ldm_vae_decode(ctx, d->vae, ldm_vae_posterior_mode(&q)) : NULL;
-        ldm_tensor *xc = xrec ? ldm_clamp(ctx, xrec, -1.0f, 1.0f) : NULL;
-        int B = x ? (int)x->shape[0] : 0;
-        double *m = xc ? (double *)malloc(sizeof(double) * (size_t)B * 4) : NULL;
-        float *hx = m ? (float *)malloc(sizeof(float) * (size_t)x->numel * 3) : NULL;
-        if (!hx || ldm_metric_psnr(ctx, x, xc, 2.0, m) || ldm_metric_ssim(ctx, x, xc, 2.0, m + B) ||
-            (have_lp && ldm_metric_lpips(ctx, d->lp_metric, x, xc, m + 2 * B)) || ldm_to_host(ctx, x, hx) ||
-            ldm_to_host(ctx, xrec, hx + x->numel) || ldm_to_host(ctx, xc, hx + 2 * x->numel)) {
-            free(m); free(hx);
-            rc = drv_fail_ctx(d, "test");
-            break;
+        int B = b->size;
+        double *v = (double *)malloc(sizeof(double) * ((size_t)B * nk + 1));
+        ex_images im;
+        memset(&im, 0, sizeof im);
+        if (!v) { drv_error("out of memory"); rc = 1; break; }
+        if (m->test_step(m, ctx, b, v, &im)) { free(v); rc = drv_fail_ctx(d, m->what ? m->what : "test"); break; }
+        float *h[EX_MAX_IMAGES];
+        memset(h, 0, sizeof h);
+        for (int k = 0; k < im.n && !rc; k++) {
+            h[k] = (float *)malloc(sizeof(float) * (size_t)im.t[k]->numel);
+            if (!h[k] || ldm_to_host(ctx, im.t[k], h[k])) rc = drv_fail_ctx(d, "test");
         }
-        int64_t per = x->numel / B;
-        int C = (int)x->shape[1], H = (int)x->shape[2], W = (int)x->shape[3];
-        for (int j = 0; j < B; j++) {
-            double l1 = 0;
-            for (int64_t e = 0; e < per; e++) l1 += fabs((double)hx[j * per + e] - (double)hx[x->numel + j * per + e]);
-            l1 /= (double)per;
-            double lp = have_lp ? m[2 * B + j] : NAN;
-            double rec = l1 + (pw > 0 ? pw * lp : 0.0); /* the loss's rec_loss: |x - xrec| + w * LPIPS, unclamped */
+        for (int j = 0; j < B && !rc; j++) {
             long long idx = b->index ? (long long)b->index[j] : (long long)n;
-            fprintf(csv, "%lld,%.9g,%.9g,", idx, m[j], m[B + j]);
-            if (have_lp) fprintf(csv, "%.9g", lp);
-            fprintf(csv, ",%.9g,%.9g\n", l1, rec);
-            s_psnr += m[j]; s_ssim += m[B + j]; s_lp += have_lp ? lp : 0; s_l1 += l1; s_rec += rec;
-            char name[64], err[256];
-            drv_sfmt(name, sizeof name, "%06lld_inputs.png", idx);
-            drv_join(path, sizeof path, dir, name);
-            if (ex_image_save_png(path, hx + j * per, C, H, W, err, sizeof err)) { drv_error("%s", err); rc = 1; }
-            drv_sfmt(name, sizeof name, "%06lld_reconstructions.png", idx);
-            drv_join(path, sizeof path, dir, name);
-            if (!rc && ex_image_save_png(path, hx + 2 * x->numel + j * per, C, H, W, err, sizeof err)) { drv_error("%s", err); rc = 1; }
+            fprintf(csv, "%lld", idx);
+            for (int k = 0; k < nk; k++) {
+                double x = v[(size_t)j * nk + k];
+                if (x == x) fprintf(csv, ",%.9g", x);
+                else fputc(',', csv); /* not measured (e.g. no LPIPS weights) */
+                sum[k] += x;
+            }
+            fputc('\n', csv);
+            for (int k = 0; k < im.n && !rc; k++) {
+                const ldm_tensor *t = im.t[k];
+                int C = (int)t->shape[1], H = (int)t->shape[2], W = (int)t->shape[3];
+                int64_t per = t->numel / t->shape[0];
+                char name[96], err[256];
+                drv_sfmt(name, sizeof name, "%06lld_%s.png", idx, im.key[k]);
+                drv_join(path, sizeof path, dir, name);
+                if (ex_image_save_png(path, h[k] + j * per, C, H, W, err, sizeof err)) { drv_error("%s", err); rc = 1; }
+            }
             n++;
         }
-        free(m); free(hx);
+        for (int k = 0; k < im.n; k++) free(h[k]);
+        free(v);
         ldm_step_reset(ctx);
     }
-    ldm_vae_set_training(d->vae, 1);
-    ldm_lpips_loss_set_training(d->L, 1);
+    m->set_training(m, 1);
     ldm_set_grad_enabled(ctx, prev);
     fclose(csv);
     ldm_data_loader_destroy(ld);
-    if (rc) return rc;
-    if (!n) { drv_note("test: the test split gave no images"); return 0; }
-    char lps[32] = "n/a";
-    if (have_lp) drv_sfmt(lps, sizeof lps, "%.4f", s_lp / n);
-    char summary[512];
-    drv_sfmt(summary, sizeof summary,
-             "test: %lld images (%s split)  PSNR %.3f dB  SSIM %.4f  LPIPS %s  rec_loss %.5f  (L1 %.5f)", (long long)n,
-             ldm_data_split_name(split), s_psnr / n, s_ssim / n, lps, s_rec / n, s_l1 / n);
+    if (rc || !n) {
+        free(sum);
+        if (!rc) drv_note("test: the test split gave no images");
+        return rc;
+    }
+    char summary[1024];
+    size_t u = (size_t)drv_sfmt(summary, sizeof summary, "test: %lld images (%s split)", (long long)n, ldm_data_split_name(split));
+    for (int k = 0; k < nk && u < sizeof summary; k++)
+        u += (size_t)(sum[k] == sum[k] ? drv_sfmt(summary + u, sizeof summary - u, "  %s %.6g", m->test_keys[k], sum[k] / n)
+                                       : drv_sfmt(summary + u, sizeof summary - u, "  %s n/a", m->test_keys[k]));
     drv_note("%s", summary);
     drv_join(path, sizeof path, d->logdir, "test_summary.txt");
     FILE *f = fopen(path, "w");
-    if (!f) { drv_error("%s: cannot write", path); return 1; }
-    fprintf(f, "# ldm test summary (reconstructions from the posterior mode; PSNR/SSIM/LPIPS on reconstructions\n"
-               "# clamped to [-1, 1], data range 2; rec_loss = mean|x - xrec| + perceptual_weight * LPIPS)\n"
-               "images = %lld\nsplit = %s\nglobal_step = %lld\npsnr = %.9g\nssim = %.9g\nlpips = %s\nl1 = %.9g\nrec_loss = %.9g\n",
-            (long long)n, ldm_data_split_name(split), (long long)d->global_step, s_psnr / n, s_ssim / n, lps, s_l1 / n, s_rec / n);
+    if (!f) { free(sum); drv_error("%s: cannot write", path); return 1; }
+    fprintf(f, "%simages = %lld\nsplit = %s\nglobal_step = %lld\n", m->test_note ? m->test_note : "", (long long)n,
+            ldm_data_split_name(split), (long long)d->global_step);
+    for (int k = 0; k < nk; k++) {
+        if (sum[k] == sum[k]) fprintf(f, "%s = %.9g\n", m->test_keys[k], sum[k] / n);
+        else fprintf(f, "%s = n/a\n", m->test_keys[k]);
+    }
     fclose(f);
+    free(sum);
     drv_note("test: per-image values in %s/test_metrics.csv, images in %s", d->logdir, dir);
     return 0;
 }
@@ -1936,9 +1564,10 @@ static int drv_better(const drv *d, double a, double b) { return d->mode_max ? a
 /* A finite loss can still leave non-finite weights behind (an overflowing update); such a
    state must not replace a good checkpoint. */
 static int drv_params_finite(drv *d) {
-    const ldm_nn_params *regs[2] = {d->vae->P, d->L->P};
+    const ldm_nn_params *regs[EX_MAX_PARAMS];
     int ok = 1;
-    for (int k = 0; k < 2 && ok; k++) {
+    for (int k = 0; k < d->m->n_params; k++) regs[k] = d->m->params[k].P;
+    for (int k = 0; k < d->m->n_params && ok; k++) {
         int64_t n;
         float *blk = ldm_nn_block(regs[k], LDM_NN_BLOCK_PARAMS, &n), *h = blk;
         if (ldm_nn_params_device(regs[k]) != LDM_CPU) {
@@ -2044,17 +1673,18 @@ static int drv_fit(drv *d) {
         int64_t bi = d->batch_in_epoch;
         int is_last = bi + 1 == d->n_train;
         int do_step = (d->accumulated + 1) % d->accumulate == 0 || is_last;
-        ldm_loss_log l0, l1;
-        float ae = 0, dl = 0;
-        if (drv_train_batch(d, b, do_step, &l0, &l1, &ae, &dl)) { rc = 1; break; }
-        d->last_ae = ae; d->last_d = dl;
-        {
-            const float *rl = ldm_loss_log_get(&l0, "train/rec_loss");
-            d->last_rec = rl ? *rl : NAN;
-        }
+        ex_log log;
+        float losses[EX_MAX_OPTIM];
+        if (drv_train_batch(d, b, do_step, &log, losses)) { rc = 1; break; }
         int B = b->size;
-        d->ep_ae_sum += (double)ae * B;
-        d->ep_d_sum += (double)dl * B;
+        for (int i = 0; i < d->m->n_optim; i++) {
+            d->last_loss[i] = losses[i];
+            d->ep_loss_sum[i] += (double)losses[i] * B;
+        }
+        {
+            const double *pv = d->m->progress_key ? ex_log_get(&log, d->m->progress_key) : NULL;
+            d->last_progress = pv ? (float)*pv : NAN;
+        }
         d->ep_n += B;
         drv_pending pd;
         memset(&pd, 0, sizeof pd);
@@ -2065,10 +1695,10 @@ static int drv_fit(drv *d) {
         if (do_step && (d->global_step + 1) % d->tc.log_every_n_steps == 0) {
             double *row = drv_metrics_new_row(&d->met);
             if (!row) { rc = 1; drv_error("out of memory"); break; }
-            row[0] = (double)d->global_step; row[1] = (double)d->epoch; row[2] = d->lr;
-            row[3] = ae; row[4] = dl;
-            drv_log_into(&d->met, row, &l0);
-            drv_log_into(&d->met, row, &l1);
+            row[0] = (double)d->global_step; row[1] = (double)d->epoch;
+            row[2] = d->m->n_optim ? ldm_nn_optim_lr(d->m->optim[0].opt) : d->lr;
+            for (int i = 0; i < d->m->n_optim; i++) row[3 + i] = losses[i];
+            drv_log_into(&d->met, row, &log);
             if (drv_metrics_flush_row(&d->met)) { rc = 1; break; }
             log_line = 1;
         }
@@ -2086,20 +1716,22 @@ static int drv_fit(drv *d) {
                 if (drv_metrics_flush_row(&d->met)) { rc = 1; break; }
                 int mc = drv_metrics_col(&d->met, d->mc.monitor);
                 double score = mc >= 0 ? vr.v[mc] : NAN;
-                double rl = vr.v[drv_metrics_col(&d->met, "val/rec_loss")];
-                if (!isfinite(rl)) { drv_nan_stop(d, "val/rec_loss", drv_nonfinite(rl)); rc = 1; break; }
+                /* the model's summary values; the first must be finite */
+                int c0 = d->m->n_summary_keys ? drv_metrics_col(&d->met, d->m->summary_keys[0]) : -1;
+                if (c0 >= 0 && !isfinite(vr.v[c0])) { drv_nan_stop(d, d->m->summary_keys[0], drv_nonfinite(vr.v[c0])); rc = 1; break; }
                 d->last_val = (float)score;
                 drv_progress_clear(d);
-                char lp[32] = "n/a";
-                double vl = vr.v[drv_metrics_col(&d->met, "val/lpips")];
-                if (vl == vl) drv_sfmt(lp, sizeof lp, "%.4f", vl);
-                printf("Validation (epoch %lld, step %lld): val/rec_loss %.5f  val/total_loss %.5f  PSNR %.2f dB  SSIM %.4f  LPIPS %s\n",
-                       (long long)d->epoch, (long long)d->global_step + do_step, rl, vr.v[drv_metrics_col(&d->met, "val/total_loss")],
-                       vr.v[drv_metrics_col(&d->met, "val/psnr")], vr.v[drv_metrics_col(&d->met, "val/ssim")], lp);
+                printf("Validation (epoch %lld, step %lld):", (long long)d->epoch, (long long)d->global_step + do_step);
+                for (int k = 0; k < d->m->n_summary_keys; k++) {
+                    int c = drv_metrics_col(&d->met, d->m->summary_keys[k]);
+                    if (c >= 0 && vr.v[c] == vr.v[c]) printf("  %s %.5g", d->m->summary_keys[k], vr.v[c]);
+                    else printf("  %s n/a", d->m->summary_keys[k]);
+                }
+                printf("\n");
                 fflush(stdout);
                 char cp[DRV_PATH];
                 drv_join(cp, sizeof cp, d->logdir, "loss_curve.png");
-                if (drv_plot_curve(&d->met, cp)) { rc = 1; break; }
+                if (d->m->curve_key && drv_plot_curve(&d->met, ctx, d->m->curve_key, cp)) { rc = 1; break; }
                 if (mc >= 0 && score == score) { pd.topk = 1; pd.score = score; pd.topk_epoch = d->epoch; }
                 else if (mc < 0 && !d->monitor_note) {
                     drv_note("Note: monitor %s is not a logged metric; no top-k checkpoints", d->mc.monitor);
@@ -2119,10 +1751,14 @@ static int drv_fit(drv *d) {
             double *row = drv_metrics_new_row(&d->met);
             if (!row) { rc = 1; drv_error("out of memory"); break; }
             row[0] = (double)(d->global_step - 1); row[1] = (double)d->epoch;
-            row[drv_metrics_col(&d->met, "aeloss_epoch")] = d->ep_ae_sum / d->ep_n;
-            row[drv_metrics_col(&d->met, "discloss_epoch")] = d->ep_d_sum / d->ep_n;
+            for (int i = 0; i < d->m->n_optim; i++) {
+                char k[96];
+                drv_sfmt(k, sizeof k, "%s_epoch", d->m->optim[i].name);
+                row[drv_metrics_col(&d->met, k)] = d->ep_loss_sum[i] / d->ep_n;
+                d->ep_loss_sum[i] = 0;
+            }
             if (drv_metrics_flush_row(&d->met)) { rc = 1; break; }
-            d->ep_ae_sum = d->ep_d_sum = d->ep_n = 0;
+            d->ep_n = 0;
             d->epoch++;
             d->batch_in_epoch = 0;
             if (d->n_train == nb_loader) { /* the loader says END once per epoch */
@@ -2156,55 +1792,25 @@ static int drv_fit(drv *d) {
     if (d->met.rows) {
         char cp[DRV_PATH];
         drv_join(cp, sizeof cp, d->logdir, "loss_curve.png");
-        if (drv_plot_curve(&d->met, cp)) return 1;
+        if (d->m->curve_key && drv_plot_curve(&d->met, d->ctx, d->m->curve_key, cp)) return 1;
     }
     return 0;
 }
 
 /* ---- help ---------------------------------------------------------------------------------------- */
 static void drv_help(void) {
-    printf("ldm - train and test a CompVis AutoencoderKL from a config (main.py semantics)\n\n"
+    printf("ldm - train and test a CompVis model (AutoencoderKL) from a config (main.py semantics)\n\n"
            "usage: ldm --base CFG [CFG ...] [-t] [-n NAME | -r LOGDIR|CHECKPOINT] [-s SEED] [-l LOGDIR] [-f POSTFIX]\n"
            "           [--no-test] [--scale_lr BOOL] [--gpus IDS] [--<trainer key> VALUE] [key=value ...]\n\n"
            "  -t trains then tests; without -t only the test runs (weights from model.params.ckpt_path or -r).\n"
            "  -r LOGDIR resumes from LOGDIR/checkpoints/last with the configs saved in LOGDIR/configs.\n"
            "  key=value overrides any config key (model.params.lossconfig.params.disc_start=1000).\n"
-           "  Environment: LDM_THREADS (threads), LDM_LPIPS_WEIGHTS (LPIPS weights, comma-separated files).\n\n"
+           "  Environment: LDM_THREADS (threads).\n\n"
            "config keys (name, kind, default, meaning):\n\n[top level]\n");
     ldm_config_schema_print(stdout, drv_root_cfg_schema());
     printf("\n[model]\n");
     ldm_config_schema_print(stdout, drv_model_cfg_schema());
-    printf("\n[model.params]  (target ldm.models.autoencoder.AutoencoderKL)\n");
-    ldm_config_schema_print(stdout, drv_ae_cfg_schema());
-    printf("\n[model.params.ddconfig]\n");
-    ldm_config_schema_print(stdout, ldm_vae_ddconfig_schema());
-    printf("\n[model.params.lossconfig.params]  (target ldm.modules.losses.LPIPSWithDiscriminator)\n");
-    {
-        /* help for the keys whose ldm_lpips.h entry has none */
-        static const char *const help[][2] = {
-            {"disc_start", "global step at which the GAN terms start (the seed configs: 50001)"},
-            {"logvar_init", "initial (and, in no optimizer, final) value of the learned log-variance"},
-            {"kl_weight", "weight of the KL term (the seed configs: 1e-6)"},
-            {"pixelloss_weight", "accepted, unused (as in the reference)"},
-            {"disc_num_layers", "PatchGAN layers"},
-            {"disc_in_channels", "PatchGAN input channels"},
-            {"disc_factor", "GAN weight once disc_start is reached"},
-            {"disc_weight", "scale of the adaptive generator weight (the seed configs: 0.5)"},
-            {"perceptual_weight", "LPIPS weight in the reconstruction loss (0: no VGG16 weights needed)"},
-            {"use_actnorm", "false only"},
-            {"disc_conditional", "false only"},
-            {"disc_loss", "hinge or vanilla"},
-            {"lpips_eval", "ldm.h's: LPIPS without its dropout while training"}};
-        ldm_config_field f[64];
-        int n = 0;
-        for (; drv_loss_schema[n].name && n < 63; n++) {
-            f[n] = drv_loss_schema[n];
-            for (size_t k = 0; k < sizeof help / sizeof help[0]; k++)
-                if ((!f[n].help || !f[n].help[0]) && !strcmp(f[n].name, help[k][0])) f[n].help = help[k][1];
-        }
-        f[n] = drv_loss_schema[n];
-        ldm_config_schema_print(stdout, f);
-    }
+    for (size_t i = 0; i < sizeof drv_models / sizeof drv_models[0]; i++) drv_models[i]->help(stdout);
     printf("\n[data.params]  (target main.DataModuleFromConfig; datasets: see ldm_data.h)\n");
     ldm_config_schema_print(stdout, ldm_data_module_params_schema());
     printf("\n[lightning]\n");
@@ -2247,7 +1853,11 @@ static int drv_run(drv *d) {
         printf("Running on GPU %d (%s)\n", d->gpu_id, ldm_cuda_device_name(ctx));
     }
 #endif
-    if (drv_build_model(d)) return 1;
+    /* the model's networks, with its initial weights (and any it takes from the checkpoint
+       this run resumes from) */
+    char resume_model[DRV_PATH] = "";
+    if (d->resuming) drv_join(resume_model, sizeof resume_model, d->resume_ckpt, "model.safetensors");
+    if (d->m->setup(d->m, ctx, resume_model[0] ? resume_model : NULL)) return drv_fail_ctx(d, d->m->what);
 
     /* data */
     if (root.data) {
@@ -2277,18 +1887,8 @@ static int drv_run(drv *d) {
         d->lr = d->base_lr;
         printf("++++ NOT USING LR SCALING ++++\nSetting learning rate to %.2e\n", d->lr);
     }
-    /* configure_optimizers: Adam(betas 0.5, 0.9) for the autoencoder and for the discriminator */
-    ldm_nn_optim_config oc = ldm_nn_optim_defaults(LDM_OPTIM_ADAM, d->lr);
-    oc.beta1 = 0.5;
-    oc.beta2 = 0.9;
-    const char *ae_groups[4] = {"encoder", "decoder", "quant_conv", "post_quant_conv"}, *d_groups[1] = {"discriminator"};
-    if (ldm_nn_optim_create(ctx, &d->opt_ae, d->vae->P, &oc, 4, ae_groups) ||
-        ldm_nn_optim_create(ctx, &d->opt_d, d->L->P, &oc, 1, d_groups)) return drv_fail_ctx(d, "optimizers");
-
-    /* the checkpoint to start from */
-    char resume_model[DRV_PATH] = "";
-    if (d->resuming) drv_join(resume_model, sizeof resume_model, d->resume_ckpt, "model.safetensors");
-    if (drv_setup_lpips(d, resume_model[0] ? resume_model : NULL)) return 1;
+    if (d->m->configure_optimizers(d->m, ctx, d->lr)) return drv_fail_ctx(d, d->m->what);
+    for (int i = 0; i < d->m->n_optim; i++) d->m->optim[i].base_lr = ldm_nn_optim_lr(d->m->optim[i].opt);
 
     /* logdir (SetupCallback) */
     if (drv_mkdirs(d->ckptdir) || drv_mkdirs(d->cfgdir)) { drv_error("%s: cannot create (%s)", d->logdir, strerror(errno)); return 1; }
@@ -2315,14 +1915,14 @@ static int drv_run(drv *d) {
             }
         if (dir) closedir(dir);
     }
-    drv_metrics_init(&d->met);
+    drv_metrics_init(&d->met, d->m);
     drv_join(d->met.path, sizeof d->met.path, d->logdir, "metrics.csv");
     if (d->resuming) {
         if (drv_load_checkpoint(d, d->resume_ckpt, o->train)) return 1;
         printf("Resumed from %s at global step %lld (epoch %lld, batch %lld)\n", d->resume_ckpt, (long long)d->global_step,
                (long long)d->epoch, (long long)d->batch_in_epoch);
-    } else if (o->train && drv_metrics_rewrite(&d->met)) return 1;
-    if (!o->train && !d->resuming && !(d->ae.ckpt_path && d->ae.ckpt_path[0]))
+    } else if (o->train && drv_metrics_rewrite(&d->met, ctx)) return 1;
+    if (!o->train && !d->resuming && !d->m->pretrained)
         drv_note("Note: testing an untrained model (no -t, no -r, no model.params.ckpt_path)");
 
     if (o->train) {
@@ -2378,14 +1978,9 @@ static void drv_free(drv *d) {
     if (d->ld_train) ldm_data_loader_destroy(d->ld_train);
     if (d->ld_val) ldm_data_loader_destroy(d->ld_val);
     if (d->dm) ldm_data_module_destroy(d->dm);
-    if (d->opt_ae) ldm_nn_optim_destroy(d->opt_ae);
-    if (d->opt_d) ldm_nn_optim_destroy(d->opt_d);
-    if (d->lp_own) ldm_lpips_destroy(d->lp_own);
-    if (d->L) ldm_lpips_loss_destroy(d->L);
-    if (d->vae) ldm_vae_destroy(d->vae);
+    if (d->m) d->m->destroy(d->m);
     if (d->ctx) ldm_ctx_destroy(d->ctx);
     if (d->reg_model) ldm_config_registry_destroy(d->reg_model);
-    if (d->reg_loss) ldm_config_registry_destroy(d->reg_loss);
     if (d->reg_data) ldm_config_registry_destroy(d->reg_data);
     if (d->reg_cb) ldm_config_registry_destroy(d->reg_cb);
     if (d->cfg) ldm_config_destroy(d->cfg);

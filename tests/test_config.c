@@ -41,6 +41,18 @@ LDM_CONFIG_DEFINE(test_ddconfig, TEST_DDCONFIG_KEYS)
 LDM_CONFIG_DECLARE(test_ae, TEST_AE_KEYS);
 LDM_CONFIG_DEFINE(test_ae, TEST_AE_KEYS)
 
+/* Bounds in the kind column: every numeric kind, a list, and keys without bounds alongside. */
+#define TEST_BOUNDS_KEYS(X)                                                                   \
+    X(steps, AT_LEAST(INT, 1), "1", "at least one")                                          \
+    X(big, AT_LEAST(I64, -1), "-1", "-1 or more")                                            \
+    X(top_k, BETWEEN(INT, -1, 32), "3", "-1 .. 32")                                          \
+    X(p, BETWEEN(FLOAT, 0, 1), "0.5", "a probability")                                       \
+    X(lr, AT_MOST(FLOAT, 1e-2), "1e-4", "small")                                             \
+    X(mult, AT_LEAST(INT_LIST, 1), "1,2", "positive items")                                  \
+    X(name, STR, "x", "no bounds")
+LDM_CONFIG_DECLARE(test_bcfg, TEST_BOUNDS_KEYS);
+LDM_CONFIG_DEFINE(test_bcfg, TEST_BOUNDS_KEYS)
+
 static ldm_config *load1(const char *path) {
     ldm_config *c;
     if (ldm_config_create(&c)) return NULL;
@@ -341,6 +353,43 @@ static void test_schema(void) {
              "schema: the printed struct parses back to the same struct");
     free(text);
     ldm_config_destroy(p);
+    ldm_config_destroy(c);
+}
+
+static void test_bounds(void) {
+    ldm_config *c;
+    test_bcfg v;
+    if (ldm_config_create(&c)) { LT_CHECK(0, "bounds: create"); return; }
+    LT_CHECK(!test_bcfg_load(c, NULL, &v) && v.steps == 1 && v.big == -1 && v.top_k == 3 && v.p == 0.5 && v.mult.n == 2,
+             "bounds: the defaults load (C types from the bounded kinds)");
+    LT_CHECK(!ldm_config_load_string(c, "[ok]\nsteps = 1\nbig = 9000000000\ntop_k = -1\np = 1\nlr = 0.01\nmult = [1, 7]\n", "ok.ini",
+                                     LDM_CONFIG_FORMAT_INI) && !test_bcfg_load(c, at(c, "ok"), &v) && v.big == 9000000000LL && v.top_k == -1
+                 && v.p == 1.0 && v.mult.v[1] == 7,
+             "bounds: values on the bounds are accepted");
+    LT_CHECK(!ldm_config_load_string(c, "[bad]\nsteps = 0\nbig = -2\ntop_k = 33\np = 1.5\nlr = 0.5\nmult = [2, 0, 3]\nname = \"y\"\n", "bad.ini",
+                                     LDM_CONFIG_FORMAT_INI), "bounds: a section with values out of range loads");
+    ldm_result r = test_bcfg_load(c, at(c, "bad"), &v);
+    const char *e = ldm_config_error(c);
+    LT_CHECK(r == LDM_ERR_INVALID && strstr(e, "bad.ini:2: bad.steps: 0 is out of range: steps must be >= 1")
+                 && strstr(e, "bad.ini:3: bad.big: -2 is out of range: big must be >= -1")
+                 && strstr(e, "bad.ini:4: bad.top_k: 33 is out of range: top_k must be in [-1, 32]")
+                 && strstr(e, "bad.ini:5: bad.p: 1.5 is out of range: p must be in [0.0, 1.0]")
+                 && strstr(e, "bad.ini:6: bad.lr: 0.5 is out of range: lr must be <= 0.01")
+                 && strstr(e, "bad.ini:7: bad.mult[1]: 0 is out of range: mult must be >= 1"),
+             "bounds: every value out of range is reported with its file:line");
+    if (r != LDM_ERR_INVALID || !strstr(e, "bad.ini:7")) printf("     %s\n", e);
+    FILE *f = tmpfile();
+    char buf[2048] = "";
+    if (f) {
+        ldm_config_schema_print(f, test_bcfg_schema());
+        rewind(f);
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        buf[n] = 0;
+        fclose(f);
+    }
+    LT_CHECK(strstr(buf, "at least one (>= 1)") && strstr(buf, "-1 .. 32 (in [-1, 32])") && strstr(buf, "small (<= 0.01)")
+                 && strstr(buf, "no bounds\n"),
+             "bounds: --help tables show them");
     ldm_config_destroy(c);
 }
 
@@ -777,6 +826,7 @@ int main(void) {
     test_good_yaml();
     test_bad_files();
     test_schema();
+    test_bounds();
     test_getters();
     test_merge_overrides();
     test_dump_good();

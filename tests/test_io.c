@@ -101,6 +101,48 @@ static void test_lpips(void) {
     ldm_weights_close(w);
 }
 
+/* ldm_atomic_begin/commit/abort: the target is the old file or the whole new one, never a
+   mix, and no temporary file is left behind */
+static int atomic_read(const char *path, char *buf, size_t cap) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, cap - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    return (int)n;
+}
+static int atomic_tmp_left(const char *path) {
+    char t[256];
+    snprintf(t, sizeof t, "%s.tmp.%ld", path, (long)getpid());
+    return access(t, F_OK) == 0;
+}
+static void test_atomic_write(void) {
+    const char *path = "io_atomic.txt";
+    char buf[64];
+    ldm_atomic_file af;
+    remove(path);
+    int ok = ldm_atomic_begin(ctx, &af, path) == LDM_OK;
+    if (ok) fprintf(af.f, "first");
+    ok = ok && atomic_read(path, buf, sizeof buf) < 0; /* nothing at the target before commit */
+    ok = ok && ldm_atomic_commit(ctx, &af) == LDM_OK;
+    ok = ok && atomic_read(path, buf, sizeof buf) == 5 && !strcmp(buf, "first") && !atomic_tmp_left(path);
+    LT_CHECK(ok, "atomic write: commit installs the file");
+    ok = ldm_atomic_begin(ctx, &af, path) == LDM_OK;
+    if (ok) fprintf(af.f, "second, longer");
+    ok = ok && atomic_read(path, buf, sizeof buf) == 5; /* the old file while the new one is written */
+    ldm_atomic_abort(&af);
+    ok = ok && atomic_read(path, buf, sizeof buf) == 5 && !strcmp(buf, "first") && !atomic_tmp_left(path);
+    LT_CHECK(ok, "atomic write: abort keeps the old file and removes the temporary");
+    ok = ldm_atomic_begin(ctx, &af, path) == LDM_OK;
+    if (ok) fprintf(af.f, "third");
+    ok = ok && ldm_atomic_commit(ctx, &af) == LDM_OK && atomic_read(path, buf, sizeof buf) == 5 && !strcmp(buf, "third");
+    LT_CHECK(ok, "atomic write: commit replaces an existing file");
+    ldm_result r = ldm_atomic_begin(ctx, &af, "no_such_dir/x.txt");
+    LT_CHECK(r == LDM_ERR_IO && af.f == NULL && af.tmp == NULL, "atomic write: a missing directory is LDM_ERR_IO");
+    ldm_ctx_clear_error(ctx);
+    remove(path);
+}
+
 /* write F32/F16/BF16 with ldm_safetensors_write and read back */
 static void test_roundtrip(void) {
     enum { N = 1000 };
@@ -549,6 +591,7 @@ int main(void) {
     }
     test_safetensors_fixture(expect);
     test_roundtrip();
+    test_atomic_write();
     check_against_expect(expect, FIX "io_zip_sd.pt", "sd", "torch-zip");
     check_against_expect(expect, FIX "io_legacy_sd.pt", "sd", "torch-legacy");
     check_against_expect(expect, FIX "io_zip_lightning.ckpt", "lightning", "torch-zip");

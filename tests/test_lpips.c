@@ -8,6 +8,7 @@
    Loads files, so it also runs under ASan/UBSan: LDM_TEST_SANITIZE */
 #define _POSIX_C_SOURCE 200809L /* popen for the CLI checks */
 #define LDM_IMPLEMENTATION
+#include "../ldm_vae.h"
 #include "../ldm_lpips.h"
 #include <sys/wait.h>
 #include "ldm_test.h"
@@ -417,7 +418,7 @@ static void test_loss(ldm_ctx *ctx, ldm_weights *fx) {
         if (!xrec) { lt_report(0, "loss: autoencoder forward", "%s", ldm_ctx_error(ctx)); ldm_set_grad_enabled(ctx, prev); ldm_step_reset(ctx); ldm_lpips_loss_destroy(L); break; }
         if (k == 1) check_fx(ctx, fx, "ae.xrec", lt_h(ctx, xrec, 0), (long)xrec->numel, 1e-5, 1e-4);
         ldm_loss_log log, dlog;
-        ldm_tensor *lg = ldm_lpips_loss_generator(ctx, L, x, xrec, &q, cs->step, ldm_vae_last_layer(vae), cs->split, &log);
+        ldm_tensor *lg = ldm_lpips_loss_generator(ctx, L, x, xrec, ldm_vae_posterior_kl(ctx, &q), cs->step, ldm_vae_last_layer(vae), cs->split, &log);
         if (lg && train) ldm_backward(ctx, lg);
         ldm_tensor *ld = lg ? ldm_lpips_loss_discriminator(ctx, L, x, xrec, cs->step, cs->split, &dlog) : NULL;
         if (ld && train) ldm_backward(ctx, ld);
@@ -484,7 +485,7 @@ static void test_loss(ldm_ctx *ctx, ldm_weights *fx) {
             ldm_vae_encode(ctx, vae, x, &q);
             ldm_tensor *xrec = ldm_vae_decode(ctx, vae, q.mean);
             ldm_loss_log log;
-            ldm_tensor *lg = ldm_lpips_loss_generator(ctx, L, x, xrec, &q, 0, ldm_vae_last_layer(vae), NULL, &log);
+            ldm_tensor *lg = ldm_lpips_loss_generator(ctx, L, x, xrec, ldm_vae_posterior_kl(ctx, &q), 0, ldm_vae_last_layer(vae), NULL, &log);
             double s = 0;
             const float *xh = lt_h(ctx, x, 0), *xrh = lt_h(ctx, xrec, 0);
             for (int64_t i = 0; lg && i < x->numel; i++) s += fabs((double)xh[i] - xrh[i]);
