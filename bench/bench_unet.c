@@ -548,10 +548,8 @@ int main(int argc, char **argv) {
             if (fabs(d) > 0.001)
                 printf("%s b%d: ldm.h executes %.2f GFLOP of convolutions and products, %+.2f%% against PyTorch's %.2f%s\n",
                        case_names[c], o.batches[k], l->flops / 1e9, 100.0 * d, t->flops / 1e9,
-                       c == CASE_TRAIN && d > 0
-                           ? " (ldm.h's backward also computes the input gradient of the UNet's first convolution, which PyTorch skips:"
-                             " x_t needs no gradient)"
-                           : d < 0 ? " (less: ldm.h computes part of the work outside the counted kernel table, e.g. a fused attention kernel)" : "");
+                       d < 0 ? " (ldm.h's count misses the products of kernels outside the wrapped table entries, e.g. an"
+                               " attention kernel of its own: count them in fc_install)" : "");
             else printf("%s b%d: ldm.h's and PyTorch's FLOP counts agree\n", case_names[c], o.batches[k]);
         }
     return fail;
