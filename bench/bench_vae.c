@@ -105,12 +105,27 @@ static void fc_conv_backward(ldm_ctx *ctx, float *dinp, float *dw, float *db, co
     fc_flops += 2.0 * fc_conv_macs(d) * (double)((dinp != NULL) + (dw != NULL));
     fc_orig->conv_backward(ctx, dinp, dw, db, dout, inp, w, d);
 }
+/* attention: q k^T and p v forward; the backward recomputes the scores, then dP = dO v^T and
+   whichever of dV = p^T dO, dQ = dS k, dK = dS^T q it is asked for */
+static void fc_attn_forward(ldm_ctx *ctx, float *out, float *lse, const float *q, const float *k, const float *v, int64_t B,
+                            int64_t H, int64_t Sq, int64_t Sk, int64_t D, float scale) {
+    fc_flops += 4.0 * (double)B * (double)H * (double)Sq * (double)Sk * (double)D;
+    fc_orig->attn_forward(ctx, out, lse, q, k, v, B, H, Sq, Sk, D, scale);
+}
+static void fc_attn_backward(ldm_ctx *ctx, float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                             const float *q, const float *k, const float *v, int64_t B, int64_t H, int64_t Sq, int64_t Sk,
+                             int64_t D, float scale) {
+    fc_flops += 2.0 * (double)(2 + (dq != NULL) + (dk != NULL) + (dv != NULL)) * (double)B * (double)H * (double)Sq * (double)Sk * (double)D;
+    fc_orig->attn_backward(ctx, dq, dk, dv, dout, out, lse, q, k, v, B, H, Sq, Sk, D, scale);
+}
 static void fc_install(ldm_ctx *ctx, ldm_device dev) {
     fc_orig = ctx->be[dev];
     fc_table = *fc_orig;
     fc_table.sgemm = fc_sgemm;
     fc_table.conv_forward = fc_conv_forward;
     fc_table.conv_backward = fc_conv_backward;
+    fc_table.attn_forward = fc_attn_forward;
+    fc_table.attn_backward = fc_attn_backward;
     fc_flops = 0.0;
     ldm_ctx_set_backend(ctx, dev, &fc_table, ldm_ctx_backend_state(ctx, dev));
 }
