@@ -528,6 +528,19 @@ typedef struct ldm_latent_diffusion_load_opts {
     int strict;
     int ema_weights;
 } ldm_latent_diffusion_load_opts;
+/* A part's load error, said with the part and its checkpoint prefix (the listed names are the part's own). */
+static ldm_result ldm__ld_part(ldm_ctx *ctx, ldm_result r, const char *part, const char *prefix) {
+    if (!r) return r;
+    size_t n = strlen(ldm_ctx_error(ctx)) + 1;
+    char *msg = (char *)LDM_MALLOC(n);
+    if (!msg) return r;
+    memcpy(msg, ldm_ctx_error(ctx), n);
+    ldm_ctx_clear_error(ctx);
+    r = ldm_ctx_seterr(ctx, r, "LatentDiffusion: %s (%s*): %s", part, prefix, msg);
+    LDM_FREE(msg);
+    return r;
+}
+
 LDM_API ldm_result ldm_latent_diffusion_load(ldm_ctx *ctx, ldm_latent_diffusion *ld, const char *path,
                                              const ldm_latent_diffusion_load_opts *opts);
 /* The same names as safetensors (torch's strict load_state_dict on the CompVis module accepts
@@ -2434,10 +2447,10 @@ LDM_API ldm_result ldm_latent_diffusion_load(ldm_ctx *ctx, ldm_latent_diffusion 
     memset(&o, 0, sizeof o);
     o.strict = strict;
     o.prefix_strip = ldm__ld_pfx_model;
-    r = ldm_nn_load_weights(ctx, ld->dP, w, &o);
+    r = ldm__ld_part(ctx, ldm_nn_load_weights(ctx, ld->dP, w, &o), "the denoiser", ldm__ld_pfx_model);
     if (!r && ld->ce) {
         o.prefix_strip = ldm__ld_pfx_cond;
-        r = ldm_nn_load_weights(ctx, ldm_class_embedder_params(ld->ce), w, &o);
+        r = ldm__ld_part(ctx, ldm_nn_load_weights(ctx, ldm_class_embedder_params(ld->ce), w, &o), "the ClassEmbedder", ldm__ld_pfx_cond);
     }
     int j;
     if (!r && ld->logvar) {
@@ -2467,7 +2480,7 @@ LDM_API ldm_result ldm_latent_diffusion_load(ldm_ctx *ctx, ldm_latent_diffusion 
     if (!r && ld->has_ema && (strict || has_ema_file)) r = ldm__ld_load_ema(ctx, ld, w, 1);
     if (!r && emaw) r = ld->has_ema ? ldm_ema_copy_to(ctx, &ld->ema) : ldm__ld_load_ema(ctx, ld, w, 0);
     ldm_weights_close(w);
-    if (!r) r = ldm_vae_load_ex(ctx, ld->vae, path, strict, NULL);
+    if (!r) r = ldm__ld_part(ctx, ldm_vae_load_ex(ctx, ld->vae, path, strict, NULL), "the first stage", ldm__ld_pfx_first);
     return r;
 }
 
