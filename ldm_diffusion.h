@@ -520,8 +520,10 @@ LDM_API void ldm_latent_diffusion_set_training(ldm_latent_diffusion *ld, int on)
 
 /* Loading a whole checkpoint (safetensors, .ckpt zip or legacy). strict: every parameter of
    every part found with its shape, and no file name outside the known prefixes and buffers;
-   the error lists the names. ema_weights: the denoiser gets the model_ema.* weights (sampling
-   with EMA, as CompVis' ema_scope); an error when the file has none. The schedule buffers
+   the error lists the names. With use_ema, model_ema.* is read into the EMA (every name must be
+   there once the file has any; a file without EMA starts the EMA from the loaded weights).
+   ema_weights: the denoiser gets the model_ema.* weights (sampling with EMA, as CompVis'
+   ema_scope); an error when the file has none. The schedule buffers
    are checked against the config (betas); scale_factor is taken from the file with
    scale_by_std. report (may be NULL) gets the denoiser's load report. */
 typedef struct ldm_latent_diffusion_load_opts {
@@ -554,6 +556,11 @@ LDM_API ldm_tensor *ldm_latent_diffusion_encode(ldm_ctx *ctx, ldm_latent_diffusi
                                                 const ldm_vae_infer *infer);
 /* decode_first_stage: first stage decode of z / scale_factor (VQ: quantized first). No grad. */
 LDM_API ldm_tensor *ldm_latent_diffusion_decode(ldm_ctx *ctx, ldm_latent_diffusion *ld, ldm_tensor *z, const ldm_vae_infer *infer);
+/* scale_by_std (on_train_batch_start of the first batch): with scale_factor 1, the latents of
+   x (posterior sample, eps as above) give scale_factor = 1 / std(z) (unbiased, as torch.std);
+   stored and returned in *scale (may be NULL). An error without scale_by_std or when the scale
+   factor is not 1 (CompVis asserts both). */
+LDM_API ldm_result ldm_latent_diffusion_scale_by_std(ldm_ctx *ctx, ldm_latent_diffusion *ld, ldm_tensor *x, ldm_tensor *eps, float *scale);
 /* get_learned_conditioning: labels [B] as floats -> ClassEmbedder [B, 1, D]; identity: c;
    first stage: posterior mode; none: NULL without an error. */
 LDM_API ldm_tensor *ldm_latent_diffusion_conditioning(ldm_ctx *ctx, ldm_latent_diffusion *ld, ldm_tensor *c);
@@ -575,7 +582,8 @@ typedef struct ldm_latent_diffusion_sample_opts {
     ldm_tensor *c;                /* raw conditioning: labels [n] (ClassEmbedder / adm), an image
                                      [n, C, h, w] (concat); NULL: unconditional model */
     ldm_tensor *uc;               /* raw unconditional conditioning; NULL with guidance: the
-                                     class n_classes - 1 for all samples (CompVis' cin256 scripts) */
+                                     class n_classes - 1 for all samples (CompVis' cin256 scripts),
+                                     or a DiT's null class (num_classes) */
     ldm_tensor *x_T, *noise;      /* as ldm_sample_opts (NULL: the ctx RNG) */
     int decode_batch;             /* first stage decodes this many at a time (0: 1) */
     int tile;                     /* first stage tile in pixels (0: none) */
@@ -2477,7 +2485,11 @@ LDM_API ldm_result ldm_latent_diffusion_load(ldm_ctx *ctx, ldm_latent_diffusion 
     }
     int has_ema_file = 0;
     for (int i = 0; i < n && !has_ema_file; i++) has_ema_file = ldm__ld_starts(ldm_weights_info(w, i)->name, ldm__ld_pfx_ema);
-    if (!r && ld->has_ema && (strict || has_ema_file)) r = ldm__ld_load_ema(ctx, ld, w, 1);
+    if (!r && ld->has_ema && has_ema_file) r = ldm__ld_load_ema(ctx, ld, w, 1);
+    else if (!r && ld->has_ema) {   /* no EMA in the file: LitEma starts from the loaded weights */
+        ldm_ema_free(ctx, &ld->ema);
+        ld->has_ema = !(r = ldm_ema_init(ctx, &ld->ema, ld->dP, 0.0f, 1));
+    }
     if (!r && emaw) r = ld->has_ema ? ldm_ema_copy_to(ctx, &ld->ema) : ldm__ld_load_ema(ctx, ld, w, 0);
     ldm_weights_close(w);
     if (!r) r = ldm__ld_part(ctx, ldm_vae_load_ex(ctx, ld->vae, path, strict, NULL), "the first stage", ldm__ld_pfx_first);
@@ -2597,6 +2609,31 @@ LDM_API ldm_tensor *ldm_latent_diffusion_decode(ldm_ctx *ctx, ldm_latent_diffusi
     ldm_set_grad_enabled(ctx, prev);
     return img;
 }
+LDM_API ldm_result ldm_latent_diffusion_scale_by_std(ldm_ctx *ctx, ldm_latent_diffusion *ld, ldm_tensor *x, ldm_tensor *eps, float *scale) {
+    if (ctx->status) return ctx->status;
+    if (!ld->cfg.scale_by_std || ld->scale_factor != 1.0f)
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "LatentDiffusion scale_by_std: needs scale_by_std and a scale factor of 1 (it is %g; "
+                              "hint: compute it once, at the first batch)", (double)ld->scale_factor);
+    ldm_mark m = ldm_arena_mark(ctx);
+    ldm_tensor *z = ldm_latent_diffusion_encode(ctx, ld, x, eps, NULL);
+    float *h = z ? (float *)LDM_MALLOC(sizeof(float) * (size_t)z->numel) : NULL;
+    ldm_result r = z ? LDM_OK : ctx->status;
+    if (z && !h) r = ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "LatentDiffusion scale_by_std: out of memory");
+    if (h && !(r = ldm_to_host(ctx, z, h))) {
+        double s = 0, ss = 0;
+        int64_t n = z->numel;
+        for (int64_t i = 0; i < n; i++) s += h[i];
+        double mean = s / (double)n;
+        for (int64_t i = 0; i < n; i++) ss += (h[i] - mean) * (h[i] - mean);
+        double sd = n > 1 ? sqrt(ss / (double)(n - 1)) : 0.0;
+        if (!(sd > 0)) r = ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "LatentDiffusion scale_by_std: the latents have no spread (std %g)", sd);
+        else ld->scale_factor = (float)(1.0 / (float)sd);   /* 1. / z.flatten().std() on a float32 std */
+        if (!r && scale) *scale = ld->scale_factor;
+    }
+    LDM_FREE(h);
+    ldm_arena_rewind(ctx, m);
+    return r;
+}
 LDM_API ldm_tensor *ldm_latent_diffusion_conditioning(ldm_ctx *ctx, ldm_latent_diffusion *ld, ldm_tensor *c) {
     if (ctx->status) return NULL;
     if (ld->cfg.cond_stage == LDM_CONDSTAGE_NONE) return NULL;
@@ -2666,10 +2703,14 @@ LDM_API ldm_tensor *ldm_latent_diffusion_sample(ldm_ctx *ctx, ldm_latent_diffusi
     int guided = o->guidance_scale != 0.0f && o->guidance_scale != 1.0f && ld->cfg.cond_stage != LDM_CONDSTAGE_NONE;
     if (guided && !ctx->status) {
         ldm_tensor *ucr = o->uc;
-        if (!ucr && ld->cfg.cond_stage == LDM_CONDSTAGE_CLASS) {   /* the "unconditional" class: the last one */
+        /* the "unconditional" class: ClassEmbedder's last one; DiT's null class */
+        int null_class = ld->cfg.cond_stage == LDM_CONDSTAGE_CLASS ? ld->cfg.cond_n_classes - 1
+                         : ld->cfg.denoiser == LDM_DENOISER_DIT && ld->cfg.conditioning_key == LDM_CONDKEY_ADM && ld->cfg.dit.class_dropout_prob > 0
+                             ? ld->cfg.dit.num_classes : -1;
+        if (!ucr && null_class >= 0) {
             float *h = (float *)LDM_MALLOC(sizeof(float) * (size_t)n);
             if (h) {
-                for (int64_t i = 0; i < n; i++) h[i] = (float)(ld->cfg.cond_n_classes - 1);
+                for (int64_t i = 0; i < n; i++) h[i] = (float)null_class;
                 ucr = ldm_from_host(ctx, ldm_shape1(n), h);
                 LDM_FREE(h);
             } else ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "LatentDiffusion sample: out of memory");

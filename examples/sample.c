@@ -175,11 +175,13 @@ int main(int argc, char **argv) {
             if (!so.c) rc = fail(ctx, "the conditioning image");
         }
     } else if (!rc && (lc.cond_stage == LDM_CONDSTAGE_CLASS || lc.conditioning_key == LDM_CONDKEY_ADM)) {
-        int K = lc.cond_stage == LDM_CONDSTAGE_CLASS ? lc.cond_n_classes : lc.unet.num_classes;
-        if (a.cls >= K || (a.cls >= 0 && K < 1)) { fprintf(stderr, "ldm-sample: --class %d: the model has %d classes\n", a.cls, K); rc = 2; }
+        /* K classes; the drawn ones leave out ClassEmbedder's last (the unconditional one) */
+        int K = lc.cond_stage == LDM_CONDSTAGE_CLASS ? lc.cond_n_classes : lc.denoiser == LDM_DENOISER_DIT ? lc.dit.num_classes : lc.unet.num_classes;
+        int Kd = lc.cond_stage == LDM_CONDSTAGE_CLASS ? K - 1 : K;
+        if (a.cls >= K || K < 1) { fprintf(stderr, "ldm-sample: --class %d: the model has %d classes\n", a.cls, K); rc = 2; }
         float *y = (float *)malloc(sizeof(float) * (size_t)a.n);
         ldm_rng *rng = ldm_ctx_rng(ctx);
-        for (int i = 0; y && i < a.n; i++) y[i] = (float)(a.cls >= 0 ? a.cls : (int)(ldm_rng_u64(rng) % (uint64_t)(K > 1 ? K - 1 : 1)));
+        for (int i = 0; y && i < a.n; i++) y[i] = (float)(a.cls >= 0 ? a.cls : (int)(ldm_rng_u64(rng) % (uint64_t)(Kd > 0 ? Kd : 1)));
         if (!rc && y) {
             fprintf(stderr, "classes:");
             for (int i = 0; i < a.n; i++) fprintf(stderr, " %d", (int)y[i]);

@@ -86,6 +86,94 @@ static int check_tensor(const char *name, ldm_ctx *ctx, ldm_tensor *got, ldm_wei
     return ok;
 }
 
+/* A LatentDiffusion from YAML text (the tiny first stage, another denoiser / conditioning). */
+static const char *FIRST_STAGE =
+    "    first_stage_config:\n"
+    "      target: ldm.models.autoencoder.AutoencoderKL\n"
+    "      params:\n"
+    "        embed_dim: 4\n"
+    "        ddconfig: {double_z: true, z_channels: 4, resolution: 8, in_channels: 3, out_ch: 3, ch: 32, ch_mult: [1],"
+    " num_res_blocks: 1, attn_resolutions: [], dropout: 0.0}\n";
+static ldm_latent_diffusion *from_text(ldm_ctx *ctx, const char *params, const char *name) {
+    char text[4096];
+    snprintf(text, sizeof text, "model:\n  target: ldm.models.diffusion.ddpm.LatentDiffusion\n  params:\n%s%s", params, FIRST_STAGE);
+    ldm_config *cfg;
+    ldm_latent_diffusion_config lc;
+    ldm_latent_diffusion *ld = NULL;
+    ldm_config_create(&cfg);
+    if (ldm_config_load_string(cfg, text, name, LDM_CONFIG_FORMAT_YAML) || ldm_latent_diffusion_config_read(cfg, NULL, &lc))
+        printf("  %s: %s\n", name, ldm_config_error(cfg));
+    else if (ldm_latent_diffusion_create(ctx, &ld, &lc)) printf("  %s: %s\n", name, ldm_ctx_error(ctx));
+    ldm_config_destroy(cfg);
+    return ld;
+}
+
+static ldm_tensor *filled(ldm_ctx *ctx, ldm_shape s, const char *name, float scale) {
+    int64_t n = 1;
+    for (int i = 0; i < s.ndim; i++) n *= s.d[i];
+    float *h = (float *)malloc(sizeof(float) * (size_t)n);
+    lt_hash_uniform(name, h, (long)n);
+    for (int64_t i = 0; i < n; i++) h[i] *= scale;
+    ldm_tensor *t = ldm_from_host(ctx, s, h);
+    free(h);
+    return t;
+}
+
+/* super-resolution layout (ldm_bsr_sr.yaml): the low-res image concatenated to z_t */
+static void test_concat(ldm_ctx *ctx) {
+    ldm_latent_diffusion *ld = from_text(ctx,
+        "    timesteps: 1000\n    image_size: 8\n    channels: 4\n    concat_mode: true\n    cond_stage_key: LR_image\n    use_ema: false\n"
+        "    unet_config:\n      target: ldm.modules.diffusionmodules.openaimodel.UNetModel\n"
+        "      params: {image_size: 8, in_channels: 7, out_channels: 4, model_channels: 32, attention_resolutions: [], num_res_blocks: 1,"
+        " channel_mult: [1], num_head_channels: 32}\n"
+        "    cond_stage_config:\n      target: torch.nn.Identity\n", "concat.yaml");
+    lt_report(ld && ldm_latent_diffusion_cfg(ld)->conditioning_key == LDM_CONDKEY_CONCAT, "SR model: concat + Identity created", "%s", ldm_ctx_error(ctx));
+    if (!ld) return;
+    ldm_tensor *lr = filled(ctx, ldm_shape4(2, 3, 6, 6), "sr.lr", 0.9f);
+    ldm_latent_diffusion_sample_opts so;
+    memset(&so, 0, sizeof so);
+    so.steps = 4;
+    so.c = lr;
+    ldm_tensor *z = NULL, *img = ldm_latent_diffusion_sample(ctx, ld, &so, &z);
+    lt_report(img && z && z->shape[0] == 2 && z->shape[1] == 4 && z->shape[2] == 6 && z->shape[3] == 6 && img->shape[1] == 3 && img->shape[2] == 6,
+              "SR sampling: the latent takes the low-res image's size, decoded to [2, 3, 6, 6]", "%s", ldm_ctx_error(ctx));
+    ldm_tensor *x = filled(ctx, ldm_shape4(2, 3, 6, 6), "sr.x", 0.9f);
+    ldm_tensor *loss = ldm_latent_diffusion_loss(ctx, ld, x, lr, NULL, NULL, NULL, NULL);
+    float v = NAN;
+    if (loss) ldm_to_host(ctx, loss, &v);
+    lt_report(loss && v > 0 && v < 100, "SR training loss (t, noise drawn)", "loss %g: %s", v, ldm_ctx_error(ctx));
+    so.c = NULL;
+    img = ldm_latent_diffusion_sample(ctx, ld, &so, NULL);
+    lt_report(!img && strstr(ldm_ctx_error(ctx), "conditioning"), "SR sampling without the image is an error", "%s", ldm_ctx_error(ctx));
+    ldm_ctx_clear_error(ctx);
+    ldm_latent_diffusion_destroy(ld);
+    ldm_step_reset(ctx);
+}
+
+/* a DiT denoiser (unet_config.target ...DiT) with class labels as y (adm), guided with its null class */
+static void test_dit(ldm_ctx *ctx) {
+    ldm_latent_diffusion *ld = from_text(ctx,
+        "    image_size: 8\n    channels: 4\n    conditioning_key: adm\n    cond_stage_key: class_label\n    use_ema: false\n"
+        "    unet_config:\n      target: models.DiT\n"
+        "      params: {input_size: 8, patch_size: 2, in_channels: 4, hidden_size: 32, depth: 1, num_heads: 2, num_classes: 3,"
+        " learn_sigma: true, class_dropout_prob: 0.1}\n"
+        "    cond_stage_config:\n      target: torch.nn.Identity\n", "dit.yaml");
+    lt_report(ld && ldm_latent_diffusion_cfg(ld)->denoiser == LDM_DENOISER_DIT, "DiT denoiser from unet_config.target", "%s", ldm_ctx_error(ctx));
+    if (!ld) return;
+    float yh[2] = {0, 2};
+    ldm_latent_diffusion_sample_opts so;
+    memset(&so, 0, sizeof so);
+    so.steps = 2;
+    so.guidance_scale = 2.0f;
+    so.c = ldm_from_host(ctx, ldm_shape1(2), yh);
+    ldm_tensor *z = NULL, *img = ldm_latent_diffusion_sample(ctx, ld, &so, &z);
+    lt_report(img && z && z->shape[1] == 4 && z->shape[2] == 8 && img->shape[0] == 2 && img->shape[1] == 3,
+              "DiT sampling: eps half of the learn_sigma output, guided with the null class", "%s", ldm_ctx_error(ctx));
+    ldm_ctx_clear_error(ctx);
+    ldm_latent_diffusion_destroy(ld);
+    ldm_step_reset(ctx);
+}
+
 int main(void) {
     ldm_ctx *ctx;
     ldm_settings st;
@@ -206,6 +294,42 @@ int main(void) {
     r = ldm_latent_diffusion_load(ctx, ld, "no_such.ckpt", &lo);
     lt_report(r && strstr(ldm_ctx_error(ctx), "no_such.ckpt"), "a missing file is an error naming it", "%s", ldm_ctx_error(ctx));
     ldm_ctx_clear_error(ctx);
+
+    /* ---- scale_by_std ---- */
+    {
+        ldm_config *cfg;
+        ldm_latent_diffusion_config sc;
+        ldm_latent_diffusion *l3 = NULL;
+        ldm_config_create(&cfg);
+        ldm_config_load(cfg, "../tests/configs/ldm_tiny.yaml");
+        ldm_config_set(cfg, "model.params.scale_by_std=true", "test");
+        ldm_config_set(cfg, "model.params.scale_factor=1.0", "test");
+        r = ldm_latent_diffusion_config_read(cfg, NULL, &sc);
+        ldm_config_destroy(cfg);
+        if (!r) r = ldm_latent_diffusion_create(ctx, &l3, &sc);
+        if (!r) r = ldm_latent_diffusion_load(ctx, l3, CKPT, &lo);
+        float s = 0;
+        x = lt_tensor(ctx, w, "x"); peps = lt_tensor(ctx, w, "posterior_eps");
+        if (!r) r = ldm_latent_diffusion_scale_by_std(ctx, l3, x, peps, &s);
+        float *want = lt_load(ctx, w, "scale_by_std", NULL);
+        if (!r && want) lt_close("scale_by_std: 1 / std of the first batch's latents", &s, want, 1, 1e-6, 1e-5);
+        else lt_report(0, "scale_by_std", "%s", ldm_ctx_error(ctx));
+        r = ldm_latent_diffusion_scale_by_std(ctx, l3, x, peps, NULL);
+        lt_report(r != 0, "scale_by_std a second time is an error", "r %d", r);
+        ldm_ctx_clear_error(ctx);
+        ldm_latent_diffusion *l4 = NULL;
+        r = ldm_latent_diffusion_save(ctx, l3, "ldm_tiny_std.safetensors", LDM_F32);
+        if (!r) r = ldm_latent_diffusion_create(ctx, &l4, &sc);
+        if (!r) r = ldm_latent_diffusion_load(ctx, l4, "ldm_tiny_std.safetensors", &lo);
+        lt_report(!r && ldm_latent_diffusion_scale_factor(l4) == s, "the scale_factor buffer is saved and loaded", "%g vs %g: %s",
+                  l4 ? ldm_latent_diffusion_scale_factor(l4) : -1.0, s, ldm_ctx_error(ctx));
+        free(want);
+        ldm_latent_diffusion_destroy(l3);
+        ldm_latent_diffusion_destroy(l4);
+        ldm_step_reset(ctx);
+    }
+    test_concat(ctx);
+    test_dit(ctx);
 
     ldm_weights_close(w);
     ldm_latent_diffusion_destroy(ld);

@@ -94,6 +94,9 @@ out = unet(x_t, t.double(), context=c)
 loss_simple = ((out - noise) ** 2).mean(dim=[1, 2, 3])
 loss = loss_simple.mean()
 loss.backward()
+# scale_by_std: 1 / std of the scale-1 latents of the first batch (torch.std, unbiased, float32)
+z1 = (mean + torch.exp(0.5 * logvar) * peps).float()
+OUT["scale_by_std"] = (1.0 / z1.flatten().std()).view(1)
 OUT.update({"x": x, "posterior_eps": peps, "noise": noise, "t": t.double(), "y": y.double(), "z": z, "loss": loss.detach().view(1),
             "loss_simple": loss_simple.detach()})
 GRADS = ["out.2.weight", "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", "time_embed.0.weight",
