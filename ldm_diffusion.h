@@ -1,11 +1,13 @@
 /* ldm_diffusion.h - latent diffusion, exact to CompVis latent-diffusion: noise schedules and the
    DDPM / LatentDiffusion training objective, the denoisers (the LDM UNet with its
-   SpatialTransformer, and DiT), and the DDPM / DDIM samplers with classifier-free guidance.
+   SpatialTransformer, and DiT), the DDPM / DDIM samplers with classifier-free guidance, and
+   the LatentDiffusion model that ties them to a first stage and a conditioning stage.
    v0.1
 
    Do this in exactly one C or C++ file before including it:
        #define LDM_IMPLEMENTATION          (every ldm_ header)
-   ldm_diffusion.h includes ldm_nn.h and ldm_tensor.h.
+   ldm_diffusion.h includes ldm_vae.h (the first stage), ldm_nn.h and ldm_tensor.h; with
+   ldm_config.h included first it also reads CompVis configs.
 
    Shape legend: B batch, C channels, H, W latent (or pixel) size, T diffusion steps (1000),
    S sampling steps, N tokens (H*W), D model width, L context length, K classes.
@@ -15,6 +17,7 @@
      1. schedules and the diffusion process (q_sample, posterior, parameterizations, losses)
      2. denoisers (UNet + SpatialTransformer, DiT), all behind one call: ldm_denoiser
      3. samplers (DDPM ancestral, DDIM, classifier-free guidance)
+     4. LatentDiffusion (ddpm.py's LatentDiffusion: config, checkpoint, shared_step, sampling)
 
    Example (sections 1 and 3): train a denoiser with EMA, then sample with guided DDIM.
 
@@ -32,6 +35,19 @@
        ldm_ema_store(ctx, &ema);  ldm_ema_copy_to(ctx, &ema);             // ema_scope
        ldm_tensor *z = ldm_ddim_sample(ctx, &dd, &sch, &den, ldm_shape4(4, 4, 32, 32), &so);
        ldm_ema_restore(ctx, &ema);
+
+   Example (section 4): a CompVis class-conditional LDM, sampled with guidance and EMA weights.
+
+       ldm_config *cfg;  ldm_latent_diffusion_config lc;  ldm_latent_diffusion *ld;
+       ldm_config_create(&cfg);  ldm_config_load(cfg, "cin256-v2.yaml");
+       ldm_latent_diffusion_config_read(cfg, NULL, &lc);       // model.params
+       ldm_latent_diffusion_create(ctx, &ld, &lc);
+       ldm_latent_diffusion_load_opts lo = {1, 1};             // strict, EMA weights
+       ldm_latent_diffusion_load(ctx, ld, "cin256-v2.ckpt", &lo);
+       ldm_latent_diffusion_sample_opts so = {0};
+       so.n = 4;  so.steps = 50;  so.guidance_scale = 3.0f;  so.c = labels;   // [4] floats
+       ldm_tensor *img = ldm_latent_diffusion_sample(ctx, ld, &so, NULL);      // [4, 3, 256, 256]
+       // training: loss = ldm_latent_diffusion_loss(ctx, ld, x, labels, NULL, NULL, NULL, &log)
 
    Public API of sections 1 and 3 (ddpm.py, ddim.py, util.py, ema.py of CompVis latent-diffusion;
    v-prediction as in Stable Diffusion 2):
@@ -51,6 +67,15 @@
      ldm_diffusion_model_output     model call with classifier-free guidance ([uncond; cond] batch)
      ldm_ddpm_step, ldm_ddpm_sample p_sample, p_sample_loop (no noise at t = 0)
      ldm_ddim_update, _step, _sample  p_sample_ddim, ddim_sampling
+   Section 4 (ddpm.py LatentDiffusion, DiffusionWrapper; ema.py; encoders ClassEmbedder):
+     ldm_latent_diffusion_config_read   model.params of a CompVis config (schema-checked)
+     ldm_latent_diffusion_create/destroy/load/save   whole CompVis state dicts (incl. model_ema.*)
+     ldm_latent_diffusion_encode/decode encode_first_stage + get_first_stage_encoding /
+                                        decode_first_stage (scale_factor), chunked first stage
+     ldm_latent_diffusion_conditioning/cond   get_learned_conditioning, then the conditioning_key
+     ldm_latent_diffusion_loss          shared_step (p_losses on the encoded batch)
+     ldm_latent_diffusion_scale_by_std  the first batch's scale factor
+     ldm_latent_diffusion_sample        DDIM / DDPM with guidance, decoded
    Timesteps are host int arrays (t[B]); noise is drawn from the ctx RNG unless given (tests
    pass it explicitly). Samplers run without grad, keep memory bounded by rewinding the arena
    every step (the returned sample is a leaf in the arena) and report progress and the
