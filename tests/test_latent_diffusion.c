@@ -174,21 +174,15 @@ static void test_dit(ldm_ctx *ctx) {
     ldm_step_reset(ctx);
 }
 
-int main(void) {
-    ldm_ctx *ctx;
-    ldm_settings st;
-    memset(&st, 0, sizeof st);
-    st.arena_bytes = (size_t)256 << 20;
-    if (ldm_ctx_create(&ctx, &st)) return 1;
-    test_configs(ctx);
-
+/* the tiny model against the reference; every check reads tensors back, so it runs on any device */
+static void test_model(ldm_ctx *ctx) {
     ldm_latent_diffusion_config lc;
     ldm_latent_diffusion *ld = NULL;
     ldm_weights *w = NULL;
     if (read_cfg("../tests/configs/ldm_tiny.yaml", &lc) || ldm_latent_diffusion_create(ctx, &ld, &lc) ||
         ldm_weights_open(ctx, &w, "../tests/fixtures/ldm_ref.safetensors")) {
-        printf("setup: %s\n", ldm_ctx_error(ctx));
-        return 1;
+        lt_report(0, "setup", "%s", ldm_ctx_error(ctx));
+        return;
     }
     ldm_latent_diffusion_load_opts lo = {1, 0};
     ldm_result r = ldm_latent_diffusion_load(ctx, ld, CKPT, &lo);
@@ -328,12 +322,38 @@ int main(void) {
         ldm_latent_diffusion_destroy(l4);
         ldm_step_reset(ctx);
     }
-    test_concat(ctx);
-    test_dit(ctx);
-
     ldm_weights_close(w);
     ldm_latent_diffusion_destroy(ld);
     lt_host_release();
+    ldm_step_reset(ctx);
+}
+
+int main(void) {
+    ldm_ctx *ctx;
+    ldm_settings st;
+    memset(&st, 0, sizeof st);
+    st.arena_bytes = (size_t)256 << 20;
+    if (ldm_ctx_create(&ctx, &st)) return 1;
+#ifndef LDM_CUDA_EMULATOR /* the emulator build only runs the device part below */
+    test_configs(ctx);
+    test_model(ctx);
+    test_concat(ctx);
+    test_dit(ctx);
+#endif
+#ifdef LDM_CUDA
+    ldm_ctx *gpu;
+    if (ldm_cuda_available() && !ldm_ctx_create(&gpu, &st)) {
+        if (ldm_cuda_init(gpu, 0)) lt_report(0, "cuda init", "%s", ldm_ctx_error(gpu));
+        else {
+            lt_tag = "[cuda] ";
+            test_model(gpu);
+            test_concat(gpu);
+            test_dit(gpu);
+            lt_tag = "";
+        }
+        ldm_ctx_destroy(gpu);
+    } else printf("SKIP test_latent_diffusion on CUDA: no CUDA device\n");
+#endif
     ldm_ctx_destroy(ctx);
     return lt_finish("test_latent_diffusion");
 }
