@@ -6,7 +6,7 @@
 
    ldm-sample --config C --ckpt K --out grid.png [--n 16] [--steps 50] [--eta 0] [--scale 1]
               [--class k] [--seed s] [--lr in.png] [--ema] [--ddpm] [--threads N]
-              [--decode-batch N] [--tile N] [--non-strict]
+              [--decode-batch N] [--tile N] [--non-strict] [--gpu ID | --cpu]
 
    --config   a CompVis LatentDiffusion config (model.params: unet_config, first_stage_config,
               cond_stage_config), e.g. configs/cin256-v2.yaml
@@ -20,6 +20,7 @@
               the latent has its size
    --ema      sample with the EMA weights (model_ema.*), as CompVis does when use_ema
    --ddpm     ancestral DDPM over all T steps instead of DDIM
+   --gpu      the CUDA device of a CUDA build (default 0 when one is visible); --cpu: the CPU
    The grid has 4 images per row, 2 pixels of padding, images clamped to [-1, 1] (ImageLogger's
    make_grid); a progress bar over the steps goes to stderr. */
 #define LDM_IMPLEMENTATION
@@ -30,7 +31,7 @@
 
 typedef struct args {
     const char *config, *ckpt, *out, *lr;
-    int n, steps, cls, threads, ema, ddpm, strict, decode_batch, tile;
+    int n, steps, cls, threads, ema, ddpm, strict, decode_batch, tile, gpu, cpu;
     double eta, scale;
     unsigned long long seed;
 } args;
@@ -40,7 +41,7 @@ static int usage(const char *msg) {
     fprintf(stderr,
             "usage: ldm-sample --config C --ckpt K --out grid.png [--n 16] [--steps 50] [--eta 0] [--scale 1]\n"
             "                  [--class k] [--seed s] [--lr in.png] [--ema] [--ddpm] [--threads N]\n"
-            "                  [--decode-batch N] [--tile N] [--non-strict]\n");
+            "                  [--decode-batch N] [--tile N] [--non-strict] [--gpu ID | --cpu]\n");
     return 2;
 }
 
@@ -64,11 +65,13 @@ static int parse(int argc, char **argv, args *a) {
         ARG_INT("--threads", a->threads)
         ARG_INT("--decode-batch", a->decode_batch)
         ARG_INT("--tile", a->tile)
+        ARG_INT("--gpu", a->gpu)
         ARG_NUM("--eta", a->eta)
         ARG_NUM("--scale", a->scale)
         if (!strcmp(s, "--seed")) { if (!more) return usage("--seed needs a value"); a->seed = strtoull(argv[++i], &e, 10); if (*e) return usage("--seed needs an integer"); continue; }
         if (!strcmp(s, "--ema")) { a->ema = 1; continue; }
         if (!strcmp(s, "--ddpm")) { a->ddpm = 1; continue; }
+        if (!strcmp(s, "--cpu")) { a->cpu = 1; continue; }
         if (!strcmp(s, "--non-strict")) { a->strict = 0; continue; }
         fprintf(stderr, "ldm-sample: unknown argument %s\n", s);
         return usage(NULL);
@@ -152,7 +155,11 @@ int main(int argc, char **argv) {
     lo.strict = a.strict;
     lo.ema_weights = a.ema;
     int rc = 0;
-    if (ldm_latent_diffusion_create(ctx, &ld, &lc)) rc = fail(ctx, "model");
+#ifdef LDM_CUDA
+    if (!a.cpu && ldm_cuda_available() && ldm_cuda_init(ctx, a.gpu)) rc = fail(ctx, "--gpu");
+#endif
+    if (rc) {}
+    else if (ldm_latent_diffusion_create(ctx, &ld, &lc)) rc = fail(ctx, "model");
     else if (ldm_latent_diffusion_load(ctx, ld, ckpt, &lo)) rc = fail(ctx, "checkpoint");
 
     ldm_latent_diffusion_sample_opts so;
