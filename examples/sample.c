@@ -137,6 +137,9 @@ int main(int argc, char **argv) {
         return 1;
     }
     ldm_config_destroy(cfg);
+    if (lc.ckpt_path[0])
+        fprintf(stderr, "ldm-sample: note: the config's ckpt_path %s (ignore_keys: %d) is not read; the weights come from --ckpt\n",
+                lc.ckpt_path, lc.n_ignore_keys);
 
     /* an ldm.h checkpoint directory holds model.safetensors */
     char ckpt[4096];

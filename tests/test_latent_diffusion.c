@@ -322,6 +322,45 @@ static void test_model(ldm_ctx *ctx) {
         ldm_latent_diffusion_destroy(l4);
         ldm_step_reset(ctx);
     }
+    /* ---- learn_logvar: a parameter "logvar" [T] at the top of the state dict ---- */
+    {
+        ldm_config *cfg;
+        ldm_latent_diffusion_config vc;
+        ldm_latent_diffusion *l5 = NULL, *l6 = NULL;
+        ldm_config_create(&cfg);
+        ldm_config_load(cfg, "../tests/configs/ldm_tiny.yaml");
+        ldm_config_set(cfg, "model.params.learn_logvar=true", "test");
+        ldm_config_set(cfg, "model.params.logvar_init=0.5", "test");
+        r = ldm_latent_diffusion_config_read(cfg, NULL, &vc);
+        ldm_config_destroy(cfg);
+        ldm_latent_diffusion_load_opts ns = {0, 0};
+        if (!r) r = ldm_latent_diffusion_create(ctx, &l5, &vc);
+        if (!r) {
+            r = ldm_latent_diffusion_load(ctx, l5, CKPT, &lo);
+            lt_report(r && strstr(ldm_ctx_error(ctx), "logvar"), "learn_logvar: a strict load wants 'logvar'", "r %d: %s", r, ldm_ctx_error(ctx));
+            ldm_ctx_clear_error(ctx);
+            r = ldm_latent_diffusion_load(ctx, l5, CKPT, &ns);
+        }
+        x = lt_tensor(ctx, w, "x"); peps = lt_tensor(ctx, w, "posterior_eps"); noise = lt_tensor(ctx, w, "noise"); y = lt_tensor(ctx, w, "y");
+        ldm_tensor *lvl = r ? NULL : ldm_latent_diffusion_loss(ctx, l5, x, y, t, noise, peps, &log);
+        float l5v = scalar(ctx, lvl), want = (float)(lv / exp(0.5) + 0.5);
+        lt_report(lvl && fabsf(l5v - want) < 1e-5f * want && log.n == 5 && !strcmp(log.key[2], "logvar"),
+                  "learn_logvar: loss = mean(simple / exp(logvar_t) + logvar_t), logged with loss_gamma and logvar", "%g vs %g, %d keys", l5v, want, log.n);
+        if (lvl && !ldm_backward(ctx, lvl)) {
+            ldm_tensor *p = ldm_nn_find(ldm_latent_diffusion_own_params(l5), "logvar");
+            const float *g = p ? lt_h(ctx, p, 1) : NULL;
+            lt_report(g && g[3] != 0 && g[871] != 0 && g[500] == 0, "the logvar gradient reaches the sampled steps only", "g %p", (const void *)g);
+        }
+        if (!r) r = ldm_latent_diffusion_save(ctx, l5, "ldm_tiny_logvar.safetensors", LDM_F32);
+        if (!r) r = ldm_latent_diffusion_create(ctx, &l6, &vc);
+        if (!r) r = ldm_latent_diffusion_load(ctx, l6, "ldm_tiny_logvar.safetensors", &lo);
+        lt_report(!r, "learn_logvar: saved with 'logvar', loaded strictly", "%s", ldm_ctx_error(ctx));
+        ldm_ctx_clear_error(ctx);
+        ldm_latent_diffusion_destroy(l5);
+        ldm_latent_diffusion_destroy(l6);
+        ldm_step_reset(ctx);
+    }
+
     ldm_weights_close(w);
     ldm_latent_diffusion_destroy(ld);
     lt_host_release();
