@@ -279,6 +279,25 @@ static void test_model(ldm_ctx *ctx) {
     check_tensor("guided DDIM with the model_ema weights (--ema)", ctx, img, w, "ddim_ema_img", 1e-4, 1e-4);
     ldm_step_reset(ctx);
 
+    /* ---- ancestral DDPM over all 1000 steps (clip_denoised), noise given (hash values); CPU
+       only: a thousand model calls take minutes on the CUDA emulator ---- */
+    if (ldm_ctx_device(ctx) == LDM_CPU) {
+        int64_t per = 2 * 4 * 8 * 8;
+        float *nh = (float *)malloc(sizeof(float) * (size_t)(1000 * per));
+        lt_hash_uniform("ldm.ddpm_noise", nh, (long)(1000 * per));
+        ldm_latent_diffusion_sample_opts dp;
+        memset(&dp, 0, sizeof dp);
+        dp.ddpm = 1;
+        dp.c = lt_tensor(ctx, w, "y");
+        dp.x_T = lt_tensor(ctx, w, "x_T");
+        const int64_t nshape[5] = {1000, 2, 4, 8, 8};
+        dp.noise = ldm_from_host(ctx, ldm_shape_n(5, nshape), nh);
+        free(nh);
+        img = ldm_latent_diffusion_sample(ctx, ld, &dp, NULL);
+        check_tensor("DDPM, 1000 ancestral steps with clip_denoised, decoded", ctx, img, w, "ddpm_img", 1e-4, 1e-4);
+        ldm_step_reset(ctx);
+    }
+
     /* ---- wrong checkpoints ---- */
     lo.ema_weights = 0;
     r = ldm_latent_diffusion_load(ctx, ld, "../tests/fixtures/vae_tiny.ckpt", &lo);
