@@ -1,11 +1,13 @@
 /* ldm_diffusion.h - latent diffusion, exact to CompVis latent-diffusion: noise schedules and the
    DDPM / LatentDiffusion training objective, the denoisers (the LDM UNet with its
-   SpatialTransformer, and DiT), and the DDPM / DDIM samplers with classifier-free guidance.
+   SpatialTransformer, and DiT), the DDPM / DDIM samplers with classifier-free guidance, and
+   the LatentDiffusion model that ties them to a first stage and a conditioning stage.
    v0.1
 
    Do this in exactly one C or C++ file before including it:
        #define LDM_IMPLEMENTATION          (every ldm_ header)
-   ldm_diffusion.h includes ldm_nn.h and ldm_tensor.h.
+   ldm_diffusion.h includes ldm_vae.h (the first stage), ldm_nn.h and ldm_tensor.h; with
+   ldm_config.h included first it also reads CompVis configs.
 
    Shape legend: B batch, C channels, H, W latent (or pixel) size, T diffusion steps (1000),
    S sampling steps, N tokens (H*W), D model width, L context length, K classes.
@@ -15,6 +17,7 @@
      1. schedules and the diffusion process (q_sample, posterior, parameterizations, losses)
      2. denoisers (UNet + SpatialTransformer, DiT), all behind one call: ldm_denoiser
      3. samplers (DDPM ancestral, DDIM, classifier-free guidance)
+     4. LatentDiffusion (ddpm.py's LatentDiffusion: config, checkpoint, shared_step, sampling)
 
    Example (sections 1 and 3): train a denoiser with EMA, then sample with guided DDIM.
 
@@ -32,6 +35,19 @@
        ldm_ema_store(ctx, &ema);  ldm_ema_copy_to(ctx, &ema);             // ema_scope
        ldm_tensor *z = ldm_ddim_sample(ctx, &dd, &sch, &den, ldm_shape4(4, 4, 32, 32), &so);
        ldm_ema_restore(ctx, &ema);
+
+   Example (section 4): a CompVis class-conditional LDM, sampled with guidance and EMA weights.
+
+       ldm_config *cfg;  ldm_latent_diffusion_config lc;  ldm_latent_diffusion *ld;
+       ldm_config_create(&cfg);  ldm_config_load(cfg, "cin256-v2.yaml");
+       ldm_latent_diffusion_config_read(cfg, NULL, &lc);       // model.params
+       ldm_latent_diffusion_create(ctx, &ld, &lc);
+       ldm_latent_diffusion_load_opts lo = {1, 1};             // strict, EMA weights
+       ldm_latent_diffusion_load(ctx, ld, "cin256-v2.ckpt", &lo);
+       ldm_latent_diffusion_sample_opts so = {0};
+       so.n = 4;  so.steps = 50;  so.guidance_scale = 3.0f;  so.c = labels;   // [4] floats
+       ldm_tensor *img = ldm_latent_diffusion_sample(ctx, ld, &so, NULL);      // [4, 3, 256, 256]
+       // training: loss = ldm_latent_diffusion_loss(ctx, ld, x, labels, NULL, NULL, NULL, &log)
 
    Public API of sections 1 and 3 (ddpm.py, ddim.py, util.py, ema.py of CompVis latent-diffusion;
    v-prediction as in Stable Diffusion 2):
@@ -51,6 +67,15 @@
      ldm_diffusion_model_output     model call with classifier-free guidance ([uncond; cond] batch)
      ldm_ddpm_step, ldm_ddpm_sample p_sample, p_sample_loop (no noise at t = 0)
      ldm_ddim_update, _step, _sample  p_sample_ddim, ddim_sampling
+   Section 4 (ddpm.py LatentDiffusion, DiffusionWrapper; ema.py; encoders ClassEmbedder):
+     ldm_latent_diffusion_config_read   model.params of a CompVis config (schema-checked)
+     ldm_latent_diffusion_create/destroy/load/save   whole CompVis state dicts (incl. model_ema.*)
+     ldm_latent_diffusion_encode/decode encode_first_stage + get_first_stage_encoding /
+                                        decode_first_stage (scale_factor), chunked first stage
+     ldm_latent_diffusion_conditioning/cond   get_learned_conditioning, then the conditioning_key
+     ldm_latent_diffusion_loss          shared_step (p_losses on the encoded batch)
+     ldm_latent_diffusion_scale_by_std  the first batch's scale factor
+     ldm_latent_diffusion_sample        DDIM / DDPM with guidance, decoded
    Timesteps are host int arrays (t[B]); noise is drawn from the ctx RNG unless given (tests
    pass it explicitly). Samplers run without grad, keep memory bounded by rewinding the arena
    every step (the returned sample is a leaf in the arena) and report progress and the
@@ -61,6 +86,7 @@
 #define LDM_DIFFUSION_H
 
 #include "ldm_nn.h"
+#include "ldm_vae.h"   /* the first stage of section 4 */
 
 #ifdef __cplusplus
 extern "C" {
@@ -455,6 +481,190 @@ LDM_API ldm_tensor *ldm_ddim_step(ldm_ctx *ctx, const ldm_ddim *d, const ldm_sch
 /* ddim_sampling: indices S-1 .. 0. Returns the sample (a leaf in the arena); runs without grad. */
 LDM_API ldm_tensor *ldm_ddim_sample(ldm_ctx *ctx, const ldm_ddim *d, const ldm_schedule *s, const ldm_denoiser *model,
                                     ldm_shape shape, const ldm_sample_opts *opts);
+
+/* ---- 4. LatentDiffusion -------------------------------------------------------------------- */
+/* ddpm.py LatentDiffusion as one object: the schedule, the denoiser (DiffusionWrapper around a
+   UNet, or a DiT), the frozen first stage (ldm_vae), the conditioning stage and the optional
+   LitEma of the denoiser.
+     conditioning_key  what the denoiser gets (DiffusionWrapper): none; concat (channels
+                       concatenated to z_t: super-resolution); crossattn (context of the
+                       SpatialTransformers); adm (class labels as y: label_emb / DiT).
+     cond stage        none (__is_unconditional__); ClassEmbedder (labels [B] -> [B, 1, D]);
+                       identity (torch.nn.Identity: the input itself, e.g. the low-res image);
+                       first stage (__is_first_stage__: the first stage's posterior mode).
+   Checkpoint names (a CompVis LatentDiffusion state dict): model.diffusion_model.*,
+   first_stage_model.*, cond_stage_model.*, model_ema.* (the denoiser's names without dots, plus
+   model_ema.decay / model_ema.num_updates), the schedule buffers (betas, alphas_cumprod, ...),
+   scale_factor (scale_by_std) and logvar (learn_logvar). */
+typedef enum { LDM_CONDKEY_NONE = 0, LDM_CONDKEY_CONCAT, LDM_CONDKEY_CROSSATTN, LDM_CONDKEY_ADM } ldm_conditioning_key;
+typedef enum { LDM_CONDSTAGE_NONE = 0, LDM_CONDSTAGE_CLASS, LDM_CONDSTAGE_IDENTITY, LDM_CONDSTAGE_FIRST_STAGE } ldm_cond_stage_kind;
+typedef enum { LDM_DENOISER_UNET = 0, LDM_DENOISER_DIT = 1 } ldm_denoiser_kind;
+
+/* LatentDiffusion's constructor arguments (model.params), resolved. */
+typedef struct ldm_latent_diffusion_config {
+    ldm_schedule_config schedule;     /* linear_start, linear_end, timesteps, beta_schedule, cosine_s,
+                                         v_posterior, parameterization (given_betas unsupported) */
+    ldm_loss_config loss;             /* loss_type, l_simple_weight, original_elbo_weight */
+    int image_size, channels;         /* the latent's size and channels */
+    char first_stage_key[32], cond_stage_key[32], monitor[32];
+    ldm_conditioning_key conditioning_key;
+    int cond_stage_trainable, scale_by_std, use_ema, log_every_t, num_timesteps_cond;
+    int learn_logvar, clip_denoised;
+    double scale_factor, logvar_init;
+    ldm_denoiser_kind denoiser;       /* from unet_config.target */
+    ldm_unet_config unet;
+    ldm_dit_config dit;
+    ldm_vae_config first_stage;
+    int first_stage_n_embed;          /* > 0: a VQ first stage (VQModelInterface) */
+    ldm_cond_stage_kind cond_stage;
+    int cond_n_classes, cond_embed_dim; /* ClassEmbedder */
+    char ckpt_path[256];              /* accepted and reported; the caller loads it */
+    int n_ignore_keys;
+} ldm_latent_diffusion_config;
+
+typedef struct ldm_latent_diffusion ldm_latent_diffusion;
+/* Builds every part on the context's device, initialised as PyTorch would (use a checkpoint
+   for real weights). The first stage is frozen; the cond stage trainable iff
+   cond_stage_trainable. VQ first stages need ldm_vae.h's VQ support (LDM_ERR_UNSUPPORTED
+   until then). */
+LDM_API ldm_result ldm_latent_diffusion_create(ldm_ctx *ctx, ldm_latent_diffusion **ld, const ldm_latent_diffusion_config *cfg);
+LDM_API void ldm_latent_diffusion_destroy(ldm_latent_diffusion *ld);
+LDM_API const ldm_latent_diffusion_config *ldm_latent_diffusion_cfg(const ldm_latent_diffusion *ld);
+LDM_API const ldm_schedule *ldm_latent_diffusion_schedule(const ldm_latent_diffusion *ld);
+LDM_API ldm_denoiser ldm_latent_diffusion_denoiser(ldm_latent_diffusion *ld); /* DiffusionWrapper */
+/* The parts' registries (NULL when absent): the denoiser (names under model.diffusion_model.),
+   the first stage, the cond stage (ClassEmbedder only), and LatentDiffusion's own (logvar). */
+LDM_API ldm_nn_params *ldm_latent_diffusion_denoiser_params(ldm_latent_diffusion *ld);
+LDM_API ldm_vae *ldm_latent_diffusion_first_stage(ldm_latent_diffusion *ld);
+LDM_API ldm_nn_params *ldm_latent_diffusion_cond_params(ldm_latent_diffusion *ld);
+LDM_API ldm_nn_params *ldm_latent_diffusion_own_params(ldm_latent_diffusion *ld);
+LDM_API ldm_ema *ldm_latent_diffusion_ema(ldm_latent_diffusion *ld);          /* NULL without use_ema */
+LDM_API float ldm_latent_diffusion_scale_factor(const ldm_latent_diffusion *ld);
+LDM_API void ldm_latent_diffusion_set_scale_factor(ldm_latent_diffusion *ld, float s);
+LDM_API void ldm_latent_diffusion_set_training(ldm_latent_diffusion *ld, int on); /* denoiser dropout */
+
+/* Loading a whole checkpoint (safetensors, .ckpt zip or legacy). strict: every parameter of
+   every part found with its shape, and no file name outside the known prefixes and buffers;
+   the error lists the names. With use_ema, model_ema.* is read into the EMA (every name must be
+   there once the file has any; a file without EMA starts the EMA from the loaded weights).
+   ema_weights: the denoiser gets the model_ema.* weights (sampling with EMA, as CompVis'
+   ema_scope); an error when the file has none. The schedule buffers
+   are checked against the config (betas); scale_factor is taken from the file with
+   scale_by_std. report (may be NULL) gets the denoiser's load report. */
+typedef struct ldm_latent_diffusion_load_opts {
+    int strict;
+    int ema_weights;
+} ldm_latent_diffusion_load_opts;
+/* A part's load error, said with the part and its checkpoint prefix (the listed names are the part's own). */
+static ldm_result ldm__ld_part(ldm_ctx *ctx, ldm_result r, const char *part, const char *prefix) {
+    if (!r) return r;
+    size_t n = strlen(ldm_ctx_error(ctx)) + 1;
+    char *msg = (char *)LDM_MALLOC(n);
+    if (!msg) return r;
+    memcpy(msg, ldm_ctx_error(ctx), n);
+    ldm_ctx_clear_error(ctx);
+    r = ldm_ctx_seterr(ctx, r, "LatentDiffusion: %s (%s*): %s", part, prefix, msg);
+    LDM_FREE(msg);
+    return r;
+}
+
+LDM_API ldm_result ldm_latent_diffusion_load(ldm_ctx *ctx, ldm_latent_diffusion *ld, const char *path,
+                                             const ldm_latent_diffusion_load_opts *opts);
+/* The same names as safetensors (torch's strict load_state_dict on the CompVis module accepts
+   it; lvlb_weights is not persistent there and not written). */
+LDM_API ldm_result ldm_latent_diffusion_save(ldm_ctx *ctx, const ldm_latent_diffusion *ld, const char *path, ldm_dtype dtype);
+
+/* encode_first_stage + get_first_stage_encoding: scale_factor * (posterior sample for KL, with
+   eps from the RNG when eps is NULL; the first stage's output for VQ). x [B, C, H, W] in
+   [-1, 1]; no gradient (the first stage is frozen). infer may be NULL (batch, tiling). */
+LDM_API ldm_tensor *ldm_latent_diffusion_encode(ldm_ctx *ctx, ldm_latent_diffusion *ld, ldm_tensor *x, ldm_tensor *eps,
+                                                const ldm_vae_infer *infer);
+/* decode_first_stage: first stage decode of z / scale_factor (VQ: quantized first). No grad. */
+LDM_API ldm_tensor *ldm_latent_diffusion_decode(ldm_ctx *ctx, ldm_latent_diffusion *ld, ldm_tensor *z, const ldm_vae_infer *infer);
+/* scale_by_std (on_train_batch_start of the first batch): with scale_factor 1, the latents of
+   x (posterior sample, eps as above) give scale_factor = 1 / std(z) (unbiased, as torch.std);
+   stored and returned in *scale (may be NULL). An error without scale_by_std or when the scale
+   factor is not 1 (CompVis asserts both). */
+LDM_API ldm_result ldm_latent_diffusion_scale_by_std(ldm_ctx *ctx, ldm_latent_diffusion *ld, ldm_tensor *x, ldm_tensor *eps, float *scale);
+/* get_learned_conditioning: labels [B] as floats -> ClassEmbedder [B, 1, D]; identity: c;
+   first stage: posterior mode; none: NULL without an error. */
+LDM_API ldm_tensor *ldm_latent_diffusion_conditioning(ldm_ctx *ctx, ldm_latent_diffusion *ld, ldm_tensor *c);
+/* The ldm_cond for a learned conditioning c (per conditioning_key); c NULL: empty. */
+LDM_API ldm_cond ldm_latent_diffusion_cond(const ldm_latent_diffusion *ld, ldm_tensor *c);
+/* shared_step: z = encode(x) (posterior eps given or drawn), c = conditioning(c_raw) (with
+   gradient when cond_stage_trainable), p_losses(z, c, t) with the config's loss; t and noise
+   as ldm_diffusion_p_losses (NULL: drawn). Returns the scalar loss; log gets CompVis' keys. */
+LDM_API ldm_tensor *ldm_latent_diffusion_loss(ldm_ctx *ctx, ldm_latent_diffusion *ld, ldm_tensor *x, ldm_tensor *c_raw,
+                                              const int *t, ldm_tensor *noise, ldm_tensor *posterior_eps, ldm_loss_log *log);
+
+/* Sampling (zero means the default). */
+typedef struct ldm_latent_diffusion_sample_opts {
+    int n;                        /* samples (0: 1; with c, c's batch) */
+    int steps;                    /* DDIM steps (0: 50); ignored by DDPM (all T) */
+    int ddpm;                     /* ancestral DDPM instead of DDIM */
+    double eta;                   /* DDIM eta */
+    float guidance_scale;         /* classifier-free guidance (0 or 1: none) */
+    ldm_tensor *c;                /* raw conditioning: labels [n] (ClassEmbedder / adm), an image
+                                     [n, C, h, w] (concat); NULL: unconditional model */
+    ldm_tensor *uc;               /* raw unconditional conditioning; NULL with guidance: the
+                                     class n_classes - 1 for all samples (CompVis' cin256 scripts),
+                                     or a DiT's null class (num_classes) */
+    ldm_tensor *x_T, *noise;      /* as ldm_sample_opts (NULL: the ctx RNG) */
+    int decode_batch;             /* first stage decodes this many at a time (0: 1) */
+    int tile;                     /* first stage tile in pixels (0: none) */
+    void (*on_step)(void *user, int i, int total);
+    void *user;
+} ldm_latent_diffusion_sample_opts;
+/* Samples latents [n, channels, h, w] (h, w: image_size, or the concat conditioning's size),
+   decodes them and returns the images [n, C, H, W] (unclamped; a leaf in the arena); z_out (may
+   be NULL) receives the latents. Runs without grad. */
+LDM_API ldm_tensor *ldm_latent_diffusion_sample(ldm_ctx *ctx, ldm_latent_diffusion *ld, const ldm_latent_diffusion_sample_opts *opts,
+                                                ldm_tensor **z_out);
+
+#ifdef LDM_CONFIG_H
+/* model.params of a CompVis LatentDiffusion config, validated against this table (unknown
+   keys are errors with file:line). */
+#define LDM_LATENT_DIFFUSION_CONFIG_KEYS(X)                                                     \
+    X(linear_start, FLOAT, "1e-4", "first beta")                                                \
+    X(linear_end, FLOAT, "2e-2", "last beta")                                                   \
+    X(timesteps, INT, "1000", "diffusion steps T")                                              \
+    X(beta_schedule, STR, "linear", "linear, sqrt_linear, sqrt or cosine")                      \
+    X(cosine_s, FLOAT, "8e-3", "cosine schedule offset")                                        \
+    X(given_betas, NODE, "", "explicit betas (unsupported: leave out)")                        \
+    X(parameterization, STR, "eps", "eps, x0 or v")                                             \
+    X(loss_type, STR, "l2", "l2 or l1")                                                         \
+    X(image_size, INT, "256", "latent size")                                                    \
+    X(channels, INT, "3", "latent channels")                                                    \
+    X(first_stage_key, STR, "image", "batch key of the images")                                 \
+    X(cond_stage_key, STR, "image", "batch key of the conditioning")                            \
+    X(conditioning_key, STR, "", "concat, crossattn, adm (unset: from concat_mode)")            \
+    X(concat_mode, BOOL, "true", "conditioning_key concat when unset (else crossattn)")         \
+    X(cond_stage_trainable, BOOL, "false", "train the conditioning stage")                      \
+    X(cond_stage_forward, STR, "", "method of the cond stage (unsupported)")                    \
+    X(scale_factor, FLOAT, "1.0", "latent scale")                                               \
+    X(scale_by_std, BOOL, "false", "scale_factor = 1/std of the first batch's latents")         \
+    X(use_ema, BOOL, "true", "LitEma of the denoiser")                                          \
+    X(monitor, STR, "", "logged metric for checkpointing")                                      \
+    X(log_every_t, INT, "100", "intermediates logged every so many steps")                      \
+    X(num_timesteps_cond, INT, "1", "conditioning noise schedule (only 1 supported)")           \
+    X(l_simple_weight, FLOAT, "1.0", "weight of the simple loss")                               \
+    X(original_elbo_weight, FLOAT, "0.0", "weight of the VLB term")                             \
+    X(learn_logvar, BOOL, "false", "learned per-step log-variance")                             \
+    X(logvar_init, FLOAT, "0.0", "its initial value")                                           \
+    X(v_posterior, FLOAT, "0.0", "posterior variance mix")                                      \
+    X(clip_denoised, BOOL, "true", "DDPM sampling clamps x0 to [-1, 1]")                        \
+    X(use_positional_encodings, BOOL, "false", "positional conditioning (unsupported)")         \
+    X(load_only_unet, BOOL, "false", "ckpt_path loads only the UNet")                           \
+    X(scheduler_config, NODE, "", "learning-rate schedule (the trainer's)")                     \
+    X(unet_config, NODE, NULL, "denoiser: target + params")                                     \
+    X(first_stage_config, NODE, NULL, "first stage: target + params")                           \
+    X(cond_stage_config, NODE, NULL, "conditioning stage, __is_first_stage__ or __is_unconditional__") \
+    X(ckpt_path, STR, "", "checkpoint to initialise from (reported)")                           \
+    X(ignore_keys, STR_LIST, "", "keys dropped from ckpt_path")
+LDM_CONFIG_DECLARE(ldm_latent_diffusion_yaml, LDM_LATENT_DIFFUSION_CONFIG_KEYS);
+/* node: the root (reads model.params), the model node, or its params. */
+LDM_API ldm_result ldm_latent_diffusion_config_read(ldm_config *cfg, const ldm_config_node *node, ldm_latent_diffusion_config *out);
+#endif
 
 #ifdef __cplusplus
 }
@@ -2048,6 +2258,677 @@ LDM_API ldm_tensor *ldm_ddim_sample(ldm_ctx *ctx, const ldm_ddim *d, const ldm_s
     ldm_set_grad_enabled(ctx, prev);
     return ctx->status ? NULL : x;
 }
+
+/* ---- 4. LatentDiffusion -------------------------------------------------------------------- */
+struct ldm_latent_diffusion {
+    ldm_ctx *ctx;                 /* the one it was created on (EMA memory) */
+    ldm_latent_diffusion_config cfg;
+    ldm_schedule sched;
+    ldm_unet *unet;               /* one of unet / dit, by cfg.denoiser */
+    ldm_dit *dit;
+    ldm_nn_params *dP;            /* the denoiser's registry */
+    ldm_denoiser base;            /* the denoiser's own call */
+    ldm_vae *vae;
+    ldm_class_embedder *ce;
+    ldm_nn_params *own;           /* LatentDiffusion's own parameters (logvar) or NULL */
+    ldm_tensor *logvar;
+    ldm_ema ema;
+    int has_ema;
+    float scale_factor;
+};
+
+static const char *const ldm__ld_schedule_names[12] = {
+    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_variance",
+    "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2"};
+static const float *ldm__ld_schedule_buf(const ldm_schedule *s, int i) {
+    const float *b[12] = {s->betas, s->alphas_cumprod, s->alphas_cumprod_prev, s->sqrt_alphas_cumprod, s->sqrt_one_minus_alphas_cumprod,
+                          s->log_one_minus_alphas_cumprod, s->sqrt_recip_alphas_cumprod, s->sqrt_recipm1_alphas_cumprod,
+                          s->posterior_variance, s->posterior_log_variance_clipped, s->posterior_mean_coef1, s->posterior_mean_coef2};
+    return b[i];
+}
+
+/* DiffusionWrapper's model call; a learn_sigma DiT's output is cut to its eps half. */
+static ldm_tensor *ldm__ld_denoise(ldm_ctx *ctx, void *self, ldm_tensor *x, ldm_tensor *t, const ldm_cond *cond) {
+    ldm_latent_diffusion *ld = (ldm_latent_diffusion *)self;
+    ldm_tensor *out = ld->base.forward(ctx, ld->base.self, x, t, cond);
+    if (out && ld->cfg.denoiser == LDM_DENOISER_DIT && out->shape[1] != x->shape[1]) out = ldm_slice(ctx, out, 1, 0, x->shape[1]);
+    return out;
+}
+
+/* The one place that turns the denoiser kind into a model. */
+static ldm_result ldm__ld_make_denoiser(ldm_ctx *ctx, ldm_latent_diffusion *ld) {
+    ldm_result r;
+    switch (ld->cfg.denoiser) {
+    case LDM_DENOISER_UNET:
+        if ((r = ldm_unet_create(ctx, &ld->unet, &ld->cfg.unet)) != LDM_OK) return r;
+        ld->dP = ldm_unet_params(ld->unet);
+        ld->base = ldm_unet_denoiser(ld->unet);
+        return LDM_OK;
+    case LDM_DENOISER_DIT:
+        if ((r = ldm_dit_create(ctx, &ld->dit, &ld->cfg.dit)) != LDM_OK) return r;
+        ld->dP = ldm_dit_params(ld->dit);
+        ld->base = ldm_dit_denoiser(ld->dit);
+        return LDM_OK;
+    }
+    return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "LatentDiffusion: unknown denoiser kind %d", (int)ld->cfg.denoiser);
+}
+
+LDM_API ldm_result ldm_latent_diffusion_create(ldm_ctx *ctx, ldm_latent_diffusion **out, const ldm_latent_diffusion_config *cfg) {
+    *out = NULL;
+    if (ctx->status) return ctx->status;
+    if (cfg->first_stage_n_embed > 0)
+        return ldm_ctx_seterr(ctx, LDM_ERR_UNSUPPORTED, "LatentDiffusion: the first stage is a VQ model (n_embed %d); this ldm_vae.h has no "
+                              "VQ first stage (hint: a build whose ldm_vae.h has VQModelInterface, or a KL first stage)", cfg->first_stage_n_embed);
+    if (cfg->num_timesteps_cond > 1)
+        return ldm_ctx_seterr(ctx, LDM_ERR_UNSUPPORTED, "LatentDiffusion: num_timesteps_cond %d (a noised conditioning schedule) is not supported (hint: 1)", cfg->num_timesteps_cond);
+    ldm_latent_diffusion *ld = (ldm_latent_diffusion *)LDM_MALLOC(sizeof *ld);
+    if (!ld) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "LatentDiffusion: out of memory");
+    memset(ld, 0, sizeof *ld);
+    ld->ctx = ctx;
+    ld->cfg = *cfg;
+    ld->scale_factor = cfg->scale_factor > 0 ? (float)cfg->scale_factor : 1.0f;
+    ldm_result r = ldm_schedule_init(ctx, &ld->sched, &cfg->schedule);
+    if (!r) r = ldm__ld_make_denoiser(ctx, ld);
+    if (!r) r = ldm_vae_create(ctx, &ld->vae, &cfg->first_stage);
+    if (!r) r = ldm_nn_set_trainable(ld->vae->P, "", 0);   /* instantiate_first_stage: frozen, eval */
+    if (!r && cfg->cond_stage == LDM_CONDSTAGE_CLASS) {
+        r = ldm_class_embedder_create(ctx, &ld->ce, cfg->cond_n_classes, cfg->cond_embed_dim);
+        if (!r) r = ldm_nn_set_trainable(ldm_class_embedder_params(ld->ce), "", cfg->cond_stage_trainable);
+    }
+    if (!r && cfg->learn_logvar) {
+        r = ldm_nn_params_create(ctx, &ld->own, ldm_ctx_device(ctx));
+        if (!r) ld->logvar = ldm_diffusion_logvar_param(ld->own, ld->sched.T, (float)cfg->logvar_init);
+        if (!r) r = ldm_nn_params_alloc(ctx, ld->own);
+        if (!r) r = ldm_nn_params_init(ctx, ld->own);
+    }
+    if (!r && cfg->use_ema) {
+        r = ldm_ema_init(ctx, &ld->ema, ld->dP, 0.0f, 1);
+        ld->has_ema = !r;
+    }
+    if (r) { ldm_latent_diffusion_destroy(ld); return r; }
+    *out = ld;
+    return LDM_OK;
+}
+LDM_API void ldm_latent_diffusion_destroy(ldm_latent_diffusion *ld) {
+    if (!ld) return;
+    if (ld->has_ema) ldm_ema_free(ld->ctx, &ld->ema);
+    ldm_unet_destroy(ld->unet);
+    ldm_dit_destroy(ld->dit);
+    ldm_vae_destroy(ld->vae);
+    ldm_class_embedder_destroy(ld->ce);
+    if (ld->own) ldm_nn_params_destroy(ld->own);
+    ldm_schedule_free(&ld->sched);
+    LDM_FREE(ld);
+}
+LDM_API const ldm_latent_diffusion_config *ldm_latent_diffusion_cfg(const ldm_latent_diffusion *ld) { return &ld->cfg; }
+LDM_API const ldm_schedule *ldm_latent_diffusion_schedule(const ldm_latent_diffusion *ld) { return &ld->sched; }
+LDM_API ldm_denoiser ldm_latent_diffusion_denoiser(ldm_latent_diffusion *ld) {
+    ldm_denoiser d;
+    d.forward = ldm__ld_denoise;
+    d.self = ld;
+    return d;
+}
+LDM_API ldm_nn_params *ldm_latent_diffusion_denoiser_params(ldm_latent_diffusion *ld) { return ld->dP; }
+LDM_API ldm_vae *ldm_latent_diffusion_first_stage(ldm_latent_diffusion *ld) { return ld->vae; }
+LDM_API ldm_nn_params *ldm_latent_diffusion_cond_params(ldm_latent_diffusion *ld) { return ld->ce ? ldm_class_embedder_params(ld->ce) : NULL; }
+LDM_API ldm_nn_params *ldm_latent_diffusion_own_params(ldm_latent_diffusion *ld) { return ld->own; }
+LDM_API ldm_ema *ldm_latent_diffusion_ema(ldm_latent_diffusion *ld) { return ld->has_ema ? &ld->ema : NULL; }
+LDM_API float ldm_latent_diffusion_scale_factor(const ldm_latent_diffusion *ld) { return ld->scale_factor; }
+LDM_API void ldm_latent_diffusion_set_scale_factor(ldm_latent_diffusion *ld, float s) { ld->scale_factor = s; }
+LDM_API void ldm_latent_diffusion_set_training(ldm_latent_diffusion *ld, int on) {
+    if (ld->unet) ldm_unet_set_training(ld->unet, on);
+    if (ld->dit) ldm_dit_set_training(ld->dit, on);
+}
+
+/* ---- checkpoints ---- */
+static const char ldm__ld_pfx_model[] = "model.diffusion_model.";
+static const char ldm__ld_pfx_first[] = "first_stage_model.";
+static const char ldm__ld_pfx_cond[] = "cond_stage_model.";
+static const char ldm__ld_pfx_ema[] = "model_ema.";
+
+/* "model_ema." + "diffusion_model." + name with its dots removed (LitEma over self.model) */
+static void ldm__ld_ema_name(const char *param, char *buf, size_t cap) {
+    char full[512];
+    snprintf(full, sizeof full, "diffusion_model.%s", param);
+    ldm_ema_state_name(full, NULL, buf, cap);
+}
+static int ldm__ld_starts(const char *s, const char *p) { return strncmp(s, p, strlen(p)) == 0; }
+
+/* A file tensor of exactly `numel` values into host memory (caller frees), or NULL with an error. */
+static float *ldm__ld_read(ldm_ctx *ctx, ldm_weights *w, int i, int64_t numel, const char *what) {
+    const ldm_weight_info *inf = ldm_weights_info(w, i);
+    if (inf->numel != numel) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "LatentDiffusion: %s: '%s' has %lld values, the model %lld (hint: the checkpoint is for another config)",
+                       ldm_weights_path(w), inf->name, (long long)inf->numel, (long long)numel);
+        return NULL;
+    }
+    float *h = (float *)LDM_MALLOC(sizeof(float) * (size_t)(numel ? numel : 1));
+    if (!h) { ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "LatentDiffusion: out of memory reading %s", what); return NULL; }
+    if (ldm_weights_read(ctx, w, i, h)) { LDM_FREE(h); return NULL; }
+    return h;
+}
+
+/* model_ema.* into the shadow (to_shadow) or straight into the denoiser's parameters. */
+static ldm_result ldm__ld_load_ema(ldm_ctx *ctx, ldm_latent_diffusion *ld, ldm_weights *w, int to_shadow) {
+    char name[512];
+    int n = ldm_nn_count(ld->dP);
+    for (int pass = 0; pass < 2; pass++)       /* names first, then data: nothing written on a miss */
+        for (int i = 0; i < n; i++) {
+            const ldm_nn_entry *e = ldm_nn_entry_at(ld->dP, i);
+            if (e->kind != LDM_NN_PARAM || !e->t->requires_grad) continue;
+            ldm__ld_ema_name(e->name, name, sizeof name);
+            int j = ldm_weights_find(w, name);
+            if (j < 0)
+                return ldm_ctx_seterr(ctx, LDM_ERR_NOT_FOUND, "LatentDiffusion: %s has no EMA weight '%s' for model.diffusion_model.%s "
+                                      "(hint: a checkpoint trained with use_ema, or sample without --ema)", ldm_weights_path(w), name, e->name);
+            if (pass == 0) continue;
+            float *h = ldm__ld_read(ctx, w, j, e->t->numel, name);
+            if (!h) return ctx->status;
+            if (to_shadow)
+                ctx->be[e->t->device]->copy(ctx->be_state[e->t->device], ld->ema.shadow + e->offset, e->t->device, h, LDM_CPU,
+                                            sizeof(float) * (size_t)e->t->numel);
+            else
+                ldm_nn_copy_from_host(ctx, e->t, h);
+            LDM_FREE(h);
+            if (ctx->status) return ctx->status;
+        }
+    float v;
+    int j;
+    if (to_shadow && (j = ldm_weights_find(w, "model_ema.decay")) >= 0 && ldm_weights_info(w, j)->numel == 1 && !ldm_weights_read(ctx, w, j, &v)) ld->ema.decay = v;
+    if (to_shadow && (j = ldm_weights_find(w, "model_ema.num_updates")) >= 0 && ldm_weights_info(w, j)->numel == 1 && !ldm_weights_read(ctx, w, j, &v)) ld->ema.num_updates = (int)v;
+    return ctx->status;
+}
+
+/* Is a file name one of the model's (or a buffer it accepts)? */
+static int ldm__ld_known(const ldm_latent_diffusion *ld, const char *nm) {
+    if (ldm__ld_starts(nm, ldm__ld_pfx_model) || ldm__ld_starts(nm, ldm__ld_pfx_first) || ldm__ld_starts(nm, ldm__ld_pfx_ema)) return 1;
+    if (ldm__ld_starts(nm, ldm__ld_pfx_cond)) return ld->cfg.cond_stage == LDM_CONDSTAGE_CLASS || ld->cfg.cond_stage == LDM_CONDSTAGE_FIRST_STAGE;
+    for (int i = 0; i < 12; i++) if (!strcmp(nm, ldm__ld_schedule_names[i])) return 1;
+    if (!strcmp(nm, "lvlb_weights")) return 1;
+    if (!strcmp(nm, "scale_factor")) return ld->cfg.scale_by_std;
+    if (!strcmp(nm, "logvar")) return ld->cfg.learn_logvar;
+    return 0;
+}
+
+LDM_API ldm_result ldm_latent_diffusion_load(ldm_ctx *ctx, ldm_latent_diffusion *ld, const char *path, const ldm_latent_diffusion_load_opts *opts) {
+    if (ctx->status) return ctx->status;
+    int strict = opts ? opts->strict : 1, emaw = opts ? opts->ema_weights : 0;
+    ldm_weights *w;
+    ldm_result r = ldm_weights_open(ctx, &w, path);
+    if (r) return r;
+    int n = ldm_weights_count(w);
+    if (strict) {   /* names that no part takes, all listed */
+        char list[1024];
+        size_t k = 0;
+        int bad = 0;
+        list[0] = 0;
+        for (int i = 0; i < n; i++) {
+            const char *nm = ldm_weights_info(w, i)->name;
+            if (ldm__ld_known(ld, nm)) continue;
+            if (k + strlen(nm) + 4 < sizeof list) k += (size_t)snprintf(list + k, sizeof list - k, "%s%s", bad ? ", " : "", nm);
+            bad++;
+        }
+        if (bad) {
+            r = ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "LatentDiffusion: %s: %d unexpected tensor(s): %s (hint: the checkpoint is for another "
+                               "config, e.g. another cond_stage_config)", path, bad, list);
+            ldm_weights_close(w);
+            return r;
+        }
+    }
+    ldm_nn_load_opts o;
+    memset(&o, 0, sizeof o);
+    o.strict = strict;
+    o.prefix_strip = ldm__ld_pfx_model;
+    r = ldm__ld_part(ctx, ldm_nn_load_weights(ctx, ld->dP, w, &o), "the denoiser", ldm__ld_pfx_model);
+    if (!r && ld->ce) {
+        o.prefix_strip = ldm__ld_pfx_cond;
+        r = ldm__ld_part(ctx, ldm_nn_load_weights(ctx, ldm_class_embedder_params(ld->ce), w, &o), "the ClassEmbedder", ldm__ld_pfx_cond);
+    }
+    int j;
+    if (!r && ld->logvar) {
+        if ((j = ldm_weights_find(w, "logvar")) >= 0) {
+            float *h = ldm__ld_read(ctx, w, j, ld->logvar->numel, "logvar");
+            r = h ? ldm_nn_copy_from_host(ctx, ld->logvar, h) : ctx->status;
+            LDM_FREE(h);
+        } else if (strict) r = ldm_ctx_seterr(ctx, LDM_ERR_NOT_FOUND, "LatentDiffusion: %s has no 'logvar' (learn_logvar is set)", path);
+    }
+    if (!r && ld->cfg.scale_by_std && (j = ldm_weights_find(w, "scale_factor")) >= 0) {
+        float *h = ldm__ld_read(ctx, w, j, 1, "scale_factor");
+        if (h) ld->scale_factor = h[0];
+        else r = ctx->status;
+        LDM_FREE(h);
+    }
+    if (!r && (j = ldm_weights_find(w, "betas")) >= 0) {   /* the schedule the model was trained with */
+        float *h = ldm__ld_read(ctx, w, j, ld->sched.T, "betas");
+        if (!h) r = ctx->status;
+        for (int i = 0; h && i < ld->sched.T && !r; i++)
+            if (fabsf(h[i] - ld->sched.betas[i]) > 1e-6f * fmaxf(1.0f, fabsf(ld->sched.betas[i])))
+                r = ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "LatentDiffusion: %s: betas[%d] is %g, the config's schedule gives %g (hint: check "
+                                   "linear_start, linear_end, beta_schedule)", path, i, (double)h[i], (double)ld->sched.betas[i]);
+        LDM_FREE(h);
+    }
+    int has_ema_file = 0;
+    for (int i = 0; i < n && !has_ema_file; i++) has_ema_file = ldm__ld_starts(ldm_weights_info(w, i)->name, ldm__ld_pfx_ema);
+    if (!r && ld->has_ema && has_ema_file) r = ldm__ld_load_ema(ctx, ld, w, 1);
+    else if (!r && ld->has_ema) {   /* no EMA in the file: LitEma starts from the loaded weights */
+        ldm_ema_free(ctx, &ld->ema);
+        ld->has_ema = !(r = ldm_ema_init(ctx, &ld->ema, ld->dP, 0.0f, 1));
+    }
+    if (!r && emaw) r = ld->has_ema ? ldm_ema_copy_to(ctx, &ld->ema) : ldm__ld_load_ema(ctx, ld, w, 0);
+    ldm_weights_close(w);
+    if (!r) r = ldm__ld_part(ctx, ldm_vae_load_ex(ctx, ld->vae, path, strict, NULL), "the first stage", ldm__ld_pfx_first);
+    return r;
+}
+
+/* ---- saving: every part's tensors into one list ---- */
+typedef struct ldm__ld_list { int n, cap; ldm_named_data *t; char **names; float **host; } ldm__ld_list;
+static int ldm__ld_add(ldm__ld_list *L, const char *prefix, const char *name, int ndim, const int64_t *shape, float *host) {
+    if (L->n == L->cap) {
+        int cap = L->cap ? 2 * L->cap : 256;
+        ldm_named_data *t = (ldm_named_data *)LDM_REALLOC(L->t, sizeof *t * (size_t)cap);
+        if (t) L->t = t;
+        char **nm = (char **)LDM_REALLOC(L->names, sizeof *nm * (size_t)cap);
+        if (nm) L->names = nm;
+        float **h = (float **)LDM_REALLOC(L->host, sizeof *h * (size_t)cap);
+        if (h) L->host = h;
+        if (!t || !nm || !h) { LDM_FREE(host); return 1; }
+        L->cap = cap;
+    }
+    size_t pl = strlen(prefix), nl = strlen(name);
+    char *s = (char *)LDM_MALLOC(pl + nl + 1);
+    if (!s) { LDM_FREE(host); return 1; }
+    memcpy(s, prefix, pl);
+    memcpy(s + pl, name, nl + 1);
+    ldm_named_data *d = &L->t[L->n];
+    d->name = s;
+    d->data = host;
+    d->ndim = ndim;
+    for (int i = 0; i < ndim; i++) d->shape[i] = shape[i];
+    L->names[L->n] = s;
+    L->host[L->n] = host;
+    L->n++;
+    return 0;
+}
+static ldm_result ldm__ld_add_params(ldm_ctx *ctx, ldm__ld_list *L, const ldm_nn_params *P, const char *prefix) {
+    for (int i = 0; i < ldm_nn_count(P); i++) {
+        const ldm_nn_entry *e = ldm_nn_entry_at(P, i);
+        if (e->kind == LDM_NN_BUFFER_TRANSIENT) continue;
+        float *h = (float *)LDM_MALLOC(sizeof(float) * (size_t)(e->t->numel ? e->t->numel : 1));
+        if (!h) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "LatentDiffusion save: out of memory");
+        if (e->t->numel && ldm_to_host(ctx, e->t, h)) { LDM_FREE(h); return ctx->status; }
+        if (ldm__ld_add(L, prefix, e->name, e->t->ndim, e->t->shape, h)) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "LatentDiffusion save: out of memory");
+    }
+    return LDM_OK;
+}
+static ldm_result ldm__ld_add_host(ldm_ctx *ctx, ldm__ld_list *L, const char *name, int ndim, int64_t n, const float *src) {
+    float *h = (float *)LDM_MALLOC(sizeof(float) * (size_t)(n ? n : 1));
+    if (!h) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "LatentDiffusion save: out of memory");
+    memcpy(h, src, sizeof(float) * (size_t)n);
+    if (ldm__ld_add(L, "", name, ndim, &n, h)) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "LatentDiffusion save: out of memory");
+    return LDM_OK;
+}
+
+LDM_API ldm_result ldm_latent_diffusion_save(ldm_ctx *ctx, const ldm_latent_diffusion *ld, const char *path, ldm_dtype dtype) {
+    if (ctx->status) return ctx->status;
+    ldm__ld_list L;
+    memset(&L, 0, sizeof L);
+    ldm_result r = LDM_OK;
+    for (int i = 0; i < 12 && !r; i++) r = ldm__ld_add_host(ctx, &L, ldm__ld_schedule_names[i], 1, ld->sched.T, ldm__ld_schedule_buf(&ld->sched, i));
+    if (!r && ld->cfg.scale_by_std) r = ldm__ld_add_host(ctx, &L, "scale_factor", 0, 1, &ld->scale_factor);
+    if (!r && ld->own) r = ldm__ld_add_params(ctx, &L, ld->own, "");
+    if (!r) r = ldm__ld_add_params(ctx, &L, ld->dP, ldm__ld_pfx_model);
+    if (!r) r = ldm__ld_add_params(ctx, &L, ld->vae->P, ldm__ld_pfx_first);
+    if (!r && ld->ce) r = ldm__ld_add_params(ctx, &L, ldm_class_embedder_params(ld->ce), ldm__ld_pfx_cond);
+    if (!r && ld->cfg.cond_stage == LDM_CONDSTAGE_FIRST_STAGE) r = ldm__ld_add_params(ctx, &L, ld->vae->P, ldm__ld_pfx_cond); /* the same module twice */
+    if (!r && ld->has_ema) {
+        int64_t total;
+        ldm_nn_block(ld->dP, LDM_NN_BLOCK_PARAMS, &total);
+        float *all = (float *)LDM_MALLOC(sizeof(float) * (size_t)(total ? total : 1));
+        ldm_tensor sh = ldm_tensor_wrap(ld->ema.shadow, ldm_shape1(total), ldm_nn_params_device(ld->dP));
+        if (!all) r = ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "LatentDiffusion save: out of memory");
+        else if (total) r = ldm_to_host(ctx, &sh, all);
+        char name[512];
+        for (int i = 0; i < ldm_nn_count(ld->dP) && !r; i++) {
+            const ldm_nn_entry *e = ldm_nn_entry_at(ld->dP, i);
+            if (e->kind != LDM_NN_PARAM || !e->t->requires_grad) continue;
+            ldm__ld_ema_name(e->name, name, sizeof name);
+            float *h = (float *)LDM_MALLOC(sizeof(float) * (size_t)(e->t->numel ? e->t->numel : 1));
+            if (!h) { r = ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "LatentDiffusion save: out of memory"); break; }
+            memcpy(h, all + e->offset, sizeof(float) * (size_t)e->t->numel);
+            if (ldm__ld_add(&L, "", name, e->t->ndim, e->t->shape, h)) r = ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "LatentDiffusion save: out of memory");
+        }
+        LDM_FREE(all);
+        float dn[2];
+        dn[0] = ld->ema.decay;
+        dn[1] = (float)ld->ema.num_updates;
+        if (!r) r = ldm__ld_add_host(ctx, &L, "model_ema.decay", 0, 1, dn);
+        if (!r) r = ldm__ld_add_host(ctx, &L, "model_ema.num_updates", 0, 1, dn + 1);
+    }
+    if (!r) {
+        const char *mk[1] = {"format"}, *mv[1] = {"pt"};
+        r = ldm_safetensors_write(ctx, path, L.n, L.t, dtype, 1, mk, mv);
+    }
+    for (int i = 0; i < L.n; i++) { LDM_FREE(L.names[i]); LDM_FREE(L.host[i]); }
+    LDM_FREE(L.t); LDM_FREE(L.names); LDM_FREE(L.host);
+    return r;
+}
+
+/* ---- first stage and conditioning ---- */
+LDM_API ldm_tensor *ldm_latent_diffusion_encode(ldm_ctx *ctx, ldm_latent_diffusion *ld, ldm_tensor *x, ldm_tensor *eps, const ldm_vae_infer *infer) {
+    if (ctx->status) return NULL;
+    int prev = ldm_set_grad_enabled(ctx, 0);
+    ldm_vae_posterior q;
+    ldm_tensor *z = NULL;
+    if (!ldm_vae_encode_infer(ctx, ld->vae, x, infer, &q)) {
+        z = q.logvar ? ldm_vae_posterior_sample(ctx, &q, eps) : q.mean;  /* DiagonalGaussian: sample(); a tensor: itself */
+        if (z) z = ldm_scale(ctx, z, ld->scale_factor);
+    }
+    ldm_set_grad_enabled(ctx, prev);
+    return z;
+}
+LDM_API ldm_tensor *ldm_latent_diffusion_decode(ldm_ctx *ctx, ldm_latent_diffusion *ld, ldm_tensor *z, const ldm_vae_infer *infer) {
+    if (ctx->status || !z) return NULL;
+    int prev = ldm_set_grad_enabled(ctx, 0);
+    ldm_tensor *img = ldm_vae_decode_infer(ctx, ld->vae, ldm_scale(ctx, z, 1.0f / ld->scale_factor), infer);
+    ldm_set_grad_enabled(ctx, prev);
+    return img;
+}
+LDM_API ldm_result ldm_latent_diffusion_scale_by_std(ldm_ctx *ctx, ldm_latent_diffusion *ld, ldm_tensor *x, ldm_tensor *eps, float *scale) {
+    if (ctx->status) return ctx->status;
+    if (!ld->cfg.scale_by_std || ld->scale_factor != 1.0f)
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "LatentDiffusion scale_by_std: needs scale_by_std and a scale factor of 1 (it is %g; "
+                              "hint: compute it once, at the first batch)", (double)ld->scale_factor);
+    ldm_mark m = ldm_arena_mark(ctx);
+    ldm_tensor *z = ldm_latent_diffusion_encode(ctx, ld, x, eps, NULL);
+    float *h = z ? (float *)LDM_MALLOC(sizeof(float) * (size_t)z->numel) : NULL;
+    ldm_result r = z ? LDM_OK : ctx->status;
+    if (z && !h) r = ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "LatentDiffusion scale_by_std: out of memory");
+    if (h && !(r = ldm_to_host(ctx, z, h))) {
+        double s = 0, ss = 0;
+        int64_t n = z->numel;
+        for (int64_t i = 0; i < n; i++) s += h[i];
+        double mean = s / (double)n;
+        for (int64_t i = 0; i < n; i++) ss += (h[i] - mean) * (h[i] - mean);
+        double sd = n > 1 ? sqrt(ss / (double)(n - 1)) : 0.0;
+        if (!(sd > 0)) r = ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "LatentDiffusion scale_by_std: the latents have no spread (std %g)", sd);
+        else ld->scale_factor = (float)(1.0 / (float)sd);   /* 1. / z.flatten().std() on a float32 std */
+        if (!r && scale) *scale = ld->scale_factor;
+    }
+    LDM_FREE(h);
+    ldm_arena_rewind(ctx, m);
+    return r;
+}
+LDM_API ldm_tensor *ldm_latent_diffusion_conditioning(ldm_ctx *ctx, ldm_latent_diffusion *ld, ldm_tensor *c) {
+    if (ctx->status) return NULL;
+    if (ld->cfg.cond_stage == LDM_CONDSTAGE_NONE) return NULL;
+    if (!c) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "LatentDiffusion: the model is conditional (%s) and no conditioning was given (hint: %s)",
+                       ld->cfg.cond_stage_key, ld->cfg.cond_stage == LDM_CONDSTAGE_CLASS ? "class labels" : "the conditioning image");
+        return NULL;
+    }
+    switch (ld->cfg.cond_stage) {
+    case LDM_CONDSTAGE_CLASS: return ldm_class_embedder_forward(ctx, ld->ce, c);
+    case LDM_CONDSTAGE_IDENTITY: return c;
+    case LDM_CONDSTAGE_FIRST_STAGE: {   /* cond_stage_model.encode(c).mode() */
+        int prev = ldm_set_grad_enabled(ctx, 0);
+        ldm_vae_posterior q;
+        ldm_tensor *m = ldm_vae_encode_infer(ctx, ld->vae, c, NULL, &q) ? NULL : q.mean;
+        ldm_set_grad_enabled(ctx, prev);
+        return m;
+    }
+    default: return NULL;
+    }
+}
+LDM_API ldm_cond ldm_latent_diffusion_cond(const ldm_latent_diffusion *ld, ldm_tensor *c) {
+    ldm_cond k;
+    memset(&k, 0, sizeof k);
+    switch (ld->cfg.conditioning_key) {
+    case LDM_CONDKEY_CONCAT: k.concat = c; break;
+    case LDM_CONDKEY_CROSSATTN: k.context = c; break;
+    case LDM_CONDKEY_ADM: k.y = c; break;
+    default: break;
+    }
+    return k;
+}
+
+LDM_API ldm_tensor *ldm_latent_diffusion_loss(ldm_ctx *ctx, ldm_latent_diffusion *ld, ldm_tensor *x, ldm_tensor *c_raw,
+                                              const int *t, ldm_tensor *noise, ldm_tensor *posterior_eps, ldm_loss_log *log) {
+    ldm_tensor *z = ldm_latent_diffusion_encode(ctx, ld, x, posterior_eps, NULL);
+    if (!z) return NULL;
+    ldm_tensor *c = ldm_latent_diffusion_conditioning(ctx, ld, c_raw);
+    if (ctx->status) return NULL;
+    ldm_cond cond = ldm_latent_diffusion_cond(ld, c);
+    ldm_denoiser den = ldm_latent_diffusion_denoiser(ld);
+    ldm_tensor *logvar = ld->logvar;
+    if (!logvar && ld->cfg.logvar_init != 0.0) {   /* a fixed, non-zero logvar (not a parameter) */
+        float *h = (float *)LDM_MALLOC(sizeof(float) * (size_t)ld->sched.T);
+        if (!h) { ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "LatentDiffusion: out of memory"); return NULL; }
+        for (int i = 0; i < ld->sched.T; i++) h[i] = (float)ld->cfg.logvar_init;
+        logvar = ldm_from_host(ctx, ldm_shape1(ld->sched.T), h);
+        LDM_FREE(h);
+    }
+    return ldm_diffusion_p_losses(ctx, &ld->sched, &ld->cfg.loss, &den, z, &cond, t, NULL, noise, logvar, log);
+}
+
+LDM_API ldm_tensor *ldm_latent_diffusion_sample(ldm_ctx *ctx, ldm_latent_diffusion *ld, const ldm_latent_diffusion_sample_opts *o,
+                                                ldm_tensor **z_out) {
+    if (z_out) *z_out = NULL;
+    if (ctx->status) return NULL;
+    ldm_latent_diffusion_sample_opts def;
+    memset(&def, 0, sizeof def);
+    if (!o) o = &def;
+    int64_t n = o->n > 0 ? o->n : o->c ? o->c->shape[0] : 1;
+    if (o->c && o->c->shape[0] != n) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "LatentDiffusion sample: %lld conditionings for %lld samples", (long long)o->c->shape[0], (long long)n);
+        return NULL;
+    }
+    int prev = ldm_set_grad_enabled(ctx, 0);
+    ldm_tensor *c = ldm_latent_diffusion_conditioning(ctx, ld, o->c), *uc = NULL;
+    int guided = o->guidance_scale != 0.0f && o->guidance_scale != 1.0f && ld->cfg.cond_stage != LDM_CONDSTAGE_NONE;
+    if (guided && !ctx->status) {
+        ldm_tensor *ucr = o->uc;
+        /* the "unconditional" class: ClassEmbedder's last one; DiT's null class */
+        int null_class = ld->cfg.cond_stage == LDM_CONDSTAGE_CLASS ? ld->cfg.cond_n_classes - 1
+                         : ld->cfg.denoiser == LDM_DENOISER_DIT && ld->cfg.conditioning_key == LDM_CONDKEY_ADM && ld->cfg.dit.class_dropout_prob > 0
+                             ? ld->cfg.dit.num_classes : -1;
+        if (!ucr && null_class >= 0) {
+            float *h = (float *)LDM_MALLOC(sizeof(float) * (size_t)n);
+            if (h) {
+                for (int64_t i = 0; i < n; i++) h[i] = (float)null_class;
+                ucr = ldm_from_host(ctx, ldm_shape1(n), h);
+                LDM_FREE(h);
+            } else ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "LatentDiffusion sample: out of memory");
+        }
+        if (!ucr && !ctx->status)
+            ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "LatentDiffusion sample: guidance scale %g needs an unconditional conditioning (uc)", (double)o->guidance_scale);
+        if (!ctx->status) uc = ldm_latent_diffusion_conditioning(ctx, ld, ucr);
+    }
+    ldm_tensor *img = NULL;
+    if (!ctx->status) {
+        ldm_cond kc = ldm_latent_diffusion_cond(ld, c), kuc = ldm_latent_diffusion_cond(ld, uc);
+        int64_t H = ld->cfg.image_size, W = ld->cfg.image_size;
+        if (ld->cfg.conditioning_key == LDM_CONDKEY_CONCAT && c && c->ndim == 4) { H = c->shape[2]; W = c->shape[3]; }
+        ldm_sample_opts so;
+        memset(&so, 0, sizeof so);
+        so.cond = &kc;
+        so.uncond = guided ? &kuc : NULL;
+        so.guidance_scale = guided ? o->guidance_scale : 1.0f;
+        so.x_T = o->x_T;
+        so.noise = o->noise;
+        so.log_every_t = ld->cfg.log_every_t;
+        so.on_step = o->on_step;
+        so.user = o->user;
+        ldm_denoiser den = ldm_latent_diffusion_denoiser(ld);
+        ldm_shape shape = ldm_shape4(n, ld->cfg.channels, H, W);
+        ldm_tensor *z = NULL;
+        if (o->ddpm) {
+            so.clip_denoised = ld->cfg.clip_denoised;   /* LatentDiffusion.p_sample_loop */
+            z = ldm_ddpm_sample(ctx, &ld->sched, &den, shape, &so);
+        } else {
+            ldm_ddim dd;
+            if (!ldm_ddim_init(ctx, &dd, &ld->sched, o->steps > 0 ? o->steps : 50, 0, o->eta)) {
+                z = ldm_ddim_sample(ctx, &dd, &ld->sched, &den, shape, &so);
+                ldm_ddim_free(&dd);
+            }
+        }
+        ldm_vae_infer inf;
+        memset(&inf, 0, sizeof inf);
+        inf.batch = o->decode_batch > 0 ? o->decode_batch : 1;
+        inf.tile = o->tile;
+        if (z) img = ldm_latent_diffusion_decode(ctx, ld, z, &inf);
+        if (z_out && img) *z_out = z;
+    }
+    ldm_set_grad_enabled(ctx, prev);
+    return ctx->status ? NULL : img;
+}
+
+#ifdef LDM_CONFIG_H
+LDM_CONFIG_DEFINE(ldm_latent_diffusion_yaml, LDM_LATENT_DIFFUSION_CONFIG_KEYS)
+
+#define LDM__DIT_CONFIG_KEYS(X)                                                                 \
+    X(input_size, INT, "32", "latent size")                                                     \
+    X(patch_size, INT, "2", "patch size")                                                       \
+    X(in_channels, INT, "4", "latent channels")                                                 \
+    X(hidden_size, INT, "1152", "width")                                                        \
+    X(depth, INT, "28", "blocks")                                                               \
+    X(num_heads, INT, "16", "heads")                                                            \
+    X(mlp_ratio, FLOAT, "4.0", "MLP width / width")                                             \
+    X(class_dropout_prob, FLOAT, "0.1", "label dropout (the null class)")                       \
+    X(num_classes, INT, "1000", "classes")                                                      \
+    X(learn_sigma, BOOL, "true", "predict the variance too")
+LDM_CONFIG_DECLARE(ldm__dit_yaml, LDM__DIT_CONFIG_KEYS);
+LDM_CONFIG_DEFINE(ldm__dit_yaml, LDM__DIT_CONFIG_KEYS)
+
+static const char *ldm__ld_file(const ldm_config_node *n) { return n && n->file ? n->file : "<config>"; }
+static int ldm__ld_ends(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && !strcmp(s + a - b, suffix);
+}
+/* unet_config.target -> the denoiser kind (one switch for every place that needs it) */
+static ldm_result ldm__ld_denoiser_kind(ldm_config *cfg, const ldm_config_node *node, const char *target, ldm_denoiser_kind *k) {
+    if (ldm__ld_ends(target, "UNetModel")) { *k = LDM_DENOISER_UNET; return LDM_OK; }
+    if (ldm__ld_ends(target, "DiT")) { *k = LDM_DENOISER_DIT; return LDM_OK; }
+    return ldm_config_seterr(cfg, LDM_ERR_UNSUPPORTED, "%s:%d: unet_config.target '%s' is not a known denoiser (hint: "
+                             "ldm.modules.diffusionmodules.openaimodel.UNetModel or models.DiT)", ldm__ld_file(node), node->line, target);
+}
+static void ldm__ld_copy(char *dst, size_t cap, const char *s) { snprintf(dst, cap, "%s", s ? s : ""); }
+
+LDM_API ldm_result ldm_latent_diffusion_config_read(ldm_config *cfg, const ldm_config_node *node, ldm_latent_diffusion_config *out) {
+    static const char *const where[] = {"", "params", "model.params"};
+    const ldm_config_node *params = NULL;
+    if (!node) node = ldm_config_root(cfg);
+    for (int i = 0; i < 3 && !params; i++) {
+        const ldm_config_node *p = i ? ldm_config_find(node, where[i]) : node;
+        if (p && ldm_config_find(p, "unet_config")) params = p;
+    }
+    if (!params) {
+        char path[256];
+        return ldm_config_seterr(cfg, LDM_ERR_NOT_FOUND, "%s:%d: no LatentDiffusion parameters under '%s' (expected model.params with "
+                                 "unet_config, first_stage_config, cond_stage_config)", ldm__ld_file(node), node->line,
+                                 ldm_config_path(node, path, sizeof path));
+    }
+    const char *file = ldm__ld_file(params);
+    ldm_latent_diffusion_yaml d;
+    ldm_result r = ldm_latent_diffusion_yaml_load(cfg, params, &d);
+    if (r) return r;
+    memset(out, 0, sizeof *out);
+    if (d.given_betas && d.given_betas->type != LDM_CONFIG_NULL)
+        return ldm_config_seterr(cfg, LDM_ERR_UNSUPPORTED, "%s:%d: given_betas is not supported (hint: beta_schedule with linear_start/linear_end)", file, d.given_betas->line);
+    if (d.use_positional_encodings)
+        return ldm_config_seterr(cfg, LDM_ERR_UNSUPPORTED, "%s:%d: use_positional_encodings is not supported", file, params->line);
+    if (d.cond_stage_forward && d.cond_stage_forward[0])
+        return ldm_config_seterr(cfg, LDM_ERR_UNSUPPORTED, "%s:%d: cond_stage_forward '%s' is not supported (hint: leave it out)", file, params->line, d.cond_stage_forward);
+    if (!strcmp(d.beta_schedule, "linear")) out->schedule.schedule = LDM_BETA_LINEAR;
+    else if (!strcmp(d.beta_schedule, "sqrt_linear")) out->schedule.schedule = LDM_BETA_SQRT_LINEAR;
+    else if (!strcmp(d.beta_schedule, "sqrt")) out->schedule.schedule = LDM_BETA_SQRT;
+    else if (!strcmp(d.beta_schedule, "cosine")) out->schedule.schedule = LDM_BETA_COSINE;
+    else return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s:%d: beta_schedule '%s' (expected linear, sqrt_linear, sqrt or cosine)", file, params->line, d.beta_schedule);
+    if (!strcmp(d.parameterization, "eps")) out->schedule.parameterization = LDM_PRED_EPS;
+    else if (!strcmp(d.parameterization, "x0")) out->schedule.parameterization = LDM_PRED_X0;
+    else if (!strcmp(d.parameterization, "v")) out->schedule.parameterization = LDM_PRED_V;
+    else return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s:%d: parameterization '%s' (expected eps, x0 or v)", file, params->line, d.parameterization);
+    if (!strcmp(d.loss_type, "l2")) out->loss.loss_type = LDM_LOSS_L2;
+    else if (!strcmp(d.loss_type, "l1")) out->loss.loss_type = LDM_LOSS_L1;
+    else return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s:%d: loss_type '%s' (expected l2 or l1)", file, params->line, d.loss_type);
+    if (d.timesteps < 1) return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s:%d: timesteps must be positive", file, params->line);
+    out->schedule.timesteps = d.timesteps;
+    out->schedule.linear_start = d.linear_start;
+    out->schedule.linear_end = d.linear_end;
+    out->schedule.cosine_s = d.cosine_s;
+    out->schedule.v_posterior = d.v_posterior;
+    out->loss.l_simple_weight = d.l_simple_weight;
+    out->loss.original_elbo_weight = d.original_elbo_weight;
+    out->image_size = d.image_size;
+    out->channels = d.channels;
+    ldm__ld_copy(out->first_stage_key, sizeof out->first_stage_key, d.first_stage_key);
+    ldm__ld_copy(out->cond_stage_key, sizeof out->cond_stage_key, d.cond_stage_key);
+    ldm__ld_copy(out->monitor, sizeof out->monitor, d.monitor);
+    ldm__ld_copy(out->ckpt_path, sizeof out->ckpt_path, d.ckpt_path);
+    out->n_ignore_keys = d.ignore_keys.n;
+    out->cond_stage_trainable = d.cond_stage_trainable;
+    out->scale_by_std = d.scale_by_std;
+    out->scale_factor = d.scale_factor;
+    out->use_ema = d.use_ema;
+    out->log_every_t = d.log_every_t;
+    out->num_timesteps_cond = d.num_timesteps_cond;
+    out->learn_logvar = d.learn_logvar;
+    out->logvar_init = d.logvar_init;
+    out->clip_denoised = d.clip_denoised;
+
+    /* conditioning_key: given, else concat_mode's choice; __is_unconditional__ clears it */
+    const char *ck = d.conditioning_key && d.conditioning_key[0] ? d.conditioning_key : d.concat_mode ? "concat" : "crossattn";
+    const ldm_config_node *cs = d.cond_stage_config;
+    if (cs->type == LDM_CONFIG_STR) {
+        if (!strcmp(cs->s, "__is_unconditional__")) { out->cond_stage = LDM_CONDSTAGE_NONE; ck = "none"; }
+        else if (!strcmp(cs->s, "__is_first_stage__")) out->cond_stage = LDM_CONDSTAGE_FIRST_STAGE;
+        else return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s:%d: cond_stage_config '%s' (expected a target + params, __is_first_stage__ "
+                                      "or __is_unconditional__)", ldm__ld_file(cs), cs->line, cs->s);
+    } else {
+        const char *target = NULL;
+        if ((r = ldm_config_get_str(cfg, cs, "target", NULL, &target)) != LDM_OK) return r;
+        if (ldm__ld_ends(target, "ClassEmbedder")) {
+            out->cond_stage = LDM_CONDSTAGE_CLASS;
+            if ((r = ldm_config_get_int(cfg, cs, "params.embed_dim", -1, &out->cond_embed_dim)) != LDM_OK) return r;
+            if ((r = ldm_config_get_int(cfg, cs, "params.n_classes", 1000, &out->cond_n_classes)) != LDM_OK) return r;
+            if (out->cond_embed_dim < 1 || out->cond_n_classes < 1)
+                return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s:%d: ClassEmbedder needs params.embed_dim and n_classes > 0", ldm__ld_file(cs), cs->line);
+        } else if (!strcmp(target, "torch.nn.Identity")) out->cond_stage = LDM_CONDSTAGE_IDENTITY;
+        else return ldm_config_seterr(cfg, LDM_ERR_UNSUPPORTED, "%s:%d: cond_stage_config target '%s' is not supported (hint: ClassEmbedder, "
+                                      "torch.nn.Identity, __is_first_stage__, __is_unconditional__)", ldm__ld_file(cs), cs->line, target);
+    }
+    if (!strcmp(ck, "none")) out->conditioning_key = LDM_CONDKEY_NONE;
+    else if (!strcmp(ck, "concat")) out->conditioning_key = LDM_CONDKEY_CONCAT;
+    else if (!strcmp(ck, "crossattn")) out->conditioning_key = LDM_CONDKEY_CROSSATTN;
+    else if (!strcmp(ck, "adm")) out->conditioning_key = LDM_CONDKEY_ADM;
+    else return ldm_config_seterr(cfg, LDM_ERR_UNSUPPORTED, "%s:%d: conditioning_key '%s' is not supported (hint: concat, crossattn or adm)", file, params->line, ck);
+
+    /* the denoiser */
+    const ldm_config_node *un = d.unet_config;
+    const char *target = NULL;
+    if ((r = ldm_config_get_str(cfg, un, "target", NULL, &target)) != LDM_OK) return r;
+    if ((r = ldm__ld_denoiser_kind(cfg, un, target, &out->denoiser)) != LDM_OK) return r;
+    if (out->denoiser == LDM_DENOISER_UNET) r = ldm_unet_config_read(cfg, un, &out->unet);
+    else {
+        ldm__dit_yaml dy;
+        if ((r = ldm__dit_yaml_load(cfg, ldm_config_find(un, "params"), &dy)) != LDM_OK) return r;
+        out->dit.input_size = dy.input_size; out->dit.patch_size = dy.patch_size; out->dit.in_channels = dy.in_channels;
+        out->dit.hidden_size = dy.hidden_size; out->dit.depth = dy.depth; out->dit.num_heads = dy.num_heads;
+        out->dit.mlp_ratio = (float)dy.mlp_ratio; out->dit.class_dropout_prob = (float)dy.class_dropout_prob;
+        out->dit.num_classes = dy.num_classes; out->dit.learn_sigma = dy.learn_sigma;
+    }
+    if (r) return r;
+
+    /* the first stage: AutoencoderKL, or VQ (n_embed) */
+    const ldm_config_node *fs = d.first_stage_config;
+    if ((r = ldm_config_get_str(cfg, fs, "target", NULL, &target)) != LDM_OK) return r;
+    if (!strstr(target, "AutoencoderKL") && !strstr(target, "VQModel"))
+        return ldm_config_seterr(cfg, LDM_ERR_UNSUPPORTED, "%s:%d: first_stage_config target '%s' is not supported (hint: AutoencoderKL or "
+                                 "VQModelInterface)", ldm__ld_file(fs), fs->line, target);
+    if ((r = ldm_config_get_int(cfg, fs, "params.n_embed", 0, &out->first_stage_n_embed)) != LDM_OK) return r;
+    return ldm_vae_config_read(cfg, fs, &out->first_stage);
+}
+#endif
 
 #endif /* LDM_DIFFUSION_IMPLEMENTATION_DONE */
 #endif /* LDM_IMPLEMENTATION */
