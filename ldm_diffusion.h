@@ -525,8 +525,8 @@ typedef struct ldm_latent_diffusion_config {
 typedef struct ldm_latent_diffusion ldm_latent_diffusion;
 /* Builds every part on the context's device, initialised as PyTorch would (use a checkpoint
    for real weights). The first stage is frozen; the cond stage trainable iff
-   cond_stage_trainable. VQ first stages need ldm_vae.h's VQ support (LDM_ERR_UNSUPPORTED
-   until then). */
+   cond_stage_trainable. A VQ first stage (VQModelInterface) encodes to its unquantized h and
+   quantizes in decode, as CompVis's LatentDiffusion does. */
 LDM_API ldm_result ldm_latent_diffusion_create(ldm_ctx *ctx, ldm_latent_diffusion **ld, const ldm_latent_diffusion_config *cfg);
 LDM_API void ldm_latent_diffusion_destroy(ldm_latent_diffusion *ld);
 LDM_API const ldm_latent_diffusion_config *ldm_latent_diffusion_cfg(const ldm_latent_diffusion *ld);
@@ -1206,21 +1206,31 @@ LDM_API ldm_tensor *ldm_timestep_embedding(ldm_ctx *ctx, ldm_tensor *t, int dim)
     }
     int64_t B = t->numel;
     int half = dim / 2;
-    float *th = ldm__dn_host(ctx, t);
-    float *e = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(B * dim));
-    if (!th || !e) return NULL;
+    /* The frequencies depend on dim only (host, float32 in torch's order: (-ln(10000) * i) / half,
+       exp); the products and cos/sin run on t's device. A [B,1] x [1,half] product is one
+       rounding per element, like torch's t[:, None] * freqs[None]. */
+    float *fh = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(half > 0 ? half : 1));
+    if (!fh) return NULL;
     const float neg_log = (float)(-log(10000.0));
-    for (int64_t b = 0; b < B; b++) {
-        float *row = e + b * dim;
-        for (int i = 0; i < half; i++) {
-            /* float32 throughout, in torch's order: (-ln(10000) * i) / half, exp, times t */
-            float f = expf((neg_log * (float)i) / (float)half), a = th[b] * f;
-            row[i] = cosf(a);
-            row[half + i] = sinf(a);
-        }
-        if (dim % 2) row[dim - 1] = 0.0f;
+    for (int i = 0; i < half; i++) fh[i] = expf((neg_log * (float)i) / (float)half);
+    ldm_tensor *parts[3];
+    int n = 0;
+    if (half > 0) {
+        ldm_device keep = ldm_ctx_device(ctx);
+        ldm_ctx_set_device(ctx, t->device);
+        ldm_tensor *freqs = ldm_from_host(ctx, ldm_shape2(1, half), fh);
+        ldm_ctx_set_device(ctx, keep);
+        ldm_tensor *args = ldm_matmul(ctx, ldm_reshape(ctx, ldm_detach(ctx, t), ldm_shape2(B, 1)), freqs, 0, 0);
+        parts[n++] = ldm_cos(ctx, args);
+        parts[n++] = ldm_sin(ctx, args);
     }
-    return ldm_from_host(ctx, ldm_shape2(B, dim), e);
+    if (dim % 2) {
+        ldm_device keep = ldm_ctx_device(ctx);
+        ldm_ctx_set_device(ctx, t->device);
+        parts[n++] = ldm_zeros(ctx, ldm_shape2(B, 1));
+        ldm_ctx_set_device(ctx, keep);
+    }
+    return n == 1 ? parts[0] : ldm_concat(ctx, n, parts, 1);
 }
 
 /* Labels as floats -> int64 indices in [0, n); NULL + error otherwise. */
@@ -2317,9 +2327,6 @@ static ldm_result ldm__ld_make_denoiser(ldm_ctx *ctx, ldm_latent_diffusion *ld) 
 LDM_API ldm_result ldm_latent_diffusion_create(ldm_ctx *ctx, ldm_latent_diffusion **out, const ldm_latent_diffusion_config *cfg) {
     *out = NULL;
     if (ctx->status) return ctx->status;
-    if (cfg->first_stage_n_embed > 0)
-        return ldm_ctx_seterr(ctx, LDM_ERR_UNSUPPORTED, "LatentDiffusion: the first stage is a VQ model (n_embed %d); this ldm_vae.h has no "
-                              "VQ first stage (hint: a build whose ldm_vae.h has VQModelInterface, or a KL first stage)", cfg->first_stage_n_embed);
     if (cfg->num_timesteps_cond > 1)
         return ldm_ctx_seterr(ctx, LDM_ERR_UNSUPPORTED, "LatentDiffusion: num_timesteps_cond %d (a noised conditioning schedule) is not supported (hint: 1)", cfg->num_timesteps_cond);
     ldm_latent_diffusion *ld = (ldm_latent_diffusion *)LDM_MALLOC(sizeof *ld);
