@@ -67,6 +67,13 @@
      ldm_diffusion_model_output     model call with classifier-free guidance ([uncond; cond] batch)
      ldm_ddpm_step, ldm_ddpm_sample p_sample, p_sample_loop (no noise at t = 0)
      ldm_ddim_update, _step, _sample  p_sample_ddim, ddim_sampling
+   Section 2 (openaimodel.py UNetModel and attention.py SpatialTransformer; encoders/modules.py
+   ClassEmbedder; facebookresearch DiT models.py), state-dict names as theirs:
+     ldm_unet_config_read/_default/_check, ldm_unet_create/destroy/count_params/load/save
+     ldm_unet_forward(x, t, context, y), ldm_unet_denoiser   the model and its ldm_denoiser
+     ldm_timestep_embedding         util.timestep_embedding ([cos, sin], computed on t's device)
+     ldm_class_embedder_*           ClassEmbedder: labels -> context [B, 1, D]
+     ldm_dit_config_preset/_check, ldm_dit_create/destroy/forward/denoiser/load/save   DiT
    Section 4 (ddpm.py LatentDiffusion, DiffusionWrapper; ema.py; encoders ClassEmbedder):
      ldm_latent_diffusion_config_read   model.params of a CompVis config (schema-checked)
      ldm_latent_diffusion_create/destroy/load/save   whole CompVis state dicts (incl. model_ema.*)

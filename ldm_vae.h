@@ -57,7 +57,7 @@
                  index on ties), output z + (e - z) with the difference detached, as taming
        decode:   quantize (unless force_not_quantize), post_quant_conv, decoder
    Inference only: the commitment/codebook losses and the index remap of VectorQuantizer2
-   are not implemented; the argmin passes no gradient (straight-through to h, as in taming).
+   are left out (VQ training is not supported); the argmin passes no gradient (straight-through to h, as in taming).
 
    Inference in bounded memory (ldm_vae_encode_infer / ldm_vae_decode_infer): no autograd,
    every block's activations rewound as soon as its output exists, `batch` samples at a time,

@@ -62,12 +62,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include "bench_common.h"
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 enum { CASE_ENCDEC = 0, CASE_DEC = 1, CASE_TRAIN = 2, N_CASES = 3 };
 static const char *const case_names[N_CASES] = {"encdec", "dec", "train"};
@@ -81,55 +77,6 @@ typedef struct {
     const char *python;
 } opts;
 
-/* ---- FLOP counter: the device's kernel table with counting entries ------------------------- */
-/* struct ldm_backend and ctx->be come from ldm_tensor.h's implementation part, compiled into this
-   file. Every op reaches its kernels through that table (the CPU and CUDA convolutions call their
-   own GEMM directly, not the table's sgemm), so each call is counted once. */
-static const ldm_backend *fc_orig;
-static ldm_backend fc_table;
-static double fc_flops;
-static double fc_conv_macs(const ldm_conv_desc *d) {
-    return (double)d->B * (double)d->O * (double)(d->OT * d->OH * d->OW) * (double)d->C * (double)(d->kt * d->kh * d->kw);
-}
-static void fc_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
-                     const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
-    fc_flops += 2.0 * (double)M * (double)N * (double)K;
-    fc_orig->sgemm(ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-}
-static void fc_conv_forward(ldm_ctx *ctx, float *out, const float *inp, const float *w, const float *b, const ldm_conv_desc *d) {
-    fc_flops += 2.0 * fc_conv_macs(d);
-    fc_orig->conv_forward(ctx, out, inp, w, b, d);
-}
-static void fc_conv_backward(ldm_ctx *ctx, float *dinp, float *dw, float *db, const float *dout, const float *inp,
-                             const float *w, const ldm_conv_desc *d) {
-    fc_flops += 2.0 * fc_conv_macs(d) * (double)((dinp != NULL) + (dw != NULL));
-    fc_orig->conv_backward(ctx, dinp, dw, db, dout, inp, w, d);
-}
-/* attention: q k^T and p v forward; the backward recomputes the scores, then dP = dO v^T and
-   whichever of dV = p^T dO, dQ = dS k, dK = dS^T q it is asked for */
-static void fc_attn_forward(ldm_ctx *ctx, float *out, float *lse, const float *q, const float *k, const float *v, int64_t B,
-                            int64_t H, int64_t Sq, int64_t Sk, int64_t D, float scale) {
-    fc_flops += 4.0 * (double)B * (double)H * (double)Sq * (double)Sk * (double)D;
-    fc_orig->attn_forward(ctx, out, lse, q, k, v, B, H, Sq, Sk, D, scale);
-}
-static void fc_attn_backward(ldm_ctx *ctx, float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
-                             const float *q, const float *k, const float *v, int64_t B, int64_t H, int64_t Sq, int64_t Sk,
-                             int64_t D, float scale) {
-    fc_flops += 2.0 * (double)(2 + (dq != NULL) + (dk != NULL) + (dv != NULL)) * (double)B * (double)H * (double)Sq * (double)Sk * (double)D;
-    fc_orig->attn_backward(ctx, dq, dk, dv, dout, out, lse, q, k, v, B, H, Sq, Sk, D, scale);
-}
-static void fc_install(ldm_ctx *ctx, ldm_device dev) {
-    fc_orig = ctx->be[dev];
-    fc_table = *fc_orig;
-    fc_table.sgemm = fc_sgemm;
-    fc_table.conv_forward = fc_conv_forward;
-    fc_table.conv_backward = fc_conv_backward;
-    fc_table.attn_forward = fc_attn_forward;
-    fc_table.attn_backward = fc_attn_backward;
-    fc_flops = 0.0;
-    ldm_ctx_set_backend(ctx, dev, &fc_table, ldm_ctx_backend_state(ctx, dev));
-}
-static void fc_remove(ldm_ctx *ctx, ldm_device dev) { ldm_ctx_set_backend(ctx, dev, fc_orig, ldm_ctx_backend_state(ctx, dev)); }
 
 /* ---- the models and one run of each case ---------------------------------------------------- */
 typedef struct {
@@ -143,13 +90,6 @@ typedef struct {
     float aeloss, discloss;
 } bench;
 
-static double block_bytes(const ldm_nn_params *P, int with_grads) {
-    int64_t n, t = 0;
-    ldm_nn_block(P, LDM_NN_BLOCK_PARAMS, &n); t += n;
-    ldm_nn_block(P, LDM_NN_BLOCK_BUFFERS, &n); t += n;
-    if (with_grads) { ldm_nn_block(P, LDM_NN_BLOCK_GRADS, &n); t += n; }
-    return 4.0 * (double)t;
-}
 
 static int sync_dev(bench *b) {
 #ifdef LDM_CUDA
@@ -258,18 +198,7 @@ static int time_case(bench *b, const opts *o, int c, int S, int B, result *r) {
 }
 
 /* ---- PyTorch ---------------------------------------------------------------------------------- */
-static const char *torch_python(const opts *o) {
-    static char found[256];
-    const char *cands[3] = {getenv("PYTHON"), "python3", "/usr/bin/python3"};
-    if (o->python) return o->python;
-    for (int i = 0; i < 3; i++) {
-        char cmd[400];
-        if (!cands[i] || !cands[i][0]) continue;
-        snprintf(cmd, sizeof cmd, "%s -c 'import torch' >/dev/null 2>&1", cands[i]);
-        if (system(cmd) == 0) { snprintf(found, sizeof found, "%s", cands[i]); return found; }
-    }
-    return NULL;
-}
+static const char *torch_python(const opts *o) { return find_torch_python(o->python); }
 
 static int torch_case(const opts *o, const char *py, const char *script, int c, int S, int B, int threads, result *r) {
     char cmd[1024];
@@ -302,16 +231,7 @@ static void usage(void) {
             "  encdec,dec on the CPU; reps 5 (GPU) / 2 (CPU), warmup 2 (GPU) / 1 (CPU)\n");
 }
 
-static int parse_int(const char *flag, const char *v, int lo, int *out) {
-    char *end;
-    long x = v ? strtol(v, &end, 10) : 0;
-    if (!v || *end || x < lo || x > 1 << 20) {
-        fprintf(stderr, "bench_vae: %s needs an integer >= %d, got %s\n", flag, lo, v ? v : "nothing");
-        return 1;
-    }
-    *out = (int)x;
-    return 0;
-}
+static int parse_int(const char *flag, const char *v, int lo, int *out) { return parse_int_opt("bench_vae", flag, v, lo, out); }
 
 int main(int argc, char **argv) {
     opts o;
