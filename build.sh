@@ -5,7 +5,7 @@
 #   ./build.sh test       build, run every test program (and the sanitizer builds), print
 #                         "N passed, M failed", exit non-zero on any failure
 #   ./build.sh bench      build and run bench/*.c
-#   ./build.sh deps       install the Debian packages the build can use (stb, OpenBLAS)
+#   ./build.sh deps       install the Debian packages the build can use (stb, OpenBLAS, Fashion-MNIST)
 #
 # Environment: CC (default cc), LDM_PORTABLE=1 (no -march=native), LDM_CUDA=1 (CUDA build with
 # nvcc: NVCC, default nvcc on PATH else /usr/local/cuda/bin/nvcc; CUDA_ARCH, default sm_80),
@@ -33,7 +33,9 @@ if { [ -f /usr/include/x86_64-linux-gnu/cblas.h ] || [ -f /usr/include/cblas.h ]
 fi
 
 deps() {
-  local pkgs="libstb-dev libopenblas-dev"
+  # stb (also vendored), OpenBLAS (the benchmarks' reference), Fashion-MNIST (test_data's real-data
+  # checks and the diffusion demo's data)
+  local pkgs="libstb-dev libopenblas-dev dataset-fashion-mnist"
   if command -v apt-get >/dev/null 2>&1; then
     local sudo=""; [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && sudo=sudo
     $sudo apt-get update -qq && $sudo apt-get install -y -qq $pkgs
