@@ -153,7 +153,7 @@ LDM_API ldm_result ldm_schedule_init(ldm_ctx *ctx, ldm_schedule *s, const ldm_sc
 LDM_API void ldm_schedule_free(ldm_schedule *s);
 
 /* The diffusion process on tensors x [B, ...] (any rank >= 1) with host timesteps t[B] in
-   [0, T). Schedule values are gathered per sample into a [B, 1, ...] tensor and multiplied in
+   [0, T) (q_sample's noise NULL: N(0, 1) from the ctx RNG). Schedule values are gathered per sample into a [B, 1, ...] tensor and multiplied in
    (autograd flows through x / noise / model outputs). Each returns NULL on error (a step
    outside [0, T) is one; ldm_diffusion_extract, which does not know T, trusts t). */
 LDM_API ldm_tensor *ldm_diffusion_extract(ldm_ctx *ctx, const float *values, const int *t, const ldm_tensor *like);
@@ -186,13 +186,7 @@ typedef struct ldm_loss_config {
 } ldm_loss_config;
 /* The logged values under CompVis' keys, in its order: "<prefix>/loss_simple", then with a
    learned logvar "<prefix>/loss_gamma" and "logvar" (the mean of all T values, no prefix),
-   "<prefix>/loss_vlb", "<prefix>/loss". */
-#define LDM_LOSS_LOG_MAX 5
-typedef struct ldm_loss_log {
-    int n;
-    char key[LDM_LOSS_LOG_MAX][48];
-    float value[LDM_LOSS_LOG_MAX];
-} ldm_loss_log;
+   "<prefix>/loss_vlb", "<prefix>/loss", in an ldm_loss_log (ldm_nn.h). */
 /* x0 [B, ...]; t: B host steps, or NULL to draw them uniformly from [0, T) with the ctx RNG
    (t_out, when given, receives the steps used); noise: NULL draws N(0, 1) from the ctx RNG;
    logvar: NULL (fixed at 0) or a [T] tensor (a parameter with requires_grad when learned:
@@ -523,6 +517,8 @@ typedef struct ldm_latent_diffusion_config {
     ldm_dit_config dit;
     ldm_vae_config first_stage;
     int first_stage_n_embed;          /* > 0: a VQ first stage (VQModelInterface) */
+    int pixel_space;                  /* no first stage: ddpm.py's DDPM, x itself is diffused
+                                         (encode/decode are the identity, no scale_factor) */
     ldm_cond_stage_kind cond_stage;
     int cond_n_classes, cond_embed_dim; /* ClassEmbedder */
     char ckpt_path[256];              /* accepted and reported; the caller loads it */
@@ -659,13 +655,13 @@ LDM_API ldm_tensor *ldm_latent_diffusion_sample(ldm_ctx *ctx, ldm_latent_diffusi
     X(learn_logvar, BOOL, "false", "learned per-step log-variance")                             \
     X(logvar_init, FLOAT, "0.0", "its initial value")                                           \
     X(v_posterior, FLOAT, "0.0", "posterior variance mix")                                      \
-    X(clip_denoised, BOOL, "true", "DDPM sampling clamps x0 to [-1, 1]")                        \
+    X(clip_denoised, BOOL, "true", "DDPM sampling clamps x0 to [-1, 1] (LatentDiffusion: always off)") \
     X(use_positional_encodings, BOOL, "false", "positional conditioning (unsupported)")         \
     X(load_only_unet, BOOL, "false", "ckpt_path loads only the UNet")                           \
     X(scheduler_config, NODE, "", "learning-rate schedule (the trainer's)")                     \
     X(unet_config, NODE, NULL, "denoiser: target + params")                                     \
-    X(first_stage_config, NODE, NULL, "first stage: target + params")                           \
-    X(cond_stage_config, NODE, NULL, "conditioning stage, __is_first_stage__ or __is_unconditional__") \
+    X(first_stage_config, NODE, "", "first stage: target + params (absent: pixel-space DDPM)")   \
+    X(cond_stage_config, NODE, "", "conditioning stage, __is_first_stage__ or __is_unconditional__ (absent: unconditional)") \
     X(ckpt_path, STR, "", "checkpoint to initialise from (reported)")                           \
     X(ignore_keys, STR_LIST, "", "keys dropped from ckpt_path")
 LDM_CONFIG_DECLARE(ldm_latent_diffusion_yaml, LDM_LATENT_DIFFUSION_CONFIG_KEYS);
@@ -852,6 +848,7 @@ static ldm_tensor *ldm__diff_comb(ldm_ctx *ctx, const float *a, ldm_tensor *x, c
 }
 LDM_API ldm_tensor *ldm_diffusion_q_sample(ldm_ctx *ctx, const ldm_schedule *s, ldm_tensor *x0, const int *t, ldm_tensor *noise) {
     if (ldm__diff_check_t(ctx, s, x0, t, "ldm_diffusion_q_sample")) return NULL;
+    if (!noise) noise = ldm_randn(ctx, ldm_shape_of(x0));
     return ldm__diff_comb(ctx, s->sqrt_alphas_cumprod, x0, s->sqrt_one_minus_alphas_cumprod, noise, t, 0);
 }
 LDM_API ldm_tensor *ldm_diffusion_predict_start_from_noise(ldm_ctx *ctx, const ldm_schedule *s, ldm_tensor *x_t, const int *t, ldm_tensor *eps) {
@@ -921,12 +918,7 @@ static float ldm__diff_scalar(ldm_ctx *ctx, ldm_tensor *x) {
     if (x && ldm_to_host(ctx, x, &v)) v = NAN;
     return v;
 }
-static void ldm__diff_log(ldm_loss_log *log, const char *prefix, const char *name, float v) {
-    if (!log || log->n >= LDM_LOSS_LOG_MAX) return;
-    if (prefix) snprintf(log->key[log->n], sizeof log->key[0], "%s/%s", prefix, name);
-    else snprintf(log->key[log->n], sizeof log->key[0], "%s", name);
-    log->value[log->n++] = v;
-}
+static void ldm__diff_log(ldm_loss_log *log, const char *prefix, const char *name, float v) { ldm_loss_log_put(log, prefix, name, v); }
 
 LDM_API ldm_tensor *ldm_diffusion_p_losses(ldm_ctx *ctx, const ldm_schedule *s, const ldm_loss_config *cfg,
                                            const ldm_denoiser *model, ldm_tensor *x0, const ldm_cond *cond,
@@ -2344,8 +2336,10 @@ LDM_API ldm_result ldm_latent_diffusion_create(ldm_ctx *ctx, ldm_latent_diffusio
     ld->scale_factor = cfg->scale_factor > 0 ? (float)cfg->scale_factor : 1.0f;
     ldm_result r = ldm_schedule_init(ctx, &ld->sched, &cfg->schedule);
     if (!r) r = ldm__ld_make_denoiser(ctx, ld);
-    if (!r) r = ldm_vae_create(ctx, &ld->vae, &cfg->first_stage);
-    if (!r) r = ldm_nn_set_trainable(ld->vae->P, "", 0);   /* instantiate_first_stage: frozen, eval */
+    if (!r && cfg->pixel_space && cfg->cond_stage == LDM_CONDSTAGE_FIRST_STAGE)
+        r = ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "LatentDiffusion: a pixel-space model has no first stage to condition on");
+    if (!r && !cfg->pixel_space) r = ldm_vae_create(ctx, &ld->vae, &cfg->first_stage);
+    if (!r && ld->vae) r = ldm_nn_set_trainable(ld->vae->P, "", 0);   /* instantiate_first_stage: frozen, eval */
     if (!r && cfg->cond_stage == LDM_CONDSTAGE_CLASS) {
         r = ldm_class_embedder_create(ctx, &ld->ce, cfg->cond_n_classes, cfg->cond_embed_dim);
         if (!r) r = ldm_nn_set_trainable(ldm_class_embedder_params(ld->ce), "", cfg->cond_stage_trainable);
@@ -2456,7 +2450,8 @@ static ldm_result ldm__ld_load_ema(ldm_ctx *ctx, ldm_latent_diffusion *ld, ldm_w
 
 /* Is a file name one of the model's (or a buffer it accepts)? */
 static int ldm__ld_known(const ldm_latent_diffusion *ld, const char *nm) {
-    if (ldm__ld_starts(nm, ldm__ld_pfx_model) || ldm__ld_starts(nm, ldm__ld_pfx_first) || ldm__ld_starts(nm, ldm__ld_pfx_ema)) return 1;
+    if (ldm__ld_starts(nm, ldm__ld_pfx_model) || ldm__ld_starts(nm, ldm__ld_pfx_ema)) return 1;
+    if (ldm__ld_starts(nm, ldm__ld_pfx_first)) return ld->vae != NULL;
     if (ldm__ld_starts(nm, ldm__ld_pfx_cond)) return ld->cfg.cond_stage == LDM_CONDSTAGE_CLASS || ld->cfg.cond_stage == LDM_CONDSTAGE_FIRST_STAGE;
     for (int i = 0; i < 12; i++) if (!strcmp(nm, ldm__ld_schedule_names[i])) return 1;
     if (!strcmp(nm, "lvlb_weights")) return 1;
@@ -2531,7 +2526,7 @@ LDM_API ldm_result ldm_latent_diffusion_load(ldm_ctx *ctx, ldm_latent_diffusion 
     }
     if (!r && emaw) r = ld->has_ema ? ldm_ema_copy_to(ctx, &ld->ema) : ldm__ld_load_ema(ctx, ld, w, 0);
     ldm_weights_close(w);
-    if (!r) r = ldm__ld_part(ctx, ldm_vae_load_ex(ctx, ld->vae, path, strict, NULL), "the first stage", ldm__ld_pfx_first);
+    if (!r && ld->vae) r = ldm__ld_part(ctx, ldm_vae_load_ex(ctx, ld->vae, path, strict, NULL), "the first stage", ldm__ld_pfx_first);
     return r;
 }
 
@@ -2592,7 +2587,7 @@ LDM_API ldm_result ldm_latent_diffusion_save(ldm_ctx *ctx, const ldm_latent_diff
     if (!r && ld->cfg.scale_by_std) r = ldm__ld_add_host(ctx, &L, "scale_factor", 0, 1, &ld->scale_factor);
     if (!r && ld->own) r = ldm__ld_add_params(ctx, &L, ld->own, "");
     if (!r) r = ldm__ld_add_params(ctx, &L, ld->dP, ldm__ld_pfx_model);
-    if (!r) r = ldm__ld_add_params(ctx, &L, ld->vae->P, ldm__ld_pfx_first);
+    if (!r && ld->vae) r = ldm__ld_add_params(ctx, &L, ld->vae->P, ldm__ld_pfx_first);
     if (!r && ld->ce) r = ldm__ld_add_params(ctx, &L, ldm_class_embedder_params(ld->ce), ldm__ld_pfx_cond);
     if (!r && ld->cfg.cond_stage == LDM_CONDSTAGE_FIRST_STAGE) r = ldm__ld_add_params(ctx, &L, ld->vae->P, ldm__ld_pfx_cond); /* the same module twice */
     if (!r && ld->has_ema) {
@@ -2631,6 +2626,7 @@ LDM_API ldm_result ldm_latent_diffusion_save(ldm_ctx *ctx, const ldm_latent_diff
 /* ---- first stage and conditioning ---- */
 LDM_API ldm_tensor *ldm_latent_diffusion_encode(ldm_ctx *ctx, ldm_latent_diffusion *ld, ldm_tensor *x, ldm_tensor *eps, const ldm_vae_infer *infer) {
     if (ctx->status) return NULL;
+    if (!ld->vae) return x;   /* DDPM: pixel space */
     int prev = ldm_set_grad_enabled(ctx, 0);
     ldm_vae_posterior q;
     ldm_tensor *z = NULL;
@@ -2643,6 +2639,7 @@ LDM_API ldm_tensor *ldm_latent_diffusion_encode(ldm_ctx *ctx, ldm_latent_diffusi
 }
 LDM_API ldm_tensor *ldm_latent_diffusion_decode(ldm_ctx *ctx, ldm_latent_diffusion *ld, ldm_tensor *z, const ldm_vae_infer *infer) {
     if (ctx->status || !z) return NULL;
+    if (!ld->vae) return z;
     int prev = ldm_set_grad_enabled(ctx, 0);
     ldm_tensor *img = ldm_vae_decode_infer(ctx, ld->vae, ldm_scale(ctx, z, 1.0f / ld->scale_factor), infer);
     ldm_set_grad_enabled(ctx, prev);
@@ -2888,12 +2885,13 @@ LDM_API ldm_result ldm_latent_diffusion_config_read(ldm_config *cfg, const ldm_c
     out->num_timesteps_cond = d.num_timesteps_cond;
     out->learn_logvar = d.learn_logvar;
     out->logvar_init = d.logvar_init;
-    out->clip_denoised = d.clip_denoised;
+    out->clip_denoised = d.clip_denoised;   /* LatentDiffusion sets it False below (its __init__ does) */
 
     /* conditioning_key: given, else concat_mode's choice; __is_unconditional__ clears it */
     const char *ck = d.conditioning_key && d.conditioning_key[0] ? d.conditioning_key : d.concat_mode ? "concat" : "crossattn";
     const ldm_config_node *cs = d.cond_stage_config;
-    if (cs->type == LDM_CONFIG_STR) {
+    if (!cs || cs->type == LDM_CONFIG_NULL) { out->cond_stage = LDM_CONDSTAGE_NONE; ck = "none"; }   /* DDPM */
+    else if (cs->type == LDM_CONFIG_STR) {
         if (!strcmp(cs->s, "__is_unconditional__")) { out->cond_stage = LDM_CONDSTAGE_NONE; ck = "none"; }
         else if (!strcmp(cs->s, "__is_first_stage__")) out->cond_stage = LDM_CONDSTAGE_FIRST_STAGE;
         else return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s:%d: cond_stage_config '%s' (expected a target + params, __is_first_stage__ "
@@ -2933,8 +2931,15 @@ LDM_API ldm_result ldm_latent_diffusion_config_read(ldm_config *cfg, const ldm_c
     }
     if (r) return r;
 
-    /* the first stage: AutoencoderKL, or VQ (n_embed) */
+    /* the first stage: AutoencoderKL, or VQ (n_embed); none: pixel space (DDPM) */
     const ldm_config_node *fs = d.first_stage_config;
+    if (!fs || fs->type == LDM_CONFIG_NULL) {
+        out->pixel_space = 1;
+        if (out->cond_stage == LDM_CONDSTAGE_FIRST_STAGE)
+            return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s:%d: cond_stage_config __is_first_stage__ needs a first_stage_config", file, params->line);
+        return LDM_OK;
+    }
+    out->clip_denoised = 0;
     if ((r = ldm_config_get_str(cfg, fs, "target", NULL, &target)) != LDM_OK) return r;
     if (!strstr(target, "AutoencoderKL") && !strstr(target, "VQModel"))
         return ldm_config_seterr(cfg, LDM_ERR_UNSUPPORTED, "%s:%d: first_stage_config target '%s' is not supported (hint: AutoencoderKL or "

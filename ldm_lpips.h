@@ -191,11 +191,7 @@ typedef struct ldm_lpips_loss {
     int hinge;
 } ldm_lpips_loss;
 
-/* Named scalar values of one loss step ("train/total_loss", ...). */
-#define LDM_LOSS_LOG_MAX 16
-typedef struct ldm_loss_log_item { char key[64]; float value; } ldm_loss_log_item;
-typedef struct ldm_loss_log { int n; ldm_loss_log_item item[LDM_LOSS_LOG_MAX]; } ldm_loss_log;
-LDM_API const float *ldm_loss_log_get(const ldm_loss_log *log, const char *key); /* NULL when absent */
+/* Losses report named values in an ldm_loss_log (ldm_nn.h). */
 
 LDM_API ldm_result ldm_lpips_loss_create(ldm_ctx *ctx, ldm_lpips_loss **L, const ldm_lpips_loss_config *cfg);
 LDM_API void ldm_lpips_loss_destroy(ldm_lpips_loss *L);
@@ -506,16 +502,7 @@ LDM_API ldm_lpips_loss_config ldm_lpips_loss_defaults(void) {
     return c;
 }
 
-LDM_API const float *ldm_loss_log_get(const ldm_loss_log *log, const char *key) {
-    for (int i = 0; log && i < log->n; i++) if (!strcmp(log->item[i].key, key)) return &log->item[i].value;
-    return NULL;
-}
-static void ldm__log_put(ldm_loss_log *log, const char *split, const char *name, float v) {
-    if (!log || log->n >= LDM_LOSS_LOG_MAX) return;
-    snprintf(log->item[log->n].key, sizeof log->item[log->n].key, "%s/%s", split, name);
-    log->item[log->n].value = v;
-    log->n++;
-}
+static void ldm__log_put(ldm_loss_log *log, const char *split, const char *name, float v) { ldm_loss_log_put(log, split, name, v); }
 static float ldm__scalar(ldm_ctx *ctx, ldm_tensor *t) {
     float v = NAN;
     if (t && !ldm_ctx_status(ctx)) ldm_to_host(ctx, t, &v);

@@ -337,6 +337,16 @@ LDM_API ldm_result ldm_nn_load_weights(ldm_ctx *ctx, ldm_nn_params *P, ldm_weigh
    prefix + name (prefix may be NULL), converted to dtype; metadata {"format": "pt"}. */
 LDM_API ldm_result ldm_nn_save(ldm_ctx *ctx, const ldm_nn_params *P, const char *path, ldm_dtype dtype, const char *prefix);
 
+/* ---- loss logs -------------------------------------------------------------------------- */
+/* Named scalar values of one loss step ("train/total_loss", ...), what ldm_lpips.h's and
+   ldm_diffusion.h's losses report (Lightning's self.log). */
+#define LDM_LOSS_LOG_MAX 16
+typedef struct ldm_loss_log_item { char key[64]; float value; } ldm_loss_log_item;
+typedef struct ldm_loss_log { int n; ldm_loss_log_item item[LDM_LOSS_LOG_MAX]; } ldm_loss_log;
+LDM_API const float *ldm_loss_log_get(const ldm_loss_log *log, const char *key); /* NULL when absent */
+/* Appends "<prefix>/<name>" (prefix NULL: name alone); log may be NULL, a full log drops it. */
+LDM_API void ldm_loss_log_put(ldm_loss_log *log, const char *prefix, const char *name, float v);
+
 /* ---- optimizers ------------------------------------------------------------------------- */
 typedef enum { LDM_OPTIM_SGD = 0, LDM_OPTIM_ADAM = 1, LDM_OPTIM_ADAMW = 2 } ldm_optim_type;
 
@@ -1245,6 +1255,18 @@ struct ldm_nn_optim {
     float *mom;                   /* nmom * mn floats on the registry's device */
     int64_t step;
 };
+
+LDM_API const float *ldm_loss_log_get(const ldm_loss_log *log, const char *key) {
+    for (int i = 0; log && i < log->n; i++) if (!strcmp(log->item[i].key, key)) return &log->item[i].value;
+    return NULL;
+}
+LDM_API void ldm_loss_log_put(ldm_loss_log *log, const char *prefix, const char *name, float v) {
+    if (!log || log->n >= LDM_LOSS_LOG_MAX) return;
+    if (prefix) snprintf(log->item[log->n].key, sizeof log->item[log->n].key, "%s/%s", prefix, name);
+    else snprintf(log->item[log->n].key, sizeof log->item[log->n].key, "%s", name);
+    log->item[log->n].value = v;
+    log->n++;
+}
 
 LDM_API ldm_nn_optim_config ldm_nn_optim_defaults(ldm_optim_type type, double lr) {
     ldm_nn_optim_config c;

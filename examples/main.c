@@ -58,6 +58,7 @@
 #include "ldm_data.h"
 #include "model.h"
 #include "model_autoencoder.h" /* the models this driver can build (drv_registries) */
+#include "model_diffusion.h"   /* LatentDiffusion and DDPM */
 #include "plot.h"
 
 #include <errno.h>
@@ -378,7 +379,8 @@ static int drv_parse_args(int argc, char **argv, drv_opts *o) {
     X(rescale, BOOL, "true", "map [-1, 1] to [0, 1] before writing")                            \
     X(disabled, BOOL, "false", "log nothing")                                                    \
     X(log_on_batch_idx, BOOL, "false", "count batches of the epoch instead of global steps")    \
-    X(log_first_step, BOOL, "false", "also log at step 0")
+    X(log_first_step, BOOL, "false", "also log at step 0")                                      \
+    X(log_images_kwargs, NODE, "", "the model's log_images options (see the model's --help)")
 #define DRV_MCKPT_KEYS(X)                                                                        \
     X(monitor, STR, "", "metric for top-k (default: model.params.monitor)")                      \
     X(mode, STR, "min", "min or max: which monitor values are better")                          \
@@ -851,7 +853,7 @@ static int drv_load_config(drv *d) {
 
 /* The models this driver builds: each class's constructor reads model.params and returns an
    ex_model. */
-static const ex_model_class *const drv_models[] = {&ex_autoencoder_class};
+static const ex_model_class *const drv_models[] = {&ex_autoencoder_class, &ex_latent_diffusion_class, &ex_ddpm_class};
 
 static int drv_registries(drv *d) {
     if (ldm_config_registry_create(&d->reg_model) || ldm_config_registry_create(&d->reg_data) ||
@@ -985,6 +987,14 @@ static int drv_read_config(drv *d, drv_root_cfg *root, drv_model_cfg *mcfg) {
         }
         }
     }
+    {
+        const ldm_config_node *kw = d->imlog.c.log_images_kwargs;
+        if (kw && kw->type != LDM_CONFIG_NULL && !d->m->set_log_images_kwargs) {
+            drv_error("%s: %s's log_images takes no options", drv_where(kw, w, sizeof w), d->m->name);
+            return 1;
+        }
+        if (d->m->set_log_images_kwargs && d->m->set_log_images_kwargs(d->m, cfg, kw)) return drv_fail_cfg(d);
+    }
     /* ImageLogger.log_steps = [2**n for n in range(int(log2(batch_freq)) + 1)] or [batch_freq] */
     if (d->imlog.c.increase_log_steps) {
         int nmax = (int)floor(log2((double)d->imlog.c.batch_frequency));
@@ -1116,13 +1126,24 @@ static int drv_install_dir(const char *tmp, const char *final) {
     return 0;
 }
 
-/* The files of a checkpoint directory: model.safetensors, optimizer_<i>.safetensors (one per
-   optimizer), grads.safetensors, state.ini; i-th name into out (false past the end). */
+/* Part j of optimizer i (0: opt, then its `also` registries) and its file name:
+   optimizer_<i>.safetensors, optimizer_<i>.<j>.safetensors. */
+static ldm_nn_optim *drv_optim_part(const ex_optim *o, int j) { return j == 0 ? o->opt : o->also[j - 1]; }
+static void drv_optim_file(int i, int j, char *out, size_t n) {
+    if (j == 0) drv_sfmt(out, n, "optimizer_%d.safetensors", i);
+    else drv_sfmt(out, n, "optimizer_%d.%d.safetensors", i, j);
+}
+
+/* The files of a checkpoint directory: model.safetensors, the optimizers' files,
+   grads.safetensors, state.ini; i-th name into out (false past the end). */
 static int drv_ckpt_file(const drv *d, int i, char *out, size_t n) {
     static const char *const fixed[] = {"model.safetensors", "grads.safetensors", "state.ini"};
     if (i == 0) { drv_sfmt(out, n, "%s", fixed[0]); return 1; }
-    if (i <= d->m->n_optim) { drv_sfmt(out, n, "optimizer_%d.safetensors", i - 1); return 1; }
-    i -= d->m->n_optim + 1;
+    i--;
+    for (int k = 0; k < d->m->n_optim; k++) {
+        if (i <= d->m->optim[k].n_also) { drv_optim_file(k, i, out, n); return 1; }
+        i -= d->m->optim[k].n_also + 1;
+    }
     if (i < 2) { drv_sfmt(out, n, "%s", fixed[1 + i]); return 1; }
     return 0;
 }
@@ -1138,12 +1159,13 @@ static int drv_checkpoint(drv *d, int n, const char *const *dests, int weights_o
     if (drv_write_model(d, p)) return 1;
     drv_crash_hook(1);
     if (!weights_only) {
-        for (int i = 0; i < d->m->n_optim; i++) {
-            char f[64];
-            drv_sfmt(f, sizeof f, "optimizer_%d.safetensors", i);
-            drv_join(p, sizeof p, tmp, f);
-            if (ldm_nn_optim_save(d->ctx, d->m->optim[i].opt, p)) return drv_fail_ctx(d, "checkpoint");
-        }
+        for (int i = 0; i < d->m->n_optim; i++)
+            for (int j = 0; j <= d->m->optim[i].n_also; j++) {
+                char f[64];
+                drv_optim_file(i, j, f, sizeof f);
+                drv_join(p, sizeof p, tmp, f);
+                if (ldm_nn_optim_save(d->ctx, drv_optim_part(&d->m->optim[i], j), p)) return drv_fail_ctx(d, "checkpoint");
+            }
         if (d->accumulated) {
             drv_join(p, sizeof p, tmp, "grads.safetensors");
             if (drv_write_grads(d, p)) return 1;
@@ -1200,12 +1222,13 @@ static int drv_load_checkpoint(drv *d, const char *dir, int with_state) {
                   "start a new run from these weights)", dir, p);
         return 1;
     }
-    for (int i = 0; i < d->m->n_optim; i++) {
-        char f[64];
-        drv_sfmt(f, sizeof f, "optimizer_%d.safetensors", i);
-        drv_join(p, sizeof p, dir, f);
-        if (ldm_nn_optim_load(ctx, d->m->optim[i].opt, p)) return drv_fail_ctx(d, "resume");
-    }
+    for (int i = 0; i < d->m->n_optim; i++)
+        for (int j = 0; j <= d->m->optim[i].n_also; j++) {
+            char f[64];
+            drv_optim_file(i, j, f, sizeof f);
+            drv_join(p, sizeof p, dir, f);
+            if (ldm_nn_optim_load(ctx, drv_optim_part(&d->m->optim[i], j), p)) return drv_fail_ctx(d, "resume");
+        }
 
     ldm_config *sc;
     if (ldm_config_create(&sc)) return 1;
@@ -1385,7 +1408,8 @@ static int drv_train_batch(drv *d, const ldm_data_batch *b, int do_step, ex_log 
         const ex_optim *o = &m->optim[i];
         char what[160];
         ldm_set_grad_enabled(ctx, 1);
-        if (o->lr_lambda) ldm_nn_optim_set_lr(o->opt, o->base_lr * o->lr_lambda(m->self, d->global_step));
+        if (o->lr_lambda)
+            for (int j = 0; j <= o->n_also; j++) ldm_nn_optim_set_lr(drv_optim_part(o, j), o->base_lr * o->lr_lambda(m->self, d->global_step));
         ldm_tensor *loss = m->training_step(m, ctx, b, d->global_step, i, log);
         if (!loss || ldm_to_host(ctx, loss, &losses[i])) return drv_fail_ctx(d, m->what);
         if (!isfinite(losses[i])) {
@@ -1397,8 +1421,10 @@ static int drv_train_batch(drv *d, const ldm_data_batch *b, int do_step, ex_log 
         if (ldm_backward(ctx, loss)) return drv_fail_ctx(d, what);
         if (do_step) {
             drv_sfmt(what, sizeof what, "training (%s optimizer)", o->name);
-            if (ldm_nn_optim_step(ctx, o->opt)) return drv_fail_ctx(d, what);
-            ldm_nn_optim_zero_grad(ctx, o->opt);
+            for (int j = 0; j <= o->n_also; j++) {
+                if (ldm_nn_optim_step(ctx, drv_optim_part(o, j))) return drv_fail_ctx(d, what);
+                ldm_nn_optim_zero_grad(ctx, drv_optim_part(o, j));
+            }
         }
         ldm_step_reset(ctx);
     }

@@ -60,6 +60,11 @@ typedef struct ex_optim {
     const char *name;             /* "aeloss": metrics.csv's <name>_step, <name>_epoch */
     const char *loss_key;         /* the logged value the loss is ("train/total_loss"), for messages */
     ldm_nn_optim *opt;
+    /* More parameter registries in the same torch optimizer (LatentDiffusion's AdamW over the
+       denoiser, a trainable cond stage and logvar): stepped, scheduled and saved with opt.
+       Adam/AdamW/SGD update each element on its own, so this is the one optimizer's update. */
+    ldm_nn_optim *also[EX_MAX_PARAMS];
+    int n_also;
     /* LambdaLR: lr = base_lr * lr_lambda(self, global_step) before each step; NULL = constant */
     double (*lr_lambda)(void *self, int64_t global_step);
     double base_lr;               /* the driver keeps the lr configure_optimizers gave here */
@@ -120,6 +125,9 @@ struct ex_model {
     ldm_result (*save)(ex_model *m, ldm_ctx *ctx, const char *path, int n_meta, const char *const *keys, const char *const *vals);
     ldm_result (*load)(ex_model *m, ldm_ctx *ctx, const char *path);
     void (*destroy)(ex_model *m);
+    /* The ImageLogger's log_images_kwargs (a mapping, checked against the model's own table).
+       May be NULL: the model takes none. */
+    ldm_result (*set_log_images_kwargs)(ex_model *m, ldm_config *cfg, const ldm_config_node *kwargs);
 };
 
 /* A model target: what the driver registers (ldm_config_registry_add(reg, target, aliases,

@@ -402,12 +402,12 @@ static void test_loss(void) {
         const char *const K5[5] = {"train/loss_simple", "train/loss_gamma", "logvar", "train/loss_vlb", "train/loss"};
         const char *const K3[3] = {"train/loss_simple", "train/loss_vlb", "train/loss"};
         for (int i = 0; i < n && keys_ok; i++) {
-            keys_ok &= strcmp(log.key[i], V[k].learn ? K5[i] : K3[i]) == 0;
-            got[i] = log.value[i];
+            keys_ok &= strcmp(log.item[i].key, V[k].learn ? K5[i] : K3[i]) == 0;
+            got[i] = log.item[i].value;
             exp5[i] = V[k].learn ? want[i] : want[i == 0 ? 0 : i == 1 ? 3 : 4];
         }
         snprintf(name, sizeof name, "p_losses %s: logged keys (CompVis names and order)", V[k].name);
-        lt_report(keys_ok, name, "n %d, first key %s", log.n, log.n ? log.key[0] : "");
+        lt_report(keys_ok, name, "n %d, first key %s", log.n, log.n ? log.item[0].key : "");
         snprintf(name, sizeof name, "p_losses %s: logged values", V[k].name);
         if (keys_ok) lt_close(name, got, exp5, n, 1e-6, 1e-5);
         snprintf(name, sizeof name, "p_losses %s: loss", V[k].name);
@@ -447,7 +447,7 @@ static void test_loss(void) {
         /* d/d logvar_t of mean_b(ls_b e^-lv + lv) at lv = 0 is (1 - ls_b)/B at the sampled t only */
         int nz = 0;
         for (int i = 0; ok && i < 1000; i++) nz += g[i] != 0;
-        lt_report(ok && nz == 4 && log.n == 5 && strcmp(log.key[2], "logvar") == 0 && log.value[2] == 0.0f,
+        lt_report(ok && nz == 4 && log.n == 5 && strcmp(log.item[2].key, "logvar") == 0 && log.item[2].value == 0.0f,
                   "learn_logvar: \"logvar\" parameter (logvar_init 0) gets gradients at the 4 sampled steps", "%s nz %d", ldm_ctx_error(ctx), nz);
         ldm_ctx_clear_error(ctx);
         ldm_nn_params_destroy(P);
@@ -697,8 +697,8 @@ static void test_e2e(void) {
         ldm_nn_optim_step(ctx, opt);
         ldm_nn_optim_zero_grad(ctx, opt);
         ldm_ema_update(ctx, &ema);
-        if (it < 100) first += log.value[0] / 100;
-        if (it >= STEPS - 100) last += log.value[0] / 100;
+        if (it < 100) first += log.item[0].value / 100;
+        if (it >= STEPS - 100) last += log.item[0].value / 100;
         ldm_step_reset(ctx);
     }
     if (!check_ok("e2e training")) { ldm_nn_params_destroy(P); return; }

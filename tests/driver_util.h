@@ -1,0 +1,93 @@
+/* driver_util.h - what the driver tests (test_driver.c, test_ldm_driver.c) share: a temporary
+   directory T, running ./ldm with its output captured, and small file checks. */
+#ifndef LDM_TEST_DRIVER_UTIL_H
+#define LDM_TEST_DRIVER_UTIL_H
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+static char T[512];     /* the temporary directory */
+static char CFG[600];   /* the tiny config */
+
+static char *slurp(const char *path, long *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = (char *)malloc((size_t)n + 1);
+    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) { free(b); b = NULL; }
+    fclose(f);
+    if (b) b[n] = 0;
+    if (len) *len = n;
+    return b;
+}
+static int same_file(const char *a, const char *b) {
+    long na, nb;
+    char *x = slurp(a, &na), *y = slurp(b, &nb);
+    int same = x && y && na == nb && !memcmp(x, y, (size_t)na);
+    free(x); free(y);
+    return same;
+}
+static int file_has(const char *path, const char *needle) {
+    char *s = slurp(path, NULL);
+    int r = s && strstr(s, needle) != NULL;
+    free(s);
+    return r;
+}
+static int exists(const char *p) { struct stat st; return stat(p, &st) == 0; }
+static void writef(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    if (f) { fputs(text, f); fclose(f); }
+}
+
+/* Runs "env ./ldm args" with stdout/stderr to T/<tag>.out/.err; returns the exit status, or
+   128 + the signal that killed it. */
+static int ldm_bin(const char *bin, const char *tag, const char *env, const char *args) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s %s %s > %s/%s.out 2> %s/%s.err", env ? env : "", bin, args, T, tag, T, tag);
+    int st = system(cmd);
+    if (st == -1) return -1;
+    if (WIFEXITED(st)) {
+        int rc = WEXITSTATUS(st);
+        /* the shell reports a child killed by a signal as 128 + signal */
+        return rc;
+    }
+    return 128 + WTERMSIG(st);
+}
+static int ldm(const char *tag, const char *env, const char *args) { return ldm_bin("./ldm", tag, env, args); }
+static void out_path(char *buf, size_t n, const char *tag, const char *ext) { snprintf(buf, n, "%s/%s.%s", T, tag, ext); }
+static int out_has(const char *tag, const char *ext, const char *needle) {
+    char p[700];
+    out_path(p, sizeof p, tag, ext);
+    return file_has(p, needle);
+}
+static void show(const char *tag) {
+    char p[700];
+    out_path(p, sizeof p, tag, "err");
+    char *s = slurp(p, NULL);
+    if (s && *s) printf("  [%s stderr] %.2000s\n", tag, s);
+    free(s);
+}
+
+/* The logdir <T>/logs/<timestamp>_<name>. */
+static int logdir_of(const char *name, char *out, size_t n) {
+    char root[600], suffix[128];
+    snprintf(root, sizeof root, "%s/logs", T);
+    snprintf(suffix, sizeof suffix, "_%s", name);
+    DIR *d = opendir(root);
+    if (!d) return 0;
+    struct dirent *e;
+    int found = 0;
+    while ((e = readdir(d)) != NULL) {
+        size_t l = strlen(e->d_name), s = strlen(suffix);
+        if (l > s && !strcmp(e->d_name + l - s, suffix)) { snprintf(out, n, "%s/%s", root, e->d_name); found = 1; }
+    }
+    closedir(d);
+    return found;
+}
+
+#endif /* LDM_TEST_DRIVER_UTIL_H */
