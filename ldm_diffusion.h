@@ -492,13 +492,17 @@ LDM_API ldm_tensor *ldm_ddim_sample(ldm_ctx *ctx, const ldm_ddim *d, const ldm_s
                        SpatialTransformers); adm (class labels as y: label_emb / DiT).
      cond stage        none (__is_unconditional__); ClassEmbedder (labels [B] -> [B, 1, D]);
                        identity (torch.nn.Identity: the input itself, e.g. the low-res image);
-                       first stage (__is_first_stage__: the first stage's posterior mode).
+                       first stage (__is_first_stage__: the first stage's posterior mode);
+                       low-res latent (lr_scale > 0, an ldm.h extension after the seed's
+                       video super-resolution: the caller degrades the input itself, down by
+                       1/lr_scale and back up, bicubic; the conditioning is that image's
+                       first-stage latent, scale_factor * posterior mode, concatenated).
    Checkpoint names (a CompVis LatentDiffusion state dict): model.diffusion_model.*,
    first_stage_model.*, cond_stage_model.*, model_ema.* (the denoiser's names without dots, plus
    model_ema.decay / model_ema.num_updates), the schedule buffers (betas, alphas_cumprod, ...),
    scale_factor (scale_by_std) and logvar (learn_logvar). */
 typedef enum { LDM_CONDKEY_NONE = 0, LDM_CONDKEY_CONCAT, LDM_CONDKEY_CROSSATTN, LDM_CONDKEY_ADM } ldm_conditioning_key;
-typedef enum { LDM_CONDSTAGE_NONE = 0, LDM_CONDSTAGE_CLASS, LDM_CONDSTAGE_IDENTITY, LDM_CONDSTAGE_FIRST_STAGE } ldm_cond_stage_kind;
+typedef enum { LDM_CONDSTAGE_NONE = 0, LDM_CONDSTAGE_CLASS, LDM_CONDSTAGE_IDENTITY, LDM_CONDSTAGE_FIRST_STAGE, LDM_CONDSTAGE_LR_LATENT } ldm_cond_stage_kind;
 typedef enum { LDM_DENOISER_UNET = 0, LDM_DENOISER_DIT = 1 } ldm_denoiser_kind;
 
 /* LatentDiffusion's constructor arguments (model.params), resolved. */
@@ -517,6 +521,7 @@ typedef struct ldm_latent_diffusion_config {
     ldm_dit_config dit;
     ldm_vae_config first_stage;
     int first_stage_n_embed;          /* > 0: a VQ first stage (VQModelInterface) */
+    double lr_scale;                  /* > 0: LDM_CONDSTAGE_LR_LATENT (see above) */
     int pixel_space;                  /* no first stage: ddpm.py's DDPM, x itself is diffused
                                          (encode/decode are the identity, no scale_factor) */
     ldm_cond_stage_kind cond_stage;
@@ -662,6 +667,7 @@ LDM_API ldm_tensor *ldm_latent_diffusion_sample(ldm_ctx *ctx, ldm_latent_diffusi
     X(unet_config, NODE, NULL, "denoiser: target + params")                                     \
     X(first_stage_config, NODE, "", "first stage: target + params (absent: pixel-space DDPM)")   \
     X(cond_stage_config, NODE, "", "conditioning stage, __is_first_stage__ or __is_unconditional__ (absent: unconditional)") \
+    X(lr_scale, AT_LEAST(FLOAT, 0), "0", "ldm.h extension: condition on the latent of the input downsampled by 1/lr_scale and upsampled back (bicubic); concat") \
     X(ckpt_path, STR, "", "checkpoint to initialise from (reported)")                           \
     X(ignore_keys, STR_LIST, "", "keys dropped from ckpt_path")
 LDM_CONFIG_DECLARE(ldm_latent_diffusion_yaml, LDM_LATENT_DIFFUSION_CONFIG_KEYS);
@@ -2336,7 +2342,7 @@ LDM_API ldm_result ldm_latent_diffusion_create(ldm_ctx *ctx, ldm_latent_diffusio
     ld->scale_factor = cfg->scale_factor > 0 ? (float)cfg->scale_factor : 1.0f;
     ldm_result r = ldm_schedule_init(ctx, &ld->sched, &cfg->schedule);
     if (!r) r = ldm__ld_make_denoiser(ctx, ld);
-    if (!r && cfg->pixel_space && cfg->cond_stage == LDM_CONDSTAGE_FIRST_STAGE)
+    if (!r && cfg->pixel_space && (cfg->cond_stage == LDM_CONDSTAGE_FIRST_STAGE || cfg->cond_stage == LDM_CONDSTAGE_LR_LATENT))
         r = ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "LatentDiffusion: a pixel-space model has no first stage to condition on");
     if (!r && !cfg->pixel_space) r = ldm_vae_create(ctx, &ld->vae, &cfg->first_stage);
     if (!r && ld->vae) r = ldm_nn_set_trainable(ld->vae->P, "", 0);   /* instantiate_first_stage: frozen, eval */
@@ -2681,10 +2687,12 @@ LDM_API ldm_tensor *ldm_latent_diffusion_conditioning(ldm_ctx *ctx, ldm_latent_d
     switch (ld->cfg.cond_stage) {
     case LDM_CONDSTAGE_CLASS: return ldm_class_embedder_forward(ctx, ld->ce, c);
     case LDM_CONDSTAGE_IDENTITY: return c;
-    case LDM_CONDSTAGE_FIRST_STAGE: {   /* cond_stage_model.encode(c).mode() */
+    case LDM_CONDSTAGE_FIRST_STAGE:     /* cond_stage_model.encode(c).mode() */
+    case LDM_CONDSTAGE_LR_LATENT: {     /* scale_factor * first_stage.encode(degraded x).mode() */
         int prev = ldm_set_grad_enabled(ctx, 0);
         ldm_vae_posterior q;
         ldm_tensor *m = ldm_vae_encode_infer(ctx, ld->vae, c, NULL, &q) ? NULL : q.mean;
+        if (m && ld->cfg.cond_stage == LDM_CONDSTAGE_LR_LATENT) m = ldm_scale(ctx, m, ld->scale_factor);
         ldm_set_grad_enabled(ctx, prev);
         return m;
     }
@@ -2935,11 +2943,21 @@ LDM_API ldm_result ldm_latent_diffusion_config_read(ldm_config *cfg, const ldm_c
     const ldm_config_node *fs = d.first_stage_config;
     if (!fs || fs->type == LDM_CONFIG_NULL) {
         out->pixel_space = 1;
+        if (d.lr_scale > 0) return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s:%d: lr_scale needs a first_stage_config (its latent is the conditioning)", file, params->line);
         if (out->cond_stage == LDM_CONDSTAGE_FIRST_STAGE)
             return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s:%d: cond_stage_config __is_first_stage__ needs a first_stage_config", file, params->line);
         return LDM_OK;
     }
     out->clip_denoised = 0;
+    out->lr_scale = d.lr_scale;
+    if (d.lr_scale > 0) {   /* the low-res latent replaces the cond stage */
+        if (out->cond_stage != LDM_CONDSTAGE_NONE && out->cond_stage != LDM_CONDSTAGE_FIRST_STAGE)
+            return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s:%d: lr_scale conditions on the first stage's latent: cond_stage_config must be "
+                                     "__is_first_stage__ or left out", file, params->line);
+        if (d.lr_scale < 1) return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s:%d: lr_scale %g must be at least 1", file, params->line, d.lr_scale);
+        out->cond_stage = LDM_CONDSTAGE_LR_LATENT;
+        out->conditioning_key = LDM_CONDKEY_CONCAT;
+    }
     if ((r = ldm_config_get_str(cfg, fs, "target", NULL, &target)) != LDM_OK) return r;
     if (!strstr(target, "AutoencoderKL") && !strstr(target, "VQModel"))
         return ldm_config_seterr(cfg, LDM_ERR_UNSUPPORTED, "%s:%d: first_stage_config target '%s' is not supported (hint: AutoencoderKL or "

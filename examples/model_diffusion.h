@@ -30,7 +30,9 @@
                            with the inputs; same sampler options as log_images
    The class-label conditioning may drop labels to the unconditional class n_classes - 1 with
    cond_stage_config.params.ucg_rate (Stable Diffusion 2's ClassEmbedder) for classifier-free
-   guidance; dropping happens in training steps only. Not done: log_images' inpainting rows
+   guidance; dropping happens in training steps only. With lr_scale (an ldm.h extension) the
+   conditioning is the input itself, downsampled by 1/lr_scale and upsampled back (bicubic),
+   encoded by the frozen first stage and concatenated: super-resolution without LR data. Not done: log_images' inpainting rows
    (samples_inpainting, samples_outpainting) and text/class conditionings drawn as images.
    In the file with LDM_IMPLEMENTATION, include image_io.h before it, as examples/main.c does. */
 #ifndef EX_MODEL_DIFFUSION_H
@@ -150,10 +152,36 @@ static ldm_tensor *ex__ld_field(ex_model *m, ldm_ctx *ctx, const ldm_data_batch 
     if (n > 0 && n < s.d[0]) s.d[0] = n;
     return ldm_from_host(ctx, s, x.data);
 }
+/* lr_scale: the first n input images downsampled by 1/lr_scale and upsampled back, both
+   bicubic (torch F.interpolate(mode="bicubic"), ldm_data_resize), on the host. */
+static ldm_tensor *ex__ld_degrade(ex_model *m, ldm_ctx *ctx, const ldm_data_batch *b, int n) {
+    ex_ld *a = ex__ld(m);
+    ldm_tensor x = ldm_data_batch_tensor(b, a->lc.first_stage_key);
+    if (!x.data || x.ndim != 4) return ex__ld_field(m, ctx, b, a->lc.first_stage_key, n, "first_stage_key");
+    int B = n > 0 && n < x.shape[0] ? n : (int)x.shape[0], C = (int)x.shape[1], H = (int)x.shape[2], W = (int)x.shape[3];
+    int h = (int)floor(H / a->lc.lr_scale), w = (int)floor(W / a->lc.lr_scale);
+    if (h < 1 || w < 1) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "lr_scale %g shrinks %dx%d images to nothing", a->lc.lr_scale, H, W);
+        m->what = "LatentDiffusion conditioning";
+        return NULL;
+    }
+    float *lo = (float *)malloc(sizeof(float) * (size_t)C * h * w), *up = (float *)malloc(sizeof(float) * (size_t)B * C * H * W);
+    ldm_result r = lo && up ? LDM_OK : LDM_ERR_NOMEM;
+    for (int i = 0; i < B && !r; i++) {
+        r = ldm_data_resize(lo, h, w, x.data + (size_t)i * C * H * W, C, H, W, LDM_INTERP_BICUBIC);
+        if (!r) r = ldm_data_resize(up + (size_t)i * C * H * W, H, W, lo, C, h, w, LDM_INTERP_BICUBIC);
+    }
+    ldm_tensor *t = r ? NULL : ldm_from_host(ctx, ldm_shape4(B, C, H, W), up);
+    if (r) ldm_ctx_seterr(ctx, r, "lr_scale: resizing the input failed");
+    free(lo); free(up);
+    return t;
+}
+
 /* The raw conditioning of the first n (0: all) batch items: labels as floats, or an image. */
 static ldm_tensor *ex__ld_cond_raw(ex_model *m, ldm_ctx *ctx, const ldm_data_batch *b, int n, int drop) {
     ex_ld *a = ex__ld(m);
     if (a->lc.cond_stage == LDM_CONDSTAGE_NONE) return NULL;
+    if (a->lc.cond_stage == LDM_CONDSTAGE_LR_LATENT) return ex__ld_degrade(m, ctx, b, n);
     if (a->lc.cond_stage != LDM_CONDSTAGE_CLASS) return ex__ld_field(m, ctx, b, a->lc.cond_stage_key, n, "cond_stage_key");
     if (!b->class_label) {
         ldm_ctx_seterr(ctx, LDM_ERR_NOT_FOUND, "the batch has no class labels for cond_stage_key '%s' (hint: a dataset with labels, "

@@ -13,6 +13,7 @@
      denoise_row, progressive_row, guided samples) as PNGs of the right size;
    - a test-only run (-r without -t) writes samples for limit_test_batches batches;
    - a pixel-space DDPM config trains, logs its rows and tests;
+   - lr_scale: a run conditioned on the first-stage latent of its own degraded input;
    - config errors: LatentDiffusion without a first stage, DDPM with a cond stage, an unknown
      scheduler, a bad log_images_kwargs key, all naming the file.
    Runs from build/ (./ldm); everything it writes goes to a temporary directory. */
@@ -325,6 +326,24 @@ int main(void) {
         ldm_ctx_destroy(ctx);
     }
 
+    /* ---- lr_scale: the input degraded (down 2x, up again) and encoded is the concat conditioning ---- */
+    snprintf(args, sizeof args,
+             "--base %s -t --name S -l %s/logs lightning.trainer.max_steps=2 lightning.trainer.accumulate_grad_batches=1 "
+             "model.params.lr_scale=2 model.params.cond_stage_config=__is_first_stage__ model.params.unet_config.params.in_channels=8 "
+             "model.params.unet_config.params.use_spatial_transformer=false model.params.unet_config.params.context_dim=null "
+             "lightning.callbacks.image_logger.params.log_images_kwargs.unconditional_guidance_scale=1.0 "
+             "lightning.callbacks.image_logger.params.batch_frequency=1",
+             ldmcfg, T);
+    rc = ldm("S", NULL, args);
+    lt_report(rc == 0, "lr_scale: a run conditioned on the degraded input's latent exits 0", "exit %d", rc);
+    if (rc) show("S");
+    {
+        char S[800] = "";
+        int w = 0, h = 0;
+        if (logdir_of("S", S, sizeof S)) snprintf(p, sizeof p, "%s/images/test/000000_conditioning.png", S);
+        lt_report(S[0] && png_size(p, &w, &h) && w == 16 && h == 16, "lr_scale: the test writes the degraded 16x16 conditioning", "%dx%d", w, h);
+    }
+
     /* ---- config errors ---- */
     struct { const char *tag, *override, *needle, *what; } bad[] = {
         {"E1", "model.target=ldm.models.diffusion.ddpm.DDPM", "DDPM has no first stage", "DDPM with a first stage"},
@@ -332,6 +351,7 @@ int main(void) {
          "an unknown scheduler"},
         {"E3", "lightning.callbacks.image_logger.params.log_images_kwargs.ddim_stepz=3", "ddim_stepz", "a misspelt log_images_kwargs key"},
         {"E4", "model.params.cond_stage_config.params.ucg_rate=2", "ucg_rate 2 is outside [0, 1]", "ucg_rate outside [0, 1]"},
+        {"E6", "model.params.lr_scale=2", "cond_stage_config must be __is_first_stage__ or left out", "lr_scale with a ClassEmbedder"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(args, sizeof args, "--base %s -t --name E -l %s/logs %s", ldmcfg, T, bad[i].override);
