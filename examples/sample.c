@@ -16,7 +16,8 @@
               (CompVis' cin256 scripts); 1: no guidance
    --class    the class of every sample (class-conditional models); default: classes drawn
               from the seed in [0, n_classes-1)
-   --lr       the low-resolution conditioning image (super-resolution: conditioning_key concat);
+   --lr       the low-resolution conditioning image (super-resolution: conditioning_key concat;
+              an lr_scale model upsamples it by lr_scale, bicubic, and encodes it);
               the latent has its size
    --ema      sample with the EMA weights (model_ema.*), as CompVis does when use_ema
    --ddpm     ancestral DDPM over all T steps instead of DDIM
@@ -25,8 +26,9 @@
    make_grid); a progress bar over the steps goes to stderr. */
 #define LDM_IMPLEMENTATION
 #include "ldm_config.h"
+#include "image_io.h"   /* stb_image, before ldm_data.h */
+#include "ldm_data.h"     /* ldm_data_resize: lr_scale models take --lr upsampled */
 #include "ldm_diffusion.h"
-#include "image_io.h"
 #include <sys/stat.h>
 
 typedef struct args {
@@ -175,6 +177,15 @@ int main(int argc, char **argv) {
         char err[512];
         float *px = rc ? NULL : ex_image_load(a.lr, ch, &w, &h, err, sizeof err);
         if (!rc && !px) { fprintf(stderr, "ldm-sample: %s\n", err); rc = 1; }
+        if (px && lc.cond_stage == LDM_CONDSTAGE_LR_LATENT) {   /* lr_scale: bicubic up to the full size, encoded by the model */
+            int W2 = (int)floor(w * lc.lr_scale + 0.5), H2 = (int)floor(h * lc.lr_scale + 0.5);
+            float *up = (float *)malloc(sizeof(float) * (size_t)ch * W2 * H2);
+            if (!up || ldm_data_resize(up, H2, W2, px, ch, h, w, LDM_INTERP_BICUBIC)) { free(up); up = NULL; rc = fail(NULL, "resizing --lr"); }
+            free(px);
+            px = up;
+            w = W2;
+            h = H2;
+        }
         if (px) {
             size_t plane = (size_t)ch * w * h;
             float *rep = (float *)malloc(sizeof(float) * plane * (size_t)a.n);

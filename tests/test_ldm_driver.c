@@ -342,6 +342,25 @@ int main(void) {
         int w = 0, h = 0;
         if (logdir_of("S", S, sizeof S)) snprintf(p, sizeof p, "%s/images/test/000000_conditioning.png", S);
         lt_report(S[0] && png_size(p, &w, &h) && w == 16 && h == 16, "lr_scale: the test writes the degraded 16x16 conditioning", "%dx%d", w, h);
+        /* ldm-sample --lr: an 8x8 image, upsampled 2x and encoded, gives 16x16 samples */
+        char cfgdir[1000], proj[1400] = "", lr[800], outp[800];
+        snprintf(cfgdir, sizeof cfgdir, "%s/configs", S);
+        DIR *dd = opendir(cfgdir);
+        struct dirent *de;
+        while (dd && (de = readdir(dd)) != NULL)
+            if (strstr(de->d_name, "-project.ini")) snprintf(proj, sizeof proj, "%s/%s", cfgdir, de->d_name);
+        if (dd) closedir(dd);
+        snprintf(lr, sizeof lr, "%s/lr8.png", T);
+        snprintf(outp, sizeof outp, "%s/sr.png", T);
+        unsigned char px[8 * 8 * 3];
+        for (int i = 0; i < 8 * 8 * 3; i++) px[i] = (unsigned char)(40 + 20 * (i % 7));
+        stbi_write_png(lr, 8, 8, 3, px, 8 * 3);
+        snprintf(args, sizeof args, "--config %s --ckpt %s/checkpoints/last --lr %s --n 1 --steps 4 --out %s", proj, S, lr, outp);
+        rc = ldm_bin("./ldm-sample", "SS", NULL, args);
+        w = h = 0;
+        lt_report(rc == 0 && png_size(outp, &w, &h) && w == 20 && h == 20, "lr_scale: ldm-sample --lr upsamples an 8x8 image to 16x16 samples (a 20x20 grid)",
+                  "exit %d, %dx%d", rc, w, h);
+        if (rc) show("SS");
     }
 
     /* ---- config errors ---- */
