@@ -83,6 +83,9 @@
      ldm_latent_diffusion_loss          shared_step (p_losses on the encoded batch)
      ldm_latent_diffusion_scale_by_std  the first batch's scale factor
      ldm_latent_diffusion_sample        DDIM / DDPM with guidance, decoded
+   A config without first_stage_config is ddpm.py's DDPM (pixel space: encode/decode are the
+   identity); lr_scale (an extension) conditions on the latent of the degraded input.
+   Training them with the driver: examples/model_diffusion.h (the ex_model of build/ldm).
    Timesteps are host int arrays (t[B]); noise is drawn from the ctx RNG unless given (tests
    pass it explicitly). Samplers run without grad, keep memory bounded by rewinding the arena
    every step (the returned sample is a leaf in the arena) and report progress and the
@@ -1727,14 +1730,26 @@ LDM_API ldm_tensor *ldm_unet_forward(ldm_ctx *ctx, ldm_unet *u, ldm_tensor *x, l
     ldm_tensor *semb = ldm_silu(ctx, emb);
     ldm_tensor **hs = (ldm_tensor **)ldm_arena_alloc(ctx, LDM_CPU, sizeof(ldm_tensor *) * (size_t)u->n_in);
     if (!semb || !hs) return NULL;
+    /* Without grad (sampling) each block's temporaries are dropped once its output exists: the
+       output moves down to the block's mark (ldm_arena_keep), so the arena holds the skip
+       connections and a block's working set rather than every intermediate of the network. */
+    int keep = !ldm_grad_enabled(ctx) && x->device == LDM_CPU;
     ldm_tensor *h = x;
-    for (int i = 0; i < u->n_in; i++) hs[i] = h = ldm__ublock_fw(ctx, u, &u->in[i], h, semb, context);
-    h = ldm__ublock_fw(ctx, u, &u->mid, h, semb, context);
+    for (int i = 0; i < u->n_in && h; i++) {
+        ldm_mark m = ldm_arena_mark(ctx);
+        h = ldm__ublock_fw(ctx, u, &u->in[i], h, semb, context);
+        hs[i] = h = keep ? ldm_arena_keep(ctx, m, h) : h;
+    }
+    ldm_mark m = ldm_arena_mark(ctx);
+    h = h ? ldm__ublock_fw(ctx, u, &u->mid, h, semb, context) : NULL;
+    if (keep) h = ldm_arena_keep(ctx, m, h);
     for (int i = 0, k = u->n_in; i < u->n_out && h; i++) {
         ldm_tensor *cat[2] = {h, hs[--k]};
+        m = ldm_arena_mark(ctx);
         h = ldm__ublock_fw(ctx, u, &u->out[i], ldm_concat(ctx, 2, cat, 1), semb, context);
+        if (keep) h = ldm_arena_keep(ctx, m, h);
     }
-    return ldm__uconv_fw(ctx, &u->out_conv, ldm_nn_groupnorm_silu_forward(ctx, &u->out_norm, h));
+    return h ? ldm__uconv_fw(ctx, &u->out_conv, ldm_nn_groupnorm_silu_forward(ctx, &u->out_norm, h)) : NULL;
 }
 
 static ldm_tensor *ldm__unet_denoise(ldm_ctx *ctx, void *self, ldm_tensor *x, ldm_tensor *t, const ldm_cond *cond) {
