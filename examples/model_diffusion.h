@@ -97,6 +97,7 @@ typedef struct ex_ld {
     int n_keep;
     ldm_shape keep_shape;
     int keep_x0;                  /* collect pred_x0 (progressive) rather than x_inter */
+    int keep_lost;                /* a copy failed (out of memory): the row is not drawn */
 } ex_ld;
 
 static const char *const ex_ld_log_keys[] = {"loss_simple", "loss_gamma", "loss_vlb", "loss"};
@@ -342,15 +343,16 @@ static void ex__ld_on_log(void *user, int i, ldm_tensor *x_inter, ldm_tensor *pr
     ex_ld *a = (ex_ld *)user;
     ldm_tensor *t = a->keep_x0 ? pred_x0 : x_inter;
     if (a->keep_x0 && i < 0) return;   /* progressive_denoising keeps x0 predictions only */
-    if (a->n_keep >= 16 || !t) return;
+    if (a->n_keep >= 16 || !t) return;   /* at most 16 columns (log_every_t picks how many) */
     float *h = (float *)malloc(sizeof(float) * (size_t)t->numel);
-    if (!h || ldm_to_host(a->ctx, t, h)) { free(h); return; }
+    if (!h || ldm_to_host(a->ctx, t, h)) { free(h); a->keep_lost = 1; return; }
     a->keep[a->n_keep++] = h;
     a->keep_shape = ldm_shape_of(t);
 }
 static void ex__ld_keep_free(ex_ld *a) {
     for (int i = 0; i < a->n_keep; i++) free(a->keep[i]);
     a->n_keep = 0;
+    a->keep_lost = 0;
 }
 
 /* make_grid(rows x cols images, nrow = cols, padding 2, pad value 0) of host images
@@ -376,7 +378,7 @@ static ldm_tensor *ex__ld_grid(ldm_ctx *ctx, int rows, int cols, int C, int H, i
 static ldm_tensor *ex__ld_rows(ex_model *m, ldm_ctx *ctx, int n) {
     ex_ld *a = ex__ld(m);
     float *dec[16];
-    int C = 0, H = 0, W = 0, k, ok = 1;
+    int C = 0, H = 0, W = 0, k, ok = !a->keep_lost;
     for (k = 0; k < a->n_keep && ok; k++) {
         ldm_mark mk = ldm_arena_mark(ctx);
         ldm_shape s = a->keep_shape;

@@ -14,6 +14,8 @@
    - a test-only run (-r without -t) writes samples for limit_test_batches batches;
    - a pixel-space DDPM config trains, logs its rows and tests;
    - lr_scale: a run conditioned on the first-stage latent of its own degraded input;
+   - configs/sr_photos.yaml and configs/fmnist_ldm.yaml run (two steps; Fashion-MNIST's skipped
+     without the dataset);
    - config errors: LatentDiffusion without a first stage, DDPM with a cond stage, an unknown
      scheduler, a bad log_images_kwargs key, all naming the file.
    Runs from build/ (./ldm); everything it writes goes to a temporary directory. */
@@ -361,6 +363,28 @@ int main(void) {
         lt_report(rc == 0 && png_size(outp, &w, &h) && w == 20 && h == 20, "lr_scale: ldm-sample --lr upsamples an 8x8 image to 16x16 samples (a 20x20 grid)",
                   "exit %d, %dx%d", rc, w, h);
         if (rc) show("SS");
+    }
+
+    /* ---- the shipped diffusion configs run (two steps; their first stages random) ---- */
+    {
+        static const char *ovr = "lightning.trainer.max_steps=2 lightning.trainer.num_sanity_val_steps=0 "
+                                 "lightning.callbacks.image_logger.params.batch_frequency=2 "
+                                 "lightning.callbacks.image_logger.params.log_images_kwargs.ddim_steps=4 "
+                                 "lightning.trainer.limit_test_batches=1 data.params.num_workers=1";
+        snprintf(args, sizeof args, "--base ../configs/sr_photos.yaml -t --name C1 -l %s/logs %s data.params.train.params.dataset.params.root=../data "
+                 "data.params.validation.params.dataset.params.root=../data", T, ovr);
+        rc = ldm("C1", NULL, args);
+        lt_report(rc == 0 && out_has("C1", "out", "test: 3 images"), "configs/sr_photos.yaml trains two steps and samples the test",
+                  "exit %d", rc);
+        if (rc) show("C1");
+        if (exists("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz")) {
+            snprintf(args, sizeof args, "--base ../configs/fmnist_ldm.yaml -t --name C2 -l %s/logs %s data.params.batch_size=4 "
+                     "data.params.train.params.max_items=16 data.params.validation.params.max_items=4 lightning.trainer.val_check_interval=2", T, ovr);
+            rc = ldm("C2", NULL, args);
+            lt_report(rc == 0 && out_has("C2", "out", "test: 4 images"), "configs/fmnist_ldm.yaml trains two steps and samples the test",
+                      "exit %d", rc);
+            if (rc) show("C2");
+        } else printf("SKIP configs/fmnist_ldm.yaml: no Fashion-MNIST (./build.sh deps installs dataset-fashion-mnist)\n");
     }
 
     /* ---- config errors ---- */
