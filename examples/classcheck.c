@@ -18,6 +18,7 @@
 #include "image_io.h"   /* stb_image, before ldm_data.h */
 #include "ldm_data.h"
 #include "ldm_diffusion.h"
+#include "cli.h"
 #include <sys/stat.h>
 
 typedef struct args {
@@ -40,19 +41,16 @@ static int parse(int argc, char **argv, args *a) {
         const char *s = argv[i];
         int more = i + 1 < argc;
         char *e;
-#define ARG_VAL(name, dst) if (!strcmp(s, name)) { if (!more) return usage(name " needs a value"); dst = argv[++i]; continue; }
-#define ARG_INT(name, dst) if (!strcmp(s, name)) { if (!more) return usage(name " needs a value"); dst = (int)strtol(argv[++i], &e, 10); if (*e || e == argv[i]) return usage(name " needs an integer"); continue; }
-#define ARG_NUM(name, dst) if (!strcmp(s, name)) { if (!more) return usage(name " needs a value"); dst = strtod(argv[++i], &e); if (*e || e == argv[i]) return usage(name " needs a number"); continue; }
-        ARG_VAL("--config", a->config)
-        ARG_VAL("--ckpt", a->ckpt)
-        ARG_VAL("--idx", a->idx)
-        ARG_VAL("--grid", a->grid)
-        ARG_INT("--n", a->n)
-        ARG_INT("--steps", a->steps)
-        ARG_INT("--threads", a->threads)
-        ARG_INT("--grid-n", a->grid_n)
-        ARG_NUM("--eta", a->eta)
-        ARG_NUM("--scale", a->scale)
+        EX_ARG_VAL("--config", a->config)
+        EX_ARG_VAL("--ckpt", a->ckpt)
+        EX_ARG_VAL("--idx", a->idx)
+        EX_ARG_VAL("--grid", a->grid)
+        EX_ARG_INT("--n", a->n)
+        EX_ARG_INT("--steps", a->steps)
+        EX_ARG_INT("--threads", a->threads)
+        EX_ARG_INT("--grid-n", a->grid_n)
+        EX_ARG_NUM("--eta", a->eta)
+        EX_ARG_NUM("--scale", a->scale)
         if (!strcmp(s, "--seed")) { if (!more) return usage("--seed needs a value"); a->seed = strtoull(argv[++i], &e, 10); if (*e) return usage("--seed needs an integer"); continue; }
         fprintf(stderr, "ldm-classcheck: unknown argument %s\n", s);
         return usage(NULL);
@@ -92,20 +90,11 @@ int main(int argc, char **argv) {
     args a;
     int pr = parse(argc, argv, &a);
     if (pr) return pr;
-    ldm_config *cfg;
     ldm_latent_diffusion_config lc;
-    if (ldm_config_create(&cfg)) return fail(NULL, "out of memory");
-    if (ldm_config_load(cfg, a.config) || ldm_latent_diffusion_config_read(cfg, NULL, &lc)) {
-        fprintf(stderr, "ldm-classcheck: %s\n", ldm_config_error(cfg));
-        ldm_config_destroy(cfg);
-        return 1;
-    }
-    ldm_config_destroy(cfg);
+    if (ex_cli_ld_config("ldm-classcheck", a.config, &lc)) return 1;
     if (lc.cond_stage != LDM_CONDSTAGE_CLASS) { fprintf(stderr, "ldm-classcheck: %s: not a class-conditional model (ClassEmbedder)\n", a.config); return 1; }
     char ckpt[4096];
-    struct stat sb;
-    if (stat(a.ckpt, &sb) != 0) { fprintf(stderr, "ldm-classcheck: %s: no such file or directory\n", a.ckpt); return 1; }
-    snprintf(ckpt, sizeof ckpt, S_ISDIR(sb.st_mode) ? "%s/model.safetensors" : "%s", a.ckpt);
+    if (ex_cli_ckpt("ldm-classcheck", a.ckpt, ckpt, sizeof ckpt)) return 1;
 
     ldm_settings st;
     memset(&st, 0, sizeof st);

@@ -29,7 +29,7 @@
 #include "image_io.h"   /* stb_image, before ldm_data.h */
 #include "ldm_data.h"     /* ldm_data_resize: lr_scale models take --lr upsampled */
 #include "ldm_diffusion.h"
-#include <sys/stat.h>
+#include "cli.h"
 
 typedef struct args {
     const char *config, *ckpt, *out, *lr;
@@ -54,22 +54,19 @@ static int parse(int argc, char **argv, args *a) {
         const char *s = argv[i];
         int more = i + 1 < argc;
         char *e;
-#define ARG_VAL(name, dst) if (!strcmp(s, name)) { if (!more) return usage(name " needs a value"); dst = argv[++i]; continue; }
-#define ARG_INT(name, dst) if (!strcmp(s, name)) { if (!more) return usage(name " needs a value"); dst = (int)strtol(argv[++i], &e, 10); if (*e || e == argv[i]) return usage(name " needs an integer"); continue; }
-#define ARG_NUM(name, dst) if (!strcmp(s, name)) { if (!more) return usage(name " needs a value"); dst = strtod(argv[++i], &e); if (*e || e == argv[i]) return usage(name " needs a number"); continue; }
-        ARG_VAL("--config", a->config)
-        ARG_VAL("--ckpt", a->ckpt)
-        ARG_VAL("--out", a->out)
-        ARG_VAL("--lr", a->lr)
-        ARG_INT("--n", a->n)
-        ARG_INT("--steps", a->steps)
-        ARG_INT("--class", a->cls)
-        ARG_INT("--threads", a->threads)
-        ARG_INT("--decode-batch", a->decode_batch)
-        ARG_INT("--tile", a->tile)
-        ARG_INT("--gpu", a->gpu)
-        ARG_NUM("--eta", a->eta)
-        ARG_NUM("--scale", a->scale)
+        EX_ARG_VAL("--config", a->config)
+        EX_ARG_VAL("--ckpt", a->ckpt)
+        EX_ARG_VAL("--out", a->out)
+        EX_ARG_VAL("--lr", a->lr)
+        EX_ARG_INT("--n", a->n)
+        EX_ARG_INT("--steps", a->steps)
+        EX_ARG_INT("--class", a->cls)
+        EX_ARG_INT("--threads", a->threads)
+        EX_ARG_INT("--decode-batch", a->decode_batch)
+        EX_ARG_INT("--tile", a->tile)
+        EX_ARG_INT("--gpu", a->gpu)
+        EX_ARG_NUM("--eta", a->eta)
+        EX_ARG_NUM("--scale", a->scale)
         if (!strcmp(s, "--seed")) { if (!more) return usage("--seed needs a value"); a->seed = strtoull(argv[++i], &e, 10); if (*e) return usage("--seed needs an integer"); continue; }
         if (!strcmp(s, "--ema")) { a->ema = 1; continue; }
         if (!strcmp(s, "--ddpm")) { a->ddpm = 1; continue; }
@@ -130,24 +127,15 @@ int main(int argc, char **argv) {
     int pr = parse(argc, argv, &a);
     if (pr) return pr;
 
-    ldm_config *cfg;
     ldm_latent_diffusion_config lc;
-    if (ldm_config_create(&cfg)) return fail(NULL, "out of memory");
-    if (ldm_config_load(cfg, a.config) || ldm_latent_diffusion_config_read(cfg, NULL, &lc)) {
-        fprintf(stderr, "ldm-sample: %s\n", ldm_config_error(cfg));
-        ldm_config_destroy(cfg);
-        return 1;
-    }
-    ldm_config_destroy(cfg);
+    if (ex_cli_ld_config("ldm-sample", a.config, &lc)) return 1;
     if (lc.ckpt_path[0])
         fprintf(stderr, "ldm-sample: note: the config's ckpt_path %s (ignore_keys: %d) is not read; the weights come from --ckpt\n",
                 lc.ckpt_path, lc.n_ignore_keys);
 
     /* an ldm.h checkpoint directory holds model.safetensors */
     char ckpt[4096];
-    struct stat sb;
-    if (stat(a.ckpt, &sb) != 0) { fprintf(stderr, "ldm-sample: %s: no such file or directory\n", a.ckpt); return 1; }
-    snprintf(ckpt, sizeof ckpt, S_ISDIR(sb.st_mode) ? "%s/model.safetensors" : "%s", a.ckpt);
+    if (ex_cli_ckpt("ldm-sample", a.ckpt, ckpt, sizeof ckpt)) return 1;
 
     ldm_settings st;
     memset(&st, 0, sizeof st);

@@ -1,5 +1,6 @@
 /* driver_util.h - what the driver tests (test_driver.c, test_ldm_driver.c) share: a temporary
-   directory T, running ./ldm with its output captured, and small file checks. */
+   directory T, running ./ldm with its output captured, small file checks, and stb_image_write
+   (static) for the test images. Include after ldm_test.h. */
 #ifndef LDM_TEST_DRIVER_UTIL_H
 #define LDM_TEST_DRIVER_UTIL_H
 #include <dirent.h>
@@ -8,6 +9,19 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#endif
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#define STB_IMAGE_WRITE_STATIC
+#include "../third_party/stb_image_write.h"
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
 
 static char T[512];     /* the temporary directory */
 static char CFG[600];   /* the tiny config */

