@@ -1631,11 +1631,11 @@ static ldm_tensor *ldm__ures_fw(ldm_ctx *ctx, const ldm_unet *u, const ldm__ures
         h = ldm_nn_groupnorm_forward(ctx, &r->out_norm, h);
         h = ldm_silu(ctx, ldm_add(ctx, ldm_mul(ctx, h, ldm_add_scalar(ctx, ss[0], 1.0f)), ss[1]));
     } else {
-        h = ldm_nn_groupnorm_silu_forward(ctx, &r->out_norm, ldm_add(ctx, h, e));
+        h = ldm_nn_groupnorm_silu_forward(ctx, &r->out_norm, ldm_add_into(ctx, h, e));   /* h: in_conv's fresh output */
     }
     if (u->cfg.dropout > 0.0f) h = ldm_dropout(ctx, h, u->cfg.dropout, u->training);
     h = ldm__uconv_fw(ctx, &r->out_conv, h);
-    return ldm_add(ctx, r->has_skip ? ldm__uconv_fw(ctx, &r->skip, x) : x, h);
+    return ldm_add_into(ctx, h, r->has_skip ? ldm__uconv_fw(ctx, &r->skip, x) : x);   /* h: out_conv's fresh output */
 }
 
 /* AttentionBlock on [B, C, ...] flattened to T positions; the 1x1 conv1ds run as linears on
@@ -1653,7 +1653,7 @@ static ldm_tensor *ldm__uattn_fw(ldm_ctx *ctx, const ldm__uattn *a, ldm_tensor *
     if (!qkv || ldm_chunk(ctx, qkv, 3, 2, p)) return NULL;
     h = ldm_attention(ctx, p[0], p[1], p[2], a->heads, 0.0f);
     h = ldm_linear(ctx, h, ldm_reshape(ctx, a->proj_w, ldm_shape2(C, C)), a->proj_b);
-    h = ldm_add(ctx, xf, ldm_transpose(ctx, h, 1, 2));
+    h = ldm_add_into(ctx, ldm_transpose(ctx, h, 1, 2), xf);
     return h ? ldm_reshape(ctx, h, ldm_shape_of(x)) : NULL;
 }
 
@@ -1673,17 +1673,17 @@ static ldm_tensor *ldm__ust_fw(ldm_ctx *ctx, const ldm__ust *s, ldm_tensor *x, l
     if (s->linear) h = ldm_nn_linear_forward(ctx, &s->pin_l, h);
     for (int d = 0; d < s->depth; d++) {
         const ldm__utblock *b = &s->blk[d];
-        h = ldm_add(ctx, ldm__ucross(ctx, &b->q1, &b->k1, &b->v1, &b->o1, s->heads, ldm_nn_layernorm_forward(ctx, &b->norm1, h), NULL), h);
-        h = ldm_add(ctx, ldm__ucross(ctx, &b->q2, &b->k2, &b->v2, &b->o2, s->heads, ldm_nn_layernorm_forward(ctx, &b->norm2, h), context), h);
+        /* the residual adds go into the fresh outputs of to_out and ff.net.2 (ldm_add_into) */
+        h = ldm_add_into(ctx, ldm__ucross(ctx, &b->q1, &b->k1, &b->v1, &b->o1, s->heads, ldm_nn_layernorm_forward(ctx, &b->norm1, h), NULL), h);
+        h = ldm_add_into(ctx, ldm__ucross(ctx, &b->q2, &b->k2, &b->v2, &b->o2, s->heads, ldm_nn_layernorm_forward(ctx, &b->norm2, h), context), h);
         ldm_tensor *f = ldm_nn_linear_forward(ctx, &b->ff0, ldm_nn_layernorm_forward(ctx, &b->norm3, h));
-        int64_t I = 4 * (int64_t)s->inner;  /* GEGLU: value half times gelu(gate half) */
-        f = ldm_mul(ctx, ldm_slice(ctx, f, 2, 0, I), ldm_gelu(ctx, ldm_slice(ctx, f, 2, I, I), 0));
-        h = ldm_add(ctx, ldm_nn_linear_forward(ctx, &b->ff2, f), h);
+        f = ldm_geglu(ctx, f);   /* GEGLU: value half times gelu(gate half) */
+        h = ldm_add_into(ctx, ldm_nn_linear_forward(ctx, &b->ff2, f), h);
     }
     if (s->linear) h = ldm_nn_linear_forward(ctx, &s->pout_l, h);
     h = ldm_reshape(ctx, ldm_transpose(ctx, h, 1, 2), ldm_shape4(B, s->linear ? C : s->inner, H, W));
     if (!s->linear) h = ldm_nn_conv2d_forward(ctx, &s->pout_c, h);
-    return ldm_add(ctx, h, x);
+    return ldm_add_into(ctx, h, x);   /* h: proj_out's (or the transpose's) fresh output */
 }
 
 static ldm_tensor *ldm__ublock_fw(ldm_ctx *ctx, const ldm_unet *u, const ldm__ublock *B, ldm_tensor *h, ldm_tensor *semb, ldm_tensor *context) {

@@ -240,6 +240,17 @@ LDM_API ldm_tensor *ldm_relu(ldm_ctx *ctx, ldm_tensor *x);
 LDM_API ldm_tensor *ldm_leaky_relu(ldm_ctx *ctx, ldm_tensor *x, float slope);
 LDM_API ldm_tensor *ldm_tanh(ldm_ctx *ctx, ldm_tensor *x);
 LDM_API ldm_tensor *ldm_gelu(ldm_ctx *ctx, ldm_tensor *x, int tanh_approx);
+/* GEGLU (the FeedForward of Stable Diffusion's transformer blocks): x [..., 2I] ->
+   x[..., :I] * gelu(x[..., I:]) (exact gelu). The same numbers as slice/gelu/mul, but the tape
+   keeps only x: the backward recomputes the halves and the gelu, where the composite keeps
+   three more [..., I] tensors until the backward. */
+LDM_API ldm_tensor *ldm_geglu(ldm_ctx *ctx, ldm_tensor *x);
+/* a + b (b broadcast to a's shape) written over a's memory, as PyTorch's `h += x` on a fresh
+   result: the arena then holds one tensor where ldm_add holds two. For an `a` that no backward
+   reads and nothing uses afterwards — the fresh output of a linear, a convolution, an add or a
+   transpose — never a leaf or a parameter (a leaf that requires grad, or a b that would
+   broadcast a larger result, falls back to ldm_add). The result is a new tensor. */
+LDM_API ldm_tensor *ldm_add_into(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b);
 LDM_API ldm_tensor *ldm_softplus(ldm_ctx *ctx, ldm_tensor *x, float beta, float threshold); /* torch: 1, 20 */
 LDM_API ldm_tensor *ldm_sin(ldm_ctx *ctx, ldm_tensor *x);
 LDM_API ldm_tensor *ldm_cos(ldm_ctx *ctx, ldm_tensor *x);
@@ -1638,6 +1649,25 @@ LDM_API ldm_tensor *ldm_add(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b) { return
 LDM_API ldm_tensor *ldm_sub(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b) { return ldm__binary(ctx, a, b, LDM__B_SUB, "ldm_sub"); }
 LDM_API ldm_tensor *ldm_mul(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b) { return ldm__binary(ctx, a, b, LDM__B_MUL, "ldm_mul"); }
 LDM_API ldm_tensor *ldm_div(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b) { return ldm__binary(ctx, a, b, LDM__B_DIV, "ldm_div"); }
+LDM_API ldm_tensor *ldm_add_into(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b) {
+    if (ldm__bad(ctx, a) || ldm__bad(ctx, b) || !ldm__same_dev(ctx, "ldm_add_into", a, b)) return NULL;
+    ldm__bcast g;
+    ldm_shape os;
+    if (!ldm__broadcast(ctx, "ldm_add_into", a, b, &g, &os)) return NULL;
+    int same = os.ndim == a->ndim;
+    for (int i = 0; same && i < os.ndim; i++) same = os.d[i] == a->shape[i];
+    if (!same || (a->node < 0 && a->requires_grad)) return ldm_add(ctx, a, b);   /* b would grow a; a leaf keeps its data */
+    ldm_tensor *y = (ldm_tensor *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(ldm_tensor));
+    if (!y) return NULL;
+    *y = *a;   /* the same memory, a new tensor on the tape */
+    y->grad = NULL;
+    y->node = -1;
+    y->requires_grad = 0;
+    LDM__BE(a)->binary(ctx, LDM__B_ADD, y->data, a->data, b->data, &g);
+    ldm__node *nd = ldm__record(ctx, y, ldm__binary_bw, 2, a, b, NULL, NULL);
+    if (nd) { nd->args.binary.op = LDM__B_ADD; nd->args.binary.g = g; }
+    return y;
+}
 
 /* ---- reductions -------------------------------------------------------------------------- */
 static void ldm__reduce_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
@@ -2256,6 +2286,43 @@ LDM_API ldm_tensor *ldm_slice(ldm_ctx *ctx, ldm_tensor *x, int dim, int64_t star
     ldm__block_copy(ctx, x, x->data, start * st[d], y->shape, x->ndim, y->data, 0, 0);
     ldm__node *nd = ldm__record(ctx, y, ldm__slice_bw, 1, x, NULL, NULL, NULL);
     if (nd) { nd->args.slice.dim = d; nd->args.slice.start = start; }
+    return y;
+}
+/* GEGLU's backward, from x alone: d value = dy * gelu(gate), d gate = gelu'(gate) * dy * value,
+   each added into its half of x's gradient; the temporaries go with the arena mark. */
+static void ldm__geglu_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
+    if (!din[0]) return;
+    ldm_tensor *x = nd->in[0];
+    int64_t I = x->shape[x->ndim - 1] / 2, st[LDM_MAX_DIMS];
+    ldm__strides(x->shape, x->ndim, st);
+    ldm_mark m = ldm_arena_mark(ctx);
+    int prev = ldm_set_grad_enabled(ctx, 0);
+    ldm_tensor dy = ldm_tensor_wrap(dout, ldm_shape_of(nd->out), nd->out->device);
+    ldm_tensor *val = ldm_slice(ctx, x, x->ndim - 1, 0, I), *gate = ldm_slice(ctx, x, x->ndim - 1, I, I);
+    ldm_tensor *g = ldm_gelu(ctx, gate, 0);
+    ldm_tensor *dval = ldm_mul(ctx, &dy, g), *dg = ldm_mul(ctx, &dy, val), *dgate = gate ? ldm__like(ctx, gate) : NULL;
+    if (dval && dg && dgate) {
+        LDM__BE(x)->fill(ctx, dgate->data, dgate->numel, 0.0f);
+        LDM__BE(x)->unary_backward(ctx, LDM__U_GELU, dgate->data, dg->data, gate->data, g->data, gate->numel, 0.0f, 0.0f);
+        ldm__block_copy(ctx, x, din[0], 0, val->shape, x->ndim, dval->data, 1, 1);
+        ldm__block_copy(ctx, x, din[0], I * st[x->ndim - 1], gate->shape, x->ndim, dgate->data, 1, 1);
+    }
+    ldm_set_grad_enabled(ctx, prev);
+    ldm_arena_rewind(ctx, m);
+}
+LDM_API ldm_tensor *ldm_geglu(ldm_ctx *ctx, ldm_tensor *x) {
+    if (ldm__bad(ctx, x)) return NULL;
+    if (x->ndim < 1 || x->shape[x->ndim - 1] % 2) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_geglu: the last dim of %s must be even (value and gate halves)", ldm__shp(x).s);
+        return NULL;
+    }
+    int64_t I = x->shape[x->ndim - 1] / 2;
+    ldm_mark m = ldm_arena_mark(ctx);
+    int prev = ldm_set_grad_enabled(ctx, 0);
+    ldm_tensor *y = ldm_mul(ctx, ldm_slice(ctx, x, x->ndim - 1, 0, I), ldm_gelu(ctx, ldm_slice(ctx, x, x->ndim - 1, I, I), 0));
+    ldm_set_grad_enabled(ctx, prev);
+    y = ldm_arena_keep(ctx, m, y);   /* the halves and the gelu are dropped */
+    ldm__record(ctx, y, ldm__geglu_bw, 1, x, NULL, NULL, NULL);
     return y;
 }
 LDM_API ldm_result ldm_split(ldm_ctx *ctx, ldm_tensor *x, int n, const int64_t *sizes, int dim, ldm_tensor **out) {

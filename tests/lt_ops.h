@@ -12,7 +12,7 @@ enum {
     LT_ADD, LT_SUB, LT_MUL, LT_DIV,
     LT_AFFINE, LT_SCALE, LT_ADD_SCALAR, LT_POW,
     LT_EXP, LT_LOG, LT_SQRT, LT_ABS, LT_SQUARE, LT_CLAMP, LT_SIGMOID, LT_SILU, LT_RELU, LT_LEAKY,
-    LT_TANH, LT_GELU, LT_SOFTPLUS, LT_SIN, LT_COS,
+    LT_TANH, LT_GELU, LT_SOFTPLUS, LT_SIN, LT_COS, LT_GEGLU,
     LT_SUM, LT_MEAN, LT_SUM_ALL, LT_MEAN_ALL,
     LT_MATMUL, LT_LINEAR, LT_ATTENTION,
     LT_CONV2D, LT_CONV2D_EX, LT_CONV3D, LT_CONV3D_EX,
@@ -25,7 +25,7 @@ enum {
 
 /* Parameters by op (inputs in order; "[b]" = optional, present when the input count says so):
      AFFINE f0 scale f1 shift; SCALE/ADD_SCALAR/POW f0; CLAMP f0 lo f1 hi; LEAKY f0 slope;
-     GELU i0 tanh; SOFTPLUS f0 beta f1 threshold; SUM/MEAN i0 dim mask i1 keepdim;
+     GELU i0 tanh; GEGLU (last dim even); SOFTPLUS f0 beta f1 threshold; SUM/MEAN i0 dim mask i1 keepdim;
      MATMUL a b, i0 trans_a i1 trans_b; LINEAR x w [b]; ATTENTION q [k v] (one input: q = k = v),
        i0 heads f0 scale;
      CONV2D x w [b], i0 stride i1 pad; CONV2D_EX x w [b], i0 sh i1 sw i2..i5 top bottom left right;
@@ -87,6 +87,7 @@ static int lt_op_run(ldm_ctx *ctx, const lt_op *p, int n_in, ldm_tensor **in, ld
     case LT_SIN: out[0] = ldm_sin(ctx, x); break;
     case LT_COS: out[0] = ldm_cos(ctx, x); break;
     case LT_GELU: out[0] = ldm_gelu(ctx, x, i[0]); break;
+    case LT_GEGLU: out[0] = ldm_geglu(ctx, x); break;
     case LT_SOFTPLUS: out[0] = ldm_softplus(ctx, x, f[0], f[1]); break;
     case LT_SUM: out[0] = ldm_sum(ctx, x, (unsigned)i[0], i[1]); break;
     case LT_MEAN: out[0] = ldm_mean(ctx, x, (unsigned)i[0], i[1]); break;

@@ -209,6 +209,46 @@ static void test_unary(void) {
         IN(leaf_away(S3(2, 3, 7), cs[c].lo, cs[c].hi, cs[c].nk, cs[c].k, 0.05f));
         gradcheck(cs[c].name, &p, n_in, in);
     }
+    /* GEGLU: finite differences, and bitwise the composite slice/gelu/mul it replaces (which
+       test_denoisers checks against PyTorch's SpatialTransformer), forward and gradient */
+    ldm_step_reset(ctx);
+    lt_op p = lt_op_make(LT_GEGLU);
+    IN(leaf(S3(2, 3, 8), -3, 3));
+    gradcheck("geglu", &p, n_in, in);
+    {
+        ldm_step_reset(ctx);
+        ldm_tensor *x = leaf(S3(2, 5, 12), -3, 3), *x2 = leaf(S3(2, 5, 12), 0, 1);
+        memcpy(x2->data, x->data, sizeof(float) * (size_t)x->numel);
+        ldm_tensor *w = leaf(S3(2, 5, 6), -1, 1);
+        ldm_tensor *a = ldm_geglu(ctx, x);
+        ldm_tensor *b = ldm_mul(ctx, ldm_slice(ctx, x2, 2, 0, 6), ldm_gelu(ctx, ldm_slice(ctx, x2, 2, 6, 6), 0));
+        ldm_tensor *la = ldm_sum_all(ctx, ldm_mul(ctx, a, w)), *lb = ldm_sum_all(ctx, ldm_mul(ctx, b, w));
+        int ok = a && b && !ldm_backward(ctx, la) && !ldm_backward(ctx, lb) && x->grad && x2->grad;
+        float ha[60], hb[60], ga[120], gb[120];
+        ok = ok && !ldm_to_host(ctx, a, ha) && !ldm_to_host(ctx, b, hb);
+        ldm_tensor gta = ldm_tensor_wrap(x->grad, ldm_shape_of(x), x->device), gtb = ldm_tensor_wrap(x2->grad, ldm_shape_of(x2), x2->device);
+        ok = ok && !ldm_to_host(ctx, &gta, ga) && !ldm_to_host(ctx, &gtb, gb);
+        lt_report(ok && !memcmp(ha, hb, sizeof ha) && !memcmp(ga, gb, sizeof ga), "geglu: bitwise the composite's output and gradient",
+                  "ok %d", ok);
+        /* ldm_add_into: bitwise ldm_add (values and gradients) when written over a fresh
+           linear output; a leaf keeps its data (the fallback) */
+        ldm_step_reset(ctx);
+        ldm_tensor *u = leaf(S3(3, 4, 5), -1, 1), *wl = leaf(S2(6, 5), -1, 1), *r = leaf(S3(3, 4, 6), -1, 1), *cw = leaf(S3(3, 4, 6), -1, 1);
+        ldm_tensor *u2 = leaf(S3(3, 4, 5), 0, 1), *wl2 = leaf(S2(6, 5), 0, 1), *r2 = leaf(S3(3, 4, 6), 0, 1);
+        memcpy(u2->data, u->data, sizeof(float) * 60); memcpy(wl2->data, wl->data, sizeof(float) * 30); memcpy(r2->data, r->data, sizeof(float) * 72);
+        ldm_tensor *ya = ldm_add_into(ctx, ldm_linear(ctx, u, wl, NULL), r), *yb = ldm_add(ctx, ldm_linear(ctx, u2, wl2, NULL), r2);
+        int ok2 = ya && yb && !ldm_backward(ctx, ldm_sum_all(ctx, ldm_mul(ctx, ya, cw))) && !ldm_backward(ctx, ldm_sum_all(ctx, ldm_mul(ctx, yb, cw)));
+        ok2 = ok2 && !memcmp(ya->data, yb->data, sizeof(float) * 72) && u->grad && u2->grad && !memcmp(u->grad, u2->grad, sizeof(float) * 60) &&
+              !memcmp(wl->grad, wl2->grad, sizeof(float) * 30) && !memcmp(r->grad, r2->grad, sizeof(float) * 72);
+        lt_report(ok2, "add_into: bitwise ldm_add's sum and gradients", "ok %d", ok2);
+        float keep0 = r->data[0];
+        ldm_tensor *yl = ldm_add_into(ctx, r, r2);
+        lt_report(yl && yl->data != r->data && r->data[0] == keep0, "add_into: a leaf is not written over", "%p %p", (void *)yl, (void *)r);
+        ldm_tensor *odd = ldm_geglu(ctx, leaf(S3(2, 3, 7), -1, 1));
+        lt_report(!odd && ldm_ctx_status(ctx) == LDM_ERR_INVALID && strstr(ldm_ctx_error(ctx), "must be even"),
+                  "geglu: an odd last dim is an error", "%s", ldm_ctx_error(ctx));
+        ldm_ctx_clear_error(ctx);
+    }
 }
 
 static void test_reduce(void) {
