@@ -23,9 +23,10 @@
      log_images            inputs, reconstruction, conditioning (image conditionings),
                            diffusion_row, samples (EMA weights; DDIM for LatentDiffusion, DDPM
                            ancestral for DDPM), denoise_row, progressive_row; the ImageLogger's
-                           log_images_kwargs set N-independent options: ddim_steps (200),
-                           ddim_eta (1.0), sample, plot_diffusion_rows, plot_denoise_rows,
-                           plot_progressive_rows, unconditional_guidance_scale (1: none)
+                           log_images_kwargs are LatentDiffusion.log_images's: N, n_row,
+                           sample, ddim_steps (200), ddim_eta (1.0), plot_diffusion_rows,
+                           plot_denoise_rows, plot_progressive_rows, and Stable Diffusion's
+                           unconditional_guidance_scale (1: no guided row)
      test_step             samples (EMA weights) for each test batch's conditioning, written
                            with the inputs; same sampler options as log_images
    The class-label conditioning may drop labels to the unconditional class n_classes - 1 with
