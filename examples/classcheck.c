@@ -51,7 +51,7 @@ static int parse(int argc, char **argv, args *a) {
         EX_ARG_INT("--grid-n", a->grid_n)
         EX_ARG_NUM("--eta", a->eta)
         EX_ARG_NUM("--scale", a->scale)
-        if (!strcmp(s, "--seed")) { if (!more) return usage("--seed needs a value"); a->seed = strtoull(argv[++i], &e, 10); if (*e) return usage("--seed needs an integer"); continue; }
+        EX_ARG_U64("--seed", a->seed)
         fprintf(stderr, "ldm-classcheck: unknown argument %s\n", s);
         return usage(NULL);
     }

@@ -13,6 +13,7 @@
    "--name value" into dst, with the program's usage(msg) on a missing or malformed value. */
 #define EX_ARG_VAL(name, dst) if (!strcmp(s, name)) { if (!more) return usage(name " needs a value"); dst = argv[++i]; continue; }
 #define EX_ARG_INT(name, dst) if (!strcmp(s, name)) { if (!more) return usage(name " needs a value"); dst = (int)strtol(argv[++i], &e, 10); if (*e || e == argv[i]) return usage(name " needs an integer"); continue; }
+#define EX_ARG_U64(name, dst) if (!strcmp(s, name)) { if (!more) return usage(name " needs a value"); dst = strtoull(argv[++i], &e, 10); if (*e || e == argv[i]) return usage(name " needs an integer"); continue; }
 #define EX_ARG_NUM(name, dst) if (!strcmp(s, name)) { if (!more) return usage(name " needs a value"); dst = strtod(argv[++i], &e); if (*e || e == argv[i]) return usage(name " needs a number"); continue; }
 
 /* model.params of a CompVis LatentDiffusion config file; 1 with the message printed on error. */

@@ -67,7 +67,7 @@ static int parse(int argc, char **argv, args *a) {
         EX_ARG_INT("--gpu", a->gpu)
         EX_ARG_NUM("--eta", a->eta)
         EX_ARG_NUM("--scale", a->scale)
-        if (!strcmp(s, "--seed")) { if (!more) return usage("--seed needs a value"); a->seed = strtoull(argv[++i], &e, 10); if (*e) return usage("--seed needs an integer"); continue; }
+        EX_ARG_U64("--seed", a->seed)
         if (!strcmp(s, "--ema")) { a->ema = 1; continue; }
         if (!strcmp(s, "--ddpm")) { a->ddpm = 1; continue; }
         if (!strcmp(s, "--cpu")) { a->cpu = 1; continue; }

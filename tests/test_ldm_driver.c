@@ -138,6 +138,33 @@ static int png_size(const char *path, int *w, int *h) {
     return 1;
 }
 
+/* How many tensors of a checkpoint are named `name` (exact) or start with it; -1 when the file
+   does not open. value (may be NULL) gets the first match's first element. */
+static int ckpt_count(const char *path, const char *name, int exact, float *value) {
+    ldm_ctx *ctx;
+    ldm_settings st;
+    memset(&st, 0, sizeof st);
+    st.threads = 1;
+    if (ldm_ctx_create(&ctx, &st)) return -1;
+    ldm_weights *w;
+    int n = -1;
+    if (!ldm_weights_open(ctx, &w, path)) {
+        n = 0;
+        for (int i = 0; i < ldm_weights_count(w); i++) {
+            const char *nm = ldm_weights_info(w, i)->name;
+            if (exact ? strcmp(nm, name) : strncmp(nm, name, strlen(name))) continue;
+            if (!n++ && value && ldm_weights_info(w, i)->numel >= 1) {
+                float *h = (float *)malloc(sizeof(float) * (size_t)ldm_weights_info(w, i)->numel);
+                if (h && !ldm_weights_read(ctx, w, i, h)) *value = h[0];
+                free(h);
+            }
+        }
+        ldm_weights_close(w);
+    }
+    ldm_ctx_destroy(ctx);
+    return n;
+}
+
 /* The lr column (third) of metrics.csv by step (rows with a train loss). */
 static int read_lrs(const char *csv, double *lr, int max) {
     FILE *f = fopen(csv, "r");
@@ -212,27 +239,12 @@ int main(void) {
     }
     {
         snprintf(p, sizeof p, "%s/checkpoints/last/model.safetensors", L);
-        ldm_ctx *ctx;
-        ldm_settings st;
-        memset(&st, 0, sizeof st);
-        st.threads = 1;
-        ldm_ctx_create(&ctx, &st);
-        ldm_weights *w;
-        int ok = ctx && !ldm_weights_open(ctx, &w, p);
-        int has_sf = 0, has_ema = 0, has_cond = 0, has_first = 0;
         float sf = 0;
-        for (int i = 0; ok && i < ldm_weights_count(w); i++) {
-            const char *nm = ldm_weights_info(w, i)->name;
-            if (!strcmp(nm, "scale_factor")) { has_sf = 1; ldm_weights_read(ctx, w, i, &sf); }
-            has_ema |= !strncmp(nm, "model_ema.diffusion_model", 25);
-            has_cond |= !strcmp(nm, "cond_stage_model.embedding.weight");
-            has_first |= !strncmp(nm, "first_stage_model.encoder.", 26);
-        }
-        if (ok) ldm_weights_close(w);
-        lt_report(ok && has_sf && sf > 0 && sf != 1.0f && has_ema && has_cond && has_first,
+        int has_sf = ckpt_count(p, "scale_factor", 1, &sf), has_ema = ckpt_count(p, "model_ema.diffusion_model", 0, NULL);
+        int has_cond = ckpt_count(p, "cond_stage_model.embedding.weight", 1, NULL), has_first = ckpt_count(p, "first_stage_model.encoder.", 0, NULL);
+        lt_report(has_sf == 1 && sf > 0 && sf != 1.0f && has_ema > 0 && has_cond == 1 && has_first > 0,
                   "LatentDiffusion: the checkpoint has scale_factor, model_ema.*, cond_stage_model.*, first_stage_model.*",
                   "scale_factor %d (%g), ema %d, cond %d, first %d", has_sf, (double)sf, has_ema, has_cond, has_first);
-        ldm_ctx_destroy(ctx);
     }
     snprintf(p, sizeof p, "%s/checkpoints/last/optimizer_0.1.safetensors", L);
     LT_CHECK(exists(p), "LatentDiffusion: the trainable ClassEmbedder's AdamW state is saved (optimizer_0.1)");
@@ -304,17 +316,9 @@ int main(void) {
         snprintf(p, sizeof p, "%s/images/test/000000_samples.png", D);
         LT_CHECK(exists(p), "DDPM: the test writes samples");
         snprintf(p, sizeof p, "%s/checkpoints/last/model.safetensors", D);
-        ldm_ctx *ctx;
-        ldm_settings st;
-        memset(&st, 0, sizeof st);
-        st.threads = 1;
-        ldm_ctx_create(&ctx, &st);
-        ldm_weights *wf;
-        int first = 0, ok2 = ctx && !ldm_weights_open(ctx, &wf, p);
-        for (int i = 0; ok2 && i < ldm_weights_count(wf); i++) first |= !strncmp(ldm_weights_info(wf, i)->name, "first_stage_model.", 18);
-        if (ok2) { ok2 = ldm_weights_find(wf, "model.diffusion_model.out.2.weight") >= 0 && ldm_weights_find(wf, "betas") >= 0; ldm_weights_close(wf); }
-        lt_report(ok2 && !first, "DDPM: the checkpoint is model.diffusion_model.* and the schedule, no first stage", "first stage %d", first);
-        ldm_ctx_destroy(ctx);
+        int first = ckpt_count(p, "first_stage_model.", 0, NULL);
+        int ok2 = first == 0 && ckpt_count(p, "model.diffusion_model.out.2.weight", 1, NULL) == 1 && ckpt_count(p, "betas", 1, NULL) == 1;
+        lt_report(ok2, "DDPM: the checkpoint is model.diffusion_model.* and the schedule, no first stage", "first stage %d", first);
     }
 
     /* ---- lr_scale: the input degraded (down 2x, up again) and encoded is the concat conditioning ---- */
