@@ -52,6 +52,9 @@ LDM_API const char *ldm_cuda_device_name(const ldm_ctx *ctx);
 LDM_API void ldm_cuda_set_tf32(ldm_ctx *ctx, int on);
 /* Waits for every queued kernel; returns the context status (a device fault becomes an error). */
 LDM_API ldm_result ldm_cuda_sync(ldm_ctx *ctx);
+/* The stream every kernel of ctx runs on (a cudaStream_t; NULL without a device): for
+   libraries that queue work after ldm.h's, e.g. NCCL all-reduces (ldm_dist.h). */
+LDM_API void *ldm_cuda_stream(ldm_ctx *ctx);
 /* Detaches and frees the device (ldm_ctx_destroy does this too). Device tensors and
    persistent buffers must not be used afterwards. */
 LDM_API void ldm_cuda_shutdown(ldm_ctx *ctx);
@@ -1291,6 +1294,10 @@ LDM_API ldm_result ldm_cuda_init(ldm_ctx *ctx, int device) {
     return LDM_OK;
 }
 
+LDM_API void *ldm_cuda_stream(ldm_ctx *ctx) {
+    ldm__cuda_state *st = ctx->be_state[LDM_GPU] ? ldm__cu_st(ctx) : NULL;
+    return st ? (void *)st->stream : NULL;
+}
 LDM_API const char *ldm_cuda_device_name(const ldm_ctx *ctx) {
     const ldm__cuda_state *st = (const ldm__cuda_state *)ctx->be_state[LDM_GPU];
     return ctx->be[LDM_GPU] && st ? st->name : "";

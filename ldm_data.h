@@ -92,6 +92,9 @@
    each epoch (the next call starts the next epoch), or an error. The position
    (ldm_data_state: epoch and batch) can be saved and restored with ldm_data_loader_seek, and
    a resumed run sees exactly the batches an uninterrupted one would.
+   With num_replicas > 1 the loader is one rank's DistributedSampler (drop_last false): the
+   same shuffled order on every rank, padded by repeating its start to a multiple of
+   num_replicas, rank r taking positions r, r + num_replicas, ...; batches are cut from that.
 
    Data module (ldm_data_module): batch_size, num_workers (main.py's default: 2*batch_size),
    datasets for train / validation / test / predict; train is shuffled, validation and test
@@ -318,6 +321,7 @@ typedef struct ldm_data_loader_opts {
     int drop_last;
     uint64_t seed;                /* order and augmentation */
     int prefetch;                 /* batches built ahead; 0: 2 * num_workers */
+    int num_replicas, rank;       /* DistributedSampler (data-parallel ranks); 0: one process */
 } ldm_data_loader_opts;
 typedef struct ldm_data_state { int64_t epoch, batch; } ldm_data_state;
 typedef struct ldm_data_loader ldm_data_loader;
@@ -343,6 +347,7 @@ typedef struct ldm_data_module {
     int num_workers;
     int wrap;                     /* accepted, no effect (WrappedDataset is a passthrough) */
     int shuffle[LDM_DATA_NSPLITS];/* train 1, validation/test as configured, predict 0 */
+    int num_replicas, rank;       /* data-parallel: loaders are this rank's DistributedSampler */
 } ldm_data_module;
 LDM_API const char *ldm_data_split_name(ldm_data_split s);  /* "train", "validation", "test", "predict" */
 /* A loader over split s with the module's settings (drop_last false). LDM_ERR_NOT_FOUND when
@@ -2046,7 +2051,9 @@ typedef struct ldm__dslot {
 struct ldm_data_loader {
     ldm_dataset *ds;
     ldm_data_loader_opts o;
-    int64_t n, nb;                /* items, batches per epoch */
+    int64_t n, nb;                /* this rank's items, batches per epoch */
+    int64_t N;                    /* the dataset's items */
+    int W, rank;                  /* DistributedSampler replicas and this rank */
     ldm_data_state pos;           /* what next() returns next */
     int nslots, held;             /* held: slot handed to the caller, -1 none */
     ldm__dslot *slot;
@@ -2069,8 +2076,9 @@ struct ldm_data_loader {
 static int ldm__dbatch_indices(ldm_data_loader *ld, int64_t g, int64_t *idx) {
     int64_t e = g / ld->nb, b = g % ld->nb, start = b * ld->o.batch_size;
     int B = (int)((ld->n - start) < ld->o.batch_size ? ld->n - start : ld->o.batch_size);
+    /* this rank's k-th item is position rank + W*k of the order padded by wrapping around */
     if (!ld->o.shuffle) {
-        for (int k = 0; k < B; k++) idx[k] = start + k;
+        for (int k = 0; k < B; k++) idx[k] = (ld->rank + ld->W * (start + k)) % ld->N;
         return B;
     }
 #ifndef LDM_NO_THREADS
@@ -2080,7 +2088,7 @@ static int ldm__dbatch_indices(ldm_data_loader *ld, int64_t g, int64_t *idx) {
     if (s < 0) { /* Fisher-Yates from (seed, epoch) */
         s = ld->perm_next;
         ld->perm_next ^= 1;
-        if (!ld->perm[s]) ld->perm[s] = (int64_t *)ldm__dalloc(sizeof(int64_t) * (size_t)ld->n);
+        if (!ld->perm[s]) ld->perm[s] = (int64_t *)ldm__dalloc(sizeof(int64_t) * (size_t)ld->N);
         if (!ld->perm[s]) {
 #ifndef LDM_NO_THREADS
             pthread_mutex_unlock(&ld->pmu);
@@ -2091,15 +2099,15 @@ static int ldm__dbatch_indices(ldm_data_loader *ld, int64_t g, int64_t *idx) {
         ldm_rng rng;
         rng.seed = ldm__dmix(ldm__dmix(ld->o.seed ^ 0x7065726D75746521ull) ^ (uint64_t)e);
         rng.offset = 0;
-        for (int64_t i = 0; i < ld->n; i++) p[i] = i;
-        for (int64_t i = ld->n - 1; i > 0; i--) {
+        for (int64_t i = 0; i < ld->N; i++) p[i] = i;
+        for (int64_t i = ld->N - 1; i > 0; i--) {
             int64_t j = (int64_t)ldm__dbelow(&rng, (uint64_t)(i + 1)), t = p[i];
             p[i] = p[j];
             p[j] = t;
         }
         ld->perm_epoch[s] = e;
     }
-    memcpy(idx, ld->perm[s] + start, sizeof(int64_t) * (size_t)B);
+    for (int k = 0; k < B; k++) idx[k] = ld->perm[s][(ld->rank + ld->W * (start + k)) % ld->N];
 #ifndef LDM_NO_THREADS
     pthread_mutex_unlock(&ld->pmu);
 #endif
@@ -2172,7 +2180,11 @@ LDM_API ldm_result ldm_data_loader_create(ldm_ctx *ctx, ldm_data_loader **out, l
     if (o->num_workers < 0 || o->num_workers > LDM_DATA_MAX_WORKERS)
         return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "data loader: num_workers = %d must be in [0, %d]", o->num_workers, LDM_DATA_MAX_WORKERS);
     if (o->prefetch < 0) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "data loader: prefetch = %d must be >= 0", o->prefetch);
-    int64_t n = ldm_dataset_len(ds);
+    if (o->num_replicas < 0 || o->rank < 0 || (o->num_replicas > 0 && o->rank >= o->num_replicas) || (o->num_replicas == 0 && o->rank))
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "data loader: rank %d of %d replicas", o->rank, o->num_replicas);
+    int W = o->num_replicas > 1 ? o->num_replicas : 1;
+    int64_t N = ldm_dataset_len(ds);
+    int64_t n = (N + W - 1) / W; /* DistributedSampler: ceil(N / W) per rank */
     int64_t nb = o->drop_last ? n / o->batch_size : (n + o->batch_size - 1) / o->batch_size;
     if (nb == 0)
         return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "data loader: %s has %lld items, %s", ldm_dataset_name(ds), (long long)n,
@@ -2182,6 +2194,9 @@ LDM_API ldm_result ldm_data_loader_create(ldm_ctx *ctx, ldm_data_loader **out, l
     ld->ds = ds;
     ld->o = *o;
     ld->n = n;
+    ld->N = N;
+    ld->W = W;
+    ld->rank = W > 1 ? o->rank : 0;
     ld->nb = nb;
     ld->held = -1;
     ld->perm_epoch[0] = ld->perm_epoch[1] = -1;
@@ -2339,6 +2354,8 @@ LDM_API ldm_result ldm_data_module_loader(ldm_ctx *ctx, ldm_data_module *dm, ldm
     o.num_workers = dm->num_workers;
     o.shuffle = dm->shuffle[s];
     o.seed = seed;
+    o.num_replicas = dm->num_replicas;
+    o.rank = dm->rank;
     return ldm_data_loader_create(ctx, out, dm->dataset[s], &o);
 }
 

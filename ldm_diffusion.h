@@ -597,6 +597,11 @@ LDM_API ldm_tensor *ldm_latent_diffusion_decode(ldm_ctx *ctx, ldm_latent_diffusi
    stored and returned in *scale (may be NULL). An error without scale_by_std or when the scale
    factor is not 1 (CompVis asserts both). */
 LDM_API ldm_result ldm_latent_diffusion_scale_by_std(ldm_ctx *ctx, ldm_latent_diffusion *ld, ldm_tensor *x, ldm_tensor *eps, float *scale);
+/* The same over the batches of every data-parallel rank: reduce(user, v, n) sums n doubles
+   across ranks in place (ldm_dist_allreduce_f64), so every rank gets the whole job's std. */
+typedef ldm_result (*ldm_reduce_fn)(void *user, double *v, int n);
+LDM_API ldm_result ldm_latent_diffusion_scale_by_std_reduce(ldm_ctx *ctx, ldm_latent_diffusion *ld, ldm_tensor *x, ldm_tensor *eps,
+                                                            ldm_reduce_fn reduce, void *user, float *scale);
 /* get_learned_conditioning: labels [B] as floats -> ClassEmbedder [B, 1, D]; identity: c;
    first stage: posterior mode; none: NULL without an error. */
 LDM_API ldm_tensor *ldm_latent_diffusion_conditioning(ldm_ctx *ctx, ldm_latent_diffusion *ld, ldm_tensor *c);
@@ -910,8 +915,10 @@ LDM_API ldm_tensor *ldm_diffusion_logvar_param(ldm_nn_params *P, int T, float lo
 
 /* torch.randint(0, T, (B,)) from the ctx RNG */
 static void ldm__diff_sample_t(ldm_ctx *ctx, int T, int64_t B, int *t) {
-    ldm_rng *r = ldm_ctx_rng(ctx);
-    for (int64_t i = 0; i < B; i++) t[i] = (int)(ldm_rng_u64(r) % (uint64_t)T);
+    uint64_t *u = (uint64_t *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(uint64_t) * (size_t)(B ? B : 1));
+    if (!u) { for (int64_t i = 0; i < B; i++) t[i] = 0; return; }
+    ldm_rng_u64_rows(ctx, ldm_ctx_rng(ctx), u, B); /* a data-parallel rank draws its rows */
+    for (int64_t i = 0; i < B; i++) t[i] = (int)(u[i] % (uint64_t)T);
 }
 /* the model's t: [B] floats on the ctx device */
 static ldm_tensor *ldm__diff_t_tensor(ldm_ctx *ctx, const int *t, int64_t B) {
@@ -1970,7 +1977,7 @@ LDM_API ldm_tensor *ldm_dit_forward(ldm_ctx *ctx, ldm_dit *m, ldm_tensor *x, ldm
     if (m->training && c->class_dropout_prob > 0.0f) { /* token_drop: rand(B) < p -> the null class */
         float *u = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)B);
         if (!u) return NULL;
-        ldm_rng_uniform(ctx, ldm_ctx_rng(ctx), LDM_CPU, u, B, 0.0f, 1.0f);
+        ldm_rng_rows(ctx, ldm_ctx_rng(ctx), LDM_CPU, u, B, 1, 0, 0.0f, 1.0f);
         for (int64_t b = 0; b < B; b++) if (u[b] < c->class_dropout_prob) idx[b] = c->num_classes;
     }
     ldm_tensor *h = ldm_nn_conv2d_forward(ctx, &m->x_proj, x);                         /* [B, D, g, g] */
@@ -2667,6 +2674,10 @@ LDM_API ldm_tensor *ldm_latent_diffusion_decode(ldm_ctx *ctx, ldm_latent_diffusi
     return img;
 }
 LDM_API ldm_result ldm_latent_diffusion_scale_by_std(ldm_ctx *ctx, ldm_latent_diffusion *ld, ldm_tensor *x, ldm_tensor *eps, float *scale) {
+    return ldm_latent_diffusion_scale_by_std_reduce(ctx, ld, x, eps, NULL, NULL, scale);
+}
+LDM_API ldm_result ldm_latent_diffusion_scale_by_std_reduce(ldm_ctx *ctx, ldm_latent_diffusion *ld, ldm_tensor *x, ldm_tensor *eps,
+                                                            ldm_reduce_fn reduce, void *user, float *scale) {
     if (ctx->status) return ctx->status;
     if (!ld->cfg.scale_by_std || ld->scale_factor != 1.0f)
         return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "LatentDiffusion scale_by_std: needs scale_by_std and a scale factor of 1 (it is %g; "
@@ -2677,13 +2688,16 @@ LDM_API ldm_result ldm_latent_diffusion_scale_by_std(ldm_ctx *ctx, ldm_latent_di
     ldm_result r = z ? LDM_OK : ctx->status;
     if (z && !h) r = ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "LatentDiffusion scale_by_std: out of memory");
     if (h && !(r = ldm_to_host(ctx, z, h))) {
-        double s = 0, ss = 0;
+        double sn[2] = {0, (double)z->numel}, ss = 0; /* two passes: sum and count, then squares about the mean */
         int64_t n = z->numel;
-        for (int64_t i = 0; i < n; i++) s += h[i];
-        double mean = s / (double)n;
+        for (int64_t i = 0; i < n; i++) sn[0] += h[i];
+        if (reduce) r = reduce(user, sn, 2);
+        double mean = sn[0] / sn[1];
         for (int64_t i = 0; i < n; i++) ss += (h[i] - mean) * (h[i] - mean);
-        double sd = n > 1 ? sqrt(ss / (double)(n - 1)) : 0.0;
-        if (!(sd > 0)) r = ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "LatentDiffusion scale_by_std: the latents have no spread (std %g)", sd);
+        if (!r && reduce) r = reduce(user, &ss, 1);
+        double sd = sn[1] > 1 ? sqrt(ss / (sn[1] - 1)) : 0.0;
+        if (r) (void)0;
+        else if (!(sd > 0)) r = ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "LatentDiffusion scale_by_std: the latents have no spread (std %g)", sd);
         else ld->scale_factor = (float)(1.0 / (float)sd);   /* 1. / z.flatten().std() on a float32 std */
         if (!r && scale) *scale = ld->scale_factor;
     }

@@ -201,10 +201,26 @@ LDM_API ldm_tensor ldm_tensor_wrap(float *data, ldm_shape s, ldm_device d);
 LDM_API void ldm_rng_normal(ldm_ctx *ctx, ldm_rng *rng, ldm_device d, float *out, int64_t n, float mean, float std);
 LDM_API void ldm_rng_uniform(ldm_ctx *ctx, ldm_rng *rng, ldm_device d, float *out, int64_t n, float lo, float hi);
 LDM_API uint64_t ldm_rng_u64(ldm_rng *rng);  /* one 64-bit draw (host), e.g. for data order */
+/* Data parallelism (ldm_dist.h): rank r of world W draws per-sample randomness as its rows of
+   the draw the whole job would make at once, rows r, r+W, r+2W, ... of [rows*W, rowlen] (the
+   strided order of PyTorch's DistributedSampler), and every rank's stream then advances by the
+   whole draw. The noise that meets a sample thus does not depend on the number of processes:
+   two processes with batch b draw what one process with batch 2b draws. ldm_randn/ldm_rand
+   (rows = dim 0) and dropout draw this way; with world 1 (the default) it is a plain draw. */
+LDM_API void ldm_ctx_set_shard(ldm_ctx *ctx, int rank, int world);
+LDM_API void ldm_rng_rows(ldm_ctx *ctx, ldm_rng *rng, ldm_device d, float *out, int64_t rows, int64_t rowlen, int normal,
+                          float a, float b);           /* normal: N(a, b^2); else U[a, b) */
+LDM_API void ldm_rng_u64_rows(ldm_ctx *ctx, ldm_rng *rng, uint64_t *out, int64_t rows); /* host */
 
 /* ---- autograd --------------------------------------------------------------------------- */
 LDM_API int ldm_grad_enabled(const ldm_ctx *ctx);
 LDM_API int ldm_set_grad_enabled(ldm_ctx *ctx, int on);       /* returns the previous mode */
+/* Called by ldm_backward (not ldm_grad) for each leaf that requires grad as soon as its .grad
+   holds its final value for the pass, i.e. once the earliest tape node that reads it has run:
+   data-parallel training reduces a bucket of gradients while the rest of the pass computes.
+   NULL removes it. */
+typedef void (*ldm_grad_ready_fn)(void *user, ldm_ctx *ctx, ldm_tensor *leaf);
+LDM_API void ldm_set_grad_ready_hook(ldm_ctx *ctx, ldm_grad_ready_fn fn, void *user);
 /* Adds d(loss)/d(leaf) into leaf->grad for every leaf with requires_grad reached from loss
    (loss must have one element). Leaves without a grad buffer get one from the arena. */
 LDM_API ldm_result ldm_backward(ldm_ctx *ctx, ldm_tensor *loss);
@@ -662,6 +678,9 @@ struct ldm_ctx {
     ldm_result status;
     char err[2048];
     ldm_rng rng;
+    int shard_rank, shard_world;  /* ldm_ctx_set_shard */
+    ldm_grad_ready_fn grad_ready;
+    void *grad_ready_user;
     ldm__arena arena[LDM_NUM_DEVICES];
     const ldm_backend *be[LDM_NUM_DEVICES];
     void *be_state[LDM_NUM_DEVICES];
@@ -751,6 +770,10 @@ LDM_API void ldm_device_optim_update(ldm_ctx *ctx, ldm_device d, const ldm_optim
 }
 LDM_API int ldm_grad_enabled(const ldm_ctx *ctx) { return ctx->grad_enabled; }
 LDM_API int ldm_set_grad_enabled(ldm_ctx *ctx, int on) { int p = ctx->grad_enabled; ctx->grad_enabled = on; return p; }
+LDM_API void ldm_set_grad_ready_hook(ldm_ctx *ctx, ldm_grad_ready_fn fn, void *user) {
+    ctx->grad_ready = fn;
+    ctx->grad_ready_user = user;
+}
 LDM_API int ldm_tape_len(const ldm_ctx *ctx) { return ctx->tape_len; }
 
 /* ---- thread pool -------------------------------------------------------------------------
@@ -1174,6 +1197,34 @@ LDM_API uint64_t ldm_rng_u64(ldm_rng *rng) {
     rng->offset += 4;
     return ((uint64_t)u[0] << 32) | u[1];
 }
+LDM_API void ldm_ctx_set_shard(ldm_ctx *ctx, int rank, int world) {
+    LDM_ASSERT(world >= 1 && rank >= 0 && rank < world);
+    ctx->shard_rank = rank;
+    ctx->shard_world = world;
+}
+LDM_API void ldm_rng_rows(ldm_ctx *ctx, ldm_rng *rng, ldm_device d, float *out, int64_t rows, int64_t rowlen, int normal,
+                          float a, float b) {
+    int W = ctx->shard_world > 1 ? ctx->shard_world : 1;
+    if (W == 1 || rows <= 0 || rowlen <= 0) { ldm__rng_draw(ctx, rng, d, out, rows * rowlen, normal, a, b); return; }
+    /* the whole job's draw in scratch, this rank's rows out of it (cheap next to any model) */
+    ldm_mark mk = ldm_arena_mark(ctx);
+    int64_t n = rows * W * rowlen;
+    float *all = (float *)ldm_arena_alloc(ctx, d, (size_t)n * 4);
+    if (!all) return;
+    ldm__rng_draw(ctx, rng, d, all, n, normal, a, b);
+    for (int64_t i = 0; i < rows; i++)
+        ctx->be[d]->copy(ctx->be_state[d], out + i * rowlen, d, all + (i * W + ctx->shard_rank) * rowlen, d, (size_t)rowlen * 4);
+    ldm_arena_rewind(ctx, mk);
+}
+LDM_API void ldm_rng_u64_rows(ldm_ctx *ctx, ldm_rng *rng, uint64_t *out, int64_t rows) {
+    int W = ctx->shard_world > 1 ? ctx->shard_world : 1;
+    for (int64_t i = 0; i < rows; i++) {
+        ldm_rng r = *rng;
+        r.offset += (uint64_t)(i * W + (W > 1 ? ctx->shard_rank : 0)) * 4;
+        out[i] = ldm_rng_u64(&r);
+    }
+    rng->offset += (uint64_t)(rows * W) * 4;
+}
 
 /* ---- shapes ----------------------------------------------------------------------------- */
 LDM_API ldm_shape ldm_shape_n(int ndim, const int64_t *d) {
@@ -1256,12 +1307,12 @@ LDM_API ldm_tensor *ldm_from_host(ldm_ctx *ctx, ldm_shape s, const float *src) {
 }
 LDM_API ldm_tensor *ldm_randn(ldm_ctx *ctx, ldm_shape s) {
     ldm_tensor *t = ldm_new(ctx, s);
-    if (t) ldm_rng_normal(ctx, &ctx->rng, t->device, t->data, t->numel, 0.0f, 1.0f);
+    if (t) ldm_rng_rows(ctx, &ctx->rng, t->device, t->data, s.ndim ? s.d[0] : 1, s.ndim ? t->numel / (s.d[0] ? s.d[0] : 1) : 1, 1, 0.0f, 1.0f);
     return t;
 }
 LDM_API ldm_tensor *ldm_rand(ldm_ctx *ctx, ldm_shape s) {
     ldm_tensor *t = ldm_new(ctx, s);
-    if (t) ldm_rng_uniform(ctx, &ctx->rng, t->device, t->data, t->numel, 0.0f, 1.0f);
+    if (t) ldm_rng_rows(ctx, &ctx->rng, t->device, t->data, s.ndim ? s.d[0] : 1, s.ndim ? t->numel / (s.d[0] ? s.d[0] : 1) : 1, 0, 0.0f, 1.0f);
     return t;
 }
 LDM_API ldm_tensor ldm_tensor_wrap(float *data, ldm_shape s, ldm_device d) {
@@ -1436,6 +1487,34 @@ static ldm_result ldm__backward_pass(ldm_ctx *ctx, ldm_tensor *root, const float
     int npool = 0;
     if (!g || !reach || !pool) return ctx->status;
     memset(g, 0, sizeof(float *) * (size_t)(last + 1));
+    /* The grad-ready hook: each leaf is listed under the earliest node that reads it (ready[i]
+       chains, through rnext, the leaves whose gradient is final once nodes >= i have run). */
+    ldm_tensor **rleaf = NULL;
+    int *ready = NULL, *rnext = NULL, nleaf = 0;
+    if (!wrt && ctx->grad_ready) {
+        int nocc = 0, cap = 16;
+        for (int i = 0; i <= last; i++) nocc += ctx->tape[i].nin;
+        while (cap < 2 * nocc) cap *= 2;
+        ldm_tensor **seen = (ldm_tensor **)ldm_arena_alloc(ctx, LDM_CPU, sizeof(ldm_tensor *) * (size_t)cap);
+        rleaf = (ldm_tensor **)ldm_arena_alloc(ctx, LDM_CPU, sizeof(ldm_tensor *) * (size_t)(nocc + 1));
+        ready = (int *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(int) * (size_t)(last + 2));
+        rnext = (int *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(int) * (size_t)(nocc + 1));
+        if (!seen || !rleaf || !ready || !rnext) return ctx->status;
+        memset(seen, 0, sizeof(ldm_tensor *) * (size_t)cap);
+        for (int i = 0; i <= last + 1; i++) ready[i] = -1;
+        for (int i = 0; i <= last; i++) /* ascending: a leaf's first sighting is its earliest use */
+            for (int k = 0; k < ctx->tape[i].nin; k++) {
+                ldm_tensor *t = ctx->tape[i].in[k];
+                if (!t || t->node >= 0 || !t->requires_grad || !t->grad) continue;
+                size_t h = ((size_t)(uintptr_t)t >> 4) & (size_t)(cap - 1);
+                while (seen[h] && seen[h] != t) h = (h + 1) & (size_t)(cap - 1);
+                if (seen[h]) continue;
+                seen[h] = t;
+                rleaf[nleaf] = t;
+                rnext[nleaf] = ready[i];
+                ready[i] = nleaf++;
+            }
+    }
     /* reach[i]: node i lies on a path from a wrt tensor (pass over the tape in order). */
     for (int i = 0; i <= last; i++) {
         ldm__node *nd = &ctx->tape[i];
@@ -1453,6 +1532,7 @@ static ldm_result ldm__backward_pass(ldm_ctx *ctx, ldm_tensor *root, const float
     if (!g[last]) return ctx->status;
     ctx->be[root->device]->copy(ctx->be_state[root->device], g[last], root->device, droot, root->device, (size_t)root->numel * 4);
     for (int i = last; i >= 0 && !ctx->status; i--) {
+        for (int q = ready ? ready[i + 1] : -1; q >= 0; q = rnext[q]) ctx->grad_ready(ctx->grad_ready_user, ctx, rleaf[q]);
         ldm__node *nd = &ctx->tape[i];
         if (!g[i] || !reach[i]) continue;
         float *din[4] = {NULL, NULL, NULL, NULL};
@@ -1481,6 +1561,7 @@ static ldm_result ldm__backward_pass(ldm_ctx *ctx, ldm_tensor *root, const float
             g[i] = NULL;
         }
     }
+    for (int q = ready && !ctx->status ? ready[0] : -1; q >= 0; q = rnext[q]) ctx->grad_ready(ctx->grad_ready_user, ctx, rleaf[q]);
     for (int q = 0; wrt && q < n_wrt; q++) { /* wrt tensors that are op outputs */
         ldm_tensor *t = wrt[q];
         if (t->node >= 0 && t->node <= last && ctx->tape[t->node].out == t && g[t->node])
@@ -2447,7 +2528,7 @@ LDM_API ldm_tensor *ldm_dropout(ldm_ctx *ctx, ldm_tensor *x, float p, int traini
     if (!training || p == 0.0f) return x;
     ldm_tensor *mask = ldm__like(ctx, x);
     if (!mask) return NULL;
-    ldm_rng_uniform(ctx, &ctx->rng, x->device, mask->data, x->numel, 0.0f, 1.0f);
+    ldm_rng_rows(ctx, &ctx->rng, x->device, mask->data, x->shape[0], x->numel / (x->shape[0] ? x->shape[0] : 1), 0, 0.0f, 1.0f);
     /* mask = (u >= p) / (1 - p); p = 1 drops everything */
     LDM__BE(x)->unary(ctx, LDM__U_STEP, mask->data, mask->data, x->numel, p, p < 1.0f ? 1.0f / (1.0f - p) : 0.0f);
     return ldm_mul(ctx, x, mask);

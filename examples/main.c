@@ -60,6 +60,7 @@
 #include "model_autoencoder.h" /* the models this driver can build (drv_registries) */
 #include "model_diffusion.h"   /* LatentDiffusion and DDPM */
 #include "plot.h"
+#include "ldm_dist.h"          /* data parallel under mpirun (LDM_MPI builds) */
 
 #include <errno.h>
 #include <math.h>
@@ -245,7 +246,7 @@ static int drv_plain_scalar(const char *v) {
 static const char *const drv_trainer_flags[] = {
     "max_epochs", "max_steps", "accumulate_grad_batches", "limit_train_batches", "limit_val_batches",
     "limit_test_batches", "val_check_interval", "check_val_every_n_epoch", "num_sanity_val_steps",
-    "log_every_n_steps", "benchmark", "gpus", "accelerator", NULL};
+    "log_every_n_steps", "benchmark", "gpus", "num_nodes", "accelerator", NULL};
 
 static int drv_usage(const char *msg) {
     if (msg) fprintf(stderr, "ldm: %s\n", msg);
@@ -369,7 +370,8 @@ static int drv_parse_args(int argc, char **argv, drv_opts *o) {
     X(num_sanity_val_steps, AT_LEAST(INT, -1), "2", "validation batches run before training (nothing logged, RNG untouched)") \
     X(log_every_n_steps, AT_LEAST(INT, 1), "50", "metrics.csv row and progress line every n steps")          \
     X(benchmark, BOOL, "false", "accepted (cuDNN autotuning in Lightning); no effect")          \
-    X(gpus, NODE, "", "GPU ids (\"0,\") or a count: needs a CUDA build")                        \
+    X(gpus, NODE, "", "GPU ids (\"0,\") or a count: needs a CUDA build; several: one process per GPU (mpirun)") \
+    X(num_nodes, AT_LEAST(INT, 1), "1", "machines (mpirun starts gpus * num_nodes processes; checked against it)") \
     X(accelerator, STR, "", "cpu (default); gpu/ddp need a CUDA build")
 #define DRV_IMLOG_KEYS(X)                                                                        \
     X(batch_frequency, AT_LEAST(INT, 1), "750", "log every n global steps (and at powers of two before)")     \
@@ -470,6 +472,7 @@ typedef struct drv_metrics {
     double *v;                         /* rows x ncol, NaN = empty */
     int64_t rows, cap;
     char path[DRV_PATH];
+    int nowrite;                       /* a data-parallel rank other than 0 */
 } drv_metrics;
 
 static void drv_metrics_add_col(drv_metrics *m, const char *name) {
@@ -525,6 +528,7 @@ static void drv_metrics_header(const drv_metrics *m, FILE *f) {
 }
 /* Appends the newest row to metrics.csv. */
 static int drv_metrics_flush_row(drv_metrics *m) {
+    if (m->nowrite) return 0;
     FILE *f = fopen(m->path, "a");
     if (!f) { drv_error("%s: cannot append (%s)", m->path, strerror(errno)); return -1; }
     drv_metrics_fmt_row(m, m->v + (m->rows - 1) * m->ncol, f);
@@ -533,6 +537,7 @@ static int drv_metrics_flush_row(drv_metrics *m) {
 /* Writes the whole file (header + rows) atomically. */
 static int drv_metrics_rewrite(drv_metrics *m, ldm_ctx *ctx) {
     ldm_atomic_file af;
+    if (m->nowrite) return 0;
     if (ldm_atomic_begin(ctx, &af, m->path)) { drv_error("%s", ldm_ctx_error(ctx)); return -1; }
     drv_metrics_header(m, af.f);
     for (int64_t i = 0; i < m->rows; i++) drv_metrics_fmt_row(m, m->v + i * m->ncol, af.f);
@@ -701,7 +706,13 @@ typedef struct drv {
     uint64_t data_seed;                /* the loaders' seed: --seed, or the resumed run's */
     int64_t last_written;              /* batches_this_run when checkpoints/last was written, or -1 */
     int ngpu, gpu_id;                  /* 0 GPUs: the CPU */
+    int gpu_ids[64];                   /* the --gpus list (one process per GPU when several) */
     int monitor_note;
+
+    /* data parallel (ldm_dist.h): rank 0 alone writes the logdir */
+    ldm_dist *dist;
+    int rank, world;
+    ldm_dist_reducer *red[EX_MAX_OPTIM];
 } drv;
 
 /* ---- signals ---------------------------------------------------------------------------- */
@@ -753,10 +764,12 @@ static int drv_cmp_str(const void *a, const void *b) { return strcmp(*(const cha
 /* main.py's logdir / resume rules. */
 static int drv_setup_paths(drv *d) {
     drv_opts *o = d->o;
-    time_t t = time(NULL);
-    struct tm tmv;
-    localtime_r(&t, &tmv);
-    strftime(d->now, sizeof d->now, "%Y-%m-%dT%H-%M-%S", &tmv);
+    if (!d->now[0]) { /* data-parallel ranks take rank 0's */
+        time_t t = time(NULL);
+        struct tm tmv;
+        localtime_r(&t, &tmv);
+        strftime(d->now, sizeof d->now, "%Y-%m-%dT%H-%M-%S", &tmv);
+    }
     if (o->resume) {
         char r[DRV_PATH];
         drv_sfmt(r, sizeof r, "%s", o->resume);
@@ -909,18 +922,25 @@ static int drv_read_config(drv *d, drv_root_cfg *root, drv_model_cfg *mcfg) {
     const ldm_config_node *g = d->tc.gpus;
     int ngpu = 0;
     d->gpu_id = 0;
+    for (int i = 0; i < 64; i++) d->gpu_ids[i] = i; /* a count: GPUs 0 .. n-1 */
     if (g && g->type == LDM_CONFIG_INT) ngpu = g->i > 0 ? (int)g->i : g->i < 0 ? -1 : 0; /* -1: every visible GPU */
     else if (g && g->type == LDM_CONFIG_STR) {
         char ids[256], *tok, *save = NULL;
         drv_sfmt(ids, sizeof ids, "%s", g->s);
         for (tok = strtok_r(ids, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
             if (!ngpu) d->gpu_id = atoi(tok);
+            if (ngpu < 64) d->gpu_ids[ngpu] = atoi(tok);
             ngpu++;
         }
-        if (ngpu == 1 && !strchr(g->s, ',')) { ngpu = d->gpu_id > 0 ? d->gpu_id : 0; d->gpu_id = 0; } /* "2" is a count */
+        if (ngpu == 1 && !strchr(g->s, ',')) { /* "2" is a count */
+            ngpu = d->gpu_id > 0 ? d->gpu_id : 0;
+            d->gpu_id = 0;
+            for (int i = 0; i < 64; i++) d->gpu_ids[i] = i;
+        }
     } else if (g && g->type == LDM_CONFIG_LIST) {
         ngpu = g->n;
         if (g->n && g->child[0]->type == LDM_CONFIG_INT) d->gpu_id = (int)g->child[0]->i;
+        for (int i = 0; i < g->n && i < 64; i++) d->gpu_ids[i] = g->child[i]->type == LDM_CONFIG_INT ? (int)g->child[i]->i : i;
     }
     const char *acc = d->tc.accelerator;
     const ldm_config_node *at = g && g->type != LDM_CONFIG_NULL ? g : ldm_config_find(tn, "accelerator");
@@ -929,11 +949,7 @@ static int drv_read_config(drv *d, drv_root_cfg *root, drv_model_cfg *mcfg) {
         return 1;
     }
     if (acc[0] && strcmp(acc, "cpu") && ngpu == 0) ngpu = 1;
-    if (ngpu > 1) {
-        drv_error("%s: %d GPUs asked for: multi-GPU data parallel is not supported yet (hint: one GPU, e.g. --gpus 0,)",
-                  drv_where(at, w, sizeof w), ngpu);
-        return 1;
-    }
+    (void)at;
 #ifndef LDM_CUDA
     if (ngpu) {
         drv_error("%s: this ldm is a CPU build: GPUs need the CUDA back end (rebuild with LDM_CUDA=1 ./build.sh on a machine "
@@ -1152,6 +1168,7 @@ static int drv_ckpt_file(const drv *d, int i, char *out, size_t n) {
    name in dests (hard links). weights_only: model.safetensors alone. */
 static int drv_checkpoint(drv *d, int n, const char *const *dests, int weights_only) {
     char tmp[DRV_PATH], p[DRV_PATH];
+    if (d->rank) return 0; /* rank 0 writes; every rank holds the same weights */
     drv_sfmt(tmp, sizeof tmp, "%s/.tmp-%ld", d->ckptdir, (long)getpid());
     drv_rm_rf(tmp);
     if (drv_mkdirs(tmp)) { drv_error("%s: cannot create (%s)", tmp, strerror(errno)); return 1; }
@@ -1308,12 +1325,15 @@ static int drv_check_frequency(drv_imlog *il, int64_t idx) {
 /* The model's log_images under no_grad: one grid per key. */
 static int drv_log_images(drv *d, const ldm_data_batch *b, const char *split, int64_t batch_idx) {
     drv_imlog *il = &d->imlog;
-    if (il->c.disabled) return 0;
+    if (il->c.disabled || d->rank) return 0;
     int64_t idx = il->c.log_on_batch_idx ? batch_idx : d->global_step;
     if (!drv_check_frequency(il, idx) || il->c.max_images <= 0) return 0;
     ldm_ctx *ctx = d->ctx;
     int prev = ldm_set_grad_enabled(ctx, 0);
     ldm_mark mk = ldm_arena_mark(ctx);
+    /* logging draws (samples, posterior noise) leave the training RNG where it was: rank 0
+       alone logs, and training must not depend on how often images are logged */
+    ldm_rng keep = *ldm_ctx_rng(ctx);
     ex_images im;
     memset(&im, 0, sizeof im);
     int rc = d->m->log_images(d->m, ctx, b, il->c.max_images, &im) ? drv_fail_ctx(d, d->m->what) : 0;
@@ -1331,6 +1351,7 @@ static int drv_log_images(drv *d, const ldm_data_batch *b, const char *split, in
         rc = drv_save_grid(path, h, (int)t->shape[0], (int)t->shape[1], (int)t->shape[2], (int)t->shape[3], 4, il->c.clamp, il->c.rescale);
         free(h);
     }
+    *ldm_ctx_rng(ctx) = keep;
     ldm_arena_rewind(ctx, mk);
     return rc;
 }
@@ -1412,13 +1433,22 @@ static int drv_train_batch(drv *d, const ldm_data_batch *b, int do_step, ex_log 
             for (int j = 0; j <= o->n_also; j++) ldm_nn_optim_set_lr(drv_optim_part(o, j), o->base_lr * o->lr_lambda(m->self, d->global_step));
         ldm_tensor *loss = m->training_step(m, ctx, b, d->global_step, i, log);
         if (!loss || ldm_to_host(ctx, loss, &losses[i])) return drv_fail_ctx(d, m->what);
+        if (d->world > 1) { /* the logged loss is the mean over ranks; a non-finite one anywhere stops all */
+            double v[2] = {isfinite(losses[i]) ? losses[i] : 0.0, isfinite(losses[i]) ? 0.0 : 1.0};
+            if (ldm_dist_allreduce_f64(ctx, d->dist, v, 2, 0, "the loss")) return drv_fail_ctx(d, "data parallel");
+            losses[i] = v[1] > 0 ? NAN : (float)(v[0] / d->world);
+        }
         if (!isfinite(losses[i])) {
             drv_sfmt(what, sizeof what, "%s (%s)", o->name, o->loss_key);
             return drv_nan_stop(d, what, drv_nonfinite(losses[i]));
         }
         if (k != 1.0f) loss = ldm_div(ctx, loss, ldm_full(ctx, ldm_shape1(1), k)); /* Lightning: loss / accumulate_grad_batches */
         drv_sfmt(what, sizeof what, "training (%s backward)", o->name);
+        ldm_dist_reducer *red = do_step ? d->red[i] : NULL; /* DDP: no reduction while accumulating */
+        if (red) ldm_dist_reducer_begin(red);
         if (ldm_backward(ctx, loss)) return drv_fail_ctx(d, what);
+        drv_sfmt(what, sizeof what, "all-reduce of the %s gradients at global step %lld", o->name, (long long)d->global_step);
+        if (red && ldm_dist_reducer_finish(red, what)) return drv_fail_ctx(d, "data parallel");
         if (do_step) {
             drv_sfmt(what, sizeof what, "training (%s optimizer)", o->name);
             for (int j = 0; j <= o->n_also; j++) {
@@ -1429,6 +1459,12 @@ static int drv_train_batch(drv *d, const ldm_data_batch *b, int do_step, ex_log 
         ldm_step_reset(ctx);
     }
     ldm_set_grad_enabled(ctx, 1);
+    if (d->world > 1 && log->n) { /* logged values: the mean over ranks (Lightning's sync_dist) */
+        double v[EX_MAX_LOG];
+        for (int j = 0; j < log->n; j++) v[j] = log->item[j].value;
+        if (ldm_dist_allreduce_f64(ctx, d->dist, v, log->n, 0, "the logged values")) return drv_fail_ctx(d, "data parallel");
+        for (int j = 0; j < log->n; j++) log->item[j].value = v[j] / d->world;
+    }
     if (m->on_train_batch_end && m->on_train_batch_end(m, ctx, d->global_step, do_step)) return drv_fail_ctx(d, m->what);
     return 0;
 }
@@ -1468,6 +1504,14 @@ static int drv_validate(drv *d, int64_t nb, int sanity, drv_valres *res) {
     m->set_training(m, 1);
     ldm_set_grad_enabled(ctx, prev);
     ldm_step_reset(ctx);
+    if (!rc && d->world > 1) { /* each rank validated its shard: sums, counts and columns over all */
+        double v[2 * DRV_MAX_COLS + 1];
+        for (int c = 0; c < d->met.ncol; c++) { v[c] = res->v[c]; v[DRV_MAX_COLS + c] = logged[c]; }
+        v[2 * DRV_MAX_COLS] = res->n;
+        if (ldm_dist_allreduce_f64(ctx, d->dist, v, 2 * DRV_MAX_COLS + 1, 0, "validation")) return drv_fail_ctx(d, "data parallel");
+        for (int c = 0; c < d->met.ncol; c++) { res->v[c] = v[c]; logged[c] = v[DRV_MAX_COLS + c] > 0; }
+        res->n = v[2 * DRV_MAX_COLS];
+    }
     if (rc || res->n == 0) return rc;
     for (int c = 0; c < d->met.ncol; c++) res->v[c] = logged[c] ? res->v[c] / res->n : NAN;
     res->have = 1;
@@ -1649,7 +1693,7 @@ static int drv_save_pending(drv *d, const drv_pending *pd) {
     }
     if (n && drv_checkpoint(d, n, dests, 0)) return 1;
     if (n && !strcmp(dests[n - 1], "last")) d->last_written = d->batches_this_run;
-    if (dropped[0]) {
+    if (dropped[0] && d->rank == 0) {
         char p[DRV_PATH];
         drv_join(p, sizeof p, d->ckptdir, dropped);
         drv_rm_rf(p);
@@ -1757,7 +1801,7 @@ static int drv_fit(drv *d) {
                 fflush(stdout);
                 char cp[DRV_PATH];
                 drv_join(cp, sizeof cp, d->logdir, "loss_curve.png");
-                if (d->m->curve_key && drv_plot_curve(&d->met, ctx, d->m->curve_key, cp)) { rc = 1; break; }
+                if (d->rank == 0 && d->m->curve_key && drv_plot_curve(&d->met, ctx, d->m->curve_key, cp)) { rc = 1; break; }
                 if (mc >= 0 && score == score) { pd.topk = 1; pd.score = score; pd.topk_epoch = d->epoch; }
                 else if (mc < 0 && !d->monitor_note) {
                     drv_note("Note: monitor %s is not a logged metric; no top-k checkpoints", d->mc.monitor);
@@ -1795,6 +1839,12 @@ static int drv_fit(drv *d) {
         if (do_step && d->mc.every_n_train_steps > 0 && d->global_step % d->mc.every_n_train_steps == 0) pd.last = 1;
         if (do_step && d->trainstep_every > 0 && d->global_step % d->trainstep_every == 0) pd.trainstep = 1;
         if (d->signal_at >= 0 && d->batches_this_run == d->signal_at) raise(sig_num);
+        if (d->world > 1) { /* every rank stops (or saves) at the same batch, whichever got the signal */
+            double f[2] = {(double)drv_sig_stop, (double)drv_sig_save};
+            if (ldm_dist_allreduce_f64(ctx, d->dist, f, 2, 1, "the stop flags")) { rc = drv_fail_ctx(d, "data parallel"); break; }
+            if (f[0] > 0 && !drv_sig_stop) drv_sig_stop = (int)f[0];
+            drv_sig_save = f[1] > 0;
+        }
         if (drv_sig_save) { drv_sig_save = 0; pd.last = 1; drv_progress_clear(d); printf("Summoning checkpoint (SIGUSR1).\n"); }
         if (drv_sig_stop) { pd.signal_stop = 1; drv_progress_clear(d); printf("Summoning checkpoint (%s).\n", drv_sig_stop == SIGINT ? "SIGINT" : "SIGTERM"); }
         if (drv_save_pending(d, &pd)) { rc = 1; break; }
@@ -1818,7 +1868,7 @@ static int drv_fit(drv *d) {
     if (d->met.rows) {
         char cp[DRV_PATH];
         drv_join(cp, sizeof cp, d->logdir, "loss_curve.png");
-        if (d->m->curve_key && drv_plot_curve(&d->met, d->ctx, d->m->curve_key, cp)) return 1;
+        if (d->rank == 0 && d->m->curve_key && drv_plot_curve(&d->met, d->ctx, d->m->curve_key, cp)) return 1;
     }
     return 0;
 }
@@ -1853,32 +1903,74 @@ static void drv_help(void) {
 }
 
 /* ---- main ---------------------------------------------------------------------------------------- */
+/* Sums host values over the data-parallel ranks (a model's statistics, e.g. scale_by_std). */
+static ldm_result drv_reduce(void *user, double *v, int n) {
+    drv *d = (drv *)user;
+    return ldm_dist_allreduce_f64(d->ctx, d->dist, v, n, 0, "a model statistic");
+}
+
 static int drv_run(drv *d) {
     drv_opts *o = d->o;
     drv_root_cfg root;
     drv_model_cfg mcfg;
     if (drv_setup_paths(d) || drv_load_config(d) || drv_registries(d) || drv_read_config(d, &root, &mcfg)) return 1;
-    if (!d->resuming && drv_exists(d->logdir)) {
-        drv_error("logdir %s exists already (hint: another --name, or wait a second)", d->logdir);
-        return 1;
-    }
 
     ldm_settings s;
     memset(&s, 0, sizeof s);
-    s.seed = o->seed; /* seed_everything */
+    s.seed = o->seed; /* seed_everything: the same on every rank */
     if (ldm_ctx_create(&d->ctx, &s)) { drv_error("context: %s", d->ctx ? ldm_ctx_error(d->ctx) : "out of memory"); return 1; }
     ldm_ctx *ctx = d->ctx;
+
+    /* data parallel: one process per rank under mpirun (world 1 otherwise) */
+    {
+        const char *to = getenv("LDM_DIST_TIMEOUT");
+        if (ldm_dist_create(ctx, &d->dist, NULL, NULL, to ? atof(to) : 0)) return drv_fail_ctx(d, "data parallel");
+        d->rank = ldm_dist_rank(d->dist);
+        d->world = ldm_dist_world(d->dist);
+        if (d->world > 1) {
+            ldm_ctx_set_shard(ctx, d->rank, d->world);
+            if (d->rank) { /* as Lightning: rank 0 prints and writes; errors still reach stderr */
+                fflush(stdout);
+                if (!freopen("/dev/null", "w", stdout)) drv_note("rank %d: cannot silence stdout", d->rank);
+            }
+            if (ldm_dist_broadcast(ctx, d->dist, d->now, sizeof d->now, LDM_CPU, "the logdir name")) return drv_fail_ctx(d, "data parallel");
+            if (!d->resuming && drv_setup_paths(d)) return 1;
+        }
+    }
+    if (!d->resuming && d->rank == 0 && drv_exists(d->logdir)) {
+        drv_error("logdir %s exists already (hint: another --name, or wait a second)", d->logdir);
+        return 1;
+    }
 #ifdef LDM_CUDA
     if (d->ngpu) {
         /* every tensor the run creates from here on lives on the GPU */
         int avail = ldm_cuda_available();
         if (!avail) { drv_error("--gpus: no CUDA device is visible (hint: check nvidia-smi, or drop --gpus)"); return 1; }
         if (d->ngpu < 0) d->ngpu = avail;
-        if (d->ngpu > 1) { drv_error("--gpus: %d GPUs: multi-GPU data parallel is not supported yet (hint: --gpus 0,)", d->ngpu); return 1; }
+        if (d->ngpu > 1 && d->world == 1) {
+            drv_error("--gpus: %d GPUs: one process per GPU (hint: mpirun -np %d build/ldm ... with an LDM_MPI LDM_NCCL build, or "
+                      "--gpus 0, for one)", d->ngpu, d->ngpu);
+            return 1;
+        }
+        if (d->world > 1) { /* this process's GPU: its rank on this node picks one of the list */
+            const char *lr = getenv("OMPI_COMM_WORLD_LOCAL_RANK") ? getenv("OMPI_COMM_WORLD_LOCAL_RANK") : getenv("MPI_LOCALRANKID");
+            int local = lr ? atoi(lr) : d->rank, n = d->ngpu < 64 ? d->ngpu : 64;
+            d->gpu_id = d->gpu_ids[local % n];
+        }
         if (ldm_cuda_init(ctx, d->gpu_id)) return drv_fail_ctx(d, "--gpus");
         printf("Running on GPU %d (%s)\n", d->gpu_id, ldm_cuda_device_name(ctx));
+#ifdef LDM_NCCL
+        if (d->world > 1 && ldm_dist_use_nccl(ctx, d->dist, LDM_GPU)) return drv_fail_ctx(d, "NCCL");
+#else
+        if (d->world > 1) printf("Note: gradients go through host memory and MPI (build with LDM_NCCL for NCCL)\n");
+#endif
     }
 #endif
+    if (d->world > 1) {
+        printf("Data parallel: %d processes (%s), rank 0 writes the logdir\n", d->world, ldm_dist_engine(d->dist));
+        if (d->ngpu > 0 && d->world != d->ngpu * d->tc.num_nodes)
+            drv_note("Note: %d processes, but lightning.trainer asks for gpus %d x num_nodes %d", d->world, d->ngpu, d->tc.num_nodes);
+    }
     /* the model's networks, with its initial weights (and any it takes from the checkpoint
        this run resumes from) */
     char resume_model[DRV_PATH] = "";
@@ -1891,6 +1983,8 @@ static int drv_run(drv *d) {
             if (ldm_ctx_status(ctx)) return drv_fail_ctx(d, "data");
             return drv_fail_cfg(d);
         }
+        d->dm->num_replicas = d->world; /* DistributedSampler */
+        d->dm->rank = d->rank;
         printf("#### Data #####\n");
         for (int sp = 0; sp < LDM_DATA_NSPLITS; sp++)
             if (d->dm->dataset[sp])
@@ -1903,7 +1997,7 @@ static int drv_run(drv *d) {
 
     /* learning rate (main.py) */
     d->accumulate = d->tc.accumulate_grad_batches;
-    int ngpu = d->ngpu ? d->ngpu : 1, bs = d->dm->batch_size;
+    int ngpu = d->world > 1 ? d->world : d->ngpu > 0 ? d->ngpu : 1, bs = d->dm->batch_size; /* processes x per-process batch */
     printf("accumulate_grad_batches = %d\n", d->accumulate);
     if (o->scale_lr) {
         d->lr = d->accumulate * ngpu * bs * d->base_lr;
@@ -1915,22 +2009,40 @@ static int drv_run(drv *d) {
     }
     if (d->m->configure_optimizers(d->m, ctx, d->lr)) return drv_fail_ctx(d, d->m->what);
     for (int i = 0; i < d->m->n_optim; i++) d->m->optim[i].base_lr = ldm_nn_optim_lr(d->m->optim[i].opt);
+    if (d->world > 1) {
+        /* DDP: rank 0's initial weights everywhere; one gradient reducer per optimizer */
+        for (int k = 0; k < d->m->n_params; k++)
+            for (int blk = 0; blk < 2; blk++) {
+                int64_t n;
+                float *p = ldm_nn_block(d->m->params[k].P, blk ? LDM_NN_BLOCK_BUFFERS : LDM_NN_BLOCK_PARAMS, &n);
+                if (p && n && ldm_dist_broadcast(ctx, d->dist, p, sizeof(float) * (size_t)n, ldm_nn_params_device(d->m->params[k].P),
+                                                 "the initial weights")) return drv_fail_ctx(d, "data parallel");
+            }
+        for (int i = 0; i < d->m->n_optim; i++) {
+            const ex_optim *oi = &d->m->optim[i];
+            if (ldm_dist_reducer_create(ctx, d->dist, &d->red[i], 0)) return drv_fail_ctx(d, "data parallel");
+            for (int j = 0; j <= oi->n_also; j++)
+                if (ldm_dist_reducer_add(d->red[i], drv_optim_part(oi, j))) return drv_fail_ctx(d, "data parallel");
+        }
+        d->m->reduce = drv_reduce;
+        d->m->reduce_user = d;
+    }
 
     /* logdir (SetupCallback) */
-    if (drv_mkdirs(d->ckptdir) || drv_mkdirs(d->cfgdir)) { drv_error("%s: cannot create (%s)", d->logdir, strerror(errno)); return 1; }
-    if (o->train) {
+    if (d->rank == 0 && (drv_mkdirs(d->ckptdir) || drv_mkdirs(d->cfgdir))) { drv_error("%s: cannot create (%s)", d->logdir, strerror(errno)); return 1; }
+    if (o->train && d->rank == 0) {
         char p[DRV_PATH];
         drv_sfmt(p, sizeof p, "%s/images/train", d->logdir); drv_mkdirs(p);
         drv_sfmt(p, sizeof p, "%s/images/val", d->logdir); drv_mkdirs(p);
     }
-    {
+    if (d->rank == 0) {
         char p[DRV_PATH], name[96];
         drv_sfmt(name, sizeof name, "%s-project.ini", d->now);
         drv_join(p, sizeof p, d->cfgdir, name);
         if (ldm_config_save(d->cfg, NULL, p)) return drv_fail_cfg(d);
         printf("Project config saved to %s\n", p);
     }
-    if (o->train) { /* temporaries of a run that was killed while writing a checkpoint */
+    if (o->train && d->rank == 0) { /* temporaries of a run that was killed while writing a checkpoint */
         DIR *dir = opendir(d->ckptdir);
         struct dirent *e;
         while (dir && (e = readdir(dir)) != NULL)
@@ -1943,6 +2055,7 @@ static int drv_run(drv *d) {
     }
     drv_metrics_init(&d->met, d->m);
     drv_join(d->met.path, sizeof d->met.path, d->logdir, "metrics.csv");
+    d->met.nowrite = d->rank != 0;
     if (d->resuming) {
         if (drv_load_checkpoint(d, d->resume_ckpt, o->train)) return 1;
         printf("Resumed from %s at global step %lld (epoch %lld, batch %lld)\n", d->resume_ckpt, (long long)d->global_step,
@@ -1996,16 +2109,23 @@ static int drv_run(drv *d) {
         if (frc) return 1;
         if (drv_sig_stop) return 0; /* main.py: no test after an interruption */
     }
-    if (!o->no_test) return drv_test(d);
+    if (!o->no_test) {
+        if (d->rank) return 0; /* rank 0 tests on the whole test split (its own draws) */
+        ldm_ctx_set_shard(ctx, 0, 1);
+        d->dm->num_replicas = d->dm->rank = 0;
+        return drv_test(d);
+    }
     return 0;
 }
 
 static void drv_free(drv *d) {
+    for (int i = 0; i < EX_MAX_OPTIM; i++) ldm_dist_reducer_destroy(d->red[i]);
     if (d->ld_train) ldm_data_loader_destroy(d->ld_train);
     if (d->ld_val) ldm_data_loader_destroy(d->ld_val);
     if (d->dm) ldm_data_module_destroy(d->dm);
     if (d->m) d->m->destroy(d->m);
     if (d->ctx) ldm_ctx_destroy(d->ctx);
+    ldm_dist_destroy(d->dist); /* MPI_Finalize: after every rank's last collective */
     if (d->reg_model) ldm_config_registry_destroy(d->reg_model);
     if (d->reg_data) ldm_config_registry_destroy(d->reg_data);
     if (d->reg_cb) ldm_config_registry_destroy(d->reg_cb);
@@ -2025,6 +2145,12 @@ int main(int argc, char **argv) {
     d->last_written = -1;
     d->tty = isatty(fileno(stdout));
     rc = drv_run(d);
+    /* an error on one rank that the others did not share (they would wait for it until the
+       timeout): end the whole job; a NaN stop is agreed by every rank and ends normally */
+    if (rc && d->world > 1 && !d->nan_stop) {
+        fprintf(stderr, "ldm: rank %d of %d failed (above): ending the job (MPI_Abort)\n", d->rank, d->world);
+        ldm_dist_abort(d->dist, rc);
+    }
     drv_free(d);
     free(d);
     for (int i = 0; i < o.n_ovr; i++) free(o.ovr[i]);

@@ -125,6 +125,10 @@ struct ex_model {
     ldm_result (*save)(ex_model *m, ldm_ctx *ctx, const char *path, int n_meta, const char *const *keys, const char *const *vals);
     ldm_result (*load)(ex_model *m, ldm_ctx *ctx, const char *path);
     void (*destroy)(ex_model *m);
+    /* Set by the driver under data parallelism (else NULL): sums n host values across the
+       ranks in place, for statistics a model takes over the whole batch (scale_by_std). */
+    ldm_result (*reduce)(void *user, double *v, int n);
+    void *reduce_user;
     /* The ImageLogger's log_images_kwargs (a mapping, checked against the model's own table).
        May be NULL: the model takes none. */
     ldm_result (*set_log_images_kwargs)(ex_model *m, ldm_config *cfg, const ldm_config_node *kwargs);

@@ -192,8 +192,10 @@ static ldm_tensor *ex__ld_cond_raw(ex_model *m, ldm_ctx *ctx, const ldm_data_bat
         return NULL;
     }
     int B = n > 0 && n < b->size ? n : b->size;
-    float *h = (float *)malloc(sizeof(float) * (size_t)B);
+    float *h = (float *)malloc(sizeof(float) * (size_t)B * 2);
     if (!h) { ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "out of memory"); return NULL; }
+    float *u = h + B; /* ucg draws, one per sample (a data-parallel rank draws its rows) */
+    if (drop && a->ucg_rate > 0) ldm_rng_rows(ctx, ldm_ctx_rng(ctx), LDM_CPU, u, B, 1, 0, 0.0f, 1.0f);
     for (int i = 0; i < B; i++) {
         int64_t y = b->class_label[i];
         if (y < 0 || y >= a->lc.cond_n_classes) {
@@ -205,11 +207,7 @@ static ldm_tensor *ex__ld_cond_raw(ex_model *m, ldm_ctx *ctx, const ldm_data_bat
         }
         h[i] = (float)y;
         /* ClassEmbedder(ucg_rate): the label becomes the unconditional class n_classes - 1 */
-        if (drop && a->ucg_rate > 0) {
-            float u;
-            ldm_rng_uniform(ctx, ldm_ctx_rng(ctx), LDM_CPU, &u, 1, 0.0f, 1.0f);
-            if (u < a->ucg_rate) h[i] = (float)(a->lc.cond_n_classes - 1);
-        }
+        if (drop && a->ucg_rate > 0 && u[i] < a->ucg_rate) h[i] = (float)(a->lc.cond_n_classes - 1);
     }
     ldm_tensor *t = ldm_from_host(ctx, ldm_shape1(B), h);
     free(h);
@@ -297,7 +295,7 @@ static ldm_tensor *ex__ld_training_step(ex_model *m, ldm_ctx *ctx, const ldm_dat
     /* on_train_batch_start: scale_by_std once, at the first batch of a fresh run */
     if (a->lc.scale_by_std && step == 0 && !a->resumed && !a->scaled) {
         float s;
-        if (ldm_latent_diffusion_scale_by_std(ctx, a->ld, x, NULL, &s)) { ex__ld_fail(m, "scale_by_std", ctx); return NULL; }
+        if (ldm_latent_diffusion_scale_by_std_reduce(ctx, a->ld, x, NULL, m->reduce, m->reduce_user, &s)) { ex__ld_fail(m, "scale_by_std", ctx); return NULL; }
         a->scaled = 1;
         printf("### USING STD-RESCALING ###\nsetting self.scale_factor to %g\n### USING STD-RESCALING ###\n", (double)s);
         fflush(stdout);
