@@ -5,13 +5,16 @@
 #   ./build.sh test       build, run every test program (and the sanitizer builds), print
 #                         "N passed, M failed", exit non-zero on any failure
 #   ./build.sh bench      build and run bench/*.c
-#   ./build.sh deps       install the Debian packages the build can use (stb, OpenBLAS, Fashion-MNIST)
+#   ./build.sh deps       install the Debian packages the build can use (stb, OpenBLAS, Fashion-MNIST,
+#                         Open MPI)
 #
 # Environment: CC (default cc), LDM_PORTABLE=1 (no -march=native), LDM_CUDA=1 (CUDA build with
 # nvcc: NVCC, default nvcc on PATH else /usr/local/cuda/bin/nvcc; CUDA_ARCH, default sm_80),
 # LDM_THREADS (thread count at run time), LDM_SANITIZE=0 (skip sanitizer test builds),
 # LDM_EMU=0 (skip the CUDA-emulator builds: build/emu/test_cuda and build/emu/ldm run the CUDA
-# back end's code on the CPU through tests/cuda_emu.hpp; CXX, default c++).
+# back end's code on the CPU through tests/cuda_emu.hpp; CXX, default c++), LDM_MPI=0 (build
+# build/ldm without Open MPI even where mpicc exists; with it, `mpirun -np N build/ldm ...`
+# trains data parallel; CUDA builds then also get LDM_NCCL: libnccl.so.2 is opened at run time).
 set -u
 cd "$(dirname "$0")"
 CC=${CC:-cc}
@@ -32,10 +35,21 @@ if { [ -f /usr/include/x86_64-linux-gnu/cblas.h ] || [ -f /usr/include/cblas.h ]
   HAVE_BLAS=1
 fi
 
+# Open MPI (data-parallel training; ldm_dist.h): examples/main.c and tests/test_dist.c are built
+# with LDM_MPI when mpicc is there. Its -I/-L/-l flags also serve nvcc.
+MPI_CFLAGS=""; MPI_LIBS=""
+if [ "${LDM_MPI:-1}" != 0 ] && command -v mpicc >/dev/null 2>&1 &&
+   MPI_CFLAGS=$(mpicc --showme:compile 2>/dev/null) && MPI_LIBS=$(mpicc --showme:link 2>/dev/null); then
+  MPI_CFLAGS="-DLDM_MPI $(echo $MPI_CFLAGS | tr ' ' '\n' | grep -E '^-I' | tr '\n' ' ')"
+  MPI_LIBS=$(echo $MPI_LIBS | tr ' ' '\n' | grep -E '^-(L|l|Wl)' | tr '\n' ' ')
+else
+  MPI_CFLAGS=""; MPI_LIBS=""
+fi
+
 deps() {
   # stb (also vendored), OpenBLAS (the benchmarks' reference), Fashion-MNIST (test_data's real-data
-  # checks and the diffusion demo's data)
-  local pkgs="libstb-dev libopenblas-dev dataset-fashion-mnist"
+  # checks and the diffusion demo's data), Open MPI (data-parallel training and its tests)
+  local pkgs="libstb-dev libopenblas-dev dataset-fashion-mnist libopenmpi-dev openmpi-bin"
   if command -v apt-get >/dev/null 2>&1; then
     local sudo=""; [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && sudo=sudo
     $sudo apt-get update -qq && $sudo apt-get install -y -qq $pkgs
@@ -96,6 +110,10 @@ build_all() {
     case $src in examples/*) out=build/ldm-$(basename "${src%.c}");; *) out=build/$(basename "${src%.c}");; esac
     [ "$src" = examples/main.c ] && out=build/ldm
     extra=""
+    if [ -n "$MPI_CFLAGS" ] && { [ "$src" = examples/main.c ] || [ "$src" = tests/test_dist.c ]; }; then
+      extra="$MPI_CFLAGS $MPI_LIBS"
+      [ "${LDM_CUDA:-0}" = 1 ] && extra="-DLDM_NCCL $extra -ldl"
+    fi
     if [ "$src" = tests/test_flags.c ]; then
       flags_objs || { echo "build.sh: failed to build tests/flags_tu.c" >&2; ok=1; continue; }
       extra=$FLAGS_LINK

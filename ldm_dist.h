@@ -48,6 +48,7 @@ LDM_API void ldm_dist_destroy(ldm_dist *d);                    /* MPI_Finalize w
 LDM_API int ldm_dist_rank(const ldm_dist *d);
 LDM_API int ldm_dist_world(const ldm_dist *d);
 LDM_API const char *ldm_dist_engine(const ldm_dist *d);        /* "none", "mpi", "mpi+nccl" */
+LDM_API void ldm_dist_set_timeout(ldm_dist *d, double seconds); /* the deadline of every later collective */
 /* Device buffers (on `device` != LDM_CPU) go through NCCL from now on (LDM_NCCL builds;
    elsewhere an error that says how to build it). */
 LDM_API ldm_result ldm_dist_use_nccl(ldm_ctx *ctx, ldm_dist *d, ldm_device device);
@@ -144,6 +145,8 @@ LDM_API const char *ldm_dist_engine(const ldm_dist *d) {
     if (!d || d->world == 1) return "none";
     return d->nccl_on ? "mpi+nccl" : "mpi";
 }
+
+LDM_API void ldm_dist_set_timeout(ldm_dist *d, double seconds) { if (d && seconds > 0) d->timeout = seconds; }
 
 LDM_API ldm_result ldm_dist_create(ldm_ctx *ctx, ldm_dist **out, int *argc, char ***argv, double timeout_s) {
     *out = NULL;

@@ -742,6 +742,19 @@ static int drv_crash_hook(int point) {
     return 0;
 }
 
+/* Data-parallel fault tests: LDM_TEST_DIE_AT_BATCH=N:R kills rank R (SIGKILL) after its N-th
+   batch, LDM_TEST_HANG_AT_BATCH=N:R makes it stop answering (it sleeps until killed). */
+static void drv_fault_hook(const drv *d) {
+    const char *die = getenv("LDM_TEST_DIE_AT_BATCH"), *hang = getenv("LDM_TEST_HANG_AT_BATCH");
+    const char *e = die ? die : hang;
+    if (!e || !strchr(e, ':') || atoll(e) != d->batches_this_run || atoi(strchr(e, ':') + 1) != d->rank) return;
+    fflush(stdout);
+    fprintf(stderr, "ldm: rank %d: %s=%s: %s\n", d->rank, die ? "LDM_TEST_DIE_AT_BATCH" : "LDM_TEST_HANG_AT_BATCH", e,
+            die ? "killing myself" : "hanging");
+    if (die) raise(SIGKILL);
+    for (;;) sleep(60);
+}
+
 static ldm_data_state drv_state(int64_t epoch, int64_t batch) {
     ldm_data_state s;
     s.epoch = epoch;
@@ -1725,6 +1738,7 @@ static int drv_fit(drv *d) {
         *ldm_ctx_rng(ctx) = keep;
     }
     if (ldm_data_loader_seek(ctx, d->ld_train, drv_state(d->epoch, d->batch_in_epoch))) return drv_fail_ctx(d, "train data");
+    d->m->set_training(d->m, 1); /* Lightning's model.train() before the first batch: dropout on from step 0, resumed or not */
     const char *sig_env = getenv("LDM_TEST_SIGNAL_AT_BATCH");
     int sig_num = SIGTERM;
     d->signal_at = sig_env ? atoll(sig_env) : -1;
@@ -1839,6 +1853,7 @@ static int drv_fit(drv *d) {
         if (do_step && d->mc.every_n_train_steps > 0 && d->global_step % d->mc.every_n_train_steps == 0) pd.last = 1;
         if (do_step && d->trainstep_every > 0 && d->global_step % d->trainstep_every == 0) pd.trainstep = 1;
         if (d->signal_at >= 0 && d->batches_this_run == d->signal_at) raise(sig_num);
+        drv_fault_hook(d);
         if (d->world > 1) { /* every rank stops (or saves) at the same batch, whichever got the signal */
             double f[2] = {(double)drv_sig_stop, (double)drv_sig_save};
             if (ldm_dist_allreduce_f64(ctx, d->dist, f, 2, 1, "the stop flags")) { rc = drv_fail_ctx(d, "data parallel"); break; }
