@@ -48,8 +48,10 @@ fi
 
 deps() {
   # stb (also vendored), OpenBLAS (the benchmarks' reference), Fashion-MNIST (test_data's real-data
-  # checks and the diffusion demo's data), Open MPI (data-parallel training and its tests)
+  # checks and the diffusion demo's data), Open MPI (data-parallel training and its tests);
+  # `./build.sh deps mpi` installs Open MPI alone
   local pkgs="libstb-dev libopenblas-dev dataset-fashion-mnist libopenmpi-dev openmpi-bin"
+  [ "${1:-}" = mpi ] && pkgs="libopenmpi-dev openmpi-bin"
   if command -v apt-get >/dev/null 2>&1; then
     local sudo=""; [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && sudo=sudo
     $sudo apt-get update -qq && $sudo apt-get install -y -qq $pkgs
@@ -213,6 +215,6 @@ case $mode in
   build) build_all ;;
   test) run_tests ;;
   bench) run_bench ;;
-  deps) deps ;;
+  deps) deps "${2:-}" ;;
   *) echo "usage: ./build.sh [build|test|bench|deps]" >&2; exit 2 ;;
 esac

@@ -42,13 +42,27 @@
      loss_curve.png                    the model's curve key (rec_loss) on train and val, redrawn at each validation
      test_metrics.csv, test_summary.txt   per-image and mean test values (AutoencoderKL: PSNR, SSIM, LPIPS, rec_loss)
 
+   Data parallel (ldm_dist.h; build.sh links Open MPI when mpicc exists):
+       mpirun -np 2 build/ldm --base cfg -t --name exp       N processes, one per CPU socket or GPU
+     as PyTorch Lightning's DDP: batch_size is per process and the lr scales with the process
+     count; each rank reads its DistributedSampler shard and draws its rows of the job's noise,
+     so N processes with batch b train what one process with batch N*b trains; gradients are
+     averaged in buckets while the backward pass runs; logged values are means over the ranks;
+     rank 0 alone writes the logdir and tests; every rank resumes from the same checkpoint.
+     On GPUs (CUDA build) --gpus 0,1,.. lists the devices, one per process (NCCL with LDM_NCCL).
+     LDM_DIST_TIMEOUT (seconds, default 300) bounds every wait: a rank that died or hangs ends
+     the job with a message naming it. SIGTERM to the ranks (pkill -TERM -f build/ldm, or a
+     scheduler's cancel): rank 0 checkpoints once and all exit 0. (Open MPI's mpirun, sent a
+     SIGTERM itself, stops forwarding output and SIGKILLs the ranks about 1 s later.)
+
    Exit status: 0 when done (or stopped by SIGINT/SIGTERM after writing checkpoints/last), 1 on
    an error (config, data, NaN/Inf loss), 2 on a usage error.
 
    Test hooks (environment): LDM_TEST_CRASH_IN_CHECKPOINT=1 kills the process (SIGKILL) in the
    middle of writing a checkpoint, =2 between moving the old one aside and moving the new one
    into place; LDM_TEST_SIGNAL_AT_BATCH=N[:INT|TERM|USR1] raises that signal (SIGTERM by default)
-   after N training batches of this run. */
+   after N training batches of this run; LDM_TEST_DIE_AT_BATCH=N:R / LDM_TEST_HANG_AT_BATCH=N:R
+   kill rank R (SIGKILL) or make it hang after its N-th batch (data-parallel fault tests). */
 #if !defined(_XOPEN_SOURCE)
 #define _XOPEN_SOURCE 700
 #endif
@@ -1701,6 +1715,19 @@ static int drv_save_pending(drv *d, const drv_pending *pd) {
         }
     }
     if (pd->last || pd->signal_stop) dests[n++] = "last";
+    if ((n || pd->trainstep) && d->accumulated && d->world > 1) {
+        /* mid-accumulation under data parallelism: every rank keeps the mean of the ranks'
+           partial sums (what rank 0 saves), so a run resumed from it and this one continue
+           alike: mean(partial) + own rest, averaged at the step, is the mean of the whole */
+        for (int k = 0; k < d->m->n_params; k++) {
+            int64_t ng;
+            float *g = ldm_nn_block(d->m->params[k].P, LDM_NN_BLOCK_GRADS, &ng);
+            ldm_device dev = ldm_nn_params_device(d->m->params[k].P);
+            if (!g || !ng) continue;
+            if (ldm_dist_allreduce(d->ctx, d->dist, g, ng, dev, "the accumulated gradients")) return drv_fail_ctx(d, "data parallel");
+            ldm_device_scale(d->ctx, dev, g, ng, 1.0f / (float)d->world);
+        }
+    }
     if ((n || pd->trainstep) && !drv_params_finite(d)) {
         return drv_nan_stop(d, "a weight after the last optimizer step", "not finite");
     }
@@ -1880,6 +1907,14 @@ static int drv_fit(drv *d) {
     char t[32];
     drv_fmt_time(t, sizeof t, el);
     printf("Training done: global step %lld, epoch %lld, %s. Checkpoints in %s\n", (long long)d->global_step, (long long)d->epoch, t, d->ckptdir);
+    for (int i = 0; i < d->m->n_optim && d->world > 1; i++) {
+        ldm_dist_stats st = ldm_dist_reducer_stats(d->red[i]);
+        if (!st.steps) continue;
+        printf("Data parallel (%s): %lld all-reduced steps of %.2f MB in %lld buckets, %.0f%% of the buckets started during "
+               "the backward pass; %.3f s spent waiting for them after it (%.1f ms per step)\n", d->m->optim[i].name, (long long)st.steps,
+               (double)st.bytes / (double)st.steps / 1048576.0, (long long)(st.buckets / st.steps),
+               st.buckets ? 100.0 * (double)st.buckets_early / (double)st.buckets : 0.0, st.wait_s, 1e3 * st.wait_s / (double)st.steps);
+    }
     if (d->met.rows) {
         char cp[DRV_PATH];
         drv_join(cp, sizeof cp, d->logdir, "loss_curve.png");
@@ -1983,6 +2018,7 @@ static int drv_run(drv *d) {
 #endif
     if (d->world > 1) {
         printf("Data parallel: %d processes (%s), rank 0 writes the logdir\n", d->world, ldm_dist_engine(d->dist));
+
         if (d->ngpu > 0 && d->world != d->ngpu * d->tc.num_nodes)
             drv_note("Note: %d processes, but lightning.trainer asks for gpus %d x num_nodes %d", d->world, d->ngpu, d->tc.num_nodes);
     }

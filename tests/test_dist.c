@@ -13,7 +13,7 @@
    - the driver: 2 processes with batch 2 against 1 process with batch 4 (AutoencoderKL
      with its LPIPS+PatchGAN loss before disc_start, and a pixel-space DDPM with EMA), resume
      under 2 ranks bitwise equal to an uninterrupted run, a killed rank and a hung rank end the
-     job with the last checkpoint intact, SIGTERM to mpirun checkpoints once.
+     job with the last checkpoint intact, SIGTERM to the ranks checkpoints once.
    Tolerance of "the same": losses in metrics.csv within 2e-6 relative (float summation order
    across ranks); weights within 1e-5 relative, except parameters whose gradient is zero in
    exact arithmetic (biases in front of a GroupNorm, attention key biases, zero-initialised
@@ -543,6 +543,34 @@ static void test_driver_mpi(void) {
         lt_report(same_file(a, b), "resume: and so is its optimizer state (optimizer_0.safetensors)", "%s differs", a);
     } else show("R2b");
 
+    /* mid-accumulation: 2 ranks with accumulate_grad_batches 2 stopped by SIGTERM after 3
+       batches (one micro-batch into a step) and resumed, against the uninterrupted run */
+    {
+        char u[800] = "", v[800] = "";
+        const char *acc = "data.params.batch_size=2 lightning.trainer.accumulate_grad_batches=2 lightning.trainer.max_steps=4 "
+                          "lightning.callbacks.image_logger.params.disabled=true";
+        snprintf(args, sizeof args, "--base %s -t --name AU -l %s/logs --no-test --scale_lr false %s", dd, T, acc);
+        int r1 = mpi_ldm("AU", 2, NULL, args);
+        snprintf(args, sizeof args, "--base %s -t --name AV -l %s/logs --no-test --scale_lr false %s", dd, T, acc);
+        int r2 = mpi_ldm("AV", 2, "-x LDM_TEST_SIGNAL_AT_BATCH=3:TERM", args);
+        int r3 = -1;
+        if (!r1 && !r2 && logdir_of("AU", u, sizeof u) && logdir_of("AV", v, sizeof v)) {
+            char gp[1200];
+            snprintf(gp, sizeof gp, "%s/checkpoints/last/grads.safetensors", v);
+            LT_CHECK(exists(gp), "accumulation: the checkpoint taken mid-accumulation holds the gradients so far");
+            snprintf(args, sizeof args, "-r %s -t --no-test --scale_lr false %s", v, acc);
+            r3 = mpi_ldm("AV2", 2, NULL, args);
+        }
+        lt_report(!r1 && !r2 && !r3, "accumulation: 2 ranks, interrupted mid-accumulation and resumed, train to the end", "exit %d %d %d", r1, r2, r3);
+        if (!r3) {
+            char a[1200], b[1200];
+            snprintf(a, sizeof a, "%s/checkpoints/last/model.safetensors", u);
+            snprintf(b, sizeof b, "%s/checkpoints/last/model.safetensors", v);
+            compare_weights("accumulation: the resumed run's weights equal the uninterrupted run's (the saved partial sums are the ranks' mean)",
+                            a, b, 2 * 1e-4 * 4, 0);
+        } else { show("AV"); show("AV2"); }
+    }
+
     /* a rank that dies: the job ends, mpirun names the rank, the last checkpoint is whole */
     snprintf(args, sizeof args, "--base %s -t --name K -l %s/logs --no-test data.params.batch_size=2 lightning.trainer.max_steps=40 "
              "lightning.modelcheckpoint.params.every_n_train_steps=2", dd, T);
@@ -551,6 +579,8 @@ static void test_driver_mpi(void) {
     double el = difftime(time(NULL), t0);
     lt_report(rc != 0 && el < 120, "fault: a killed rank ends the whole job (non-zero exit)", "exit %d after %.0f s", rc, el);
     LT_CHECK(out_has("K", "err", "rank 1") || out_has("K", "out", "rank 1"), "fault: the message names rank 1");
+    LT_CHECK(out_has("K", "out", "Setting learning rate to 4.00e-04 = 1 (accumulate_grad_batches) * 2 (num_gpus) * 2 (batchsize)"),
+             "lr scaling counts the processes (main.py's num_gpus)");
     char k[800];
     if (logdir_of("K", k, sizeof k)) {
         char a[1200];
@@ -569,14 +599,16 @@ static void test_driver_mpi(void) {
     lt_report(rc != 0 && el < 90, "fault: a hung rank ends the job after the timeout", "exit %d after %.0f s", rc, el);
     lt_report(out_has("H", "err", "for rank 1"), "fault: rank 0 names the hung rank", "see %s/H.err", T);
 
-    /* SIGTERM to mpirun: rank 0 checkpoints once, the ranks exit */
+    /* SIGTERM to the job's processes (what a batch scheduler's cancel does, e.g. SLURM's
+       scancel): the ranks agree at the next batch, rank 0 checkpoints once, all exit 0.
+       (A SIGTERM to mpirun itself is Open MPI's business: it stops forwarding output and
+       SIGKILLs the ranks about a second after passing the signal on.) */
     snprintf(args, sizeof args, "--base %s -t --name S -l %s/logs --no-test data.params.batch_size=2 lightning.trainer.max_steps=400", dd, T);
     static char cmd[8192];
-    snprintf(cmd, sizeof cmd, "%s -np 2 -x LDM_THREADS=1 ./ldm %s > %s/S.out 2> %s/S.err & echo $! > %s/S.pid; wait", MPIRUN, args, T, T, T);
+    snprintf(cmd, sizeof cmd, "exec %s -np 2 -x LDM_THREADS=1 ./ldm %s > %s/S.out 2> %s/S.err", MPIRUN, args, T, T);
     pid_t pid = fork();
     if (pid == 0) { execl("/bin/sh", "sh", "-c", cmd, (char *)NULL); _exit(127); }
-    char s[800] = "", pidf[700];
-    snprintf(pidf, sizeof pidf, "%s/S.pid", T);
+    char s[800] = "";
     for (int i = 0; i < 600; i++) { /* until the run has taken a few steps */
         struct timespec ts = {0, 100000000};
         nanosleep(&ts, NULL);
@@ -589,23 +621,21 @@ static void test_driver_mpi(void) {
         free(txt);
         if (lines >= 4) break;
     }
-    char *ps = slurp(pidf, NULL);
-    if (ps) kill((pid_t)atoi(ps), SIGTERM);
-    free(ps);
-    int st;
+    snprintf(cmd, sizeof cmd, "pkill -TERM -P %ld -x ldm", (long)pid); /* sh exec'd mpirun: the ranks are its children */
+    int kr = system(cmd);
+    int st = 0;
     waitpid(pid, &st, 0);
     char a[1200];
     snprintf(a, sizeof a, "%s/checkpoints/last/state.ini", s);
     int once = 0;
-    {
-        char op[700];
-        snprintf(op, sizeof op, "%s/S.out", T);
-        char *txt = slurp(op, NULL);
-        for (char *c = txt; c && (c = strstr(c, "Summoning checkpoint (SIGTERM)")); c++) once++;
-        free(txt);
-    }
-    lt_report(exists(a) && once == 1 && out_has("S", "out", "Interrupted at global step"), "SIGTERM: rank 0 checkpoints once and the job stops",
-              "%d checkpoint messages", once);
+    char op[700];
+    snprintf(op, sizeof op, "%s/S.out", T);
+    char *txt = slurp(op, NULL);
+    for (char *c = txt; c && (c = strstr(c, "Summoning checkpoint (SIGTERM)")); c++) once++;
+    free(txt);
+    lt_report(kr == 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0 && exists(a) && once == 1 && out_has("S", "out", "Interrupted at global step"),
+              "SIGTERM to the ranks: rank 0 checkpoints once and the job exits 0", "pkill %d, mpirun status %d, %d checkpoint messages", kr,
+              WIFEXITED(st) ? WEXITSTATUS(st) : -1, once);
 }
 
 int main(int argc, char **argv) {
