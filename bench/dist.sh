@@ -42,6 +42,8 @@ data:
       target: ldm.data.folder.ImageFolder
       params: {root: data, size: 32, random_crop: true}
 lightning:
+  callbacks:
+    image_logger: {target: main.ImageLogger, params: {disabled: true}}
   trainer: {log_every_n_steps: 1000, num_sanity_val_steps: 0}
 EOF
 
@@ -53,7 +55,7 @@ run() {
   else cmd="$MPIRUN -np $np -x LDM_THREADS=$((THREADS / np > 0 ? THREADS / np : 1)) $(for v in $env; do echo "-x $v"; done) build/ldm"; fi
   t0=$(date +%s.%N)
   $cmd --base "$cfg" -t --no-test --name "$tag" -l "$TMP/logs" lightning.trainer.max_epochs="$ep" lightning.trainer.max_steps=-1 \
-    lightning.trainer.limit_val_batches=0 "$@" > "$TMP/$tag.out" 2>&1 || { echo "run $tag failed:"; tail -5 "$TMP/$tag.out"; exit 1; }
+    lightning.trainer.limit_val_batches=0 "$@" > "$TMP/$tag.out" 2>&1 || { echo "run $tag failed:" >&2; tail -5 "$TMP/$tag.out" >&2; exit 1; }
   t1=$(date +%s.%N)
   echo "$t1 - $t0" | bc -l
 }
