@@ -129,8 +129,9 @@ build_all() {
     mkdir -p build/emu
     for src in $EMU_TESTS examples/main.c; do
       out=build/emu/$(basename "${src%.c}"); [ "$src" = examples/main.c ] && out=build/emu/ldm
+      extra=""; [ "$src" = examples/main.c ] && extra="$MPI_CFLAGS $MPI_LIBS" # data parallel over emulated GPUs (host staging)
       ${CXX:-c++} -std=c++17 -O2 -U_FORTIFY_SOURCE -w -DLDM_CUDA -DLDM_CUDA_EMULATOR='"cuda_emu.hpp"' -I. -Itests -Iexamples -Ithird_party \
-        $( [ -d /usr/include/stb ] && echo -I/usr/include/stb ) -x c++ "$src" -o "$out" $LIBS ||
+        $( [ -d /usr/include/stb ] && echo -I/usr/include/stb ) -x c++ "$src" -o "$out" $extra $LIBS ||
         { echo "build.sh: failed to build $src for the CUDA emulator" >&2; ok=1; }
     done
   fi

@@ -91,6 +91,12 @@ LDM_API ldm_dist_stats ldm_dist_reducer_stats(const ldm_dist_reducer *r);
 #include <string.h>
 #include <time.h>
 #ifdef LDM_MPI
+#ifndef OMPI_SKIP_MPICXX
+#define OMPI_SKIP_MPICXX 1  /* the C API only, also when compiled as C++ (nvcc, the emulator) */
+#endif
+#ifndef MPICH_SKIP_MPICXX
+#define MPICH_SKIP_MPICXX 1
+#endif
 #include <mpi.h>
 #endif
 #ifdef LDM_NCCL
