@@ -91,6 +91,7 @@ LDM_API ldm_dist_stats ldm_dist_reducer_stats(const ldm_dist_reducer *r);
 #include <string.h>
 #include <time.h>
 #ifdef LDM_MPI
+#include <sched.h>
 #ifndef OMPI_SKIP_MPICXX
 #define OMPI_SKIP_MPICXX 1  /* the C API only, also when compiled as C++ (nvcc, the emulator) */
 #endif
@@ -139,10 +140,12 @@ struct ldm_dist {
 #endif
 };
 
-static double ldm__dist_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+static double ldm__dist_now(void) { /* wall clock (only the MPI builds wait for anything) */
+#ifdef LDM_MPI
+    return MPI_Wtime();
+#else
+    return (double)clock() / CLOCKS_PER_SEC;
+#endif
 }
 
 LDM_API int ldm_dist_rank(const ldm_dist *d) { return d ? d->rank : 0; }
@@ -245,7 +248,6 @@ static void ldm__dist_drain(ldm_dist *d) {
 /* Waits for n requests until the deadline; the error names the missing ranks where it can. */
 static ldm_result ldm__dist_wait(ldm_ctx *ctx, ldm_dist *d, int n, MPI_Request *rq, const char *what) {
     double t0 = ldm__dist_now(), next_drain = t0;
-    int spins = 0;
     for (;;) {
         int done = 0;
         MPI_Testall(n, rq, &done, MPI_STATUSES_IGNORE);
@@ -267,10 +269,7 @@ static ldm_result ldm__dist_wait(ldm_ctx *ctx, ldm_dist *d, int n, MPI_Request *
             return ldm_ctx_seterr(ctx, LDM_ERR_IO, "ldm_dist: rank %d: %s did not complete within %.0f s (another rank is dead or "
                                   "hung; rank 0 names it; hint: LDM_DIST_TIMEOUT sets the wait)", d->rank, what, d->timeout);
         }
-        if (++spins > 64) { /* short collectives finish while spinning; long waits sleep */
-            struct timespec ts = {0, 50000};
-            nanosleep(&ts, NULL);
-        }
+        sched_yield(); /* a rank sharing cores with others gives its turn away while it waits */
     }
 }
 #endif
