@@ -328,6 +328,8 @@ typedef struct ldm_nn_load_opts {
                                      trailing 1s, e.g. [C, C] for [C, C, 1, 1] (diffusers' linear
                                      attention vs CompVis's 1x1 conv) */
     ldm_nn_load_report *report;   /* optional: filled in (free with ldm_nn_load_report_free) */
+    int allow_nonfinite;          /* accept NaN/Inf values (by default a tensor holding one is an
+                                     error naming it: the file came from a diverged run) */
 } ldm_nn_load_opts;
 
 LDM_API ldm_result ldm_nn_load(ldm_ctx *ctx, ldm_nn_params *P, const char *path, const ldm_nn_load_opts *opts);
@@ -1160,7 +1162,20 @@ LDM_API ldm_result ldm_nn_load_weights(ldm_ctx *ctx, ldm_nn_params *P, ldm_weigh
     for (int i = 0; i < nf; i++) {
         if (target[i] < 0) continue;
         ldm_tensor *t = P->e[target[i]].t;
-        if (ldm_weights_read(ctx, w, i, tmp ? tmp : t->data)) { r = ldm_ctx_status(ctx); goto done; }
+        float *h = tmp ? tmp : t->data;
+        if (ldm_weights_read(ctx, w, i, h)) { r = ldm_ctx_status(ctx); goto done; }
+        if (!o.allow_nonfinite) {
+            int64_t bad = 0, first = -1;
+            for (int64_t k = 0; k < t->numel; k++)
+                if (!(h[k] - h[k] == 0.0f)) { bad++; if (first < 0) first = k; } /* NaN or +-Inf */
+            if (bad) {
+                r = ldm_ctx_seterr(ctx, LDM_ERR_NUMERIC, "ldm_nn_load: %s: tensor \"%s\" holds %lld non-finite value%s (the first, element %lld, "
+                                   "is %s): the file was written from a diverged run or is damaged (hint: load an earlier checkpoint; "
+                                   "allow_nonfinite accepts it)", path, ldm_weights_info(w, i)->name, (long long)bad, bad == 1 ? "" : "s",
+                                   (long long)first, h[first] != h[first] ? "NaN" : h[first] > 0 ? "+Inf" : "-Inf");
+                goto done;
+            }
+        }
         if (tmp) ldm_nn_copy_from_host(ctx, t, tmp);
         n_loaded++;
     }

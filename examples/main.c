@@ -62,7 +62,8 @@
    middle of writing a checkpoint, =2 between moving the old one aside and moving the new one
    into place; LDM_TEST_SIGNAL_AT_BATCH=N[:INT|TERM|USR1] raises that signal (SIGTERM by default)
    after N training batches of this run; LDM_TEST_DIE_AT_BATCH=N:R / LDM_TEST_HANG_AT_BATCH=N:R
-   kill rank R (SIGKILL) or make it hang after its N-th batch (data-parallel fault tests). */
+   kill rank R (SIGKILL) or make it hang after its N-th batch (data-parallel fault tests);
+   LDM_TEST_INJECT_NAN=batch:N|grad:N|weight:N puts a NaN there at global step N. */
 #if !defined(_XOPEN_SOURCE)
 #define _XOPEN_SOURCE 700
 #endif
@@ -744,6 +745,7 @@ static void drv_install_signals(void) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGUSR1, &sa, NULL);
+    signal(SIGXFSZ, SIG_IGN); /* over RLIMIT_FSIZE a write fails (EFBIG) and the checkpoint error says so */
 }
 
 static int drv_crash_hook(int point) {
@@ -767,6 +769,19 @@ static void drv_fault_hook(const drv *d) {
             die ? "killing myself" : "hanging");
     if (die) raise(SIGKILL);
     for (;;) sleep(60);
+}
+
+/* Bad-number tests: LDM_TEST_INJECT_NAN=batch:N | grad:N | weight:N puts a NaN into the
+   training batch, the first gradient of the first optimizer, or (after its update) the first
+   weight, at global step N. */
+static int drv_inject(const drv *d, const char *what) {
+    const char *e = getenv("LDM_TEST_INJECT_NAN");
+    size_t n = strlen(what);
+    return e && !strncmp(e, what, n) && e[n] == ':' && atoll(e + n + 1) == d->global_step;
+}
+static void drv_poke_nan(ldm_ctx *ctx, float *p, ldm_device dev) {
+    float v = NAN;
+    ldm_device_copy(ctx, p, dev, &v, LDM_CPU, sizeof v);
 }
 
 static ldm_data_state drv_state(int64_t epoch, int64_t batch) {
@@ -1447,11 +1462,50 @@ static int drv_nan_stop(drv *d, const char *what, const char *kind) {
     return 1;
 }
 
+/* A non-finite value in a batch is a data error: named by field, item and dataset index. */
+static int drv_check_batch(drv *d, const ldm_data_batch *b) {
+    for (int f = 0; f < b->n_fields; f++) {
+        const ldm_data_bfield *bf = &b->field[f];
+        int64_t per = bf->shape[1] * bf->shape[2] * bf->shape[3];
+        for (int64_t i = 0; i < bf->shape[0] * per; i++)
+            if (!(bf->data[i] - bf->data[i] == 0.0f)) {
+                int item = (int)(i / per);
+                drv_error("training batch %lld of epoch %lld (global step %lld): field \"%s\" of item %d (dataset index %lld) holds %s "
+                          "(hint: check that sample and the dataset's normalisation)", (long long)d->batch_in_epoch, (long long)d->epoch,
+                          (long long)d->global_step, bf->name, item, b->index ? (long long)b->index[item] : -1LL,
+                          bf->data[i] != bf->data[i] ? "NaN" : "Inf");
+                return 1;
+            }
+    }
+    return 0;
+}
+
+/* Before an optimizer step: every gradient of its group finite, else stop naming the first
+   parameter that is not (a finite loss can still have an infinite gradient). */
+static int drv_check_grads(drv *d, const ex_optim *o) {
+    for (int j = 0; j <= o->n_also; j++) {
+        const ldm_nn_optim *op = drv_optim_part(o, j);
+        for (int i = 0; i < ldm_nn_optim_size(op); i++) {
+            const ldm_nn_entry *e = ldm_nn_optim_entry(op, i);
+            if (!e->t->grad) continue;
+            double ss = ldm_device_sum_squares(d->ctx, e->t->device, e->t->grad, e->t->numel);
+            if (!isfinite(ss)) {
+                char what[400];
+                drv_sfmt(what, sizeof what, "the gradient of %s (optimizer %s)", e->name, o->name);
+                return drv_nan_stop(d, what, "not finite");
+            }
+        }
+    }
+    return 0;
+}
+
 static int drv_train_batch(drv *d, const ldm_data_batch *b, int do_step, ex_log *log, float *losses) {
     ldm_ctx *ctx = d->ctx;
     ex_model *m = d->m;
     float k = (float)d->accumulate;
     log->n = 0;
+    if (drv_inject(d, "batch") && b->n_fields) b->field[0].data[0] = NAN; /* test hook (the loader's memory) */
+    if (drv_check_batch(d, b)) return 1;
     for (int i = 0; i < m->n_optim; i++) {
         const ex_optim *o = &m->optim[i];
         char what[160];
@@ -1476,16 +1530,26 @@ static int drv_train_batch(drv *d, const ldm_data_batch *b, int do_step, ex_log 
         if (ldm_backward(ctx, loss)) return drv_fail_ctx(d, what);
         drv_sfmt(what, sizeof what, "all-reduce of the %s gradients at global step %lld", o->name, (long long)d->global_step);
         if (red && ldm_dist_reducer_finish(red, what)) return drv_fail_ctx(d, "data parallel");
+        if (i == 0 && do_step && drv_inject(d, "grad")) {
+            const ldm_nn_entry *e0 = ldm_nn_optim_entry(o->opt, 0);
+            if (e0 && e0->t->grad) drv_poke_nan(ctx, e0->t->grad, e0->t->device);
+        }
+        if (do_step && drv_check_grads(d, o)) return 1; /* after the all-reduce: every rank agrees */
         if (do_step) {
             drv_sfmt(what, sizeof what, "training (%s optimizer)", o->name);
             for (int j = 0; j <= o->n_also; j++) {
                 if (ldm_nn_optim_step(ctx, drv_optim_part(o, j))) return drv_fail_ctx(d, what);
                 ldm_nn_optim_zero_grad(ctx, drv_optim_part(o, j));
             }
+
         }
         ldm_step_reset(ctx);
     }
     ldm_set_grad_enabled(ctx, 1);
+    if (do_step && m->n_optim && drv_inject(d, "weight")) { /* after every update of the batch */
+        const ldm_nn_entry *e0 = ldm_nn_optim_entry(m->optim[0].opt, 0);
+        if (e0) drv_poke_nan(ctx, e0->t->data, e0->t->device);
+    }
     if (d->world > 1 && log->n) { /* logged values: the mean over ranks (Lightning's sync_dist) */
         double v[EX_MAX_LOG];
         for (int j = 0; j < log->n; j++) v[j] = log->item[j].value;
@@ -1660,22 +1724,17 @@ static int drv_better(const drv *d, double a, double b) { return d->mode_max ? a
 
 /* A finite loss can still leave non-finite weights behind (an overflowing update); such a
    state must not replace a good checkpoint. */
-static int drv_params_finite(drv *d) {
-    const ldm_nn_params *regs[EX_MAX_PARAMS];
-    int ok = 1;
-    for (int k = 0; k < d->m->n_params; k++) regs[k] = d->m->params[k].P;
-    for (int k = 0; k < d->m->n_params && ok; k++) {
-        int64_t n;
-        float *blk = ldm_nn_block(regs[k], LDM_NN_BLOCK_PARAMS, &n), *h = blk;
-        if (ldm_nn_params_device(regs[k]) != LDM_CPU) {
-            ldm_tensor t = ldm_tensor_wrap(blk, ldm_shape1(n), ldm_nn_params_device(regs[k]));
-            h = (float *)malloc(sizeof(float) * (size_t)(n + 1));
-            if (!h || ldm_to_host(d->ctx, &t, h)) { free(h); return 1; } /* cannot tell: do not block the save */
+static int drv_params_finite(drv *d, char *bad, size_t nbad) {
+    for (int k = 0; k < d->m->n_params; k++) {
+        const ldm_nn_params *P = d->m->params[k].P;
+        for (int i = 0; i < ldm_nn_count(P); i++) {
+            const ldm_nn_entry *e = ldm_nn_entry_at(P, i);
+            if (e->kind == LDM_NN_BUFFER_TRANSIENT || !e->t->numel) continue;
+            double ss = ldm_device_sum_squares(d->ctx, e->t->device, e->t->data, e->t->numel);
+            if (!isfinite(ss)) { drv_sfmt(bad, nbad, "%s", e->name); return 0; }
         }
-        for (int64_t i = 0; i < n && ok; i++) ok = isfinite(h[i]);
-        if (h != blk) free(h);
     }
-    return ok;
+    return 1;
 }
 
 /* Writes the checkpoints a batch asked for, after its global step was counted: one write,
@@ -1728,8 +1787,11 @@ static int drv_save_pending(drv *d, const drv_pending *pd) {
             ldm_device_scale(d->ctx, dev, g, ng, 1.0f / (float)d->world);
         }
     }
-    if ((n || pd->trainstep) && !drv_params_finite(d)) {
-        return drv_nan_stop(d, "a weight after the last optimizer step", "not finite");
+    char badw[256];
+    if ((n || pd->trainstep) && !drv_params_finite(d, badw, sizeof badw)) {
+        char what[400];
+        drv_sfmt(what, sizeof what, "the weight %s after the last optimizer step", badw);
+        return drv_nan_stop(d, what, "not finite");
     }
     if (n && drv_checkpoint(d, n, dests, 0)) return 1;
     if (n && !strcmp(dests[n - 1], "last")) d->last_written = d->batches_this_run;
