@@ -1488,28 +1488,29 @@ static ldm_result ldm__backward_pass(ldm_ctx *ctx, ldm_tensor *root, const float
     if (!g || !reach || !pool) return ctx->status;
     memset(g, 0, sizeof(float *) * (size_t)(last + 1));
     /* The grad-ready hook: each leaf is listed under the earliest node that reads it (ready[i]
-       chains, through rnext, the leaves whose gradient is final once nodes >= i have run). */
+       chains, through rnext, the leaves whose gradient is final once nodes >= i have run).
+       Keyed by gradient buffer, so two tensor structs over one parameter count as one. */
     ldm_tensor **rleaf = NULL;
     int *ready = NULL, *rnext = NULL, nleaf = 0;
     if (!wrt && ctx->grad_ready) {
         int nocc = 0, cap = 16;
         for (int i = 0; i <= last; i++) nocc += ctx->tape[i].nin;
         while (cap < 2 * nocc) cap *= 2;
-        ldm_tensor **seen = (ldm_tensor **)ldm_arena_alloc(ctx, LDM_CPU, sizeof(ldm_tensor *) * (size_t)cap);
+        float **seen = (float **)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float *) * (size_t)cap);
         rleaf = (ldm_tensor **)ldm_arena_alloc(ctx, LDM_CPU, sizeof(ldm_tensor *) * (size_t)(nocc + 1));
         ready = (int *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(int) * (size_t)(last + 2));
         rnext = (int *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(int) * (size_t)(nocc + 1));
         if (!seen || !rleaf || !ready || !rnext) return ctx->status;
-        memset(seen, 0, sizeof(ldm_tensor *) * (size_t)cap);
+        memset(seen, 0, sizeof(float *) * (size_t)cap);
         for (int i = 0; i <= last + 1; i++) ready[i] = -1;
         for (int i = 0; i <= last; i++) /* ascending: a leaf's first sighting is its earliest use */
             for (int k = 0; k < ctx->tape[i].nin; k++) {
                 ldm_tensor *t = ctx->tape[i].in[k];
                 if (!t || t->node >= 0 || !t->requires_grad || !t->grad) continue;
-                size_t h = ((size_t)(uintptr_t)t >> 4) & (size_t)(cap - 1);
-                while (seen[h] && seen[h] != t) h = (h + 1) & (size_t)(cap - 1);
+                size_t h = ((size_t)(uintptr_t)t->grad >> 6) & (size_t)(cap - 1);
+                while (seen[h] && seen[h] != t->grad) h = (h + 1) & (size_t)(cap - 1);
                 if (seen[h]) continue;
-                seen[h] = t;
+                seen[h] = t->grad;
                 rleaf[nleaf] = t;
                 rnext[nleaf] = ready[i];
                 ready[i] = nleaf++;
