@@ -22,8 +22,8 @@ while kill -0 "$PID" 2>/dev/null; do
   sleep "$INTERVAL"
   RSS=$(awk '/^VmRSS/ {print $2}' "/proc/$PID/status" 2>/dev/null || true)
   [ -n "$RSS" ] || break
-  # the progress line's "s/N" (the last one written)
-  STEP=$(tr '\r' '\n' < "$LOGS/out.txt" | grep -oE ': [0-9]+/[0-9]+ ' | tail -n 1 | grep -oE '[0-9]+/' | tr -d '/' || true)
+  # the progress line's step ("Epoch e: s/N" on a terminal, "epoch e step s/N" otherwise)
+  STEP=$(tr '\r' '\n' < "$LOGS/out.txt" | grep -oE '(: |step )[0-9]+/[0-9]+' | tail -n 1 | grep -oE '[0-9]+/' | tr -d '/' || true)
   echo "$(( $(date +%s) - T0 )),${STEP:-0},$(( RSS / 1024 ))" >> "$SAMPLES"
 done
 wait "$PID" || { echo "soak: the run failed:"; tail -5 "$LOGS/out.txt"; exit 1; }
