@@ -18,7 +18,7 @@ THREADS=${LDM_THREADS:-2}
 command -v mpirun >/dev/null || { echo "bench/dist.sh: no mpirun (./build.sh deps installs Open MPI)"; exit 1; }
 MPIRUN="mpirun --oversubscribe --bind-to none"
 [ "$(id -u)" = 0 ] && MPIRUN="$MPIRUN --allow-run-as-root"
-TMP=$(mktemp -d /tmp/ldm_bench_dist_XXXXXX)
+TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
 cat > "$TMP/ddpm.yaml" <<EOF

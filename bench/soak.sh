@@ -11,7 +11,7 @@ set -eu
 cd "$(dirname "$0")/.."
 STEPS=${1:-10000}
 INTERVAL=${2:-10}
-LOGS=$(mktemp -d /tmp/ldm_soak_XXXXXX)
+LOGS=$(mktemp -d)
 build/ldm --base configs/demo_autoencoder.ini -t --no-test --name soak -l "$LOGS" lightning.trainer.max_steps="$STEPS" \
   > "$LOGS/out.txt" 2>&1 &
 PID=$!

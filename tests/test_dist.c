@@ -330,20 +330,6 @@ static int worker(void) {
 /* ---- the driver under mpirun ----------------------------------------------------------------- */
 static char MPIRUN[256];
 
-static void make_images(const char *dir, int count, int size) {
-    char p[1600];
-    unsigned char *px = (unsigned char *)malloc((size_t)size * size * 3);
-    for (int k = 0; k < count; k++) {
-        for (int y = 0; y < size; y++)
-            for (int x = 0; x < size; x++)
-                for (int c = 0; c < 3; c++)
-                    px[((size_t)y * size + x) * 3 + c] = (unsigned char)(127 + 120 * sin(0.3 * x * (k + 1) + 0.2 * y + c + k));
-        snprintf(p, sizeof p, "%s/img_%02d.png", dir, k);
-        stbi_write_png(p, size, size, 3, px, size * 3);
-    }
-    free(px);
-}
-
 static const char *ae_cfg =
     "[model]\nbase_learning_rate = 1.0e-4\ntarget = ldm.models.autoencoder.AutoencoderKL\n"
     "[model.params]\nembed_dim = 2\n"

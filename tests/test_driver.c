@@ -26,22 +26,6 @@
 
 #include "driver_util.h"
 
-/* Smooth colour images with some structure (so an autoencoder has something to learn). */
-static void make_images(const char *dir, int count, int size) {
-    char p[1200];
-    unsigned char *px = (unsigned char *)malloc((size_t)size * size * 3);
-    for (int k = 0; k < count; k++) {
-        for (int y = 0; y < size; y++)
-            for (int x = 0; x < size; x++)
-                for (int c = 0; c < 3; c++) {
-                    double v = 0.5 + 0.35 * sin(0.11 * (k + 1) * x + 0.07 * (c + 1) * y + k) + 0.15 * cos(0.3 * (x - y) * (c + 1) / (k + 2.0));
-                    px[((size_t)y * size + x) * 3 + c] = (unsigned char)(v < 0 ? 0 : v > 1 ? 255 : v * 255);
-                }
-        if (snprintf(p, sizeof p, "%s/img_%02d.png", dir, k) >= (int)sizeof p) break;
-        stbi_write_png(p, size, size, 3, px, size * 3);
-    }
-    free(px);
-}
 
 static const char *tiny_cfg =
     "# tiny AutoencoderKL for test_driver.c\n"

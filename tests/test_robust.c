@@ -42,17 +42,6 @@ static const char *cfg_text =
     "num_sanity_val_steps = 0\n"
     "[lightning.modelcheckpoint.params]\nevery_n_train_steps = 1\n";
 
-static void make_images(const char *dir, int count, int size) {
-    char p[1600];
-    unsigned char *px = (unsigned char *)malloc((size_t)size * size * 3);
-    for (int k = 0; k < count; k++) {
-        for (int i = 0; i < size * size * 3; i++) px[i] = (unsigned char)(127 + 100 * sin(0.37 * i + k));
-        snprintf(p, sizeof p, "%s/img_%02d.png", dir, k);
-        stbi_write_png(p, size, size, 3, px, size * 3);
-    }
-    free(px);
-}
-
 static ldm_ctx *new_ctx(void) {
     ldm_settings s;
     memset(&s, 0, sizeof s);
