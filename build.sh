@@ -217,5 +217,5 @@ case $mode in
   test) run_tests ;;
   bench) run_bench ;;
   deps) deps "${2:-}" ;;
-  *) echo "usage: ./build.sh [build|test|bench|deps]" >&2; exit 2 ;;
+  *) echo "usage: ./build.sh [build|test|bench|deps [mpi]]" >&2; exit 2 ;;
 esac
