@@ -1,6 +1,6 @@
 /* fuzz_image.c - libFuzzer harness: PNG/JPG/BMP/... through ldm_data_image_load (stb_image),
    which takes a path: the input goes to a scratch file. Decoded as RGB and as grey.
-   Seeds: data/*.png, tests/fixtures/photo_*.png, tests/fixtures/data_small.jpg. */
+   Seeds: the PNGs of data, tests/fixtures/photo_chelsea.png, photo_astronaut.png, data_small.jpg. */
 #include "fuzz_common.h"
 
 static int fuzz_image_run(const uint8_t *data, size_t size, char *err, size_t errn) {

@@ -1,5 +1,5 @@
 /* fuzz_ini.c - libFuzzer harness: INI configs (ldm_config_load of a .ini file).
-   Seeds: tests/configs/*.ini, configs/*.ini. */
+   Seeds: the .ini files of tests/configs and configs. */
 #include "fuzz_config.h"
 
 static int fuzz_ini_run(const uint8_t *data, size_t size, char *err, size_t errn) {

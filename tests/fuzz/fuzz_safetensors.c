@@ -1,5 +1,5 @@
 /* fuzz_safetensors.c - libFuzzer harness: safetensors through ldm_weights_open/_read.
-   Seeds: tests/fixtures/*.safetensors. */
+   Seeds: the .safetensors files of tests/fixtures. */
 #include "fuzz_common.h"
 
 static int fuzz_safetensors_run(const uint8_t *data, size_t size, char *err, size_t errn) {
