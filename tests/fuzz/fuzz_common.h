@@ -63,7 +63,10 @@ static ldm_ctx *fuzz_ctx(void) {
 
 /* Copies a failure's message into err; returns 1 (rejected). */
 static int fuzz_reject(char *err, size_t errn, const char *msg) {
-    snprintf(err, errn, "%s", msg ? msg : "");
+    size_t n = msg ? strlen(msg) : 0;
+    if (n >= errn) n = errn - 1; /* messages can be long (ldm_nn_load lists every name) */
+    memcpy(err, msg ? msg : "", n);
+    err[n] = 0;
     return 1;
 }
 
