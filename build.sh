@@ -6,7 +6,11 @@
 #                         "N passed, M failed", exit non-zero on any failure
 #   ./build.sh bench      build and run bench/*.c
 #   ./build.sh deps       install the Debian packages the build can use (stb, OpenBLAS, Fashion-MNIST,
-#                         Open MPI)
+#                         Open MPI; `deps mpi`: Open MPI alone)
+#   ./build.sh fuzz [s]   build tests/fuzz/fuzz_*.c with clang's libFuzzer + ASan/UBSan and run each
+#                         for s seconds (default 600), one at a time, niced, on a fresh copy of its
+#                         seed corpus (build/fuzz/corpus_<t>); crashes go to build/fuzz/artifacts_<t>/;
+#                         exit non-zero on any crash (FUZZ=name,name runs only those harnesses)
 #
 # Environment: CC (default cc), LDM_PORTABLE=1 (no -march=native), LDM_CUDA=1 (CUDA build with
 # nvcc: NVCC, default nvcc on PATH else /usr/local/cuda/bin/nvcc; CUDA_ARCH, default sm_80),
@@ -212,10 +216,60 @@ run_bench() {
   done
 }
 
+# The libFuzzer campaign (tests/fuzz/): seeds are real files of each format plus the committed
+# regression inputs (tests/fuzz/regress/<t>/); one fuzzer process at a time, niced.
+fuzz_seeds() {
+  case $1 in
+    safetensors) ls tests/fixtures/*.safetensors ;;
+    torch) ls tests/fixtures/*.ckpt tests/fixtures/*.pt tests/fixtures/*.pth ;;
+    ini) ls tests/configs/*.ini configs/*.ini ;;
+    yaml) ls tests/configs/*.yaml configs/*.yaml ;;
+    image) ls data/*.png tests/fixtures/*.png tests/fixtures/*.jpg ;;
+    idx) ls tests/fixtures/data_idx_* ;;
+    ckptdir) ls tests/fuzz/seeds/ckptdir/* tests/configs/*.ini ;;
+  esac 2>/dev/null
+}
+run_fuzz() {
+  local secs=${1:-600} fail=0 t src bin corpus art log execs took size crashes fcc=${FUZZ_CC:-clang}
+  if ! echo 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n){(void)d;(void)n;return 0;}' |
+       $fcc -x c - -fsanitize=fuzzer,address,undefined -o build/fuzz_probe >/dev/null 2>&1; then
+    echo "SKIP fuzz: clang with libFuzzer (-fsanitize=fuzzer) is not available (Debian: apt-get install clang)"
+    return 0
+  fi
+  rm -f build/fuzz_probe
+  mkdir -p build/fuzz
+  printf '%-12s %10s %8s %8s %8s\n' harness execs exec/s corpus crashes
+  for src in tests/fuzz/fuzz_*.c; do
+    t=$(basename "${src%.c}"); t=${t#fuzz_}
+    case ",${FUZZ:-$t}," in *",$t,"*) ;; *) continue ;; esac
+    bin=build/fuzz/fuzz_$t corpus=build/fuzz/corpus_$t art=build/fuzz/artifacts_$t log=build/fuzz/fuzz_$t.log
+    if ! nice -n 19 $fcc -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+         -I. -Ithird_party "$src" -o "$bin" -lm -lpthread; then
+      echo "FAIL build $src"; fail=1; continue
+    fi
+    rm -rf "$corpus" "$art"; mkdir -p "$corpus" "$art"
+    # seeds up to 256 KiB: the megabyte fixtures add no format features, only slow every run
+    fuzz_seeds "$t" | while read -r f; do [ "$(stat -c %s "$f")" -le 262144 ] && cp "$f" "$corpus/"; done
+    [ -d "tests/fuzz/regress/$t" ] && cp tests/fuzz/regress/"$t"/* "$corpus/" 2>/dev/null
+    ASAN_OPTIONS=detect_leaks=1 nice -n 19 "$bin" -max_total_time="$secs" -timeout=25 -rss_limit_mb=2048 \
+      -print_final_stats=1 -artifact_prefix="$art/" "$corpus" > "$log" 2>&1
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+    took=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -n 1)
+    size=$(ls "$corpus" | wc -l)
+    crashes=$(ls "$art" | grep -cE '^(crash|leak|timeout|oom)-')
+    printf '%-12s %10s %8s %8s %8s\n' "$t" "${execs:-?}" "$(( ${execs:-0} / (${took:-$secs} > 0 ? ${took:-$secs} : 1) ))" "$size" "$crashes"
+    if [ "$crashes" != 0 ]; then
+      fail=1; ls "$art" | sed 's/^/    /'; grep -m 3 -E '^(==[0-9]+==ERROR|SUMMARY)' "$log" | sed 's/^/    /'
+    fi
+  done
+  [ $fail = 0 ]
+}
+
 case $mode in
   build) build_all ;;
   test) run_tests ;;
   bench) run_bench ;;
   deps) deps "${2:-}" ;;
-  *) echo "usage: ./build.sh [build|test|bench|deps [mpi]]" >&2; exit 2 ;;
+  fuzz) run_fuzz "${2:-600}" ;;
+  *) echo "usage: ./build.sh [build|test|bench|deps [mpi]|fuzz [seconds]]" >&2; exit 2 ;;
 esac

@@ -1986,8 +1986,12 @@ static int stbi__build_huffman(stbi__huffman *h, int *count)
    unsigned int code;
    // build size list for each symbol (from JPEG spec)
    for (i=0; i < 16; ++i)
-      for (j=0; j < count[i]; ++j)
+      for (j=0; j < count[i]; ++j) {
+         // ldm.h: a DHT table of more than 256 codes overran size[257] (found by libFuzzer;
+         // stb_image 2.28 rejects it the same way)
+         if (k >= 256) return stbi__err("bad size list","Corrupt JPEG");
          h->size[k++] = (stbi_uc) (i+1);
+      }
    h->size[k] = 0;
 
    // compute actual symbols (from jpeg spec)
