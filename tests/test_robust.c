@@ -170,7 +170,8 @@ static void test_disk_full(void) {
 
 static void test_crash_loop(void) {
     char U[800], L[800] = "", args[3000], a[1200], b[1200];
-    const char *steps = "lightning.trainer.max_steps=30";
+    /* long enough that 50 kills come before the end even on a loaded machine */
+    const char *steps = "lightning.trainer.max_steps=200";
     int rc = run_new("CU", "LDM_THREADS=1", steps);
     if (rc || !logdir_of("CU", U, sizeof U)) { lt_report(0, "crash loop: uninterrupted run", "exit %d", rc); show("CU"); return; }
     unsigned seed = 12345;
@@ -182,12 +183,16 @@ static void test_crash_loop(void) {
         pid_t pid = fork();
         if (pid == 0) { setenv("LDM_THREADS", "1", 1); execl("/bin/sh", "sh", "-c", args, (char *)NULL); _exit(127); }
         seed = seed * 1103515245u + 12345u;
-        long ms = kills < 50 ? 150 + (long)((seed >> 8) % 700) : 100000; /* after 50 kills: let it finish */
+        double ms = kills < 50 ? 150 + (double)((seed >> 8) % 700) : 1e9; /* after 50 kills: let it finish */
         int st = 0, done = 0;
-        for (long t = 0; t < ms && !done; t += 10) {
-            struct timespec ts = {0, 10000000};
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (;;) { /* wall-clock time: sleeps stretch on a loaded machine */
+            struct timespec ts = {0, 5000000};
             nanosleep(&ts, NULL);
             done = waitpid(pid, &st, WNOHANG) == pid;
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            if (done || 1e3 * (double)(t1.tv_sec - t0.tv_sec) + 1e-6 * (double)(t1.tv_nsec - t0.tv_nsec) >= ms) break;
         }
         if (!done) {
             char tmpdir[1000];
