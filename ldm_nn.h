@@ -661,11 +661,11 @@ static void ldm__nn_msort(const ldm_nn_params *P, int *a, int *tmp, int n) {
     memcpy(a, tmp, sizeof(int) * (size_t)n);
 }
 
-static void *ldm__nn_dev_alloc(ldm_ctx *ctx, ldm_device d, int64_t nfloats, void **raw) {
+static void *ldm__nn_dev_alloc(ldm_ctx *ctx, ldm_device d, int64_t nfloats, void **raw, int zeroed) {
     *raw = NULL;
     if (nfloats == 0) return NULL;
     size_t bytes = (size_t)nfloats * sizeof(float) + 64;
-    *raw = ldm_device_alloc(ctx, d, bytes);
+    *raw = zeroed ? ldm_device_alloc_zeroed(ctx, d, bytes) : ldm_device_alloc(ctx, d, bytes);
     if (!*raw) return NULL;
     return (void *)(((uintptr_t)*raw + 63) & ~(uintptr_t)63); /* 64-byte aligned, as LDM__NN_ALIGNF assumes */
 }
@@ -695,13 +695,13 @@ LDM_API ldm_result ldm_nn_params_alloc(ldm_ctx *ctx, ldm_nn_params *P) {
         }
     }
     for (int b = 0; b < 3; b++) {
-        P->block[b] = (float *)ldm__nn_dev_alloc(ctx, P->device, n[b], &P->raw[b]);
+        /* the gradient block zeroed lazily: a model used only for inference never touches it */
+        P->block[b] = (float *)ldm__nn_dev_alloc(ctx, P->device, n[b], &P->raw[b], b == LDM_NN_BLOCK_GRADS);
         if (n[b] && !P->block[b])
             return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_nn_params_alloc: cannot allocate %.1f MiB for the %s block on %s",
                                   (double)n[b] * 4 / 1048576.0, b == 0 ? "parameter" : b == 1 ? "gradient" : "buffer", ldm_device_name(ctx, P->device));
         P->block_n[b] = n[b];
     }
-    ldm_device_fill(ctx, P->device, P->block[LDM_NN_BLOCK_GRADS], n[LDM_NN_BLOCK_GRADS], 0.0f);
     for (int i = 0; i < P->n; i++) {
         ldm_nn_entry *e = &P->e[i];
         e->t->data = P->block[e->kind == LDM_NN_PARAM ? LDM_NN_BLOCK_PARAMS : LDM_NN_BLOCK_BUFFERS] + e->offset;
@@ -1343,7 +1343,7 @@ LDM_API ldm_result ldm_nn_optim_create(ldm_ctx *ctx, ldm_nn_optim **out, ldm_nn_
     }
     o->nmom = c->type != LDM_OPTIM_SGD ? 2 : c->momentum != 0.0 ? 1 : 0;
     if (o->nmom && o->mn) {
-        o->mom = (float *)ldm__nn_dev_alloc(ctx, P->device, o->mn * o->nmom, &o->raw);
+        o->mom = (float *)ldm__nn_dev_alloc(ctx, P->device, o->mn * o->nmom, &o->raw, 0);
         if (!o->mom) {
             ldm_nn_optim_destroy(o);
             return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_nn_optim_create: cannot allocate %.1f MiB of optimizer state", (double)o->mn * o->nmom * 4 / 1048576.0);

@@ -303,6 +303,11 @@ LDM_API ldm_tensor *ldm_group_norm(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, l
    stored (the tape keeps x, mean and rstd; the backward recomputes it), which saves one
    activation of x's size per call, with or without grad. */
 LDM_API ldm_tensor *ldm_group_norm_silu(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int groups, float eps);
+/* The same, written over x's memory when no backward will need x (grad mode off, or none of
+   x, w, b requires grad); otherwise exactly ldm_group_norm_silu. For inference, on an x that
+   nothing uses afterwards (a fresh activation, never a caller's input): the arena then holds
+   one tensor where ldm_group_norm_silu holds two. The result is a new tensor. */
+LDM_API ldm_tensor *ldm_group_norm_silu_into(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int groups, float eps);
 /* training: batch statistics, and running_mean/var (persistent, may be NULL) updated in place
    with momentum (running = (1-m)*running + m*batch, unbiased var); eval: running statistics. */
 LDM_API ldm_tensor *ldm_batch_norm(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b,
@@ -374,6 +379,10 @@ LDM_API const char *ldm_device_name(const ldm_ctx *ctx, ldm_device d); /* "cpu",
 /* Back-end memory (malloc on the CPU), NULL when it fails (a device back end sets the error). */
 LDM_API void *ldm_device_alloc(ldm_ctx *ctx, ldm_device d, size_t bytes);
 LDM_API void ldm_device_free(ldm_ctx *ctx, ldm_device d, void *p);
+/* ldm_device_alloc, zero-filled. On the CPU with the default allocator this is calloc, so pages
+   never written (an inference-only model's gradient block) cost no resident memory. Sizes that
+   are not a multiple of 4 bytes are zeroed only up to the last whole float on a GPU. */
+LDM_API void *ldm_device_alloc_zeroed(ldm_ctx *ctx, ldm_device d, size_t bytes);
 LDM_API void ldm_device_copy(ldm_ctx *ctx, void *dst, ldm_device dst_dev, const void *src, ldm_device src_dev, size_t bytes);
 LDM_API void ldm_device_fill(ldm_ctx *ctx, ldm_device d, float *x, int64_t n, float v);
 LDM_API void ldm_device_scale(ldm_ctx *ctx, ldm_device d, float *x, int64_t n, float s); /* x *= s, exactly */
@@ -503,11 +512,12 @@ LDM_API void ldm_atomic_abort(ldm_atomic_file *af);
 #endif
 
 #if defined(LDM_MALLOC) && defined(LDM_REALLOC) && defined(LDM_FREE)
-/* all three hooks given */
+/* all three hooks given: zeroed blocks are allocated, then filled */
 #elif !defined(LDM_MALLOC) && !defined(LDM_REALLOC) && !defined(LDM_FREE)
 #define LDM_MALLOC(sz) malloc(sz)
 #define LDM_REALLOC(p, sz) realloc(p, sz)
 #define LDM_FREE(p) free(p)
+#define LDM__CALLOC(sz) calloc(1, sz) /* large blocks: the OS's zero pages, touched only when used */
 #else
 #error "Define all of LDM_MALLOC, LDM_REALLOC and LDM_FREE, or none of them."
 #endif
@@ -742,6 +752,20 @@ LDM_API const char *ldm_device_name(const ldm_ctx *ctx, ldm_device d) {
 }
 LDM_API void *ldm_device_alloc(ldm_ctx *ctx, ldm_device d, size_t bytes) { return ctx->be[d]->alloc(ctx->be_state[d], bytes); }
 LDM_API void ldm_device_free(ldm_ctx *ctx, ldm_device d, void *p) { if (p) ctx->be[d]->free(ctx->be_state[d], p); }
+static void *ldm__cpu_alloc(void *st, size_t n);
+LDM_API void *ldm_device_alloc_zeroed(ldm_ctx *ctx, ldm_device d, size_t bytes) {
+#ifdef LDM__CALLOC
+    /* the CPU back end allocates with LDM_MALLOC and frees with LDM_FREE, i.e. malloc/free here */
+    if (d == LDM_CPU && ctx->be[d]->alloc == ldm__cpu_alloc) return LDM__CALLOC(bytes ? bytes : 1);
+#endif
+    void *p = ldm_device_alloc(ctx, d, bytes);
+    if (p && bytes) {
+        /* whole floats, then the tail bytes on the host when the size is not a multiple of 4 */
+        ldm_device_fill(ctx, d, (float *)p, (int64_t)(bytes / sizeof(float)), 0.0f);
+        if (bytes % sizeof(float) && d == LDM_CPU) memset((char *)p + bytes / sizeof(float) * sizeof(float), 0, bytes % sizeof(float));
+    }
+    return p;
+}
 LDM_API void ldm_device_copy(ldm_ctx *ctx, void *dst, ldm_device dst_dev, const void *src, ldm_device src_dev, size_t bytes) {
     ldm_device d = dst_dev != LDM_CPU ? dst_dev : src_dev; /* a copy involving a device is that device's */
     ctx->be[d]->copy(ctx->be_state[d], dst, dst_dev, src, src_dev, bytes);
@@ -2042,7 +2066,7 @@ static void ldm__groupnorm_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **
                                          nd->args.groupnorm.groups, nd->args.groupnorm.silu);
 }
 static ldm_tensor *ldm__group_norm(ldm_ctx *ctx, const char *op, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int groups,
-                                   float eps, int silu) {
+                                   float eps, int silu, int into) {
     if (ldm__bad(ctx, x)) return NULL;
     if (x->ndim < 2) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: input %s has no channel dim (expected [B,C,...])", op, ldm__shp(x).s); return NULL; }
     if (groups < 1 || x->shape[1] % groups) {
@@ -2051,7 +2075,14 @@ static ldm_tensor *ldm__group_norm(ldm_ctx *ctx, const char *op, ldm_tensor *x, 
     }
     if (!ldm__affine_ok(ctx, op, x, w, b, x->shape[1])) return NULL;
     int64_t B = x->shape[0], C = x->shape[1], S = ldm__spatial(x);
-    ldm_tensor *y = ldm__like(ctx, x);
+    int grad = ldm_grad_enabled(ctx) && (x->requires_grad || (w && w->requires_grad) || (b && b->requires_grad));
+    ldm_tensor *y;
+    if (into && !grad) { /* both kernels read a group's statistics before writing any of it */
+        y = (ldm_tensor *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(ldm_tensor));
+        if (y) *y = *x, y->grad = NULL, y->node = -1, y->requires_grad = 0, y->name = NULL;
+    } else {
+        y = ldm__like(ctx, x);
+    }
     float *mean = (float *)ldm_arena_alloc(ctx, x->device, sizeof(float) * (size_t)(B * groups));
     float *rstd = (float *)ldm_arena_alloc(ctx, x->device, sizeof(float) * (size_t)(B * groups));
     if (!y || !mean || !rstd) return NULL;
@@ -2066,10 +2097,13 @@ static ldm_tensor *ldm__group_norm(ldm_ctx *ctx, const char *op, ldm_tensor *x, 
     return y;
 }
 LDM_API ldm_tensor *ldm_group_norm(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int groups, float eps) {
-    return ldm__group_norm(ctx, "ldm_group_norm", x, w, b, groups, eps, 0);
+    return ldm__group_norm(ctx, "ldm_group_norm", x, w, b, groups, eps, 0, 0);
 }
 LDM_API ldm_tensor *ldm_group_norm_silu(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int groups, float eps) {
-    return ldm__group_norm(ctx, "ldm_group_norm_silu", x, w, b, groups, eps, 1);
+    return ldm__group_norm(ctx, "ldm_group_norm_silu", x, w, b, groups, eps, 1, 0);
+}
+LDM_API ldm_tensor *ldm_group_norm_silu_into(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int groups, float eps) {
+    return ldm__group_norm(ctx, "ldm_group_norm_silu_into", x, w, b, groups, eps, 1, 1);
 }
 
 static void ldm__batchnorm_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {

@@ -529,7 +529,39 @@ static ldm_tensor *ldm__vae_keep(ldm_ctx *ctx, ldm_mark m, ldm_tensor *h) {
     if (!ldm_grad_enabled(ctx) && h && h->device == LDM_CPU) return ldm_arena_keep(ctx, m, h);
     return h;
 }
-static ldm_tensor *ldm__vae_res_fwd(ldm_ctx *ctx, const ldm_vae *v, const ldm__vae_res *r, ldm_tensor *x) {
+/* ResnetBlock without grad, x a temporary of this forward that starts at mark `at` (on the CPU
+   every step's input sits at the forward's base). Bitwise the values of the graph version, in
+   less memory: with a shortcut, nin_shortcut(x) is taken first and norm1 then overwrites x;
+   each dead input is dropped as soon as the step after it has its output (on the CPU, where
+   results move down the arena); the residual add is written over conv2's output. Peak: x,
+   the shortcut and conv1's output (the graph version also holds norm1's output, and conv1's
+   output beside conv2's). */
+static ldm_tensor *ldm__vae_res_infer(ldm_ctx *ctx, const ldm_vae *v, const ldm__vae_res *r, ldm_tensor *x, ldm_mark at) {
+    int move = x && x->device == LDM_CPU;
+    ldm_tensor *s, *h;
+    ldm_mark mh = ldm_arena_mark(ctx);                        /* where conv1's output will sit */
+    if (r->has_shortcut) {
+        s = ldm_nn_conv2d_forward(ctx, &r->nin_shortcut, x);
+        h = ldm_nn_conv2d_forward(ctx, &r->conv1, ldm_group_norm_silu_into(ctx, x, r->norm1.weight, r->norm1.bias, r->norm1.groups, r->norm1.eps));
+        if (move && s && h) {                                 /* [s][h]: x (norm1's output) dropped */
+            ldm_tensor hs = *h;                               /* s's move may land on h's struct */
+            s = ldm_arena_keep(ctx, at, s);
+            mh = ldm_arena_mark(ctx);
+            h = s ? ldm_arena_keep(ctx, mh, &hs) : NULL;
+        }
+    } else {
+        s = x;
+        h = ldm_nn_conv2d_forward(ctx, &r->conv1, ldm_nn_groupnorm_silu_forward(ctx, &r->norm1, x));
+        if (move) h = ldm_arena_keep(ctx, mh, h);             /* [x][h]: norm1's output dropped */
+    }
+    h = ldm_group_norm_silu_into(ctx, h, r->norm2.weight, r->norm2.bias, r->norm2.groups, r->norm2.eps);
+    if (v->cfg.dropout > 0.0f) h = ldm_dropout(ctx, h, v->cfg.dropout, v->training);
+    h = ldm_nn_conv2d_forward(ctx, &r->conv2, h);
+    if (move) h = ldm_arena_keep(ctx, mh, h);                 /* [s][h]: conv1's output dropped */
+    return ldm_add_into(ctx, h, s);                           /* s + h, as the graph adds it */
+}
+static ldm_tensor *ldm__vae_res_fwd(ldm_ctx *ctx, const ldm_vae *v, const ldm__vae_res *r, ldm_tensor *x, ldm_mark at) {
+    if (!ldm_grad_enabled(ctx)) return ldm__vae_res_infer(ctx, v, r, x, at);
     ldm_mark m = ldm_arena_mark(ctx);
     ldm_tensor *h = ldm_nn_conv2d_forward(ctx, &r->conv1, ldm_nn_groupnorm_silu_forward(ctx, &r->norm1, x));
     h = ldm__vae_keep(ctx, m, h);
@@ -564,9 +596,9 @@ static ldm_tensor *ldm__vae_attn_fwd(ldm_ctx *ctx, const ldm__vae_attn *a, ldm_t
 #define LDM__VAE_STEP(expr) do { h = ldm__vae_keep(ctx, base, (expr)); } while (0)
 
 static ldm_tensor *ldm__vae_mid(ldm_ctx *ctx, const ldm_vae *v, const ldm__vae_half *hf, ldm_tensor *h, ldm_mark base) {
-    LDM__VAE_STEP(ldm__vae_res_fwd(ctx, v, &hf->mid_block_1, h));
+    LDM__VAE_STEP(ldm__vae_res_fwd(ctx, v, &hf->mid_block_1, h, base));
     LDM__VAE_STEP(ldm__vae_attn_fwd(ctx, &hf->mid_attn_1, h));
-    LDM__VAE_STEP(ldm__vae_res_fwd(ctx, v, &hf->mid_block_2, h));
+    LDM__VAE_STEP(ldm__vae_res_fwd(ctx, v, &hf->mid_block_2, h, base));
     return h;
 }
 static ldm_tensor *ldm__vae_out(ldm_ctx *ctx, const ldm__vae_half *hf, ldm_tensor *h) {
@@ -586,7 +618,7 @@ LDM_API ldm_tensor *ldm_vae_encoder_forward(ldm_ctx *ctx, ldm_vae *v, ldm_tensor
     for (int i = 0; i < v->cfg.n_levels; i++) {
         const ldm__vae_level *L = &v->enc.level[i];
         for (int j = 0; j < L->n_block; j++) {
-            LDM__VAE_STEP(ldm__vae_res_fwd(ctx, v, &L->block[j], h));
+            LDM__VAE_STEP(ldm__vae_res_fwd(ctx, v, &L->block[j], h, base));
             if (L->n_attn) LDM__VAE_STEP(ldm__vae_attn_fwd(ctx, &L->attn[j], h));
         }
         if (L->has_resample)
@@ -611,7 +643,7 @@ LDM_API ldm_tensor *ldm_vae_decoder_forward(ldm_ctx *ctx, ldm_vae *v, ldm_tensor
     for (int i = v->cfg.n_levels - 1; i >= 0; i--) {
         const ldm__vae_level *L = &v->dec.level[i];
         for (int j = 0; j < L->n_block; j++) {
-            LDM__VAE_STEP(ldm__vae_res_fwd(ctx, v, &L->block[j], h));
+            LDM__VAE_STEP(ldm__vae_res_fwd(ctx, v, &L->block[j], h, base));
             if (L->n_attn) LDM__VAE_STEP(ldm__vae_attn_fwd(ctx, &L->attn[j], h));
         }
         if (L->has_resample) {

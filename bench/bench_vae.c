@@ -62,11 +62,12 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/resource.h>
 #include "bench_common.h"
 
 
-enum { CASE_ENCDEC = 0, CASE_DEC = 1, CASE_TRAIN = 2, N_CASES = 3 };
-static const char *const case_names[N_CASES] = {"encdec", "dec", "train"};
+enum { CASE_ENCDEC = 0, CASE_DEC = 1, CASE_ENC = 2, CASE_TRAIN = 3, CASE_TILED = 4, N_CASES = 5 };
+static const char *const case_names[N_CASES] = {"encdec", "dec", "enc", "train", "tiled"};
 
 typedef struct {
     ldm_device dev;
@@ -74,6 +75,9 @@ typedef struct {
     int size, batch;              /* 0: the case's default */
     int reps, warmup, threads, tf32, cudnn_benchmark, torch;
     int arena_mb;                 /* CUDA step arena; 0: most of the device (see main) */
+    int klf8;                     /* --model klf8: Stable Diffusion's first stage instead of kl-f4 */
+    int tile_check;               /* --tile-check S: untiled vs tiled decode at SxS */
+    int tile;                     /* the tiled case's tile in pixels (overlap tile/4) */
     const char *python;
 } opts;
 
@@ -86,6 +90,7 @@ typedef struct {
     ldm_nn_params *in;            /* the inputs, persistent on the device */
     ldm_tensor *x, *z;
     ldm_lpips_loss *L;            /* training only */
+    int tile;                     /* CASE_TILED: tile size in pixels */
     ldm_nn_optim *opt_ae, *opt_d;
     float aeloss, discloss;
 } bench;
@@ -101,16 +106,15 @@ static int sync_dev(bench *b) {
 static int run_case(bench *b, int c) {
     ldm_ctx *ctx = b->ctx;
     ldm_step_reset(ctx);
-    if (c == CASE_ENCDEC || c == CASE_DEC) {
+    if (c != CASE_TRAIN) {
         ldm_vae_infer inf;
         memset(&inf, 0, sizeof inf);
+        if (c == CASE_TILED) inf.tile = b->tile;
         ldm_tensor *out;
-        if (c == CASE_ENCDEC) {
-            ldm_vae_posterior q;
-            out = ldm_vae_encode_infer(ctx, b->vae, b->x, &inf, &q) ? NULL : ldm_vae_decode_infer(ctx, b->vae, q.mean, &inf);
-        } else {
-            out = ldm_vae_decode_infer(ctx, b->vae, b->z, &inf);
-        }
+        ldm_vae_posterior q;
+        if (c == CASE_ENCDEC) out = ldm_vae_encode_infer(ctx, b->vae, b->x, &inf, &q) ? NULL : ldm_vae_decode_infer(ctx, b->vae, q.mean, &inf);
+        else if (c == CASE_ENC) out = ldm_vae_encode_infer(ctx, b->vae, b->x, &inf, &q) ? NULL : q.mean;
+        else out = ldm_vae_decode_infer(ctx, b->vae, b->z, &inf);
         return out == NULL;
     }
     /* the training step: examples/main.c's drv_train_batch with accumulate_grad_batches 1 */
@@ -139,7 +143,9 @@ static int setup_case(bench *b, int c, int S, int B, double *persist) {
     b->in = NULL;
     b->x = b->z = NULL;
     if (ldm_nn_params_create(ctx, &b->in, b->dev)) return 1;
-    if (c == CASE_DEC) b->z = ldm_nn_buffer(b->in, "z", ldm_shape4(B, 3, S / 4, S / 4), ldm_nn_init_normal(0.0f, 1.0f), 1);
+    int f = ldm_vae_factor(&b->vae->cfg);
+    if (c == CASE_DEC || c == CASE_TILED)
+        b->z = ldm_nn_buffer(b->in, "z", ldm_shape4(B, b->vae->cfg.embed_dim, S / f, S / f), ldm_nn_init_normal(0.0f, 1.0f), 1);
     else b->x = ldm_nn_buffer(b->in, "x", ldm_shape4(B, 3, S, S), ldm_nn_init_uniform(-1.0f, 1.0f), 1);
     if (ldm_nn_params_alloc(ctx, b->in)) return 1;
     ldm_vae_set_training(b->vae, c == CASE_TRAIN);
@@ -163,7 +169,13 @@ static int setup_case(bench *b, int c, int S, int B, double *persist) {
     return 0;
 }
 
-typedef struct { int ok; double secs, mib, flops; } result;
+typedef struct { int ok; double secs, mib, flops, rss; } result;
+
+/* the process's maximum RSS so far, MiB (everything this process has run, libraries included) */
+static double max_rss_mib(void) {
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) ? 0.0 : (double)ru.ru_maxrss / 1024.0;
+}
 
 /* The FLOPs that divide both times: PyTorch's count when it ran (autograd computes only the
    gradients the step needs), else ldm.h's. */
@@ -192,9 +204,53 @@ static int time_case(bench *b, const opts *o, int c, int S, int B, result *r) {
     }
     r->secs = best;
     r->mib = (persist + (double)ldm_arena_peak(ctx, b->dev)) / 1048576.0;
+    r->rss = max_rss_mib();
     r->ok = 1;
     if (c == CASE_TRAIN) fprintf(stderr, "ldm.h train: aeloss %g discloss %g\n", b->aeloss, b->discloss);
     return 0;
+}
+
+/* ---- tiled against untiled ------------------------------------------------------------------ */
+/* Decodes one S x S latent untiled and with b->tile pixel tiles (overlap tile/4) and prints how
+   far apart they are: GroupNorm and attention see one tile at a time, so tiling changes the
+   result; the overlap's cosine blend keeps the change smooth (no seams). */
+static int tile_check(bench *b, int S) {
+    ldm_ctx *ctx = b->ctx;
+    int f = ldm_vae_factor(&b->vae->cfg);
+    double persist;
+    if (setup_case(b, CASE_DEC, S, 1, &persist)) return 1;
+    ldm_vae_infer inf;
+    memset(&inf, 0, sizeof inf);
+    int64_t n = 3 * (int64_t)S * S;
+    float *u = (float *)malloc(sizeof(float) * (size_t)n), *t = (float *)malloc(sizeof(float) * (size_t)n);
+    int bad = !u || !t;
+    for (int k = 0; k < 2 && !bad; k++) {
+        ldm_step_reset(ctx);
+        inf.tile = k ? b->tile : 0;
+        ldm_tensor *o = ldm_vae_decode_infer(ctx, b->vae, b->z, &inf);
+        bad = !o || ldm_to_host(ctx, o, k ? t : u);
+    }
+    ldm_step_reset(ctx);
+    if (!bad) {
+        double mx = 0, sad = 0, s1 = 0, s2 = 0, lo = 1e30, hi = -1e30;
+        for (int64_t i = 0; i < n; i++) {
+            double d = fabs((double)t[i] - u[i]);
+            if (d > mx) mx = d;
+            sad += d; s1 += u[i]; s2 += (double)u[i] * u[i];
+            if (u[i] < lo) lo = u[i];
+            if (u[i] > hi) hi = u[i];
+        }
+        double mean = s1 / (double)n, sd = sqrt(s2 / (double)n - mean * mean), mse = 0;
+        for (int64_t i = 0; i < n; i++) mse += ((double)t[i] - u[i]) * ((double)t[i] - u[i]);
+        mse /= (double)n;
+        printf("tile check: %dx%d decode (latent %dx%d), %d-pixel tiles with %d overlap against untiled: max |diff| %.4g, "
+               "mean |diff| %.4g, output sd %.4g (mean |diff| = %.2f%% of sd), PSNR %.1f dB over the output's range %.3g\n",
+               S, S, S / f, S / f, b->tile, b->tile / 4, mx, sad / (double)n, sd, 100.0 * sad / (double)n / sd,
+               10.0 * log10((hi - lo) * (hi - lo) / (mse > 0 ? mse : 1e-30)), hi - lo);
+    }
+    free(u);
+    free(t);
+    return bad;
 }
 
 /* ---- PyTorch ---------------------------------------------------------------------------------- */
@@ -203,8 +259,8 @@ static const char *torch_python(const opts *o) { return find_torch_python(o->pyt
 static int torch_case(const opts *o, const char *py, const char *script, int c, int S, int B, int threads, result *r) {
     char cmd[1024];
     memset(r, 0, sizeof *r);
-    snprintf(cmd, sizeof cmd, "%s %s --case %s --device %s --size %d --batch %d --reps %d --warmup %d --threads %d%s%s --count-flops",
-             py, script, case_names[c], o->dev == LDM_CPU ? "cpu" : "cuda", S, B, o->reps, o->warmup, threads,
+    snprintf(cmd, sizeof cmd, "%s %s --model %s --case %s --device %s --size %d --batch %d --reps %d --warmup %d --threads %d%s%s --count-flops",
+             py, script, o->klf8 ? "klf8" : "klf4", case_names[c], o->dev == LDM_CPU ? "cpu" : "cuda", S, B, o->reps, o->warmup, threads,
              o->tf32 ? " --tf32" : "", o->cudnn_benchmark ? " --cudnn-benchmark" : "");
     fflush(stdout);
     FILE *p = popen(cmd, "r");
@@ -224,11 +280,12 @@ static int torch_case(const opts *o, const char *py, const char *script, int c, 
 /* ---- main ------------------------------------------------------------------------------------- */
 static void usage(void) {
     fprintf(stderr,
-            "usage: bench_vae [--device cpu|cuda] [--cases encdec,dec,train] [--size S] [--batch B] [--reps R]\n"
-            "                 [--warmup W] [--threads T] [--tf32] [--cudnn-benchmark] [--arena-mb N] [--no-torch]\n"
-            "                 [--python CMD]\n"
-            "  defaults: encdec and dec at 512x512 batch 1, train at 256x256 batch 8; every case on a GPU,\n"
-            "  encdec,dec on the CPU; reps 5 (GPU) / 2 (CPU), warmup 2 (GPU) / 1 (CPU)\n");
+            "usage: bench_vae [--model klf4|klf8] [--device cpu|cuda] [--cases encdec,dec,enc,train,tiled] [--size S]\n"
+            "                 [--batch B] [--reps R] [--warmup W] [--threads T] [--tile P] [--tile-check S] [--tf32]\n"
+            "                 [--cudnn-benchmark] [--arena-mb N] [--no-torch] [--python CMD]\n"
+            "  defaults: kl-f4; encdec, dec and enc at 512x512 batch 1, train at 256x256 batch 8, tiled (ldm.h only) at\n"
+            "  2048x2048 with 512-pixel tiles; encdec,dec,enc,train on a GPU, encdec,dec on the CPU; reps 5 (GPU) / 2 (CPU),\n"
+            "  warmup 2 (GPU) / 1 (CPU). --tile-check S: decode one SxS latent untiled and tiled and print their difference\n");
 }
 
 static int parse_int(const char *flag, const char *v, int lo, int *out) { return parse_int_opt("bench_vae", flag, v, lo, out); }
@@ -254,6 +311,14 @@ int main(int argc, char **argv) {
             }
             o.dev = strcmp(v, "cpu") ? LDM_GPU : LDM_CPU;
             i++;
+        } else if (!strcmp(a, "--model")) {
+            if (!v || (strcmp(v, "klf4") && strcmp(v, "klf8"))) { fprintf(stderr, "bench_vae: --model klf4 or klf8\n"); return 2; }
+            o.klf8 = !strcmp(v, "klf8");
+            i++;
+        } else if (!strcmp(a, "--tile")) bad = parse_int(a, v, 16, &o.tile), i++;
+        else if (!strcmp(a, "--tile-check")) {
+            bad = parse_int(a, v, 64, &o.tile_check), i++;
+            if (!bad && o.tile_check % 8) { fprintf(stderr, "bench_vae: --tile-check needs a multiple of 8\n"); return 2; }
         } else if (!strcmp(a, "--cases")) {
             if (!v) { usage(); return 2; }
             o.cases = 0;
@@ -263,7 +328,7 @@ int main(int argc, char **argv) {
                 int k = 0;
                 if (!strcmp(t, "all")) { o.cases = (1 << N_CASES) - 1; continue; }
                 while (k < N_CASES && strcmp(t, case_names[k])) k++;
-                if (k == N_CASES) { fprintf(stderr, "bench_vae: unknown case \"%s\" (encdec, dec, train, all)\n", t); return 2; }
+                if (k == N_CASES) { fprintf(stderr, "bench_vae: unknown case \"%s\" (encdec, dec, enc, train, tiled, all)\n", t); return 2; }
                 o.cases |= 1 << k;
             }
             i++;
@@ -295,7 +360,8 @@ int main(int argc, char **argv) {
         o.cases = (1 << CASE_ENCDEC) | (1 << CASE_DEC); /* the default case list without train */
     }
     int gpu = o.dev != LDM_CPU;
-    if (o.cases < 0) o.cases = gpu ? (1 << N_CASES) - 1 : (1 << CASE_ENCDEC) | (1 << CASE_DEC);
+    if (o.cases < 0) o.cases = o.tile_check ? 0 : gpu ? (1 << N_CASES) - 1 - (1 << CASE_TILED) : (1 << CASE_ENCDEC) | (1 << CASE_DEC);
+    if (!o.tile) o.tile = 512;
     if (o.reps < 0) o.reps = gpu ? 5 : 2;
     if (o.warmup < 0) o.warmup = gpu ? 2 : 1;
 
@@ -330,7 +396,8 @@ int main(int argc, char **argv) {
                  (double)ldm_arena_limit(ctx, LDM_GPU) / 1073741824.0);
     }
 #endif
-    ldm_vae_config cfg = ldm_vae_config_kl_f4();
+    ldm_vae_config cfg = o.klf8 ? ldm_vae_config_kl_f8() : ldm_vae_config_kl_f4();
+    b.tile = o.tile;
     if (ldm_vae_create(ctx, &b.vae, &cfg)) { fprintf(stderr, "bench_vae: %s\n", ldm_ctx_error(ctx)); return 1; }
     int threads = ldm_ctx_threads(ctx);
     int64_t np = ldm_nn_numel(b.vae->P, NULL, 0);
@@ -345,8 +412,8 @@ int main(int argc, char **argv) {
     time_t tt = time(NULL);
     char date[32];
     strftime(date, sizeof date, "%Y-%m-%d", localtime(&tt));
-    printf("bench_vae %s: AutoencoderKL kl-f4 (%.1fM params, random weights) on %s; TF32 %s; %d CPU threads; warm-up %d, best of %d\n",
-           date, (double)np / 1e6, devname, o.tf32 ? "on" : "off", threads, o.warmup, o.reps);
+    printf("bench_vae %s: AutoencoderKL %s (%.1fM params, random weights) on %s; TF32 %s; %d CPU threads; warm-up %d, best of %d\n",
+           date, o.klf8 ? "kl-f8" : "kl-f4", (double)np / 1e6, devname, o.tf32 ? "on" : "off", threads, o.warmup, o.reps);
     if (!gpu && !(o.cases & (1 << CASE_TRAIN))) printf("(train not run on the CPU by default: --cases train, e.g. with --size 128 --batch 2)\n");
 
     result rl[N_CASES], rt[N_CASES];
@@ -354,7 +421,7 @@ int main(int argc, char **argv) {
     memset(rl, 0, sizeof rl);
     memset(rt, 0, sizeof rt);
     for (int c = 0; c < N_CASES; c++) {
-        S[c] = o.size ? o.size : c == CASE_TRAIN ? 256 : 512;
+        S[c] = o.size ? o.size : c == CASE_TRAIN ? 256 : c == CASE_TILED ? 2048 : 512;
         B[c] = c == CASE_TRAIN ? (o.batch ? o.batch : 8) : 1;
         if (!(o.cases & (1 << c))) continue;
         if (time_case(&b, &o, c, S[c], B[c], &rl[c])) {
@@ -362,6 +429,10 @@ int main(int argc, char **argv) {
             ldm_ctx_clear_error(ctx);
             fail = 1;
         }
+    }
+    if (o.tile_check && tile_check(&b, o.tile_check)) {
+        fprintf(stderr, "bench_vae: tile check: %s\n", ldm_ctx_error(ctx));
+        fail = 1;
     }
     /* every ldm.h buffer goes (on a GPU: the step arena too) before PyTorch starts, so that
        each side has the whole device */
@@ -372,16 +443,17 @@ int main(int argc, char **argv) {
     ldm_vae_destroy(b.vae);
     ldm_ctx_destroy(ctx);
     for (int c = 0; c < N_CASES; c++)
-        if (py && (o.cases & (1 << c)) && torch_case(&o, py, script, c, S[c], B[c], threads, &rt[c])) fail = 1;
+        if (py && c != CASE_TILED && (o.cases & (1 << c)) && torch_case(&o, py, script, c, S[c], B[c], threads, &rt[c])) fail = 1;
 
-    printf("%-24s %9s %9s %8s %9s %8s %8s %10s %10s\n", "case", "ldm.h s", "torch s", "speedup", "GFLOP", "ldm TF/s",
-           "torch TF/s", "ldm.h MiB", "torch MiB");
+    printf("%-26s %9s %9s %8s %9s %8s %8s %10s %10s %10s\n", "case", "ldm.h s", "torch s", "speedup", "GFLOP", "ldm TF/s",
+           "torch TF/s", "ldm.h MiB", "torch MiB", "ldm.h RSS");
     for (int c = 0; c < N_CASES; c++) {
         if (!(o.cases & (1 << c)) || !rl[c].ok) continue;
         char label[64];
-        snprintf(label, sizeof label, "%s %dx%d b%d", c == CASE_ENCDEC ? "encode+decode" : c == CASE_DEC ? "decode" : "train step", S[c], S[c], B[c]);
+        static const char *const what[N_CASES] = {"encode+decode", "decode", "encode", "train step", "tiled decode"};
+        snprintf(label, sizeof label, "%s %dx%d b%d", what[c], S[c], S[c], B[c]);
         double f = flops_of(&rl[c], &rt[c]);
-        printf("%-24s %9.4f", label, rl[c].secs);
+        printf("%-26s %9.4f", label, rl[c].secs);
         if (rt[c].ok) printf(" %9.4f %8.2f", rt[c].secs, rt[c].secs / rl[c].secs);
         else printf(" %9s %8s", "-", "-");
         printf(" %9.1f %8.2f", f / 1e9, f / rl[c].secs / 1e12);
@@ -390,11 +462,13 @@ int main(int argc, char **argv) {
         printf(" %10.0f", rl[c].mib);
         if (rt[c].ok) printf(" %10.0f", rt[c].mib);
         else printf(" %10s", "-");
-        printf("\n");
+        printf(" %10.0f\n", rl[c].rss);
     }
     printf("speedup = torch s / ldm.h s (> 1: ldm.h is faster). GFLOP: convolutions and matrix products, 2 per MAC, backward\n"
            "as computed (PyTorch's count when it ran, else ldm.h's); TF/s = that one count / each time. MiB: ldm.h persistent\n"
-           "buffers + step-arena peak; torch %s.\n", gpu ? "max_memory_allocated" : "max RSS of its process (libraries included)");
+           "buffers + step-arena peak; torch %s. ldm.h RSS: this process's maximum RSS after\n"
+           "the case (a maximum over the cases run so far: run one case for its own figure).\n",
+           gpu ? "max_memory_allocated" : "max RSS of its process (libraries included)");
     for (int c = 0; c < N_CASES; c++) {
         if (!rl[c].ok || !rt[c].ok || rt[c].flops <= 0) continue;
         double d = rl[c].flops / rt[c].flops - 1.0;

@@ -1,11 +1,11 @@
 """PyTorch side of bench_vae.c: one AutoencoderKL case with the sizes, device, thread count and
 TF32 setting bench_vae passes, timed the same way (warm-up runs, then the best of --reps, the
 device synchronised before each clock reading). Models: tests/ref/vae_model.py (kl-f4, the
-seed's autoencoder_kl_64x64x3) and tests/ref/lpips_model.py (LPIPSWithDiscriminator with
+seed's autoencoder_kl_64x64x3, or with --model klf8 Stable Diffusion's kl-f8) and tests/ref/lpips_model.py (LPIPSWithDiscriminator with
 disc_start 50001, kl_weight 1e-6, disc_weight 0.5), PyTorch's default random init everywhere
 (LPIPS's VGG16 included: speed does not depend on the weight values).
 
-usage: vae_torch.py --case encdec|dec|train [--device cpu|cuda] [--size N] [--batch B]
+usage: vae_torch.py --case encdec|dec|enc|train [--model klf4|klf8] [--device cpu|cuda] [--size N] [--batch B]
                     [--reps R] [--warmup W] [--threads T] [--tf32] [--cudnn-benchmark] [--count-flops]
 prints one line:  RESULT <case> <best seconds> <peak MiB> <FLOPs>  (FLOPs 0 without --count-flops)
 peak MiB: torch.cuda.max_memory_allocated over the timed runs on cuda (parameters, gradients,
@@ -20,9 +20,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from vae_model import AutoencoderKL, kl  # noqa: E402
 from lpips_model import LPIPSWithDiscriminator, hinge_d_loss  # noqa: E402
 
-DD = dict(double_z=True, z_channels=3, resolution=256, in_channels=3, out_ch=3, ch=128, ch_mult=[1, 2, 4],
-          num_res_blocks=2, attn_resolutions=[], dropout=0.0)
-EMBED_DIM, DISC_START = 3, 50001
+# --model klf4: the seed's autoencoder_kl_64x64x3; klf8: Stable Diffusion's first stage
+# (first_stage_kl-f8.yaml: ch_mult 1,2,4,4, z 4, attention only in the mid blocks)
+MODELS = {
+    "klf4": (dict(double_z=True, z_channels=3, resolution=256, in_channels=3, out_ch=3, ch=128, ch_mult=[1, 2, 4],
+                  num_res_blocks=2, attn_resolutions=[], dropout=0.0), 3, 4),
+    "klf8": (dict(double_z=True, z_channels=4, resolution=256, in_channels=3, out_ch=3, ch=128, ch_mult=[1, 2, 4, 4],
+                  num_res_blocks=2, attn_resolutions=[], dropout=0.0), 4, 8),
+}
+DISC_START = 50001
 
 
 def flop_counter():
@@ -60,7 +66,8 @@ def flop_counter():
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--case", required=True, choices=["encdec", "dec", "train"])
+    ap.add_argument("--case", required=True, choices=["encdec", "dec", "enc", "train"])
+    ap.add_argument("--model", default="klf4", choices=sorted(MODELS))
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--size", type=int, default=0, help="image size (default 512, train 256)")
     ap.add_argument("--batch", type=int, default=0, help="batch (default 1, train 8)")
@@ -88,17 +95,18 @@ def main():
         if a.device == "cuda":
             torch.cuda.synchronize()
 
+    DD, EMBED_DIM, F = MODELS[a.model]
     m = AutoencoderKL(DD, EMBED_DIM).to(dev)
     if a.case != "train":
         m.eval()
-        if a.case == "encdec":
+        if a.case in ("encdec", "enc"):
             x = torch.rand(batch, 3, size, size, device=dev) * 2 - 1
 
             def run():
                 with torch.no_grad():
-                    return m.decode(m.encode(x)[0])
+                    return m.decode(m.encode(x)[0]) if a.case == "encdec" else m.encode(x)[0]
         else:
-            z = torch.randn(batch, EMBED_DIM, size // 4, size // 4, device=dev)
+            z = torch.randn(batch, EMBED_DIM, size // F, size // F, device=dev)
 
             def run():
                 with torch.no_grad():

@@ -244,6 +244,23 @@ static void test_unary(void) {
         float keep0 = r->data[0];
         ldm_tensor *yl = ldm_add_into(ctx, r, r2);
         lt_report(yl && yl->data != r->data && r->data[0] == keep0, "add_into: a leaf is not written over", "%p %p", (void *)yl, (void *)r);
+        /* ldm_group_norm_silu_into: bitwise ldm_group_norm_silu; written over x only when no
+           backward needs x (grad off, or nothing requires grad), else the out-of-place op */
+        {
+            ldm_tensor *gx = tens(ldm_shape4(2, 8, 5, 3), -2, 2, 0), *gw = tens(S1(8), 0.5f, 1.5f, 1), *gb = tens(S1(8), -1, 1, 1);
+            ldm_tensor *gc = ldm_copy(ctx, gx);
+            ldm_tensor *ref = ldm_group_norm_silu(ctx, gx, gw, gb, 4, 1e-6f);
+            int prev = ldm_set_grad_enabled(ctx, 0);
+            ldm_tensor *in = ldm_group_norm_silu_into(ctx, gc, gw, gb, 4, 1e-6f);
+            ldm_set_grad_enabled(ctx, prev);
+            lt_report(ref && in && in->data == gc->data && !memcmp(ref->data, in->data, sizeof(float) * 240),
+                      "group_norm_silu_into: grad off: in place, bitwise group_norm_silu", "%p %p", in ? (void *)in->data : NULL, (void *)gc->data);
+            ldm_tensor *gx2 = ldm_copy(ctx, gx);
+            ldm_tensor *out = ldm_group_norm_silu_into(ctx, gx2, gw, gb, 4, 1e-6f); /* gw requires grad: the backward reads x */
+            lt_report(out && out->data != gx2->data && !memcmp(gx2->data, gx->data, sizeof(float) * 240) && out->requires_grad &&
+                      !memcmp(ref->data, out->data, sizeof(float) * 240),
+                      "group_norm_silu_into: grad needed: out of place, x kept", "%p", out ? (void *)out->data : NULL);
+        }
         ldm_tensor *odd = ldm_geglu(ctx, leaf(S3(2, 3, 7), -1, 1));
         lt_report(!odd && ldm_ctx_status(ctx) == LDM_ERR_INVALID && strstr(ldm_ctx_error(ctx), "must be even"),
                   "geglu: an odd last dim is an error", "%s", ldm_ctx_error(ctx));

@@ -52,6 +52,14 @@ static void check_model(ldm_ctx *ctx, ldm_vae *vae, ldm_weights *fx, const char 
         if (dm && want && n == dm->numel) lt_close(name, lt_h(ctx, dm, 0), want, n, 1e-5, 1e-4);
         else lt_report(0, name, "%s", ldm_ctx_error(ctx));
         free(want);
+        /* the no-grad ResnetBlocks (norms written over dead inputs, results moved down the
+           arena) compute bitwise what the recorded graph computes */
+        if (dm) {
+            ldm_tensor *dg = ldm_vae_decode(ctx, vae, q.mean);
+            const float *a = lt_h(ctx, dm, 0), *b = dg ? lt_h(ctx, dg, 0) : NULL;
+            snprintf(name, sizeof name, "%s decode_infer is bitwise the graph's decode", tag);
+            lt_report(a && b && !memcmp(a, b, sizeof(float) * (size_t)dm->numel), name, "%s", dg ? "values differ" : ldm_ctx_error(ctx));
+        }
     }
     if (!with_grads) return;
     if (ldm_backward(ctx, loss)) { lt_report(0, tag, "backward: %s", ldm_ctx_error(ctx)); return; }
