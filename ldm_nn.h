@@ -1808,7 +1808,8 @@ LDM_API void ldm_nn_lora_destroy(ldm_nn_lora *L) {
     LDM_FREE(L);
 }
 
-LDM_API ldm_result ldm_nn_lora_create(ldm_ctx *ctx, ldm_nn_lora **out, ldm_nn_params *base, const ldm_nn_lora_config *cfg) {
+/* The adapters, allocated and initialised, not yet attached (the base is untouched). */
+static ldm_result ldm__nn_lora_build(ldm_ctx *ctx, ldm_nn_lora **out, ldm_nn_params *base, const ldm_nn_lora_config *cfg) {
     *out = NULL;
     if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
     if (ctx != base->ctx) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_lora_create: ctx is not the base registry's context");
@@ -1871,15 +1872,24 @@ LDM_API ldm_result ldm_nn_lora_create(ldm_ctx *ctx, ldm_nn_lora **out, ldm_nn_pa
         r = ldm_ctx_status(ctx);
     }
     if (!r) r = ldm_nn_params_alloc(ctx, L->P);
-    /* peft's mark_only_lora_as_trainable: the base trains nothing and keeps no gradient memory */
-    for (int i = 0; !r && i < base->n; i++) if (base->e[i].kind == LDM_NN_PARAM) base->e[i].t->requires_grad = 0;
-    if (!r) r = ldm_nn_params_compact_grads(ctx, base);
-    if (r) { for (int i = 0; i < L->n; i++) L->ad[i].mod = NULL; ldm_nn_lora_destroy(L); return r; }
+    if (r) { ldm_nn_lora_destroy(L); return r; }
+    *out = L;
+    return LDM_OK;
+}
+/* peft's mark_only_lora_as_trainable (the base trains nothing and keeps no gradient memory),
+   then the layers' hooks. */
+static ldm_result ldm__nn_lora_attach(ldm_ctx *ctx, ldm_nn_lora *L, ldm_nn_params *base) {
+    for (int i = 0; i < base->n; i++) if (base->e[i].kind == LDM_NN_PARAM) base->e[i].t->requires_grad = 0;
+    if (ldm_nn_params_compact_grads(ctx, base)) return ldm_ctx_status(ctx);
     for (int i = 0; i < L->n; i++) L->ad[i].mod->lora = &L->ad[i];
     L->base = base;
     base->lora = L;
-    *out = L;
     return LDM_OK;
+}
+LDM_API ldm_result ldm_nn_lora_create(ldm_ctx *ctx, ldm_nn_lora **out, ldm_nn_params *base, const ldm_nn_lora_config *cfg) {
+    ldm_result r = ldm__nn_lora_build(ctx, out, base, cfg);
+    if (!r && (r = ldm__nn_lora_attach(ctx, *out, base)) != LDM_OK) { ldm_nn_lora_destroy(*out); *out = NULL; }
+    return r;
 }
 
 LDM_API ldm_nn_params *ldm_nn_lora_params(ldm_nn_lora *L) { return L->P; }
@@ -2005,7 +2015,7 @@ LDM_API ldm_result ldm_nn_lora_load(ldm_ctx *ctx, ldm_nn_lora *L, const char *pa
         ldm_tensor *t = ldm_nn_find(L->P, fi->name);
         char a[96], b[96];
         if (!t)
-            r = ldm_ctx_seterr(ctx, LDM_ERR_NOT_FOUND, "ldm_nn_lora_load: %s holds \"%s\", which is no adapter of this model (its %d adapted layers start with \"%s\"; "
+            r = ldm_ctx_seterr(ctx, LDM_ERR_NOT_FOUND, "ldm_nn_lora_load: %s holds \"%s\", which is no adapter of this model (the first of its %d adapted layers is \"%s\"; "
                                "hint: the file was trained on another model or other target modules)", path, fi->name, L->n, ldm_nn_lora_module(L, 0));
         else if (fi->ndim != t->ndim || fi->numel != t->numel || (fi->ndim == 2 && (fi->shape[0] != t->shape[0] || fi->shape[1] != t->shape[1])))
             r = ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_lora_load: %s: \"%s\" is %s in the file, %s here (hint: the base model's layer sizes differ from the one "
@@ -2037,8 +2047,9 @@ LDM_API ldm_result ldm_nn_lora_create_from_file(ldm_ctx *ctx, ldm_nn_lora **L, l
     ldm_nn_lora_config c;
     ldm_result r = ldm__nn_lora_file_cfg(ctx, w, &c, buf, sizeof buf, tp, 256);
     ldm_weights_close(w);
-    if (!r) r = ldm_nn_lora_create(ctx, L, base, &c);
-    if (!r && (r = ldm_nn_lora_load(ctx, *L, path)) != LDM_OK) { ldm_nn_lora_destroy(*L); *L = NULL; }
+    /* loaded before attaching: a file that does not fit leaves the base as it was */
+    if (!r) r = ldm__nn_lora_build(ctx, L, base, &c);
+    if (!r && ((r = ldm_nn_lora_load(ctx, *L, path)) != LDM_OK || (r = ldm__nn_lora_attach(ctx, *L, base)) != LDM_OK)) { ldm_nn_lora_destroy(*L); *L = NULL; }
     return r;
 }
 
