@@ -1710,8 +1710,8 @@ LDM_API ldm_result ldm_nn_optim_load(ldm_ctx *ctx, ldm_nn_optim *o, const char *
         }
         if (!in_group) {
             r = ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_optim_load: %s holds \"%s\", which belongs to no parameter of this %s optimizer's group of %d "
-                               "(hint: the set of frozen/trainable parameters changed since the state was saved; freeze the same prefixes, "
-                               "or start the optimizer from zero state)", path, fn, ldm__nn_optim_name(o->cfg.type), o->n);
+                               "(hint: the parameter group differs from the saved one: the frozen prefixes or the optimizer's patterns changed; "
+                               "use the same ones, or start the optimizer from zero state)", path, fn, ldm__nn_optim_name(o->cfg.type), o->n);
             goto done;
         }
     }

@@ -124,9 +124,10 @@ static void test_torch(void) {
     ldm_step_reset(ctx);
 
     ldm_nn_lora *L = NULL;
+    ldm_nn_params *A = NULL;
     ldm_nn_lora_config c = lora_cfg(4, 8.0f);
     if (ldm_nn_lora_create(ctx, &L, P, &c)) { lt_report(0, "lora vs torch: create", "%s", ldm_ctx_error(ctx)); goto out; }
-    ldm_nn_params *A = ldm_nn_lora_params(L);
+    A = ldm_nn_lora_params(L);
     hash_fill(ctx, A);
     LT_CHECK(ldm_nn_lora_count(L) == 4 && ldm_nn_count(A) == 8 && !strcmp(ldm_nn_entry_at(A, 0)->name, "blocks.0.attn.qkv.lora_A.weight") &&
              !strcmp(ldm_nn_entry_at(A, 3)->name, "blocks.0.mlp.fc1.lora_B.weight") && !strcmp(ldm_nn_lora_module(L, 3), "blocks.1.mlp.fc1") &&
@@ -249,7 +250,7 @@ static void test_fd(void) {
 /* ---- init, dropout, merge, save/load ----------------------------------------------------------- */
 static void test_init_merge_io(void) {
     ldm_ctx *ctx = new_ctx(3);
-    net m;
+    net m, m2;
     ldm_nn_params *P = net_new(ctx, &m, DEPTH, HID, 0, NULL), *P2 = NULL;
     ldm_nn_lora *L = NULL, *L2 = NULL;
     float x[2 * 5 * D];
@@ -257,12 +258,13 @@ static void test_init_merge_io(void) {
     ldm_nn_lora_config c = lora_cfg(4, 16.0f);
     c.dropout = 0.5f;
     if (!P) { lt_report(0, "init: setup", "%s", ldm_ctx_error(ctx)); ldm_ctx_destroy(ctx); return; }
-    ldm_tensor *yb = net_forward(ctx, &m, ldm_from_host(ctx, ldm_shape3(2, 5, D), x));
+    ldm_tensor *y, *yb = net_forward(ctx, &m, ldm_from_host(ctx, ldm_shape3(2, 5, D), x));
     float *base = (float *)malloc(sizeof(float) * (size_t)yb->numel), *ad = NULL;
     int64_t ny = yb->numel, pn;
     memcpy(base, yb->data, sizeof(float) * (size_t)ny);
     float *psnap = block_copy(P, LDM_NN_BLOCK_PARAMS, &pn);
     if (ldm_nn_lora_create(ctx, &L, P, &c)) { lt_report(0, "init: create", "%s", ldm_ctx_error(ctx)); goto out; }
+    {
     ldm_nn_params *A = ldm_nn_lora_params(L);
     {
         int a_ok = 1, b_zero = 1, a_nonzero = 0;
@@ -278,7 +280,7 @@ static void test_init_merge_io(void) {
         LT_CHECK(a_ok && a_nonzero && b_zero, "init: lora_A kaiming_uniform(a=sqrt(5)) within 1/sqrt(in), lora_B zero");
     }
     ldm_nn_lora_set_training(L, 1); /* dropout on: still the base, since B = 0 */
-    ldm_tensor *y = net_forward(ctx, &m, ldm_from_host(ctx, ldm_shape3(2, 5, D), x));
+    y = net_forward(ctx, &m, ldm_from_host(ctx, ldm_shape3(2, 5, D), x));
     LT_CHECK(y && !memcmp(y->data, base, sizeof(float) * (size_t)ny), "init: the adapted model equals the base bitwise");
     hash_fill(ctx, A);
     ldm_step_reset(ctx);
@@ -323,7 +325,6 @@ static void test_init_merge_io(void) {
         ldm_weights_close(w);
         LT_CHECK(meta, "save: only the adapters, with rank/alpha/dropout/targets in the metadata");
     }
-    net m2;
     P2 = net_new(ctx, &m2, DEPTH, HID, 0, NULL);
     if (!P2 || ldm_nn_lora_create_from_file(ctx, &L2, P2, "lora_rt.safetensors")) { lt_report(0, "load: onto a fresh base", "%s", ldm_ctx_error(ctx)); goto out; }
     y = net_forward(ctx, &m2, ldm_from_host(ctx, ldm_shape3(2, 5, D), x));
@@ -335,6 +336,7 @@ static void test_init_merge_io(void) {
     ldm_nn_params_destroy(P2);
     P2 = NULL;
     expect_err(ctx, ldm_nn_lora_merge(ctx, L2), LDM_ERR_INVALID, "destroyed", "lifetime: adapters outliving their base");
+    }
 out:
     LT_CHECK(ldm_ctx_status(ctx) == LDM_OK, "init/merge/io: no error");
     ldm_nn_lora_destroy(L2);
@@ -374,6 +376,7 @@ static void test_errors(void) {
     LT_CHECK(L == NULL && ldm_nn_numel(P, NULL, 1) == ldm_nn_numel(P, NULL, 0), "errors: a failed create changes nothing (base still trainable)");
     c = lora_cfg(4, 8.0f);
     if (ldm_nn_lora_create(ctx, &L, P, &c)) { lt_report(0, "errors: create", "%s", ldm_ctx_error(ctx)); goto out; }
+    {
     ldm_nn_lora *L2 = NULL;
     expect_err(ctx, ldm_nn_lora_create(ctx, &L2, P, &c), LDM_ERR_INVALID, "already has LoRA", "errors: a second set on one base");
     hash_fill(ctx, ldm_nn_lora_params(L));
@@ -404,6 +407,7 @@ static void test_errors(void) {
         ldm_nn_params_destroy(Q);
     }
     expect_err(ctx, ldm_nn_lora_load(ctx, L, FIX "nn_model.safetensors"), LDM_ERR_FORMAT, "not a LoRA adapter file", "errors: a model file is no adapter file");
+    }
 out:
     ldm_nn_lora_destroy(L);
     ldm_nn_params_destroy(P);
@@ -567,13 +571,14 @@ static void test_dit(void) {
     float *psnap = block_copy(P, LDM_NN_BLOCK_PARAMS, &pn);
     ldm_step_reset(ctx);
     ldm_nn_lora_config lc = lora_cfg(4, 4.0f);
+    ldm_nn_optim_config oc = ldm_nn_optim_defaults(LDM_OPTIM_ADAMW, 1e-2);
+    int differs = 0;
     if (ldm_nn_lora_create(ctx, &L, P, &lc)) { lt_report(0, "dit: lora", "%s", ldm_ctx_error(ctx)); goto out; }
     LT_CHECK(ldm_nn_lora_count(L) == 4 && !strcmp(ldm_nn_lora_module(L, 0), "blocks.0.attn.qkv") && !strcmp(ldm_nn_lora_module(L, 3), "blocks.1.mlp.fc1"),
              "dit: adapters on blocks.*.attn.qkv and blocks.*.mlp.fc1");
     o = DIT_FWD();
     LT_CHECK(o && !memcmp(o->data, base, sizeof(float) * (size_t)no), "dit: forward with fresh adapters equals the base bitwise");
     ldm_step_reset(ctx);
-    ldm_nn_optim_config oc = ldm_nn_optim_defaults(LDM_OPTIM_ADAMW, 1e-2);
     if (ldm_nn_optim_create(ctx, &opt, ldm_nn_lora_params(L), &oc, 0, NULL)) { lt_report(0, "dit: optimizer", "%s", ldm_ctx_error(ctx)); goto out; }
     ldm_backward_from(ctx, DIT_FWD(), r);
     ldm_nn_optim_step(ctx, opt);
@@ -591,7 +596,6 @@ static void test_dit(void) {
                  "dit: one AdamW step moves every lora_B element and no base weight");
     }
     o = DIT_FWD();
-    int differs = 0;
     for (int64_t k = 0; o && k < no; k++) differs += o->data[k] != base[k];
     if (o) memcpy(got, o->data, sizeof(float) * (size_t)no);
     LT_CHECK(differs > 0, "dit: the adapted DiT's output moved");
