@@ -68,6 +68,39 @@
      with ldm_nn_zero_grad, as PyTorch's toggle_optimizer pattern needs). Unfreezing after alloc works only
      for parameters that were trainable at alloc time. Frozen parameters have
      requires_grad = 0 (autograd skips them) and optimizers skip them.
+     sgm's not_trainable_prefixes: ldm_nn_disable_untrainable_params(P, n, prefixes, &left)
+     freezes names that start with a prefix (plain str.startswith; "all" is everything) and,
+     after alloc, lays the gradient block out again without the frozen slices
+     (ldm_nn_params_compact_grads), so the three mirrored layouts stay consistent: the
+     parameter block never moves; the gradient block holds exactly the trainable parameters;
+     an optimizer created afterwards gives moments to exactly those (none to frozen ones, see
+     ldm_nn_optim_state_bytes). The first stage: ldm_nn_params_freeze (frozen for good, no
+     gradient memory). Checkpoints: parameter files (ldm_nn_save) always hold every
+     parameter, frozen or not; optimizer state files hold moments for the group only, so
+     loading one after the frozen set changed is an error naming the first parameter that
+     gained or lost state (hint: freeze the same prefixes, or start from zero state).
+   - LoRA (peft's arithmetic and names): ldm_nn_lora_create(ctx, &L, P, &cfg) attaches
+     adapters A [r, I], B [O, r] to every linear layer whose name ends in a target
+     ("attn.qkv" adapts "blocks.3.attn.qkv"), freezes the whole base (gradient block
+     released) and keeps the adapters in their own registry, ldm_nn_lora_params(L): the
+     optimizer gets that one, so only adapters have gradients and moments. The hook is in the
+     layer: ldm_nn_linear_init records the layer in its registry and ldm_nn_linear_forward
+     adds scaling * B(A(dropout(x))) when an adapter is attached, so models (the DiT, the
+     UNet's attention) need no LoRA code and adapters attach after a model is built. A starts
+     kaiming_uniform(a = sqrt(5)), B zero: the adapted model starts equal to the base.
+     Adapters save apart (ldm_nn_lora_save: rank/alpha/dropout/targets in the metadata) and
+     load onto a base built from its own checkpoint (ldm_nn_lora_create_from_file); merge
+     folds W += scaling B A into the base (for inference or export), unmerge takes it out.
+
+       ldm_dit *dit;  ldm_dit_create(ctx, &dit, &cfg);  ldm_dit_load(ctx, dit, "base.safetensors", NULL, 1, NULL);
+       const char *tg[2] = {"attn.qkv", "mlp.fc1"};
+       ldm_nn_lora_config lc = {0};  lc.r = 16; lc.alpha = 16; lc.dropout = 0.05f; lc.n_targets = 2; lc.targets = tg;
+       ldm_nn_lora *L;  ldm_nn_lora_create(ctx, &L, ldm_dit_params(dit), &lc);   // base frozen now
+       ldm_nn_lora_set_training(L, 1);                                           // adapter dropout on
+       ldm_nn_optim_create(ctx, &opt, ldm_nn_lora_params(L), &oc, 0, NULL);      // adapters only
+       ... train: ldm_dit_forward picks the adapters up ...
+       ldm_nn_lora_save(ctx, L, "adapters.safetensors");                         // small file
+       ldm_nn_lora_merge(ctx, L);  ldm_dit_save(ctx, dit, "merged.safetensors", LDM_F32, NULL);
    - Patterns (freezing, optimizer groups, counting) are module-boundary prefixes with '*'
      wildcards: "encoder" matches "encoder.conv_in.weight" but not "encoder2.x";
      "loss.logvar" matches itself; "*.lora_up" matches "a.b.lora_up.weight". A trailing '.'
@@ -451,10 +484,11 @@ LDM_API const char *ldm_nn_lora_module(const ldm_nn_lora *L, int i);  /* the i-t
 LDM_API float ldm_nn_lora_scaling(const ldm_nn_lora *L);
 /* Training mode turns the adapter dropout on (the context's RNG). Off after create. */
 LDM_API void ldm_nn_lora_set_training(ldm_nn_lora *L, int on);
-/* W += scaling * B A for every adapter (sums in double, rounded once), after which the layers
-   run without the adapter term; unmerge subtracts it again. Merging twice, unmerging an
-   unmerged set, and loading or training into a merged set (no adapter gradients) are
-   errors or documented no-ops: load refuses, training merged gives the adapters no gradient. */
+/* W += scaling * B A for every adapter (sums in double, rounded once per element), after
+   which the layers run without the adapter term (merged forward = unmerged within float
+   rounding); unmerge subtracts it again (W back within rounding, not bitwise). Merging
+   twice, unmerging an unmerged set and loading into a merged set are errors; while merged
+   the adapters get no gradient (unmerge before training on). */
 LDM_API ldm_result ldm_nn_lora_merge(ldm_ctx *ctx, ldm_nn_lora *L);
 LDM_API ldm_result ldm_nn_lora_unmerge(ldm_ctx *ctx, ldm_nn_lora *L);
 LDM_API int ldm_nn_lora_merged(const ldm_nn_lora *L);
