@@ -62,7 +62,7 @@ static void hash_fill(ldm_ctx *ctx, ldm_nn_params *P) {
 /* depth/hid other than the reference's build mismatching models for the error tests */
 static ldm_nn_params *net_new(ldm_ctx *ctx, net *m, int depth, int hid, int n_freeze, const char *const *freeze) {
     ldm_nn_params *P;
-    if (ldm_nn_params_create(ctx, &P, LDM_CPU)) return NULL;
+    if (ldm_nn_params_create(ctx, &P, ldm_ctx_device(ctx))) return NULL;
     net_register(P, m, depth, hid);
     if (n_freeze) ldm_nn_disable_untrainable_params(P, n_freeze, freeze, NULL);
     if (ldm_nn_params_alloc(ctx, P)) { printf("alloc: %s\n", ldm_ctx_error(ctx)); ldm_nn_params_destroy(P); return NULL; }
@@ -84,7 +84,21 @@ static ldm_nn_lora_config lora_cfg(int r, float alpha) {
     c.r = r; c.alpha = alpha; c.n_targets = 2; c.targets = TARGETS;
     return c;
 }
-/* host copy of a whole block */
+/* host copy of a whole block (on any device) */
+static float *block_copy_dev(ldm_ctx *ctx, ldm_nn_params *P, ldm_nn_block_id b, int64_t *n) {
+    float *src = ldm_nn_block(P, b, n);
+    float *h = (float *)malloc(sizeof(float) * (size_t)(*n ? *n : 1));
+    if (*n) ldm_device_copy(ctx, h, LDM_CPU, src, ldm_nn_params_device(P), sizeof(float) * (size_t)*n);
+    return h;
+}
+static int block_same_dev(ldm_ctx *ctx, ldm_nn_params *P, ldm_nn_block_id b, const float *snap, int64_t n) {
+    int64_t m;
+    float *cur = block_copy_dev(ctx, P, b, &m);
+    int same = m == n && (n == 0 || memcmp(cur, snap, sizeof(float) * (size_t)n) == 0);
+    free(cur);
+    return same;
+}
+/* the CPU-only tests below read memory directly */
 static float *block_copy(ldm_nn_params *P, ldm_nn_block_id b, int64_t *n) {
     float *src = ldm_nn_block(P, b, n);
     float *h = (float *)malloc(sizeof(float) * (size_t)(*n ? *n : 1));
@@ -102,25 +116,38 @@ static double loss_of(const ldm_tensor *y, const float *r) {
     return L;
 }
 
-/* ---- against PyTorch ------------------------------------------------------------------------ */
-static void test_torch(void) {
-    ldm_ctx *ctx = new_ctx(1);
+/* ---- against PyTorch (on the CPU, and on the CUDA back end / its emulator) ------------------ */
+static void test_torch(ldm_ctx *ctx) {
     ldm_weights *fx = NULL;
     net m;
     ldm_nn_params *P = net_new(ctx, &m, DEPTH, HID, 0, NULL);
     if (!P || ldm_weights_open(ctx, &fx, FIX "lora_ref.safetensors")) {
         lt_report(0, "lora vs torch: setup", "%s", ldm_ctx_error(ctx));
-        ldm_nn_params_destroy(P); ldm_ctx_destroy(ctx); return;
+        ldm_nn_params_destroy(P); ldm_ctx_clear_error(ctx); return;
     }
     long n;
     float *x = lt_load(ctx, fx, "x", &n), *r = lt_load(ctx, fx, "r", NULL), *want;
     ldm_tensor *xt = ldm_from_host(ctx, ldm_shape3(2, 5, D), x);
     ldm_tensor *y = net_forward(ctx, &m, xt);
     want = lt_load(ctx, fx, "y_base", &n);
-    lt_close("lora vs torch: base forward", y->data, want, n, 1e-6, 1e-5);
+    lt_close("lora vs torch: base forward", lt_h(ctx, y, 0), want, n, 1e-6, 1e-5);
     free(want);
+    {   /* freezing after alloc on this device: the kept gradients move to the new block intact */
+        ldm_backward_from(ctx, y, r);
+        ldm_tensor *k = ldm_nn_find(P, "blocks.1.mlp.fc2.weight");
+        float *g0 = (float *)malloc(sizeof(float) * (size_t)k->numel);
+        memcpy(g0, lt_h(ctx, k, 1), sizeof(float) * (size_t)k->numel);
+        const char *pre[2] = {"blocks.0", "head"};
+        int64_t ng;
+        int ok = ldm_nn_disable_untrainable_params(P, 2, pre, NULL) == LDM_OK;
+        ldm_nn_block(P, LDM_NN_BLOCK_GRADS, &ng);
+        const float *g1 = lt_h(ctx, k, 1);
+        LT_CHECK(ok && g1 && !memcmp(g0, g1, sizeof(float) * (size_t)k->numel) && !ldm_nn_find(P, "head.weight")->grad && ng < ldm_nn_numel(P, NULL, 0),
+                 "lora vs torch: prefixes frozen after a backward keep the others' gradients bitwise");
+        free(g0);
+    }
     int64_t pn;
-    float *psnap = block_copy(P, LDM_NN_BLOCK_PARAMS, &pn);
+    float *psnap = block_copy_dev(ctx, P, LDM_NN_BLOCK_PARAMS, &pn);
     ldm_step_reset(ctx);
 
     ldm_nn_lora *L = NULL;
@@ -136,11 +163,11 @@ static void test_torch(void) {
     xt->requires_grad = 1;
     y = net_forward(ctx, &m, xt);
     want = lt_load(ctx, fx, "y", &n);
-    lt_close("lora vs torch: adapted forward", y->data, want, n, 1e-6, 1e-5);
+    lt_close("lora vs torch: adapted forward", lt_h(ctx, y, 0), want, n, 1e-6, 1e-5);
     free(want);
     ldm_backward_from(ctx, y, r);
     want = lt_load(ctx, fx, "grad.x", &n);
-    lt_close("lora vs torch: grad input", xt->grad, want, n, 1e-6, 1e-5);
+    lt_close("lora vs torch: grad input", lt_h(ctx, xt, 1), want, n, 1e-6, 1e-5);
     free(want);
     for (int i = 0; i < ldm_nn_count(A); i++) {
         const ldm_nn_entry *e = ldm_nn_entry_at(A, i);
@@ -148,7 +175,7 @@ static void test_torch(void) {
         snprintf(key, sizeof key, "grad.%s", e->name);
         snprintf(nm, sizeof nm, "lora vs torch: %s", key);
         want = lt_load(ctx, fx, key, &n);
-        if (want) lt_close(nm, e->t->grad, want, n, 1e-6, 1e-5);
+        if (want) lt_close(nm, lt_h(ctx, e->t, 1), want, n, 1e-6, 1e-5);
         free(want);
     }
     LT_CHECK(ldm_nn_numel(P, NULL, 1) == 0 && ldm_nn_block(P, LDM_NN_BLOCK_GRADS, NULL) == NULL && ldm_nn_entry_at(P, 0)->t->grad == NULL,
@@ -176,24 +203,38 @@ static void test_torch(void) {
                 snprintf(key, sizeof key, "step%d.%s", step, e->name);
                 snprintf(nm, sizeof nm, "lora vs torch: AdamW %s", key);
                 want = lt_load(ctx, fx, key, &n);
-                if (want) lt_close(nm, e->t->data, want, n, 1e-6, 1e-5);
+                if (want) lt_close(nm, lt_h(ctx, e->t, 0), want, n, 1e-6, 1e-5);
                 free(want);
             }
         }
         y = net_forward(ctx, &m, ldm_from_host(ctx, ldm_shape3(2, 5, D), x));
         want = lt_load(ctx, fx, "y_step2", &n);
-        lt_close("lora vs torch: forward after two steps", y->data, want, n, 1e-6, 1e-5);
+        lt_close("lora vs torch: forward after two steps", lt_h(ctx, y, 0), want, n, 1e-6, 1e-5);
+        LT_CHECK(block_same_dev(ctx, P, LDM_NN_BLOCK_PARAMS, psnap, pn), "lora vs torch: base weights bitwise unchanged by training");
+        ldm_step_reset(ctx);
+        ldm_nn_lora_merge(ctx, L);
+        y = net_forward(ctx, &m, ldm_from_host(ctx, ldm_shape3(2, 5, D), x));
+        lt_close("lora vs torch: merged forward after two steps", lt_h(ctx, y, 0), want, n, 1e-5, 1e-5);
+        ldm_nn_lora_unmerge(ctx, L);
+        {
+            int64_t n2;
+            float *w = block_copy_dev(ctx, P, LDM_NN_BLOCK_PARAMS, &n2);
+            lt_close("lora vs torch: unmerge restores the base weights", w, psnap, (long)pn, 1e-6, 0.0);
+            free(w);
+        }
         free(want);
-        LT_CHECK(block_same(P, LDM_NN_BLOCK_PARAMS, psnap, pn), "lora vs torch: base weights bitwise unchanged by training");
+        ldm_step_reset(ctx);
         ldm_nn_optim_destroy(opt);
     }
 out:
-    LT_CHECK(ldm_ctx_status(ctx) == LDM_OK, "lora vs torch: no error");
+    lt_report(ldm_ctx_status(ctx) == LDM_OK, "lora vs torch: no error", "%s", ldm_ctx_error(ctx));
+    ldm_ctx_clear_error(ctx);
     ldm_nn_lora_destroy(L);
     ldm_nn_params_destroy(P);
     free(psnap); free(x); free(r);
     ldm_weights_close(fx);
-    ldm_ctx_destroy(ctx);
+    ldm_step_reset(ctx);
+    lt_host_release();
 }
 
 /* ---- finite differences on the adapter backward ---------------------------------------------- */
@@ -615,7 +656,9 @@ out:
 }
 
 int main(void) {
-    test_torch();
+    ldm_ctx *ctx = new_ctx(1);
+#ifndef LDM_CUDA_EMULATOR /* the emulator build only runs the device part below */
+    test_torch(ctx);
     test_fd();
     test_init_merge_io();
     test_errors();
@@ -624,5 +667,20 @@ int main(void) {
     remove("lora_rt.safetensors");
     remove("lora_err.safetensors");
     remove("freeze_opt.safetensors");
+#endif
+    ldm_ctx_destroy(ctx);
+#ifdef LDM_CUDA
+    /* forward, gradients, AdamW, merge and gradient-block compaction on the CUDA back end
+       (the CPU emulator's build runs the CUDA code on the CPU) */
+    if (ldm_cuda_available() && (ctx = new_ctx(1)) != NULL) {
+        if (ldm_cuda_init(ctx, 0)) lt_report(0, "cuda init", "%s", ldm_ctx_error(ctx));
+        else {
+            lt_tag = "[cuda] ";
+            test_torch(ctx);
+            lt_tag = "";
+        }
+        ldm_ctx_destroy(ctx);
+    } else printf("SKIP test_lora on CUDA: no CUDA device\n");
+#endif
     return lt_finish("test_lora");
 }
