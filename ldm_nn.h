@@ -34,6 +34,7 @@
        conv2d weight [O, I, kh, kw], bias [O]          x [B,I,H,W]   -> [B,O,H',W']
        conv3d weight [O, I, kt, kh, kw], bias [O]      x [B,I,T,H,W] -> [B,O,T',H',W']
        linear weight [O, I], bias [O]                  x [..., I]    -> [..., O]
+       LoRA lora_A [r, I], lora_B [O, r] (rank r)      on a linear:  same shapes
        groupnorm / batchnorm weight, bias [C]          x [B,C,...]   -> same
        layernorm weight, bias = normalized shape       x [..., normalized shape] -> same
        embedding weight [N, D]                         n indices     -> [n, D]
