@@ -447,6 +447,18 @@ static void test_errors(void) {
         ldm_nn_lora_destroy(LQ);
         ldm_nn_params_destroy(Q);
     }
+    {   /* rsLoRA: scaling alpha / sqrt(r); a plain-LoRA file does not load into it */
+        ldm_nn_params *Q = net_new(ctx, &m2, DEPTH, HID, 0, NULL);
+        ldm_nn_lora *LQ = NULL;
+        ldm_nn_lora_config c2 = lora_cfg(4, 8.0f);
+        c2.use_rslora = 1;
+        if (Q && !ldm_nn_lora_create(ctx, &LQ, Q, &c2)) {
+            LT_CHECK(ldm_nn_lora_scaling(LQ) == 4.0f, "rslora: scaling = alpha / sqrt(r)");
+            expect_err(ctx, ldm_nn_lora_load(ctx, LQ, "lora_err.safetensors"), LDM_ERR_INVALID, "these have rank 4, alpha 8 (rslora)", "errors: plain LoRA file into rsLoRA adapters");
+        } else lt_report(0, "rslora: create", "%s", ldm_ctx_error(ctx));
+        ldm_nn_lora_destroy(LQ);
+        ldm_nn_params_destroy(Q);
+    }
     expect_err(ctx, ldm_nn_lora_load(ctx, L, FIX "nn_model.safetensors"), LDM_ERR_FORMAT, "not a LoRA adapter file", "errors: a model file is no adapter file");
     }
 out:
