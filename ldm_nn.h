@@ -34,6 +34,7 @@
        conv2d weight [O, I, kh, kw], bias [O]          x [B,I,H,W]   -> [B,O,H',W']
        conv3d weight [O, I, kt, kh, kw], bias [O]      x [B,I,T,H,W] -> [B,O,T',H',W']
        linear weight [O, I], bias [O]                  x [..., I]    -> [..., O]
+       LoRA lora_A [r, I], lora_B [O, r] (rank r)      on a linear:  same shapes
        groupnorm / batchnorm weight, bias [C]          x [B,C,...]   -> same
        layernorm weight, bias = normalized shape       x [..., normalized shape] -> same
        embedding weight [N, D]                         n indices     -> [n, D]
@@ -68,6 +69,39 @@
      with ldm_nn_zero_grad, as PyTorch's toggle_optimizer pattern needs). Unfreezing after alloc works only
      for parameters that were trainable at alloc time. Frozen parameters have
      requires_grad = 0 (autograd skips them) and optimizers skip them.
+     sgm's not_trainable_prefixes: ldm_nn_disable_untrainable_params(P, n, prefixes, &left)
+     freezes names that start with a prefix (plain str.startswith; "all" is everything) and,
+     after alloc, lays the gradient block out again without the frozen slices
+     (ldm_nn_params_compact_grads), so the three mirrored layouts stay consistent: the
+     parameter block never moves; the gradient block holds exactly the trainable parameters;
+     an optimizer created afterwards gives moments to exactly those (none to frozen ones, see
+     ldm_nn_optim_state_bytes). The first stage: ldm_nn_params_freeze (frozen for good, no
+     gradient memory). Checkpoints: parameter files (ldm_nn_save) always hold every
+     parameter, frozen or not; optimizer state files hold moments for the group only, so
+     loading one after the frozen set changed is an error naming the first parameter that
+     gained or lost state (hint: freeze the same prefixes, or start from zero state).
+   - LoRA (peft's arithmetic and names): ldm_nn_lora_create(ctx, &L, P, &cfg) attaches
+     adapters A [r, I], B [O, r] to every linear layer whose name ends in a target
+     ("attn.qkv" adapts "blocks.3.attn.qkv"), freezes the whole base (gradient block
+     released) and keeps the adapters in their own registry, ldm_nn_lora_params(L): the
+     optimizer gets that one, so only adapters have gradients and moments. The hook is in the
+     layer: ldm_nn_linear_init records the layer in its registry and ldm_nn_linear_forward
+     adds scaling * B(A(dropout(x))) when an adapter is attached, so models (the DiT, the
+     UNet's attention) need no LoRA code and adapters attach after a model is built. A starts
+     kaiming_uniform(a = sqrt(5)), B zero: the adapted model starts equal to the base.
+     Adapters save apart (ldm_nn_lora_save: rank/alpha/dropout/targets in the metadata) and
+     load onto a base built from its own checkpoint (ldm_nn_lora_create_from_file); merge
+     folds W += scaling B A into the base (for inference or export), unmerge takes it out.
+
+       ldm_dit *dit;  ldm_dit_create(ctx, &dit, &cfg);  ldm_dit_load(ctx, dit, "base.safetensors", NULL, 1, NULL);
+       const char *tg[2] = {"attn.qkv", "mlp.fc1"};
+       ldm_nn_lora_config lc = {0};  lc.r = 16; lc.alpha = 16; lc.dropout = 0.05f; lc.n_targets = 2; lc.targets = tg;
+       ldm_nn_lora *L;  ldm_nn_lora_create(ctx, &L, ldm_dit_params(dit), &lc);   // base frozen now
+       ldm_nn_lora_set_training(L, 1);                                           // adapter dropout on
+       ldm_nn_optim_create(ctx, &opt, ldm_nn_lora_params(L), &oc, 0, NULL);      // adapters only
+       ... train: ldm_dit_forward picks the adapters up ...
+       ldm_nn_lora_save(ctx, L, "adapters.safetensors");                         // small file
+       ldm_nn_lora_merge(ctx, L);  ldm_dit_save(ctx, dit, "merged.safetensors", LDM_F32, NULL);
    - Patterns (freezing, optimizer groups, counting) are module-boundary prefixes with '*'
      wildcards: "encoder" matches "encoder.conv_in.weight" but not "encoder2.x";
      "loss.logvar" matches itself; "*.lora_up" matches "a.b.lora_up.weight". A trailing '.'
@@ -176,6 +210,24 @@ LDM_API void ldm_nn_set_init(ldm_nn_params *P, ldm_tensor *t, ldm_nn_init init);
 /* requires_grad for every parameter matching pattern. LDM_ERR_NOT_FOUND when no parameter
    matches (a typo would otherwise freeze nothing). */
 LDM_API ldm_result ldm_nn_set_trainable(ldm_nn_params *P, const char *pattern, int on);
+/* sgm's disable_untrainable_params: every parameter whose name starts with one of the n
+   prefixes (plain string prefixes, as str.startswith; "all" matches every name) stops
+   requiring gradients. A prefix that matches no parameter is LDM_ERR_NOT_FOUND and nothing
+   changes. After ldm_nn_params_alloc the frozen gradient slices are given back at once
+   (ldm_nn_params_compact_grads). *n_trainable (may be NULL) gets the trainable elements left. */
+LDM_API ldm_result ldm_nn_disable_untrainable_params(ldm_nn_params *P, int n, const char *const *not_trainable_prefixes,
+                                                     int64_t *n_trainable);
+/* Lays the gradient block out again over the parameters that require gradients now: frozen
+   ones lose their slice (t->grad = NULL, grad_offset -1), the others keep their values. The
+   block moves, so take ldm_nn_block(P, LDM_NN_BLOCK_GRADS) pointers again afterwards.
+   Optimizers stay valid (they skip frozen members). No-op before ldm_nn_params_alloc. */
+LDM_API ldm_result ldm_nn_params_compact_grads(ldm_ctx *ctx, ldm_nn_params *P);
+/* Freezes a whole model for good (sgm's first stage: requires_grad off, eval, train()
+   disabled): every parameter stops requiring gradients, the gradient block is released and
+   ldm_nn_set_trainable(..., 1) is refused from then on. ldm_nn.h's layers keep no mode:
+   run a frozen model with training = 0 wherever a forward takes it. */
+LDM_API ldm_result ldm_nn_params_freeze(ldm_ctx *ctx, ldm_nn_params *P);
+LDM_API int ldm_nn_params_frozen(const ldm_nn_params *P);
 
 /* Allocates the blocks (see the design notes) and initialises every entry. ctx must be the
    registry's context. Registration is closed afterwards. */
@@ -239,11 +291,15 @@ LDM_API ldm_result ldm_nn_conv3d_init_ex(ldm_nn_params *P, ldm_nn_conv3d *m, con
                                          const int k[3], const int stride[3], const int pad[6], int bias);
 LDM_API ldm_tensor *ldm_nn_conv3d_forward(ldm_ctx *ctx, const ldm_nn_conv3d *m, ldm_tensor *x);
 
-/* nn.Linear. */
+/* nn.Linear. ldm_nn_linear_init also records the layer in its registry (mod), which is
+   where a LoRA adapter attaches: the forward then adds the adapter's term (see LoRA below),
+   so models need no LoRA code, and copying the struct keeps the hook. */
+typedef struct ldm_nn_module ldm_nn_module;   /* a layer's record in its registry (opaque) */
 typedef struct ldm_nn_linear {
     ldm_tensor *weight;           /* [O, I] */
     ldm_tensor *bias;             /* [O] or NULL */
     int in, out;
+    ldm_nn_module *mod;           /* registry-owned; NULL for a struct filled by hand (no LoRA) */
 } ldm_nn_linear;
 LDM_API ldm_result ldm_nn_linear_init(ldm_nn_params *P, ldm_nn_linear *m, const char *name, int in, int out, int bias);
 LDM_API ldm_tensor *ldm_nn_linear_forward(ldm_ctx *ctx, const ldm_nn_linear *m, ldm_tensor *x);
@@ -383,11 +439,66 @@ LDM_API int64_t ldm_nn_optim_steps(const ldm_nn_optim *opt);            /* steps
 LDM_API int ldm_nn_optim_size(const ldm_nn_optim *opt);                  /* parameters in the group */
 LDM_API const ldm_nn_entry *ldm_nn_optim_entry(const ldm_nn_optim *opt, int i);
 LDM_API int64_t ldm_nn_optim_numel(const ldm_nn_optim *opt);
+/* Bytes of optimizer state (moments, 64-byte padded slices): frozen parameters cost none. */
+LDM_API int64_t ldm_nn_optim_state_bytes(const ldm_nn_optim *opt);
 /* State as safetensors: "<name>.exp_avg" and "<name>.exp_avg_sq" (Adam/AdamW) or
    "<name>.momentum_buffer" (SGD with momentum), float32; metadata "type", "step", "lr".
-   Loading checks type, names and shapes (all before writing anything). */
+   Loading checks type, names and shapes (all before writing anything): state saved while a
+   different set of parameters was frozen is an error naming the first parameter that has
+   state in the file but is not in the group, or is in the group without state in the file. */
 LDM_API ldm_result ldm_nn_optim_save(ldm_ctx *ctx, const ldm_nn_optim *opt, const char *path);
 LDM_API ldm_result ldm_nn_optim_load(ldm_ctx *ctx, ldm_nn_optim *opt, const char *path);
+
+/* ---- LoRA ---------------------------------------------------------------------------------
+   Low-rank adapters on linear layers, with peft's LoRA arithmetic and names. An adapted layer
+   computes y = W x + b + scaling * B(A(dropout(x))), A [r, I], B [O, r], scaling = alpha / r
+   (alpha / sqrt(r) with use_rslora). The adapters of one base registry form a set with its
+   own registry (its own parameter, gradient and optimizer blocks), named
+   "<module>.lora_A.weight" and "<module>.lora_B.weight". */
+typedef struct ldm_nn_lora_config {
+    int r;                        /* rank, >= 1 */
+    float alpha;                  /* lora_alpha */
+    float dropout;                /* lora_dropout on the adapter input, in [0, 1); training mode only */
+    int use_rslora;               /* scaling = alpha / sqrt(r) */
+    int n_targets;
+    const char *const *targets;   /* target_modules: a linear layer is adapted when its name, or
+                                     a part of it after a '.', matches one ('*' wildcards), e.g.
+                                     "attn.qkv" adapts "blocks.3.attn.qkv"; no ',' inside */
+} ldm_nn_lora_config;
+typedef struct ldm_nn_lora ldm_nn_lora;
+
+/* Attaches adapters to every linear layer of base (allocated) matching a target, and
+   freezes the whole base (gradient block released): only adapters train. A initialised
+   kaiming_uniform(a = sqrt(5)) from the context's RNG, B zero, so the adapted model starts
+   equal to the base. Errors: rank < 1, a target matching no linear layer (the message lists
+   the layer names), a base that already has adapters. One set per base at a time. */
+LDM_API ldm_result ldm_nn_lora_create(ldm_ctx *ctx, ldm_nn_lora **L, ldm_nn_params *base, const ldm_nn_lora_config *cfg);
+/* The same with the config stored in an adapter file (ldm_nn_lora_save), then its values. */
+LDM_API ldm_result ldm_nn_lora_create_from_file(ldm_ctx *ctx, ldm_nn_lora **L, ldm_nn_params *base, const char *path);
+/* Detaches the adapters (merged ones stay folded into the base weights; the base stays
+   frozen). Destroying the base first is allowed: the set then only frees itself. */
+LDM_API void ldm_nn_lora_destroy(ldm_nn_lora *L);
+LDM_API ldm_nn_params *ldm_nn_lora_params(ldm_nn_lora *L);      /* the adapters: give it to the optimizer */
+LDM_API const ldm_nn_lora_config *ldm_nn_lora_cfg(const ldm_nn_lora *L);
+LDM_API int ldm_nn_lora_count(const ldm_nn_lora *L);            /* adapted layers */
+LDM_API const char *ldm_nn_lora_module(const ldm_nn_lora *L, int i);  /* the i-th adapted layer's name */
+LDM_API float ldm_nn_lora_scaling(const ldm_nn_lora *L);
+/* Training mode turns the adapter dropout on (the context's RNG). Off after create. */
+LDM_API void ldm_nn_lora_set_training(ldm_nn_lora *L, int on);
+/* W += scaling * B A for every adapter (sums in double, rounded once per element), after
+   which the layers run without the adapter term (merged forward = unmerged within float
+   rounding); unmerge subtracts it again (W back within rounding, not bitwise). Merging
+   twice, unmerging an unmerged set and loading into a merged set are errors; while merged
+   the adapters get no gradient (unmerge before training on). */
+LDM_API ldm_result ldm_nn_lora_merge(ldm_ctx *ctx, ldm_nn_lora *L);
+LDM_API ldm_result ldm_nn_lora_unmerge(ldm_ctx *ctx, ldm_nn_lora *L);
+LDM_API int ldm_nn_lora_merged(const ldm_nn_lora *L);
+/* The adapters alone as safetensors (float32) with metadata "format" "pt", "lora_rank",
+   "lora_alpha", "lora_dropout", "use_rslora" and "target_modules" (comma-separated). Loading
+   checks rank, alpha and use_rslora, every name and shape (before writing anything): a file
+   for another model or other layer sizes is an error naming the tensor. */
+LDM_API ldm_result ldm_nn_lora_save(ldm_ctx *ctx, const ldm_nn_lora *L, const char *path);
+LDM_API ldm_result ldm_nn_lora_load(ldm_ctx *ctx, ldm_nn_lora *L, const char *path);
 
 #ifdef __cplusplus
 }
@@ -428,7 +539,21 @@ struct ldm_nn_params {
     void *raw[3];                 /* blocks as returned by the backend (before alignment) */
     float *block[3];
     int64_t block_n[3];
+    ldm_nn_module **mods;         /* linear layers, in registration order (each its own allocation) */
+    int nmod, modcap;
+    struct ldm_nn_lora *lora;     /* the attached adapter set, or NULL */
+    int frozen;                   /* ldm_nn_params_freeze */
 };
+
+/* A linear layer's record: where an adapter hooks in. */
+struct ldm__nn_adapter;
+struct ldm_nn_module {
+    char *name;                   /* "blocks.0.attn.qkv" */
+    ldm_tensor *weight, *bias;
+    int in, out;
+    struct ldm__nn_adapter *lora; /* attached adapter or NULL */
+};
+static ldm_tensor *ldm__nn_lora_term(ldm_ctx *ctx, const struct ldm__nn_adapter *a, ldm_tensor *x, ldm_tensor *y);
 
 /* ---- init rules ----------------------------------------------------------------------- */
 LDM_API ldm_nn_init ldm_nn_init_const(float v) { ldm_nn_init r; r.kind = LDM_NN_INIT_CONST; r.a = v; r.b = 0.0f; return r; }
@@ -484,6 +609,7 @@ LDM_API int ldm_nn_match(const char *pattern, const char *name) {
 }
 
 /* ---- the registry --------------------------------------------------------------------- */
+static void ldm__nn_lora_orphan(struct ldm_nn_lora *L);
 LDM_API ldm_result ldm_nn_params_create(ldm_ctx *ctx, ldm_nn_params **out, ldm_device device) {
     *out = NULL;
     if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
@@ -511,6 +637,9 @@ LDM_API void ldm_nn_params_destroy(ldm_nn_params *P) {
         LDM_FREE(P->e[i].t);
     }
     LDM_FREE(P->e);
+    for (int i = 0; i < P->nmod; i++) { LDM_FREE(P->mods[i]->name); LDM_FREE(P->mods[i]); }
+    LDM_FREE(P->mods);
+    if (P->lora) ldm__nn_lora_orphan(P->lora);
     LDM_FREE(P->prefix);
     LDM_FREE(P->stack);
     LDM_FREE(P->sorted);
@@ -629,6 +758,9 @@ LDM_API void ldm_nn_set_init(ldm_nn_params *P, ldm_tensor *t, ldm_nn_init init) 
 LDM_API ldm_result ldm_nn_set_trainable(ldm_nn_params *P, const char *pattern, int on) {
     ldm_ctx *ctx = P->ctx;
     if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
+    if (on && P->frozen)
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_set_trainable(\"%s\"): this model was frozen for good with ldm_nn_params_freeze "
+                              "(hint: the first stage stays frozen; build another registry to train it)", pattern ? pattern : "");
     int hits = 0;
     for (int i = 0; i < P->n; i++) {
         ldm_nn_entry *e = &P->e[i];
@@ -647,6 +779,106 @@ LDM_API ldm_result ldm_nn_set_trainable(ldm_nn_params *P, const char *pattern, i
     }
     return LDM_OK;
 }
+
+static void *ldm__nn_dev_alloc(ldm_ctx *ctx, ldm_device d, int64_t nfloats, void **raw);
+
+/* Records a linear layer (its prefix is the current one). */
+static ldm_nn_module *ldm__nn_add_module(ldm_nn_params *P, const ldm_nn_linear *m) {
+    if (ldm_ctx_status(P->ctx)) return NULL;
+    if (P->nmod == P->modcap) {
+        int cap = P->modcap ? P->modcap * 2 : 32;
+        ldm_nn_module **v = (ldm_nn_module **)LDM_REALLOC(P->mods, sizeof(ldm_nn_module *) * (size_t)cap);
+        if (!v) { ldm_ctx_seterr(P->ctx, LDM_ERR_NOMEM, "ldm_nn: out of memory"); return NULL; }
+        P->mods = v;
+        P->modcap = cap;
+    }
+    ldm_nn_module *r = (ldm_nn_module *)LDM_MALLOC(sizeof *r);
+    char *name = (char *)LDM_MALLOC(P->plen + 1);
+    if (!r || !name) { LDM_FREE(r); LDM_FREE(name); ldm_ctx_seterr(P->ctx, LDM_ERR_NOMEM, "ldm_nn: out of memory"); return NULL; }
+    memcpy(name, P->prefix, P->plen + 1);
+    r->name = name;
+    r->weight = m->weight;
+    r->bias = m->bias;
+    r->in = m->in;
+    r->out = m->out;
+    r->lora = NULL;
+    P->mods[P->nmod++] = r;
+    return r;
+}
+
+LDM_API ldm_result ldm_nn_params_compact_grads(ldm_ctx *ctx, ldm_nn_params *P) {
+    if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
+    if (!P->allocated) return LDM_OK;
+    int64_t n = 0;
+    for (int i = 0; i < P->n; i++) {
+        ldm_nn_entry *e = &P->e[i];
+        if (e->kind == LDM_NN_PARAM && e->t->requires_grad && e->t->grad) n += LDM__NN_UP(e->t->numel);
+    }
+    if (n == P->block_n[LDM_NN_BLOCK_GRADS]) return LDM_OK; /* nothing frozen since the layout */
+    void *raw = NULL;
+    float *g = (float *)ldm__nn_dev_alloc(ctx, P->device, n, &raw);
+    if (n && !g)
+        return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_nn_params_compact_grads: cannot allocate %.1f MiB on %s", (double)n * 4 / 1048576.0,
+                              ldm_device_name(ctx, P->device));
+    ldm_device_fill(ctx, P->device, g, n, 0.0f);
+    int64_t off = 0;
+    for (int i = 0; i < P->n; i++) {
+        ldm_nn_entry *e = &P->e[i];
+        if (e->kind != LDM_NN_PARAM) continue;
+        if (e->t->requires_grad && e->t->grad) {
+            ldm_device_copy(ctx, g + off, P->device, e->t->grad, P->device, (size_t)e->t->numel * sizeof(float));
+            e->grad_offset = off;
+            e->t->grad = g + off;
+            off += LDM__NN_UP(e->t->numel);
+        } else {
+            e->grad_offset = -1;
+            e->t->grad = NULL;
+        }
+    }
+    ldm_device_free(ctx, P->device, P->raw[LDM_NN_BLOCK_GRADS]);
+    P->raw[LDM_NN_BLOCK_GRADS] = raw;
+    P->block[LDM_NN_BLOCK_GRADS] = g;
+    P->block_n[LDM_NN_BLOCK_GRADS] = n;
+    return ldm_ctx_status(ctx);
+}
+
+static int ldm__nn_starts(const char *name, const char *prefix) {
+    return !strcmp(prefix, "all") || !strncmp(name, prefix, strlen(prefix));
+}
+LDM_API ldm_result ldm_nn_disable_untrainable_params(ldm_nn_params *P, int n, const char *const *prefixes, int64_t *n_trainable) {
+    ldm_ctx *ctx = P->ctx;
+    if (n_trainable) *n_trainable = 0;
+    if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
+    if (n < 0 || (n > 0 && !prefixes))
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_disable_untrainable_params: %d prefixes at %p", n, (const void *)prefixes);
+    for (int k = 0; k < n; k++) {
+        if (!prefixes[k]) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_disable_untrainable_params: prefix %d is NULL", k);
+        int hit = 0;
+        for (int i = 0; i < P->n && !hit; i++) hit = P->e[i].kind == LDM_NN_PARAM && ldm__nn_starts(P->e[i].name, prefixes[k]);
+        if (!hit) {
+            const char *ex = NULL;
+            for (int i = 0; i < P->n && !ex; i++) if (P->e[i].kind == LDM_NN_PARAM) ex = P->e[i].name;
+            return ldm_ctx_seterr(ctx, LDM_ERR_NOT_FOUND, "ldm_nn_disable_untrainable_params: no parameter name starts with \"%s\" "
+                                  "(hint: prefixes are plain string prefixes of state-dict names such as \"%s\"; \"all\" freezes everything)",
+                                  prefixes[k], ex ? ex : "?");
+        }
+    }
+    for (int i = 0; i < P->n; i++) {
+        ldm_nn_entry *e = &P->e[i];
+        for (int k = 0; k < n && e->kind == LDM_NN_PARAM; k++)
+            if (ldm__nn_starts(e->name, prefixes[k])) { e->t->requires_grad = 0; break; }
+    }
+    if (ldm_nn_params_compact_grads(ctx, P)) return ldm_ctx_status(ctx);
+    if (n_trainable) *n_trainable = ldm_nn_numel(P, NULL, 1);
+    return LDM_OK;
+}
+LDM_API ldm_result ldm_nn_params_freeze(ldm_ctx *ctx, ldm_nn_params *P) {
+    if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
+    for (int i = 0; i < P->n; i++) if (P->e[i].kind == LDM_NN_PARAM) P->e[i].t->requires_grad = 0;
+    P->frozen = 1;
+    return ldm_nn_params_compact_grads(ctx, P);
+}
+LDM_API int ldm_nn_params_frozen(const ldm_nn_params *P) { return P->frozen; }
 
 /* Sorted index by a merge sort (no global state, stable). */
 static void ldm__nn_msort(const ldm_nn_params *P, int *a, int *tmp, int n) {
@@ -867,11 +1099,13 @@ LDM_API ldm_result ldm_nn_linear_init(ldm_nn_params *P, ldm_nn_linear *m, const 
     ldm_nn_push(P, name);
     m->weight = ldm_nn_param(P, "weight", ldm_shape2(out, in), ldm_nn_init_kaiming_uniform(sqrt(5.0), in));
     if (bias) m->bias = ldm_nn_param(P, "bias", ldm_shape1(out), ldm_nn_init_fan_in_uniform(in));
+    if (m->weight && (!bias || m->bias)) m->mod = ldm__nn_add_module(P, m);
     ldm_nn_pop(P);
     return ldm_ctx_status(P->ctx);
 }
 LDM_API ldm_tensor *ldm_nn_linear_forward(ldm_ctx *ctx, const ldm_nn_linear *m, ldm_tensor *x) {
-    return ldm_linear(ctx, x, m->weight, m->bias);
+    ldm_tensor *y = ldm_linear(ctx, x, m->weight, m->bias);
+    return m->mod && m->mod->lora ? ldm__nn_lora_term(ctx, m->mod->lora, x, y) : y;
 }
 
 LDM_API ldm_result ldm_nn_groupnorm_init(ldm_nn_params *P, ldm_nn_groupnorm *m, const char *name, int groups,
@@ -1219,7 +1453,8 @@ static float *ldm__nn_host_view(ldm_ctx *ctx, const float *data, ldm_device d, i
     return *owned;
 }
 
-LDM_API ldm_result ldm_nn_save(ldm_ctx *ctx, const ldm_nn_params *P, const char *path, ldm_dtype dtype, const char *prefix) {
+static ldm_result ldm__nn_save(ldm_ctx *ctx, const ldm_nn_params *P, const char *path, ldm_dtype dtype, const char *prefix,
+                               int n_meta, const char *const *mk, const char *const *mv) {
     if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
     if (!P->allocated) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_save: %s: the model has no memory yet (hint: ldm_nn_params_alloc first)", path);
     size_t pl = prefix ? strlen(prefix) : 0;
@@ -1245,16 +1480,17 @@ LDM_API ldm_result ldm_nn_save(ldm_ctx *ctx, const ldm_nn_params *P, const char 
         m++;
         if (!nd[m - 1].data) { r = ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_nn_save: out of memory"); goto done; }
     }
-    {
-        const char *mk[1] = {"format"}, *mv[1] = {"pt"};
-        r = ldm_safetensors_write(ctx, path, m, nd, dtype, 1, mk, mv);
-    }
+    r = ldm_safetensors_write(ctx, path, m, nd, dtype, n_meta, mk, mv);
 done:
     for (int i = 0; i < m; i++) { LDM_FREE(names[i]); LDM_FREE(owned[i]); }
     LDM_FREE(nd);
     LDM_FREE(names);
     LDM_FREE(owned);
     return r;
+}
+LDM_API ldm_result ldm_nn_save(ldm_ctx *ctx, const ldm_nn_params *P, const char *path, ldm_dtype dtype, const char *prefix) {
+    const char *mk[1] = {"format"}, *mv[1] = {"pt"};
+    return ldm__nn_save(ctx, P, path, dtype, prefix, 1, mk, mv);
 }
 
 /* ---- optimizers ------------------------------------------------------------------------- */
@@ -1423,6 +1659,7 @@ LDM_API int64_t ldm_nn_optim_numel(const ldm_nn_optim *o) {
     for (int i = 0; i < o->n; i++) n += o->e[i]->t->numel;
     return n;
 }
+LDM_API int64_t ldm_nn_optim_state_bytes(const ldm_nn_optim *o) { return o->mn * o->nmom * (int64_t)sizeof(float); }
 
 static const char *ldm__nn_moment_suffix(const ldm_nn_optim *o, int k) {
     if (o->cfg.type == LDM_OPTIM_SGD) return ".momentum_buffer";
@@ -1496,11 +1733,25 @@ LDM_API ldm_result ldm_nn_optim_load(ldm_ctx *ctx, ldm_nn_optim *o, const char *
                            step ? "\"" : "missing", step ? step : "", step ? "\"" : "");
         goto done;
     }
-    if (nf != cnt) {
-        r = ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_optim_load: %s has %d tensors, this %s optimizer over %d parameters needs %d (hint: the parameter group differs from the saved one)",
-                           path, nf, ldm__nn_optim_name(o->cfg.type), o->n, cnt);
-        goto done;
+    /* A file tensor whose parameter is not in the group: frozen now (or another model). */
+    for (int f = 0; f < nf; f++) {
+        const char *fn = ldm_weights_info(w, f)->name;
+        int in_group = 0;
+        for (int k = 0; k < o->nmom && !in_group; k++) {
+            const char *suf = ldm__nn_moment_suffix(o, k);
+            size_t fl = strlen(fn), sl = strlen(suf);
+            for (int i = 0; i < o->n && !in_group && fl > sl && !strcmp(fn + fl - sl, suf); i++)
+                in_group = strlen(o->e[i]->name) == fl - sl && !strncmp(fn, o->e[i]->name, fl - sl);
+        }
+        if (!in_group) {
+            r = ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_optim_load: %s holds \"%s\", which belongs to no parameter of this %s optimizer's group of %d "
+                               "(hint: the parameter group differs from the saved one: the frozen prefixes or the optimizer's patterns changed; "
+                               "use the same ones, or start the optimizer from zero state)", path, fn, ldm__nn_optim_name(o->cfg.type), o->n);
+            goto done;
+        }
     }
+    /* every file tensor belongs to the group; the loop below finds every group tensor in the
+       file, so the two sets are equal (names are unique in a file) */
     for (int k = 0, q = 0; k < o->nmom; k++)
         for (int i = 0; i < o->n; i++, q++) {
             const char *suf = ldm__nn_moment_suffix(o, k);
@@ -1511,7 +1762,8 @@ LDM_API ldm_result ldm_nn_optim_load(ldm_ctx *ctx, ldm_nn_optim *o, const char *
             memcpy(name, o->e[i]->name, nl);
             memcpy(name + nl, suf, sl + 1);
             int f = ldm_weights_find(w, name);
-            if (f < 0) { r = ldm_ctx_seterr(ctx, LDM_ERR_NOT_FOUND, "ldm_nn_optim_load: %s has no \"%s\" (hint: the parameter group differs from the saved one)", path, name); goto done; }
+            if (f < 0) { r = ldm_ctx_seterr(ctx, LDM_ERR_NOT_FOUND, "ldm_nn_optim_load: %s has no \"%s\": that parameter was frozen or absent when the state was saved "
+                                            "(hint: the parameter group differs from the saved one; freeze the same prefixes, or start from zero state)", path, name); goto done; }
             const ldm_weight_info *fi = ldm_weights_info(w, f);
             ldm_tensor *t = o->e[i]->t;
             int same = fi->ndim == t->ndim;
@@ -1540,6 +1792,299 @@ done:
     LDM_FREE(tmp);
     LDM_FREE(src);
     ldm_weights_close(w);
+    return r;
+}
+
+/* ---- LoRA ------------------------------------------------------------------------------- */
+struct ldm__nn_adapter {
+    ldm_tensor *A, *B;            /* [r, I], [O, r] in the set's registry */
+    ldm_nn_module *mod;           /* the adapted layer */
+    struct ldm_nn_lora *set;
+};
+struct ldm_nn_lora {
+    ldm_nn_params *base;          /* NULL once the base registry is destroyed */
+    ldm_nn_params *P;             /* the adapters */
+    ldm_nn_lora_config cfg;       /* targets point at `targets` */
+    char **targets;
+    struct ldm__nn_adapter *ad;
+    int n, training, merged;
+    float scaling;
+};
+
+/* y + scaling * B(A(dropout(x))), in peft's order; a merged set adds nothing. */
+static ldm_tensor *ldm__nn_lora_term(ldm_ctx *ctx, const struct ldm__nn_adapter *a, ldm_tensor *x, ldm_tensor *y) {
+    const struct ldm_nn_lora *L = a->set;
+    if (!y || L->merged) return y;
+    ldm_tensor *h = L->training && L->cfg.dropout > 0.0f ? ldm_dropout(ctx, x, L->cfg.dropout, 1) : x;
+    h = ldm_linear(ctx, ldm_linear(ctx, h, a->A, NULL), a->B, NULL);
+    return ldm_add(ctx, y, ldm_scale(ctx, h, L->scaling));
+}
+
+/* target matches name, or the part of name after one of its '.' */
+static int ldm__nn_target_match(const char *target, const char *name) {
+    size_t tn = strlen(target), sn = strlen(name);
+    for (size_t k = 0; k < sn; k++)
+        if ((k == 0 || name[k - 1] == '.') && ldm__nn_glob(target, tn, name + k, sn - k)) return 1;
+    return 0;
+}
+
+static void ldm__nn_lora_orphan(struct ldm_nn_lora *L) { L->base = NULL; }
+
+LDM_API void ldm_nn_lora_destroy(ldm_nn_lora *L) {
+    if (!L) return;
+    if (L->base) {
+        for (int i = 0; i < L->n; i++) if (L->ad[i].mod) L->ad[i].mod->lora = NULL;
+        L->base->lora = NULL;
+    }
+    ldm_nn_params_destroy(L->P);
+    for (int i = 0; L->targets && i < L->cfg.n_targets; i++) LDM_FREE(L->targets[i]);
+    LDM_FREE(L->targets);
+    LDM_FREE(L->ad);
+    LDM_FREE(L);
+}
+
+/* The adapters, allocated and initialised, not yet attached (the base is untouched). */
+static ldm_result ldm__nn_lora_build(ldm_ctx *ctx, ldm_nn_lora **out, ldm_nn_params *base, const ldm_nn_lora_config *cfg) {
+    *out = NULL;
+    if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
+    if (ctx != base->ctx) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_lora_create: ctx is not the base registry's context");
+    if (!base->allocated) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_lora_create: the base model has no memory yet (hint: ldm_nn_params_alloc first)");
+    if (base->lora) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_lora_create: the base model already has LoRA adapters (hint: ldm_nn_lora_destroy them first)");
+    if (cfg->r < 1)
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_lora_create: rank r = %d; LoRA needs r >= 1", cfg->r);
+    if (!(cfg->alpha == cfg->alpha) || cfg->alpha - cfg->alpha != 0.0f)
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_lora_create: lora_alpha %g is not finite", (double)cfg->alpha);
+    if (!(cfg->dropout >= 0.0f && cfg->dropout < 1.0f))
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_lora_create: lora_dropout %g is outside [0, 1)", (double)cfg->dropout);
+    if (cfg->n_targets < 1 || !cfg->targets)
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_lora_create: no target modules (hint: e.g. {\"attn.qkv\", \"mlp.fc1\"})");
+    for (int k = 0; k < cfg->n_targets; k++) {
+        const char *t = cfg->targets[k];
+        if (!t || !t[0] || strchr(t, ','))
+            return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_lora_create: target %d is %s%s%s (targets are non-empty module names without ',')", k,
+                                  t ? "\"" : "NULL", t ? t : "", t ? "\"" : "");
+        int hit = 0;
+        for (int i = 0; i < base->nmod && !hit; i++) hit = ldm__nn_target_match(t, base->mods[i]->name);
+        if (!hit) {
+            char list[512];
+            size_t len = 0;
+            list[0] = 0;
+            for (int i = 0; i < base->nmod && len + 64 < sizeof list; i++) {
+                int w = snprintf(list + len, sizeof list - len, "%s%s", i ? ", " : "", base->mods[i]->name);
+                if (w < 0 || (size_t)w >= sizeof list - len) break;
+                len += (size_t)w;
+            }
+            return ldm_ctx_seterr(ctx, LDM_ERR_NOT_FOUND, "ldm_nn_lora_create: target \"%s\" matches no linear layer of the model "
+                                  "(hint: LoRA adapts ldm_nn_linear layers; this model has %d: %s%s)", t, base->nmod, base->nmod ? list : "none",
+                                  len + 64 >= sizeof list ? ", ..." : "");
+        }
+    }
+    ldm_nn_lora *L = (ldm_nn_lora *)LDM_MALLOC(sizeof *L);
+    if (!L) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_nn_lora_create: out of memory");
+    memset(L, 0, sizeof *L);
+    L->cfg = *cfg;
+    L->scaling = cfg->use_rslora ? (float)((double)cfg->alpha / sqrt((double)cfg->r)) : (float)((double)cfg->alpha / (double)cfg->r);
+    L->targets = (char **)LDM_MALLOC(sizeof(char *) * (size_t)cfg->n_targets);
+    L->ad = (struct ldm__nn_adapter *)LDM_MALLOC(sizeof(struct ldm__nn_adapter) * (size_t)(base->nmod ? base->nmod : 1));
+    ldm_result r = L->targets && L->ad ? LDM_OK : ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_nn_lora_create: out of memory");
+    if (L->targets) memset(L->targets, 0, sizeof(char *) * (size_t)cfg->n_targets);
+    for (int k = 0; !r && k < cfg->n_targets; k++)
+        if (!(L->targets[k] = ldm__nn_strdup(cfg->targets[k]))) r = ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_nn_lora_create: out of memory");
+    L->cfg.targets = (const char *const *)L->targets;
+    if (!r) r = ldm_nn_params_create(ctx, &L->P, base->device);
+    for (int i = 0; !r && i < base->nmod; i++) {
+        ldm_nn_module *m = base->mods[i];
+        int hit = 0;
+        for (int k = 0; k < cfg->n_targets && !hit; k++) hit = ldm__nn_target_match(cfg->targets[k], m->name);
+        if (!hit) continue;
+        struct ldm__nn_adapter *a = &L->ad[L->n++];
+        a->mod = m;
+        a->set = L;
+        ldm_nn_push(L->P, m->name);
+        a->A = ldm_nn_param(L->P, "lora_A.weight", ldm_shape2(cfg->r, m->in), ldm_nn_init_kaiming_uniform(sqrt(5.0), m->in));
+        a->B = ldm_nn_param(L->P, "lora_B.weight", ldm_shape2(m->out, cfg->r), ldm_nn_init_const(0.0f));
+        ldm_nn_pop(L->P);
+        r = ldm_ctx_status(ctx);
+    }
+    if (!r) r = ldm_nn_params_alloc(ctx, L->P);
+    if (r) { ldm_nn_lora_destroy(L); return r; }
+    *out = L;
+    return LDM_OK;
+}
+/* peft's mark_only_lora_as_trainable (the base trains nothing and keeps no gradient memory),
+   then the layers' hooks. */
+static ldm_result ldm__nn_lora_attach(ldm_ctx *ctx, ldm_nn_lora *L, ldm_nn_params *base) {
+    for (int i = 0; i < base->n; i++) if (base->e[i].kind == LDM_NN_PARAM) base->e[i].t->requires_grad = 0;
+    if (ldm_nn_params_compact_grads(ctx, base)) return ldm_ctx_status(ctx);
+    for (int i = 0; i < L->n; i++) L->ad[i].mod->lora = &L->ad[i];
+    L->base = base;
+    base->lora = L;
+    return LDM_OK;
+}
+LDM_API ldm_result ldm_nn_lora_create(ldm_ctx *ctx, ldm_nn_lora **out, ldm_nn_params *base, const ldm_nn_lora_config *cfg) {
+    ldm_result r = ldm__nn_lora_build(ctx, out, base, cfg);
+    if (!r && (r = ldm__nn_lora_attach(ctx, *out, base)) != LDM_OK) { ldm_nn_lora_destroy(*out); *out = NULL; }
+    return r;
+}
+
+LDM_API ldm_nn_params *ldm_nn_lora_params(ldm_nn_lora *L) { return L->P; }
+LDM_API const ldm_nn_lora_config *ldm_nn_lora_cfg(const ldm_nn_lora *L) { return &L->cfg; }
+LDM_API int ldm_nn_lora_count(const ldm_nn_lora *L) { return L->n; }
+LDM_API const char *ldm_nn_lora_module(const ldm_nn_lora *L, int i) { return i >= 0 && i < L->n && L->ad[i].mod ? L->ad[i].mod->name : NULL; }
+LDM_API float ldm_nn_lora_scaling(const ldm_nn_lora *L) { return L->scaling; }
+LDM_API void ldm_nn_lora_set_training(ldm_nn_lora *L, int on) { L->training = on ? 1 : 0; }
+LDM_API int ldm_nn_lora_merged(const ldm_nn_lora *L) { return L->merged; }
+
+/* W += sign * scaling * B A on the host (sum over r in double, one rounding per element). */
+static ldm_result ldm__nn_lora_fold(ldm_ctx *ctx, ldm_nn_lora *L, double sign, const char *who) {
+    if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
+    if (!L->base) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: the base model of these adapters was destroyed", who);
+    if (L->merged == (sign > 0))
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: the adapters are %s merged", who, L->merged ? "already" : "not");
+    ldm_device dev = L->base->device;
+    for (int i = 0; i < L->n; i++) {
+        const struct ldm__nn_adapter *a = &L->ad[i];
+        int64_t O = a->mod->out, I = a->mod->in, R = L->cfg.r;
+        float *w = NULL, *ah = NULL, *bh = NULL, *oa = NULL, *ob = NULL;
+        if (dev == LDM_CPU) w = a->mod->weight->data;
+        else if ((w = (float *)LDM_MALLOC(sizeof(float) * (size_t)(O * I))) != NULL)
+            ldm_device_copy(ctx, w, LDM_CPU, a->mod->weight->data, dev, (size_t)(O * I) * sizeof(float));
+        ah = ldm__nn_host_view(ctx, a->A->data, dev, R * I, &oa);
+        bh = ldm__nn_host_view(ctx, a->B->data, dev, O * R, &ob);
+        if (!w || !ah || !bh) {
+            if (dev != LDM_CPU) LDM_FREE(w);
+            LDM_FREE(oa); LDM_FREE(ob);
+            return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "%s: out of memory", who);
+        }
+        double s = sign * (double)L->scaling;
+        for (int64_t o = 0; o < O; o++)
+            for (int64_t j = 0; j < I; j++) {
+                double d = 0.0;
+                for (int64_t k = 0; k < R; k++) d += (double)bh[o * R + k] * (double)ah[k * I + j];
+                w[o * I + j] = (float)((double)w[o * I + j] + s * d);
+            }
+        if (dev != LDM_CPU) {
+            ldm_device_copy(ctx, a->mod->weight->data, dev, w, LDM_CPU, (size_t)(O * I) * sizeof(float));
+            LDM_FREE(w);
+        }
+        LDM_FREE(oa); LDM_FREE(ob);
+    }
+    if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
+    L->merged = sign > 0;
+    return LDM_OK;
+}
+LDM_API ldm_result ldm_nn_lora_merge(ldm_ctx *ctx, ldm_nn_lora *L) { return ldm__nn_lora_fold(ctx, L, 1.0, "ldm_nn_lora_merge"); }
+LDM_API ldm_result ldm_nn_lora_unmerge(ldm_ctx *ctx, ldm_nn_lora *L) { return ldm__nn_lora_fold(ctx, L, -1.0, "ldm_nn_lora_unmerge"); }
+
+LDM_API ldm_result ldm_nn_lora_save(ldm_ctx *ctx, const ldm_nn_lora *L, const char *path) {
+    if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
+    char rank[24], alpha[40], drop[40], rs[4], *targets;
+    size_t tl = 1;
+    for (int k = 0; k < L->cfg.n_targets; k++) tl += strlen(L->targets[k]) + 1;
+    if (!(targets = (char *)LDM_MALLOC(tl))) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_nn_lora_save: out of memory");
+    targets[0] = 0;
+    for (int k = 0; k < L->cfg.n_targets; k++) { if (k) strcat(targets, ","); strcat(targets, L->targets[k]); }
+    snprintf(rank, sizeof rank, "%d", L->cfg.r);
+    snprintf(alpha, sizeof alpha, "%.9g", (double)L->cfg.alpha);
+    snprintf(drop, sizeof drop, "%.9g", (double)L->cfg.dropout);
+    snprintf(rs, sizeof rs, "%d", L->cfg.use_rslora ? 1 : 0);
+    const char *mk[6] = {"format", "lora_rank", "lora_alpha", "lora_dropout", "use_rslora", "target_modules"};
+    const char *mv[6];
+    mv[0] = "pt"; mv[1] = rank; mv[2] = alpha; mv[3] = drop; mv[4] = rs; mv[5] = targets;
+    ldm_result r = ldm__nn_save(ctx, L->P, path, LDM_F32, NULL, 6, mk, mv);
+    LDM_FREE(targets);
+    return r;
+}
+
+/* The config in an adapter file's metadata; targets are written into buf (cap bytes) and
+   pointed at by tp (up to maxt). */
+static ldm_result ldm__nn_lora_file_cfg(ldm_ctx *ctx, ldm_weights *w, ldm_nn_lora_config *c, char *buf, size_t cap, const char **tp, int maxt) {
+    const char *path = ldm_weights_path(w);
+    const char *rk = ldm_weights_metadata(w, "lora_rank"), *al = ldm_weights_metadata(w, "lora_alpha");
+    const char *dr = ldm_weights_metadata(w, "lora_dropout"), *rs = ldm_weights_metadata(w, "use_rslora");
+    const char *tg = ldm_weights_metadata(w, "target_modules");
+    char *e1 = NULL, *e2 = NULL;
+    memset(c, 0, sizeof *c);
+    long r = rk ? strtol(rk, &e1, 10) : 0;
+    double a = al ? strtod(al, &e2) : 0.0;
+    if (!rk || !al || *e1 || *e2 || !*rk || !*al || r < 1 || r > 1 << 20)
+        return ldm_ctx_seterr(ctx, LDM_ERR_FORMAT, "ldm_nn_lora_load: %s is not a LoRA adapter file of ldm_nn_lora_save: metadata lora_rank \"%s\", lora_alpha \"%s\" "
+                              "(hint: save adapters with ldm_nn_lora_save)", path, rk ? rk : "(none)", al ? al : "(none)");
+    c->r = (int)r;
+    c->alpha = (float)a;
+    c->dropout = dr ? (float)strtod(dr, NULL) : 0.0f;
+    c->use_rslora = rs && !strcmp(rs, "1");
+    if (buf) {
+        if (!tg || strlen(tg) >= cap)
+            return ldm_ctx_seterr(ctx, LDM_ERR_FORMAT, "ldm_nn_lora_load: %s: metadata target_modules is %s", path, tg ? "too long" : "missing");
+        strcpy(buf, tg);
+        int n = 0;
+        for (char *p = buf; *p && n < maxt;) {
+            tp[n++] = p;
+            char *q = strchr(p, ',');
+            if (!q) break;
+            *q = 0;
+            p = q + 1;
+        }
+        c->n_targets = n;
+        c->targets = tp;
+    }
+    return LDM_OK;
+}
+
+LDM_API ldm_result ldm_nn_lora_load(ldm_ctx *ctx, ldm_nn_lora *L, const char *path) {
+    if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
+    if (L->merged)
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_lora_load: %s: the adapters are merged into the base weights (hint: ldm_nn_lora_unmerge first)", path);
+    ldm_weights *w = NULL;
+    if (ldm_weights_open(ctx, &w, path)) return ldm_ctx_status(ctx);
+    ldm_nn_lora_config fc;
+    ldm_result r = ldm__nn_lora_file_cfg(ctx, w, &fc, NULL, 0, NULL, 0);
+    if (!r && (fc.r != L->cfg.r || fc.alpha != L->cfg.alpha || fc.use_rslora != (L->cfg.use_rslora != 0)))
+        r = ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_lora_load: %s holds adapters with rank %d, alpha %g%s; these have rank %d, alpha %g%s "
+                           "(hint: ldm_nn_lora_create_from_file builds adapters with the file's config)", path, fc.r, (double)fc.alpha,
+                           fc.use_rslora ? " (rslora)" : "", L->cfg.r, (double)L->cfg.alpha, L->cfg.use_rslora ? " (rslora)" : "");
+    /* names and shapes first, with messages about models rather than state dicts */
+    for (int f = 0; !r && f < ldm_weights_count(w); f++) {
+        const ldm_weight_info *fi = ldm_weights_info(w, f);
+        ldm_tensor *t = ldm_nn_find(L->P, fi->name);
+        char a[96], b[96];
+        if (!t)
+            r = ldm_ctx_seterr(ctx, LDM_ERR_NOT_FOUND, "ldm_nn_lora_load: %s holds \"%s\", which is no adapter of this model (the first of its %d adapted layers is \"%s\"; "
+                               "hint: the file was trained on another model or other target modules)", path, fi->name, L->n, ldm_nn_lora_module(L, 0));
+        else if (fi->ndim != t->ndim || fi->numel != t->numel || (fi->ndim == 2 && (fi->shape[0] != t->shape[0] || fi->shape[1] != t->shape[1])))
+            r = ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_nn_lora_load: %s: \"%s\" is %s in the file, %s here (hint: the base model's layer sizes differ from the one "
+                               "the adapters were trained on)", path, fi->name, ldm_dims_str(fi->shape, fi->ndim, a, sizeof a), ldm_shape_str(t, b, sizeof b));
+    }
+    for (int i = 0; !r && i < ldm_nn_count(L->P); i++) {
+        const char *nm = ldm_nn_entry_at(L->P, i)->name;
+        if (ldm_weights_find(w, nm) < 0)
+            r = ldm_ctx_seterr(ctx, LDM_ERR_NOT_FOUND, "ldm_nn_lora_load: %s has no \"%s\" (hint: the file adapts other layers; compare its target_modules \"%s\")",
+                               path, nm, ldm_weights_metadata(w, "target_modules") ? ldm_weights_metadata(w, "target_modules") : "?");
+    }
+    if (!r) {
+        ldm_nn_load_opts o;
+        memset(&o, 0, sizeof o);
+        o.strict = 1;
+        r = ldm_nn_load_weights(ctx, L->P, w, &o);
+    }
+    ldm_weights_close(w);
+    return r;
+}
+
+LDM_API ldm_result ldm_nn_lora_create_from_file(ldm_ctx *ctx, ldm_nn_lora **L, ldm_nn_params *base, const char *path) {
+    *L = NULL;
+    if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
+    ldm_weights *w = NULL;
+    if (ldm_weights_open(ctx, &w, path)) return ldm_ctx_status(ctx);
+    char buf[4096];
+    const char *tp[256];
+    ldm_nn_lora_config c;
+    ldm_result r = ldm__nn_lora_file_cfg(ctx, w, &c, buf, sizeof buf, tp, 256);
+    ldm_weights_close(w);
+    /* loaded before attaching: a file that does not fit leaves the base as it was */
+    if (!r) r = ldm__nn_lora_build(ctx, L, base, &c);
+    if (!r && ((r = ldm_nn_lora_load(ctx, *L, path)) != LDM_OK || (r = ldm__nn_lora_attach(ctx, *L, base)) != LDM_OK)) { ldm_nn_lora_destroy(*L); *L = NULL; }
     return r;
 }
 
