@@ -780,7 +780,7 @@ LDM_API ldm_result ldm_nn_set_trainable(ldm_nn_params *P, const char *pattern, i
     return LDM_OK;
 }
 
-static void *ldm__nn_dev_alloc(ldm_ctx *ctx, ldm_device d, int64_t nfloats, void **raw);
+static void *ldm__nn_dev_alloc(ldm_ctx *ctx, ldm_device d, int64_t nfloats, void **raw, int zeroed);
 
 /* Records a linear layer (its prefix is the current one). */
 static ldm_nn_module *ldm__nn_add_module(ldm_nn_params *P, const ldm_nn_linear *m) {
@@ -816,11 +816,10 @@ LDM_API ldm_result ldm_nn_params_compact_grads(ldm_ctx *ctx, ldm_nn_params *P) {
     }
     if (n == P->block_n[LDM_NN_BLOCK_GRADS]) return LDM_OK; /* nothing frozen since the layout */
     void *raw = NULL;
-    float *g = (float *)ldm__nn_dev_alloc(ctx, P->device, n, &raw);
+    float *g = (float *)ldm__nn_dev_alloc(ctx, P->device, n, &raw, 1);
     if (n && !g)
         return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_nn_params_compact_grads: cannot allocate %.1f MiB on %s", (double)n * 4 / 1048576.0,
                               ldm_device_name(ctx, P->device));
-    ldm_device_fill(ctx, P->device, g, n, 0.0f);
     int64_t off = 0;
     for (int i = 0; i < P->n; i++) {
         ldm_nn_entry *e = &P->e[i];
