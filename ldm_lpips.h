@@ -421,9 +421,56 @@ static ldm_result ldm__lpips_check(ldm_ctx *ctx, const ldm_lpips *lp, const ldm_
     return LDM_OK;
 }
 
+/* The five normalised VGG16 features of x (taps after relu1_2 ... relu5_3) without grad, in
+   tensors allocated first; every other activation is dropped as soon as the next exists. */
+static ldm_result ldm__lpips_feats_nograd(ldm_ctx *ctx, ldm_lpips *lp, ldm_tensor *x, ldm_tensor **f) {
+    int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3];
+    int prev = ldm_set_grad_enabled(ctx, 0);
+    for (int k = 0; k < 5; k++) {
+        f[k] = ldm_new(ctx, ldm_shape4(B, ldm__lpips_chns[k], H, W));
+        H /= 2, W /= 2; /* max_pool2d(2, 2): floor */
+    }
+    ldm_mark base = ldm_arena_mark(ctx);
+    ldm_tensor *h = ldm_div(ctx, ldm_sub(ctx, x, lp->shift), lp->scale);
+    int c = 0;
+    for (int k = 0; k < 5 && h; k++) {
+        if (k) h = ldm_arena_keep(ctx, base, ldm_max_pool(ctx, h, 2, 2, 0));
+        for (int j = 0; j < ldm__vgg_per_slice[k]; j++, c++)
+            h = ldm_arena_keep(ctx, base, ldm_relu_into(ctx, ldm_nn_conv2d_forward(ctx, &lp->conv[c], h)));
+        ldm_mark m = ldm_arena_mark(ctx);
+        ldm_tensor *norm = ldm_add_scalar(ctx, ldm_sqrt(ctx, ldm_sum(ctx, ldm_square(ctx, h), LDM_DIM(1), 1)), 1e-10f);
+        ldm_tensor *fk = ldm_div(ctx, h, norm);
+        if (fk && f[k] && ldm_shape_eq(fk, f[k])) ldm_device_copy(ctx, f[k]->data, f[k]->device, fk->data, fk->device, (size_t)fk->numel * 4);
+        else if (fk && !ldm_ctx_status(ctx)) ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "LPIPS: feature %d has an unexpected shape", k);
+        ldm_arena_rewind(ctx, m);
+    }
+    ldm_arena_rewind(ctx, base);
+    ldm_set_grad_enabled(ctx, prev);
+    return ldm_ctx_status(ctx);
+}
+
 LDM_API ldm_tensor *ldm_lpips_forward(ldm_ctx *ctx, ldm_lpips *lp, ldm_tensor *x0, ldm_tensor *x1, int dropout) {
     if (ldm__lpips_check(ctx, lp, x0, x1, "LPIPS")) return NULL;
     int64_t B = x0->shape[0];
+    if (ldm_grad_enabled(ctx) && !x0->requires_grad && x1->requires_grad) {
+        /* the training case, LPIPS(x, xrec): x needs no gradient, so its features are taken
+           without grad and none of its activations wait for the backward pass (torch runs the
+           two images separately too; its autograd then skips x's input gradients) */
+        ldm_tensor *f0[5];
+        if (ldm__lpips_feats_nograd(ctx, lp, x0, f0)) return NULL;
+        ldm_tensor *h = ldm_div(ctx, ldm_sub(ctx, x1, lp->shift), lp->scale), *val = NULL;
+        int c = 0;
+        for (int k = 0; k < 5; k++) {
+            if (k) h = ldm_max_pool(ctx, h, 2, 2, 0);
+            for (int j = 0; j < ldm__vgg_per_slice[k]; j++, c++) h = ldm_relu_into(ctx, ldm_nn_conv2d_forward(ctx, &lp->conv[c], h));
+            ldm_tensor *norm = ldm_add_scalar(ctx, ldm_sqrt(ctx, ldm_sum(ctx, ldm_square(ctx, h), LDM_DIM(1), 1)), 1e-10f);
+            ldm_tensor *d = ldm_square(ctx, ldm_sub(ctx, f0[k], ldm_div(ctx, h, norm)));
+            if (dropout) d = ldm_dropout(ctx, d, 0.5f, 1);
+            ldm_tensor *m = ldm_mean(ctx, ldm_nn_conv2d_forward(ctx, &lp->lin[k], d), LDM_DIM(2) | LDM_DIM(3), 1);
+            val = val ? ldm_add(ctx, val, m) : m;
+        }
+        return val;
+    }
     /* both images through VGG as one batch: every op is per sample, so this is torch's two calls */
     ldm_tensor *both[2];
     both[0] = x0; both[1] = x1;
@@ -432,7 +479,7 @@ LDM_API ldm_tensor *ldm_lpips_forward(ldm_ctx *ctx, ldm_lpips *lp, ldm_tensor *x
     int c = 0;
     for (int k = 0; k < 5; k++) {
         if (k) h = ldm_max_pool(ctx, h, 2, 2, 0);
-        for (int j = 0; j < ldm__vgg_per_slice[k]; j++, c++) h = ldm_relu(ctx, ldm_nn_conv2d_forward(ctx, &lp->conv[c], h));
+        for (int j = 0; j < ldm__vgg_per_slice[k]; j++, c++) h = ldm_relu_into(ctx, ldm_nn_conv2d_forward(ctx, &lp->conv[c], h));
         ldm_tensor *norm = ldm_add_scalar(ctx, ldm_sqrt(ctx, ldm_sum(ctx, ldm_square(ctx, h), LDM_DIM(1), 1)), 1e-10f);
         ldm_tensor *f = ldm_div(ctx, h, norm);
         ldm_tensor *d = ldm_square(ctx, ldm_sub(ctx, ldm_slice(ctx, f, 0, 0, B), ldm_slice(ctx, f, 0, B, B)));
@@ -484,9 +531,10 @@ LDM_API ldm_result ldm_patchgan_init(ldm_nn_params *P, ldm_patchgan *D, const ch
 }
 
 LDM_API ldm_tensor *ldm_patchgan_forward(ldm_ctx *ctx, ldm_patchgan *D, ldm_tensor *x, int training) {
-    ldm_tensor *h = ldm_leaky_relu(ctx, ldm_nn_conv2d_forward(ctx, &D->conv[0], x), 0.2f);
+    /* LeakyReLU(0.2, True) as taming: in place over the fresh conv / norm output */
+    ldm_tensor *h = ldm_leaky_relu_into(ctx, ldm_nn_conv2d_forward(ctx, &D->conv[0], x), 0.2f);
     for (int n = 1; n <= D->n_layers; n++)
-        h = ldm_leaky_relu(ctx, ldm_nn_batchnorm_forward(ctx, &D->norm[n - 1], ldm_nn_conv2d_forward(ctx, &D->conv[n], h), training), 0.2f);
+        h = ldm_leaky_relu_into(ctx, ldm_nn_batchnorm_forward(ctx, &D->norm[n - 1], ldm_nn_conv2d_forward(ctx, &D->conv[n], h), training), 0.2f);
     return ldm_nn_conv2d_forward(ctx, &D->conv[D->n_layers + 1], h);
 }
 

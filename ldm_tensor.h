@@ -254,6 +254,15 @@ LDM_API ldm_tensor *ldm_sigmoid(ldm_ctx *ctx, ldm_tensor *x);
 LDM_API ldm_tensor *ldm_silu(ldm_ctx *ctx, ldm_tensor *x);
 LDM_API ldm_tensor *ldm_relu(ldm_ctx *ctx, ldm_tensor *x);
 LDM_API ldm_tensor *ldm_leaky_relu(ldm_ctx *ctx, ldm_tensor *x, float slope);
+/* relu / leaky_relu written over x's memory, as nn.ReLU(inplace=True) (torchvision's VGG16,
+   taming's PatchGAN): the backward tests the sign of the output, which is the input's, so the
+   tape keeps one tensor where ldm_relu keeps two. For an x that no backward reads and nothing
+   uses afterwards (the fresh output of a convolution, a linear, a norm), never a leaf or a
+   caller's input (a leaf that requires grad, or a leaky slope <= 0, falls back to the
+   out-of-place op). Bitwise the same
+   values and gradients. The result is a new tensor. */
+LDM_API ldm_tensor *ldm_relu_into(ldm_ctx *ctx, ldm_tensor *x);
+LDM_API ldm_tensor *ldm_leaky_relu_into(ldm_ctx *ctx, ldm_tensor *x, float slope);
 LDM_API ldm_tensor *ldm_tanh(ldm_ctx *ctx, ldm_tensor *x);
 LDM_API ldm_tensor *ldm_gelu(ldm_ctx *ctx, ldm_tensor *x, int tanh_approx);
 /* GEGLU (the FeedForward of Stable Diffusion's transformer blocks): x [..., 2I] ->
@@ -1678,6 +1687,22 @@ LDM_API ldm_tensor *ldm_sigmoid(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary
 LDM_API ldm_tensor *ldm_silu(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary(ctx, x, LDM__U_SILU, 0, 0); }
 LDM_API ldm_tensor *ldm_relu(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary(ctx, x, LDM__U_RELU, 0, 0); }
 LDM_API ldm_tensor *ldm_leaky_relu(ldm_ctx *ctx, ldm_tensor *x, float slope) { return ldm__unary(ctx, x, LDM__U_LEAKY, slope, 0); }
+/* in place: y shares x's memory; the node's input is x, whose data now holds y (the relu
+   backward's test v > 0 gives the same on y) */
+static ldm_tensor *ldm__unary_into(ldm_ctx *ctx, ldm_tensor *x, ldm__unary_op op, float p0) {
+    if (ldm__bad(ctx, x)) return NULL;
+    if ((x->node < 0 && x->requires_grad) || (op == LDM__U_LEAKY && !(p0 > 0.0f))) return ldm__unary(ctx, x, op, p0, 0.0f);
+    ldm_tensor *y = (ldm_tensor *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(ldm_tensor));
+    if (!y) return NULL;
+    *y = *x;
+    y->grad = NULL, y->node = -1, y->requires_grad = 0, y->name = NULL;
+    LDM__BE(x)->unary(ctx, op, y->data, x->data, x->numel, p0, 0.0f);
+    ldm__node *nd = ldm__record(ctx, y, ldm__unary_bw, 1, x, NULL, NULL, NULL);
+    if (nd) { nd->args.unary.op = op; nd->args.unary.p0 = p0; nd->args.unary.p1 = 0.0f; }
+    return y;
+}
+LDM_API ldm_tensor *ldm_relu_into(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary_into(ctx, x, LDM__U_RELU, 0.0f); }
+LDM_API ldm_tensor *ldm_leaky_relu_into(ldm_ctx *ctx, ldm_tensor *x, float slope) { return ldm__unary_into(ctx, x, LDM__U_LEAKY, slope); }
 LDM_API ldm_tensor *ldm_tanh(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary(ctx, x, LDM__U_TANH, 0, 0); }
 LDM_API ldm_tensor *ldm_sin(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary(ctx, x, LDM__U_SIN, 0, 0); }
 LDM_API ldm_tensor *ldm_cos(ldm_ctx *ctx, ldm_tensor *x) { return ldm__unary(ctx, x, LDM__U_COS, 0, 0); }

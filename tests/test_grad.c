@@ -261,6 +261,24 @@ static void test_unary(void) {
                       !memcmp(ref->data, out->data, sizeof(float) * 240),
                       "group_norm_silu_into: grad needed: out of place, x kept", "%p", out ? (void *)out->data : NULL);
         }
+        /* ldm_relu_into / ldm_leaky_relu_into over a fresh linear output: bitwise the
+           out-of-place op's values and gradients, in x's memory; a leaf is not written over */
+        for (int lk = 0; lk < 2; lk++) {
+            ldm_tensor *u1 = leaf(S3(3, 4, 5), -1, 1), *w1 = leaf(S2(6, 5), -1, 1), *c1 = leaf(S3(3, 4, 6), -1, 1);
+            ldm_tensor *u2 = leaf(S3(3, 4, 5), 0, 1), *w2 = leaf(S2(6, 5), 0, 1);
+            memcpy(u2->data, u1->data, sizeof(float) * 60); memcpy(w2->data, w1->data, sizeof(float) * 30);
+            ldm_tensor *l1 = ldm_linear(ctx, u1, w1, NULL), *l2 = ldm_linear(ctx, u2, w2, NULL);
+            ldm_tensor *y1 = lk ? ldm_leaky_relu_into(ctx, l1, 0.2f) : ldm_relu_into(ctx, l1);
+            ldm_tensor *y2 = lk ? ldm_leaky_relu(ctx, l2, 0.2f) : ldm_relu(ctx, l2);
+            int ok3 = y1 && y2 && y1->data == l1->data && !ldm_backward(ctx, ldm_sum_all(ctx, ldm_mul(ctx, y1, c1))) &&
+                      !ldm_backward(ctx, ldm_sum_all(ctx, ldm_mul(ctx, y2, c1)));
+            ok3 = ok3 && !memcmp(y1->data, y2->data, sizeof(float) * 72) && !memcmp(u1->grad, u2->grad, sizeof(float) * 60) &&
+                  !memcmp(w1->grad, w2->grad, sizeof(float) * 30);
+            lt_report(ok3, lk ? "leaky_relu_into: in place, bitwise leaky_relu's values and gradients" : "relu_into: in place, bitwise relu's values and gradients", "ok %d", ok3);
+            float k0 = u1->data[0];
+            ldm_tensor *yl2 = lk ? ldm_leaky_relu_into(ctx, u1, 0.2f) : ldm_relu_into(ctx, u1);
+            lt_report(yl2 && yl2->data != u1->data && u1->data[0] == k0, lk ? "leaky_relu_into: a leaf is not written over" : "relu_into: a leaf is not written over", "%p", (void *)yl2);
+        }
         ldm_tensor *odd = ldm_geglu(ctx, leaf(S3(2, 3, 7), -1, 1));
         lt_report(!odd && ldm_ctx_status(ctx) == LDM_ERR_INVALID && strstr(ldm_ctx_error(ctx), "must be even"),
                   "geglu: an odd last dim is an error", "%s", ldm_ctx_error(ctx));

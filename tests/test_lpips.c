@@ -250,6 +250,26 @@ static void test_lpips(ldm_ctx *ctx, ldm_weights *fx) {
     check_kinked(ctx, fx, "lp.grad1", lt_h(ctx, x1, 1), (long)x1->numel);
     ldm_tensor *v2 = ldm_lpips_forward(ctx, lp2, x0, x1, 0);
     lt_report(v2 && !memcmp(lt_h(ctx, v2, 0), vh, 2 * sizeof(float)), "lpips: two-file torchvision load gives the same value (bitwise)", "differs");
+    { /* the training case, x0 without grad: its features are taken without grad in a separate
+         pass; value and x1's gradient are the joint pass's (the same per-sample arithmetic) */
+        float *g1 = (float *)malloc(sizeof(float) * (size_t)x1->numel);
+        memcpy(g1, lt_h(ctx, x1, 1), sizeof(float) * (size_t)x1->numel);
+        ldm_tensor *y0 = ldm_copy(ctx, x0), *y1 = ldm_copy(ctx, x1);
+        y0 = ldm_detach(ctx, y0);
+        y1 = ldm_detach(ctx, y1);
+        y1->requires_grad = 1;
+        y1->grad = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)y1->numel);
+        memset(y1->grad, 0, sizeof(float) * (size_t)y1->numel);
+        size_t used0 = ldm_arena_used(ctx, LDM_CPU);
+        ldm_tensor *vs = ldm_lpips_forward(ctx, lp, y0, y1, 0);
+        ldm_tensor *ls = vs ? ldm_sum_all(ctx, ldm_mul(ctx, ldm_reshape(ctx, vs, ldm_shape1(2)), ldm_from_host(ctx, ldm_shape1(2), wv))) : NULL;
+        int ok = ls && !ldm_backward(ctx, ls);
+        printf("     lpips(x no grad, xrec grad): arena %.1f MiB for the forward and backward\n", (double)(ldm_arena_used(ctx, LDM_CPU) - used0) / 1048576.0);
+        if (ok) lt_close("lpips: x without grad: the value of the joint pass", lt_h(ctx, vs, 0), vh, 2, 0.0, 1e-6);
+        if (ok) lt_close("lpips: x without grad: xrec's gradient of the joint pass", y1->grad, g1, (long)x1->numel, 1e-9, 1e-5);
+        else lt_report(0, "lpips: x without grad", "%s", ldm_ctx_error(ctx));
+        free(g1);
+    }
 
     /* dropout (training mode): single draws differ, their mean is the eval value. The
        relative spread of one draw is measured; 5 standard errors bound the mean. */
