@@ -315,6 +315,9 @@ LDM_API ldm_result ldm_nn_groupnorm_init(ldm_nn_params *P, ldm_nn_groupnorm *m, 
 LDM_API ldm_tensor *ldm_nn_groupnorm_forward(ldm_ctx *ctx, const ldm_nn_groupnorm *m, ldm_tensor *x);
 /* F.silu(norm(x)) in one op (ldm_group_norm_silu): no normalised activation is kept. */
 LDM_API ldm_tensor *ldm_nn_groupnorm_silu_forward(ldm_ctx *ctx, const ldm_nn_groupnorm *m, ldm_tensor *x);
+/* c(silu(m(x))) as one op whose backward recomputes the conv's input (ldm_group_norm_silu_conv):
+   the same numbers, two activations fewer kept per ResnetBlock for the backward pass. */
+LDM_API ldm_tensor *ldm_nn_groupnorm_silu_conv2d_forward(ldm_ctx *ctx, const ldm_nn_groupnorm *m, const ldm_nn_conv2d *c, ldm_tensor *x);
 
 /* nn.BatchNorm1d/2d/3d (any [B, C, ...] input). momentum < 0 means momentum=None
    (cumulative average, factor 1/num_batches_tracked). Training with running statistics
@@ -1127,6 +1130,10 @@ LDM_API ldm_tensor *ldm_nn_groupnorm_forward(ldm_ctx *ctx, const ldm_nn_groupnor
 }
 LDM_API ldm_tensor *ldm_nn_groupnorm_silu_forward(ldm_ctx *ctx, const ldm_nn_groupnorm *m, ldm_tensor *x) {
     return ldm_group_norm_silu(ctx, x, m->weight, m->bias, m->groups, m->eps);
+}
+LDM_API ldm_tensor *ldm_nn_groupnorm_silu_conv2d_forward(ldm_ctx *ctx, const ldm_nn_groupnorm *m, const ldm_nn_conv2d *c, ldm_tensor *x) {
+    int st[3] = {1, c->stride_h, c->stride_w}, pad[6] = {0, 0, c->pad[0], c->pad[1], c->pad[2], c->pad[3]};
+    return ldm_group_norm_silu_conv(ctx, x, m->weight, m->bias, m->groups, m->eps, c->weight, c->bias, st, pad);
 }
 
 LDM_API ldm_result ldm_nn_batchnorm_init(ldm_nn_params *P, ldm_nn_batchnorm *m, const char *name, int channels,

@@ -317,6 +317,15 @@ LDM_API ldm_tensor *ldm_group_norm_silu(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor 
    nothing uses afterwards (a fresh activation, never a caller's input): the arena then holds
    one tensor where ldm_group_norm_silu holds two. The result is a new tensor. */
 LDM_API ldm_tensor *ldm_group_norm_silu_into(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int groups, float eps);
+/* conv(silu(group_norm(x))) with the convolution's input recomputed in the backward pass
+   instead of kept: the tape holds x (and the per-group statistics), not the normalised
+   activation, so a ResnetBlock keeps two tensors fewer until the backward. The same
+   arithmetic as ldm_group_norm_silu then ldm_conv2d/3d (bitwise), one more GroupNorm+SiLU
+   pass in the backward. x [B,C,H,W] or [B,C,T,H,W]; gw, gb [C] (may be NULL); w, b as the
+   convolution's; stride[3] = t,h,w and pad[6] = front, back, top, bottom, left, right
+   (a 2-D conv: stride[0] 1, pad[0..1] 0). */
+LDM_API ldm_tensor *ldm_group_norm_silu_conv(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *gw, ldm_tensor *gb, int groups, float eps,
+                                             ldm_tensor *w, ldm_tensor *b, const int stride[3], const int pad[6]);
 /* training: batch statistics, and running_mean/var (persistent, may be NULL) updated in place
    with momentum (running = (1-m)*running + m*batch, unbiased var); eval: running statistics. */
 LDM_API ldm_tensor *ldm_batch_norm(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b,
@@ -653,6 +662,7 @@ typedef union ldm__node_args {
     struct { int64_t R, I, O; } linear;                          /* rows, in and out features */
     ldm_conv_desc conv;
     struct { int64_t B, C, S; int groups, silu; } groupnorm;     /* saved: mean, saved2: rstd [B*groups] */
+    struct { ldm_conv_desc conv; int groups; float eps; } gnconv; /* saved: mean, saved2: rstd [B*groups] */
     struct { int64_t B, C, S; int training; } batchnorm;         /* saved: mean, saved2: rstd [C] */
     struct { int64_t R, N; } layernorm;                          /* saved: mean, saved2: rstd [R] */
     struct { int64_t outer, D, inner; } softmax;
@@ -667,7 +677,7 @@ typedef union ldm__node_args {
 struct ldm__node {
     ldm__backward_fn backward;
     ldm_tensor *out;
-    ldm_tensor *in[4];
+    ldm_tensor *in[5];
     int nin;
     ldm__node_args args;
     void *saved;              /* arena buffers the forward computed for the backward */
@@ -1417,10 +1427,8 @@ static int ldm__same_dev(ldm_ctx *ctx, const char *op, const ldm_tensor *a, cons
 }
 
 /* Appends a node when grad mode is on and an input requires grad; NULL when nothing is recorded. */
-static ldm__node *ldm__record(ldm_ctx *ctx, ldm_tensor *out, ldm__backward_fn fn, int nin, ldm_tensor *a,
-                              ldm_tensor *b, ldm_tensor *c, ldm_tensor *d) {
-    ldm_tensor *in[4];
-    in[0] = a; in[1] = b; in[2] = c; in[3] = d;
+/* A node over nin (<= 5) inputs. */
+static ldm__node *ldm__record_n(ldm_ctx *ctx, ldm_tensor *out, ldm__backward_fn fn, int nin, ldm_tensor *const *in) {
     int need = 0;
     for (int k = 0; k < nin; k++) need |= in[k] && in[k]->requires_grad;
     if (!ctx->grad_enabled || !need || !out) return NULL;
@@ -1440,6 +1448,12 @@ static ldm__node *ldm__record(ldm_ctx *ctx, ldm_tensor *out, ldm__backward_fn fn
     out->node = ctx->tape_len++;
     out->requires_grad = 1;
     return nd;
+}
+static ldm__node *ldm__record(ldm_ctx *ctx, ldm_tensor *out, ldm__backward_fn fn, int nin, ldm_tensor *a,
+                              ldm_tensor *b, ldm_tensor *c, ldm_tensor *d) {
+    ldm_tensor *in[4];
+    in[0] = a; in[1] = b; in[2] = c; in[3] = d;
+    return ldm__record_n(ctx, out, fn, nin, in);
 }
 
 static float *ldm__zeros_raw(ldm_ctx *ctx, ldm_device d, int64_t n) {
@@ -1569,7 +1583,7 @@ static ldm_result ldm__backward_pass(ldm_ctx *ctx, ldm_tensor *root, const float
         for (int q = ready ? ready[i + 1] : -1; q >= 0; q = rnext[q]) ctx->grad_ready(ctx->grad_ready_user, ctx, rleaf[q]);
         ldm__node *nd = &ctx->tape[i];
         if (!g[i] || !reach[i]) continue;
-        float *din[4] = {NULL, NULL, NULL, NULL};
+        float *din[5] = {NULL, NULL, NULL, NULL, NULL};
         for (int k = 0; k < nd->nin; k++) {
             ldm_tensor *t = nd->in[k];
             if (!t || !t->requires_grad) continue;
@@ -2023,16 +2037,17 @@ static void ldm__conv_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) 
     ldm_tensor *b = nd->nin > 2 ? nd->in[2] : NULL;
     LDM__BE(nd->out)->conv_backward(ctx, din[0], din[1], b ? din[2] : NULL, dout, nd->in[0]->data, nd->in[1]->data, &nd->args.conv);
 }
-static ldm_tensor *ldm__conv(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, const int st[3], const int pad[6], int nsp) {
-    const char *op = nsp == 2 ? "ldm_conv2d" : "ldm_conv3d";
-    if (ldm__bad(ctx, x) || ldm__bad(ctx, w) || !ldm__same_dev(ctx, op, x, w) || !ldm__same_dev(ctx, op, x, b)) return NULL;
+/* Checks a convolution's operands and fills its descriptor; 0 (and the context's error) when
+   they do not fit. */
+static int ldm__conv_prepare(ldm_ctx *ctx, const char *op, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, const int st[3],
+                             const int pad[6], int nsp, ldm_conv_desc *d) {
+    if (ldm__bad(ctx, x) || ldm__bad(ctx, w) || !ldm__same_dev(ctx, op, x, w) || !ldm__same_dev(ctx, op, x, b)) return 0;
     if (x->ndim != nsp + 2 || w->ndim != nsp + 2 || w->shape[1] != x->shape[1] || (b && b->numel != w->shape[0])) {
         ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: input %s, weight %s%s%s: expected input [B,C,%s], weight [O,C,%s], bias [O]",
                        op, ldm__shp(x).s, ldm__shp(w).s, b ? ", bias " : "", b ? ldm__shp(b).s : "",
                        nsp == 2 ? "H,W" : "T,H,W", nsp == 2 ? "kh,kw" : "kt,kh,kw");
-        return NULL;
+        return 0;
     }
-    ldm_conv_desc desc, *d = &desc;
     memset(d, 0, sizeof *d);
     int o = nsp == 2 ? 1 : 0;
     d->B = x->shape[0]; d->C = x->shape[1];
@@ -2044,8 +2059,13 @@ static ldm_tensor *ldm__conv(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_ten
     if (ldm_conv_desc_init(d)) {
         ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: kernel %s does not fit input %s with stride (%d,%d,%d) and padding (%d,%d,%d,%d,%d,%d)",
                        op, ldm__shp(w).s, ldm__shp(x).s, st[0], st[1], st[2], pad[0], pad[1], pad[2], pad[3], pad[4], pad[5]);
-        return NULL;
+        return 0;
     }
+    return 1;
+}
+static ldm_tensor *ldm__conv(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, const int st[3], const int pad[6], int nsp) {
+    ldm_conv_desc desc, *d = &desc;
+    if (!ldm__conv_prepare(ctx, nsp == 2 ? "ldm_conv2d" : "ldm_conv3d", x, w, b, st, pad, nsp, d)) return NULL;
     ldm_shape os = nsp == 2 ? ldm_shape4(d->B, d->O, d->OH, d->OW) : ldm_shape5(d->B, d->O, d->OT, d->OH, d->OW);
     ldm_tensor *y = ldm__new_on(ctx, os, x->device);
     if (!y) return NULL;
@@ -2129,6 +2149,63 @@ LDM_API ldm_tensor *ldm_group_norm_silu(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor 
 }
 LDM_API ldm_tensor *ldm_group_norm_silu_into(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *w, ldm_tensor *b, int groups, float eps) {
     return ldm__group_norm(ctx, "ldm_group_norm_silu_into", x, w, b, groups, eps, 1, 1);
+}
+
+/* backward: recompute t = silu(gn(x)) (mean and rstd saved), then the convolution's backward
+   (dt, dw, db), then GroupNorm+SiLU's (dx, dgw, dgb); t and dt live until the node is done */
+static void ldm__gnconv_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {
+    ldm_tensor *x = nd->in[0], *gw = nd->in[1], *gb = nd->in[2], *w = nd->in[3], *b = nd->in[4];
+    const ldm_conv_desc *d = &nd->args.gnconv.conv;
+    const ldm_backend *be = LDM__BE(x);
+    int G = nd->args.gnconv.groups, need_t = din[0] || (gw && din[1]) || (gb && din[2]);
+    int64_t B = d->B, C = d->C, S = x->numel / (d->B * d->C);
+    ldm_mark m = ldm_arena_mark(ctx);
+    float *t = (float *)ldm_arena_alloc(ctx, x->device, sizeof(float) * (size_t)x->numel);
+    float *st = (float *)ldm_arena_alloc(ctx, x->device, sizeof(float) * (size_t)(2 * B * G));
+    float *dt = need_t ? ldm__zeros_raw(ctx, x->device, x->numel) : NULL;
+    if (!t || !st || (need_t && !dt)) return;
+    be->groupnorm_forward(ctx, t, st, st + B * G, x->data, gw ? gw->data : NULL, gb ? gb->data : NULL, B, C, S, G,
+                          nd->args.gnconv.eps, 1);
+    be->conv_backward(ctx, dt, din[3], b ? din[4] : NULL, dout, t, w->data, d);
+    if (need_t)
+        be->groupnorm_backward(ctx, din[0], gw ? din[1] : NULL, gb ? din[2] : NULL, dt, x->data, gw ? gw->data : NULL,
+                               gb ? gb->data : NULL, (float *)nd->saved, (float *)nd->saved2, B, C, S, G, 1);
+    ldm_arena_rewind(ctx, m);
+}
+LDM_API ldm_tensor *ldm_group_norm_silu_conv(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *gw, ldm_tensor *gb, int groups, float eps,
+                                             ldm_tensor *w, ldm_tensor *b, const int stride[3], const int pad[6]) {
+    const char *op = "ldm_group_norm_silu_conv";
+    if (ldm__bad(ctx, x)) return NULL;
+    int nsp = x->ndim - 2;
+    if (nsp != 2 && nsp != 3) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: input %s is neither [B,C,H,W] nor [B,C,T,H,W]", op, ldm__shp(x).s); return NULL; }
+    if (groups < 1 || x->shape[1] % groups) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: %d groups do not divide the channels of %s", op, groups, ldm__shp(x).s);
+        return NULL;
+    }
+    ldm_conv_desc desc;
+    if (!ldm__affine_ok(ctx, op, x, gw, gb, x->shape[1]) || !ldm__conv_prepare(ctx, op, x, w, b, stride, pad, nsp, &desc)) return NULL;
+    int64_t B = x->shape[0], C = x->shape[1], S = ldm__spatial(x);
+    const ldm_conv_desc *d = &desc;
+    ldm_shape os = nsp == 2 ? ldm_shape4(d->B, d->O, d->OH, d->OW) : ldm_shape5(d->B, d->O, d->OT, d->OH, d->OW);
+    ldm_tensor *y = ldm__new_on(ctx, os, x->device);
+    float *mean = (float *)ldm_arena_alloc(ctx, x->device, sizeof(float) * (size_t)(B * groups));
+    float *rstd = (float *)ldm_arena_alloc(ctx, x->device, sizeof(float) * (size_t)(B * groups));
+    if (!y || !mean || !rstd) return NULL;
+    ldm_mark m = ldm_arena_mark(ctx); /* the normalised activation lives only while the conv runs */
+    float *t = (float *)ldm_arena_alloc(ctx, x->device, sizeof(float) * (size_t)x->numel);
+    if (!t) return NULL;
+    LDM__BE(x)->groupnorm_forward(ctx, t, mean, rstd, x->data, gw ? gw->data : NULL, gb ? gb->data : NULL, B, C, S, groups, eps, 1);
+    LDM__BE(x)->conv_forward(ctx, y->data, t, w->data, b ? b->data : NULL, d);
+    ldm_arena_rewind(ctx, m);
+    if (ctx->status) return NULL;
+    ldm_tensor *in[5];
+    in[0] = x; in[1] = gw; in[2] = gb; in[3] = w; in[4] = b;
+    ldm__node *nd = ldm__record_n(ctx, y, ldm__gnconv_bw, 5, in);
+    if (nd) {
+        nd->saved = mean; nd->saved2 = rstd;
+        nd->args.gnconv.conv = desc; nd->args.gnconv.groups = groups; nd->args.gnconv.eps = eps;
+    }
+    return y;
 }
 
 static void ldm__batchnorm_bw(ldm_ctx *ctx, ldm__node *nd, float *dout, float **din) {

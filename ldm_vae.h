@@ -562,14 +562,15 @@ static ldm_tensor *ldm__vae_res_infer(ldm_ctx *ctx, const ldm_vae *v, const ldm_
 }
 static ldm_tensor *ldm__vae_res_fwd(ldm_ctx *ctx, const ldm_vae *v, const ldm__vae_res *r, ldm_tensor *x, ldm_mark at) {
     if (!ldm_grad_enabled(ctx)) return ldm__vae_res_infer(ctx, v, r, x, at);
-    ldm_mark m = ldm_arena_mark(ctx);
-    ldm_tensor *h = ldm_nn_conv2d_forward(ctx, &r->conv1, ldm_nn_groupnorm_silu_forward(ctx, &r->norm1, x));
-    h = ldm__vae_keep(ctx, m, h);
-    m = ldm_arena_mark(ctx);
-    h = ldm_nn_groupnorm_silu_forward(ctx, &r->norm2, h);
-    if (v->cfg.dropout > 0.0f) h = ldm_dropout(ctx, h, v->cfg.dropout, v->training);
-    h = ldm__vae_keep(ctx, m, ldm_nn_conv2d_forward(ctx, &r->conv2, h));
-    return ldm_add(ctx, r->has_shortcut ? ldm_nn_conv2d_forward(ctx, &r->nin_shortcut, x) : x, h);
+    /* With grad: the convolutions' inputs (the normalised activations) are recomputed in the
+       backward pass rather than kept, and the residual is added over conv2's fresh output, so
+       the tape keeps x, conv1's output and the sum (PyTorch keeps two more). */
+    ldm_tensor *h = ldm_nn_groupnorm_silu_conv2d_forward(ctx, &r->norm1, &r->conv1, x);
+    if (v->cfg.dropout > 0.0f && v->training)
+        h = ldm_nn_conv2d_forward(ctx, &r->conv2, ldm_dropout(ctx, ldm_nn_groupnorm_silu_forward(ctx, &r->norm2, h), v->cfg.dropout, 1));
+    else
+        h = ldm_nn_groupnorm_silu_conv2d_forward(ctx, &r->norm2, &r->conv2, h);
+    return ldm_add_into(ctx, h, r->has_shortcut ? ldm_nn_conv2d_forward(ctx, &r->nin_shortcut, x) : x);
 }
 /* A 1x1 conv applied token-major: x [B, S, C] times the weight [O, C, 1, 1] seen as [O, C]. */
 static ldm_tensor *ldm__vae_pointwise(ldm_ctx *ctx, const ldm_nn_conv2d *c, ldm_tensor *x) {
@@ -602,7 +603,8 @@ static ldm_tensor *ldm__vae_mid(ldm_ctx *ctx, const ldm_vae *v, const ldm__vae_h
     return h;
 }
 static ldm_tensor *ldm__vae_out(ldm_ctx *ctx, const ldm__vae_half *hf, ldm_tensor *h) {
-    return ldm_nn_conv2d_forward(ctx, &hf->conv_out, ldm_nn_groupnorm_silu_forward(ctx, &hf->norm_out, h));
+    if (!ldm_grad_enabled(ctx)) return ldm_nn_conv2d_forward(ctx, &hf->conv_out, ldm_nn_groupnorm_silu_forward(ctx, &hf->norm_out, h));
+    return ldm_nn_groupnorm_silu_conv2d_forward(ctx, &hf->norm_out, &hf->conv_out, h);
 }
 
 LDM_API ldm_tensor *ldm_vae_encoder_forward(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x) {

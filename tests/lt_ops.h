@@ -16,7 +16,7 @@ enum {
     LT_SUM, LT_MEAN, LT_SUM_ALL, LT_MEAN_ALL,
     LT_MATMUL, LT_LINEAR, LT_ATTENTION,
     LT_CONV2D, LT_CONV2D_EX, LT_CONV3D, LT_CONV3D_EX,
-    LT_GROUP_NORM, LT_BATCH_NORM, LT_LAYER_NORM, LT_SOFTMAX, LT_GROUP_NORM_SILU,
+    LT_GROUP_NORM, LT_BATCH_NORM, LT_LAYER_NORM, LT_SOFTMAX, LT_GROUP_NORM_SILU, LT_GN_SILU_CONV,
     LT_UPSAMPLE, LT_AVG_POOL, LT_MAX_POOL, LT_PAD,
     LT_RESHAPE, LT_PERMUTE, LT_TRANSPOSE, LT_CONCAT, LT_SLICE, LT_SPLIT, LT_CHUNK, LT_COPY,
     LT_DROPOUT, LT_EMBEDDING,
@@ -30,7 +30,8 @@ enum {
        i0 heads f0 scale;
      CONV2D x w [b], i0 stride i1 pad; CONV2D_EX x w [b], i0 sh i1 sw i2..i5 top bottom left right;
      CONV3D x w [b], i0 stride i1 pad; CONV3D_EX x w [b], i0..i2 stride i3..i8 pads;
-     GROUP_NORM and GROUP_NORM_SILU x [w [b]], i0 groups f0 eps; BATCH_NORM x [w b], i0 training f0 momentum f1 eps,
+     GROUP_NORM and GROUP_NORM_SILU x [w [b]], i0 groups f0 eps;
+     GN_SILU_CONV x gw gb w [b], i0 groups f0 eps i1..i3 stride (t,h,w) i4..i9 pads; BATCH_NORM x [w b], i0 training f0 momentum f1 eps,
        rm/rv running stats (may be NULL when training); LAYER_NORM x [w b], i0 nd f0 eps;
      SOFTMAX i0 dim; UPSAMPLE i0..i2 factors t,h,w; AVG/MAX_POOL i0 kernel i1 stride i2 pad;
      PAD i0 n, i1.. pads, f0 value; RESHAPE shape; PERMUTE i0.. perm; TRANSPOSE i0 i1;
@@ -97,6 +98,7 @@ static int lt_op_run(ldm_ctx *ctx, const lt_op *p, int n_in, ldm_tensor **in, ld
     case LT_ATTENTION: out[0] = n_in == 1 ? ldm_attention(ctx, x, x, x, i[0], f[0]) : ldm_attention(ctx, x, a1, a2, i[0], f[0]); break;
     case LT_LINEAR: out[0] = ldm_linear(ctx, x, a1, a2); break;
     case LT_CONV2D: out[0] = ldm_conv2d(ctx, x, a1, a2, i[0], i[1]); break;
+    case LT_GN_SILU_CONV: out[0] = ldm_group_norm_silu_conv(ctx, x, a1, a2, i[0], f[0], in[3], n_in > 4 ? in[4] : NULL, i + 1, i + 4); break;
     case LT_CONV2D_EX: out[0] = ldm_conv2d_ex(ctx, x, a1, a2, i[0], i[1], i[2], i[3], i[4], i[5]); break;
     case LT_CONV3D: out[0] = ldm_conv3d(ctx, x, a1, a2, i[0], i[1]); break;
     case LT_CONV3D_EX: out[0] = ldm_conv3d_ex(ctx, x, a1, a2, i, i + 3); break;

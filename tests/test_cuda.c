@@ -227,6 +227,9 @@ static void test_ops(ldm_ctx *ctx) {
     check_case(ctx, "group_norm_silu weight only", &p, 2, s, 0, 0, 0, TOL);
     check_case(ctx, "group_norm_silu plain", &p, 1, s, 0, 0, 0, TOL);
     check_case(ctx, "group_norm_silu constant weight and bias", &p, 3, s, 0, 6, 0, TOL);
+    s[3] = S4(6, 8, 3, 3); s[4] = S1(6);
+    p = op0(LT_GN_SILU_CONV); p.i[0] = 4; p.f[0] = 1e-5f; p.i[1] = p.i[2] = p.i[3] = 1; p.i[6] = p.i[7] = p.i[8] = p.i[9] = 1;
+    check_case(ctx, "group_norm_silu_conv (conv input recomputed)", &p, 5, s, 0, 0, 0, GEMM_TOL);
     s[0] = S4(4, 3, 5, 5); s[1] = S1(3); s[2] = S1(3);
     p = op0(LT_BATCH_NORM); p.i[0] = 1; p.f[0] = 0.1f; p.f[1] = 1e-5f;
     check_case(ctx, "batch_norm training", &p, 3, s, 0, 0, 0, TOL);

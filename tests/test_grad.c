@@ -454,6 +454,43 @@ static void test_norm(void) {
     p.i[0] = 5;
     { IN(leaf(S3(3, 5, 4), -1, 2), leaf(S1(5), 0.5f, 1.5f), leaf(S1(5), -1, 1)); gradcheck("group_norm [3,5,4] G5 (one channel per group)", &p, n_in, in); }
 
+    /* conv(silu(group_norm(x))) with the conv input recomputed in the backward: finite
+       differences for every input (2-D and 3-D), and bitwise the composite's values and gradients */
+    {
+        lt_op g = lt_op_make(LT_GN_SILU_CONV);
+        g.i[0] = 2; g.f[0] = 1e-6f; g.i[1] = 1; g.i[2] = 1; g.i[3] = 1; g.i[6] = 1; g.i[7] = 1; g.i[8] = 1; g.i[9] = 1;
+        ldm_step_reset(ctx);
+        { IN(leaf(S4(2, 4, 5, 4), -1, 2), leaf(S1(4), 0.5f, 1.5f), leaf(S1(4), -1, 1), leaf(S4(3, 4, 3, 3), -0.5f, 0.5f), leaf(S1(3), -1, 1));
+          gradcheck("group_norm_silu_conv 2-D 3x3 pad 1", &g, n_in, in); }
+        g.i[2] = 2; g.i[3] = 2; g.i[6] = 0; g.i[8] = 0;     /* stride 2, pad only bottom/right (the VAE's Downsample) */
+        ldm_step_reset(ctx);
+        { IN(leaf(S4(1, 4, 6, 6), -1, 2), tens(S1(4), 0.5f, 1.5f, 0), leaf(S1(4), -1, 1), leaf(S4(2, 4, 3, 3), -0.5f, 0.5f));
+          gradcheck("group_norm_silu_conv 2-D stride 2, constant gn weight, no bias", &g, n_in, in); }
+        g.i[1] = 1; g.i[2] = 1; g.i[3] = 1; for (int k = 4; k < 10; k++) g.i[k] = 1;
+        ldm_step_reset(ctx);
+        { IN(leaf(S5(1, 4, 3, 4, 4), -1, 2), leaf(S1(4), 0.5f, 1.5f), leaf(S1(4), -1, 1), leaf(S5(2, 4, 3, 3, 3), -0.5f, 0.5f), leaf(S1(2), -1, 1));
+          gradcheck("group_norm_silu_conv 3-D 3x3x3 pad 1", &g, n_in, in); }
+        ldm_step_reset(ctx);
+        ldm_tensor *x1 = leaf(S4(2, 8, 6, 5), -2, 2), *w1 = leaf(S1(8), 0.5f, 1.5f), *b1 = leaf(S1(8), -1, 1), *k1 = leaf(S4(4, 8, 3, 3), -0.3f, 0.3f), *c1 = leaf(S1(4), -1, 1);
+        ldm_tensor *x2 = leaf(S4(2, 8, 6, 5), 0, 1), *w2 = leaf(S1(8), 0, 1), *b2 = leaf(S1(8), 0, 1), *k2 = leaf(S4(4, 8, 3, 3), 0, 1), *c2 = leaf(S1(4), 0, 1);
+        memcpy(x2->data, x1->data, 4 * 480); memcpy(w2->data, w1->data, 32); memcpy(b2->data, b1->data, 32); memcpy(k2->data, k1->data, 4 * 288); memcpy(c2->data, c1->data, 16);
+        int st[3] = {1, 1, 1}, pd[6] = {0, 0, 1, 1, 1, 1};
+        ldm_tensor *yf = ldm_group_norm_silu_conv(ctx, x1, w1, b1, 4, 1e-6f, k1, c1, st, pd);
+        ldm_tensor *yc = ldm_conv2d(ctx, ldm_group_norm_silu(ctx, x2, w2, b2, 4, 1e-6f), k2, c2, 1, 1);
+        ldm_tensor *r = tens(S4(2, 4, 6, 5), -1, 1, 0);
+        int ok = yf && yc && !ldm_backward(ctx, ldm_sum_all(ctx, ldm_mul(ctx, yf, r))) && !ldm_backward(ctx, ldm_sum_all(ctx, ldm_mul(ctx, yc, r)));
+        ok = ok && !memcmp(yf->data, yc->data, 4 * 240) && !memcmp(x1->grad, x2->grad, 4 * 480) && !memcmp(w1->grad, w2->grad, 32) &&
+             !memcmp(b1->grad, b2->grad, 32) && !memcmp(k1->grad, k2->grad, 4 * 288) && !memcmp(c1->grad, c2->grad, 16);
+        lt_report(ok, "group_norm_silu_conv: bitwise group_norm_silu then conv2d (values and all five gradients)", "ok %d: y %d x %d gw %d gb %d w %d b %d", ok,
+                  yf && yc && !memcmp(yf->data, yc->data, 4 * 240), x1->grad && !memcmp(x1->grad, x2->grad, 4 * 480), w1->grad && !memcmp(w1->grad, w2->grad, 32),
+                  b1->grad && !memcmp(b1->grad, b2->grad, 32), k1->grad && !memcmp(k1->grad, k2->grad, 4 * 288), c1->grad && !memcmp(c1->grad, c2->grad, 16));
+        int bad = ldm_group_norm_silu_conv(ctx, x1, w1, b1, 3, 1e-6f, k1, c1, st, pd) == NULL && strstr(ldm_ctx_error(ctx), "groups");
+        ldm_ctx_clear_error(ctx);
+        bad = bad && ldm_group_norm_silu_conv(ctx, x1, w1, b1, 4, 1e-6f, k2 ? leaf(S4(4, 7, 3, 3), 0, 1) : NULL, c1, st, pd) == NULL &&
+              strstr(ldm_ctx_error(ctx), "weight");
+        lt_report(bad, "group_norm_silu_conv: bad groups or weight shape are errors naming them", "%s", ldm_ctx_error(ctx));
+        ldm_ctx_clear_error(ctx);
+    }
     /* fused silu(group_norm): the backward recomputes the normalised values */
     lt_op q = lt_op_make(LT_GROUP_NORM_SILU);
     q.i[0] = 3; q.f[0] = 1e-5f;
