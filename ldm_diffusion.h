@@ -1,7 +1,9 @@
 /* ldm_diffusion.h - latent diffusion, exact to CompVis latent-diffusion: noise schedules and the
    DDPM / LatentDiffusion training objective, the denoisers (the LDM UNet with its
    SpatialTransformer, and DiT), the DDPM / DDIM samplers with classifier-free guidance, and
-   the LatentDiffusion model that ties them to a first stage and a conditioning stage.
+   the LatentDiffusion model that ties them to a first stage and a conditioning stage; and a
+   spatio-temporal video DiT with Stability AI's sgm engine (continuous-sigma denoisers, the
+   EDM-style loss, Euler EDM and DDIM samplers).
    v0.1
 
    Do this in exactly one C or C++ file before including it:
@@ -10,14 +12,20 @@
    ldm_config.h included first it also reads CompVis configs.
 
    Shape legend: B batch, C channels, H, W latent (or pixel) size, T diffusion steps (1000),
-   S sampling steps, N tokens (H*W), D model width, L context length, K classes.
+   S sampling steps, N tokens (H*W), D model width, L context length, K classes; in section
+   5, F frames (the video DiT's num_frames), sigma [B] host noise levels.
        x_t, eps, x0  [B, C, H, W];  t [B] (integer steps stored as floats);  context [B, L, D]
+       video latents [B, C, F, H, W]; video DiT tokens [B, (F/pt)(H/p)(W/p), D]
 
    Sections, in the order the data flows:
      1. schedules and the diffusion process (q_sample, posterior, parameterizations, losses)
      2. denoisers (UNet + SpatialTransformer, DiT), all behind one call: ldm_denoiser
      3. samplers (DDPM ancestral, DDIM, classifier-free guidance)
      4. LatentDiffusion (ddpm.py's LatentDiffusion: config, checkpoint, shared_step, sampling)
+     5. video DiT (ldm_vdit: Conv3d patches, 3-D sin-cos, adaLN-Zero or adaLN-single) and the
+        sgm engine (ldm_sgm_*: scalings, Denoiser / DiscreteDenoiser, discretizations,
+        StandardDiffusionLoss, EulerEDMSampler, DDIM, VanillaCFG); its own docs and API list
+        are at its declarations
 
    Example (sections 1 and 3): train a denoiser with EMA, then sample with guided DDIM.
 
@@ -83,6 +91,10 @@
      ldm_latent_diffusion_loss          shared_step (p_losses on the encoded batch)
      ldm_latent_diffusion_scale_by_std  the first batch's scale factor
      ldm_latent_diffusion_sample        DDIM / DDPM with guidance, decoded
+   Section 5 (DiT models.py + PixArt-alpha's adaLN-single; sgm/modules/diffusionmodules):
+     ldm_vdit_config_default/_check/_read, ldm_vdit_create/.../forward/denoiser   video DiT
+     ldm_sgm_denoiser_*, ldm_sgm_denoise, ldm_sgm_scalings, ldm_sgm_discretize,
+     ldm_sgm_loss, ldm_sgm_euler_edm_sample, ldm_sgm_ddim_sample, ldm_sgm_guided_denoise
    A config without first_stage_config is ddpm.py's DDPM (pixel space: encode/decode are the
    identity); lr_scale (an extension) conditions on the latent of the degraded input.
    Training them with the driver: examples/model_diffusion.h (the ex_model of build/ldm).
@@ -246,7 +258,7 @@ LDM_API ldm_result ldm_ema_load(ldm_ctx *ctx, ldm_ema *ema, const char *path, co
 typedef struct ldm_cond {
     ldm_tensor *y;        /* [B] class labels as floats (label_emb / y_embedder), or NULL */
     ldm_tensor *context;  /* [B, L, Dc] cross-attention context (SpatialTransformer), or NULL */
-    ldm_tensor *concat;   /* [B, Cc, H, W] channels concatenated to x_t (super-resolution), or NULL */
+    ldm_tensor *concat;   /* [B, Cc, H, W] (video: [B, Cc, F, H, W]) channels concatenated to x_t (super-resolution), or NULL */
 } ldm_cond;
 typedef ldm_tensor *(*ldm_denoiser_fn)(ldm_ctx *ctx, void *self, ldm_tensor *x, ldm_tensor *t, const ldm_cond *cond);
 typedef struct ldm_denoiser { ldm_denoiser_fn forward; void *self; } ldm_denoiser;
@@ -689,8 +701,8 @@ LDM_API ldm_result ldm_latent_diffusion_config_read(ldm_config *cfg, const ldm_c
    c_skip x + c_out F(c_in x, c_noise), its training loss and its samplers. Noise levels sigma
    are host floats, one per sample (like the timesteps of sections 1 and 3); x = x0 + sigma n.
 
-   Shapes: x, x0, noise [B, C, T, H, W] (the sgm parts take any rank); sigma [B];
-   tokens [B, N, D], N = (T/pt)(H/p)(W/p) in (t, h, w) order; concat [B or 1, Cc, T, H, W].
+   Shapes: x, x0, noise [B, C, F, H, W] (the sgm parts take any rank); sigma [B];
+   tokens [B, N, D], N = (F/pt)(H/p)(W/p) in (t, h, w) order; concat [B or 1, Cc, F, H, W].
 
    Video DiT (ldm_vdit), DiT's architecture and names with a Conv3d patch embedding:
      pos_embed          [1, N, D], fixed 3-D sin-cos (frozen parameter, in the state dict):
@@ -716,7 +728,7 @@ LDM_API ldm_result ldm_latent_diffusion_config_read(ldm_config *cfg, const ldm_c
                         x += gate_mlp * mlp.fc2(gelu_tanh(mlp.fc1(mod(norm2(x)))))
                         mod(h) = h (1 + scale) + shift; norm1/norm2: LayerNorm, no affine, eps 1e-6
      final_layer        linear(mod(norm_final(x))) -> pt*p*p*out per token in (pt, p, p, C) order,
-                        unpatchified to [B, out, T, H, W]; learn_sigma: out = 2*out_channels.
+                        unpatchified to [B, out, F, H, W]; learn_sigma: out = 2*out_channels.
    LoRA targets like "attn.qkv" or "mlp.fc1" work as for the DiT (ldm_nn_lora_create).
 
    sgm engine (denoiser.py, denoiser_scaling.py, discretizer.py, sigma_sampling.py,
@@ -734,7 +746,7 @@ LDM_API ldm_result ldm_latent_diffusion_config_read(ldm_config *cfg, const ldm_c
                 beta schedule, descending; then append_zero and flip as Discretization.__call__.
      loss       StandardDiffusionLoss: sigma ~ EDMSampling exp(p_mean + p_std N(0,1)) or
                 DiscreteSampling sigmas[randint(num_idx)]; noise (+ offset_noise_level *
-                offset[B, C] broadcast over T, H, W: sgm's image-shaped offset); x = x0 + sigma n;
+                offset[B, C] broadcast over F, H, W: sgm's image-shaped offset); x = x0 + sigma n;
                 loss_b = mean over all but the batch of w(sigma) (D(x) - x0)^2 (l2) or |.| (l1),
                 w: Unit 1, EDM (s^2+sd^2)/(s sd)^2, V (EDM with sd 1), Eps s^-2.
      samplers   EulerEDMSampler (s_churn, s_tmin, s_tmax, s_noise as sgm; x = randn sqrt(1 +
@@ -772,7 +784,7 @@ LDM_API ldm_result ldm_latent_diffusion_config_read(ldm_config *cfg, const ldm_c
      ldm_sgm_sampler_opts_default, ldm_sgm_guided_denoise, ldm_sgm_euler_edm_sample,
      ldm_sgm_ddim_sample                              the samplers */
 typedef struct ldm_vdit_config {
-    int num_frames, height, width;   /* latent T, H, W the model is built for (pos_embed) */
+    int num_frames, height, width;   /* latent F, H, W the model is built for (pos_embed) */
     int patch_t, patch_size;         /* pt, p */
     int in_channels;                 /* network input: latent + concatenated condition channels */
     int out_channels;                /* predicted channels; learn_sigma doubles them */
@@ -783,7 +795,7 @@ typedef struct ldm_vdit_config {
 } ldm_vdit_config;
 /* The keys, described once: X(name, kind, default, help); NULL default = required. */
 #define LDM_VDIT_CONFIG_KEYS(X)                                                                     \
-    X(num_frames, AT_LEAST(INT, 1), NULL, "latent frames T (a multiple of patch_t)")               \
+    X(num_frames, AT_LEAST(INT, 1), NULL, "latent frames F (a multiple of patch_t)")               \
     X(height, AT_LEAST(INT, 1), NULL, "latent height H (a multiple of patch_size)")                \
     X(width, AT_LEAST(INT, 1), NULL, "latent width W (a multiple of patch_size)")                  \
     X(patch_t, AT_LEAST(INT, 1), "1", "temporal patch size pt")                                     \
@@ -895,7 +907,7 @@ typedef struct ldm_sgm_sampler_opts {
     const ldm_cond *uncond;       /* VanillaCFG's unconditional conditioning; NULL: IdentityGuider */
     float guidance_scale;         /* VanillaCFG scale; 1 */
     const float *guidance_scales; /* B per-sample scales (multi-prompt), or NULL: guidance_scale */
-    ldm_tensor *noise;            /* [num_steps, ...], num_steps x (x's size) values (video: [S, B*C, T, H, W]):
+    ldm_tensor *noise;            /* [num_steps, ...], num_steps x (x's size) values (video: [S, B*C, F, H, W]):
                                      slice i is step i's churn / DDIM noise; NULL: ctx RNG */
     void (*on_step)(void *user, int i, int total);
     void *user;

@@ -10,6 +10,7 @@
        values (EDM l2 with and without offset noise, V l1, discrete eps/unit), EulerEDMSampler
        (plain, churn + CFG, single prompt, multi-prompt per-sample scales) and DDIM (eta 0, and
        eta 1 with CFG: checked against CompVis' alpha-space update) with fixed noise;
+     - save / strict load round trip, a few AdamW steps on the EDM loss lower it;
      - the config table (defaults, YAML read, validation) and errors on bad input.
    The same checks run on the CUDA back end (the emulator build runs only those).
    Loads files, so it also runs under ASan/UBSan: LDM_TEST_SANITIZE */
@@ -395,6 +396,68 @@ done:
     ldm_weights_close(fx);
 }
 
+/* save -> load into a fresh model (strict): the same output; a DiT-variant file refused by an
+   adaLN-single model (names differ); then a few AdamW steps on the EDM loss lower it. */
+static void test_save_train(ldm_ctx *ctx) {
+    ldm_vdit_config cfg = tiny(1, 0);
+    ldm_vdit *a = NULL, *b = NULL, *c = NULL;
+    if (ldm_vdit_create(ctx, &a, &cfg) || ldm_vdit_create(ctx, &b, &cfg)) { lt_report(0, "vdit save/load", "%s", ldm_ctx_error(ctx)); goto out; }
+    hash_weights(ctx, ldm_vdit_params(a));
+    LT_CHECK(ldm_vdit_save(ctx, a, "vdit_saved.safetensors", LDM_F32, "model.diffusion_model.") == LDM_OK &&
+             ldm_vdit_load(ctx, b, "vdit_saved.safetensors", "model.diffusion_model.", 1, NULL) == LDM_OK, "vdit save and strict load");
+    ldm_ctx_clear_error(ctx);
+    {
+        ldm_tensor *x = ldm_randn(ctx, ldm_shape5(2, 8, 4, 4, 6));
+        float tv[2] = {0.3f, -1.0f};
+        ldm_tensor *t = ldm_from_host(ctx, ldm_shape1(2), tv);
+        int prev = ldm_set_grad_enabled(ctx, 0);
+        ldm_tensor *ya = ldm_vdit_forward(ctx, a, x, t), *yb = ldm_vdit_forward(ctx, b, x, t);
+        ldm_set_grad_enabled(ctx, prev);
+        if (ya && yb) lt_close("vdit loaded model gives the saved model's output", lt_h(ctx, yb, 0), lt_h(ctx, ya, 0), (long)ya->numel, 0, 0);
+        else lt_report(0, "vdit save/load forward", "%s", ldm_ctx_error(ctx));
+        ldm_vdit_config c0 = tiny(0, 0);
+        if (ldm_vdit_create(ctx, &c, &c0) == LDM_OK)
+            LT_CHECK(ldm_vdit_load(ctx, c, "vdit_saved.safetensors", "model.diffusion_model.", 1, NULL) != LDM_OK &&
+                     strstr(ldm_ctx_error(ctx), "adaLN_modulation"), "vdit: an adaLN-single file is refused by a DiT-variant model (strict)");
+        ldm_ctx_clear_error(ctx);
+    }
+    ldm_step_reset(ctx);
+    { /* training: 8 AdamW steps on fixed draws */
+        ldm_sgm_denoiser den;
+        ldm_sgm_denoiser_config dc = ldm_sgm_denoiser_config_default(LDM_SGM_EDM);
+        ldm_sgm_loss_config lc = ldm_sgm_loss_config_default();
+        ldm_nn_optim_config oc = ldm_nn_optim_defaults(LDM_OPTIM_ADAMW, 2e-3);
+        ldm_nn_optim *opt = NULL;
+        ldm_sgm_denoiser_init(ctx, &den, &dc, ldm_vdit_denoiser(a));
+        ldm_nn_optim_create(ctx, &opt, ldm_vdit_params(a), &oc, 0, NULL);
+        ldm_mark keep = ldm_arena_mark(ctx);
+        ldm_tensor *x0 = ldm_randn(ctx, ldm_shape5(2, 4, 4, 4, 6)), *n = ldm_randn(ctx, ldm_shape5(2, 4, 4, 4, 6));
+        ldm_cond cond;
+        memset(&cond, 0, sizeof cond);
+        cond.concat = ldm_randn(ctx, ldm_shape5(2, 4, 4, 4, 6));
+        float sg[2] = {0.4f, 2.5f}, first = 0, last = 0;
+        for (int it = 0; it < 8 && !ctx->status; it++) {
+            ldm_mark m = ldm_arena_mark(ctx);
+            ldm_tensor *l = ldm_mean_all(ctx, ldm_sgm_loss(ctx, &lc, &den, x0, &cond, sg, n, NULL, NULL));
+            float v = 0;
+            if (!l || ldm_to_host(ctx, l, &v) || ldm_backward(ctx, l) || ldm_nn_optim_step(ctx, opt)) break;
+            ldm_nn_optim_zero_grad(ctx, opt);
+            if (it == 0) first = v;
+            last = v;
+            ldm_arena_rewind(ctx, m);
+        }
+        lt_report(!ctx->status && last < 0.9f * first, "vdit + EDM loss: 8 AdamW steps lower the loss", "%g -> %g %s", (double)first, (double)last, ldm_ctx_error(ctx));
+        printf("     EDM loss %g -> %g\n", (double)first, (double)last);
+        ldm_arena_rewind(ctx, keep);
+        ldm_nn_optim_destroy(opt);
+        ldm_sgm_denoiser_free(&den);
+    }
+out:
+    ldm_ctx_clear_error(ctx);
+    ldm_step_reset(ctx);
+    ldm_vdit_destroy(a); ldm_vdit_destroy(b); ldm_vdit_destroy(c);
+}
+
 static void test_config(ldm_ctx *ctx) {
     ldm_vdit_config d = ldm_vdit_config_default();
     LT_CHECK(d.patch_t == 1 && d.patch_size == 2 && d.hidden_size == 384 && d.depth == 12 && d.num_heads == 6 && d.mlp_ratio == 4.0f &&
@@ -444,6 +507,7 @@ int main(void) {
     test_model(ctx, "single", 1, 0);
     test_lora(ctx);
     test_sgm(ctx);
+    test_save_train(ctx);
     test_config(ctx);
 #endif
     ldm_ctx_destroy(ctx);
@@ -457,6 +521,7 @@ int main(void) {
             test_model(ctx, "single", 1, 0);
             test_lora(ctx);
             test_sgm(ctx);
+            test_save_train(ctx);
         }
         ldm_ctx_destroy(ctx);
         lt_tag = "";
