@@ -721,7 +721,7 @@ LDM_API ldm_result ldm_latent_diffusion_config_read(ldm_config *cfg, const ldm_c
                           = Linear(D, 2D) on SiLU(c).
                         true: PixArt-alpha's adaLN-single: one t_block.1 = Linear(D, 6D) on
                           SiLU(c) shared by every block, plus a learned per-block
-                          blocks.N.scale_shift_table [6, D] added to it (N(0, 1/D) init);
+                          blocks.N.scale_shift_table [6, D] added to it (init randn / sqrt(D));
                           final_layer.scale_shift_table [2, D] added to c itself (T2IFinalLayer).
                           depth x 6D^2 fewer parameters.
      blocks.N           x += gate_msa * attn.proj(attention(attn.qkv(mod(norm1(x)))))  (all N tokens)
@@ -816,7 +816,8 @@ LDM_API ldm_result ldm_vdit_config_check(ldm_ctx *ctx, const ldm_vdit_config *cf
 typedef struct ldm_vdit ldm_vdit;
 /* Registers and allocates the model on the context's device, initialised as DiT (xavier
    linears and patch embedding, N(0, 0.02) t MLP, zero adaLN-Zero and final linear) and
-   PixArt (t_block.1 N(0, 0.02), scale_shift_tables N(0, 1/D)), from the context's RNG. */
+   PixArt (t_block.1 weight normal with std 0.02, scale_shift_tables randn / sqrt(D)), from the
+   context's RNG. */
 LDM_API ldm_result ldm_vdit_create(ldm_ctx *ctx, ldm_vdit **m, const ldm_vdit_config *cfg);
 LDM_API void ldm_vdit_destroy(ldm_vdit *m);
 LDM_API ldm_result ldm_vdit_count_params(ldm_ctx *ctx, const ldm_vdit_config *cfg, int64_t *n);

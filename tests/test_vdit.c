@@ -329,9 +329,9 @@ static void test_sgm(ldm_ctx *ctx) {
         float sd[2] = {dd.sigmas[17], dd.sigmas[803]};
         lc = ldm_sgm_loss_config_default();
         lc.weighting = LDM_SGM_W_EPS;
-        cmp_t(ctx, fx, "loss.eps_unit_discrete", "loss DiscreteDenoiser eps, EpsWeighting", ldm_sgm_loss(ctx, &lc, &dd, x0, &cond, sd, noise, offset, NULL), 0, 1e-5);
+        cmp_t(ctx, fx, "loss.discrete_eps_weighting", "loss DiscreteDenoiser eps, EpsWeighting", ldm_sgm_loss(ctx, &lc, &dd, x0, &cond, sd, noise, offset, NULL), 0, 1e-5);
         lc.weighting = LDM_SGM_W_UNIT;
-        cmp_t(ctx, fx, "loss.eps_eps_discrete", "loss DiscreteDenoiser eps, UnitWeighting", ldm_sgm_loss(ctx, &lc, &dd, x0, &cond, sd, noise, offset, NULL), 0, 1e-5);
+        cmp_t(ctx, fx, "loss.discrete_unit_weighting", "loss DiscreteDenoiser eps, UnitWeighting", ldm_sgm_loss(ctx, &lc, &dd, x0, &cond, sd, noise, offset, NULL), 0, 1e-5);
         { /* sigma samplers: EDMSampling is lognormal, DiscreteSampling draws from the table */
             static float s[4096];
             lc = ldm_sgm_loss_config_default();
@@ -383,6 +383,13 @@ static void test_sgm(ldm_ctx *ctx) {
         ldm_ctx_clear_error(ctx);
         so.cond = &cond; so.eta = 1.5;
         LT_CHECK(!ldm_sgm_ddim_sample(ctx, &dd, xT, &so) && strstr(ldm_ctx_error(ctx), "eta"), "DDIM: eta outside [0, 1] is an error");
+        ldm_ctx_clear_error(ctx);
+        so.eta = 0.5; so.num_steps = 5;   /* step 3 of 5 needs a 4th noise slice */
+        LT_CHECK(!ldm_sgm_ddim_sample(ctx, &dd, xT, &so) && strstr(ldm_ctx_error(ctx), "opts.noise has 3 slices"), "sgm sampler: too few noise slices is an error");
+        ldm_ctx_clear_error(ctx);
+        lc = ldm_sgm_loss_config_default();
+        LT_CHECK(!ldm_sgm_loss(ctx, &lc, &de, x0, &cond, s2, ldm_slice(ctx, noise, 2, 0, 2), NULL, NULL) && strstr(ldm_ctx_error(ctx), "noise [2, 4, 2, 4, 6]"),
+                 "loss: noise of another shape is an error");
         ldm_ctx_clear_error(ctx);
         ldm_tensor *wrong = ldm_slice(ctx, x0, 2, 0, 2);
         LT_CHECK(!ldm_sgm_denoise(ctx, &de, wrong, s2, NULL) && strstr(ldm_ctx_error(ctx), "VideoDiT: x"), "VideoDiT: a latent of the wrong size is an error");

@@ -368,9 +368,9 @@ def sgm_case():
         fx["loss.edm_l2"] = sgm_loss(net, Denoiser("edm"), x0, cond, s2, noise, offset, 0.0, "edm", "l2").float()
         fx["loss.edm_l2_offset"] = sgm_loss(net, Denoiser("edm"), x0, cond, s2, noise, offset, 0.1, "edm", "l2").float()
         fx["loss.v_l1"] = sgm_loss(net, Denoiser("v"), x0, cond, s2, noise, offset, 0.0, "v", "l1").float()
-        fx["loss.eps_unit_discrete"] = sgm_loss(net, dd, x0, cond, dd.sigmas[torch.tensor([17, 803])], noise, offset, 0.0,
+        fx["loss.discrete_eps_weighting"] = sgm_loss(net, dd, x0, cond, dd.sigmas[torch.tensor([17, 803])], noise, offset, 0.0,
                                                 "eps", "l2").float()
-        fx["loss.eps_eps_discrete"] = sgm_loss(net, dd, x0, cond, dd.sigmas[torch.tensor([17, 803])], noise, offset, 0.0,
+        fx["loss.discrete_unit_weighting"] = sgm_loss(net, dd, x0, cond, dd.sigmas[torch.tensor([17, 803])], noise, offset, 0.0,
                                                "unit", "l2").float()
         # samplers: 3 steps, fixed noise
         S = 3
