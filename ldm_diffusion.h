@@ -3402,6 +3402,25 @@ LDM_API ldm_result ldm_vdit_save(ldm_ctx *ctx, const ldm_vdit *m, const char *pa
     return ldm_nn_save(ctx, m->P, path, dtype, prefix);
 }
 
+/* Block i on tokens h [B, N, D]; ada_in = SiLU(c) [B, D] (adaLN-Zero: the block's own
+   adaLN_modulation.1 makes the 6 modulations) or t_block's output [B, 6D] (adaLN-single: the
+   block adds its scale_shift_table). */
+static ldm_tensor *ldm__vdit_block_forward(ldm_ctx *ctx, const ldm_vdit *m, int i, ldm_tensor *h, ldm_tensor *ada_in) {
+    if (!h || !ada_in) return NULL;
+    const ldm__vdit_block *b = &m->blk[i];
+    int64_t B = h->shape[0], D = m->cfg.hidden_size;
+    ldm_tensor *md = m->cfg.switch_adaln_layer ? ldm_add(ctx, ldm_reshape(ctx, ada_in, ldm_shape3(B, 6, D)), ldm_reshape(ctx, b->sst, ldm_shape3(1, 6, D)))
+                                               : ldm_reshape(ctx, ldm_nn_linear_forward(ctx, &b->ada, ada_in), ldm_shape3(B, 6, D));
+    ldm_tensor *s[6], *q[3];
+    if (!md || ldm_chunk(ctx, md, 6, 1, s)) return NULL;  /* shift, scale, gate (msa); shift, scale, gate (mlp): [B, 1, D] */
+    ldm_tensor *a = ldm_nn_linear_forward(ctx, &b->qkv, ldm__dit_mod(ctx, ldm_nn_layernorm_forward(ctx, &b->norm1, h), s[0], s[1]));
+    if (!a || ldm_chunk(ctx, a, 3, 2, q)) return NULL;
+    a = ldm_nn_linear_forward(ctx, &b->proj, ldm_attention(ctx, q[0], q[1], q[2], m->cfg.num_heads, 0.0f));
+    h = ldm_add(ctx, h, ldm_mul(ctx, s[2], a));
+    a = ldm_nn_linear_forward(ctx, &b->fc1, ldm__dit_mod(ctx, ldm_nn_layernorm_forward(ctx, &b->norm2, h), s[3], s[4]));
+    a = ldm_nn_linear_forward(ctx, &b->fc2, ldm_gelu(ctx, a, 1));
+    return ldm_add(ctx, h, ldm_mul(ctx, s[5], a));
+}
 LDM_API ldm_tensor *ldm_vdit_forward(ldm_ctx *ctx, ldm_vdit *m, ldm_tensor *x, ldm_tensor *t) {
     if (ctx->status) return NULL;
     const ldm_vdit_config *c = &m->cfg;
@@ -3419,21 +3438,9 @@ LDM_API ldm_tensor *ldm_vdit_forward(ldm_ctx *ctx, ldm_vdit *m, ldm_tensor *x, l
     ldm_tensor *h = ldm_nn_conv3d_forward(ctx, &m->x_proj, x);                               /* [B, D, gt, gh, gw] */
     h = ldm_add(ctx, ldm_transpose(ctx, ldm_reshape(ctx, h, ldm_shape3(B, D, N)), 1, 2), m->pos_embed);
     ldm_tensor *cv = ldm_nn_linear_forward(ctx, &m->t2, ldm_silu(ctx, ldm_nn_linear_forward(ctx, &m->t0, ldm_timestep_embedding(ctx, t, 256))));
-    ldm_tensor *sc = ldm_silu(ctx, cv), *t6 = NULL, *s[6], *md;
-    if (single) t6 = ldm_reshape(ctx, ldm_nn_linear_forward(ctx, &m->t_block, sc), ldm_shape3(B, 6, D));  /* shared by all blocks */
-    for (int i = 0; i < c->depth && h; i++) {
-        const ldm__vdit_block *b = &m->blk[i];
-        md = single ? ldm_add(ctx, t6, ldm_reshape(ctx, b->sst, ldm_shape3(1, 6, D)))
-                    : ldm_reshape(ctx, ldm_nn_linear_forward(ctx, &b->ada, sc), ldm_shape3(B, 6, D));
-        if (!md || ldm_chunk(ctx, md, 6, 1, s)) return NULL;  /* shift, scale, gate (msa); shift, scale, gate (mlp): [B, 1, D] */
-        ldm_tensor *a = ldm_nn_linear_forward(ctx, &b->qkv, ldm__dit_mod(ctx, ldm_nn_layernorm_forward(ctx, &b->norm1, h), s[0], s[1])), *q[3];
-        if (!a || ldm_chunk(ctx, a, 3, 2, q)) return NULL;
-        a = ldm_nn_linear_forward(ctx, &b->proj, ldm_attention(ctx, q[0], q[1], q[2], c->num_heads, 0.0f));
-        h = ldm_add(ctx, h, ldm_mul(ctx, s[2], a));
-        a = ldm_nn_linear_forward(ctx, &b->fc1, ldm__dit_mod(ctx, ldm_nn_layernorm_forward(ctx, &b->norm2, h), s[3], s[4]));
-        a = ldm_nn_linear_forward(ctx, &b->fc2, ldm_gelu(ctx, a, 1));
-        h = ldm_add(ctx, h, ldm_mul(ctx, s[5], a));
-    }
+    ldm_tensor *sc = ldm_silu(ctx, cv), *s[2], *md;
+    ldm_tensor *ada_in = single ? ldm_nn_linear_forward(ctx, &m->t_block, sc) : sc;   /* t_block: shared by all blocks */
+    for (int i = 0; i < c->depth && h; i++) h = ldm__vdit_block_forward(ctx, m, i, h, ada_in);
     md = single ? ldm_add(ctx, ldm_reshape(ctx, cv, ldm_shape3(B, 1, D)), ldm_reshape(ctx, m->final_sst, ldm_shape3(1, 2, D)))
                 : ldm_reshape(ctx, ldm_nn_linear_forward(ctx, &m->final_ada, sc), ldm_shape3(B, 2, D));
     if (!h || !md || ldm_chunk(ctx, md, 2, 1, s)) return NULL;

@@ -1,6 +1,8 @@
 /* test_vdit.c - the spatio-temporal video DiT and the sgm engine (ldm_diffusion.h section 5)
    against PyTorch (tests/ref/vdit_ref.py: float64 references written from DiT, PixArt-alpha and
    sgm, hash weights rebuilt here with lt_hash_init):
+     - one block of each adaLN variant alone: output, full gradients w.r.t. tokens, conditioning
+       and every block parameter;
      - both adaLN variants (switch_adaln_layer): state-dict names and shapes, init (adaLN-Zero
        zeros, frozen pos_embed equal to the reference's 3-D sin-cos), forward, input gradient
        and every parameter gradient (hash projection and norm);
@@ -127,6 +129,49 @@ static void cmp(ldm_ctx *ctx, ldm_weights *fx, const char *key, const char *name
 }
 static void cmp_t(ldm_ctx *ctx, ldm_weights *fx, const char *key, const char *name, const ldm_tensor *t, int grad, double rel) {
     cmp(ctx, fx, key, name, t ? lt_h(ctx, t, grad) : NULL, t ? (long)t->numel : 0, rel);
+}
+
+/* blocks.0 alone (ldm__vdit_block_forward): output and full gradients w.r.t. tokens,
+   conditioning and every block parameter, for both adaLN variants. */
+static void test_block(ldm_ctx *ctx, const char *tag, int single) {
+    char path[128], name[200], key[200];
+    snprintf(path, sizeof path, FIX "vdit_block_%s.safetensors", tag);
+    ldm_weights *fx;
+    if (ldm_weights_open(ctx, &fx, path)) { lt_report(0, tag, "%s", ldm_ctx_error(ctx)); ldm_ctx_clear_error(ctx); return; }
+    ldm_vdit_config cfg = tiny(single, 0);
+    ldm_vdit *m;
+    if (ldm_vdit_create(ctx, &m, &cfg)) { lt_report(0, tag, "create: %s", ldm_ctx_error(ctx)); ldm_weights_close(fx); return; }
+    ldm_nn_params *P = ldm_vdit_params(m);
+    hash_weights(ctx, P);
+    ldm_step_reset(ctx);
+    ldm_tensor *x = lt_tensor(ctx, fx, "x"), *c = lt_tensor(ctx, fx, "c");
+    x->requires_grad = 1;
+    c->requires_grad = 1;
+    /* adaLN-Zero blocks take SiLU(c) (adaLN_modulation.0 is the SiLU); adaLN-single ones t_block's output */
+    ldm_tensor *out = ldm__vdit_block_forward(ctx, m, 0, x, single ? c : ldm_silu(ctx, c));
+    int ok = out && backward_hash(ctx, out);
+    snprintf(name, sizeof name, "vdit block (%s) forward", tag);
+    cmp_t(ctx, fx, "out", name, out, 0, 1e-5);
+    if (ok) {
+        snprintf(name, sizeof name, "vdit block (%s) grad tokens", tag);
+        cmp_t(ctx, fx, "x_grad", name, x, 1, 1e-5);
+        snprintf(name, sizeof name, "vdit block (%s) grad conditioning", tag);
+        cmp_t(ctx, fx, "c_grad", name, c, 1, 1e-5);
+        int n = 0;
+        for (int i = 0; i < ldm_nn_count(P); i++) {
+            const ldm_nn_entry *e = ldm_nn_entry_at(P, i);
+            if (strncmp(e->name, "blocks.0.", 9) != 0) continue;
+            snprintf(key, sizeof key, "grad.%s", e->name);
+            snprintf(name, sizeof name, "vdit block (%s) grad %s", tag, e->name + 9);
+            cmp_t(ctx, fx, key, name, e->t, 1, 1e-5);
+            n++;
+        }
+        snprintf(name, sizeof name, "vdit block (%s): every block parameter checked", tag);
+        lt_report(n == (single ? 9 : 10), name, "%d parameters", n);
+    } else lt_report(0, tag, "backward: %s", ldm_ctx_error(ctx));
+    ldm_step_reset(ctx);
+    ldm_vdit_destroy(m);
+    ldm_weights_close(fx);
 }
 
 static void test_model(ldm_ctx *ctx, const char *tag, int single, int learn_sigma) {
@@ -510,6 +555,8 @@ int main(void) {
     s.seed = 1;
     if (ldm_ctx_create(&ctx, &s)) return 1;
 #ifndef LDM_CUDA_EMULATOR /* the emulator build only runs the device part below */
+    test_block(ctx, "dit", 0);
+    test_block(ctx, "single", 1);
     test_model(ctx, "dit", 0, 1);
     test_model(ctx, "single", 1, 0);
     test_lora(ctx);
@@ -524,6 +571,8 @@ int main(void) {
         else {
             lt_tag = "[cuda] ";
             printf("device: %s\n", ldm_cuda_device_name(ctx));
+            test_block(ctx, "dit", 0);
+            test_block(ctx, "single", 1);
             test_model(ctx, "dit", 0, 1);
             test_model(ctx, "single", 1, 0);
             test_lora(ctx);

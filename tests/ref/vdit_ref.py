@@ -22,7 +22,9 @@ VDiT: DiT (facebookresearch models.py) over video latents x [B, C, T, H, W]:
   final_layer      linear(mod(norm_final(x))) -> pt*p*p*out per token, unpatchified as
                    [B, gt, gh, gw, pt, p, p, C] -> [B, C, gt*pt, gh*p, gw*p]
 
-Writes tests/fixtures/vdit_dit.safetensors, vdit_single.safetensors (model forward, input and
+Writes tests/fixtures/vdit_block_dit.safetensors, vdit_block_single.safetensors (blocks.0 alone:
+output and full gradients w.r.t. tokens, conditioning and every block parameter),
+vdit_dit.safetensors, vdit_single.safetensors (model forward, input and
 parameter gradients as test_denoisers: gproj.<name> = [g . hash("proj.<name>"), |g|^2],
 shape.<name>), vdit_lora.safetensors (LoRA on attn.qkv: full adapter gradients) and
 vdit_sgm.safetensors (scalings, discretizations, denoiser, losses, samplers)."""
@@ -190,6 +192,25 @@ def model_case(tag, cfg, lora=None):
     write_safetensors(path, fx, {k: str(v) for k, v in cfg.items()})
     print("wrote %s (%d bytes), %d parameters" % (os.path.relpath(path), os.path.getsize(path),
                                                   sum(p.numel() for p in m.parameters())))
+
+
+def block_case(tag, single):
+    """blocks.0 of the tiny model alone: x [2, 12, 32] tokens, c = the conditioning [2, D]
+    (adaLN-Zero: the block applies SiLU + adaLN_modulation) or t_block's output [2, 6D]."""
+    m = make_vdit(dict(TINY, switch_adaln_layer=single))
+    blk = m.blocks[0]
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(2, 12, 32, generator=g).double().requires_grad_(True)
+    c = torch.randn(2, 6 * 32 if single else 32, generator=g).double().requires_grad_(True)
+    out = blk(x, c)
+    (out * hashed("loss.R", out.shape)).sum().backward()
+    fx = {"x": x.detach().float(), "c": c.detach().float(), "out": out.detach().float(), "x_grad": x.grad.float(),
+          "c_grad": c.grad.float()}
+    for name, p in blk.named_parameters():
+        fx["grad.blocks.0." + name] = p.grad.float()
+    path = os.path.join(FIX, "vdit_block_%s.safetensors" % tag)
+    write_safetensors(path, fx)
+    print("wrote %s (%d bytes)" % (os.path.relpath(path), os.path.getsize(path)))
 
 
 # ---- the sgm engine -----------------------------------------------------------------------
@@ -398,6 +419,8 @@ def sgm_case():
 
 
 if __name__ == "__main__":
+    block_case("dit", False)
+    block_case("single", True)
     model_case("dit", dict(TINY, learn_sigma=True))
     model_case("single", dict(TINY, switch_adaln_layer=True))
     model_case("lora", dict(TINY), lora=(4, 8.0))
