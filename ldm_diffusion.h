@@ -702,7 +702,7 @@ LDM_API ldm_result ldm_latent_diffusion_config_read(ldm_config *cfg, const ldm_c
    are host floats, one per sample (like the timesteps of sections 1 and 3); x = x0 + sigma n.
 
    Shapes: x, x0, noise [B, C, F, H, W] (the sgm parts take any rank); sigma [B];
-   tokens [B, N, D], N = (F/pt)(H/p)(W/p) in (t, h, w) order; concat [B or 1, Cc, F, H, W].
+   tokens [B, N, D], N = (F/pt)(H/p)(W/p) in (frame, row, column) order; concat [B or 1, Cc, F, H, W].
 
    Video DiT (ldm_vdit), DiT's architecture and names with a Conv3d patch embedding:
      pos_embed          [1, N, D], fixed 3-D sin-cos (frozen parameter, in the state dict):
@@ -723,7 +723,7 @@ LDM_API ldm_result ldm_latent_diffusion_config_read(ldm_config *cfg, const ldm_c
                           SiLU(c) shared by every block, plus a learned per-block
                           blocks.N.scale_shift_table [6, D] added to it (init randn / sqrt(D));
                           final_layer.scale_shift_table [2, D] added to c itself (T2IFinalLayer).
-                          depth x 6D^2 fewer parameters.
+                          About (depth - 1) x 6D^2 + 2D^2 fewer parameters.
      blocks.N           x += gate_msa * attn.proj(attention(attn.qkv(mod(norm1(x)))))  (all N tokens)
                         x += gate_mlp * mlp.fc2(gelu_tanh(mlp.fc1(mod(norm2(x)))))
                         mod(h) = h (1 + scale) + shift; norm1/norm2: LayerNorm, no affine, eps 1e-6
@@ -752,7 +752,9 @@ LDM_API ldm_result ldm_latent_diffusion_config_read(ldm_config *cfg, const ldm_c
      samplers   EulerEDMSampler (s_churn, s_tmin, s_tmax, s_noise as sgm; x = randn sqrt(1 +
                 sigma_0^2)); DDIM over the discretization (eta; in sigma space: x' = D +
                 sqrt(s'^2 - s_up^2) eps + s_up n, s_up = eta s' sqrt(s^2 - s'^2)/s, eps = (x - D)/s,
-                which is CompVis' p_sample_ddim on x_t = x/sqrt(1 + s^2)). Guidance: sgm's
+                which is CompVis' p_sample_ddim on x_t = x/sqrt(1 + s^2); section 3's ldm_ddim is
+                not reused: it has CompVis' timestep grid, ends at alphas_cumprod[0] instead of
+                sigma 0 and calls an integer-t network, not an sgm Denoiser). Guidance: sgm's
                 VanillaCFG: one call on [uncond; cond], out_u + scale (out_c - out_u);
                 IdentityGuider without uncond. Single prompt: a cond whose concat has batch 1
                 is repeated for the whole batch. Multi-prompt: a batch of B conditions with
@@ -835,8 +837,9 @@ LDM_API ldm_result ldm_vdit_load(ldm_ctx *ctx, ldm_vdit *m, const char *path, co
 LDM_API ldm_result ldm_vdit_save(ldm_ctx *ctx, const ldm_vdit *m, const char *path, ldm_dtype dtype, const char *prefix);
 #ifdef LDM_CONFIG_H
 LDM_CONFIG_DECLARE(ldm_vdit_yaml, LDM_VDIT_CONFIG_KEYS);
-/* node: the network's params, or a node with them under "params" (target + params, as sgm's
-   network_config), or NULL for the root; schema-checked (ldm_vdit_create checks the rest). */
+/* node: the network's params, a node with them under "params" (target + params), an sgm
+   model node (params.network_config.params), or NULL for the root (then also
+   model.params.network_config.params); schema-checked (ldm_vdit_create checks the rest). */
 LDM_API ldm_result ldm_vdit_config_read(ldm_config *cfg, const ldm_config_node *node, ldm_vdit_config *out);
 #endif
 
@@ -3469,9 +3472,14 @@ LDM_API ldm_denoiser ldm_vdit_denoiser(ldm_vdit *m) { ldm_denoiser d; d.forward 
 #ifdef LDM_CONFIG_H
 LDM_CONFIG_DEFINE(ldm_vdit_yaml, LDM_VDIT_CONFIG_KEYS)
 LDM_API ldm_result ldm_vdit_config_read(ldm_config *cfg, const ldm_config_node *node, ldm_vdit_config *out) {
+    static const char *const where[] = {"", "params", "network_config.params", "params.network_config.params", "model.params.network_config.params"};
+    const ldm_config_node *params = NULL;
     if (!node) node = ldm_config_root(cfg);
-    const ldm_config_node *params = node;
-    if (!ldm_config_find(node, "num_frames") && ldm_config_find(node, "params")) params = ldm_config_find(node, "params");
+    for (int i = 0; i < 5 && !params; i++) {
+        const ldm_config_node *q = i ? ldm_config_find(node, where[i]) : node;
+        if (q && ldm_config_find(q, "num_frames")) params = q;
+    }
+    if (!params) params = node;   /* validation then names what is missing */
     ldm_vdit_yaml d;
     ldm_result r = ldm_vdit_yaml_load(cfg, params, &d);
     if (r) return r;

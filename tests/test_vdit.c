@@ -524,6 +524,15 @@ static void test_config(ldm_ctx *ctx) {
     lt_report(ok && memcmp(&r, &want, sizeof r) == 0, "vdit config read from YAML (target + params)", "%s", cf ? ldm_config_error(cf) : "no config");
     ldm_config_destroy(cf);
     cf = NULL;
+    const char *sgm = "model:\n  target: sgm.models.diffusion.DiffusionEngine\n  params:\n    network_config:\n      target: ldm.VideoDiT\n"
+                      "      params: {num_frames: 4, height: 4, width: 6, patch_t: 2, in_channels: 8, out_channels: 4, hidden_size: 32, "
+                      "depth: 2, num_heads: 2, switch_adaln_layer: true}\n";
+    memset(&r, 0, sizeof r);
+    ok = ldm_config_create(&cf) == LDM_OK && ldm_config_load_string(cf, sgm, "sgm.yaml", LDM_CONFIG_FORMAT_AUTO) == LDM_OK &&
+         ldm_vdit_config_read(cf, NULL, &r) == LDM_OK;
+    lt_report(ok && memcmp(&r, &want, sizeof r) == 0, "vdit config read from an sgm model config (model.params.network_config)", "%s", cf ? ldm_config_error(cf) : "no config");
+    ldm_config_destroy(cf);
+    cf = NULL;
     ok = ldm_config_create(&cf) == LDM_OK && ldm_config_load_string(cf, "num_frames: 4\nheight: 4\nwidth: 6\nin_channels: 8\nout_channels: 4\nhiden_size: 32\n",
                                                                      "bad.yaml", LDM_CONFIG_FORMAT_AUTO) == LDM_OK;
     LT_CHECK(ok && ldm_vdit_config_read(cf, NULL, &r) != LDM_OK && strstr(ldm_config_error(cf), "hiden_size") && strstr(ldm_config_error(cf), "bad.yaml"),
