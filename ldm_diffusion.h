@@ -1,7 +1,9 @@
 /* ldm_diffusion.h - latent diffusion, exact to CompVis latent-diffusion: noise schedules and the
    DDPM / LatentDiffusion training objective, the denoisers (the LDM UNet with its
    SpatialTransformer, and DiT), the DDPM / DDIM samplers with classifier-free guidance, and
-   the LatentDiffusion model that ties them to a first stage and a conditioning stage.
+   the LatentDiffusion model that ties them to a first stage and a conditioning stage; and a
+   spatio-temporal video DiT with Stability AI's sgm engine (continuous-sigma denoisers, the
+   EDM-style loss, Euler EDM and DDIM samplers).
    v0.1
 
    Do this in exactly one C or C++ file before including it:
@@ -10,14 +12,20 @@
    ldm_config.h included first it also reads CompVis configs.
 
    Shape legend: B batch, C channels, H, W latent (or pixel) size, T diffusion steps (1000),
-   S sampling steps, N tokens (H*W), D model width, L context length, K classes.
+   S sampling steps, N tokens (H*W), D model width, L context length, K classes; in section
+   5, F frames (the video DiT's num_frames), sigma [B] host noise levels.
        x_t, eps, x0  [B, C, H, W];  t [B] (integer steps stored as floats);  context [B, L, D]
+       video latents [B, C, F, H, W]; video DiT tokens [B, (F/pt)(H/p)(W/p), D]
 
    Sections, in the order the data flows:
      1. schedules and the diffusion process (q_sample, posterior, parameterizations, losses)
      2. denoisers (UNet + SpatialTransformer, DiT), all behind one call: ldm_denoiser
      3. samplers (DDPM ancestral, DDIM, classifier-free guidance)
      4. LatentDiffusion (ddpm.py's LatentDiffusion: config, checkpoint, shared_step, sampling)
+     5. video DiT (ldm_vdit: Conv3d patches, 3-D sin-cos, adaLN-Zero or adaLN-single) and the
+        sgm engine (ldm_sgm_*: scalings, Denoiser / DiscreteDenoiser, discretizations,
+        StandardDiffusionLoss, EulerEDMSampler, DDIM, VanillaCFG); its own docs and API list
+        are at its declarations
 
    Example (sections 1 and 3): train a denoiser with EMA, then sample with guided DDIM.
 
@@ -83,6 +91,10 @@
      ldm_latent_diffusion_loss          shared_step (p_losses on the encoded batch)
      ldm_latent_diffusion_scale_by_std  the first batch's scale factor
      ldm_latent_diffusion_sample        DDIM / DDPM with guidance, decoded
+   Section 5 (DiT models.py + PixArt-alpha's adaLN-single; sgm/modules/diffusionmodules):
+     ldm_vdit_config_default/_check/_read, ldm_vdit_create/.../forward/denoiser   video DiT
+     ldm_sgm_denoiser_*, ldm_sgm_denoise, ldm_sgm_scalings, ldm_sgm_discretize,
+     ldm_sgm_loss, ldm_sgm_euler_edm_sample, ldm_sgm_ddim_sample, ldm_sgm_guided_denoise
    A config without first_stage_config is ddpm.py's DDPM (pixel space: encode/decode are the
    identity); lr_scale (an extension) conditions on the latent of the degraded input.
    Training them with the driver: examples/model_diffusion.h (the ex_model of build/ldm).
@@ -246,7 +258,7 @@ LDM_API ldm_result ldm_ema_load(ldm_ctx *ctx, ldm_ema *ema, const char *path, co
 typedef struct ldm_cond {
     ldm_tensor *y;        /* [B] class labels as floats (label_emb / y_embedder), or NULL */
     ldm_tensor *context;  /* [B, L, Dc] cross-attention context (SpatialTransformer), or NULL */
-    ldm_tensor *concat;   /* [B, Cc, H, W] channels concatenated to x_t (super-resolution), or NULL */
+    ldm_tensor *concat;   /* [B, Cc, H, W] (video: [B, Cc, F, H, W]) channels concatenated to x_t (super-resolution), or NULL */
 } ldm_cond;
 typedef ldm_tensor *(*ldm_denoiser_fn)(ldm_ctx *ctx, void *self, ldm_tensor *x, ldm_tensor *t, const ldm_cond *cond);
 typedef struct ldm_denoiser { ldm_denoiser_fn forward; void *self; } ldm_denoiser;
@@ -682,6 +694,236 @@ LDM_CONFIG_DECLARE(ldm_latent_diffusion_yaml, LDM_LATENT_DIFFUSION_CONFIG_KEYS);
 /* node: the root (reads model.params), the model node, or its params. */
 LDM_API ldm_result ldm_latent_diffusion_config_read(ldm_config *cfg, const ldm_config_node *node, ldm_latent_diffusion_config *out);
 #endif
+
+/* ---- 5. video DiT and the sgm engine ------------------------------------------------------- */
+/* A spatio-temporal DiT over video latents and Stability AI's sgm engine (generative-models,
+   sgm/modules/diffusionmodules) around it: the continuous-noise denoiser D(x, sigma) =
+   c_skip x + c_out F(c_in x, c_noise), its training loss and its samplers. Noise levels sigma
+   are host floats, one per sample (like the timesteps of sections 1 and 3); x = x0 + sigma n.
+
+   Shapes: x, x0, noise [B, C, F, H, W] (the sgm parts take any rank); sigma [B];
+   tokens [B, N, D], N = (F/pt)(H/p)(W/p) in (frame, row, column) order; concat [B or 1, Cc, F, H, W].
+
+   Video DiT (ldm_vdit), DiT's architecture and names with a Conv3d patch embedding:
+     pos_embed          [1, N, D], fixed 3-D sin-cos (frozen parameter, in the state dict):
+                        token (i, j, k) = frame i, row j, column k gets
+                        [temporal: sincos_1d(D/4, i) | spatial: sincos_1d(3D/8, k), sincos_1d(3D/8, j)]
+                        with sincos_1d(d, pos) = [sin(pos w_m), cos(pos w_m)], w_m = 10000^(-m/(d/2)),
+                        m < d/2 (diffusers' get_3d_sincos_pos_embed split: a quarter of the
+                        width for time; the spatial part is DiT's 2-D embedding, column first).
+                        hidden_size must be a multiple of 16.
+     x_embedder.proj    Conv3d(in_channels, D, kernel = stride = (pt, p, p))
+     t_embedder.mlp.0/2 Linear(256, D), SiLU, Linear(D, D) on DiT's [cos, sin] embedding of t
+     switch_adaln_layer how each block gets its 6 modulations (shift, scale, gate for the
+                        attention, then for the MLP) from c = t_embedder(t):
+                        false: DiT's adaLN-Zero: blocks.N.adaLN_modulation.1 = Linear(D, 6D) on
+                          SiLU(c), one per block (zero-initialised); final_layer.adaLN_modulation.1
+                          = Linear(D, 2D) on SiLU(c).
+                        true: PixArt-alpha's adaLN-single: one t_block.1 = Linear(D, 6D) on
+                          SiLU(c) shared by every block, plus a learned per-block
+                          blocks.N.scale_shift_table [6, D] added to it (init randn / sqrt(D));
+                          final_layer.scale_shift_table [2, D] added to c itself (T2IFinalLayer).
+                          About (depth - 1) x 6D^2 + 2D^2 fewer parameters.
+     blocks.N           x += gate_msa * attn.proj(attention(attn.qkv(mod(norm1(x)))))  (all N tokens)
+                        x += gate_mlp * mlp.fc2(gelu_tanh(mlp.fc1(mod(norm2(x)))))
+                        mod(h) = h (1 + scale) + shift; norm1/norm2: LayerNorm, no affine, eps 1e-6
+     final_layer        linear(mod(norm_final(x))) -> pt*p*p*out per token in (pt, p, p, C) order,
+                        unpatchified to [B, out, F, H, W]; learn_sigma: out = 2*out_channels.
+   LoRA targets like "attn.qkv" or "mlp.fc1" work as for the DiT (ldm_nn_lora_create).
+
+   sgm engine (denoiser.py, denoiser_scaling.py, discretizer.py, sigma_sampling.py,
+   loss_weighting.py, loss.py, sampling.py, guiders.py, wrappers.py):
+     scalings   (c_skip, c_out, c_in, c_noise) of sigma, sd = sigma_data:
+                EDM  (sd^2/(s^2+sd^2), s sd/sqrt(s^2+sd^2), 1/sqrt(s^2+sd^2), log(s)/4)
+                Eps  (1, -s, 1/sqrt(s^2+1), s);   V (1/(s^2+1), -s/sqrt(s^2+1), 1/sqrt(s^2+1), s)
+                V with EDM c_noise (VScalingWithEDMcNoise): V's, c_noise log(s)/4
+     Denoiser   D = F(c_in x, c_noise, cond) c_out + x c_skip. DiscreteDenoiser: sigma first
+                snapped to the nearest of num_idx LegacyDDPM sigmas (ascending, no zero), and
+                c_noise (quantize_c_noise) replaced by that nearest sigma's index.
+     OpenAIWrapper  the network sees [x, cond->concat] on channels: ldm_vdit_denoiser.
+     discretizations  EDM: (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho;
+                LegacyDDPM: sqrt((1 - ac)/ac) at n roughly equally spaced steps of a linear
+                beta schedule, descending; then append_zero and flip as Discretization.__call__.
+     loss       StandardDiffusionLoss: sigma ~ EDMSampling exp(p_mean + p_std N(0,1)) or
+                DiscreteSampling sigmas[randint(num_idx)]; noise (+ offset_noise_level *
+                offset[B, C] broadcast over F, H, W: sgm's image-shaped offset); x = x0 + sigma n;
+                loss_b = mean over all but the batch of w(sigma) (D(x) - x0)^2 (l2) or |.| (l1),
+                w: Unit 1, EDM (s^2+sd^2)/(s sd)^2, V (EDM with sd 1), Eps s^-2.
+     samplers   EulerEDMSampler (s_churn, s_tmin, s_tmax, s_noise as sgm; x = randn sqrt(1 +
+                sigma_0^2)); DDIM over the discretization (eta; in sigma space: x' = D +
+                sqrt(s'^2 - s_up^2) eps + s_up n, s_up = eta s' sqrt(s^2 - s'^2)/s, eps = (x - D)/s,
+                which is CompVis' p_sample_ddim on x_t = x/sqrt(1 + s^2); section 3's ldm_ddim is
+                not reused: it has CompVis' timestep grid, ends at alphas_cumprod[0] instead of
+                sigma 0 and calls an integer-t network, not an sgm Denoiser). Guidance: sgm's
+                VanillaCFG: one call on [uncond; cond], out_u + scale (out_c - out_u);
+                IdentityGuider without uncond. Single prompt: a cond whose concat has batch 1
+                is repeated for the whole batch. Multi-prompt: a batch of B conditions with
+                per-sample scales (guidance_scales[B], sgm's NoDynamicThresholding with a
+                tensor scale).
+
+   Example: train a video super-resolution denoiser with the EDM recipe, then sample.
+
+       ldm_vdit_config vc = ldm_vdit_config_default();
+       vc.num_frames = 8; vc.height = vc.width = 32; vc.in_channels = 8; vc.out_channels = 4;
+       ldm_vdit *net;  ldm_vdit_create(ctx, &net, &vc);
+       ldm_sgm_denoiser den;  ldm_sgm_denoiser_config dc = ldm_sgm_denoiser_config_default(LDM_SGM_EDM);
+       ldm_sgm_denoiser_init(ctx, &den, &dc, ldm_vdit_denoiser(net));
+       ldm_sgm_loss_config lc = ldm_sgm_loss_config_default();          // EDMSampling, EDMWeighting, l2
+       ldm_cond c = {0};  c.concat = lr_latent;                          // [B, 4, 8, 32, 32]
+       ldm_tensor *loss = ldm_mean_all(ctx, ldm_sgm_loss(ctx, &lc, &den, z, &c, NULL, NULL, NULL, NULL));
+       ...
+       ldm_sgm_sampler_opts so = ldm_sgm_sampler_opts_default();        // EDM discretization, 50 steps
+       so.cond = &c;  so.uncond = &uc;  so.guidance_scale = 2.0f;
+       ldm_tensor *z = ldm_sgm_euler_edm_sample(ctx, &den, ldm_randn(ctx, shape), &so);
+
+   Public API:
+     ldm_vdit_config_default/_check/_read, ldm_vdit_create/destroy/count_params/params/cfg/
+     forward/denoiser/reset_pos_embed/load/save      the video DiT
+     ldm_sgm_discretization_default, ldm_sgm_discretize   sigma arrays
+     ldm_sgm_denoiser_config_default, ldm_sgm_denoiser_init/free, ldm_sgm_scalings,
+     ldm_sgm_sigma_to_idx, ldm_sgm_denoise            the denoiser
+     ldm_sgm_loss_config_default, ldm_sgm_sample_sigmas, ldm_sgm_loss_weight, ldm_sgm_loss
+     ldm_sgm_sampler_opts_default, ldm_sgm_guided_denoise, ldm_sgm_euler_edm_sample,
+     ldm_sgm_ddim_sample                              the samplers */
+typedef struct ldm_vdit_config {
+    int num_frames, height, width;   /* latent F, H, W the model is built for (pos_embed) */
+    int patch_t, patch_size;         /* pt, p */
+    int in_channels;                 /* network input: latent + concatenated condition channels */
+    int out_channels;                /* predicted channels; learn_sigma doubles them */
+    int hidden_size, depth, num_heads;
+    float mlp_ratio;
+    int learn_sigma;
+    int switch_adaln_layer;          /* 0: DiT's per-block adaLN-Zero, 1: PixArt-alpha's adaLN-single */
+} ldm_vdit_config;
+/* The keys, described once: X(name, kind, default, help); NULL default = required. */
+#define LDM_VDIT_CONFIG_KEYS(X)                                                                     \
+    X(num_frames, AT_LEAST(INT, 1), NULL, "latent frames F (a multiple of patch_t)")               \
+    X(height, AT_LEAST(INT, 1), NULL, "latent height H (a multiple of patch_size)")                \
+    X(width, AT_LEAST(INT, 1), NULL, "latent width W (a multiple of patch_size)")                  \
+    X(patch_t, AT_LEAST(INT, 1), "1", "temporal patch size pt")                                     \
+    X(patch_size, AT_LEAST(INT, 1), "2", "spatial patch size p")                                    \
+    X(in_channels, AT_LEAST(INT, 1), NULL, "input channels: latent + concatenated condition")      \
+    X(out_channels, AT_LEAST(INT, 1), NULL, "predicted channels (learn_sigma doubles them)")       \
+    X(hidden_size, AT_LEAST(INT, 16), "384", "token width D (a multiple of 16 and of num_heads)")  \
+    X(depth, AT_LEAST(INT, 0), "12", "transformer blocks")                                          \
+    X(num_heads, AT_LEAST(INT, 1), "6", "attention heads")                                          \
+    X(mlp_ratio, FLOAT, "4.0", "MLP hidden width / D")                                              \
+    X(learn_sigma, BOOL, "false", "also predict a variance: 2*out_channels outputs")               \
+    X(switch_adaln_layer, BOOL, "false", "false: DiT's per-block adaLN-Zero; true: PixArt's shared adaLN-single")
+/* The table's defaults (required keys 0). */
+LDM_API ldm_vdit_config ldm_vdit_config_default(void);
+/* Sizes, divisibility and head rules; the message names the key. */
+LDM_API ldm_result ldm_vdit_config_check(ldm_ctx *ctx, const ldm_vdit_config *cfg);
+
+typedef struct ldm_vdit ldm_vdit;
+/* Registers and allocates the model on the context's device, initialised as DiT (xavier
+   linears and patch embedding, N(0, 0.02) t MLP, zero adaLN-Zero and final linear) and
+   PixArt (t_block.1 weight normal with std 0.02, scale_shift_tables randn / sqrt(D)), from the
+   context's RNG. */
+LDM_API ldm_result ldm_vdit_create(ldm_ctx *ctx, ldm_vdit **m, const ldm_vdit_config *cfg);
+LDM_API void ldm_vdit_destroy(ldm_vdit *m);
+LDM_API ldm_result ldm_vdit_count_params(ldm_ctx *ctx, const ldm_vdit_config *cfg, int64_t *n);
+LDM_API ldm_nn_params *ldm_vdit_params(ldm_vdit *m);
+LDM_API const ldm_vdit_config *ldm_vdit_cfg(const ldm_vdit *m);
+/* x [B, in_channels, num_frames, height, width], t [B] (any real values: sgm passes c_noise)
+   -> [B, out_channels (x2 with learn_sigma), num_frames, height, width]. */
+LDM_API ldm_tensor *ldm_vdit_forward(ldm_ctx *ctx, ldm_vdit *m, ldm_tensor *x, ldm_tensor *t);
+/* OpenAIWrapper: cond->concat (batch B) is concatenated to x on channels, then ldm_vdit_forward;
+   a learn_sigma model's output is cut to its first out_channels (the denoised prediction). */
+LDM_API ldm_denoiser ldm_vdit_denoiser(ldm_vdit *m);
+/* Writes the fixed 3-D sin-cos pos_embed again (after ldm_nn_params_init, which zeroes it). */
+LDM_API ldm_result ldm_vdit_reset_pos_embed(ldm_ctx *ctx, ldm_vdit *m);
+LDM_API ldm_result ldm_vdit_load(ldm_ctx *ctx, ldm_vdit *m, const char *path, const char *prefix, int strict, ldm_nn_load_report *report);
+LDM_API ldm_result ldm_vdit_save(ldm_ctx *ctx, const ldm_vdit *m, const char *path, ldm_dtype dtype, const char *prefix);
+#ifdef LDM_CONFIG_H
+LDM_CONFIG_DECLARE(ldm_vdit_yaml, LDM_VDIT_CONFIG_KEYS);
+/* node: the network's params, a node with them under "params" (target + params), an sgm
+   model node (params.network_config.params), or NULL for the root (then also
+   model.params.network_config.params); schema-checked (ldm_vdit_create checks the rest). */
+LDM_API ldm_result ldm_vdit_config_read(ldm_config *cfg, const ldm_config_node *node, ldm_vdit_config *out);
+#endif
+
+/* Discretizations (discretizer.py). Every sigma array is float32 computed as sgm does. */
+typedef enum { LDM_SGM_DISC_EDM = 0, LDM_SGM_DISC_LEGACY_DDPM = 1 } ldm_sgm_disc_kind;
+typedef struct ldm_sgm_discretization {
+    ldm_sgm_disc_kind kind;
+    double sigma_min, sigma_max, rho;   /* EDM: 0.002, 80, 7 */
+    double linear_start, linear_end;    /* LegacyDDPM: 0.00085, 0.012 */
+    int num_timesteps;                  /* LegacyDDPM: 1000 */
+} ldm_sgm_discretization;
+LDM_API ldm_sgm_discretization ldm_sgm_discretization_default(ldm_sgm_disc_kind kind);
+/* n sigmas, descending (+ a trailing 0 with append_zero), reversed with flip: sigmas holds
+   n + append_zero floats. LegacyDDPM needs n <= num_timesteps. */
+LDM_API ldm_result ldm_sgm_discretize(ldm_ctx *ctx, const ldm_sgm_discretization *d, int n, int append_zero, int flip, float *sigmas);
+
+typedef enum { LDM_SGM_EDM = 0, LDM_SGM_EPS = 1, LDM_SGM_V = 2, LDM_SGM_V_EDM_NOISE = 3 } ldm_sgm_scaling;
+typedef struct ldm_sgm_denoiser_config {
+    ldm_sgm_scaling scaling;
+    double sigma_data;            /* EDMScaling's; 0.5 */
+    int discrete;                 /* DiscreteDenoiser (do_append_zero False, flip True) */
+    int num_idx;                  /* its sigma count; 1000 */
+    ldm_sgm_discretization disc;  /* its discretization; LegacyDDPM */
+    int quantize_c_noise;         /* c_noise -> the nearest sigma's index; 1 */
+} ldm_sgm_denoiser_config;
+LDM_API ldm_sgm_denoiser_config ldm_sgm_denoiser_config_default(ldm_sgm_scaling scaling);
+typedef struct ldm_sgm_denoiser {
+    ldm_sgm_denoiser_config cfg;
+    ldm_denoiser net;             /* the network: net.forward(ctx, self, c_in x, c_noise [B], cond) */
+    float *sigmas;                /* discrete: num_idx ascending sigmas; else NULL */
+} ldm_sgm_denoiser;
+LDM_API ldm_result ldm_sgm_denoiser_init(ldm_ctx *ctx, ldm_sgm_denoiser *d, const ldm_sgm_denoiser_config *cfg, ldm_denoiser net);
+LDM_API void ldm_sgm_denoiser_free(ldm_sgm_denoiser *d);
+/* c[4] = c_skip, c_out, c_in, c_noise of one sigma (> 0) by the scaling, before any quantization. */
+LDM_API void ldm_sgm_scalings(const ldm_sgm_denoiser_config *cfg, float sigma, float c[4]);
+/* DiscreteDenoiser.sigma_to_idx: argmin |sigma - sigmas[i]| (first of ties); -1 when not discrete. */
+LDM_API int ldm_sgm_sigma_to_idx(const ldm_sgm_denoiser *d, float sigma);
+/* D(x, sigma) for x [B, ...] and B host sigmas (> 0); autograd flows through x and the network. */
+LDM_API ldm_tensor *ldm_sgm_denoise(ldm_ctx *ctx, const ldm_sgm_denoiser *d, ldm_tensor *x, const float *sigma, const ldm_cond *cond);
+
+typedef enum { LDM_SGM_SIGMA_EDM = 0, LDM_SGM_SIGMA_DISCRETE = 1 } ldm_sgm_sigma_sampling;
+typedef enum { LDM_SGM_W_UNIT = 0, LDM_SGM_W_EDM = 1, LDM_SGM_W_V = 2, LDM_SGM_W_EPS = 3 } ldm_sgm_weighting;
+typedef struct ldm_sgm_loss_config {
+    ldm_sgm_sigma_sampling sigma_sampling;
+    double p_mean, p_std;         /* EDMSampling: -1.2, 1.2 */
+    int num_idx;                  /* DiscreteSampling: 1000 sigmas of disc (flip, no zero) */
+    ldm_sgm_discretization disc;  /* LegacyDDPM */
+    ldm_sgm_weighting weighting;  /* EDM */
+    double sigma_data;            /* EDMWeighting's; 0.5 */
+    ldm_loss_type loss_type;      /* l2 */
+    double offset_noise_level;    /* 0 */
+} ldm_sgm_loss_config;
+LDM_API ldm_sgm_loss_config ldm_sgm_loss_config_default(void);
+/* B sigmas from the sigma sampler and the ctx RNG. */
+LDM_API ldm_result ldm_sgm_sample_sigmas(ldm_ctx *ctx, const ldm_sgm_loss_config *cfg, int64_t B, float *sigmas);
+LDM_API float ldm_sgm_loss_weight(const ldm_sgm_loss_config *cfg, float sigma);
+/* StandardDiffusionLoss: the per-sample loss [B] (ldm_mean_all for the training scalar).
+   sigmas: B host values or NULL (sampled; sigmas_out, when given, receives them); noise [like
+   x0] or NULL (ctx RNG); offset [B, C] or NULL (ctx RNG, used when offset_noise_level > 0). */
+LDM_API ldm_tensor *ldm_sgm_loss(ldm_ctx *ctx, const ldm_sgm_loss_config *cfg, const ldm_sgm_denoiser *den, ldm_tensor *x0,
+                                 const ldm_cond *cond, const float *sigmas, ldm_tensor *noise, ldm_tensor *offset, float *sigmas_out);
+
+typedef struct ldm_sgm_sampler_opts {
+    int num_steps;                /* 50 */
+    ldm_sgm_discretization disc;  /* EDM (DDIM: LegacyDDPM is the usual one) */
+    float s_churn, s_tmin, s_tmax, s_noise;   /* EDMSampler: 0, 0, inf, 1 */
+    double eta;                   /* DDIM: 0 (deterministic) */
+    const ldm_cond *cond;         /* conditioning (concat batch B, or 1: repeated), or NULL */
+    const ldm_cond *uncond;       /* VanillaCFG's unconditional conditioning; NULL: IdentityGuider */
+    float guidance_scale;         /* VanillaCFG scale; 1 */
+    const float *guidance_scales; /* B per-sample scales (multi-prompt), or NULL: guidance_scale */
+    ldm_tensor *noise;            /* [num_steps, ...], num_steps x (x's size) values (video: [S, B*C, F, H, W]):
+                                     slice i is step i's churn / DDIM noise; NULL: ctx RNG */
+    void (*on_step)(void *user, int i, int total);
+    void *user;
+} ldm_sgm_sampler_opts;
+LDM_API ldm_sgm_sampler_opts ldm_sgm_sampler_opts_default(void);
+/* BaseDiffusionSampler.denoise: the guided D(x, sigma) (sigma: B host values). */
+LDM_API ldm_tensor *ldm_sgm_guided_denoise(ldm_ctx *ctx, const ldm_sgm_denoiser *den, ldm_tensor *x, const float *sigma,
+                                           const ldm_sgm_sampler_opts *opts);
+/* randn: the starting N(0, 1) draw [B, ...] (scaled by sqrt(1 + sigma_0^2) here). Return the
+   sample (a leaf in the arena); run without grad. */
+LDM_API ldm_tensor *ldm_sgm_euler_edm_sample(ldm_ctx *ctx, const ldm_sgm_denoiser *den, ldm_tensor *randn, const ldm_sgm_sampler_opts *opts);
+LDM_API ldm_tensor *ldm_sgm_ddim_sample(ldm_ctx *ctx, const ldm_sgm_denoiser *den, ldm_tensor *randn, const ldm_sgm_sampler_opts *opts);
 
 #ifdef __cplusplus
 }
@@ -2995,6 +3237,646 @@ LDM_API ldm_result ldm_latent_diffusion_config_read(ldm_config *cfg, const ldm_c
     return ldm_vae_config_read(cfg, fs, &out->first_stage);
 }
 #endif
+
+/* ---- 5. video DiT ---------------------------------------------------------------------------- */
+/* "true" / "false" / a number / NULL (required: 0) as the table's defaults are written */
+static double ldm__vdit_def(const char *s) {
+    if (!s) return 0.0;
+    if (strcmp(s, "true") == 0) return 1.0;
+    if (strcmp(s, "false") == 0) return 0.0;
+    return strtod(s, NULL);
+}
+#define LDM__VDIT_DEFAULT(name, kind, def, help) c.name = ldm__vdit_def(def);
+LDM_API ldm_vdit_config ldm_vdit_config_default(void) {
+    ldm_vdit_config c;
+    memset(&c, 0, sizeof c);
+    LDM_VDIT_CONFIG_KEYS(LDM__VDIT_DEFAULT)
+    return c;
+}
+#undef LDM__VDIT_DEFAULT
+LDM_API ldm_result ldm_vdit_config_check(ldm_ctx *ctx, const ldm_vdit_config *c) {
+#define LDM__VDIT_REQ(cond, ...) do { if (!(cond)) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "VideoDiT config: " __VA_ARGS__); } while (0)
+    LDM__VDIT_REQ(c != NULL, "no config");
+    LDM__VDIT_REQ(c->patch_t >= 1 && c->patch_size >= 1, "patch_t = %d and patch_size = %d must be positive", c->patch_t, c->patch_size);
+    LDM__VDIT_REQ(c->num_frames >= 1 && c->num_frames % c->patch_t == 0, "num_frames %d must be a positive multiple of patch_t %d", c->num_frames, c->patch_t);
+    LDM__VDIT_REQ(c->height >= 1 && c->height % c->patch_size == 0 && c->width >= 1 && c->width % c->patch_size == 0,
+                  "height %d and width %d must be positive multiples of patch_size %d", c->height, c->width, c->patch_size);
+    LDM__VDIT_REQ(c->in_channels >= 1 && c->out_channels >= 1, "in_channels = %d and out_channels = %d must be positive", c->in_channels, c->out_channels);
+    LDM__VDIT_REQ(c->hidden_size >= 16 && c->hidden_size % 16 == 0, "hidden_size = %d: the 3-D sin-cos embedding needs a multiple of 16", c->hidden_size);
+    LDM__VDIT_REQ(c->num_heads >= 1 && c->hidden_size % c->num_heads == 0, "hidden_size %d is not divisible by num_heads %d", c->hidden_size, c->num_heads);
+    LDM__VDIT_REQ(c->depth >= 0, "depth = %d must not be negative", c->depth);
+    LDM__VDIT_REQ(c->mlp_ratio > 0.0f && (int)((float)c->hidden_size * c->mlp_ratio) >= 1, "mlp_ratio = %g must be positive", (double)c->mlp_ratio);
+    LDM__VDIT_REQ((c->learn_sigma == 0 || c->learn_sigma == 1) && (c->switch_adaln_layer == 0 || c->switch_adaln_layer == 1),
+                  "learn_sigma = %d and switch_adaln_layer = %d must be 0 or 1", c->learn_sigma, c->switch_adaln_layer);
+    LDM__VDIT_REQ((int64_t)c->num_frames * c->height * c->width / ((int64_t)c->patch_t * c->patch_size * c->patch_size) <= (int64_t)1 << 30,
+                  "%d x %d x %d latents give too many tokens", c->num_frames, c->height, c->width);
+    return LDM_OK;
+#undef LDM__VDIT_REQ
+}
+
+typedef struct ldm__vdit_block {
+    ldm_tensor *sst;              /* scale_shift_table [6, D] (adaLN-single) */
+    ldm_nn_layernorm norm1, norm2;
+    ldm_nn_linear qkv, proj, fc1, fc2, ada;
+} ldm__vdit_block;
+struct ldm_vdit {
+    ldm_vdit_config cfg;
+    ldm_nn_params *P;
+    int gt, gh, gw, out_channels;
+    ldm_tensor *pos_embed;        /* [1, N, D], requires_grad off */
+    ldm_tensor *final_sst;        /* final_layer.scale_shift_table [2, D] (adaLN-single) */
+    ldm_nn_conv3d x_proj;
+    ldm_nn_linear t0, t2, t_block, final_linear, final_ada;
+    ldm_nn_layernorm norm_final;
+    ldm__vdit_block *blk;
+};
+
+/* Module order = the PyTorch state-dict order (a module's own parameters before its children). */
+static void ldm__vdit_register(ldm_vdit *m) {
+    const ldm_vdit_config *c = &m->cfg;
+    ldm_nn_params *P = m->P;
+    int D = c->hidden_size, hid = (int)((float)D * c->mlp_ratio), single = c->switch_adaln_layer;
+    int k[3], pad[6] = {0, 0, 0, 0, 0, 0};
+    float sd = (float)(1.0 / sqrt((double)D));
+    k[0] = c->patch_t; k[1] = k[2] = c->patch_size;
+    m->pos_embed = ldm_nn_param(P, "pos_embed", ldm_shape3(1, (int64_t)m->gt * m->gh * m->gw, D), ldm_nn_init_const(0.0f));
+    ldm_nn_conv3d_init_ex(P, &m->x_proj, "x_embedder.proj", c->in_channels, D, k, k, pad, 1);
+    ldm_nn_set_init(P, m->x_proj.weight, ldm_nn_init_xavier_uniform((int64_t)c->in_channels * k[0] * k[1] * k[2], D, 1.0)); /* as a Linear */
+    ldm_nn_set_init(P, m->x_proj.bias, ldm_nn_init_const(0.0f));
+    ldm_nn_linear_init(P, &m->t0, "t_embedder.mlp.0", 256, D, 1);
+    ldm_nn_linear_init(P, &m->t2, "t_embedder.mlp.2", D, D, 1);
+    ldm_nn_set_init(P, m->t0.weight, ldm_nn_init_normal(0.0f, 0.02f)); ldm_nn_set_init(P, m->t0.bias, ldm_nn_init_const(0.0f));
+    ldm_nn_set_init(P, m->t2.weight, ldm_nn_init_normal(0.0f, 0.02f)); ldm_nn_set_init(P, m->t2.bias, ldm_nn_init_const(0.0f));
+    if (single) {
+        ldm_nn_linear_init(P, &m->t_block, "t_block.1", D, 6 * D, 1);
+        ldm_nn_set_init(P, m->t_block.weight, ldm_nn_init_normal(0.0f, 0.02f)); ldm_nn_set_init(P, m->t_block.bias, ldm_nn_init_const(0.0f));
+    }
+    for (int i = 0; i < c->depth; i++) {
+        ldm__vdit_block *b = &m->blk[i];
+        ldm_nn_pushf(P, "blocks.%d", i);
+        if (single) b->sst = ldm_nn_param(P, "scale_shift_table", ldm_shape2(6, D), ldm_nn_init_normal(0.0f, sd));
+        ldm_nn_layernorm_init(P, &b->norm1, "norm1", ldm_shape1(D), 1e-6f, 0);
+        ldm_nn_linear_init(P, &b->qkv, "attn.qkv", D, 3 * D, 1); ldm__dit_xavier(P, &b->qkv);
+        ldm_nn_linear_init(P, &b->proj, "attn.proj", D, D, 1); ldm__dit_xavier(P, &b->proj);
+        ldm_nn_layernorm_init(P, &b->norm2, "norm2", ldm_shape1(D), 1e-6f, 0);
+        ldm_nn_linear_init(P, &b->fc1, "mlp.fc1", D, hid, 1); ldm__dit_xavier(P, &b->fc1);
+        ldm_nn_linear_init(P, &b->fc2, "mlp.fc2", hid, D, 1); ldm__dit_xavier(P, &b->fc2);
+        if (!single) { ldm_nn_linear_init(P, &b->ada, "adaLN_modulation.1", D, 6 * D, 1); ldm__dit_zero(P, &b->ada); }
+        ldm_nn_pop(P);
+    }
+    if (single) m->final_sst = ldm_nn_param(P, "final_layer.scale_shift_table", ldm_shape2(2, D), ldm_nn_init_normal(0.0f, sd));
+    ldm_nn_layernorm_init(P, &m->norm_final, "final_layer.norm_final", ldm_shape1(D), 1e-6f, 0);
+    ldm_nn_linear_init(P, &m->final_linear, "final_layer.linear", D, k[0] * k[1] * k[2] * m->out_channels, 1);
+    ldm__dit_zero(P, &m->final_linear);
+    if (!single) { ldm_nn_linear_init(P, &m->final_ada, "final_layer.adaLN_modulation.1", D, 2 * D, 1); ldm__dit_zero(P, &m->final_ada); }
+    ldm_nn_set_trainable(P, "pos_embed", 0);
+}
+static ldm_result ldm__vdit_build(ldm_ctx *ctx, ldm_vdit **out, const ldm_vdit_config *cfg) {
+    *out = NULL;
+    if (ldm_vdit_config_check(ctx, cfg)) return ldm_ctx_status(ctx);
+    ldm_vdit *m = (ldm_vdit *)LDM_MALLOC(sizeof *m);
+    if (!m) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "VideoDiT: out of memory");
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    m->gt = cfg->num_frames / cfg->patch_t; m->gh = cfg->height / cfg->patch_size; m->gw = cfg->width / cfg->patch_size;
+    m->out_channels = cfg->learn_sigma ? 2 * cfg->out_channels : cfg->out_channels;
+    m->blk = (ldm__vdit_block *)LDM_MALLOC(sizeof(ldm__vdit_block) * (size_t)(cfg->depth ? cfg->depth : 1));
+    if (m->blk) memset(m->blk, 0, sizeof(ldm__vdit_block) * (size_t)(cfg->depth ? cfg->depth : 1));
+    ldm_result r = m->blk ? ldm_nn_params_create(ctx, &m->P, ldm_ctx_device(ctx)) : ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "VideoDiT: out of memory");
+    if (r) { LDM_FREE(m->blk); LDM_FREE(m); return r; }
+    ldm__vdit_register(m);
+    if ((r = ldm_ctx_status(ctx)) != LDM_OK) { ldm_vdit_destroy(m); return r; }
+    *out = m;
+    return LDM_OK;
+}
+/* sincos_1d(d, pos) into out[d]: [sin(pos w_m), cos(pos w_m)], w_m = 10000^(-m/(d/2)), in double */
+static void ldm__vdit_sincos(float *out, int d, double pos) {
+    int h = d / 2;
+    for (int k = 0; k < h; k++) {
+        double w = 1.0 / pow(10000.0, (double)k / ((double)d / 2.0));
+        out[k] = (float)sin(pos * w);
+        out[h + k] = (float)cos(pos * w);
+    }
+}
+LDM_API ldm_result ldm_vdit_reset_pos_embed(ldm_ctx *ctx, ldm_vdit *m) {
+    int D = m->cfg.hidden_size, dt = D / 4, q = (D - dt) / 2;
+    float *e = (float *)LDM_MALLOC(sizeof(float) * (size_t)m->gt * m->gh * m->gw * D);
+    if (!e) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "VideoDiT: out of memory");
+    for (int i = 0; i < m->gt; i++)
+        for (int j = 0; j < m->gh; j++)
+            for (int k = 0; k < m->gw; k++) {
+                float *row = e + (((size_t)i * m->gh + j) * m->gw + k) * D;
+                ldm__vdit_sincos(row, dt, i);            /* time */
+                ldm__vdit_sincos(row + dt, q, k);        /* column */
+                ldm__vdit_sincos(row + dt + q, q, j);    /* row */
+            }
+    ldm_result r = ldm_nn_copy_from_host(ctx, m->pos_embed, e);
+    LDM_FREE(e);
+    return r;
+}
+LDM_API ldm_result ldm_vdit_create(ldm_ctx *ctx, ldm_vdit **out, const ldm_vdit_config *cfg) {
+    ldm_vdit *m;
+    ldm_result r = ldm__vdit_build(ctx, &m, cfg);
+    *out = NULL;
+    if (r) return r;
+    if ((r = ldm_nn_params_alloc(ctx, m->P)) != LDM_OK || (r = ldm_vdit_reset_pos_embed(ctx, m)) != LDM_OK) { ldm_vdit_destroy(m); return r; }
+    *out = m;
+    return LDM_OK;
+}
+LDM_API void ldm_vdit_destroy(ldm_vdit *m) {
+    if (!m) return;
+    ldm_nn_params_destroy(m->P);
+    LDM_FREE(m->blk);
+    LDM_FREE(m);
+}
+LDM_API ldm_result ldm_vdit_count_params(ldm_ctx *ctx, const ldm_vdit_config *cfg, int64_t *n) {
+    ldm_vdit *m;
+    ldm_result r = ldm__vdit_build(ctx, &m, cfg);
+    *n = r ? 0 : ldm_nn_numel(m->P, NULL, 0);
+    if (!r) ldm_vdit_destroy(m);
+    return r;
+}
+LDM_API ldm_nn_params *ldm_vdit_params(ldm_vdit *m) { return m->P; }
+LDM_API const ldm_vdit_config *ldm_vdit_cfg(const ldm_vdit *m) { return &m->cfg; }
+LDM_API ldm_result ldm_vdit_load(ldm_ctx *ctx, ldm_vdit *m, const char *path, const char *prefix, int strict, ldm_nn_load_report *report) {
+    return ldm__dn_load(ctx, m->P, path, prefix, strict, report);
+}
+LDM_API ldm_result ldm_vdit_save(ldm_ctx *ctx, const ldm_vdit *m, const char *path, ldm_dtype dtype, const char *prefix) {
+    return ldm_nn_save(ctx, m->P, path, dtype, prefix);
+}
+
+/* Block i on tokens h [B, N, D]; ada_in = SiLU(c) [B, D] (adaLN-Zero: the block's own
+   adaLN_modulation.1 makes the 6 modulations) or t_block's output [B, 6D] (adaLN-single: the
+   block adds its scale_shift_table). */
+static ldm_tensor *ldm__vdit_block_forward(ldm_ctx *ctx, const ldm_vdit *m, int i, ldm_tensor *h, ldm_tensor *ada_in) {
+    if (!h || !ada_in) return NULL;
+    const ldm__vdit_block *b = &m->blk[i];
+    int64_t B = h->shape[0], D = m->cfg.hidden_size;
+    ldm_tensor *md = m->cfg.switch_adaln_layer ? ldm_add(ctx, ldm_reshape(ctx, ada_in, ldm_shape3(B, 6, D)), ldm_reshape(ctx, b->sst, ldm_shape3(1, 6, D)))
+                                               : ldm_reshape(ctx, ldm_nn_linear_forward(ctx, &b->ada, ada_in), ldm_shape3(B, 6, D));
+    ldm_tensor *s[6], *q[3];
+    if (!md || ldm_chunk(ctx, md, 6, 1, s)) return NULL;  /* shift, scale, gate (msa); shift, scale, gate (mlp): [B, 1, D] */
+    ldm_tensor *a = ldm_nn_linear_forward(ctx, &b->qkv, ldm__dit_mod(ctx, ldm_nn_layernorm_forward(ctx, &b->norm1, h), s[0], s[1]));
+    if (!a || ldm_chunk(ctx, a, 3, 2, q)) return NULL;
+    a = ldm_nn_linear_forward(ctx, &b->proj, ldm_attention(ctx, q[0], q[1], q[2], m->cfg.num_heads, 0.0f));
+    h = ldm_add(ctx, h, ldm_mul(ctx, s[2], a));
+    a = ldm_nn_linear_forward(ctx, &b->fc1, ldm__dit_mod(ctx, ldm_nn_layernorm_forward(ctx, &b->norm2, h), s[3], s[4]));
+    a = ldm_nn_linear_forward(ctx, &b->fc2, ldm_gelu(ctx, a, 1));
+    return ldm_add(ctx, h, ldm_mul(ctx, s[5], a));
+}
+LDM_API ldm_tensor *ldm_vdit_forward(ldm_ctx *ctx, ldm_vdit *m, ldm_tensor *x, ldm_tensor *t) {
+    if (ctx->status) return NULL;
+    const ldm_vdit_config *c = &m->cfg;
+    if (!x || !t || x->ndim != 5 || x->shape[1] != c->in_channels || x->shape[2] != c->num_frames || x->shape[3] != c->height ||
+        x->shape[4] != c->width || t->numel != x->shape[0]) {
+        char b[64];
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "VideoDiT: x %s, t %lld values; expected x [B, %d, %d, %d, %d] and t [B] (hint: in_channels "
+                       "counts the concatenated condition; the model is built for one latent size)", x ? ldm_shape_str(x, b, sizeof b) : "NULL",
+                       t ? (long long)t->numel : -1LL, c->in_channels, c->num_frames, c->height, c->width);
+        return NULL;
+    }
+    int single = c->switch_adaln_layer;
+    int64_t B = x->shape[0], D = c->hidden_size, gt = m->gt, gh = m->gh, gw = m->gw, N = gt * gh * gw;
+    int64_t pt = c->patch_t, p = c->patch_size, C = m->out_channels;
+    ldm_tensor *h = ldm_nn_conv3d_forward(ctx, &m->x_proj, x);                               /* [B, D, gt, gh, gw] */
+    h = ldm_add(ctx, ldm_transpose(ctx, ldm_reshape(ctx, h, ldm_shape3(B, D, N)), 1, 2), m->pos_embed);
+    ldm_tensor *cv = ldm_nn_linear_forward(ctx, &m->t2, ldm_silu(ctx, ldm_nn_linear_forward(ctx, &m->t0, ldm_timestep_embedding(ctx, t, 256))));
+    ldm_tensor *sc = ldm_silu(ctx, cv), *s[2], *md;
+    ldm_tensor *ada_in = single ? ldm_nn_linear_forward(ctx, &m->t_block, sc) : sc;   /* t_block: shared by all blocks */
+    for (int i = 0; i < c->depth && h; i++) h = ldm__vdit_block_forward(ctx, m, i, h, ada_in);
+    md = single ? ldm_add(ctx, ldm_reshape(ctx, cv, ldm_shape3(B, 1, D)), ldm_reshape(ctx, m->final_sst, ldm_shape3(1, 2, D)))
+                : ldm_reshape(ctx, ldm_nn_linear_forward(ctx, &m->final_ada, sc), ldm_shape3(B, 2, D));
+    if (!h || !md || ldm_chunk(ctx, md, 2, 1, s)) return NULL;
+    h = ldm_nn_linear_forward(ctx, &m->final_linear, ldm__dit_mod(ctx, ldm_nn_layernorm_forward(ctx, &m->norm_final, h), s[0], s[1]));
+    /* unpatchify: (b, i, j, k, a, u, v, c) -> (b, c, i a, j u, k v) in four moves of <= 5 dims */
+    static const int p2[4] = {0, 2, 1, 3}, p3[5] = {0, 3, 1, 2, 4}, p4[5] = {0, 1, 3, 2, 4};
+    h = ldm_transpose(ctx, ldm_reshape(ctx, h, ldm_shape3(B * N, pt * p * p, C)), 1, 2);       /* b i j k | c | a u v */
+    h = ldm_permute(ctx, ldm_reshape(ctx, h, ldm_shape4(B, N, C, pt * p * p)), p2);            /* b c | i j k | a u v */
+    h = ldm_permute(ctx, ldm_reshape(ctx, h, ldm_shape5(B * C * gt, gh, gw, pt, p * p)), p3);  /* b c i a | j | k | u v */
+    h = ldm_permute(ctx, ldm_reshape(ctx, h, ldm_shape5(B * C * gt * pt, gh, gw, p, p)), p4);  /* .. | j u k v */
+    return h ? ldm_reshape(ctx, h, ldm_shape5(B, C, gt * pt, gh * p, gw * p)) : NULL;
+}
+static ldm_tensor *ldm__vdit_denoise(ldm_ctx *ctx, void *self, ldm_tensor *x, ldm_tensor *t, const ldm_cond *cond) {
+    ldm_vdit *m = (ldm_vdit *)self;
+    ldm_tensor *in = x;
+    if (cond && cond->concat) {
+        ldm_tensor *xs[2];
+        xs[0] = x; xs[1] = cond->concat;
+        in = ldm_concat(ctx, 2, xs, 1);
+    }
+    ldm_tensor *out = ldm_vdit_forward(ctx, m, in, t);
+    return out && m->cfg.learn_sigma ? ldm_slice(ctx, out, 1, 0, m->cfg.out_channels) : out;
+}
+LDM_API ldm_denoiser ldm_vdit_denoiser(ldm_vdit *m) { ldm_denoiser d; d.forward = ldm__vdit_denoise; d.self = m; return d; }
+
+#ifdef LDM_CONFIG_H
+LDM_CONFIG_DEFINE(ldm_vdit_yaml, LDM_VDIT_CONFIG_KEYS)
+LDM_API ldm_result ldm_vdit_config_read(ldm_config *cfg, const ldm_config_node *node, ldm_vdit_config *out) {
+    static const char *const where[] = {"", "params", "network_config.params", "params.network_config.params", "model.params.network_config.params"};
+    const ldm_config_node *params = NULL;
+    if (!node) node = ldm_config_root(cfg);
+    for (int i = 0; i < 5 && !params; i++) {
+        const ldm_config_node *q = i ? ldm_config_find(node, where[i]) : node;
+        if (q && ldm_config_find(q, "num_frames")) params = q;
+    }
+    if (!params) params = node;   /* validation then names what is missing */
+    ldm_vdit_yaml d;
+    ldm_result r = ldm_vdit_yaml_load(cfg, params, &d);
+    if (r) return r;
+    memset(out, 0, sizeof *out);
+    out->num_frames = d.num_frames; out->height = d.height; out->width = d.width;
+    out->patch_t = d.patch_t; out->patch_size = d.patch_size;
+    out->in_channels = d.in_channels; out->out_channels = d.out_channels;
+    out->hidden_size = d.hidden_size; out->depth = d.depth; out->num_heads = d.num_heads;
+    out->mlp_ratio = (float)d.mlp_ratio; out->learn_sigma = d.learn_sigma; out->switch_adaln_layer = d.switch_adaln_layer;
+    return LDM_OK;
+}
+#endif
+
+/* ---- 5. the sgm engine --------------------------------------------------------------------- */
+LDM_API ldm_sgm_discretization ldm_sgm_discretization_default(ldm_sgm_disc_kind kind) {
+    ldm_sgm_discretization d;
+    memset(&d, 0, sizeof d);
+    d.kind = kind;
+    d.sigma_min = 0.002; d.sigma_max = 80.0; d.rho = 7.0;
+    d.linear_start = 0.00085; d.linear_end = 0.012; d.num_timesteps = 1000;
+    return d;
+}
+/* torch.linspace's element i (halves from both ends), in float32 or float64 */
+static float ldm__sgm_linspace_f(float a, float b, int n, int i) {
+    float step = n > 1 ? (b - a) / (float)(n - 1) : 0.0f;
+    return i < n / 2 ? a + step * (float)i : b - step * (float)(n - i - 1);
+}
+static double ldm__sgm_linspace_d(double a, double b, int n, int i) {
+    double step = n > 1 ? (b - a) / (double)(n - 1) : 0.0;
+    return i < n / 2 ? a + step * (double)i : b - step * (double)(n - i - 1);
+}
+LDM_API ldm_result ldm_sgm_discretize(ldm_ctx *ctx, const ldm_sgm_discretization *d, int n, int append_zero, int flip, float *sigmas) {
+    if (ctx->status) return ctx->status;
+    if (!d || !sigmas || n < 1) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_sgm_discretize: %s (hint: n >= 1 and an output of n + append_zero floats)",
+                                                      !d ? "no discretization" : !sigmas ? "no output" : "n < 1");
+    if (d->kind == LDM_SGM_DISC_EDM) {
+        if (!(d->sigma_min > 0.0 && d->sigma_max > d->sigma_min && d->rho > 0.0))
+            return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "EDMDiscretization: sigma_min %g, sigma_max %g, rho %g (hint: 0 < sigma_min < sigma_max, rho > 0)",
+                                  d->sigma_min, d->sigma_max, d->rho);
+        /* float32 as torch: python floats enter as float32 scalars */
+        double mi = pow(d->sigma_min, 1.0 / d->rho), ma = pow(d->sigma_max, 1.0 / d->rho);
+        float diff = (float)(mi - ma), maf = (float)ma, rho = (float)d->rho;
+        for (int i = 0; i < n; i++) {
+            float base = maf + ldm__sgm_linspace_f(0.0f, 1.0f, n, i) * diff;
+            sigmas[i] = powf(base, rho);
+        }
+    } else if (d->kind == LDM_SGM_DISC_LEGACY_DDPM) {
+        int T = d->num_timesteps;
+        if (T < 1 || n > T || !(d->linear_start > 0.0 && d->linear_end > 0.0))
+            return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "LegacyDDPMDiscretization: %d sigmas of %d timesteps, betas %g .. %g (hint: n <= num_timesteps, positive betas)",
+                                  n, T, d->linear_start, d->linear_end);
+        double *ac = (double *)LDM_MALLOC(sizeof(double) * (size_t)T);
+        if (!ac) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_sgm_discretize: out of memory");
+        double prod = 1.0, a = sqrt(d->linear_start), b = sqrt(d->linear_end);
+        for (int i = 0; i < T; i++) {
+            double sb = ldm__sgm_linspace_d(a, b, T, i);
+            prod *= 1.0 - sb * sb;
+            ac[i] = prod;
+        }
+        /* generate_roughly_equally_spaced_steps: linspace(T-1, 0, n, endpoint=False) as int, ascending */
+        for (int i = 0; i < n; i++) {
+            int ts = n < T ? (int)((double)(n - 1 - i) * (-(double)(T - 1) / (double)n) + (double)(T - 1)) : i;
+            float r = (float)((1.0 - ac[ts]) / ac[ts]);
+            sigmas[n - 1 - i] = sqrtf(r);   /* descending */
+        }
+        LDM_FREE(ac);
+    } else return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_sgm_discretize: unknown discretization %d", (int)d->kind);
+    if (append_zero) sigmas[n++] = 0.0f;
+    if (flip)
+        for (int i = 0; i < n / 2; i++) { float t = sigmas[i]; sigmas[i] = sigmas[n - 1 - i]; sigmas[n - 1 - i] = t; }
+    return LDM_OK;
+}
+
+LDM_API ldm_sgm_denoiser_config ldm_sgm_denoiser_config_default(ldm_sgm_scaling scaling) {
+    ldm_sgm_denoiser_config c;
+    memset(&c, 0, sizeof c);
+    c.scaling = scaling;
+    c.sigma_data = 0.5;
+    c.num_idx = 1000;
+    c.disc = ldm_sgm_discretization_default(LDM_SGM_DISC_LEGACY_DDPM);
+    c.quantize_c_noise = 1;
+    return c;
+}
+LDM_API ldm_result ldm_sgm_denoiser_init(ldm_ctx *ctx, ldm_sgm_denoiser *d, const ldm_sgm_denoiser_config *cfg, ldm_denoiser net) {
+    memset(d, 0, sizeof *d);
+    if (ctx->status) return ctx->status;
+    if (!cfg || (int)cfg->scaling < 0 || (int)cfg->scaling > LDM_SGM_V_EDM_NOISE || !(cfg->sigma_data > 0.0))
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "sgm Denoiser: %s (hint: ldm_sgm_denoiser_config_default)", !cfg ? "no config" : "unknown scaling or sigma_data <= 0");
+    if (!net.forward) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "sgm Denoiser: no network (hint: ldm_vdit_denoiser)");
+    d->cfg = *cfg;
+    d->net = net;
+    if (cfg->discrete) {
+        if (cfg->num_idx < 1) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "sgm DiscreteDenoiser: num_idx = %d must be positive", cfg->num_idx);
+        d->sigmas = (float *)LDM_MALLOC(sizeof(float) * (size_t)cfg->num_idx);
+        if (!d->sigmas) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "sgm DiscreteDenoiser: out of memory");
+        ldm_result r = ldm_sgm_discretize(ctx, &cfg->disc, cfg->num_idx, 0, 1, d->sigmas);
+        if (r) { ldm_sgm_denoiser_free(d); return r; }
+    }
+    return LDM_OK;
+}
+LDM_API void ldm_sgm_denoiser_free(ldm_sgm_denoiser *d) {
+    if (!d) return;
+    LDM_FREE(d->sigmas);
+    d->sigmas = NULL;
+}
+LDM_API void ldm_sgm_scalings(const ldm_sgm_denoiser_config *cfg, float sigma, float c[4]) {
+    double s = sigma, s2 = s * s, sd = cfg->sigma_data;
+    switch (cfg->scaling) {
+    case LDM_SGM_EDM:
+        c[0] = (float)(sd * sd / (s2 + sd * sd)); c[1] = (float)(s * sd / sqrt(s2 + sd * sd));
+        c[2] = (float)(1.0 / sqrt(s2 + sd * sd)); c[3] = (float)(0.25 * log(s));
+        break;
+    case LDM_SGM_EPS:
+        c[0] = 1.0f; c[1] = (float)-s; c[2] = (float)(1.0 / sqrt(s2 + 1.0)); c[3] = sigma;
+        break;
+    default: /* V, V with EDM c_noise */
+        c[0] = (float)(1.0 / (s2 + 1.0)); c[1] = (float)(-s / sqrt(s2 + 1.0)); c[2] = (float)(1.0 / sqrt(s2 + 1.0));
+        c[3] = cfg->scaling == LDM_SGM_V ? sigma : (float)(0.25 * log(s));
+        break;
+    }
+}
+LDM_API int ldm_sgm_sigma_to_idx(const ldm_sgm_denoiser *d, float sigma) {
+    if (!d || !d->sigmas) return -1;
+    int best = 0;
+    float bd = fabsf(sigma - d->sigmas[0]);
+    for (int i = 1; i < d->cfg.num_idx; i++) {
+        float e = fabsf(sigma - d->sigmas[i]);
+        if (e < bd) { bd = e; best = i; }
+    }
+    return best;
+}
+/* B host values as a [B, 1, ...] tensor of like's rank on the context's device */
+static ldm_tensor *ldm__sgm_bcast(ldm_ctx *ctx, const float *v, const ldm_tensor *like) {
+    int64_t d[LDM_MAX_DIMS];
+    d[0] = like->shape[0];
+    for (int i = 1; i < like->ndim; i++) d[i] = 1;
+    return ldm_from_host(ctx, ldm_shape_n(like->ndim, d), v);
+}
+LDM_API ldm_tensor *ldm_sgm_denoise(ldm_ctx *ctx, const ldm_sgm_denoiser *d, ldm_tensor *x, const float *sigma, const ldm_cond *cond) {
+    if (ctx->status || !x) return NULL;
+    if (!d || !d->net.forward || !sigma) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_sgm_denoise: %s (hint: ldm_sgm_denoiser_init first)", !sigma ? "no sigmas" : "no denoiser");
+        return NULL;
+    }
+    int64_t B = x->shape[0];
+    float *cv = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * 4 * (size_t)(B ? B : 1));
+    if (!cv) return NULL;
+    for (int64_t b = 0; b < B; b++) {
+        float s = sigma[b], c[4];
+        if (!(s > 0.0f) || s == HUGE_VALF) {
+            ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_sgm_denoise: sigma[%lld] = %g (hint: noise levels must be positive and finite)", (long long)b, (double)s);
+            return NULL;
+        }
+        if (d->sigmas) s = d->sigmas[ldm_sgm_sigma_to_idx(d, s)];   /* possibly_quantize_sigma */
+        ldm_sgm_scalings(&d->cfg, s, c);
+        if (d->sigmas && d->cfg.quantize_c_noise) c[3] = (float)ldm_sgm_sigma_to_idx(d, c[3]);
+        for (int k = 0; k < 4; k++) cv[k * B + b] = c[k];
+    }
+    ldm_tensor *cskip = ldm__sgm_bcast(ctx, cv, x), *cout = ldm__sgm_bcast(ctx, cv + B, x), *cin = ldm__sgm_bcast(ctx, cv + 2 * B, x);
+    ldm_tensor *cnoise = ldm_from_host(ctx, ldm_shape1(B), cv + 3 * B);
+    if (!cskip || !cout || !cin || !cnoise) return NULL;
+    ldm_tensor *f = d->net.forward(ctx, d->net.self, ldm_mul(ctx, x, cin), cnoise, cond);
+    if (!f) {
+        if (!ctx->status) ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_sgm_denoise: the network returned NULL without an error");
+        return NULL;
+    }
+    if (!ldm_shape_eq(f, x)) {
+        char a[64], b2[64];
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_sgm_denoise: the network output %s does not have x's shape %s (hint: out_channels = the latent's channels)",
+                       ldm_shape_str(f, a, sizeof a), ldm_shape_str(x, b2, sizeof b2));
+        return NULL;
+    }
+    return ldm_add(ctx, ldm_mul(ctx, f, cout), ldm_mul(ctx, x, cskip));
+}
+
+LDM_API ldm_sgm_loss_config ldm_sgm_loss_config_default(void) {
+    ldm_sgm_loss_config c;
+    memset(&c, 0, sizeof c);
+    c.sigma_sampling = LDM_SGM_SIGMA_EDM;
+    c.p_mean = -1.2; c.p_std = 1.2;
+    c.num_idx = 1000;
+    c.disc = ldm_sgm_discretization_default(LDM_SGM_DISC_LEGACY_DDPM);
+    c.weighting = LDM_SGM_W_EDM;
+    c.sigma_data = 0.5;
+    c.loss_type = LDM_LOSS_L2;
+    return c;
+}
+LDM_API ldm_result ldm_sgm_sample_sigmas(ldm_ctx *ctx, const ldm_sgm_loss_config *c, int64_t B, float *sigmas) {
+    if (ctx->status) return ctx->status;
+    if (!c || !sigmas || B < 0) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_sgm_sample_sigmas: no config or output");
+    if (B == 0) return LDM_OK;
+    if (c->sigma_sampling == LDM_SGM_SIGMA_EDM) {   /* EDMSampling: exp(p_mean + p_std * randn) */
+        ldm_rng_normal(ctx, ldm_ctx_rng(ctx), LDM_CPU, sigmas, B, 0.0f, 1.0f);
+        for (int64_t b = 0; b < B; b++) sigmas[b] = expf((float)c->p_mean + (float)c->p_std * sigmas[b]);
+        return LDM_OK;
+    }
+    if (c->sigma_sampling != LDM_SGM_SIGMA_DISCRETE || c->num_idx < 1)
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ldm_sgm_sample_sigmas: unknown sigma sampler %d or num_idx %d < 1", (int)c->sigma_sampling, c->num_idx);
+    float *tab = (float *)LDM_MALLOC(sizeof(float) * (size_t)c->num_idx);   /* DiscreteSampling: sigmas[randint(num_idx)] */
+    if (!tab) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_sgm_sample_sigmas: out of memory");
+    ldm_result r = ldm_sgm_discretize(ctx, &c->disc, c->num_idx, 0, 1, tab);
+    if (!r) {
+        ldm_rng_uniform(ctx, ldm_ctx_rng(ctx), LDM_CPU, sigmas, B, 0.0f, 1.0f);
+        for (int64_t b = 0; b < B; b++) {
+            int i = (int)(sigmas[b] * (float)c->num_idx);
+            sigmas[b] = tab[i < c->num_idx ? i : c->num_idx - 1];
+        }
+    }
+    LDM_FREE(tab);
+    return r;
+}
+LDM_API float ldm_sgm_loss_weight(const ldm_sgm_loss_config *c, float sigma) {
+    double s = sigma, sd = c->weighting == LDM_SGM_W_V ? 1.0 : c->sigma_data;
+    switch (c->weighting) {
+    case LDM_SGM_W_EDM: case LDM_SGM_W_V: return (float)((s * s + sd * sd) / ((s * sd) * (s * sd)));
+    case LDM_SGM_W_EPS: return (float)(1.0 / (s * s));
+    default: return 1.0f;
+    }
+}
+LDM_API ldm_tensor *ldm_sgm_loss(ldm_ctx *ctx, const ldm_sgm_loss_config *c, const ldm_sgm_denoiser *den, ldm_tensor *x0,
+                                 const ldm_cond *cond, const float *sigmas, ldm_tensor *noise, ldm_tensor *offset, float *sigmas_out) {
+    if (ctx->status || !x0) return NULL;
+    if (!c || !den || x0->ndim < 2 || (c->loss_type != LDM_LOSS_L2 && c->loss_type != LDM_LOSS_L1) || (int)c->weighting < 0 ||
+        (int)c->weighting > LDM_SGM_W_EPS || c->offset_noise_level < 0.0) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "StandardDiffusionLoss: %s (hint: ldm_sgm_loss_config_default; x0 [B, C, ...])",
+                       !c || !den ? "no config or denoiser" : x0->ndim < 2 ? "x0 needs a batch and a channel dim" : "unknown loss type or weighting, or a negative offset_noise_level");
+        return NULL;
+    }
+    int64_t B = x0->shape[0], C = x0->shape[1];
+    float *sg = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * 2 * (size_t)(B ? B : 1)), *w = sg ? sg + B : NULL;
+    if (!sg) return NULL;
+    if (sigmas) memcpy(sg, sigmas, sizeof(float) * (size_t)B);
+    else if (ldm_sgm_sample_sigmas(ctx, c, B, sg)) return NULL;
+    if (sigmas_out) memcpy(sigmas_out, sg, sizeof(float) * (size_t)B);
+    for (int64_t b = 0; b < B; b++) w[b] = ldm_sgm_loss_weight(c, sg[b]);
+    if (noise && !ldm_shape_eq(noise, x0)) {
+        char a[64], b2[64];
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "StandardDiffusionLoss: noise %s for x0 %s (hint: the same shape, or NULL)",
+                       ldm_shape_str(noise, a, sizeof a), ldm_shape_str(x0, b2, sizeof b2));
+        return NULL;
+    }
+    ldm_tensor *n = noise ? noise : ldm_randn(ctx, ldm_shape_of(x0));
+    if (c->offset_noise_level > 0.0) {   /* sgm's image-shaped offset: one value per (sample, channel) */
+        if (offset && offset->numel != B * C) {
+            ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "StandardDiffusionLoss: offset has %lld values, expected [%lld, %lld]", (long long)offset->numel, (long long)B, (long long)C);
+            return NULL;
+        }
+        int64_t d[LDM_MAX_DIMS];
+        d[0] = B; d[1] = C;
+        for (int i = 2; i < x0->ndim; i++) d[i] = 1;
+        ldm_tensor *o = offset ? offset : ldm_randn(ctx, ldm_shape2(B, C));
+        n = ldm_add(ctx, n, ldm_scale(ctx, ldm_reshape(ctx, o, ldm_shape_n(x0->ndim, d)), (float)c->offset_noise_level));
+    }
+    ldm_tensor *xn = ldm_add(ctx, x0, ldm_mul(ctx, n, ldm__sgm_bcast(ctx, sg, x0)));
+    ldm_tensor *out = ldm_sgm_denoise(ctx, den, xn, sg, cond);
+    ldm_tensor *e = ldm_sub(ctx, out, x0);
+    e = c->loss_type == LDM_LOSS_L2 ? ldm_square(ctx, e) : ldm_abs(ctx, e);
+    unsigned dims = 0;
+    for (int i = 1; i < x0->ndim; i++) dims |= 1u << i;
+    return ldm_mean(ctx, ldm_mul(ctx, ldm__sgm_bcast(ctx, w, x0), e), dims, 0);
+}
+
+LDM_API ldm_sgm_sampler_opts ldm_sgm_sampler_opts_default(void) {
+    ldm_sgm_sampler_opts o;
+    memset(&o, 0, sizeof o);
+    o.num_steps = 50;
+    o.disc = ldm_sgm_discretization_default(LDM_SGM_DISC_EDM);
+    o.s_tmax = HUGE_VALF;
+    o.s_noise = 1.0f;
+    o.guidance_scale = 1.0f;
+    return o;
+}
+/* a condition tensor for B samples: itself (batch B) or one repeated (single prompt) */
+static ldm_tensor *ldm__sgm_rep(ldm_ctx *ctx, ldm_tensor *t, int64_t B, const char *what) {
+    if (!t || t->shape[0] == B) return t;
+    if (t->shape[0] != 1) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "sgm sampler: %s has batch %lld for %lld samples (hint: 1 for a single prompt, or one per sample)",
+                       what, (long long)t->shape[0], (long long)B);
+        return NULL;
+    }
+    ldm_tensor **xs = (ldm_tensor **)ldm_arena_alloc(ctx, LDM_CPU, sizeof(ldm_tensor *) * (size_t)B);
+    if (!xs) return NULL;
+    for (int64_t b = 0; b < B; b++) xs[b] = t;
+    return ldm_concat(ctx, (int)B, xs, 0);
+}
+static ldm_result ldm__sgm_cond_for(ldm_ctx *ctx, const ldm_cond *in, int64_t B, const char *what, ldm_cond *out) {
+    memset(out, 0, sizeof *out);
+    if (!in) return LDM_OK;
+    char w[48];
+    snprintf(w, sizeof w, "%s.concat", what);
+    out->concat = ldm__sgm_rep(ctx, in->concat, B, w);
+    snprintf(w, sizeof w, "%s.context", what);
+    out->context = ldm__sgm_rep(ctx, in->context, B, w);
+    snprintf(w, sizeof w, "%s.y", what);
+    out->y = ldm__sgm_rep(ctx, in->y, B, w);
+    return ctx->status;
+}
+LDM_API ldm_tensor *ldm_sgm_guided_denoise(ldm_ctx *ctx, const ldm_sgm_denoiser *den, ldm_tensor *x, const float *sigma,
+                                           const ldm_sgm_sampler_opts *o) {
+    if (ctx->status || !x) return NULL;
+    int64_t B = x->shape[0];
+    ldm_cond c, u;
+    if (ldm__sgm_cond_for(ctx, o ? o->cond : NULL, B, "cond", &c)) return NULL;
+    int per_sample = o && o->uncond && o->guidance_scales;
+    if (!o || !o->uncond || (!per_sample && o->guidance_scale == 1.0f)) return ldm_sgm_denoise(ctx, den, x, sigma, &c); /* IdentityGuider */
+    if (ldm__sgm_cond_for(ctx, o->uncond, B, "uncond", &u)) return NULL;
+    /* VanillaCFG: one call on [uncond; cond] */
+    ldm_cond cc;
+    memset(&cc, 0, sizeof cc);
+    cc.y = ldm__diff_cat2(ctx, u.y, c.y, "y");
+    cc.context = ldm__diff_cat2(ctx, u.context, c.context, "context");
+    cc.concat = ldm__diff_cat2(ctx, u.concat, c.concat, "concat");
+    float *s2 = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * 3 * (size_t)(B ? B : 1));
+    if (!s2 || ctx->status) return NULL;
+    memcpy(s2, sigma, sizeof(float) * (size_t)B);
+    memcpy(s2 + B, sigma, sizeof(float) * (size_t)B);
+    ldm_tensor *o2 = ldm_sgm_denoise(ctx, den, ldm__diff_cat2(ctx, x, x, "x"), s2, &cc);
+    ldm_tensor *ou = ldm_slice(ctx, o2, 0, 0, B), *oc = ldm_slice(ctx, o2, 0, B, B);
+    if (!per_sample) return ldm_add(ctx, ou, ldm_scale(ctx, ldm_sub(ctx, oc, ou), o->guidance_scale));
+    memcpy(s2 + 2 * B, o->guidance_scales, sizeof(float) * (size_t)B);
+    return ldm_add(ctx, ou, ldm_mul(ctx, ldm__sgm_bcast(ctx, s2 + 2 * B, x), ldm_sub(ctx, oc, ou)));
+}
+/* step i's noise from opts->noise [steps, B, ...], or the ctx RNG */
+static ldm_tensor *ldm__sgm_noise(ldm_ctx *ctx, const ldm_sgm_sampler_opts *o, int step, const ldm_tensor *x) {
+    if (!o->noise) return ldm_randn(ctx, ldm_shape_of(x));
+    if (step >= o->noise->shape[0] || o->noise->numel != o->noise->shape[0] * x->numel) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "sgm sampler: opts.noise has %lld slices of %lld values, step %d needs one of %lld (hint: [num_steps, B, ...])",
+                       (long long)o->noise->shape[0], (long long)(o->noise->numel / (o->noise->shape[0] ? o->noise->shape[0] : 1)), step, (long long)x->numel);
+        return NULL;
+    }
+    return ldm_reshape(ctx, ldm_slice(ctx, o->noise, 0, step, 1), ldm_shape_of(x));
+}
+/* prepare_sampling_loop: the sigmas (with the appended zero) and x = randn sqrt(1 + sigma_0^2) */
+static float *ldm__sgm_prepare(ldm_ctx *ctx, const char *who, const ldm_sgm_denoiser *den, ldm_tensor *randn, const ldm_sgm_sampler_opts *o,
+                               ldm_tensor **x) {
+    if (ctx->status) return NULL;
+    if (!den || !randn || !o || o->num_steps < 1 || !(o->s_noise >= 0.0f) || !(o->eta >= 0.0 && o->eta <= 1.0)) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: %s (hint: ldm_sgm_sampler_opts_default; randn is the N(0, 1) start [B, ...])", who,
+                       !den ? "no denoiser" : !randn ? "no starting noise" : !o ? "no options" : o->num_steps < 1 ? "num_steps < 1" : "s_noise < 0 or eta outside [0, 1]");
+        return NULL;
+    }
+    float *sig = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * ((size_t)o->num_steps + 1));
+    if (!sig || ldm_sgm_discretize(ctx, &o->disc, o->num_steps, 1, 0, sig)) return NULL;
+    *x = ldm_scale(ctx, randn, sqrtf(1.0f + sig[0] * sig[0]));
+    return *x ? sig : NULL;
+}
+static float *ldm__sgm_fill(ldm_ctx *ctx, int64_t B, float v) {
+    float *s = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(B ? B : 1));
+    for (int64_t b = 0; s && b < B; b++) s[b] = v;
+    return s;
+}
+LDM_API ldm_tensor *ldm_sgm_euler_edm_sample(ldm_ctx *ctx, const ldm_sgm_denoiser *den, ldm_tensor *randn, const ldm_sgm_sampler_opts *o) {
+    int prev = ldm_set_grad_enabled(ctx, 0);
+    ldm_tensor *x = NULL;
+    float *sig = ldm__sgm_prepare(ctx, "EulerEDMSampler", den, randn, o, &x);
+    int S = o ? o->num_steps : 0;
+    for (int i = 0; sig && i < S && !ctx->status; i++) {
+        ldm_mark m = ldm_arena_mark(ctx);
+        int64_t B = x->shape[0];
+        float gamma = o->s_tmin <= sig[i] && sig[i] <= o->s_tmax ? fminf(o->s_churn / (float)S, sqrtf(2.0f) - 1.0f) : 0.0f;
+        float sh = sig[i] * (gamma + 1.0f);
+        ldm_tensor *xi = x;
+        if (gamma > 0.0f)
+            xi = ldm_add(ctx, x, ldm_scale(ctx, ldm__sgm_noise(ctx, o, i, x), o->s_noise * sqrtf(sh * sh - sig[i] * sig[i])));
+        ldm_tensor *dn = ldm_sgm_guided_denoise(ctx, den, xi, ldm__sgm_fill(ctx, B, sh), o);
+        ldm_tensor *d = ldm_scale(ctx, ldm_sub(ctx, xi, dn), 1.0f / sh);             /* to_d */
+        ldm_tensor *xn = ldm_add(ctx, xi, ldm_scale(ctx, d, sig[i + 1] - sh));      /* euler_step */
+        if (!xn) break;
+        x = ldm_arena_keep(ctx, m, xn);
+        if (o->on_step) o->on_step(o->user, i, S);
+    }
+    ldm_set_grad_enabled(ctx, prev);
+    return ctx->status ? NULL : x;
+}
+LDM_API ldm_tensor *ldm_sgm_ddim_sample(ldm_ctx *ctx, const ldm_sgm_denoiser *den, ldm_tensor *randn, const ldm_sgm_sampler_opts *o) {
+    int prev = ldm_set_grad_enabled(ctx, 0);
+    ldm_tensor *x = NULL;
+    float *sig = ldm__sgm_prepare(ctx, "DDIM sampler", den, randn, o, &x);
+    int S = o ? o->num_steps : 0;
+    for (int i = 0; sig && i < S && !ctx->status; i++) {
+        ldm_mark m = ldm_arena_mark(ctx);
+        int64_t B = x->shape[0];
+        double s = sig[i], sn = sig[i + 1];
+        ldm_tensor *dn = ldm_sgm_guided_denoise(ctx, den, x, ldm__sgm_fill(ctx, B, sig[i]), o), *xn = dn;
+        if (sn > 0.0) {
+            double su = o->eta * sn * sqrt(fmax(s * s - sn * sn, 0.0)) / s;
+            ldm_tensor *eps = ldm_scale(ctx, ldm_sub(ctx, x, dn), (float)(1.0 / s));
+            xn = ldm_add(ctx, dn, ldm_scale(ctx, eps, (float)sqrt(sn * sn - su * su)));
+            if (su > 0.0) xn = ldm_add(ctx, xn, ldm_scale(ctx, ldm__sgm_noise(ctx, o, i, x), (float)su));
+        }
+        if (!xn) break;
+        x = ldm_arena_keep(ctx, m, xn);
+        if (o->on_step) o->on_step(o->user, i, S);
+    }
+    ldm_set_grad_enabled(ctx, prev);
+    return ctx->status ? NULL : x;
+}
 
 #endif /* LDM_DIFFUSION_IMPLEMENTATION_DONE */
 #endif /* LDM_IMPLEMENTATION */
