@@ -92,6 +92,7 @@ typedef struct ldm_vae_config {
     int tanh_out;
     int embed_dim;
     int n_embed;                  /* VQ codebook size (model.params.n_embed); 0: AutoencoderKL */
+    int dims;                     /* 2: images [B,C,H,W]; 3: volumes [B,C,T,H,W] (0 reads as 2) */
 } ldm_vae_config;
 
 /* The ddconfig keys, described once: X(name, kind, default, help) (ldm_config.h's schema
@@ -109,7 +110,8 @@ typedef struct ldm_vae_config {
     X(attn_resolutions, INT_LIST, "", "nominal resolutions that get self-attention")           \
     X(dropout, BETWEEN(FLOAT, 0, 1), "0.0", "dropout in the ResNet blocks")                    \
     X(resamp_with_conv, BOOL, "true", "convolutional down/up-sampling")                        \
-    X(tanh_out, BOOL, "false", "tanh on the decoder output")
+    X(tanh_out, BOOL, "false", "tanh on the decoder output")                                   \
+    X(dims, BETWEEN(INT, 2, 3), "2", "2: images [B,C,H,W]; 3: volumes [B,C,T,H,W] (Conv3d everywhere)")
 
 LDM_API ldm_vae_config ldm_vae_config_kl_f4(void);  /* the seed's autoencoder_kl_64x64x3: ch 128, ch_mult 1,2,4, z 3 */
 LDM_API ldm_vae_config ldm_vae_config_kl_f8(void);  /* Stable Diffusion's: ch 128, ch_mult 1,2,4,4, z 4 */
@@ -119,24 +121,32 @@ LDM_API ldm_vae_config ldm_vae_config_vq_f4(void);  /* CompVis vq-f4: ch 128, ch
 LDM_API ldm_result ldm_vae_config_check(ldm_ctx *ctx, const ldm_vae_config *cfg);
 LDM_API int ldm_vae_factor(const ldm_vae_config *cfg);   /* f = 2^(n_levels-1) */
 
+/* One conv of the model: nn.Conv2d (dims 2) or nn.Conv3d (dims 3); weight/bias alias the
+   active one's, so code that reads .weight works for both. */
+typedef struct ldm__vae_conv {
+    ldm_tensor *weight, *bias;    /* [O, I, k, k] or [O, I, k, k, k]; [O] */
+    int in, out, dims;
+    ldm_nn_conv2d c2;
+    ldm_nn_conv3d c3;
+} ldm__vae_conv;
 typedef struct ldm__vae_res {
     ldm_nn_groupnorm norm1, norm2;
-    ldm_nn_conv2d conv1, conv2, nin_shortcut;
+    ldm__vae_conv conv1, conv2, nin_shortcut;
     int has_shortcut;
 } ldm__vae_res;
 typedef struct ldm__vae_attn {
     ldm_nn_groupnorm norm;
-    ldm_nn_conv2d q, k, v, proj_out;
+    ldm__vae_conv q, k, v, proj_out;
 } ldm__vae_attn;
 typedef struct ldm__vae_level {
     ldm__vae_res block[LDM_VAE_MAX_BLOCKS];
     ldm__vae_attn attn[LDM_VAE_MAX_BLOCKS];
     int n_block, n_attn;
-    ldm_nn_conv2d resample;       /* downsample.conv / upsample.conv */
+    ldm__vae_conv resample;       /* downsample.conv / upsample.conv */
     int has_resample;
 } ldm__vae_level;
 typedef struct ldm__vae_half {    /* an Encoder or a Decoder */
-    ldm_nn_conv2d conv_in, conv_out;
+    ldm__vae_conv conv_in, conv_out;
     ldm__vae_level level[LDM_VAE_MAX_LEVELS];
     ldm__vae_res mid_block_1, mid_block_2;
     ldm__vae_attn mid_attn_1;
@@ -148,7 +158,7 @@ typedef struct ldm_vae {
     ldm_nn_params *P;             /* every parameter, CompVis names */
     int training;                 /* dropout on (ldm_vae_set_training) */
     ldm__vae_half enc, dec;
-    ldm_nn_conv2d quant_conv, post_quant_conv;
+    ldm__vae_conv quant_conv, post_quant_conv;
     ldm_tensor *codebook;         /* VQ: quantize.embedding.weight [n_embed, E]; NULL for AutoencoderKL */
 } ldm_vae;
 
@@ -243,7 +253,7 @@ static ldm_vae_config ldm__vae_cfg(int z, const int *mult, int n) {
     memset(&c, 0, sizeof c);
     c.double_z = 1; c.z_channels = z; c.resolution = 256; c.in_channels = 3; c.out_ch = 3; c.ch = 128;
     for (int i = 0; i < n; i++) c.ch_mult[i] = mult[i];
-    c.n_levels = n; c.num_res_blocks = 2; c.dropout = 0.0f; c.resamp_with_conv = 1; c.embed_dim = z;
+    c.n_levels = n; c.num_res_blocks = 2; c.dropout = 0.0f; c.resamp_with_conv = 1; c.embed_dim = z; c.dims = 2;
     return c;
 }
 LDM_API ldm_vae_config ldm_vae_config_kl_f4(void) { static const int m[3] = {1, 2, 4}; return ldm__vae_cfg(3, m, 3); }
@@ -271,31 +281,53 @@ LDM_API ldm_result ldm_vae_config_check(ldm_ctx *ctx, const ldm_vae_config *c) {
         return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "VQModel config: n_embed = %d with double_z = %s (hint: n_embed > 0 selects the VQ first "
                               "stage, whose encoder needs double_z = false; n_embed 0 is AutoencoderKL)", c->n_embed, c->double_z ? "true" : "false");
     LDM__VAE_REQ(c->double_z || c->n_embed > 0, "double_z = false has no variance to sample from; AutoencoderKL needs double_z = true");
+    LDM__VAE_REQ(c->dims == 0 || c->dims == 2 || c->dims == 3, "dims = %d: 2 (images [B,C,H,W]) or 3 (volumes [B,C,T,H,W])", c->dims);
+    LDM__VAE_REQ(c->dims != 3 || c->n_embed == 0, "dims = 3 with n_embed = %d: the VQ first stage is 2-D only here (hint: n_embed 0, "
+                 "an AutoencoderKL, for volumes)", c->n_embed);
     return LDM_OK;
 #undef LDM__VAE_REQ
 }
 
 /* ---- registration (module order = CompVis state-dict order) ------------------------------ */
-static void ldm__vae_reg_res(ldm_nn_params *P, ldm__vae_res *r, int cin, int cout) {
+/* k x k (x k) conv with stride 1 and padding k/2, or (down) Downsample's: F.pad right/bottom
+   (and back, in 3-D) by 1, then stride 2 without padding. */
+static void ldm__vae_conv_init(ldm_nn_params *P, ldm__vae_conv *m, const char *name, int dims, int in, int out, int k, int down) {
+    int p = down ? 0 : k / 2, s = down ? 2 : 1;
+    memset(m, 0, sizeof *m);
+    m->dims = dims == 3 ? 3 : 2; m->in = in; m->out = out;
+    if (m->dims == 3) {
+        int k3[3] = {k, k, k}, s3[3] = {s, s, s}, p6[6] = {p, p + down, p, p + down, p, p + down};
+        ldm_nn_conv3d_init_ex(P, &m->c3, name, in, out, k3, s3, p6, 1);
+        m->weight = m->c3.weight; m->bias = m->c3.bias;
+    } else {
+        int p4[4] = {p, p + down, p, p + down};
+        ldm_nn_conv2d_init_ex(P, &m->c2, name, in, out, k, k, s, s, p4, 1);
+        m->weight = m->c2.weight; m->bias = m->c2.bias;
+    }
+}
+static ldm_tensor *ldm__vae_conv_fwd(ldm_ctx *ctx, const ldm__vae_conv *m, ldm_tensor *x) {
+    return m->dims == 3 ? ldm_nn_conv3d_forward(ctx, &m->c3, x) : ldm_nn_conv2d_forward(ctx, &m->c2, x);
+}
+static void ldm__vae_reg_res(ldm_nn_params *P, ldm__vae_res *r, int d, int cin, int cout) {
     ldm_nn_groupnorm_init(P, &r->norm1, "norm1", 32, cin, 1e-6f, 1);
-    ldm_nn_conv2d_init(P, &r->conv1, "conv1", cin, cout, 3, 1, 1, 1);
+    ldm__vae_conv_init(P, &r->conv1, "conv1", d, cin, cout, 3, 0);
     ldm_nn_groupnorm_init(P, &r->norm2, "norm2", 32, cout, 1e-6f, 1);
-    ldm_nn_conv2d_init(P, &r->conv2, "conv2", cout, cout, 3, 1, 1, 1);
+    ldm__vae_conv_init(P, &r->conv2, "conv2", d, cout, cout, 3, 0);
     r->has_shortcut = cin != cout;
-    if (r->has_shortcut) ldm_nn_conv2d_init(P, &r->nin_shortcut, "nin_shortcut", cin, cout, 1, 1, 0, 1);
+    if (r->has_shortcut) ldm__vae_conv_init(P, &r->nin_shortcut, "nin_shortcut", d, cin, cout, 1, 0);
 }
-static void ldm__vae_reg_attn(ldm_nn_params *P, ldm__vae_attn *a, int c) {
+static void ldm__vae_reg_attn(ldm_nn_params *P, ldm__vae_attn *a, int d, int c) {
     ldm_nn_groupnorm_init(P, &a->norm, "norm", 32, c, 1e-6f, 1);
-    ldm_nn_conv2d_init(P, &a->q, "q", c, c, 1, 1, 0, 1);
-    ldm_nn_conv2d_init(P, &a->k, "k", c, c, 1, 1, 0, 1);
-    ldm_nn_conv2d_init(P, &a->v, "v", c, c, 1, 1, 0, 1);
-    ldm_nn_conv2d_init(P, &a->proj_out, "proj_out", c, c, 1, 1, 0, 1);
+    ldm__vae_conv_init(P, &a->q, "q", d, c, c, 1, 0);
+    ldm__vae_conv_init(P, &a->k, "k", d, c, c, 1, 0);
+    ldm__vae_conv_init(P, &a->v, "v", d, c, c, 1, 0);
+    ldm__vae_conv_init(P, &a->proj_out, "proj_out", d, c, c, 1, 0);
 }
-static void ldm__vae_reg_mid(ldm_nn_params *P, ldm__vae_half *h, int c) {
+static void ldm__vae_reg_mid(ldm_nn_params *P, ldm__vae_half *h, int d, int c) {
     ldm_nn_push(P, "mid");
-    ldm_nn_push(P, "block_1"); ldm__vae_reg_res(P, &h->mid_block_1, c, c); ldm_nn_pop(P);
-    ldm_nn_push(P, "attn_1"); ldm__vae_reg_attn(P, &h->mid_attn_1, c); ldm_nn_pop(P);
-    ldm_nn_push(P, "block_2"); ldm__vae_reg_res(P, &h->mid_block_2, c, c); ldm_nn_pop(P);
+    ldm_nn_push(P, "block_1"); ldm__vae_reg_res(P, &h->mid_block_1, d, c, c); ldm_nn_pop(P);
+    ldm_nn_push(P, "attn_1"); ldm__vae_reg_attn(P, &h->mid_attn_1, d, c); ldm_nn_pop(P);
+    ldm_nn_push(P, "block_2"); ldm__vae_reg_res(P, &h->mid_block_2, d, c, c); ldm_nn_pop(P);
     ldm_nn_pop(P);
 }
 static int ldm__vae_has_attn(const ldm_vae_config *c, int res) {
@@ -306,11 +338,10 @@ static int ldm__vae_has_attn(const ldm_vae_config *c, int res) {
 static void ldm__vae_register(ldm_vae *v) {
     const ldm_vae_config *c = &v->cfg;
     ldm_nn_params *P = v->P;
-    int n = c->n_levels, res = c->resolution, cin = c->ch;
-    static const int pad_down[4] = {0, 1, 0, 1}; /* F.pad(x, (0,1,0,1)) then padding 0 */
+    int n = c->n_levels, res = c->resolution, cin = c->ch, d = c->dims == 3 ? 3 : 2;
 
     ldm_nn_push(P, "encoder");
-    ldm_nn_conv2d_init(P, &v->enc.conv_in, "conv_in", c->in_channels, c->ch, 3, 1, 1, 1);
+    ldm__vae_conv_init(P, &v->enc.conv_in, "conv_in", d, c->in_channels, c->ch, 3, 0);
     for (int i = 0; i < n; i++) {
         ldm__vae_level *L = &v->enc.level[i];
         int cout = c->ch * c->ch_mult[i];
@@ -318,28 +349,28 @@ static void ldm__vae_register(ldm_vae *v) {
         L->n_attn = ldm__vae_has_attn(c, res) ? L->n_block : 0;
         ldm_nn_pushf(P, "down.%d", i);
         for (int j = 0; j < L->n_block; j++) {
-            ldm_nn_pushf(P, "block.%d", j); ldm__vae_reg_res(P, &L->block[j], cin, cout); ldm_nn_pop(P);
+            ldm_nn_pushf(P, "block.%d", j); ldm__vae_reg_res(P, &L->block[j], d, cin, cout); ldm_nn_pop(P);
             cin = cout;
         }
-        for (int j = 0; j < L->n_attn; j++) { ldm_nn_pushf(P, "attn.%d", j); ldm__vae_reg_attn(P, &L->attn[j], cin); ldm_nn_pop(P); }
+        for (int j = 0; j < L->n_attn; j++) { ldm_nn_pushf(P, "attn.%d", j); ldm__vae_reg_attn(P, &L->attn[j], d, cin); ldm_nn_pop(P); }
         L->has_resample = i != n - 1;
         if (L->has_resample) {
-            if (c->resamp_with_conv) ldm_nn_conv2d_init_ex(P, &L->resample, "downsample.conv", cin, cin, 3, 3, 2, 2, pad_down, 1);
+            if (c->resamp_with_conv) ldm__vae_conv_init(P, &L->resample, "downsample.conv", d, cin, cin, 3, 1);
             res /= 2;
         }
         ldm_nn_pop(P);
     }
-    ldm__vae_reg_mid(P, &v->enc, cin);
+    ldm__vae_reg_mid(P, &v->enc, d, cin);
     ldm_nn_groupnorm_init(P, &v->enc.norm_out, "norm_out", 32, cin, 1e-6f, 1);
-    ldm_nn_conv2d_init(P, &v->enc.conv_out, "conv_out", cin, c->double_z ? 2 * c->z_channels : c->z_channels, 3, 1, 1, 1);
+    ldm__vae_conv_init(P, &v->enc.conv_out, "conv_out", d, cin, c->double_z ? 2 * c->z_channels : c->z_channels, 3, 0);
     ldm_nn_pop(P);
 
     /* Decoder: levels are registered 0..n-1 (state-dict order) but run n-1..0; level i's
        input channels are the output channels of level i+1 (or of the mid block). */
     ldm_nn_push(P, "decoder");
     int top = c->ch * c->ch_mult[n - 1];
-    ldm_nn_conv2d_init(P, &v->dec.conv_in, "conv_in", c->z_channels, top, 3, 1, 1, 1);
-    ldm__vae_reg_mid(P, &v->dec, top);
+    ldm__vae_conv_init(P, &v->dec.conv_in, "conv_in", d, c->z_channels, top, 3, 0);
+    ldm__vae_reg_mid(P, &v->dec, d, top);
     for (int i = 0; i < n; i++) {
         ldm__vae_level *L = &v->dec.level[i];
         int lres = c->resolution >> i, cout = c->ch * c->ch_mult[i];
@@ -348,24 +379,24 @@ static void ldm__vae_register(ldm_vae *v) {
         L->n_attn = ldm__vae_has_attn(c, lres) ? L->n_block : 0;
         ldm_nn_pushf(P, "up.%d", i);
         for (int j = 0; j < L->n_block; j++) {
-            ldm_nn_pushf(P, "block.%d", j); ldm__vae_reg_res(P, &L->block[j], cin, cout); ldm_nn_pop(P);
+            ldm_nn_pushf(P, "block.%d", j); ldm__vae_reg_res(P, &L->block[j], d, cin, cout); ldm_nn_pop(P);
             cin = cout;
         }
-        for (int j = 0; j < L->n_attn; j++) { ldm_nn_pushf(P, "attn.%d", j); ldm__vae_reg_attn(P, &L->attn[j], cout); ldm_nn_pop(P); }
+        for (int j = 0; j < L->n_attn; j++) { ldm_nn_pushf(P, "attn.%d", j); ldm__vae_reg_attn(P, &L->attn[j], d, cout); ldm_nn_pop(P); }
         L->has_resample = i != 0;
-        if (L->has_resample && c->resamp_with_conv) ldm_nn_conv2d_init(P, &L->resample, "upsample.conv", cout, cout, 3, 1, 1, 1);
+        if (L->has_resample && c->resamp_with_conv) ldm__vae_conv_init(P, &L->resample, "upsample.conv", d, cout, cout, 3, 0);
         ldm_nn_pop(P);
     }
     ldm_nn_groupnorm_init(P, &v->dec.norm_out, "norm_out", 32, c->ch * c->ch_mult[0], 1e-6f, 1);
-    ldm_nn_conv2d_init(P, &v->dec.conv_out, "conv_out", c->ch * c->ch_mult[0], c->out_ch, 3, 1, 1, 1);
+    ldm__vae_conv_init(P, &v->dec.conv_out, "conv_out", d, c->ch * c->ch_mult[0], c->out_ch, 3, 0);
     ldm_nn_pop(P);
 
     if (c->n_embed > 0) /* VectorQuantizer2's nn.Embedding init; registered where VQModel's state dict has it */
         v->codebook = ldm_nn_param(P, "quantize.embedding.weight", ldm_shape2(c->n_embed, c->embed_dim),
                                    ldm_nn_init_uniform(-1.0f / (float)c->n_embed, 1.0f / (float)c->n_embed));
     int moments = c->n_embed > 0 ? 1 : 2; /* VQ: h itself; KL: mean and logvar */
-    ldm_nn_conv2d_init(P, &v->quant_conv, "quant_conv", moments * c->z_channels, moments * c->embed_dim, 1, 1, 0, 1);
-    ldm_nn_conv2d_init(P, &v->post_quant_conv, "post_quant_conv", c->embed_dim, c->z_channels, 1, 1, 0, 1);
+    ldm__vae_conv_init(P, &v->quant_conv, "quant_conv", d, moments * c->z_channels, moments * c->embed_dim, 1, 0);
+    ldm__vae_conv_init(P, &v->post_quant_conv, "post_quant_conv", d, c->embed_dim, c->z_channels, 1, 0);
 }
 
 LDM_API ldm_result ldm_vae_create(ldm_ctx *ctx, ldm_vae **out, const ldm_vae_config *cfg) {
@@ -375,6 +406,7 @@ LDM_API ldm_result ldm_vae_create(ldm_ctx *ctx, ldm_vae **out, const ldm_vae_con
     if (!v) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "AutoencoderKL: out of memory");
     memset(v, 0, sizeof *v);
     v->cfg = *cfg;
+    if (v->cfg.dims == 0) v->cfg.dims = 2;
     ldm_result r = ldm_nn_params_create(ctx, &v->P, ldm_ctx_device(ctx));
     if (r) { LDM_FREE(v); return r; }
     ldm__vae_register(v);
@@ -531,33 +563,36 @@ static ldm_tensor *ldm__vae_keep(ldm_ctx *ctx, ldm_mark m, ldm_tensor *h) {
 }
 static ldm_tensor *ldm__vae_res_fwd(ldm_ctx *ctx, const ldm_vae *v, const ldm__vae_res *r, ldm_tensor *x) {
     ldm_mark m = ldm_arena_mark(ctx);
-    ldm_tensor *h = ldm_nn_conv2d_forward(ctx, &r->conv1, ldm_nn_groupnorm_silu_forward(ctx, &r->norm1, x));
+    ldm_tensor *h = ldm__vae_conv_fwd(ctx, &r->conv1, ldm_nn_groupnorm_silu_forward(ctx, &r->norm1, x));
     h = ldm__vae_keep(ctx, m, h);
     m = ldm_arena_mark(ctx);
     h = ldm_nn_groupnorm_silu_forward(ctx, &r->norm2, h);
     if (v->cfg.dropout > 0.0f) h = ldm_dropout(ctx, h, v->cfg.dropout, v->training);
-    h = ldm__vae_keep(ctx, m, ldm_nn_conv2d_forward(ctx, &r->conv2, h));
-    return ldm_add(ctx, r->has_shortcut ? ldm_nn_conv2d_forward(ctx, &r->nin_shortcut, x) : x, h);
+    h = ldm__vae_keep(ctx, m, ldm__vae_conv_fwd(ctx, &r->conv2, h));
+    return ldm_add(ctx, r->has_shortcut ? ldm__vae_conv_fwd(ctx, &r->nin_shortcut, x) : x, h);
 }
-/* A 1x1 conv applied token-major: x [B, S, C] times the weight [O, C, 1, 1] seen as [O, C]. */
-static ldm_tensor *ldm__vae_pointwise(ldm_ctx *ctx, const ldm_nn_conv2d *c, ldm_tensor *x) {
+/* A 1x1 conv applied token-major: x [B, S, C] times the weight [O, C, 1, 1(, 1)] seen as [O, C]. */
+static ldm_tensor *ldm__vae_pointwise(ldm_ctx *ctx, const ldm__vae_conv *c, ldm_tensor *x) {
     return ldm_linear(ctx, x, ldm_reshape(ctx, c->weight, ldm_shape2(c->out, c->in)), c->bias);
 }
-/* AttnBlock: single-head self-attention over the H*W positions. The normalised input is
-   transposed once to [B, HW, C]; q, k, v and proj_out (1x1 convs) run as linears on it and
-   ldm_attention never holds the HW x HW weights, in training and inference alike. */
+/* AttnBlock: single-head self-attention over the H*W (3-D: T*H*W) positions. The normalised
+   input is transposed once to [B, S, C]; q, k, v and proj_out (1x1 convs) run as linears on
+   it and ldm_attention never holds the S x S weights, in training and inference alike. */
 static ldm_tensor *ldm__vae_attn_fwd(ldm_ctx *ctx, const ldm__vae_attn *a, ldm_tensor *x) {
     if (!x) return NULL;
-    int64_t B = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3], S = H * W;
+    int64_t B = x->shape[0], C = x->shape[1], S = 1;
+    for (int i = 2; i < x->ndim; i++) S *= x->shape[i];
     const int tr[3] = {0, 2, 1};
     ldm_tensor *h = ldm_nn_groupnorm_forward(ctx, &a->norm, x);
     h = ldm_permute(ctx, ldm_reshape(ctx, h, ldm_shape3(B, C, S)), tr); /* [B, S, C] */
     ldm_tensor *q = ldm__vae_pointwise(ctx, &a->q, h), *k = ldm__vae_pointwise(ctx, &a->k, h);
     ldm_tensor *v = ldm__vae_pointwise(ctx, &a->v, h);
     ldm_tensor *o = ldm__vae_pointwise(ctx, &a->proj_out, ldm_attention(ctx, q, k, v, 1, (float)pow((double)C, -0.5)));
-    o = ldm_reshape(ctx, ldm_permute(ctx, o, tr), ldm_shape4(B, C, H, W));
+    o = ldm_reshape(ctx, ldm_permute(ctx, o, tr), ldm_shape_of(x));
     return ldm_add(ctx, x, o);
 }
+
+static const char *ldm__vae_sp(const ldm_vae *v) { return v->cfg.dims == 3 ? "T, H, W" : "H, W"; }
 
 /* One step of a forward pass: h = expr(h). Without grad the result replaces the step's input
    at `base` (a mark taken after the forward's own input), so memory stays bounded. */
@@ -570,19 +605,20 @@ static ldm_tensor *ldm__vae_mid(ldm_ctx *ctx, const ldm_vae *v, const ldm__vae_h
     return h;
 }
 static ldm_tensor *ldm__vae_out(ldm_ctx *ctx, const ldm__vae_half *hf, ldm_tensor *h) {
-    return ldm_nn_conv2d_forward(ctx, &hf->conv_out, ldm_nn_groupnorm_silu_forward(ctx, &hf->norm_out, h));
+    return ldm__vae_conv_fwd(ctx, &hf->conv_out, ldm_nn_groupnorm_silu_forward(ctx, &hf->norm_out, h));
 }
 
 LDM_API ldm_tensor *ldm_vae_encoder_forward(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x) {
     if (!x || ldm_ctx_status(ctx)) return NULL;
-    if (x->ndim != 4 || x->shape[1] != v->cfg.in_channels) {
+    if (x->ndim != v->cfg.dims + 2 || x->shape[1] != v->cfg.in_channels) {
         char b[64];
-        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL encoder: input %s, expected [B, %d, H, W]", ldm_shape_str(x, b, sizeof b), v->cfg.in_channels);
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL encoder: input %s, expected [B, %d, %s] (dims %d)", ldm_shape_str(x, b, sizeof b),
+                       v->cfg.in_channels, ldm__vae_sp(v), v->cfg.dims);
         return NULL;
     }
     ldm_tensor *h;
     ldm_mark base = ldm_arena_mark(ctx);
-    LDM__VAE_STEP(ldm_nn_conv2d_forward(ctx, &v->enc.conv_in, x));
+    LDM__VAE_STEP(ldm__vae_conv_fwd(ctx, &v->enc.conv_in, x));
     for (int i = 0; i < v->cfg.n_levels; i++) {
         const ldm__vae_level *L = &v->enc.level[i];
         for (int j = 0; j < L->n_block; j++) {
@@ -590,7 +626,7 @@ LDM_API ldm_tensor *ldm_vae_encoder_forward(ldm_ctx *ctx, ldm_vae *v, ldm_tensor
             if (L->n_attn) LDM__VAE_STEP(ldm__vae_attn_fwd(ctx, &L->attn[j], h));
         }
         if (L->has_resample)
-            LDM__VAE_STEP(v->cfg.resamp_with_conv ? ldm_nn_conv2d_forward(ctx, &L->resample, h) : ldm_avg_pool(ctx, h, 2, 2, 0));
+            LDM__VAE_STEP(v->cfg.resamp_with_conv ? ldm__vae_conv_fwd(ctx, &L->resample, h) : ldm_avg_pool(ctx, h, 2, 2, 0));
     }
     h = ldm__vae_mid(ctx, v, &v->enc, h, base);
     LDM__VAE_STEP(ldm__vae_out(ctx, &v->enc, h));
@@ -599,14 +635,15 @@ LDM_API ldm_tensor *ldm_vae_encoder_forward(ldm_ctx *ctx, ldm_vae *v, ldm_tensor
 
 LDM_API ldm_tensor *ldm_vae_decoder_forward(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *z) {
     if (!z || ldm_ctx_status(ctx)) return NULL;
-    if (z->ndim != 4 || z->shape[1] != v->cfg.z_channels) {
+    if (z->ndim != v->cfg.dims + 2 || z->shape[1] != v->cfg.z_channels) {
         char b[64];
-        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL decoder: input %s, expected [B, %d, h, w]", ldm_shape_str(z, b, sizeof b), v->cfg.z_channels);
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL decoder: input %s, expected [B, %d, %s] (dims %d)", ldm_shape_str(z, b, sizeof b),
+                       v->cfg.z_channels, ldm__vae_sp(v), v->cfg.dims);
         return NULL;
     }
     ldm_tensor *h;
     ldm_mark base = ldm_arena_mark(ctx);
-    LDM__VAE_STEP(ldm_nn_conv2d_forward(ctx, &v->dec.conv_in, z));
+    LDM__VAE_STEP(ldm__vae_conv_fwd(ctx, &v->dec.conv_in, z));
     h = ldm__vae_mid(ctx, v, &v->dec, h, base);
     for (int i = v->cfg.n_levels - 1; i >= 0; i--) {
         const ldm__vae_level *L = &v->dec.level[i];
@@ -615,8 +652,8 @@ LDM_API ldm_tensor *ldm_vae_decoder_forward(ldm_ctx *ctx, ldm_vae *v, ldm_tensor
             if (L->n_attn) LDM__VAE_STEP(ldm__vae_attn_fwd(ctx, &L->attn[j], h));
         }
         if (L->has_resample) {
-            LDM__VAE_STEP(ldm_upsample_nearest(ctx, h, 1, 2, 2));
-            if (v->cfg.resamp_with_conv) LDM__VAE_STEP(ldm_nn_conv2d_forward(ctx, &L->resample, h));
+            LDM__VAE_STEP(ldm_upsample_nearest(ctx, h, v->cfg.dims == 3 ? 2 : 1, 2, 2));
+            if (v->cfg.resamp_with_conv) LDM__VAE_STEP(ldm__vae_conv_fwd(ctx, &L->resample, h));
         }
     }
     LDM__VAE_STEP(ldm__vae_out(ctx, &v->dec, h));
@@ -638,17 +675,17 @@ LDM_API ldm_result ldm_vae_encode(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, ldm_v
         q->mean = ldm_vae_vq_encode(ctx, v, x);
         return q->mean ? LDM_OK : ldm_ctx_status(ctx);
     }
-    return ldm_vae_posterior_from_moments(ctx, ldm_nn_conv2d_forward(ctx, &v->quant_conv, ldm_vae_encoder_forward(ctx, v, x)), q);
+    return ldm_vae_posterior_from_moments(ctx, ldm__vae_conv_fwd(ctx, &v->quant_conv, ldm_vae_encoder_forward(ctx, v, x)), q);
 }
 LDM_API ldm_tensor *ldm_vae_decode(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *z) {
     if (v->codebook) return ldm_vae_vq_decode(ctx, v, z, 0); /* VQModelInterface.decode quantizes */
-    if (z && (z->ndim != 4 || z->shape[1] != v->cfg.embed_dim)) {
+    if (z && (z->ndim != v->cfg.dims + 2 || z->shape[1] != v->cfg.embed_dim)) {
         char b[64];
-        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL decode: latent %s, expected [B, %d, h, w] (embed_dim %d)",
-                       ldm_shape_str(z, b, sizeof b), v->cfg.embed_dim, v->cfg.embed_dim);
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL decode: latent %s, expected [B, %d, %s] (embed_dim %d, dims %d)",
+                       ldm_shape_str(z, b, sizeof b), v->cfg.embed_dim, ldm__vae_sp(v), v->cfg.embed_dim, v->cfg.dims);
         return NULL;
     }
-    return ldm_vae_decoder_forward(ctx, v, ldm_nn_conv2d_forward(ctx, &v->post_quant_conv, z));
+    return ldm_vae_decoder_forward(ctx, v, ldm__vae_conv_fwd(ctx, &v->post_quant_conv, z));
 }
 LDM_API ldm_tensor *ldm_vae_posterior_sample(ldm_ctx *ctx, const ldm_vae_posterior *q, ldm_tensor *eps) {
     if (q->mean && !q->logvar) return q->mean; /* a VQ model's latent is deterministic */
@@ -657,6 +694,12 @@ LDM_API ldm_tensor *ldm_vae_posterior_sample(ldm_ctx *ctx, const ldm_vae_posteri
     return ldm_add(ctx, q->mean, ldm_mul(ctx, ldm_exp(ctx, ldm_scale(ctx, q->logvar, 0.5f)), eps));
 }
 LDM_API ldm_tensor *ldm_vae_posterior_mode(const ldm_vae_posterior *q) { return q->mean; }
+/* the dims DiagonalGaussianDistribution sums over: C,H,W (3-D: C,T,H,W) */
+static unsigned ldm__vae_nonbatch(const ldm_tensor *t) {
+    unsigned m = 0;
+    for (int i = 1; t && i < t->ndim; i++) m |= LDM_DIM(i);
+    return m;
+}
 static ldm_tensor *ldm__vae_no_logvar(ldm_ctx *ctx, const ldm_vae_posterior *q, const char *what) {
     if (q->mean && !ldm_ctx_status(ctx))
         ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "posterior %s: no logvar (a VQ first stage's latent is deterministic; hint: KL/NLL need an AutoencoderKL)", what);
@@ -666,14 +709,14 @@ LDM_API ldm_tensor *ldm_vae_posterior_kl(ldm_ctx *ctx, const ldm_vae_posterior *
     if (!q->logvar) return ldm__vae_no_logvar(ctx, q, "kl");
     ldm_tensor *t = ldm_add(ctx, ldm_square(ctx, q->mean), ldm_exp(ctx, q->logvar));
     t = ldm_sub(ctx, ldm_add_scalar(ctx, t, -1.0f), q->logvar);
-    return ldm_scale(ctx, ldm_sum(ctx, t, LDM_DIM(1) | LDM_DIM(2) | LDM_DIM(3), 0), 0.5f);
+    return ldm_scale(ctx, ldm_sum(ctx, t, ldm__vae_nonbatch(t), 0), 0.5f);
 }
 LDM_API ldm_tensor *ldm_vae_posterior_nll(ldm_ctx *ctx, const ldm_vae_posterior *q, ldm_tensor *x) {
     if (!q->logvar) return ldm__vae_no_logvar(ctx, q, "nll");
     ldm_tensor *d = ldm_sub(ctx, x, q->mean);
     ldm_tensor *t = ldm_add(ctx, ldm_add_scalar(ctx, q->logvar, (float)log(2.0 * 3.14159265358979323846)),
                             ldm_div(ctx, ldm_square(ctx, d), ldm_exp(ctx, q->logvar)));
-    return ldm_scale(ctx, ldm_sum(ctx, t, LDM_DIM(1) | LDM_DIM(2) | LDM_DIM(3), 0), 0.5f);
+    return ldm_scale(ctx, ldm_sum(ctx, t, ldm__vae_nonbatch(t), 0), 0.5f);
 }
 LDM_API ldm_tensor *ldm_vae_forward(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, int sample_posterior, ldm_vae_posterior *qout) {
     ldm_vae_posterior q;
@@ -709,7 +752,41 @@ static float ldm__vae_ramp(int64_t p, int64_t s, int64_t len, int64_t n, int64_t
 
 typedef ldm_tensor *(*ldm__vae_fn)(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x);
 static ldm_tensor *ldm__vae_enc_moments(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x) {
-    return ldm_nn_conv2d_forward(ctx, &v->quant_conv, ldm_vae_encoder_forward(ctx, v, x));
+    return ldm__vae_conv_fwd(ctx, &v->quant_conv, ldm_vae_encoder_forward(ctx, v, x));
+}
+
+/* Volumes (dims 3): fn over batch chunks of x, no tiles; the chunks' outputs are gathered on
+   the host as the tiled path does and copied to x's device at the end. */
+static ldm_tensor *ldm__vae_chunked(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, const ldm_vae_infer *opt, ldm__vae_fn fn) {
+    if (opt && opt->tile > 0) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: tiled inference is 2-D only; dims = 3 got tile %d (hint: tile 0, and "
+                       "batch = 1 to bound memory by one volume)", opt->tile);
+        return NULL;
+    }
+    int64_t B = x->shape[0], nb = opt && opt->batch > 0 ? opt->batch : B;
+    int prev = ldm_set_grad_enabled(ctx, 0);
+    if (nb >= B) { ldm_tensor *o = fn(ctx, v, x); ldm_set_grad_enabled(ctx, prev); return o; }
+    float *acc = NULL;
+    ldm_shape os = ldm_shape1(0);
+    int64_t per = 0;
+    for (int64_t b0 = 0; b0 < B && !ldm_ctx_status(ctx); b0 += nb) {
+        int64_t bn = LDM__VAE_MIN(nb, B - b0);
+        ldm_mark m = ldm_arena_mark(ctx);
+        ldm_tensor *o = fn(ctx, v, ldm_slice(ctx, x, 0, b0, bn));
+        if (o && !acc) { /* the first chunk tells the output shape */
+            os = ldm_shape_of(o);
+            os.d[0] = B;
+            per = o->numel / bn;
+            acc = (float *)LDM_MALLOC(sizeof(float) * (size_t)(per * B));
+            if (!acc) ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "AutoencoderKL: out of host memory for %lld output values", (long long)(per * B));
+        }
+        if (o && acc) ldm_to_host(ctx, o, acc + b0 * per);
+        ldm_arena_rewind(ctx, m);
+    }
+    ldm_set_grad_enabled(ctx, prev);
+    ldm_tensor *out = ldm_ctx_status(ctx) || !acc ? NULL : ldm_from_host(ctx, os, acc);
+    LDM_FREE(acc);
+    return out;
 }
 
 /* Runs fn over x in batch chunks and tiles and blends the results. up > 0: outputs are `up`
@@ -717,6 +794,7 @@ static ldm_tensor *ldm__vae_enc_moments(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x)
 static ldm_tensor *ldm__vae_tiled(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, const ldm_vae_infer *opt, ldm__vae_fn fn,
                                   int out_ch, int up) {
     if (!x || ldm_ctx_status(ctx)) return NULL;
+    if (v->cfg.dims == 3) return ldm__vae_chunked(ctx, v, x, opt, fn);
     if (x->ndim != 4) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: expected a 4-D [B, C, H, W] input"); return NULL; }
     int f = ldm_vae_factor(&v->cfg);
     int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3];
@@ -798,12 +876,13 @@ static ldm_tensor *ldm__vae_tiled(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, const
 
 LDM_API ldm_result ldm_vae_encode_infer(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, const ldm_vae_infer *opt, ldm_vae_posterior *q) {
     q->mean = q->logvar = NULL;
-    if (x && (x->ndim != 4 || x->shape[1] != v->cfg.in_channels)) {
+    if (x && (x->ndim != v->cfg.dims + 2 || x->shape[1] != v->cfg.in_channels)) {
         char b[64];
-        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL encode: input %s, expected [B, %d, H, W]", ldm_shape_str(x, b, sizeof b), v->cfg.in_channels);
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL encode: input %s, expected [B, %d, %s] (dims %d)", ldm_shape_str(x, b, sizeof b),
+                              v->cfg.in_channels, ldm__vae_sp(v), v->cfg.dims);
     }
     int f = ldm_vae_factor(&v->cfg);
-    if (x && (x->shape[2] % f || x->shape[3] % f) && opt && opt->tile > 0)
+    if (x && v->cfg.dims == 2 && (x->shape[2] % f || x->shape[3] % f) && opt && opt->tile > 0)
         return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: tiled encoding needs H and W divisible by %d", f);
     ldm_tensor *mom = ldm__vae_tiled(ctx, v, x, opt, ldm__vae_enc_moments, (v->codebook ? 1 : 2) * v->cfg.embed_dim, -f);
     if (v->codebook) { q->mean = mom; return mom ? LDM_OK : ldm_ctx_status(ctx); } /* VQ: h, not quantized */
@@ -813,9 +892,10 @@ LDM_API ldm_result ldm_vae_encode_infer(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x,
     return r;
 }
 LDM_API ldm_tensor *ldm_vae_decode_infer(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *z, const ldm_vae_infer *opt) {
-    if (z && (z->ndim != 4 || z->shape[1] != v->cfg.embed_dim)) {
+    if (z && (z->ndim != v->cfg.dims + 2 || z->shape[1] != v->cfg.embed_dim)) {
         char b[64];
-        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL decode: latent %s, expected [B, %d, h, w]", ldm_shape_str(z, b, sizeof b), v->cfg.embed_dim);
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL decode: latent %s, expected [B, %d, %s] (dims %d)", ldm_shape_str(z, b, sizeof b),
+                       v->cfg.embed_dim, ldm__vae_sp(v), v->cfg.dims);
         return NULL;
     }
     return ldm__vae_tiled(ctx, v, z, opt, ldm_vae_decode, v->cfg.out_ch, ldm_vae_factor(&v->cfg));
@@ -892,7 +972,7 @@ LDM_API ldm_tensor *ldm_vae_vq_embed_code(ldm_ctx *ctx, ldm_vae *v, const int64_
 LDM_API ldm_tensor *ldm_vae_vq_decode(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *h, int force_not_quantize) {
     if (!ldm__vae_vq_latent_ok(ctx, v, h, "VQModel decode")) return NULL;
     ldm_tensor *q = force_not_quantize ? h : ldm_vae_vq_quantize(ctx, v, h, NULL);
-    return ldm_vae_decoder_forward(ctx, v, ldm_nn_conv2d_forward(ctx, &v->post_quant_conv, q));
+    return ldm_vae_decoder_forward(ctx, v, ldm__vae_conv_fwd(ctx, &v->post_quant_conv, q));
 }
 
 LDM_API ldm_tensor *ldm_vae_vq_decode_code(ldm_ctx *ctx, ldm_vae *v, const int64_t *indices, int64_t B, int64_t H, int64_t W) {
@@ -940,7 +1020,7 @@ LDM_API ldm_result ldm_vae_config_read(ldm_config *cfg, const ldm_config_node *n
     for (int i = 0; i < d.attn_resolutions.n; i++) out->attn_resolutions[i] = d.attn_resolutions.v[i];
     out->num_res_blocks = d.num_res_blocks; out->dropout = (float)d.dropout;
     out->resamp_with_conv = d.resamp_with_conv; out->tanh_out = d.tanh_out; out->embed_dim = embed;
-    out->n_embed = n_embed;
+    out->n_embed = n_embed; out->dims = d.dims;
     return LDM_OK;
 }
 #endif
