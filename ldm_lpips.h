@@ -29,9 +29,10 @@
        ldm_backward(ctx, ld);  ...step opt_d...
        ldm_lpips_loss_destroy(L);
 
-   Shape legend: B batch, C channels (3), H, W image size.
+   Shape legend: B batch, C channels (3), H, W image size, T depth of volumes.
        images x, xrec [B, 3, H, W] in [-1, 1]; LPIPS value [B, 1, 1, 1];
-       discriminator logits [B, 1, H', W'] (H' = H/8 - 2 for n_layers 3).
+       discriminator logits [B, 1, H', W'] (H' = H/8 - 2 for n_layers 3);
+       volumes (disc_dims 3) x, xrec [B, C, T, H, W] -> logits [B, 1, T', H', W'].
 
    LPIPS (taming/modules/losses/lpips.py, the PerceptualSimilarity v0.1 "vgg" model):
        x -> (x - shift) / scale, shift = (-.030, -.088, -.188), scale = (.458, .448, .450);
@@ -96,6 +97,18 @@
        that work.
        perceptual_weight = 0 trains without LPIPS (no VGG weights needed; the LPIPS is not even
        allocated); ldm_lpips_loss_ready returns the notice to print once.
+
+   The LPIPS-free loss for volumes (x, xrec [B, C, T, H, W]); three config keys of ldm.h's own:
+       pixel_loss  "l1" (the reference's |x - xrec|) or "l2" ((x - xrec)^2): the rec term above
+       disc_dims   3: NLayerDiscriminator with Conv3d (4x4x4 kernels, stride 2 or 1 in all three
+                   axes, padding 1) and BatchNorm3d, the same names main.N.*; needs
+                   perceptual_weight 0 (LPIPS is a 2-D VGG16 metric; create says so)
+       disc_ndf    the PatchGAN's base channels (64, fixed in the reference; a 3-D PatchGAN's
+                   k4 kernels have 4x the weights, so volumes may want fewer)
+       Everything else is unchanged: loss = sum(rec / exp(logvar) + logvar) / B + kl_weight *
+       sum(kl) / B + d_weight * disc_factor * g_loss, with the adaptive d_weight, the hinge or
+       vanilla discriminator loss and the same logs. Each PatchGAN3d stage maps n -> n/2 (stride
+       2) or n - 1 (stride 1), so T, H, W must stay >= 1 through them (e.g. 12 for n_layers 2).
 
    Metrics (separate from the losses; no autograd; per image):
        PSNR = 10 log10(R^2 / mean((a - b)^2)) over C, H, W (skimage peak_signal_noise_ratio).

@@ -18,9 +18,11 @@
        ldm_vae_destroy(vae);
 
    Shape legend: B batch, C channels, H, W image size, h = H/f, w = W/f latent size with
-   f = 2^(levels-1) (kl-f4: f 4, kl-f8: f 8), E embed_dim (latent channels), Z z_channels.
+   f = 2^(levels-1) (kl-f4: f 4, kl-f8: f 8), E embed_dim (latent channels), Z z_channels;
+   volumes (dims 3) add T (depth/slices) and t = T/f.
        image [B, in_channels, H, W] in [-1, 1]  ->  moments [B, 2E, h, w]  ->  z [B, E, h, w]
        z -> image [B, out_ch, H, W]
+       dims 3: volume [B, in_channels, T, H, W] -> moments [B, 2E, t, h, w] -> z [B, E, t, h, w]
 
    Architecture (ldm/modules/diffusionmodules/model.py), parameter names as CompVis:
        encoder.conv_in; encoder.down.i.block.j (ResnetBlock), encoder.down.i.attn.j
@@ -39,6 +41,17 @@
    Posterior (DiagonalGaussianDistribution): mean, logvar = chunk(moments, 2), logvar clamped
    to [-30, 20]; sample = mean + exp(logvar/2) * eps; mode = mean;
    kl = 0.5 sum_{C,H,W}(mean^2 + var - 1 - logvar); nll = 0.5 sum(log 2pi + logvar + (x-mean)^2/var).
+   (dims 3: both summed over C,T,H,W.)
+
+   Volumes (ddconfig dims = 3, e.g. CT/MRI; default 2): the same module tree and the SAME
+   parameter names, CompVis's model.py with Conv3d for Conv2d: convs 3x3x3 padding 1,
+   nin_shortcut, q/k/v/proj_out, quant_conv and post_quant_conv 1x1x1 (weights [O,I,k,k,k]);
+   Downsample pads back/bottom/right by 1 and runs a 3x3x3 stride-2 conv (avg_pool3d 2 without
+   resamp_with_conv), so T, H and W all halve; Upsample is nearest x2 in T, H and W, then a
+   3x3x3 conv; AttnBlock attends over all T*H*W positions; GroupNorm as in 2-D. Save/load
+   as in 2-D (a 2-D checkpoint fails with a shape error naming the tensors). Not for volumes:
+   the VQ first stage (n_embed > 0) and tiled inference (tile > 0 is an error; batch = 1
+   bounds memory to one volume).
 
    Weights: ldm_vae_load reads safetensors/.ckpt/.pth and detects the layout: CompVis names,
    diffusers names (down_blocks/up_blocks/mid_block..., attention as [C,C] linears), and
@@ -198,7 +211,7 @@ LDM_API ldm_tensor *ldm_vae_posterior_nll(ldm_ctx *ctx, const ldm_vae_posterior 
 /* ---- inference in bounded memory ---- */
 typedef struct ldm_vae_infer {
     int batch;                    /* samples per pass (0: all) */
-    int tile;                     /* tile size in image pixels (0: no tiling); rounded down to a multiple of f */
+    int tile;                     /* tile size in image pixels (0: no tiling); rounded down to a multiple of f; 2-D only */
     int overlap;                  /* overlap in image pixels (0: tile/4), a multiple of f */
 } ldm_vae_infer;
 /* Posterior of x (mean and logvar, grad off). Tiled encoding needs H and W divisible by f. */
