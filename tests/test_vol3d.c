@@ -5,7 +5,8 @@
    moments, sample, decode, KL, batch-chunked inference, input gradient and every parameter
    gradient; the LPIPS-free volume loss (L1/L2 + learned logvar + KL + 3-D PatchGAN hinge with
    the adaptive weight): losses, logs, gradients and BatchNorm3d statistics; the UNet with
-   dims 3 on a latent volume; the `dims` config key, save/load of 5-D weights, and the errors
+   dims 3 on a latent volume; end to end: the 3-D first stage's latent, the UNet's eps loss
+   (p_losses) and a DDIM sample decoded to a volume; the `dims` config key, save/load of 5-D weights, and the errors
    for 2-D/3-D mix-ups. Loads files, so it also runs under ASan/UBSan: LDM_TEST_SANITIZE */
 #define LDM_IMPLEMENTATION
 #include "../ldm_config.h"
@@ -489,6 +490,63 @@ static void test_unet(ldm_ctx *ctx, ldm_weights *fx) {
     ldm_unet_destroy(u);
 }
 
+/* ---- end to end: 3-D first stage -> 3-D UNet eps loss -> DDIM sample -> decoded volume -------- */
+static void test_pipeline(ldm_ctx *ctx, ldm_weights *fx) {
+    const char *tag = "volume LDM end to end";
+    ldm_vae *v = make_vae(ctx, 0);
+    if (!v) return;
+    ldm_unet_config c = ldm_unet_config_default();
+    c.image_size = 8; c.in_channels = 3; c.model_channels = 32; c.out_channels = 3; c.num_res_blocks = 1;
+    c.channel_mult[0] = 1; c.channel_mult[1] = 2; c.n_levels = 2; c.attention_resolutions[0] = 2; c.n_attn = 1; c.num_heads = 2; c.dims = 3;
+    ldm_unet *u = NULL;
+    if (ldm_unet_create(ctx, &u, &c)) { lt_report(0, tag, "unet: %s", ldm_ctx_error(ctx)); ldm_vae_destroy(v); return; }
+    hash_params(ctx, ldm_unet_params(u), NULL, 0.0f);
+    ldm_nn_set_trainable(v->P, "", 0); /* the frozen first stage */
+    ldm_schedule_config sc;
+    memset(&sc, 0, sizeof sc);
+    sc.linear_start = 0.0015; sc.linear_end = 0.0195;
+    ldm_schedule sch;
+    ldm_ddim dd;
+    memset(&dd, 0, sizeof dd);
+    if (ldm_schedule_init(ctx, &sch, &sc) || ldm_ddim_init(ctx, &dd, &sch, 4, 0, 0.0)) {
+        lt_report(0, tag, "schedule: %s", ldm_ctx_error(ctx));
+        ldm_ctx_clear_error(ctx);
+        ldm_schedule_free(&sch); ldm_unet_destroy(u); ldm_vae_destroy(v);
+        return;
+    }
+    ldm_step_reset(ctx);
+    ldm_vae_infer inf;
+    memset(&inf, 0, sizeof inf);
+    ldm_vae_posterior q;
+    ldm_tensor *z0 = ldm_vae_encode_infer(ctx, v, hashed(ctx, "ldm.x", ldm_shape5(1, 1, 16, 16, 16), 1.0f), &inf, &q) ? NULL
+                   : ldm_scale(ctx, q.mean, 0.5f);
+    check_fx(ctx, fx, "ldm.z0", "volume LDM: first-stage latent (mode x 0.5) [1, 3, 8, 8, 8]", z0, 0, 1e-5, 1e-4);
+    ldm_denoiser den = ldm_unet_denoiser(u);
+    int t = 613;
+    ldm_loss_log log;
+    ldm_tensor *loss = z0 ? ldm_diffusion_p_losses(ctx, &sch, NULL, &den, z0, NULL, &t, NULL, hashed(ctx, "ldm.noise", ldm_shape_of(z0), 1.0f),
+                                                   NULL, &log) : NULL;
+    if (!loss || ldm_backward(ctx, loss)) {
+        lt_report(0, tag, "p_losses: %s", ldm_ctx_error(ctx));
+    } else {
+        check_fx(ctx, fx, "ldm.loss", "volume LDM: UNet eps loss (p_losses, t 613)", loss, 0, 0.0, 1e-4);
+        check_gproj(ctx, fx, ldm_unet_params(u), "ldm.gproj.", NULL, "volume LDM: UNet");
+        ldm_sample_opts so;
+        memset(&so, 0, sizeof so);
+        so.x_T = hashed(ctx, "ldm.xT", ldm_shape_of(z0), 1.0f);
+        ldm_tensor *zs = ldm_ddim_sample(ctx, &dd, &sch, &den, ldm_shape_of(z0), &so);
+        check_fx(ctx, fx, "ldm.sample", "volume LDM: 4-step DDIM sample on the latent volume", zs, 0, 1e-5, 1e-4);
+        ldm_tensor *vol = zs ? ldm_vae_decode_infer(ctx, v, ldm_scale(ctx, zs, 2.0f), &inf) : NULL;
+        check_fx(ctx, fx, "ldm.volume", "volume LDM: the sample decoded to a [1, 1, 16, 16, 16] volume", vol, 0, 1e-5, 1e-4);
+    }
+    ldm_ctx_clear_error(ctx);
+    ldm_step_reset(ctx);
+    ldm_ddim_free(&dd);
+    ldm_schedule_free(&sch);
+    ldm_unet_destroy(u);
+    ldm_vae_destroy(v);
+}
+
 /* every fixture check on ctx's device; full: also the CPU-only I/O and error checks */
 static void run_all(ldm_ctx *ctx, int full) {
     ldm_weights *fx = NULL;
@@ -502,6 +560,7 @@ static void run_all(ldm_ctx *ctx, int full) {
     test_loss(ctx, fx, 1);
 #endif
     test_unet(ctx, fx);
+    test_pipeline(ctx, fx);
     ldm_weights_close(fx);
     if (full) {
         test_vae_io_and_errors(ctx);

@@ -17,6 +17,9 @@ weight (tests/ref/common.py hash_init; the C test makes the same ones), so none 
              BatchNorm3d running statistics after both steps
   unet.*     a tiny ldm_diffusion.h UNet with dims=3 on a [1, 3, 8, 8, 8] latent volume: out,
              x_grad, per parameter gproj of sum(out * R)
+  ldm.*      end to end: vae0 encodes a [1, 1, 16, 16, 16] volume (mode x 0.5), the UNet's eps
+             loss at t = 613 of the linear schedule (0.0015, 0.0195) with its gradient
+             projections, and a 4-step DDIM (eta 0) sample from a hash x_T decoded to a volume
 Run: /usr/bin/python3 tests/ref/vol3d_ref.py  (from the repository root)"""
 import os, sys
 import torch
@@ -181,6 +184,35 @@ out = u(x, tt)
 t.update({"unet.out": out, "unet.x_grad": x.grad})
 gproj("unet.gproj.", u)
 print("unet params", sum(q.numel() for q in u.parameters()))
+
+# ---- end to end: vae0 encodes a 16^3 volume, the 3-D UNet's eps loss on its latent, then a
+#      4-step DDIM sample decoded back to a volume (CompVis ddpm.py / ddim.py, linear schedule) ----
+T, SCALE = 1000, 0.5
+betas = torch.linspace(0.0015 ** 0.5, 0.0195 ** 0.5, T, dtype=torch.float64) ** 2
+ac = torch.cumprod(1.0 - betas, 0).float().double()  # register_schedule keeps float32 buffers
+u.zero_grad()
+with torch.no_grad():
+    z0 = SCALE * m.encode(hashed("ldm.x", (1, 1, 16, 16, 16)))[0]
+noise = hashed("ldm.noise", z0.shape)
+ts = 613
+x_t = ac[ts].sqrt().float().double() * z0 + (1 - ac[ts]).sqrt().float().double() * noise
+eps = u(x_t, torch.tensor([float(ts)], dtype=torch.float64))
+loss = ((noise - eps) ** 2).mean()
+loss.backward()
+t.update({"ldm.z0": z0, "ldm.loss": loss.reshape(1)})
+gproj("ldm.gproj.", u)
+steps = [1, 251, 501, 751]  # make_ddim_timesteps("uniform", 4, 1000) + 1
+x = hashed("ldm.xT", z0.shape)
+with torch.no_grad():
+    for i in reversed(range(len(steps))):
+        a = ac[steps[i]].float().double()
+        ap = (ac[steps[i - 1]] if i > 0 else ac[0]).float().double()
+        e = u(x, torch.tensor([float(steps[i])], dtype=torch.float64))
+        x0 = (x - (1 - a).sqrt() * e) / a.sqrt()
+        x = ap.sqrt() * x0 + (1 - ap).sqrt() * e  # eta 0: no noise term
+    vol = m.decode(x / SCALE)
+t.update({"ldm.sample": x, "ldm.volume": vol})
+print("ldm loss", float(loss), "sample volume", tuple(vol.shape))
 
 t = {k: v.detach().float().contiguous() for k, v in t.items()}
 path = os.path.join(FIX, "vol3d_ref.safetensors")
