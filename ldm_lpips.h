@@ -111,7 +111,8 @@
        2) or n - 1 (stride 1), so T, H, W must stay >= 1 through them (e.g. 12 for n_layers 2).
 
    Metrics (separate from the losses; no autograd; per image):
-       PSNR = 10 log10(R^2 / mean((a - b)^2)) over C, H, W (skimage peak_signal_noise_ratio).
+       PSNR = 10 log10(R^2 / mean((a - b)^2)) over C, H, W (skimage peak_signal_noise_ratio);
+              volumes [B, C, T, H, W]: over C, T, H, W (SSIM and LPIPS stay 2-D).
        SSIM = skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
               use_sample_covariance=False, data_range=R, channel_axis) : Gaussian window
               11 x 11 (truncate 3.5), K1 0.01, K2 0.03, population covariances, the SSIM map
@@ -242,7 +243,7 @@ LDM_API ldm_tensor *ldm_lpips_loss_generator(ldm_ctx *ctx, ldm_lpips_loss *L, ld
 LDM_API ldm_tensor *ldm_lpips_loss_discriminator(ldm_ctx *ctx, ldm_lpips_loss *L, ldm_tensor *x, ldm_tensor *xrec,
                                                  int64_t global_step, const char *split, ldm_loss_log *log);
 
-/* ---- metrics (a, b [B, C, H, W], same shape; out[B]) ------------------------------------ */
+/* ---- metrics (a, b [B, C, H, W], same shape; out[B]; PSNR also volumes [B, C, T, H, W]) -- */
 LDM_API ldm_result ldm_metric_psnr(ldm_ctx *ctx, const ldm_tensor *a, const ldm_tensor *b, double data_range, double *out);
 LDM_API ldm_result ldm_metric_ssim(ldm_ctx *ctx, const ldm_tensor *a, const ldm_tensor *b, double data_range, double *out);
 /* images in [-1, 1]; eval mode, grad off, activations freed before it returns */
@@ -785,16 +786,18 @@ LDM_API ldm_tensor *ldm_lpips_loss_discriminator(ldm_ctx *ctx, ldm_lpips_loss *L
 }
 
 /* ---- metrics ----------------------------------------------------------------------------- */
-static ldm_result ldm__metric_args(ldm_ctx *ctx, const ldm_tensor *a, const ldm_tensor *b, int min_hw, const char *what) {
+/* volumes: [B, C, T, H, W] accepted too (PSNR) */
+static ldm_result ldm__metric_args(ldm_ctx *ctx, const ldm_tensor *a, const ldm_tensor *b, int min_hw, int volumes, const char *what) {
     if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
     if (!a || !b) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: NULL image", what);
     char s1[96], s2[96];
-    if (!ldm_shape_eq(a, b) || a->ndim != 4)
-        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: images must be [B, C, H, W] of the same shape, got %s and %s", what,
+    if (!ldm_shape_eq(a, b) || !(a->ndim == 4 || (volumes && a->ndim == 5)))
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: images must be [B, C, H, W]%s of the same shape, got %s and %s", what,
+                              volumes ? " or volumes [B, C, T, H, W]" : " (2-D only)",
                               ldm_shape_str(a, s1, sizeof s1), ldm_shape_str(b, s2, sizeof s2));
-    if (a->shape[2] < min_hw || a->shape[3] < min_hw)
+    if (a->shape[a->ndim - 2] < min_hw || a->shape[a->ndim - 1] < min_hw)
         return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: images of %lldx%lld pixels are too small (at least %dx%d)", what,
-                              (long long)a->shape[2], (long long)a->shape[3], min_hw, min_hw);
+                              (long long)a->shape[a->ndim - 2], (long long)a->shape[a->ndim - 1], min_hw, min_hw);
     return LDM_OK;
 }
 /* host copies of both images (malloc'd, a then b) */
@@ -806,7 +809,7 @@ static float *ldm__metric_host(ldm_ctx *ctx, const ldm_tensor *a, const ldm_tens
 }
 
 LDM_API ldm_result ldm_metric_psnr(ldm_ctx *ctx, const ldm_tensor *a, const ldm_tensor *b, double data_range, double *out) {
-    if (ldm__metric_args(ctx, a, b, 1, "PSNR")) return ldm_ctx_status(ctx);
+    if (ldm__metric_args(ctx, a, b, 1, 1, "PSNR")) return ldm_ctx_status(ctx);
     float *h = ldm__metric_host(ctx, a, b);
     if (!h) return ldm_ctx_status(ctx);
     int64_t B = a->shape[0], n = a->numel / B;
@@ -838,7 +841,7 @@ static void ldm__ssim_filter(const double *img, int64_t H, int64_t W, const doub
 }
 
 LDM_API ldm_result ldm_metric_ssim(ldm_ctx *ctx, const ldm_tensor *a, const ldm_tensor *b, double data_range, double *out) {
-    if (ldm__metric_args(ctx, a, b, 11, "SSIM")) return ldm_ctx_status(ctx);
+    if (ldm__metric_args(ctx, a, b, 11, 0, "SSIM")) return ldm_ctx_status(ctx);
     float *h = ldm__metric_host(ctx, a, b);
     if (!h) return ldm_ctx_status(ctx);
     int64_t B = a->shape[0], C = a->shape[1], H = a->shape[2], W = a->shape[3], S = H * W, O = (H - 10) * (W - 10);

@@ -5,7 +5,7 @@
    moments, sample, decode, KL, batch-chunked inference, input gradient and every parameter
    gradient; the LPIPS-free volume loss (L1/L2 + learned logvar + KL + 3-D PatchGAN hinge with
    the adaptive weight): losses, logs, gradients and BatchNorm3d statistics; the UNet with
-   dims 3 on a latent volume; end to end: the 3-D first stage's latent, the UNet's eps loss
+   dims 3 on a latent volume; PSNR of volumes; end to end: the 3-D first stage's latent, the UNet's eps loss
    (p_losses) and a DDIM sample decoded to a volume; the `dims` config key, save/load of 5-D weights, and the errors
    for 2-D/3-D mix-ups. Loads files, so it also runs under ASan/UBSan: LDM_TEST_SANITIZE */
 #define LDM_IMPLEMENTATION
@@ -547,6 +547,30 @@ static void test_pipeline(ldm_ctx *ctx, ldm_weights *fx) {
     ldm_vae_destroy(v);
 }
 
+/* PSNR of volumes (over C,T,H,W); SSIM stays 2-D and says so */
+static void test_metrics(ldm_ctx *ctx, ldm_weights *fx) {
+    ldm_step_reset(ctx);
+    ldm_tensor *a = hashed(ctx, "psnr.a", ldm_shape5(2, 1, 6, 7, 8), 1.0f);
+    ldm_tensor *d = hashed(ctx, "psnr.b", ldm_shape5(2, 1, 6, 7, 8), 0.1f);
+    ldm_tensor *b = ldm_add(ctx, a, d);
+    double out[2] = {0, 0};
+    float got[2];
+    long n = 0;
+    float *want = lt_load(ctx, fx, "psnr", &n);
+    if (!ldm_metric_psnr(ctx, a, b, 2.0, out) && want && n == 2) {
+        got[0] = (float)out[0]; got[1] = (float)out[1];
+        lt_close("PSNR of [2, 1, 6, 7, 8] volumes (over C,T,H,W)", got, want, 2, 0.0, 1e-5);
+    } else {
+        lt_report(0, "PSNR of volumes", "%s", ldm_ctx_error(ctx));
+    }
+    free(want);
+    ldm_ctx_clear_error(ctx);
+    ldm_result r = ldm_metric_ssim(ctx, a, b, 2.0, out);
+    lt_report(r != LDM_OK && strstr(ldm_ctx_error(ctx), "2-D only"), "SSIM of volumes is refused (2-D only)", "%s", ldm_ctx_error(ctx));
+    ldm_ctx_clear_error(ctx);
+    ldm_step_reset(ctx);
+}
+
 /* every fixture check on ctx's device; full: also the CPU-only I/O and error checks */
 static void run_all(ldm_ctx *ctx, int full) {
     ldm_weights *fx = NULL;
@@ -563,6 +587,7 @@ static void run_all(ldm_ctx *ctx, int full) {
 #ifndef LDM_CUDA_EMULATOR /* its parts are all above; on the emulator it would double the time */
     test_pipeline(ctx, fx);
 #endif
+    if (full) test_metrics(ctx, fx);
     ldm_weights_close(fx);
     if (full) {
         test_vae_io_and_errors(ctx);

@@ -20,6 +20,7 @@ weight (tests/ref/common.py hash_init; the C test makes the same ones), so none 
   ldm.*      end to end: vae0 encodes a [1, 1, 16, 16, 16] volume (mode x 0.5), the UNet's eps
              loss at t = 613 of the linear schedule (0.0015, 0.0195) with its gradient
              projections, and a 4-step DDIM (eta 0) sample from a hash x_T decoded to a volume
+  psnr       PSNR of two [2, 1, 6, 7, 8] volumes over C,T,H,W (data_range 2)
 Run: /usr/bin/python3 tests/ref/vol3d_ref.py  (from the repository root)"""
 import os, sys
 import torch
@@ -213,6 +214,11 @@ with torch.no_grad():
     vol = m.decode(x / SCALE)
 t.update({"ldm.sample": x, "ldm.volume": vol})
 print("ldm loss", float(loss), "sample volume", tuple(vol.shape))
+
+# ---- PSNR over C,T,H,W (skimage's formula per volume), data_range 2 ----
+pa = hashed("psnr.a", (2, 1, 6, 7, 8))
+pb = pa + 0.1 * hashed("psnr.b", (2, 1, 6, 7, 8))
+t["psnr"] = 10.0 * torch.log10(4.0 / ((pa.float().double() - pb.float().double()) ** 2).mean(dim=[1, 2, 3, 4]))
 
 t = {k: v.detach().float().contiguous() for k, v in t.items()}
 path = os.path.join(FIX, "vol3d_ref.safetensors")
