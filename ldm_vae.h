@@ -49,9 +49,9 @@
    Downsample pads back/bottom/right by 1 and runs a 3x3x3 stride-2 conv (avg_pool3d 2 without
    resamp_with_conv), so T, H and W all halve; Upsample is nearest x2 in T, H and W, then a
    3x3x3 conv; AttnBlock attends over all T*H*W positions; GroupNorm as in 2-D. Save/load
-   as in 2-D (a 2-D checkpoint fails with a shape error naming the tensors). Not for volumes:
-   the VQ first stage (n_embed > 0) and tiled inference (tile > 0 is an error; batch = 1
-   bounds memory to one volume).
+   as in 2-D (a 2-D checkpoint fails with a shape error naming the tensors). Tiled inference
+   tiles T, H and W with cubes of `tile` voxels, blended by the product of the per-axis
+   ramps. The VQ first stage (n_embed > 0) is 2-D only.
 
    Weights: ldm_vae_load reads safetensors/.ckpt/.pth and detects the layout: CompVis names,
    diffusers names (down_blocks/up_blocks/mid_block..., attention as [C,C] linears), and
@@ -211,7 +211,7 @@ LDM_API ldm_tensor *ldm_vae_posterior_nll(ldm_ctx *ctx, const ldm_vae_posterior 
 /* ---- inference in bounded memory ---- */
 typedef struct ldm_vae_infer {
     int batch;                    /* samples per pass (0: all) */
-    int tile;                     /* tile size in image pixels (0: no tiling); rounded down to a multiple of f; 2-D only */
+    int tile;                     /* tile size in image pixels (0: no tiling); rounded down to a multiple of f; volumes: cubes over T, H, W */
     int overlap;                  /* overlap in image pixels (0: tile/4), a multiple of f */
 } ldm_vae_infer;
 /* Posterior of x (mean and logvar, grad off). Tiled encoding needs H and W divisible by f. */
@@ -768,50 +768,26 @@ static ldm_tensor *ldm__vae_enc_moments(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x)
     return ldm__vae_conv_fwd(ctx, &v->quant_conv, ldm_vae_encoder_forward(ctx, v, x));
 }
 
-/* Volumes (dims 3): fn over batch chunks of x, no tiles; the chunks' outputs are gathered on
-   the host as the tiled path does and copied to x's device at the end. */
-static ldm_tensor *ldm__vae_chunked(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, const ldm_vae_infer *opt, ldm__vae_fn fn) {
-    if (opt && opt->tile > 0) {
-        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: tiled inference is 2-D only; dims = 3 got tile %d (hint: tile 0, and "
-                       "batch = 1 to bound memory by one volume)", opt->tile);
-        return NULL;
-    }
-    int64_t B = x->shape[0], nb = opt && opt->batch > 0 ? opt->batch : B;
-    int prev = ldm_set_grad_enabled(ctx, 0);
-    if (nb >= B) { ldm_tensor *o = fn(ctx, v, x); ldm_set_grad_enabled(ctx, prev); return o; }
-    float *acc = NULL;
-    ldm_shape os = ldm_shape1(0);
-    int64_t per = 0;
-    for (int64_t b0 = 0; b0 < B && !ldm_ctx_status(ctx); b0 += nb) {
-        int64_t bn = LDM__VAE_MIN(nb, B - b0);
-        ldm_mark m = ldm_arena_mark(ctx);
-        ldm_tensor *o = fn(ctx, v, ldm_slice(ctx, x, 0, b0, bn));
-        if (o && !acc) { /* the first chunk tells the output shape */
-            os = ldm_shape_of(o);
-            os.d[0] = B;
-            per = o->numel / bn;
-            acc = (float *)LDM_MALLOC(sizeof(float) * (size_t)(per * B));
-            if (!acc) ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "AutoencoderKL: out of host memory for %lld output values", (long long)(per * B));
-        }
-        if (o && acc) ldm_to_host(ctx, o, acc + b0 * per);
-        ldm_arena_rewind(ctx, m);
-    }
-    ldm_set_grad_enabled(ctx, prev);
-    ldm_tensor *out = ldm_ctx_status(ctx) || !acc ? NULL : ldm_from_host(ctx, os, acc);
-    LDM_FREE(acc);
-    return out;
-}
-
 /* Runs fn over x in batch chunks and tiles and blends the results. up > 0: outputs are `up`
-   times larger than inputs (decoding); up < 0: `-up` times smaller (encoding). */
+   times larger than inputs (decoding); up < 0: `-up` times smaller (encoding). Images tile
+   over H, W and volumes over T, H, W (cubes of the same size); internally both use three
+   axes, an image's first one of size 1. */
 static ldm_tensor *ldm__vae_tiled(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, const ldm_vae_infer *opt, ldm__vae_fn fn,
                                   int out_ch, int up) {
     if (!x || ldm_ctx_status(ctx)) return NULL;
-    if (v->cfg.dims == 3) return ldm__vae_chunked(ctx, v, x, opt, fn);
-    if (x->ndim != 4) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: expected a 4-D [B, C, H, W] input"); return NULL; }
+    int nd = v->cfg.dims == 3 ? 3 : 2, off = 3 - nd;
+    if (x->ndim != nd + 2) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: expected a %d-D %s input", nd + 2, nd == 3 ? "[B, C, T, H, W]" : "[B, C, H, W]");
+        return NULL;
+    }
     int f = ldm_vae_factor(&v->cfg);
-    int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3];
-    int64_t OH = up > 0 ? H * up : H / -up, OW = up > 0 ? W * up : W / -up;
+    int64_t B = x->shape[0], S[3], OS[3], smax = 0;
+    for (int a = 0; a < 3; a++) {
+        S[a] = a < off ? 1 : x->shape[2 + a - off];
+        OS[a] = up > 0 ? S[a] * up : S[a] / -up;
+        if (a >= off) smax = LDM__VAE_MAX(smax, S[a]);
+    }
+    if (off) OS[0] = 1;
     int64_t nb = opt && opt->batch > 0 ? opt->batch : B;
     /* tile and overlap in input units */
     int64_t ti = 0, oi = 0;
@@ -823,20 +799,28 @@ static ldm_tensor *ldm__vae_tiled(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, const
                            opt->tile, opt->overlap, f, 2 * f);
             return NULL;
         }
-        if (up < 0 && (H % f || W % f)) {
-            ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: tiled encoding needs H and W divisible by %d, got %lldx%lld",
-                           f, (long long)H, (long long)W);
+        for (int a = off; a < 3; a++)
+            if (up < 0 && S[a] % f) {
+                ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: tiled encoding needs %s divisible by %d, got %lld", nd == 3 ? "T, H and W" : "H and W",
+                               f, (long long)S[a]);
+                return NULL;
+            }
+    }
+    int fits = 1;
+    for (int a = off; a < 3; a++) fits = fits && ti >= S[a];
+    if (ti <= 0 || fits) ti = smax, oi = 0;
+    for (int a = off; a < 3; a++)
+        if (ti < S[a] && (S[a] - ti) / (ti - oi) + 2 > 512) {
+            ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: more than 512 tiles per side (hint: a larger tile)");
             return NULL;
         }
+    int64_t st[3][512];
+    int n[3];
+    for (int a = 0; a < 3; a++) {
+        if (a < off) { st[a][0] = 0; n[a] = 1; }
+        else n[a] = ldm__vae_tiles(S[a], LDM__VAE_MIN(ti, S[a]), oi, st[a], 512);
     }
-    if (ti <= 0 || (ti >= H && ti >= W)) ti = LDM__VAE_MAX(H, W), oi = 0;
-    if ((ti < H && (H - ti) / (ti - oi) + 2 > 512) || (ti < W && (W - ti) / (ti - oi) + 2 > 512)) {
-        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: more than 512 tiles per side (hint: a larger tile)");
-        return NULL;
-    }
-    int64_t ys[512], xs[512];
-    int ny = ldm__vae_tiles(H, LDM__VAE_MIN(ti, H), oi, ys, 512), nx = ldm__vae_tiles(W, LDM__VAE_MIN(ti, W), oi, xs, 512);
-    if (ny == 1 && nx == 1 && nb >= B) { /* one piece: fn's result as it is, on x's device */
+    if (n[0] == 1 && n[1] == 1 && n[2] == 1 && nb >= B) { /* one piece: fn's result as it is, on x's device */
         int prev = ldm_set_grad_enabled(ctx, 0);
         ldm_tensor *o = fn(ctx, v, x);
         ldm_set_grad_enabled(ctx, prev);
@@ -844,47 +828,56 @@ static ldm_tensor *ldm__vae_tiled(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, const
     }
     /* Tiles and chunks are blended on the host: the output is assembled in CPU memory and
        copied to x's device at the end. */
-    int64_t oplane = OH * OW;
+    int64_t oplane = OS[0] * OS[1] * OS[2];
     float *acc = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(B * out_ch * oplane));
     float *wsum = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)oplane);
     if (!acc || !wsum) return NULL;
     memset(acc, 0, sizeof(float) * (size_t)(B * out_ch * oplane));
     memset(wsum, 0, sizeof(float) * (size_t)oplane);
     int prev = ldm_set_grad_enabled(ctx, 0);
+    int64_t ovo = up > 0 ? oi * up : oi / -up; /* the overlap in output units */
     for (int64_t b0 = 0; b0 < B && !ldm_ctx_status(ctx); b0 += nb) {
         int64_t bn = LDM__VAE_MIN(nb, B - b0);
-        for (int ty = 0; ty < ny; ty++)
-            for (int tx = 0; tx < nx && !ldm_ctx_status(ctx); tx++) {
-                ldm_mark m = ldm_arena_mark(ctx);
-                int64_t th = LDM__VAE_MIN(ti, H), tw = LDM__VAE_MIN(ti, W);
-                ldm_tensor *in = x;
-                if (bn != B) in = ldm_slice(ctx, in, 0, b0, bn);
-                if (th != H) in = ldm_slice(ctx, in, 2, ys[ty], th);
-                if (tw != W) in = ldm_slice(ctx, in, 3, xs[tx], tw);
-                ldm_tensor *o = fn(ctx, v, in);
-                float *host = o ? (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)o->numel) : NULL;
-                if (!host || ldm_to_host(ctx, o, host)) { ldm_arena_rewind(ctx, m); break; }
-                int64_t oh = o->shape[2], ow = o->shape[3];
-                int64_t oy = up > 0 ? ys[ty] * up : ys[ty] / -up, ox = up > 0 ? xs[tx] * up : xs[tx] / -up;
-                int64_t ovy = up > 0 ? oi * up : oi / -up;
-                for (int64_t yy = 0; yy < oh; yy++) {
-                    float wy = ldm__vae_ramp(yy, oy, oh, OH, ny > 1 ? ovy : 0);
-                    for (int64_t xx = 0; xx < ow; xx++) {
-                        float wgt = wy * ldm__vae_ramp(xx, ox, ow, OW, nx > 1 ? ovy : 0);
-                        int64_t pix = (oy + yy) * OW + ox + xx;
+        for (int k = 0; k < n[0] * n[1] * n[2] && !ldm_ctx_status(ctx); k++) {
+            int ix[3] = {k / (n[1] * n[2]), k / n[2] % n[1], k % n[2]};
+            ldm_mark m = ldm_arena_mark(ctx);
+            ldm_tensor *in = x;
+            if (bn != B) in = ldm_slice(ctx, in, 0, b0, bn);
+            for (int a = off; a < 3; a++)
+                if (LDM__VAE_MIN(ti, S[a]) != S[a]) in = ldm_slice(ctx, in, 2 + a - off, st[a][ix[a]], ti);
+            ldm_tensor *o = fn(ctx, v, in);
+            float *host = o ? (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)o->numel) : NULL;
+            if (!host || ldm_to_host(ctx, o, host)) { ldm_arena_rewind(ctx, m); break; }
+            int64_t os[3], oo[3];
+            for (int a = 0; a < 3; a++) {
+                os[a] = a < off ? 1 : o->shape[2 + a - off];
+                oo[a] = up > 0 ? st[a][ix[a]] * up : st[a][ix[a]] / -up;
+            }
+            for (int64_t zz = 0; zz < os[0]; zz++) {
+                float wz = ldm__vae_ramp(zz, oo[0], os[0], OS[0], n[0] > 1 ? ovo : 0);
+                for (int64_t yy = 0; yy < os[1]; yy++) {
+                    float wy = wz * ldm__vae_ramp(yy, oo[1], os[1], OS[1], n[1] > 1 ? ovo : 0);
+                    for (int64_t xx = 0; xx < os[2]; xx++) {
+                        float wgt = wy * ldm__vae_ramp(xx, oo[2], os[2], OS[2], n[2] > 1 ? ovo : 0);
+                        int64_t pix = ((oo[0] + zz) * OS[1] + oo[1] + yy) * OS[2] + oo[2] + xx;
+                        int64_t src = (zz * os[1] + yy) * os[2] + xx, tplane = os[0] * os[1] * os[2];
                         if (b0 == 0) wsum[pix] += wgt;
                         for (int64_t bc = 0; bc < bn * out_ch; bc++)
-                            acc[(b0 * out_ch + bc) * oplane + pix] += wgt * host[(bc * oh + yy) * ow + xx];
+                            acc[(b0 * out_ch + bc) * oplane + pix] += wgt * host[bc * tplane + src];
                     }
                 }
-                ldm_arena_rewind(ctx, m);
             }
+            ldm_arena_rewind(ctx, m);
+        }
     }
     ldm_set_grad_enabled(ctx, prev);
     if (ldm_ctx_status(ctx)) return NULL;
     for (int64_t i = 0; i < B * out_ch; i++)
         for (int64_t p = 0; p < oplane; p++) acc[i * oplane + p] /= wsum[p];
-    return ldm_from_host(ctx, ldm_shape4(B, out_ch, OH, OW), acc);
+    ldm_shape os = ldm_shape_of(x);
+    os.d[1] = out_ch;
+    for (int a = off; a < 3; a++) os.d[2 + a - off] = OS[a];
+    return ldm_from_host(ctx, os, acc);
 }
 
 LDM_API ldm_result ldm_vae_encode_infer(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, const ldm_vae_infer *opt, ldm_vae_posterior *q) {
@@ -895,8 +888,8 @@ LDM_API ldm_result ldm_vae_encode_infer(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x,
                               v->cfg.in_channels, ldm__vae_sp(v), v->cfg.dims);
     }
     int f = ldm_vae_factor(&v->cfg);
-    if (x && v->cfg.dims == 2 && (x->shape[2] % f || x->shape[3] % f) && opt && opt->tile > 0)
-        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: tiled encoding needs H and W divisible by %d", f);
+    if (x && (x->shape[2] % f || x->shape[3] % f || (x->ndim == 5 && x->shape[4] % f)) && opt && opt->tile > 0)
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: tiled encoding needs %s divisible by %d", v->cfg.dims == 3 ? "T, H and W" : "H and W", f);
     ldm_tensor *mom = ldm__vae_tiled(ctx, v, x, opt, ldm__vae_enc_moments, (v->codebook ? 1 : 2) * v->cfg.embed_dim, -f);
     if (v->codebook) { q->mean = mom; return mom ? LDM_OK : ldm_ctx_status(ctx); } /* VQ: h, not quantized */
     int prev = ldm_set_grad_enabled(ctx, 0);
