@@ -134,8 +134,8 @@ LDM_API ldm_vae_config ldm_vae_config_vq_f4(void);  /* CompVis vq-f4: ch 128, ch
 LDM_API ldm_result ldm_vae_config_check(ldm_ctx *ctx, const ldm_vae_config *cfg);
 LDM_API int ldm_vae_factor(const ldm_vae_config *cfg);   /* f = 2^(n_levels-1) */
 
-/* One conv of the model: nn.Conv2d (dims 2) or nn.Conv3d (dims 3); weight/bias alias the
-   active one's, so code that reads .weight works for both. */
+/* One conv of the model: nn.Conv2d (dims 2) or nn.Conv3d (dims 3). weight/bias are the
+   registered tensors (the forward uses these); c2 / c3 hold the geometry. */
 typedef struct ldm__vae_conv {
     ldm_tensor *weight, *bias;    /* [O, I, k, k] or [O, I, k, k, k]; [O] */
     int in, out, dims;
@@ -318,8 +318,11 @@ static void ldm__vae_conv_init(ldm_nn_params *P, ldm__vae_conv *m, const char *n
         m->weight = m->c2.weight; m->bias = m->c2.bias;
     }
 }
+/* weight/bias from the aliases (the one place to swap them), geometry from c2 / c3 */
 static ldm_tensor *ldm__vae_conv_fwd(ldm_ctx *ctx, const ldm__vae_conv *m, ldm_tensor *x) {
-    return m->dims == 3 ? ldm_nn_conv3d_forward(ctx, &m->c3, x) : ldm_nn_conv2d_forward(ctx, &m->c2, x);
+    if (m->dims == 3) return ldm_conv3d_ex(ctx, x, m->weight, m->bias, m->c3.stride, m->c3.pad);
+    const ldm_nn_conv2d *c = &m->c2;
+    return ldm_conv2d_ex(ctx, x, m->weight, m->bias, c->stride_h, c->stride_w, c->pad[0], c->pad[1], c->pad[2], c->pad[3]);
 }
 static void ldm__vae_reg_res(ldm_nn_params *P, ldm__vae_res *r, int d, int cin, int cout) {
     ldm_nn_groupnorm_init(P, &r->norm1, "norm1", 32, cin, 1e-6f, 1);
