@@ -222,11 +222,33 @@ static ldm_vae *make_vae(ldm_ctx *ctx, int k) {
     return v;
 }
 
+/* Every registry entry's shape against PyTorch's state dict (<pre><name>), and the counts. */
+static void check_shapes(ldm_weights *fx, ldm_nn_params *P, const char *pre, const char *tag) {
+    int n_fix = 0, n_ok = 0;
+    size_t pl = strlen(pre);
+    char name[300];
+    for (int i = 0; i < ldm_weights_count(fx); i++) if (!strncmp(ldm_weights_info(fx, i)->name, pre, pl)) n_fix++;
+    for (int i = 0; i < ldm_nn_count(P); i++) {
+        const ldm_nn_entry *e = ldm_nn_entry_at(P, i);
+        snprintf(name, sizeof name, "%s%s", pre, e->name);
+        int j = ldm_weights_find(fx, name);
+        float sh[LDM_MAX_DIMS];
+        int ok = j >= 0 && ldm_weights_info(fx, j)->numel == e->t->ndim && ldm_weights_read(NULL, fx, j, sh) == LDM_OK;
+        for (int d = 0; ok && d < e->t->ndim; d++) ok = (int64_t)sh[d] == e->t->shape[d];
+        if (ok) n_ok++;
+        else printf("  %s: %s\n", e->name, j < 0 ? "not in the PyTorch state dict" : "shape differs from PyTorch's");
+    }
+    snprintf(name, sizeof name, "%s: state-dict names and shapes (%d entries, 5-D convs)", tag, n_fix);
+    lt_report(n_ok == n_fix && ldm_nn_count(P) == n_fix, name, "%d of %d match, %d here", n_ok, n_fix, ldm_nn_count(P));
+}
+
 static void test_vae(ldm_ctx *ctx, ldm_weights *fx, int k) {
     char tag[64], key[96], label[160];
     snprintf(tag, sizeof tag, "vae3d case %d (%s)", k, k ? "avg-pool/nearest resampling, 3 levels" : "attention, strided convs");
     ldm_vae *v = make_vae(ctx, k);
     if (!v) return;
+    snprintf(key, sizeof key, "vae%d.shape.", k);
+    check_shapes(fx, v->P, key, tag);
     ldm_step_reset(ctx);
     ldm_nn_zero_grad(ctx, v->P);
     snprintf(key, sizeof key, "vae%d.x", k);

@@ -9,7 +9,7 @@ weight (tests/ref/common.py hash_init; the C test makes the same ones), so none 
   vae<k>.*   a tiny 3-D AutoencoderKL (vae_model.py with dims=3): moments (mean, logvar), z =
              mean + exp(logvar/2) eps, decode(z), decode(mean), kl; loss = sum(dec * R) +
              0.01 sum(kl): its value, x_grad, and per parameter gproj (gradient . hash vector,
-             |gradient|^2)
+             |gradient|^2) and shape.<name> (the state-dict shape)
   loss<k>.*  the LPIPS-free volume loss on vae0's model (L1 or L2 reconstruction with the
              learned logvar + kl_weight KL + 3-D PatchGAN hinge with the adaptive weight), the
              generator and discriminator losses, every logged value, the VAE's gradient
@@ -105,6 +105,8 @@ for k, (dd, embed, shape) in enumerate(VAES):
     t.update({p + "mean": mean, p + "logvar": logvar, p + "z": z, p + "dec": dec, p + "dec_mode": dec_mode, p + "kl": klv,
               p + "loss": loss.reshape(1), p + "x_grad": x.grad})
     gproj(p + "gproj.", m)
+    for name, v in m.state_dict().items():
+        t[p + "shape." + name] = torch.tensor(list(v.shape), dtype=torch.float64)
     vaes.append((m, shape))
     print("vae%d params %d" % (k, sum(q.numel() for q in m.parameters())), "latent", tuple(mean.shape))
 
