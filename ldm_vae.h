@@ -214,7 +214,7 @@ typedef struct ldm_vae_infer {
     int tile;                     /* tile size in image pixels (0: no tiling); rounded down to a multiple of f; volumes: cubes over T, H, W */
     int overlap;                  /* overlap in image pixels (0: tile/4), a multiple of f */
 } ldm_vae_infer;
-/* Posterior of x (mean and logvar, grad off). Tiled encoding needs H and W divisible by f. */
+/* Posterior of x (mean and logvar, grad off). Tiled encoding needs H and W (volumes: T, H, W) divisible by f. */
 LDM_API ldm_result ldm_vae_encode_infer(ldm_ctx *ctx, ldm_vae *vae, ldm_tensor *x, const ldm_vae_infer *opt, ldm_vae_posterior *q);
 LDM_API ldm_tensor *ldm_vae_decode_infer(ldm_ctx *ctx, ldm_vae *vae, ldm_tensor *z, const ldm_vae_infer *opt);
 
