@@ -107,7 +107,7 @@ flags_objs() {
 }
 
 # Tests that also run the CUDA back end's code on the CPU emulator (build/emu/).
-EMU_TESTS="tests/test_vdit.c tests/test_lora.c tests/test_cuda.c tests/test_vae.c tests/test_lpips.c tests/test_attention.c tests/test_denoisers.c tests/test_diffusion.c tests/test_vq.c tests/test_latent_diffusion.c"
+EMU_TESTS="tests/test_vdit.c tests/test_lora.c tests/test_cuda.c tests/test_vae.c tests/test_lpips.c tests/test_attention.c tests/test_denoisers.c tests/test_diffusion.c tests/test_vq.c tests/test_latent_diffusion.c tests/test_vol3d.c"
 
 build_all() {
   local ok=0 src out extra

@@ -29,9 +29,10 @@
        ldm_backward(ctx, ld);  ...step opt_d...
        ldm_lpips_loss_destroy(L);
 
-   Shape legend: B batch, C channels (3), H, W image size.
+   Shape legend: B batch, C channels (3), H, W image size, T depth of volumes.
        images x, xrec [B, 3, H, W] in [-1, 1]; LPIPS value [B, 1, 1, 1];
-       discriminator logits [B, 1, H', W'] (H' = H/8 - 2 for n_layers 3).
+       discriminator logits [B, 1, H', W'] (H' = H/8 - 2 for n_layers 3);
+       volumes (disc_dims 3) x, xrec [B, C, T, H, W] -> logits [B, 1, T', H', W'].
 
    LPIPS (taming/modules/losses/lpips.py, the PerceptualSimilarity v0.1 "vgg" model):
        x -> (x - shift) / scale, shift = (-.030, -.088, -.188), scale = (.458, .448, .450);
@@ -97,8 +98,21 @@
        perceptual_weight = 0 trains without LPIPS (no VGG weights needed; the LPIPS is not even
        allocated); ldm_lpips_loss_ready returns the notice to print once.
 
+   The LPIPS-free loss for volumes (x, xrec [B, C, T, H, W]); three config keys of ldm.h's own:
+       pixel_loss  "l1" (the reference's |x - xrec|) or "l2" ((x - xrec)^2): the rec term above
+       disc_dims   3: NLayerDiscriminator with Conv3d (4x4x4 kernels, stride 2 or 1 in all three
+                   axes, padding 1) and BatchNorm3d, the same names main.N.*; needs
+                   perceptual_weight 0 (LPIPS is a 2-D VGG16 metric; create says so)
+       disc_ndf    the PatchGAN's base channels (64, fixed in the reference; a 3-D PatchGAN's
+                   k4 kernels have 4x the weights, so volumes may want fewer)
+       Everything else is unchanged: loss = sum(rec / exp(logvar) + logvar) / B + kl_weight *
+       sum(kl) / B + d_weight * disc_factor * g_loss, with the adaptive d_weight, the hinge or
+       vanilla discriminator loss and the same logs. Each PatchGAN3d stage maps n -> n/2 (stride
+       2) or n - 1 (stride 1), so T, H, W must stay >= 1 through them (e.g. 12 for n_layers 2).
+
    Metrics (separate from the losses; no autograd; per image):
-       PSNR = 10 log10(R^2 / mean((a - b)^2)) over C, H, W (skimage peak_signal_noise_ratio).
+       PSNR = 10 log10(R^2 / mean((a - b)^2)) over C, H, W (skimage peak_signal_noise_ratio);
+              volumes [B, C, T, H, W]: over C, T, H, W (SSIM and LPIPS stay 2-D).
        SSIM = skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
               use_sample_covariance=False, data_range=R, channel_axis) : Gaussian window
               11 x 11 (truncate 3.5), K1 0.01, K2 0.03, population covariances, the SSIM map
@@ -141,12 +155,17 @@ LDM_API ldm_tensor *ldm_lpips_forward(ldm_ctx *ctx, ldm_lpips *lp, ldm_tensor *x
 #define LDM_PATCHGAN_MAX_LAYERS 6
 typedef struct ldm_patchgan {
     ldm_nn_conv2d conv[LDM_PATCHGAN_MAX_LAYERS + 2];
+    ldm_nn_conv3d conv3[LDM_PATCHGAN_MAX_LAYERS + 2];   /* dims 3: these instead of conv[] */
     ldm_nn_batchnorm norm[LDM_PATCHGAN_MAX_LAYERS];
     int n_layers;
+    int dims;                     /* 2: images [B,C,H,W]; 3: volumes [B,C,T,H,W] */
 } ldm_patchgan;
 /* Registers "<prefix>.<name>.main.N.*" with taming's init rules (use_actnorm: error). */
 LDM_API ldm_result ldm_patchgan_init(ldm_nn_params *P, ldm_patchgan *D, const char *name, int input_nc, int ndf,
                                      int n_layers, int use_actnorm);
+/* dims 3: the same network with Conv3d (k4, 4x4x4 kernels) and BatchNorm3d, same names. */
+LDM_API ldm_result ldm_patchgan_init_ex(ldm_nn_params *P, ldm_patchgan *D, const char *name, int input_nc, int ndf,
+                                        int n_layers, int use_actnorm, int dims);
 LDM_API ldm_tensor *ldm_patchgan_forward(ldm_ctx *ctx, ldm_patchgan *D, ldm_tensor *x, int training);
 
 /* ---- LPIPSWithDiscriminator ------------------------------------------------------------- */
@@ -166,7 +185,10 @@ LDM_API ldm_tensor *ldm_patchgan_forward(ldm_ctx *ctx, ldm_patchgan *D, ldm_tens
     X(use_actnorm, BOOL, "false", "false only")                                                     \
     X(disc_conditional, BOOL, "false", "false only")                                                \
     X(disc_loss, STR, "hinge", "hinge or vanilla")                                                  \
-    X(lpips_eval, BOOL, "false", "ldm.h's: LPIPS without its dropout while training")
+    X(lpips_eval, BOOL, "false", "ldm.h's: LPIPS without its dropout while training")              \
+    X(pixel_loss, STR, "l1", "ldm.h's: l1 (the reference's |x - xrec|) or l2 ((x - xrec)^2)")      \
+    X(disc_dims, BETWEEN(INT, 2, 3), "2", "ldm.h's: 2 (images) or 3 (volumes: Conv3d/BatchNorm3d PatchGAN)") \
+    X(disc_ndf, AT_LEAST(INT, 1), "64", "ldm.h's: PatchGAN base channels (the reference's fixed 64)")
 
 /* Hyper-parameters in double, as in Python (they round to float where torch does). */
 typedef struct ldm_lpips_loss_config {
@@ -178,6 +200,9 @@ typedef struct ldm_lpips_loss_config {
     int disc_conditional;         /* must be 0 */
     const char *disc_loss;        /* "hinge" (also NULL) or "vanilla"; read at create */
     int lpips_eval;               /* 1: no LPIPS dropout even while training */
+    const char *pixel_loss;       /* "l1" (also NULL) or "l2"; read at create */
+    int disc_dims;                /* 2 (also 0) or 3: volumes, which need perceptual_weight 0 */
+    int disc_ndf;                 /* PatchGAN base channels; 0 reads as 64 */
 } ldm_lpips_loss_config;
 LDM_API ldm_lpips_loss_config ldm_lpips_loss_defaults(void);   /* the reference's defaults */
 
@@ -189,6 +214,7 @@ typedef struct ldm_lpips_loss {
     ldm_lpips *lpips;             /* "perceptual_loss.*"; NULL when perceptual_weight is 0 */
     int training;                 /* 1 after create; 0 for validation (D eval, no dropout) */
     int hinge;
+    int l2;                       /* pixel_loss "l2" */
 } ldm_lpips_loss;
 
 /* Losses report named values in an ldm_loss_log (ldm_nn.h). */
@@ -217,7 +243,7 @@ LDM_API ldm_tensor *ldm_lpips_loss_generator(ldm_ctx *ctx, ldm_lpips_loss *L, ld
 LDM_API ldm_tensor *ldm_lpips_loss_discriminator(ldm_ctx *ctx, ldm_lpips_loss *L, ldm_tensor *x, ldm_tensor *xrec,
                                                  int64_t global_step, const char *split, ldm_loss_log *log);
 
-/* ---- metrics (a, b [B, C, H, W], same shape; out[B]) ------------------------------------ */
+/* ---- metrics (a, b [B, C, H, W], same shape; out[B]; PSNR also volumes [B, C, T, H, W]) -- */
 LDM_API ldm_result ldm_metric_psnr(ldm_ctx *ctx, const ldm_tensor *a, const ldm_tensor *b, double data_range, double *out);
 LDM_API ldm_result ldm_metric_ssim(ldm_ctx *ctx, const ldm_tensor *a, const ldm_tensor *b, double data_range, double *out);
 /* images in [-1, 1]; eval mode, grad off, activations freed before it returns */
@@ -491,11 +517,28 @@ LDM_API ldm_tensor *ldm_lpips_forward(ldm_ctx *ctx, ldm_lpips *lp, ldm_tensor *x
 }
 
 /* ---- PatchGAN discriminator -------------------------------------------------------------- */
+/* conv N of the PatchGAN, 2-D or 3-D, with taming's N(0, 0.02) weights */
+static void ldm__patchgan_conv(ldm_nn_params *P, ldm_patchgan *D, int i, const char *nm, int in, int out, int stride, int bias) {
+    ldm_tensor *w;
+    if (D->dims == 3) { ldm_nn_conv3d_init(P, &D->conv3[i], nm, in, out, 4, stride, 1, bias); w = D->conv3[i].weight; }
+    else { ldm_nn_conv2d_init(P, &D->conv[i], nm, in, out, 4, stride, 1, bias); w = D->conv[i].weight; }
+    ldm_nn_set_init(P, w, ldm_nn_init_normal(0.0f, 0.02f));
+}
+static ldm_tensor *ldm__patchgan_conv_fwd(ldm_ctx *ctx, const ldm_patchgan *D, int i, ldm_tensor *x) {
+    return D->dims == 3 ? ldm_nn_conv3d_forward(ctx, &D->conv3[i], x) : ldm_nn_conv2d_forward(ctx, &D->conv[i], x);
+}
 LDM_API ldm_result ldm_patchgan_init(ldm_nn_params *P, ldm_patchgan *D, const char *name, int input_nc, int ndf,
                                      int n_layers, int use_actnorm) {
+    return ldm_patchgan_init_ex(P, D, name, input_nc, ndf, n_layers, use_actnorm, 2);
+}
+LDM_API ldm_result ldm_patchgan_init_ex(ldm_nn_params *P, ldm_patchgan *D, const char *name, int input_nc, int ndf,
+                                        int n_layers, int use_actnorm, int dims) {
     ldm_ctx *ctx = P->ctx;
     memset(D, 0, sizeof *D);
     if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
+    if (dims != 2 && dims != 3)
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "NLayerDiscriminator: dims = %d (hint: 2 for images, 3 for volumes)", dims);
+    D->dims = dims;
     if (use_actnorm)
         return ldm_ctx_seterr(ctx, LDM_ERR_UNSUPPORTED, "NLayerDiscriminator: use_actnorm = true is not supported (hint: the "
                               "latent-diffusion configs use BatchNorm2d, use_actnorm: false)");
@@ -503,19 +546,16 @@ LDM_API ldm_result ldm_patchgan_init(ldm_nn_params *P, ldm_patchgan *D, const ch
         return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "NLayerDiscriminator: n_layers %d (1..%d), ndf %d, input_nc %d out of range",
                               n_layers, LDM_PATCHGAN_MAX_LAYERS, ndf, input_nc);
     D->n_layers = n_layers;
-    ldm_nn_init wn = ldm_nn_init_normal(0.0f, 0.02f);
     ldm_nn_push(P, name);
     ldm_nn_push(P, "main");
-    ldm_nn_conv2d_init(P, &D->conv[0], "0", input_nc, ndf, 4, 2, 1, 1);
-    ldm_nn_set_init(P, D->conv[0].weight, wn);
+    ldm__patchgan_conv(P, D, 0, "0", input_nc, ndf, 2, 1);
     int idx = 2, mult = 1;
     for (int n = 1; n <= n_layers; n++) {
         int prev = mult;
         mult = 1 << (n < 3 ? n : 3);
         char nm[16];
         snprintf(nm, sizeof nm, "%d", idx);
-        ldm_nn_conv2d_init(P, &D->conv[n], nm, ndf * prev, ndf * mult, 4, n < n_layers ? 2 : 1, 1, 0);
-        ldm_nn_set_init(P, D->conv[n].weight, wn);
+        ldm__patchgan_conv(P, D, n, nm, ndf * prev, ndf * mult, n < n_layers ? 2 : 1, 0);
         snprintf(nm, sizeof nm, "%d", idx + 1);
         ldm_nn_batchnorm_init(P, &D->norm[n - 1], nm, ndf * mult, 1e-5f, 0.1f, 1, 1);
         ldm_nn_set_init(P, D->norm[n - 1].weight, ldm_nn_init_normal(1.0f, 0.02f));
@@ -523,19 +563,24 @@ LDM_API ldm_result ldm_patchgan_init(ldm_nn_params *P, ldm_patchgan *D, const ch
     }
     char nm[16];
     snprintf(nm, sizeof nm, "%d", idx);
-    ldm_nn_conv2d_init(P, &D->conv[n_layers + 1], nm, ndf * mult, 1, 4, 1, 1, 1);
-    ldm_nn_set_init(P, D->conv[n_layers + 1].weight, wn);
+    ldm__patchgan_conv(P, D, n_layers + 1, nm, ndf * mult, 1, 1, 1);
     ldm_nn_pop(P);
     ldm_nn_pop(P);
     return ldm_ctx_status(ctx);
 }
 
 LDM_API ldm_tensor *ldm_patchgan_forward(ldm_ctx *ctx, ldm_patchgan *D, ldm_tensor *x, int training) {
+    if (x && !ldm_ctx_status(ctx) && x->ndim != D->dims + 2) {
+        char b[64];
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "NLayerDiscriminator: input %s, expected %s (dims %d; hint: disc_dims 3 for volumes)",
+                       ldm_shape_str(x, b, sizeof b), D->dims == 3 ? "[B, C, T, H, W]" : "[B, C, H, W]", D->dims);
+        return NULL;
+    }
     /* LeakyReLU(0.2, True) as taming: in place over the fresh conv / norm output */
-    ldm_tensor *h = ldm_leaky_relu_into(ctx, ldm_nn_conv2d_forward(ctx, &D->conv[0], x), 0.2f);
+    ldm_tensor *h = ldm_leaky_relu_into(ctx, ldm__patchgan_conv_fwd(ctx, D, 0, x), 0.2f);
     for (int n = 1; n <= D->n_layers; n++)
-        h = ldm_leaky_relu_into(ctx, ldm_nn_batchnorm_forward(ctx, &D->norm[n - 1], ldm_nn_conv2d_forward(ctx, &D->conv[n], h), training), 0.2f);
-    return ldm_nn_conv2d_forward(ctx, &D->conv[D->n_layers + 1], h);
+        h = ldm_leaky_relu_into(ctx, ldm_nn_batchnorm_forward(ctx, &D->norm[n - 1], ldm__patchgan_conv_fwd(ctx, D, n, h), training), 0.2f);
+    return ldm__patchgan_conv_fwd(ctx, D, D->n_layers + 1, h);
 }
 
 /* ---- LPIPSWithDiscriminator -------------------------------------------------------------- */
@@ -547,6 +592,7 @@ LDM_API ldm_lpips_loss_config ldm_lpips_loss_defaults(void) {
     c.disc_num_layers = 3; c.disc_in_channels = 3;
     c.disc_factor = 1.0; c.disc_weight = 1.0; c.perceptual_weight = 1.0;
     c.disc_loss = "hinge";
+    c.pixel_loss = "l1"; c.disc_dims = 2; c.disc_ndf = 64;
     return c;
 }
 
@@ -563,6 +609,18 @@ LDM_API ldm_result ldm_lpips_loss_create(ldm_ctx *ctx, ldm_lpips_loss **out, con
     const char *dl = cfg->disc_loss ? cfg->disc_loss : "hinge";
     if (strcmp(dl, "hinge") && strcmp(dl, "vanilla"))
         return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "LPIPSWithDiscriminator: disc_loss \"%s\" (hint: \"hinge\" or \"vanilla\")", dl);
+    const char *pl = cfg->pixel_loss ? cfg->pixel_loss : "l1";
+    if (strcmp(pl, "l1") && strcmp(pl, "l2"))
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "LPIPSWithDiscriminator: pixel_loss \"%s\" (hint: \"l1\" or \"l2\")", pl);
+    int ddims = cfg->disc_dims ? cfg->disc_dims : 2;
+    if (ddims != 2 && ddims != 3)
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "LPIPSWithDiscriminator: disc_dims = %d (hint: 2 for images, 3 for volumes)", cfg->disc_dims);
+    if (ddims == 3 && cfg->perceptual_weight > 0.0)
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "LPIPSWithDiscriminator: disc_dims = 3 (volumes) with perceptual_weight = %g: LPIPS is a "
+                              "2-D VGG16 metric (hint: perceptual_weight: 0.0 for volumes, the loss is then pixel_loss + KL + GAN)",
+                              cfg->perceptual_weight);
+    if (cfg->disc_ndf < 0)
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "LPIPSWithDiscriminator: disc_ndf = %d must be positive", cfg->disc_ndf);
     if (cfg->disc_conditional)
         return ldm_ctx_seterr(ctx, LDM_ERR_UNSUPPORTED, "LPIPSWithDiscriminator: disc_conditional = true is not supported "
                               "(hint: the latent-diffusion autoencoder configs leave it false)");
@@ -575,11 +633,16 @@ LDM_API ldm_result ldm_lpips_loss_create(ldm_ctx *ctx, ldm_lpips_loss **out, con
     L->cfg = *cfg;
     L->cfg.disc_loss = strcmp(dl, "hinge") ? "vanilla" : "hinge"; /* not the caller's string */
     L->hinge = !strcmp(dl, "hinge");
+    L->l2 = !strcmp(pl, "l2");
+    L->cfg.pixel_loss = L->l2 ? "l2" : "l1";
+    L->cfg.disc_dims = ddims;
+    L->cfg.disc_ndf = cfg->disc_ndf ? cfg->disc_ndf : 64;
     L->training = 1;
     ldm_result r = ldm_nn_params_create(ctx, &L->P, ldm_ctx_device(ctx));
     if (r) { LDM_FREE(L); return r; }
     L->logvar = ldm_nn_param(L->P, "logvar", ldm_shape_n(0, NULL), ldm_nn_init_const((float)cfg->logvar_init));
-    ldm_patchgan_init(L->P, &L->disc, "discriminator", cfg->disc_in_channels, 64, cfg->disc_num_layers, cfg->use_actnorm);
+    ldm_patchgan_init_ex(L->P, &L->disc, "discriminator", cfg->disc_in_channels, L->cfg.disc_ndf, cfg->disc_num_layers, cfg->use_actnorm,
+                         ddims);
     if (!ldm_ctx_status(ctx)) ldm_nn_set_trainable(L->P, "logvar", 0); /* in no optimizer: stays at logvar_init */
     if (!ldm_ctx_status(ctx)) ldm_nn_params_alloc(ctx, L->P);
     if (!ldm_ctx_status(ctx) && cfg->perceptual_weight > 0.0) ldm_lpips_create(ctx, &L->lpips, "perceptual_loss");
@@ -605,7 +668,8 @@ LDM_API ldm_result ldm_lpips_loss_ready(ldm_ctx *ctx, const ldm_lpips_loss *L, c
     if (notice) *notice = NULL;
     if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
     if (!L->lpips) {
-        if (notice) *notice = "loss: perceptual_weight = 0, training without LPIPS (reconstruction = L1 only; no VGG16 weights needed)";
+        if (notice) *notice = L->l2 ? "loss: perceptual_weight = 0, training without LPIPS (reconstruction = L2 only; no VGG16 weights needed)"
+                                    : "loss: perceptual_weight = 0, training without LPIPS (reconstruction = L1 only; no VGG16 weights needed)";
         return LDM_OK;
     }
     if (!L->lpips->loaded)
@@ -629,13 +693,15 @@ LDM_API ldm_result ldm_lpips_loss_load(ldm_ctx *ctx, ldm_lpips_loss *L, const ch
     return ldm_nn_load(ctx, L->P, path, &o);
 }
 
-static ldm_result ldm__loss_inputs(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *xrec, const char *what) {
+static ldm_result ldm__loss_inputs(ldm_ctx *ctx, const ldm_lpips_loss *L, ldm_tensor *x, ldm_tensor *xrec, const char *what) {
     if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
     if (!x || !xrec) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: NULL input", what);
     char a[96], b[96];
-    if (!ldm_shape_eq(x, xrec) || x->ndim != 4)
-        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: inputs %s and reconstructions %s must be the same [B, C, H, W] shape", what,
-                              ldm_shape_str(x, a, sizeof a), ldm_shape_str(xrec, b, sizeof b));
+    int nd = L->disc.dims + 2;
+    if (!ldm_shape_eq(x, xrec) || x->ndim != nd)
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: inputs %s and reconstructions %s must be the same %s shape (disc_dims %d%s)", what,
+                              ldm_shape_str(x, a, sizeof a), ldm_shape_str(xrec, b, sizeof b), nd == 5 ? "[B, C, T, H, W]" : "[B, C, H, W]",
+                              L->disc.dims, nd == 4 && x->ndim == 5 ? "; hint: disc_dims 3 and perceptual_weight 0 for volumes" : "");
     return LDM_OK;
 }
 
@@ -645,8 +711,13 @@ static ldm_result ldm__loss_inputs(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *xrec
 static ldm_patchgan ldm__disc_frozen(ldm_ctx *ctx, const ldm_patchgan *D) {
     ldm_patchgan F = *D;
     for (int i = 0; i < D->n_layers + 2; i++) {
-        F.conv[i].weight = ldm_detach(ctx, D->conv[i].weight);
-        if (D->conv[i].bias) F.conv[i].bias = ldm_detach(ctx, D->conv[i].bias);
+        if (D->dims == 3) {
+            F.conv3[i].weight = ldm_detach(ctx, D->conv3[i].weight);
+            if (D->conv3[i].bias) F.conv3[i].bias = ldm_detach(ctx, D->conv3[i].bias);
+        } else {
+            F.conv[i].weight = ldm_detach(ctx, D->conv[i].weight);
+            if (D->conv[i].bias) F.conv[i].bias = ldm_detach(ctx, D->conv[i].bias);
+        }
     }
     for (int i = 0; i < D->n_layers; i++) {
         F.norm[i].weight = ldm_detach(ctx, D->norm[i].weight);
@@ -666,7 +737,7 @@ LDM_API ldm_tensor *ldm_lpips_loss_generator(ldm_ctx *ctx, ldm_lpips_loss *L, ld
                                              const char *split, ldm_loss_log *log) {
     const char *what = "LPIPSWithDiscriminator (generator step)";
     if (log) log->n = 0;
-    if (ldm__loss_inputs(ctx, x, xrec, what)) return NULL;
+    if (ldm__loss_inputs(ctx, L, x, xrec, what)) return NULL;
     if (!kl || kl->ndim != 1 || kl->shape[0] != x->shape[0]) {
         if (!ldm_ctx_status(ctx)) ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: kl must be the posterior's KL per sample [B] (ldm_vae_posterior_kl)", what);
         return NULL;
@@ -674,7 +745,7 @@ LDM_API ldm_tensor *ldm_lpips_loss_generator(ldm_ctx *ctx, ldm_lpips_loss *L, ld
     if (!split) split = "train";
     const ldm_lpips_loss_config *c = &L->cfg;
     int64_t B = x->shape[0];
-    ldm_tensor *rec = ldm_abs(ctx, ldm_sub(ctx, x, xrec));
+    ldm_tensor *rec = L->l2 ? ldm_square(ctx, ldm_sub(ctx, x, xrec)) : ldm_abs(ctx, ldm_sub(ctx, x, xrec));
     if (c->perceptual_weight > 0.0) {
         if (!L->lpips->loaded) { ldm_lpips_loss_ready(ctx, L, NULL); return NULL; }
         ldm_tensor *p = ldm_lpips_forward(ctx, L->lpips, x, xrec, L->training && !c->lpips_eval);
@@ -736,7 +807,7 @@ LDM_API ldm_tensor *ldm_lpips_loss_generator(ldm_ctx *ctx, ldm_lpips_loss *L, ld
 LDM_API ldm_tensor *ldm_lpips_loss_discriminator(ldm_ctx *ctx, ldm_lpips_loss *L, ldm_tensor *x, ldm_tensor *xrec,
                                                  int64_t global_step, const char *split, ldm_loss_log *log) {
     if (log) log->n = 0;
-    if (ldm__loss_inputs(ctx, x, xrec, "LPIPSWithDiscriminator (discriminator step)")) return NULL;
+    if (ldm__loss_inputs(ctx, L, x, xrec, "LPIPSWithDiscriminator (discriminator step)")) return NULL;
     if (!split) split = "train";
     ldm_tensor *real = ldm_patchgan_forward(ctx, &L->disc, ldm_detach(ctx, x), L->training);
     ldm_tensor *fake = ldm_patchgan_forward(ctx, &L->disc, ldm_detach(ctx, xrec), L->training);
@@ -763,16 +834,18 @@ LDM_API ldm_tensor *ldm_lpips_loss_discriminator(ldm_ctx *ctx, ldm_lpips_loss *L
 }
 
 /* ---- metrics ----------------------------------------------------------------------------- */
-static ldm_result ldm__metric_args(ldm_ctx *ctx, const ldm_tensor *a, const ldm_tensor *b, int min_hw, const char *what) {
+/* volumes: [B, C, T, H, W] accepted too (PSNR) */
+static ldm_result ldm__metric_args(ldm_ctx *ctx, const ldm_tensor *a, const ldm_tensor *b, int min_hw, int volumes, const char *what) {
     if (ldm_ctx_status(ctx)) return ldm_ctx_status(ctx);
     if (!a || !b) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: NULL image", what);
     char s1[96], s2[96];
-    if (!ldm_shape_eq(a, b) || a->ndim != 4)
-        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: images must be [B, C, H, W] of the same shape, got %s and %s", what,
+    if (!ldm_shape_eq(a, b) || !(a->ndim == 4 || (volumes && a->ndim == 5)))
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: images must be [B, C, H, W]%s of the same shape, got %s and %s", what,
+                              volumes ? " or volumes [B, C, T, H, W]" : " (2-D only)",
                               ldm_shape_str(a, s1, sizeof s1), ldm_shape_str(b, s2, sizeof s2));
-    if (a->shape[2] < min_hw || a->shape[3] < min_hw)
+    if (a->shape[a->ndim - 2] < min_hw || a->shape[a->ndim - 1] < min_hw)
         return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s: images of %lldx%lld pixels are too small (at least %dx%d)", what,
-                              (long long)a->shape[2], (long long)a->shape[3], min_hw, min_hw);
+                              (long long)a->shape[a->ndim - 2], (long long)a->shape[a->ndim - 1], min_hw, min_hw);
     return LDM_OK;
 }
 /* host copies of both images (malloc'd, a then b) */
@@ -784,7 +857,7 @@ static float *ldm__metric_host(ldm_ctx *ctx, const ldm_tensor *a, const ldm_tens
 }
 
 LDM_API ldm_result ldm_metric_psnr(ldm_ctx *ctx, const ldm_tensor *a, const ldm_tensor *b, double data_range, double *out) {
-    if (ldm__metric_args(ctx, a, b, 1, "PSNR")) return ldm_ctx_status(ctx);
+    if (ldm__metric_args(ctx, a, b, 1, 1, "PSNR")) return ldm_ctx_status(ctx);
     float *h = ldm__metric_host(ctx, a, b);
     if (!h) return ldm_ctx_status(ctx);
     int64_t B = a->shape[0], n = a->numel / B;
@@ -816,7 +889,7 @@ static void ldm__ssim_filter(const double *img, int64_t H, int64_t W, const doub
 }
 
 LDM_API ldm_result ldm_metric_ssim(ldm_ctx *ctx, const ldm_tensor *a, const ldm_tensor *b, double data_range, double *out) {
-    if (ldm__metric_args(ctx, a, b, 11, "SSIM")) return ldm_ctx_status(ctx);
+    if (ldm__metric_args(ctx, a, b, 11, 0, "SSIM")) return ldm_ctx_status(ctx);
     float *h = ldm__metric_host(ctx, a, b);
     if (!h) return ldm_ctx_status(ctx);
     int64_t B = a->shape[0], C = a->shape[1], H = a->shape[2], W = a->shape[3], S = H * W, O = (H - 10) * (W - 10);

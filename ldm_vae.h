@@ -18,9 +18,11 @@
        ldm_vae_destroy(vae);
 
    Shape legend: B batch, C channels, H, W image size, h = H/f, w = W/f latent size with
-   f = 2^(levels-1) (kl-f4: f 4, kl-f8: f 8), E embed_dim (latent channels), Z z_channels.
+   f = 2^(levels-1) (kl-f4: f 4, kl-f8: f 8), E embed_dim (latent channels), Z z_channels;
+   volumes (dims 3) add T (depth/slices) and t = T/f.
        image [B, in_channels, H, W] in [-1, 1]  ->  moments [B, 2E, h, w]  ->  z [B, E, h, w]
        z -> image [B, out_ch, H, W]
+       dims 3: volume [B, in_channels, T, H, W] -> moments [B, 2E, t, h, w] -> z [B, E, t, h, w]
 
    Architecture (ldm/modules/diffusionmodules/model.py), parameter names as CompVis:
        encoder.conv_in; encoder.down.i.block.j (ResnetBlock), encoder.down.i.attn.j
@@ -39,6 +41,17 @@
    Posterior (DiagonalGaussianDistribution): mean, logvar = chunk(moments, 2), logvar clamped
    to [-30, 20]; sample = mean + exp(logvar/2) * eps; mode = mean;
    kl = 0.5 sum_{C,H,W}(mean^2 + var - 1 - logvar); nll = 0.5 sum(log 2pi + logvar + (x-mean)^2/var).
+   (dims 3: both summed over C,T,H,W.)
+
+   Volumes (ddconfig dims = 3, e.g. CT/MRI; default 2): the same module tree and the SAME
+   parameter names, CompVis's model.py with Conv3d for Conv2d: convs 3x3x3 padding 1,
+   nin_shortcut, q/k/v/proj_out, quant_conv and post_quant_conv 1x1x1 (weights [O,I,k,k,k]);
+   Downsample pads back/bottom/right by 1 and runs a 3x3x3 stride-2 conv (avg_pool3d 2 without
+   resamp_with_conv), so T, H and W all halve; Upsample is nearest x2 in T, H and W, then a
+   3x3x3 conv; AttnBlock attends over all T*H*W positions; GroupNorm as in 2-D. Save/load
+   as in 2-D (a 2-D checkpoint fails with a shape error naming the tensors). Tiled inference
+   tiles T, H and W with cubes of `tile` voxels, blended by the product of the per-axis
+   ramps. The VQ first stage (n_embed > 0) is 2-D only.
 
    Weights: ldm_vae_load reads safetensors/.ckpt/.pth and detects the layout: CompVis names,
    diffusers names (down_blocks/up_blocks/mid_block..., attention as [C,C] linears), and
@@ -92,6 +105,7 @@ typedef struct ldm_vae_config {
     int tanh_out;
     int embed_dim;
     int n_embed;                  /* VQ codebook size (model.params.n_embed); 0: AutoencoderKL */
+    int dims;                     /* 2: images [B,C,H,W]; 3: volumes [B,C,T,H,W] (0 reads as 2) */
 } ldm_vae_config;
 
 /* The ddconfig keys, described once: X(name, kind, default, help) (ldm_config.h's schema
@@ -109,7 +123,8 @@ typedef struct ldm_vae_config {
     X(attn_resolutions, INT_LIST, "", "nominal resolutions that get self-attention")           \
     X(dropout, BETWEEN(FLOAT, 0, 1), "0.0", "dropout in the ResNet blocks")                    \
     X(resamp_with_conv, BOOL, "true", "convolutional down/up-sampling")                        \
-    X(tanh_out, BOOL, "false", "tanh on the decoder output")
+    X(tanh_out, BOOL, "false", "tanh on the decoder output")                                   \
+    X(dims, BETWEEN(INT, 2, 3), "2", "2: images [B,C,H,W]; 3: volumes [B,C,T,H,W] (Conv3d everywhere)")
 
 LDM_API ldm_vae_config ldm_vae_config_kl_f4(void);  /* the seed's autoencoder_kl_64x64x3: ch 128, ch_mult 1,2,4, z 3 */
 LDM_API ldm_vae_config ldm_vae_config_kl_f8(void);  /* Stable Diffusion's: ch 128, ch_mult 1,2,4,4, z 4 */
@@ -119,24 +134,32 @@ LDM_API ldm_vae_config ldm_vae_config_vq_f4(void);  /* CompVis vq-f4: ch 128, ch
 LDM_API ldm_result ldm_vae_config_check(ldm_ctx *ctx, const ldm_vae_config *cfg);
 LDM_API int ldm_vae_factor(const ldm_vae_config *cfg);   /* f = 2^(n_levels-1) */
 
+/* One conv of the model: nn.Conv2d (dims 2) or nn.Conv3d (dims 3). weight/bias are the
+   registered tensors (the forward uses these); c2 / c3 hold the geometry. */
+typedef struct ldm__vae_conv {
+    ldm_tensor *weight, *bias;    /* [O, I, k, k] or [O, I, k, k, k]; [O] */
+    int in, out, dims;
+    ldm_nn_conv2d c2;
+    ldm_nn_conv3d c3;
+} ldm__vae_conv;
 typedef struct ldm__vae_res {
     ldm_nn_groupnorm norm1, norm2;
-    ldm_nn_conv2d conv1, conv2, nin_shortcut;
+    ldm__vae_conv conv1, conv2, nin_shortcut;
     int has_shortcut;
 } ldm__vae_res;
 typedef struct ldm__vae_attn {
     ldm_nn_groupnorm norm;
-    ldm_nn_conv2d q, k, v, proj_out;
+    ldm__vae_conv q, k, v, proj_out;
 } ldm__vae_attn;
 typedef struct ldm__vae_level {
     ldm__vae_res block[LDM_VAE_MAX_BLOCKS];
     ldm__vae_attn attn[LDM_VAE_MAX_BLOCKS];
     int n_block, n_attn;
-    ldm_nn_conv2d resample;       /* downsample.conv / upsample.conv */
+    ldm__vae_conv resample;       /* downsample.conv / upsample.conv */
     int has_resample;
 } ldm__vae_level;
 typedef struct ldm__vae_half {    /* an Encoder or a Decoder */
-    ldm_nn_conv2d conv_in, conv_out;
+    ldm__vae_conv conv_in, conv_out;
     ldm__vae_level level[LDM_VAE_MAX_LEVELS];
     ldm__vae_res mid_block_1, mid_block_2;
     ldm__vae_attn mid_attn_1;
@@ -148,7 +171,7 @@ typedef struct ldm_vae {
     ldm_nn_params *P;             /* every parameter, CompVis names */
     int training;                 /* dropout on (ldm_vae_set_training) */
     ldm__vae_half enc, dec;
-    ldm_nn_conv2d quant_conv, post_quant_conv;
+    ldm__vae_conv quant_conv, post_quant_conv;
     ldm_tensor *codebook;         /* VQ: quantize.embedding.weight [n_embed, E]; NULL for AutoencoderKL */
 } ldm_vae;
 
@@ -188,10 +211,10 @@ LDM_API ldm_tensor *ldm_vae_posterior_nll(ldm_ctx *ctx, const ldm_vae_posterior 
 /* ---- inference in bounded memory ---- */
 typedef struct ldm_vae_infer {
     int batch;                    /* samples per pass (0: all) */
-    int tile;                     /* tile size in image pixels (0: no tiling); rounded down to a multiple of f */
+    int tile;                     /* tile size in image pixels (0: no tiling); rounded down to a multiple of f; volumes: cubes over T, H, W */
     int overlap;                  /* overlap in image pixels (0: tile/4), a multiple of f */
 } ldm_vae_infer;
-/* Posterior of x (mean and logvar, grad off). Tiled encoding needs H and W divisible by f. */
+/* Posterior of x (mean and logvar, grad off). Tiled encoding needs H and W (volumes: T, H, W) divisible by f. */
 LDM_API ldm_result ldm_vae_encode_infer(ldm_ctx *ctx, ldm_vae *vae, ldm_tensor *x, const ldm_vae_infer *opt, ldm_vae_posterior *q);
 LDM_API ldm_tensor *ldm_vae_decode_infer(ldm_ctx *ctx, ldm_vae *vae, ldm_tensor *z, const ldm_vae_infer *opt);
 
@@ -243,7 +266,7 @@ static ldm_vae_config ldm__vae_cfg(int z, const int *mult, int n) {
     memset(&c, 0, sizeof c);
     c.double_z = 1; c.z_channels = z; c.resolution = 256; c.in_channels = 3; c.out_ch = 3; c.ch = 128;
     for (int i = 0; i < n; i++) c.ch_mult[i] = mult[i];
-    c.n_levels = n; c.num_res_blocks = 2; c.dropout = 0.0f; c.resamp_with_conv = 1; c.embed_dim = z;
+    c.n_levels = n; c.num_res_blocks = 2; c.dropout = 0.0f; c.resamp_with_conv = 1; c.embed_dim = z; c.dims = 2;
     return c;
 }
 LDM_API ldm_vae_config ldm_vae_config_kl_f4(void) { static const int m[3] = {1, 2, 4}; return ldm__vae_cfg(3, m, 3); }
@@ -271,31 +294,69 @@ LDM_API ldm_result ldm_vae_config_check(ldm_ctx *ctx, const ldm_vae_config *c) {
         return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "VQModel config: n_embed = %d with double_z = %s (hint: n_embed > 0 selects the VQ first "
                               "stage, whose encoder needs double_z = false; n_embed 0 is AutoencoderKL)", c->n_embed, c->double_z ? "true" : "false");
     LDM__VAE_REQ(c->double_z || c->n_embed > 0, "double_z = false has no variance to sample from; AutoencoderKL needs double_z = true");
+    LDM__VAE_REQ(c->dims == 0 || c->dims == 2 || c->dims == 3, "dims = %d: 2 (images [B,C,H,W]) or 3 (volumes [B,C,T,H,W])", c->dims);
+    LDM__VAE_REQ(c->dims != 3 || c->n_embed == 0, "dims = 3 with n_embed = %d: the VQ first stage is 2-D only here (hint: n_embed 0, "
+                 "an AutoencoderKL, for volumes)", c->n_embed);
     return LDM_OK;
 #undef LDM__VAE_REQ
 }
 
 /* ---- registration (module order = CompVis state-dict order) ------------------------------ */
-static void ldm__vae_reg_res(ldm_nn_params *P, ldm__vae_res *r, int cin, int cout) {
+/* k x k (x k) conv with stride 1 and padding k/2, or (down) Downsample's: F.pad right/bottom
+   (and back, in 3-D) by 1, then stride 2 without padding. */
+static void ldm__vae_conv_init(ldm_nn_params *P, ldm__vae_conv *m, const char *name, int dims, int in, int out, int k, int down) {
+    int p = down ? 0 : k / 2, s = down ? 2 : 1;
+    memset(m, 0, sizeof *m);
+    m->dims = dims == 3 ? 3 : 2; m->in = in; m->out = out;
+    if (m->dims == 3) {
+        int k3[3] = {k, k, k}, s3[3] = {s, s, s}, p6[6] = {p, p + down, p, p + down, p, p + down};
+        ldm_nn_conv3d_init_ex(P, &m->c3, name, in, out, k3, s3, p6, 1);
+        m->weight = m->c3.weight; m->bias = m->c3.bias;
+    } else {
+        int p4[4] = {p, p + down, p, p + down};
+        ldm_nn_conv2d_init_ex(P, &m->c2, name, in, out, k, k, s, s, p4, 1);
+        m->weight = m->c2.weight; m->bias = m->c2.bias;
+    }
+}
+/* weight/bias from the aliases (the one place to swap them), geometry from c2 / c3 */
+static ldm_tensor *ldm__vae_conv_fwd(ldm_ctx *ctx, const ldm__vae_conv *m, ldm_tensor *x) {
+    if (m->dims == 3) return ldm_conv3d_ex(ctx, x, m->weight, m->bias, m->c3.stride, m->c3.pad);
+    const ldm_nn_conv2d *c = &m->c2;
+    return ldm_conv2d_ex(ctx, x, m->weight, m->bias, c->stride_h, c->stride_w, c->pad[0], c->pad[1], c->pad[2], c->pad[3]);
+}
+/* conv(silu(norm(x))) as ldm_group_norm_silu_conv: the conv's input is recomputed in the
+   backward pass instead of kept (2-D and 3-D) */
+static ldm_tensor *ldm__vae_gn_conv_fwd(ldm_ctx *ctx, const ldm_nn_groupnorm *n, const ldm__vae_conv *m, ldm_tensor *x) {
+    int st2[3], p2[6];
+    const int *st = m->c3.stride, *pad = m->c3.pad;
+    if (m->dims != 3) {
+        const ldm_nn_conv2d *c = &m->c2;
+        st2[0] = 1; st2[1] = c->stride_h; st2[2] = c->stride_w;
+        p2[0] = p2[1] = 0; p2[2] = c->pad[0]; p2[3] = c->pad[1]; p2[4] = c->pad[2]; p2[5] = c->pad[3];
+        st = st2, pad = p2;
+    }
+    return ldm_group_norm_silu_conv(ctx, x, n->weight, n->bias, n->groups, n->eps, m->weight, m->bias, st, pad);
+}
+static void ldm__vae_reg_res(ldm_nn_params *P, ldm__vae_res *r, int d, int cin, int cout) {
     ldm_nn_groupnorm_init(P, &r->norm1, "norm1", 32, cin, 1e-6f, 1);
-    ldm_nn_conv2d_init(P, &r->conv1, "conv1", cin, cout, 3, 1, 1, 1);
+    ldm__vae_conv_init(P, &r->conv1, "conv1", d, cin, cout, 3, 0);
     ldm_nn_groupnorm_init(P, &r->norm2, "norm2", 32, cout, 1e-6f, 1);
-    ldm_nn_conv2d_init(P, &r->conv2, "conv2", cout, cout, 3, 1, 1, 1);
+    ldm__vae_conv_init(P, &r->conv2, "conv2", d, cout, cout, 3, 0);
     r->has_shortcut = cin != cout;
-    if (r->has_shortcut) ldm_nn_conv2d_init(P, &r->nin_shortcut, "nin_shortcut", cin, cout, 1, 1, 0, 1);
+    if (r->has_shortcut) ldm__vae_conv_init(P, &r->nin_shortcut, "nin_shortcut", d, cin, cout, 1, 0);
 }
-static void ldm__vae_reg_attn(ldm_nn_params *P, ldm__vae_attn *a, int c) {
+static void ldm__vae_reg_attn(ldm_nn_params *P, ldm__vae_attn *a, int d, int c) {
     ldm_nn_groupnorm_init(P, &a->norm, "norm", 32, c, 1e-6f, 1);
-    ldm_nn_conv2d_init(P, &a->q, "q", c, c, 1, 1, 0, 1);
-    ldm_nn_conv2d_init(P, &a->k, "k", c, c, 1, 1, 0, 1);
-    ldm_nn_conv2d_init(P, &a->v, "v", c, c, 1, 1, 0, 1);
-    ldm_nn_conv2d_init(P, &a->proj_out, "proj_out", c, c, 1, 1, 0, 1);
+    ldm__vae_conv_init(P, &a->q, "q", d, c, c, 1, 0);
+    ldm__vae_conv_init(P, &a->k, "k", d, c, c, 1, 0);
+    ldm__vae_conv_init(P, &a->v, "v", d, c, c, 1, 0);
+    ldm__vae_conv_init(P, &a->proj_out, "proj_out", d, c, c, 1, 0);
 }
-static void ldm__vae_reg_mid(ldm_nn_params *P, ldm__vae_half *h, int c) {
+static void ldm__vae_reg_mid(ldm_nn_params *P, ldm__vae_half *h, int d, int c) {
     ldm_nn_push(P, "mid");
-    ldm_nn_push(P, "block_1"); ldm__vae_reg_res(P, &h->mid_block_1, c, c); ldm_nn_pop(P);
-    ldm_nn_push(P, "attn_1"); ldm__vae_reg_attn(P, &h->mid_attn_1, c); ldm_nn_pop(P);
-    ldm_nn_push(P, "block_2"); ldm__vae_reg_res(P, &h->mid_block_2, c, c); ldm_nn_pop(P);
+    ldm_nn_push(P, "block_1"); ldm__vae_reg_res(P, &h->mid_block_1, d, c, c); ldm_nn_pop(P);
+    ldm_nn_push(P, "attn_1"); ldm__vae_reg_attn(P, &h->mid_attn_1, d, c); ldm_nn_pop(P);
+    ldm_nn_push(P, "block_2"); ldm__vae_reg_res(P, &h->mid_block_2, d, c, c); ldm_nn_pop(P);
     ldm_nn_pop(P);
 }
 static int ldm__vae_has_attn(const ldm_vae_config *c, int res) {
@@ -306,11 +367,10 @@ static int ldm__vae_has_attn(const ldm_vae_config *c, int res) {
 static void ldm__vae_register(ldm_vae *v) {
     const ldm_vae_config *c = &v->cfg;
     ldm_nn_params *P = v->P;
-    int n = c->n_levels, res = c->resolution, cin = c->ch;
-    static const int pad_down[4] = {0, 1, 0, 1}; /* F.pad(x, (0,1,0,1)) then padding 0 */
+    int n = c->n_levels, res = c->resolution, cin = c->ch, d = c->dims == 3 ? 3 : 2;
 
     ldm_nn_push(P, "encoder");
-    ldm_nn_conv2d_init(P, &v->enc.conv_in, "conv_in", c->in_channels, c->ch, 3, 1, 1, 1);
+    ldm__vae_conv_init(P, &v->enc.conv_in, "conv_in", d, c->in_channels, c->ch, 3, 0);
     for (int i = 0; i < n; i++) {
         ldm__vae_level *L = &v->enc.level[i];
         int cout = c->ch * c->ch_mult[i];
@@ -318,28 +378,28 @@ static void ldm__vae_register(ldm_vae *v) {
         L->n_attn = ldm__vae_has_attn(c, res) ? L->n_block : 0;
         ldm_nn_pushf(P, "down.%d", i);
         for (int j = 0; j < L->n_block; j++) {
-            ldm_nn_pushf(P, "block.%d", j); ldm__vae_reg_res(P, &L->block[j], cin, cout); ldm_nn_pop(P);
+            ldm_nn_pushf(P, "block.%d", j); ldm__vae_reg_res(P, &L->block[j], d, cin, cout); ldm_nn_pop(P);
             cin = cout;
         }
-        for (int j = 0; j < L->n_attn; j++) { ldm_nn_pushf(P, "attn.%d", j); ldm__vae_reg_attn(P, &L->attn[j], cin); ldm_nn_pop(P); }
+        for (int j = 0; j < L->n_attn; j++) { ldm_nn_pushf(P, "attn.%d", j); ldm__vae_reg_attn(P, &L->attn[j], d, cin); ldm_nn_pop(P); }
         L->has_resample = i != n - 1;
         if (L->has_resample) {
-            if (c->resamp_with_conv) ldm_nn_conv2d_init_ex(P, &L->resample, "downsample.conv", cin, cin, 3, 3, 2, 2, pad_down, 1);
+            if (c->resamp_with_conv) ldm__vae_conv_init(P, &L->resample, "downsample.conv", d, cin, cin, 3, 1);
             res /= 2;
         }
         ldm_nn_pop(P);
     }
-    ldm__vae_reg_mid(P, &v->enc, cin);
+    ldm__vae_reg_mid(P, &v->enc, d, cin);
     ldm_nn_groupnorm_init(P, &v->enc.norm_out, "norm_out", 32, cin, 1e-6f, 1);
-    ldm_nn_conv2d_init(P, &v->enc.conv_out, "conv_out", cin, c->double_z ? 2 * c->z_channels : c->z_channels, 3, 1, 1, 1);
+    ldm__vae_conv_init(P, &v->enc.conv_out, "conv_out", d, cin, c->double_z ? 2 * c->z_channels : c->z_channels, 3, 0);
     ldm_nn_pop(P);
 
     /* Decoder: levels are registered 0..n-1 (state-dict order) but run n-1..0; level i's
        input channels are the output channels of level i+1 (or of the mid block). */
     ldm_nn_push(P, "decoder");
     int top = c->ch * c->ch_mult[n - 1];
-    ldm_nn_conv2d_init(P, &v->dec.conv_in, "conv_in", c->z_channels, top, 3, 1, 1, 1);
-    ldm__vae_reg_mid(P, &v->dec, top);
+    ldm__vae_conv_init(P, &v->dec.conv_in, "conv_in", d, c->z_channels, top, 3, 0);
+    ldm__vae_reg_mid(P, &v->dec, d, top);
     for (int i = 0; i < n; i++) {
         ldm__vae_level *L = &v->dec.level[i];
         int lres = c->resolution >> i, cout = c->ch * c->ch_mult[i];
@@ -348,24 +408,24 @@ static void ldm__vae_register(ldm_vae *v) {
         L->n_attn = ldm__vae_has_attn(c, lres) ? L->n_block : 0;
         ldm_nn_pushf(P, "up.%d", i);
         for (int j = 0; j < L->n_block; j++) {
-            ldm_nn_pushf(P, "block.%d", j); ldm__vae_reg_res(P, &L->block[j], cin, cout); ldm_nn_pop(P);
+            ldm_nn_pushf(P, "block.%d", j); ldm__vae_reg_res(P, &L->block[j], d, cin, cout); ldm_nn_pop(P);
             cin = cout;
         }
-        for (int j = 0; j < L->n_attn; j++) { ldm_nn_pushf(P, "attn.%d", j); ldm__vae_reg_attn(P, &L->attn[j], cout); ldm_nn_pop(P); }
+        for (int j = 0; j < L->n_attn; j++) { ldm_nn_pushf(P, "attn.%d", j); ldm__vae_reg_attn(P, &L->attn[j], d, cout); ldm_nn_pop(P); }
         L->has_resample = i != 0;
-        if (L->has_resample && c->resamp_with_conv) ldm_nn_conv2d_init(P, &L->resample, "upsample.conv", cout, cout, 3, 1, 1, 1);
+        if (L->has_resample && c->resamp_with_conv) ldm__vae_conv_init(P, &L->resample, "upsample.conv", d, cout, cout, 3, 0);
         ldm_nn_pop(P);
     }
     ldm_nn_groupnorm_init(P, &v->dec.norm_out, "norm_out", 32, c->ch * c->ch_mult[0], 1e-6f, 1);
-    ldm_nn_conv2d_init(P, &v->dec.conv_out, "conv_out", c->ch * c->ch_mult[0], c->out_ch, 3, 1, 1, 1);
+    ldm__vae_conv_init(P, &v->dec.conv_out, "conv_out", d, c->ch * c->ch_mult[0], c->out_ch, 3, 0);
     ldm_nn_pop(P);
 
     if (c->n_embed > 0) /* VectorQuantizer2's nn.Embedding init; registered where VQModel's state dict has it */
         v->codebook = ldm_nn_param(P, "quantize.embedding.weight", ldm_shape2(c->n_embed, c->embed_dim),
                                    ldm_nn_init_uniform(-1.0f / (float)c->n_embed, 1.0f / (float)c->n_embed));
     int moments = c->n_embed > 0 ? 1 : 2; /* VQ: h itself; KL: mean and logvar */
-    ldm_nn_conv2d_init(P, &v->quant_conv, "quant_conv", moments * c->z_channels, moments * c->embed_dim, 1, 1, 0, 1);
-    ldm_nn_conv2d_init(P, &v->post_quant_conv, "post_quant_conv", c->embed_dim, c->z_channels, 1, 1, 0, 1);
+    ldm__vae_conv_init(P, &v->quant_conv, "quant_conv", d, moments * c->z_channels, moments * c->embed_dim, 1, 0);
+    ldm__vae_conv_init(P, &v->post_quant_conv, "post_quant_conv", d, c->embed_dim, c->z_channels, 1, 0);
 }
 
 LDM_API ldm_result ldm_vae_create(ldm_ctx *ctx, ldm_vae **out, const ldm_vae_config *cfg) {
@@ -375,6 +435,7 @@ LDM_API ldm_result ldm_vae_create(ldm_ctx *ctx, ldm_vae **out, const ldm_vae_con
     if (!v) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "AutoencoderKL: out of memory");
     memset(v, 0, sizeof *v);
     v->cfg = *cfg;
+    if (v->cfg.dims == 0) v->cfg.dims = 2;
     ldm_result r = ldm_nn_params_create(ctx, &v->P, ldm_ctx_device(ctx));
     if (r) { LDM_FREE(v); return r; }
     ldm__vae_register(v);
@@ -541,8 +602,8 @@ static ldm_tensor *ldm__vae_res_infer(ldm_ctx *ctx, const ldm_vae *v, const ldm_
     ldm_tensor *s, *h;
     ldm_mark mh = ldm_arena_mark(ctx);                        /* where conv1's output will sit */
     if (r->has_shortcut) {
-        s = ldm_nn_conv2d_forward(ctx, &r->nin_shortcut, x);
-        h = ldm_nn_conv2d_forward(ctx, &r->conv1, ldm_group_norm_silu_into(ctx, x, r->norm1.weight, r->norm1.bias, r->norm1.groups, r->norm1.eps));
+        s = ldm__vae_conv_fwd(ctx, &r->nin_shortcut, x);
+        h = ldm__vae_conv_fwd(ctx, &r->conv1, ldm_group_norm_silu_into(ctx, x, r->norm1.weight, r->norm1.bias, r->norm1.groups, r->norm1.eps));
         if (move && s && h) {                                 /* [s][h]: x (norm1's output) dropped */
             ldm_tensor hs = *h;                               /* s's move may land on h's struct */
             s = ldm_arena_keep(ctx, at, s);
@@ -551,12 +612,12 @@ static ldm_tensor *ldm__vae_res_infer(ldm_ctx *ctx, const ldm_vae *v, const ldm_
         }
     } else {
         s = x;
-        h = ldm_nn_conv2d_forward(ctx, &r->conv1, ldm_nn_groupnorm_silu_forward(ctx, &r->norm1, x));
+        h = ldm__vae_conv_fwd(ctx, &r->conv1, ldm_nn_groupnorm_silu_forward(ctx, &r->norm1, x));
         if (move) h = ldm_arena_keep(ctx, mh, h);             /* [x][h]: norm1's output dropped */
     }
     h = ldm_group_norm_silu_into(ctx, h, r->norm2.weight, r->norm2.bias, r->norm2.groups, r->norm2.eps);
     if (v->cfg.dropout > 0.0f) h = ldm_dropout(ctx, h, v->cfg.dropout, v->training);
-    h = ldm_nn_conv2d_forward(ctx, &r->conv2, h);
+    h = ldm__vae_conv_fwd(ctx, &r->conv2, h);
     if (move) h = ldm_arena_keep(ctx, mh, h);                 /* [s][h]: conv1's output dropped */
     return ldm_add_into(ctx, h, s);                           /* s + h, as the graph adds it */
 }
@@ -565,32 +626,35 @@ static ldm_tensor *ldm__vae_res_fwd(ldm_ctx *ctx, const ldm_vae *v, const ldm__v
     /* With grad: the convolutions' inputs (the normalised activations) are recomputed in the
        backward pass rather than kept, and the residual is added over conv2's fresh output, so
        the tape keeps x, conv1's output and the sum (PyTorch keeps two more). */
-    ldm_tensor *h = ldm_nn_groupnorm_silu_conv2d_forward(ctx, &r->norm1, &r->conv1, x);
+    ldm_tensor *h = ldm__vae_gn_conv_fwd(ctx, &r->norm1, &r->conv1, x);
     if (v->cfg.dropout > 0.0f && v->training)
-        h = ldm_nn_conv2d_forward(ctx, &r->conv2, ldm_dropout(ctx, ldm_nn_groupnorm_silu_forward(ctx, &r->norm2, h), v->cfg.dropout, 1));
+        h = ldm__vae_conv_fwd(ctx, &r->conv2, ldm_dropout(ctx, ldm_nn_groupnorm_silu_forward(ctx, &r->norm2, h), v->cfg.dropout, 1));
     else
-        h = ldm_nn_groupnorm_silu_conv2d_forward(ctx, &r->norm2, &r->conv2, h);
-    return ldm_add_into(ctx, h, r->has_shortcut ? ldm_nn_conv2d_forward(ctx, &r->nin_shortcut, x) : x);
+        h = ldm__vae_gn_conv_fwd(ctx, &r->norm2, &r->conv2, h);
+    return ldm_add_into(ctx, h, r->has_shortcut ? ldm__vae_conv_fwd(ctx, &r->nin_shortcut, x) : x);
 }
-/* A 1x1 conv applied token-major: x [B, S, C] times the weight [O, C, 1, 1] seen as [O, C]. */
-static ldm_tensor *ldm__vae_pointwise(ldm_ctx *ctx, const ldm_nn_conv2d *c, ldm_tensor *x) {
+/* A 1x1 conv applied token-major: x [B, S, C] times the weight [O, C, 1, 1(, 1)] seen as [O, C]. */
+static ldm_tensor *ldm__vae_pointwise(ldm_ctx *ctx, const ldm__vae_conv *c, ldm_tensor *x) {
     return ldm_linear(ctx, x, ldm_reshape(ctx, c->weight, ldm_shape2(c->out, c->in)), c->bias);
 }
-/* AttnBlock: single-head self-attention over the H*W positions. The normalised input is
-   transposed once to [B, HW, C]; q, k, v and proj_out (1x1 convs) run as linears on it and
-   ldm_attention never holds the HW x HW weights, in training and inference alike. */
+/* AttnBlock: single-head self-attention over the H*W (3-D: T*H*W) positions. The normalised
+   input is transposed once to [B, S, C]; q, k, v and proj_out (1x1 convs) run as linears on
+   it and ldm_attention never holds the S x S weights, in training and inference alike. */
 static ldm_tensor *ldm__vae_attn_fwd(ldm_ctx *ctx, const ldm__vae_attn *a, ldm_tensor *x) {
     if (!x) return NULL;
-    int64_t B = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3], S = H * W;
+    int64_t B = x->shape[0], C = x->shape[1], S = 1;
+    for (int i = 2; i < x->ndim; i++) S *= x->shape[i];
     const int tr[3] = {0, 2, 1};
     ldm_tensor *h = ldm_nn_groupnorm_forward(ctx, &a->norm, x);
     h = ldm_permute(ctx, ldm_reshape(ctx, h, ldm_shape3(B, C, S)), tr); /* [B, S, C] */
     ldm_tensor *q = ldm__vae_pointwise(ctx, &a->q, h), *k = ldm__vae_pointwise(ctx, &a->k, h);
     ldm_tensor *v = ldm__vae_pointwise(ctx, &a->v, h);
     ldm_tensor *o = ldm__vae_pointwise(ctx, &a->proj_out, ldm_attention(ctx, q, k, v, 1, (float)pow((double)C, -0.5)));
-    o = ldm_reshape(ctx, ldm_permute(ctx, o, tr), ldm_shape4(B, C, H, W));
+    o = ldm_reshape(ctx, ldm_permute(ctx, o, tr), ldm_shape_of(x));
     return ldm_add(ctx, x, o);
 }
+
+static const char *ldm__vae_sp(const ldm_vae *v) { return v->cfg.dims == 3 ? "T, H, W" : "H, W"; }
 
 /* One step of a forward pass: h = expr(h). Without grad the result replaces the step's input
    at `base` (a mark taken after the forward's own input), so memory stays bounded. */
@@ -603,20 +667,21 @@ static ldm_tensor *ldm__vae_mid(ldm_ctx *ctx, const ldm_vae *v, const ldm__vae_h
     return h;
 }
 static ldm_tensor *ldm__vae_out(ldm_ctx *ctx, const ldm__vae_half *hf, ldm_tensor *h) {
-    if (!ldm_grad_enabled(ctx)) return ldm_nn_conv2d_forward(ctx, &hf->conv_out, ldm_nn_groupnorm_silu_forward(ctx, &hf->norm_out, h));
-    return ldm_nn_groupnorm_silu_conv2d_forward(ctx, &hf->norm_out, &hf->conv_out, h);
+    if (!ldm_grad_enabled(ctx)) return ldm__vae_conv_fwd(ctx, &hf->conv_out, ldm_nn_groupnorm_silu_forward(ctx, &hf->norm_out, h));
+    return ldm__vae_gn_conv_fwd(ctx, &hf->norm_out, &hf->conv_out, h);
 }
 
 LDM_API ldm_tensor *ldm_vae_encoder_forward(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x) {
     if (!x || ldm_ctx_status(ctx)) return NULL;
-    if (x->ndim != 4 || x->shape[1] != v->cfg.in_channels) {
+    if (x->ndim != v->cfg.dims + 2 || x->shape[1] != v->cfg.in_channels) {
         char b[64];
-        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL encoder: input %s, expected [B, %d, H, W]", ldm_shape_str(x, b, sizeof b), v->cfg.in_channels);
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL encoder: input %s, expected [B, %d, %s] (dims %d)", ldm_shape_str(x, b, sizeof b),
+                       v->cfg.in_channels, ldm__vae_sp(v), v->cfg.dims);
         return NULL;
     }
     ldm_tensor *h;
     ldm_mark base = ldm_arena_mark(ctx);
-    LDM__VAE_STEP(ldm_nn_conv2d_forward(ctx, &v->enc.conv_in, x));
+    LDM__VAE_STEP(ldm__vae_conv_fwd(ctx, &v->enc.conv_in, x));
     for (int i = 0; i < v->cfg.n_levels; i++) {
         const ldm__vae_level *L = &v->enc.level[i];
         for (int j = 0; j < L->n_block; j++) {
@@ -624,7 +689,7 @@ LDM_API ldm_tensor *ldm_vae_encoder_forward(ldm_ctx *ctx, ldm_vae *v, ldm_tensor
             if (L->n_attn) LDM__VAE_STEP(ldm__vae_attn_fwd(ctx, &L->attn[j], h));
         }
         if (L->has_resample)
-            LDM__VAE_STEP(v->cfg.resamp_with_conv ? ldm_nn_conv2d_forward(ctx, &L->resample, h) : ldm_avg_pool(ctx, h, 2, 2, 0));
+            LDM__VAE_STEP(v->cfg.resamp_with_conv ? ldm__vae_conv_fwd(ctx, &L->resample, h) : ldm_avg_pool(ctx, h, 2, 2, 0));
     }
     h = ldm__vae_mid(ctx, v, &v->enc, h, base);
     LDM__VAE_STEP(ldm__vae_out(ctx, &v->enc, h));
@@ -633,14 +698,15 @@ LDM_API ldm_tensor *ldm_vae_encoder_forward(ldm_ctx *ctx, ldm_vae *v, ldm_tensor
 
 LDM_API ldm_tensor *ldm_vae_decoder_forward(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *z) {
     if (!z || ldm_ctx_status(ctx)) return NULL;
-    if (z->ndim != 4 || z->shape[1] != v->cfg.z_channels) {
+    if (z->ndim != v->cfg.dims + 2 || z->shape[1] != v->cfg.z_channels) {
         char b[64];
-        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL decoder: input %s, expected [B, %d, h, w]", ldm_shape_str(z, b, sizeof b), v->cfg.z_channels);
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL decoder: input %s, expected [B, %d, %s] (dims %d)", ldm_shape_str(z, b, sizeof b),
+                       v->cfg.z_channels, ldm__vae_sp(v), v->cfg.dims);
         return NULL;
     }
     ldm_tensor *h;
     ldm_mark base = ldm_arena_mark(ctx);
-    LDM__VAE_STEP(ldm_nn_conv2d_forward(ctx, &v->dec.conv_in, z));
+    LDM__VAE_STEP(ldm__vae_conv_fwd(ctx, &v->dec.conv_in, z));
     h = ldm__vae_mid(ctx, v, &v->dec, h, base);
     for (int i = v->cfg.n_levels - 1; i >= 0; i--) {
         const ldm__vae_level *L = &v->dec.level[i];
@@ -649,8 +715,8 @@ LDM_API ldm_tensor *ldm_vae_decoder_forward(ldm_ctx *ctx, ldm_vae *v, ldm_tensor
             if (L->n_attn) LDM__VAE_STEP(ldm__vae_attn_fwd(ctx, &L->attn[j], h));
         }
         if (L->has_resample) {
-            LDM__VAE_STEP(ldm_upsample_nearest(ctx, h, 1, 2, 2));
-            if (v->cfg.resamp_with_conv) LDM__VAE_STEP(ldm_nn_conv2d_forward(ctx, &L->resample, h));
+            LDM__VAE_STEP(ldm_upsample_nearest(ctx, h, v->cfg.dims == 3 ? 2 : 1, 2, 2));
+            if (v->cfg.resamp_with_conv) LDM__VAE_STEP(ldm__vae_conv_fwd(ctx, &L->resample, h));
         }
     }
     LDM__VAE_STEP(ldm__vae_out(ctx, &v->dec, h));
@@ -672,17 +738,17 @@ LDM_API ldm_result ldm_vae_encode(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, ldm_v
         q->mean = ldm_vae_vq_encode(ctx, v, x);
         return q->mean ? LDM_OK : ldm_ctx_status(ctx);
     }
-    return ldm_vae_posterior_from_moments(ctx, ldm_nn_conv2d_forward(ctx, &v->quant_conv, ldm_vae_encoder_forward(ctx, v, x)), q);
+    return ldm_vae_posterior_from_moments(ctx, ldm__vae_conv_fwd(ctx, &v->quant_conv, ldm_vae_encoder_forward(ctx, v, x)), q);
 }
 LDM_API ldm_tensor *ldm_vae_decode(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *z) {
     if (v->codebook) return ldm_vae_vq_decode(ctx, v, z, 0); /* VQModelInterface.decode quantizes */
-    if (z && (z->ndim != 4 || z->shape[1] != v->cfg.embed_dim)) {
+    if (z && (z->ndim != v->cfg.dims + 2 || z->shape[1] != v->cfg.embed_dim)) {
         char b[64];
-        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL decode: latent %s, expected [B, %d, h, w] (embed_dim %d)",
-                       ldm_shape_str(z, b, sizeof b), v->cfg.embed_dim, v->cfg.embed_dim);
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL decode: latent %s, expected [B, %d, %s] (embed_dim %d, dims %d)",
+                       ldm_shape_str(z, b, sizeof b), v->cfg.embed_dim, ldm__vae_sp(v), v->cfg.embed_dim, v->cfg.dims);
         return NULL;
     }
-    return ldm_vae_decoder_forward(ctx, v, ldm_nn_conv2d_forward(ctx, &v->post_quant_conv, z));
+    return ldm_vae_decoder_forward(ctx, v, ldm__vae_conv_fwd(ctx, &v->post_quant_conv, z));
 }
 LDM_API ldm_tensor *ldm_vae_posterior_sample(ldm_ctx *ctx, const ldm_vae_posterior *q, ldm_tensor *eps) {
     if (q->mean && !q->logvar) return q->mean; /* a VQ model's latent is deterministic */
@@ -691,6 +757,12 @@ LDM_API ldm_tensor *ldm_vae_posterior_sample(ldm_ctx *ctx, const ldm_vae_posteri
     return ldm_add(ctx, q->mean, ldm_mul(ctx, ldm_exp(ctx, ldm_scale(ctx, q->logvar, 0.5f)), eps));
 }
 LDM_API ldm_tensor *ldm_vae_posterior_mode(const ldm_vae_posterior *q) { return q->mean; }
+/* the dims DiagonalGaussianDistribution sums over: C,H,W (3-D: C,T,H,W) */
+static unsigned ldm__vae_nonbatch(const ldm_tensor *t) {
+    unsigned m = 0;
+    for (int i = 1; t && i < t->ndim; i++) m |= LDM_DIM(i);
+    return m;
+}
 static ldm_tensor *ldm__vae_no_logvar(ldm_ctx *ctx, const ldm_vae_posterior *q, const char *what) {
     if (q->mean && !ldm_ctx_status(ctx))
         ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "posterior %s: no logvar (a VQ first stage's latent is deterministic; hint: KL/NLL need an AutoencoderKL)", what);
@@ -700,14 +772,14 @@ LDM_API ldm_tensor *ldm_vae_posterior_kl(ldm_ctx *ctx, const ldm_vae_posterior *
     if (!q->logvar) return ldm__vae_no_logvar(ctx, q, "kl");
     ldm_tensor *t = ldm_add(ctx, ldm_square(ctx, q->mean), ldm_exp(ctx, q->logvar));
     t = ldm_sub(ctx, ldm_add_scalar(ctx, t, -1.0f), q->logvar);
-    return ldm_scale(ctx, ldm_sum(ctx, t, LDM_DIM(1) | LDM_DIM(2) | LDM_DIM(3), 0), 0.5f);
+    return ldm_scale(ctx, ldm_sum(ctx, t, ldm__vae_nonbatch(t), 0), 0.5f);
 }
 LDM_API ldm_tensor *ldm_vae_posterior_nll(ldm_ctx *ctx, const ldm_vae_posterior *q, ldm_tensor *x) {
     if (!q->logvar) return ldm__vae_no_logvar(ctx, q, "nll");
     ldm_tensor *d = ldm_sub(ctx, x, q->mean);
     ldm_tensor *t = ldm_add(ctx, ldm_add_scalar(ctx, q->logvar, (float)log(2.0 * 3.14159265358979323846)),
                             ldm_div(ctx, ldm_square(ctx, d), ldm_exp(ctx, q->logvar)));
-    return ldm_scale(ctx, ldm_sum(ctx, t, LDM_DIM(1) | LDM_DIM(2) | LDM_DIM(3), 0), 0.5f);
+    return ldm_scale(ctx, ldm_sum(ctx, t, ldm__vae_nonbatch(t), 0), 0.5f);
 }
 LDM_API ldm_tensor *ldm_vae_forward(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, int sample_posterior, ldm_vae_posterior *qout) {
     ldm_vae_posterior q;
@@ -743,18 +815,29 @@ static float ldm__vae_ramp(int64_t p, int64_t s, int64_t len, int64_t n, int64_t
 
 typedef ldm_tensor *(*ldm__vae_fn)(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x);
 static ldm_tensor *ldm__vae_enc_moments(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x) {
-    return ldm_nn_conv2d_forward(ctx, &v->quant_conv, ldm_vae_encoder_forward(ctx, v, x));
+    return ldm__vae_conv_fwd(ctx, &v->quant_conv, ldm_vae_encoder_forward(ctx, v, x));
 }
 
 /* Runs fn over x in batch chunks and tiles and blends the results. up > 0: outputs are `up`
-   times larger than inputs (decoding); up < 0: `-up` times smaller (encoding). */
+   times larger than inputs (decoding); up < 0: `-up` times smaller (encoding). Images tile
+   over H, W and volumes over T, H, W (cubes of the same size); internally both use three
+   axes, an image's first one of size 1. */
 static ldm_tensor *ldm__vae_tiled(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, const ldm_vae_infer *opt, ldm__vae_fn fn,
                                   int out_ch, int up) {
     if (!x || ldm_ctx_status(ctx)) return NULL;
-    if (x->ndim != 4) { ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: expected a 4-D [B, C, H, W] input"); return NULL; }
+    int nd = v->cfg.dims == 3 ? 3 : 2, off = 3 - nd;
+    if (x->ndim != nd + 2) {
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: expected a %d-D %s input", nd + 2, nd == 3 ? "[B, C, T, H, W]" : "[B, C, H, W]");
+        return NULL;
+    }
     int f = ldm_vae_factor(&v->cfg);
-    int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3];
-    int64_t OH = up > 0 ? H * up : H / -up, OW = up > 0 ? W * up : W / -up;
+    int64_t B = x->shape[0], S[3], OS[3], smax = 0;
+    for (int a = 0; a < 3; a++) {
+        S[a] = a < off ? 1 : x->shape[2 + a - off];
+        OS[a] = up > 0 ? S[a] * up : S[a] / -up;
+        if (a >= off) smax = LDM__VAE_MAX(smax, S[a]);
+    }
+    if (off) OS[0] = 1;
     int64_t nb = opt && opt->batch > 0 ? opt->batch : B;
     /* tile and overlap in input units */
     int64_t ti = 0, oi = 0;
@@ -766,20 +849,28 @@ static ldm_tensor *ldm__vae_tiled(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, const
                            opt->tile, opt->overlap, f, 2 * f);
             return NULL;
         }
-        if (up < 0 && (H % f || W % f)) {
-            ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: tiled encoding needs H and W divisible by %d, got %lldx%lld",
-                           f, (long long)H, (long long)W);
+        for (int a = off; a < 3; a++)
+            if (up < 0 && S[a] % f) {
+                ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: tiled encoding needs %s divisible by %d, got %lld", nd == 3 ? "T, H and W" : "H and W",
+                               f, (long long)S[a]);
+                return NULL;
+            }
+    }
+    int fits = 1;
+    for (int a = off; a < 3; a++) fits = fits && ti >= S[a];
+    if (ti <= 0 || fits) ti = smax, oi = 0;
+    for (int a = off; a < 3; a++)
+        if (ti < S[a] && (S[a] - ti) / (ti - oi) + 2 > 512) {
+            ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: more than 512 tiles per side (hint: a larger tile)");
             return NULL;
         }
+    int64_t st[3][512];
+    int n[3];
+    for (int a = 0; a < 3; a++) {
+        if (a < off) { st[a][0] = 0; n[a] = 1; }
+        else n[a] = ldm__vae_tiles(S[a], LDM__VAE_MIN(ti, S[a]), oi, st[a], 512);
     }
-    if (ti <= 0 || (ti >= H && ti >= W)) ti = LDM__VAE_MAX(H, W), oi = 0;
-    if ((ti < H && (H - ti) / (ti - oi) + 2 > 512) || (ti < W && (W - ti) / (ti - oi) + 2 > 512)) {
-        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: more than 512 tiles per side (hint: a larger tile)");
-        return NULL;
-    }
-    int64_t ys[512], xs[512];
-    int ny = ldm__vae_tiles(H, LDM__VAE_MIN(ti, H), oi, ys, 512), nx = ldm__vae_tiles(W, LDM__VAE_MIN(ti, W), oi, xs, 512);
-    if (ny == 1 && nx == 1 && nb >= B) { /* one piece: fn's result as it is, on x's device */
+    if (n[0] == 1 && n[1] == 1 && n[2] == 1 && nb >= B) { /* one piece: fn's result as it is, on x's device */
         int prev = ldm_set_grad_enabled(ctx, 0);
         ldm_tensor *o = fn(ctx, v, x);
         ldm_set_grad_enabled(ctx, prev);
@@ -787,58 +878,68 @@ static ldm_tensor *ldm__vae_tiled(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, const
     }
     /* Tiles and chunks are blended on the host: the output is assembled in CPU memory and
        copied to x's device at the end. */
-    int64_t oplane = OH * OW;
+    int64_t oplane = OS[0] * OS[1] * OS[2];
     float *acc = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(B * out_ch * oplane));
     float *wsum = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)oplane);
     if (!acc || !wsum) return NULL;
     memset(acc, 0, sizeof(float) * (size_t)(B * out_ch * oplane));
     memset(wsum, 0, sizeof(float) * (size_t)oplane);
     int prev = ldm_set_grad_enabled(ctx, 0);
+    int64_t ovo = up > 0 ? oi * up : oi / -up; /* the overlap in output units */
     for (int64_t b0 = 0; b0 < B && !ldm_ctx_status(ctx); b0 += nb) {
         int64_t bn = LDM__VAE_MIN(nb, B - b0);
-        for (int ty = 0; ty < ny; ty++)
-            for (int tx = 0; tx < nx && !ldm_ctx_status(ctx); tx++) {
-                ldm_mark m = ldm_arena_mark(ctx);
-                int64_t th = LDM__VAE_MIN(ti, H), tw = LDM__VAE_MIN(ti, W);
-                ldm_tensor *in = x;
-                if (bn != B) in = ldm_slice(ctx, in, 0, b0, bn);
-                if (th != H) in = ldm_slice(ctx, in, 2, ys[ty], th);
-                if (tw != W) in = ldm_slice(ctx, in, 3, xs[tx], tw);
-                ldm_tensor *o = fn(ctx, v, in);
-                float *host = o ? (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)o->numel) : NULL;
-                if (!host || ldm_to_host(ctx, o, host)) { ldm_arena_rewind(ctx, m); break; }
-                int64_t oh = o->shape[2], ow = o->shape[3];
-                int64_t oy = up > 0 ? ys[ty] * up : ys[ty] / -up, ox = up > 0 ? xs[tx] * up : xs[tx] / -up;
-                int64_t ovy = up > 0 ? oi * up : oi / -up;
-                for (int64_t yy = 0; yy < oh; yy++) {
-                    float wy = ldm__vae_ramp(yy, oy, oh, OH, ny > 1 ? ovy : 0);
-                    for (int64_t xx = 0; xx < ow; xx++) {
-                        float wgt = wy * ldm__vae_ramp(xx, ox, ow, OW, nx > 1 ? ovy : 0);
-                        int64_t pix = (oy + yy) * OW + ox + xx;
+        for (int k = 0; k < n[0] * n[1] * n[2] && !ldm_ctx_status(ctx); k++) {
+            int ix[3] = {k / (n[1] * n[2]), k / n[2] % n[1], k % n[2]};
+            ldm_mark m = ldm_arena_mark(ctx);
+            ldm_tensor *in = x;
+            if (bn != B) in = ldm_slice(ctx, in, 0, b0, bn);
+            for (int a = off; a < 3; a++)
+                if (LDM__VAE_MIN(ti, S[a]) != S[a]) in = ldm_slice(ctx, in, 2 + a - off, st[a][ix[a]], ti);
+            ldm_tensor *o = fn(ctx, v, in);
+            float *host = o ? (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)o->numel) : NULL;
+            if (!host || ldm_to_host(ctx, o, host)) { ldm_arena_rewind(ctx, m); break; }
+            int64_t os[3], oo[3];
+            for (int a = 0; a < 3; a++) {
+                os[a] = a < off ? 1 : o->shape[2 + a - off];
+                oo[a] = up > 0 ? st[a][ix[a]] * up : st[a][ix[a]] / -up;
+            }
+            for (int64_t zz = 0; zz < os[0]; zz++) {
+                float wz = ldm__vae_ramp(zz, oo[0], os[0], OS[0], n[0] > 1 ? ovo : 0);
+                for (int64_t yy = 0; yy < os[1]; yy++) {
+                    float wy = wz * ldm__vae_ramp(yy, oo[1], os[1], OS[1], n[1] > 1 ? ovo : 0);
+                    for (int64_t xx = 0; xx < os[2]; xx++) {
+                        float wgt = wy * ldm__vae_ramp(xx, oo[2], os[2], OS[2], n[2] > 1 ? ovo : 0);
+                        int64_t pix = ((oo[0] + zz) * OS[1] + oo[1] + yy) * OS[2] + oo[2] + xx;
+                        int64_t src = (zz * os[1] + yy) * os[2] + xx, tplane = os[0] * os[1] * os[2];
                         if (b0 == 0) wsum[pix] += wgt;
                         for (int64_t bc = 0; bc < bn * out_ch; bc++)
-                            acc[(b0 * out_ch + bc) * oplane + pix] += wgt * host[(bc * oh + yy) * ow + xx];
+                            acc[(b0 * out_ch + bc) * oplane + pix] += wgt * host[bc * tplane + src];
                     }
                 }
-                ldm_arena_rewind(ctx, m);
             }
+            ldm_arena_rewind(ctx, m);
+        }
     }
     ldm_set_grad_enabled(ctx, prev);
     if (ldm_ctx_status(ctx)) return NULL;
     for (int64_t i = 0; i < B * out_ch; i++)
         for (int64_t p = 0; p < oplane; p++) acc[i * oplane + p] /= wsum[p];
-    return ldm_from_host(ctx, ldm_shape4(B, out_ch, OH, OW), acc);
+    ldm_shape os = ldm_shape_of(x);
+    os.d[1] = out_ch;
+    for (int a = off; a < 3; a++) os.d[2 + a - off] = OS[a];
+    return ldm_from_host(ctx, os, acc);
 }
 
 LDM_API ldm_result ldm_vae_encode_infer(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x, const ldm_vae_infer *opt, ldm_vae_posterior *q) {
     q->mean = q->logvar = NULL;
-    if (x && (x->ndim != 4 || x->shape[1] != v->cfg.in_channels)) {
+    if (x && (x->ndim != v->cfg.dims + 2 || x->shape[1] != v->cfg.in_channels)) {
         char b[64];
-        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL encode: input %s, expected [B, %d, H, W]", ldm_shape_str(x, b, sizeof b), v->cfg.in_channels);
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL encode: input %s, expected [B, %d, %s] (dims %d)", ldm_shape_str(x, b, sizeof b),
+                              v->cfg.in_channels, ldm__vae_sp(v), v->cfg.dims);
     }
     int f = ldm_vae_factor(&v->cfg);
-    if (x && (x->shape[2] % f || x->shape[3] % f) && opt && opt->tile > 0)
-        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: tiled encoding needs H and W divisible by %d", f);
+    if (x && (x->shape[2] % f || x->shape[3] % f || (x->ndim == 5 && x->shape[4] % f)) && opt && opt->tile > 0)
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL: tiled encoding needs %s divisible by %d", v->cfg.dims == 3 ? "T, H and W" : "H and W", f);
     ldm_tensor *mom = ldm__vae_tiled(ctx, v, x, opt, ldm__vae_enc_moments, (v->codebook ? 1 : 2) * v->cfg.embed_dim, -f);
     if (v->codebook) { q->mean = mom; return mom ? LDM_OK : ldm_ctx_status(ctx); } /* VQ: h, not quantized */
     int prev = ldm_set_grad_enabled(ctx, 0);
@@ -847,9 +948,10 @@ LDM_API ldm_result ldm_vae_encode_infer(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *x,
     return r;
 }
 LDM_API ldm_tensor *ldm_vae_decode_infer(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *z, const ldm_vae_infer *opt) {
-    if (z && (z->ndim != 4 || z->shape[1] != v->cfg.embed_dim)) {
+    if (z && (z->ndim != v->cfg.dims + 2 || z->shape[1] != v->cfg.embed_dim)) {
         char b[64];
-        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL decode: latent %s, expected [B, %d, h, w]", ldm_shape_str(z, b, sizeof b), v->cfg.embed_dim);
+        ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "AutoencoderKL decode: latent %s, expected [B, %d, %s] (dims %d)", ldm_shape_str(z, b, sizeof b),
+                       v->cfg.embed_dim, ldm__vae_sp(v), v->cfg.dims);
         return NULL;
     }
     return ldm__vae_tiled(ctx, v, z, opt, ldm_vae_decode, v->cfg.out_ch, ldm_vae_factor(&v->cfg));
@@ -926,7 +1028,7 @@ LDM_API ldm_tensor *ldm_vae_vq_embed_code(ldm_ctx *ctx, ldm_vae *v, const int64_
 LDM_API ldm_tensor *ldm_vae_vq_decode(ldm_ctx *ctx, ldm_vae *v, ldm_tensor *h, int force_not_quantize) {
     if (!ldm__vae_vq_latent_ok(ctx, v, h, "VQModel decode")) return NULL;
     ldm_tensor *q = force_not_quantize ? h : ldm_vae_vq_quantize(ctx, v, h, NULL);
-    return ldm_vae_decoder_forward(ctx, v, ldm_nn_conv2d_forward(ctx, &v->post_quant_conv, q));
+    return ldm_vae_decoder_forward(ctx, v, ldm__vae_conv_fwd(ctx, &v->post_quant_conv, q));
 }
 
 LDM_API ldm_tensor *ldm_vae_vq_decode_code(ldm_ctx *ctx, ldm_vae *v, const int64_t *indices, int64_t B, int64_t H, int64_t W) {
@@ -974,7 +1076,7 @@ LDM_API ldm_result ldm_vae_config_read(ldm_config *cfg, const ldm_config_node *n
     for (int i = 0; i < d.attn_resolutions.n; i++) out->attn_resolutions[i] = d.attn_resolutions.v[i];
     out->num_res_blocks = d.num_res_blocks; out->dropout = (float)d.dropout;
     out->resamp_with_conv = d.resamp_with_conv; out->tanh_out = d.tanh_out; out->embed_dim = embed;
-    out->n_embed = n_embed;
+    out->n_embed = n_embed; out->dims = d.dims;
     return LDM_OK;
 }
 #endif

@@ -310,12 +310,12 @@ static ldm_tensor *attn_block_ref(ldm_ctx *ctx, const ldm__vae_attn *a, ldm_tens
     int64_t B = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
     ldm_shape s3 = ldm_shape3(B, C, H * W);
     ldm_tensor *h = ldm_nn_groupnorm_forward(ctx, &a->norm, x);
-    ldm_tensor *q = ldm_reshape(ctx, ldm_nn_conv2d_forward(ctx, &a->q, h), s3);
-    ldm_tensor *k = ldm_reshape(ctx, ldm_nn_conv2d_forward(ctx, &a->k, h), s3);
-    ldm_tensor *v = ldm_reshape(ctx, ldm_nn_conv2d_forward(ctx, &a->v, h), s3);
+    ldm_tensor *q = ldm_reshape(ctx, ldm__vae_conv_fwd(ctx, &a->q, h), s3);
+    ldm_tensor *k = ldm_reshape(ctx, ldm__vae_conv_fwd(ctx, &a->k, h), s3);
+    ldm_tensor *v = ldm_reshape(ctx, ldm__vae_conv_fwd(ctx, &a->v, h), s3);
     ldm_tensor *w = ldm_softmax(ctx, ldm_scale(ctx, ldm_matmul(ctx, q, k, 1, 0), (float)pow((double)C, -0.5)), 2);
     ldm_tensor *o = ldm_reshape(ctx, ldm_matmul(ctx, v, w, 0, 1), ldm_shape4(B, C, H, W));
-    return ldm_add(ctx, x, ldm_nn_conv2d_forward(ctx, &a->proj_out, o));
+    return ldm_add(ctx, x, ldm__vae_conv_fwd(ctx, &a->proj_out, o));
 }
 static void test_attn_block(ldm_ctx *ctx) {
     ldm_vae_config cfg = tiny_cfg();

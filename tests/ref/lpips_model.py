@@ -82,16 +82,18 @@ class LPIPS(nn.Module):
 
 
 class NLayerDiscriminator(nn.Module):
-    def __init__(self, input_nc=3, ndf=64, n_layers=3):
+    """taming's; dims=3 swaps in Conv3d / BatchNorm3d (same names)"""
+    def __init__(self, input_nc=3, ndf=64, n_layers=3, dims=2):
         super().__init__()
-        seq = [nn.Conv2d(input_nc, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        Conv, BN = (nn.Conv3d, nn.BatchNorm3d) if dims == 3 else (nn.Conv2d, nn.BatchNorm2d)
+        seq = [Conv(input_nc, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         mult = 1
         for n in range(1, n_layers):
             prev, mult = mult, min(2 ** n, 8)
-            seq += [nn.Conv2d(ndf * prev, ndf * mult, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * mult), nn.LeakyReLU(0.2, True)]
+            seq += [Conv(ndf * prev, ndf * mult, 4, 2, 1, bias=False), BN(ndf * mult), nn.LeakyReLU(0.2, True)]
         prev, mult = mult, min(2 ** n_layers, 8)
-        seq += [nn.Conv2d(ndf * prev, ndf * mult, 4, 1, 1, bias=False), nn.BatchNorm2d(ndf * mult), nn.LeakyReLU(0.2, True)]
-        seq += [nn.Conv2d(ndf * mult, 1, 4, 1, 1)]
+        seq += [Conv(ndf * prev, ndf * mult, 4, 1, 1, bias=False), BN(ndf * mult), nn.LeakyReLU(0.2, True)]
+        seq += [Conv(ndf * mult, 1, 4, 1, 1)]
         self.main = nn.Sequential(*seq)
 
     def forward(self, x):

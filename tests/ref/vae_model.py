@@ -1,8 +1,15 @@
 """AutoencoderKL in PyTorch, written to match CompVis latent-diffusion (ldm/modules/
-diffusionmodules/model.py + ldm/models/autoencoder.py). Parameter names follow CompVis."""
+diffusionmodules/model.py + ldm/models/autoencoder.py). Parameter names follow CompVis.
+dims=3 (ddconfig key `dims`) is the same model for volumes [B,C,T,H,W]: Conv3d everywhere,
+Downsample pads (0,1,0,1,0,1) / avg-pools 2 in T,H,W, Upsample doubles T,H,W, AttnBlock over
+the T*H*W positions."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+def conv(dims, *a, **k):
+    return {2: nn.Conv2d, 3: nn.Conv3d}[dims](*a, **k)
 
 
 def norm(c):
@@ -14,12 +21,12 @@ def swish(x):
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, cin, cout, dropout=0.0):
+    def __init__(self, cin, cout, dropout=0.0, dims=2):
         super().__init__()
-        self.norm1, self.conv1 = norm(cin), nn.Conv2d(cin, cout, 3, 1, 1)
-        self.norm2, self.dropout, self.conv2 = norm(cout), nn.Dropout(dropout), nn.Conv2d(cout, cout, 3, 1, 1)
+        self.norm1, self.conv1 = norm(cin), conv(dims, cin, cout, 3, 1, 1)
+        self.norm2, self.dropout, self.conv2 = norm(cout), nn.Dropout(dropout), conv(dims, cout, cout, 3, 1, 1)
         if cin != cout:
-            self.nin_shortcut = nn.Conv2d(cin, cout, 1, 1, 0)
+            self.nin_shortcut = conv(dims, cin, cout, 1, 1, 0)
         self.cin, self.cout = cin, cout
 
     def forward(self, x):
@@ -29,61 +36,71 @@ class ResnetBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    def __init__(self, c):
+    def __init__(self, c, dims=2):
         super().__init__()
         self.norm = norm(c)
-        self.q, self.k, self.v, self.proj_out = (nn.Conv2d(c, c, 1) for _ in range(4))
+        self.q, self.k, self.v, self.proj_out = (conv(dims, c, c, 1) for _ in range(4))
 
     def forward(self, x):
         h = self.norm(x)
         q, k, v = self.q(h), self.k(h), self.v(h)
-        b, c, hh, ww = q.shape
-        q = q.reshape(b, c, hh * ww).permute(0, 2, 1)
-        k = k.reshape(b, c, hh * ww)
+        b, c = q.shape[:2]
+        n = q[0, 0].numel()  # H*W, or T*H*W for volumes
+        q = q.reshape(b, c, n).permute(0, 2, 1)
+        k = k.reshape(b, c, n)
         w = torch.softmax(torch.bmm(q, k) * (int(c) ** -0.5), dim=2)
-        v = v.reshape(b, c, hh * ww)
-        out = torch.bmm(v, w.permute(0, 2, 1)).reshape(b, c, hh, ww)
+        v = v.reshape(b, c, n)
+        out = torch.bmm(v, w.permute(0, 2, 1)).reshape(x.shape)
         return x + self.proj_out(out)
 
 
 class Down(nn.Module):
-    def __init__(self, c):
+    def __init__(self, c, dims=2, with_conv=True):
         super().__init__()
-        self.conv = nn.Conv2d(c, c, 3, 2, 0)
+        self.dims, self.with_conv = dims, with_conv
+        if with_conv:
+            self.conv = conv(dims, c, c, 3, 2, 0)
 
     def forward(self, x):
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
+        if not self.with_conv:
+            return (F.avg_pool3d if self.dims == 3 else F.avg_pool2d)(x, kernel_size=2, stride=2)
+        return self.conv(F.pad(x, (0, 1) * self.dims))
 
 
 class Up(nn.Module):
-    def __init__(self, c):
+    def __init__(self, c, dims=2, with_conv=True):
         super().__init__()
-        self.conv = nn.Conv2d(c, c, 3, 1, 1)
+        self.with_conv = with_conv
+        if with_conv:
+            self.conv = conv(dims, c, c, 3, 1, 1)
 
     def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.conv(x) if self.with_conv else x
 
 
 class Encoder(nn.Module):
-    def __init__(self, ch, ch_mult, num_res_blocks, attn_resolutions, in_channels, resolution, z_channels, double_z=True, dropout=0.0, **_):
+    def __init__(self, ch, ch_mult, num_res_blocks, attn_resolutions, in_channels, resolution, z_channels, double_z=True, dropout=0.0,
+                 dims=2, resamp_with_conv=True, **_):
         super().__init__()
-        self.conv_in = nn.Conv2d(in_channels, ch, 3, 1, 1)
+        self.conv_in = conv(dims, in_channels, ch, 3, 1, 1)
         in_mult, res = (1,) + tuple(ch_mult), resolution
         self.down = nn.ModuleList()
         for i, m in enumerate(ch_mult):
             lvl = nn.Module(); lvl.block = nn.ModuleList(); lvl.attn = nn.ModuleList()
             cin = ch * in_mult[i]
             for _ in range(num_res_blocks):
-                lvl.block.append(ResnetBlock(cin, ch * m, dropout)); cin = ch * m
+                lvl.block.append(ResnetBlock(cin, ch * m, dropout, dims)); cin = ch * m
                 if res in attn_resolutions:
-                    lvl.attn.append(AttnBlock(cin))
+                    lvl.attn.append(AttnBlock(cin, dims))
             if i != len(ch_mult) - 1:
-                lvl.downsample = Down(cin); res //= 2
+                lvl.downsample = Down(cin, dims, resamp_with_conv); res //= 2
             self.down.append(lvl)
         self.mid = nn.Module()
-        self.mid.block_1, self.mid.attn_1, self.mid.block_2 = ResnetBlock(cin, cin, dropout), AttnBlock(cin), ResnetBlock(cin, cin, dropout)
+        self.mid.block_1, self.mid.attn_1, self.mid.block_2 = (ResnetBlock(cin, cin, dropout, dims), AttnBlock(cin, dims),
+                                                               ResnetBlock(cin, cin, dropout, dims))
         self.norm_out = norm(cin)
-        self.conv_out = nn.Conv2d(cin, 2 * z_channels if double_z else z_channels, 3, 1, 1)
+        self.conv_out = conv(dims, cin, 2 * z_channels if double_z else z_channels, 3, 1, 1)
         self.n = len(ch_mult)
 
     def forward(self, x):
@@ -100,26 +117,28 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, ch, out_ch, ch_mult, num_res_blocks, attn_resolutions, resolution, z_channels, tanh_out=False, dropout=0.0, **_):
+    def __init__(self, ch, out_ch, ch_mult, num_res_blocks, attn_resolutions, resolution, z_channels, tanh_out=False, dropout=0.0,
+                 dims=2, resamp_with_conv=True, **_):
         super().__init__()
         n = len(ch_mult)
         cin, res = ch * ch_mult[-1], resolution // 2 ** (n - 1)
-        self.conv_in = nn.Conv2d(z_channels, cin, 3, 1, 1)
+        self.conv_in = conv(dims, z_channels, cin, 3, 1, 1)
         self.mid = nn.Module()
-        self.mid.block_1, self.mid.attn_1, self.mid.block_2 = ResnetBlock(cin, cin, dropout), AttnBlock(cin), ResnetBlock(cin, cin, dropout)
+        self.mid.block_1, self.mid.attn_1, self.mid.block_2 = (ResnetBlock(cin, cin, dropout, dims), AttnBlock(cin, dims),
+                                                               ResnetBlock(cin, cin, dropout, dims))
         ups = []
         for i in reversed(range(n)):
             lvl = nn.Module(); lvl.block = nn.ModuleList(); lvl.attn = nn.ModuleList()
             for _ in range(num_res_blocks + 1):
-                lvl.block.append(ResnetBlock(cin, ch * ch_mult[i], dropout)); cin = ch * ch_mult[i]
+                lvl.block.append(ResnetBlock(cin, ch * ch_mult[i], dropout, dims)); cin = ch * ch_mult[i]
                 if res in attn_resolutions:
-                    lvl.attn.append(AttnBlock(cin))
+                    lvl.attn.append(AttnBlock(cin, dims))
             if i != 0:
-                lvl.upsample = Up(cin); res *= 2
+                lvl.upsample = Up(cin, dims, resamp_with_conv); res *= 2
             ups.insert(0, lvl)
         self.up = nn.ModuleList(ups)
         self.norm_out = norm(cin)
-        self.conv_out = nn.Conv2d(cin, out_ch, 3, 1, 1)
+        self.conv_out = conv(dims, cin, out_ch, 3, 1, 1)
         self.n, self.tanh_out = n, tanh_out
 
     def forward(self, z):
@@ -141,9 +160,9 @@ class AutoencoderKL(nn.Module):
     def __init__(self, ddconfig, embed_dim):
         super().__init__()
         self.encoder, self.decoder = Encoder(**ddconfig), Decoder(**ddconfig)
-        z = ddconfig["z_channels"]
-        self.quant_conv = nn.Conv2d(2 * z, 2 * embed_dim, 1)
-        self.post_quant_conv = nn.Conv2d(embed_dim, z, 1)
+        z, dims = ddconfig["z_channels"], ddconfig.get("dims", 2)
+        self.quant_conv = conv(dims, 2 * z, 2 * embed_dim, 1)
+        self.post_quant_conv = conv(dims, embed_dim, z, 1)
 
     def encode(self, x):
         moments = self.quant_conv(self.encoder(x))
@@ -155,12 +174,12 @@ class AutoencoderKL(nn.Module):
 
 
 def kl(mean, logvar):
-    return 0.5 * torch.sum(mean ** 2 + torch.exp(logvar) - 1.0 - logvar, dim=[1, 2, 3])
+    return 0.5 * torch.sum(mean ** 2 + torch.exp(logvar) - 1.0 - logvar, dim=list(range(1, mean.dim())))
 
 
 def nll(sample, mean, logvar):
     import math
-    return 0.5 * torch.sum(math.log(2.0 * math.pi) + logvar + (sample - mean) ** 2 / torch.exp(logvar), dim=[1, 2, 3])
+    return 0.5 * torch.sum(math.log(2.0 * math.pi) + logvar + (sample - mean) ** 2 / torch.exp(logvar), dim=list(range(1, mean.dim())))
 
 
 def to_diffusers(sd, n_levels):
