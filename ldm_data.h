@@ -108,6 +108,7 @@
        ldm.data.imagenet.ImageNetSRTrain / ImageNetSRValidation (image folder via root or data_root)
        ldm.data.mnist.FashionMNIST / ldm.data.mnist.MNIST (IDX; root or path, split train|test)
        ldm.data.cache.CacheDataset (params: dataset, max_mb)
+       ldm.data.volume.VolumeDataset (aliases VolumeDataset, NiftiDataset): NIfTI volumes
        main.DataModuleFromConfig (builds its splits through the same registry)
 
    stb_image: the implementation includes a private (static) copy of stb_image.h (looked up
@@ -170,16 +171,28 @@ typedef struct ldm_data_image {
     unsigned char *px;            /* c*h*w bytes, malloc'd */
     int64_t label;                /* class label, -1: none */
     int64_t index;                /* dataset index actually read (differs after a skip) */
+    int t;                        /* volumes: depth T (0 for 2-D images) */
+    float *fx;                    /* volumes: [c,t,h,w] float voxels instead of px, malloc'd */
 } ldm_data_image;
 LDM_API void ldm_data_image_free(ldm_data_image *im);
 /* Decodes a PNG/JPG/BMP/TGA/... file to channels (1 or 3) planes. LDM_ERR_IO (cannot open),
-   LDM_ERR_FORMAT (cannot decode, with stb_image's reason); message in err. */
+   LDM_ERR_FORMAT (cannot decode, with stb_image's reason), LDM_ERR_UNSUPPORTED (more pixels
+   than ldm_data_max_pixels(): refused from the header before decoding); message in err. */
 LDM_API ldm_result ldm_data_image_load(const char *path, int channels, ldm_data_image *out, char *err, size_t err_size);
+/* Size caps that refuse a small file declaring a huge image or volume before allocating it.
+   Pixels (w*h) of a 2-D image: default 2^26 (8192 x 8192), env LDM_MAX_PIXELS; voxels of a
+   NIfTI volume: default 2^28 (1 GiB as float32), env LDM_MAX_VOXELS. The env var is read at
+   the first use; a setter overrides both (n <= 0 restores the default). Process-wide. */
+LDM_API int64_t ldm_data_max_pixels(void);
+LDM_API void ldm_data_set_max_pixels(int64_t n);
+LDM_API int64_t ldm_data_max_voxels(void);
+LDM_API void ldm_data_set_max_voxels(int64_t n);
 
 typedef struct ldm_data_field {
     char name[LDM_DATA_NAME_MAX];
     int c, h, w;
-    float *data;                  /* [c,h,w], malloc'd, owned by the item */
+    float *data;                  /* [c,h,w] (or [c,t,h,w]), malloc'd, owned by the item */
+    int t;                        /* depth of a volume field; 0: a 2-D field [c,h,w] */
 } ldm_data_field;
 typedef struct ldm_data_item {
     int n_fields;
@@ -191,11 +204,14 @@ LDM_API void ldm_data_item_free(ldm_data_item *it);
 LDM_API const ldm_data_field *ldm_data_item_field(const ldm_data_item *it, const char *name); /* NULL if absent */
 /* Adds a field [c,h,w] (uninitialised data) to it; for custom datasets. NULL when full or out of memory. */
 LDM_API ldm_data_field *ldm_data_item_add(ldm_data_item *it, const char *name, int c, int h, int w);
+/* A volume field [c,t,h,w] (t >= 1; collated to [B,c,t,h,w]). */
+LDM_API ldm_data_field *ldm_data_item_add3(ldm_data_item *it, const char *name, int c, int t, int h, int w);
 
 typedef struct ldm_data_bfield {
     char name[LDM_DATA_NAME_MAX];
-    int64_t shape[4];             /* B, C, H, W */
+    int64_t shape[5];             /* B, C, H, W (ndim 4) or B, C, T, H, W (ndim 5, volumes) */
     float *data;
+    int ndim;                     /* 4 or 5 */
 } ldm_data_bfield;
 typedef struct ldm_data_batch {
     int size;                     /* B */
@@ -313,6 +329,71 @@ LDM_API ldm_result ldm_gunzip(ldm_ctx *ctx, const unsigned char *in, size_t n, u
                               size_t *out_size, const char *name);
 LDM_API uint32_t ldm_crc32(uint32_t crc, const void *data, size_t n); /* start with 0 */
 
+/* ---- NIfTI-1 volumes --------------------------------------------------------------------- */
+/* NIfTI-1 datatype codes (nifti1.h NIFTI_TYPE_*) that are read; ldm_nifti_write takes the
+   first three. Others (complex, RGB, int64, float128, ...) are LDM_ERR_UNSUPPORTED. */
+#define LDM_NII_UINT8 2
+#define LDM_NII_INT16 4
+#define LDM_NII_INT32 8
+#define LDM_NII_FLOAT32 16
+#define LDM_NII_FLOAT64 64
+#define LDM_NII_INT8 256
+#define LDM_NII_UINT16 512
+typedef struct ldm_nifti {
+    int dim[8];                   /* dim[0] = ndim (1..7), dim[1..ndim] = nx, ny, nz, nt, ... (>= 1); the rest 1 */
+    float pixdim[8];              /* pixdim[0] = qfac (+1 or -1), pixdim[1..3] voxel size, [4] TR */
+    int datatype;                 /* as stored (LDM_NII_*); the data below is float whatever it is */
+    float scl_slope, scl_inter;   /* as stored; data already has them applied */
+    int qform_code, sform_code;
+    float quatern_b, quatern_c, quatern_d, qoffset_x, qoffset_y, qoffset_z;
+    float srow_x[4], srow_y[4], srow_z[4];
+    int xyzt_units, intent_code;
+    char descrip[80];             /* zero-terminated */
+    float *data;                  /* nvox voxels, x fastest (i, then j, k, t), malloc'd */
+    size_t nvox;
+} ldm_nifti;
+/* Reads a single-file NIfTI-1 volume (.nii, or gzip'ed .nii.gz: detected by the gzip magic).
+   Both byte orders (told by sizeof_hdr). Voxels become float: v * scl_slope + scl_inter when
+   scl_slope is finite and non-zero, else v. A volume of more than ldm_data_max_voxels() is
+   refused before its data is read or inflated. Errors name the file: LDM_ERR_IO (cannot
+   open), LDM_ERR_FORMAT (short header, bad magic, dim out of range, data shorter than
+   declared, bad gzip), LDM_ERR_UNSUPPORTED (datatype, .hdr/.img pairs, NIfTI-2, size cap). */
+LDM_API ldm_result ldm_nifti_read(ldm_ctx *ctx, const char *path, ldm_nifti *out);
+LDM_API void ldm_nifti_free(ldm_nifti *v);
+/* Writes v (dim, pixdim, orientation, units, intent, descrip, data) to path: gzip'ed when the
+   name ends in .gz (stored deflate blocks: valid gzip any reader inflates, no compression),
+   else plain .nii. datatype LDM_NII_FLOAT32 (or 0) stores the floats, scl_slope 1, scl_inter
+   0. LDM_NII_INT16 / LDM_NII_UINT8 store round((x - scl_inter) / scl_slope) (half to even;
+   slope 0 means 1) with v's scl_slope/scl_inter in the header; a voxel that is not finite or
+   does not fit is LDM_ERR_INVALID naming it. */
+LDM_API ldm_result ldm_nifti_write(ldm_ctx *ctx, const char *path, const ldm_nifti *v, int datatype);
+/* A header for nx x ny x nz voxels of size 1 with an identity orientation (qform and sform
+   code 1 = scanner), scl_slope 1; data NULL. Fill data (nx*ny*nz floats) before writing. */
+LDM_API ldm_nifti ldm_nifti_make(int nx, int ny, int nz);
+
+/* Volume resize: src [C,st,sh,sw] -> dst [C,dt,dh,dw], trilinear with half-voxel centres
+   (PyTorch F.interpolate(mode="trilinear", align_corners=False), no antialiasing).
+   LDM_ERR_INVALID for non-positive sizes, LDM_ERR_NOMEM. */
+LDM_API ldm_result ldm_data_resize3(float *dst, int dt, int dh, int dw, const float *src, int C, int st, int sh, int sw);
+
+/* NIfTI volume dataset: the .nii / .nii.gz files of a folder or list -> "image" [C,T,H,W]. */
+typedef enum ldm_data_vol_norm {
+    LDM_VOL_NONE = 0,             /* the scaled voxel values as they are */
+    LDM_VOL_WINDOW,               /* MONAI ScaleIntensityRanged: (x - a_min) / (a_max - a_min) * (b_max - b_min) + b_min, clipped to [b_min, b_max] when clip */
+    LDM_VOL_ZSCORE                /* per volume: (x - mean) / std (population std; std 0: x - mean) */
+} ldm_data_vol_norm;
+typedef struct ldm_data_volume_opts {
+    ldm_data_folder_opts src;     /* files ending .nii or .nii.gz (labels: directory classes) */
+    ldm_data_vol_norm norm;
+    float a_min, a_max, b_min, b_max;  /* LDM_VOL_WINDOW (a_min != a_max) */
+    int clip;                     /* LDM_VOL_WINDOW: clip to [b_min, b_max] */
+    int resize[3];                /* T, H, W: trilinear resize to this after normalising (all 0: none) */
+    int spatial_size[3];          /* T, H, W crop (0 in an axis: the whole axis); all 0: no crop */
+    int random_crop;              /* offset floor((D - s + 1) * u) per axis (T, H, W draws); else centre (D - s) / 2 */
+    int64_t max_voxels;           /* > 0: cap for this dataset instead of ldm_data_max_voxels() */
+} ldm_data_volume_opts;
+LDM_API ldm_result ldm_dataset_volume(ldm_ctx *ctx, ldm_dataset **out, const ldm_data_volume_opts *o);
+
 /* ---- loader ----------------------------------------------------------------------------- */
 typedef struct ldm_data_loader_opts {
     int batch_size;               /* required, >= 1 */
@@ -410,6 +491,24 @@ extern "C" {
     X(max_items, I64,   "0",     "use only the first max_items (0: all)")
 #define LDM_DATA_FASHION_MNIST_KEYS(X) LDM__DATA_IDX_KEYS(X, "/usr/share/datasets/fashion-mnist")
 #define LDM_DATA_MNIST_KEYS(X) LDM__DATA_IDX_KEYS(X, "")
+#define LDM_DATA_VOLUME_KEYS(X)                                                                             \
+    X(root,         STR,   "",       "directory scanned recursively for .nii / .nii.gz volumes")           \
+    X(data_root,    STR,   "",       "the same as root; give one of them")                                 \
+    X(split,        STR,   "all",    "all, train or validation (validation: every k-th sorted file)")      \
+    X(val_fraction, FLOAT, "0.1",    "share of the files in the validation split")                         \
+    X(file_list,    STR,   "",       "text file of paths relative to root: replaces the directory scan")   \
+    X(max_items,    I64,   "0",      "use only the first max_items files (0: all)")                        \
+    X(labels,       BOOL,  "false",  "class_label from the file's directory")                              \
+    X(norm,         STR,   "none",   "none, window (a_min..a_max -> b_min..b_max) or zscore (per volume)") \
+    X(a_min,        FLOAT, "0",      "window: input value mapped to b_min (e.g. -1000 HU)")                \
+    X(a_max,        FLOAT, "1",      "window: input value mapped to b_max (e.g. 1000 HU)")                 \
+    X(b_min,        FLOAT, "-1",     "window: output at a_min")                                            \
+    X(b_max,        FLOAT, "1",      "window: output at a_max")                                            \
+    X(clip,         BOOL,  "true",   "window: clip the output to [b_min, b_max]")                         \
+    X(resize,       INT_LIST, "",    "T, H, W (or one size for all): trilinear resize (0 or -1: keep that axis)") \
+    X(spatial_size, INT_LIST, "",    "T, H, W (or one size for all) crop (0 or -1: the whole axis)")      \
+    X(random_crop,  BOOL,  "false",  "random crop (else centre crop)")                                     \
+    X(max_voxels,   I64,   "0",      "refuse volumes with more voxels (0: LDM_MAX_VOXELS or 2^28)")
 #define LDM_DATA_CACHE_KEYS(X)                                                                              \
     X(dataset, NODE, NULL,   "the dataset to cache: {target: ..., params: {...}}")                         \
     X(max_mb,  INT,  "1024", "memory cap in MiB for the cached base images")
@@ -429,6 +528,7 @@ LDM_CONFIG_DECLARE(ldm_data_image_folder_params, LDM_DATA_IMAGE_FOLDER_KEYS);
 LDM_CONFIG_DECLARE(ldm_data_sr_params, LDM_DATA_SR_TRAIN_KEYS);
 LDM_CONFIG_DECLARE(ldm_data_idx_params, LDM_DATA_FASHION_MNIST_KEYS);
 LDM_CONFIG_DECLARE(ldm_data_cache_params, LDM_DATA_CACHE_KEYS);
+LDM_CONFIG_DECLARE(ldm_data_volume_params, LDM_DATA_VOLUME_KEYS);
 LDM_CONFIG_DECLARE(ldm_data_module_params, LDM_DATA_MODULE_KEYS);
 /* The schemas of the variants (same members, other defaults), for --help. */
 LDM_API const ldm_config_field *ldm_data_image_folder_train_schema(void);
@@ -624,10 +724,8 @@ static uint32_t ldm__dbe32(const unsigned char *p) {
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
 }
 
-static ldm_result ldm__dgunzip(const unsigned char *in, size_t n, unsigned char **out, size_t *out_size,
-                               const char *name, char *err, size_t errn) {
-    *out = NULL;
-    *out_size = 0;
+/* Offset of the deflate data of a gzip member (header checked). */
+static ldm_result ldm__dgz_start(const unsigned char *in, size_t n, size_t *start, const char *name, char *err, size_t errn) {
     if (n < 18) return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: not a gzip file (%lu bytes; gzip needs at least 18)", name, (unsigned long)n);
     if (in[0] != 0x1f || in[1] != 0x8b)
         return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: not a gzip file (starts %02x %02x, gzip starts 1f 8b)", name, in[0], in[1]);
@@ -635,17 +733,30 @@ static ldm_result ldm__dgunzip(const unsigned char *in, size_t n, unsigned char 
     int flg = in[3];
     if (flg & 0xe0) return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: gzip header has reserved flag bits set (0x%02x): corrupt file", name, flg);
     size_t p = 10;
-    if (flg & 4) { /* FEXTRA */
+    if (flg & 4) {
         if (p + 2 > n) goto truncated;
         p += 2 + ((size_t)in[p] | ((size_t)in[p + 1] << 8));
     }
-    for (int bit = 8; bit <= 16; bit += 8) /* FNAME, FCOMMENT: zero-terminated */
+    for (int bit = 8; bit <= 16; bit += 8)
         if (flg & bit) {
             while (p < n && in[p]) p++;
             p++;
         }
-    if (flg & 2) p += 2; /* FHCRC */
-    if (p + 8 > n) goto truncated;
+    if (flg & 2) p += 2;
+    if (p > n || n - p < 8) goto truncated;
+    *start = p;
+    return LDM_OK;
+truncated:
+    return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: truncated gzip file (%lu bytes end inside the header)", name, (unsigned long)n);
+}
+
+static ldm_result ldm__dgunzip(const unsigned char *in, size_t n, unsigned char **out, size_t *out_size,
+                               const char *name, char *err, size_t errn) {
+    size_t p = 0;
+    *out = NULL;
+    *out_size = 0;
+    ldm_result r = ldm__dgz_start(in, n, &p, name, err, errn);
+    if (r) return r;
     {
         size_t clen = n - 8 - p;
         if (clen > (size_t)INT_MAX) return ldm__derr(err, errn, LDM_ERR_UNSUPPORTED, "%s: compressed data over 2 GiB is not supported", name);
@@ -672,8 +783,6 @@ static ldm_result ldm__dgunzip(const unsigned char *in, size_t n, unsigned char 
         *out_size = (size_t)olen;
         return LDM_OK;
     }
-truncated:
-    return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: truncated gzip file (%lu bytes end inside the header)", name, (unsigned long)n);
 }
 
 LDM_API ldm_result ldm_gunzip(ldm_ctx *ctx, const unsigned char *in, size_t n, unsigned char **out, size_t *out_size, const char *name) {
@@ -762,6 +871,486 @@ fail:
 LDM_API ldm_result ldm_idx_read(ldm_ctx *ctx, const char *path, ldm_idx *out) {
     char err[LDM_DATA_ERR_MAX];
     ldm_result r = ldm__didx_read(path, out, err, sizeof err);
+    return r ? ldm_ctx_seterr(ctx, r, "%s", err) : LDM_OK;
+}
+
+/* ---- size caps -------------------------------------------------------------------------- */
+/* 0: not set yet (the env var, else the default, is read at the first use). A plain int64
+   read/written from several threads holds the same value whoever wins, so no lock. */
+static int64_t ldm__dmax_pix, ldm__dmax_vox;
+static int64_t ldm__denv_cap(const char *var, int64_t def) {
+    const char *e = getenv(var);
+    if (e && *e) {
+        char *end = NULL;
+        long long v = strtoll(e, &end, 0);
+        if (end && *end == 0 && v > 0) return (int64_t)v;
+    }
+    return def;
+}
+LDM_API int64_t ldm_data_max_pixels(void) {
+    if (ldm__dmax_pix <= 0) ldm__dmax_pix = ldm__denv_cap("LDM_MAX_PIXELS", (int64_t)1 << 26);
+    return ldm__dmax_pix;
+}
+LDM_API void ldm_data_set_max_pixels(int64_t n) { ldm__dmax_pix = n > 0 ? n : 0; }
+LDM_API int64_t ldm_data_max_voxels(void) {
+    if (ldm__dmax_vox <= 0) ldm__dmax_vox = ldm__denv_cap("LDM_MAX_VOXELS", (int64_t)1 << 28);
+    return ldm__dmax_vox;
+}
+LDM_API void ldm_data_set_max_voxels(int64_t n) { ldm__dmax_vox = n > 0 ? n : 0; }
+
+/* ---- NIfTI-1 ---------------------------------------------------------------------------- */
+/* The 348-byte header (nifti1.h), fields at fixed offsets in the file's byte order, then 4
+   extension bytes; a single-file volume's voxels start at vox_offset (>= 352). */
+#define LDM__NII_HDR 348
+#define LDM__NII_GZ_SLACK ((size_t)16 << 20) /* inflated bytes allowed after the declared data */
+static uint32_t ldm__dn32(const unsigned char *p, int be) { return be ? ldm__dbe32(p) : ldm__dle32(p); }
+static int ldm__dn16(const unsigned char *p, int be) {
+    unsigned v = be ? ((unsigned)p[0] << 8) | p[1] : p[0] | ((unsigned)p[1] << 8);
+    return v >= 0x8000u ? (int)v - 0x10000 : (int)v;
+}
+static float ldm__dnf(const unsigned char *p, int be) {
+    uint32_t u = ldm__dn32(p, be);
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static int ldm__dnii_bytes(int dt) {
+    switch (dt) {
+    case LDM_NII_UINT8: case LDM_NII_INT8: return 1;
+    case LDM_NII_INT16: case LDM_NII_UINT16: return 2;
+    case LDM_NII_INT32: case LDM_NII_FLOAT32: return 4;
+    case LDM_NII_FLOAT64: return 8;
+    }
+    return 0;
+}
+static const char *ldm__dnii_tname(int dt) {
+    switch (dt) {
+    case 0: return "DT_UNKNOWN";
+    case 1: return "binary";
+    case 2: return "uint8";
+    case 4: return "int16";
+    case 8: return "int32";
+    case 16: return "float32";
+    case 32: return "complex64";
+    case 64: return "float64";
+    case 128: return "RGB24";
+    case 256: return "int8";
+    case 512: return "uint16";
+    case 768: return "uint32";
+    case 1024: return "int64";
+    case 1280: return "uint64";
+    case 1536: return "float128";
+    case 1792: return "complex128";
+    case 2048: return "complex256";
+    case 2304: return "RGBA32";
+    }
+    return "not a NIfTI-1 datatype";
+}
+
+LDM_API void ldm_nifti_free(ldm_nifti *v) {
+    if (!v) return;
+    LDM_FREE(v->data);
+    v->data = NULL;
+    v->nvox = 0;
+}
+
+LDM_API ldm_nifti ldm_nifti_make(int nx, int ny, int nz) {
+    ldm_nifti v;
+    memset(&v, 0, sizeof v);
+    for (int i = 0; i < 8; i++) { v.dim[i] = 1; v.pixdim[i] = 1.0f; }
+    v.dim[0] = 3;
+    v.dim[1] = nx;
+    v.dim[2] = ny;
+    v.dim[3] = nz;
+    v.pixdim[4] = 0.0f;
+    v.datatype = LDM_NII_FLOAT32;
+    v.scl_slope = 1.0f;
+    v.qform_code = v.sform_code = 1;
+    v.srow_x[0] = v.srow_y[1] = v.srow_z[2] = 1.0f;
+    v.xyzt_units = 2; /* NIFTI_UNITS_MM */
+    return v;
+}
+
+/* Parses and checks the header of b[0..n) (a whole file image, or at least its first 352
+   bytes when `avail` is 0: then the data length is not checked). Fills everything but data;
+   *off = vox_offset, *need = vox_offset + nvox * bytes. */
+static ldm_result ldm__dnii_header(const unsigned char *b, size_t n, int check_len, const char *name, const char *how, int64_t cap,
+                                   ldm_nifti *v, size_t *off, uint64_t *need, int *be_out, char *err, size_t errn) {
+    memset(v, 0, sizeof *v);
+    if (n < LDM__NII_HDR)
+        return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: %lu bytes%s is too short for a NIfTI-1 header (348 bytes): truncated or not a NIfTI file",
+                         name, (unsigned long)n, how);
+    int be;
+    uint32_t sz = ldm__dle32(b);
+    if (sz == LDM__NII_HDR) be = 0;
+    else if (ldm__dbe32(b) == LDM__NII_HDR) be = 1;
+    else if (sz == 540 || ldm__dbe32(b) == 540)
+        return ldm__derr(err, errn, LDM_ERR_UNSUPPORTED, "%s: a NIfTI-2 file (sizeof_hdr 540); only NIfTI-1 is supported (nibabel: nib.Nifti1Image.from_image)", name);
+    else
+        return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: not a NIfTI-1 file%s (sizeof_hdr is %u or %u byte-swapped; NIfTI-1 has 348)", name, how,
+                         (unsigned)sz, (unsigned)ldm__dbe32(b));
+    const unsigned char *m = b + 344;
+    if (!memcmp(m, "ni1", 4))
+        return ldm__derr(err, errn, LDM_ERR_UNSUPPORTED,
+                         "%s: a NIfTI-1 header of a .hdr/.img pair (magic \"ni1\": the voxels are in a separate .img file); only single-file "
+                         ".nii/.nii.gz is read (convert: nib.save(nib.load('x.hdr'), 'x.nii.gz'))", name);
+    if (memcmp(m, "n+1", 4))
+        return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: bad NIfTI-1 magic %02x %02x %02x %02x%s (a single-file volume has \"n+1\\0\")", name, m[0], m[1],
+                         m[2], m[3], how);
+    *be_out = be;
+    for (int i = 0; i < 8; i++) v->dim[i] = ldm__dn16(b + 40 + 2 * i, be);
+    int nd = v->dim[0];
+    if (nd < 1 || nd > 7) return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: dim[0] = %d (the number of dimensions) must be 1..7", name, nd);
+    uint64_t nvox = 1;
+    for (int i = 1; i <= 7; i++) {
+        if (i > nd) { v->dim[i] = 1; continue; }
+        if (v->dim[i] < 1) return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: dim[%d] = %d must be >= 1 (dim[0] = %d)", name, i, v->dim[i], nd);
+        nvox *= (uint64_t)v->dim[i]; /* at most 32767^7 < 2^105: checked against cap at each step */
+        if (nvox > (uint64_t)cap) {
+            char dims[96];
+            int k = 0;
+            for (int j = 1; j <= nd && k < (int)sizeof dims - 8; j++) k += snprintf(dims + k, sizeof dims - k, "%s%d", j > 1 ? " x " : "", v->dim[j]);
+            return ldm__derr(err, errn, LDM_ERR_UNSUPPORTED,
+                             "%s: declares %s voxels, over the cap of %lld (a corrupt header, or a volume too big to load: raise the cap with "
+                             "LDM_MAX_VOXELS, ldm_data_set_max_voxels or the dataset's max_voxels)", name, dims, (long long)cap);
+        }
+    }
+    v->datatype = ldm__dn16(b + 70, be);
+    int bpv = ldm__dnii_bytes(v->datatype);
+    if (!bpv)
+        return ldm__derr(err, errn, LDM_ERR_UNSUPPORTED, "%s: NIfTI datatype %d (%s) is not supported (uint8 2, int16 4, int32 8, float32 16, float64 64, "
+                         "int8 256, uint16 512 are)", name, v->datatype, ldm__dnii_tname(v->datatype));
+    for (int i = 0; i < 8; i++) v->pixdim[i] = ldm__dnf(b + 76 + 4 * i, be);
+    float vo = ldm__dnf(b + 108, be);
+    if (!(vo >= 352.0f && vo <= 2147483647.0f) || vo != floorf(vo))
+        return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: vox_offset %g is not a whole number >= 352 (a .nii's voxels follow the 348-byte header and 4 extension bytes)",
+                         name, (double)vo);
+    v->scl_slope = ldm__dnf(b + 112, be);
+    v->scl_inter = ldm__dnf(b + 116, be);
+    v->xyzt_units = b[123];
+    v->intent_code = ldm__dn16(b + 68, be);
+    memcpy(v->descrip, b + 148, 80);
+    v->descrip[79] = 0;
+    v->qform_code = ldm__dn16(b + 252, be);
+    v->sform_code = ldm__dn16(b + 254, be);
+    v->quatern_b = ldm__dnf(b + 256, be);
+    v->quatern_c = ldm__dnf(b + 260, be);
+    v->quatern_d = ldm__dnf(b + 264, be);
+    v->qoffset_x = ldm__dnf(b + 268, be);
+    v->qoffset_y = ldm__dnf(b + 272, be);
+    v->qoffset_z = ldm__dnf(b + 276, be);
+    for (int i = 0; i < 4; i++) {
+        v->srow_x[i] = ldm__dnf(b + 280 + 4 * i, be);
+        v->srow_y[i] = ldm__dnf(b + 296 + 4 * i, be);
+        v->srow_z[i] = ldm__dnf(b + 312 + 4 * i, be);
+    }
+    v->nvox = (size_t)nvox;
+    *off = (size_t)vo;
+    *need = (uint64_t)*off + nvox * (uint64_t)bpv;
+    if (check_len && *need > (uint64_t)n) {
+        char dims[96];
+        int k = 0;
+        for (int j = 1; j <= nd && k < (int)sizeof dims - 8; j++) k += snprintf(dims + k, sizeof dims - k, "%s%d", j > 1 ? " x " : "", v->dim[j]);
+        return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: data shorter than declared: %s %s voxels from offset %lu need %llu bytes, the file has %lu%s (truncated?)",
+                         name, dims, ldm__dnii_tname(v->datatype), (unsigned long)*off, (unsigned long long)*need, (unsigned long)n, how);
+    }
+    return LDM_OK;
+}
+
+/* Voxels at b + off (checked to be there) -> v->data, scaled. */
+static ldm_result ldm__dnii_voxels(const unsigned char *b, size_t off, int be, ldm_nifti *v, const char *name, char *err, size_t errn) {
+    size_t n = v->nvox;
+    int bpv = ldm__dnii_bytes(v->datatype);
+    v->data = (float *)ldm__dalloc(sizeof(float) * n);
+    if (!v->data) return ldm__derr(err, errn, LDM_ERR_NOMEM, "%s: out of memory for %lu voxels", name, (unsigned long)n);
+    double slope = v->scl_slope, inter = v->scl_inter;
+    int scale = isfinite(slope) && slope != 0.0; /* NIfTI: scl_slope 0 means unscaled */
+    if (!isfinite(inter)) inter = 0.0;
+    const unsigned char *p = b + off;
+    for (size_t i = 0; i < n; i++, p += bpv) {
+        double x;
+        switch (v->datatype) {
+        case LDM_NII_UINT8: x = p[0]; break;
+        case LDM_NII_INT8: x = (signed char)p[0]; break;
+        case LDM_NII_INT16: x = ldm__dn16(p, be); break;
+        case LDM_NII_UINT16: x = be ? ((unsigned)p[0] << 8) | p[1] : p[0] | ((unsigned)p[1] << 8); break;
+        case LDM_NII_INT32: x = (int32_t)ldm__dn32(p, be); break;
+        case LDM_NII_FLOAT32: x = ldm__dnf(p, be); break;
+        default: { /* FLOAT64 */
+            uint64_t u = be ? ((uint64_t)ldm__dbe32(p) << 32) | ldm__dbe32(p + 4) : ((uint64_t)ldm__dle32(p + 4) << 32) | ldm__dle32(p);
+            memcpy(&x, &u, 8);
+        }
+        }
+        v->data[i] = (float)(scale ? x * slope + inter : x);
+    }
+    return LDM_OK;
+}
+
+/* Inflates a .nii.gz, checking the NIfTI header before inflating the body: a first pass
+   into a small buffer yields the header (a failed pass still leaves its first 352 bytes in
+   place: it only stops where a block or match of at most 65535 bytes no longer fits), so
+   the voxel cap and the declared length are checked against the trailer's ISIZE before the
+   body's buffer is allocated. */
+#define LDM__NII_PEEK (352 + 65535 + 258)
+static ldm_result ldm__dnii_gunzip(const unsigned char *in, size_t n, const char *name, int64_t cap, unsigned char **out, size_t *out_n,
+                                   char *err, size_t errn) {
+    size_t p = 0;
+    ldm_nifti h;
+    size_t off;
+    uint64_t need;
+    int be;
+    *out = NULL;
+    *out_n = 0;
+    ldm_result r = ldm__dgz_start(in, n, &p, name, err, errn);
+    if (r) return r;
+    size_t clen = n - 8 - p;
+    if (clen > (size_t)INT_MAX - 8) return ldm__derr(err, errn, LDM_ERR_UNSUPPORTED, "%s: compressed data over 2 GiB is not supported", name);
+    uint32_t crc = ldm__dle32(in + n - 8), isize = ldm__dle32(in + n - 4);
+    size_t peek = isize < LDM__NII_PEEK ? isize : LDM__NII_PEEK;
+    unsigned char *buf = (unsigned char *)ldm__dcalloc(peek + 1);
+    if (!buf) return ldm__derr(err, errn, LDM_ERR_NOMEM, "%s: out of memory", name);
+    /* The trailer stays in the input: stb's inflater fails when a stream ends at the buffer's end. */
+    int got = stbi_zlib_decode_noheader_buffer((char *)buf, (int)peek, (const char *)in + p, (int)(clen + 8));
+    if (got >= 0 && (uint32_t)got == isize) { /* the whole file fitted */
+        if (ldm_crc32(0, buf, (size_t)got) != crc) {
+            LDM_FREE(buf);
+            return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: gzip CRC-32 mismatch (corrupt file, or several gzip members, which are not supported)", name);
+        }
+        *out = buf;
+        *out_n = (size_t)got;
+        return LDM_OK;
+    }
+    if (got < 0 && isize < LDM__NII_PEEK) { /* the buffer held all the trailer declares */
+        LDM_FREE(buf);
+        return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: corrupt or truncated gzip data (or more than the %u bytes its trailer declares)", name, (unsigned)isize);
+    }
+    if (got >= 0) { /* ended early: the trailer's length is wrong */
+        LDM_FREE(buf);
+        return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: gzip length check failed: inflated %d bytes, the trailer says %u (truncated or corrupt file)", name, got,
+                         (unsigned)isize);
+    }
+    r = ldm__dnii_header(buf, peek, 0, name, " (after gunzip)", cap, &h, &off, &need, &be, err, errn);
+    LDM_FREE(buf);
+    if (r) {
+        if (r == LDM_ERR_FORMAT && isize >= LDM__NII_PEEK) {
+            size_t k = strlen(err);
+            snprintf(err + k, errn > k ? errn - k : 0, "; or corrupt deflate data");
+        }
+        return r;
+    }
+    if (need > (uint64_t)INT_MAX)
+        return ldm__derr(err, errn, LDM_ERR_UNSUPPORTED, "%s: inflates to %llu bytes; .nii.gz over 2 GiB is not supported (store it as .nii)", name,
+                         (unsigned long long)need);
+    if ((uint64_t)isize < need)
+        return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: data shorter than declared: the header needs %llu bytes, the gzip trailer says the file inflates to %u (truncated?)",
+                         name, (unsigned long long)need, (unsigned)isize);
+    if ((uint64_t)isize - need > LDM__NII_GZ_SLACK)
+        return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: the gzip trailer says %u bytes, %llu more than the header declares (corrupt file?)", name, (unsigned)isize,
+                         (unsigned long long)((uint64_t)isize - need));
+    buf = (unsigned char *)ldm__dalloc((size_t)isize);
+    if (!buf) return ldm__derr(err, errn, LDM_ERR_NOMEM, "%s: out of memory for %u inflated bytes", name, (unsigned)isize);
+    got = stbi_zlib_decode_noheader_buffer((char *)buf, (int)isize, (const char *)in + p, (int)(clen + 8));
+    if (got < 0 || (uint32_t)got != isize) {
+        LDM_FREE(buf);
+        if (got < 0) return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: corrupt or truncated deflate data", name);
+        return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: gzip length check failed: inflated %d bytes, the trailer says %u (truncated or corrupt file)", name, got,
+                         (unsigned)isize);
+    }
+    if (ldm_crc32(0, buf, (size_t)got) != crc) {
+        LDM_FREE(buf);
+        return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: gzip CRC-32 mismatch (corrupt file, or several gzip members, which are not supported)", name);
+    }
+    *out = buf;
+    *out_n = (size_t)got;
+    return LDM_OK;
+}
+
+/* The whole read: file -> (gunzip) -> header -> voxels. cap <= 0: ldm_data_max_voxels(). */
+static ldm_result ldm__dnii_read(const char *path, int64_t cap, ldm_nifti *v, char *err, size_t errn) {
+    unsigned char *buf = NULL;
+    size_t n = 0, off;
+    uint64_t need;
+    int be;
+    const char *how = "";
+    memset(v, 0, sizeof *v);
+    if (cap <= 0) cap = ldm_data_max_voxels();
+    ldm_result r = ldm__dread_file(path, &buf, &n, err, errn);
+    if (r) return r;
+    if (n >= 2 && buf[0] == 0x1f && buf[1] == 0x8b) {
+        unsigned char *raw = NULL;
+        size_t m = 0;
+        r = ldm__dnii_gunzip(buf, n, path, cap, &raw, &m, err, errn);
+        LDM_FREE(buf);
+        if (r) return r;
+        buf = raw;
+        n = m;
+        how = " (after gunzip)";
+    }
+    r = ldm__dnii_header(buf, n, 1, path, how, cap, v, &off, &need, &be, err, errn);
+    if (r == LDM_OK) r = ldm__dnii_voxels(buf, off, be, v, path, err, errn);
+    LDM_FREE(buf);
+    if (r) ldm_nifti_free(v);
+    return r;
+}
+
+LDM_API ldm_result ldm_nifti_read(ldm_ctx *ctx, const char *path, ldm_nifti *out) {
+    char err[LDM_DATA_ERR_MAX];
+    ldm_result r = ldm__dnii_read(path, 0, out, err, sizeof err);
+    return r ? ldm_ctx_seterr(ctx, r, "%s", err) : LDM_OK;
+}
+
+/* Header check for the dataset's scan: a .nii's header and length; a .nii.gz only its gzip
+   magic (its body is checked when it is read, under the skip rule). */
+static ldm_result ldm__dnii_check(const char *path, int64_t cap, char *err, size_t errn) {
+    unsigned char b[LDM__NII_HDR];
+    FILE *f = fopen(path, "rb");
+    if (!f) return ldm__derr(err, errn, LDM_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+    size_t n = fread(b, 1, sizeof b, f);
+    long size = -1;
+    if (fseek(f, 0, SEEK_END) == 0) size = ftell(f);
+    fclose(f);
+    if (n >= 2 && b[0] == 0x1f && b[1] == 0x8b) return LDM_OK;
+    ldm_nifti h;
+    size_t off;
+    uint64_t need;
+    int be;
+    ldm_result r = ldm__dnii_header(b, n, 0, path, "", cap, &h, &off, &need, &be, err, errn);
+    if (r == LDM_OK && size >= 0 && need > (uint64_t)size)
+        r = ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: data shorter than declared: the header needs %llu bytes, the file has %ld (truncated?)", path,
+                      (unsigned long long)need, size);
+    return r;
+}
+
+/* ---- NIfTI-1 writing ---- */
+static void ldm__dput16(unsigned char *p, int v) { p[0] = (unsigned char)(v & 255); p[1] = (unsigned char)((v >> 8) & 255); }
+static void ldm__dput32(unsigned char *p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i)); }
+static void ldm__dputf(unsigned char *p, float f) { uint32_t u; memcpy(&u, &f, 4); ldm__dput32(p, u); }
+
+/* The gzip image of raw[0..n): stored deflate blocks (no compression; valid gzip). */
+static unsigned char *ldm__dgzip_stored(const unsigned char *raw, size_t n, size_t *out_n) {
+    size_t nblk = n ? (n + 65534) / 65535 : 1, total = 10 + nblk * 5 + n + 8;
+    unsigned char *o = (unsigned char *)ldm__dalloc(total), *q = o;
+    if (!o) return NULL;
+    static const unsigned char hdr[10] = {0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255}; /* no flags, mtime 0, OS unknown */
+    memcpy(q, hdr, 10);
+    q += 10;
+    for (size_t b = 0, at = 0; b < nblk; b++) {
+        size_t len = n - at < 65535 ? n - at : 65535;
+        *q++ = (unsigned char)(b + 1 == nblk); /* BFINAL, BTYPE 00 */
+        ldm__dput16(q, (int)len);
+        ldm__dput16(q + 2, (int)(len ^ 0xffff));
+        q += 4;
+        memcpy(q, raw + at, len);
+        q += len;
+        at += len;
+    }
+    ldm__dput32(q, ldm_crc32(0, raw, n));
+    ldm__dput32(q + 4, (uint32_t)n);
+    *out_n = total;
+    return o;
+}
+
+static ldm_result ldm__dnii_write(const char *path, const ldm_nifti *v, int dt, char *err, size_t errn) {
+    if (dt == 0) dt = LDM_NII_FLOAT32;
+    int bpv = ldm__dnii_bytes(dt);
+    if (!bpv) return ldm__derr(err, errn, LDM_ERR_UNSUPPORTED, "%s: cannot write NIfTI datatype %d (%s)", path, dt, ldm__dnii_tname(dt));
+    int nd = v->dim[0];
+    if (nd < 1 || nd > 7) return ldm__derr(err, errn, LDM_ERR_INVALID, "%s: dim[0] = %d must be 1..7", path, nd);
+    uint64_t nvox = 1;
+    for (int i = 1; i <= nd; i++) {
+        if (v->dim[i] < 1 || v->dim[i] > 32767) return ldm__derr(err, errn, LDM_ERR_INVALID, "%s: dim[%d] = %d must be 1..32767", path, i, v->dim[i]);
+        nvox *= (uint64_t)v->dim[i];
+    }
+    if (!v->data || v->nvox != nvox)
+        return ldm__derr(err, errn, LDM_ERR_INVALID, "%s: the volume has %lu voxels (data %s), its dims make %llu", path, (unsigned long)v->nvox,
+                         v->data ? "set" : "NULL", (unsigned long long)nvox);
+    if (nvox * (uint64_t)bpv > (uint64_t)INT_MAX - 352) return ldm__derr(err, errn, LDM_ERR_UNSUPPORTED, "%s: volumes over 2 GiB are not written", path);
+    double slope = 1.0, inter = 0.0;
+    int is_int = dt != LDM_NII_FLOAT32 && dt != LDM_NII_FLOAT64;
+    if (is_int) {
+        if (isfinite(v->scl_slope) && v->scl_slope != 0.0f) slope = v->scl_slope;
+        if (isfinite(v->scl_inter) && isfinite(v->scl_slope) && v->scl_slope != 0.0f) inter = v->scl_inter;
+    }
+    size_t n = 352 + (size_t)nvox * bpv;
+    unsigned char *b = (unsigned char *)ldm__dcalloc(n);
+    if (!b) return ldm__derr(err, errn, LDM_ERR_NOMEM, "%s: out of memory", path);
+    ldm__dput32(b, LDM__NII_HDR);
+    b[38] = 'r'; /* regular, as nibabel writes */
+    for (int i = 0; i < 8; i++) ldm__dput16(b + 40 + 2 * i, i <= nd ? v->dim[i] : 1);
+    ldm__dput16(b + 68, v->intent_code);
+    ldm__dput16(b + 70, dt);
+    ldm__dput16(b + 72, bpv * 8);
+    for (int i = 0; i < 8; i++) ldm__dputf(b + 76 + 4 * i, v->pixdim[i]);
+    if (v->pixdim[0] != 1.0f && v->pixdim[0] != -1.0f) ldm__dputf(b + 76, 1.0f); /* qfac is +-1 */
+    ldm__dputf(b + 108, 352.0f);
+    ldm__dputf(b + 112, (float)slope);
+    ldm__dputf(b + 116, (float)inter);
+    b[123] = (unsigned char)v->xyzt_units;
+    for (int i = 0; i < 79 && v->descrip[i]; i++) b[148 + i] = (unsigned char)v->descrip[i];
+    ldm__dput16(b + 252, v->qform_code);
+    ldm__dput16(b + 254, v->sform_code);
+    ldm__dputf(b + 256, v->quatern_b);
+    ldm__dputf(b + 260, v->quatern_c);
+    ldm__dputf(b + 264, v->quatern_d);
+    ldm__dputf(b + 268, v->qoffset_x);
+    ldm__dputf(b + 272, v->qoffset_y);
+    ldm__dputf(b + 276, v->qoffset_z);
+    for (int i = 0; i < 4; i++) {
+        ldm__dputf(b + 280 + 4 * i, v->srow_x[i]);
+        ldm__dputf(b + 296 + 4 * i, v->srow_y[i]);
+        ldm__dputf(b + 312 + 4 * i, v->srow_z[i]);
+    }
+    memcpy(b + 344, "n+1", 4);
+    static const double lo[] = {0, 0, -128, 0, -32768, 0, -2147483648.0}, hi[] = {0, 255, 127, 65535, 32767, 0, 2147483647.0};
+    int ti = dt == LDM_NII_UINT8 ? 1 : dt == LDM_NII_INT8 ? 2 : dt == LDM_NII_UINT16 ? 3 : dt == LDM_NII_INT16 ? 4 : dt == LDM_NII_INT32 ? 6 : 0;
+    unsigned char *q = b + 352;
+    for (size_t i = 0; i < (size_t)nvox; i++, q += bpv) {
+        float x = v->data[i];
+        if (dt == LDM_NII_FLOAT32) { ldm__dputf(q, x); continue; }
+        if (dt == LDM_NII_FLOAT64) {
+            double d = x;
+            uint64_t u;
+            memcpy(&u, &d, 8);
+            ldm__dput32(q, (uint32_t)u);
+            ldm__dput32(q + 4, (uint32_t)(u >> 32));
+            continue;
+        }
+        double s = nearbyint(((double)x - inter) / slope);
+        if (!(s >= lo[ti] && s <= hi[ti])) {
+            LDM_FREE(b);
+            return ldm__derr(err, errn, LDM_ERR_INVALID, "%s: voxel %lu = %g does not fit %s (stored (x - %g) / %g = %g; range %g..%g): choose another scl_slope/scl_inter or float32",
+                             path, (unsigned long)i, (double)x, ldm__dnii_tname(dt), inter, slope, s, lo[ti], hi[ti]);
+        }
+        long iv = (long)s;
+        if (bpv == 1) q[0] = (unsigned char)(iv & 255);
+        else if (bpv == 2) ldm__dput16(q, (int)(iv & 0xffff));
+        else ldm__dput32(q, (uint32_t)iv);
+    }
+    const unsigned char *w = b;
+    size_t wn = n;
+    unsigned char *gz = NULL;
+    size_t pl = strlen(path);
+    if (pl >= 3 && ldm__dieq(path + pl - 3, ".gz")) {
+        gz = ldm__dgzip_stored(b, n, &wn);
+        if (!gz) { LDM_FREE(b); return ldm__derr(err, errn, LDM_ERR_NOMEM, "%s: out of memory", path); }
+        w = gz;
+    }
+    FILE *f = fopen(path, "wb");
+    ldm_result r = LDM_OK;
+    if (!f) r = ldm__derr(err, errn, LDM_ERR_IO, "cannot create '%s': %s", path, strerror(errno));
+    else {
+        size_t put = fwrite(w, 1, wn, f);
+        int bad = fclose(f) != 0 || put != wn;
+        if (bad) r = ldm__derr(err, errn, LDM_ERR_IO, "write error on '%s' (disk full?)", path);
+    }
+    LDM_FREE(gz);
+    LDM_FREE(b);
+    return r;
+}
+
+LDM_API ldm_result ldm_nifti_write(ldm_ctx *ctx, const char *path, const ldm_nifti *v, int datatype) {
+    char err[LDM_DATA_ERR_MAX];
+    ldm_result r = ldm__dnii_write(path, v, datatype, err, sizeof err);
     return r ? ldm_ctx_seterr(ctx, r, "%s", err) : LDM_OK;
 }
 
@@ -1146,8 +1735,10 @@ LDM_API ldm_result ldm_data_resize_u8(unsigned char *dst, int dh, int dw, const 
 LDM_API void ldm_data_image_free(ldm_data_image *im) {
     if (!im) return;
     LDM_FREE(im->px);
+    LDM_FREE(im->fx);
     im->px = NULL;
-    im->c = im->h = im->w = 0;
+    im->fx = NULL;
+    im->c = im->h = im->w = im->t = 0;
 }
 
 LDM_API ldm_result ldm_data_image_load(const char *path, int channels, ldm_data_image *out, char *err, size_t errn) {
@@ -1158,6 +1749,14 @@ LDM_API ldm_result ldm_data_image_load(const char *path, int channels, ldm_data_
     if (channels != 1 && channels != 3) return ldm__derr(err, errn, LDM_ERR_INVALID, "%s: channels must be 1 or 3, got %d", path, channels);
     FILE *f = fopen(path, "rb");
     if (!f) return ldm__derr(err, errn, LDM_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+    /* The header's size first: a few bytes can declare 2^24 x 2^24 pixels, which stb would
+       try to allocate and fill (seconds and gigabytes) before failing. */
+    int64_t cap = ldm_data_max_pixels();
+    if (stbi_info_from_file(f, &w, &h, &n) && (int64_t)w * (int64_t)h > cap) {
+        fclose(f);
+        return ldm__derr(err, errn, LDM_ERR_UNSUPPORTED, "'%s' declares %d x %d pixels, over the cap of %lld (a corrupt header, or an image too big to "
+                         "load: raise the cap with LDM_MAX_PIXELS or ldm_data_set_max_pixels)", path, w, h, (long long)cap);
+    }
     unsigned char *px = stbi_load_from_file(f, &w, &h, &n, channels);
     fclose(f);
     if (!px) return ldm__derr(err, errn, LDM_ERR_FORMAT, "'%s' is not a readable image (%s)", path, stbi_failure_reason());
@@ -1200,6 +1799,16 @@ LDM_API ldm_data_field *ldm_data_item_add(ldm_data_item *it, const char *name, i
     return f;
 }
 
+LDM_API ldm_data_field *ldm_data_item_add3(ldm_data_item *it, const char *name, int c, int t, int h, int w) {
+    if (t <= 0 || c <= 0 || (int64_t)c * t > INT_MAX) return NULL;
+    ldm_data_field *f = ldm_data_item_add(it, name, c * t, h, w); /* the same c*t*h*w floats */
+    if (f) {
+        f->c = c;
+        f->t = t;
+    }
+    return f;
+}
+
 LDM_API void ldm_data_batch_free(ldm_data_batch *b) {
     if (!b) return;
     for (int i = 0; i < b->n_fields; i++) LDM_FREE(b->field[i].data);
@@ -1222,6 +1831,7 @@ LDM_API ldm_tensor ldm_data_batch_tensor(const ldm_data_batch *b, const char *na
         t.node = -1;
         return t;
     }
+    if (f->ndim == 5) return ldm_tensor_wrap(f->data, ldm_shape5(f->shape[0], f->shape[1], f->shape[2], f->shape[3], f->shape[4]), LDM_CPU);
     return ldm_tensor_wrap(f->data, ldm_shape4(f->shape[0], f->shape[1], f->shape[2], f->shape[3]), LDM_CPU);
 }
 
@@ -1238,11 +1848,10 @@ static ldm_result ldm__dbatch_put(ldm_data_batch *b, int B, int k, const ldm_dat
             const ldm_data_field *f = &it->field[i];
             ldm_data_bfield *bf = &b->field[i];
             memcpy(bf->name, f->name, sizeof bf->name);
-            bf->shape[0] = B;
-            bf->shape[1] = f->c;
-            bf->shape[2] = f->h;
-            bf->shape[3] = f->w;
-            bf->data = (float *)ldm__dalloc(sizeof(float) * (size_t)B * f->c * f->h * f->w);
+            int64_t s5[5] = {B, f->c, f->t, f->h, f->w}, s4[4] = {B, f->c, f->h, f->w};
+            bf->ndim = f->t > 0 ? 5 : 4;
+            memcpy(bf->shape, f->t > 0 ? s5 : s4, sizeof(int64_t) * (size_t)bf->ndim);
+            bf->data = (float *)ldm__dalloc(sizeof(float) * (size_t)B * f->c * (f->t > 0 ? f->t : 1) * f->h * f->w);
             if (!bf->data) goto oom;
         }
     }
@@ -1255,13 +1864,19 @@ static ldm_result ldm__dbatch_put(ldm_data_batch *b, int B, int k, const ldm_dat
     for (int i = 0; i < it->n_fields; i++) {
         const ldm_data_field *f = &it->field[i];
         ldm_data_bfield *bf = &b->field[i];
-        if (strcmp(bf->name, f->name) || bf->shape[1] != f->c || bf->shape[2] != f->h || bf->shape[3] != f->w)
+        int ft = f->t > 0 ? f->t : 0, bt = bf->ndim == 5 ? (int)bf->shape[2] : 0;
+        const int64_t *hw = bf->shape + bf->ndim - 2;
+        if (ft != bt && !strcmp(bf->name, f->name))
+            return ldm__derr(err, errn, LDM_ERR_INVALID, "cannot collate: item %lld has \"%s\" with depth %d but item %lld has depth %d "
+                             "(0: a 2-D field; volumes of different sizes need a resize or spatial_size)", (long long)b->index[0], bf->name, bt,
+                             (long long)it->index, ft);
+        if (strcmp(bf->name, f->name) || bf->shape[1] != f->c || hw[0] != f->h || hw[1] != f->w)
             return ldm__derr(err, errn, LDM_ERR_INVALID,
                              "cannot collate: item %lld has \"%s\" [%lld, %lld, %lld] but item %lld has \"%s\" [%d, %d, %d] "
                              "(images of different sizes need a `size` to rescale and crop them to)",
-                             (long long)b->index[0], bf->name, (long long)bf->shape[1], (long long)bf->shape[2], (long long)bf->shape[3],
+                             (long long)b->index[0], bf->name, (long long)bf->shape[1], (long long)hw[0], (long long)hw[1],
                              (long long)it->index, f->name, f->c, f->h, f->w);
-        size_t n = (size_t)f->c * f->h * f->w;
+        size_t n = (size_t)f->c * (ft ? ft : 1) * f->h * f->w;
         memcpy(bf->data + (size_t)k * n, f->data, sizeof(float) * n);
     }
     b->index[k] = it->index;
@@ -1395,7 +2010,7 @@ static ldm_result ldm__dataset_load(ldm_dataset *ds, int64_t i, ldm_data_image *
             return LDM_OK;
         }
         ldm_data_image_free(base);
-        if (!ds->skip_unreadable || (r != LDM_ERR_FORMAT && r != LDM_ERR_IO)) return r;
+        if (!ds->skip_unreadable || (r != LDM_ERR_FORMAT && r != LDM_ERR_IO && r != LDM_ERR_UNSUPPORTED)) return r;
         ldm__dlock(ds);
         if (!ds->bad[j]) {
             char msg[LDM_DATA_ERR_MAX + 64];
@@ -1465,6 +2080,10 @@ static int ldm__dis_image_name(const char *name) {
         if (ldm__dieq(dot, ext[i])) return 1;
     return 0;
 }
+static int ldm__dis_nifti_name(const char *name) {
+    size_t n = strlen(name);
+    return (n > 4 && ldm__dieq(name + n - 4, ".nii")) || (n > 7 && ldm__dieq(name + n - 7, ".nii.gz"));
+}
 
 static char *ldm__djoin(const char *a, const char *b) {
     size_t la = strlen(a), lb = strlen(b);
@@ -1481,7 +2100,7 @@ static char *ldm__djoin(const char *a, const char *b) {
    except to a directory already being scanned (a loop); seen[] holds the open ancestors. */
 typedef struct ldm__ddirid { uint64_t dev, ino; } ldm__ddirid;
 #define LDM__DSCAN_DEPTH 32
-static ldm_result ldm__dscan(const char *root, const char *rel, int depth, ldm__ddirid *seen, ldm__dstrs *out, char *err, size_t errn) {
+static ldm_result ldm__dscan(const char *root, const char *rel, int depth, ldm__ddirid *seen, ldm__dstrs *out, int vol, char *err, size_t errn) {
     char *dir = rel[0] ? ldm__djoin(root, rel) : ldm__dstrdup(root);
     if (!dir) return ldm__derr(err, errn, LDM_ERR_NOMEM, "out of memory scanning '%s'", root);
     struct stat ds;
@@ -1507,8 +2126,8 @@ static ldm_result ldm__dscan(const char *root, const char *rel, int depth, ldm__
         if (!sub || !full) r = ldm__derr(err, errn, LDM_ERR_NOMEM, "out of memory scanning '%s'", root);
         else if (stat(full, &st) != 0) { /* dangling link: not an image we could read */ }
         else if (S_ISDIR(st.st_mode)) {
-            if (depth + 1 < LDM__DSCAN_DEPTH) r = ldm__dscan(root, sub, depth + 1, seen, out, err, errn);
-        } else if (S_ISREG(st.st_mode) && ldm__dis_image_name(e->d_name)) {
+            if (depth + 1 < LDM__DSCAN_DEPTH) r = ldm__dscan(root, sub, depth + 1, seen, out, vol, err, errn);
+        } else if (S_ISREG(st.st_mode) && (vol ? ldm__dis_nifti_name(e->d_name) : ldm__dis_image_name(e->d_name))) {
             if (!ldm__dstrs_push(out, sub)) r = ldm__derr(err, errn, LDM_ERR_NOMEM, "out of memory scanning '%s'", root);
             sub = NULL;
         }
@@ -1550,9 +2169,10 @@ static void ldm__dfolder_free(ldm__dfolder *f) {
     memset(f, 0, sizeof *f);
 }
 
-/* Scans (or reads the list), splits, checks headers; `what` names the dataset in messages. */
+/* Scans (or reads the list), splits, checks headers; `what` names the dataset in messages.
+   vol_cap 0: image files; > 0: NIfTI volumes, checked against that voxel cap. */
 static ldm_result ldm__dfolder_open(ldm_ctx *ctx, ldm__dfolder *f, const ldm_data_folder_opts *o, const char *what,
-                                    int64_t *skipped) {
+                                    int64_t *skipped, int64_t vol_cap) {
     char err[LDM_DATA_ERR_MAX];
     ldm__dstrs rel;
     ldm_result r;
@@ -1574,7 +2194,7 @@ static ldm_result ldm__dfolder_open(ldm_ctx *ctx, ldm__dfolder *f, const ldm_dat
         if (stat(o->root, &st) != 0 || !S_ISDIR(st.st_mode))
             return ldm_ctx_seterr(ctx, LDM_ERR_IO, "%s: '%s' is not a directory (%s)", what, o->root, stat(o->root, &st) ? strerror(errno) : "a file");
         ldm__ddirid seen[LDM__DSCAN_DEPTH];
-        r = ldm__dscan(o->root, "", 0, seen, &rel, err, sizeof err);
+        r = ldm__dscan(o->root, "", 0, seen, &rel, vol_cap > 0, err, sizeof err);
         if (r == LDM_OK && rel.n > 1) qsort(rel.v, (size_t)rel.n, sizeof(char *), ldm__dcmp_str);
     }
     if (r) { ldm__dstrs_free(&rel); return ldm_ctx_seterr(ctx, r, "%s: %s", what, err); }
@@ -1595,11 +2215,26 @@ static ldm_result ldm__dfolder_open(ldm_ctx *ctx, ldm__dfolder *f, const ldm_dat
         if (o->max_items > 0 && f->n >= o->max_items) break;
         char *full = rel.v[j][0] == '/' ? ldm__dstrdup(rel.v[j]) : ldm__djoin(o->root, rel.v[j]);
         if (!full) { r = LDM_ERR_NOMEM; snprintf(err, sizeof err, "out of memory"); goto done; }
-        int w, h, comp;
-        if (!stbi_info(full, &w, &h, &comp)) {
+        int w = 0, h = 0, comp = 0, info = 0;
+        if (vol_cap > 0) {
+            char why[LDM_DATA_ERR_MAX];
+            if (ldm__dnii_check(full, vol_cap, why, sizeof why)) {
+                char msg[LDM_DATA_ERR_MAX + 64];
+                snprintf(msg, sizeof msg, "%s: %s; skipped", what, why);
+                ldm__dwarn(o->warn, o->warn_user, msg);
+                (*skipped)++;
+                LDM_FREE(full);
+                continue;
+            }
+        } else if (!(info = stbi_info(full, &w, &h, &comp)) || (int64_t)w * h > ldm_data_max_pixels()) {
             char msg[LDM_DATA_ERR_MAX];
-            FILE *fp = fopen(full, "rb");
-            snprintf(msg, sizeof msg, "%s: '%s' is not a readable image (%s); skipped", what, full, fp ? stbi_failure_reason() : strerror(errno));
+            int ok = info;
+            FILE *fp = ok ? NULL : fopen(full, "rb");
+            if (ok)
+                snprintf(msg, sizeof msg, "%s: '%s' declares %d x %d pixels, over the cap of %lld (raise it with LDM_MAX_PIXELS); skipped", what, full, w, h,
+                         (long long)ldm_data_max_pixels());
+            else
+                snprintf(msg, sizeof msg, "%s: '%s' is not a readable image (%s); skipped", what, full, fp ? stbi_failure_reason() : strerror(errno));
             if (fp) fclose(fp);
             ldm__dwarn(o->warn, o->warn_user, msg);
             (*skipped)++;
@@ -1614,10 +2249,11 @@ static ldm_result ldm__dfolder_open(ldm_ctx *ctx, ldm__dfolder *f, const ldm_dat
     if (f->n == 0) {
         r = total == 0 ? LDM_ERR_NOT_FOUND : LDM_ERR_FORMAT;
         if (total == 0)
-            snprintf(err, sizeof err, "no image files (png, jpg, jpeg, bmp, tga) %s '%s'", o->file_list && o->file_list[0] ? "listed in" : "under",
-                     o->file_list && o->file_list[0] ? o->file_list : o->root);
+            snprintf(err, sizeof err, "no %s files (%s) %s '%s'", vol_cap > 0 ? "volume" : "image", vol_cap > 0 ? "nii, nii.gz" : "png, jpg, jpeg, bmp, tga",
+                     o->file_list && o->file_list[0] ? "listed in" : "under", o->file_list && o->file_list[0] ? o->file_list : o->root);
         else if (*skipped)
-            snprintf(err, sizeof err, "none of the image files in '%s' is readable (%lld skipped; see the warnings)", o->root, (long long)*skipped);
+            snprintf(err, sizeof err, "none of the %s files in '%s' is readable (%lld skipped; see the warnings)", vol_cap > 0 ? "volume" : "image", o->root,
+                     (long long)*skipped);
         else
             snprintf(err, sizeof err, "split '%s' of '%s' is empty (%lld files, val_fraction %g)", split, o->root, (long long)total, o->val_fraction);
         goto done;
@@ -1747,7 +2383,7 @@ LDM_API ldm_result ldm_dataset_image_folder(ldm_ctx *ctx, ldm_dataset **out, con
     if (!(d->o.flip_p >= 0.0f && d->o.flip_p <= 1.0f)) { LDM_FREE(d); return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ImageFolder: flip_p = %g must be in [0, 1]", (double)o->flip_p); }
     if (d->o.interp < LDM_INTERP_AUTO || d->o.interp > LDM_INTERP_PIL_LANCZOS) { LDM_FREE(d); return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ImageFolder: unknown interpolation %d", (int)o->interp); }
     int64_t skipped = 0;
-    ldm_result r = ldm__dfolder_open(ctx, &d->f, &o->src, "ImageFolder", &skipped);
+    ldm_result r = ldm__dfolder_open(ctx, &d->f, &o->src, "ImageFolder", &skipped, 0);
     if (r) { LDM_FREE(d); return r; }
     d->o.src.root = NULL; /* not kept: the caller's strings need not outlive the dataset */
     d->o.src.split = d->o.src.file_list = NULL;
@@ -1834,7 +2470,7 @@ LDM_API ldm_result ldm_dataset_imagenet_sr(ldm_ctx *ctx, ldm_dataset **out, cons
     if (r) { LDM_FREE(d); return r; }
     d->lr = d->o.size / d->o.downscale_f;
     int64_t skipped = 0;
-    if ((r = ldm__dfolder_open(ctx, &d->f, &o->src, "ImageNetSR", &skipped)) != LDM_OK) { LDM_FREE(d); return r; }
+    if ((r = ldm__dfolder_open(ctx, &d->f, &o->src, "ImageNetSR", &skipped, 0)) != LDM_OK) { LDM_FREE(d); return r; }
     d->o.src.root = d->o.src.split = d->o.src.file_list = NULL;
     int64_t n = d->f.n;
     if ((r = ldm_dataset_create(ctx, out, &ldm__dsr_vt, d)) != LDM_OK) return r;
@@ -1926,6 +2562,141 @@ LDM_API ldm_result ldm_dataset_idx(ldm_ctx *ctx, ldm_dataset **out, const ldm_da
     return ldm_dataset_create(ctx, out, &ldm__didx_vt, d);
 }
 
+/* ---- volumes: trilinear resize, NIfTI dataset ------------------------------------------- */
+LDM_API ldm_result ldm_data_resize3(float *dst, int dt, int dh, int dw, const float *src, int C, int st, int sh, int sw) {
+    if (dt <= 0 || dh <= 0 || dw <= 0 || st <= 0 || sh <= 0 || sw <= 0 || C <= 0) return LDM_ERR_INVALID;
+    size_t plane = (size_t)dh * dw;
+    float *tmp = (float *)ldm__dalloc(sizeof(float) * (size_t)C * st * plane);
+    if (!tmp) return LDM_ERR_NOMEM;
+    /* bilinear over (H, W) per slice (the same taps as torch), then linear along T */
+    ldm_result r = LDM_OK;
+    if (dh == sh && dw == sw) memcpy(tmp, src, sizeof(float) * (size_t)C * st * plane);
+    else r = ldm__dresize(tmp, dh, dw, src, C * st, sh, sw, LDM_INTERP_BILINEAR);
+    if (r == LDM_OK)
+        for (int c = 0; c < C; c++)
+            for (int z = 0; z < dt; z++) {
+                float pos = ((float)z + 0.5f) * ((float)st / (float)dt) - 0.5f;
+                if (pos < 0) pos = 0;
+                int i0 = (int)pos, i1 = i0 + 1 < st ? i0 + 1 : st - 1;
+                float l1 = pos - (float)i0, l0 = 1.0f - l1;
+                const float *a = tmp + ((size_t)c * st + i0) * plane, *b = tmp + ((size_t)c * st + i1) * plane;
+                float *o = dst + ((size_t)c * dt + z) * plane;
+                for (size_t k = 0; k < plane; k++) o[k] = l0 * a[k] + l1 * b[k];
+            }
+    LDM_FREE(tmp);
+    return r;
+}
+
+typedef struct ldm__dvol {
+    ldm__dfolder f;
+    ldm_data_volume_opts o;
+    int64_t cap;
+} ldm__dvol;
+
+static int64_t ldm__dvol_len(void *self) { return ((ldm__dvol *)self)->f.n; }
+static void ldm__dvol_destroy(void *self) {
+    ldm__dvol *d = (ldm__dvol *)self;
+    ldm__dfolder_free(&d->f);
+    LDM_FREE(d);
+}
+/* Read, normalise, resize: the deterministic part (what the cache keeps), as float voxels. */
+static ldm_result ldm__dvol_load(void *self, int64_t i, ldm_data_image *out, char *err, size_t errn) {
+    ldm__dvol *d = (ldm__dvol *)self;
+    const char *path = d->f.path[i];
+    ldm_nifti v;
+    ldm_result r = ldm__dnii_read(path, d->cap, &v, err, errn);
+    if (r) return r;
+    if (v.dim[5] * v.dim[6] * v.dim[7] != 1) {
+        ldm_nifti_free(&v);
+        return ldm__derr(err, errn, LDM_ERR_UNSUPPORTED, "%s: a %d-D volume (dim %d %d %d %d %d %d %d); the volume dataset reads x, y, z and the 4th axis as channels",
+                         path, v.dim[0], v.dim[1], v.dim[2], v.dim[3], v.dim[4], v.dim[5], v.dim[6], v.dim[7]);
+    }
+    /* [C,T,H,W] = NIfTI (t, k, j, i): x (i) is the fastest axis, W */
+    out->c = v.dim[4];
+    out->t = v.dim[3];
+    out->h = v.dim[2];
+    out->w = v.dim[1];
+    out->fx = v.data;
+    out->label = d->f.label ? d->f.label[i] : -1;
+    size_t n = v.nvox;
+    float *x = out->fx;
+    if (d->o.norm == LDM_VOL_WINDOW) {
+        double a0 = d->o.a_min, a1 = d->o.a_max, b0 = d->o.b_min, b1 = d->o.b_max, lo = b0 < b1 ? b0 : b1, hi = b0 < b1 ? b1 : b0;
+        for (size_t k = 0; k < n; k++) {
+            double y = ((double)x[k] - a0) / (a1 - a0) * (b1 - b0) + b0;
+            if (d->o.clip) y = y < lo ? lo : y > hi ? hi : y;
+            x[k] = (float)y;
+        }
+    } else if (d->o.norm == LDM_VOL_ZSCORE) {
+        double sum = 0, sq = 0;
+        for (size_t k = 0; k < n; k++) sum += x[k];
+        double mean = sum / (double)n;
+        for (size_t k = 0; k < n; k++) sq += ((double)x[k] - mean) * ((double)x[k] - mean);
+        double sd = sqrt(sq / (double)n);
+        for (size_t k = 0; k < n; k++) x[k] = (float)(sd > 0 ? ((double)x[k] - mean) / sd : (double)x[k] - mean);
+    }
+    int rt = d->o.resize[0] > 0 ? d->o.resize[0] : out->t, rh = d->o.resize[1] > 0 ? d->o.resize[1] : out->h,
+        rw = d->o.resize[2] > 0 ? d->o.resize[2] : out->w;
+    if (rt != out->t || rh != out->h || rw != out->w) {
+        float *y = (float *)ldm__dalloc(sizeof(float) * (size_t)out->c * rt * rh * rw);
+        if (!y) return ldm__derr(err, errn, LDM_ERR_NOMEM, "%s: out of memory resizing to %dx%dx%d", path, rt, rh, rw);
+        r = ldm_data_resize3(y, rt, rh, rw, out->fx, out->c, out->t, out->h, out->w);
+        if (r) { LDM_FREE(y); return ldm__derr(err, errn, r, "%s: out of memory resizing to %dx%dx%d", path, rt, rh, rw); }
+        LDM_FREE(out->fx);
+        out->fx = y;
+        out->t = rt;
+        out->h = rh;
+        out->w = rw;
+    }
+    return LDM_OK;
+}
+static ldm_result ldm__dvol_augment(void *self, int64_t i, const ldm_data_image *b, ldm_rng *rng, ldm_data_item *out, char *err, size_t errn) {
+    ldm__dvol *d = (ldm__dvol *)self;
+    int dims[3] = {b->t, b->h, b->w}, s[3], o0[3];
+    (void)i;
+    for (int k = 0; k < 3; k++) {
+        double u = ldm_data_uniform(rng); /* always three draws: T, H, W */
+        s[k] = d->o.spatial_size[k] > 0 ? d->o.spatial_size[k] : dims[k];
+        if (s[k] > dims[k])
+            return ldm__derr(err, errn, LDM_ERR_INVALID, "VolumeDataset: %s is %dx%dx%d (T x H x W), smaller than spatial_size %dx%dx%d (resize it first)",
+                             d->f.path[b->index >= 0 ? b->index : i], b->t, b->h, b->w, d->o.spatial_size[0], d->o.spatial_size[1], d->o.spatial_size[2]);
+        o0[k] = d->o.random_crop ? (int)floor((dims[k] - s[k] + 1) * u) : (dims[k] - s[k]) / 2;
+    }
+    ldm_data_field *f = ldm_data_item_add3(out, "image", b->c, s[0], s[1], s[2]);
+    if (!f) return ldm__derr(err, errn, LDM_ERR_NOMEM, "out of memory for a %dx%dx%d item", s[0], s[1], s[2]);
+    for (int c = 0; c < b->c; c++)
+        for (int z = 0; z < s[0]; z++)
+            for (int y = 0; y < s[1]; y++)
+                memcpy(f->data + (((size_t)c * s[0] + z) * s[1] + y) * s[2],
+                       b->fx + (((size_t)c * b->t + o0[0] + z) * b->h + o0[1] + y) * b->w + o0[2], sizeof(float) * (size_t)s[2]);
+    return LDM_OK;
+}
+static const ldm_dataset_vtable ldm__dvol_vt = {"VolumeDataset", ldm__dvol_len, ldm__dvol_load, ldm__dvol_augment, ldm__dvol_destroy};
+
+LDM_API ldm_result ldm_dataset_volume(ldm_ctx *ctx, ldm_dataset **out, const ldm_data_volume_opts *o) {
+    *out = NULL;
+    if (o->norm < LDM_VOL_NONE || o->norm > LDM_VOL_ZSCORE) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "VolumeDataset: unknown normalisation %d", (int)o->norm);
+    if (o->norm == LDM_VOL_WINDOW && !(o->a_max != o->a_min && isfinite(o->a_min) && isfinite(o->a_max) && isfinite(o->b_min) && isfinite(o->b_max)))
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "VolumeDataset: the intensity window needs finite a_min != a_max (got a_min %g, a_max %g, b_min %g, b_max %g)",
+                              (double)o->a_min, (double)o->a_max, (double)o->b_min, (double)o->b_max);
+    for (int k = 0; k < 3; k++)
+        if (o->resize[k] < 0 || o->resize[k] > 32767 || o->spatial_size[k] < 0 || o->spatial_size[k] > 32767)
+            return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "VolumeDataset: resize %d %d %d and spatial_size %d %d %d must be in 0..32767 (0: keep that axis)",
+                                  o->resize[0], o->resize[1], o->resize[2], o->spatial_size[0], o->spatial_size[1], o->spatial_size[2]);
+    ldm__dvol *d = (ldm__dvol *)ldm__dcalloc(sizeof *d);
+    if (!d) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "out of memory");
+    d->o = *o;
+    d->cap = o->max_voxels > 0 ? o->max_voxels : ldm_data_max_voxels();
+    int64_t skipped = 0;
+    ldm_result r = ldm__dfolder_open(ctx, &d->f, &o->src, "VolumeDataset", &skipped, d->cap);
+    if (r) { LDM_FREE(d); return r; }
+    d->o.src.root = d->o.src.split = d->o.src.file_list = NULL;
+    int64_t n = d->f.n;
+    if ((r = ldm_dataset_create(ctx, out, &ldm__dvol_vt, d)) != LDM_OK) return r;
+    if ((r = ldm__dmark_skippable(ctx, *out, &o->src, n, skipped)) != LDM_OK) { ldm_dataset_destroy(*out); *out = NULL; }
+    return r;
+}
+
 /* ---- CacheDataset ----------------------------------------------------------------------- */
 typedef struct ldm__dcache {
     ldm_dataset *inner;
@@ -1962,28 +2733,36 @@ static void ldm__dcache_destroy(void *self) {
 #endif
     LDM_FREE(c); /* inner belongs to the ldm_dataset wrapper (ds->inner) */
 }
+/* Bytes of an image's pixels: 8-bit px, or float voxels fx [c,t,h,w]. */
+static size_t ldm__dimage_bytes(const ldm_data_image *im) {
+    size_t n = (size_t)im->c * (im->t > 0 ? (size_t)im->t : 1) * im->h * im->w;
+    return im->fx ? n * sizeof(float) : n;
+}
 static ldm_result ldm__dimage_copy(ldm_data_image *dst, const ldm_data_image *src) {
-    size_t n = (size_t)src->c * src->h * src->w;
+    size_t n = ldm__dimage_bytes(src);
     *dst = *src;
-    dst->px = (unsigned char *)ldm__dalloc(n);
-    if (!dst->px) return LDM_ERR_NOMEM;
-    memcpy(dst->px, src->px, n);
+    dst->px = NULL;
+    dst->fx = NULL;
+    void *p = ldm__dalloc(n);
+    if (!p) return LDM_ERR_NOMEM;
+    memcpy(p, src->fx ? (const void *)src->fx : (const void *)src->px, n);
+    if (src->fx) dst->fx = (float *)p; else dst->px = (unsigned char *)p;
     return LDM_OK;
 }
 static ldm_result ldm__dcache_load(void *self, int64_t i, ldm_data_image *out, char *err, size_t errn) {
     ldm__dcache *c = (ldm__dcache *)self;
     ldm_result r;
     ldm__dcache_lock(c);
-    if (c->slot[i].px) {
+    if (c->slot[i].px || c->slot[i].fx) {
         r = ldm__dimage_copy(out, &c->slot[i]);
         ldm__dcache_unlock(c);
         return r ? ldm__derr(err, errn, r, "out of memory") : LDM_OK;
     }
     ldm__dcache_unlock(c);
     if ((r = ldm__dataset_load(c->inner, i, out, err, errn)) != LDM_OK) return r;
-    size_t n = (size_t)out->c * out->h * out->w;
+    size_t n = ldm__dimage_bytes(out);
     ldm__dcache_lock(c);
-    if (!c->slot[i].px && c->bytes + n <= c->max_bytes && ldm__dimage_copy(&c->slot[i], out) == LDM_OK) {
+    if (!c->slot[i].px && !c->slot[i].fx && c->bytes + n <= c->max_bytes && ldm__dimage_copy(&c->slot[i], out) == LDM_OK) {
         c->bytes += n;
         c->count++;
     }
@@ -2371,6 +3150,7 @@ LDM_CONFIG_DEFINE(ldm_data_image_folder_params, LDM_DATA_IMAGE_FOLDER_KEYS)
 LDM_CONFIG_DEFINE(ldm_data_sr_params, LDM_DATA_SR_TRAIN_KEYS)
 LDM_CONFIG_DEFINE(ldm_data_idx_params, LDM_DATA_FASHION_MNIST_KEYS)
 LDM_CONFIG_DEFINE(ldm_data_cache_params, LDM_DATA_CACHE_KEYS)
+LDM_CONFIG_DEFINE(ldm_data_volume_params, LDM_DATA_VOLUME_KEYS)
 LDM_CONFIG_DEFINE(ldm_data_module_params, LDM_DATA_MODULE_KEYS)
 
 /* A variant: same members as T, other defaults. */
@@ -2567,6 +3347,54 @@ static ldm_result ldm__dcfg_idx_ctor(ldm_config *cfg, const ldm_config_node *par
 
 static ldm_result ldm__dcfg_module_ctor(ldm_config *cfg, const ldm_config_node *params, void *user, void *arg, void **out);
 
+/* An int list of 1 (all axes) or 3 (T, H, W) sizes; -1 and 0 keep the axis. */
+static ldm_result ldm__dcfg_sizes3(ldm_config *cfg, const ldm_config_node *params, const char *key, const ldm_config_ints *l, int out[3]) {
+    char where[320];
+    out[0] = out[1] = out[2] = 0;
+    if (l->n == 0) return LDM_OK;
+    if (l->n != 1 && l->n != 3)
+        return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s: %s has %d sizes; give 3 (T, H, W) or 1 for all axes", ldm__dcfg_where(ldm_config_find(params, key), where, sizeof where), key, l->n);
+    for (int k = 0; k < 3; k++) {
+        int v = l->v[l->n == 1 ? 0 : k];
+        if (v < -1 || v > 32767)
+            return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s: %s size %d must be in -1..32767 (-1 or 0: keep that axis)",
+                                     ldm__dcfg_where(ldm_config_find(params, key), where, sizeof where), key, v);
+        out[k] = v > 0 ? v : 0;
+    }
+    return LDM_OK;
+}
+
+static ldm_result ldm__dcfg_volume_ctor(ldm_config *cfg, const ldm_config_node *params, void *user, void *arg, void **out) {
+    ldm_ctx *ctx = (ldm_ctx *)arg;
+    ldm_data_volume_params p;
+    ldm_data_volume_opts o;
+    ldm_result r;
+    char where[320];
+    (void)user;
+    *out = NULL;
+    if ((r = ldm__dcfg_need_ctx(cfg, arg, params)) || (r = ldm_data_volume_params_load(cfg, params, &p))) return r;
+    memset(&o, 0, sizeof o);
+    if ((r = ldm__dcfg_src(cfg, params, p.root, p.data_root, p.split, p.val_fraction, p.file_list, p.max_items, &o.src))) return r;
+    o.src.labels = p.labels;
+    if (!strcmp(p.norm, "none")) o.norm = LDM_VOL_NONE;
+    else if (!strcmp(p.norm, "window") || !strcmp(p.norm, "ScaleIntensityRanged")) o.norm = LDM_VOL_WINDOW;
+    else if (!strcmp(p.norm, "zscore")) o.norm = LDM_VOL_ZSCORE;
+    else
+        return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s: norm '%s' is not none, window or zscore", ldm__dcfg_where(ldm_config_find(params, "norm"), where, sizeof where),
+                                 p.norm);
+    o.a_min = (float)p.a_min;
+    o.a_max = (float)p.a_max;
+    o.b_min = (float)p.b_min;
+    o.b_max = (float)p.b_max;
+    o.clip = p.clip;
+    o.random_crop = p.random_crop;
+    o.max_voxels = p.max_voxels;
+    if ((r = ldm__dcfg_sizes3(cfg, params, "resize", &p.resize, o.resize)) || (r = ldm__dcfg_sizes3(cfg, params, "spatial_size", &p.spatial_size, o.spatial_size)))
+        return r;
+    if ((r = ldm_dataset_volume(ctx, (ldm_dataset **)out, &o))) return ldm__dcfg_fwd(cfg, ctx, r, params);
+    return LDM_OK;
+}
+
 /* Instantiates a dataset node, refusing targets that make something else. */
 static ldm_result ldm__dcfg_dataset(ldm_config *cfg, const ldm_config_registry *reg, const ldm_config_node *node, ldm_ctx *ctx,
                                     ldm_dataset **out) {
@@ -2644,6 +3472,7 @@ LDM_API ldm_result ldm_data_register(ldm_config_registry *reg) {
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
         if ((r = ldm_config_registry_add(reg, t[i].name, t[i].aliases, t[i].fn, (void *)t[i].v))) return r;
     if ((r = ldm_config_registry_add(reg, "ldm.data.cache.CacheDataset", "CacheDataset", ldm__dcfg_cache_ctor, reg))) return r;
+    if ((r = ldm_config_registry_add(reg, "ldm.data.volume.VolumeDataset", "VolumeDataset,NiftiDataset", ldm__dcfg_volume_ctor, NULL))) return r;
     return ldm_config_registry_add(reg, "main.DataModuleFromConfig", "DataModuleFromConfig", ldm__dcfg_module_ctor, reg);
 }
 
