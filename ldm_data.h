@@ -22,12 +22,15 @@
        if (r < 0) { ...ldm_ctx_error(ctx)... }               // r == LDM_DATA_END: epoch over
        ldm_data_loader_destroy(ld);  ldm_dataset_destroy(ds);
 
-   Shape legend: B batch, C channels, H, W image size, h, w low-resolution size (H/f, W/f for
-   a downscale factor f). Items are CHW, batches BCHW, host float32, values in [-1, 1]
+   Shape legend: B batch, C channels, T depth (volumes), H, W image size, h, w low-resolution
+   size (H/f, W/f for a downscale factor f). Items are CHW, batches BCHW, host float32, values in [-1, 1]
    (8-bit pixel p -> p/127.5 - 1, as CompVis). CompVis datasets yield HWC numpy arrays and the
    model's get_input permutes them to BCHW; here the layout is CHW from the start.
        item:  "image" [C,H,W]  ("LR_image" [3,h,w] for super-resolution), class_label (optional)
        batch: "image" [B,C,H,W] ...,  class_label [B] (or NULL),  index [B] (dataset indices)
+   Volumes (VolumeDataset) add a depth T: item "image" [C,T,H,W] (ldm_data_field.t = T; t is 0
+   for 2-D fields), batch [B,C,T,H,W] (ldm_data_bfield.ndim = 5; 2-D fields have ndim 4 and
+   shape[0..3] as before). Volume values are float, not 8-bit: see the dataset's `norm`.
 
    Datasets (ldm_dataset) have a length and produce item i in two stages: `load` decodes and
    applies the deterministic preprocessing (e.g. the shorter-side rescale) into an 8-bit base
@@ -48,13 +51,59 @@
    - IDX (ldm_dataset_idx): MNIST / Fashion-MNIST idx3-ubyte images and idx1-ubyte labels,
      raw or gzip (inflated by stb_image's zlib decoder; CRC-32 and length are checked). 28x28
      -> size by centred zero padding (black) or by resizing; channels 1 or 3 (replicated).
+   - VolumeDataset (ldm_dataset_volume): every .nii / .nii.gz file under a directory (the
+     same scan, list, split and labels rules as ImageFolder), read as NIfTI-1 (below).
+     load: the voxels as float with scl_slope/scl_inter applied, then `norm` (none; window =
+     MONAI ScaleIntensityRanged: (x - a_min) / (a_max - a_min) * (b_max - b_min) + b_min,
+     clipped to [b_min, b_max] when clip; zscore = (x - mean) / std over the whole volume,
+     population std), then `resize` (trilinear, = torch F.interpolate(mode="trilinear",
+     align_corners=False)). augment: a spatial_size crop, random (three draws T, H, W; offset
+     floor((D - s + 1) * u), as the image datasets) or central ((D - s) / 2); a crop larger
+     than the volume is an error naming the file. The 4th NIfTI axis (nt) becomes channels C;
+     5- to 7-D files are LDM_ERR_UNSUPPORTED (skipped like unreadable files).
    - CacheDataset (ldm_dataset_cache): keeps base images in memory up to a byte cap
      (first come, first kept; what is cached never changes the values, only the speed).
+     Over a VolumeDataset it keeps the loaded volumes (float, after norm and resize; the cap
+     counts 4 bytes a voxel) and the crops are drawn again every epoch (MONAI CacheDataset).
    Unreadable files: the folder datasets check each file's header when scanning; a file that
    fails is a warning naming it, skipped and counted (ldm_dataset_skipped). A file whose body
-   fails to decode later is reported the same way and item i is replaced by the next readable
-   file (i+1, i+2, ... wrapping), so a batch keeps its size. Only a folder with no readable
-   image is an error.
+   fails to decode later (LDM_ERR_FORMAT, _IO or _UNSUPPORTED) is reported the same way and
+   item i is replaced by the next readable file (i+1, i+2, ... wrapping), so a batch keeps its
+   size. Only a folder with no readable image is an error. (A .nii's header and length are
+   checked at the scan; a .nii.gz only for the gzip magic, its header when it is inflated.)
+
+   Size caps: a few header bytes can declare a gigantic image, which a decoder would
+   allocate and fill before finding the data missing. ldm_data_image_load refuses more than
+   ldm_data_max_pixels() pixels (w*h; default 2^26 = 8192^2; env LDM_MAX_PIXELS or
+   ldm_data_set_max_pixels) from the header, before decoding; NIfTI reading refuses more than
+   ldm_data_max_voxels() voxels (default 2^28, 1 GiB as float; env LDM_MAX_VOXELS,
+   ldm_data_set_max_voxels, or the dataset's max_voxels) before reading or inflating the data.
+   Both are LDM_ERR_UNSUPPORTED with a message naming the file, the size and how to raise it.
+
+   NIfTI-1 (ldm_nifti_read / ldm_nifti_write; nifti1.h): single-file volumes, magic "n+1\0",
+   .nii or gzip'ed (detected by the gzip magic, not the name). The 348-byte header is read in
+   either byte order (told by sizeof_hdr: 348 as is or byte-swapped); dim[0] in 1..7, each
+   used dim >= 1; datatypes uint8, int8, int16, uint16, int32, float32, float64 (others, e.g.
+   complex or RGB, are LDM_ERR_UNSUPPORTED naming the code); vox_offset a whole number >= 352
+   (extensions before it are skipped, not read); bitpix is not used (the datatype decides).
+   Voxels become float: v * scl_slope + scl_inter when scl_slope is finite and non-zero,
+   else v unscaled (NIfTI: slope 0 means no scaling; a non-finite scl_inter counts as 0).
+   int32 and float64 values beyond float precision are rounded. Kept for writing back: dim,
+   pixdim (pixdim[0] = qfac), qform/sform codes, quatern_b/c/d, qoffset, srow_x/y/z,
+   xyzt_units, intent_code, descrip. ".hdr/.img" pairs (magic "ni1") and NIfTI-2 are
+   refused with a message saying so. gzip: one member, CRC-32 and ISIZE checked, the header
+   inflated first so the cap and the declared length are checked against ISIZE before the
+   body's buffer is allocated; inflated size at most 2 GiB.
+   Axis order: NIfTI stores x fastest, then y, z, t (indices i, j, k, t); ldm_nifti.data keeps
+   that order, and the dataset's [C,T,H,W] is exactly that memory: W = nx (i), H = ny (j),
+   T = nz (k), C = nt. A read followed by a write is exact (same bytes of data for float32,
+   same values for integer types with the same scl_slope/scl_inter).
+   Writing: .nii, or gzip when the name ends in .gz. The gzip has stored (uncompressed)
+   deflate blocks, which every gzip reader inflates; there is no deflate compressor here, so
+   .nii.gz is not smaller than .nii (compress it with gzip -9 if that matters). float32 and
+   float64 are written as they are with scl_slope 1, scl_inter 0; integer types store
+   round((x - scl_inter) / scl_slope) (half to even; scl_slope 0 counts as 1), and a value
+   that does not fit, or NaN, is LDM_ERR_INVALID naming the voxel.
 
    Resampling conventions (ldm_data_resize; src and dst are float planes, tested against
    PyTorch 1.13 F.interpolate, OpenCV 4.6 cv2.resize and Pillow 9.4):
@@ -77,6 +126,8 @@
                  except at exact ties). BILINEAR, BICUBIC (a = -0.5), BOX, HAMMING, LANCZOS
                  (a = 3): antialiased, the filter support scaled by the downscale factor;
                  in float PIL_BILINEAR/PIL_BICUBIC = torch with antialias=True.
+       volumes   ldm_data_resize3: BILINEAR over (H, W) slice by slice, then linear along T
+                 with the same half-voxel centres: torch "trilinear" (align_corners=False).
    ldm_data_resize_u8 and the datasets keep CompVis's uint8 pipeline: every resized image is
    8-bit before the next step. OpenCV-style modes are computed in float and rounded half to
    even after clamping to [0, 255] (saturate_cast); OpenCV itself computes INTER_LINEAR,
@@ -108,7 +159,10 @@
        ldm.data.imagenet.ImageNetSRTrain / ImageNetSRValidation (image folder via root or data_root)
        ldm.data.mnist.FashionMNIST / ldm.data.mnist.MNIST (IDX; root or path, split train|test)
        ldm.data.cache.CacheDataset (params: dataset, max_mb)
-       ldm.data.volume.VolumeDataset (aliases VolumeDataset, NiftiDataset): NIfTI volumes
+       ldm.data.volume.VolumeDataset (aliases VolumeDataset, NiftiDataset): NIfTI volumes;
+           params root/data_root, split, val_fraction, file_list, max_items, labels, norm
+           (none | window | zscore), a_min, a_max, b_min, b_max, clip, resize and spatial_size
+           ([T, H, W] or one size for all axes; -1 or 0 keeps an axis), random_crop, max_voxels
        main.DataModuleFromConfig (builds its splits through the same registry)
 
    stb_image: the implementation includes a private (static) copy of stb_image.h (looked up
@@ -2606,7 +2660,7 @@ static ldm_result ldm__dvol_load(void *self, int64_t i, ldm_data_image *out, cha
     ldm_nifti v;
     ldm_result r = ldm__dnii_read(path, d->cap, &v, err, errn);
     if (r) return r;
-    if (v.dim[5] * v.dim[6] * v.dim[7] != 1) {
+    if ((int64_t)v.dim[5] * v.dim[6] * v.dim[7] != 1) {
         ldm_nifti_free(&v);
         return ldm__derr(err, errn, LDM_ERR_UNSUPPORTED, "%s: a %d-D volume (dim %d %d %d %d %d %d %d); the volume dataset reads x, y, z and the 4th axis as channels",
                          path, v.dim[0], v.dim[1], v.dim[2], v.dim[3], v.dim[4], v.dim[5], v.dim[6], v.dim[7]);

@@ -80,12 +80,13 @@ static void hdr_vec(const ldm_nifti *v, float *o) {
     for (int i = 0; i < 4; i++) { o[16 + i] = v->srow_x[i]; o[20 + i] = v->srow_y[i]; o[24 + i] = v->srow_z[i]; }
 }
 
-/* ---- files nibabel wrote ---------------------------------------------------------------- */
+/* ---- files nibabel wrote (nifti_ext.nii has a header extension: vox_offset > 352) ------- */
 static void test_fixtures(void) {
     static const char *files[] = {"nifti_u8.nii", "nifti_i16s.nii.gz", "nifti_f32be.nii", "nifti_f64.nii", "nifti_i8.nii",
-                                  "nifti_u16.nii.gz", "nifti_i32.nii", "nifti_ct.nii.gz"};
-    static const int dts[] = {LDM_NII_UINT8, LDM_NII_INT16, LDM_NII_FLOAT32, LDM_NII_FLOAT64, LDM_NII_INT8, LDM_NII_UINT16, LDM_NII_INT32, LDM_NII_INT16};
-    for (int f = 0; f < 8; f++) {
+                                  "nifti_u16.nii.gz", "nifti_i32.nii", "nifti_ct.nii.gz", "nifti_ext.nii"};
+    static const int dts[] = {LDM_NII_UINT8, LDM_NII_INT16, LDM_NII_FLOAT32, LDM_NII_FLOAT64, LDM_NII_INT8,
+                              LDM_NII_UINT16, LDM_NII_INT32, LDM_NII_INT16, LDM_NII_INT16};
+    for (int f = 0; f < 9; f++) {
         char path[512], key[96], name[160];
         ldm_nifti v;
         snprintf(path, sizeof path, FIX "%s", files[f]);

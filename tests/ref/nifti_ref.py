@@ -136,6 +136,14 @@ def make():
         out = F.interpolate(src[None], size=size, mode="trilinear", align_corners=False)[0]
         T["tri_%dx%dx%d" % size] = out.contiguous().numpy()
 
+    # a header extension (a comment): vox_offset beyond 352, the data after the extension
+    img = nib.Nifti1Image(rng.randint(-500, 500, (4, 3, 2)).astype(np.int16), np.eye(4))
+    img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"ldm test: data starts after this extension"))
+    save("nifti_ext.nii", img)
+    with open(os.path.join(FIX, "nifti_ext.nii"), "rb") as fh:
+        vox_offset = struct.unpack("<f", fh.read(112)[108:112])[0]
+    assert vox_offset > 352, vox_offset
+
     write_safetensors(os.path.join(FIX, "nifti_ref.safetensors"), T,
                       {"generator": "tests/ref/nifti_ref.py", "nibabel": nib.__version__, "torch": torch.__version__})
     for k in sorted(T):
