@@ -177,7 +177,10 @@ static void test_roundtrip(void) {
             if (gz) {
                 size_t n;
                 unsigned char *raw = slurp(path, &n);
-                LT_CHECK(raw && n > 2 && raw[0] == 0x1f && raw[1] == 0x8b, "a .nii.gz is written as gzip");
+                size_t plain = 352 + v.nvox * (size_t)(c[k].dt == LDM_NII_FLOAT64 ? 8 : c[k].dt == LDM_NII_UINT8 || c[k].dt == LDM_NII_INT8 ? 1 :
+                                                       c[k].dt == LDM_NII_INT16 || c[k].dt == LDM_NII_UINT16 ? 2 : 4);
+                snprintf(name, sizeof name, "%s.nii.gz is gzip, %lu bytes for %lu", c[k].name, (unsigned long)n, (unsigned long)plain);
+                LT_CHECK(raw && n > 2 && raw[0] == 0x1f && raw[1] == 0x8b && n < plain, name);
                 free(raw);
             }
             free(v.data);
@@ -207,6 +210,61 @@ static void test_roundtrip(void) {
     LT_CHECK(ldm_nifti_write(ctx, "/nonexistent-dir/x.nii", &src, 0) == LDM_ERR_IO && has(ldm_ctx_error(ctx), "cannot create"), "write: unwritable path");
     ldm_ctx_clear_error(ctx);
     ldm_nifti_free(&src);
+}
+
+/* ---- the writer's deflate compressor ----------------------------------------------------- */
+/* Volumes the compressor must get right: background runs longer than 258 bytes, noise (no
+   matches), a pattern repeating just beyond the 32 KiB window, matches at distance 1..32768;
+   and pure noise, where it must fall back to stored blocks. Read back by stb_image's inflater
+   (and by nibabel with LDM_NIFTI_XCHECK: mixed_*.nii.gz next to mixed_*.f32 dumps). */
+static uint32_t hash32(uint32_t x) {
+    x ^= x >> 16; x *= 0x7feb352dU; x ^= x >> 15; x *= 0x846ca68bU; x ^= x >> 16;
+    return x;
+}
+static void test_deflate(void) {
+    const int nx = 64, ny = 64, nz = 40;
+    size_t nv = (size_t)nx * ny * nz;
+    for (int kind = 0; kind < 2; kind++) {
+        ldm_nifti v = ldm_nifti_make(nx, ny, nz);
+        v.data = (float *)malloc(sizeof(float) * nv);
+        v.nvox = nv;
+        for (size_t i = 0; i < nv; i++) {
+            float x = 0.0f;                                                    /* background */
+            if (kind == 1) { /* random bits (exponent 255, NaN and Inf, left out) */
+                uint32_t u = hash32((uint32_t)i);
+                if (((u >> 23) & 0xff) == 0xff) u &= ~(1u << 23);
+                memcpy(&x, &u, 4);
+            } else if (i >= 20000 && i < 30000) x = (float)(hash32((uint32_t)i) % 100000) * 0.01f - 500.0f; /* noise */
+            else if (i >= 40000 && i < 90000) x = (float)((i % 8193) * 3);   /* period 32772 bytes: just outside the window */
+            else if (i >= 100000 && i < 110000) x = (float)(i % 7);          /* short period */
+            else if (i >= 120000 && i < 125000) x = (float)(hash32((uint32_t)(i - 8192)) % 1000); /* noise, then the same noise 8192 voxels (32 KiB) on */
+            else if (i >= 128192 && i < 133192) x = (float)(hash32((uint32_t)(i - 16384)) % 1000);
+            else if (i >= 140000 && i < 150000) x = 1.0f;                    /* a constant other than 0 */
+            v.data[i] = x;
+        }
+        char path[600], raw[600], name[200];
+        snprintf(path, sizeof path, "%s/mixed_%s.nii.gz", xdir ? xdir : tmp, kind ? "noise" : "volume");
+        snprintf(raw, sizeof raw, "%s/mixed_%s.f32", xdir ? xdir : tmp, kind ? "noise" : "volume");
+        spit(raw, v.data, sizeof(float) * nv);
+        ldm_nifti b;
+        snprintf(name, sizeof name, "deflate: %s volume 64x64x40 float32 .nii.gz reads back exactly", kind ? "a pure noise" : "a mixed");
+        if (ldm_nifti_write(ctx, path, &v, LDM_NII_FLOAT32) || ldm_nifti_read(ctx, path, &b)) {
+            lt_report(0, name, "%s", ldm_ctx_error(ctx));
+            ldm_ctx_clear_error(ctx);
+        } else {
+            lt_close(name, b.data, v.data, (long)nv, 0, 0);
+            ldm_nifti_free(&b);
+        }
+        size_t n;
+        unsigned char *f = slurp(path, &n);
+        size_t plain = 352 + 4 * nv;
+        snprintf(name, sizeof name, "deflate: %s: %lu bytes for %lu (%.1f%%)", kind ? "noise is stored (about the raw size)" : "the mixed volume shrinks below half",
+                 (unsigned long)n, (unsigned long)plain, 100.0 * n / plain);
+        if (kind == 0) LT_CHECK(f && n < plain / 2, name);
+        else LT_CHECK(f && n > plain && n < plain + plain / 1000 + 64, name);
+        free(f);
+        free(v.data);
+    }
 }
 
 /* ---- scaling rules, caps, malformed files ----------------------------------------------- */
@@ -776,6 +834,7 @@ int main(void) {
     if (xdir) mkdir(xdir, 0700);
     test_fixtures();
     test_roundtrip();
+    test_deflate();
     test_malformed();
     test_pixel_cap();
     test_resize3();
