@@ -237,8 +237,9 @@ LDM_API void ldm_data_image_free(ldm_data_image *im);
 LDM_API ldm_result ldm_data_image_load(const char *path, int channels, ldm_data_image *out, char *err, size_t err_size);
 /* Size caps that refuse a small file declaring a huge image or volume before allocating it.
    Pixels (w*h) of a 2-D image: default 2^26 (8192 x 8192), env LDM_MAX_PIXELS; voxels of a
-   NIfTI volume: default 2^28 (1 GiB as float32), env LDM_MAX_VOXELS. The env var is read at
-   the first use; a setter overrides both (n <= 0 restores the default). Process-wide. */
+   NIfTI volume: default 2^28 (1 GiB as float32), env LDM_MAX_VOXELS (a positive integer). A
+   setter overrides both (n <= 0: back to the env var / default). Process-wide: set it before
+   loaders start, not while they run. */
 LDM_API int64_t ldm_data_max_pixels(void);
 LDM_API void ldm_data_set_max_pixels(int64_t n);
 LDM_API int64_t ldm_data_max_voxels(void);
@@ -930,8 +931,8 @@ LDM_API ldm_result ldm_idx_read(ldm_ctx *ctx, const char *path, ldm_idx *out) {
 }
 
 /* ---- size caps -------------------------------------------------------------------------- */
-/* 0: not set yet (the env var, else the default, is read at the first use). A plain int64
-   read/written from several threads holds the same value whoever wins, so no lock. */
+/* 0: not set (then the env var, else the default, is read at each use: loader threads only
+   read, so a setter called before loading starts is the only writer). */
 static int64_t ldm__dmax_pix, ldm__dmax_vox;
 static int64_t ldm__denv_cap(const char *var, int64_t def) {
     const char *e = getenv(var);
@@ -942,15 +943,9 @@ static int64_t ldm__denv_cap(const char *var, int64_t def) {
     }
     return def;
 }
-LDM_API int64_t ldm_data_max_pixels(void) {
-    if (ldm__dmax_pix <= 0) ldm__dmax_pix = ldm__denv_cap("LDM_MAX_PIXELS", (int64_t)1 << 26);
-    return ldm__dmax_pix;
-}
+LDM_API int64_t ldm_data_max_pixels(void) { return ldm__dmax_pix > 0 ? ldm__dmax_pix : ldm__denv_cap("LDM_MAX_PIXELS", (int64_t)1 << 26); }
 LDM_API void ldm_data_set_max_pixels(int64_t n) { ldm__dmax_pix = n > 0 ? n : 0; }
-LDM_API int64_t ldm_data_max_voxels(void) {
-    if (ldm__dmax_vox <= 0) ldm__dmax_vox = ldm__denv_cap("LDM_MAX_VOXELS", (int64_t)1 << 28);
-    return ldm__dmax_vox;
-}
+LDM_API int64_t ldm_data_max_voxels(void) { return ldm__dmax_vox > 0 ? ldm__dmax_vox : ldm__denv_cap("LDM_MAX_VOXELS", (int64_t)1 << 28); }
 LDM_API void ldm_data_set_max_voxels(int64_t n) { ldm__dmax_vox = n > 0 ? n : 0; }
 
 /* ---- NIfTI-1 ---------------------------------------------------------------------------- */
@@ -2029,6 +2024,12 @@ static ldm_result ldm__dbatch_put(ldm_data_batch *b, int B, int k, const ldm_dat
             return ldm__derr(err, errn, LDM_ERR_INVALID, "cannot collate: item %lld has \"%s\" with depth %d but item %lld has depth %d "
                              "(0: a 2-D field; volumes of different sizes need a resize or spatial_size)", (long long)b->index[0], bf->name, bt,
                              (long long)it->index, ft);
+        if ((strcmp(bf->name, f->name) || bf->shape[1] != f->c || hw[0] != f->h || hw[1] != f->w) && ft)
+            return ldm__derr(err, errn, LDM_ERR_INVALID,
+                             "cannot collate: item %lld has \"%s\" [%lld, %lld, %lld, %lld] but item %lld has \"%s\" [%d, %d, %d, %d] "
+                             "(volumes of different sizes need a resize or a spatial_size crop)",
+                             (long long)b->index[0], bf->name, (long long)bf->shape[1], (long long)bf->shape[2], (long long)hw[0], (long long)hw[1],
+                             (long long)it->index, f->name, f->c, ft, f->h, f->w);
         if (strcmp(bf->name, f->name) || bf->shape[1] != f->c || hw[0] != f->h || hw[1] != f->w)
             return ldm__derr(err, errn, LDM_ERR_INVALID,
                              "cannot collate: item %lld has \"%s\" [%lld, %lld, %lld] but item %lld has \"%s\" [%d, %d, %d] "

@@ -445,6 +445,13 @@ static void test_malformed(void) {
     free(b);
 }
 
+static char warnings[4096];
+static void warn_fn(void *user, const char *msg) {
+    (void)user;
+    size_t k = strlen(warnings);
+    snprintf(warnings + k, sizeof warnings - k, "%s\n", msg);
+}
+
 /* 2-D images: a PNG header declaring 16000 x 16000 (which stb_image would allocate and try
    to fill) is refused from the header */
 static void test_pixel_cap(void) {
@@ -475,7 +482,32 @@ static void test_pixel_cap(void) {
     r = ldm_data_image_load(FIX "photo_chelsea.png", 3, &im, err, sizeof err);
     lt_report(r == LDM_ERR_UNSUPPORTED && has(err, "over the cap of 1000") && has(err, "LDM_MAX_PIXELS"), "ldm_data_set_max_pixels(1000) refuses a photo", "%d %s", (int)r, err);
     if (r == LDM_OK) ldm_data_image_free(&im);
-    ldm_data_set_max_pixels(0);
+    /* an ImageFolder scan skips it with a warning that names the cap */
+    {
+        char dir[600], dst[700];
+        size_t n;
+        unsigned char *png = slurp(FIX "photo_chelsea.png", &n);
+        path_in(dir, sizeof dir, "photos");
+        mkdir(dir, 0700);
+        snprintf(dst, sizeof dst, "%s/chelsea.png", dir);
+        if (png) spit(dst, png, n);
+        free(png);
+        ldm_data_image_folder_opts o;
+        memset(&o, 0, sizeof o);
+        o.src.root = dir;
+        o.src.warn = warn_fn;
+        warnings[0] = 0;
+        ldm_dataset *ds = NULL;
+        r = ldm_dataset_image_folder(ctx, &ds, &o);
+        lt_report(r == LDM_ERR_FORMAT && has(warnings, "chelsea.png' declares") && has(warnings, "over the cap of 1000"),
+                  "ImageFolder: an image over the pixel cap is skipped at the scan with a warning", "%d %s | %s", (int)r, ldm_ctx_error(ctx), warnings);
+        ldm_ctx_clear_error(ctx);
+        if (ds) ldm_dataset_destroy(ds);
+        ldm_data_set_max_pixels(0);
+        r = ldm_dataset_image_folder(ctx, &ds, &o);
+        LT_CHECK(r == LDM_OK && ldm_dataset_len(ds) == 1, "ImageFolder: the default cap keeps it");
+        if (r == LDM_OK) ldm_dataset_destroy(ds);
+    }
     r = ldm_data_image_load(FIX "photo_chelsea.png", 3, &im, err, sizeof err);
     LT_CHECK(r == LDM_OK && im.w * im.h > 1000, "the default cap reads it");
     if (r == LDM_OK) ldm_data_image_free(&im);
@@ -506,12 +538,6 @@ static void test_resize3(void) {
 }
 
 /* ---- the dataset ------------------------------------------------------------------------ */
-static char warnings[4096];
-static void warn_fn(void *user, const char *msg) {
-    (void)user;
-    size_t k = strlen(warnings);
-    snprintf(warnings + k, sizeof warnings - k, "%s\n", msg);
-}
 
 static ldm_result get_image(ldm_dataset *ds, int64_t i, uint64_t seed, int64_t epoch, ldm_data_item *it, const ldm_data_field **f) {
     char err[1024];
@@ -712,6 +738,12 @@ static void test_dataset(void) {
         ldm_data_item_add3(&items[1], "image", 1, 3, 3, 4);
         r = ldm_data_collate(ctx, items, 2, &bt);
         LT_CHECK(r == LDM_ERR_INVALID && has(ldm_ctx_error(ctx), "depth 2 but item 0 has depth 3"), "collate: volumes of different depths are an error");
+        ldm_ctx_clear_error(ctx);
+        ldm_data_item_free(&items[1]);
+        ldm_data_item_add3(&items[1], "image", 1, 2, 5, 4);
+        r = ldm_data_collate(ctx, items, 2, &bt);
+        LT_CHECK(r == LDM_ERR_INVALID && has(ldm_ctx_error(ctx), "[1, 2, 3, 4] but item 0 has \"image\" [1, 2, 5, 4] (volumes of different sizes need a resize"),
+                 "collate: volumes of different heights are an error with the hint");
         ldm_ctx_clear_error(ctx);
         ldm_data_item_free(&items[1]);
         ldm_data_item_add(&items[1], "image", 1, 3, 4);
