@@ -56,7 +56,8 @@
      load: the voxels as float with scl_slope/scl_inter applied, then `norm` (none; window =
      MONAI ScaleIntensityRanged: (x - a_min) / (a_max - a_min) * (b_max - b_min) + b_min,
      clipped to [b_min, b_max] when clip; zscore = (x - mean) / std over the whole volume,
-     population std), then `resize` (trilinear, = torch F.interpolate(mode="trilinear",
+     population std; minmax = MONAI ScaleIntensity, the volume's min..max -> b_min..b_max),
+     then `resize` (trilinear, = torch F.interpolate(mode="trilinear",
      align_corners=False)). augment: a spatial_size crop, random (three draws T, H, W; offset
      floor((D - s + 1) * u), as the image datasets) or central ((D - s) / 2); a crop larger
      than the volume is an error naming the file. The 4th NIfTI axis (nt) becomes channels C;
@@ -90,7 +91,8 @@
    else v unscaled (NIfTI: slope 0 means no scaling; a non-finite scl_inter counts as 0).
    int32 and float64 values beyond float precision are rounded. Kept for writing back: dim,
    pixdim (pixdim[0] = qfac), qform/sform codes, quatern_b/c/d, qoffset, srow_x/y/z,
-   xyzt_units, intent_code, descrip. ".hdr/.img" pairs (magic "ni1") and NIfTI-2 are
+   xyzt_units, intent_code, descrip (not kept: dim_info, slice timing, cal_min/max, toffset,
+   intent parameters and name, aux_file, extensions). ".hdr/.img" pairs (magic "ni1") and NIfTI-2 are
    refused with a message saying so. gzip: one member, CRC-32 and ISIZE checked, the header
    inflated first so the cap and the declared length are checked against ISIZE before the
    body's buffer is allocated; inflated size at most 2 GiB.
@@ -98,6 +100,12 @@
    that order, and the dataset's [C,T,H,W] is exactly that memory: W = nx (i), H = ny (j),
    T = nz (k), C = nt. A read followed by a write is exact (same bytes of data for float32,
    same values for integer types with the same scl_slope/scl_inter).
+   Saving a generated volume x [1,T,H,W] in the space of a scan it was trained on:
+       ldm_nifti ref, out;  ldm_nifti_read(ctx, "scan.nii.gz", &ref);
+       out = ref;  out.dim[0] = 3;  out.dim[1] = W;  out.dim[2] = H;  out.dim[3] = T;  out.dim[4] = 1;
+       out.data = x;  out.nvox = (size_t)T * H * W;       // pixdim/orientation of ref; if
+       ldm_nifti_write(ctx, "sample.nii.gz", &out, LDM_NII_FLOAT32);  // resized, scale pixdim
+       ldm_nifti_free(&ref);                              // and srow yourself
    Writing: .nii, or gzip when the name ends in .gz, compressed by a small deflate encoder of
    this file: one block of fixed Huffman codes over greedy LZ77 matches (32 KiB window), no
    dynamic codes; background runs shrink to almost nothing, but the file is larger than gzip
@@ -163,7 +171,7 @@
        ldm.data.cache.CacheDataset (params: dataset, max_mb)
        ldm.data.volume.VolumeDataset (aliases VolumeDataset, NiftiDataset): NIfTI volumes;
            params root/data_root, split, val_fraction, file_list, max_items, labels, norm
-           (none | window | zscore), a_min, a_max, b_min, b_max, clip, resize and spatial_size
+           (none | window | zscore | minmax), a_min, a_max, b_min, b_max, clip, resize and spatial_size
            ([T, H, W] or one size for all axes; -1 or 0 keeps an axis), random_crop, max_voxels
        main.DataModuleFromConfig (builds its splits through the same registry)
 
@@ -436,12 +444,13 @@ LDM_API ldm_result ldm_data_resize3(float *dst, int dt, int dh, int dw, const fl
 typedef enum ldm_data_vol_norm {
     LDM_VOL_NONE = 0,             /* the scaled voxel values as they are */
     LDM_VOL_WINDOW,               /* MONAI ScaleIntensityRanged: (x - a_min) / (a_max - a_min) * (b_max - b_min) + b_min, clipped to [b_min, b_max] when clip */
-    LDM_VOL_ZSCORE                /* per volume: (x - mean) / std (population std; std 0: x - mean) */
+    LDM_VOL_ZSCORE,               /* per volume: (x - mean) / std (population std; std 0: x - mean) */
+    LDM_VOL_MINMAX                /* per volume, MONAI ScaleIntensity: (x - min) / (max - min) * (b_max - b_min) + b_min (max == min: b_min) */
 } ldm_data_vol_norm;
 typedef struct ldm_data_volume_opts {
     ldm_data_folder_opts src;     /* files ending .nii or .nii.gz (labels: directory classes) */
     ldm_data_vol_norm norm;
-    float a_min, a_max, b_min, b_max;  /* LDM_VOL_WINDOW (a_min != a_max) */
+    float a_min, a_max, b_min, b_max;  /* LDM_VOL_WINDOW (a_min != a_max); b_min, b_max also for MINMAX */
     int clip;                     /* LDM_VOL_WINDOW: clip to [b_min, b_max] */
     int resize[3];                /* T, H, W: trilinear resize to this after normalising (all 0: none) */
     int spatial_size[3];          /* T, H, W crop (0 in an axis: the whole axis); all 0: no crop */
@@ -555,11 +564,11 @@ extern "C" {
     X(file_list,    STR,   "",       "text file of paths relative to root: replaces the directory scan")   \
     X(max_items,    I64,   "0",      "use only the first max_items files (0: all)")                        \
     X(labels,       BOOL,  "false",  "class_label from the file's directory")                              \
-    X(norm,         STR,   "none",   "none, window (a_min..a_max -> b_min..b_max) or zscore (per volume)") \
+    X(norm,         STR,   "none",   "none, window (a_min..a_max -> b_min..b_max), zscore or minmax (per volume -> b_min..b_max)") \
     X(a_min,        FLOAT, "0",      "window: input value mapped to b_min (e.g. -1000 HU)")                \
     X(a_max,        FLOAT, "1",      "window: input value mapped to b_max (e.g. 1000 HU)")                 \
-    X(b_min,        FLOAT, "-1",     "window: output at a_min")                                            \
-    X(b_max,        FLOAT, "1",      "window: output at a_max")                                            \
+    X(b_min,        FLOAT, "-1",     "window: output at a_min; minmax: at the volume's minimum")           \
+    X(b_max,        FLOAT, "1",      "window: output at a_max; minmax: at the volume's maximum")           \
     X(clip,         BOOL,  "true",   "window: clip the output to [b_min, b_max]")                         \
     X(resize,       INT_LIST, "",    "T, H, W (or one size for all): trilinear resize (0 or -1: keep that axis)") \
     X(spatial_size, INT_LIST, "",    "T, H, W (or one size for all) crop (0 or -1: the whole axis)")      \
@@ -2794,6 +2803,13 @@ static ldm_result ldm__dvol_load(void *self, int64_t i, ldm_data_image *out, cha
         for (size_t k = 0; k < n; k++) sq += ((double)x[k] - mean) * ((double)x[k] - mean);
         double sd = sqrt(sq / (double)n);
         for (size_t k = 0; k < n; k++) x[k] = (float)(sd > 0 ? ((double)x[k] - mean) / sd : (double)x[k] - mean);
+    } else if (d->o.norm == LDM_VOL_MINMAX) {
+        double lo = x[0], hi = x[0], b0 = d->o.b_min, b1 = d->o.b_max;
+        for (size_t k = 1; k < n; k++) {
+            if (x[k] < lo) lo = x[k];
+            if (x[k] > hi) hi = x[k];
+        }
+        for (size_t k = 0; k < n; k++) x[k] = (float)(hi > lo ? ((double)x[k] - lo) / (hi - lo) * (b1 - b0) + b0 : b0);
     }
     int rt = d->o.resize[0] > 0 ? d->o.resize[0] : out->t, rh = d->o.resize[1] > 0 ? d->o.resize[1] : out->h,
         rw = d->o.resize[2] > 0 ? d->o.resize[2] : out->w;
@@ -2835,7 +2851,9 @@ static const ldm_dataset_vtable ldm__dvol_vt = {"VolumeDataset", ldm__dvol_len, 
 
 LDM_API ldm_result ldm_dataset_volume(ldm_ctx *ctx, ldm_dataset **out, const ldm_data_volume_opts *o) {
     *out = NULL;
-    if (o->norm < LDM_VOL_NONE || o->norm > LDM_VOL_ZSCORE) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "VolumeDataset: unknown normalisation %d", (int)o->norm);
+    if (o->norm < LDM_VOL_NONE || o->norm > LDM_VOL_MINMAX) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "VolumeDataset: unknown normalisation %d", (int)o->norm);
+    if (o->norm == LDM_VOL_MINMAX && !(isfinite(o->b_min) && isfinite(o->b_max)))
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "VolumeDataset: minmax needs finite b_min, b_max (got %g, %g)", (double)o->b_min, (double)o->b_max);
     if (o->norm == LDM_VOL_WINDOW && !(o->a_max != o->a_min && isfinite(o->a_min) && isfinite(o->a_max) && isfinite(o->b_min) && isfinite(o->b_max)))
         return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "VolumeDataset: the intensity window needs finite a_min != a_max (got a_min %g, a_max %g, b_min %g, b_max %g)",
                               (double)o->a_min, (double)o->a_max, (double)o->b_min, (double)o->b_max);
@@ -3539,8 +3557,9 @@ static ldm_result ldm__dcfg_volume_ctor(ldm_config *cfg, const ldm_config_node *
     if (!strcmp(p.norm, "none")) o.norm = LDM_VOL_NONE;
     else if (!strcmp(p.norm, "window") || !strcmp(p.norm, "ScaleIntensityRanged")) o.norm = LDM_VOL_WINDOW;
     else if (!strcmp(p.norm, "zscore")) o.norm = LDM_VOL_ZSCORE;
+    else if (!strcmp(p.norm, "minmax") || !strcmp(p.norm, "ScaleIntensity")) o.norm = LDM_VOL_MINMAX;
     else
-        return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s: norm '%s' is not none, window or zscore", ldm__dcfg_where(ldm_config_find(params, "norm"), where, sizeof where),
+        return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s: norm '%s' is not none, window, zscore or minmax", ldm__dcfg_where(ldm_config_find(params, "norm"), where, sizeof where),
                                  p.norm);
     o.a_min = (float)p.a_min;
     o.a_max = (float)p.a_max;

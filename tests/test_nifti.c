@@ -719,6 +719,48 @@ static void test_dataset(void) {
         ldm_data_item_free(&it);
         ldm_dataset_destroy(ds);
     }
+    /* min-max */
+    o.norm = LDM_VOL_MINMAX;
+    o.b_min = -1;
+    o.b_max = 1;
+    if (ldm_dataset_volume(ctx, &ds, &o) == LDM_OK) {
+        ldm_data_item it;
+        const ldm_data_field *f;
+        long nm;
+        float *mm = lt_load(ctx, ref, "ct_minmax", &nm);
+        if (mm && get_image(ds, 1, 1, 0, &it, &f) == LDM_OK) {
+            lt_close("minmax per volume -> [-1, 1] = torch (MONAI ScaleIntensity)", f->data, mm, nm, 2e-7, 0);
+            ldm_data_item_free(&it);
+        } else lt_report(0, "minmax", "missing");
+        free(mm);
+        ldm_dataset_destroy(ds);
+    }
+    /* a 4-D file: its 4th axis is the channels */
+    {
+        char d4[600], p4[700];
+        path_in(d4, sizeof d4, "vol4d");
+        mkdir(d4, 0700);
+        snprintf(p4, sizeof p4, "%s/two.nii.gz", d4);
+        ldm_nifti v4 = ldm_nifti_make(5, 4, 3);
+        v4.dim[0] = 4;
+        v4.dim[4] = 2;
+        v4.nvox = 120;
+        v4.data = (float *)malloc(sizeof(float) * 120);
+        for (int i = 0; i < 120; i++) v4.data[i] = (float)i;
+        ldm_nifti_write(ctx, p4, &v4, LDM_NII_FLOAT32);
+        ldm_data_volume_opts o4;
+        memset(&o4, 0, sizeof o4);
+        o4.src.root = d4;
+        ldm_data_item it;
+        const ldm_data_field *f;
+        if (ldm_dataset_volume(ctx, &ds, &o4) == LDM_OK && get_image(ds, 0, 1, 0, &it, &f) == LDM_OK) {
+            LT_CHECK(f->c == 2 && f->t == 3 && f->h == 4 && f->w == 5 && !memcmp(f->data, v4.data, sizeof(float) * 120),
+                     "a 4-D NIfTI (nt 2): item [C=2,T=3,H=4,W=5], the file's memory order");
+            ldm_data_item_free(&it);
+        } else lt_report(0, "4-D dataset", "%s", ldm_ctx_error(ctx));
+        ldm_dataset_destroy(ds);
+        free(v4.data);
+    }
     /* errors: a crop larger than the volume; different sizes collated; bad options */
     o.spatial_size[0] = 8;
     if (ldm_dataset_volume(ctx, &ds, &o) == LDM_OK) {
@@ -834,11 +876,11 @@ static void test_config(void) {
     ldm_config_destroy(cfg);
     ldm_config_create(&cfg);
     snprintf(text, sizeof text, "data:\n  target: main.DataModuleFromConfig\n  params:\n    batch_size: 1\n    train:\n      target: VolumeDataset\n"
-                                "      params: {root: %s, norm: minmax}\n", dir);
+                                "      params: {root: %s, norm: max}\n", dir);
     dm = NULL;
     r = ldm_config_load_string(cfg, text, "bad.yaml", LDM_CONFIG_FORMAT_YAML);
     if (!r) r = ldm_data_module_from_config(cfg, reg, NULL, ctx, &dm);
-    LT_CHECK(r == LDM_ERR_INVALID && has(ldm_config_error(cfg), "bad.yaml:") && has(ldm_config_error(cfg), "norm 'minmax' is not none, window or zscore"),
+    LT_CHECK(r == LDM_ERR_INVALID && has(ldm_config_error(cfg), "bad.yaml:") && has(ldm_config_error(cfg), "norm 'max' is not none, window, zscore or minmax"),
              "config: an unknown norm names the file and line");
     if (dm) ldm_data_module_destroy(dm);
     ldm_config_destroy(cfg);

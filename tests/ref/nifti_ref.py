@@ -128,6 +128,8 @@ def make():
     T["ct_centre_crop"] = r[:, (5 - 4) // 2:(5 - 4) // 2 + 4, (12 - 8) // 2:(12 - 8) // 2 + 8, 0:6].contiguous().numpy()
     z = (x - x.mean()) / x.std(unbiased=False)
     T["ct_zscore"] = z.float().numpy()
+    mm = (x - x.min()) / (x.max() - x.min()) * (1.0 - (-1.0)) + (-1.0)  # MONAI ScaleIntensity(minv=-1, maxv=1)
+    T["ct_minmax"] = mm.float().numpy()
 
     # trilinear resize, [C=2, T=5, H=6, W=7] to smaller, larger and mixed sizes
     src = torch.from_numpy(rng.standard_normal((2, 5, 6, 7)).astype(np.float32))
