@@ -1030,9 +1030,9 @@ LDM_API ldm_nifti ldm_nifti_make(int nx, int ny, int nz) {
     return v;
 }
 
-/* Parses and checks the header of b[0..n) (a whole file image, or at least its first 352
-   bytes when `avail` is 0: then the data length is not checked). Fills everything but data;
-   *off = vox_offset, *need = vox_offset + nvox * bytes. */
+/* Parses and checks the header of b[0..n): a whole file image (check_len 1: the data must
+   be there), or only its start (check_len 0). Fills everything but data; *off = vox_offset,
+   *need = vox_offset + nvox * bytes. `how` is appended to messages (" (after gunzip)"). */
 static ldm_result ldm__dnii_header(const unsigned char *b, size_t n, int check_len, const char *name, const char *how, int64_t cap,
                                    ldm_nifti *v, size_t *off, uint64_t *need, int *be_out, char *err, size_t errn) {
     memset(v, 0, sizeof *v);
@@ -1203,7 +1203,7 @@ static ldm_result ldm__dnii_gunzip(const unsigned char *in, size_t n, const char
     if ((uint64_t)isize < need)
         return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: data shorter than declared: the header needs %llu bytes, the gzip trailer says the file inflates to %u (truncated?)",
                          name, (unsigned long long)need, (unsigned)isize);
-    if ((uint64_t)isize - need > LDM__NII_GZ_SLACK)
+    if ((uint64_t)isize - need > LDM__NII_GZ_SLACK || isize > (uint32_t)INT_MAX)
         return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: the gzip trailer says %u bytes, %llu more than the header declares (corrupt file?)", name, (unsigned)isize,
                          (unsigned long long)((uint64_t)isize - need));
     buf = (unsigned char *)ldm__dalloc((size_t)isize);
