@@ -395,7 +395,8 @@ LDM_API ldm_result ldm_gunzip(ldm_ctx *ctx, const unsigned char *in, size_t n, u
 LDM_API uint32_t ldm_crc32(uint32_t crc, const void *data, size_t n); /* start with 0 */
 
 /* ---- NIfTI-1 volumes --------------------------------------------------------------------- */
-/* NIfTI-1 datatype codes (nifti1.h NIFTI_TYPE_*) that are read and written. Others (complex, RGB, int64, float128, ...) are LDM_ERR_UNSUPPORTED. */
+/* NIfTI-1 datatype codes (nifti1.h NIFTI_TYPE_*) that are read and written. Others (complex,
+   RGB, int64, float128, ...) are LDM_ERR_UNSUPPORTED. */
 #define LDM_NII_UINT8 2
 #define LDM_NII_INT16 4
 #define LDM_NII_INT32 8
@@ -443,16 +444,18 @@ LDM_API ldm_result ldm_data_resize3(float *dst, int dt, int dh, int dw, const fl
 /* NIfTI volume dataset: the .nii / .nii.gz files of a folder or list -> "image" [C,T,H,W]. */
 typedef enum ldm_data_vol_norm {
     LDM_VOL_NONE = 0,             /* the scaled voxel values as they are */
-    LDM_VOL_WINDOW,               /* MONAI ScaleIntensityRanged: (x - a_min) / (a_max - a_min) * (b_max - b_min) + b_min, clipped to [b_min, b_max] when clip */
+    LDM_VOL_WINDOW,               /* MONAI ScaleIntensityRanged: (x - a_min) / (a_max - a_min) * (b_max - b_min)
+                                     + b_min, clipped to [b_min, b_max] when clip */
     LDM_VOL_ZSCORE,               /* per volume: (x - mean) / std (population std; std 0: x - mean) */
-    LDM_VOL_MINMAX                /* per volume, MONAI ScaleIntensity: (x - min) / (max - min) * (b_max - b_min) + b_min (max == min: b_min) */
+    LDM_VOL_MINMAX                /* per volume, MONAI ScaleIntensity: (x - min) / (max - min) * (b_max - b_min)
+                                     + b_min (max == min: b_min) */
 } ldm_data_vol_norm;
 typedef struct ldm_data_volume_opts {
     ldm_data_folder_opts src;     /* files ending .nii or .nii.gz (labels: directory classes) */
     ldm_data_vol_norm norm;
     float a_min, a_max, b_min, b_max;  /* LDM_VOL_WINDOW (a_min != a_max); b_min, b_max also for MINMAX */
     int clip;                     /* LDM_VOL_WINDOW: clip to [b_min, b_max] */
-    int resize[3];                /* T, H, W: trilinear resize to this after normalising (all 0: none) */
+    int resize[3];                /* T, H, W: trilinear resize to this after normalising (0 in an axis: keep it) */
     int spatial_size[3];          /* T, H, W crop (0 in an axis: the whole axis); all 0: no crop */
     int random_crop;              /* offset floor((D - s + 1) * u) per axis (T, H, W draws); else centre (D - s) / 2 */
     int64_t max_voxels;           /* > 0: cap for this dataset instead of ldm_data_max_voxels() */
