@@ -1,11 +1,15 @@
 /* bench_vae.c - AutoencoderKL speed on the CPU or a GPU, ldm.h against PyTorch on the same
    device, with the same sizes, in the same run. Model: the seed's kl-f4 autoencoder
-   (configs/autoencoder_kl_64x64x3: ch 128, ch_mult 1,2,4, z 3), random weights.
+   (configs/autoencoder_kl_64x64x3: ch 128, ch_mult 1,2,4, z 3), or with --model klf8 Stable
+   Diffusion's kl-f8 first stage (ch 128, ch_mult 1,2,4,4, z 4), random weights.
 
    Cases (--cases, comma-separated):
      encdec  encode + decode of one SxS image, no grad (ldm_vae_encode_infer, then
              ldm_vae_decode_infer of the posterior mean; untiled). S = 512 by default.
-     dec     decode of one S/4 x S/4 latent to SxS, no grad. S = 512 by default.
+     dec     decode of one S/f x S/f latent to SxS, no grad. S = 512 by default.
+     enc     encode of one SxS image (the posterior's mean), no grad. S = 512 by default.
+     tiled   ldm.h only: decode of one S/f x S/f latent with --tile P pixel tiles (default
+             512, overlap P/4), no grad. S = 2048 by default.
      train   one autoencoder training step at SxS, batch B (S = 256, B = 8 by default), as
              examples/main.c's drv_train_batch does it: generator update (forward with a
              posterior sample, LPIPSWithDiscriminator generator loss with the LPIPS perceptual
@@ -41,7 +45,10 @@
    inputs) + the peak of the device's step arena over the timed runs; PyTorch = its
    max_memory_allocated on cuda, the process's maximum RSS on cpu (libraries included).
 
-   Options: --device cpu|cuda (cuda in LDM_CUDA builds; the default there), --cases LIST,
+   --tile-check S: decode one SxS latent untiled and tiled and print the difference.
+   The last column is this process's maximum RSS after the case (all cases run so far).
+
+   Options: --model klf4|klf8, --device cpu|cuda (cuda in LDM_CUDA builds; the default there), --cases LIST,
    --size S, --batch B, --reps R, --warmup W, --threads T (CPU threads, both sides), --tf32
    (TF32 GEMMs on both sides; off by default), --cudnn-benchmark (PyTorch's cudnn.benchmark),
    --arena-mb N (ldm.h's CUDA step arena; default: $LDM_CUDA_ARENA_MB, else 90% of the free

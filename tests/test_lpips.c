@@ -258,15 +258,15 @@ static void test_lpips(ldm_ctx *ctx, ldm_weights *fx) {
         y0 = ldm_detach(ctx, y0);
         y1 = ldm_detach(ctx, y1);
         y1->requires_grad = 1;
-        y1->grad = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)y1->numel);
-        memset(y1->grad, 0, sizeof(float) * (size_t)y1->numel);
-        size_t used0 = ldm_arena_used(ctx, LDM_CPU);
+        y1->grad = (float *)ldm_arena_alloc(ctx, y1->device, sizeof(float) * (size_t)y1->numel);
+        if (y1->grad) ldm_device_fill(ctx, y1->device, y1->grad, y1->numel, 0.0f);
+        size_t used0 = ldm_arena_used(ctx, y1->device);
         ldm_tensor *vs = ldm_lpips_forward(ctx, lp, y0, y1, 0);
         ldm_tensor *ls = vs ? ldm_sum_all(ctx, ldm_mul(ctx, ldm_reshape(ctx, vs, ldm_shape1(2)), ldm_from_host(ctx, ldm_shape1(2), wv))) : NULL;
         int ok = ls && !ldm_backward(ctx, ls);
-        printf("     lpips(x no grad, xrec grad): arena %.1f MiB for the forward and backward\n", (double)(ldm_arena_used(ctx, LDM_CPU) - used0) / 1048576.0);
+        printf("     lpips(x no grad, xrec grad): arena %.1f MiB for the forward and backward\n", (double)(ldm_arena_used(ctx, y1->device) - used0) / 1048576.0);
         if (ok) lt_close("lpips: x without grad: the value of the joint pass", lt_h(ctx, vs, 0), vh, 2, 0.0, 1e-6);
-        if (ok) lt_close("lpips: x without grad: xrec's gradient of the joint pass", y1->grad, g1, (long)x1->numel, 1e-9, 1e-5);
+        if (ok) lt_close("lpips: x without grad: xrec's gradient of the joint pass", lt_h(ctx, y1, 1), g1, (long)x1->numel, 1e-9, 1e-5);
         else lt_report(0, "lpips: x without grad", "%s", ldm_ctx_error(ctx));
         free(g1);
     }
