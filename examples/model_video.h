@@ -67,7 +67,7 @@
    lr_bicubic (the condition, unless no_cond_log), reconstructions, samples (single sampler),
    samples_multi_prompt, samples_ddim (when configured); log_keys limits the keys.
    test_step: samples with the single sampler; per clip psnr, ssim, psnr_bicubic, ssim_bicubic
-   (frame means; data range 2 on [-1, 1]); with video_out_dir, per clip frame folders + GIFs of
+   (frame means; data range 2 on [-1, 1]) and psnr_recon (decode(encode(x)): the ceiling); with video_out_dir, per clip frame folders + GIFs of
    the sample, the bicubic clip and the input, and frames.csv with the per-frame values. */
 #ifndef EX_MODEL_VIDEO_H
 #define EX_MODEL_VIDEO_H
@@ -160,7 +160,7 @@ typedef struct ex_vsr {
 
 static const char *const ex_vsr_log_keys[] = {"loss"};
 static const char *const ex_vsr_summary[] = {"val/loss"};
-static const char *const ex_vsr_test_keys[] = {"psnr", "ssim", "psnr_bicubic", "ssim_bicubic"};
+static const char *const ex_vsr_test_keys[] = {"psnr", "ssim", "psnr_bicubic", "ssim_bicubic", "psnr_recon"};
 
 static ex_vsr *ex__vsr(ex_model *m) { return (ex_vsr *)m->self; }
 static ldm_result ex__vsr_fail(ex_model *m, const char *what, ldm_ctx *ctx) {
@@ -729,17 +729,20 @@ static ldm_result ex__vsr_test_step(ex_model *m, ldm_ctx *ctx, const ldm_data_ba
     s = s ? ldm_clamp(ctx, s, -1.0f, 1.0f) : NULL;
     if (!s) return ex__vsr_fail(m, "test (sampling)", ctx);
     if (a->p.latent_input) { x = ex_vsr_decode(ctx, a, z); lr = ex_vsr_decode(ctx, a, c); }
-    if (!x || !lr) return ex__vsr_fail(m, "test", ctx);
+    ldm_tensor *rec = x ? ex_vsr_decode(ctx, a, z) : NULL;   /* the first stage's ceiling */
+    rec = rec ? ldm_clamp(ctx, rec, -1.0f, 1.0f) : NULL;
+    if (!x || !lr || !rec) return ex__vsr_fail(m, "test", ctx);
     int64_t B = x->shape[0], T = x->shape[1];
-    double *fm = (double *)malloc(sizeof(double) * (size_t)(4 * B * T));
+    double *fm = (double *)malloc(sizeof(double) * (size_t)(6 * B * T));
     if (!fm) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "out of memory");
     ldm_result r = ex__vsr_frame_metrics(ctx, s, x, fm, fm + B * T);
     if (!r) r = ex__vsr_frame_metrics(ctx, lr, x, fm + 2 * B * T, fm + 3 * B * T);
+    if (!r) r = ex__vsr_frame_metrics(ctx, rec, x, fm + 4 * B * T, fm + 5 * B * T);
     for (int64_t j = 0; j < B && !r; j++)
-        for (int k = 0; k < 4; k++) {
+        for (int k = 0; k < 5; k++) {
             double acc = 0;
             for (int64_t t = 0; t < T; t++) acc += fm[k * B * T + j * T + t];
-            values[j * 4 + k] = acc / (double)T;
+            values[j * 5 + k] = acc / (double)T;
         }
     if (!r && a->p.video_out_dir[0]) {
         char path[1024];
@@ -749,12 +752,12 @@ static ldm_result ex__vsr_test_step(ex_model *m, ldm_ctx *ctx, const ldm_data_ba
         int fresh = stat(path, &st) != 0;
         FILE *f = fopen(path, "a");
         if (!f) r = ldm_ctx_seterr(ctx, LDM_ERR_IO, "%s: cannot write (hint: video_out_dir must be a writable folder)", path);
-        if (f && fresh) fprintf(f, "clip,frame,psnr,ssim,psnr_bicubic,ssim_bicubic\n");
+        if (f && fresh) fprintf(f, "clip,frame,psnr,ssim,psnr_bicubic,ssim_bicubic,psnr_recon\n");
         for (int64_t j = 0; f && j < B && !r; j++) {
             long long idx = b->index ? (long long)b->index[j] : (long long)j;
             for (int64_t t = 0; t < T; t++)
-                fprintf(f, "%lld,%lld,%.6f,%.6f,%.6f,%.6f\n", idx, (long long)t, fm[j * T + t], fm[B * T + j * T + t], fm[2 * B * T + j * T + t],
-                        fm[3 * B * T + j * T + t]);
+                fprintf(f, "%lld,%lld,%.6f,%.6f,%.6f,%.6f,%.6f\n", idx, (long long)t, fm[j * T + t], fm[B * T + j * T + t], fm[2 * B * T + j * T + t],
+                        fm[3 * B * T + j * T + t], fm[4 * B * T + j * T + t]);
             if ((r = ex__vsr_write_clip(a->p.video_out_dir, "sample", idx, ctx, s, j)) || (r = ex__vsr_write_clip(a->p.video_out_dir, "bicubic", idx, ctx, lr, j)) ||
                 (r = ex__vsr_write_clip(a->p.video_out_dir, "input", idx, ctx, x, j)))
                 break;
@@ -904,9 +907,9 @@ static ldm_result ex_video_sr_create(ldm_config *cfg, const ldm_config_node *par
     m->summary_keys = ex_vsr_summary; m->n_summary_keys = 1;
     m->progress_key = "train/loss";
     m->curve_key = "loss";
-    m->test_keys = ex_vsr_test_keys; m->n_test_keys = 4;
+    m->test_keys = ex_vsr_test_keys; m->n_test_keys = 5;
     m->test_note = "# VideoSR test: per clip, frame means of PSNR / SSIM (data range 2 on [-1, 1]) of the samples and of the bicubic\n"
-                   "# condition against the input clip\n";
+                   "# condition against the input clip,\n# and PSNR of the first stage's reconstruction (the ceiling of any latent model)\n";
     m->pretrained = a->p.ckpt_path[0] != 0;
     m->setup = ex__vsr_setup;
     m->configure_optimizers = ex__vsr_optimizers;

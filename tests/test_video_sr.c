@@ -415,11 +415,11 @@ static void test_sampling(ldm_ctx *ctx) {
         LT_CHECK(same, "log_images: strip layout (clip 1, every frame)");
         free(s);
     }
-    double v[8];
+    double v[10];
     ex_images ti;
     memset(&ti, 0, sizeof ti);
     r = m->test_step(m, ctx, &b, v, &ti);
-    lt_report(!r && ti.n == 3 && v[0] == v[0] && v[2] > 5 && v[7] <= 1.0, "test_step: samples and metrics", "%s psnr %g psnr_bicubic %g", r ? ldm_ctx_error(ctx) : "", v[0], v[2]);
+    lt_report(!r && ti.n == 3 && v[0] == v[0] && v[2] > 5 && v[8] <= 1.0 && v[9] == v[9], "test_step: samples and metrics", "%s psnr %g psnr_bicubic %g", r ? ldm_ctx_error(ctx) : "", v[0], v[2]);
     ldm_set_grad_enabled(ctx, prev);
     ldm_step_reset(ctx);
     m->destroy(m);
@@ -558,7 +558,7 @@ static void test_driver(void) {
     if (rc) show("vsr");
     if (!logdir_of("vsr", L, sizeof L)) { lt_report(0, "driver: logdir", "none"); return; }
     snprintf(p, sizeof p, "%s/test_metrics.csv", L);
-    LT_CHECK(file_has(p, "index,psnr,ssim,psnr_bicubic,ssim_bicubic"), "driver: test_metrics.csv columns");
+    LT_CHECK(file_has(p, "index,psnr,ssim,psnr_bicubic,ssim_bicubic,psnr_recon"), "driver: test_metrics.csv columns");
     snprintf(p, sizeof p, "%s/metrics.csv", L);
     LT_CHECK(file_has(p, "train/loss"), "driver: metrics.csv logs train/loss");
     snprintf(p, sizeof p, "%s/checkpoints/last/model.safetensors", L);
@@ -570,7 +570,7 @@ static void test_driver(void) {
     snprintf(p, sizeof p, "%s/videos/000001_bicubic/frame_003.png", T);
     ok &= exists(p);
     snprintf(p, sizeof p, "%s/videos/frames.csv", T);
-    ok &= file_has(p, "clip,frame,psnr,ssim,psnr_bicubic,ssim_bicubic");
+    ok &= file_has(p, "clip,frame,psnr,ssim,psnr_bicubic,ssim_bicubic,psnr_recon");
     LT_CHECK(ok, "driver: video_out_dir has GIFs, frame folders and frames.csv");
     snprintf(args, sizeof args, "--base ../configs/video_sr_demo.yaml -t --name bad -l %s/logs model.params.denoiser_config.target=Denoisr", T);
     rc = ldm("bad", NULL, args);
