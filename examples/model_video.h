@@ -67,7 +67,8 @@
    lr_bicubic (the condition, unless no_cond_log), reconstructions, samples (single sampler),
    samples_multi_prompt, samples_ddim (when configured); log_keys limits the keys.
    test_step: samples with the single sampler; per clip psnr, ssim, psnr_bicubic, ssim_bicubic
-   (frame means; data range 2 on [-1, 1]) and psnr_recon (decode(encode(x)): the ceiling); with video_out_dir, per clip frame folders + GIFs of
+   (frame means; data range 2 on [-1, 1]), psnr_recon (decode(encode(x)): the ceiling), and
+   lpips, lpips_bicubic with LPIPS weights (lpips_path or $LDM_LPIPS_WEIGHTS; else empty); with video_out_dir, per clip frame folders + GIFs of
    the sample, the bicubic clip and the input, and frames.csv with the per-frame values. */
 #ifndef EX_MODEL_VIDEO_H
 #define EX_MODEL_VIDEO_H
@@ -112,7 +113,8 @@
     X(ckpt_path, STR, "", "initial weights (non-strict): model.diffusion_model.* and first_stage_model.*") \
     X(monitor, STR, "", "top-k metric (default val/loss)")                                      \
     X(use_ema, BOOL, "false", "sgm's EMA (not supported: must be false)")                       \
-    X(video_out_dir, STR, "", "test: frame folders, GIFs and frames.csv written here")
+    X(video_out_dir, STR, "", "test: frame folders, GIFs and frames.csv written here")           \
+    X(lpips_path, STR_LIST, "", "LPIPS weights for the test's lpips columns (one file, or VGG + heads; else $LDM_LPIPS_WEIGHTS)")
 LDM_CONFIG_DECLARE(ex_vsr_cfg, EX_VSR_KEYS);
 LDM_CONFIG_DEFINE(ex_vsr_cfg, EX_VSR_KEYS)
 
@@ -155,12 +157,13 @@ typedef struct ex_vsr {
     ldm_sgm_denoiser den;
     int den_ok;
     ldm_nn_lora *lora;
-    int F, tf;                    /* latent frames; frames per latent frame (dims 3: f) */
+    ldm_lpips *lp;                /* the test's LPIPS (NULL: no weights, the columns stay empty) */
 } ex_vsr;
 
 static const char *const ex_vsr_log_keys[] = {"loss"};
 static const char *const ex_vsr_summary[] = {"val/loss"};
-static const char *const ex_vsr_test_keys[] = {"psnr", "ssim", "psnr_bicubic", "ssim_bicubic", "psnr_recon"};
+static const char *const ex_vsr_test_keys[] = {"psnr", "ssim", "psnr_bicubic", "ssim_bicubic", "psnr_recon", "lpips", "lpips_bicubic"};
+#define EX_VSR_NT 7
 
 static ex_vsr *ex__vsr(ex_model *m) { return (ex_vsr *)m->self; }
 static ldm_result ex__vsr_fail(ex_model *m, const char *what, ldm_ctx *ctx) {
@@ -581,6 +584,24 @@ static ldm_result ex__vsr_setup(ex_model *m, ldm_ctx *ctx, const char *resume_fi
         if (ldm_nn_lora_create(ctx, &a->lora, ldm_vdit_params(a->net), &lc)) return ex__vsr_fail(m, "model.params.lora_target_modules", ctx);
         printf("LoRA: %d adapted layers, rank %d, alpha %g\n", ldm_nn_lora_count(a->lora), lc.r, (double)lc.alpha);
     }
+    {   /* LPIPS for the test: lpips_path, else $LDM_LPIPS_WEIGHTS (comma-separated) */
+        char paths[2][1024];
+        int np = 0;
+        const char *env = getenv("LDM_LPIPS_WEIGHTS");
+        for (int i = 0; i < a->p.lpips_path.n && i < 2; i++) snprintf(paths[np++], sizeof paths[0], "%s", a->p.lpips_path.v[i]);
+        while (!a->p.lpips_path.n && env && *env && np < 2) {
+            const char *c = strchr(env, ',');
+            size_t l = c ? (size_t)(c - env) : strlen(env);
+            if (l >= sizeof paths[0]) l = sizeof paths[0] - 1;
+            memcpy(paths[np], env, l);
+            paths[np][l] = 0;
+            if (l) np++;
+            env = c ? c + 1 : NULL;
+        }
+        if (np && (ldm_lpips_create(ctx, &a->lp, NULL) || ldm_lpips_load(ctx, a->lp, paths[0], np > 1 ? paths[1] : NULL)))
+            return ex__vsr_fail(m, a->p.lpips_path.n ? "model.params.lpips_path" : "$LDM_LPIPS_WEIGHTS", ctx);
+        if (!np) printf("VideoSR test: no LPIPS weights (model.params.lpips_path or $LDM_LPIPS_WEIGHTS): the lpips columns stay empty\n");
+    }
     int n = 0;
     m->params[n].name = "model"; m->params[n++].P = ldm_vdit_params(a->net);
     if (a->lora) { m->params[n].name = "lora"; m->params[n++].P = ldm_nn_lora_params(a->lora); }
@@ -699,14 +720,17 @@ static ldm_result ex__vsr_log_images(ex_model *m, ldm_ctx *ctx, const ldm_data_b
     return LDM_OK;
 }
 
-/* psnr/ssim of every frame: a, b [B, T, C, H, W] -> out[B*T] each */
-static ldm_result ex__vsr_frame_metrics(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b, double *psnr, double *ssim) {
+/* psnr/ssim (and lpips when lp, else NaN) of every frame: a, b [B, T, C, H, W] -> out[B*T] each */
+static ldm_result ex__vsr_frame_metrics(ldm_ctx *ctx, ldm_tensor *a, ldm_tensor *b, double *psnr, double *ssim, ldm_lpips *lp, double *lpips) {
     int64_t BT = a->shape[0] * a->shape[1];
     ldm_shape s = ldm_shape4(BT, a->shape[2], a->shape[3], a->shape[4]);
     ldm_tensor *a4 = ldm_reshape(ctx, a, s), *b4 = ldm_reshape(ctx, b, s);
     if (!a4 || !b4) return ldm_ctx_status(ctx);
     ldm_result r = ldm_metric_psnr(ctx, a4, b4, 2.0, psnr);
-    return r ? r : ldm_metric_ssim(ctx, a4, b4, 2.0, ssim);
+    if (!r && ssim) r = ldm_metric_ssim(ctx, a4, b4, 2.0, ssim);
+    if (!r && lpips && lp) r = ldm_metric_lpips(ctx, lp, a4, b4, lpips);
+    else if (lpips) for (int64_t i = 0; i < BT; i++) lpips[i] = NAN;
+    return r;
 }
 static ldm_result ex__vsr_write_clip(const char *dir, const char *name, long long idx, ldm_ctx *ctx, ldm_tensor *v, int64_t j) {
     int64_t T = v->shape[1], C = v->shape[2], H = v->shape[3], W = v->shape[4], per = T * C * H * W;
@@ -733,16 +757,18 @@ static ldm_result ex__vsr_test_step(ex_model *m, ldm_ctx *ctx, const ldm_data_ba
     rec = rec ? ldm_clamp(ctx, rec, -1.0f, 1.0f) : NULL;
     if (!x || !lr || !rec) return ex__vsr_fail(m, "test", ctx);
     int64_t B = x->shape[0], T = x->shape[1];
-    double *fm = (double *)malloc(sizeof(double) * (size_t)(6 * B * T));
+    /* per frame, in test-key order: psnr ssim psnr_bicubic ssim_bicubic psnr_recon lpips lpips_bicubic */
+    const int64_t BT = B * T;
+    double *fm = (double *)malloc(sizeof(double) * (size_t)(EX_VSR_NT * BT));
     if (!fm) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "out of memory");
-    ldm_result r = ex__vsr_frame_metrics(ctx, s, x, fm, fm + B * T);
-    if (!r) r = ex__vsr_frame_metrics(ctx, lr, x, fm + 2 * B * T, fm + 3 * B * T);
-    if (!r) r = ex__vsr_frame_metrics(ctx, rec, x, fm + 4 * B * T, fm + 5 * B * T);
+    ldm_result r = ex__vsr_frame_metrics(ctx, s, x, fm, fm + BT, a->lp, fm + 5 * BT);
+    if (!r) r = ex__vsr_frame_metrics(ctx, lr, x, fm + 2 * BT, fm + 3 * BT, a->lp, fm + 6 * BT);
+    if (!r) r = ex__vsr_frame_metrics(ctx, rec, x, fm + 4 * BT, NULL, NULL, NULL);
     for (int64_t j = 0; j < B && !r; j++)
-        for (int k = 0; k < 5; k++) {
+        for (int k = 0; k < EX_VSR_NT; k++) {
             double acc = 0;
             for (int64_t t = 0; t < T; t++) acc += fm[k * B * T + j * T + t];
-            values[j * 5 + k] = acc / (double)T;
+            values[j * EX_VSR_NT + k] = acc / (double)T;
         }
     if (!r && a->p.video_out_dir[0]) {
         char path[1024];
@@ -752,12 +778,18 @@ static ldm_result ex__vsr_test_step(ex_model *m, ldm_ctx *ctx, const ldm_data_ba
         int fresh = stat(path, &st) != 0;
         FILE *f = fopen(path, "a");
         if (!f) r = ldm_ctx_seterr(ctx, LDM_ERR_IO, "%s: cannot write (hint: video_out_dir must be a writable folder)", path);
-        if (f && fresh) fprintf(f, "clip,frame,psnr,ssim,psnr_bicubic,ssim_bicubic,psnr_recon\n");
+        if (f && fresh) fprintf(f, "clip,frame,psnr,ssim,psnr_bicubic,ssim_bicubic,psnr_recon,lpips,lpips_bicubic\n");
         for (int64_t j = 0; f && j < B && !r; j++) {
             long long idx = b->index ? (long long)b->index[j] : (long long)j;
-            for (int64_t t = 0; t < T; t++)
-                fprintf(f, "%lld,%lld,%.6f,%.6f,%.6f,%.6f,%.6f\n", idx, (long long)t, fm[j * T + t], fm[B * T + j * T + t], fm[2 * B * T + j * T + t],
-                        fm[3 * B * T + j * T + t], fm[4 * B * T + j * T + t]);
+            for (int64_t t = 0; t < T; t++) {
+                fprintf(f, "%lld,%lld", idx, (long long)t);
+                for (int k = 0; k < EX_VSR_NT; k++) {
+                    double v = fm[k * BT + j * T + t];
+                    if (v == v) fprintf(f, ",%.6f", v);
+                    else fputc(',', f);   /* not measured (no LPIPS weights) */
+                }
+                fputc('\n', f);
+            }
             if ((r = ex__vsr_write_clip(a->p.video_out_dir, "sample", idx, ctx, s, j)) || (r = ex__vsr_write_clip(a->p.video_out_dir, "bicubic", idx, ctx, lr, j)) ||
                 (r = ex__vsr_write_clip(a->p.video_out_dir, "input", idx, ctx, x, j)))
                 break;
@@ -812,6 +844,7 @@ static void ex__vsr_destroy(ex_model *m) {
     for (int i = 0; i < m->n_optim; i++) ldm_nn_optim_destroy(m->optim[i].opt);
     if (a) {
         if (a->lora) ldm_nn_lora_destroy(a->lora);
+        if (a->lp) ldm_lpips_destroy(a->lp);
         if (a->den_ok) ldm_sgm_denoiser_free(&a->den);
         if (a->net) ldm_vdit_destroy(a->net);
         if (a->vae) ldm_vae_destroy(a->vae);
@@ -907,9 +940,9 @@ static ldm_result ex_video_sr_create(ldm_config *cfg, const ldm_config_node *par
     m->summary_keys = ex_vsr_summary; m->n_summary_keys = 1;
     m->progress_key = "train/loss";
     m->curve_key = "loss";
-    m->test_keys = ex_vsr_test_keys; m->n_test_keys = 5;
+    m->test_keys = ex_vsr_test_keys; m->n_test_keys = EX_VSR_NT;
     m->test_note = "# VideoSR test: per clip, frame means of PSNR / SSIM (data range 2 on [-1, 1]) of the samples and of the bicubic\n"
-                   "# condition against the input clip,\n# and PSNR of the first stage's reconstruction (the ceiling of any latent model)\n";
+                   "# condition against the input clip,\n# PSNR of the first stage's reconstruction (the ceiling of any latent model), LPIPS with weights\n";
     m->pretrained = a->p.ckpt_path[0] != 0;
     m->setup = ex__vsr_setup;
     m->configure_optimizers = ex__vsr_optimizers;

@@ -415,11 +415,35 @@ static void test_sampling(ldm_ctx *ctx) {
         LT_CHECK(same, "log_images: strip layout (clip 1, every frame)");
         free(s);
     }
-    double v[10];
+    double v[14];
     ex_images ti;
     memset(&ti, 0, sizeof ti);
     r = m->test_step(m, ctx, &b, v, &ti);
-    lt_report(!r && ti.n == 3 && v[0] == v[0] && v[2] > 5 && v[8] <= 1.0 && v[9] == v[9], "test_step: samples and metrics", "%s psnr %g psnr_bicubic %g", r ? ldm_ctx_error(ctx) : "", v[0], v[2]);
+    lt_report(!r && ti.n == 3 && v[0] == v[0] && v[2] > 5 && v[10] <= 1.0 && v[11] == v[11] && v[5] != v[5] && v[13] != v[13], "test_step: samples and metrics", "%s psnr %g psnr_bicubic %g", r ? ldm_ctx_error(ctx) : "", v[0], v[2]);
+    ldm_step_reset(ctx);
+    m->destroy(m);
+    /* with LPIPS weights (hash weights written here): lpips_bicubic = the frames' LPIPS averaged per clip */
+    ldm_lpips *lp = NULL;
+    char lpath[1200], extra[1400];
+    snprintf(lpath, sizeof lpath, "%s/lpips_hash.safetensors", T);
+    if (ldm_lpips_create(ctx, &lp, NULL)) { lt_report(0, "lpips: create", "%s", ldm_ctx_error(ctx)); ldm_set_grad_enabled(ctx, prev); return; }
+    hash_params(ctx, lp->P);
+    ldm_nn_save(ctx, lp->P, lpath, LDM_F32, NULL);
+    ldm_lpips_destroy(lp);
+    snprintf(extra, sizeof extra, "    sampler_single_config: {target: EulerEDMSampler, params: {num_steps: 1}}\n    lpips_path: [%s]\n", lpath);
+    m = make("4", extra, 3, 8, 16, 2, err, sizeof err);   /* LPIPS needs frames of 16 x 16 or more */
+    float x16[2 * 9 * 256];
+    lt_hash_uniform("vsr.lpips", x16, 2 * 9 * 256);
+    b = batch_of("video", x16, 2, 9, 16, 16);
+    if (!m || m->setup(m, ctx, NULL)) { lt_report(0, "lpips: model", "%s %s", err, ldm_ctx_error(ctx)); if (m) m->destroy(m); ldm_set_grad_enabled(ctx, prev); return; }
+    r = m->test_step(m, ctx, &b, v, &ti);
+    ldm_tensor *z, *c, *xi, *lr;
+    double fl[6] = {0};
+    if (!r && !ex__vsr_inputs(m, ctx, &b, 0, &z, &c, &xi, &lr))
+        r = ldm_metric_lpips(ctx, ex__vsr(m)->lp, ldm_reshape(ctx, lr, ldm_shape4(6, 3, 16, 16)), ldm_reshape(ctx, xi, ldm_shape4(6, 3, 16, 16)), fl);
+    float got[2] = {(float)v[6], (float)v[13]}, want[2] = {(float)((fl[0] + fl[1] + fl[2]) / 3), (float)((fl[3] + fl[4] + fl[5]) / 3)};
+    lt_report(!r && v[5] == v[5] && v[12] == v[12], "lpips: lpips_path fills the lpips columns (hash weights: any sign)", "%s lpips %g", r ? ldm_ctx_error(ctx) : "", v[5]);
+    lt_close("lpips: lpips_bicubic = per-frame LPIPS averaged per clip", got, want, 2, 1e-6, 1e-5);
     ldm_set_grad_enabled(ctx, prev);
     ldm_step_reset(ctx);
     m->destroy(m);
@@ -558,7 +582,7 @@ static void test_driver(void) {
     if (rc) show("vsr");
     if (!logdir_of("vsr", L, sizeof L)) { lt_report(0, "driver: logdir", "none"); return; }
     snprintf(p, sizeof p, "%s/test_metrics.csv", L);
-    LT_CHECK(file_has(p, "index,psnr,ssim,psnr_bicubic,ssim_bicubic,psnr_recon"), "driver: test_metrics.csv columns");
+    LT_CHECK(file_has(p, "index,psnr,ssim,psnr_bicubic,ssim_bicubic,psnr_recon,lpips,lpips_bicubic"), "driver: test_metrics.csv columns");
     snprintf(p, sizeof p, "%s/metrics.csv", L);
     LT_CHECK(file_has(p, "train/loss"), "driver: metrics.csv logs train/loss");
     snprintf(p, sizeof p, "%s/checkpoints/last/model.safetensors", L);
@@ -570,7 +594,7 @@ static void test_driver(void) {
     snprintf(p, sizeof p, "%s/videos/000001_bicubic/frame_003.png", T);
     ok &= exists(p);
     snprintf(p, sizeof p, "%s/videos/frames.csv", T);
-    ok &= file_has(p, "clip,frame,psnr,ssim,psnr_bicubic,ssim_bicubic,psnr_recon");
+    ok &= file_has(p, "clip,frame,psnr,ssim,psnr_bicubic,ssim_bicubic,psnr_recon,lpips,lpips_bicubic");
     LT_CHECK(ok, "driver: video_out_dir has GIFs, frame folders and frames.csv");
     snprintf(args, sizeof args, "--base ../configs/video_sr_demo.yaml -t --name bad -l %s/logs model.params.denoiser_config.target=Denoisr", T);
     rc = ldm("bad", NULL, args);
