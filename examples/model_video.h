@@ -583,6 +583,9 @@ static ldm_result ex__vsr_setup(ex_model *m, ldm_ctx *ctx, const char *resume_fi
         lc.r = a->p.lora_rank; lc.alpha = (float)a->p.lora_alpha; lc.n_targets = a->p.lora_target_modules.n; lc.targets = tg;
         if (ldm_nn_lora_create(ctx, &a->lora, ldm_vdit_params(a->net), &lc)) return ex__vsr_fail(m, "model.params.lora_target_modules", ctx);
         printf("LoRA: %d adapted layers, rank %d, alpha %g\n", ldm_nn_lora_count(a->lora), lc.r, (double)lc.alpha);
+        if (!resume_file && !a->p.ckpt_path[0])
+            printf("warning: lora_train on a freshly initialised DiT: its zero-initialised final layer is frozen with the rest, so the "
+                   "adapters get no gradient (hint: model.params.ckpt_path of a trained VideoSREngine)\n");
     }
     {   /* LPIPS for the test: lpips_path, else $LDM_LPIPS_WEIGHTS (comma-separated) */
         char paths[2][1024];

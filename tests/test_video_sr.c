@@ -568,7 +568,7 @@ static void test_datasets(ldm_ctx *ctx) {
 
 /* the demo config through the driver at CI size (random first stage) */
 static void test_driver(void) {
-    char args[3000], L[800], p[1200];
+    char args[5000], L[800], p[1200];
     if (!exists("./ldm")) { lt_report(0, "driver: ./ldm is built", "missing"); return; }
     snprintf(args, sizeof args, "--base ../configs/video_sr_demo.yaml -t --name vsr -l %s/logs lightning.trainer.max_steps=4 "
              "data.params.train.params.root=../data data.params.validation.params.root=../data data.params.test.params.root=../data "
@@ -596,6 +596,59 @@ static void test_driver(void) {
     snprintf(p, sizeof p, "%s/videos/frames.csv", T);
     ok &= file_has(p, "clip,frame,psnr,ssim,psnr_bicubic,ssim_bicubic,psnr_recon,lpips,lpips_bicubic");
     LT_CHECK(ok, "driver: video_out_dir has GIFs, frame folders and frames.csv");
+    /* LoRA through the driver: 4 steps at once = 2 steps, then resumed with -r to 4, bit for bit */
+    char common[2500], R[800] = "", F2[800] = "";
+    snprintf(common, sizeof common, "--no-test lightning.trainer.log_every_n_steps=1 lightning.callbacks.image_logger.params.batch_frequency=100 "
+             "data.params.train.params.root=../data data.params.validation.params.root=../data data.params.test.params.root=../data "
+             "data.params.train.params.clips_per_image=2 data.params.batch_size=4 model.params.network_config.params.depth=1 "
+             "model.params.lora_train=true model.params.lora_rank=2 \"model.params.lora_target_modules=[attn.qkv, mlp.fc2]\"");
+    /* LoRA fine-tunes a trained model: a base run first (a fresh DiT's final layer is zero and frozen under LoRA) */
+    char B0[800] = "";
+    snprintf(args, sizeof args, "--base ../configs/video_sr_demo.yaml -t --name base -l %s/logs --no-test lightning.trainer.max_steps=2 "
+             "data.params.train.params.root=../data data.params.validation.params.root=../data data.params.test.params.root=../data "
+             "data.params.train.params.clips_per_image=2 data.params.batch_size=4 model.params.network_config.params.depth=1", T);
+    rc = ldm("base", NULL, args);
+    lt_report(rc == 0 && logdir_of("base", B0, sizeof B0), "driver: a base run for LoRA", "exit %d", rc);
+    size_t u = strlen(common);
+    snprintf(common + u, sizeof common - u, " model.params.ckpt_path=%s/checkpoints/last/model.safetensors", B0);
+    snprintf(args, sizeof args, "--base ../configs/video_sr_demo.yaml -t --name full -l %s/logs lightning.trainer.max_steps=4 %s", T, common);
+    rc = ldm("full", NULL, args);
+    lt_report(rc == 0 && logdir_of("full", F2, sizeof F2), "driver: a LoRA run", "exit %d", rc);
+    if (rc) show("full");
+    snprintf(args, sizeof args, "--base ../configs/video_sr_demo.yaml -t --name R -l %s/logs lightning.trainer.max_steps=2 %s", T, common);
+    rc = ldm("R1", NULL, args);
+    lt_report(rc == 0 && logdir_of("R", R, sizeof R), "driver: LoRA run, first part", "exit %d", rc);
+    snprintf(args, sizeof args, "-r %s -t --no-test lightning.trainer.max_steps=4", R);
+    rc = ldm("R2", NULL, args);
+    lt_report(rc == 0, "driver: LoRA run resumed", "exit %d", rc);
+    if (rc) show("R2");
+    {
+        const char *files[3] = {"model.safetensors", "optimizer_0.safetensors", "lora_adapters.safetensors"};
+        for (int i = 0; i < 3; i++) {
+            char fa[1400], fb[1400], what[160];
+            snprintf(fa, sizeof fa, "%s/checkpoints/last/%s", F2, files[i]);
+            snprintf(fb, sizeof fb, "%s/checkpoints/last/%s", R, files[i]);
+            snprintf(what, sizeof what, "driver: resumed LoRA run's %s equals the uninterrupted run's bit for bit", files[i]);
+            LT_CHECK(exists(fa) && same_file(fa, fb), what);
+        }
+        /* the adapters trained (lora_B starts at zero) */
+        char fa[1400];
+        snprintf(fa, sizeof fa, "%s/checkpoints/last/lora_adapters.safetensors", F2);
+        ldm_ctx *c2;
+        ldm_settings st;
+        memset(&st, 0, sizeof st);
+        ldm_weights *w = NULL;
+        float bw[64 * 4];
+        double mx = 0;
+        if (!ldm_ctx_create(&c2, &st)) {
+            int i = ldm_weights_open(c2, &w, fa) ? -1 : ldm_weights_find(w, "blocks.0.mlp.fc2.lora_B.weight");
+            if (i >= 0 && ldm_weights_info(w, i)->numel <= 64 * 4 && !ldm_weights_read(c2, w, i, bw))
+                for (int k = 0; k < ldm_weights_info(w, i)->numel; k++) mx = fmax(mx, fabs(bw[k]));
+            if (w) ldm_weights_close(w);
+            ldm_ctx_destroy(c2);
+        }
+        lt_report(mx > 0, "driver: the LoRA run trained its adapters (lora_B moved from zero)", "max |lora_B| %g", mx);
+    }
     snprintf(args, sizeof args, "--base ../configs/video_sr_demo.yaml -t --name bad -l %s/logs model.params.denoiser_config.target=Denoisr", T);
     rc = ldm("bad", NULL, args);
     snprintf(p, sizeof p, "%s/bad.err", T);
