@@ -74,6 +74,7 @@
 #include "model.h"
 #include "model_autoencoder.h" /* the models this driver can build (drv_registries) */
 #include "model_diffusion.h"   /* LatentDiffusion and DDPM */
+#include "model_video.h"       /* VideoSREngine (sgm engine form) and the video datasets */
 #include "plot.h"
 #include "ldm_dist.h"          /* data parallel under mpirun (LDM_MPI builds) */
 
@@ -908,7 +909,7 @@ static int drv_load_config(drv *d) {
 
 /* The models this driver builds: each class's constructor reads model.params and returns an
    ex_model. */
-static const ex_model_class *const drv_models[] = {&ex_autoencoder_class, &ex_latent_diffusion_class, &ex_ddpm_class};
+static const ex_model_class *const drv_models[] = {&ex_autoencoder_class, &ex_latent_diffusion_class, &ex_ddpm_class, &ex_video_sr_class};
 
 static int drv_registries(drv *d) {
     if (ldm_config_registry_create(&d->reg_model) || ldm_config_registry_create(&d->reg_data) ||
@@ -924,7 +925,7 @@ static int drv_registries(drv *d) {
                                         ex_config_ctor_name, &kinds[2]);
     if (!r) r = ldm_config_registry_add(d->reg_cb, "main.CUDACallback", "CUDACallback", ex_config_ctor_name, &kinds[3]);
     if (r) { drv_error("registry: %s", ldm_config_registry_error(d->reg_cb)); return 1; }
-    if (ldm_data_register(d->reg_data)) { drv_error("registry: %s", ldm_config_registry_error(d->reg_data)); return 1; }
+    if (ldm_data_register(d->reg_data) || ex_video_data_register(d->reg_data)) { drv_error("registry: %s", ldm_config_registry_error(d->reg_data)); return 1; }
     return 0;
 }
 

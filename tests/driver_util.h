@@ -17,9 +17,11 @@
 #pragma GCC diagnostic ignored "-Wsign-compare"
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 #endif
+#ifndef STB_IMAGE_WRITE_IMPLEMENTATION /* a test that includes examples/image_io.h has it already */
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #define STB_IMAGE_WRITE_STATIC
 #include "../third_party/stb_image_write.h"
+#endif
 #if defined(__GNUC__)
 #pragma GCC diagnostic pop
 #endif
