@@ -592,33 +592,30 @@ static ldm_tensor *ldm__vae_keep(ldm_ctx *ctx, ldm_mark m, ldm_tensor *h) {
 }
 /* ResnetBlock without grad, x a temporary of this forward that starts at mark `at` (on the CPU
    every step's input sits at the forward's base). Bitwise the values of the graph version, in
-   less memory: with a shortcut, nin_shortcut(x) is taken first and norm1 then overwrites x;
-   each dead input is dropped as soon as the step after it has its output (on the CPU, where
-   results move down the arena); the residual add is written over conv2's output. Peak: x,
-   the shortcut and conv1's output (the graph version also holds norm1's output, and conv1's
-   output beside conv2's). */
+   less memory and with few copies: each conv(silu(norm(.))) is one ldm_group_norm_silu_conv,
+   whose output is allocated before its normalised input, which is freed at once; with a
+   shortcut, nin_shortcut(x) is taken first and norm1 then overwrites x, which is dropped once
+   conv1 has run (on the CPU, where results move down the arena); the residual is added over
+   conv2's output. Peak: x (or the shortcut), conv1's and conv2's outputs and one normalised
+   activation. */
 static ldm_tensor *ldm__vae_res_infer(ldm_ctx *ctx, const ldm_vae *v, const ldm__vae_res *r, ldm_tensor *x, ldm_mark at) {
-    int move = x && x->device == LDM_CPU;
     ldm_tensor *s, *h;
-    ldm_mark mh = ldm_arena_mark(ctx);                        /* where conv1's output will sit */
     if (r->has_shortcut) {
         s = ldm__vae_conv_fwd(ctx, &r->nin_shortcut, x);
         h = ldm__vae_conv_fwd(ctx, &r->conv1, ldm_group_norm_silu_into(ctx, x, r->norm1.weight, r->norm1.bias, r->norm1.groups, r->norm1.eps));
-        if (move && s && h) {                                 /* [s][h]: x (norm1's output) dropped */
+        if (x && x->device == LDM_CPU && s && h) {            /* [s][h]: x (norm1's output) dropped */
             ldm_tensor hs = *h;                               /* s's move may land on h's struct */
             s = ldm_arena_keep(ctx, at, s);
-            mh = ldm_arena_mark(ctx);
-            h = s ? ldm_arena_keep(ctx, mh, &hs) : NULL;
+            h = s ? ldm_arena_keep(ctx, ldm_arena_mark(ctx), &hs) : NULL;
         }
     } else {
         s = x;
-        h = ldm__vae_conv_fwd(ctx, &r->conv1, ldm_nn_groupnorm_silu_forward(ctx, &r->norm1, x));
-        if (move) h = ldm_arena_keep(ctx, mh, h);             /* [x][h]: norm1's output dropped */
+        h = ldm__vae_gn_conv_fwd(ctx, &r->norm1, &r->conv1, x);
     }
-    h = ldm_group_norm_silu_into(ctx, h, r->norm2.weight, r->norm2.bias, r->norm2.groups, r->norm2.eps);
-    if (v->cfg.dropout > 0.0f) h = ldm_dropout(ctx, h, v->cfg.dropout, v->training);
-    h = ldm__vae_conv_fwd(ctx, &r->conv2, h);
-    if (move) h = ldm_arena_keep(ctx, mh, h);                 /* [s][h]: conv1's output dropped */
+    if (v->cfg.dropout > 0.0f && v->training)
+        h = ldm__vae_conv_fwd(ctx, &r->conv2, ldm_dropout(ctx, ldm_nn_groupnorm_silu_forward(ctx, &r->norm2, h), v->cfg.dropout, 1));
+    else
+        h = ldm__vae_gn_conv_fwd(ctx, &r->norm2, &r->conv2, h);
     return ldm_add_into(ctx, h, s);                           /* s + h, as the graph adds it */
 }
 static ldm_tensor *ldm__vae_res_fwd(ldm_ctx *ctx, const ldm_vae *v, const ldm__vae_res *r, ldm_tensor *x, ldm_mark at) {
