@@ -37,9 +37,8 @@
    baddbmm) by the same rule, in one more run after its timed runs. One count divides both
    times, so the two TFLOP/s columns compare like with like: PyTorch's when it ran (its
    autograd computes only the gradients the step needs), else ldm.h's; the program prints both
-   counts where they differ. They do for the training step: ldm.h's LPIPS runs x and xrec
-   through VGG16 as one batch, so its backward also computes the input gradient of x's half,
-   one VGG16 backward pass more per LPIPS backward.
+   counts where they differ. They do for the training step, by 0.2%: ldm.h's attention
+   backward recomputes the scores from the saved log-sum-exp instead of keeping them.
 
    Memory: ldm.h = its persistent buffers (parameters, gradients, buffers, Adam moments, the
    inputs) + the peak of the device's step arena over the timed runs; PyTorch = its
@@ -482,7 +481,7 @@ int main(int argc, char **argv) {
         if (fabs(d) > 0.001)
             printf("%s: ldm.h executes %.1f GFLOP of convolutions and products, %+.1f%% against PyTorch's %.1f%s\n", case_names[c],
                    rl[c].flops / 1e9, 100.0 * d, rt[c].flops / 1e9,
-                   c == CASE_TRAIN ? " (ldm.h's LPIPS runs x and xrec as one VGG batch, so its backward also computes the input gradient of x's half)" : "");
+                   c == CASE_TRAIN ? " (ldm.h's attention backward recomputes the scores from the saved log-sum-exp: 2 more products per attention block)" : "");
         else printf("%s: ldm.h's and PyTorch's FLOP counts agree\n", case_names[c]);
     }
 
