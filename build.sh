@@ -227,6 +227,7 @@ fuzz_seeds() {
     image) ls data/*.png tests/fixtures/*.png tests/fixtures/*.jpg ;;
     idx) ls tests/fixtures/data_idx_* ;;
     ckptdir) ls tests/fuzz/seeds/ckptdir/* tests/configs/*.ini ;;
+    nifti) ls tests/fixtures/nifti_*.nii tests/fixtures/nifti_*.nii.gz ;;
   esac 2>/dev/null
 }
 run_fuzz() {

@@ -22,12 +22,15 @@
        if (r < 0) { ...ldm_ctx_error(ctx)... }               // r == LDM_DATA_END: epoch over
        ldm_data_loader_destroy(ld);  ldm_dataset_destroy(ds);
 
-   Shape legend: B batch, C channels, H, W image size, h, w low-resolution size (H/f, W/f for
-   a downscale factor f). Items are CHW, batches BCHW, host float32, values in [-1, 1]
+   Shape legend: B batch, C channels, T depth (volumes), H, W image size, h, w low-resolution
+   size (H/f, W/f for a downscale factor f). Items are CHW, batches BCHW, host float32, values in [-1, 1]
    (8-bit pixel p -> p/127.5 - 1, as CompVis). CompVis datasets yield HWC numpy arrays and the
    model's get_input permutes them to BCHW; here the layout is CHW from the start.
        item:  "image" [C,H,W]  ("LR_image" [3,h,w] for super-resolution), class_label (optional)
        batch: "image" [B,C,H,W] ...,  class_label [B] (or NULL),  index [B] (dataset indices)
+   Volumes (VolumeDataset) add a depth T: item "image" [C,T,H,W] (ldm_data_field.t = T; t is 0
+   for 2-D fields), batch [B,C,T,H,W] (ldm_data_bfield.ndim = 5; 2-D fields have ndim 4 and
+   shape[0..3] as before). Volume values are float, not 8-bit: see the dataset's `norm`.
 
    Datasets (ldm_dataset) have a length and produce item i in two stages: `load` decodes and
    applies the deterministic preprocessing (e.g. the shorter-side rescale) into an 8-bit base
@@ -48,13 +51,69 @@
    - IDX (ldm_dataset_idx): MNIST / Fashion-MNIST idx3-ubyte images and idx1-ubyte labels,
      raw or gzip (inflated by stb_image's zlib decoder; CRC-32 and length are checked). 28x28
      -> size by centred zero padding (black) or by resizing; channels 1 or 3 (replicated).
+   - VolumeDataset (ldm_dataset_volume): every .nii / .nii.gz file under a directory (the
+     same scan, list, split and labels rules as ImageFolder), read as NIfTI-1 (below).
+     load: the voxels as float with scl_slope/scl_inter applied, then `norm` (none; window =
+     MONAI ScaleIntensityRanged: (x - a_min) / (a_max - a_min) * (b_max - b_min) + b_min,
+     clipped to [b_min, b_max] when clip; zscore = (x - mean) / std over the whole volume,
+     population std; minmax = MONAI ScaleIntensity, the volume's min..max -> b_min..b_max),
+     then `resize` (trilinear, = torch F.interpolate(mode="trilinear",
+     align_corners=False)). augment: a spatial_size crop, random (three draws T, H, W; offset
+     floor((D - s + 1) * u), as the image datasets) or central ((D - s) / 2); a crop larger
+     than the volume is an error naming the file. The 4th NIfTI axis (nt) becomes channels C;
+     5- to 7-D files are LDM_ERR_UNSUPPORTED (skipped like unreadable files).
    - CacheDataset (ldm_dataset_cache): keeps base images in memory up to a byte cap
      (first come, first kept; what is cached never changes the values, only the speed).
+     Over a VolumeDataset it keeps the loaded volumes (float, after norm and resize; the cap
+     counts 4 bytes a voxel) and the crops are drawn again every epoch (MONAI CacheDataset).
    Unreadable files: the folder datasets check each file's header when scanning; a file that
    fails is a warning naming it, skipped and counted (ldm_dataset_skipped). A file whose body
-   fails to decode later is reported the same way and item i is replaced by the next readable
-   file (i+1, i+2, ... wrapping), so a batch keeps its size. Only a folder with no readable
-   image is an error.
+   fails to decode later (LDM_ERR_FORMAT, _IO or _UNSUPPORTED) is reported the same way and
+   item i is replaced by the next readable file (i+1, i+2, ... wrapping), so a batch keeps its
+   size. Only a folder with no readable image is an error. (A .nii's header and length are
+   checked at the scan; a .nii.gz only for the gzip magic, its header when it is inflated.)
+
+   Size caps: a few header bytes can declare a gigantic image, which a decoder would
+   allocate and fill before finding the data missing. ldm_data_image_load refuses more than
+   ldm_data_max_pixels() pixels (w*h; default 2^26 = 8192^2; env LDM_MAX_PIXELS or
+   ldm_data_set_max_pixels) from the header, before decoding; NIfTI reading refuses more than
+   ldm_data_max_voxels() voxels (default 2^28, 1 GiB as float; env LDM_MAX_VOXELS,
+   ldm_data_set_max_voxels, or the dataset's max_voxels) before reading or inflating the data.
+   Both are LDM_ERR_UNSUPPORTED with a message naming the file, the size and how to raise it.
+
+   NIfTI-1 (ldm_nifti_read / ldm_nifti_write; nifti1.h): single-file volumes, magic "n+1\0",
+   .nii or gzip'ed (detected by the gzip magic, not the name). The 348-byte header is read in
+   either byte order (told by sizeof_hdr: 348 as is or byte-swapped); dim[0] in 1..7, each
+   used dim >= 1; datatypes uint8, int8, int16, uint16, int32, float32, float64 (others, e.g.
+   complex or RGB, are LDM_ERR_UNSUPPORTED naming the code); vox_offset a whole number >= 352
+   (extensions before it are skipped, not read); bitpix is not used (the datatype decides).
+   Voxels become float: v * scl_slope + scl_inter when scl_slope is finite and non-zero,
+   else v unscaled (NIfTI: slope 0 means no scaling; a non-finite scl_inter counts as 0).
+   int32 and float64 values beyond float precision are rounded. Kept for writing back: dim,
+   pixdim (pixdim[0] = qfac), qform/sform codes, quatern_b/c/d, qoffset, srow_x/y/z,
+   xyzt_units, intent_code, descrip (not kept: dim_info, slice timing, cal_min/max, toffset,
+   intent parameters and name, aux_file, extensions). ".hdr/.img" pairs (magic "ni1") and NIfTI-2 are
+   refused with a message saying so. gzip: one member, CRC-32 and ISIZE checked, the header
+   inflated first so the cap and the declared length are checked against ISIZE before the
+   body's buffer is allocated; inflated size at most 2 GiB.
+   Axis order: NIfTI stores x fastest, then y, z, t (indices i, j, k, t); ldm_nifti.data keeps
+   that order, and the dataset's [C,T,H,W] is exactly that memory: W = nx (i), H = ny (j),
+   T = nz (k), C = nt. A read followed by a write is exact (same bytes of data for float32,
+   same values for integer types with the same scl_slope/scl_inter).
+   Saving a generated volume x [1,T,H,W] in the space of a scan it was trained on:
+       ldm_nifti ref, out;  ldm_nifti_read(ctx, "scan.nii.gz", &ref);
+       out = ref;  out.dim[0] = 3;  out.dim[1] = W;  out.dim[2] = H;  out.dim[3] = T;  out.dim[4] = 1;
+       out.data = x;  out.nvox = (size_t)T * H * W;       // pixdim/orientation of ref; if
+       ldm_nifti_write(ctx, "sample.nii.gz", &out, LDM_NII_FLOAT32);  // resized, scale pixdim
+       ldm_nifti_free(&ref);                              // and srow yourself
+   Writing: .nii, or gzip when the name ends in .gz, compressed by a small deflate encoder of
+   this file: one block of fixed Huffman codes over greedy LZ77 matches (32 KiB window), no
+   dynamic codes; background runs shrink to almost nothing, but the file is larger than gzip
+   -6 makes it (a test volume: 29% of raw here, 19% with gzip -6). Data it cannot shrink
+   (noise) is written as stored deflate blocks instead. float32 and
+   float64 are written as they are with scl_slope 1, scl_inter 0; integer types store
+   round((x - scl_inter) / scl_slope) (half to even; scl_slope 0 counts as 1), and a value
+   that does not fit, or NaN, is LDM_ERR_INVALID naming the voxel.
 
    Resampling conventions (ldm_data_resize; src and dst are float planes, tested against
    PyTorch 1.13 F.interpolate, OpenCV 4.6 cv2.resize and Pillow 9.4):
@@ -77,6 +136,8 @@
                  except at exact ties). BILINEAR, BICUBIC (a = -0.5), BOX, HAMMING, LANCZOS
                  (a = 3): antialiased, the filter support scaled by the downscale factor;
                  in float PIL_BILINEAR/PIL_BICUBIC = torch with antialias=True.
+       volumes   ldm_data_resize3: BILINEAR over (H, W) slice by slice, then linear along T
+                 with the same half-voxel centres: torch "trilinear" (align_corners=False).
    ldm_data_resize_u8 and the datasets keep CompVis's uint8 pipeline: every resized image is
    8-bit before the next step. OpenCV-style modes are computed in float and rounded half to
    even after clamping to [0, 255] (saturate_cast); OpenCV itself computes INTER_LINEAR,
@@ -108,6 +169,10 @@
        ldm.data.imagenet.ImageNetSRTrain / ImageNetSRValidation (image folder via root or data_root)
        ldm.data.mnist.FashionMNIST / ldm.data.mnist.MNIST (IDX; root or path, split train|test)
        ldm.data.cache.CacheDataset (params: dataset, max_mb)
+       ldm.data.volume.VolumeDataset (aliases VolumeDataset, NiftiDataset): NIfTI volumes;
+           params root/data_root, split, val_fraction, file_list, max_items, labels, norm
+           (none | window | zscore | minmax), a_min, a_max, b_min, b_max, clip, resize and spatial_size
+           ([T, H, W] or one size for all axes; -1 or 0 keeps an axis), random_crop, max_voxels
        main.DataModuleFromConfig (builds its splits through the same registry)
 
    stb_image: the implementation includes a private (static) copy of stb_image.h (looked up
@@ -170,16 +235,29 @@ typedef struct ldm_data_image {
     unsigned char *px;            /* c*h*w bytes, malloc'd */
     int64_t label;                /* class label, -1: none */
     int64_t index;                /* dataset index actually read (differs after a skip) */
+    int t;                        /* volumes: depth T (0 for 2-D images) */
+    float *fx;                    /* volumes: [c,t,h,w] float voxels instead of px, malloc'd */
 } ldm_data_image;
 LDM_API void ldm_data_image_free(ldm_data_image *im);
 /* Decodes a PNG/JPG/BMP/TGA/... file to channels (1 or 3) planes. LDM_ERR_IO (cannot open),
-   LDM_ERR_FORMAT (cannot decode, with stb_image's reason); message in err. */
+   LDM_ERR_FORMAT (cannot decode, with stb_image's reason), LDM_ERR_UNSUPPORTED (more pixels
+   than ldm_data_max_pixels(): refused from the header before decoding); message in err. */
 LDM_API ldm_result ldm_data_image_load(const char *path, int channels, ldm_data_image *out, char *err, size_t err_size);
+/* Size caps that refuse a small file declaring a huge image or volume before allocating it.
+   Pixels (w*h) of a 2-D image: default 2^26 (8192 x 8192), env LDM_MAX_PIXELS; voxels of a
+   NIfTI volume: default 2^28 (1 GiB as float32), env LDM_MAX_VOXELS (a positive integer). A
+   setter overrides both (n <= 0: back to the env var / default). Process-wide: set it before
+   loaders start, not while they run. */
+LDM_API int64_t ldm_data_max_pixels(void);
+LDM_API void ldm_data_set_max_pixels(int64_t n);
+LDM_API int64_t ldm_data_max_voxels(void);
+LDM_API void ldm_data_set_max_voxels(int64_t n);
 
 typedef struct ldm_data_field {
     char name[LDM_DATA_NAME_MAX];
     int c, h, w;
-    float *data;                  /* [c,h,w], malloc'd, owned by the item */
+    float *data;                  /* [c,h,w] (or [c,t,h,w]), malloc'd, owned by the item */
+    int t;                        /* depth of a volume field; 0: a 2-D field [c,h,w] */
 } ldm_data_field;
 typedef struct ldm_data_item {
     int n_fields;
@@ -191,11 +269,14 @@ LDM_API void ldm_data_item_free(ldm_data_item *it);
 LDM_API const ldm_data_field *ldm_data_item_field(const ldm_data_item *it, const char *name); /* NULL if absent */
 /* Adds a field [c,h,w] (uninitialised data) to it; for custom datasets. NULL when full or out of memory. */
 LDM_API ldm_data_field *ldm_data_item_add(ldm_data_item *it, const char *name, int c, int h, int w);
+/* A volume field [c,t,h,w] (t >= 1; collated to [B,c,t,h,w]). */
+LDM_API ldm_data_field *ldm_data_item_add3(ldm_data_item *it, const char *name, int c, int t, int h, int w);
 
 typedef struct ldm_data_bfield {
     char name[LDM_DATA_NAME_MAX];
-    int64_t shape[4];             /* B, C, H, W */
+    int64_t shape[5];             /* B, C, H, W (ndim 4) or B, C, T, H, W (ndim 5, volumes) */
     float *data;
+    int ndim;                     /* 4 or 5 */
 } ldm_data_bfield;
 typedef struct ldm_data_batch {
     int size;                     /* B */
@@ -313,6 +394,74 @@ LDM_API ldm_result ldm_gunzip(ldm_ctx *ctx, const unsigned char *in, size_t n, u
                               size_t *out_size, const char *name);
 LDM_API uint32_t ldm_crc32(uint32_t crc, const void *data, size_t n); /* start with 0 */
 
+/* ---- NIfTI-1 volumes --------------------------------------------------------------------- */
+/* NIfTI-1 datatype codes (nifti1.h NIFTI_TYPE_*) that are read and written. Others (complex,
+   RGB, int64, float128, ...) are LDM_ERR_UNSUPPORTED. */
+#define LDM_NII_UINT8 2
+#define LDM_NII_INT16 4
+#define LDM_NII_INT32 8
+#define LDM_NII_FLOAT32 16
+#define LDM_NII_FLOAT64 64
+#define LDM_NII_INT8 256
+#define LDM_NII_UINT16 512
+typedef struct ldm_nifti {
+    int dim[8];                   /* dim[0] = ndim (1..7), dim[1..ndim] = nx, ny, nz, nt, ... (>= 1); the rest 1 */
+    float pixdim[8];              /* pixdim[0] = qfac (+1 or -1), pixdim[1..3] voxel size, [4] TR */
+    int datatype;                 /* as stored (LDM_NII_*); the data below is float whatever it is */
+    float scl_slope, scl_inter;   /* as stored; data already has them applied */
+    int qform_code, sform_code;
+    float quatern_b, quatern_c, quatern_d, qoffset_x, qoffset_y, qoffset_z;
+    float srow_x[4], srow_y[4], srow_z[4];
+    int xyzt_units, intent_code;
+    char descrip[80];             /* zero-terminated */
+    float *data;                  /* nvox voxels, x fastest (i, then j, k, t), malloc'd */
+    size_t nvox;
+} ldm_nifti;
+/* Reads a single-file NIfTI-1 volume (.nii, or gzip'ed .nii.gz: detected by the gzip magic).
+   Both byte orders (told by sizeof_hdr). Voxels become float: v * scl_slope + scl_inter when
+   scl_slope is finite and non-zero, else v. A volume of more than ldm_data_max_voxels() is
+   refused before its data is read or inflated. Errors name the file: LDM_ERR_IO (cannot
+   open), LDM_ERR_FORMAT (short header, bad magic, dim out of range, data shorter than
+   declared, bad gzip), LDM_ERR_UNSUPPORTED (datatype, .hdr/.img pairs, NIfTI-2, size cap). */
+LDM_API ldm_result ldm_nifti_read(ldm_ctx *ctx, const char *path, ldm_nifti *out);
+LDM_API void ldm_nifti_free(ldm_nifti *v);
+/* Writes v (dim, pixdim, orientation, units, intent, descrip, data) to path: gzip'ed when the
+   name ends in .gz (fixed-Huffman deflate, or stored blocks when that is not smaller), else
+   plain .nii. datatype LDM_NII_FLOAT32 (or 0) / FLOAT64 store the floats, scl_slope 1,
+   scl_inter 0. The integer types store round((x - scl_inter) / scl_slope) (half to even;
+   slope 0 means 1) with v's scl_slope/scl_inter in the header; a voxel that is not finite or
+   does not fit is LDM_ERR_INVALID naming it. */
+LDM_API ldm_result ldm_nifti_write(ldm_ctx *ctx, const char *path, const ldm_nifti *v, int datatype);
+/* A header for nx x ny x nz voxels of size 1 with an identity orientation (qform and sform
+   code 1 = scanner), scl_slope 1; data NULL. Fill data (nx*ny*nz floats) before writing. */
+LDM_API ldm_nifti ldm_nifti_make(int nx, int ny, int nz);
+
+/* Volume resize: src [C,st,sh,sw] -> dst [C,dt,dh,dw], trilinear with half-voxel centres
+   (PyTorch F.interpolate(mode="trilinear", align_corners=False), no antialiasing).
+   LDM_ERR_INVALID for non-positive sizes, LDM_ERR_NOMEM. */
+LDM_API ldm_result ldm_data_resize3(float *dst, int dt, int dh, int dw, const float *src, int C, int st, int sh, int sw);
+
+/* NIfTI volume dataset: the .nii / .nii.gz files of a folder or list -> "image" [C,T,H,W]. */
+typedef enum ldm_data_vol_norm {
+    LDM_VOL_NONE = 0,             /* the scaled voxel values as they are */
+    LDM_VOL_WINDOW,               /* MONAI ScaleIntensityRanged: (x - a_min) / (a_max - a_min) * (b_max - b_min)
+                                     + b_min, clipped to [b_min, b_max] when clip */
+    LDM_VOL_ZSCORE,               /* per volume: (x - mean) / std (population std; std 0: x - mean) */
+    LDM_VOL_MINMAX                /* per volume, MONAI ScaleIntensity: (x - min) / (max - min) * (b_max - b_min)
+                                     + b_min (max == min: b_min) */
+} ldm_data_vol_norm;
+typedef struct ldm_data_volume_opts {
+    ldm_data_folder_opts src;     /* files ending .nii or .nii.gz (labels: directory classes) */
+    ldm_data_vol_norm norm;
+    float a_min, a_max, b_min, b_max;  /* LDM_VOL_WINDOW (a_min != a_max); b_min, b_max also for MINMAX */
+    int clip;                     /* LDM_VOL_WINDOW: clip to [b_min, b_max] */
+    int resize[3];                /* T, H, W: trilinear resize to this after normalising (0 in an axis: keep it) */
+    int spatial_size[3];          /* T, H, W crop (0 in an axis: the whole axis); all 0: no crop */
+    int random_crop;              /* offset floor((D - s + 1) * u) per axis (T, H, W draws); else centre (D - s) / 2 */
+    int64_t max_voxels;           /* > 0: cap for this dataset instead of ldm_data_max_voxels() */
+} ldm_data_volume_opts;
+LDM_API ldm_result ldm_dataset_volume(ldm_ctx *ctx, ldm_dataset **out, const ldm_data_volume_opts *o);
+
 /* ---- loader ----------------------------------------------------------------------------- */
 typedef struct ldm_data_loader_opts {
     int batch_size;               /* required, >= 1 */
@@ -410,6 +559,24 @@ extern "C" {
     X(max_items, I64,   "0",     "use only the first max_items (0: all)")
 #define LDM_DATA_FASHION_MNIST_KEYS(X) LDM__DATA_IDX_KEYS(X, "/usr/share/datasets/fashion-mnist")
 #define LDM_DATA_MNIST_KEYS(X) LDM__DATA_IDX_KEYS(X, "")
+#define LDM_DATA_VOLUME_KEYS(X)                                                                             \
+    X(root,         STR,   "",       "directory scanned recursively for .nii / .nii.gz volumes")           \
+    X(data_root,    STR,   "",       "the same as root; give one of them")                                 \
+    X(split,        STR,   "all",    "all, train or validation (validation: every k-th sorted file)")      \
+    X(val_fraction, FLOAT, "0.1",    "share of the files in the validation split")                         \
+    X(file_list,    STR,   "",       "text file of paths relative to root: replaces the directory scan")   \
+    X(max_items,    I64,   "0",      "use only the first max_items files (0: all)")                        \
+    X(labels,       BOOL,  "false",  "class_label from the file's directory")                              \
+    X(norm,         STR,   "none",   "none, window (a_min..a_max -> b_min..b_max), zscore or minmax (per volume -> b_min..b_max)") \
+    X(a_min,        FLOAT, "0",      "window: input value mapped to b_min (e.g. -1000 HU)")                \
+    X(a_max,        FLOAT, "1",      "window: input value mapped to b_max (e.g. 1000 HU)")                 \
+    X(b_min,        FLOAT, "-1",     "window: output at a_min; minmax: at the volume's minimum")           \
+    X(b_max,        FLOAT, "1",      "window: output at a_max; minmax: at the volume's maximum")           \
+    X(clip,         BOOL,  "true",   "window: clip the output to [b_min, b_max]")                         \
+    X(resize,       INT_LIST, "",    "T, H, W (or one size for all): trilinear resize (0 or -1: keep that axis)") \
+    X(spatial_size, INT_LIST, "",    "T, H, W (or one size for all) crop (0 or -1: the whole axis)")      \
+    X(random_crop,  BOOL,  "false",  "random crop (else centre crop)")                                     \
+    X(max_voxels,   I64,   "0",      "refuse volumes with more voxels (0: LDM_MAX_VOXELS or 2^28)")
 #define LDM_DATA_CACHE_KEYS(X)                                                                              \
     X(dataset, NODE, NULL,   "the dataset to cache: {target: ..., params: {...}}")                         \
     X(max_mb,  INT,  "1024", "memory cap in MiB for the cached base images")
@@ -429,6 +596,7 @@ LDM_CONFIG_DECLARE(ldm_data_image_folder_params, LDM_DATA_IMAGE_FOLDER_KEYS);
 LDM_CONFIG_DECLARE(ldm_data_sr_params, LDM_DATA_SR_TRAIN_KEYS);
 LDM_CONFIG_DECLARE(ldm_data_idx_params, LDM_DATA_FASHION_MNIST_KEYS);
 LDM_CONFIG_DECLARE(ldm_data_cache_params, LDM_DATA_CACHE_KEYS);
+LDM_CONFIG_DECLARE(ldm_data_volume_params, LDM_DATA_VOLUME_KEYS);
 LDM_CONFIG_DECLARE(ldm_data_module_params, LDM_DATA_MODULE_KEYS);
 /* The schemas of the variants (same members, other defaults), for --help. */
 LDM_API const ldm_config_field *ldm_data_image_folder_train_schema(void);
@@ -624,10 +792,8 @@ static uint32_t ldm__dbe32(const unsigned char *p) {
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
 }
 
-static ldm_result ldm__dgunzip(const unsigned char *in, size_t n, unsigned char **out, size_t *out_size,
-                               const char *name, char *err, size_t errn) {
-    *out = NULL;
-    *out_size = 0;
+/* Offset of the deflate data of a gzip member (header checked). */
+static ldm_result ldm__dgz_start(const unsigned char *in, size_t n, size_t *start, const char *name, char *err, size_t errn) {
     if (n < 18) return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: not a gzip file (%lu bytes; gzip needs at least 18)", name, (unsigned long)n);
     if (in[0] != 0x1f || in[1] != 0x8b)
         return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: not a gzip file (starts %02x %02x, gzip starts 1f 8b)", name, in[0], in[1]);
@@ -635,17 +801,30 @@ static ldm_result ldm__dgunzip(const unsigned char *in, size_t n, unsigned char 
     int flg = in[3];
     if (flg & 0xe0) return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: gzip header has reserved flag bits set (0x%02x): corrupt file", name, flg);
     size_t p = 10;
-    if (flg & 4) { /* FEXTRA */
+    if (flg & 4) {
         if (p + 2 > n) goto truncated;
         p += 2 + ((size_t)in[p] | ((size_t)in[p + 1] << 8));
     }
-    for (int bit = 8; bit <= 16; bit += 8) /* FNAME, FCOMMENT: zero-terminated */
+    for (int bit = 8; bit <= 16; bit += 8)
         if (flg & bit) {
             while (p < n && in[p]) p++;
             p++;
         }
-    if (flg & 2) p += 2; /* FHCRC */
-    if (p + 8 > n) goto truncated;
+    if (flg & 2) p += 2;
+    if (p > n || n - p < 8) goto truncated;
+    *start = p;
+    return LDM_OK;
+truncated:
+    return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: truncated gzip file (%lu bytes end inside the header)", name, (unsigned long)n);
+}
+
+static ldm_result ldm__dgunzip(const unsigned char *in, size_t n, unsigned char **out, size_t *out_size,
+                               const char *name, char *err, size_t errn) {
+    size_t p = 0;
+    *out = NULL;
+    *out_size = 0;
+    ldm_result r = ldm__dgz_start(in, n, &p, name, err, errn);
+    if (r) return r;
     {
         size_t clen = n - 8 - p;
         if (clen > (size_t)INT_MAX) return ldm__derr(err, errn, LDM_ERR_UNSUPPORTED, "%s: compressed data over 2 GiB is not supported", name);
@@ -672,8 +851,6 @@ static ldm_result ldm__dgunzip(const unsigned char *in, size_t n, unsigned char 
         *out_size = (size_t)olen;
         return LDM_OK;
     }
-truncated:
-    return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: truncated gzip file (%lu bytes end inside the header)", name, (unsigned long)n);
 }
 
 LDM_API ldm_result ldm_gunzip(ldm_ctx *ctx, const unsigned char *in, size_t n, unsigned char **out, size_t *out_size, const char *name) {
@@ -762,6 +939,584 @@ fail:
 LDM_API ldm_result ldm_idx_read(ldm_ctx *ctx, const char *path, ldm_idx *out) {
     char err[LDM_DATA_ERR_MAX];
     ldm_result r = ldm__didx_read(path, out, err, sizeof err);
+    return r ? ldm_ctx_seterr(ctx, r, "%s", err) : LDM_OK;
+}
+
+/* ---- size caps -------------------------------------------------------------------------- */
+/* 0: not set (then the env var, else the default, is read at each use: loader threads only
+   read, so a setter called before loading starts is the only writer). */
+static int64_t ldm__dmax_pix, ldm__dmax_vox;
+static int64_t ldm__denv_cap(const char *var, int64_t def) {
+    const char *e = getenv(var);
+    if (e && *e) {
+        char *end = NULL;
+        long long v = strtoll(e, &end, 0);
+        if (end && *end == 0 && v > 0) return (int64_t)v;
+    }
+    return def;
+}
+LDM_API int64_t ldm_data_max_pixels(void) { return ldm__dmax_pix > 0 ? ldm__dmax_pix : ldm__denv_cap("LDM_MAX_PIXELS", (int64_t)1 << 26); }
+LDM_API void ldm_data_set_max_pixels(int64_t n) { ldm__dmax_pix = n > 0 ? n : 0; }
+LDM_API int64_t ldm_data_max_voxels(void) { return ldm__dmax_vox > 0 ? ldm__dmax_vox : ldm__denv_cap("LDM_MAX_VOXELS", (int64_t)1 << 28); }
+LDM_API void ldm_data_set_max_voxels(int64_t n) { ldm__dmax_vox = n > 0 ? n : 0; }
+
+/* ---- NIfTI-1 ---------------------------------------------------------------------------- */
+/* The 348-byte header (nifti1.h), fields at fixed offsets in the file's byte order, then 4
+   extension bytes; a single-file volume's voxels start at vox_offset (>= 352). */
+#define LDM__NII_HDR 348
+#define LDM__NII_GZ_SLACK ((size_t)16 << 20) /* inflated bytes allowed after the declared data */
+static uint32_t ldm__dn32(const unsigned char *p, int be) { return be ? ldm__dbe32(p) : ldm__dle32(p); }
+static int ldm__dn16(const unsigned char *p, int be) {
+    unsigned v = be ? ((unsigned)p[0] << 8) | p[1] : p[0] | ((unsigned)p[1] << 8);
+    return v >= 0x8000u ? (int)v - 0x10000 : (int)v;
+}
+static float ldm__dnf(const unsigned char *p, int be) {
+    uint32_t u = ldm__dn32(p, be);
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static int ldm__dnii_bytes(int dt) {
+    switch (dt) {
+    case LDM_NII_UINT8: case LDM_NII_INT8: return 1;
+    case LDM_NII_INT16: case LDM_NII_UINT16: return 2;
+    case LDM_NII_INT32: case LDM_NII_FLOAT32: return 4;
+    case LDM_NII_FLOAT64: return 8;
+    }
+    return 0;
+}
+static const char *ldm__dnii_tname(int dt) {
+    switch (dt) {
+    case 0: return "DT_UNKNOWN";
+    case 1: return "binary";
+    case 2: return "uint8";
+    case 4: return "int16";
+    case 8: return "int32";
+    case 16: return "float32";
+    case 32: return "complex64";
+    case 64: return "float64";
+    case 128: return "RGB24";
+    case 256: return "int8";
+    case 512: return "uint16";
+    case 768: return "uint32";
+    case 1024: return "int64";
+    case 1280: return "uint64";
+    case 1536: return "float128";
+    case 1792: return "complex128";
+    case 2048: return "complex256";
+    case 2304: return "RGBA32";
+    }
+    return "not a NIfTI-1 datatype";
+}
+
+LDM_API void ldm_nifti_free(ldm_nifti *v) {
+    if (!v) return;
+    LDM_FREE(v->data);
+    v->data = NULL;
+    v->nvox = 0;
+}
+
+LDM_API ldm_nifti ldm_nifti_make(int nx, int ny, int nz) {
+    ldm_nifti v;
+    memset(&v, 0, sizeof v);
+    for (int i = 0; i < 8; i++) { v.dim[i] = 1; v.pixdim[i] = 1.0f; }
+    v.dim[0] = 3;
+    v.dim[1] = nx;
+    v.dim[2] = ny;
+    v.dim[3] = nz;
+    v.pixdim[4] = 0.0f;
+    v.datatype = LDM_NII_FLOAT32;
+    v.scl_slope = 1.0f;
+    v.qform_code = v.sform_code = 1;
+    v.srow_x[0] = v.srow_y[1] = v.srow_z[2] = 1.0f;
+    v.xyzt_units = 2; /* NIFTI_UNITS_MM */
+    return v;
+}
+
+/* Parses and checks the header of b[0..n): a whole file image (check_len 1: the data must
+   be there), or only its start (check_len 0). Fills everything but data; *off = vox_offset,
+   *need = vox_offset + nvox * bytes. `how` is appended to messages (" (after gunzip)"). */
+static ldm_result ldm__dnii_header(const unsigned char *b, size_t n, int check_len, const char *name, const char *how, int64_t cap,
+                                   ldm_nifti *v, size_t *off, uint64_t *need, int *be_out, char *err, size_t errn) {
+    memset(v, 0, sizeof *v);
+    if (n < LDM__NII_HDR)
+        return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: %lu bytes%s is too short for a NIfTI-1 header (348 bytes): truncated or not a NIfTI file",
+                         name, (unsigned long)n, how);
+    int be;
+    uint32_t sz = ldm__dle32(b);
+    if (sz == LDM__NII_HDR) be = 0;
+    else if (ldm__dbe32(b) == LDM__NII_HDR) be = 1;
+    else if (sz == 540 || ldm__dbe32(b) == 540)
+        return ldm__derr(err, errn, LDM_ERR_UNSUPPORTED, "%s: a NIfTI-2 file (sizeof_hdr 540); only NIfTI-1 is supported (nibabel: nib.Nifti1Image.from_image)", name);
+    else
+        return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: not a NIfTI-1 file%s (sizeof_hdr is %u or %u byte-swapped; NIfTI-1 has 348)", name, how,
+                         (unsigned)sz, (unsigned)ldm__dbe32(b));
+    const unsigned char *m = b + 344;
+    if (!memcmp(m, "ni1", 4))
+        return ldm__derr(err, errn, LDM_ERR_UNSUPPORTED,
+                         "%s: a NIfTI-1 header of a .hdr/.img pair (magic \"ni1\": the voxels are in a separate .img file); only single-file "
+                         ".nii/.nii.gz is read (convert: nib.save(nib.load('x.hdr'), 'x.nii.gz'))", name);
+    if (memcmp(m, "n+1", 4))
+        return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: bad NIfTI-1 magic %02x %02x %02x %02x%s (a single-file volume has \"n+1\\0\")", name, m[0], m[1],
+                         m[2], m[3], how);
+    *be_out = be;
+    for (int i = 0; i < 8; i++) v->dim[i] = ldm__dn16(b + 40 + 2 * i, be);
+    int nd = v->dim[0];
+    if (nd < 1 || nd > 7) return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: dim[0] = %d (the number of dimensions) must be 1..7", name, nd);
+    uint64_t nvox = 1;
+    for (int i = 1; i <= 7; i++) {
+        if (i > nd) { v->dim[i] = 1; continue; }
+        if (v->dim[i] < 1) return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: dim[%d] = %d must be >= 1 (dim[0] = %d)", name, i, v->dim[i], nd);
+        nvox *= (uint64_t)v->dim[i]; /* at most 32767^7 < 2^105: checked against cap at each step */
+        if (nvox > (uint64_t)cap) {
+            char dims[96];
+            int k = 0;
+            for (int j = 1; j <= nd && k < (int)sizeof dims - 8; j++) k += snprintf(dims + k, sizeof dims - k, "%s%d", j > 1 ? " x " : "", v->dim[j]);
+            return ldm__derr(err, errn, LDM_ERR_UNSUPPORTED,
+                             "%s: declares %s voxels, over the cap of %lld (a corrupt header, or a volume too big to load: raise the cap with "
+                             "LDM_MAX_VOXELS, ldm_data_set_max_voxels or the dataset's max_voxels)", name, dims, (long long)cap);
+        }
+    }
+    v->datatype = ldm__dn16(b + 70, be);
+    int bpv = ldm__dnii_bytes(v->datatype);
+    if (!bpv)
+        return ldm__derr(err, errn, LDM_ERR_UNSUPPORTED, "%s: NIfTI datatype %d (%s) is not supported (uint8 2, int16 4, int32 8, float32 16, float64 64, "
+                         "int8 256, uint16 512 are)", name, v->datatype, ldm__dnii_tname(v->datatype));
+    for (int i = 0; i < 8; i++) v->pixdim[i] = ldm__dnf(b + 76 + 4 * i, be);
+    float vo = ldm__dnf(b + 108, be);
+    if (!(vo >= 352.0f && vo <= 2147483647.0f) || vo != floorf(vo))
+        return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: vox_offset %g is not a whole number >= 352 (a .nii's voxels follow the 348-byte header and 4 extension bytes)",
+                         name, (double)vo);
+    v->scl_slope = ldm__dnf(b + 112, be);
+    v->scl_inter = ldm__dnf(b + 116, be);
+    v->xyzt_units = b[123];
+    v->intent_code = ldm__dn16(b + 68, be);
+    memcpy(v->descrip, b + 148, 80);
+    v->descrip[79] = 0;
+    v->qform_code = ldm__dn16(b + 252, be);
+    v->sform_code = ldm__dn16(b + 254, be);
+    v->quatern_b = ldm__dnf(b + 256, be);
+    v->quatern_c = ldm__dnf(b + 260, be);
+    v->quatern_d = ldm__dnf(b + 264, be);
+    v->qoffset_x = ldm__dnf(b + 268, be);
+    v->qoffset_y = ldm__dnf(b + 272, be);
+    v->qoffset_z = ldm__dnf(b + 276, be);
+    for (int i = 0; i < 4; i++) {
+        v->srow_x[i] = ldm__dnf(b + 280 + 4 * i, be);
+        v->srow_y[i] = ldm__dnf(b + 296 + 4 * i, be);
+        v->srow_z[i] = ldm__dnf(b + 312 + 4 * i, be);
+    }
+    v->nvox = (size_t)nvox;
+    *off = (size_t)vo;
+    *need = (uint64_t)*off + nvox * (uint64_t)bpv;
+    if (check_len && *need > (uint64_t)n) {
+        char dims[96];
+        int k = 0;
+        for (int j = 1; j <= nd && k < (int)sizeof dims - 8; j++) k += snprintf(dims + k, sizeof dims - k, "%s%d", j > 1 ? " x " : "", v->dim[j]);
+        return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: data shorter than declared: %s %s voxels from offset %lu need %llu bytes, the file has %lu%s (truncated?)",
+                         name, dims, ldm__dnii_tname(v->datatype), (unsigned long)*off, (unsigned long long)*need, (unsigned long)n, how);
+    }
+    return LDM_OK;
+}
+
+/* Voxels at b + off (checked to be there) -> v->data, scaled. */
+static ldm_result ldm__dnii_voxels(const unsigned char *b, size_t off, int be, ldm_nifti *v, const char *name, char *err, size_t errn) {
+    size_t n = v->nvox;
+    int bpv = ldm__dnii_bytes(v->datatype);
+    v->data = (float *)ldm__dalloc(sizeof(float) * n);
+    if (!v->data) return ldm__derr(err, errn, LDM_ERR_NOMEM, "%s: out of memory for %lu voxels", name, (unsigned long)n);
+    double slope = v->scl_slope, inter = v->scl_inter;
+    int scale = isfinite(slope) && slope != 0.0; /* NIfTI: scl_slope 0 means unscaled */
+    if (!isfinite(inter)) inter = 0.0;
+    const unsigned char *p = b + off;
+    for (size_t i = 0; i < n; i++, p += bpv) {
+        double x;
+        switch (v->datatype) {
+        case LDM_NII_UINT8: x = p[0]; break;
+        case LDM_NII_INT8: x = (signed char)p[0]; break;
+        case LDM_NII_INT16: x = ldm__dn16(p, be); break;
+        case LDM_NII_UINT16: x = be ? ((unsigned)p[0] << 8) | p[1] : p[0] | ((unsigned)p[1] << 8); break;
+        case LDM_NII_INT32: x = (int32_t)ldm__dn32(p, be); break;
+        case LDM_NII_FLOAT32: x = ldm__dnf(p, be); break;
+        default: { /* FLOAT64 */
+            uint64_t u = be ? ((uint64_t)ldm__dbe32(p) << 32) | ldm__dbe32(p + 4) : ((uint64_t)ldm__dle32(p + 4) << 32) | ldm__dle32(p);
+            memcpy(&x, &u, 8);
+        }
+        }
+        v->data[i] = (float)(scale ? x * slope + inter : x);
+    }
+    return LDM_OK;
+}
+
+/* Inflates a .nii.gz, checking the NIfTI header before inflating the body: a first pass
+   into a small buffer yields the header (a failed pass still leaves its first 352 bytes in
+   place: it only stops where a block or match of at most 65535 bytes no longer fits), so
+   the voxel cap and the declared length are checked against the trailer's ISIZE before the
+   body's buffer is allocated. */
+#define LDM__NII_PEEK (352 + 65535 + 258)
+static ldm_result ldm__dnii_gunzip(const unsigned char *in, size_t n, const char *name, int64_t cap, unsigned char **out, size_t *out_n,
+                                   char *err, size_t errn) {
+    size_t p = 0;
+    ldm_nifti h;
+    size_t off;
+    uint64_t need;
+    int be;
+    *out = NULL;
+    *out_n = 0;
+    ldm_result r = ldm__dgz_start(in, n, &p, name, err, errn);
+    if (r) return r;
+    size_t clen = n - 8 - p;
+    if (clen > (size_t)INT_MAX - 8) return ldm__derr(err, errn, LDM_ERR_UNSUPPORTED, "%s: compressed data over 2 GiB is not supported", name);
+    uint32_t crc = ldm__dle32(in + n - 8), isize = ldm__dle32(in + n - 4);
+    size_t peek = isize < LDM__NII_PEEK ? isize : LDM__NII_PEEK;
+    unsigned char *buf = (unsigned char *)ldm__dcalloc(peek + 1);
+    if (!buf) return ldm__derr(err, errn, LDM_ERR_NOMEM, "%s: out of memory", name);
+    /* The trailer stays in the input: stb's inflater fails when a stream ends at the buffer's end. */
+    int got = stbi_zlib_decode_noheader_buffer((char *)buf, (int)peek, (const char *)in + p, (int)(clen + 8));
+    if (got >= 0 && (uint32_t)got == isize) { /* the whole file fitted */
+        if (ldm_crc32(0, buf, (size_t)got) != crc) {
+            LDM_FREE(buf);
+            return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: gzip CRC-32 mismatch (corrupt file, or several gzip members, which are not supported)", name);
+        }
+        *out = buf;
+        *out_n = (size_t)got;
+        return LDM_OK;
+    }
+    if (got < 0 && isize < LDM__NII_PEEK) { /* the buffer held all the trailer declares */
+        LDM_FREE(buf);
+        return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: corrupt or truncated gzip data (or more than the %u bytes its trailer declares)", name, (unsigned)isize);
+    }
+    if (got >= 0) { /* ended early: the trailer's length is wrong */
+        LDM_FREE(buf);
+        return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: gzip length check failed: inflated %d bytes, the trailer says %u (truncated or corrupt file)", name, got,
+                         (unsigned)isize);
+    }
+    r = ldm__dnii_header(buf, peek, 0, name, " (after gunzip)", cap, &h, &off, &need, &be, err, errn);
+    LDM_FREE(buf);
+    if (r) {
+        if (r == LDM_ERR_FORMAT && isize >= LDM__NII_PEEK) {
+            size_t k = strlen(err);
+            snprintf(err + k, errn > k ? errn - k : 0, "; or corrupt deflate data");
+        }
+        return r;
+    }
+    if (need > (uint64_t)INT_MAX)
+        return ldm__derr(err, errn, LDM_ERR_UNSUPPORTED, "%s: inflates to %llu bytes; .nii.gz over 2 GiB is not supported (store it as .nii)", name,
+                         (unsigned long long)need);
+    if ((uint64_t)isize < need)
+        return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: data shorter than declared: the header needs %llu bytes, the gzip trailer says the file inflates to %u (truncated?)",
+                         name, (unsigned long long)need, (unsigned)isize);
+    if ((uint64_t)isize - need > LDM__NII_GZ_SLACK || isize > (uint32_t)INT_MAX)
+        return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: the gzip trailer says %u bytes, %llu more than the header declares (corrupt file?)", name, (unsigned)isize,
+                         (unsigned long long)((uint64_t)isize - need));
+    buf = (unsigned char *)ldm__dalloc((size_t)isize);
+    if (!buf) return ldm__derr(err, errn, LDM_ERR_NOMEM, "%s: out of memory for %u inflated bytes", name, (unsigned)isize);
+    got = stbi_zlib_decode_noheader_buffer((char *)buf, (int)isize, (const char *)in + p, (int)(clen + 8));
+    if (got < 0 || (uint32_t)got != isize) {
+        LDM_FREE(buf);
+        if (got < 0) return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: corrupt or truncated deflate data", name);
+        return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: gzip length check failed: inflated %d bytes, the trailer says %u (truncated or corrupt file)", name, got,
+                         (unsigned)isize);
+    }
+    if (ldm_crc32(0, buf, (size_t)got) != crc) {
+        LDM_FREE(buf);
+        return ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: gzip CRC-32 mismatch (corrupt file, or several gzip members, which are not supported)", name);
+    }
+    *out = buf;
+    *out_n = (size_t)got;
+    return LDM_OK;
+}
+
+/* The whole read: file -> (gunzip) -> header -> voxels. cap <= 0: ldm_data_max_voxels(). */
+static ldm_result ldm__dnii_read(const char *path, int64_t cap, ldm_nifti *v, char *err, size_t errn) {
+    unsigned char *buf = NULL;
+    size_t n = 0, off;
+    uint64_t need;
+    int be;
+    const char *how = "";
+    memset(v, 0, sizeof *v);
+    if (cap <= 0) cap = ldm_data_max_voxels();
+    ldm_result r = ldm__dread_file(path, &buf, &n, err, errn);
+    if (r) return r;
+    if (n >= 2 && buf[0] == 0x1f && buf[1] == 0x8b) {
+        unsigned char *raw = NULL;
+        size_t m = 0;
+        r = ldm__dnii_gunzip(buf, n, path, cap, &raw, &m, err, errn);
+        LDM_FREE(buf);
+        if (r) return r;
+        buf = raw;
+        n = m;
+        how = " (after gunzip)";
+    }
+    r = ldm__dnii_header(buf, n, 1, path, how, cap, v, &off, &need, &be, err, errn);
+    if (r == LDM_OK) r = ldm__dnii_voxels(buf, off, be, v, path, err, errn);
+    LDM_FREE(buf);
+    if (r) ldm_nifti_free(v);
+    return r;
+}
+
+LDM_API ldm_result ldm_nifti_read(ldm_ctx *ctx, const char *path, ldm_nifti *out) {
+    char err[LDM_DATA_ERR_MAX];
+    ldm_result r = ldm__dnii_read(path, 0, out, err, sizeof err);
+    return r ? ldm_ctx_seterr(ctx, r, "%s", err) : LDM_OK;
+}
+
+/* Header check for the dataset's scan: a .nii's header and length; a .nii.gz only its gzip
+   magic (its body is checked when it is read, under the skip rule). */
+static ldm_result ldm__dnii_check(const char *path, int64_t cap, char *err, size_t errn) {
+    unsigned char b[LDM__NII_HDR];
+    FILE *f = fopen(path, "rb");
+    if (!f) return ldm__derr(err, errn, LDM_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+    size_t n = fread(b, 1, sizeof b, f);
+    long size = -1;
+    if (fseek(f, 0, SEEK_END) == 0) size = ftell(f);
+    fclose(f);
+    if (n >= 2 && b[0] == 0x1f && b[1] == 0x8b) return LDM_OK;
+    ldm_nifti h;
+    size_t off;
+    uint64_t need;
+    int be;
+    ldm_result r = ldm__dnii_header(b, n, 0, path, "", cap, &h, &off, &need, &be, err, errn);
+    if (r == LDM_OK && size >= 0 && need > (uint64_t)size)
+        r = ldm__derr(err, errn, LDM_ERR_FORMAT, "%s: data shorter than declared: the header needs %llu bytes, the file has %ld (truncated?)", path,
+                      (unsigned long long)need, size);
+    return r;
+}
+
+/* ---- NIfTI-1 writing ---- */
+static void ldm__dput16(unsigned char *p, int v) { p[0] = (unsigned char)(v & 255); p[1] = (unsigned char)((v >> 8) & 255); }
+static void ldm__dput32(unsigned char *p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i)); }
+static void ldm__dputf(unsigned char *p, float f) { uint32_t u; memcpy(&u, &f, 4); ldm__dput32(p, u); }
+
+/* A small deflate compressor for .nii.gz: one block with the fixed Huffman codes (RFC 1951
+   3.2.6) over greedy LZ77 matches (3-byte hash chains of at most 32 links, 32 KiB window).
+   No dynamic codes, so it is not gzip -6, but the runs of equal voxels a volume's background
+   is made of shrink to a few bits per 258 bytes. NULL when the result would not be smaller
+   than n + n/8 (the caller then writes stored blocks). */
+typedef struct ldm__dbits {
+    unsigned char *p;
+    size_t n, cap;
+    uint64_t acc;
+    int nb;
+} ldm__dbits;
+static int ldm__dbits_put(ldm__dbits *w, uint32_t v, int n) { /* n bits of v, LSB first */
+    w->acc |= (uint64_t)v << w->nb;
+    w->nb += n;
+    while (w->nb >= 8) {
+        if (w->n == w->cap) return 0;
+        w->p[w->n++] = (unsigned char)w->acc;
+        w->acc >>= 8;
+        w->nb -= 8;
+    }
+    return 1;
+}
+static int ldm__dbits_code(ldm__dbits *w, uint32_t code, int len) { /* Huffman codes go MSB first */
+    uint32_t r = 0;
+    for (int i = 0; i < len; i++, code >>= 1) r = (r << 1) | (code & 1);
+    return ldm__dbits_put(w, r, len);
+}
+static int ldm__dfixed_sym(ldm__dbits *w, int s) {
+    if (s < 144) return ldm__dbits_code(w, 0x30u + (uint32_t)s, 8);
+    if (s < 256) return ldm__dbits_code(w, 0x190u + (uint32_t)(s - 144), 9);
+    if (s < 280) return ldm__dbits_code(w, (uint32_t)(s - 256), 7);
+    return ldm__dbits_code(w, 0xC0u + (uint32_t)(s - 280), 8);
+}
+static int ldm__dfixed_match(ldm__dbits *w, int len, int dist) {
+    static const short lbase[29] = {3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258};
+    static const unsigned char lext[29] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0};
+    static const unsigned short dbase[30] = {1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537, 2049, 3073,
+                                             4097, 6145, 8193, 12289, 16385, 24577};
+    static const unsigned char dext[30] = {0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13};
+    int i = 28, j = 29;
+    while (lbase[i] > len) i--;
+    while (dbase[j] > dist) j--;
+    return ldm__dfixed_sym(w, 257 + i) && ldm__dbits_put(w, (uint32_t)(len - lbase[i]), lext[i]) && ldm__dbits_code(w, (uint32_t)j, 5) &&
+           ldm__dbits_put(w, (uint32_t)(dist - dbase[j]), dext[j]);
+}
+#define LDM__DZ_HASH 15
+#define LDM__DZ_WIN 32768
+static unsigned char *ldm__ddeflate(const unsigned char *in, size_t n, size_t *out_n) {
+    ldm__dbits w;
+    memset(&w, 0, sizeof w);
+    w.cap = n + n / 8 + 64;
+    w.p = (unsigned char *)ldm__dalloc(w.cap);
+    int32_t *head = (int32_t *)ldm__dalloc(sizeof(int32_t) << LDM__DZ_HASH), *prev = (int32_t *)ldm__dalloc(sizeof(int32_t) * LDM__DZ_WIN);
+    int ok = w.p && head && prev && n < ((size_t)1 << 31);
+    if (ok) {
+        for (size_t k = 0; k < ((size_t)1 << LDM__DZ_HASH); k++) head[k] = -1;
+        ok = ldm__dbits_put(&w, 1, 1) && ldm__dbits_put(&w, 1, 2); /* BFINAL, BTYPE 01: fixed codes */
+    }
+#define LDM__DZ_H(p) ((((uint32_t)(p)[0] << 16 | (uint32_t)(p)[1] << 8 | (p)[2]) * 2654435761u) >> (32 - LDM__DZ_HASH))
+    size_t i = 0;
+    while (ok && i < n) {
+        int best = 0, bdist = 0;
+        if (i + 3 <= n) {
+            int32_t cand = head[LDM__DZ_H(in + i)];
+            size_t maxl = n - i < 258 ? n - i : 258;
+            for (int chain = 0; chain < 32 && cand >= 0 && (size_t)cand < i && i - (size_t)cand <= LDM__DZ_WIN; chain++) {
+                size_t l = 0;
+                while (l < maxl && in[(size_t)cand + l] == in[i + l]) l++;
+                if ((int)l > best) {
+                    best = (int)l;
+                    bdist = (int)(i - (size_t)cand);
+                    if (l == maxl) break;
+                }
+                cand = prev[cand & (LDM__DZ_WIN - 1)];
+            }
+        }
+        size_t adv = best >= 3 ? (size_t)best : 1;
+        ok = best >= 3 ? ldm__dfixed_match(&w, best, bdist) : ldm__dfixed_sym(&w, in[i]);
+        for (size_t e = i + adv; i < e; i++) /* every position enters the chains */
+            if (i + 3 <= n) {
+                uint32_t h = LDM__DZ_H(in + i);
+                prev[i & (LDM__DZ_WIN - 1)] = head[h];
+                head[h] = (int32_t)i;
+            }
+    }
+#undef LDM__DZ_H
+    ok = ok && ldm__dfixed_sym(&w, 256) && (w.nb == 0 || ldm__dbits_put(&w, 0, 8 - w.nb)); /* end of block, last byte */
+    LDM_FREE(head);
+    LDM_FREE(prev);
+    if (!ok) { LDM_FREE(w.p); return NULL; }
+    *out_n = w.n;
+    return w.p;
+}
+
+/* The gzip image of raw[0..n): compressed (above) when that is smaller, else stored deflate
+   blocks (no compression, valid gzip all the same). */
+static unsigned char *ldm__dgzip(const unsigned char *raw, size_t n, size_t *out_n) {
+    size_t nblk = n ? (n + 65534) / 65535 : 1, total = 10 + nblk * 5 + n + 8, zn = 0;
+    unsigned char *z = ldm__ddeflate(raw, n, &zn);
+    if (z && 10 + zn + 8 >= total) { LDM_FREE(z); z = NULL; }
+    if (z) total = 10 + zn + 8;
+    unsigned char *o = (unsigned char *)ldm__dalloc(total), *q = o;
+    if (!o) { LDM_FREE(z); return NULL; }
+    static const unsigned char hdr[10] = {0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255}; /* no flags, mtime 0, OS unknown */
+    memcpy(q, hdr, 10);
+    q += 10;
+    if (z) {
+        memcpy(q, z, zn);
+        q += zn;
+        LDM_FREE(z);
+        nblk = 0;
+    }
+    for (size_t b = 0, at = 0; b < nblk; b++) {
+        size_t len = n - at < 65535 ? n - at : 65535;
+        *q++ = (unsigned char)(b + 1 == nblk); /* BFINAL, BTYPE 00 */
+        ldm__dput16(q, (int)len);
+        ldm__dput16(q + 2, (int)(len ^ 0xffff));
+        q += 4;
+        memcpy(q, raw + at, len);
+        q += len;
+        at += len;
+    }
+    ldm__dput32(q, ldm_crc32(0, raw, n));
+    ldm__dput32(q + 4, (uint32_t)n);
+    *out_n = total;
+    return o;
+}
+
+static ldm_result ldm__dnii_write(const char *path, const ldm_nifti *v, int dt, char *err, size_t errn) {
+    if (dt == 0) dt = LDM_NII_FLOAT32;
+    int bpv = ldm__dnii_bytes(dt);
+    if (!bpv) return ldm__derr(err, errn, LDM_ERR_UNSUPPORTED, "%s: cannot write NIfTI datatype %d (%s)", path, dt, ldm__dnii_tname(dt));
+    int nd = v->dim[0];
+    if (nd < 1 || nd > 7) return ldm__derr(err, errn, LDM_ERR_INVALID, "%s: dim[0] = %d must be 1..7", path, nd);
+    uint64_t nvox = 1;
+    for (int i = 1; i <= nd; i++) {
+        if (v->dim[i] < 1 || v->dim[i] > 32767) return ldm__derr(err, errn, LDM_ERR_INVALID, "%s: dim[%d] = %d must be 1..32767", path, i, v->dim[i]);
+        nvox *= (uint64_t)v->dim[i];
+    }
+    if (!v->data || v->nvox != nvox)
+        return ldm__derr(err, errn, LDM_ERR_INVALID, "%s: the volume has %lu voxels (data %s), its dims make %llu", path, (unsigned long)v->nvox,
+                         v->data ? "set" : "NULL", (unsigned long long)nvox);
+    if (nvox * (uint64_t)bpv > (uint64_t)INT_MAX - 352) return ldm__derr(err, errn, LDM_ERR_UNSUPPORTED, "%s: volumes over 2 GiB are not written", path);
+    double slope = 1.0, inter = 0.0;
+    int is_int = dt != LDM_NII_FLOAT32 && dt != LDM_NII_FLOAT64;
+    if (is_int) {
+        if (isfinite(v->scl_slope) && v->scl_slope != 0.0f) slope = v->scl_slope;
+        if (isfinite(v->scl_inter) && isfinite(v->scl_slope) && v->scl_slope != 0.0f) inter = v->scl_inter;
+    }
+    size_t n = 352 + (size_t)nvox * bpv;
+    unsigned char *b = (unsigned char *)ldm__dcalloc(n);
+    if (!b) return ldm__derr(err, errn, LDM_ERR_NOMEM, "%s: out of memory", path);
+    ldm__dput32(b, LDM__NII_HDR);
+    b[38] = 'r'; /* regular, as nibabel writes */
+    for (int i = 0; i < 8; i++) ldm__dput16(b + 40 + 2 * i, i <= nd ? v->dim[i] : 1);
+    ldm__dput16(b + 68, v->intent_code);
+    ldm__dput16(b + 70, dt);
+    ldm__dput16(b + 72, bpv * 8);
+    for (int i = 0; i < 8; i++) ldm__dputf(b + 76 + 4 * i, v->pixdim[i]);
+    if (v->pixdim[0] != 1.0f && v->pixdim[0] != -1.0f) ldm__dputf(b + 76, 1.0f); /* qfac is +-1 */
+    ldm__dputf(b + 108, 352.0f);
+    ldm__dputf(b + 112, (float)slope);
+    ldm__dputf(b + 116, (float)inter);
+    b[123] = (unsigned char)v->xyzt_units;
+    for (int i = 0; i < 79 && v->descrip[i]; i++) b[148 + i] = (unsigned char)v->descrip[i];
+    ldm__dput16(b + 252, v->qform_code);
+    ldm__dput16(b + 254, v->sform_code);
+    ldm__dputf(b + 256, v->quatern_b);
+    ldm__dputf(b + 260, v->quatern_c);
+    ldm__dputf(b + 264, v->quatern_d);
+    ldm__dputf(b + 268, v->qoffset_x);
+    ldm__dputf(b + 272, v->qoffset_y);
+    ldm__dputf(b + 276, v->qoffset_z);
+    for (int i = 0; i < 4; i++) {
+        ldm__dputf(b + 280 + 4 * i, v->srow_x[i]);
+        ldm__dputf(b + 296 + 4 * i, v->srow_y[i]);
+        ldm__dputf(b + 312 + 4 * i, v->srow_z[i]);
+    }
+    memcpy(b + 344, "n+1", 4);
+    static const double lo[] = {0, 0, -128, 0, -32768, 0, -2147483648.0}, hi[] = {0, 255, 127, 65535, 32767, 0, 2147483647.0};
+    int ti = dt == LDM_NII_UINT8 ? 1 : dt == LDM_NII_INT8 ? 2 : dt == LDM_NII_UINT16 ? 3 : dt == LDM_NII_INT16 ? 4 : dt == LDM_NII_INT32 ? 6 : 0;
+    unsigned char *q = b + 352;
+    for (size_t i = 0; i < (size_t)nvox; i++, q += bpv) {
+        float x = v->data[i];
+        if (dt == LDM_NII_FLOAT32) { ldm__dputf(q, x); continue; }
+        if (dt == LDM_NII_FLOAT64) {
+            double d = x;
+            uint64_t u;
+            memcpy(&u, &d, 8);
+            ldm__dput32(q, (uint32_t)u);
+            ldm__dput32(q + 4, (uint32_t)(u >> 32));
+            continue;
+        }
+        double s = nearbyint(((double)x - inter) / slope);
+        if (!(s >= lo[ti] && s <= hi[ti])) {
+            LDM_FREE(b);
+            return ldm__derr(err, errn, LDM_ERR_INVALID, "%s: voxel %lu = %g does not fit %s (stored (x - %g) / %g = %g; range %g..%g): choose another scl_slope/scl_inter or float32",
+                             path, (unsigned long)i, (double)x, ldm__dnii_tname(dt), inter, slope, s, lo[ti], hi[ti]);
+        }
+        long iv = (long)s;
+        if (bpv == 1) q[0] = (unsigned char)(iv & 255);
+        else if (bpv == 2) ldm__dput16(q, (int)(iv & 0xffff));
+        else ldm__dput32(q, (uint32_t)iv);
+    }
+    const unsigned char *w = b;
+    size_t wn = n;
+    unsigned char *gz = NULL;
+    size_t pl = strlen(path);
+    if (pl >= 3 && ldm__dieq(path + pl - 3, ".gz")) {
+        gz = ldm__dgzip(b, n, &wn);
+        if (!gz) { LDM_FREE(b); return ldm__derr(err, errn, LDM_ERR_NOMEM, "%s: out of memory", path); }
+        w = gz;
+    }
+    FILE *f = fopen(path, "wb");
+    ldm_result r = LDM_OK;
+    if (!f) r = ldm__derr(err, errn, LDM_ERR_IO, "cannot create '%s': %s", path, strerror(errno));
+    else {
+        size_t put = fwrite(w, 1, wn, f);
+        int bad = fclose(f) != 0 || put != wn;
+        if (bad) r = ldm__derr(err, errn, LDM_ERR_IO, "write error on '%s' (disk full?)", path);
+    }
+    LDM_FREE(gz);
+    LDM_FREE(b);
+    return r;
+}
+
+LDM_API ldm_result ldm_nifti_write(ldm_ctx *ctx, const char *path, const ldm_nifti *v, int datatype) {
+    char err[LDM_DATA_ERR_MAX];
+    ldm_result r = ldm__dnii_write(path, v, datatype, err, sizeof err);
     return r ? ldm_ctx_seterr(ctx, r, "%s", err) : LDM_OK;
 }
 
@@ -1146,8 +1901,10 @@ LDM_API ldm_result ldm_data_resize_u8(unsigned char *dst, int dh, int dw, const 
 LDM_API void ldm_data_image_free(ldm_data_image *im) {
     if (!im) return;
     LDM_FREE(im->px);
+    LDM_FREE(im->fx);
     im->px = NULL;
-    im->c = im->h = im->w = 0;
+    im->fx = NULL;
+    im->c = im->h = im->w = im->t = 0;
 }
 
 LDM_API ldm_result ldm_data_image_load(const char *path, int channels, ldm_data_image *out, char *err, size_t errn) {
@@ -1158,6 +1915,14 @@ LDM_API ldm_result ldm_data_image_load(const char *path, int channels, ldm_data_
     if (channels != 1 && channels != 3) return ldm__derr(err, errn, LDM_ERR_INVALID, "%s: channels must be 1 or 3, got %d", path, channels);
     FILE *f = fopen(path, "rb");
     if (!f) return ldm__derr(err, errn, LDM_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+    /* The header's size first: a few bytes can declare 2^24 x 2^24 pixels, which stb would
+       try to allocate and fill (seconds and gigabytes) before failing. */
+    int64_t cap = ldm_data_max_pixels();
+    if (stbi_info_from_file(f, &w, &h, &n) && (int64_t)w * (int64_t)h > cap) {
+        fclose(f);
+        return ldm__derr(err, errn, LDM_ERR_UNSUPPORTED, "'%s' declares %d x %d pixels, over the cap of %lld (a corrupt header, or an image too big to "
+                         "load: raise the cap with LDM_MAX_PIXELS or ldm_data_set_max_pixels)", path, w, h, (long long)cap);
+    }
     unsigned char *px = stbi_load_from_file(f, &w, &h, &n, channels);
     fclose(f);
     if (!px) return ldm__derr(err, errn, LDM_ERR_FORMAT, "'%s' is not a readable image (%s)", path, stbi_failure_reason());
@@ -1200,6 +1965,16 @@ LDM_API ldm_data_field *ldm_data_item_add(ldm_data_item *it, const char *name, i
     return f;
 }
 
+LDM_API ldm_data_field *ldm_data_item_add3(ldm_data_item *it, const char *name, int c, int t, int h, int w) {
+    if (t <= 0 || c <= 0 || (int64_t)c * t > INT_MAX) return NULL;
+    ldm_data_field *f = ldm_data_item_add(it, name, c * t, h, w); /* the same c*t*h*w floats */
+    if (f) {
+        f->c = c;
+        f->t = t;
+    }
+    return f;
+}
+
 LDM_API void ldm_data_batch_free(ldm_data_batch *b) {
     if (!b) return;
     for (int i = 0; i < b->n_fields; i++) LDM_FREE(b->field[i].data);
@@ -1222,6 +1997,7 @@ LDM_API ldm_tensor ldm_data_batch_tensor(const ldm_data_batch *b, const char *na
         t.node = -1;
         return t;
     }
+    if (f->ndim == 5) return ldm_tensor_wrap(f->data, ldm_shape5(f->shape[0], f->shape[1], f->shape[2], f->shape[3], f->shape[4]), LDM_CPU);
     return ldm_tensor_wrap(f->data, ldm_shape4(f->shape[0], f->shape[1], f->shape[2], f->shape[3]), LDM_CPU);
 }
 
@@ -1238,11 +2014,10 @@ static ldm_result ldm__dbatch_put(ldm_data_batch *b, int B, int k, const ldm_dat
             const ldm_data_field *f = &it->field[i];
             ldm_data_bfield *bf = &b->field[i];
             memcpy(bf->name, f->name, sizeof bf->name);
-            bf->shape[0] = B;
-            bf->shape[1] = f->c;
-            bf->shape[2] = f->h;
-            bf->shape[3] = f->w;
-            bf->data = (float *)ldm__dalloc(sizeof(float) * (size_t)B * f->c * f->h * f->w);
+            int64_t s5[5] = {B, f->c, f->t, f->h, f->w}, s4[4] = {B, f->c, f->h, f->w};
+            bf->ndim = f->t > 0 ? 5 : 4;
+            memcpy(bf->shape, f->t > 0 ? s5 : s4, sizeof(int64_t) * (size_t)bf->ndim);
+            bf->data = (float *)ldm__dalloc(sizeof(float) * (size_t)B * f->c * (f->t > 0 ? f->t : 1) * f->h * f->w);
             if (!bf->data) goto oom;
         }
     }
@@ -1255,13 +2030,25 @@ static ldm_result ldm__dbatch_put(ldm_data_batch *b, int B, int k, const ldm_dat
     for (int i = 0; i < it->n_fields; i++) {
         const ldm_data_field *f = &it->field[i];
         ldm_data_bfield *bf = &b->field[i];
-        if (strcmp(bf->name, f->name) || bf->shape[1] != f->c || bf->shape[2] != f->h || bf->shape[3] != f->w)
+        int ft = f->t > 0 ? f->t : 0, bt = bf->ndim == 5 ? (int)bf->shape[2] : 0;
+        const int64_t *hw = bf->shape + bf->ndim - 2;
+        if (ft != bt && !strcmp(bf->name, f->name))
+            return ldm__derr(err, errn, LDM_ERR_INVALID, "cannot collate: item %lld has \"%s\" with depth %d but item %lld has depth %d "
+                             "(0: a 2-D field; volumes of different sizes need a resize or spatial_size)", (long long)b->index[0], bf->name, bt,
+                             (long long)it->index, ft);
+        if ((strcmp(bf->name, f->name) || bf->shape[1] != f->c || hw[0] != f->h || hw[1] != f->w) && ft)
+            return ldm__derr(err, errn, LDM_ERR_INVALID,
+                             "cannot collate: item %lld has \"%s\" [%lld, %lld, %lld, %lld] but item %lld has \"%s\" [%d, %d, %d, %d] "
+                             "(volumes of different sizes need a resize or a spatial_size crop)",
+                             (long long)b->index[0], bf->name, (long long)bf->shape[1], (long long)bf->shape[2], (long long)hw[0], (long long)hw[1],
+                             (long long)it->index, f->name, f->c, ft, f->h, f->w);
+        if (strcmp(bf->name, f->name) || bf->shape[1] != f->c || hw[0] != f->h || hw[1] != f->w)
             return ldm__derr(err, errn, LDM_ERR_INVALID,
                              "cannot collate: item %lld has \"%s\" [%lld, %lld, %lld] but item %lld has \"%s\" [%d, %d, %d] "
                              "(images of different sizes need a `size` to rescale and crop them to)",
-                             (long long)b->index[0], bf->name, (long long)bf->shape[1], (long long)bf->shape[2], (long long)bf->shape[3],
+                             (long long)b->index[0], bf->name, (long long)bf->shape[1], (long long)hw[0], (long long)hw[1],
                              (long long)it->index, f->name, f->c, f->h, f->w);
-        size_t n = (size_t)f->c * f->h * f->w;
+        size_t n = (size_t)f->c * (ft ? ft : 1) * f->h * f->w;
         memcpy(bf->data + (size_t)k * n, f->data, sizeof(float) * n);
     }
     b->index[k] = it->index;
@@ -1395,7 +2182,7 @@ static ldm_result ldm__dataset_load(ldm_dataset *ds, int64_t i, ldm_data_image *
             return LDM_OK;
         }
         ldm_data_image_free(base);
-        if (!ds->skip_unreadable || (r != LDM_ERR_FORMAT && r != LDM_ERR_IO)) return r;
+        if (!ds->skip_unreadable || (r != LDM_ERR_FORMAT && r != LDM_ERR_IO && r != LDM_ERR_UNSUPPORTED)) return r;
         ldm__dlock(ds);
         if (!ds->bad[j]) {
             char msg[LDM_DATA_ERR_MAX + 64];
@@ -1465,6 +2252,10 @@ static int ldm__dis_image_name(const char *name) {
         if (ldm__dieq(dot, ext[i])) return 1;
     return 0;
 }
+static int ldm__dis_nifti_name(const char *name) {
+    size_t n = strlen(name);
+    return (n > 4 && ldm__dieq(name + n - 4, ".nii")) || (n > 7 && ldm__dieq(name + n - 7, ".nii.gz"));
+}
 
 static char *ldm__djoin(const char *a, const char *b) {
     size_t la = strlen(a), lb = strlen(b);
@@ -1481,7 +2272,7 @@ static char *ldm__djoin(const char *a, const char *b) {
    except to a directory already being scanned (a loop); seen[] holds the open ancestors. */
 typedef struct ldm__ddirid { uint64_t dev, ino; } ldm__ddirid;
 #define LDM__DSCAN_DEPTH 32
-static ldm_result ldm__dscan(const char *root, const char *rel, int depth, ldm__ddirid *seen, ldm__dstrs *out, char *err, size_t errn) {
+static ldm_result ldm__dscan(const char *root, const char *rel, int depth, ldm__ddirid *seen, ldm__dstrs *out, int vol, char *err, size_t errn) {
     char *dir = rel[0] ? ldm__djoin(root, rel) : ldm__dstrdup(root);
     if (!dir) return ldm__derr(err, errn, LDM_ERR_NOMEM, "out of memory scanning '%s'", root);
     struct stat ds;
@@ -1507,8 +2298,8 @@ static ldm_result ldm__dscan(const char *root, const char *rel, int depth, ldm__
         if (!sub || !full) r = ldm__derr(err, errn, LDM_ERR_NOMEM, "out of memory scanning '%s'", root);
         else if (stat(full, &st) != 0) { /* dangling link: not an image we could read */ }
         else if (S_ISDIR(st.st_mode)) {
-            if (depth + 1 < LDM__DSCAN_DEPTH) r = ldm__dscan(root, sub, depth + 1, seen, out, err, errn);
-        } else if (S_ISREG(st.st_mode) && ldm__dis_image_name(e->d_name)) {
+            if (depth + 1 < LDM__DSCAN_DEPTH) r = ldm__dscan(root, sub, depth + 1, seen, out, vol, err, errn);
+        } else if (S_ISREG(st.st_mode) && (vol ? ldm__dis_nifti_name(e->d_name) : ldm__dis_image_name(e->d_name))) {
             if (!ldm__dstrs_push(out, sub)) r = ldm__derr(err, errn, LDM_ERR_NOMEM, "out of memory scanning '%s'", root);
             sub = NULL;
         }
@@ -1550,9 +2341,10 @@ static void ldm__dfolder_free(ldm__dfolder *f) {
     memset(f, 0, sizeof *f);
 }
 
-/* Scans (or reads the list), splits, checks headers; `what` names the dataset in messages. */
+/* Scans (or reads the list), splits, checks headers; `what` names the dataset in messages.
+   vol_cap 0: image files; > 0: NIfTI volumes, checked against that voxel cap. */
 static ldm_result ldm__dfolder_open(ldm_ctx *ctx, ldm__dfolder *f, const ldm_data_folder_opts *o, const char *what,
-                                    int64_t *skipped) {
+                                    int64_t *skipped, int64_t vol_cap) {
     char err[LDM_DATA_ERR_MAX];
     ldm__dstrs rel;
     ldm_result r;
@@ -1574,7 +2366,7 @@ static ldm_result ldm__dfolder_open(ldm_ctx *ctx, ldm__dfolder *f, const ldm_dat
         if (stat(o->root, &st) != 0 || !S_ISDIR(st.st_mode))
             return ldm_ctx_seterr(ctx, LDM_ERR_IO, "%s: '%s' is not a directory (%s)", what, o->root, stat(o->root, &st) ? strerror(errno) : "a file");
         ldm__ddirid seen[LDM__DSCAN_DEPTH];
-        r = ldm__dscan(o->root, "", 0, seen, &rel, err, sizeof err);
+        r = ldm__dscan(o->root, "", 0, seen, &rel, vol_cap > 0, err, sizeof err);
         if (r == LDM_OK && rel.n > 1) qsort(rel.v, (size_t)rel.n, sizeof(char *), ldm__dcmp_str);
     }
     if (r) { ldm__dstrs_free(&rel); return ldm_ctx_seterr(ctx, r, "%s: %s", what, err); }
@@ -1595,11 +2387,26 @@ static ldm_result ldm__dfolder_open(ldm_ctx *ctx, ldm__dfolder *f, const ldm_dat
         if (o->max_items > 0 && f->n >= o->max_items) break;
         char *full = rel.v[j][0] == '/' ? ldm__dstrdup(rel.v[j]) : ldm__djoin(o->root, rel.v[j]);
         if (!full) { r = LDM_ERR_NOMEM; snprintf(err, sizeof err, "out of memory"); goto done; }
-        int w, h, comp;
-        if (!stbi_info(full, &w, &h, &comp)) {
+        int w = 0, h = 0, comp = 0, info = 0;
+        if (vol_cap > 0) {
+            char why[LDM_DATA_ERR_MAX];
+            if (ldm__dnii_check(full, vol_cap, why, sizeof why)) {
+                char msg[LDM_DATA_ERR_MAX + 64];
+                snprintf(msg, sizeof msg, "%s: %s; skipped", what, why);
+                ldm__dwarn(o->warn, o->warn_user, msg);
+                (*skipped)++;
+                LDM_FREE(full);
+                continue;
+            }
+        } else if (!(info = stbi_info(full, &w, &h, &comp)) || (int64_t)w * h > ldm_data_max_pixels()) {
             char msg[LDM_DATA_ERR_MAX];
-            FILE *fp = fopen(full, "rb");
-            snprintf(msg, sizeof msg, "%s: '%s' is not a readable image (%s); skipped", what, full, fp ? stbi_failure_reason() : strerror(errno));
+            int ok = info;
+            FILE *fp = ok ? NULL : fopen(full, "rb");
+            if (ok)
+                snprintf(msg, sizeof msg, "%s: '%s' declares %d x %d pixels, over the cap of %lld (raise it with LDM_MAX_PIXELS); skipped", what, full, w, h,
+                         (long long)ldm_data_max_pixels());
+            else
+                snprintf(msg, sizeof msg, "%s: '%s' is not a readable image (%s); skipped", what, full, fp ? stbi_failure_reason() : strerror(errno));
             if (fp) fclose(fp);
             ldm__dwarn(o->warn, o->warn_user, msg);
             (*skipped)++;
@@ -1614,10 +2421,11 @@ static ldm_result ldm__dfolder_open(ldm_ctx *ctx, ldm__dfolder *f, const ldm_dat
     if (f->n == 0) {
         r = total == 0 ? LDM_ERR_NOT_FOUND : LDM_ERR_FORMAT;
         if (total == 0)
-            snprintf(err, sizeof err, "no image files (png, jpg, jpeg, bmp, tga) %s '%s'", o->file_list && o->file_list[0] ? "listed in" : "under",
-                     o->file_list && o->file_list[0] ? o->file_list : o->root);
+            snprintf(err, sizeof err, "no %s files (%s) %s '%s'", vol_cap > 0 ? "volume" : "image", vol_cap > 0 ? "nii, nii.gz" : "png, jpg, jpeg, bmp, tga",
+                     o->file_list && o->file_list[0] ? "listed in" : "under", o->file_list && o->file_list[0] ? o->file_list : o->root);
         else if (*skipped)
-            snprintf(err, sizeof err, "none of the image files in '%s' is readable (%lld skipped; see the warnings)", o->root, (long long)*skipped);
+            snprintf(err, sizeof err, "none of the %s files in '%s' is readable (%lld skipped; see the warnings)", vol_cap > 0 ? "volume" : "image", o->root,
+                     (long long)*skipped);
         else
             snprintf(err, sizeof err, "split '%s' of '%s' is empty (%lld files, val_fraction %g)", split, o->root, (long long)total, o->val_fraction);
         goto done;
@@ -1747,7 +2555,7 @@ LDM_API ldm_result ldm_dataset_image_folder(ldm_ctx *ctx, ldm_dataset **out, con
     if (!(d->o.flip_p >= 0.0f && d->o.flip_p <= 1.0f)) { LDM_FREE(d); return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ImageFolder: flip_p = %g must be in [0, 1]", (double)o->flip_p); }
     if (d->o.interp < LDM_INTERP_AUTO || d->o.interp > LDM_INTERP_PIL_LANCZOS) { LDM_FREE(d); return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "ImageFolder: unknown interpolation %d", (int)o->interp); }
     int64_t skipped = 0;
-    ldm_result r = ldm__dfolder_open(ctx, &d->f, &o->src, "ImageFolder", &skipped);
+    ldm_result r = ldm__dfolder_open(ctx, &d->f, &o->src, "ImageFolder", &skipped, 0);
     if (r) { LDM_FREE(d); return r; }
     d->o.src.root = NULL; /* not kept: the caller's strings need not outlive the dataset */
     d->o.src.split = d->o.src.file_list = NULL;
@@ -1834,7 +2642,7 @@ LDM_API ldm_result ldm_dataset_imagenet_sr(ldm_ctx *ctx, ldm_dataset **out, cons
     if (r) { LDM_FREE(d); return r; }
     d->lr = d->o.size / d->o.downscale_f;
     int64_t skipped = 0;
-    if ((r = ldm__dfolder_open(ctx, &d->f, &o->src, "ImageNetSR", &skipped)) != LDM_OK) { LDM_FREE(d); return r; }
+    if ((r = ldm__dfolder_open(ctx, &d->f, &o->src, "ImageNetSR", &skipped, 0)) != LDM_OK) { LDM_FREE(d); return r; }
     d->o.src.root = d->o.src.split = d->o.src.file_list = NULL;
     int64_t n = d->f.n;
     if ((r = ldm_dataset_create(ctx, out, &ldm__dsr_vt, d)) != LDM_OK) return r;
@@ -1926,6 +2734,150 @@ LDM_API ldm_result ldm_dataset_idx(ldm_ctx *ctx, ldm_dataset **out, const ldm_da
     return ldm_dataset_create(ctx, out, &ldm__didx_vt, d);
 }
 
+/* ---- volumes: trilinear resize, NIfTI dataset ------------------------------------------- */
+LDM_API ldm_result ldm_data_resize3(float *dst, int dt, int dh, int dw, const float *src, int C, int st, int sh, int sw) {
+    if (dt <= 0 || dh <= 0 || dw <= 0 || st <= 0 || sh <= 0 || sw <= 0 || C <= 0) return LDM_ERR_INVALID;
+    size_t plane = (size_t)dh * dw;
+    float *tmp = (float *)ldm__dalloc(sizeof(float) * (size_t)C * st * plane);
+    if (!tmp) return LDM_ERR_NOMEM;
+    /* bilinear over (H, W) per slice (the same taps as torch), then linear along T */
+    ldm_result r = LDM_OK;
+    if (dh == sh && dw == sw) memcpy(tmp, src, sizeof(float) * (size_t)C * st * plane);
+    else r = ldm__dresize(tmp, dh, dw, src, C * st, sh, sw, LDM_INTERP_BILINEAR);
+    if (r == LDM_OK)
+        for (int c = 0; c < C; c++)
+            for (int z = 0; z < dt; z++) {
+                float pos = ((float)z + 0.5f) * ((float)st / (float)dt) - 0.5f;
+                if (pos < 0) pos = 0;
+                int i0 = (int)pos, i1 = i0 + 1 < st ? i0 + 1 : st - 1;
+                float l1 = pos - (float)i0, l0 = 1.0f - l1;
+                const float *a = tmp + ((size_t)c * st + i0) * plane, *b = tmp + ((size_t)c * st + i1) * plane;
+                float *o = dst + ((size_t)c * dt + z) * plane;
+                for (size_t k = 0; k < plane; k++) o[k] = l0 * a[k] + l1 * b[k];
+            }
+    LDM_FREE(tmp);
+    return r;
+}
+
+typedef struct ldm__dvol {
+    ldm__dfolder f;
+    ldm_data_volume_opts o;
+    int64_t cap;
+} ldm__dvol;
+
+static int64_t ldm__dvol_len(void *self) { return ((ldm__dvol *)self)->f.n; }
+static void ldm__dvol_destroy(void *self) {
+    ldm__dvol *d = (ldm__dvol *)self;
+    ldm__dfolder_free(&d->f);
+    LDM_FREE(d);
+}
+/* Read, normalise, resize: the deterministic part (what the cache keeps), as float voxels. */
+static ldm_result ldm__dvol_load(void *self, int64_t i, ldm_data_image *out, char *err, size_t errn) {
+    ldm__dvol *d = (ldm__dvol *)self;
+    const char *path = d->f.path[i];
+    ldm_nifti v;
+    ldm_result r = ldm__dnii_read(path, d->cap, &v, err, errn);
+    if (r) return r;
+    if ((int64_t)v.dim[5] * v.dim[6] * v.dim[7] != 1) {
+        ldm_nifti_free(&v);
+        return ldm__derr(err, errn, LDM_ERR_UNSUPPORTED, "%s: a %d-D volume (dim %d %d %d %d %d %d %d); the volume dataset reads x, y, z and the 4th axis as channels",
+                         path, v.dim[0], v.dim[1], v.dim[2], v.dim[3], v.dim[4], v.dim[5], v.dim[6], v.dim[7]);
+    }
+    /* [C,T,H,W] = NIfTI (t, k, j, i): x (i) is the fastest axis, W */
+    out->c = v.dim[4];
+    out->t = v.dim[3];
+    out->h = v.dim[2];
+    out->w = v.dim[1];
+    out->fx = v.data;
+    out->label = d->f.label ? d->f.label[i] : -1;
+    size_t n = v.nvox;
+    float *x = out->fx;
+    if (d->o.norm == LDM_VOL_WINDOW) {
+        double a0 = d->o.a_min, a1 = d->o.a_max, b0 = d->o.b_min, b1 = d->o.b_max, lo = b0 < b1 ? b0 : b1, hi = b0 < b1 ? b1 : b0;
+        for (size_t k = 0; k < n; k++) {
+            double y = ((double)x[k] - a0) / (a1 - a0) * (b1 - b0) + b0;
+            if (d->o.clip) y = y < lo ? lo : y > hi ? hi : y;
+            x[k] = (float)y;
+        }
+    } else if (d->o.norm == LDM_VOL_ZSCORE) {
+        double sum = 0, sq = 0;
+        for (size_t k = 0; k < n; k++) sum += x[k];
+        double mean = sum / (double)n;
+        for (size_t k = 0; k < n; k++) sq += ((double)x[k] - mean) * ((double)x[k] - mean);
+        double sd = sqrt(sq / (double)n);
+        for (size_t k = 0; k < n; k++) x[k] = (float)(sd > 0 ? ((double)x[k] - mean) / sd : (double)x[k] - mean);
+    } else if (d->o.norm == LDM_VOL_MINMAX) {
+        double lo = x[0], hi = x[0], b0 = d->o.b_min, b1 = d->o.b_max;
+        for (size_t k = 1; k < n; k++) {
+            if (x[k] < lo) lo = x[k];
+            if (x[k] > hi) hi = x[k];
+        }
+        for (size_t k = 0; k < n; k++) x[k] = (float)(hi > lo ? ((double)x[k] - lo) / (hi - lo) * (b1 - b0) + b0 : b0);
+    }
+    int rt = d->o.resize[0] > 0 ? d->o.resize[0] : out->t, rh = d->o.resize[1] > 0 ? d->o.resize[1] : out->h,
+        rw = d->o.resize[2] > 0 ? d->o.resize[2] : out->w;
+    if (rt != out->t || rh != out->h || rw != out->w) {
+        float *y = (float *)ldm__dalloc(sizeof(float) * (size_t)out->c * rt * rh * rw);
+        if (!y) return ldm__derr(err, errn, LDM_ERR_NOMEM, "%s: out of memory resizing to %dx%dx%d", path, rt, rh, rw);
+        r = ldm_data_resize3(y, rt, rh, rw, out->fx, out->c, out->t, out->h, out->w);
+        if (r) { LDM_FREE(y); return ldm__derr(err, errn, r, "%s: out of memory resizing to %dx%dx%d", path, rt, rh, rw); }
+        LDM_FREE(out->fx);
+        out->fx = y;
+        out->t = rt;
+        out->h = rh;
+        out->w = rw;
+    }
+    return LDM_OK;
+}
+static ldm_result ldm__dvol_augment(void *self, int64_t i, const ldm_data_image *b, ldm_rng *rng, ldm_data_item *out, char *err, size_t errn) {
+    ldm__dvol *d = (ldm__dvol *)self;
+    int dims[3] = {b->t, b->h, b->w}, s[3], o0[3];
+    (void)i;
+    for (int k = 0; k < 3; k++) {
+        double u = ldm_data_uniform(rng); /* always three draws: T, H, W */
+        s[k] = d->o.spatial_size[k] > 0 ? d->o.spatial_size[k] : dims[k];
+        if (s[k] > dims[k])
+            return ldm__derr(err, errn, LDM_ERR_INVALID, "VolumeDataset: %s is %dx%dx%d (T x H x W), smaller than spatial_size %dx%dx%d (resize it first)",
+                             d->f.path[b->index >= 0 ? b->index : i], b->t, b->h, b->w, d->o.spatial_size[0], d->o.spatial_size[1], d->o.spatial_size[2]);
+        o0[k] = d->o.random_crop ? (int)floor((dims[k] - s[k] + 1) * u) : (dims[k] - s[k]) / 2;
+    }
+    ldm_data_field *f = ldm_data_item_add3(out, "image", b->c, s[0], s[1], s[2]);
+    if (!f) return ldm__derr(err, errn, LDM_ERR_NOMEM, "out of memory for a %dx%dx%d item", s[0], s[1], s[2]);
+    for (int c = 0; c < b->c; c++)
+        for (int z = 0; z < s[0]; z++)
+            for (int y = 0; y < s[1]; y++)
+                memcpy(f->data + (((size_t)c * s[0] + z) * s[1] + y) * s[2],
+                       b->fx + (((size_t)c * b->t + o0[0] + z) * b->h + o0[1] + y) * b->w + o0[2], sizeof(float) * (size_t)s[2]);
+    return LDM_OK;
+}
+static const ldm_dataset_vtable ldm__dvol_vt = {"VolumeDataset", ldm__dvol_len, ldm__dvol_load, ldm__dvol_augment, ldm__dvol_destroy};
+
+LDM_API ldm_result ldm_dataset_volume(ldm_ctx *ctx, ldm_dataset **out, const ldm_data_volume_opts *o) {
+    *out = NULL;
+    if (o->norm < LDM_VOL_NONE || o->norm > LDM_VOL_MINMAX) return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "VolumeDataset: unknown normalisation %d", (int)o->norm);
+    if (o->norm == LDM_VOL_MINMAX && !(isfinite(o->b_min) && isfinite(o->b_max)))
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "VolumeDataset: minmax needs finite b_min, b_max (got %g, %g)", (double)o->b_min, (double)o->b_max);
+    if (o->norm == LDM_VOL_WINDOW && !(o->a_max != o->a_min && isfinite(o->a_min) && isfinite(o->a_max) && isfinite(o->b_min) && isfinite(o->b_max)))
+        return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "VolumeDataset: the intensity window needs finite a_min != a_max (got a_min %g, a_max %g, b_min %g, b_max %g)",
+                              (double)o->a_min, (double)o->a_max, (double)o->b_min, (double)o->b_max);
+    for (int k = 0; k < 3; k++)
+        if (o->resize[k] < 0 || o->resize[k] > 32767 || o->spatial_size[k] < 0 || o->spatial_size[k] > 32767)
+            return ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "VolumeDataset: resize %d %d %d and spatial_size %d %d %d must be in 0..32767 (0: keep that axis)",
+                                  o->resize[0], o->resize[1], o->resize[2], o->spatial_size[0], o->spatial_size[1], o->spatial_size[2]);
+    ldm__dvol *d = (ldm__dvol *)ldm__dcalloc(sizeof *d);
+    if (!d) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "out of memory");
+    d->o = *o;
+    d->cap = o->max_voxels > 0 ? o->max_voxels : ldm_data_max_voxels();
+    int64_t skipped = 0;
+    ldm_result r = ldm__dfolder_open(ctx, &d->f, &o->src, "VolumeDataset", &skipped, d->cap);
+    if (r) { LDM_FREE(d); return r; }
+    d->o.src.root = d->o.src.split = d->o.src.file_list = NULL;
+    int64_t n = d->f.n;
+    if ((r = ldm_dataset_create(ctx, out, &ldm__dvol_vt, d)) != LDM_OK) return r;
+    if ((r = ldm__dmark_skippable(ctx, *out, &o->src, n, skipped)) != LDM_OK) { ldm_dataset_destroy(*out); *out = NULL; }
+    return r;
+}
+
 /* ---- CacheDataset ----------------------------------------------------------------------- */
 typedef struct ldm__dcache {
     ldm_dataset *inner;
@@ -1962,28 +2914,36 @@ static void ldm__dcache_destroy(void *self) {
 #endif
     LDM_FREE(c); /* inner belongs to the ldm_dataset wrapper (ds->inner) */
 }
+/* Bytes of an image's pixels: 8-bit px, or float voxels fx [c,t,h,w]. */
+static size_t ldm__dimage_bytes(const ldm_data_image *im) {
+    size_t n = (size_t)im->c * (im->t > 0 ? (size_t)im->t : 1) * im->h * im->w;
+    return im->fx ? n * sizeof(float) : n;
+}
 static ldm_result ldm__dimage_copy(ldm_data_image *dst, const ldm_data_image *src) {
-    size_t n = (size_t)src->c * src->h * src->w;
+    size_t n = ldm__dimage_bytes(src);
     *dst = *src;
-    dst->px = (unsigned char *)ldm__dalloc(n);
-    if (!dst->px) return LDM_ERR_NOMEM;
-    memcpy(dst->px, src->px, n);
+    dst->px = NULL;
+    dst->fx = NULL;
+    void *p = ldm__dalloc(n);
+    if (!p) return LDM_ERR_NOMEM;
+    memcpy(p, src->fx ? (const void *)src->fx : (const void *)src->px, n);
+    if (src->fx) dst->fx = (float *)p; else dst->px = (unsigned char *)p;
     return LDM_OK;
 }
 static ldm_result ldm__dcache_load(void *self, int64_t i, ldm_data_image *out, char *err, size_t errn) {
     ldm__dcache *c = (ldm__dcache *)self;
     ldm_result r;
     ldm__dcache_lock(c);
-    if (c->slot[i].px) {
+    if (c->slot[i].px || c->slot[i].fx) {
         r = ldm__dimage_copy(out, &c->slot[i]);
         ldm__dcache_unlock(c);
         return r ? ldm__derr(err, errn, r, "out of memory") : LDM_OK;
     }
     ldm__dcache_unlock(c);
     if ((r = ldm__dataset_load(c->inner, i, out, err, errn)) != LDM_OK) return r;
-    size_t n = (size_t)out->c * out->h * out->w;
+    size_t n = ldm__dimage_bytes(out);
     ldm__dcache_lock(c);
-    if (!c->slot[i].px && c->bytes + n <= c->max_bytes && ldm__dimage_copy(&c->slot[i], out) == LDM_OK) {
+    if (!c->slot[i].px && !c->slot[i].fx && c->bytes + n <= c->max_bytes && ldm__dimage_copy(&c->slot[i], out) == LDM_OK) {
         c->bytes += n;
         c->count++;
     }
@@ -2371,6 +3331,7 @@ LDM_CONFIG_DEFINE(ldm_data_image_folder_params, LDM_DATA_IMAGE_FOLDER_KEYS)
 LDM_CONFIG_DEFINE(ldm_data_sr_params, LDM_DATA_SR_TRAIN_KEYS)
 LDM_CONFIG_DEFINE(ldm_data_idx_params, LDM_DATA_FASHION_MNIST_KEYS)
 LDM_CONFIG_DEFINE(ldm_data_cache_params, LDM_DATA_CACHE_KEYS)
+LDM_CONFIG_DEFINE(ldm_data_volume_params, LDM_DATA_VOLUME_KEYS)
 LDM_CONFIG_DEFINE(ldm_data_module_params, LDM_DATA_MODULE_KEYS)
 
 /* A variant: same members as T, other defaults. */
@@ -2567,6 +3528,55 @@ static ldm_result ldm__dcfg_idx_ctor(ldm_config *cfg, const ldm_config_node *par
 
 static ldm_result ldm__dcfg_module_ctor(ldm_config *cfg, const ldm_config_node *params, void *user, void *arg, void **out);
 
+/* An int list of 1 (all axes) or 3 (T, H, W) sizes; -1 and 0 keep the axis. */
+static ldm_result ldm__dcfg_sizes3(ldm_config *cfg, const ldm_config_node *params, const char *key, const ldm_config_ints *l, int out[3]) {
+    char where[320];
+    out[0] = out[1] = out[2] = 0;
+    if (l->n == 0) return LDM_OK;
+    if (l->n != 1 && l->n != 3)
+        return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s: %s has %d sizes; give 3 (T, H, W) or 1 for all axes", ldm__dcfg_where(ldm_config_find(params, key), where, sizeof where), key, l->n);
+    for (int k = 0; k < 3; k++) {
+        int v = l->v[l->n == 1 ? 0 : k];
+        if (v < -1 || v > 32767)
+            return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s: %s size %d must be in -1..32767 (-1 or 0: keep that axis)",
+                                     ldm__dcfg_where(ldm_config_find(params, key), where, sizeof where), key, v);
+        out[k] = v > 0 ? v : 0;
+    }
+    return LDM_OK;
+}
+
+static ldm_result ldm__dcfg_volume_ctor(ldm_config *cfg, const ldm_config_node *params, void *user, void *arg, void **out) {
+    ldm_ctx *ctx = (ldm_ctx *)arg;
+    ldm_data_volume_params p;
+    ldm_data_volume_opts o;
+    ldm_result r;
+    char where[320];
+    (void)user;
+    *out = NULL;
+    if ((r = ldm__dcfg_need_ctx(cfg, arg, params)) || (r = ldm_data_volume_params_load(cfg, params, &p))) return r;
+    memset(&o, 0, sizeof o);
+    if ((r = ldm__dcfg_src(cfg, params, p.root, p.data_root, p.split, p.val_fraction, p.file_list, p.max_items, &o.src))) return r;
+    o.src.labels = p.labels;
+    if (!strcmp(p.norm, "none")) o.norm = LDM_VOL_NONE;
+    else if (!strcmp(p.norm, "window") || !strcmp(p.norm, "ScaleIntensityRanged")) o.norm = LDM_VOL_WINDOW;
+    else if (!strcmp(p.norm, "zscore")) o.norm = LDM_VOL_ZSCORE;
+    else if (!strcmp(p.norm, "minmax") || !strcmp(p.norm, "ScaleIntensity")) o.norm = LDM_VOL_MINMAX;
+    else
+        return ldm_config_seterr(cfg, LDM_ERR_INVALID, "%s: norm '%s' is not none, window, zscore or minmax", ldm__dcfg_where(ldm_config_find(params, "norm"), where, sizeof where),
+                                 p.norm);
+    o.a_min = (float)p.a_min;
+    o.a_max = (float)p.a_max;
+    o.b_min = (float)p.b_min;
+    o.b_max = (float)p.b_max;
+    o.clip = p.clip;
+    o.random_crop = p.random_crop;
+    o.max_voxels = p.max_voxels;
+    if ((r = ldm__dcfg_sizes3(cfg, params, "resize", &p.resize, o.resize)) || (r = ldm__dcfg_sizes3(cfg, params, "spatial_size", &p.spatial_size, o.spatial_size)))
+        return r;
+    if ((r = ldm_dataset_volume(ctx, (ldm_dataset **)out, &o))) return ldm__dcfg_fwd(cfg, ctx, r, params);
+    return LDM_OK;
+}
+
 /* Instantiates a dataset node, refusing targets that make something else. */
 static ldm_result ldm__dcfg_dataset(ldm_config *cfg, const ldm_config_registry *reg, const ldm_config_node *node, ldm_ctx *ctx,
                                     ldm_dataset **out) {
@@ -2644,6 +3654,7 @@ LDM_API ldm_result ldm_data_register(ldm_config_registry *reg) {
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
         if ((r = ldm_config_registry_add(reg, t[i].name, t[i].aliases, t[i].fn, (void *)t[i].v))) return r;
     if ((r = ldm_config_registry_add(reg, "ldm.data.cache.CacheDataset", "CacheDataset", ldm__dcfg_cache_ctor, reg))) return r;
+    if ((r = ldm_config_registry_add(reg, "ldm.data.volume.VolumeDataset", "VolumeDataset,NiftiDataset", ldm__dcfg_volume_ctor, NULL))) return r;
     return ldm_config_registry_add(reg, "main.DataModuleFromConfig", "DataModuleFromConfig", ldm__dcfg_module_ctor, reg);
 }
 

@@ -1466,7 +1466,8 @@ static int drv_nan_stop(drv *d, const char *what, const char *kind) {
 static int drv_check_batch(drv *d, const ldm_data_batch *b) {
     for (int f = 0; f < b->n_fields; f++) {
         const ldm_data_bfield *bf = &b->field[f];
-        int64_t per = bf->shape[1] * bf->shape[2] * bf->shape[3];
+        int64_t per = 1; /* elements per item: [B,C,H,W] or, for volumes, [B,C,T,H,W] */
+        for (int k = 1; k < (bf->ndim == 5 ? 5 : 4); k++) per *= bf->shape[k];
         for (int64_t i = 0; i < bf->shape[0] * per; i++)
             if (!(bf->data[i] - bf->data[i] == 0.0f)) {
                 int item = (int)(i / per);

@@ -10,6 +10,7 @@
 #include "fuzz/fuzz_image.c"
 #include "fuzz/fuzz_idx.c"
 #include "fuzz/fuzz_ckptdir.c"
+#include "fuzz/fuzz_nifti.c"
 #include "ldm_test.h"
 
 #include <dirent.h>
@@ -73,6 +74,7 @@ int main(void) {
     replay("image", fuzz_image_run);
     replay("idx", fuzz_idx_run);
     replay("ckptdir", fuzz_ckptdir_run);
+    replay("nifti", fuzz_nifti_run);
     if (fuzz_ckpt_opt) ldm_nn_optim_destroy(fuzz_ckpt_opt);
     if (fuzz_ckpt_P) ldm_nn_params_destroy(fuzz_ckpt_P);
     ldm_ctx_destroy(fuzz_ctx());
