@@ -401,8 +401,9 @@ static ldm_result ex_autoencoder_create(ldm_config *cfg, const ldm_config_node *
     m->name = "AutoencoderKL";
     m->monitor = a->c.monitor;
     m->log_keys = ex_ae_log_keys; m->n_log_keys = (int)(sizeof ex_ae_log_keys / sizeof ex_ae_log_keys[0]);
-    m->val_keys = ex_ae_val_keys; m->n_val_keys = 3;
-    m->summary_keys = ex_ae_summary_keys; m->n_summary_keys = 5;
+    /* volumes (dims 3): PSNR only, SSIM and LPIPS being 2-D image metrics */
+    m->val_keys = ex_ae_val_keys; m->n_val_keys = a->vc.dims == 3 ? 1 : 3;
+    m->summary_keys = ex_ae_summary_keys; m->n_summary_keys = a->vc.dims == 3 ? 3 : 5;
     m->progress_key = "train/rec_loss";
     m->curve_key = "rec_loss";
     m->test_keys = ex_ae_test_keys; m->n_test_keys = 5;

@@ -60,7 +60,7 @@ static ldm_result ex_volgen_write(ldm_ctx *ctx, const char *dir, int n, int S, u
     if (!v.data) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "out of memory");
     ldm_result r = LDM_OK;
     for (int k = 0; k < n && !r; k++) {
-        char path[1024];
+        char path[2048];
         snprintf(path, sizeof path, "%s/vol_%03d.nii.gz", dir, k);
         ex_volgen_one(S, seed, k, v.data);
         r = ldm_nifti_write(ctx, path, &v, LDM_NII_FLOAT32);
