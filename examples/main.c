@@ -37,7 +37,9 @@
        optimizer_<i>.safetensors (one per optimizer), state.ini (step, epoch, batch, RNG, loader,
        top-k), and grads.safetensors when saved in the middle of a gradient accumulation
      images/train, images/val          ImageLogger grids: <key>_gs-<step>_e-<epoch>_b-<batch>.png
-     images/test                       the model's test images, one PNG per image and key
+     images/test                       the model's test images, one PNG per image and key; volumes
+                                       ([B,C,T,H,W]) as .nii.gz plus a PNG of their middle slices
+                                       (model.test_only_params.output_dir puts them elsewhere)
      metrics.csv                       step, epoch and every logged value
      loss_curve.png                    the model's curve key (rec_loss) on train and val, redrawn at each validation
      test_metrics.csv, test_summary.txt   per-image and mean test values (AutoencoderKL: PSNR, SSIM, LPIPS, rec_loss)
@@ -2136,6 +2138,8 @@ static void drv_help(void) {
     ldm_config_schema_print(stdout, drv_root_cfg_schema());
     printf("\n[model]\n");
     ldm_config_schema_print(stdout, drv_model_cfg_schema());
+    printf("\n[model.test_only_params]\n");
+    ldm_config_schema_print(stdout, drv_testonly_cfg_schema());
     for (size_t i = 0; i < sizeof drv_models / sizeof drv_models[0]; i++) drv_models[i]->help(stdout);
     printf("\n[data.params]  (target main.DataModuleFromConfig; datasets: see ldm_data.h)\n");
     ldm_config_schema_print(stdout, ldm_data_module_params_schema());

@@ -150,7 +150,8 @@ static ldm_result ex__ae_setup_lpips(ex_model *m, ldm_ctx *ctx, const char *resu
     const char *note = NULL;
     if (ldm_lpips_loss_ready(ctx, a->L, &note)) return ex__ae_fail(m, "LPIPSWithDiscriminator", ctx);
     if (note) printf("%s\n", note);
-    if (!a->lp_metric)
+    if (a->vc.dims == 3) printf("metrics: volumes: PSNR over every voxel (SSIM and LPIPS are 2-D image metrics)\n");
+    else if (!a->lp_metric)
         printf("metrics: no LPIPS weights (lossconfig.params.lpips_path or $LDM_LPIPS_WEIGHTS), so no LPIPS metric; PSNR and SSIM only\n");
     else printf("LPIPS weights from %s\n", src);
     fflush(stdout);
