@@ -371,13 +371,14 @@ static int drv_parse_args(int argc, char **argv, drv_opts *o) {
     X(train_target, STR, "", "the model class trained with -t (instead of target)")              \
     X(test_target, STR, "", "the model class a test-only run builds (default: train_target, else target)") \
     X(params, NODE, "", "the model's parameters")                                                \
-    X(test_only_params, NODE, "", "test settings: {ckpt_path, output_dir, sampler, cycle_test_data}")
+    X(test_only_params, NODE, "", "test settings: {ckpt_path, output_dir, sampler, batch_size, cycle_test_data}")
 /* model.test_only_params (the 3-D LDM config form): what only the test uses */
 #define DRV_TESTONLY_KEYS(X)                                                                     \
     X(ckpt_path, STR, "", "weights a test-only run tests: a model.safetensors, a checkpoint dir or a logdir "     \
       "(its checkpoints/last); empty: checkpoints/last of the newest <logdir>/*_<name> run")                     \
     X(output_dir, STR, "", "where test outputs go (.nii.gz volumes, PNGs; default <logdir>/images/test)")       \
     X(sampler, NODE, "", "the model's sampling options for the test (its log_images_kwargs: ddim_steps, ...)")  \
+    X(batch_size, AT_LEAST(INT, 0), "0", "test batch size (0: data.params.batch_size); 1: limit_test_batches = samples")  \
     X(cycle_test_data, BOOL, "true", "an int limit_test_batches above the test split's batches cycles it: "     \
       "limit_test_batches batches are generated")
 #define DRV_TARGET_KEYS(X)                                                                       \
@@ -1696,6 +1697,7 @@ static int drv_test(drv *d) {
         split = LDM_DATA_VALIDATION;
     }
     ldm_data_loader *ld;
+    if (d->to.batch_size > 0) d->dm->batch_size = d->to.batch_size;   /* training is over */
     if (ldm_data_module_loader(ctx, d->dm, split, d->data_seed, &ld)) return drv_fail_ctx(d, "test data");
     int64_t nb = drv_limit_apply(&d->lim_test, ldm_data_loader_batches(ld));
     /* test_only_params.cycle_test_data: an int limit counts the batches generated, cycling a shorter split */

@@ -13,7 +13,7 @@
      (the window normalisation of the source voxels), i.e. the same orientation;
    - a 3-D LatentDiffusion (UNet dims 3) on that first stage's latents: trained with -t, its
      ImageLogger's mid-slice grids, then tested by the train command without -t, writing
-     limit_test_batches * batch_size sampled volumes (cycling the 8-volume test split) into
+     limit_test_batches sampled volumes (test_only_params.batch_size 1; the 8-volume test split cycled) into
      output_dir as .nii.gz of the data's shape plus PNGs of the middle slices;
    - statistics: the sampled volumes' mean, std, foreground fraction (normalised value > 0) and histogram
      against the data's, within the tolerances of STAT_TOL below.
@@ -85,6 +85,7 @@ static const char *ldm_cfg =
     "    ckpt_path: \"\"\n"
     "    output_dir: \"%s\"\n"
     "    sampler: {ddim_steps: 25, ddim_eta: 0.0}\n"
+    "    batch_size: 1\n"
     "data:\n"
     "  target: main.DataModuleFromConfig\n"
     "  params:\n"
@@ -98,7 +99,7 @@ static const char *ldm_cfg =
     "    image_logger:\n"
     "      target: main.ImageLogger\n"
     "      params: {batch_frequency: 100000, max_images: 2, increase_log_steps: false, log_first_step: true, log_images_kwargs: {ddim_steps: 5, plot_progressive_rows: false}}\n"
-    "  trainer: {max_steps: %d, accumulate_grad_batches: 1, limit_test_batches: 3, num_sanity_val_steps: 0, check_val_every_n_epoch: 1000}\n";
+    "  trainer: {max_steps: %d, accumulate_grad_batches: 1, limit_test_batches: 12, num_sanity_val_steps: 0, check_val_every_n_epoch: 1000}\n";
 
 /* Sampled vs data statistics (normalised values in [-1, 1]): absolute differences of the
    mean, the std and the foreground fraction, and the L1 distance of the 8-bin histograms over
@@ -269,7 +270,7 @@ int main(void) {
         LT_CHECK(ldm_nifti_write(ctx, p, &v, LDM_NII_FLOAT32) == 0, "orientation: source volume written");
         snprintf(args, sizeof args,
                  "--base %s --name OR -l %s/logs model.test_only_params.ckpt_path=%s model.test_only_params.output_dir=%s/orient_out "
-                 "data.params.batch_size=1 data.params.test.params.root=%s/orient",
+                 "model.test_only_params.batch_size=1 data.params.test.params.root=%s/orient",
                  ae_cfg_path, T, A, T, T);
         rc = ldm("OR", NULL, args);
         lt_report(rc == 0 && out_has("OR", "out", "Testing the weights of"), "test-only run: test_only_params.ckpt_path = a logdir", "exit %d", rc);
@@ -327,7 +328,7 @@ int main(void) {
         vstats st;
         int bad;
         int n = nifti_dir(ctx, outdir, "_samples.nii.gz", S, S, S, &st, &bad);
-        lt_report(n == 12 && !bad, "3-D LDM test: limit_test_batches 3 x batch 4 = 12 sampled 8x8x8 .nii.gz (the 8-volume split cycled)",
+        lt_report(n == 12 && !bad, "3-D LDM test: limit_test_batches 12 (test_only_params.batch_size 1) = 12 sampled 8x8x8 .nii.gz (the 8-volume split cycled)",
                   "%d files, bad shape %d", n, bad);
         snprintf(p, sizeof p, "%s/000011_samples.png", outdir);
         LT_CHECK(exists(p), "3-D LDM test: middle-slice PNGs next to the volumes");
