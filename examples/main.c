@@ -1814,16 +1814,18 @@ static int drv_test(drv *d) {
 
 /* A test-only run of a config with model.test_only_params: the weights it names (ckpt_path:
    a file, a checkpoint directory or a logdir), else checkpoints/last of the newest run of the
-   same name in --logdir (so the test command is the train command without -t). */
-static int drv_load_test_weights(drv *d) {
+   same name in --logdir (so the test command is the train command without -t). p: the
+   model.safetensors, or "" when the run tests no such weights. */
+static int drv_find_test_weights(drv *d, char *p) {
     const ldm_config_node *tn = ldm_config_find(ldm_config_find(ldm_config_root(d->cfg), "model"), "test_only_params");
+    p[0] = 0;
     if (d->o->train || d->resuming || !tn || tn->type == LDM_CONFIG_NULL) return 0;
-    char p[DRV_PATH] = "", q[DRV_PATH];
+    char q[DRV_PATH];
     const char *c = d->to.ckpt_path;
     if (c[0]) {
-        if (drv_is_file(c)) drv_sfmt(p, sizeof p, "%s", c);
-        else if (drv_join(q, sizeof q, c, "model.safetensors"), drv_is_file(q)) drv_sfmt(p, sizeof p, "%s", q);
-        else if (drv_join(q, sizeof q, c, "checkpoints/last/model.safetensors"), drv_is_file(q)) drv_sfmt(p, sizeof p, "%s", q);
+        if (drv_is_file(c)) drv_sfmt(p, DRV_PATH, "%s", c);
+        else if (drv_join(q, sizeof q, c, "model.safetensors"), drv_is_file(q)) drv_sfmt(p, DRV_PATH, "%s", q);
+        else if (drv_join(q, sizeof q, c, "checkpoints/last/model.safetensors"), drv_is_file(q)) drv_sfmt(p, DRV_PATH, "%s", q);
         else {
             drv_error("model.test_only_params.ckpt_path = %s: no model.safetensors there (hint: a run's logdir, its "
                       "checkpoints/last, or the file itself)", c);
@@ -1839,7 +1841,7 @@ static int drv_load_test_weights(drv *d) {
             size_t l = strlen(e->d_name);
             if (l <= ls || strcmp(e->d_name + l - ls, suffix) || !strcmp(e->d_name, d->nowname)) continue;
             drv_sfmt(q, sizeof q, "%s/%s/checkpoints/last/model.safetensors", d->o->logdir, e->d_name);
-            if (drv_is_file(q) && strcmp(e->d_name, best) > 0) { drv_sfmt(best, sizeof best, "%s", e->d_name); drv_sfmt(p, sizeof p, "%s", q); }
+            if (drv_is_file(q) && strcmp(e->d_name, best) > 0) { drv_sfmt(best, sizeof best, "%s", e->d_name); drv_sfmt(p, DRV_PATH, "%s", q); }
         }
         if (dir) closedir(dir);
         if (!p[0]) {
@@ -1848,9 +1850,6 @@ static int drv_load_test_weights(drv *d) {
             return 1;
         }
     }
-    if (d->m->load(d->m, d->ctx, p)) return drv_fail_ctx(d, d->m->what ? d->m->what : "test weights");
-    d->test_weights = 1;
-    printf("Testing the weights of %s\n", p);
     return 0;
 }
 
@@ -2230,9 +2229,16 @@ static int drv_run(drv *d) {
     }
     /* the model's networks, with its initial weights (and any it takes from the checkpoint
        this run resumes from) */
-    char resume_model[DRV_PATH] = "";
+    char resume_model[DRV_PATH] = "", test_model[DRV_PATH];
     if (d->resuming) drv_join(resume_model, sizeof resume_model, d->resume_ckpt, "model.safetensors");
-    if (d->m->setup(d->m, ctx, resume_model[0] ? resume_model : NULL)) return drv_fail_ctx(d, d->m->what);
+    if (drv_find_test_weights(d, test_model)) return 1;
+    const char *from = resume_model[0] ? resume_model : test_model[0] ? test_model : NULL;   /* all weights come from there */
+    if (d->m->setup(d->m, ctx, from)) return drv_fail_ctx(d, d->m->what);
+    if (test_model[0]) {
+        if (d->m->load(d->m, ctx, test_model)) return drv_fail_ctx(d, d->m->what ? d->m->what : "test weights");
+        d->test_weights = 1;
+        printf("Testing the weights of %s\n", test_model);
+    }
 
     /* data */
     if (root.data) {
@@ -2318,7 +2324,6 @@ static int drv_run(drv *d) {
         printf("Resumed from %s at global step %lld (epoch %lld, batch %lld)\n", d->resume_ckpt, (long long)d->global_step,
                (long long)d->epoch, (long long)d->batch_in_epoch);
     } else if (o->train && drv_metrics_rewrite(&d->met, ctx)) return 1;
-    if (drv_load_test_weights(d)) return 1;
     if (!o->train && !d->resuming && !d->m->pretrained && !d->test_weights)
         drv_note("Note: testing an untrained model (no -t, no -r, no model.params.ckpt_path)");
 
