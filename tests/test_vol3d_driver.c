@@ -296,6 +296,22 @@ int main(void) {
         if (ok) ldm_nifti_free(&o);
     }
 
+    /* an explicit test_target; cycle_test_data false: Lightning's min(limit, batches of the split) */
+    snprintf(args, sizeof args,
+             "--base %s --name TT -l %s/logs model.test_target=AutoencoderKL model.test_only_params.ckpt_path=%s/checkpoints/last "
+             "model.test_only_params.output_dir=%s/tt_out model.test_only_params.cycle_test_data=false lightning.trainer.limit_test_batches=3",
+             ae_cfg_path, T, A, T);
+    rc = ldm("TT", NULL, args);
+    lt_report(rc == 0 && out_has("TT", "out", "Testing on 2 batches"), "test-only run: test_target, ckpt_path = a checkpoint dir", "exit %d", rc);
+    if (rc) show("TT");
+    {
+        vstats st;
+        int bad;
+        snprintf(p, sizeof p, "%s/tt_out", T);
+        int n = nifti_dir(ctx, p, "_reconstructions.nii.gz", S, S, S, &st, &bad);
+        lt_report(n == 8 && !bad, "cycle_test_data false: limit_test_batches 3 of a 2-batch split tests 8 volumes", "%d files", n);
+    }
+
     /* ---- the LDM on the first stage's latents ---- */
     char fs[1000], outdir[900];
     snprintf(fs, sizeof fs, "%s/checkpoints/last/model.safetensors", A);
