@@ -37,7 +37,9 @@
        optimizer_<i>.safetensors (one per optimizer), state.ini (step, epoch, batch, RNG, loader,
        top-k), and grads.safetensors when saved in the middle of a gradient accumulation
      images/train, images/val          ImageLogger grids: <key>_gs-<step>_e-<epoch>_b-<batch>.png
-     images/test                       the model's test images, one PNG per image and key
+     images/test                       the model's test images, one PNG per image and key; volumes
+                                       ([B,C,T,H,W]) as .nii.gz plus a PNG of their middle slices
+                                       (model.test_only_params.output_dir puts them elsewhere)
      metrics.csv                       step, epoch and every logged value
      loss_curve.png                    the model's curve key (rec_loss) on train and val, redrawn at each validation
      test_metrics.csv, test_summary.txt   per-image and mean test values (AutoencoderKL: PSNR, SSIM, LPIPS, rec_loss)
@@ -76,6 +78,7 @@
 #include "model_diffusion.h"   /* LatentDiffusion and DDPM */
 #include "model_video.h"       /* VideoSREngine (sgm engine form) and the video datasets */
 #include "plot.h"
+#include "volume_io.h"     /* volumes [B, C, T, H, W]: .nii.gz outputs, mid-slice PNGs */
 #include "ldm_dist.h"          /* data parallel under mpirun (LDM_MPI builds) */
 
 #include <errno.h>
@@ -365,8 +368,20 @@ static int drv_parse_args(int argc, char **argv, drv_opts *o) {
     X(lightning, NODE, "", "trainer, callbacks, modelcheckpoint")
 #define DRV_MODEL_KEYS(X)                                                                        \
     X(base_learning_rate, FLOAT, NULL, "lr before scaling by accumulate_grad_batches * gpus * batch_size") \
-    X(target, STR, NULL, "the model class (ldm.models.autoencoder.AutoencoderKL)")                \
-    X(params, NODE, "", "the model's parameters")
+    X(target, STR, "", "the model class (ldm.models.autoencoder.AutoencoderKL); or train_target")  \
+    X(train_target, STR, "", "the model class trained with -t (instead of target)")              \
+    X(test_target, STR, "", "the model class a test-only run builds (default: train_target, else target)") \
+    X(params, NODE, "", "the model's parameters")                                                \
+    X(test_only_params, NODE, "", "test settings: {ckpt_path, output_dir, sampler, batch_size, cycle_test_data}")
+/* model.test_only_params (the 3-D LDM config form): what only the test uses */
+#define DRV_TESTONLY_KEYS(X)                                                                     \
+    X(ckpt_path, STR, "", "weights a test-only run tests: a model.safetensors, a checkpoint dir or a logdir "     \
+      "(its checkpoints/last); empty: checkpoints/last of the newest <logdir>/*_<name> run")                     \
+    X(output_dir, STR, "", "where test outputs go (.nii.gz volumes, PNGs; default <logdir>/images/test)")       \
+    X(sampler, NODE, "", "the model's sampling options for the test (its log_images_kwargs: ddim_steps, ...)")  \
+    X(batch_size, AT_LEAST(INT, 0), "0", "test batch size (0: data.params.batch_size); 1: limit_test_batches = samples")  \
+    X(cycle_test_data, BOOL, "true", "an int limit_test_batches above the test split's batches cycles it: "     \
+      "limit_test_batches batches are generated")
 #define DRV_TARGET_KEYS(X)                                                                       \
     X(target, STR, NULL, "what to build")                                                        \
     X(params, NODE, "", "its parameters")
@@ -422,6 +437,8 @@ LDM_CONFIG_DECLARE(drv_root_cfg, DRV_ROOT_KEYS);
 LDM_CONFIG_DEFINE(drv_root_cfg, DRV_ROOT_KEYS)
 LDM_CONFIG_DECLARE(drv_model_cfg, DRV_MODEL_KEYS);
 LDM_CONFIG_DEFINE(drv_model_cfg, DRV_MODEL_KEYS)
+LDM_CONFIG_DECLARE(drv_testonly_cfg, DRV_TESTONLY_KEYS);
+LDM_CONFIG_DEFINE(drv_testonly_cfg, DRV_TESTONLY_KEYS)
 LDM_CONFIG_DECLARE(drv_target_cfg, DRV_TARGET_KEYS);
 LDM_CONFIG_DEFINE(drv_target_cfg, DRV_TARGET_KEYS)
 LDM_CONFIG_DECLARE(drv_lightning_cfg, DRV_LIGHTNING_KEYS);
@@ -693,6 +710,10 @@ typedef struct drv {
     ldm_data_module *dm;
     ldm_data_loader *ld_train, *ld_val;
 
+    /* model.test_only_params */
+    drv_testonly_cfg to;
+    int test_weights;                  /* a test-only run loaded test_only_params' weights */
+
     /* trainer settings */
     drv_trainer_cfg tc;
     drv_limit lim_train, lim_val, lim_test, val_interval;
@@ -926,6 +947,13 @@ static int drv_registries(drv *d) {
     if (!r) r = ldm_config_registry_add(d->reg_cb, "main.CUDACallback", "CUDACallback", ex_config_ctor_name, &kinds[3]);
     if (r) { drv_error("registry: %s", ldm_config_registry_error(d->reg_cb)); return 1; }
     if (ldm_data_register(d->reg_data) || ex_video_data_register(d->reg_data)) { drv_error("registry: %s", ldm_config_registry_error(d->reg_data)); return 1; }
+    {   /* the 3-D LDM config form's dataset of volumes */
+        const ldm_config_target *vt = ldm_config_registry_find(d->reg_data, "ldm.data.volume.VolumeDataset");
+        if (vt && ldm_config_registry_add(d->reg_data, "SimpleDataset", "", vt->fn, vt->user)) {
+            drv_error("registry: %s", ldm_config_registry_error(d->reg_data));
+            return 1;
+        }
+    }
     return 0;
 }
 
@@ -937,6 +965,41 @@ static int drv_resolve(drv *d, const ldm_config_registry *reg, const ldm_config_
     return 0;
 }
 
+/* The model target: target, or the 3-D LDM config form's train_target (-t) and test_target (a
+   test-only run; it inherits train_target). With -t the test after training tests the trained
+   model, so a different test_target is an error there. */
+static int drv_build_model(drv *d, const ldm_config_node *model, const drv_model_cfg *mc) {
+    ldm_config *cfg = d->cfg;
+    char w[400];
+    const ldm_config_node *tg = ldm_config_find(model, "target"), *tr = ldm_config_find(model, "train_target"),
+                          *te = ldm_config_find(model, "test_target");
+    if (drv_testonly_cfg_load(cfg, mc->test_only_params, &d->to)) return drv_fail_cfg(d);
+    if (tg && tr) {
+        drv_error("%s: give target or train_target, not both (hint: train_target with test_target is the 3-D LDM form)",
+                  drv_where(tr, w, sizeof w));
+        return 1;
+    }
+    const ldm_config_node *train = tr ? tr : tg, *use = d->o->train || !te ? train : te;
+    if (!use) {
+        drv_error("%s: no model target (hint: model.target, or model.train_target [and test_target])", drv_where(model, w, sizeof w));
+        return 1;
+    }
+    const ldm_config_target *t, *t_train = NULL;
+    if (ldm_config_registry_lookup(cfg, d->reg_model, use, &t)) return drv_fail_cfg(d);
+    if (d->o->train && te && !d->o->no_test) {
+        const ldm_config_target *t_test;
+        if (ldm_config_registry_lookup(cfg, d->reg_model, te, &t_test)) return drv_fail_cfg(d);
+        t_train = t;
+        if (t_test != t_train) {
+            drv_error("%s: %s differs from the trained %s: the test after -t tests the trained model (hint: --no-test, then a "
+                      "test-only run without -t)", drv_where(te, w, sizeof w), te->s, t_train->name);
+            return 1;
+        }
+    }
+    if (t->fn(cfg, mc->params, t->user, NULL, (void **)&d->m)) return drv_fail_cfg(d);
+    return 0;
+}
+
 /* Reads and checks every key of the config (the model is built later). */
 static int drv_read_config(drv *d, drv_root_cfg *root, drv_model_cfg *mcfg) {
     ldm_config *cfg = d->cfg;
@@ -945,7 +1008,7 @@ static int drv_read_config(drv *d, drv_root_cfg *root, drv_model_cfg *mcfg) {
     if (drv_model_cfg_load(cfg, root->model, mcfg)) return drv_fail_cfg(d);
     d->base_lr = mcfg->base_learning_rate;
     /* the model's constructor reads and checks model.params */
-    if (drv_resolve(d, d->reg_model, root->model, 0, (void **)&d->m)) return 1;
+    if (drv_build_model(d, root->model, mcfg)) return 1;
 
     /* lightning */
     drv_lightning_cfg lt;
@@ -1045,6 +1108,14 @@ static int drv_read_config(drv *d, drv_root_cfg *root, drv_model_cfg *mcfg) {
             if (ldm_config_validate(cfg, params, none)) return drv_fail_cfg(d);
         }
         }
+    }
+    {
+        const ldm_config_node *sp = d->to.sampler;   /* checked now; applied when the test starts */
+        if (sp && sp->type != LDM_CONFIG_NULL && !d->m->set_log_images_kwargs) {
+            drv_error("%s: %s's test takes no sampler options", drv_where(sp, w, sizeof w), d->m->name);
+            return 1;
+        }
+        if (sp && sp->type != LDM_CONFIG_NULL && d->m->set_log_images_kwargs(d->m, cfg, sp)) return drv_fail_cfg(d);
     }
     {
         const ldm_config_node *kw = d->imlog.c.log_images_kwargs;
@@ -1391,7 +1462,9 @@ static int drv_log_images(drv *d, const ldm_data_batch *b, const char *split, in
         drv_sfmt(name, sizeof name, "%s_gs-%06lld_e-%06lld_b-%06lld.png", im.key[k], (long long)d->global_step, (long long)d->epoch,
                  (long long)batch_idx);
         drv_join(path, sizeof path, dir, name);
-        rc = drv_save_grid(path, h, (int)t->shape[0], (int)t->shape[1], (int)t->shape[2], (int)t->shape[3], 4, il->c.clamp, il->c.rescale);
+        int v = t->ndim == 5;   /* volumes: each one's middle slice along T */
+        if (v) ex_volume_mid_slice(h, (int)t->shape[0], (int)t->shape[1], (int)t->shape[2], (int)t->shape[3], (int)t->shape[4], h);
+        rc = drv_save_grid(path, h, (int)t->shape[0], (int)t->shape[1], (int)t->shape[2 + v], (int)t->shape[3 + v], 4, il->c.clamp, il->c.rescale);
         free(h);
     }
     *ldm_ctx_rng(ctx) = keep;
@@ -1625,10 +1698,19 @@ static int drv_test(drv *d) {
         split = LDM_DATA_VALIDATION;
     }
     ldm_data_loader *ld;
+    if (d->to.batch_size > 0) d->dm->batch_size = d->to.batch_size;   /* training is over */
     if (ldm_data_module_loader(ctx, d->dm, split, d->data_seed, &ld)) return drv_fail_ctx(d, "test data");
     int64_t nb = drv_limit_apply(&d->lim_test, ldm_data_loader_batches(ld));
+    /* test_only_params.cycle_test_data: an int limit counts the batches generated, cycling a shorter split */
+    int cycle = d->to.cycle_test_data && !d->lim_test.is_frac && d->lim_test.n > nb && nb > 0;
+    if (cycle) nb = d->lim_test.n;
+    if (d->to.sampler && d->to.sampler->type != LDM_CONFIG_NULL && d->m->set_log_images_kwargs(d->m, d->cfg, d->to.sampler)) {
+        ldm_data_loader_destroy(ld);
+        return drv_fail_cfg(d);
+    }
     char dir[DRV_PATH], path[DRV_PATH];
-    drv_sfmt(dir, sizeof dir, "%s/images/test", d->logdir);
+    if (d->to.output_dir[0]) drv_sfmt(dir, sizeof dir, "%s", d->to.output_dir);
+    else drv_sfmt(dir, sizeof dir, "%s/images/test", d->logdir);
     if (drv_mkdirs(dir)) { ldm_data_loader_destroy(ld); drv_error("%s: cannot create", dir); return 1; }
     drv_join(path, sizeof path, d->logdir, "test_metrics.csv");
     FILE *csv = fopen(path, "w");
@@ -1645,6 +1727,7 @@ static int drv_test(drv *d) {
     for (int64_t i = 0; i < nb && !rc; i++) {
         const ldm_data_batch *b;
         ldm_result r = ldm_data_loader_next(ctx, ld, &b);
+        if (r == LDM_DATA_END && cycle) r = ldm_data_loader_next(ctx, ld, &b);   /* the next pass */
         if (r == LDM_DATA_END) break;
         if (r) { rc = drv_fail_ctx(d, "test data"); break; }
         int B = b->size;
@@ -1660,7 +1743,7 @@ static int drv_test(drv *d) {
             if (!h[k] || ldm_to_host(ctx, im.t[k], h[k])) rc = drv_fail_ctx(d, "test");
         }
         for (int j = 0; j < B && !rc; j++) {
-            long long idx = b->index ? (long long)b->index[j] : (long long)n;
+            long long idx = b->index && !cycle ? (long long)b->index[j] : (long long)n;
             fprintf(csv, "%lld", idx);
             for (int k = 0; k < nk; k++) {
                 double x = v[(size_t)j * nk + k];
@@ -1674,9 +1757,25 @@ static int drv_test(drv *d) {
                 int C = (int)t->shape[1], H = (int)t->shape[2], W = (int)t->shape[3];
                 int64_t per = t->numel / t->shape[0];
                 char name[96], err[256];
+                const float *x = h[k] + j * per;
+                float *views = NULL;
+                if (t->ndim == 5) {   /* a volume: the .nii.gz, and a PNG of its three middle slices */
+                    int T = H;
+                    H = (int)t->shape[3]; W = (int)t->shape[4];
+                    drv_sfmt(name, sizeof name, "%06lld_%s.nii.gz", idx, im.key[k]);
+                    drv_join(path, sizeof path, dir, name);
+                    if (ex_volume_save_nifti(ctx, path, x, C, T, H, W)) { rc = drv_fail_ctx(d, "test (NIfTI output)"); break; }
+                    int hv, wv;
+                    ex_volume_views_size(T, H, W, &hv, &wv);
+                    views = (float *)malloc(sizeof(float) * (size_t)C * hv * wv);
+                    if (!views) { drv_error("out of memory"); rc = 1; break; }
+                    ex_volume_mid_views(x, C, T, H, W, views);
+                    x = views; H = hv; W = wv;
+                }
                 drv_sfmt(name, sizeof name, "%06lld_%s.png", idx, im.key[k]);
                 drv_join(path, sizeof path, dir, name);
-                if (ex_image_save_png(path, h[k] + j * per, C, H, W, err, sizeof err)) { drv_error("%s", err); rc = 1; }
+                if (ex_image_save_png(path, x, C, H, W, err, sizeof err)) { drv_error("%s", err); rc = 1; }
+                free(views);
             }
             n++;
         }
@@ -1711,6 +1810,47 @@ static int drv_test(drv *d) {
     fclose(f);
     free(sum);
     drv_note("test: per-image values in %s/test_metrics.csv, images in %s", d->logdir, dir);
+    return 0;
+}
+
+/* A test-only run of a config with model.test_only_params: the weights it names (ckpt_path:
+   a file, a checkpoint directory or a logdir), else checkpoints/last of the newest run of the
+   same name in --logdir (so the test command is the train command without -t). p: the
+   model.safetensors, or "" when the run tests no such weights. */
+static int drv_find_test_weights(drv *d, char *p) {
+    const ldm_config_node *tn = ldm_config_find(ldm_config_find(ldm_config_root(d->cfg), "model"), "test_only_params");
+    p[0] = 0;
+    if (d->o->train || d->resuming || !tn || tn->type == LDM_CONFIG_NULL) return 0;
+    char q[DRV_PATH];
+    const char *c = d->to.ckpt_path;
+    if (c[0]) {
+        if (drv_is_file(c)) drv_sfmt(p, DRV_PATH, "%s", c);
+        else if (drv_join(q, sizeof q, c, "model.safetensors"), drv_is_file(q)) drv_sfmt(p, DRV_PATH, "%s", q);
+        else if (drv_join(q, sizeof q, c, "checkpoints/last/model.safetensors"), drv_is_file(q)) drv_sfmt(p, DRV_PATH, "%s", q);
+        else {
+            drv_error("model.test_only_params.ckpt_path = %s: no model.safetensors there (hint: a run's logdir, its "
+                      "checkpoints/last, or the file itself)", c);
+            return 1;
+        }
+    } else {
+        const char *suffix = d->nowname + strlen(d->now);   /* "_<name><postfix>" */
+        char best[DRV_PATH] = "";
+        DIR *dir = opendir(d->o->logdir);
+        struct dirent *e;
+        size_t ls = strlen(suffix);
+        while (dir && (e = readdir(dir)) != NULL) {
+            size_t l = strlen(e->d_name);
+            if (l <= ls || strcmp(e->d_name + l - ls, suffix) || !strcmp(e->d_name, d->nowname)) continue;
+            drv_sfmt(q, sizeof q, "%s/%s/checkpoints/last/model.safetensors", d->o->logdir, e->d_name);
+            if (drv_is_file(q) && strcmp(e->d_name, best) > 0) { drv_sfmt(best, sizeof best, "%s", e->d_name); drv_sfmt(p, DRV_PATH, "%s", q); }
+        }
+        if (dir) closedir(dir);
+        if (!p[0]) {
+            drv_error("a test-only run: no %s/*%s/checkpoints/last to test (hint: train first with -t --name, or set "
+                      "model.test_only_params.ckpt_path)", d->o->logdir, suffix);
+            return 1;
+        }
+    }
     return 0;
 }
 
@@ -2000,6 +2140,8 @@ static void drv_help(void) {
     ldm_config_schema_print(stdout, drv_root_cfg_schema());
     printf("\n[model]\n");
     ldm_config_schema_print(stdout, drv_model_cfg_schema());
+    printf("\n[model.test_only_params]\n");
+    ldm_config_schema_print(stdout, drv_testonly_cfg_schema());
     for (size_t i = 0; i < sizeof drv_models / sizeof drv_models[0]; i++) drv_models[i]->help(stdout);
     printf("\n[data.params]  (target main.DataModuleFromConfig; datasets: see ldm_data.h)\n");
     ldm_config_schema_print(stdout, ldm_data_module_params_schema());
@@ -2088,9 +2230,16 @@ static int drv_run(drv *d) {
     }
     /* the model's networks, with its initial weights (and any it takes from the checkpoint
        this run resumes from) */
-    char resume_model[DRV_PATH] = "";
+    char resume_model[DRV_PATH] = "", test_model[DRV_PATH];
     if (d->resuming) drv_join(resume_model, sizeof resume_model, d->resume_ckpt, "model.safetensors");
-    if (d->m->setup(d->m, ctx, resume_model[0] ? resume_model : NULL)) return drv_fail_ctx(d, d->m->what);
+    if (drv_find_test_weights(d, test_model)) return 1;
+    const char *from = resume_model[0] ? resume_model : test_model[0] ? test_model : NULL;   /* all weights come from there */
+    if (d->m->setup(d->m, ctx, from)) return drv_fail_ctx(d, d->m->what);
+    if (test_model[0]) {
+        if (d->m->load(d->m, ctx, test_model)) return drv_fail_ctx(d, d->m->what ? d->m->what : "test weights");
+        d->test_weights = 1;
+        printf("Testing the weights of %s\n", test_model);
+    }
 
     /* data */
     if (root.data) {
@@ -2176,7 +2325,7 @@ static int drv_run(drv *d) {
         printf("Resumed from %s at global step %lld (epoch %lld, batch %lld)\n", d->resume_ckpt, (long long)d->global_step,
                (long long)d->epoch, (long long)d->batch_in_epoch);
     } else if (o->train && drv_metrics_rewrite(&d->met, ctx)) return 1;
-    if (!o->train && !d->resuming && !d->m->pretrained)
+    if (!o->train && !d->resuming && !d->m->pretrained && !d->test_weights)
         drv_note("Note: testing an untrained model (no -t, no -r, no model.params.ckpt_path)");
 
     if (o->train) {

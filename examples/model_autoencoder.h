@@ -150,7 +150,8 @@ static ldm_result ex__ae_setup_lpips(ex_model *m, ldm_ctx *ctx, const char *resu
     const char *note = NULL;
     if (ldm_lpips_loss_ready(ctx, a->L, &note)) return ex__ae_fail(m, "LPIPSWithDiscriminator", ctx);
     if (note) printf("%s\n", note);
-    if (!a->lp_metric)
+    if (a->vc.dims == 3) printf("metrics: volumes: PSNR over every voxel (SSIM and LPIPS are 2-D image metrics)\n");
+    else if (!a->lp_metric)
         printf("metrics: no LPIPS weights (lossconfig.params.lpips_path or $LDM_LPIPS_WEIGHTS), so no LPIPS metric; PSNR and SSIM only\n");
     else printf("LPIPS weights from %s\n", src);
     fflush(stdout);
@@ -222,9 +223,12 @@ static ldm_tensor *ex__ae_training_step(ex_model *m, ldm_ctx *ctx, const ldm_dat
     ldm_tensor *x = ex__ae_input(a, ctx, b, 0), *loss = NULL;
     if (opt_idx == 0) {
         m->what = "training (autoencoder step)";
-        if (x && (x->shape[2] % ldm_vae_factor(&a->vc) || x->shape[3] % ldm_vae_factor(&a->vc))) {
-            ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "images of %lldx%lld pixels: the autoencoder needs sizes divisible by %d",
-                           (long long)x->shape[2], (long long)x->shape[3], ldm_vae_factor(&a->vc));
+        int bad = 0, f = ldm_vae_factor(&a->vc);
+        for (int k = 2; x && k < x->ndim; k++) bad |= x->shape[k] % f != 0;
+        if (bad) {
+            char sb[64];
+            ldm_ctx_seterr(ctx, LDM_ERR_INVALID, "%s %s: the autoencoder needs every spatial size divisible by %d",
+                           x->ndim == 5 ? "volumes" : "images", ldm_shape_str(x, sb, sizeof sb), f);
             m->what = "training";
             return NULL;
         }
@@ -257,16 +261,18 @@ static ldm_result ex__ae_validation_step(ex_model *m, ldm_ctx *ctx, const ldm_da
     int B = (int)x->shape[0];
     ldm_tensor *xc = ldm_clamp(ctx, xrec, -1.0f, 1.0f);
     double *v = (double *)malloc(sizeof(double) * (size_t)B * 3), s[3] = {0, 0, 0};
-    if (!v || !xc || ldm_metric_psnr(ctx, x, xc, 2.0, v) || ldm_metric_ssim(ctx, x, xc, 2.0, v + B) ||
-        (a->lp_metric && ldm_metric_lpips(ctx, a->lp_metric, x, xc, v + 2 * B))) {
+    /* SSIM and LPIPS are 2-D image metrics: volumes get PSNR (over every voxel) only */
+    int img = x->ndim == 4, lp = img && a->lp_metric;
+    if (!v || !xc || ldm_metric_psnr(ctx, x, xc, 2.0, v) || (img && ldm_metric_ssim(ctx, x, xc, 2.0, v + B)) ||
+        (lp && ldm_metric_lpips(ctx, a->lp_metric, x, xc, v + 2 * B))) {
         free(v);
         return ex__ae_fail(m, "validation metrics", ctx);
     }
-    for (int j = 0; j < B; j++) { s[0] += v[j]; s[1] += v[B + j]; if (a->lp_metric) s[2] += v[2 * B + j]; }
+    for (int j = 0; j < B; j++) { s[0] += v[j]; if (img) s[1] += v[B + j]; if (lp) s[2] += v[2 * B + j]; }
     free(v);
     ex_log_put(log, "val/psnr", s[0] / B);
-    ex_log_put(log, "val/ssim", s[1] / B);
-    if (a->lp_metric) ex_log_put(log, "val/lpips", s[2] / B);
+    if (img) ex_log_put(log, "val/ssim", s[1] / B);
+    if (lp) ex_log_put(log, "val/lpips", s[2] / B);
     return LDM_OK;
 }
 
@@ -288,7 +294,8 @@ static ldm_result ex__ae_log_images(ex_model *m, ldm_ctx *ctx, const ldm_data_ba
     return LDM_OK;
 }
 
-/* Reconstructions from the posterior mode; PSNR/SSIM/LPIPS on them clamped to [-1, 1];
+/* Reconstructions from the posterior mode; PSNR/SSIM/LPIPS on them clamped to [-1, 1] (volumes:
+   PSNR only, SSIM and LPIPS are n/a);
    rec_loss = mean|x - xrec| (unclamped) + perceptual_weight * LPIPS, the loss's rec_loss. */
 static ldm_result ex__ae_test_step(ex_model *m, ldm_ctx *ctx, const ldm_data_batch *b, double *values, ex_images *images) {
     ex_ae *a = ex__ae(m);
@@ -296,10 +303,10 @@ static ldm_result ex__ae_test_step(ex_model *m, ldm_ctx *ctx, const ldm_data_bat
     ldm_vae_posterior q;
     ldm_tensor *xrec = x && !ldm_vae_encode(ctx, a->vae, x, &q) ? ldm_vae_decode(ctx, a->vae, ldm_vae_posterior_mode(&q)) : NULL;
     ldm_tensor *xc = xrec ? ldm_clamp(ctx, xrec, -1.0f, 1.0f) : NULL;
-    int B = x ? (int)x->shape[0] : 0, have_lp = a->lp_metric != NULL;
+    int B = x ? (int)x->shape[0] : 0, img = x && x->ndim == 4, have_lp = img && a->lp_metric != NULL;
     double *v = xc ? (double *)malloc(sizeof(double) * (size_t)B * 3) : NULL;
     float *h = v ? (float *)malloc(sizeof(float) * (size_t)x->numel * 2) : NULL;
-    if (!h || ldm_metric_psnr(ctx, x, xc, 2.0, v) || ldm_metric_ssim(ctx, x, xc, 2.0, v + B) ||
+    if (!h || ldm_metric_psnr(ctx, x, xc, 2.0, v) || (img && ldm_metric_ssim(ctx, x, xc, 2.0, v + B)) ||
         (have_lp && ldm_metric_lpips(ctx, a->lp_metric, x, xc, v + 2 * B)) || ldm_to_host(ctx, x, h) || ldm_to_host(ctx, xrec, h + x->numel)) {
         free(v); free(h);
         return ex__ae_fail(m, "test", ctx);
@@ -312,7 +319,7 @@ static ldm_result ex__ae_test_step(ex_model *m, ldm_ctx *ctx, const ldm_data_bat
         l1 /= (double)per;
         double lp = have_lp ? v[2 * B + j] : NAN;
         double *r = values + (size_t)j * 5;
-        r[0] = v[j]; r[1] = v[B + j]; r[2] = lp; r[3] = l1;
+        r[0] = v[j]; r[1] = img ? v[B + j] : NAN; r[2] = lp; r[3] = l1;
         r[4] = l1 + (pw > 0 ? pw * lp : 0.0);
     }
     free(v); free(h);
@@ -395,8 +402,9 @@ static ldm_result ex_autoencoder_create(ldm_config *cfg, const ldm_config_node *
     m->name = "AutoencoderKL";
     m->monitor = a->c.monitor;
     m->log_keys = ex_ae_log_keys; m->n_log_keys = (int)(sizeof ex_ae_log_keys / sizeof ex_ae_log_keys[0]);
-    m->val_keys = ex_ae_val_keys; m->n_val_keys = 3;
-    m->summary_keys = ex_ae_summary_keys; m->n_summary_keys = 5;
+    /* volumes (dims 3): PSNR only, SSIM and LPIPS being 2-D image metrics */
+    m->val_keys = ex_ae_val_keys; m->n_val_keys = a->vc.dims == 3 ? 1 : 3;
+    m->summary_keys = ex_ae_summary_keys; m->n_summary_keys = a->vc.dims == 3 ? 3 : 5;
     m->progress_key = "train/rec_loss";
     m->curve_key = "rec_loss";
     m->test_keys = ex_ae_test_keys; m->n_test_keys = 5;

@@ -386,7 +386,13 @@ static ldm_tensor *ex__ld_rows(ex_model *m, ldm_ctx *ctx, int n) {
         ldm_tensor *img = z ? ldm_latent_diffusion_decode(ctx, a->ld, z, NULL) : NULL;
         dec[k] = img ? (float *)malloc(sizeof(float) * (size_t)img->numel) : NULL;
         if (!dec[k] || ldm_to_host(ctx, img, dec[k])) { free(dec[k]); ok = 0; break; }
-        C = (int)img->shape[1]; H = (int)img->shape[2]; W = (int)img->shape[3];
+        int v = img->ndim == 5;   /* volumes [n, C, T, H, W]: the row shows each one's middle slice along T */
+        C = (int)img->shape[1]; H = (int)img->shape[2 + v]; W = (int)img->shape[3 + v];
+        if (v) {
+            int64_t T = img->shape[2], plane = (int64_t)H * W;
+            for (int64_t i = 0; i < img->shape[0] * C; i++)
+                memmove(dec[k] + i * plane, dec[k] + (i * T + T / 2) * plane, sizeof(float) * (size_t)plane);
+        }
         ldm_arena_rewind(ctx, mk);
     }
     ldm_tensor *g = ok && k ? ex__ld_grid(ctx, n, k, C, H, W, (const float *const *)dec) : NULL;
@@ -396,10 +402,12 @@ static ldm_tensor *ex__ld_rows(ex_model *m, ldm_ctx *ctx, int n) {
     return g;
 }
 
-/* Samples for conditioning c (raw, n items; NULL: unconditional) with the EMA weights:
+/* Samples for conditioning c (raw, n items; NULL: unconditional) with the EMA weights, of
+   [n, channels, image_size, image_size], or for a volume batch x [B, C, T, H, W] (UNet dims 3)
+   the latent [n, channels, T/f, H/f, W/f] of the batch's size:
    DDIM (ddim_steps, eta) or DDPM ancestral; keep: collect x_inter / pred_x0 every log_every_t. */
-static ldm_tensor *ex__ld_sample(ex_model *m, ldm_ctx *ctx, ldm_tensor *c, int n, int ddim_steps, double eta, float scale, int ddpm,
-                                 int keep, int keep_x0) {
+static ldm_tensor *ex__ld_sample(ex_model *m, ldm_ctx *ctx, const ldm_tensor *x, ldm_tensor *c, int n, int ddim_steps, double eta, float scale,
+                                 int ddpm, int keep, int keep_x0) {
     ex_ld *a = ex__ld(m);
     ldm_ema *e = ldm_latent_diffusion_ema(a->ld);
     if (e && (ldm_ema_store(ctx, e) || ldm_ema_copy_to(ctx, e))) return NULL;
@@ -433,6 +441,10 @@ static ldm_tensor *ex__ld_sample(ex_model *m, ldm_ctx *ctx, ldm_tensor *c, int n
         so.user = a;
         ldm_denoiser den = ldm_latent_diffusion_denoiser(a->ld);
         ldm_shape shape = ldm_shape4(n, a->lc.channels, H, W);
+        if (x && x->ndim == 5) {   /* volumes: the latent of the batch's size (image_size is one number) */
+            int f = a->pixel ? 1 : ldm_vae_factor(&a->lc.first_stage);
+            shape = ldm_shape5(n, a->lc.channels, x->shape[2] / f, x->shape[3] / f, x->shape[4] / f);
+        }
         const ldm_schedule *sch = ldm_latent_diffusion_schedule(a->ld);
         if (ddpm || ddim_steps <= 0) {
             so.clip_denoised = a->lc.clip_denoised;
@@ -495,7 +507,7 @@ static ldm_result ex__ld_log_images(ex_model *m, ldm_ctx *ctx, const ldm_data_ba
         out->key[out->n] = "diffusion_row"; out->t[out->n++] = g;
     }
     if (li->sample) {
-        ldm_tensor *s = ex__ld_sample(m, ctx, c, N, li->ddim_steps, li->ddim_eta, 1.0f, a->pixel, li->plot_denoise_rows || a->pixel, 0);
+        ldm_tensor *s = ex__ld_sample(m, ctx, x, c, N, li->ddim_steps, li->ddim_eta, 1.0f, a->pixel, li->plot_denoise_rows || a->pixel, 0);
         ldm_tensor *img = s ? ldm_latent_diffusion_decode(ctx, a->ld, s, NULL) : NULL;
         if (!img) { ex__ld_keep_free(a); return ex__ld_fail(m, "log_images (samples)", ctx); }
         out->key[out->n] = "samples"; out->t[out->n++] = img;
@@ -505,7 +517,7 @@ static ldm_result ex__ld_log_images(ex_model *m, ldm_ctx *ctx, const ldm_data_ba
             out->key[out->n] = "denoise_row"; out->t[out->n++] = g;
         }
         if (li->unconditional_guidance_scale != 1.0 && a->lc.cond_stage != LDM_CONDSTAGE_NONE) {
-            s = ex__ld_sample(m, ctx, c, N, li->ddim_steps, li->ddim_eta, (float)li->unconditional_guidance_scale, a->pixel, 0, 0);
+            s = ex__ld_sample(m, ctx, x, c, N, li->ddim_steps, li->ddim_eta, (float)li->unconditional_guidance_scale, a->pixel, 0, 0);
             img = s ? ldm_latent_diffusion_decode(ctx, a->ld, s, NULL) : NULL;
             if (!img) return ex__ld_fail(m, "log_images (guided samples)", ctx);
             snprintf(a->cfg_key, sizeof a->cfg_key, "samples_cfg_scale_%.2f", li->unconditional_guidance_scale);
@@ -513,7 +525,7 @@ static ldm_result ex__ld_log_images(ex_model *m, ldm_ctx *ctx, const ldm_data_ba
         }
     }
     if (li->plot_progressive_rows && !a->pixel) {
-        ldm_tensor *s = ex__ld_sample(m, ctx, c, N, 0, 0.0, 1.0f, 1, 1, 1);
+        ldm_tensor *s = ex__ld_sample(m, ctx, x, c, N, 0, 0.0, 1.0f, 1, 1, 1);
         ldm_tensor *g = s ? ex__ld_rows(m, ctx, N) : NULL;
         if (!g) { ex__ld_keep_free(a); return ex__ld_fail(m, "log_images (progressive_row)", ctx); }
         out->key[out->n] = "progressive_row"; out->t[out->n++] = g;
@@ -528,7 +540,7 @@ static ldm_result ex__ld_test_step(ex_model *m, ldm_ctx *ctx, const ldm_data_bat
     ldm_tensor *x = ex__ld_field(m, ctx, b, a->lc.first_stage_key, 0, "first_stage_key");
     ldm_tensor *c = x ? ex__ld_cond_raw(m, ctx, b, 0, 0) : NULL;
     if (!x || ldm_ctx_status(ctx)) return ex__ld_fail(m, "test", ctx);
-    ldm_tensor *s = ex__ld_sample(m, ctx, c, b->size, a->li.ddim_steps, a->li.ddim_eta, (float)a->li.unconditional_guidance_scale, a->pixel, 0, 0);
+    ldm_tensor *s = ex__ld_sample(m, ctx, x, c, b->size, a->li.ddim_steps, a->li.ddim_eta, (float)a->li.unconditional_guidance_scale, a->pixel, 0, 0);
     ldm_tensor *img = s ? ldm_latent_diffusion_decode(ctx, a->ld, s, NULL) : NULL;
     img = img ? ldm_clamp(ctx, img, -1.0f, 1.0f) : NULL;
     if (!img) return ex__ld_fail(m, "test (sampling)", ctx);
