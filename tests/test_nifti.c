@@ -901,7 +901,8 @@ int main(void) {
     s.threads = 1;
     if (ldm_ctx_create(&ctx, &s)) { printf("FAIL ctx\n"); return 1; }
     if (ldm_weights_open(ctx, &ref, FIX "nifti_ref.safetensors")) { printf("FAIL fixture: %s\n", ldm_ctx_error(ctx)); return 1; }
-    snprintf(tmp, sizeof tmp, "/tmp/ldm_test_nifti_XXXXXX");
+    snprintf(tmp, sizeof tmp, "/tmp/ldm_test_nifti_");
+    for (int i = 0; i < 6; i++) strcat(tmp, "X"); /* mkdtemp's template, as test_driver.c */
     if (!mkdtemp(tmp)) { printf("FAIL mkdtemp\n"); return 1; }
     xdir = getenv("LDM_NIFTI_XCHECK");
     if (xdir && !xdir[0]) xdir = NULL;

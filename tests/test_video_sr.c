@@ -656,7 +656,8 @@ static void test_driver(void) {
 }
 
 int main(void) {
-    snprintf(T, sizeof T, "/tmp/ldm_test_video_sr_XXXXXX");
+    snprintf(T, sizeof T, "/tmp/ldm_test_video_sr_");
+    for (int i = 0; i < 6; i++) strcat(T, "X"); /* mkdtemp's template, as test_driver.c */
     if (!mkdtemp(T)) { printf("FAIL mkdtemp\n"); return 1; }
     (void)CFG;
     ldm_ctx *ctx;
