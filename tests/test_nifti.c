@@ -575,6 +575,8 @@ static void test_dataset(void) {
     long nw, nr, nc, nz;
     float *win = lt_load(ctx, ref, "ct_window", &nw), *res = lt_load(ctx, ref, "ct_window_resized", &nr), *cen = lt_load(ctx, ref, "ct_centre_crop", &nc),
           *zs = lt_load(ctx, ref, "ct_zscore", &nz);
+    ldm_dataset *ds = NULL; /* declared before the first goto: C++ (nvcc) refuses jumps past initialisations */
+    ldm_result r;
     if (!win || !res || !cen || !zs) { lt_report(0, "dataset fixtures", "missing"); goto out; }
 
     ldm_data_volume_opts o;
@@ -583,9 +585,8 @@ static void test_dataset(void) {
     o.src.warn = warn_fn;
     o.norm = LDM_VOL_WINDOW;
     o.a_min = -1000; o.a_max = 1000; o.b_min = -1; o.b_max = 1; o.clip = 1;
-    ldm_dataset *ds = NULL;
     warnings[0] = 0;
-    ldm_result r = ldm_dataset_volume(ctx, &ds, &o);
+    r = ldm_dataset_volume(ctx, &ds, &o);
     lt_report(r == LDM_OK && ldm_dataset_len(ds) == 3 && ldm_dataset_skipped(ds) == 1 && has(warnings, "bad.nii") && has(warnings, "58 bytes is too short for a NIfTI-1 header"),
               "VolumeDataset: 3 volumes (.nii, .nii.gz, .NII.GZ in a subfolder), the junk .nii skipped with a warning", "%d len %lld skipped %lld: %s %s", (int)r,
               ds ? (long long)ldm_dataset_len(ds) : -1LL, ds ? (long long)ldm_dataset_skipped(ds) : -1LL, ldm_ctx_error(ctx), warnings);
