@@ -120,7 +120,12 @@ typedef struct ldm_settings {
     uint64_t seed;            /* RNG seed (0 is a valid seed) */
     size_t arena_bytes;       /* per-step arena limit; 0: $LDM_ARENA_MB, else half the RAM */
     ldm_device device;        /* where new tensors go (CPU unless a CUDA backend is attached) */
+    int conv_algo;            /* CPU convolutions: LDM_CONV_AUTO (0), LDM_CONV_IM2COL, LDM_CONV_WINOGRAD */
 } ldm_settings;
+/* LDM_CONV_AUTO: Winograd F(2x2,3x3) for 3x3, stride 1, padding 1 2-D convolutions with at least
+   16 input and output channels, im2col + SGEMM for the rest; IM2COL: always im2col (results
+   differ from Winograd's by rounding only); WINOGRAD: Winograd wherever the shape allows. */
+enum { LDM_CONV_AUTO = 0, LDM_CONV_IM2COL = 1, LDM_CONV_WINOGRAD = 2 };
 
 typedef struct ldm_ctx ldm_ctx;
 typedef struct ldm_backend ldm_backend;
@@ -142,6 +147,7 @@ LDM_API ldm_result ldm_ctx_seterr(ldm_ctx *ctx, ldm_result code, const char *fmt
     ;                                                         /* returns code; keeps the first */
 LDM_API int ldm_ctx_threads(const ldm_ctx *ctx);
 LDM_API void ldm_ctx_set_threads(ldm_ctx *ctx, int n);
+LDM_API void ldm_ctx_set_conv_algo(ldm_ctx *ctx, int algo); /* LDM_CONV_*; see ldm_settings */
 LDM_API ldm_rng *ldm_ctx_rng(ldm_ctx *ctx);
 LDM_API ldm_device ldm_ctx_device(const ldm_ctx *ctx);
 LDM_API void ldm_ctx_set_device(ldm_ctx *ctx, ldm_device d);
@@ -919,6 +925,10 @@ LDM_API void ldm_parallel_for(ldm_ctx *ctx, int64_t n, int64_t grain, ldm_task_f
 }
 
 LDM_API int ldm_ctx_threads(const ldm_ctx *ctx) { return ctx->threads; }
+LDM_API void ldm_ctx_set_conv_algo(ldm_ctx *ctx, int algo) {
+    LDM_ASSERT(algo >= LDM_CONV_AUTO && algo <= LDM_CONV_WINOGRAD);
+    ctx->s.conv_algo = algo;
+}
 LDM_API void ldm_ctx_set_threads(ldm_ctx *ctx, int n) {
     if (n < 1) n = 1;
 #ifndef LDM_NO_THREADS
@@ -2990,6 +3000,11 @@ static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, i
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K,
                 alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
 }
+static void ldm__cpu_sgemm_batch(ldm_ctx *ctx, int64_t n, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                                 int64_t lda, int64_t sa, const float *B, int64_t ldb, int64_t sb, float beta, float *C, int64_t ldc,
+                                 int64_t sc) {
+    for (int64_t i = 0; i < n; i++) ldm__cpu_sgemm(ctx, ta, tb, M, N, K, alpha, A + i * sa, lda, B + i * sb, ldb, beta, C + i * sc, ldc);
+}
 #else
 /* Blocked, packed SGEMM (the BLIS loop nest, with the roles of the caches chosen for
    row-major C and a micro-tile that is wide in N):
@@ -3369,24 +3384,62 @@ static void ldm__gemm_scale(int64_t M, int64_t N, float beta, float *C, int64_t 
     }
 }
 
+/* Blocking and thread grid of one product on T threads; returns the packing buffer bytes it
+   needs per thread. The blocking depends on the shape only, so every element of C is summed in
+   the same order whatever T is. */
+static size_t ldm__gemm_setup(ldm__gemm_job *g, const ldm__gemm_kernel *uk, int T, int ta, int tb, int64_t M, int64_t N, int64_t K,
+                              float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+    g->ta = ta; g->tb = tb; g->M = M; g->N = N; g->K = K; g->lda = lda; g->ldb = ldb; g->ldc = ldc;
+    g->alpha = alpha; g->beta = beta; g->A = A; g->B = B; g->C = C;
+    g->uk = uk;
+    const int MR = uk->mr, NR = uk->nr;
+    const int64_t NCB = 240 / NR * NR;  /* columns of B per packed block: KC x NC fits L2 */
+    g->mcb = 1024 / MR * MR;            /* rows of A per packed block (L3) */
+    int64_t slices = (K + LDM__KC - 1) / LDM__KC;
+    g->kc = (K + slices - 1) / slices; /* equal slices no longer than KC */
+    /* a short K slice gets a wider B block: longer runs of each C row per pass */
+    g->nc = LDM__MAX(NCB, NCB * LDM__KC / g->kc / NR * NR);
+    g->tiles_m = (M + MR - 1) / MR;
+    g->tiles_n = (N + NR - 1) / NR;
+    /* Thread grid: the one that minimises the busiest thread's time, estimated as its tiles'
+       FMAs at 32 per cycle (whole tiles: padding costs the same) plus what it packs. */
+    g->tm = 1; g->tn = 1;
+    double best = -1.0;
+    for (int tn = 1; tn <= T; tn++) {
+        int tm = T / tn;
+        if (T % tn || tn > g->tiles_n || tm > g->tiles_m) continue;
+        double tiles = (double)((g->tiles_m + tm - 1) / tm) * (double)((g->tiles_n + tn - 1) / tn);
+        double cost = tiles * (MR * NR / 32.0) * (double)K + 0.5 * ((double)M / tm + (double)N / tn) * (double)K;
+        if (best < 0 || cost < best) { best = cost; g->tm = tm; g->tn = tn; }
+    }
+    /* one A block and one B block per thread, no larger than this product needs */
+    size_t mcap = (size_t)LDM__MIN(g->mcb, g->tiles_m * MR), ncap = (size_t)LDM__MIN(g->nc, g->tiles_n * NR);
+    size_t a_bytes = LDM__ALIGN_UP(sizeof(float) * mcap * (size_t)g->kc), b_bytes = LDM__ALIGN_UP(sizeof(float) * ncap * (size_t)g->kc);
+    g->b_offset = a_bytes / sizeof(float);
+    g->work_floats = (a_bytes + b_bytes) / sizeof(float);
+    return a_bytes + b_bytes;
+}
+
+/* The context's packing buffers for `threads` threads: grown once to the largest need seen,
+   then reused; NULL and an error when memory runs out. */
+static float *ldm__gemm_buffers(ldm_ctx *ctx, size_t per_thread, int threads) {
+    size_t need = per_thread * (size_t)threads + LDM__ALIGN;
+    if (ctx->gemm_buf_bytes < need) {
+        LDM_FREE(ctx->gemm_buf);
+        ctx->gemm_buf = LDM_MALLOC(need);
+        ctx->gemm_buf_bytes = ctx->gemm_buf ? need : 0;
+    }
+    if (!ctx->gemm_buf) {
+        ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_sgemm: cannot allocate %.1f MiB of packing buffers (hint: free memory)", need / 1048576.0);
+        return NULL;
+    }
+    return (float *)(((uintptr_t)ctx->gemm_buf + (LDM__ALIGN - 1)) & ~(uintptr_t)(LDM__ALIGN - 1));
+}
+
 static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                            int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0 || alpha == 0.0f) { ldm__gemm_scale(M, N, beta, C, ldc); return; }
-    ldm__gemm_job g;
-    g.ta = ta; g.tb = tb; g.M = M; g.N = N; g.K = K; g.lda = lda; g.ldb = ldb; g.ldc = ldc;
-    g.alpha = alpha; g.beta = beta; g.A = A; g.B = B; g.C = C;
-    g.uk = ctx->gemm_kernel;
-    const int MR = g.uk->mr, NR = g.uk->nr;
-    const int64_t NCB = 240 / NR * NR;  /* columns of B per packed block: KC x NC fits L2 */
-    g.mcb = 1024 / MR * MR;             /* rows of A per packed block (L3) */
-    int64_t slices = (K + LDM__KC - 1) / LDM__KC;
-    g.kc = (K + slices - 1) / slices; /* equal slices no longer than KC */
-    /* a short K slice gets a wider B block: longer runs of each C row per pass */
-    g.nc = LDM__MAX(NCB, NCB * LDM__KC / g.kc / NR * NR);
-    g.tiles_m = (M + MR - 1) / MR;
-    g.tiles_n = (N + NR - 1) / NR;
-
     /* Called from inside a parallel region (regions do not nest): run on this thread with
        a private buffer, since the context's buffers belong to the outer region. */
     int nested = 0;
@@ -3395,43 +3448,50 @@ static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, i
 #endif
     int T = nested ? 1 : ctx->threads;
     if (2.0 * (double)M * (double)N * (double)K < 4e6) T = 1; /* under ~20 us: not worth waking threads */
-    /* Thread grid: the one that minimises the busiest thread's time, estimated as its tiles'
-       FMAs at 32 per cycle (whole tiles: padding costs the same) plus what it packs. */
-    g.tm = 1; g.tn = 1;
-    double best = -1.0;
-    for (int tn = 1; tn <= T; tn++) {
-        int tm = T / tn;
-        if (T % tn || tn > g.tiles_n || tm > g.tiles_m) continue;
-        double tiles = (double)((g.tiles_m + tm - 1) / tm) * (double)((g.tiles_n + tn - 1) / tn);
-        double cost = tiles * (MR * NR / 32.0) * (double)K + 0.5 * ((double)M / tm + (double)N / tn) * (double)K;
-        if (best < 0 || cost < best) { best = cost; g.tm = tm; g.tn = tn; }
-    }
-
-    /* one A block and one B block per thread, no larger than this product needs */
-    size_t mcap = (size_t)LDM__MIN(g.mcb, g.tiles_m * MR), ncap = (size_t)LDM__MIN(g.nc, g.tiles_n * NR);
-    size_t a_bytes = LDM__ALIGN_UP(sizeof(float) * mcap * (size_t)g.kc), b_bytes = LDM__ALIGN_UP(sizeof(float) * ncap * (size_t)g.kc);
-    g.b_offset = a_bytes / sizeof(float);
-    g.work_floats = (a_bytes + b_bytes) / sizeof(float);
-    size_t need = (a_bytes + b_bytes) * (size_t)(nested ? 1 : ctx->threads) + LDM__ALIGN;
-    void *own = NULL, *buf;
-    if (nested) buf = own = LDM_MALLOC(need);
-    else {
-        if (ctx->gemm_buf_bytes < need) { /* grown once to the largest K slice seen, then reused */
-            LDM_FREE(ctx->gemm_buf);
-            ctx->gemm_buf = LDM_MALLOC(need);
-            ctx->gemm_buf_bytes = ctx->gemm_buf ? need : 0;
+    ldm__gemm_job g;
+    size_t per = ldm__gemm_setup(&g, ctx->gemm_kernel, T, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    void *own = NULL;
+    if (nested) {
+        own = LDM_MALLOC(per + LDM__ALIGN);
+        if (!own) {
+            ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_sgemm: cannot allocate %.1f MiB of packing buffers (hint: free memory)", per / 1048576.0);
+            return;
         }
-        buf = ctx->gemm_buf;
-    }
-    if (!buf) {
-        ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "ldm_sgemm: cannot allocate %.1f MiB of packing buffers (hint: free memory)",
-                       need / 1048576.0);
-        return;
-    }
-    g.work = (float *)(((uintptr_t)buf + (LDM__ALIGN - 1)) & ~(uintptr_t)(LDM__ALIGN - 1));
+        g.work = (float *)(((uintptr_t)own + (LDM__ALIGN - 1)) & ~(uintptr_t)(LDM__ALIGN - 1));
+    } else if (!(g.work = ldm__gemm_buffers(ctx, per, ctx->threads))) return;
     if (T == 1) ldm__gemm_task(&g, 0, 1, 0);
     else ldm_parallel_for(ctx, g.tm * g.tn, 1, ldm__gemm_task, &g);
     if (own) LDM_FREE(own);
+}
+
+/* n products of one shape, C_i = alpha op(A_i) op(B_i) + beta C_i with A_i = A + i*sa (and B, C
+   alike, offsets in floats), each computed whole by one thread: one parallel region instead of
+   n, for products too small to split well. Bitwise what n ldm__cpu_sgemm calls give. */
+typedef struct { ldm__gemm_job g; int64_t sa, sb, sc; } ldm__gemm_batch_job;
+static void ldm__gemm_batch_task(void *arg, int64_t i0, int64_t i1, int tid) {
+    const ldm__gemm_batch_job *j = (const ldm__gemm_batch_job *)arg;
+    for (int64_t i = i0; i < i1; i++) {
+        ldm__gemm_job g = j->g;
+        g.A += i * j->sa; g.B += i * j->sb; g.C += i * j->sc;
+        ldm__gemm_task(&g, 0, 1, tid);
+    }
+}
+static void ldm__cpu_sgemm_batch(ldm_ctx *ctx, int64_t n, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                                 int64_t lda, int64_t sa, const float *B, int64_t ldb, int64_t sb, float beta, float *C, int64_t ldc,
+                                 int64_t sc) {
+    int nested = 0;
+#ifndef LDM_NO_THREADS
+    nested = ctx->pool.busy;
+#endif
+    if (M <= 0 || N <= 0 || K <= 0 || alpha == 0.0f || nested || n < 2 * ctx->threads) { /* too few to share out */
+        for (int64_t i = 0; i < n; i++) ldm__cpu_sgemm(ctx, ta, tb, M, N, K, alpha, A + i * sa, lda, B + i * sb, ldb, beta, C + i * sc, ldc);
+        return;
+    }
+    ldm__gemm_batch_job j;
+    size_t per = ldm__gemm_setup(&j.g, ctx->gemm_kernel, 1, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    if (!(j.g.work = ldm__gemm_buffers(ctx, per, ctx->threads))) return;
+    j.sa = sa; j.sb = sb; j.sc = sc;
+    ldm_parallel_for(ctx, n, 1, ldm__gemm_batch_task, &j);
 }
 #endif
 
@@ -3565,7 +3625,301 @@ static void ldm__conv_bias(ldm_ctx *ctx, float *out, const float *bias, float *d
     j.out = out; j.db = db; j.bias = bias; j.dout = dout; j.B = d->B; j.O = d->O; j.OS = d->OT * d->OH * d->OW;
     ldm_parallel_for(ctx, d->O, LDM__MAX(1, 65536 / LDM__MAX(j.OS * j.B, 1)), ldm__conv_bias_task, &j);
 }
+/* ---- 3x3 convolution by Winograd F(2x2, 3x3) ----------------------------------------------
+   For stride 1 and padding 1 in 2-D, each 2x2 block of outputs (a "tile") is
+       Y = A^T [ (G g G^T) o (B^T d B) ] A
+   for d the 4x4 input patch under it and g the 3x3 filter (Lavin and Gray 2015). Summed over
+   input channels, the elementwise product becomes 16 GEMMs U[xi] [O x C] by V[xi] [C x tiles]
+   in the transformed domain: 4 multiply-adds per output and input channel instead of 9.
+   The backward uses the same pieces: the input gradient is this convolution of the output
+   gradient with the filters flipped and transposed, and the filter gradient is
+   G^T [ sum over tiles (A dY A^T) o V ] G. The transforms only add, subtract and halve, so the
+   results differ from im2col's only by rounding (relative ~1e-6, tested against it).
+   Tiles are processed a chunk at a time (V and M ~16 MiB); chunk sizes do not depend on the
+   thread count, and every output element is computed in one fixed order. */
+#if defined(__GNUC__) && !defined(__clang__)
+/* GCC's -O2 does not vectorise these loops (its "very cheap" cost model); Clang's does. */
+#define LDM__VEC __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#else
+#define LDM__VEC
+#endif
+#define LDM__WG_BLK 32 /* tiles per transform block (column buffers live on the stack) */
+
+static int ldm__conv_winograd_ok(const ldm_ctx *ctx, const ldm_conv_desc *d) {
+    int algo = ctx->s.conv_algo;
+    if (algo == LDM_CONV_IM2COL) return 0;
+    if (d->kt != 1 || d->T != 1 || d->kh != 3 || d->kw != 3 || d->st != 1 || d->sh != 1 || d->sw != 1) return 0;
+    if (d->pad[0] || d->pad[1] || d->pad[2] != 1 || d->pad[3] != 1 || d->pad[4] != 1 || d->pad[5] != 1) return 0;
+    /* few channels: the GEMMs' K or M would be tiny, and im2col's K = 9C is better */
+    return algo == LDM_CONV_WINOGRAD || (d->C >= 16 && d->O >= 16);
+}
+
+/* U[xi][o][c] = (G g G^T)[xi] for g = w[o][c] (flip = 0), or for the input gradient
+   U[xi][c][o] = (G rot180(w[o][c]) G^T)[xi] (flip = 1): the filters of the transposed
+   convolution. The 9 taps are first gathered into planes g[9][rows][cols] (rows o or c), so the
+   transform itself runs along contiguous rows. */
+typedef struct { float *U, *g; const float *w; int64_t O, C; int flip; } ldm__wg_wjob;
+static void ldm__wg_gather_task(void *arg, int64_t r0, int64_t r1, int tid) {
+    const ldm__wg_wjob *j = (const ldm__wg_wjob *)arg;
+    int64_t OC = j->O * j->C, cols = j->flip ? j->O : j->C;
+    (void)tid;
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t q = 0; q < cols; q++) {
+            const float *w = j->w + (j->flip ? q * j->C + r : r * j->C + q) * 9;
+            float *g = j->g + r * cols + q;
+            for (int i = 0; i < 9; i++) g[i * OC] = w[j->flip ? 8 - i : i];
+        }
+}
+/* one row (a, b, e) of G g times G^T: (a, (a+b+e)/2, (a-b+e)/2, e), n columns at a time */
+static LDM__VEC void ldm__wg_row(float *LDM_RESTRICT u0, float *LDM_RESTRICT u1, float *LDM_RESTRICT u2, float *LDM_RESTRICT u3,
+                                 const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, const float *LDM_RESTRICT e, int64_t n) {
+    for (int64_t q = 0; q < n; q++) {
+        u0[q] = a[q]; u1[q] = 0.5f * (a[q] + b[q] + e[q]); u2[q] = 0.5f * (a[q] - b[q] + e[q]); u3[q] = e[q];
+    }
+}
+static LDM__VEC void ldm__wg_weight_task(void *arg, int64_t r0, int64_t r1, int tid) {
+    const ldm__wg_wjob *j = (const ldm__wg_wjob *)arg;
+    int64_t OC = j->O * j->C, cols = j->flip ? j->O : j->C;
+    float t[6][256]; /* rows 1 and 2 of G g for 256 columns */
+    (void)tid;
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t q0 = 0; q0 < cols; q0 += 256) {
+            int64_t nq = LDM__MIN(256, cols - q0);
+            const float *g = j->g + r * cols + q0;
+            for (int x = 0; x < 3; x++) { /* G g, column x of g: rows g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2 */
+                const float *LDM_RESTRICT a = g + x * OC, *LDM_RESTRICT b = g + (3 + x) * OC, *LDM_RESTRICT e = g + (6 + x) * OC;
+                for (int64_t q = 0; q < nq; q++) { t[x][q] = 0.5f * (a[q] + b[q] + e[q]); t[3 + x][q] = 0.5f * (a[q] - b[q] + e[q]); }
+            }
+            /* (G g) G^T, the same on each row of G g */
+            float *u = j->U + r * cols + q0;
+            ldm__wg_row(u, u + OC, u + 2 * OC, u + 3 * OC, g, g + OC, g + 2 * OC, nq);
+            ldm__wg_row(u + 4 * OC, u + 5 * OC, u + 6 * OC, u + 7 * OC, t[0], t[1], t[2], nq);
+            ldm__wg_row(u + 8 * OC, u + 9 * OC, u + 10 * OC, u + 11 * OC, t[3], t[4], t[5], nq);
+            ldm__wg_row(u + 12 * OC, u + 13 * OC, u + 14 * OC, u + 15 * OC, g + 6 * OC, g + 7 * OC, g + 8 * OC, nq);
+        }
+}
+/* Fills U [16, O, C] (or [16, C, O] flipped) from w [O, C, 3, 3]; g is scratch of 9*O*C floats. */
+static void ldm__wg_weights(ldm_ctx *ctx, float *U, float *g, const float *w, int64_t O, int64_t C, int flip) {
+    ldm__wg_wjob wj = {U, g, w, O, C, flip};
+    int64_t rows = flip ? C : O;
+    ldm_parallel_for(ctx, rows, 1, ldm__wg_gather_task, &wj);
+    ldm_parallel_for(ctx, rows, 1, ldm__wg_weight_task, &wj);
+}
+
+/* V[xi][c][p - p0] = (B^T d B)[xi] for the tiles p in [p0, p0 + np) of image img [C, H, W]
+   (tile p = ty * tw + tx covers input rows 2ty-1 .. 2ty+2 and columns 2tx-1 .. 2tx+2). */
+typedef struct { float *V; const float *img; int64_t C, H, W, tw, p0, np; } ldm__wg_ijob;
+static LDM__VEC void ldm__wg_input_task(void *arg, int64_t c0, int64_t c1, int tid) {
+    const ldm__wg_ijob *j = (const ldm__wg_ijob *)arg;
+    int64_t CP = j->C * j->np;
+    float r[4][2 * LDM__WG_BLK + 2], t[4][2 * LDM__WG_BLK + 2];
+    (void)tid;
+    for (int64_t c = c0; c < c1; c++) {
+        const float *plane = j->img + c * j->H * j->W;
+        for (int64_t p = j->p0; p < j->p0 + j->np;) {
+            int64_t ty = p / j->tw, tx0 = p % j->tw, n = LDM__MIN(LDM__MIN(j->tw - tx0, j->p0 + j->np - p), LDM__WG_BLK);
+            int64_t x0 = 2 * tx0 - 1, nx = 2 * n + 2, a = x0 < 0 ? 1 : 0, b = LDM__MIN(nx, j->W - x0);
+            for (int i = 0; i < 4; i++) { /* the 4 input rows, zero outside the image */
+                int64_t y = 2 * ty - 1 + i;
+                if (y < 0 || y >= j->H || b <= a) { memset(r[i], 0, sizeof(float) * (size_t)nx); continue; }
+                const float *src = plane + y * j->W + x0;
+                for (int64_t x = 0; x < a; x++) r[i][x] = 0.0f;
+                memcpy(r[i] + a, src + a, sizeof(float) * (size_t)(b - a));
+                for (int64_t x = LDM__MAX(b, a); x < nx; x++) r[i][x] = 0.0f;
+            }
+            for (int64_t x = 0; x < nx; x++) { /* B^T d: rows d0-d2, d1+d2, d2-d1, d1-d3 */
+                t[0][x] = r[0][x] - r[2][x];
+                t[1][x] = r[1][x] + r[2][x];
+                t[2][x] = r[2][x] - r[1][x];
+                t[3][x] = r[1][x] - r[3][x];
+            }
+            float *v = j->V + c * j->np + (p - j->p0);
+            for (int i = 0; i < 4; i++) { /* (B^T d) B: the same on columns */
+                const float *s = t[i];
+                float *v0 = v + (4 * i) * CP, *v1 = v0 + CP, *v2 = v1 + CP, *v3 = v2 + CP;
+                for (int64_t k = 0; k < n; k++) {
+                    v0[k] = s[2 * k] - s[2 * k + 2];
+                    v1[k] = s[2 * k + 1] + s[2 * k + 2];
+                    v2[k] = s[2 * k + 2] - s[2 * k + 1];
+                    v3[k] = s[2 * k + 1] - s[2 * k + 3];
+                }
+            }
+            p += n;
+        }
+    }
+}
+
+/* out[o] (+)= A^T M[xi][o] A (+ bias[o]) for the chunk's tiles; accumulate adds into out. */
+typedef struct { float *out; const float *M, *bias; int64_t O, OH, OW, tw, p0, np; int accumulate; } ldm__wg_ojob;
+static LDM__VEC void ldm__wg_output_task(void *arg, int64_t o0, int64_t o1, int tid) {
+    const ldm__wg_ojob *j = (const ldm__wg_ojob *)arg;
+    int64_t OP = j->O * j->np;
+    float y[4][LDM__WG_BLK];
+    (void)tid;
+    for (int64_t o = o0; o < o1; o++) {
+        float bv = j->bias ? j->bias[o] : 0.0f;
+        for (int64_t p = j->p0; p < j->p0 + j->np;) {
+            int64_t ty = p / j->tw, tx0 = p % j->tw, n = LDM__MIN(LDM__MIN(j->tw - tx0, j->p0 + j->np - p), LDM__WG_BLK);
+            const float *m = j->M + o * j->np + (p - j->p0);
+            const float *LDM_RESTRICT m0 = m, *LDM_RESTRICT m1 = m0 + OP, *LDM_RESTRICT m2 = m1 + OP, *LDM_RESTRICT m3 = m2 + OP;
+            const float *LDM_RESTRICT m4 = m3 + OP, *LDM_RESTRICT m5 = m4 + OP, *LDM_RESTRICT m6 = m5 + OP, *LDM_RESTRICT m7 = m6 + OP;
+            const float *LDM_RESTRICT m8 = m7 + OP, *LDM_RESTRICT m9 = m8 + OP, *LDM_RESTRICT m10 = m9 + OP, *LDM_RESTRICT m11 = m10 + OP;
+            const float *LDM_RESTRICT m12 = m11 + OP, *LDM_RESTRICT m13 = m12 + OP, *LDM_RESTRICT m14 = m13 + OP, *LDM_RESTRICT m15 = m14 + OP;
+            for (int64_t k = 0; k < n; k++) {
+                /* A^T M: rows M0+M1+M2 (a) and M1-M2-M3 (b), per column; then the same on columns */
+                float a0 = m0[k] + m4[k] + m8[k], a1 = m1[k] + m5[k] + m9[k], a2 = m2[k] + m6[k] + m10[k], a3 = m3[k] + m7[k] + m11[k];
+                float b0 = m4[k] - m8[k] - m12[k], b1 = m5[k] - m9[k] - m13[k], b2 = m6[k] - m10[k] - m14[k], b3 = m7[k] - m11[k] - m15[k];
+                y[0][k] = a0 + a1 + a2;
+                y[1][k] = a1 - a2 - a3;
+                y[2][k] = b0 + b1 + b2;
+                y[3][k] = b1 - b2 - b3;
+            }
+            for (int r = 0; r < 2; r++) {
+                int64_t oy = 2 * ty + r, nw = LDM__MIN(2 * n, j->OW - 2 * tx0), h = nw / 2;
+                if (oy >= j->OH) break;
+                float *dst = j->out + (o * j->OH + oy) * j->OW + 2 * tx0;
+                const float *e = y[2 * r], *f = y[2 * r + 1];
+                if (j->accumulate) {
+                    for (int64_t k = 0; k < h; k++) { dst[2 * k] += e[k]; dst[2 * k + 1] += f[k]; }
+                    if (nw & 1) dst[nw - 1] += e[h];
+                } else {
+                    for (int64_t k = 0; k < h; k++) { dst[2 * k] = e[k] + bv; dst[2 * k + 1] = f[k] + bv; }
+                    if (nw & 1) dst[nw - 1] = e[h] + bv;
+                }
+            }
+            p += n;
+        }
+    }
+}
+
+/* dM[xi][o][p - p0] = (A dY A^T)[xi] for dY the 2x2 output-gradient tile (zero past the edge). */
+typedef struct { float *dM; const float *dout; int64_t O, OH, OW, tw, p0, np; } ldm__wg_gjob;
+static LDM__VEC void ldm__wg_grad_task(void *arg, int64_t o0, int64_t o1, int tid) {
+    const ldm__wg_gjob *j = (const ldm__wg_gjob *)arg;
+    int64_t OP = j->O * j->np;
+    float e[2][LDM__WG_BLK], f[2][LDM__WG_BLK];
+    (void)tid;
+    for (int64_t o = o0; o < o1; o++) {
+        for (int64_t p = j->p0; p < j->p0 + j->np;) {
+            int64_t ty = p / j->tw, tx0 = p % j->tw, n = LDM__MIN(LDM__MIN(j->tw - tx0, j->p0 + j->np - p), LDM__WG_BLK);
+            int64_t nw = LDM__MIN(2 * n, j->OW - 2 * tx0), h = nw / 2;
+            for (int r = 0; r < 2; r++) { /* even and odd columns of the tile rows */
+                int64_t oy = 2 * ty + r;
+                for (int64_t k = 0; k < n; k++) e[r][k] = f[r][k] = 0.0f;
+                if (oy >= j->OH) continue;
+                const float *src = j->dout + (o * j->OH + oy) * j->OW + 2 * tx0;
+                for (int64_t k = 0; k < h; k++) { e[r][k] = src[2 * k]; f[r][k] = src[2 * k + 1]; }
+                if (nw & 1) e[r][h] = src[nw - 1];
+            }
+            float *m = j->dM + o * j->np + (p - j->p0);
+            const float *LDM_RESTRICT e0 = e[0], *LDM_RESTRICT e1 = e[1], *LDM_RESTRICT f0 = f[0], *LDM_RESTRICT f1 = f[1];
+            /* A dY: rows (y00, y01), (y00+y10, y01+y11), (y00-y10, y01-y11), (-y10, -y11); then each
+               row (u, v) A^T = (u, u+v, u-v, -v) */
+            for (int64_t k = 0; k < n; k++) { m[k] = e0[k]; m[OP + k] = e0[k] + f0[k]; m[2 * OP + k] = e0[k] - f0[k]; m[3 * OP + k] = -f0[k]; }
+            float *m1 = m + 4 * OP, *m2 = m + 8 * OP, *m3 = m + 12 * OP;
+            for (int64_t k = 0; k < n; k++) {
+                float u = e0[k] + e1[k], v = f0[k] + f1[k];
+                m1[k] = u; m1[OP + k] = u + v; m1[2 * OP + k] = u - v; m1[3 * OP + k] = -v;
+            }
+            for (int64_t k = 0; k < n; k++) {
+                float u = e0[k] - e1[k], v = f0[k] - f1[k];
+                m2[k] = u; m2[OP + k] = u + v; m2[2 * OP + k] = u - v; m2[3 * OP + k] = -v;
+            }
+            for (int64_t k = 0; k < n; k++) { m3[k] = -e1[k]; m3[OP + k] = -e1[k] - f1[k]; m3[2 * OP + k] = -e1[k] + f1[k]; m3[3 * OP + k] = f1[k]; }
+            p += n;
+        }
+    }
+}
+
+/* dw[o][c] += G^T dU[.][o][c] G */
+typedef struct { float *dw; const float *dU; int64_t O, C; } ldm__wg_djob;
+static LDM__VEC void ldm__wg_dweight_task(void *arg, int64_t o0, int64_t o1, int tid) {
+    const ldm__wg_djob *j = (const ldm__wg_djob *)arg;
+    int64_t OC = j->O * j->C;
+    (void)tid;
+    for (int64_t o = o0; o < o1; o++)
+        for (int64_t c = 0; c < j->C; c++) {
+            const float *u = j->dU + o * j->C + c;
+            float t[12]; /* G^T X: rows X0 + (X1+X2)/2, (X1-X2)/2, (X1+X2)/2 + X3 */
+            for (int x = 0; x < 4; x++) {
+                float x0 = u[x * OC], x1 = u[(4 + x) * OC], x2 = u[(8 + x) * OC], x3 = u[(12 + x) * OC], h = 0.5f * (x1 + x2);
+                t[x] = x0 + h; t[4 + x] = 0.5f * (x1 - x2); t[8 + x] = h + x3;
+            }
+            float *w = j->dw + (o * j->C + c) * 9;
+            for (int r = 0; r < 3; r++) { /* (G^T X) G, the same on columns */
+                float a0 = t[4 * r], a1 = t[4 * r + 1], a2 = t[4 * r + 2], a3 = t[4 * r + 3], h = 0.5f * (a1 + a2);
+                w[3 * r] += a0 + h; w[3 * r + 1] += 0.5f * (a1 - a2); w[3 * r + 2] += h + a3;
+            }
+        }
+}
+
+/* Tiles per chunk: V and M (or dM) together ~16 MiB, as im2col's columns. */
+static int64_t ldm__wg_chunk(int64_t C, int64_t O, int64_t P) {
+    int64_t np = ((int64_t)4 << 20) / (16 * (C + O));
+    return LDM__MIN(LDM__MAX(np, 64), P);
+}
+
+/* out (+)= conv3x3(inp, U) (+ bias) for images inp [B, C, H, W] and transformed filters U
+   [16, O, C]; out [B, O, H, W]. */
+static void ldm__wg_conv(ldm_ctx *ctx, float *out, const float *inp, const float *U, const float *bias, int64_t B, int64_t C,
+                         int64_t O, int64_t H, int64_t W, int accumulate) {
+    int64_t tw = (W + 1) / 2, P = (H + 1) / 2 * tw, np = ldm__wg_chunk(C, O, P);
+    float *V = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(16 * (C + O) * np)), *M = V + 16 * C * np;
+    if (!V) return;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t p0 = 0; p0 < P; p0 += np) {
+            int64_t n = LDM__MIN(np, P - p0);
+            ldm__wg_ijob ij = {V, inp + b * C * H * W, C, H, W, tw, p0, n};
+            ldm_parallel_for(ctx, C, 1, ldm__wg_input_task, &ij);
+            ldm__cpu_sgemm_batch(ctx, 16, 0, 0, O, n, C, 1.0f, U, C, O * C, V, n, C * n, 0.0f, M, n, O * n);
+            ldm__wg_ojob oj = {out + b * O * H * W, M, bias, O, H, W, tw, p0, n, accumulate};
+            ldm_parallel_for(ctx, O, 1, ldm__wg_output_task, &oj);
+        }
+}
+
+static void ldm__wg_forward(ldm_ctx *ctx, float *out, const float *inp, const float *w, const float *bias, const ldm_conv_desc *d) {
+    size_t used0 = ctx->arena[LDM_CPU].used;
+    float *U = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(25 * d->O * d->C));
+    if (U) {
+        ldm__wg_weights(ctx, U, U + 16 * d->O * d->C, w, d->O, d->C, 0);
+        ldm__wg_conv(ctx, out, inp, U, bias, d->B, d->C, d->O, d->H, d->W, 0);
+    }
+    ctx->arena[LDM_CPU].used = used0;
+}
+
+static void ldm__wg_backward(ldm_ctx *ctx, float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                             const ldm_conv_desc *d) {
+    int64_t C = d->C, O = d->O, H = d->H, W = d->W, tw = (W + 1) / 2, P = (H + 1) / 2 * tw;
+    size_t used0 = ctx->arena[LDM_CPU].used;
+    float *U = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(25 * O * C));
+    if (!U) return;
+    if (dinp) { /* the transposed convolution: the same kernel with flipped filters, O -> C */
+        ldm__wg_weights(ctx, U, U + 16 * O * C, w, O, C, 1);
+        ldm__wg_conv(ctx, dinp, dout, U, NULL, d->B, O, C, H, W, 1);
+    }
+    if (dw) { /* U now holds dU, summed over images and chunks in a fixed order */
+        int64_t np = ldm__wg_chunk(C, O, P);
+        float *V = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(16 * (C + O) * np)), *dM = V + 16 * C * np;
+        if (V) {
+            memset(U, 0, sizeof(float) * (size_t)(16 * O * C));
+            for (int64_t b = 0; b < d->B; b++)
+                for (int64_t p0 = 0; p0 < P; p0 += np) {
+                    int64_t n = LDM__MIN(np, P - p0);
+                    ldm__wg_ijob ij = {V, inp + b * C * H * W, C, H, W, tw, p0, n};
+                    ldm_parallel_for(ctx, C, 1, ldm__wg_input_task, &ij);
+                    ldm__wg_gjob gj = {dM, dout + b * O * H * W, O, H, W, tw, p0, n};
+                    ldm_parallel_for(ctx, O, 1, ldm__wg_grad_task, &gj);
+                    ldm__cpu_sgemm_batch(ctx, 16, 0, 1, O, C, n, 1.0f, dM, n, O * n, V, n, C * n, 1.0f, U, C, O * C);
+                }
+            ldm__wg_djob dj = {dw, U, O, C};
+            ldm_parallel_for(ctx, O, 1, ldm__wg_dweight_task, &dj);
+        }
+    }
+    ctx->arena[LDM_CPU].used = used0;
+}
+
 static void ldm__cpu_conv_forward(ldm_ctx *ctx, float *out, const float *inp, const float *w, const float *bias, const ldm_conv_desc *d) {
+    if (ldm__conv_winograd_ok(ctx, d)) { ldm__wg_forward(ctx, out, inp, w, bias, d); return; }
     int64_t K = d->C * d->kt * d->kh * d->kw, IS = d->T * d->H * d->W, OS = d->OT * d->OH * d->OW;
     int pw = ldm__conv_is_pointwise(d);
     int64_t nc = pw ? OS : ldm__conv_chunk(d, K);
@@ -3591,6 +3945,7 @@ static void ldm__cpu_conv_backward(ldm_ctx *ctx, float *dinp, float *dw, float *
     int64_t K = d->C * d->kt * d->kh * d->kw, IS = d->T * d->H * d->W, OS = d->OT * d->OH * d->OW;
     if (db) ldm__conv_bias(ctx, NULL, NULL, db, dout, d);
     if (!dinp && !dw) return;
+    if (ldm__conv_winograd_ok(ctx, d)) { ldm__wg_backward(ctx, dinp, dw, dout, inp, w, d); return; }
     int pw = ldm__conv_is_pointwise(d);
     int64_t nc = pw ? OS : ldm__conv_chunk(d, K);
     size_t used0 = ctx->arena[LDM_CPU].used;

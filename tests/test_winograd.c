@@ -1,0 +1,130 @@
+/* test_winograd.c - the Winograd F(2x2,3x3) convolution (ldm_tensor.h) against a float64 direct
+   convolution and against the im2col path: forward, input and filter gradients (both
+   accumulate into what is there), odd sizes, several batches, tile chunks that split rows,
+   and 1 vs 2 threads bitwise. Finite differences of the Winograd path are in test_grad. */
+#define LDM_IMPLEMENTATION
+#include "ldm_tensor.h"
+#include "ldm_test.h"
+
+static uint64_t seed = 1234567;
+static float frand(void) { /* uniform [-1, 1) */
+    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (float)((double)(seed >> 40) / (double)(1ULL << 24) * 2.0 - 1.0);
+}
+static float *rnd(int64_t n) {
+    float *p = (float *)malloc(sizeof(float) * (size_t)n);
+    for (int64_t i = 0; i < n; i++) p[i] = frand();
+    return p;
+}
+
+/* y = conv(x, w) + b, dx = conv^T(dy, w), dw = sum dy x, all in double */
+static void direct(const ldm_conv_desc *d, const float *x, const float *w, const float *b, const float *dy, double *y, double *dx,
+                   double *dw) {
+    int64_t B = d->B, C = d->C, O = d->O, H = d->H, W = d->W;
+    memset(dx, 0, sizeof(double) * (size_t)(B * C * H * W));
+    memset(dw, 0, sizeof(double) * (size_t)(O * C * 9));
+    for (int64_t n = 0; n < B; n++)
+        for (int64_t o = 0; o < O; o++)
+            for (int64_t i = 0; i < H; i++)
+                for (int64_t j = 0; j < W; j++) {
+                    double s = b[o], g = dy[((n * O + o) * H + i) * W + j];
+                    for (int64_t c = 0; c < C; c++)
+                        for (int u = 0; u < 3; u++)
+                            for (int v = 0; v < 3; v++) {
+                                int64_t yy = i + u - 1, xx = j + v - 1;
+                                if (yy < 0 || yy >= H || xx < 0 || xx >= W) continue;
+                                int64_t xi = ((n * C + c) * H + yy) * W + xx, wi = (o * C + c) * 9 + u * 3 + v;
+                                s += (double)x[xi] * w[wi];
+                                dx[xi] += g * w[wi];
+                                dw[wi] += g * x[xi];
+                            }
+                    y[((n * O + o) * H + i) * W + j] = s;
+                }
+}
+
+static int check(const char *name, const float *got, const double *want, int64_t n, double tol) {
+    float *f = (float *)malloc(sizeof(float) * (size_t)n);
+    double m = 0.0;
+    for (int64_t i = 0; i < n; i++) { f[i] = (float)want[i]; m = fabs(want[i]) > m ? fabs(want[i]) : m; }
+    int ok = lt_close(name, got, f, (long)n, tol * m, 0.0);
+    free(f);
+    return ok;
+}
+
+/* Runs forward and backward with the given algorithm and threads into y, dx, dw (dx and dw start
+   from `base` values to check that both accumulate). */
+static void run(ldm_ctx *ctx, int algo, int threads, const ldm_conv_desc *d, const float *x, const float *w, const float *b, const float *dy,
+                const float *basex, const float *basew, float *y, float *dx, float *dw) {
+    int64_t nx = d->B * d->C * d->H * d->W, nw = d->O * d->C * 9;
+    ldm_ctx_set_conv_algo(ctx, algo);
+    ldm_ctx_set_threads(ctx, threads);
+    memcpy(dx, basex, sizeof(float) * (size_t)nx);
+    memcpy(dw, basew, sizeof(float) * (size_t)nw);
+    ldm_conv_forward(ctx, y, x, w, b, d);
+    ldm_conv_backward(ctx, dx, dw, NULL, dy, x, w, d);
+}
+
+int main(void) {
+    ldm_ctx *ctx;
+    if (ldm_ctx_create(&ctx, NULL)) { printf("FAIL ctx\n"); return 1; }
+    /* B C O H W: odd and even sizes, one-pixel images, single tiles, chunks of whole and partial
+       tile rows (C + O = 400: 655 tiles per chunk, 35 per row) */
+    static const int64_t shapes[][5] = {{2, 16, 24, 7, 9}, {1, 3, 5, 1, 1}, {1, 4, 4, 2, 3}, {1, 17, 16, 1, 8}, {2, 32, 48, 13, 16},
+                                        {1, 200, 200, 70, 69}, {1, 256, 256, 64, 64}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        ldm_conv_desc d;
+        memset(&d, 0, sizeof d);
+        d.B = shapes[s][0]; d.C = shapes[s][1]; d.O = shapes[s][2]; d.T = 1; d.H = shapes[s][3]; d.W = shapes[s][4];
+        d.kt = 1; d.kh = d.kw = 3; d.st = d.sh = d.sw = 1;
+        d.pad[2] = d.pad[3] = d.pad[4] = d.pad[5] = 1;
+        if (ldm_conv_desc_init(&d)) { lt_report(0, "desc", "%s", ldm_ctx_error(ctx)); continue; }
+        int64_t nx = d.B * d.C * d.H * d.W, ny = d.B * d.O * d.H * d.W, nw = d.O * d.C * 9;
+        float *x = rnd(nx), *w = rnd(nw), *b = rnd(d.O), *dy = rnd(ny), *bx = rnd(nx), *bw = rnd(nw);
+        float *y[3], *dx[3], *dw[3];
+        for (int k = 0; k < 3; k++) {
+            y[k] = (float *)malloc(sizeof(float) * (size_t)ny);
+            dx[k] = (float *)malloc(sizeof(float) * (size_t)nx);
+            dw[k] = (float *)malloc(sizeof(float) * (size_t)nw);
+        }
+        double *ry = (double *)malloc(sizeof(double) * (size_t)ny), *rdx = (double *)malloc(sizeof(double) * (size_t)nx),
+               *rdw = (double *)malloc(sizeof(double) * (size_t)nw);
+        int big = d.C * d.O * d.H * d.W > 1000000;
+        if (!big) { /* the double reference is O(B C O H W 9): only for the small shapes */
+            direct(&d, x, w, b, dy, ry, rdx, rdw);
+            for (int64_t i = 0; i < nx; i++) rdx[i] += bx[i];
+            for (int64_t i = 0; i < nw; i++) rdw[i] += bw[i];
+        }
+        run(ctx, LDM_CONV_WINOGRAD, 2, &d, x, w, b, dy, bx, bw, y[0], dx[0], dw[0]);
+        run(ctx, LDM_CONV_IM2COL, 2, &d, x, w, b, dy, bx, bw, y[1], dx[1], dw[1]);
+        run(ctx, LDM_CONV_WINOGRAD, 1, &d, x, w, b, dy, bx, bw, y[2], dx[2], dw[2]);
+        if (ldm_ctx_status(ctx)) { lt_report(0, "conv", "%s", ldm_ctx_error(ctx)); ldm_ctx_clear_error(ctx); }
+        char nm[160];
+        const char *what[3] = {"y", "dx (+= a base)", "dw (+= a base)"};
+        float *got[3][3] = {{y[0], dx[0], dw[0]}, {y[1], dx[1], dw[1]}, {y[2], dx[2], dw[2]}};
+        int64_t n[3] = {ny, nx, nw};
+        for (int q = 0; q < 3; q++) {
+            if (!big) {
+                double *ref = q == 0 ? ry : q == 1 ? rdx : rdw;
+                snprintf(nm, sizeof nm, "[%lld,%lld,%lld,%lld] -> %lld: Winograd %s = float64 direct", (long long)d.B, (long long)d.C,
+                         (long long)d.H, (long long)d.W, (long long)d.O, what[q]);
+                check(nm, got[0][q], ref, n[q], 2e-6);
+                snprintf(nm, sizeof nm, "[%lld,%lld,%lld,%lld] -> %lld: im2col %s = float64 direct (the same bound)", (long long)d.B,
+                         (long long)d.C, (long long)d.H, (long long)d.W, (long long)d.O, what[q]);
+                check(nm, got[1][q], ref, n[q], 2e-6);
+            } else {
+                snprintf(nm, sizeof nm, "[%lld,%lld,%lld,%lld] -> %lld: Winograd %s = im2col", (long long)d.B, (long long)d.C, (long long)d.H,
+                         (long long)d.W, (long long)d.O, what[q]);
+                double m = 0.0;
+                for (int64_t i = 0; i < n[q]; i++) m = fabs(got[1][q][i]) > m ? fabs(got[1][q][i]) : m;
+                lt_close(nm, got[0][q], got[1][q], (long)n[q], 2e-6 * m, 0.0);
+            }
+            snprintf(nm, sizeof nm, "[%lld,%lld,%lld,%lld] -> %lld: Winograd %s: 1 and 2 threads bitwise", (long long)d.B, (long long)d.C,
+                     (long long)d.H, (long long)d.W, (long long)d.O, what[q]);
+            lt_report(!memcmp(got[0][q], got[2][q], sizeof(float) * (size_t)n[q]), nm, "differ");
+        }
+        free(x); free(w); free(b); free(dy); free(bx); free(bw); free(ry); free(rdx); free(rdw);
+        for (int k = 0; k < 3; k++) { free(y[k]); free(dx[k]); free(dw[k]); }
+    }
+    ldm_ctx_destroy(ctx);
+    return lt_finish("test_winograd");
+}
