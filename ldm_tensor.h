@@ -2723,6 +2723,14 @@ LDM_API ldm_result ldm_argmin(ldm_ctx *ctx, const ldm_tensor *x, int64_t *idx) {
 /* ========================================================================================== */
 /* Element-wise work is split in fixed 16K-element pieces so that results never depend on
    the thread count; reductions keep a fixed order per output element. */
+/* Elementwise kernels ask GCC to vectorise them: its -O2 "very cheap" cost model leaves most
+   loops scalar (Clang's -O2 vectorises them anyway). Vectorising element-independent loops
+   changes no result: no reassociation, and -ffp-contract stays what the build says. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define LDM__VEC __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#else
+#define LDM__VEC
+#endif
 #define LDM__GRAIN 16384
 
 static void *ldm__cpu_alloc(void *st, size_t n) { (void)st; return LDM_MALLOC(n ? n : 1); }
@@ -2732,7 +2740,7 @@ static void ldm__cpu_copy(void *st, void *dst, ldm_device dd, const void *src, l
     if (n && dst != src) memmove(dst, src, n);
 }
 typedef struct { float *out; float v; } ldm__fill_job;
-static void ldm__fill_task(void *arg, int64_t b, int64_t e, int tid) {
+static LDM__VEC void ldm__fill_task(void *arg, int64_t b, int64_t e, int tid) {
     ldm__fill_job *j = (ldm__fill_job *)arg;
     (void)tid;
     for (int64_t i = b; i < e; i++) j->out[i] = j->v;
@@ -2743,7 +2751,7 @@ static void ldm__cpu_fill(ldm_ctx *ctx, float *out, int64_t n, float v) {
     ldm_parallel_for(ctx, n, LDM__GRAIN * 4, ldm__fill_task, &j);
 }
 typedef struct { float *y; const float *x; float a, b; } ldm__axpby_job;
-static void ldm__axpby_task(void *arg, int64_t s, int64_t e, int tid) {
+static LDM__VEC void ldm__axpby_task(void *arg, int64_t s, int64_t e, int tid) {
     ldm__axpby_job *j = (ldm__axpby_job *)arg;
     float *LDM_RESTRICT y = j->y;
     const float *x = j->x;
@@ -2790,7 +2798,7 @@ static void ldm__unary_task(void *arg, int64_t s, int64_t e, int tid) {
     }
 #undef LDM__MAP
 }
-static void ldm__unary_bw_task(void *arg, int64_t s, int64_t e, int tid) {
+static LDM__VEC void ldm__unary_bw_task(void *arg, int64_t s, int64_t e, int tid) {
     ldm__unary_job *j = (ldm__unary_job *)arg;
     const float *x = j->x, *y = j->y, *dy = j->dy;
     float *dx = j->out, p0 = j->p0, p1 = j->p1;
@@ -2849,7 +2857,7 @@ static void ldm__row_offsets(const ldm__bcast *g, int64_t r, int64_t *oa, int64_
     *oa = i0 * g->sa[0] + i1 * g->sa[1] + i2 * g->sa[2] + i3 * g->sa[3];
     *ob = i0 * g->sb[0] + i1 * g->sb[1] + i2 * g->sb[2] + i3 * g->sb[3];
 }
-static void ldm__binary_task(void *arg, int64_t r0, int64_t r1, int tid) {
+static LDM__VEC void ldm__binary_task(void *arg, int64_t r0, int64_t r1, int tid) {
     ldm__binary_job *j = (ldm__binary_job *)arg;
     const ldm__bcast *g = j->g;
     int64_t W = g->shape[4], sa = g->sa[4], sb = g->sb[4];
@@ -2873,7 +2881,7 @@ static void ldm__binary_task(void *arg, int64_t r0, int64_t r1, int tid) {
 #undef LDM__ROW
     }
 }
-static void ldm__binary_bw_task(void *arg, int64_t r0, int64_t r1, int tid) {
+static LDM__VEC void ldm__binary_bw_task(void *arg, int64_t r0, int64_t r1, int tid) {
     ldm__binary_job *j = (ldm__binary_job *)arg;
     const ldm__bcast *g = j->g;
     int64_t W = g->shape[4], sa = g->sa[4], sb = g->sb[4];
@@ -3560,7 +3568,7 @@ static void ldm__im2col_task(void *arg, int64_t k0, int64_t k1, int tid) {
     }
 }
 typedef struct { const ldm_conv_desc *d; float *img; const float *col; int64_t n0, nc; } ldm__col2im_job;
-static void ldm__col2im_task(void *arg, int64_t c0, int64_t c1, int tid) { /* one channel per item: no write races */
+static LDM__VEC void ldm__col2im_task(void *arg, int64_t c0, int64_t c1, int tid) { /* one channel per item: no write races */
     ldm__col2im_job *j = (ldm__col2im_job *)arg;
     const ldm_conv_desc *d = j->d;
     int64_t khw = (int64_t)d->kh * d->kw, kk = khw * d->kt;
@@ -3601,7 +3609,7 @@ static void ldm__im2col(ldm_ctx *ctx, const ldm_conv_desc *d, const float *img, 
 /* Per output channel: fill the bias (forward) or sum the gradient into db (backward, in
    double, batch then position order, so the thread count does not matter). */
 typedef struct { float *out, *db; const float *bias, *dout; int64_t B, O, OS; } ldm__conv_bias_job;
-static void ldm__conv_bias_task(void *arg, int64_t o0, int64_t o1, int tid) {
+static LDM__VEC void ldm__conv_bias_task(void *arg, int64_t o0, int64_t o1, int tid) {
     ldm__conv_bias_job *j = (ldm__conv_bias_job *)arg;
     (void)tid;
     for (int64_t o = o0; o < o1; o++) {
@@ -3637,12 +3645,6 @@ static void ldm__conv_bias(ldm_ctx *ctx, float *out, const float *bias, float *d
    results differ from im2col's only by rounding (relative ~1e-6, tested against it).
    Tiles are processed a chunk at a time (V and M ~16 MiB); chunk sizes do not depend on the
    thread count, and every output element is computed in one fixed order. */
-#if defined(__GNUC__) && !defined(__clang__)
-/* GCC's -O2 does not vectorise these loops (its "very cheap" cost model); Clang's does. */
-#define LDM__VEC __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#else
-#define LDM__VEC
-#endif
 #define LDM__WG_BLK 32 /* tiles per transform block (column buffers live on the stack) */
 
 static int ldm__conv_winograd_ok(const ldm_ctx *ctx, const ldm_conv_desc *d) {
@@ -4000,7 +4002,7 @@ static float ldm__silu_grad(float dy, float z) {
     float sg = 1.0f / (1.0f + expf(-z));
     return dy * sg * (1.0f + z * (1.0f - sg));
 }
-static void ldm__gn_fwd_task(void *arg, int64_t i0, int64_t i1, int tid) {
+static LDM__VEC void ldm__gn_fwd_task(void *arg, int64_t i0, int64_t i1, int tid) {
     ldm__gn_job *j = (ldm__gn_job *)arg;
     int64_t cg = j->C / j->G, n = cg * j->S;
     (void)tid;
@@ -4033,7 +4035,7 @@ static void ldm__cpu_groupnorm_forward(ldm_ctx *ctx, float *out, float *mean, fl
     j.silu = silu;
     ldm_parallel_for(ctx, B * G, 1, ldm__gn_fwd_task, &j);
 }
-static void ldm__gn_bwd_task(void *arg, int64_t i0, int64_t i1, int tid) {
+static LDM__VEC void ldm__gn_bwd_task(void *arg, int64_t i0, int64_t i1, int tid) {
     ldm__gn_job *j = (ldm__gn_job *)arg;
     int64_t cg = j->C / j->G, n = cg * j->S;
     (void)tid;
@@ -4484,7 +4486,7 @@ static void ldm__adam_scalar(const ldm__optim_job *j, int64_t b, int64_t e) {
         j->p[i] = p + a->neg_step * m / denom;                /* param.addcdiv_(exp_avg, denom, value=-step_size) */
     }
 }
-static void ldm__adam_task(void *arg, int64_t b, int64_t e, int tid) {
+static LDM__VEC void ldm__adam_task(void *arg, int64_t b, int64_t e, int tid) {
     const ldm__optim_job *j = (const ldm__optim_job *)arg;
     (void)tid;
     int64_t i = b * 8, end = LDM__MIN(e * 8, j->n);
