@@ -4002,14 +4002,38 @@ static float ldm__silu_grad(float dy, float z) {
     float sg = 1.0f / (1.0f + expf(-z));
     return dy * sg * (1.0f + z * (1.0f - sg));
 }
+/* Group-norm sums in double over 8 interleaved lanes, added up in a fixed order at the end:
+   vectorisable, and independent of the thread count. */
+#define LDM__LANES 8
+static LDM__VEC void ldm__sum_sumsq(const float *x, int64_t n, double *sum, double *sumsq) {
+    double s[LDM__LANES] = {0}, q[LDM__LANES] = {0};
+    int64_t k = 0;
+    for (; k + LDM__LANES <= n; k += LDM__LANES)
+        for (int l = 0; l < LDM__LANES; l++) { double v = x[k + l]; s[l] += v; q[l] += v * v; }
+    for (int l = 0; k < n; k++, l++) { double v = x[k]; s[l] += v; q[l] += v * v; }
+    double a = 0.0, b = 0.0;
+    for (int l = 0; l < LDM__LANES; l++) { a += s[l]; b += q[l]; }
+    *sum = a; *sumsq = b;
+}
+/* a += sum dy * (x - m) * r (the products in float, as the forward's xhat), b += sum dy */
+static LDM__VEC void ldm__dot_sum(const float *dy, const float *x, float m, float r, int64_t n, double *a, double *b) {
+    double s[LDM__LANES] = {0}, q[LDM__LANES] = {0};
+    int64_t k = 0;
+    for (; k + LDM__LANES <= n; k += LDM__LANES)
+        for (int l = 0; l < LDM__LANES; l++) { float xh = (x[k + l] - m) * r; s[l] += (double)dy[k + l] * xh; q[l] += dy[k + l]; }
+    for (int l = 0; k < n; k++, l++) { float xh = (x[k] - m) * r; s[l] += (double)dy[k] * xh; q[l] += dy[k]; }
+    double u = 0.0, v = 0.0;
+    for (int l = 0; l < LDM__LANES; l++) { u += s[l]; v += q[l]; }
+    *a += u; *b += v;
+}
 static LDM__VEC void ldm__gn_fwd_task(void *arg, int64_t i0, int64_t i1, int tid) {
     ldm__gn_job *j = (ldm__gn_job *)arg;
     int64_t cg = j->C / j->G, n = cg * j->S;
     (void)tid;
     for (int64_t i = i0; i < i1; i++) {
         const float *x = j->inp + i * n;
-        double s = 0.0, ss = 0.0;
-        for (int64_t k = 0; k < n; k++) { s += x[k]; ss += (double)x[k] * x[k]; }
+        double s, ss;
+        ldm__sum_sumsq(x, n, &s, &ss);
         double m = s / (double)n, var = ss / (double)n - m * m;
         if (var < 0.0) var = 0.0;
         float mf = (float)m, r = (float)(1.0 / sqrt(var + (double)j->eps));
@@ -4056,7 +4080,7 @@ static LDM__VEC void ldm__gn_bwd_task(void *arg, int64_t i0, int64_t i1, int tid
                     bsum += g;
                 }
             } else {
-                for (int64_t k = 0; k < j->S; k++) { float xh = (xc[k] - m) * r; a += (double)gc[k] * xh; bsum += gc[k]; }
+                ldm__dot_sum(gc, xc, m, r, j->S, &a, &bsum);
             }
             if (j->dwp) j->dwp[bi * j->C + c0 + c] = a;
             if (j->dbp) j->dbp[bi * j->C + c0 + c] = bsum;
