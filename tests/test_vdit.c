@@ -131,7 +131,7 @@ static void cmp_t(ldm_ctx *ctx, ldm_weights *fx, const char *key, const char *na
     cmp(ctx, fx, key, name, t ? lt_h(ctx, t, grad) : NULL, t ? (long)t->numel : 0, rel);
 }
 
-/* blocks.0 alone (ldm__vdit_block_forward): output and full gradients w.r.t. tokens,
+/* blocks.0 alone (ldm__dit_block_forward, the block shared with the image DiT): output and full gradients w.r.t. tokens,
    conditioning and every block parameter, for both adaLN variants. */
 static void test_block(ldm_ctx *ctx, const char *tag, int single) {
     char path[128], name[200], key[200];
@@ -148,7 +148,7 @@ static void test_block(ldm_ctx *ctx, const char *tag, int single) {
     x->requires_grad = 1;
     c->requires_grad = 1;
     /* adaLN-Zero blocks take SiLU(c) (adaLN_modulation.0 is the SiLU); adaLN-single ones t_block's output */
-    ldm_tensor *out = ldm__vdit_block_forward(ctx, m, 0, x, single ? c : ldm_silu(ctx, c));
+    ldm_tensor *out = ldm__dit_block_forward(ctx, &m->k.blk[0], m->k.heads, x, single ? c : ldm_silu(ctx, c));
     int ok = out && backward_hash(ctx, out);
     snprintf(name, sizeof name, "vdit block (%s) forward", tag);
     cmp_t(ctx, fx, "out", name, out, 0, 1e-5);
