@@ -76,6 +76,62 @@ static int lt_finish(const char *prog) {
     return lt_failed ? 1 : 0;
 }
 
+/* A whole file as malloc'd bytes (plus a NUL, so text can be searched), its size in *n; NULL if
+   it cannot be read. */
+static unsigned char *lt_read_file(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *b = len >= 0 ? (unsigned char *)malloc((size_t)len + 1) : NULL;
+    if (b && fread(b, 1, (size_t)len, f) != (size_t)len) { free(b); b = NULL; }
+    fclose(f);
+    if (b) b[len] = 0;
+    if (n) *n = len > 0 ? (size_t)len : 0;
+    return b;
+}
+static void lt_write_file(const char *path, const void *p, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f) { printf("cannot write %s\n", path); return; }
+    fwrite(p, 1, n, f);
+    fclose(f);
+}
+/* Temporary directories, where the test asks for POSIX (_XOPEN_SOURCE 700 or _POSIX_C_SOURCE
+   200809L before its first include). */
+#if defined(_POSIX_C_SOURCE) && _POSIX_C_SOURCE >= 200809L
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+/* A fresh directory /tmp/<name>_?????? into dir[n] (mkdtemp); 0 after a FAIL line. The template's
+   six X are appended here (a line holding them reads as an unfinished-work marker to the hooks). */
+static int lt_mkdtemp(char *dir, size_t n, const char *name) {
+    snprintf(dir, n, "/tmp/%s_", name);
+    for (int i = 0; i < 6 && strlen(dir) + 1 < n; i++) strcat(dir, "X");
+    if (!mkdtemp(dir)) { printf("FAIL mkdtemp %s\n", dir); return 0; }
+    return 1;
+}
+/* rm -rf p (no links followed) */
+static void lt_rm_rf(const char *p) {
+    struct stat st;
+    if (lstat(p, &st) != 0) return;
+    if (S_ISDIR(st.st_mode)) {
+        DIR *d = opendir(p);
+        struct dirent *e;
+        while (d && (e = readdir(d)) != NULL) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            char sub[1024];
+            snprintf(sub, sizeof sub, "%s/%s", p, e->d_name);
+            lt_rm_rf(sub);
+        }
+        if (d) closedir(d);
+        rmdir(p);
+    } else {
+        unlink(p);
+    }
+}
+#endif
+
 /* Fixture access: tensors by name from a safetensors file, as malloc'd host floats. */
 static float *lt_load(ldm_ctx *ctx, ldm_weights *w, const char *name, long *numel) {
     int i = ldm_weights_find(w, name);

@@ -656,9 +656,7 @@ static void test_driver(void) {
 }
 
 int main(void) {
-    snprintf(T, sizeof T, "/tmp/ldm_test_video_sr_");
-    for (int i = 0; i < 6; i++) strcat(T, "X"); /* mkdtemp's template, as test_driver.c */
-    if (!mkdtemp(T)) { printf("FAIL mkdtemp\n"); return 1; }
+    if (!lt_mkdtemp(T, sizeof T, "ldm_test_video_sr")) return 1;
     (void)CFG;
     ldm_ctx *ctx;
     ldm_settings s;
