@@ -678,5 +678,6 @@ int main(void) {
     ldm_config_registry_destroy(reg);
     for (int i = 0; i < n_cfgs; i++) ldm_config_destroy(cfgs[i]);
     ldm_ctx_destroy(ctx);
+    if (lt_failed == 0) lt_rm_rf(T);   /* kept for a look when something failed */
     return lt_finish("test_video_sr");
 }
