@@ -132,6 +132,27 @@ static void lt_rm_rf(const char *p) {
 }
 #endif
 
+#ifdef LDM_CUDA
+/* The device half of a test's main(): a context like s's on CUDA device 0 whose checks print
+   "[cuda] " first (the emulator build runs the CUDA code on the CPU). 0 when there is none,
+   after a SKIP line (no device) or a failed check (no init); else run, then lt_cuda_end. */
+static int lt_cuda_begin(ldm_ctx **ctx, const ldm_settings *s, const char *prog) {
+    if (!ldm_cuda_available() || ldm_ctx_create(ctx, s)) { printf("SKIP %s on CUDA: no CUDA device\n", prog); return 0; }
+    if (ldm_cuda_init(*ctx, 0)) {
+        lt_report(0, "cuda init", "%s", ldm_ctx_error(*ctx));
+        ldm_ctx_destroy(*ctx);
+        return 0;
+    }
+    lt_tag = "[cuda] ";
+    printf("device: %s\n", ldm_cuda_device_name(*ctx));
+    return 1;
+}
+static void lt_cuda_end(ldm_ctx *ctx) {
+    ldm_ctx_destroy(ctx);
+    lt_tag = "";
+}
+#endif
+
 /* Fixture access: tensors by name from a safetensors file, as malloc'd host floats. */
 static float *lt_load(ldm_ctx *ctx, ldm_weights *w, const char *name, long *numel) {
     int i = ldm_weights_find(w, name);

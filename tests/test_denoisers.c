@@ -359,22 +359,16 @@ int main(void) {
     ldm_ctx_destroy(ctx);
 #ifdef LDM_CUDA
     /* the same fixtures on the GPU (the CPU emulator's build runs the CUDA code on the CPU) */
-    if (ldm_cuda_available() && !ldm_ctx_create(&ctx, &s)) {
-        if (ldm_cuda_init(ctx, 0)) lt_report(0, "cuda init", "%s", ldm_ctx_error(ctx));
-        else {
-            lt_tag = "[cuda] ";
-            printf("device: %s\n", ldm_cuda_device_name(ctx));
-            test_unet_case(ctx, 'a');
-            test_unet_case(ctx, 'b');
-            test_unet_case(ctx, 'c');
-            test_unet_case(ctx, 'd');
-            test_unet_case(ctx, 'f');
-            test_dit(ctx);
-            test_load_save(ctx);
-        }
-        ldm_ctx_destroy(ctx);
-        lt_tag = "";
-    } else printf("SKIP test_denoisers on CUDA: no CUDA device\n");
+    if (lt_cuda_begin(&ctx, &s, "test_denoisers")) {
+        test_unet_case(ctx, 'a');
+        test_unet_case(ctx, 'b');
+        test_unet_case(ctx, 'c');
+        test_unet_case(ctx, 'd');
+        test_unet_case(ctx, 'f');
+        test_dit(ctx);
+        test_load_save(ctx);
+        lt_cuda_end(ctx);
+    }
 #endif
     return lt_finish("test_denoisers");
 }

@@ -389,21 +389,15 @@ int main(void) {
     ldm_ctx_destroy(ctx);
 #ifdef LDM_CUDA
     /* the same fixtures on the GPU (the CPU emulator's build runs the CUDA code on the CPU) */
-    if (ldm_cuda_available() && !ldm_ctx_create(&ctx, &s)) {
-        if (ldm_cuda_init(ctx, 0)) lt_report(0, "cuda init", "%s", ldm_ctx_error(ctx));
-        else {
-            lt_tag = "[cuda] ";
-            printf("device: %s\n", ldm_cuda_device_name(ctx));
-            test_tiny(ctx);
-            test_attn_block(ctx);
+    if (lt_cuda_begin(&ctx, &s, "test_vae")) {
+        test_tiny(ctx);
+        test_attn_block(ctx);
 #ifndef LDM_CUDA_EMULATOR /* minutes on the emulator, a second on a GPU */
-            test_hash_model(ctx, "kl-f4 (seed config)", FIX "vae_f4.safetensors", ldm_vae_config_kl_f4());
-            test_hash_model(ctx, "kl-f8", FIX "vae_f8.safetensors", ldm_vae_config_kl_f8());
+        test_hash_model(ctx, "kl-f4 (seed config)", FIX "vae_f4.safetensors", ldm_vae_config_kl_f4());
+        test_hash_model(ctx, "kl-f8", FIX "vae_f8.safetensors", ldm_vae_config_kl_f8());
 #endif
-        }
-        ldm_ctx_destroy(ctx);
-        lt_tag = "";
-    } else printf("SKIP test_vae on CUDA: no CUDA device\n");
+        lt_cuda_end(ctx);
+    }
 #endif
     return lt_finish("test_vae");
 }

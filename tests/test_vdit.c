@@ -484,22 +484,16 @@ int main(void) {
 #endif
     ldm_ctx_destroy(ctx);
 #ifdef LDM_CUDA
-    if (ldm_cuda_available() && !ldm_ctx_create(&ctx, &s)) {
-        if (ldm_cuda_init(ctx, 0)) lt_report(0, "cuda init", "%s", ldm_ctx_error(ctx));
-        else {
-            lt_tag = "[cuda] ";
-            printf("device: %s\n", ldm_cuda_device_name(ctx));
-            test_block(ctx, "dit", 0);
-            test_block(ctx, "single", 1);
-            test_model(ctx, "dit", 0, 1);
-            test_model(ctx, "single", 1, 0);
-            test_lora(ctx);
-            test_sgm(ctx);
-            test_save_train(ctx);
-        }
-        ldm_ctx_destroy(ctx);
-        lt_tag = "";
-    } else printf("SKIP test_vdit on CUDA: no CUDA device\n");
+    if (lt_cuda_begin(&ctx, &s, "test_vdit")) {
+        test_block(ctx, "dit", 0);
+        test_block(ctx, "single", 1);
+        test_model(ctx, "dit", 0, 1);
+        test_model(ctx, "single", 1, 0);
+        test_lora(ctx);
+        test_sgm(ctx);
+        test_save_train(ctx);
+        lt_cuda_end(ctx);
+    }
 #endif
     return lt_finish("test_vdit");
 }

@@ -600,15 +600,9 @@ int main(void) {
 #endif
     ldm_ctx_destroy(ctx);
 #ifdef LDM_CUDA
-    if (ldm_cuda_available() && !ldm_ctx_create(&ctx, &s)) {
-        if (ldm_cuda_init(ctx, 0)) lt_report(0, "cuda init", "%s", ldm_ctx_error(ctx));
-        else {
-            lt_tag = "[cuda] ";
-            printf("device: %s\n", ldm_cuda_device_name(ctx));
-            run_all(ctx, 0);
-        }
-        ldm_ctx_destroy(ctx);
-        lt_tag = "";
+    if (lt_cuda_begin(&ctx, &s, "test_vol3d")) {
+        run_all(ctx, 0);
+        lt_cuda_end(ctx);
     }
 #endif
     return lt_finish("test_vol3d");

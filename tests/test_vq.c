@@ -393,16 +393,10 @@ int main(void) {
 #endif
     ldm_ctx_destroy(ctx);
 #ifdef LDM_CUDA
-    if (ldm_cuda_available() && !ldm_ctx_create(&ctx, &s)) {
-        if (ldm_cuda_init(ctx, 0)) lt_report(0, "cuda init", "%s", ldm_ctx_error(ctx));
-        else {
-            lt_tag = "[cuda] ";
-            printf("device: %s\n", ldm_cuda_device_name(ctx));
-            test_fixture(ctx);
-        }
-        ldm_ctx_destroy(ctx);
-        lt_tag = "";
-    } else printf("SKIP test_vq on CUDA: no CUDA device\n");
+    if (lt_cuda_begin(&ctx, &s, "test_vq")) {
+        test_fixture(ctx);
+        lt_cuda_end(ctx);
+    }
 #endif
     return lt_finish("test_vq");
 }
