@@ -704,7 +704,8 @@ LDM_API ldm_result ldm_latent_diffusion_config_read(ldm_config *cfg, const ldm_c
    Shapes: x, x0, noise [B, C, F, H, W] (the sgm parts take any rank); sigma [B];
    tokens [B, N, D], N = (F/pt)(H/p)(W/p) in (frame, row, column) order; concat [B or 1, Cc, F, H, W].
 
-   Video DiT (ldm_vdit), DiT's architecture and names with a Conv3d patch embedding:
+   Video DiT (ldm_vdit), DiT's architecture and names with a Conv3d patch embedding (the
+   transformer, t_embedder and final layer are section 2's DiT code, shared):
      pos_embed          [1, N, D], fixed 3-D sin-cos (frozen parameter, in the state dict):
                         token (i, j, k) = frame i, row j, column k gets
                         [temporal: sincos_1d(D/4, i) | spatial: sincos_1d(3D/8, k), sincos_1d(3D/8, j)]
