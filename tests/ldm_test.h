@@ -217,7 +217,7 @@ static void lt_hash_init(const char *name, float *data, int ndim, const int64_t 
     for (long i = 0; i < n; i++) data[i] = (ndim < 2 && is_weight) ? 1.0f + s * data[i] : s * data[i];
 }
 
-/* ---- model fixtures (the scripts in tests/ref/ write them with common.py's hash weights) ----------------
+/* ---- model fixtures (tests/ref/ scripts write them with common.py's hash weights) -------------
    Parameter entry e of registry k is "<prefixes[k]><name>" in PyTorch's state dict, `name`
    being e's name without a leading `strip` (NULL: none). The fixture holds shape.<that>
    (its shape as floats) and gproj.<that> = [g . hash("proj.<that>"), |g|^2] for gradient g;
