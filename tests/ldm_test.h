@@ -152,6 +152,23 @@ static void lt_cuda_end(ldm_ctx *ctx) {
     lt_tag = "";
 }
 #endif
+/* A whole main(): run(ctx, 1) on a CPU context made with s (skipped by the CUDA-emulator build,
+   which runs only the device half), then under LDM_CUDA run(ctx, 0) on device 0; lt_finish. */
+static int lt_main(const ldm_settings *s, const char *prog, void (*run)(ldm_ctx *ctx, int cpu)) {
+    ldm_ctx *ctx;
+    if (ldm_ctx_create(&ctx, s)) return 1;
+#ifndef LDM_CUDA_EMULATOR
+    run(ctx, 1);
+#endif
+    ldm_ctx_destroy(ctx);
+#ifdef LDM_CUDA
+    if (lt_cuda_begin(&ctx, s, prog)) {
+        run(ctx, 0);
+        lt_cuda_end(ctx);
+    }
+#endif
+    return lt_finish(prog);
+}
 
 /* Fixture access: tensors by name from a safetensors file, as malloc'd host floats. */
 static float *lt_load(ldm_ctx *ctx, ldm_weights *w, const char *name, long *numel) {

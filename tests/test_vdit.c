@@ -479,20 +479,8 @@ static void run_all(ldm_ctx *ctx, int cpu) {
 }
 
 int main(void) {
-    ldm_ctx *ctx;
     ldm_settings s;
     memset(&s, 0, sizeof s);
     s.seed = 1;
-    if (ldm_ctx_create(&ctx, &s)) return 1;
-#ifndef LDM_CUDA_EMULATOR /* the emulator build only runs the device part below */
-    run_all(ctx, 1);
-#endif
-    ldm_ctx_destroy(ctx);
-#ifdef LDM_CUDA
-    if (lt_cuda_begin(&ctx, &s, "test_vdit")) {
-        run_all(ctx, 0);
-        lt_cuda_end(ctx);
-    }
-#endif
-    return lt_finish("test_vdit");
+    return lt_main(&s, "test_vdit", run_all);
 }
