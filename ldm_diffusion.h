@@ -704,7 +704,8 @@ LDM_API ldm_result ldm_latent_diffusion_config_read(ldm_config *cfg, const ldm_c
    Shapes: x, x0, noise [B, C, F, H, W] (the sgm parts take any rank); sigma [B];
    tokens [B, N, D], N = (F/pt)(H/p)(W/p) in (frame, row, column) order; concat [B or 1, Cc, F, H, W].
 
-   Video DiT (ldm_vdit), DiT's architecture and names with a Conv3d patch embedding:
+   Video DiT (ldm_vdit), DiT's architecture and names with a Conv3d patch embedding (the
+   transformer, t_embedder and final layer are section 2's DiT code, shared):
      pos_embed          [1, N, D], fixed 3-D sin-cos (frozen parameter, in the state dict):
                         token (i, j, k) = frame i, row j, column k gets
                         [temporal: sincos_1d(D/4, i) | spatial: sincos_1d(3D/8, k), sincos_1d(3D/8, j)]
@@ -2075,61 +2076,119 @@ LDM_API ldm_result ldm_dit_config_check(ldm_ctx *ctx, const ldm_dit_config *c) {
 #undef LDM__DIT_REQ
 }
 
+/* The transformer shared by the DiT and the video DiT (section 5): DiT's blocks and final layer
+   with either DiT's adaLN-Zero (a block's own adaLN_modulation.1 on SiLU(c)) or PixArt-alpha's
+   adaLN-single (single: one t_block.1 on SiLU(c) for all blocks plus a learned scale_shift_table
+   per block and in the final layer). The models add their patch embedding, pos_embed filling,
+   conditioning and unpatchify. */
 typedef struct ldm__dit_block {
+    ldm_tensor *sst;              /* scale_shift_table [6, D] (adaLN-single), else NULL */
     ldm_nn_layernorm norm1, norm2;
     ldm_nn_linear qkv, proj, fc1, fc2, ada;
 } ldm__dit_block;
+typedef struct ldm__dit_trunk {
+    ldm_nn_params *P;
+    int depth, heads, single, out_channels;
+    ldm_tensor *pos_embed;        /* [1, N, D], fixed sin-cos, requires_grad off */
+    ldm_nn_linear t0, t2;         /* t_embedder.mlp.0 / .2 */
+    ldm_nn_linear t_block;        /* t_block.1 (adaLN-single) */
+    ldm__dit_block *blk;
+    ldm_tensor *final_sst;        /* final_layer.scale_shift_table [2, D] (adaLN-single) */
+    ldm_nn_layernorm norm_final;
+    ldm_nn_linear final_linear, final_ada;
+} ldm__dit_trunk;
 struct ldm_dit {
     ldm_dit_config cfg;
-    ldm_nn_params *P;
-    int training, out_channels;
-    ldm_tensor *pos_embed;        /* [1, N, D], requires_grad off */
+    int training;
     ldm_nn_conv2d x_proj;
-    ldm_nn_linear t0, t2, final_linear, final_ada;
     ldm_nn_embedding y_table;
-    ldm__dit_block *blk;
-    ldm_nn_layernorm norm_final;
+    ldm__dit_trunk k;
 };
 
-static void ldm__dit_xavier(ldm_nn_params *P, ldm_nn_linear *m) {
-    ldm_nn_set_init(P, m->weight, ldm_nn_init_xavier_uniform(m->in, m->out, 1.0));
-    ldm_nn_set_init(P, m->bias, ldm_nn_init_const(0.0f));
+static void ldm__dit_xavier(ldm_nn_params *P, ldm_tensor *weight, ldm_tensor *bias, int64_t fan_in, int64_t fan_out) {
+    ldm_nn_set_init(P, weight, ldm_nn_init_xavier_uniform(fan_in, fan_out, 1.0));
+    ldm_nn_set_init(P, bias, ldm_nn_init_const(0.0f));
 }
 static void ldm__dit_zero(ldm_nn_params *P, ldm_nn_linear *m) {
     ldm_nn_set_init(P, m->weight, ldm_nn_init_const(0.0f));
     ldm_nn_set_init(P, m->bias, ldm_nn_init_const(0.0f));
 }
+/* The registry and a zeroed block array; who names the model in errors. */
+static ldm_result ldm__dit_trunk_alloc(ldm_ctx *ctx, ldm__dit_trunk *k, const char *who, int depth, int heads, int single, int out_channels) {
+    size_t nb = (size_t)(depth ? depth : 1);
+    memset(k, 0, sizeof *k);
+    k->depth = depth; k->heads = heads; k->single = single; k->out_channels = out_channels;
+    k->blk = (ldm__dit_block *)LDM_MALLOC(sizeof(ldm__dit_block) * nb);
+    if (!k->blk) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "%s: out of memory", who);
+    memset(k->blk, 0, sizeof(ldm__dit_block) * nb);
+    ldm_result r = ldm_nn_params_create(ctx, &k->P, ldm_ctx_device(ctx));
+    if (r) { LDM_FREE(k->blk); k->blk = NULL; }
+    return r;
+}
+static void ldm__dit_trunk_free(ldm__dit_trunk *k) {
+    ldm_nn_params_destroy(k->P);
+    LDM_FREE(k->blk);
+}
+/* t_embedder (N(0, 0.02) weights) and, adaLN-single, t_block.1; registered after x_embedder. */
+static void ldm__dit_register_temb(ldm__dit_trunk *k, int D) {
+    ldm_nn_params *P = k->P;
+    ldm_nn_linear_init(P, &k->t0, "t_embedder.mlp.0", 256, D, 1);
+    ldm_nn_linear_init(P, &k->t2, "t_embedder.mlp.2", D, D, 1);
+    ldm_nn_set_init(P, k->t0.weight, ldm_nn_init_normal(0.0f, 0.02f)); ldm_nn_set_init(P, k->t0.bias, ldm_nn_init_const(0.0f));
+    ldm_nn_set_init(P, k->t2.weight, ldm_nn_init_normal(0.0f, 0.02f)); ldm_nn_set_init(P, k->t2.bias, ldm_nn_init_const(0.0f));
+    if (k->single) {
+        ldm_nn_linear_init(P, &k->t_block, "t_block.1", D, 6 * D, 1);
+        ldm_nn_set_init(P, k->t_block.weight, ldm_nn_init_normal(0.0f, 0.02f)); ldm_nn_set_init(P, k->t_block.bias, ldm_nn_init_const(0.0f));
+    }
+}
+/* blocks.N and final_layer in state-dict order (a module's own parameters before its children);
+   patch_out = values per token (patch volume x out_channels). Freezes pos_embed. */
+static void ldm__dit_register_blocks(ldm__dit_trunk *k, int D, float mlp_ratio, int64_t patch_out) {
+    ldm_nn_params *P = k->P;
+    int hid = (int)((float)D * mlp_ratio), single = k->single;
+    float sd = (float)(1.0 / sqrt((double)D));
+    for (int i = 0; i < k->depth; i++) {
+        ldm__dit_block *b = &k->blk[i];
+        ldm_nn_pushf(P, "blocks.%d", i);
+        if (single) b->sst = ldm_nn_param(P, "scale_shift_table", ldm_shape2(6, D), ldm_nn_init_normal(0.0f, sd));
+        ldm_nn_layernorm_init(P, &b->norm1, "norm1", ldm_shape1(D), 1e-6f, 0);
+        ldm_nn_linear_init(P, &b->qkv, "attn.qkv", D, 3 * D, 1); ldm__dit_xavier(P, b->qkv.weight, b->qkv.bias, D, 3 * D);
+        ldm_nn_linear_init(P, &b->proj, "attn.proj", D, D, 1); ldm__dit_xavier(P, b->proj.weight, b->proj.bias, D, D);
+        ldm_nn_layernorm_init(P, &b->norm2, "norm2", ldm_shape1(D), 1e-6f, 0);
+        ldm_nn_linear_init(P, &b->fc1, "mlp.fc1", D, hid, 1); ldm__dit_xavier(P, b->fc1.weight, b->fc1.bias, D, hid);
+        ldm_nn_linear_init(P, &b->fc2, "mlp.fc2", hid, D, 1); ldm__dit_xavier(P, b->fc2.weight, b->fc2.bias, hid, D);
+        if (!single) { ldm_nn_linear_init(P, &b->ada, "adaLN_modulation.1", D, 6 * D, 1); ldm__dit_zero(P, &b->ada); }
+        ldm_nn_pop(P);
+    }
+    if (single) k->final_sst = ldm_nn_param(P, "final_layer.scale_shift_table", ldm_shape2(2, D), ldm_nn_init_normal(0.0f, sd));
+    ldm_nn_layernorm_init(P, &k->norm_final, "final_layer.norm_final", ldm_shape1(D), 1e-6f, 0);
+    ldm_nn_linear_init(P, &k->final_linear, "final_layer.linear", D, patch_out, 1); ldm__dit_zero(P, &k->final_linear);
+    if (!single) { ldm_nn_linear_init(P, &k->final_ada, "final_layer.adaLN_modulation.1", D, 2 * D, 1); ldm__dit_zero(P, &k->final_ada); }
+    ldm_nn_set_trainable(P, "pos_embed", 0);
+}
+/* sincos_1d(d, pos) into out[d]: [sin(pos w_m), cos(pos w_m)], w_m = 10000^(-m/(d/2)), in double */
+static void ldm__dit_sincos(float *out, int d, double pos) {
+    int h = d / 2;
+    for (int k = 0; k < h; k++) {
+        double w = 1.0 / pow(10000.0, (double)k / ((double)d / 2.0));
+        out[k] = (float)sin(pos * w);
+        out[h + k] = (float)cos(pos * w);
+    }
+}
+
+/* ---- DiT ---- */
 /* Module order = DiT's state-dict order (pos_embed is DiT's own parameter, so it comes first). */
 static void ldm__dit_register(ldm_dit *m) {
     const ldm_dit_config *c = &m->cfg;
-    ldm_nn_params *P = m->P;
-    int D = c->hidden_size, p = c->patch_size, g = c->input_size / p, hid = (int)((float)D * c->mlp_ratio);
-    m->pos_embed = ldm_nn_param(P, "pos_embed", ldm_shape3(1, (int64_t)g * g, D), ldm_nn_init_const(0.0f));
+    ldm_nn_params *P = m->k.P;
+    int D = c->hidden_size, p = c->patch_size, g = c->input_size / p;
+    m->k.pos_embed = ldm_nn_param(P, "pos_embed", ldm_shape3(1, (int64_t)g * g, D), ldm_nn_init_const(0.0f));
     ldm_nn_conv2d_init(P, &m->x_proj, "x_embedder.proj", c->in_channels, D, p, p, 0, 1);
-    ldm_nn_set_init(P, m->x_proj.weight, ldm_nn_init_xavier_uniform((int64_t)c->in_channels * p * p, D, 1.0)); /* as a Linear */
-    ldm_nn_set_init(P, m->x_proj.bias, ldm_nn_init_const(0.0f));
-    ldm_nn_linear_init(P, &m->t0, "t_embedder.mlp.0", 256, D, 1);
-    ldm_nn_linear_init(P, &m->t2, "t_embedder.mlp.2", D, D, 1);
-    ldm_nn_set_init(P, m->t0.weight, ldm_nn_init_normal(0.0f, 0.02f)); ldm_nn_set_init(P, m->t0.bias, ldm_nn_init_const(0.0f));
-    ldm_nn_set_init(P, m->t2.weight, ldm_nn_init_normal(0.0f, 0.02f)); ldm_nn_set_init(P, m->t2.bias, ldm_nn_init_const(0.0f));
+    ldm__dit_xavier(P, m->x_proj.weight, m->x_proj.bias, (int64_t)c->in_channels * p * p, D); /* as a Linear */
+    ldm__dit_register_temb(&m->k, D);
     ldm_nn_embedding_init(P, &m->y_table, "y_embedder.embedding_table", c->num_classes + (c->class_dropout_prob > 0.0f), D);
     ldm_nn_set_init(P, m->y_table.weight, ldm_nn_init_normal(0.0f, 0.02f));
-    for (int i = 0; i < c->depth; i++) {
-        ldm__dit_block *b = &m->blk[i];
-        ldm_nn_pushf(P, "blocks.%d", i);
-        ldm_nn_layernorm_init(P, &b->norm1, "norm1", ldm_shape1(D), 1e-6f, 0);
-        ldm_nn_linear_init(P, &b->qkv, "attn.qkv", D, 3 * D, 1); ldm__dit_xavier(P, &b->qkv);
-        ldm_nn_linear_init(P, &b->proj, "attn.proj", D, D, 1); ldm__dit_xavier(P, &b->proj);
-        ldm_nn_layernorm_init(P, &b->norm2, "norm2", ldm_shape1(D), 1e-6f, 0);
-        ldm_nn_linear_init(P, &b->fc1, "mlp.fc1", D, hid, 1); ldm__dit_xavier(P, &b->fc1);
-        ldm_nn_linear_init(P, &b->fc2, "mlp.fc2", hid, D, 1); ldm__dit_xavier(P, &b->fc2);
-        ldm_nn_linear_init(P, &b->ada, "adaLN_modulation.1", D, 6 * D, 1); ldm__dit_zero(P, &b->ada);
-        ldm_nn_pop(P);
-    }
-    ldm_nn_layernorm_init(P, &m->norm_final, "final_layer.norm_final", ldm_shape1(D), 1e-6f, 0);
-    ldm_nn_linear_init(P, &m->final_linear, "final_layer.linear", D, p * p * m->out_channels, 1); ldm__dit_zero(P, &m->final_linear);
-    ldm_nn_linear_init(P, &m->final_ada, "final_layer.adaLN_modulation.1", D, 2 * D, 1); ldm__dit_zero(P, &m->final_ada);
-    ldm_nn_set_trainable(P, "pos_embed", 0);
+    ldm__dit_register_blocks(&m->k, D, c->mlp_ratio, (int64_t)p * p * m->k.out_channels);
 }
 static ldm_result ldm__dit_build(ldm_ctx *ctx, ldm_dit **out, const ldm_dit_config *cfg) {
     *out = NULL;
@@ -2138,32 +2197,27 @@ static ldm_result ldm__dit_build(ldm_ctx *ctx, ldm_dit **out, const ldm_dit_conf
     if (!m) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "DiT: out of memory");
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
-    m->out_channels = cfg->learn_sigma ? 2 * cfg->in_channels : cfg->in_channels;
-    m->blk = (ldm__dit_block *)LDM_MALLOC(sizeof(ldm__dit_block) * (size_t)(cfg->depth ? cfg->depth : 1));
-    ldm_result r = m->blk ? ldm_nn_params_create(ctx, &m->P, ldm_ctx_device(ctx)) : ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "DiT: out of memory");
-    if (r) { LDM_FREE(m->blk); LDM_FREE(m); return r; }
+    ldm_result r = ldm__dit_trunk_alloc(ctx, &m->k, "DiT", cfg->depth, cfg->num_heads, 0, cfg->learn_sigma ? 2 * cfg->in_channels : cfg->in_channels);
+    if (r) { LDM_FREE(m); return r; }
     ldm__dit_register(m);
     if ((r = ldm_ctx_status(ctx)) != LDM_OK) { ldm_dit_destroy(m); return r; }
     *out = m;
     return LDM_OK;
 }
 /* get_2d_sincos_pos_embed in float64, rounded to float: token n = i*g + j (row i, column j)
-   gets [sin(j w_k), cos(j w_k), sin(i w_k), cos(i w_k)], w_k = 10000^(-k/(D/4)), k < D/4
-   (the first half encodes the column: numpy.meshgrid puts w first). */
+   gets [sincos_1d(D/2, j), sincos_1d(D/2, i)] (the first half encodes the column: numpy.meshgrid
+   puts w first). */
 LDM_API ldm_result ldm_dit_reset_pos_embed(ldm_ctx *ctx, ldm_dit *m) {
-    int D = m->cfg.hidden_size, g = m->cfg.input_size / m->cfg.patch_size, q = D / 4;
+    int D = m->cfg.hidden_size, g = m->cfg.input_size / m->cfg.patch_size;
     float *e = (float *)LDM_MALLOC(sizeof(float) * (size_t)g * g * D);
     if (!e) return ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "DiT: out of memory");
     for (int i = 0; i < g; i++)
         for (int j = 0; j < g; j++) {
             float *row = e + ((size_t)i * g + j) * D;
-            for (int k = 0; k < q; k++) {
-                double w = 1.0 / pow(10000.0, (double)k / (double)q);
-                row[k] = (float)sin(j * w); row[q + k] = (float)cos(j * w);
-                row[2 * q + k] = (float)sin(i * w); row[3 * q + k] = (float)cos(i * w);
-            }
+            ldm__dit_sincos(row, D / 2, j);
+            ldm__dit_sincos(row + D / 2, D / 2, i);
         }
-    ldm_result r = ldm_nn_copy_from_host(ctx, m->pos_embed, e);
+    ldm_result r = ldm_nn_copy_from_host(ctx, m->k.pos_embed, e);
     LDM_FREE(e);
     return r;
 }
@@ -2172,40 +2226,79 @@ LDM_API ldm_result ldm_dit_create(ldm_ctx *ctx, ldm_dit **out, const ldm_dit_con
     ldm_result r = ldm__dit_build(ctx, &m, cfg);
     *out = NULL;
     if (r) return r;
-    if ((r = ldm_nn_params_alloc(ctx, m->P)) != LDM_OK || (r = ldm_dit_reset_pos_embed(ctx, m)) != LDM_OK) { ldm_dit_destroy(m); return r; }
+    if ((r = ldm_nn_params_alloc(ctx, m->k.P)) != LDM_OK || (r = ldm_dit_reset_pos_embed(ctx, m)) != LDM_OK) { ldm_dit_destroy(m); return r; }
     *out = m;
     return LDM_OK;
 }
 LDM_API void ldm_dit_destroy(ldm_dit *m) {
     if (!m) return;
-    ldm_nn_params_destroy(m->P);
-    LDM_FREE(m->blk);
+    ldm__dit_trunk_free(&m->k);
     LDM_FREE(m);
 }
 LDM_API ldm_result ldm_dit_count_params(ldm_ctx *ctx, const ldm_dit_config *cfg, int64_t *n) {
     ldm_dit *m;
     ldm_result r = ldm__dit_build(ctx, &m, cfg);
-    *n = r ? 0 : ldm_nn_numel(m->P, NULL, 0);
+    *n = r ? 0 : ldm_nn_numel(m->k.P, NULL, 0);
     if (!r) ldm_dit_destroy(m);
     return r;
 }
-LDM_API ldm_nn_params *ldm_dit_params(ldm_dit *m) { return m->P; }
+LDM_API ldm_nn_params *ldm_dit_params(ldm_dit *m) { return m->k.P; }
 LDM_API const ldm_dit_config *ldm_dit_cfg(const ldm_dit *m) { return &m->cfg; }
 LDM_API void ldm_dit_set_training(ldm_dit *m, int on) { m->training = on; }
 LDM_API ldm_result ldm_dit_load(ldm_ctx *ctx, ldm_dit *m, const char *path, const char *prefix, int strict, ldm_nn_load_report *report) {
-    return ldm__dn_load(ctx, m->P, path, prefix, strict, report);
+    return ldm__dn_load(ctx, m->k.P, path, prefix, strict, report);
 }
 LDM_API ldm_result ldm_dit_save(ldm_ctx *ctx, const ldm_dit *m, const char *path, ldm_dtype dtype, const char *prefix) {
-    return ldm_nn_save(ctx, m->P, path, dtype, prefix);
+    return ldm_nn_save(ctx, m->k.P, path, dtype, prefix);
 }
 
 /* modulate(x, shift, scale) = x * (1 + scale) + shift, shift/scale [B, 1, D] */
 static ldm_tensor *ldm__dit_mod(ldm_ctx *ctx, ldm_tensor *x, ldm_tensor *shift, ldm_tensor *scale) {
     return ldm_add(ctx, ldm_mul(ctx, x, ldm_add_scalar(ctx, scale, 1.0f)), shift);
 }
+/* Patch embedding output [B, D, grid...] -> tokens [B, N, D] + pos_embed */
+static ldm_tensor *ldm__dit_tokens(ldm_ctx *ctx, const ldm__dit_trunk *k, ldm_tensor *h) {
+    if (!h) return NULL;
+    int64_t B = h->shape[0], D = h->shape[1];
+    return ldm_add(ctx, ldm_transpose(ctx, ldm_reshape(ctx, h, ldm_shape3(B, D, h->numel / (B * D))), 1, 2), k->pos_embed);
+}
+/* t_embedder: DiT's [cos, sin] embedding of t [B] (any real values) -> [B, D] */
+static ldm_tensor *ldm__dit_temb(ldm_ctx *ctx, const ldm__dit_trunk *k, ldm_tensor *t) {
+    return ldm_nn_linear_forward(ctx, &k->t2, ldm_silu(ctx, ldm_nn_linear_forward(ctx, &k->t0, ldm_timestep_embedding(ctx, t, 256))));
+}
+/* Block b on tokens h [B, N, D]; ada_in = SiLU(c) [B, D] (adaLN-Zero: the block's own
+   adaLN_modulation.1 makes the 6 modulations) or t_block's output [B, 6D] (adaLN-single: the
+   block adds its scale_shift_table). */
+static ldm_tensor *ldm__dit_block_forward(ldm_ctx *ctx, const ldm__dit_block *b, int heads, ldm_tensor *h, ldm_tensor *ada_in) {
+    if (!h || !ada_in) return NULL;
+    int64_t B = h->shape[0], D = h->shape[2];
+    ldm_tensor *md = b->sst ? ldm_add(ctx, ldm_reshape(ctx, ada_in, ldm_shape3(B, 6, D)), ldm_reshape(ctx, b->sst, ldm_shape3(1, 6, D)))
+                            : ldm_reshape(ctx, ldm_nn_linear_forward(ctx, &b->ada, ada_in), ldm_shape3(B, 6, D));
+    ldm_tensor *s[6], *q[3];
+    if (!md || ldm_chunk(ctx, md, 6, 1, s)) return NULL;  /* shift, scale, gate (msa); shift, scale, gate (mlp): [B, 1, D] */
+    ldm_tensor *a = ldm_nn_linear_forward(ctx, &b->qkv, ldm__dit_mod(ctx, ldm_nn_layernorm_forward(ctx, &b->norm1, h), s[0], s[1]));
+    if (!a || ldm_chunk(ctx, a, 3, 2, q)) return NULL;
+    a = ldm_nn_linear_forward(ctx, &b->proj, ldm_attention(ctx, q[0], q[1], q[2], heads, 0.0f));
+    h = ldm_add(ctx, h, ldm_mul(ctx, s[2], a));
+    a = ldm_nn_linear_forward(ctx, &b->fc1, ldm__dit_mod(ctx, ldm_nn_layernorm_forward(ctx, &b->norm2, h), s[3], s[4]));
+    a = ldm_nn_linear_forward(ctx, &b->fc2, ldm_gelu(ctx, a, 1));
+    return ldm_add(ctx, h, ldm_mul(ctx, s[5], a));
+}
+/* Every block, then the final layer: tokens h [B, N, D] conditioned on c [B, D] -> [B, N, patch_out] */
+static ldm_tensor *ldm__dit_trunk_forward(ldm_ctx *ctx, const ldm__dit_trunk *k, ldm_tensor *h, ldm_tensor *c) {
+    if (!h || !c) return NULL;
+    int64_t B = h->shape[0], D = h->shape[2];
+    ldm_tensor *sc = ldm_silu(ctx, c), *s[2], *md;
+    ldm_tensor *ada_in = k->single ? ldm_nn_linear_forward(ctx, &k->t_block, sc) : sc;   /* t_block: shared by all blocks */
+    for (int i = 0; i < k->depth && h; i++) h = ldm__dit_block_forward(ctx, &k->blk[i], k->heads, h, ada_in);
+    md = k->single ? ldm_add(ctx, ldm_reshape(ctx, c, ldm_shape3(B, 1, D)), ldm_reshape(ctx, k->final_sst, ldm_shape3(1, 2, D)))
+                   : ldm_reshape(ctx, ldm_nn_linear_forward(ctx, &k->final_ada, sc), ldm_shape3(B, 2, D));
+    if (!h || !md || ldm_chunk(ctx, md, 2, 1, s)) return NULL;
+    return ldm_nn_linear_forward(ctx, &k->final_linear, ldm__dit_mod(ctx, ldm_nn_layernorm_forward(ctx, &k->norm_final, h), s[0], s[1]));
+}
 LDM_API ldm_tensor *ldm_dit_forward(ldm_ctx *ctx, ldm_dit *m, ldm_tensor *x, ldm_tensor *t, ldm_tensor *y) {
     const ldm_dit_config *c = &m->cfg;
-    int64_t D = c->hidden_size, p = c->patch_size, g = c->input_size / p, N = g * g;
+    int64_t p = c->patch_size, g = c->input_size / p;
     if (!x || !t || x->ndim != 4 || x->shape[1] != c->in_channels || x->shape[2] != c->input_size || x->shape[3] != c->input_size ||
         t->numel != x->shape[0]) {
         char b[64];
@@ -2222,28 +2315,11 @@ LDM_API ldm_tensor *ldm_dit_forward(ldm_ctx *ctx, ldm_dit *m, ldm_tensor *x, ldm
         ldm_rng_rows(ctx, ldm_ctx_rng(ctx), LDM_CPU, u, B, 1, 0, 0.0f, 1.0f);
         for (int64_t b = 0; b < B; b++) if (u[b] < c->class_dropout_prob) idx[b] = c->num_classes;
     }
-    ldm_tensor *h = ldm_nn_conv2d_forward(ctx, &m->x_proj, x);                         /* [B, D, g, g] */
-    h = ldm_add(ctx, ldm_transpose(ctx, ldm_reshape(ctx, h, ldm_shape3(B, D, N)), 1, 2), m->pos_embed);
-    ldm_tensor *temb = ldm_nn_linear_forward(ctx, &m->t2, ldm_silu(ctx, ldm_nn_linear_forward(ctx, &m->t0, ldm_timestep_embedding(ctx, t, 256))));
-    ldm_tensor *cond = ldm_add(ctx, temb, ldm_nn_embedding_forward(ctx, &m->y_table, B, idx));
-    ldm_tensor *sc = ldm_silu(ctx, cond);
-    for (int i = 0; i < c->depth && h; i++) {
-        const ldm__dit_block *b = &m->blk[i];
-        ldm_tensor *md = ldm_reshape(ctx, ldm_nn_linear_forward(ctx, &b->ada, sc), ldm_shape3(B, 1, 6 * D)), *s[6];
-        if (!md || ldm_chunk(ctx, md, 6, 2, s)) return NULL;  /* shift, scale, gate (msa); shift, scale, gate (mlp) */
-        ldm_tensor *a = ldm_nn_linear_forward(ctx, &b->qkv, ldm__dit_mod(ctx, ldm_nn_layernorm_forward(ctx, &b->norm1, h), s[0], s[1])), *q[3];
-        if (!a || ldm_chunk(ctx, a, 3, 2, q)) return NULL;
-        a = ldm_nn_linear_forward(ctx, &b->proj, ldm_attention(ctx, q[0], q[1], q[2], c->num_heads, 0.0f));
-        h = ldm_add(ctx, h, ldm_mul(ctx, s[2], a));
-        a = ldm_nn_linear_forward(ctx, &b->fc1, ldm__dit_mod(ctx, ldm_nn_layernorm_forward(ctx, &b->norm2, h), s[3], s[4]));
-        a = ldm_nn_linear_forward(ctx, &b->fc2, ldm_gelu(ctx, a, 1));
-        h = ldm_add(ctx, h, ldm_mul(ctx, s[5], a));
-    }
-    ldm_tensor *md = ldm_reshape(ctx, ldm_nn_linear_forward(ctx, &m->final_ada, sc), ldm_shape3(B, 1, 2 * D)), *s[2];
-    if (!h || !md || ldm_chunk(ctx, md, 2, 2, s)) return NULL;
-    h = ldm_nn_linear_forward(ctx, &m->final_linear, ldm__dit_mod(ctx, ldm_nn_layernorm_forward(ctx, &m->norm_final, h), s[0], s[1]));
+    ldm_tensor *h = ldm__dit_tokens(ctx, &m->k, ldm_nn_conv2d_forward(ctx, &m->x_proj, x));   /* [B, N, D] */
+    ldm_tensor *cond = ldm_add(ctx, ldm__dit_temb(ctx, &m->k, t), ldm_nn_embedding_forward(ctx, &m->y_table, B, idx));
+    h = ldm__dit_trunk_forward(ctx, &m->k, h, cond);
     /* unpatchify: [B, (gh gw), (p q C)] -> [B, C, gh*p, gw*q] in two permutes of <= 5 dims */
-    int64_t C = m->out_channels;
+    int64_t C = m->k.out_channels;
     static const int p1[5] = {0, 4, 2, 1, 3}, p2[4] = {0, 2, 1, 3};
     h = ldm_permute(ctx, ldm_reshape(ctx, h, ldm_shape5(B * g, g, p, p, C)), p1);          /* [B*gh, C, p, gw, q] */
     h = ldm_permute(ctx, ldm_reshape(ctx, h, ldm_shape4(B, g, C, p * g * p)), p2);         /* [B, C, gh, (p gw q)] */
@@ -3274,62 +3350,25 @@ LDM_API ldm_result ldm_vdit_config_check(ldm_ctx *ctx, const ldm_vdit_config *c)
 #undef LDM__VDIT_REQ
 }
 
-typedef struct ldm__vdit_block {
-    ldm_tensor *sst;              /* scale_shift_table [6, D] (adaLN-single) */
-    ldm_nn_layernorm norm1, norm2;
-    ldm_nn_linear qkv, proj, fc1, fc2, ada;
-} ldm__vdit_block;
 struct ldm_vdit {
     ldm_vdit_config cfg;
-    ldm_nn_params *P;
-    int gt, gh, gw, out_channels;
-    ldm_tensor *pos_embed;        /* [1, N, D], requires_grad off */
-    ldm_tensor *final_sst;        /* final_layer.scale_shift_table [2, D] (adaLN-single) */
+    int gt, gh, gw;
     ldm_nn_conv3d x_proj;
-    ldm_nn_linear t0, t2, t_block, final_linear, final_ada;
-    ldm_nn_layernorm norm_final;
-    ldm__vdit_block *blk;
+    ldm__dit_trunk k;             /* pos_embed, t_embedder, t_block, blocks, final layer (section 2) */
 };
 
 /* Module order = the PyTorch state-dict order (a module's own parameters before its children). */
 static void ldm__vdit_register(ldm_vdit *m) {
     const ldm_vdit_config *c = &m->cfg;
-    ldm_nn_params *P = m->P;
-    int D = c->hidden_size, hid = (int)((float)D * c->mlp_ratio), single = c->switch_adaln_layer;
+    ldm_nn_params *P = m->k.P;
+    int D = c->hidden_size;
     int k[3], pad[6] = {0, 0, 0, 0, 0, 0};
-    float sd = (float)(1.0 / sqrt((double)D));
     k[0] = c->patch_t; k[1] = k[2] = c->patch_size;
-    m->pos_embed = ldm_nn_param(P, "pos_embed", ldm_shape3(1, (int64_t)m->gt * m->gh * m->gw, D), ldm_nn_init_const(0.0f));
+    m->k.pos_embed = ldm_nn_param(P, "pos_embed", ldm_shape3(1, (int64_t)m->gt * m->gh * m->gw, D), ldm_nn_init_const(0.0f));
     ldm_nn_conv3d_init_ex(P, &m->x_proj, "x_embedder.proj", c->in_channels, D, k, k, pad, 1);
-    ldm_nn_set_init(P, m->x_proj.weight, ldm_nn_init_xavier_uniform((int64_t)c->in_channels * k[0] * k[1] * k[2], D, 1.0)); /* as a Linear */
-    ldm_nn_set_init(P, m->x_proj.bias, ldm_nn_init_const(0.0f));
-    ldm_nn_linear_init(P, &m->t0, "t_embedder.mlp.0", 256, D, 1);
-    ldm_nn_linear_init(P, &m->t2, "t_embedder.mlp.2", D, D, 1);
-    ldm_nn_set_init(P, m->t0.weight, ldm_nn_init_normal(0.0f, 0.02f)); ldm_nn_set_init(P, m->t0.bias, ldm_nn_init_const(0.0f));
-    ldm_nn_set_init(P, m->t2.weight, ldm_nn_init_normal(0.0f, 0.02f)); ldm_nn_set_init(P, m->t2.bias, ldm_nn_init_const(0.0f));
-    if (single) {
-        ldm_nn_linear_init(P, &m->t_block, "t_block.1", D, 6 * D, 1);
-        ldm_nn_set_init(P, m->t_block.weight, ldm_nn_init_normal(0.0f, 0.02f)); ldm_nn_set_init(P, m->t_block.bias, ldm_nn_init_const(0.0f));
-    }
-    for (int i = 0; i < c->depth; i++) {
-        ldm__vdit_block *b = &m->blk[i];
-        ldm_nn_pushf(P, "blocks.%d", i);
-        if (single) b->sst = ldm_nn_param(P, "scale_shift_table", ldm_shape2(6, D), ldm_nn_init_normal(0.0f, sd));
-        ldm_nn_layernorm_init(P, &b->norm1, "norm1", ldm_shape1(D), 1e-6f, 0);
-        ldm_nn_linear_init(P, &b->qkv, "attn.qkv", D, 3 * D, 1); ldm__dit_xavier(P, &b->qkv);
-        ldm_nn_linear_init(P, &b->proj, "attn.proj", D, D, 1); ldm__dit_xavier(P, &b->proj);
-        ldm_nn_layernorm_init(P, &b->norm2, "norm2", ldm_shape1(D), 1e-6f, 0);
-        ldm_nn_linear_init(P, &b->fc1, "mlp.fc1", D, hid, 1); ldm__dit_xavier(P, &b->fc1);
-        ldm_nn_linear_init(P, &b->fc2, "mlp.fc2", hid, D, 1); ldm__dit_xavier(P, &b->fc2);
-        if (!single) { ldm_nn_linear_init(P, &b->ada, "adaLN_modulation.1", D, 6 * D, 1); ldm__dit_zero(P, &b->ada); }
-        ldm_nn_pop(P);
-    }
-    if (single) m->final_sst = ldm_nn_param(P, "final_layer.scale_shift_table", ldm_shape2(2, D), ldm_nn_init_normal(0.0f, sd));
-    ldm_nn_layernorm_init(P, &m->norm_final, "final_layer.norm_final", ldm_shape1(D), 1e-6f, 0);
-    ldm_nn_linear_init(P, &m->final_linear, "final_layer.linear", D, k[0] * k[1] * k[2] * m->out_channels, 1);
-    ldm__dit_zero(P, &m->final_linear);
-    if (!single) { ldm_nn_linear_init(P, &m->final_ada, "final_layer.adaLN_modulation.1", D, 2 * D, 1); ldm__dit_zero(P, &m->final_ada); }
-    ldm_nn_set_trainable(P, "pos_embed", 0);
+    ldm__dit_xavier(P, m->x_proj.weight, m->x_proj.bias, (int64_t)c->in_channels * k[0] * k[1] * k[2], D); /* as a Linear */
+    ldm__dit_register_temb(&m->k, D);
+    ldm__dit_register_blocks(&m->k, D, c->mlp_ratio, (int64_t)k[0] * k[1] * k[2] * m->k.out_channels);
 }
 static ldm_result ldm__vdit_build(ldm_ctx *ctx, ldm_vdit **out, const ldm_vdit_config *cfg) {
     *out = NULL;
@@ -3339,24 +3378,13 @@ static ldm_result ldm__vdit_build(ldm_ctx *ctx, ldm_vdit **out, const ldm_vdit_c
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
     m->gt = cfg->num_frames / cfg->patch_t; m->gh = cfg->height / cfg->patch_size; m->gw = cfg->width / cfg->patch_size;
-    m->out_channels = cfg->learn_sigma ? 2 * cfg->out_channels : cfg->out_channels;
-    m->blk = (ldm__vdit_block *)LDM_MALLOC(sizeof(ldm__vdit_block) * (size_t)(cfg->depth ? cfg->depth : 1));
-    if (m->blk) memset(m->blk, 0, sizeof(ldm__vdit_block) * (size_t)(cfg->depth ? cfg->depth : 1));
-    ldm_result r = m->blk ? ldm_nn_params_create(ctx, &m->P, ldm_ctx_device(ctx)) : ldm_ctx_seterr(ctx, LDM_ERR_NOMEM, "VideoDiT: out of memory");
-    if (r) { LDM_FREE(m->blk); LDM_FREE(m); return r; }
+    ldm_result r = ldm__dit_trunk_alloc(ctx, &m->k, "VideoDiT", cfg->depth, cfg->num_heads, cfg->switch_adaln_layer,
+                                        cfg->learn_sigma ? 2 * cfg->out_channels : cfg->out_channels);
+    if (r) { LDM_FREE(m); return r; }
     ldm__vdit_register(m);
     if ((r = ldm_ctx_status(ctx)) != LDM_OK) { ldm_vdit_destroy(m); return r; }
     *out = m;
     return LDM_OK;
-}
-/* sincos_1d(d, pos) into out[d]: [sin(pos w_m), cos(pos w_m)], w_m = 10000^(-m/(d/2)), in double */
-static void ldm__vdit_sincos(float *out, int d, double pos) {
-    int h = d / 2;
-    for (int k = 0; k < h; k++) {
-        double w = 1.0 / pow(10000.0, (double)k / ((double)d / 2.0));
-        out[k] = (float)sin(pos * w);
-        out[h + k] = (float)cos(pos * w);
-    }
 }
 LDM_API ldm_result ldm_vdit_reset_pos_embed(ldm_ctx *ctx, ldm_vdit *m) {
     int D = m->cfg.hidden_size, dt = D / 4, q = (D - dt) / 2;
@@ -3366,11 +3394,11 @@ LDM_API ldm_result ldm_vdit_reset_pos_embed(ldm_ctx *ctx, ldm_vdit *m) {
         for (int j = 0; j < m->gh; j++)
             for (int k = 0; k < m->gw; k++) {
                 float *row = e + (((size_t)i * m->gh + j) * m->gw + k) * D;
-                ldm__vdit_sincos(row, dt, i);            /* time */
-                ldm__vdit_sincos(row + dt, q, k);        /* column */
-                ldm__vdit_sincos(row + dt + q, q, j);    /* row */
+                ldm__dit_sincos(row, dt, i);            /* time */
+                ldm__dit_sincos(row + dt, q, k);        /* column */
+                ldm__dit_sincos(row + dt + q, q, j);    /* row */
             }
-    ldm_result r = ldm_nn_copy_from_host(ctx, m->pos_embed, e);
+    ldm_result r = ldm_nn_copy_from_host(ctx, m->k.pos_embed, e);
     LDM_FREE(e);
     return r;
 }
@@ -3379,51 +3407,31 @@ LDM_API ldm_result ldm_vdit_create(ldm_ctx *ctx, ldm_vdit **out, const ldm_vdit_
     ldm_result r = ldm__vdit_build(ctx, &m, cfg);
     *out = NULL;
     if (r) return r;
-    if ((r = ldm_nn_params_alloc(ctx, m->P)) != LDM_OK || (r = ldm_vdit_reset_pos_embed(ctx, m)) != LDM_OK) { ldm_vdit_destroy(m); return r; }
+    if ((r = ldm_nn_params_alloc(ctx, m->k.P)) != LDM_OK || (r = ldm_vdit_reset_pos_embed(ctx, m)) != LDM_OK) { ldm_vdit_destroy(m); return r; }
     *out = m;
     return LDM_OK;
 }
 LDM_API void ldm_vdit_destroy(ldm_vdit *m) {
     if (!m) return;
-    ldm_nn_params_destroy(m->P);
-    LDM_FREE(m->blk);
+    ldm__dit_trunk_free(&m->k);
     LDM_FREE(m);
 }
 LDM_API ldm_result ldm_vdit_count_params(ldm_ctx *ctx, const ldm_vdit_config *cfg, int64_t *n) {
     ldm_vdit *m;
     ldm_result r = ldm__vdit_build(ctx, &m, cfg);
-    *n = r ? 0 : ldm_nn_numel(m->P, NULL, 0);
+    *n = r ? 0 : ldm_nn_numel(m->k.P, NULL, 0);
     if (!r) ldm_vdit_destroy(m);
     return r;
 }
-LDM_API ldm_nn_params *ldm_vdit_params(ldm_vdit *m) { return m->P; }
+LDM_API ldm_nn_params *ldm_vdit_params(ldm_vdit *m) { return m->k.P; }
 LDM_API const ldm_vdit_config *ldm_vdit_cfg(const ldm_vdit *m) { return &m->cfg; }
 LDM_API ldm_result ldm_vdit_load(ldm_ctx *ctx, ldm_vdit *m, const char *path, const char *prefix, int strict, ldm_nn_load_report *report) {
-    return ldm__dn_load(ctx, m->P, path, prefix, strict, report);
+    return ldm__dn_load(ctx, m->k.P, path, prefix, strict, report);
 }
 LDM_API ldm_result ldm_vdit_save(ldm_ctx *ctx, const ldm_vdit *m, const char *path, ldm_dtype dtype, const char *prefix) {
-    return ldm_nn_save(ctx, m->P, path, dtype, prefix);
+    return ldm_nn_save(ctx, m->k.P, path, dtype, prefix);
 }
 
-/* Block i on tokens h [B, N, D]; ada_in = SiLU(c) [B, D] (adaLN-Zero: the block's own
-   adaLN_modulation.1 makes the 6 modulations) or t_block's output [B, 6D] (adaLN-single: the
-   block adds its scale_shift_table). */
-static ldm_tensor *ldm__vdit_block_forward(ldm_ctx *ctx, const ldm_vdit *m, int i, ldm_tensor *h, ldm_tensor *ada_in) {
-    if (!h || !ada_in) return NULL;
-    const ldm__vdit_block *b = &m->blk[i];
-    int64_t B = h->shape[0], D = m->cfg.hidden_size;
-    ldm_tensor *md = m->cfg.switch_adaln_layer ? ldm_add(ctx, ldm_reshape(ctx, ada_in, ldm_shape3(B, 6, D)), ldm_reshape(ctx, b->sst, ldm_shape3(1, 6, D)))
-                                               : ldm_reshape(ctx, ldm_nn_linear_forward(ctx, &b->ada, ada_in), ldm_shape3(B, 6, D));
-    ldm_tensor *s[6], *q[3];
-    if (!md || ldm_chunk(ctx, md, 6, 1, s)) return NULL;  /* shift, scale, gate (msa); shift, scale, gate (mlp): [B, 1, D] */
-    ldm_tensor *a = ldm_nn_linear_forward(ctx, &b->qkv, ldm__dit_mod(ctx, ldm_nn_layernorm_forward(ctx, &b->norm1, h), s[0], s[1]));
-    if (!a || ldm_chunk(ctx, a, 3, 2, q)) return NULL;
-    a = ldm_nn_linear_forward(ctx, &b->proj, ldm_attention(ctx, q[0], q[1], q[2], m->cfg.num_heads, 0.0f));
-    h = ldm_add(ctx, h, ldm_mul(ctx, s[2], a));
-    a = ldm_nn_linear_forward(ctx, &b->fc1, ldm__dit_mod(ctx, ldm_nn_layernorm_forward(ctx, &b->norm2, h), s[3], s[4]));
-    a = ldm_nn_linear_forward(ctx, &b->fc2, ldm_gelu(ctx, a, 1));
-    return ldm_add(ctx, h, ldm_mul(ctx, s[5], a));
-}
 LDM_API ldm_tensor *ldm_vdit_forward(ldm_ctx *ctx, ldm_vdit *m, ldm_tensor *x, ldm_tensor *t) {
     if (ctx->status) return NULL;
     const ldm_vdit_config *c = &m->cfg;
@@ -3435,19 +3443,10 @@ LDM_API ldm_tensor *ldm_vdit_forward(ldm_ctx *ctx, ldm_vdit *m, ldm_tensor *x, l
                        t ? (long long)t->numel : -1LL, c->in_channels, c->num_frames, c->height, c->width);
         return NULL;
     }
-    int single = c->switch_adaln_layer;
-    int64_t B = x->shape[0], D = c->hidden_size, gt = m->gt, gh = m->gh, gw = m->gw, N = gt * gh * gw;
-    int64_t pt = c->patch_t, p = c->patch_size, C = m->out_channels;
-    ldm_tensor *h = ldm_nn_conv3d_forward(ctx, &m->x_proj, x);                               /* [B, D, gt, gh, gw] */
-    h = ldm_add(ctx, ldm_transpose(ctx, ldm_reshape(ctx, h, ldm_shape3(B, D, N)), 1, 2), m->pos_embed);
-    ldm_tensor *cv = ldm_nn_linear_forward(ctx, &m->t2, ldm_silu(ctx, ldm_nn_linear_forward(ctx, &m->t0, ldm_timestep_embedding(ctx, t, 256))));
-    ldm_tensor *sc = ldm_silu(ctx, cv), *s[2], *md;
-    ldm_tensor *ada_in = single ? ldm_nn_linear_forward(ctx, &m->t_block, sc) : sc;   /* t_block: shared by all blocks */
-    for (int i = 0; i < c->depth && h; i++) h = ldm__vdit_block_forward(ctx, m, i, h, ada_in);
-    md = single ? ldm_add(ctx, ldm_reshape(ctx, cv, ldm_shape3(B, 1, D)), ldm_reshape(ctx, m->final_sst, ldm_shape3(1, 2, D)))
-                : ldm_reshape(ctx, ldm_nn_linear_forward(ctx, &m->final_ada, sc), ldm_shape3(B, 2, D));
-    if (!h || !md || ldm_chunk(ctx, md, 2, 1, s)) return NULL;
-    h = ldm_nn_linear_forward(ctx, &m->final_linear, ldm__dit_mod(ctx, ldm_nn_layernorm_forward(ctx, &m->norm_final, h), s[0], s[1]));
+    int64_t B = x->shape[0], gt = m->gt, gh = m->gh, gw = m->gw, N = gt * gh * gw;
+    int64_t pt = c->patch_t, p = c->patch_size, C = m->k.out_channels;
+    ldm_tensor *h = ldm__dit_tokens(ctx, &m->k, ldm_nn_conv3d_forward(ctx, &m->x_proj, x));  /* [B, N, D] */
+    h = ldm__dit_trunk_forward(ctx, &m->k, h, ldm__dit_temb(ctx, &m->k, t));
     /* unpatchify: (b, i, j, k, a, u, v, c) -> (b, c, i a, j u, k v) in four moves of <= 5 dims */
     static const int p2[4] = {0, 2, 1, 3}, p3[5] = {0, 3, 1, 2, 4}, p4[5] = {0, 1, 3, 2, 4};
     h = ldm_transpose(ctx, ldm_reshape(ctx, h, ldm_shape3(B * N, pt * p * p, C)), 1, 2);       /* b i j k | c | a u v */

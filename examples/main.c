@@ -382,9 +382,6 @@ static int drv_parse_args(int argc, char **argv, drv_opts *o) {
     X(batch_size, AT_LEAST(INT, 0), "0", "test batch size (0: data.params.batch_size); 1: limit_test_batches = samples")  \
     X(cycle_test_data, BOOL, "true", "an int limit_test_batches above the test split's batches cycles it: "     \
       "limit_test_batches batches are generated")
-#define DRV_TARGET_KEYS(X)                                                                       \
-    X(target, STR, NULL, "what to build")                                                        \
-    X(params, NODE, "", "its parameters")
 #define DRV_LIGHTNING_KEYS(X)                                                                    \
     X(trainer, NODE, "", "Trainer arguments")                                                    \
     X(callbacks, NODE, "", "callbacks: {name: {target, params}} (main.ImageLogger, ModelCheckpoint, ...)") \
@@ -439,8 +436,6 @@ LDM_CONFIG_DECLARE(drv_model_cfg, DRV_MODEL_KEYS);
 LDM_CONFIG_DEFINE(drv_model_cfg, DRV_MODEL_KEYS)
 LDM_CONFIG_DECLARE(drv_testonly_cfg, DRV_TESTONLY_KEYS);
 LDM_CONFIG_DEFINE(drv_testonly_cfg, DRV_TESTONLY_KEYS)
-LDM_CONFIG_DECLARE(drv_target_cfg, DRV_TARGET_KEYS);
-LDM_CONFIG_DEFINE(drv_target_cfg, DRV_TARGET_KEYS)
 LDM_CONFIG_DECLARE(drv_lightning_cfg, DRV_LIGHTNING_KEYS);
 LDM_CONFIG_DEFINE(drv_lightning_cfg, DRV_LIGHTNING_KEYS)
 LDM_CONFIG_DECLARE(drv_trainer_cfg, DRV_TRAINER_KEYS);
@@ -959,8 +954,8 @@ static int drv_registries(drv *d) {
 
 /* Instantiates a {target, params} node through reg (unknown target: error listing the known). */
 static int drv_resolve(drv *d, const ldm_config_registry *reg, const ldm_config_node *node, int validate, void **out) {
-    drv_target_cfg t;
-    if (validate && drv_target_cfg_load(d->cfg, node, &t)) return drv_fail_cfg(d);
+    ex_target_cfg t;
+    if (validate && ex_target_cfg_load(d->cfg, node, &t)) return drv_fail_cfg(d);
     if (ldm_config_instantiate(d->cfg, reg, node, NULL, out)) return drv_fail_cfg(d);
     return 0;
 }

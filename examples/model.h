@@ -36,6 +36,13 @@
 #define EX_MAX_LOG 48
 #define EX_MAX_IMAGES 8
 
+/* {target, params}: a node naming a class and its arguments (the config's *_config nodes). */
+#define EX_TARGET_KEYS(X)                                                                        \
+    X(target, STR, NULL, "what to build")                                                        \
+    X(params, NODE, "", "its parameters")
+LDM_CONFIG_DECLARE(ex_target_cfg, EX_TARGET_KEYS);
+LDM_CONFIG_DEFINE(ex_target_cfg, EX_TARGET_KEYS)
+
 /* Values one step logs (Lightning's self.log), by name. */
 typedef struct ex_log_item { char key[64]; double value; } ex_log_item;
 typedef struct ex_log { int n; ex_log_item item[EX_MAX_LOG]; } ex_log;

@@ -33,16 +33,11 @@
     X(lpips_path, STR_LIST, "",                                                                  \
       "LPIPS weights: one file (backbone + heads) or two (e.g. torchvision's vgg16 .pth, then LPIPS's vgg.pth); " \
       "else $LDM_LPIPS_WEIGHTS (comma-separated), else loss.perceptual_loss.* of the checkpoint being loaded")
-#define EX_AE_TARGET_KEYS(X)                                                                     \
-    X(target, STR, NULL, "what to build")                                                        \
-    X(params, NODE, "", "its parameters")
 
 LDM_CONFIG_DECLARE(ex_ae_cfg, EX_AE_KEYS);
 LDM_CONFIG_DEFINE(ex_ae_cfg, EX_AE_KEYS)
 LDM_CONFIG_DECLARE(ex_ae_loss_cfg, EX_AE_LOSS_KEYS);
 LDM_CONFIG_DEFINE(ex_ae_loss_cfg, EX_AE_LOSS_KEYS)
-LDM_CONFIG_DECLARE(ex_ae_target_cfg, EX_AE_TARGET_KEYS);
-LDM_CONFIG_DEFINE(ex_ae_target_cfg, EX_AE_TARGET_KEYS)
 
 typedef struct ex_ae {
     ex_ae_cfg c;
@@ -380,10 +375,10 @@ static ldm_result ex_autoencoder_create(ldm_config *cfg, const ldm_config_node *
     }
     {
         /* lossconfig: {target, params} through a registry of the one loss there is */
-        ex_ae_target_cfg t;
+        ex_target_cfg t;
         ex_ae_loss_cfg lc;
         void *dummy;
-        if ((r = ex_ae_target_cfg_load(cfg, a->c.lossconfig, &t))) goto fail;
+        if ((r = ex_target_cfg_load(cfg, a->c.lossconfig, &t))) goto fail;
         if (ldm_config_registry_create(&reg)) { r = ldm_config_seterr(cfg, LDM_ERR_NOMEM, "out of memory"); goto fail; }
         if (ldm_config_registry_add(reg, "ldm.modules.losses.LPIPSWithDiscriminator",
                                     "ldm.modules.losses.contperceptual.LPIPSWithDiscriminator,LPIPSWithDiscriminator", ex_config_ctor_name, NULL)) {

@@ -118,12 +118,6 @@
 LDM_CONFIG_DECLARE(ex_vsr_cfg, EX_VSR_KEYS);
 LDM_CONFIG_DEFINE(ex_vsr_cfg, EX_VSR_KEYS)
 
-#define EX_VSR_TP_KEYS(X)                                                                            \
-    X(target, STR, NULL, "the class")                                                              \
-    X(params, NODE, "", "its arguments")
-LDM_CONFIG_DECLARE(ex_vsr_tp, EX_VSR_TP_KEYS);
-LDM_CONFIG_DEFINE(ex_vsr_tp, EX_VSR_TP_KEYS)
-
 #define EX_VSR_FS_KEYS(X)                                                                            \
     X(embed_dim, AT_LEAST(INT, 1), NULL, "latent channels")                                        \
     X(ddconfig, NODE, NULL, "the Encoder/Decoder config")                                         \
@@ -177,8 +171,8 @@ static const char *ex__vsr_file(const ldm_config_node *n) { return n && n->file 
 /* Resolves node's target among names ("full|short", index = position) with a did-you-mean. */
 static ldm_result ex__vsr_pick(ldm_config *cfg, const ldm_config_node *node, const char *const *names, int n, int *which,
                                const ldm_config_node **params) {
-    ex_vsr_tp tp;
-    ldm_result r = ex_vsr_tp_load(cfg, node, &tp);
+    ex_target_cfg tp;
+    ldm_result r = ex_target_cfg_load(cfg, node, &tp);
     if (r) return r;
     ldm_config_registry *reg;
     if (ldm_config_registry_create(&reg)) return ldm_config_seterr(cfg, LDM_ERR_NOMEM, "out of memory");

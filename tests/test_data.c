@@ -38,32 +38,6 @@ static char tmp[256];
 /* ---- helpers ---------------------------------------------------------------------------- */
 static void path_in(char *buf, size_t n, const char *rel) { snprintf(buf, n, "%s/%s", tmp, rel); }
 
-static void rm_rf(const char *p) {
-    struct stat st;
-    if (lstat(p, &st) != 0) return;
-    if (S_ISDIR(st.st_mode)) {
-        DIR *d = opendir(p);
-        struct dirent *e;
-        while (d && (e = readdir(d)) != NULL) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-            char sub[1024];
-            snprintf(sub, sizeof sub, "%s/%s", p, e->d_name);
-            rm_rf(sub);
-        }
-        if (d) closedir(d);
-        rmdir(p);
-    } else {
-        unlink(p);
-    }
-}
-
-static void write_bytes(const char *path, const void *p, size_t n) {
-    FILE *f = fopen(path, "wb");
-    if (!f) { printf("cannot write %s\n", path); return; }
-    fwrite(p, 1, n, f);
-    fclose(f);
-}
-
 /* Planar [c,h,w] 8-bit -> interleaved, written by extension. */
 static int write_image(const char *path, const unsigned char *planar, int c, int h, int w) {
     unsigned char *px = (unsigned char *)malloc((size_t)c * h * w);
@@ -243,7 +217,7 @@ static void make_folder(void) {
             fclose(f);
         }
         path_in(p, sizeof p, "img/sub/b.jpg");
-        write_bytes(p, jpg, jn);
+        lt_write_file(p, jpg, jn);
         ok &= jn > 100;
         free(jpg);
     }
@@ -256,15 +230,15 @@ static void make_folder(void) {
     path_in(p, sizeof p, "img/sub2/loop"); /* a link back to img: the scan must not loop or count twice */
     ok &= symlink("..", p) == 0;
     path_in(p, sizeof p, "img/notes.txt");
-    write_bytes(p, "not an image", 12);
+    lt_write_file(p, "not an image", 12);
     path_in(p, sizeof p, "img/corrupt.png"); /* garbage: caught by the header check */
-    write_bytes(p, "this is not a PNG file at all, just text with a png name", 56);
+    lt_write_file(p, "this is not a PNG file at all, just text with a png name", 56);
     /* a real PNG cut after its header: the header check passes, decoding fails later */
     path_in(p, sizeof p, "img/truncated.png");
     {
         int len = 0;
         unsigned char *png = stbi_write_png_to_mem(small, 36 * 3, 36, 30, 3, &len);
-        write_bytes(p, png, (size_t)(len > 60 ? 60 : len));
+        lt_write_file(p, png, (size_t)(len > 60 ? 60 : len));
         STBIW_FREE(png);
     }
     lt_report(ok, "generated png/jpg/bmp/tga files", "stb_image_write failed");
@@ -415,7 +389,7 @@ static void test_folder(void) {
 
     /* file list: its order, comments and blank lines */
     path_in(p, sizeof p, "list.txt");
-    write_bytes(p, "sub/c.BMP\n# a comment\n\n  a.png  \r\n", 35);
+    lt_write_file(p, "sub/c.BMP\n# a comment\n\n  a.png  \r\n", 35);
     o = folder_opts("img", 16);
     o.src.file_list = p;
     o.src.labels = 1;
@@ -442,9 +416,9 @@ static void test_folder(void) {
     path_in(p, sizeof p, "bad");
     mkdir(p, 0755);
     path_in(p, sizeof p, "bad/x.jpg");
-    write_bytes(p, "garbage", 7);
+    lt_write_file(p, "garbage", 7);
     path_in(p, sizeof p, "bad/y.png");
-    write_bytes(p, "\x89PNG\r\n\x1a\n garbage", 17);
+    lt_write_file(p, "\x89PNG\r\n\x1a\n garbage", 17);
     o = folder_opts("bad", 16);
     n_warnings = 0;
     r = ldm_dataset_image_folder(ctx, &ds, &o);
@@ -633,7 +607,7 @@ static void test_idx(void) {
     memcpy(idx3 + 16, raw.data, 60);
     unsigned char *g = gzip_stored(idx3, sizeof idx3, 20, "name.idx", &gn);
     path_in(p, sizeof p, "stored.gz");
-    write_bytes(p, g, gn);
+    lt_write_file(p, g, gn);
     ldm_idx st;
     ok = !ldm_idx_read(ctx, p, &st) && st.size == 60 && !memcmp(st.data, raw.data, 60);
     LT_CHECK(ok, "gzip with stored deflate blocks made in C");
@@ -643,21 +617,21 @@ static void test_idx(void) {
     /* malformed gzip files */
     g[gn - 8] ^= 0x55; /* CRC */
     path_in(p, sizeof p, "badcrc.gz");
-    write_bytes(p, g, gn);
+    lt_write_file(p, g, gn);
     LT_CHECK(idx_err(p, "CRC-32 mismatch") == LDM_ERR_FORMAT, "gzip with a wrong CRC-32 is an error");
     g[gn - 8] ^= 0x55;
     g[gn - 4] ^= 1; /* ISIZE */
     path_in(p, sizeof p, "badlen.gz");
-    write_bytes(p, g, gn);
+    lt_write_file(p, g, gn);
     LT_CHECK(idx_err(p, "length check failed") == LDM_ERR_FORMAT, "gzip with a wrong ISIZE is an error");
     g[gn - 4] ^= 1;
     path_in(p, sizeof p, "trunc.gz");
-    write_bytes(p, g, gn / 2);
+    lt_write_file(p, g, gn / 2);
     ldm_result r = idx_err(p, p);
     LT_CHECK(r == LDM_ERR_FORMAT, "truncated gzip is an error naming the file");
     g[2] = 7;
     path_in(p, sizeof p, "method.gz");
-    write_bytes(p, g, gn);
+    lt_write_file(p, g, gn);
     LT_CHECK(idx_err(p, "not deflate") == LDM_ERR_FORMAT, "gzip with another compression method is an error");
     free(g);
     unsigned char junk[64];
@@ -667,7 +641,7 @@ static void test_idx(void) {
     junk[2] = 8;
     junk[3] = 0;
     path_in(p, sizeof p, "junk.gz");
-    write_bytes(p, junk, sizeof junk);
+    lt_write_file(p, junk, sizeof junk);
     LT_CHECK(idx_err(p, "junk.gz") == LDM_ERR_FORMAT, "gzip header over random bytes is an error");
     unsigned char *out;
     size_t on;
@@ -680,25 +654,25 @@ static void test_idx(void) {
     memcpy(bad, idx3, sizeof bad);
     bad[1] = 1;
     path_in(p, sizeof p, "magic.idx");
-    write_bytes(p, bad, sizeof bad);
+    lt_write_file(p, bad, sizeof bad);
     LT_CHECK(idx_err(p, "not an IDX file") == LDM_ERR_FORMAT, "IDX with a bad magic is an error");
     bad[1] = 0;
     bad[2] = 0x0D;
     path_in(p, sizeof p, "float.idx");
-    write_bytes(p, bad, sizeof bad);
+    lt_write_file(p, bad, sizeof bad);
     LT_CHECK(idx_err(p, "float32") == LDM_ERR_UNSUPPORTED, "IDX of float32 elements is unsupported");
     bad[2] = 0x08;
     path_in(p, sizeof p, "short.idx");
-    write_bytes(p, bad, sizeof bad - 1);
+    lt_write_file(p, bad, sizeof bad - 1);
     LT_CHECK(idx_err(p, "truncated") == LDM_ERR_FORMAT, "IDX shorter than its dims is an error");
     path_in(p, sizeof p, "hdr.idx");
-    write_bytes(p, bad, 10);
+    lt_write_file(p, bad, 10);
     LT_CHECK(idx_err(p, "truncated IDX header") == LDM_ERR_FORMAT, "IDX with a cut header is an error");
     unsigned char longer[16 + 61];
     memcpy(longer, bad, sizeof bad);
     longer[sizeof bad] = 0;
     path_in(p, sizeof p, "long.idx");
-    write_bytes(p, longer, sizeof longer);
+    lt_write_file(p, longer, sizeof longer);
     LT_CHECK(idx_err(p, "bytes after") == LDM_ERR_FORMAT, "IDX with trailing bytes is an error");
     LT_CHECK(idx_err("no/such/file.idx", "no/such/file.idx") == LDM_ERR_IO, "missing IDX file: LDM_ERR_IO naming it");
 
@@ -1134,8 +1108,7 @@ int main(void) {
     s.threads = 1;
     if (ldm_ctx_create(&ctx, &s)) { printf("FAIL ctx\n"); return 1; }
     if (ldm_weights_open(ctx, &ref, FIX "data_ref.safetensors")) { printf("FAIL fixture: %s\n", ldm_ctx_error(ctx)); return 1; }
-    snprintf(tmp, sizeof tmp, "/tmp/ldm_test_data_XXXXXX");
-    if (!mkdtemp(tmp)) { printf("FAIL mkdtemp\n"); return 1; }
+    if (!lt_mkdtemp(tmp, sizeof tmp, "ldm_test_data")) return 1;
     test_resize();
     make_folder();
     test_folder();
@@ -1146,7 +1119,7 @@ int main(void) {
     test_config();
     test_demo_photos();
     free(rgb);
-    rm_rf(tmp);
+    lt_rm_rf(tmp);
     ldm_weights_close(ref);
     ldm_ctx_destroy(ctx);
     return lt_finish("test_data");

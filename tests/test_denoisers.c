@@ -54,89 +54,6 @@ static ldm_dit_config dit_tiny(void) {
     return c;
 }
 
-/* Hash weights for every entry (pos_embed keeps its fixed sin-cos values). */
-static void hash_weights(ldm_ctx *ctx, ldm_nn_params *P) {
-    for (int i = 0; i < ldm_nn_count(P); i++) {
-        const ldm_nn_entry *e = ldm_nn_entry_at(P, i);
-        if (strcmp(e->name, "pos_embed") == 0) continue;
-        float *h = (float *)malloc(sizeof(float) * (size_t)e->t->numel);
-        if (!h) continue;
-        lt_hash_init(e->name, h, e->t->ndim, e->t->shape);
-        ldm_nn_copy_from_host(ctx, e->t, h);
-        free(h);
-    }
-}
-
-/* Every registry entry against the fixture's shape.<prefix><name>, and the counts equal. */
-static void check_names(ldm_weights *fx, const char *tag, ldm_nn_params *const *Ps, const char *const *prefixes, int nP) {
-    int n_fix = 0, n_ok = 0, n_ours = 0;
-    for (int i = 0; i < ldm_weights_count(fx); i++) if (strncmp(ldm_weights_info(fx, i)->name, "shape.", 6) == 0) n_fix++;
-    for (int k = 0; k < nP; k++)
-        for (int i = 0; i < ldm_nn_count(Ps[k]); i++) {
-            const ldm_nn_entry *e = ldm_nn_entry_at(Ps[k], i);
-            char name[300];
-            n_ours++;
-            snprintf(name, sizeof name, "shape.%s%s", prefixes[k], e->name);
-            int j = ldm_weights_find(fx, name);
-            if (j < 0) { printf("  %s%s: not in the PyTorch state dict\n", prefixes[k], e->name); continue; }
-            const ldm_weight_info *inf = ldm_weights_info(fx, j);
-            float s[LDM_MAX_DIMS];
-            int ok = inf->numel == e->t->ndim && inf->numel <= LDM_MAX_DIMS;
-            if (ok && ldm_weights_read(NULL, fx, j, s) == LDM_OK)
-                for (int d = 0; d < e->t->ndim; d++) ok = ok && (int64_t)s[d] == e->t->shape[d];
-            if (ok) n_ok++;
-            else printf("  %s%s: shape differs from PyTorch's\n", prefixes[k], e->name);
-        }
-    char name[128];
-    snprintf(name, sizeof name, "%s state-dict names and shapes (%d entries)", tag, n_fix);
-    lt_report(n_ok == n_fix && n_ours == n_fix, name, "%d of %d match, %d here", n_ok, n_fix, n_ours);
-}
-
-/* Gradient checks as test_vae: hash projection and norm per parameter. */
-static void check_grads(ldm_ctx *ctx, ldm_weights *fx, const char *tag, ldm_nn_params *const *Ps, const char *const *prefixes, int nP) {
-    char name[300];
-    long n;
-    double grms = 0;
-    for (int k = 0; k < nP; k++)
-        for (int i = 0; i < ldm_nn_count(Ps[k]); i++) {
-            const ldm_nn_entry *e = ldm_nn_entry_at(Ps[k], i);
-            snprintf(name, sizeof name, "gproj.%s%s", prefixes[k], e->name);
-            if (ldm_weights_find(fx, name) < 0) continue;
-            float *g = lt_load(ctx, fx, name, &n);
-            if (g) grms = fmax(grms, sqrt(g[1] / (double)e->t->numel));
-            free(g);
-        }
-    int bad = 0, count = 0;
-    double worst = 0;
-    char worst_name[300] = "";
-    for (int k = 0; k < nP; k++)
-        for (int i = 0; i < ldm_nn_count(Ps[k]); i++) {
-            const ldm_nn_entry *e = ldm_nn_entry_at(Ps[k], i);
-            if (!e->t->requires_grad) continue;
-            count++;
-            snprintf(name, sizeof name, "gproj.%s%s", prefixes[k], e->name);
-            float *g = ldm_weights_find(fx, name) >= 0 ? lt_load(ctx, fx, name, &n) : NULL;
-            const float *eg = lt_h(ctx, e->t, 1);
-            float *h = (float *)malloc(sizeof(float) * (size_t)e->t->numel);
-            snprintf(name, sizeof name, "proj.%s%s", prefixes[k], e->name);
-            lt_hash_uniform(name, h, (long)e->t->numel);
-            double proj = 0, ss = 0;
-            for (int64_t q = 0; eg && q < e->t->numel; q++) { proj += (double)eg[q] * h[q]; ss += (double)eg[q] * eg[q]; }
-            /* a projection on a U(-1,1) vector is typically |g| / sqrt(3) large */
-            double rootn = sqrt((double)e->t->numel);
-            double scale = sqrt(g ? g[1] : 0) / sqrt(3.0) + 1e-1 * grms * rootn;
-            double d1 = g && eg ? fabs(proj - g[0]) / (1e-3 * scale) : 1e9;
-            double d2 = g && eg ? fabs(sqrt(ss) - sqrt(g[1])) / (1e-3 * sqrt(g[1]) + 1e-4 * grms * rootn) : 1e9;
-            if (fmax(d1, d2) > worst) { worst = fmax(d1, d2); snprintf(worst_name, sizeof worst_name, "%s%s", prefixes[k], e->name); }
-            if (d1 > 1 || d2 > 1) { bad++; printf("  %s%s: proj %.6g want %.6g, |g|^2 %.6g want %.6g\n", prefixes[k], e->name, proj, g ? g[0] : 0, ss, g ? g[1] : 0); }
-            free(g);
-            free(h);
-        }
-    snprintf(name, sizeof name, "%s gradients of all %d parameters", tag, count);
-    lt_report(bad == 0, name, "%d parameters off (worst %s at %.2f of the tolerance)", bad, worst_name, worst);
-    if (bad == 0) printf("     (worst %s at %.3g of the tolerance)\n", worst_name, worst);
-}
-
 /* out vs fixture (forward within 1e-4), loss, x_grad (1e-3 relative to its scale). */
 static void check_out(ldm_ctx *ctx, ldm_weights *fx, const char *tag, ldm_tensor *out, ldm_tensor *x) {
     char name[128];
@@ -157,15 +74,6 @@ static void check_out(ldm_ctx *ctx, ldm_weights *fx, const char *tag, ldm_tensor
     free(want);
 }
 
-/* loss = sum(out * hash("loss.R")) backward */
-static int backward_hash(ldm_ctx *ctx, ldm_tensor *out) {
-    float *R = (float *)malloc(sizeof(float) * (size_t)out->numel);
-    lt_hash_uniform("loss.R", R, (long)out->numel);
-    ldm_tensor *Rt = ldm_from_host(ctx, ldm_shape_of(out), R);
-    free(R);
-    return Rt && ldm_backward(ctx, ldm_sum_all(ctx, ldm_mul(ctx, out, Rt))) == LDM_OK;
-}
-
 static void test_unet_case(ldm_ctx *ctx, char v) {
     char tag[32], path[128];
     snprintf(tag, sizeof tag, "unet_%c", v);
@@ -182,7 +90,7 @@ static void test_unet_case(ldm_ctx *ctx, char v) {
     ldm_nn_params *Ps[2] = {ldm_unet_params(u), ce ? ldm_class_embedder_params(ce) : NULL};
     const char *pre[2] = {"", "cond_stage_model."};
     int nP = ce ? 2 : 1;
-    check_names(fx, tag, Ps, pre, nP);
+    lt_check_names(fx, tag, "shape.", Ps, pre, nP);
     { /* CompVis's zero_module: out.2 starts at zero */
         ldm_tensor *w = ldm_nn_find(Ps[0], "out.2.weight");
         const float *h = w ? lt_h(ctx, w, 0) : NULL;
@@ -191,7 +99,7 @@ static void test_unet_case(ldm_ctx *ctx, char v) {
         snprintf(path, sizeof path, "%s out.2 zero-initialised", tag);
         LT_CHECK(zero, path);
     }
-    for (int k = 0; k < nP; k++) hash_weights(ctx, Ps[k]);
+    for (int k = 0; k < nP; k++) lt_hash_params(ctx, Ps[k], NULL, 0.0f);
     if (v == 'a') { /* for tests/ref/denoiser_crosscheck.py: CompVis's UNetModel loads it with strict=True */
         ldm_result r = ldm_unet_save(ctx, u, "denoiser_unet_a_saved.safetensors", LDM_F32, NULL);
         lt_report(r == LDM_OK, "unet_a saved as build/denoiser_unet_a_saved.safetensors", "%s", ldm_ctx_error(ctx));
@@ -205,11 +113,11 @@ static void test_unet_case(ldm_ctx *ctx, char v) {
     if (ce) context = ldm_class_embedder_forward(ctx, ce, lt_tensor(ctx, fx, "class"));
     ldm_tensor *out = ldm_unet_forward(ctx, u, x, t, context, y);
     double t1 = now_s();
-    int ok = out && backward_hash(ctx, out);
+    int ok = out && lt_backward_hash(ctx, out);
     double t2 = now_s();
     check_out(ctx, fx, tag, out, ok ? x : NULL);
     if (ok) {
-        check_grads(ctx, fx, tag, Ps, pre, nP);
+        lt_check_grads(ctx, fx, tag, "gproj.", Ps, pre, nP, NULL);
         printf("     %s: %lld parameters, batch %lld at %lldx%lld%s: forward %.1f ms, backward %.1f ms\n", tag,
                (long long)(ldm_nn_numel(Ps[0], NULL, 0) + (ce ? ldm_nn_numel(Ps[1], NULL, 0) : 0)), (long long)x->shape[0],
                (long long)x->shape[x->ndim - 2], (long long)x->shape[x->ndim - 1], x->ndim == 5 ? " x 3 frames" : "", 1e3 * (t1 - t0), 1e3 * (t2 - t1));
@@ -249,7 +157,7 @@ static void test_dit(ldm_ctx *ctx) {
     if (ldm_dit_create(ctx, &m, &cfg)) { lt_report(0, "dit", "create: %s", ldm_ctx_error(ctx)); ldm_weights_close(fx); return; }
     ldm_nn_params *P = ldm_dit_params(m);
     const char *pre = "";
-    check_names(fx, "dit", &P, &pre, 1);
+    lt_check_names(fx, "dit", "shape.", &P, &pre, 1);
     { /* adaLN-Zero: every modulation and the final linear start at zero; pos_embed frozen */
         int zero = 1;
         for (int i = 0; i < ldm_nn_count(P); i++) {
@@ -263,7 +171,7 @@ static void test_dit(ldm_ctx *ctx) {
         LT_CHECK(pe && !pe->requires_grad && ldm_nn_numel(P, "pos_embed", 1) == 0 && ldm_nn_numel(P, "pos_embed", 0) == 16 * 64,
                  "dit pos_embed is a frozen parameter in the state dict");
     }
-    hash_weights(ctx, P);
+    lt_hash_params(ctx, P, NULL, 0.0f);
     ldm_step_reset(ctx);
     ldm_tensor *x = lt_tensor(ctx, fx, "x"), *t = lt_tensor(ctx, fx, "t"), *y = lt_tensor(ctx, fx, "y");
     x->requires_grad = 1;
@@ -274,11 +182,11 @@ static void test_dit(ldm_ctx *ctx) {
     c.y = y;  /* y[1] is the null class (num_classes) */
     ldm_tensor *out = d.forward(ctx, d.self, x, t, &c);
     double t1 = now_s();
-    int ok = out && backward_hash(ctx, out);
+    int ok = out && lt_backward_hash(ctx, out);
     double t2 = now_s();
     check_out(ctx, fx, "dit", out, ok ? x : NULL);
     if (ok) {
-        check_grads(ctx, fx, "dit", &P, &pre, 1);
+        lt_check_grads(ctx, fx, "dit", "gproj.", &P, &pre, 1, NULL);
         printf("     dit: %lld parameters, batch 2 at 8x8 (16 tokens): forward %.1f ms, backward %.1f ms\n",
                (long long)ldm_nn_numel(P, NULL, 0), 1e3 * (t1 - t0), 1e3 * (t2 - t1));
     } else lt_report(0, "dit", "backward: %s", ldm_ctx_error(ctx));
@@ -291,7 +199,7 @@ static void test_dit(ldm_ctx *ctx) {
         c1.class_dropout_prob = 1.0f;
         ldm_tensor *got = NULL;
         if (ldm_dit_create(ctx, &m1, &c1) == LDM_OK) {
-            hash_weights(ctx, ldm_dit_params(m1));
+            lt_hash_params(ctx, ldm_dit_params(m1), NULL, 0.0f);
             ldm_dit_set_training(m1, 1);
             got = ldm_dit_forward(ctx, m1, x, t, y);
         }
@@ -432,13 +340,8 @@ static void test_configs(ldm_ctx *ctx) {
     }
 }
 
-int main(void) {
-    ldm_ctx *ctx;
-    ldm_settings s;
-    memset(&s, 0, sizeof s);
-    s.seed = 1;
-    if (ldm_ctx_create(&ctx, &s)) return 1;
-#ifndef LDM_CUDA_EMULATOR /* the emulator build only runs the device part below */
+/* Every check; the config tables' (host only) on the CPU alone. */
+static void run_all(ldm_ctx *ctx, int cpu) {
     test_unet_case(ctx, 'a');
     test_unet_case(ctx, 'b');
     test_unet_case(ctx, 'c');
@@ -446,27 +349,12 @@ int main(void) {
     test_unet_case(ctx, 'f');
     test_dit(ctx);
     test_load_save(ctx);
-    test_configs(ctx);
-#endif
-    ldm_ctx_destroy(ctx);
-#ifdef LDM_CUDA
-    /* the same fixtures on the GPU (the CPU emulator's build runs the CUDA code on the CPU) */
-    if (ldm_cuda_available() && !ldm_ctx_create(&ctx, &s)) {
-        if (ldm_cuda_init(ctx, 0)) lt_report(0, "cuda init", "%s", ldm_ctx_error(ctx));
-        else {
-            lt_tag = "[cuda] ";
-            printf("device: %s\n", ldm_cuda_device_name(ctx));
-            test_unet_case(ctx, 'a');
-            test_unet_case(ctx, 'b');
-            test_unet_case(ctx, 'c');
-            test_unet_case(ctx, 'd');
-            test_unet_case(ctx, 'f');
-            test_dit(ctx);
-            test_load_save(ctx);
-        }
-        ldm_ctx_destroy(ctx);
-        lt_tag = "";
-    } else printf("SKIP test_denoisers on CUDA: no CUDA device\n");
-#endif
-    return lt_finish("test_denoisers");
+    if (cpu) test_configs(ctx);
+}
+
+int main(void) {
+    ldm_settings s;
+    memset(&s, 0, sizeof s);
+    s.seed = 1;
+    return lt_main(&s, "test_denoisers", run_all);
 }

@@ -751,19 +751,14 @@ int main(int argc, char **argv) {
 #ifdef LDM_CUDA
     /* the same checks on the GPU (the emulator build runs the CUDA code on the CPU) */
     ldm_ctx *cpu = ctx;
-    if (ldm_cuda_available() && !ldm_ctx_create(&ctx, &st)) {
-        if (ldm_cuda_init(ctx, 0)) lt_report(0, "cuda init", "%s", ldm_ctx_error(ctx));
-        else {
-            lt_tag = "[cuda] ";
-            test_process();
-            test_ddim();
-            test_runs();
-            test_loss();
-            test_ema();
-            lt_tag = "";
-        }
-        ldm_ctx_destroy(ctx);
-    } else printf("SKIP test_diffusion on CUDA: no CUDA device\n");
+    if (lt_cuda_begin(&ctx, &st, "test_diffusion")) {
+        test_process();
+        test_ddim();
+        test_runs();
+        test_loss();
+        test_ema();
+        lt_cuda_end(ctx);
+    }
     ctx = cpu;
 #endif
     ldm_weights_close(W);

@@ -436,17 +436,12 @@ int main(void) {
 #endif
 #ifdef LDM_CUDA
     ldm_ctx *gpu;
-    if (ldm_cuda_available() && !ldm_ctx_create(&gpu, &st)) {
-        if (ldm_cuda_init(gpu, 0)) lt_report(0, "cuda init", "%s", ldm_ctx_error(gpu));
-        else {
-            lt_tag = "[cuda] ";
-            test_model(gpu);
-            test_concat(gpu);
-            test_dit(gpu);
-            lt_tag = "";
-        }
-        ldm_ctx_destroy(gpu);
-    } else printf("SKIP test_latent_diffusion on CUDA: no CUDA device\n");
+    if (lt_cuda_begin(&gpu, &st, "test_latent_diffusion")) {
+        test_model(gpu);
+        test_concat(gpu);
+        test_dit(gpu);
+        lt_cuda_end(gpu);
+    }
 #endif
     ldm_ctx_destroy(ctx);
     return lt_finish("test_latent_diffusion");

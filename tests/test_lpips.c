@@ -684,21 +684,15 @@ int main(void) {
     /* LPIPS, the discriminator and the loss fixtures again on the GPU (the CPU emulator's build
        runs the CUDA code on the CPU) */
     ldm_ctx *gpu;
-    if (ldm_cuda_available() && !ldm_ctx_create(&gpu, &s)) {
-        if (ldm_cuda_init(gpu, 0)) lt_report(0, "cuda init", "%s", ldm_ctx_error(gpu));
-        else {
-            lt_tag = "[cuda] ";
-            printf("device: %s\n", ldm_cuda_device_name(gpu));
-            for (int i = 0; i < 3; i++) {
-                double t0 = now_s();
-                tests[i](gpu, fx);
-                lt_host_release();
-                printf("     (%.1f s)\n", now_s() - t0);
-            }
-            lt_tag = "";
+    if (lt_cuda_begin(&gpu, &s, "test_lpips")) {
+        for (int i = 0; i < 3; i++) {
+            double t0 = now_s();
+            tests[i](gpu, fx);
+            lt_host_release();
+            printf("     (%.1f s)\n", now_s() - t0);
         }
-        ldm_ctx_destroy(gpu);
-    } else printf("SKIP test_lpips on CUDA: no CUDA device\n");
+        lt_cuda_end(gpu);
+    }
 #endif
     ldm_weights_close(fx);
     return lt_finish("test_lpips");

@@ -28,40 +28,6 @@ static const char *xdir; /* LDM_NIFTI_XCHECK */
 static int has(const char *s, const char *sub) { return s && strstr(s, sub) != NULL; }
 static void path_in(char *buf, size_t n, const char *rel) { snprintf(buf, n, "%s/%s", tmp, rel); }
 
-static unsigned char *slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = (unsigned char *)malloc((size_t)(len > 0 ? len : 1));
-    if (b && fread(b, 1, (size_t)len, f) != (size_t)len) { free(b); b = NULL; }
-    fclose(f);
-    *n = (size_t)len;
-    return b;
-}
-static void spit(const char *path, const void *p, size_t n) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return;
-    fwrite(p, 1, n, f);
-    fclose(f);
-}
-static void rm_rf(const char *p) {
-    struct stat st;
-    if (lstat(p, &st) != 0) return;
-    if (S_ISDIR(st.st_mode)) {
-        DIR *d = opendir(p);
-        struct dirent *e;
-        while (d && (e = readdir(d)) != NULL) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-            char sub[1024];
-            snprintf(sub, sizeof sub, "%s/%s", p, e->d_name);
-            rm_rf(sub);
-        }
-        if (d) closedir(d);
-        rmdir(p);
-    } else unlink(p);
-}
 static double now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -176,7 +142,7 @@ static void test_roundtrip(void) {
             lt_report(!memcmp(h0, h1, sizeof h0) && b.xyzt_units == src.xyzt_units && !strcmp(b.descrip, v.descrip), name, "header fields differ");
             if (gz) {
                 size_t n;
-                unsigned char *raw = slurp(path, &n);
+                unsigned char *raw = lt_read_file(path, &n);
                 size_t plain = 352 + v.nvox * (size_t)(c[k].dt == LDM_NII_FLOAT64 ? 8 : c[k].dt == LDM_NII_UINT8 || c[k].dt == LDM_NII_INT8 ? 1 :
                                                        c[k].dt == LDM_NII_INT16 || c[k].dt == LDM_NII_UINT16 ? 2 : 4);
                 snprintf(name, sizeof name, "%s.nii.gz is gzip, %lu bytes for %lu", c[k].name, (unsigned long)n, (unsigned long)plain);
@@ -245,7 +211,7 @@ static void test_deflate(void) {
         char path[600], raw[600], name[200];
         snprintf(path, sizeof path, "%s/mixed_%s.nii.gz", xdir ? xdir : tmp, kind ? "noise" : "volume");
         snprintf(raw, sizeof raw, "%s/mixed_%s.f32", xdir ? xdir : tmp, kind ? "noise" : "volume");
-        spit(raw, v.data, sizeof(float) * nv);
+        lt_write_file(raw, v.data, sizeof(float) * nv);
         ldm_nifti b;
         snprintf(name, sizeof name, "deflate: %s volume 64x64x40 float32 .nii.gz reads back exactly", kind ? "a pure noise" : "a mixed");
         if (ldm_nifti_write(ctx, path, &v, LDM_NII_FLOAT32) || ldm_nifti_read(ctx, path, &b)) {
@@ -256,7 +222,7 @@ static void test_deflate(void) {
             ldm_nifti_free(&b);
         }
         size_t n;
-        unsigned char *f = slurp(path, &n);
+        unsigned char *f = lt_read_file(path, &n);
         size_t plain = 352 + 4 * nv;
         snprintf(name, sizeof name, "deflate: %s: %lu bytes for %lu (%.1f%%)", kind ? "noise is stored (about the raw size)" : "the mixed volume shrinks below half",
                  (unsigned long)n, (unsigned long)plain, 100.0 * n / plain);
@@ -278,14 +244,14 @@ static unsigned char *small_nii(size_t *n) {
     v.nvox = 12;
     path_in(path, sizeof path, "small.nii");
     if (ldm_nifti_write(ctx, path, &v, LDM_NII_INT16)) return NULL;
-    return slurp(path, n);
+    return lt_read_file(path, n);
 }
 
 /* Writes bytes as name and reads it; returns the code (message left in ctx). */
 static ldm_result read_bytes(const char *fname, const unsigned char *b, size_t n, ldm_nifti *out) {
     char path[600];
     path_in(path, sizeof path, fname);
-    spit(path, b, n);
+    lt_write_file(path, b, n);
     ldm_nifti tmpv;
     ldm_result r = ldm_nifti_read(ctx, path, out ? out : &tmpv);
     if (!r && !out) ldm_nifti_free(&tmpv);
@@ -430,7 +396,7 @@ static void test_malformed(void) {
     expect(read_bytes("gzhdr.nii.gz", gz, 12, NULL), LDM_ERR_FORMAT, "not a gzip file (12 bytes", "gzip shorter than its header");
     free(gz);
     /* deflate-compressed data (nibabel's file) damaged in the middle */
-    unsigned char *nib = slurp(FIX "nifti_ct.nii.gz", &gn);
+    unsigned char *nib = lt_read_file(FIX "nifti_ct.nii.gz", &gn);
     if (nib) {
         for (size_t i = gn / 2; i < gn / 2 + 16; i++) nib[i] ^= 0x5a;
         expect(read_bytes("corrupt.nii.gz", nib, gn, NULL), LDM_ERR_FORMAT, "", "nibabel's .nii.gz with damaged deflate data");
@@ -470,7 +436,7 @@ static void test_pixel_cap(void) {
     memset(c + 25, 0, 12); /* a bogus chunk: the body never gets read */
     char path[600], err[1024] = "";
     path_in(path, sizeof path, "huge.png");
-    spit(path, png, sizeof png);
+    lt_write_file(path, png, sizeof png);
     ldm_data_image im;
     double t0 = now();
     ldm_result r = ldm_data_image_load(path, 3, &im, err, sizeof err);
@@ -486,11 +452,11 @@ static void test_pixel_cap(void) {
     {
         char dir[600], dst[700];
         size_t n;
-        unsigned char *png = slurp(FIX "photo_chelsea.png", &n);
+        unsigned char *png = lt_read_file(FIX "photo_chelsea.png", &n);
         path_in(dir, sizeof dir, "photos");
         mkdir(dir, 0700);
         snprintf(dst, sizeof dst, "%s/chelsea.png", dir);
-        if (png) spit(dst, png, n);
+        if (png) lt_write_file(dst, png, n);
         free(png);
         ldm_data_image_folder_opts o;
         memset(&o, 0, sizeof o);
@@ -556,9 +522,9 @@ static void test_dataset(void) {
     /* a.nii.gz: nibabel's CT; b.nii: the same volume written by ldm as int16 .nii; bad.nii: junk;
        c.txt: not a volume name; sub/d.NII.GZ: a stored-gzip copy (case-insensitive extension) */
     size_t n;
-    unsigned char *ct = slurp(FIX "nifti_ct.nii.gz", &n);
+    unsigned char *ct = lt_read_file(FIX "nifti_ct.nii.gz", &n);
     snprintf(path, sizeof path, "%s/a.nii.gz", dir);
-    if (ct) spit(path, ct, n);
+    if (ct) lt_write_file(path, ct, n);
     free(ct);
     ldm_nifti v;
     if (ldm_nifti_read(ctx, FIX "nifti_ct.nii.gz", &v)) { lt_report(0, "CT fixture", "%s", ldm_ctx_error(ctx)); return; }
@@ -567,9 +533,9 @@ static void test_dataset(void) {
     snprintf(path, sizeof path, "%s/sub/d.NII.GZ", dir);
     ldm_nifti_write(ctx, path, &v, LDM_NII_FLOAT32);
     snprintf(path, sizeof path, "%s/bad.nii", dir);
-    spit(path, "not a volume at all, but long enough to hold a header? no.", 58);
+    lt_write_file(path, "not a volume at all, but long enough to hold a header? no.", 58);
     snprintf(path, sizeof path, "%s/c.txt", dir);
-    spit(path, "x", 1);
+    lt_write_file(path, "x", 1);
     ldm_nifti_free(&v);
 
     long nw, nr, nc, nz;
@@ -902,9 +868,7 @@ int main(void) {
     s.threads = 1;
     if (ldm_ctx_create(&ctx, &s)) { printf("FAIL ctx\n"); return 1; }
     if (ldm_weights_open(ctx, &ref, FIX "nifti_ref.safetensors")) { printf("FAIL fixture: %s\n", ldm_ctx_error(ctx)); return 1; }
-    snprintf(tmp, sizeof tmp, "/tmp/ldm_test_nifti_");
-    for (int i = 0; i < 6; i++) strcat(tmp, "X"); /* mkdtemp's template, as test_driver.c */
-    if (!mkdtemp(tmp)) { printf("FAIL mkdtemp\n"); return 1; }
+    if (!lt_mkdtemp(tmp, sizeof tmp, "ldm_test_nifti")) return 1;
     xdir = getenv("LDM_NIFTI_XCHECK");
     if (xdir && !xdir[0]) xdir = NULL;
     if (xdir) mkdir(xdir, 0700);
@@ -916,7 +880,7 @@ int main(void) {
     test_resize3();
     test_dataset();
     test_config();
-    rm_rf(tmp);
+    lt_rm_rf(tmp);
     ldm_weights_close(ref);
     ldm_ctx_destroy(ctx);
     return lt_finish("test_nifti");

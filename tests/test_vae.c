@@ -372,38 +372,21 @@ static void test_hash_model(ldm_ctx *ctx, const char *tag, const char *file, ldm
     ldm_step_reset(ctx);
 }
 
-int main(void) {
-    ldm_ctx *ctx;
-    ldm_settings s;
-    memset(&s, 0, sizeof s);
-    s.seed = 1;
-    if (ldm_ctx_create(&ctx, &s)) return 1;
-#ifndef LDM_CUDA_EMULATOR /* the emulator build only runs the device part below */
+/* The same fixtures on the CPU and the GPU (the CPU emulator's build runs the CUDA code on the CPU). */
+static void run_all(ldm_ctx *ctx, int cpu) {
+    (void)cpu;
     test_tiny(ctx);
     test_attn_block(ctx);
-#ifndef LDM_TEST_SANITIZED /* the 55M/84M-parameter models take minutes under ASan; the plain build runs them */
+    /* the 55M/84M-parameter models: minutes under ASan or on the emulator, a second on a GPU */
+#if !defined(LDM_TEST_SANITIZED) && !defined(LDM_CUDA_EMULATOR)
     test_hash_model(ctx, "kl-f4 (seed config)", FIX "vae_f4.safetensors", ldm_vae_config_kl_f4());
     test_hash_model(ctx, "kl-f8", FIX "vae_f8.safetensors", ldm_vae_config_kl_f8());
 #endif
-#endif
-    ldm_ctx_destroy(ctx);
-#ifdef LDM_CUDA
-    /* the same fixtures on the GPU (the CPU emulator's build runs the CUDA code on the CPU) */
-    if (ldm_cuda_available() && !ldm_ctx_create(&ctx, &s)) {
-        if (ldm_cuda_init(ctx, 0)) lt_report(0, "cuda init", "%s", ldm_ctx_error(ctx));
-        else {
-            lt_tag = "[cuda] ";
-            printf("device: %s\n", ldm_cuda_device_name(ctx));
-            test_tiny(ctx);
-            test_attn_block(ctx);
-#ifndef LDM_CUDA_EMULATOR /* minutes on the emulator, a second on a GPU */
-            test_hash_model(ctx, "kl-f4 (seed config)", FIX "vae_f4.safetensors", ldm_vae_config_kl_f4());
-            test_hash_model(ctx, "kl-f8", FIX "vae_f8.safetensors", ldm_vae_config_kl_f8());
-#endif
-        }
-        ldm_ctx_destroy(ctx);
-        lt_tag = "";
-    } else printf("SKIP test_vae on CUDA: no CUDA device\n");
-#endif
-    return lt_finish("test_vae");
+}
+
+int main(void) {
+    ldm_settings s;
+    memset(&s, 0, sizeof s);
+    s.seed = 1;
+    return lt_main(&s, "test_vae", run_all);
 }

@@ -31,108 +31,17 @@ static ldm_vdit_config tiny(int single, int learn_sigma) {
     return c;
 }
 
-/* Hash weights for every entry but pos_embed (fixed sin-cos). */
-static void hash_weights(ldm_ctx *ctx, ldm_nn_params *P) {
-    for (int i = 0; i < ldm_nn_count(P); i++) {
-        const ldm_nn_entry *e = ldm_nn_entry_at(P, i);
-        if (strcmp(e->name, "pos_embed") == 0) continue;
-        float *h = (float *)malloc(sizeof(float) * (size_t)e->t->numel);
-        if (!h) continue;
-        lt_hash_init(e->name, h, e->t->ndim, e->t->shape);
-        ldm_nn_copy_from_host(ctx, e->t, h);
-        free(h);
-    }
-}
-
-/* Every registry entry against the fixture's shape.<name>, and the counts equal. */
-static void check_names(ldm_weights *fx, const char *tag, ldm_nn_params *P) {
-    int n_fix = 0, n_ok = 0;
-    for (int i = 0; i < ldm_weights_count(fx); i++) if (strncmp(ldm_weights_info(fx, i)->name, "shape.", 6) == 0) n_fix++;
-    for (int i = 0; i < ldm_nn_count(P); i++) {
-        const ldm_nn_entry *e = ldm_nn_entry_at(P, i);
-        char name[300];
-        snprintf(name, sizeof name, "shape.%s", e->name);
-        int j = ldm_weights_find(fx, name);
-        if (j < 0) { printf("  %s: not in the PyTorch state dict\n", e->name); continue; }
-        const ldm_weight_info *inf = ldm_weights_info(fx, j);
-        float s[LDM_MAX_DIMS];
-        int ok = inf->numel == e->t->ndim && inf->numel <= LDM_MAX_DIMS;
-        if (ok && ldm_weights_read(NULL, fx, j, s) == LDM_OK)
-            for (int d = 0; d < e->t->ndim; d++) ok = ok && (int64_t)s[d] == e->t->shape[d];
-        if (ok) n_ok++;
-        else printf("  %s: shape differs from PyTorch's\n", e->name);
-    }
-    char name[256];
-    snprintf(name, sizeof name, "%s state-dict names and shapes (%d entries)", tag, n_fix);
-    lt_report(n_ok == n_fix && ldm_nn_count(P) == n_fix, name, "%d of %d match, %d here", n_ok, n_fix, ldm_nn_count(P));
-}
-
-/* Parameter gradients against gproj.<name> = [g . hash("proj.<name>"), |g|^2] (as test_denoisers). */
-static void check_grads(ldm_ctx *ctx, ldm_weights *fx, const char *tag, ldm_nn_params *P) {
-    char name[300];
-    long n;
-    double grms = 0, worst = 0;
-    for (int i = 0; i < ldm_nn_count(P); i++) {
-        const ldm_nn_entry *e = ldm_nn_entry_at(P, i);
-        snprintf(name, sizeof name, "gproj.%s", e->name);
-        if (ldm_weights_find(fx, name) < 0) continue;
-        float *g = lt_load(ctx, fx, name, &n);
-        if (g) grms = fmax(grms, sqrt(g[1] / (double)e->t->numel));
-        free(g);
-    }
-    int bad = 0, count = 0;
-    char worst_name[300] = "";
-    for (int i = 0; i < ldm_nn_count(P); i++) {
-        const ldm_nn_entry *e = ldm_nn_entry_at(P, i);
-        if (!e->t->requires_grad) continue;
-        count++;
-        snprintf(name, sizeof name, "gproj.%s", e->name);
-        float *g = ldm_weights_find(fx, name) >= 0 ? lt_load(ctx, fx, name, &n) : NULL;
-        const float *eg = lt_h(ctx, e->t, 1);
-        float *h = (float *)malloc(sizeof(float) * (size_t)e->t->numel);
-        snprintf(name, sizeof name, "proj.%s", e->name);
-        lt_hash_uniform(name, h, (long)e->t->numel);
-        double proj = 0, ss = 0;
-        for (int64_t q = 0; eg && q < e->t->numel; q++) { proj += (double)eg[q] * h[q]; ss += (double)eg[q] * eg[q]; }
-        double rootn = sqrt((double)e->t->numel);
-        double scale = sqrt(g ? g[1] : 0) / sqrt(3.0) + 1e-1 * grms * rootn;
-        double d1 = g && eg ? fabs(proj - g[0]) / (1e-3 * scale) : 1e9;
-        double d2 = g && eg ? fabs(sqrt(ss) - sqrt(g[1])) / (1e-3 * sqrt(g[1]) + 1e-4 * grms * rootn) : 1e9;
-        if (fmax(d1, d2) > worst) { worst = fmax(d1, d2); snprintf(worst_name, sizeof worst_name, "%s", e->name); }
-        if (d1 > 1 || d2 > 1) { bad++; printf("  %s: proj %.6g want %.6g, |g|^2 %.6g want %.6g\n", e->name, proj, g ? g[0] : 0, ss, g ? g[1] : 0); }
-        free(g);
-        free(h);
-    }
-    snprintf(name, sizeof name, "%s gradients of all %d trainable parameters", tag, count);
-    lt_report(bad == 0 && count > 0, name, "%d parameters off (worst %s at %.2f of the tolerance)", bad, worst_name, worst);
-    if (bad == 0) printf("     (worst %s at %.3g of the tolerance)\n", worst_name, worst);
-}
-
-/* loss = sum(out * hash("loss.R")) backward */
-static int backward_hash(ldm_ctx *ctx, ldm_tensor *out) {
-    float *R = (float *)malloc(sizeof(float) * (size_t)out->numel);
-    lt_hash_uniform("loss.R", R, (long)out->numel);
-    ldm_tensor *Rt = ldm_from_host(ctx, ldm_shape_of(out), R);
-    free(R);
-    return Rt && ldm_backward(ctx, ldm_sum_all(ctx, ldm_mul(ctx, out, Rt))) == LDM_OK;
-}
-
 /* got vs fixture entry `key`, tolerance atol = rel * max|want| and rtol = rel */
 static void cmp(ldm_ctx *ctx, ldm_weights *fx, const char *key, const char *name, const float *got, long n, double rel) {
-    long m;
-    float *want = lt_load(ctx, fx, key, &m);
-    if (!want || !got || m != n) { lt_report(0, name, "%s", !got ? ldm_ctx_error(ctx) : !want ? "fixture entry missing" : "size differs"); free(want); return; }
-    double wmax = 0;
-    for (long k = 0; k < n; k++) wmax = fmax(wmax, fabs(want[k]));
-    lt_close(name, got, want, n, rel * wmax, rel);
-    free(want);
+    lt_close_fx(ctx, fx, key, name, got, n, rel, rel);
 }
 static void cmp_t(ldm_ctx *ctx, ldm_weights *fx, const char *key, const char *name, const ldm_tensor *t, int grad, double rel) {
-    cmp(ctx, fx, key, name, t ? lt_h(ctx, t, grad) : NULL, t ? (long)t->numel : 0, rel);
+    lt_close_fx_t(ctx, fx, key, name, t, grad, rel, rel);
 }
+static const char *no_prefix = "";   /* the vdit's state-dict names have none */
 
-/* blocks.0 alone (ldm__vdit_block_forward): output and full gradients w.r.t. tokens,
-   conditioning and every block parameter, for both adaLN variants. */
+/* blocks.0 alone (ldm__dit_block_forward, the block shared with the image DiT): output and full
+   gradients w.r.t. tokens, conditioning and every block parameter, for both adaLN variants. */
 static void test_block(ldm_ctx *ctx, const char *tag, int single) {
     char path[128], name[200], key[200];
     snprintf(path, sizeof path, FIX "vdit_block_%s.safetensors", tag);
@@ -142,14 +51,14 @@ static void test_block(ldm_ctx *ctx, const char *tag, int single) {
     ldm_vdit *m;
     if (ldm_vdit_create(ctx, &m, &cfg)) { lt_report(0, tag, "create: %s", ldm_ctx_error(ctx)); ldm_weights_close(fx); return; }
     ldm_nn_params *P = ldm_vdit_params(m);
-    hash_weights(ctx, P);
+    lt_hash_params(ctx, P, NULL, 0.0f);
     ldm_step_reset(ctx);
     ldm_tensor *x = lt_tensor(ctx, fx, "x"), *c = lt_tensor(ctx, fx, "c");
     x->requires_grad = 1;
     c->requires_grad = 1;
     /* adaLN-Zero blocks take SiLU(c) (adaLN_modulation.0 is the SiLU); adaLN-single ones t_block's output */
-    ldm_tensor *out = ldm__vdit_block_forward(ctx, m, 0, x, single ? c : ldm_silu(ctx, c));
-    int ok = out && backward_hash(ctx, out);
+    ldm_tensor *out = ldm__dit_block_forward(ctx, &m->k.blk[0], m->k.heads, x, single ? c : ldm_silu(ctx, c));
+    int ok = out && lt_backward_hash(ctx, out);
     snprintf(name, sizeof name, "vdit block (%s) forward", tag);
     cmp_t(ctx, fx, "out", name, out, 0, 1e-5);
     if (ok) {
@@ -184,7 +93,7 @@ static void test_model(ldm_ctx *ctx, const char *tag, int single, int learn_sigm
     if (ldm_vdit_create(ctx, &m, &cfg)) { lt_report(0, tag, "create: %s", ldm_ctx_error(ctx)); ldm_weights_close(fx); return; }
     ldm_nn_params *P = ldm_vdit_params(m);
     snprintf(name, sizeof name, "vdit_%s", tag);
-    check_names(fx, name, P);
+    lt_check_names(fx, name, "shape.", &P, &no_prefix, 1);
     { /* init: adaLN-Zero / the zero final linear; pos_embed frozen and equal to the reference's */
         int zero = 1;
         for (int i = 0; i < ldm_nn_count(P); i++) {
@@ -201,19 +110,19 @@ static void test_model(ldm_ctx *ctx, const char *tag, int single, int learn_sigm
         snprintf(name, sizeof name, "vdit_%s 3-D sin-cos pos_embed", tag);
         cmp_t(ctx, fx, "pos_embed", name, pe, 0, 1e-6);
     }
-    hash_weights(ctx, P);
+    lt_hash_params(ctx, P, NULL, 0.0f);
     ldm_step_reset(ctx);
     ldm_tensor *x = lt_tensor(ctx, fx, "x"), *t = lt_tensor(ctx, fx, "t");
     x->requires_grad = 1;
     ldm_tensor *out = ldm_vdit_forward(ctx, m, x, t);
-    int ok = out && backward_hash(ctx, out);
+    int ok = out && lt_backward_hash(ctx, out);
     snprintf(name, sizeof name, "vdit_%s forward", tag);
     cmp_t(ctx, fx, "out", name, out, 0, 1e-5);
     if (ok) {
         snprintf(name, sizeof name, "vdit_%s grad x", tag);
         cmp_t(ctx, fx, "x_grad", name, x, 1, 1e-4);
         snprintf(name, sizeof name, "vdit_%s", tag);
-        check_grads(ctx, fx, name, P);
+        lt_check_grads(ctx, fx, name, "gproj.", &P, &no_prefix, 1, NULL);
     } else lt_report(0, tag, "backward: %s", ldm_ctx_error(ctx));
     ldm_step_reset(ctx);
     ldm_vdit_destroy(m);
@@ -231,18 +140,18 @@ static void test_lora(ldm_ctx *ctx) {
     memset(&lc, 0, sizeof lc);
     lc.r = 4; lc.alpha = 8.0f; lc.n_targets = 1; lc.targets = tg;
     if (ldm_vdit_create(ctx, &m, &cfg)) { lt_report(0, "vdit lora", "create: %s", ldm_ctx_error(ctx)); ldm_weights_close(fx); return; }
-    hash_weights(ctx, ldm_vdit_params(m));
+    lt_hash_params(ctx, ldm_vdit_params(m), NULL, 0.0f);
     if (ldm_nn_lora_create(ctx, &L, ldm_vdit_params(m), &lc)) {
         lt_report(0, "vdit lora", "%s", ldm_ctx_error(ctx));
     } else {
         ldm_nn_params *A = ldm_nn_lora_params(L);
         LT_CHECK(ldm_nn_lora_count(L) == 2 && strcmp(ldm_nn_lora_module(L, 1), "blocks.1.attn.qkv") == 0, "vdit lora adapts blocks.N.attn.qkv");
-        hash_weights(ctx, A);
+        lt_hash_params(ctx, A, NULL, 0.0f);
         ldm_step_reset(ctx);
         ldm_tensor *x = lt_tensor(ctx, fx, "x"), *t = lt_tensor(ctx, fx, "t");
         x->requires_grad = 1;
         ldm_tensor *out = ldm_vdit_forward(ctx, m, x, t);
-        int ok = out && backward_hash(ctx, out);
+        int ok = out && lt_backward_hash(ctx, out);
         cmp_t(ctx, fx, "out", "vdit lora forward", out, 0, 1e-5);
         if (ok) {
             cmp_t(ctx, fx, "x_grad", "vdit lora grad x", x, 1, 1e-4);
@@ -315,7 +224,7 @@ static void test_sgm(ldm_ctx *ctx) {
     ldm_vdit_config cfg = tiny(1, 0);
     ldm_vdit *m = NULL;
     if (ldm_vdit_create(ctx, &m, &cfg)) { lt_report(0, "sgm network", "%s", ldm_ctx_error(ctx)); free(sig); ldm_weights_close(fx); return; }
-    hash_weights(ctx, ldm_vdit_params(m));
+    lt_hash_params(ctx, ldm_vdit_params(m), NULL, 0.0f);
     ldm_denoiser net = ldm_vdit_denoiser(m);
     ldm_sgm_denoiser dd, de, deps, dv, dvq;
     ldm_sgm_denoiser_config c = ldm_sgm_denoiser_config_default(LDM_SGM_EPS);
@@ -454,7 +363,7 @@ static void test_save_train(ldm_ctx *ctx) {
     ldm_vdit_config cfg = tiny(1, 0);
     ldm_vdit *a = NULL, *b = NULL, *c = NULL;
     if (ldm_vdit_create(ctx, &a, &cfg) || ldm_vdit_create(ctx, &b, &cfg)) { lt_report(0, "vdit save/load", "%s", ldm_ctx_error(ctx)); goto out; }
-    hash_weights(ctx, ldm_vdit_params(a));
+    lt_hash_params(ctx, ldm_vdit_params(a), NULL, 0.0f);
     LT_CHECK(ldm_vdit_save(ctx, a, "vdit_saved.safetensors", LDM_F32, "model.diffusion_model.") == LDM_OK &&
              ldm_vdit_load(ctx, b, "vdit_saved.safetensors", "model.diffusion_model.", 1, NULL) == LDM_OK, "vdit save and strict load");
     ldm_ctx_clear_error(ctx);
@@ -557,13 +466,8 @@ static void test_config(ldm_ctx *ctx) {
               "%lld vs %lld", (long long)n0, (long long)n1);
 }
 
-int main(void) {
-    ldm_ctx *ctx;
-    ldm_settings s;
-    memset(&s, 0, sizeof s);
-    s.seed = 1;
-    if (ldm_ctx_create(&ctx, &s)) return 1;
-#ifndef LDM_CUDA_EMULATOR /* the emulator build only runs the device part below */
+/* Every check; the config table's (host only) on the CPU alone. */
+static void run_all(ldm_ctx *ctx, int cpu) {
     test_block(ctx, "dit", 0);
     test_block(ctx, "single", 1);
     test_model(ctx, "dit", 0, 1);
@@ -571,26 +475,12 @@ int main(void) {
     test_lora(ctx);
     test_sgm(ctx);
     test_save_train(ctx);
-    test_config(ctx);
-#endif
-    ldm_ctx_destroy(ctx);
-#ifdef LDM_CUDA
-    if (ldm_cuda_available() && !ldm_ctx_create(&ctx, &s)) {
-        if (ldm_cuda_init(ctx, 0)) lt_report(0, "cuda init", "%s", ldm_ctx_error(ctx));
-        else {
-            lt_tag = "[cuda] ";
-            printf("device: %s\n", ldm_cuda_device_name(ctx));
-            test_block(ctx, "dit", 0);
-            test_block(ctx, "single", 1);
-            test_model(ctx, "dit", 0, 1);
-            test_model(ctx, "single", 1, 0);
-            test_lora(ctx);
-            test_sgm(ctx);
-            test_save_train(ctx);
-        }
-        ldm_ctx_destroy(ctx);
-        lt_tag = "";
-    } else printf("SKIP test_vdit on CUDA: no CUDA device\n");
-#endif
-    return lt_finish("test_vdit");
+    if (cpu) test_config(ctx);
+}
+
+int main(void) {
+    ldm_settings s;
+    memset(&s, 0, sizeof s);
+    s.seed = 1;
+    return lt_main(&s, "test_vdit", run_all);
 }

@@ -656,9 +656,7 @@ static void test_driver(void) {
 }
 
 int main(void) {
-    snprintf(T, sizeof T, "/tmp/ldm_test_video_sr_");
-    for (int i = 0; i < 6; i++) strcat(T, "X"); /* mkdtemp's template, as test_driver.c */
-    if (!mkdtemp(T)) { printf("FAIL mkdtemp\n"); return 1; }
+    if (!lt_mkdtemp(T, sizeof T, "ldm_test_video_sr")) return 1;
     (void)CFG;
     ldm_ctx *ctx;
     ldm_settings s;
@@ -680,5 +678,6 @@ int main(void) {
     ldm_config_registry_destroy(reg);
     for (int i = 0; i < n_cfgs; i++) ldm_config_destroy(cfgs[i]);
     ldm_ctx_destroy(ctx);
+    if (lt_failed == 0) lt_rm_rf(T);   /* kept for a look when something failed */
     return lt_finish("test_video_sr");
 }

@@ -29,90 +29,14 @@ static ldm_tensor *hashed(ldm_ctx *ctx, const char *name, ldm_shape s, float sca
     return t;
 }
 
-/* hash_init of every entry of P (name without `strip`), BatchNorm statistics (0, 1), logvar. */
-static void hash_params(ldm_ctx *ctx, ldm_nn_params *P, const char *strip, float logvar) {
-    size_t sl = strip ? strlen(strip) : 0;
-    for (int i = 0; i < ldm_nn_count(P); i++) {
-        const ldm_nn_entry *e = ldm_nn_entry_at(P, i);
-        const char *nm = sl && !strncmp(e->name, strip, sl) ? e->name + sl : e->name;
-        float *h = (float *)malloc(sizeof(float) * (size_t)(e->t->numel ? e->t->numel : 1));
-        if (!h) continue;
-        size_t n = strlen(nm);
-        if (!strcmp(nm, "logvar")) h[0] = logvar;
-        else if (n >= 12 && !strcmp(nm + n - 12, "running_mean")) memset(h, 0, sizeof(float) * (size_t)e->t->numel);
-        else if (n >= 11 && !strcmp(nm + n - 11, "running_var")) for (int64_t k = 0; k < e->t->numel; k++) h[k] = 1.0f;
-        else if (n >= 19 && !strcmp(nm + n - 19, "num_batches_tracked")) h[0] = 0.0f;
-        else lt_hash_init(nm, h, e->t->ndim, e->t->shape);
-        ldm_nn_copy_from_host(ctx, e->t, h);
-        free(h);
-    }
+/* The registry P's state-dict shapes and gradient projections under the fixture prefix pre
+   (ldm_test.h; names without `strip`). */
+static const char *no_prefix = "";
+static void check_shapes(ldm_weights *fx, ldm_nn_params *P, const char *pre, const char *tag) {
+    lt_check_names(fx, tag, pre, &P, &no_prefix, 1);
 }
-
-/* got vs fixture `key`: |d| <= atol_rel * max|want| + rtol * |want| */
-static void check_fx(ldm_ctx *ctx, ldm_weights *fx, const char *key, const char *label, const ldm_tensor *t, int grad,
-                     double atol_rel, double rtol) {
-    long n = 0;
-    float *want = lt_load(ctx, fx, key, &n);
-    const float *got = t ? lt_h(ctx, t, grad) : NULL;
-    if (!want || !got || n != t->numel) {
-        lt_report(0, label, "missing (%s) or wrong size (%ld vs %lld)", ldm_ctx_error(ctx), n, t ? (long long)t->numel : -1LL);
-        free(want);
-        return;
-    }
-    double wmax = 0;
-    for (long k = 0; k < n; k++) wmax = fmax(wmax, fabs(want[k]));
-    lt_close(label, got, want, n, atol_rel * wmax, rtol);
-    free(want);
-}
-
-/* Every trainable parameter of P against <pre><name> = [gradient . hash("proj.<name>"),
-   |gradient|^2] (name without `strip`), with test_vae.c's tolerance: 1e-3 of the projection's
-   natural scale plus 1e-4 of the largest per-element gradient RMS (exact zeros in float64
-   are float32 noise here). Also: the fixture has no more entries than we have parameters. */
 static void check_gproj(ldm_ctx *ctx, ldm_weights *fx, ldm_nn_params *P, const char *pre, const char *strip, const char *tag) {
-    char name[300];
-    size_t sl = strip ? strlen(strip) : 0, pl = strlen(pre);
-    double grms = 0;
-    int n_fix = 0;
-    for (int i = 0; i < ldm_weights_count(fx); i++) if (!strncmp(ldm_weights_info(fx, i)->name, pre, pl)) n_fix++;
-    for (int i = 0; i < ldm_nn_count(P); i++) {
-        const ldm_nn_entry *e = ldm_nn_entry_at(P, i);
-        const char *nm = sl && !strncmp(e->name, strip, sl) ? e->name + sl : e->name;
-        snprintf(name, sizeof name, "%s%s", pre, nm);
-        if (ldm_weights_find(fx, name) < 0) continue;
-        float *g = lt_load(ctx, fx, name, NULL);
-        if (g) grms = fmax(grms, sqrt(g[1] / (double)e->t->numel));
-        free(g);
-    }
-    int bad = 0, count = 0;
-    double worst = 0;
-    char worst_name[300] = "";
-    for (int i = 0; i < ldm_nn_count(P); i++) {
-        const ldm_nn_entry *e = ldm_nn_entry_at(P, i);
-        if (!e->t->requires_grad) continue;
-        const char *nm = sl && !strncmp(e->name, strip, sl) ? e->name + sl : e->name;
-        count++;
-        snprintf(name, sizeof name, "%s%s", pre, nm);
-        float *g = ldm_weights_find(fx, name) >= 0 ? lt_load(ctx, fx, name, NULL) : NULL;
-        const float *eg = lt_h(ctx, e->t, 1);
-        float *h = (float *)malloc(sizeof(float) * (size_t)e->t->numel);
-        snprintf(name, sizeof name, "proj.%s", nm);
-        lt_hash_uniform(name, h, (long)e->t->numel);
-        double proj = 0, ss = 0;
-        for (int64_t q = 0; eg && q < e->t->numel; q++) { proj += (double)eg[q] * h[q]; ss += (double)eg[q] * eg[q]; }
-        double rootn = sqrt((double)e->t->numel);
-        double scale = sqrt(g ? g[1] : 0) / sqrt(3.0) + 1e-1 * grms * rootn;
-        double d1 = g && eg ? fabs(proj - g[0]) / (1e-3 * scale) : 1e9;
-        double d2 = g && eg ? fabs(sqrt(ss) - sqrt(g[1])) / (1e-3 * sqrt(g[1]) + 1e-4 * grms * rootn) : 1e9;
-        if (fmax(d1, d2) > worst) { worst = fmax(d1, d2); snprintf(worst_name, sizeof worst_name, "%s", nm); }
-        if (d1 > 1 || d2 > 1) { bad++; printf("  %s: proj %.6g want %.6g, |g|^2 %.6g want %.6g\n", nm, proj, g ? g[0] : 0, ss, g ? g[1] : 0); }
-        free(g);
-        free(h);
-    }
-    snprintf(name, sizeof name, "%s: gradients of all %d parameters", tag, count);
-    lt_report(bad == 0 && count == n_fix, name, "%d parameters off (worst %s at %.2f of the tolerance), %d here vs %d in PyTorch", bad,
-              worst_name, worst, count, n_fix);
-    if (bad == 0) printf("     (worst %s at %.3g of the tolerance)\n", worst_name, worst);
+    lt_check_grads(ctx, fx, tag, pre, &P, &no_prefix, 1, strip);
 }
 
 static ldm_tensor *weighted_sum(ldm_ctx *ctx, ldm_tensor *out, const char *rname) {
@@ -149,7 +73,7 @@ static void test_conv3d(ldm_ctx *ctx, ldm_weights *fx) {
         for (int i = 0; i < 4; i++) {
             snprintf(key, sizeof key, "conv%d.%s", k, parts[i]);
             snprintf(label, sizeof label, "conv3d %s: %s", what[k], parts[i]);
-            check_fx(ctx, fx, key, label, ts[i], i > 0, 1e-5, 1e-4);
+            lt_close_fx_t(ctx, fx, key, label, ts[i], i > 0, 1e-5, 1e-4);
         }
     }
     ldm_step_reset(ctx);
@@ -162,7 +86,7 @@ static void test_attn(ldm_ctx *ctx, ldm_weights *fx) {
     if (ldm_nn_params_create(ctx, &P, ldm_ctx_device(ctx))) { lt_report(0, "attn3d: registry", "%s", ldm_ctx_error(ctx)); return; }
     ldm__vae_reg_attn(P, &a, 3, 32);
     if (ldm_nn_params_alloc(ctx, P)) { lt_report(0, "attn3d: alloc", "%s", ldm_ctx_error(ctx)); ldm_nn_params_destroy(P); return; }
-    hash_params(ctx, P, NULL, 0.0f);
+    lt_hash_params(ctx, P, NULL, 0.0f);
     LT_CHECK(a.q.weight->ndim == 5 && a.q.weight->shape[2] == 1 && a.q.weight->shape[4] == 1, "attn3d: q is a 1x1x1 Conv3d [32, 32, 1, 1, 1]");
     ldm_step_reset(ctx);
     ldm_tensor *x = hashed(ctx, "attn.x", ldm_shape5(2, 32, 3, 4, 5), 1.0f);
@@ -170,8 +94,8 @@ static void test_attn(ldm_ctx *ctx, ldm_weights *fx) {
     ldm_tensor *out = ldm__vae_attn_fwd(ctx, &a, x);
     ldm_tensor *loss = weighted_sum(ctx, out, "attn.R");
     if (!loss || ldm_backward(ctx, loss)) { lt_report(0, "attn3d forward/backward", "%s", ldm_ctx_error(ctx)); ldm_nn_params_destroy(P); return; }
-    check_fx(ctx, fx, "attn.out", "attn3d (AttnBlock over T*H*W = 60 positions): out", out, 0, 1e-5, 1e-4);
-    check_fx(ctx, fx, "attn.x_grad", "attn3d: x grad", x, 1, 1e-5, 1e-4);
+    lt_close_fx_t(ctx, fx, "attn.out", "attn3d (AttnBlock over T*H*W = 60 positions): out", out, 0, 1e-5, 1e-4);
+    lt_close_fx_t(ctx, fx, "attn.x_grad", "attn3d: x grad", x, 1, 1e-5, 1e-4);
     /* every parameter gradient; k.bias's true gradient is 0 (softmax is shift-invariant), so the
        absolute floor is 1e-5 of the largest gradient element of the whole block */
     double gmax = 0;
@@ -218,28 +142,8 @@ static ldm_vae *make_vae(ldm_ctx *ctx, int k) {
     ldm_vae_config c = vae_case(k);
     ldm_vae *v = NULL;
     if (ldm_vae_create(ctx, &v, &c)) { lt_report(0, "vae3d: create", "%s", ldm_ctx_error(ctx)); return NULL; }
-    hash_params(ctx, v->P, NULL, 0.0f);
+    lt_hash_params(ctx, v->P, NULL, 0.0f);
     return v;
-}
-
-/* Every registry entry's shape against PyTorch's state dict (<pre><name>), and the counts. */
-static void check_shapes(ldm_weights *fx, ldm_nn_params *P, const char *pre, const char *tag) {
-    int n_fix = 0, n_ok = 0;
-    size_t pl = strlen(pre);
-    char name[300];
-    for (int i = 0; i < ldm_weights_count(fx); i++) if (!strncmp(ldm_weights_info(fx, i)->name, pre, pl)) n_fix++;
-    for (int i = 0; i < ldm_nn_count(P); i++) {
-        const ldm_nn_entry *e = ldm_nn_entry_at(P, i);
-        snprintf(name, sizeof name, "%s%s", pre, e->name);
-        int j = ldm_weights_find(fx, name);
-        float sh[LDM_MAX_DIMS];
-        int ok = j >= 0 && ldm_weights_info(fx, j)->numel == e->t->ndim && ldm_weights_read(NULL, fx, j, sh) == LDM_OK;
-        for (int d = 0; ok && d < e->t->ndim; d++) ok = (int64_t)sh[d] == e->t->shape[d];
-        if (ok) n_ok++;
-        else printf("  %s: %s\n", e->name, j < 0 ? "not in the PyTorch state dict" : "shape differs from PyTorch's");
-    }
-    snprintf(name, sizeof name, "%s: state-dict names and shapes (%d entries, 5-D convs)", tag, n_fix);
-    lt_report(n_ok == n_fix && ldm_nn_count(P) == n_fix, name, "%d of %d match, %d here", n_ok, n_fix, ldm_nn_count(P));
 }
 
 static void test_vae(ldm_ctx *ctx, ldm_weights *fx, int k) {
@@ -269,12 +173,12 @@ static void test_vae(ldm_ctx *ctx, ldm_weights *fx, int k) {
     for (int i = 0; i < 6; i++) {
         snprintf(key, sizeof key, "vae%d.%s", k, parts[i]);
         snprintf(label, sizeof label, "%s: %s", tag, parts[i]);
-        check_fx(ctx, fx, key, label, ts[i], 0, 1e-5, 1e-4);
+        lt_close_fx_t(ctx, fx, key, label, ts[i], 0, 1e-5, 1e-4);
     }
     if (ldm_backward(ctx, loss)) { lt_report(0, tag, "backward: %s", ldm_ctx_error(ctx)); ldm_ctx_clear_error(ctx); ldm_vae_destroy(v); return; }
     snprintf(key, sizeof key, "vae%d.x_grad", k);
     snprintf(label, sizeof label, "%s: x grad", tag);
-    check_fx(ctx, fx, key, label, x, 1, 1e-4, 1e-3);
+    lt_close_fx_t(ctx, fx, key, label, x, 1, 1e-4, 1e-3);
     snprintf(key, sizeof key, "vae%d.gproj.", k);
     check_gproj(ctx, fx, v->P, key, NULL, tag);
 
@@ -286,10 +190,10 @@ static void test_vae(ldm_ctx *ctx, ldm_weights *fx, int k) {
     ldm_tensor *dm = ldm_vae_encode_infer(ctx, v, x, &inf, &qi) ? NULL : ldm_vae_decode_infer(ctx, v, qi.mean, &inf);
     snprintf(key, sizeof key, "vae%d.mean", k);
     snprintf(label, sizeof label, "%s: encode_infer (batch 1) mean", tag);
-    check_fx(ctx, fx, key, label, qi.mean, 0, 1e-5, 1e-4);
+    lt_close_fx_t(ctx, fx, key, label, qi.mean, 0, 1e-5, 1e-4);
     snprintf(key, sizeof key, "vae%d.dec_mode", k);
     snprintf(label, sizeof label, "%s: decode_infer(mode) (batch 1)", tag);
-    check_fx(ctx, fx, key, label, dm, 0, 1e-5, 1e-4);
+    lt_close_fx_t(ctx, fx, key, label, dm, 0, 1e-5, 1e-4);
     ldm_ctx_clear_error(ctx);
     ldm_step_reset(ctx);
     ldm_vae_destroy(v);
@@ -396,7 +300,7 @@ static void test_loss(ldm_ctx *ctx, ldm_weights *fx, int k) {
     ldm_lpips_loss *L = NULL;
     if (ldm_lpips_loss_create(ctx, &L, &lc)) { lt_report(0, tag, "create: %s", ldm_ctx_error(ctx)); ldm_vae_destroy(v); return; }
     LT_CHECK(L->lpips == NULL && L->disc.dims == 3 && L->disc.conv3[0].weight->ndim == 5, "volume loss: no LPIPS built, a Conv3d PatchGAN");
-    hash_params(ctx, L->P, "discriminator.", (float)lvi[k]);
+    lt_hash_params(ctx, L->P, "discriminator.", (float)lvi[k]);
     const char *note = NULL;
     LT_CHECK(!ldm_lpips_loss_ready(ctx, L, &note) && note && strstr(note, k ? "L2" : "L1"), "volume loss: ready without VGG weights, notice names the pixel loss");
     ldm_step_reset(ctx);
@@ -436,10 +340,10 @@ static void test_loss(ldm_ctx *ctx, ldm_weights *fx, int k) {
     lt_report(bad == 0 && log.n == 8 && dlog.n == 3, label, "%d off", bad);
     snprintf(key, sizeof key, "loss%d.loss_g", k);
     snprintf(label, sizeof label, "%s: generator loss", tag);
-    check_fx(ctx, fx, key, label, lg, 0, 0.0, 1e-4);
+    lt_close_fx_t(ctx, fx, key, label, lg, 0, 0.0, 1e-4);
     snprintf(key, sizeof key, "loss%d.loss_d", k);
     snprintf(label, sizeof label, "%s: discriminator loss", tag);
-    check_fx(ctx, fx, key, label, ld, 0, 0.0, 1e-4);
+    lt_close_fx_t(ctx, fx, key, label, ld, 0, 0.0, 1e-4);
     snprintf(key, sizeof key, "loss%d.gproj.", k);
     snprintf(label, sizeof label, "%s: generator step, autoencoder", tag);
     check_gproj(ctx, fx, v->P, key, NULL, label);
@@ -451,7 +355,7 @@ static void test_loss(ldm_ctx *ctx, ldm_weights *fx, int k) {
         if (e->kind != LDM_NN_BUFFER || strstr(e->name, "num_batches_tracked")) continue;
         snprintf(key, sizeof key, "loss%d.buf.%s", k, e->name + strlen("discriminator."));
         snprintf(label, sizeof label, "%s: %s", tag, e->name);
-        check_fx(ctx, fx, key, label, e->t, 0, 1e-5, 1e-4);
+        lt_close_fx_t(ctx, fx, key, label, e->t, 0, 1e-5, 1e-4);
     }
     ldm_step_reset(ctx);
     ldm_lpips_loss_destroy(L);
@@ -490,7 +394,7 @@ static void test_unet(ldm_ctx *ctx, ldm_weights *fx) {
     c.channel_mult[0] = 1; c.channel_mult[1] = 2; c.n_levels = 2; c.attention_resolutions[0] = 2; c.n_attn = 1; c.num_heads = 2; c.dims = 3;
     ldm_unet *u = NULL;
     if (ldm_unet_create(ctx, &u, &c)) { lt_report(0, "unet3d: create", "%s", ldm_ctx_error(ctx)); return; }
-    hash_params(ctx, ldm_unet_params(u), NULL, 0.0f);
+    lt_hash_params(ctx, ldm_unet_params(u), NULL, 0.0f);
     ldm_step_reset(ctx);
     ldm_tensor *x = hashed(ctx, "unet.x", ldm_shape5(1, 3, 8, 8, 8), 1.0f);
     float tv = 421.0f;
@@ -499,8 +403,8 @@ static void test_unet(ldm_ctx *ctx, ldm_weights *fx) {
     ldm_tensor *out = ldm_unet_forward(ctx, u, x, t, NULL, NULL);
     ldm_tensor *loss = weighted_sum(ctx, out, "unet.R");
     if (!loss || ldm_backward(ctx, loss)) { lt_report(0, "unet3d forward/backward", "%s", ldm_ctx_error(ctx)); ldm_unet_destroy(u); return; }
-    check_fx(ctx, fx, "unet.out", "unet3d [1, 3, 8, 8, 8] latent volume: out", out, 0, 1e-5, 1e-4);
-    check_fx(ctx, fx, "unet.x_grad", "unet3d: x grad", x, 1, 1e-4, 1e-3);
+    lt_close_fx_t(ctx, fx, "unet.out", "unet3d [1, 3, 8, 8, 8] latent volume: out", out, 0, 1e-5, 1e-4);
+    lt_close_fx_t(ctx, fx, "unet.x_grad", "unet3d: x grad", x, 1, 1e-4, 1e-3);
     check_gproj(ctx, fx, ldm_unet_params(u), "unet.gproj.", NULL, "unet3d");
     ldm_step_reset(ctx);
     ldm_unet_destroy(u);
@@ -516,7 +420,7 @@ static void test_pipeline(ldm_ctx *ctx, ldm_weights *fx) {
     c.channel_mult[0] = 1; c.channel_mult[1] = 2; c.n_levels = 2; c.attention_resolutions[0] = 2; c.n_attn = 1; c.num_heads = 2; c.dims = 3;
     ldm_unet *u = NULL;
     if (ldm_unet_create(ctx, &u, &c)) { lt_report(0, tag, "unet: %s", ldm_ctx_error(ctx)); ldm_vae_destroy(v); return; }
-    hash_params(ctx, ldm_unet_params(u), NULL, 0.0f);
+    lt_hash_params(ctx, ldm_unet_params(u), NULL, 0.0f);
     ldm_nn_set_trainable(v->P, "", 0); /* the frozen first stage */
     ldm_schedule_config sc;
     memset(&sc, 0, sizeof sc);
@@ -536,7 +440,7 @@ static void test_pipeline(ldm_ctx *ctx, ldm_weights *fx) {
     ldm_vae_posterior q;
     ldm_tensor *z0 = ldm_vae_encode_infer(ctx, v, hashed(ctx, "ldm.x", ldm_shape5(1, 1, 16, 16, 16), 1.0f), &inf, &q) ? NULL
                    : ldm_scale(ctx, q.mean, 0.5f);
-    check_fx(ctx, fx, "ldm.z0", "volume LDM: first-stage latent (mode x 0.5) [1, 3, 8, 8, 8]", z0, 0, 1e-5, 1e-4);
+    lt_close_fx_t(ctx, fx, "ldm.z0", "volume LDM: first-stage latent (mode x 0.5) [1, 3, 8, 8, 8]", z0, 0, 1e-5, 1e-4);
     ldm_denoiser den = ldm_unet_denoiser(u);
     int t = 613;
     ldm_loss_log log;
@@ -545,15 +449,15 @@ static void test_pipeline(ldm_ctx *ctx, ldm_weights *fx) {
     if (!loss || ldm_backward(ctx, loss)) {
         lt_report(0, tag, "p_losses: %s", ldm_ctx_error(ctx));
     } else {
-        check_fx(ctx, fx, "ldm.loss", "volume LDM: UNet eps loss (p_losses, t 613)", loss, 0, 0.0, 1e-4);
+        lt_close_fx_t(ctx, fx, "ldm.loss", "volume LDM: UNet eps loss (p_losses, t 613)", loss, 0, 0.0, 1e-4);
         check_gproj(ctx, fx, ldm_unet_params(u), "ldm.gproj.", NULL, "volume LDM: UNet");
         ldm_sample_opts so;
         memset(&so, 0, sizeof so);
         so.x_T = hashed(ctx, "ldm.xT", ldm_shape_of(z0), 1.0f);
         ldm_tensor *zs = ldm_ddim_sample(ctx, &dd, &sch, &den, ldm_shape_of(z0), &so);
-        check_fx(ctx, fx, "ldm.sample", "volume LDM: 4-step DDIM sample on the latent volume", zs, 0, 1e-5, 1e-4);
+        lt_close_fx_t(ctx, fx, "ldm.sample", "volume LDM: 4-step DDIM sample on the latent volume", zs, 0, 1e-5, 1e-4);
         ldm_tensor *vol = zs ? ldm_vae_decode_infer(ctx, v, ldm_scale(ctx, zs, 2.0f), &inf) : NULL;
-        check_fx(ctx, fx, "ldm.volume", "volume LDM: the sample decoded to a [1, 1, 16, 16, 16] volume", vol, 0, 1e-5, 1e-4);
+        lt_close_fx_t(ctx, fx, "ldm.volume", "volume LDM: the sample decoded to a [1, 1, 16, 16, 16] volume", vol, 0, 1e-5, 1e-4);
     }
     ldm_ctx_clear_error(ctx);
     ldm_step_reset(ctx);
@@ -686,26 +590,8 @@ static void run_all(ldm_ctx *ctx, int full) {
 }
 
 int main(void) {
-    ldm_ctx *ctx;
     ldm_settings s;
     memset(&s, 0, sizeof s);
     s.seed = 1;
-    if (ldm_ctx_create(&ctx, &s)) return 1;
-#ifndef LDM_CUDA_EMULATOR /* the emulator build only runs the device part below */
-    run_all(ctx, 1);
-#endif
-    ldm_ctx_destroy(ctx);
-#ifdef LDM_CUDA
-    if (ldm_cuda_available() && !ldm_ctx_create(&ctx, &s)) {
-        if (ldm_cuda_init(ctx, 0)) lt_report(0, "cuda init", "%s", ldm_ctx_error(ctx));
-        else {
-            lt_tag = "[cuda] ";
-            printf("device: %s\n", ldm_cuda_device_name(ctx));
-            run_all(ctx, 0);
-        }
-        ldm_ctx_destroy(ctx);
-        lt_tag = "";
-    }
-#endif
-    return lt_finish("test_vol3d");
+    return lt_main(&s, "test_vol3d", run_all);
 }

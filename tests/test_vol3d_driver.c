@@ -157,9 +157,7 @@ static int nifti_dir(ldm_ctx *ctx, const char *dir, const char *suffix, int nx, 
 }
 
 int main(void) {
-    snprintf(T, sizeof T, "/tmp/ldm_test_vol3d_driver_");
-    for (int i = 0; i < 6; i++) strcat(T, "X");
-    if (!mkdtemp(T)) { printf("FAIL mkdtemp\n"); return 1; }
+    if (!lt_mkdtemp(T, sizeof T, "ldm_test_vol3d_driver")) return 1;
     if (!exists("./ldm")) { printf("FAIL ./ldm is not built (run ./build.sh)\n"); return 1; }
     ldm_ctx *ctx;
     ldm_settings set;
@@ -360,9 +358,6 @@ int main(void) {
     (void)L2;
     (void)CFG;
     ldm_ctx_destroy(ctx);
-    if (lt_failed == 0) {
-        snprintf(args, sizeof args, "rm -rf %s", T);
-        if (system(args)) printf("note: could not remove %s\n", T);
-    }
+    if (lt_failed == 0) lt_rm_rf(T);
     return lt_finish("test_vol3d_driver");
 }

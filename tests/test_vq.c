@@ -378,31 +378,19 @@ static void test_config(ldm_ctx *ctx) {
     ldm_step_reset(ctx);
 }
 
-int main(void) {
-    ldm_ctx *ctx;
-    ldm_settings s;
-    memset(&s, 0, sizeof s);
-    s.seed = 1;
-    if (ldm_ctx_create(&ctx, &s)) return 1;
-#ifndef LDM_CUDA_EMULATOR /* the emulator build only runs the device part below */
-    test_argmin(ctx);
+/* Everything on the CPU; the fixture on the GPU too. */
+static void run_all(ldm_ctx *ctx, int cpu) {
+    if (cpu) test_argmin(ctx);
     test_fixture(ctx);
+    if (!cpu) return;
     test_tiles(ctx);
     test_weights(ctx);
     test_config(ctx);
-#endif
-    ldm_ctx_destroy(ctx);
-#ifdef LDM_CUDA
-    if (ldm_cuda_available() && !ldm_ctx_create(&ctx, &s)) {
-        if (ldm_cuda_init(ctx, 0)) lt_report(0, "cuda init", "%s", ldm_ctx_error(ctx));
-        else {
-            lt_tag = "[cuda] ";
-            printf("device: %s\n", ldm_cuda_device_name(ctx));
-            test_fixture(ctx);
-        }
-        ldm_ctx_destroy(ctx);
-        lt_tag = "";
-    } else printf("SKIP test_vq on CUDA: no CUDA device\n");
-#endif
-    return lt_finish("test_vq");
+}
+
+int main(void) {
+    ldm_settings s;
+    memset(&s, 0, sizeof s);
+    s.seed = 1;
+    return lt_main(&s, "test_vq", run_all);
 }

@@ -62,6 +62,14 @@ def hash_uniform(name, n):
     return (2.0 * u - 1.0).astype(np.float32)
 
 
+
+def hashed(name, shape):
+    """hash_uniform as a float64 tensor of the given shape."""
+    n = 1
+    for s in shape:
+        n *= s
+    return torch.from_numpy(hash_uniform(name, n)).double().view(*shape)
+
 def hash_init(module):
     """Deterministic weights for any torch module, keyed by state-dict name: conv/linear weights
     U(-1,1)/sqrt(fan_in), biases 0.1*U, norm weights 1 + 0.1*U, norm biases 0.1*U."""

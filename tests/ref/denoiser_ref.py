@@ -12,17 +12,10 @@ Run: /usr/bin/python3 tests/ref/denoiser_ref.py  (from the repository root)"""
 import os, sys
 import torch
 sys.path.insert(0, os.path.dirname(__file__))
-from common import write_safetensors, hash_init, hash_uniform
+from common import write_safetensors, hash_init, hashed
 from denoiser_model import UNetModel, ClassEmbedder, DiT
 
 FIX = os.path.join(os.path.dirname(__file__), "..", "fixtures")
-
-
-def hashed(name, shape):
-    n = 1
-    for s in shape:
-        n *= s
-    return torch.from_numpy(hash_uniform(name, n)).double().view(*shape)
 
 
 def dump(tag, models, run, inputs, meta):

@@ -37,15 +37,10 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import hash_init, hash_uniform, write_safetensors  # noqa: E402
+from common import hash_init, write_safetensors, hashed  # noqa: E402
 from denoiser_model import Attention, Mlp, timestep_embedding  # noqa: E402
 
 FIX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures")
-
-
-def hashed(name, shape):
-    n = int(np.prod(shape))
-    return torch.from_numpy(hash_uniform(name, n)).double().view(*shape)
 
 
 # ---- the video DiT -------------------------------------------------------------------------

@@ -16,19 +16,12 @@ import os, sys
 import torch
 import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(__file__))
-from common import write_safetensors, hash_init, hash_uniform
+from common import write_safetensors, hash_init, hashed
 from vae_model import AutoencoderKL
 
 torch.set_default_dtype(torch.float64)
 FIX = os.path.join(os.path.dirname(__file__), "..", "fixtures")
 t = {}
-
-
-def hashed(name, shape):
-    n = 1
-    for s in shape:
-        n *= s
-    return torch.from_numpy(hash_uniform(name, n)).double().view(*shape)
 
 
 def degrade(x, s, mode):

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(__file__))
-from common import write_safetensors, hash_init, hash_uniform
+from common import write_safetensors, hash_init, hashed
 from vae_model import AutoencoderKL, AttnBlock, kl
 from lpips_model import NLayerDiscriminator, hinge_d_loss
 from denoiser_model import UNetModel
@@ -35,13 +35,6 @@ from denoiser_model import UNetModel
 FIX = os.path.join(os.path.dirname(__file__), "..", "fixtures")
 torch.manual_seed(0)
 t = {}
-
-
-def hashed(name, shape):
-    n = 1
-    for s in shape:
-        n *= s
-    return torch.from_numpy(hash_uniform(name, n)).double().view(*shape)
 
 
 def gproj(prefix, module):
