@@ -3658,21 +3658,10 @@ static int ldm__conv_winograd_ok(const ldm_ctx *ctx, const ldm_conv_desc *d) {
 
 /* U[xi][o][c] = (G g G^T)[xi] for g = w[o][c] (flip = 0), or for the input gradient
    U[xi][c][o] = (G rot180(w[o][c]) G^T)[xi] (flip = 1): the filters of the transposed
-   convolution. The 9 taps are first gathered into planes g[9][rows][cols] (rows o or c), so the
-   transform itself runs along contiguous rows. */
-typedef struct { float *U, *g; const float *w; int64_t O, C; int flip; } ldm__wg_wjob;
-static void ldm__wg_gather_task(void *arg, int64_t r0, int64_t r1, int tid) {
-    const ldm__wg_wjob *j = (const ldm__wg_wjob *)arg;
-    int64_t OC = j->O * j->C, cols = j->flip ? j->O : j->C;
-    (void)tid;
-    for (int64_t r = r0; r < r1; r++)
-        for (int64_t q = 0; q < cols; q++) {
-            const float *w = j->w + (j->flip ? q * j->C + r : r * j->C + q) * 9;
-            float *g = j->g + r * cols + q;
-            for (int i = 0; i < 9; i++) g[i * OC] = w[j->flip ? 8 - i : i];
-        }
-}
-/* one row (a, b, e) of G g times G^T: (a, (a+b+e)/2, (a-b+e)/2, e), n columns at a time */
+   convolution. Each row (o, or c when flipped) is done 256 columns at a time: the 9 taps are
+   gathered into planes g[9][256] so the transform runs along contiguous columns. */
+typedef struct { float *U; const float *w; int64_t O, C; int flip; } ldm__wg_wjob;
+/* one row (a, b, e) of G g times G^T: (a, (a+b+e)/2, (a-b+e)/2, e), n columns */
 static LDM__VEC void ldm__wg_row(float *LDM_RESTRICT u0, float *LDM_RESTRICT u1, float *LDM_RESTRICT u2, float *LDM_RESTRICT u3,
                                  const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, const float *LDM_RESTRICT e, int64_t n) {
     for (int64_t q = 0; q < n; q++) {
@@ -3682,44 +3671,45 @@ static LDM__VEC void ldm__wg_row(float *LDM_RESTRICT u0, float *LDM_RESTRICT u1,
 static LDM__VEC void ldm__wg_weight_task(void *arg, int64_t r0, int64_t r1, int tid) {
     const ldm__wg_wjob *j = (const ldm__wg_wjob *)arg;
     int64_t OC = j->O * j->C, cols = j->flip ? j->O : j->C;
-    float t[6][256]; /* rows 1 and 2 of G g for 256 columns */
+    float g[9][256], t[6][256]; /* the taps; rows 1 and 2 of G g */
     (void)tid;
     for (int64_t r = r0; r < r1; r++)
         for (int64_t q0 = 0; q0 < cols; q0 += 256) {
             int64_t nq = LDM__MIN(256, cols - q0);
-            const float *g = j->g + r * cols + q0;
+            for (int64_t q = 0; q < nq; q++) {
+                const float *w = j->w + (j->flip ? (q0 + q) * j->C + r : r * j->C + q0 + q) * 9;
+                for (int i = 0; i < 9; i++) g[i][q] = w[j->flip ? 8 - i : i];
+            }
             for (int x = 0; x < 3; x++) { /* G g, column x of g: rows g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2 */
-                const float *LDM_RESTRICT a = g + x * OC, *LDM_RESTRICT b = g + (3 + x) * OC, *LDM_RESTRICT e = g + (6 + x) * OC;
+                const float *LDM_RESTRICT a = g[x], *LDM_RESTRICT b = g[3 + x], *LDM_RESTRICT e = g[6 + x];
                 for (int64_t q = 0; q < nq; q++) { t[x][q] = 0.5f * (a[q] + b[q] + e[q]); t[3 + x][q] = 0.5f * (a[q] - b[q] + e[q]); }
             }
             /* (G g) G^T, the same on each row of G g */
             float *u = j->U + r * cols + q0;
-            ldm__wg_row(u, u + OC, u + 2 * OC, u + 3 * OC, g, g + OC, g + 2 * OC, nq);
+            ldm__wg_row(u, u + OC, u + 2 * OC, u + 3 * OC, g[0], g[1], g[2], nq);
             ldm__wg_row(u + 4 * OC, u + 5 * OC, u + 6 * OC, u + 7 * OC, t[0], t[1], t[2], nq);
             ldm__wg_row(u + 8 * OC, u + 9 * OC, u + 10 * OC, u + 11 * OC, t[3], t[4], t[5], nq);
-            ldm__wg_row(u + 12 * OC, u + 13 * OC, u + 14 * OC, u + 15 * OC, g + 6 * OC, g + 7 * OC, g + 8 * OC, nq);
+            ldm__wg_row(u + 12 * OC, u + 13 * OC, u + 14 * OC, u + 15 * OC, g[6], g[7], g[8], nq);
         }
 }
-/* Fills U [16, O, C] (or [16, C, O] flipped) from w [O, C, 3, 3]; g is scratch of 9*O*C floats. */
-static void ldm__wg_weights(ldm_ctx *ctx, float *U, float *g, const float *w, int64_t O, int64_t C, int flip) {
-    ldm__wg_wjob wj = {U, g, w, O, C, flip};
-    int64_t rows = flip ? C : O;
-    ldm_parallel_for(ctx, rows, 1, ldm__wg_gather_task, &wj);
-    ldm_parallel_for(ctx, rows, 1, ldm__wg_weight_task, &wj);
+/* Fills U [16, O, C] (or [16, C, O] flipped) from w [O, C, 3, 3]. */
+static void ldm__wg_weights(ldm_ctx *ctx, float *U, const float *w, int64_t O, int64_t C, int flip) {
+    ldm__wg_wjob wj = {U, w, O, C, flip};
+    ldm_parallel_for(ctx, flip ? C : O, 1, ldm__wg_weight_task, &wj);
 }
 
 /* V[xi][c][p - p0] = (B^T d B)[xi] for the tiles p in [p0, p0 + np) of image img [C, H, W]
    (tile p = ty * tw + tx covers input rows 2ty-1 .. 2ty+2 and columns 2tx-1 .. 2tx+2). */
-typedef struct { float *V; const float *img; int64_t C, H, W, tw, p0, np; } ldm__wg_ijob;
+typedef struct { float *V; const float *img; int64_t C, H, W, tw, P, p0, np; } ldm__wg_ijob;
 static LDM__VEC void ldm__wg_input_task(void *arg, int64_t c0, int64_t c1, int tid) {
     const ldm__wg_ijob *j = (const ldm__wg_ijob *)arg;
     int64_t CP = j->C * j->np;
     float r[4][2 * LDM__WG_BLK + 2], t[4][2 * LDM__WG_BLK + 2];
     (void)tid;
     for (int64_t c = c0; c < c1; c++) {
-        const float *plane = j->img + c * j->H * j->W;
         for (int64_t p = j->p0; p < j->p0 + j->np;) {
-            int64_t ty = p / j->tw, tx0 = p % j->tw, n = LDM__MIN(LDM__MIN(j->tw - tx0, j->p0 + j->np - p), LDM__WG_BLK);
+            int64_t im = p / j->P, ty = p % j->P / j->tw, tx0 = p % j->tw, n = LDM__MIN(LDM__MIN(j->tw - tx0, j->p0 + j->np - p), LDM__WG_BLK);
+            const float *plane = j->img + (im * j->C + c) * j->H * j->W;
             int64_t x0 = 2 * tx0 - 1, nx = 2 * n + 2, a = x0 < 0 ? 1 : 0, b = LDM__MIN(nx, j->W - x0);
             for (int i = 0; i < 4; i++) { /* the 4 input rows, zero outside the image */
                 int64_t y = 2 * ty - 1 + i;
@@ -3752,7 +3742,7 @@ static LDM__VEC void ldm__wg_input_task(void *arg, int64_t c0, int64_t c1, int t
 }
 
 /* out[o] (+)= A^T M[xi][o] A (+ bias[o]) for the chunk's tiles; accumulate adds into out. */
-typedef struct { float *out; const float *M, *bias; int64_t O, OH, OW, tw, p0, np; int accumulate; } ldm__wg_ojob;
+typedef struct { float *out; const float *M, *bias; int64_t O, OH, OW, tw, P, p0, np; int accumulate; } ldm__wg_ojob;
 static LDM__VEC void ldm__wg_output_task(void *arg, int64_t o0, int64_t o1, int tid) {
     const ldm__wg_ojob *j = (const ldm__wg_ojob *)arg;
     int64_t OP = j->O * j->np;
@@ -3761,7 +3751,7 @@ static LDM__VEC void ldm__wg_output_task(void *arg, int64_t o0, int64_t o1, int 
     for (int64_t o = o0; o < o1; o++) {
         float bv = j->bias ? j->bias[o] : 0.0f;
         for (int64_t p = j->p0; p < j->p0 + j->np;) {
-            int64_t ty = p / j->tw, tx0 = p % j->tw, n = LDM__MIN(LDM__MIN(j->tw - tx0, j->p0 + j->np - p), LDM__WG_BLK);
+            int64_t im = p / j->P, ty = p % j->P / j->tw, tx0 = p % j->tw, n = LDM__MIN(LDM__MIN(j->tw - tx0, j->p0 + j->np - p), LDM__WG_BLK);
             const float *m = j->M + o * j->np + (p - j->p0);
             const float *LDM_RESTRICT m0 = m, *LDM_RESTRICT m1 = m0 + OP, *LDM_RESTRICT m2 = m1 + OP, *LDM_RESTRICT m3 = m2 + OP;
             const float *LDM_RESTRICT m4 = m3 + OP, *LDM_RESTRICT m5 = m4 + OP, *LDM_RESTRICT m6 = m5 + OP, *LDM_RESTRICT m7 = m6 + OP;
@@ -3779,7 +3769,7 @@ static LDM__VEC void ldm__wg_output_task(void *arg, int64_t o0, int64_t o1, int 
             for (int r = 0; r < 2; r++) {
                 int64_t oy = 2 * ty + r, nw = LDM__MIN(2 * n, j->OW - 2 * tx0), h = nw / 2;
                 if (oy >= j->OH) break;
-                float *dst = j->out + (o * j->OH + oy) * j->OW + 2 * tx0;
+                float *dst = j->out + ((im * j->O + o) * j->OH + oy) * j->OW + 2 * tx0;
                 const float *e = y[2 * r], *f = y[2 * r + 1];
                 if (j->accumulate) {
                     for (int64_t k = 0; k < h; k++) { dst[2 * k] += e[k]; dst[2 * k + 1] += f[k]; }
@@ -3795,7 +3785,7 @@ static LDM__VEC void ldm__wg_output_task(void *arg, int64_t o0, int64_t o1, int 
 }
 
 /* dM[xi][o][p - p0] = (A dY A^T)[xi] for dY the 2x2 output-gradient tile (zero past the edge). */
-typedef struct { float *dM; const float *dout; int64_t O, OH, OW, tw, p0, np; } ldm__wg_gjob;
+typedef struct { float *dM; const float *dout; int64_t O, OH, OW, tw, P, p0, np; } ldm__wg_gjob;
 static LDM__VEC void ldm__wg_grad_task(void *arg, int64_t o0, int64_t o1, int tid) {
     const ldm__wg_gjob *j = (const ldm__wg_gjob *)arg;
     int64_t OP = j->O * j->np;
@@ -3803,13 +3793,13 @@ static LDM__VEC void ldm__wg_grad_task(void *arg, int64_t o0, int64_t o1, int ti
     (void)tid;
     for (int64_t o = o0; o < o1; o++) {
         for (int64_t p = j->p0; p < j->p0 + j->np;) {
-            int64_t ty = p / j->tw, tx0 = p % j->tw, n = LDM__MIN(LDM__MIN(j->tw - tx0, j->p0 + j->np - p), LDM__WG_BLK);
+            int64_t im = p / j->P, ty = p % j->P / j->tw, tx0 = p % j->tw, n = LDM__MIN(LDM__MIN(j->tw - tx0, j->p0 + j->np - p), LDM__WG_BLK);
             int64_t nw = LDM__MIN(2 * n, j->OW - 2 * tx0), h = nw / 2;
             for (int r = 0; r < 2; r++) { /* even and odd columns of the tile rows */
                 int64_t oy = 2 * ty + r;
                 for (int64_t k = 0; k < n; k++) e[r][k] = f[r][k] = 0.0f;
                 if (oy >= j->OH) continue;
-                const float *src = j->dout + (o * j->OH + oy) * j->OW + 2 * tx0;
+                const float *src = j->dout + ((im * j->O + o) * j->OH + oy) * j->OW + 2 * tx0;
                 for (int64_t k = 0; k < h; k++) { e[r][k] = src[2 * k]; f[r][k] = src[2 * k + 1]; }
                 if (nw & 1) e[r][h] = src[nw - 1];
             }
@@ -3865,25 +3855,24 @@ static int64_t ldm__wg_chunk(int64_t C, int64_t O, int64_t P) {
    [16, O, C]; out [B, O, H, W]. */
 static void ldm__wg_conv(ldm_ctx *ctx, float *out, const float *inp, const float *U, const float *bias, int64_t B, int64_t C,
                          int64_t O, int64_t H, int64_t W, int accumulate) {
-    int64_t tw = (W + 1) / 2, P = (H + 1) / 2 * tw, np = ldm__wg_chunk(C, O, P);
+    int64_t tw = (W + 1) / 2, P = (H + 1) / 2 * tw, np = ldm__wg_chunk(C, O, B * P);
     float *V = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(16 * (C + O) * np)), *M = V + 16 * C * np;
     if (!V) return;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t p0 = 0; p0 < P; p0 += np) {
-            int64_t n = LDM__MIN(np, P - p0);
-            ldm__wg_ijob ij = {V, inp + b * C * H * W, C, H, W, tw, p0, n};
-            ldm_parallel_for(ctx, C, 1, ldm__wg_input_task, &ij);
-            ldm__cpu_sgemm_batch(ctx, 16, 0, 0, O, n, C, 1.0f, U, C, O * C, V, n, C * n, 0.0f, M, n, O * n);
-            ldm__wg_ojob oj = {out + b * O * H * W, M, bias, O, H, W, tw, p0, n, accumulate};
-            ldm_parallel_for(ctx, O, 1, ldm__wg_output_task, &oj);
-        }
+    for (int64_t p0 = 0; p0 < B * P; p0 += np) { /* a chunk may span images: small images make one product */
+        int64_t n = LDM__MIN(np, B * P - p0);
+        ldm__wg_ijob ij = {V, inp, C, H, W, tw, P, p0, n};
+        ldm_parallel_for(ctx, C, 1, ldm__wg_input_task, &ij);
+        ldm__cpu_sgemm_batch(ctx, 16, 0, 0, O, n, C, 1.0f, U, C, O * C, V, n, C * n, 0.0f, M, n, O * n);
+        ldm__wg_ojob oj = {out, M, bias, O, H, W, tw, P, p0, n, accumulate};
+        ldm_parallel_for(ctx, O, 1, ldm__wg_output_task, &oj);
+    }
 }
 
 static void ldm__wg_forward(ldm_ctx *ctx, float *out, const float *inp, const float *w, const float *bias, const ldm_conv_desc *d) {
     size_t used0 = ctx->arena[LDM_CPU].used;
-    float *U = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(25 * d->O * d->C));
+    float *U = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(16 * d->O * d->C));
     if (U) {
-        ldm__wg_weights(ctx, U, U + 16 * d->O * d->C, w, d->O, d->C, 0);
+        ldm__wg_weights(ctx, U, w, d->O, d->C, 0);
         ldm__wg_conv(ctx, out, inp, U, bias, d->B, d->C, d->O, d->H, d->W, 0);
     }
     ctx->arena[LDM_CPU].used = used0;
@@ -3893,26 +3882,25 @@ static void ldm__wg_backward(ldm_ctx *ctx, float *dinp, float *dw, const float *
                              const ldm_conv_desc *d) {
     int64_t C = d->C, O = d->O, H = d->H, W = d->W, tw = (W + 1) / 2, P = (H + 1) / 2 * tw;
     size_t used0 = ctx->arena[LDM_CPU].used;
-    float *U = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(25 * O * C));
+    float *U = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(16 * O * C));
     if (!U) return;
     if (dinp) { /* the transposed convolution: the same kernel with flipped filters, O -> C */
-        ldm__wg_weights(ctx, U, U + 16 * O * C, w, O, C, 1);
+        ldm__wg_weights(ctx, U, w, O, C, 1);
         ldm__wg_conv(ctx, dinp, dout, U, NULL, d->B, O, C, H, W, 1);
     }
     if (dw) { /* U now holds dU, summed over images and chunks in a fixed order */
-        int64_t np = ldm__wg_chunk(C, O, P);
+        int64_t BP = d->B * P, np = ldm__wg_chunk(C, O, BP);
         float *V = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(16 * (C + O) * np)), *dM = V + 16 * C * np;
         if (V) {
             memset(U, 0, sizeof(float) * (size_t)(16 * O * C));
-            for (int64_t b = 0; b < d->B; b++)
-                for (int64_t p0 = 0; p0 < P; p0 += np) {
-                    int64_t n = LDM__MIN(np, P - p0);
-                    ldm__wg_ijob ij = {V, inp + b * C * H * W, C, H, W, tw, p0, n};
-                    ldm_parallel_for(ctx, C, 1, ldm__wg_input_task, &ij);
-                    ldm__wg_gjob gj = {dM, dout + b * O * H * W, O, H, W, tw, p0, n};
-                    ldm_parallel_for(ctx, O, 1, ldm__wg_grad_task, &gj);
-                    ldm__cpu_sgemm_batch(ctx, 16, 0, 1, O, C, n, 1.0f, dM, n, O * n, V, n, C * n, 1.0f, U, C, O * C);
-                }
+            for (int64_t p0 = 0; p0 < BP; p0 += np) {
+                int64_t n = LDM__MIN(np, BP - p0);
+                ldm__wg_ijob ij = {V, inp, C, H, W, tw, P, p0, n};
+                ldm_parallel_for(ctx, C, 1, ldm__wg_input_task, &ij);
+                ldm__wg_gjob gj = {dM, dout, O, H, W, tw, P, p0, n};
+                ldm_parallel_for(ctx, O, 1, ldm__wg_grad_task, &gj);
+                ldm__cpu_sgemm_batch(ctx, 16, 0, 1, O, C, n, 1.0f, dM, n, O * n, V, n, C * n, 1.0f, U, C, O * C);
+            }
             ldm__wg_djob dj = {dw, U, O, C};
             ldm_parallel_for(ctx, O, 1, ldm__wg_dweight_task, &dj);
         }

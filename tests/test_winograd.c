@@ -67,10 +67,12 @@ static void run(ldm_ctx *ctx, int algo, int threads, const ldm_conv_desc *d, con
 int main(void) {
     ldm_ctx *ctx;
     if (ldm_ctx_create(&ctx, NULL)) { printf("FAIL ctx\n"); return 1; }
-    /* B C O H W: odd and even sizes, one-pixel images, single tiles, chunks of whole and partial
-       tile rows (C + O = 400: 655 tiles per chunk, 35 per row) */
+    /* B C O H W: odd and even sizes, one-pixel images, single tiles, several small images in one
+       product, chunks of whole and partial tile rows (C + O = 400: 655 tiles per chunk, 35 per
+       row), chunks that end inside an image (C + O = 800: 327 tiles per chunk, 100 per image) */
     static const int64_t shapes[][5] = {{2, 16, 24, 7, 9}, {1, 3, 5, 1, 1}, {1, 4, 4, 2, 3}, {1, 17, 16, 1, 8}, {2, 32, 48, 13, 16},
-                                        {1, 200, 200, 70, 69}, {1, 256, 256, 64, 64}};
+                                        {3, 20, 24, 4, 6},
+                                        {1, 200, 200, 70, 69}, {1, 256, 256, 64, 64}, {4, 400, 400, 20, 20}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         ldm_conv_desc d;
         memset(&d, 0, sizeof d);
