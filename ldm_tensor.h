@@ -3711,19 +3711,23 @@ static LDM__VEC void ldm__wg_input_task(void *arg, int64_t c0, int64_t c1, int t
             int64_t im = p / j->P, ty = p % j->P / j->tw, tx0 = p % j->tw, n = LDM__MIN(LDM__MIN(j->tw - tx0, j->p0 + j->np - p), LDM__WG_BLK);
             const float *plane = j->img + (im * j->C + c) * j->H * j->W;
             int64_t x0 = 2 * tx0 - 1, nx = 2 * n + 2, a = x0 < 0 ? 1 : 0, b = LDM__MIN(nx, j->W - x0);
-            for (int i = 0; i < 4; i++) { /* the 4 input rows, zero outside the image */
+            const float *rp[4];
+            for (int i = 0; i < 4; i++) { /* the 4 input rows: in place, or copied with zeros outside the image */
                 int64_t y = 2 * ty - 1 + i;
+                rp[i] = r[i];
                 if (y < 0 || y >= j->H || b <= a) { memset(r[i], 0, sizeof(float) * (size_t)nx); continue; }
                 const float *src = plane + y * j->W + x0;
+                if (a == 0 && b == nx) { rp[i] = src; continue; }
                 for (int64_t x = 0; x < a; x++) r[i][x] = 0.0f;
                 memcpy(r[i] + a, src + a, sizeof(float) * (size_t)(b - a));
                 for (int64_t x = LDM__MAX(b, a); x < nx; x++) r[i][x] = 0.0f;
             }
+            const float *LDM_RESTRICT d0 = rp[0], *LDM_RESTRICT d1 = rp[1], *LDM_RESTRICT d2 = rp[2], *LDM_RESTRICT d3 = rp[3];
             for (int64_t x = 0; x < nx; x++) { /* B^T d: rows d0-d2, d1+d2, d2-d1, d1-d3 */
-                t[0][x] = r[0][x] - r[2][x];
-                t[1][x] = r[1][x] + r[2][x];
-                t[2][x] = r[2][x] - r[1][x];
-                t[3][x] = r[1][x] - r[3][x];
+                t[0][x] = d0[x] - d2[x];
+                t[1][x] = d1[x] + d2[x];
+                t[2][x] = d2[x] - d1[x];
+                t[3][x] = d1[x] - d3[x];
             }
             float *v = j->V + c * j->np + (p - j->p0);
             for (int i = 0; i < 4; i++) { /* (B^T d) B: the same on columns */
@@ -3981,6 +3985,7 @@ typedef struct {
     const float *inp, *w, *b, *dout;
     const float *cmean, *crstd;
     double *dwp, *dbp; /* per (b, c) partial sums for the weight and bias gradients */
+    float *gs;         /* backward with silu: per thread, the group's dy * silu'(z) (or NULL: recomputed) */
     int64_t B, C, S;
     int G, silu;
     float eps;
@@ -4050,7 +4055,6 @@ static void ldm__cpu_groupnorm_forward(ldm_ctx *ctx, float *out, float *mean, fl
 static LDM__VEC void ldm__gn_bwd_task(void *arg, int64_t i0, int64_t i1, int tid) {
     ldm__gn_job *j = (ldm__gn_job *)arg;
     int64_t cg = j->C / j->G, n = cg * j->S;
-    (void)tid;
     for (int64_t i = i0; i < i1; i++) {
         const float *x = j->inp + i * n, *dy = j->dout + i * n;
         float m = j->cmean[i], r = j->crstd[i];
@@ -4060,7 +4064,11 @@ static LDM__VEC void ldm__gn_bwd_task(void *arg, int64_t i0, int64_t i1, int tid
             double a = 0.0, bsum = 0.0;
             const float *xc = x + c * j->S, *gc = dy + c * j->S;
             float wc = j->w ? j->w[c0 + c] : 1.0f;
-            if (j->silu) { /* the gradient reaching z: dy * silu'(z), z as the forward made it */
+            if (j->silu && j->gs) { /* the gradient reaching z: dy * silu'(z), z as the forward made it */
+                float sc = r * wc, sh = (j->b ? j->b[c0 + c] : 0.0f) - m * sc, *g = j->gs + (size_t)tid * (size_t)n + c * j->S;
+                for (int64_t k = 0; k < j->S; k++) g[k] = ldm__silu_grad(gc[k], xc[k] * sc + sh);
+                ldm__dot_sum(g, xc, m, r, j->S, &a, &bsum);
+            } else if (j->silu) {
                 float sc = r * wc, sh = (j->b ? j->b[c0 + c] : 0.0f) - m * sc;
                 for (int64_t k = 0; k < j->S; k++) {
                     float xh = (xc[k] - m) * r, g = ldm__silu_grad(gc[k], xc[k] * sc + sh);
@@ -4080,9 +4088,9 @@ static LDM__VEC void ldm__gn_bwd_task(void *arg, int64_t i0, int64_t i1, int tid
         float *dx = j->dinp + i * n;
         for (int64_t c = 0; c < cg; c++) {
             float wc = j->w ? j->w[c0 + c] : 1.0f;
-            const float *xc = x + c * j->S, *gc = dy + c * j->S;
+            const float *xc = x + c * j->S, *gc = j->gs ? j->gs + (size_t)tid * (size_t)n + c * j->S : dy + c * j->S;
             float *dc = dx + c * j->S;
-            if (j->silu) {
+            if (j->silu && !j->gs) {
                 float sc = r * wc, sh = (j->b ? j->b[c0 + c] : 0.0f) - m * sc;
                 for (int64_t k = 0; k < j->S; k++) {
                     float xh = (xc[k] - m) * r, g = ldm__silu_grad(gc[k], xc[k] * sc + sh);
@@ -4107,6 +4115,13 @@ static void ldm__cpu_groupnorm_backward(ldm_ctx *ctx, float *dinp, float *dw, fl
     j.silu = silu;
     if (dw && !(j.dwp = (double *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(double) * (size_t)(B * C)))) return;
     if (db && !(j.dbp = (double *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(double) * (size_t)(B * C)))) return;
+    /* with silu, dy * silu'(z) is kept per thread between the sums and dx: one expf per element */
+    int nested = 0;
+#ifndef LDM_NO_THREADS
+    nested = ctx->pool.busy;
+#endif
+    if (silu && !nested && !(j.gs = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(C / G * S) * (size_t)ctx->threads)))
+        return;
     ldm_parallel_for(ctx, B * G, 1, ldm__gn_bwd_task, &j);
     for (int64_t c = 0; c < C; c++) {
         double a = 0.0, bb = 0.0;
