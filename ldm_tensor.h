@@ -3698,8 +3698,9 @@ static void ldm__wg_weights(ldm_ctx *ctx, float *U, const float *w, int64_t O, i
     ldm_parallel_for(ctx, flip ? C : O, 1, ldm__wg_weight_task, &wj);
 }
 
-/* V[xi][c][p - p0] = (B^T d B)[xi] for the tiles p in [p0, p0 + np) of image img [C, H, W]
-   (tile p = ty * tw + tx covers input rows 2ty-1 .. 2ty+2 and columns 2tx-1 .. 2tx+2). */
+/* V[xi][c][p - p0] = (B^T d B)[xi] for the tiles p in [p0, p0 + np) of the images img [B, C, H, W]
+   (tile p = b * P + ty * tw + tx covers rows 2ty-1 .. 2ty+2 and columns 2tx-1 .. 2tx+2 of image
+   b; P tiles per image). A block of tiles never crosses a tile row, so never an image. */
 typedef struct { float *V; const float *img; int64_t C, H, W, tw, P, p0, np; } ldm__wg_ijob;
 static LDM__VEC void ldm__wg_input_task(void *arg, int64_t c0, int64_t c1, int tid) {
     const ldm__wg_ijob *j = (const ldm__wg_ijob *)arg;
