@@ -120,7 +120,8 @@ typedef struct ldm_settings {
     uint64_t seed;            /* RNG seed (0 is a valid seed) */
     size_t arena_bytes;       /* per-step arena limit; 0: $LDM_ARENA_MB, else half the RAM */
     ldm_device device;        /* where new tensors go (CPU unless a CUDA backend is attached) */
-    int conv_algo;            /* CPU convolutions: LDM_CONV_AUTO (0), LDM_CONV_IM2COL, LDM_CONV_WINOGRAD */
+    int conv_algo;            /* CPU convolutions: LDM_CONV_AUTO (0), LDM_CONV_IM2COL, LDM_CONV_WINOGRAD
+                                 (ldm_ctx_create returns LDM_ERR_INVALID for another value) */
 } ldm_settings;
 /* LDM_CONV_AUTO: Winograd F(2x2,3x3) for 3x3, stride 1, padding 1 2-D convolutions with at least
    16 input and output channels, im2col + SGEMM for the rest; IM2COL: always im2col (results
@@ -957,6 +958,7 @@ static const struct ldm__gemm_kernel *ldm__gemm_pick(const char *want);
 #endif
 LDM_API ldm_result ldm_ctx_create(ldm_ctx **out, const ldm_settings *settings) {
     *out = NULL;
+    if (settings && (settings->conv_algo < LDM_CONV_AUTO || settings->conv_algo > LDM_CONV_WINOGRAD)) return LDM_ERR_INVALID;
     ldm_ctx *ctx = (ldm_ctx *)LDM_MALLOC(sizeof *ctx);
     if (!ctx) return LDM_ERR_NOMEM;
     memset(ctx, 0, sizeof *ctx);

@@ -66,6 +66,10 @@ static void run(ldm_ctx *ctx, int algo, int threads, const ldm_conv_desc *d, con
 
 int main(void) {
     ldm_ctx *ctx;
+    ldm_settings bad;
+    memset(&bad, 0, sizeof bad);
+    bad.conv_algo = 3;
+    lt_report(ldm_ctx_create(&ctx, &bad) == LDM_ERR_INVALID && !ctx, "ldm_ctx_create refuses conv_algo 3 (LDM_ERR_INVALID)", "accepted");
     if (ldm_ctx_create(&ctx, NULL)) { printf("FAIL ctx\n"); return 1; }
     /* B C O H W: odd and even sizes, one-pixel images, single tiles, several small images in one
        product, chunks of whole and partial tile rows (C + O = 400: 655 tiles per chunk, 35 per
