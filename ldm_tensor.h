@@ -120,13 +120,16 @@ typedef struct ldm_settings {
     uint64_t seed;            /* RNG seed (0 is a valid seed) */
     size_t arena_bytes;       /* per-step arena limit; 0: $LDM_ARENA_MB, else half the RAM */
     ldm_device device;        /* where new tensors go (CPU unless a CUDA backend is attached) */
-    int conv_algo;            /* CPU convolutions: LDM_CONV_AUTO (0), LDM_CONV_IM2COL, LDM_CONV_WINOGRAD
-                                 (ldm_ctx_create returns LDM_ERR_INVALID for another value) */
+    int conv_algo;            /* CPU convolutions: LDM_CONV_AUTO (0), LDM_CONV_IM2COL, LDM_CONV_WINOGRAD,
+                                 LDM_CONV_WINOGRAD4 (ldm_ctx_create returns LDM_ERR_INVALID for another value) */
 } ldm_settings;
-/* LDM_CONV_AUTO: Winograd F(2x2,3x3) for 3x3, stride 1, padding 1 2-D convolutions with at least
-   16 input and output channels, im2col + SGEMM for the rest; IM2COL: always im2col (results
-   differ from Winograd's by rounding only); WINOGRAD: Winograd wherever the shape allows. */
-enum { LDM_CONV_AUTO = 0, LDM_CONV_IM2COL = 1, LDM_CONV_WINOGRAD = 2 };
+/* LDM_CONV_AUTO: Winograd for 3x3, stride 1, padding 1 2-D convolutions with at least 16 input
+   and output channels (F(4x4,3x3) for images of 8x8 pixels or more, else F(2x2,3x3)), im2col +
+   SGEMM for the rest; IM2COL: always im2col; WINOGRAD: F(2x2,3x3) wherever the shape allows;
+   WINOGRAD4: F(4x4,3x3) wherever the shape allows. The results differ by rounding only: the worst
+   element's error, as a fraction of the output's largest, is ~5e-7 for im2col and F(2x2) and
+   ~3-5e-6 for F(4x4) at 128-512 channels (tests/test_winograd.c). */
+enum { LDM_CONV_AUTO = 0, LDM_CONV_IM2COL = 1, LDM_CONV_WINOGRAD = 2, LDM_CONV_WINOGRAD4 = 3 };
 
 typedef struct ldm_ctx ldm_ctx;
 typedef struct ldm_backend ldm_backend;
@@ -927,7 +930,7 @@ LDM_API void ldm_parallel_for(ldm_ctx *ctx, int64_t n, int64_t grain, ldm_task_f
 
 LDM_API int ldm_ctx_threads(const ldm_ctx *ctx) { return ctx->threads; }
 LDM_API void ldm_ctx_set_conv_algo(ldm_ctx *ctx, int algo) {
-    LDM_ASSERT(algo >= LDM_CONV_AUTO && algo <= LDM_CONV_WINOGRAD);
+    LDM_ASSERT(algo >= LDM_CONV_AUTO && algo <= LDM_CONV_WINOGRAD4);
     ctx->s.conv_algo = algo;
 }
 LDM_API void ldm_ctx_set_threads(ldm_ctx *ctx, int n) {
@@ -958,7 +961,7 @@ static const struct ldm__gemm_kernel *ldm__gemm_pick(const char *want);
 #endif
 LDM_API ldm_result ldm_ctx_create(ldm_ctx **out, const ldm_settings *settings) {
     *out = NULL;
-    if (settings && (settings->conv_algo < LDM_CONV_AUTO || settings->conv_algo > LDM_CONV_WINOGRAD)) return LDM_ERR_INVALID;
+    if (settings && (settings->conv_algo < LDM_CONV_AUTO || settings->conv_algo > LDM_CONV_WINOGRAD4)) return LDM_ERR_INVALID;
     ldm_ctx *ctx = (ldm_ctx *)LDM_MALLOC(sizeof *ctx);
     if (!ctx) return LDM_ERR_NOMEM;
     memset(ctx, 0, sizeof *ctx);
@@ -3649,13 +3652,22 @@ static void ldm__conv_bias(ldm_ctx *ctx, float *out, const float *bias, float *d
    thread count, and every output element is computed in one fixed order. */
 #define LDM__WG_BLK 32 /* tiles per transform block (column buffers live on the stack) */
 
-static int ldm__conv_winograd_ok(const ldm_ctx *ctx, const ldm_conv_desc *d) {
+/* The Winograd tile side for this convolution (2 or 4), or 0 for im2col. */
+static int ldm__conv_winograd_tile(const ldm_ctx *ctx, const ldm_conv_desc *d) {
     int algo = ctx->s.conv_algo;
     if (algo == LDM_CONV_IM2COL) return 0;
     if (d->kt != 1 || d->T != 1 || d->kh != 3 || d->kw != 3 || d->st != 1 || d->sh != 1 || d->sw != 1) return 0;
     if (d->pad[0] || d->pad[1] || d->pad[2] != 1 || d->pad[3] != 1 || d->pad[4] != 1 || d->pad[5] != 1) return 0;
-    /* few channels: the GEMMs' K or M would be tiny, and im2col's K = 9C is better */
-    return algo == LDM_CONV_WINOGRAD || (d->C >= 16 && d->O >= 16);
+    if (algo == LDM_CONV_WINOGRAD) return 2;
+    if (algo == LDM_CONV_WINOGRAD4) return 4;
+    /* Few channels: the GEMMs' K or M would be tiny, and im2col's K = 9C is better. F(4x4) only
+       where the pixels outnumber the channels well: its transformed filters are 4x the weights and
+       are written, read per chunk of tiles and (backward) summed per layer call, which costs more
+       than the products it saves on small images with wide layers (measured: 512 channels win
+       from 64x64 and lose at 32x32 batch 2; 256 win at 32x32 batch 4); and under 8 pixels a 4x4
+       tile is mostly padding. */
+    if (d->C < 16 || d->O < 16) return 0;
+    return d->H >= 8 && d->W >= 8 && d->B * d->H * d->W >= 8 * LDM__MAX(d->C, d->O) ? 4 : 2;
 }
 
 /* U[xi][o][c] = (G g G^T)[xi] for g = w[o][c] (flip = 0), or for the input gradient
@@ -3693,11 +3705,6 @@ static LDM__VEC void ldm__wg_weight_task(void *arg, int64_t r0, int64_t r1, int 
             ldm__wg_row(u + 8 * OC, u + 9 * OC, u + 10 * OC, u + 11 * OC, t[3], t[4], t[5], nq);
             ldm__wg_row(u + 12 * OC, u + 13 * OC, u + 14 * OC, u + 15 * OC, g[6], g[7], g[8], nq);
         }
-}
-/* Fills U [16, O, C] (or [16, C, O] flipped) from w [O, C, 3, 3]. */
-static void ldm__wg_weights(ldm_ctx *ctx, float *U, const float *w, int64_t O, int64_t C, int flip) {
-    ldm__wg_wjob wj = {U, w, O, C, flip};
-    ldm_parallel_for(ctx, flip ? C : O, 1, ldm__wg_weight_task, &wj);
 }
 
 /* V[xi][c][p - p0] = (B^T d B)[xi] for the tiles p in [p0, p0 + np) of the images img [B, C, H, W]
@@ -3852,71 +3859,307 @@ static LDM__VEC void ldm__wg_dweight_task(void *arg, int64_t o0, int64_t o1, int
         }
 }
 
+/* ---- F(4x4, 3x3): the same scheme on 4x4 output tiles ---------------------------------------
+   6x6 input patches and 36 products per tile: 2.25 multiply-adds per output and input channel
+   instead of F(2x2)'s 4, and less data through the GEMMs. The interpolation points are 0, 1,
+   -1, 2, -1/2 and infinity, chosen for rounding: the worst element is ~3-5e-6 of the output's
+   largest value at 128-512 channels (float32 against float64), where the textbook 0, +-1, +-2
+   gives ~1e-5 and im2col ~5e-7 (measured in a float64 model of both). The matrices:
+     B^T = [1 3/2 -2 -3/2 1 0; 0 -1 -5/2 -1/2 1 0; 0 1 1/2 -5/2 1 0; 0 -1/2 -1 1/2 1 0;
+            0 2 -1 -2 1 0; 0 1 3/2 -2 -3/2 1]
+     G   = [1 0 0; -1/3 -1/3 -1/3; 1/3 -1/3 1/3; 1/15 2/15 4/15; -16/15 8/15 -4/15; 0 0 1]
+     A^T = [1 1 1 1 1 0; 0 1 -1 2 -1/2 0; 0 1 1 4 1/4 0; 0 1 -1 8 -1/8 1]
+   Tile p covers output rows 4ty .. 4ty+3 and input rows 4ty-1 .. 4ty+4 (columns alike). */
+
+/* u[i * s + q] = (G (a, b, e))[i] for n columns (six separate pointers, so that it vectorises) */
+static LDM__VEC void ldm__wg4_g6(float *LDM_RESTRICT u0, float *LDM_RESTRICT u1, float *LDM_RESTRICT u2, float *LDM_RESTRICT u3,
+                                 float *LDM_RESTRICT u4, float *LDM_RESTRICT u5, const float *LDM_RESTRICT a, const float *LDM_RESTRICT b,
+                                 const float *LDM_RESTRICT e, int64_t n) {
+    const float third = 1.0f / 3.0f, fif = 1.0f / 15.0f;
+    for (int64_t q = 0; q < n; q++) {
+        float ae = a[q] + e[q];
+        u0[q] = a[q];
+        u1[q] = -third * (ae + b[q]);
+        u2[q] = third * (ae - b[q]);
+        u3[q] = fif * (a[q] + 2.0f * b[q] + 4.0f * e[q]);
+        u4[q] = fif * (-16.0f * a[q] + 8.0f * b[q] - 4.0f * e[q]);
+        u5[q] = e[q];
+    }
+}
+static void ldm__wg4_g(float *u, int64_t s, const float *a, const float *b, const float *e, int64_t n) {
+    ldm__wg4_g6(u, u + s, u + 2 * s, u + 3 * s, u + 4 * s, u + 5 * s, a, b, e, n);
+}
+static LDM__VEC void ldm__wg4_weight_task(void *arg, int64_t r0, int64_t r1, int tid) {
+    const ldm__wg_wjob *j = (const ldm__wg_wjob *)arg;
+    int64_t OC = j->O * j->C, cols = j->flip ? j->O : j->C;
+    float g[9][128], t[18][128]; /* the taps; t[3i + x] = row i of G g, column x */
+    (void)tid;
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t q0 = 0; q0 < cols; q0 += 128) {
+            int64_t nq = LDM__MIN(128, cols - q0);
+            for (int64_t q = 0; q < nq; q++) {
+                const float *w = j->w + (j->flip ? (q0 + q) * j->C + r : r * j->C + q0 + q) * 9;
+                for (int i = 0; i < 9; i++) g[i][q] = w[j->flip ? 8 - i : i];
+            }
+            for (int x = 0; x < 3; x++) ldm__wg4_g(t[x], 3 * 128, g[x], g[3 + x], g[6 + x], nq);
+            float *u = j->U + r * cols + q0;
+            for (int i = 0; i < 6; i++) ldm__wg4_g(u + 6 * i * OC, OC, t[3 * i], t[3 * i + 1], t[3 * i + 2], nq);
+        }
+}
+
+/* v_j[k] = (B^T e)[j] for the tiles k of a row, e = (a[4k], .., a[4k+3], b[4k], b[4k+1]) with b = a + 4:
+   two pointers, because the vectoriser refuses one group of 6 loads 4 apart */
+static LDM__VEC void ldm__wg4_bt_cols(float *LDM_RESTRICT v0, float *LDM_RESTRICT v1, float *LDM_RESTRICT v2, float *LDM_RESTRICT v3,
+                                      float *LDM_RESTRICT v4, float *LDM_RESTRICT v5, const float *LDM_RESTRICT a, const float *LDM_RESTRICT b,
+                                      int64_t n) {
+    for (int64_t k = 0; k < n; k++) {
+        float e0 = a[4 * k], e1 = a[4 * k + 1], e2 = a[4 * k + 2], e3 = a[4 * k + 3], e4 = b[4 * k], e5 = b[4 * k + 1];
+        v0[k] = e0 + 1.5f * e1 - 2.0f * e2 - 1.5f * e3 + e4;
+        v1[k] = -e1 - 2.5f * e2 - 0.5f * e3 + e4;
+        v2[k] = e1 + 0.5f * e2 - 2.5f * e3 + e4;
+        v3[k] = -0.5f * e1 - e2 + 0.5f * e3 + e4;
+        v4[k] = 2.0f * e1 - e2 - 2.0f * e3 + e4;
+        v5[k] = e1 + 1.5f * e2 - 2.0f * e3 - 1.5f * e4 + e5;
+    }
+}
+/* V[xi][c][p - p0] = (B^T d B)[xi], as ldm__wg_input_task for 6x6 patches */
+static LDM__VEC void ldm__wg4_input_task(void *arg, int64_t c0, int64_t c1, int tid) {
+    const ldm__wg_ijob *j = (const ldm__wg_ijob *)arg;
+    int64_t CP = j->C * j->np;
+    float r[6][4 * LDM__WG_BLK + 2], t[6][4 * LDM__WG_BLK + 2];
+    (void)tid;
+    for (int64_t c = c0; c < c1; c++) {
+        for (int64_t p = j->p0; p < j->p0 + j->np;) {
+            int64_t im = p / j->P, ty = p % j->P / j->tw, tx0 = p % j->tw, n = LDM__MIN(LDM__MIN(j->tw - tx0, j->p0 + j->np - p), LDM__WG_BLK);
+            const float *plane = j->img + (im * j->C + c) * j->H * j->W;
+            int64_t x0 = 4 * tx0 - 1, nx = 4 * n + 2, a = x0 < 0 ? 1 : 0, b = LDM__MIN(nx, j->W - x0);
+            const float *rp[6];
+            for (int i = 0; i < 6; i++) { /* the 6 input rows: in place, or copied with zeros outside the image */
+                int64_t y = 4 * ty - 1 + i;
+                rp[i] = r[i];
+                if (y < 0 || y >= j->H || b <= a) { memset(r[i], 0, sizeof(float) * (size_t)nx); continue; }
+                const float *src = plane + y * j->W + x0;
+                if (a == 0 && b == nx) { rp[i] = src; continue; }
+                for (int64_t x = 0; x < a; x++) r[i][x] = 0.0f;
+                memcpy(r[i] + a, src + a, sizeof(float) * (size_t)(b - a));
+                for (int64_t x = LDM__MAX(b, a); x < nx; x++) r[i][x] = 0.0f;
+            }
+            const float *LDM_RESTRICT d0 = rp[0], *LDM_RESTRICT d1 = rp[1], *LDM_RESTRICT d2 = rp[2], *LDM_RESTRICT d3 = rp[3],
+                                      *LDM_RESTRICT d4 = rp[4], *LDM_RESTRICT d5 = rp[5];
+            for (int64_t x = 0; x < nx; x++) { /* B^T d, down the columns */
+                t[0][x] = d0[x] + 1.5f * d1[x] - 2.0f * d2[x] - 1.5f * d3[x] + d4[x];
+                t[1][x] = -d1[x] - 2.5f * d2[x] - 0.5f * d3[x] + d4[x];
+                t[2][x] = d1[x] + 0.5f * d2[x] - 2.5f * d3[x] + d4[x];
+                t[3][x] = -0.5f * d1[x] - d2[x] + 0.5f * d3[x] + d4[x];
+                t[4][x] = 2.0f * d1[x] - d2[x] - 2.0f * d3[x] + d4[x];
+                t[5][x] = d1[x] + 1.5f * d2[x] - 2.0f * d3[x] - 1.5f * d4[x] + d5[x];
+            }
+            float *v = j->V + c * j->np + (p - j->p0);
+            for (int i = 0; i < 6; i++) { /* (B^T d) B: the same along each row, 6 columns per tile, 4 apart */
+                float *v0 = v + (6 * i) * CP;
+                ldm__wg4_bt_cols(v0, v0 + CP, v0 + 2 * CP, v0 + 3 * CP, v0 + 4 * CP, v0 + 5 * CP, t[i], t[i] + 4, n);
+            }
+            p += n;
+        }
+    }
+}
+
+/* y[r * ys + k] = (A^T (m[0], m[ms], .., m[5 ms]))[r] for n columns k */
+static LDM__VEC void ldm__wg4_at4(float *LDM_RESTRICT y0, float *LDM_RESTRICT y1, float *LDM_RESTRICT y2, float *LDM_RESTRICT y3,
+                                  const float *LDM_RESTRICT m0, const float *LDM_RESTRICT m1, const float *LDM_RESTRICT m2,
+                                  const float *LDM_RESTRICT m3, const float *LDM_RESTRICT m4, const float *LDM_RESTRICT m5, int64_t n) {
+    for (int64_t k = 0; k < n; k++) {
+        float s = m1[k] + m2[k], d = m1[k] - m2[k];
+        y0[k] = m0[k] + s + m3[k] + m4[k];
+        y1[k] = d + 2.0f * m3[k] - 0.5f * m4[k];
+        y2[k] = s + 4.0f * m3[k] + 0.25f * m4[k];
+        y3[k] = d + 8.0f * m3[k] - 0.125f * m4[k] + m5[k];
+    }
+}
+static void ldm__wg4_at(float *y, int64_t ys, const float *m, int64_t ms, int64_t n) {
+    ldm__wg4_at4(y, y + ys, y + 2 * ys, y + 3 * ys, m, m + ms, m + 2 * ms, m + 3 * ms, m + 4 * ms, m + 5 * ms, n);
+}
+/* out[o] (+)= A^T M[xi][o] A (+ bias[o]), as ldm__wg_output_task for 4x4 tiles */
+static LDM__VEC void ldm__wg4_output_task(void *arg, int64_t o0, int64_t o1, int tid) {
+    const ldm__wg_ojob *j = (const ldm__wg_ojob *)arg;
+    int64_t OP = j->O * j->np;
+    float a[24][LDM__WG_BLK], y[16][LDM__WG_BLK]; /* a[6r + x]: row r of A^T M; y[4r + x] */
+    (void)tid;
+    for (int64_t o = o0; o < o1; o++) {
+        float bv = j->bias ? j->bias[o] : 0.0f;
+        for (int64_t p = j->p0; p < j->p0 + j->np;) {
+            int64_t im = p / j->P, ty = p % j->P / j->tw, tx0 = p % j->tw, n = LDM__MIN(LDM__MIN(j->tw - tx0, j->p0 + j->np - p), LDM__WG_BLK);
+            const float *m = j->M + o * j->np + (p - j->p0);
+            for (int x = 0; x < 6; x++) ldm__wg4_at(a[x], 6 * LDM__WG_BLK, m + x * OP, 6 * OP, n);
+            for (int r = 0; r < 4; r++) ldm__wg4_at(y[4 * r], LDM__WG_BLK, a[6 * r], LDM__WG_BLK, n);
+            int64_t nw = LDM__MIN(4 * n, j->OW - 4 * tx0), h = nw / 4;
+            for (int r = 0; r < 4; r++) {
+                int64_t oy = 4 * ty + r;
+                if (oy >= j->OH) break;
+                float *LDM_RESTRICT dst = j->out + ((im * j->O + o) * j->OH + oy) * j->OW + 4 * tx0;
+                const float *y0 = y[4 * r], *y1 = y[4 * r + 1], *y2 = y[4 * r + 2], *y3 = y[4 * r + 3];
+                if (j->accumulate) {
+                    for (int64_t k = 0; k < h; k++) { dst[4 * k] += y0[k]; dst[4 * k + 1] += y1[k]; dst[4 * k + 2] += y2[k]; dst[4 * k + 3] += y3[k]; }
+                    for (int64_t x = 0; x < nw - 4 * h; x++) dst[4 * h + x] += y[4 * r + x][h];
+                } else {
+                    for (int64_t k = 0; k < h; k++) {
+                        dst[4 * k] = y0[k] + bv; dst[4 * k + 1] = y1[k] + bv; dst[4 * k + 2] = y2[k] + bv; dst[4 * k + 3] = y3[k] + bv;
+                    }
+                    for (int64_t x = 0; x < nw - 4 * h; x++) dst[4 * h + x] = y[4 * r + x][h] + bv;
+                }
+            }
+            p += n;
+        }
+    }
+}
+
+/* x[i * xs + k] = (A (y[0], y[ys], y[2 ys], y[3 ys]))[i] for n columns k: A is A^T's transpose */
+static LDM__VEC void ldm__wg4_a6(float *LDM_RESTRICT x0, float *LDM_RESTRICT x1, float *LDM_RESTRICT x2, float *LDM_RESTRICT x3,
+                                 float *LDM_RESTRICT x4, float *LDM_RESTRICT x5, const float *LDM_RESTRICT y0, const float *LDM_RESTRICT y1,
+                                 const float *LDM_RESTRICT y2, const float *LDM_RESTRICT y3, int64_t n) {
+    for (int64_t k = 0; k < n; k++) {
+        float e = y0[k] + y2[k], f = y1[k] + y3[k];
+        x0[k] = y0[k];
+        x1[k] = e + f;
+        x2[k] = e - f;
+        x3[k] = y0[k] + 2.0f * y1[k] + 4.0f * y2[k] + 8.0f * y3[k];
+        x4[k] = y0[k] - 0.5f * y1[k] + 0.25f * y2[k] - 0.125f * y3[k];
+        x5[k] = y3[k];
+    }
+}
+static void ldm__wg4_a(float *x, int64_t xs, const float *y, int64_t ys, int64_t n) {
+    ldm__wg4_a6(x, x + xs, x + 2 * xs, x + 3 * xs, x + 4 * xs, x + 5 * xs, y, y + ys, y + 2 * ys, y + 3 * ys, n);
+}
+/* dM[xi][o][p - p0] = (A dY A^T)[xi] for dY the 4x4 output-gradient tile (zero past the edge) */
+static LDM__VEC void ldm__wg4_grad_task(void *arg, int64_t o0, int64_t o1, int tid) {
+    const ldm__wg_gjob *j = (const ldm__wg_gjob *)arg;
+    int64_t OP = j->O * j->np;
+    float e[16][LDM__WG_BLK], x[24][LDM__WG_BLK]; /* e[4r + c]: dY row r, column c; x[6r + i] = A (row r) */
+    (void)tid;
+    for (int64_t o = o0; o < o1; o++) {
+        for (int64_t p = j->p0; p < j->p0 + j->np;) {
+            int64_t im = p / j->P, ty = p % j->P / j->tw, tx0 = p % j->tw, n = LDM__MIN(LDM__MIN(j->tw - tx0, j->p0 + j->np - p), LDM__WG_BLK);
+            int64_t nw = LDM__MIN(4 * n, j->OW - 4 * tx0), h = nw / 4;
+            for (int r = 0; r < 4; r++) {
+                int64_t oy = 4 * ty + r;
+                float *e0 = e[4 * r], *e1 = e[4 * r + 1], *e2 = e[4 * r + 2], *e3 = e[4 * r + 3];
+                for (int64_t k = 0; k < n; k++) e0[k] = e1[k] = e2[k] = e3[k] = 0.0f;
+                if (oy >= j->OH) continue;
+                const float *src = j->dout + ((im * j->O + o) * j->OH + oy) * j->OW + 4 * tx0;
+                for (int64_t k = 0; k < h; k++) { e0[k] = src[4 * k]; e1[k] = src[4 * k + 1]; e2[k] = src[4 * k + 2]; e3[k] = src[4 * k + 3]; }
+                for (int64_t c = 0; c < nw - 4 * h; c++) e[4 * r + c][h] = src[4 * h + c];
+            }
+            for (int r = 0; r < 4; r++) ldm__wg4_a(x[6 * r], LDM__WG_BLK, e[4 * r], LDM__WG_BLK, n);
+            float *m = j->dM + o * j->np + (p - j->p0);
+            for (int c = 0; c < 6; c++) ldm__wg4_a(m + c * OP, 6 * OP, x[c], 6 * LDM__WG_BLK, n);
+            p += n;
+        }
+    }
+}
+
+/* dw[o][c] += G^T dU[.][o][c] G: per row x of dU, (G^T)(u0..u5) = u0 + (u2-u1)/3 + u3/15 - 16 u4/15,
+   -(u1+u2)/3 + 2 u3/15 + 8 u4/15, (u2-u1)/3 + 4 u3/15 - 4 u4/15 + u5 */
+static void ldm__wg4_gt(float *w, int64_t ws, const float *u, int64_t us) {
+    const float third = 1.0f / 3.0f, fif = 1.0f / 15.0f;
+    float u0 = u[0], u1 = u[us], u2 = u[2 * us], u3 = u[3 * us], u4 = u[4 * us], u5 = u[5 * us], d = third * (u2 - u1);
+    w[0] = u0 + d + fif * (u3 - 16.0f * u4);
+    w[ws] = -third * (u1 + u2) + fif * (2.0f * u3 + 8.0f * u4);
+    w[2 * ws] = d + fif * (4.0f * u3 - 4.0f * u4) + u5;
+}
+static void ldm__wg4_dweight_task(void *arg, int64_t o0, int64_t o1, int tid) {
+    const ldm__wg_djob *j = (const ldm__wg_djob *)arg;
+    int64_t OC = j->O * j->C;
+    (void)tid;
+    for (int64_t o = o0; o < o1; o++)
+        for (int64_t c = 0; c < j->C; c++) {
+            const float *u = j->dU + o * j->C + c;
+            float t[18], s[9]; /* t[6k + x]: G^T down column x of dU; s = (G^T dU) G */
+            for (int x = 0; x < 6; x++) ldm__wg4_gt(t + x, 6, u + x * OC, 6 * OC);
+            for (int r = 0; r < 3; r++) ldm__wg4_gt(s + 3 * r, 1, t + 6 * r, 1);
+            float *w = j->dw + (o * j->C + c) * 9;
+            for (int i = 0; i < 9; i++) w[i] += s[i];
+        }
+}
+
+/* The two tile sizes: tile side m, m + 2 squared products, and their transforms. */
+typedef struct { int m, n2; ldm_task_fn weight, input, output, grad, dweight; } ldm__wg_kind;
+static const ldm__wg_kind ldm__wg_kinds[2] = {
+    {2, 16, ldm__wg_weight_task, ldm__wg_input_task, ldm__wg_output_task, ldm__wg_grad_task, ldm__wg_dweight_task},
+    {4, 36, ldm__wg4_weight_task, ldm__wg4_input_task, ldm__wg4_output_task, ldm__wg4_grad_task, ldm__wg4_dweight_task}};
+
+/* Fills U [n2, O, C] (or [n2, C, O] flipped) from w [O, C, 3, 3]. */
+static void ldm__wg_weights(ldm_ctx *ctx, const ldm__wg_kind *k, float *U, const float *w, int64_t O, int64_t C, int flip) {
+    ldm__wg_wjob wj = {U, w, O, C, flip};
+    ldm_parallel_for(ctx, flip ? C : O, 1, k->weight, &wj);
+}
+
 /* Tiles per chunk: V and M (or dM) together ~16 MiB, as im2col's columns. */
-static int64_t ldm__wg_chunk(int64_t C, int64_t O, int64_t P) {
-    int64_t np = ((int64_t)4 << 20) / (16 * (C + O));
+static int64_t ldm__wg_chunk(const ldm__wg_kind *k, int64_t C, int64_t O, int64_t P) {
+    int64_t np = ((int64_t)4 << 20) / (k->n2 * (C + O));
     return LDM__MIN(LDM__MAX(np, 64), P);
 }
 
 /* out (+)= conv3x3(inp, U) (+ bias) for images inp [B, C, H, W] and transformed filters U
-   [16, O, C]; out [B, O, H, W]. */
-static void ldm__wg_conv(ldm_ctx *ctx, float *out, const float *inp, const float *U, const float *bias, int64_t B, int64_t C,
-                         int64_t O, int64_t H, int64_t W, int accumulate) {
-    int64_t tw = (W + 1) / 2, P = (H + 1) / 2 * tw, np = ldm__wg_chunk(C, O, B * P);
-    float *V = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(16 * (C + O) * np)), *M = V + 16 * C * np;
+   [n2, O, C]; out [B, O, H, W]. */
+static void ldm__wg_conv(ldm_ctx *ctx, const ldm__wg_kind *k, float *out, const float *inp, const float *U, const float *bias, int64_t B,
+                         int64_t C, int64_t O, int64_t H, int64_t W, int accumulate) {
+    int64_t n2 = k->n2, tw = (W + k->m - 1) / k->m, P = (H + k->m - 1) / k->m * tw, np = ldm__wg_chunk(k, C, O, B * P);
+    float *V = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(n2 * (C + O) * np)), *M = V + n2 * C * np;
     if (!V) return;
     for (int64_t p0 = 0; p0 < B * P; p0 += np) { /* a chunk may span images: small images make one product */
         int64_t n = LDM__MIN(np, B * P - p0);
         ldm__wg_ijob ij = {V, inp, C, H, W, tw, P, p0, n};
-        ldm_parallel_for(ctx, C, 1, ldm__wg_input_task, &ij);
-        ldm__cpu_sgemm_batch(ctx, 16, 0, 0, O, n, C, 1.0f, U, C, O * C, V, n, C * n, 0.0f, M, n, O * n);
+        ldm_parallel_for(ctx, C, 1, k->input, &ij);
+        ldm__cpu_sgemm_batch(ctx, n2, 0, 0, O, n, C, 1.0f, U, C, O * C, V, n, C * n, 0.0f, M, n, O * n);
         ldm__wg_ojob oj = {out, M, bias, O, H, W, tw, P, p0, n, accumulate};
-        ldm_parallel_for(ctx, O, 1, ldm__wg_output_task, &oj);
+        ldm_parallel_for(ctx, O, 1, k->output, &oj);
     }
 }
 
-static void ldm__wg_forward(ldm_ctx *ctx, float *out, const float *inp, const float *w, const float *bias, const ldm_conv_desc *d) {
+static void ldm__wg_forward(ldm_ctx *ctx, const ldm__wg_kind *k, float *out, const float *inp, const float *w, const float *bias,
+                            const ldm_conv_desc *d) {
     size_t used0 = ctx->arena[LDM_CPU].used;
-    float *U = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(16 * d->O * d->C));
+    float *U = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(k->n2 * d->O * d->C));
     if (U) {
-        ldm__wg_weights(ctx, U, w, d->O, d->C, 0);
-        ldm__wg_conv(ctx, out, inp, U, bias, d->B, d->C, d->O, d->H, d->W, 0);
+        ldm__wg_weights(ctx, k, U, w, d->O, d->C, 0);
+        ldm__wg_conv(ctx, k, out, inp, U, bias, d->B, d->C, d->O, d->H, d->W, 0);
     }
     ctx->arena[LDM_CPU].used = used0;
 }
 
-static void ldm__wg_backward(ldm_ctx *ctx, float *dinp, float *dw, const float *dout, const float *inp, const float *w,
-                             const ldm_conv_desc *d) {
-    int64_t C = d->C, O = d->O, H = d->H, W = d->W, tw = (W + 1) / 2, P = (H + 1) / 2 * tw;
+static void ldm__wg_backward(ldm_ctx *ctx, const ldm__wg_kind *k, float *dinp, float *dw, const float *dout, const float *inp,
+                             const float *w, const ldm_conv_desc *d) {
+    int64_t C = d->C, O = d->O, H = d->H, W = d->W, n2 = k->n2, tw = (W + k->m - 1) / k->m, P = (H + k->m - 1) / k->m * tw;
     size_t used0 = ctx->arena[LDM_CPU].used;
-    float *U = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(16 * O * C));
+    float *U = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(n2 * O * C));
     if (!U) return;
     if (dinp) { /* the transposed convolution: the same kernel with flipped filters, O -> C */
-        ldm__wg_weights(ctx, U, w, O, C, 1);
-        ldm__wg_conv(ctx, dinp, dout, U, NULL, d->B, O, C, H, W, 1);
+        ldm__wg_weights(ctx, k, U, w, O, C, 1);
+        ldm__wg_conv(ctx, k, dinp, dout, U, NULL, d->B, O, C, H, W, 1);
     }
     if (dw) { /* U now holds dU, summed over images and chunks in a fixed order */
-        int64_t BP = d->B * P, np = ldm__wg_chunk(C, O, BP);
-        float *V = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(16 * (C + O) * np)), *dM = V + 16 * C * np;
+        int64_t BP = d->B * P, np = ldm__wg_chunk(k, C, O, BP);
+        float *V = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(n2 * (C + O) * np)), *dM = V + n2 * C * np;
         if (V) {
-            memset(U, 0, sizeof(float) * (size_t)(16 * O * C));
+            memset(U, 0, sizeof(float) * (size_t)(n2 * O * C));
             for (int64_t p0 = 0; p0 < BP; p0 += np) {
                 int64_t n = LDM__MIN(np, BP - p0);
                 ldm__wg_ijob ij = {V, inp, C, H, W, tw, P, p0, n};
-                ldm_parallel_for(ctx, C, 1, ldm__wg_input_task, &ij);
+                ldm_parallel_for(ctx, C, 1, k->input, &ij);
                 ldm__wg_gjob gj = {dM, dout, O, H, W, tw, P, p0, n};
-                ldm_parallel_for(ctx, O, 1, ldm__wg_grad_task, &gj);
-                ldm__cpu_sgemm_batch(ctx, 16, 0, 1, O, C, n, 1.0f, dM, n, O * n, V, n, C * n, 1.0f, U, C, O * C);
+                ldm_parallel_for(ctx, O, 1, k->grad, &gj);
+                ldm__cpu_sgemm_batch(ctx, n2, 0, 1, O, C, n, 1.0f, dM, n, O * n, V, n, C * n, 1.0f, U, C, O * C);
             }
             ldm__wg_djob dj = {dw, U, O, C};
-            ldm_parallel_for(ctx, O, 1, ldm__wg_dweight_task, &dj);
+            ldm_parallel_for(ctx, O, 1, k->dweight, &dj);
         }
     }
     ctx->arena[LDM_CPU].used = used0;
 }
 
 static void ldm__cpu_conv_forward(ldm_ctx *ctx, float *out, const float *inp, const float *w, const float *bias, const ldm_conv_desc *d) {
-    if (ldm__conv_winograd_ok(ctx, d)) { ldm__wg_forward(ctx, out, inp, w, bias, d); return; }
+    int wm = ldm__conv_winograd_tile(ctx, d);
+    if (wm) { ldm__wg_forward(ctx, &ldm__wg_kinds[wm == 4], out, inp, w, bias, d); return; }
     int64_t K = d->C * d->kt * d->kh * d->kw, IS = d->T * d->H * d->W, OS = d->OT * d->OH * d->OW;
     int pw = ldm__conv_is_pointwise(d);
     int64_t nc = pw ? OS : ldm__conv_chunk(d, K);
@@ -3942,7 +4185,8 @@ static void ldm__cpu_conv_backward(ldm_ctx *ctx, float *dinp, float *dw, float *
     int64_t K = d->C * d->kt * d->kh * d->kw, IS = d->T * d->H * d->W, OS = d->OT * d->OH * d->OW;
     if (db) ldm__conv_bias(ctx, NULL, NULL, db, dout, d);
     if (!dinp && !dw) return;
-    if (ldm__conv_winograd_ok(ctx, d)) { ldm__wg_backward(ctx, dinp, dw, dout, inp, w, d); return; }
+    int wm = ldm__conv_winograd_tile(ctx, d);
+    if (wm) { ldm__wg_backward(ctx, &ldm__wg_kinds[wm == 4], dinp, dw, dout, inp, w, d); return; }
     int pw = ldm__conv_is_pointwise(d);
     int64_t nc = pw ? OS : ldm__conv_chunk(d, K);
     size_t used0 = ctx->arena[LDM_CPU].used;

@@ -396,25 +396,28 @@ static void test_conv(void) {
         if (c2[c].bias) { IN(leaf(S4(2, 3, 6, 7), -1, 1), leaf(S4(4, 3, k, k), -0.5f, 0.5f), leaf(S1(4), -1, 1)); gradcheck(nm, &p, n_in, in); }
         else { IN(leaf(S4(2, 3, 6, 7), -1, 1), leaf(S4(4, 3, k, k), -0.5f, 0.5f)); gradcheck(nm, &p, n_in, in); }
     }
-    /* the Winograd F(2x2,3x3) path (3x3, stride 1, padding 1), forced on small shapes: odd and
-       even sizes, one-row images, only some operands needing gradients */
-    {
-        int64_t ws[][5] = {{2, 3, 6, 7, 4}, {1, 2, 1, 5, 3}, {1, 4, 4, 4, 2}};
-        ldm_ctx_set_conv_algo(ctx, LDM_CONV_WINOGRAD);
-        for (int c = 0; c < 3; c++) {
+    /* the Winograd F(2x2,3x3) and F(4x4,3x3) paths (3x3, stride 1, padding 1), forced on small
+       shapes: odd and even sizes, one-row images, only some operands needing gradients */
+    for (int wa = 0; wa < 2; wa++) {
+        int64_t ws[][5] = {{2, 3, 6, 7, 4}, {1, 2, 1, 5, 3}, {1, 4, 4, 4, 2}, {1, 2, 9, 5, 2}};
+        const char *wn = wa ? "Winograd F(4x4)" : "Winograd F(2x2)";
+        ldm_ctx_set_conv_algo(ctx, wa ? LDM_CONV_WINOGRAD4 : LDM_CONV_WINOGRAD);
+        for (int c = 0; c < 4; c++) {
             ldm_step_reset(ctx);
             lt_op p = lt_op_make(LT_CONV2D);
             p.i[0] = 1; p.i[1] = 1;
-            snprintf(nm, sizeof nm, "conv2d Winograd x[%d,%d,%d,%d] -> %d", (int)ws[c][0], (int)ws[c][1], (int)ws[c][2], (int)ws[c][3], (int)ws[c][4]);
+            snprintf(nm, sizeof nm, "conv2d %s x[%d,%d,%d,%d] -> %d", wn, (int)ws[c][0], (int)ws[c][1], (int)ws[c][2], (int)ws[c][3], (int)ws[c][4]);
             IN(leaf(S4(ws[c][0], ws[c][1], ws[c][2], ws[c][3]), -1, 1), leaf(S4(ws[c][4], ws[c][1], 3, 3), -0.5f, 0.5f), leaf(S1(ws[c][4]), -1, 1));
             gradcheck(nm, &p, n_in, in);
         }
         ldm_step_reset(ctx);
         lt_op p = lt_op_make(LT_CONV2D);
         p.i[0] = 1; p.i[1] = 1;
-        { IN(tens(S4(1, 2, 5, 5), -1, 1, 0), leaf(S4(3, 2, 3, 3), -0.5f, 0.5f), leaf(S1(3), -1, 1)); gradcheck("conv2d Winograd constant input", &p, n_in, in); }
+        snprintf(nm, sizeof nm, "conv2d %s constant input", wn);
+        { IN(tens(S4(1, 2, 5, 5), -1, 1, 0), leaf(S4(3, 2, 3, 3), -0.5f, 0.5f), leaf(S1(3), -1, 1)); gradcheck(nm, &p, n_in, in); }
         ldm_step_reset(ctx);
-        { IN(leaf(S4(1, 2, 5, 5), -1, 1), tens(S4(3, 2, 3, 3), -0.5f, 0.5f, 0), tens(S1(3), -1, 1, 0)); gradcheck("conv2d Winograd constant weight", &p, n_in, in); }
+        snprintf(nm, sizeof nm, "conv2d %s constant weight", wn);
+        { IN(leaf(S4(1, 2, 5, 5), -1, 1), tens(S4(3, 2, 3, 3), -0.5f, 0.5f, 0), tens(S1(3), -1, 1, 0)); gradcheck(nm, &p, n_in, in); }
         ldm_ctx_set_conv_algo(ctx, LDM_CONV_AUTO);
     }
     /* only some operands need gradients */
