@@ -48,7 +48,9 @@
        LDM_NO_DISPATCH       x86: only the SGEMM kernels the -march flags enable (no run-time
                              choice by CPU; without -march=native that is the portable one)
    Environment: LDM_THREADS (thread count), LDM_ARENA_MB (per-step arena limit),
-   LDM_CPU_KERNEL (avx512, avx2 or portable: use a slower SGEMM kernel, for comparisons).
+   LDM_CPU_KERNEL (avx512, avx2 or portable: use a slower SGEMM kernel, for comparisons),
+   LDM_CONV (CPU convolution algorithm: auto, im2col, winograd, winograd4 or fast; see
+   ldm_settings.conv_algo).
 */
 #ifndef LDM_TENSOR_H
 #define LDM_TENSOR_H
@@ -120,16 +122,20 @@ typedef struct ldm_settings {
     uint64_t seed;            /* RNG seed (0 is a valid seed) */
     size_t arena_bytes;       /* per-step arena limit; 0: $LDM_ARENA_MB, else half the RAM */
     ldm_device device;        /* where new tensors go (CPU unless a CUDA backend is attached) */
-    int conv_algo;            /* CPU convolutions: LDM_CONV_AUTO (0), LDM_CONV_IM2COL, LDM_CONV_WINOGRAD,
-                                 LDM_CONV_WINOGRAD4 (ldm_ctx_create returns LDM_ERR_INVALID for another value) */
+    int conv_algo;            /* CPU convolutions: LDM_CONV_* below; AUTO (0): $LDM_CONV (auto, im2col,
+                                 winograd, winograd4, fast) if set, else auto. ldm_ctx_create returns
+                                 LDM_ERR_INVALID for another value. */
 } ldm_settings;
-/* LDM_CONV_AUTO: Winograd for 3x3, stride 1, padding 1 2-D convolutions with at least 16 input
-   and output channels (F(4x4,3x3) for images of 8x8 pixels or more, else F(2x2,3x3)), im2col +
-   SGEMM for the rest; IM2COL: always im2col; WINOGRAD: F(2x2,3x3) wherever the shape allows;
-   WINOGRAD4: F(4x4,3x3) wherever the shape allows. The results differ by rounding only: the worst
-   element's error, as a fraction of the output's largest, is ~5e-7 for im2col and F(2x2) and
-   ~3-5e-6 for F(4x4) at 128-512 channels (tests/test_winograd.c). */
-enum { LDM_CONV_AUTO = 0, LDM_CONV_IM2COL = 1, LDM_CONV_WINOGRAD = 2, LDM_CONV_WINOGRAD4 = 3 };
+/* LDM_CONV_AUTO: Winograd F(2x2,3x3) for 3x3, stride 1, padding 1 2-D convolutions with at least
+   16 input and output channels, im2col + SGEMM for the rest. IM2COL: always im2col. WINOGRAD:
+   F(2x2,3x3) wherever the shape allows. WINOGRAD4: F(4x4,3x3) wherever the shape allows. FAST:
+   AUTO, but F(4x4,3x3) on images of at least 8 * max(in, out channels) pixels.
+   They differ by rounding only. The worst element's error as a fraction of the output's largest
+   is ~5e-7 for im2col and F(2x2) but ~3-5e-6 for F(4x4) at 128-512 channels
+   (tests/test_winograd.c): enough, in a ReLU/max-pool network such as LPIPS's VGG16, to tip
+   near-ties to the other side and route gradients differently from a float64 reference. So
+   AUTO keeps im2col's accuracy and FAST (~15% less time for a VAE training step) is opt-in. */
+enum { LDM_CONV_AUTO = 0, LDM_CONV_IM2COL = 1, LDM_CONV_WINOGRAD = 2, LDM_CONV_WINOGRAD4 = 3, LDM_CONV_FAST = 4 };
 
 typedef struct ldm_ctx ldm_ctx;
 typedef struct ldm_backend ldm_backend;
@@ -930,7 +936,7 @@ LDM_API void ldm_parallel_for(ldm_ctx *ctx, int64_t n, int64_t grain, ldm_task_f
 
 LDM_API int ldm_ctx_threads(const ldm_ctx *ctx) { return ctx->threads; }
 LDM_API void ldm_ctx_set_conv_algo(ldm_ctx *ctx, int algo) {
-    LDM_ASSERT(algo >= LDM_CONV_AUTO && algo <= LDM_CONV_WINOGRAD4);
+    LDM_ASSERT(algo >= LDM_CONV_AUTO && algo <= LDM_CONV_FAST);
     ctx->s.conv_algo = algo;
 }
 LDM_API void ldm_ctx_set_threads(ldm_ctx *ctx, int n) {
@@ -961,11 +967,24 @@ static const struct ldm__gemm_kernel *ldm__gemm_pick(const char *want);
 #endif
 LDM_API ldm_result ldm_ctx_create(ldm_ctx **out, const ldm_settings *settings) {
     *out = NULL;
-    if (settings && (settings->conv_algo < LDM_CONV_AUTO || settings->conv_algo > LDM_CONV_WINOGRAD4)) return LDM_ERR_INVALID;
+    if (settings && (settings->conv_algo < LDM_CONV_AUTO || settings->conv_algo > LDM_CONV_FAST)) return LDM_ERR_INVALID;
+    int conv_algo = settings ? settings->conv_algo : LDM_CONV_AUTO;
+    const char *ce = conv_algo == LDM_CONV_AUTO ? getenv("LDM_CONV") : NULL;
+    if (ce && *ce) {
+        static const char *const names[] = {"auto", "im2col", "winograd", "winograd4", "fast"};
+        int k = 0;
+        while (k < 5 && strcmp(ce, names[k])) k++;
+        if (k == 5) {
+            fprintf(stderr, "ldm_ctx_create: LDM_CONV=%s is not one of auto, im2col, winograd, winograd4, fast\n", ce);
+            return LDM_ERR_INVALID;
+        }
+        conv_algo = k;
+    }
     ldm_ctx *ctx = (ldm_ctx *)LDM_MALLOC(sizeof *ctx);
     if (!ctx) return LDM_ERR_NOMEM;
     memset(ctx, 0, sizeof *ctx);
     if (settings) ctx->s = *settings;
+    ctx->s.conv_algo = conv_algo;
     ctx->s.device = LDM_CPU; /* a device backend switches it after attaching */
     ctx->rng.seed = ctx->s.seed;
     ctx->grad_enabled = 1;
@@ -2738,6 +2757,41 @@ LDM_API ldm_result ldm_argmin(ldm_ctx *ctx, const ldm_tensor *x, int64_t *idx) {
 #endif
 #define LDM__GRAIN 16384
 
+/* e^x for SiLU, in a form the vectoriser takes (libm's expf is a call per element): x = n ln2 + r
+   with |r| <= ln2/2 (Cody-Waite, n by the 1.5 * 2^23 rounding trick), e^r by its Taylor series to
+   r^7, times 2^n in two halves so that denormal results come out right. Within 1.2 ulp of
+   e^x over all floats (checked on a 1.2M-point sweep of [-110, 95]); 0 below -104, inf above
+   88.72, NaN for NaN, as expf. */
+static inline float ldm__pow2i(int32_t h) { /* 2^h for -126 <= h <= 127 */
+    uint32_t b = (uint32_t)(h + 127) << 23;
+    float f;
+    memcpy(&f, &b, sizeof f);
+    return f;
+}
+static inline float ldm__expf(float x) {
+    float xc = x > -104.0f ? (x < 89.0f ? x : 89.0f) : -104.0f; /* NaN: -104, put back at the end */
+    float t = xc * 1.44269504088896341f + 12582912.0f, nf = t - 12582912.0f;
+    uint32_t tb;
+    memcpy(&tb, &t, sizeof tb);
+    int32_t n = (int32_t)(tb - 0x4b400000u), h = n >> 1; /* n = nf, from t's low mantissa bits */
+    float r = (xc - nf * 0.693145751953125f) - nf * 1.428606765330187e-06f; /* ln 2 in two parts */
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
+    float y = p * ldm__pow2i(h) * ldm__pow2i(n - h);
+    return x != x ? x : y;
+}
+/* y = silu(x) = x / (1 + e^-x); y may be x */
+static LDM__VEC void ldm__silu_row(float *y, const float *x, int64_t n) {
+    for (int64_t k = 0; k < n; k++) { float v = x[k]; y[k] = v / (1.0f + ldm__expf(-v)); }
+}
+/* dy * silu'(z) */
+static inline float ldm__silu_grad(float dy, float z) {
+    float sg = 1.0f / (1.0f + ldm__expf(-z));
+    return dy * sg * (1.0f + z * (1.0f - sg));
+}
+static LDM__VEC void ldm__silu_grad_row(float *dx, const float *dy, const float *x, int64_t n) {
+    for (int64_t k = 0; k < n; k++) dx[k] += ldm__silu_grad(dy[k], x[k]);
+}
+
 static void *ldm__cpu_alloc(void *st, size_t n) { (void)st; return LDM_MALLOC(n ? n : 1); }
 static void ldm__cpu_free(void *st, void *p) { (void)st; LDM_FREE(p); }
 static void ldm__cpu_copy(void *st, void *dst, ldm_device dd, const void *src, ldm_device sd, size_t n) {
@@ -2790,7 +2844,7 @@ static void ldm__unary_task(void *arg, int64_t s, int64_t e, int tid) {
     case LDM__U_SQUARE: LDM__MAP(v * v);
     case LDM__U_CLAMP: LDM__MAP(v < p0 ? p0 : v > p1 ? p1 : v);
     case LDM__U_SIGMOID: LDM__MAP(1.0f / (1.0f + expf(-v)));
-    case LDM__U_SILU: LDM__MAP(v / (1.0f + expf(-v)));
+    case LDM__U_SILU: ldm__silu_row(y + s, x + s, e - s); break;
     case LDM__U_RELU: LDM__MAP(v > 0.0f ? v : 0.0f);
     case LDM__U_LEAKY: LDM__MAP(v > 0.0f ? v : v * p0);
     case LDM__U_TANH: LDM__MAP(tanhf(v));
@@ -2820,7 +2874,7 @@ static LDM__VEC void ldm__unary_bw_task(void *arg, int64_t s, int64_t e, int tid
     case LDM__U_SQUARE: LDM__MAP(2.0f * v);
     case LDM__U_CLAMP: LDM__MAP(v >= p0 && v <= p1 ? 1.0f : 0.0f);
     case LDM__U_SIGMOID: LDM__MAP(o * (1.0f - o));
-    case LDM__U_SILU: { for (int64_t i = s; i < e; i++) { float sg = 1.0f / (1.0f + expf(-x[i])); dx[i] += dy[i] * sg * (1.0f + x[i] * (1.0f - sg)); } break; }
+    case LDM__U_SILU: ldm__silu_grad_row(dx + s, dy + s, x + s, e - s); break;
     case LDM__U_RELU: LDM__MAP(v > 0.0f ? 1.0f : 0.0f);
     case LDM__U_LEAKY: LDM__MAP(v > 0.0f ? 1.0f : p0);
     case LDM__U_TANH: LDM__MAP(1.0f - o * o);
@@ -3660,14 +3714,16 @@ static int ldm__conv_winograd_tile(const ldm_ctx *ctx, const ldm_conv_desc *d) {
     if (d->pad[0] || d->pad[1] || d->pad[2] != 1 || d->pad[3] != 1 || d->pad[4] != 1 || d->pad[5] != 1) return 0;
     if (algo == LDM_CONV_WINOGRAD) return 2;
     if (algo == LDM_CONV_WINOGRAD4) return 4;
-    /* Few channels: the GEMMs' K or M would be tiny, and im2col's K = 9C is better. F(4x4) only
-       where the pixels outnumber the channels well: its transformed filters are 4x the weights and
-       are written, read per chunk of tiles and (backward) summed per layer call, which costs more
-       than the products it saves on small images with wide layers (measured: 512 channels win
-       from 64x64 and lose at 32x32 batch 2; 256 win at 32x32 batch 4); and under 8 pixels a 4x4
-       tile is mostly padding. */
+    /* Few channels: the GEMMs' K or M would be tiny, and im2col's K = 9C is better. */
     if (d->C < 16 || d->O < 16) return 0;
-    return d->H >= 8 && d->W >= 8 && d->B * d->H * d->W >= 8 * LDM__MAX(d->C, d->O) ? 4 : 2;
+    /* LDM_CONV_FAST: F(4x4) only where an image's pixels outnumber the channels well. Its
+       transformed filters are 4x the weights, written per call and read per chunk of tiles, which
+       costs more than the products it saves on small images with wide layers (measured: 512
+       channels gain from 64x64, break even at 32x32 batch 2); under 8 pixels a 4x4 tile is mostly
+       padding. The rule ignores the batch size, so that a batch gives what its samples give one
+       at a time. */
+    if (algo == LDM_CONV_FAST && d->H >= 8 && d->W >= 8 && d->H * d->W >= 8 * LDM__MAX(d->C, d->O)) return 4;
+    return 2;
 }
 
 /* U[xi][o][c] = (G g G^T)[xi] for g = w[o][c] (flip = 0), or for the input gradient
@@ -4057,27 +4113,36 @@ static LDM__VEC void ldm__wg4_grad_task(void *arg, int64_t o0, int64_t o1, int t
     }
 }
 
-/* dw[o][c] += G^T dU[.][o][c] G: per row x of dU, (G^T)(u0..u5) = u0 + (u2-u1)/3 + u3/15 - 16 u4/15,
-   -(u1+u2)/3 + 2 u3/15 + 8 u4/15, (u2-u1)/3 + 4 u3/15 - 4 u4/15 + u5 */
-static void ldm__wg4_gt(float *w, int64_t ws, const float *u, int64_t us) {
+/* dw[o][c] += G^T dU[.][o][c] G, for 128 input channels c at a time: (G^T)(u0..u5) =
+   (u0 + (u2-u1)/3 + u3/15 - 16 u4/15, -(u1+u2)/3 + 2 u3/15 + 8 u4/15, (u2-u1)/3 + 4 u3/15 - 4 u4/15 + u5) */
+static LDM__VEC void ldm__wg4_gt3(float *LDM_RESTRICT w0, float *LDM_RESTRICT w1, float *LDM_RESTRICT w2, const float *LDM_RESTRICT u0,
+                                  const float *LDM_RESTRICT u1, const float *LDM_RESTRICT u2, const float *LDM_RESTRICT u3,
+                                  const float *LDM_RESTRICT u4, const float *LDM_RESTRICT u5, int64_t n) {
     const float third = 1.0f / 3.0f, fif = 1.0f / 15.0f;
-    float u0 = u[0], u1 = u[us], u2 = u[2 * us], u3 = u[3 * us], u4 = u[4 * us], u5 = u[5 * us], d = third * (u2 - u1);
-    w[0] = u0 + d + fif * (u3 - 16.0f * u4);
-    w[ws] = -third * (u1 + u2) + fif * (2.0f * u3 + 8.0f * u4);
-    w[2 * ws] = d + fif * (4.0f * u3 - 4.0f * u4) + u5;
+    for (int64_t k = 0; k < n; k++) {
+        float d = third * (u2[k] - u1[k]);
+        w0[k] = u0[k] + d + fif * (u3[k] - 16.0f * u4[k]);
+        w1[k] = -third * (u1[k] + u2[k]) + fif * (2.0f * u3[k] + 8.0f * u4[k]);
+        w2[k] = d + fif * (4.0f * u3[k] - 4.0f * u4[k]) + u5[k];
+    }
 }
 static void ldm__wg4_dweight_task(void *arg, int64_t o0, int64_t o1, int tid) {
     const ldm__wg_djob *j = (const ldm__wg_djob *)arg;
     int64_t OC = j->O * j->C;
+    float t[18][128], s[9][128]; /* t[6k + x]: G^T down column x of dU; s[3k + l] = ((G^T dU) G)[k][l] */
     (void)tid;
     for (int64_t o = o0; o < o1; o++)
-        for (int64_t c = 0; c < j->C; c++) {
-            const float *u = j->dU + o * j->C + c;
-            float t[18], s[9]; /* t[6k + x]: G^T down column x of dU; s = (G^T dU) G */
-            for (int x = 0; x < 6; x++) ldm__wg4_gt(t + x, 6, u + x * OC, 6 * OC);
-            for (int r = 0; r < 3; r++) ldm__wg4_gt(s + 3 * r, 1, t + 6 * r, 1);
-            float *w = j->dw + (o * j->C + c) * 9;
-            for (int i = 0; i < 9; i++) w[i] += s[i];
+        for (int64_t c0 = 0; c0 < j->C; c0 += 128) {
+            int64_t nc = LDM__MIN(128, j->C - c0);
+            const float *u = j->dU + o * j->C + c0;
+            for (int x = 0; x < 6; x++)
+                ldm__wg4_gt3(t[x], t[6 + x], t[12 + x], u + x * OC, u + (6 + x) * OC, u + (12 + x) * OC, u + (18 + x) * OC,
+                             u + (24 + x) * OC, u + (30 + x) * OC, nc);
+            for (int k = 0; k < 3; k++) ldm__wg4_gt3(s[3 * k], s[3 * k + 1], s[3 * k + 2], t[6 * k], t[6 * k + 1], t[6 * k + 2], t[6 * k + 3],
+                                                     t[6 * k + 4], t[6 * k + 5], nc);
+            float *w = j->dw + (o * j->C + c0) * 9;
+            for (int64_t c = 0; c < nc; c++)
+                for (int i = 0; i < 9; i++) w[c * 9 + i] += s[i][c];
         }
 }
 
@@ -4237,11 +4302,6 @@ typedef struct {
     int G, silu;
     float eps;
 } ldm__gn_job;
-/* dy * silu'(z), as ldm_silu's backward computes it */
-static float ldm__silu_grad(float dy, float z) {
-    float sg = 1.0f / (1.0f + expf(-z));
-    return dy * sg * (1.0f + z * (1.0f - sg));
-}
 /* Group-norm sums in double over 8 interleaved lanes, added up in a fixed order at the end:
    vectorisable, and independent of the thread count. */
 #define LDM__LANES 8
@@ -4287,7 +4347,7 @@ static LDM__VEC void ldm__gn_fwd_task(void *arg, int64_t i0, int64_t i1, int tid
             float *yc = y + c * j->S;
             for (int64_t k = 0; k < j->S; k++) yc[k] = xc[k] * sc + sh;
             if (j->silu) /* in place, while the channel is in cache: LDM__U_SILU's expression */
-                for (int64_t k = 0; k < j->S; k++) { float v = yc[k]; yc[k] = v / (1.0f + expf(-v)); }
+                ldm__silu_row(yc, yc, j->S);
         }
     }
 }

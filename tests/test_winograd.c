@@ -71,8 +71,8 @@ int main(void) {
     ldm_ctx *ctx;
     ldm_settings bad;
     memset(&bad, 0, sizeof bad);
-    bad.conv_algo = 4;
-    lt_report(ldm_ctx_create(&ctx, &bad) == LDM_ERR_INVALID && !ctx, "ldm_ctx_create refuses conv_algo 4 (LDM_ERR_INVALID)", "accepted");
+    bad.conv_algo = 5;
+    lt_report(ldm_ctx_create(&ctx, &bad) == LDM_ERR_INVALID && !ctx, "ldm_ctx_create refuses conv_algo 5 (LDM_ERR_INVALID)", "accepted");
     if (ldm_ctx_create(&ctx, NULL)) { printf("FAIL ctx\n"); return 1; }
     /* B C O H W: odd and even sizes, one-pixel images, single tiles, several small images in one
        product, chunks of whole and partial tile rows (C + O = 400: 655 tiles per chunk, 35 per
