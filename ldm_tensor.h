@@ -126,15 +126,19 @@ typedef struct ldm_settings {
                                  winograd, winograd4, fast) if set, else auto. ldm_ctx_create returns
                                  LDM_ERR_INVALID for another value. */
 } ldm_settings;
-/* LDM_CONV_AUTO: Winograd F(2x2,3x3) for 3x3, stride 1, padding 1 2-D convolutions with at least
-   16 input and output channels, im2col + SGEMM for the rest. IM2COL: always im2col. WINOGRAD:
+/* LDM_CONV_AUTO: Winograd for 3x3, stride 1, padding 1 2-D convolutions with at least 16 input
+   and output channels, im2col + SGEMM for the rest. The forward pass uses F(2x2,3x3); the
+   backward uses F(4x4,3x3) on "large" images (at least 8x8 and 8 * max(in, out channels)
+   pixels: there it is faster) and F(2x2,3x3) on the others. IM2COL: always im2col. WINOGRAD:
    F(2x2,3x3) wherever the shape allows. WINOGRAD4: F(4x4,3x3) wherever the shape allows. FAST:
-   AUTO, but F(4x4,3x3) on images of at least 8 * max(in, out channels) pixels.
+   AUTO with F(4x4,3x3) in the forward pass too, on large images.
    They differ by rounding only. The worst element's error as a fraction of the output's largest
    is ~5e-7 for im2col and F(2x2) but ~3-5e-6 for F(4x4) at 128-512 channels
-   (tests/test_winograd.c): enough, in a ReLU/max-pool network such as LPIPS's VGG16, to tip
-   near-ties to the other side and route gradients differently from a float64 reference. So
-   AUTO keeps im2col's accuracy and FAST (~15% less time for a VAE training step) is opt-in. */
+   (tests/test_winograd.c). In a forward pass that is enough, in a ReLU/max-pool network such as
+   LPIPS's VGG16, to tip near-ties to the other side and route gradients differently from a
+   float64 reference; in gradients it is far below what training notices. So AUTO computes
+   forward values with im2col's accuracy, and FAST (~15% less time for a VAE training step) is
+   opt-in. The choice depends on the layer's shape, never on the batch size or thread count. */
 enum { LDM_CONV_AUTO = 0, LDM_CONV_IM2COL = 1, LDM_CONV_WINOGRAD = 2, LDM_CONV_WINOGRAD4 = 3, LDM_CONV_FAST = 4 };
 
 typedef struct ldm_ctx ldm_ctx;
@@ -3398,6 +3402,7 @@ typedef struct {
     const float *A, *B;
     float *C;
     int64_t kc;                  /* K slice: depends on K only, never on the thread count */
+    const float *ap;             /* A already packed whole (see ldm__gemm_packed_floats), or NULL */
     int64_t nc;                  /* columns per B block: the block keeps ~KC x NC floats */
     int tm, tn;                  /* thread grid: tm row ranges x tn column ranges */
     int64_t tiles_m, tiles_n;
@@ -3414,7 +3419,9 @@ static void ldm__gemm_part(const ldm__gemm_job *g, int64_t m0, int64_t m1, int64
         for (int64_t pc = 0; pc < K; pc += kcb) {
             int64_t kc = LDM__MIN(kcb, K - pc);
             float beta = pc == 0 ? g->beta : 1.0f;
-            ldm__pack_a(uk, pa, g->A, g->lda, g->ta, ic, mc, pc, kc);
+            const float *pak = pa; /* this block of A, packed */
+            if (g->ap) pak = g->ap + pc * (g->tiles_m * MR) + ic * kc;
+            else ldm__pack_a(uk, pa, g->A, g->lda, g->ta, ic, mc, pc, kc);
             for (int64_t jc = n0; jc < n1; jc += g->nc) {
                 int64_t nc = LDM__MIN(g->nc, n1 - jc);
                 ldm__pack_b(uk, pb, g->B, g->ldb, g->tb, jc, nc, pc, kc);
@@ -3422,7 +3429,7 @@ static void ldm__gemm_part(const ldm__gemm_job *g, int64_t m0, int64_t m1, int64
                     float *c = g->C + (ic + ir) * ldc + jc;
                     int mr = (int)LDM__MIN(MR, mc - ir);
                     for (int64_t jr = 0; jr < nc; jr += NR)
-                        uk->run(kc, pa + ir * kc, pb + jr * kc, c + jr, ldc, mr, (int)LDM__MIN(NR, nc - jr), g->alpha, beta);
+                        uk->run(kc, pak + ir * kc, pb + jr * kc, c + jr, ldc, mr, (int)LDM__MIN(NR, nc - jr), g->alpha, beta);
                 }
             }
         }
@@ -3451,6 +3458,29 @@ static void ldm__gemm_scale(int64_t M, int64_t N, float beta, float *C, int64_t 
     }
 }
 
+/* The K slice for K: equal slices no longer than KC. */
+static int64_t ldm__gemm_kc(int64_t K) {
+    int64_t slices = (K + LDM__KC - 1) / LDM__KC;
+    return (K + slices - 1) / slices;
+}
+/* An A operand (M x K) can be packed once and used by many products (ldm__cpu_sgemm_pk): K
+   slices one after another, each of whole MR-row panels [k][MR], padded with zero rows to a
+   multiple of MR. Its size in floats: */
+static int64_t ldm__gemm_packed_floats(const ldm__gemm_kernel *uk, int64_t M, int64_t K) {
+    return (M + uk->mr - 1) / uk->mr * uk->mr * K;
+}
+/* Packs rows [i0, i0 + mc) of an M x K operand into dst (the whole packed operand) from src,
+   which holds just those rows, row-major with leading dimension ld. i0 is a multiple of MR and
+   mc at most MR unless i0 + mc = M. */
+static void ldm__gemm_pack_rows(const ldm__gemm_kernel *uk, float *dst, const float *src, int64_t ld, int64_t M, int64_t K, int64_t i0,
+                                int64_t mc) {
+    int64_t kcb = ldm__gemm_kc(K), mpad = (M + uk->mr - 1) / uk->mr * uk->mr;
+    for (int64_t pc = 0; pc < K; pc += kcb) {
+        int64_t kc = LDM__MIN(kcb, K - pc);
+        ldm__pack_a(uk, dst + pc * mpad + i0 * kc, src, ld, 0, 0, mc, pc, kc);
+    }
+}
+
 /* Blocking and thread grid of one product on T threads; returns the packing buffer bytes it
    needs per thread. The blocking depends on the shape only, so every element of C is summed in
    the same order whatever T is. */
@@ -3462,8 +3492,8 @@ static size_t ldm__gemm_setup(ldm__gemm_job *g, const ldm__gemm_kernel *uk, int 
     const int MR = uk->mr, NR = uk->nr;
     const int64_t NCB = 240 / NR * NR;  /* columns of B per packed block: KC x NC fits L2 */
     g->mcb = 1024 / MR * MR;            /* rows of A per packed block (L3) */
-    int64_t slices = (K + LDM__KC - 1) / LDM__KC;
-    g->kc = (K + slices - 1) / slices; /* equal slices no longer than KC */
+    g->kc = ldm__gemm_kc(K);
+    g->ap = NULL;
     /* a short K slice gets a wider B block: longer runs of each C row per pass */
     g->nc = LDM__MAX(NCB, NCB * LDM__KC / g->kc / NR * NR);
     g->tiles_m = (M + MR - 1) / MR;
@@ -3503,8 +3533,9 @@ static float *ldm__gemm_buffers(ldm_ctx *ctx, size_t per_thread, int threads) {
     return (float *)(((uintptr_t)ctx->gemm_buf + (LDM__ALIGN - 1)) & ~(uintptr_t)(LDM__ALIGN - 1));
 }
 
-static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
-                           int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+/* ldm__cpu_sgemm with A given packed (ap), where not NULL */
+static void ldm__cpu_sgemm_pk(ldm_ctx *ctx, const float *ap, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                              const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0 || alpha == 0.0f) { ldm__gemm_scale(M, N, beta, C, ldc); return; }
     /* Called from inside a parallel region (regions do not nest): run on this thread with
@@ -3517,6 +3548,7 @@ static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, i
     if (2.0 * (double)M * (double)N * (double)K < 4e6) T = 1; /* under ~20 us: not worth waking threads */
     ldm__gemm_job g;
     size_t per = ldm__gemm_setup(&g, ctx->gemm_kernel, T, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    g.ap = ap;
     void *own = NULL;
     if (nested) {
         own = LDM_MALLOC(per + LDM__ALIGN);
@@ -3530,35 +3562,49 @@ static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, i
     else ldm_parallel_for(ctx, g.tm * g.tn, 1, ldm__gemm_task, &g);
     if (own) LDM_FREE(own);
 }
+static void ldm__cpu_sgemm(ldm_ctx *ctx, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                           int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+    ldm__cpu_sgemm_pk(ctx, NULL, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
 
 /* n products of one shape, C_i = alpha op(A_i) op(B_i) + beta C_i with A_i = A + i*sa (and B, C
    alike, offsets in floats), each computed whole by one thread: one parallel region instead of
    n, for products too small to split well. Bitwise what n ldm__cpu_sgemm calls give. */
-typedef struct { ldm__gemm_job g; int64_t sa, sb, sc; } ldm__gemm_batch_job;
+typedef struct { ldm__gemm_job g; int64_t sa, sb, sc, sap; } ldm__gemm_batch_job;
 static void ldm__gemm_batch_task(void *arg, int64_t i0, int64_t i1, int tid) {
     const ldm__gemm_batch_job *j = (const ldm__gemm_batch_job *)arg;
     for (int64_t i = i0; i < i1; i++) {
         ldm__gemm_job g = j->g;
         g.A += i * j->sa; g.B += i * j->sb; g.C += i * j->sc;
+        if (g.ap) g.ap += i * j->sap;
         ldm__gemm_task(&g, 0, 1, tid);
     }
 }
-static void ldm__cpu_sgemm_batch(ldm_ctx *ctx, int64_t n, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
-                                 int64_t lda, int64_t sa, const float *B, int64_t ldb, int64_t sb, float beta, float *C, int64_t ldc,
-                                 int64_t sc) {
+/* ... and with the A_i given packed, ap + i*sap (ap NULL: unpacked) */
+static void ldm__cpu_sgemm_batch_pk(ldm_ctx *ctx, int64_t n, const float *ap, int64_t sap, int ta, int tb,
+                                    int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda, int64_t sa, const float *B,
+                                    int64_t ldb, int64_t sb, float beta, float *C, int64_t ldc, int64_t sc) {
     int nested = 0;
 #ifndef LDM_NO_THREADS
     nested = ctx->pool.busy;
 #endif
     if (M <= 0 || N <= 0 || K <= 0 || alpha == 0.0f || nested || n < 2 * ctx->threads) { /* too few to share out */
-        for (int64_t i = 0; i < n; i++) ldm__cpu_sgemm(ctx, ta, tb, M, N, K, alpha, A + i * sa, lda, B + i * sb, ldb, beta, C + i * sc, ldc);
+        for (int64_t i = 0; i < n; i++)
+            ldm__cpu_sgemm_pk(ctx, ap ? ap + i * sap : NULL, ta, tb, M, N, K, alpha, A + i * sa, lda, B + i * sb, ldb,
+                              beta, C + i * sc, ldc);
         return;
     }
     ldm__gemm_batch_job j;
     size_t per = ldm__gemm_setup(&j.g, ctx->gemm_kernel, 1, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     if (!(j.g.work = ldm__gemm_buffers(ctx, per, ctx->threads))) return;
-    j.sa = sa; j.sb = sb; j.sc = sc;
+    j.g.ap = ap;
+    j.sa = sa; j.sb = sb; j.sc = sc; j.sap = sap;
     ldm_parallel_for(ctx, n, 1, ldm__gemm_batch_task, &j);
+}
+static void ldm__cpu_sgemm_batch(ldm_ctx *ctx, int64_t n, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                                 int64_t lda, int64_t sa, const float *B, int64_t ldb, int64_t sb, float beta, float *C, int64_t ldc,
+                                 int64_t sc) {
+    ldm__cpu_sgemm_batch_pk(ctx, n, NULL, 0, ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc);
 }
 #endif
 
@@ -3707,7 +3753,7 @@ static void ldm__conv_bias(ldm_ctx *ctx, float *out, const float *bias, float *d
 #define LDM__WG_BLK 32 /* tiles per transform block (column buffers live on the stack) */
 
 /* The Winograd tile side for this convolution (2 or 4), or 0 for im2col. */
-static int ldm__conv_winograd_tile(const ldm_ctx *ctx, const ldm_conv_desc *d) {
+static int ldm__conv_winograd_tile(const ldm_ctx *ctx, const ldm_conv_desc *d, int backward) {
     int algo = ctx->s.conv_algo;
     if (algo == LDM_CONV_IM2COL) return 0;
     if (d->kt != 1 || d->T != 1 || d->kh != 3 || d->kw != 3 || d->st != 1 || d->sh != 1 || d->sw != 1) return 0;
@@ -3716,21 +3762,26 @@ static int ldm__conv_winograd_tile(const ldm_ctx *ctx, const ldm_conv_desc *d) {
     if (algo == LDM_CONV_WINOGRAD4) return 4;
     /* Few channels: the GEMMs' K or M would be tiny, and im2col's K = 9C is better. */
     if (d->C < 16 || d->O < 16) return 0;
-    /* LDM_CONV_FAST: F(4x4) only where an image's pixels outnumber the channels well. Its
-       transformed filters are 4x the weights, written per call and read per chunk of tiles, which
-       costs more than the products it saves on small images with wide layers (measured: 512
-       channels gain from 64x64, break even at 32x32 batch 2); under 8 pixels a 4x4 tile is mostly
-       padding. The rule ignores the batch size, so that a batch gives what its samples give one
-       at a time. */
-    if (algo == LDM_CONV_FAST && d->H >= 8 && d->W >= 8 && d->H * d->W >= 8 * LDM__MAX(d->C, d->O)) return 4;
-    return 2;
+    /* F(4x4) (AUTO's backward, FAST) only where an image's pixels outnumber the channels well.
+       Its transformed filters are 4x the weights, written per call and read per chunk of tiles,
+       which costs more than the products it saves on small images with wide layers (measured:
+       512 channels gain from 64x64, break even at 32x32 batch 2); under 8 pixels a 4x4 tile is
+       mostly padding. The rule ignores the batch size, so that a batch gives what its samples
+       give one at a time. */
+    int big = d->H >= 8 && d->W >= 8 && d->H * d->W >= 8 * LDM__MAX(d->C, d->O);
+    return big && (algo == LDM_CONV_FAST || backward) ? 4 : 2;
 }
 
 /* U[xi][o][c] = (G g G^T)[xi] for g = w[o][c] (flip = 0), or for the input gradient
    U[xi][c][o] = (G rot180(w[o][c]) G^T)[xi] (flip = 1): the filters of the transposed
    convolution. Each row (o, or c when flipped) is done 256 columns at a time: the 9 taps are
    gathered into planes g[9][256] so the transform runs along contiguous columns. */
-typedef struct { float *U; const float *w; int64_t O, C; int flip; } ldm__wg_wjob;
+typedef struct {
+    float *U;          /* row r of plane xi at U + xi * ps + (r - rb) * cols */
+    const float *w;
+    int64_t O, C, ps, rb;
+    int flip;
+} ldm__wg_wjob;
 /* one row (a, b, e) of G g times G^T: (a, (a+b+e)/2, (a-b+e)/2, e), n columns */
 static LDM__VEC void ldm__wg_row(float *LDM_RESTRICT u0, float *LDM_RESTRICT u1, float *LDM_RESTRICT u2, float *LDM_RESTRICT u3,
                                  const float *LDM_RESTRICT a, const float *LDM_RESTRICT b, const float *LDM_RESTRICT e, int64_t n) {
@@ -3740,7 +3791,7 @@ static LDM__VEC void ldm__wg_row(float *LDM_RESTRICT u0, float *LDM_RESTRICT u1,
 }
 static LDM__VEC void ldm__wg_weight_task(void *arg, int64_t r0, int64_t r1, int tid) {
     const ldm__wg_wjob *j = (const ldm__wg_wjob *)arg;
-    int64_t OC = j->O * j->C, cols = j->flip ? j->O : j->C;
+    int64_t OC = j->ps, cols = j->flip ? j->O : j->C;
     float g[9][256], t[6][256]; /* the taps; rows 1 and 2 of G g */
     (void)tid;
     for (int64_t r = r0; r < r1; r++)
@@ -3755,7 +3806,7 @@ static LDM__VEC void ldm__wg_weight_task(void *arg, int64_t r0, int64_t r1, int 
                 for (int64_t q = 0; q < nq; q++) { t[x][q] = 0.5f * (a[q] + b[q] + e[q]); t[3 + x][q] = 0.5f * (a[q] - b[q] + e[q]); }
             }
             /* (G g) G^T, the same on each row of G g */
-            float *u = j->U + r * cols + q0;
+            float *u = j->U + (r - j->rb) * cols + q0;
             ldm__wg_row(u, u + OC, u + 2 * OC, u + 3 * OC, g[0], g[1], g[2], nq);
             ldm__wg_row(u + 4 * OC, u + 5 * OC, u + 6 * OC, u + 7 * OC, t[0], t[1], t[2], nq);
             ldm__wg_row(u + 8 * OC, u + 9 * OC, u + 10 * OC, u + 11 * OC, t[3], t[4], t[5], nq);
@@ -3767,44 +3818,49 @@ static LDM__VEC void ldm__wg_weight_task(void *arg, int64_t r0, int64_t r1, int 
    (tile p = b * P + ty * tw + tx covers rows 2ty-1 .. 2ty+2 and columns 2tx-1 .. 2tx+2 of image
    b; P tiles per image). A block of tiles never crosses a tile row, so never an image. */
 typedef struct { float *V; const float *img; int64_t C, H, W, tw, P, p0, np; } ldm__wg_ijob;
+/* (B^T d) B along a row for F(2x2): 4 columns per tile, 2 apart */
+static LDM__VEC void ldm__wg_bt_cols(float *LDM_RESTRICT v0, float *LDM_RESTRICT v1, float *LDM_RESTRICT v2, float *LDM_RESTRICT v3,
+                                     const float *LDM_RESTRICT s, int64_t n) {
+    for (int64_t k = 0; k < n; k++) {
+        v0[k] = s[2 * k] - s[2 * k + 2];
+        v1[k] = s[2 * k + 1] + s[2 * k + 2];
+        v2[k] = s[2 * k + 2] - s[2 * k + 1];
+        v3[k] = s[2 * k + 1] - s[2 * k + 3];
+    }
+}
 static LDM__VEC void ldm__wg_input_task(void *arg, int64_t c0, int64_t c1, int tid) {
     const ldm__wg_ijob *j = (const ldm__wg_ijob *)arg;
     int64_t CP = j->C * j->np;
-    float r[4][2 * LDM__WG_BLK + 2], t[4][2 * LDM__WG_BLK + 2];
+    float z[2 * LDM__WG_BLK + 2], t[4][2 * LDM__WG_BLK + 2];
     (void)tid;
+    memset(z, 0, sizeof z);
     for (int64_t c = c0; c < c1; c++) {
         for (int64_t p = j->p0; p < j->p0 + j->np;) {
             int64_t im = p / j->P, ty = p % j->P / j->tw, tx0 = p % j->tw, n = LDM__MIN(LDM__MIN(j->tw - tx0, j->p0 + j->np - p), LDM__WG_BLK);
             const float *plane = j->img + (im * j->C + c) * j->H * j->W;
-            int64_t x0 = 2 * tx0 - 1, nx = 2 * n + 2, a = x0 < 0 ? 1 : 0, b = LDM__MIN(nx, j->W - x0);
+            /* columns [a, b) of the block's nx lie in the image; outside them t is 0 */
+            int64_t x0 = 2 * tx0 - 1, nx = 2 * n + 2, a = x0 < 0 ? 1 : 0, b = LDM__MAX(a, LDM__MIN(nx, j->W - x0));
             const float *rp[4];
-            for (int i = 0; i < 4; i++) { /* the 4 input rows: in place, or copied with zeros outside the image */
+            for (int i = 0; i < 4; i++) { /* the 4 input rows from column a on, in place (a zero row outside the image) */
                 int64_t y = 2 * ty - 1 + i;
-                rp[i] = r[i];
-                if (y < 0 || y >= j->H || b <= a) { memset(r[i], 0, sizeof(float) * (size_t)nx); continue; }
-                const float *src = plane + y * j->W + x0;
-                if (a == 0 && b == nx) { rp[i] = src; continue; }
-                for (int64_t x = 0; x < a; x++) r[i][x] = 0.0f;
-                memcpy(r[i] + a, src + a, sizeof(float) * (size_t)(b - a));
-                for (int64_t x = LDM__MAX(b, a); x < nx; x++) r[i][x] = 0.0f;
+                rp[i] = y < 0 || y >= j->H ? z : plane + y * j->W + x0 + a;
             }
             const float *LDM_RESTRICT d0 = rp[0], *LDM_RESTRICT d1 = rp[1], *LDM_RESTRICT d2 = rp[2], *LDM_RESTRICT d3 = rp[3];
-            for (int64_t x = 0; x < nx; x++) { /* B^T d: rows d0-d2, d1+d2, d2-d1, d1-d3 */
-                t[0][x] = d0[x] - d2[x];
-                t[1][x] = d1[x] + d2[x];
-                t[2][x] = d2[x] - d1[x];
-                t[3][x] = d1[x] - d3[x];
+            for (int i = 0; i < 4; i++) {
+                for (int64_t x = 0; x < a; x++) t[i][x] = 0.0f;
+                for (int64_t x = b; x < nx; x++) t[i][x] = 0.0f;
+            }
+            float *LDM_RESTRICT t0 = t[0] + a, *LDM_RESTRICT t1 = t[1] + a, *LDM_RESTRICT t2 = t[2] + a, *LDM_RESTRICT t3 = t[3] + a;
+            for (int64_t x = 0; x < b - a; x++) { /* B^T d: rows d0-d2, d1+d2, d2-d1, d1-d3 */
+                t0[x] = d0[x] - d2[x];
+                t1[x] = d1[x] + d2[x];
+                t2[x] = d2[x] - d1[x];
+                t3[x] = d1[x] - d3[x];
             }
             float *v = j->V + c * j->np + (p - j->p0);
             for (int i = 0; i < 4; i++) { /* (B^T d) B: the same on columns */
-                const float *s = t[i];
-                float *v0 = v + (4 * i) * CP, *v1 = v0 + CP, *v2 = v1 + CP, *v3 = v2 + CP;
-                for (int64_t k = 0; k < n; k++) {
-                    v0[k] = s[2 * k] - s[2 * k + 2];
-                    v1[k] = s[2 * k + 1] + s[2 * k + 2];
-                    v2[k] = s[2 * k + 2] - s[2 * k + 1];
-                    v3[k] = s[2 * k + 1] - s[2 * k + 3];
-                }
+                float *v0 = v + (4 * i) * CP;
+                ldm__wg_bt_cols(v0, v0 + CP, v0 + 2 * CP, v0 + 3 * CP, t[i], n);
             }
             p += n;
         }
@@ -3947,7 +4003,7 @@ static void ldm__wg4_g(float *u, int64_t s, const float *a, const float *b, cons
 }
 static LDM__VEC void ldm__wg4_weight_task(void *arg, int64_t r0, int64_t r1, int tid) {
     const ldm__wg_wjob *j = (const ldm__wg_wjob *)arg;
-    int64_t OC = j->O * j->C, cols = j->flip ? j->O : j->C;
+    int64_t OC = j->ps, cols = j->flip ? j->O : j->C;
     float g[9][128], t[18][128]; /* the taps; t[3i + x] = row i of G g, column x */
     (void)tid;
     for (int64_t r = r0; r < r1; r++)
@@ -3958,7 +4014,7 @@ static LDM__VEC void ldm__wg4_weight_task(void *arg, int64_t r0, int64_t r1, int
                 for (int i = 0; i < 9; i++) g[i][q] = w[j->flip ? 8 - i : i];
             }
             for (int x = 0; x < 3; x++) ldm__wg4_g(t[x], 3 * 128, g[x], g[3 + x], g[6 + x], nq);
-            float *u = j->U + r * cols + q0;
+            float *u = j->U + (r - j->rb) * cols + q0;
             for (int i = 0; i < 6; i++) ldm__wg4_g(u + 6 * i * OC, OC, t[3 * i], t[3 * i + 1], t[3 * i + 2], nq);
         }
 }
@@ -3982,33 +4038,34 @@ static LDM__VEC void ldm__wg4_bt_cols(float *LDM_RESTRICT v0, float *LDM_RESTRIC
 static LDM__VEC void ldm__wg4_input_task(void *arg, int64_t c0, int64_t c1, int tid) {
     const ldm__wg_ijob *j = (const ldm__wg_ijob *)arg;
     int64_t CP = j->C * j->np;
-    float r[6][4 * LDM__WG_BLK + 2], t[6][4 * LDM__WG_BLK + 2];
+    float z[4 * LDM__WG_BLK + 2], t[6][4 * LDM__WG_BLK + 2];
     (void)tid;
+    memset(z, 0, sizeof z);
     for (int64_t c = c0; c < c1; c++) {
         for (int64_t p = j->p0; p < j->p0 + j->np;) {
             int64_t im = p / j->P, ty = p % j->P / j->tw, tx0 = p % j->tw, n = LDM__MIN(LDM__MIN(j->tw - tx0, j->p0 + j->np - p), LDM__WG_BLK);
             const float *plane = j->img + (im * j->C + c) * j->H * j->W;
-            int64_t x0 = 4 * tx0 - 1, nx = 4 * n + 2, a = x0 < 0 ? 1 : 0, b = LDM__MIN(nx, j->W - x0);
+            int64_t x0 = 4 * tx0 - 1, nx = 4 * n + 2, a = x0 < 0 ? 1 : 0, b = LDM__MAX(a, LDM__MIN(nx, j->W - x0));
             const float *rp[6];
-            for (int i = 0; i < 6; i++) { /* the 6 input rows: in place, or copied with zeros outside the image */
+            for (int i = 0; i < 6; i++) { /* as in ldm__wg_input_task */
                 int64_t y = 4 * ty - 1 + i;
-                rp[i] = r[i];
-                if (y < 0 || y >= j->H || b <= a) { memset(r[i], 0, sizeof(float) * (size_t)nx); continue; }
-                const float *src = plane + y * j->W + x0;
-                if (a == 0 && b == nx) { rp[i] = src; continue; }
-                for (int64_t x = 0; x < a; x++) r[i][x] = 0.0f;
-                memcpy(r[i] + a, src + a, sizeof(float) * (size_t)(b - a));
-                for (int64_t x = LDM__MAX(b, a); x < nx; x++) r[i][x] = 0.0f;
+                rp[i] = y < 0 || y >= j->H ? z : plane + y * j->W + x0 + a;
             }
             const float *LDM_RESTRICT d0 = rp[0], *LDM_RESTRICT d1 = rp[1], *LDM_RESTRICT d2 = rp[2], *LDM_RESTRICT d3 = rp[3],
                                       *LDM_RESTRICT d4 = rp[4], *LDM_RESTRICT d5 = rp[5];
-            for (int64_t x = 0; x < nx; x++) { /* B^T d, down the columns */
-                t[0][x] = d0[x] + 1.5f * d1[x] - 2.0f * d2[x] - 1.5f * d3[x] + d4[x];
-                t[1][x] = -d1[x] - 2.5f * d2[x] - 0.5f * d3[x] + d4[x];
-                t[2][x] = d1[x] + 0.5f * d2[x] - 2.5f * d3[x] + d4[x];
-                t[3][x] = -0.5f * d1[x] - d2[x] + 0.5f * d3[x] + d4[x];
-                t[4][x] = 2.0f * d1[x] - d2[x] - 2.0f * d3[x] + d4[x];
-                t[5][x] = d1[x] + 1.5f * d2[x] - 2.0f * d3[x] - 1.5f * d4[x] + d5[x];
+            for (int i = 0; i < 6; i++) {
+                for (int64_t x = 0; x < a; x++) t[i][x] = 0.0f;
+                for (int64_t x = b; x < nx; x++) t[i][x] = 0.0f;
+            }
+            float *LDM_RESTRICT t0 = t[0] + a, *LDM_RESTRICT t1 = t[1] + a, *LDM_RESTRICT t2 = t[2] + a, *LDM_RESTRICT t3 = t[3] + a,
+                                *LDM_RESTRICT t4 = t[4] + a, *LDM_RESTRICT t5 = t[5] + a;
+            for (int64_t x = 0; x < b - a; x++) { /* B^T d, down the columns */
+                t0[x] = d0[x] + 1.5f * d1[x] - 2.0f * d2[x] - 1.5f * d3[x] + d4[x];
+                t1[x] = -d1[x] - 2.5f * d2[x] - 0.5f * d3[x] + d4[x];
+                t2[x] = d1[x] + 0.5f * d2[x] - 2.5f * d3[x] + d4[x];
+                t3[x] = -0.5f * d1[x] - d2[x] + 0.5f * d3[x] + d4[x];
+                t4[x] = 2.0f * d1[x] - d2[x] - 2.0f * d3[x] + d4[x];
+                t5[x] = d1[x] + 1.5f * d2[x] - 2.0f * d3[x] - 1.5f * d4[x] + d5[x];
             }
             float *v = j->V + c * j->np + (p - j->p0);
             for (int i = 0; i < 6; i++) { /* (B^T d) B: the same along each row, 6 columns per tile, 4 apart */
@@ -4152,10 +4209,58 @@ static const ldm__wg_kind ldm__wg_kinds[2] = {
     {2, 16, ldm__wg_weight_task, ldm__wg_input_task, ldm__wg_output_task, ldm__wg_grad_task, ldm__wg_dweight_task},
     {4, 36, ldm__wg4_weight_task, ldm__wg4_input_task, ldm__wg4_output_task, ldm__wg4_grad_task, ldm__wg4_dweight_task}};
 
-/* Fills U [n2, O, C] (or [n2, C, O] flipped) from w [O, C, 3, 3]. */
-static void ldm__wg_weights(ldm_ctx *ctx, const ldm__wg_kind *k, float *U, const float *w, int64_t O, int64_t C, int flip) {
-    ldm__wg_wjob wj = {U, w, O, C, flip};
-    ldm_parallel_for(ctx, flip ? C : O, 1, k->weight, &wj);
+/* The transformed filters U: per xi the GEMM's A, [O x C] (or [C x O] flipped). With the
+   built-in SGEMM they are packed here, once per call, in the layout its kernel reads (each
+   product would otherwise repack them for every chunk of tiles); `sap` is then the packed
+   stride between the xi, else 0 and U is plain [n2, rows, cols]. */
+typedef struct {
+    ldm__wg_wjob w;
+    const ldm__wg_kind *k;
+    const void *uk;    /* the SGEMM kernel (const ldm__gemm_kernel *) */
+    float *U, *scratch;
+    int64_t sap, M, K, n2;
+} ldm__wg_pjob;
+#ifndef LDM_BLAS
+static void ldm__wg_pack_task(void *arg, int64_t p0, int64_t p1, int tid) {
+    const ldm__wg_pjob *j = (const ldm__wg_pjob *)arg;
+    const ldm__gemm_kernel *uk = (const ldm__gemm_kernel *)j->uk;
+    ldm__wg_wjob sub = j->w; /* MR rows at a time into this thread's scratch, then packed */
+    sub.ps = uk->mr * j->K;
+    sub.U = j->scratch + (size_t)tid * (size_t)(j->n2 * sub.ps);
+    for (int64_t p = p0; p < p1; p++) {
+        int64_t r0 = p * uk->mr, r1 = LDM__MIN(r0 + uk->mr, j->M);
+        sub.rb = r0;
+        j->k->weight(&sub, r0, r1, tid);
+        for (int64_t xi = 0; xi < j->n2; xi++) ldm__gemm_pack_rows(uk, j->U + xi * j->sap, sub.U + xi * sub.ps, j->K, j->M, j->K, r0, r1 - r0);
+    }
+}
+#endif
+/* Allocates and fills U from w [O, C, 3, 3] (NULL when out of memory); *sap as above. */
+static float *ldm__wg_weights(ldm_ctx *ctx, const ldm__wg_kind *k, const float *w, int64_t O, int64_t C, int flip, int64_t *sap) {
+    int64_t n2 = k->n2, M = flip ? C : O, K = flip ? O : C;
+    *sap = 0;
+#ifndef LDM_BLAS
+    const ldm__gemm_kernel *uk = ctx->gemm_kernel;
+    int nested = 0;
+#ifndef LDM_NO_THREADS
+    nested = ctx->pool.busy;
+#endif
+    if (uk && !nested) {
+        int64_t sp = ldm__gemm_packed_floats(uk, M, K);
+        float *U = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(n2 * sp));
+        float *scr = U ? (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(n2 * uk->mr * K * ctx->threads)) : NULL;
+        if (!scr) return NULL;
+        ldm__wg_pjob pj = {{U, w, O, C, 0, 0, flip}, k, uk, U, scr, sp, M, K, n2};
+        ldm_parallel_for(ctx, (M + uk->mr - 1) / uk->mr, 1, ldm__wg_pack_task, &pj);
+        *sap = sp;
+        return U;
+    }
+#endif
+    float *U = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(n2 * M * K));
+    if (!U) return NULL;
+    ldm__wg_wjob wj = {U, w, O, C, O * C, 0, flip};
+    ldm_parallel_for(ctx, M, 1, k->weight, &wj);
+    return U;
 }
 
 /* Tiles per chunk: V and M (or dM) together ~16 MiB, as im2col's columns. */
@@ -4166,8 +4271,8 @@ static int64_t ldm__wg_chunk(const ldm__wg_kind *k, int64_t C, int64_t O, int64_
 
 /* out (+)= conv3x3(inp, U) (+ bias) for images inp [B, C, H, W] and transformed filters U
    [n2, O, C]; out [B, O, H, W]. */
-static void ldm__wg_conv(ldm_ctx *ctx, const ldm__wg_kind *k, float *out, const float *inp, const float *U, const float *bias, int64_t B,
-                         int64_t C, int64_t O, int64_t H, int64_t W, int accumulate) {
+static void ldm__wg_conv(ldm_ctx *ctx, const ldm__wg_kind *k, float *out, const float *inp, const float *U, int64_t sap, const float *bias,
+                         int64_t B, int64_t C, int64_t O, int64_t H, int64_t W, int accumulate) {
     int64_t n2 = k->n2, tw = (W + k->m - 1) / k->m, P = (H + k->m - 1) / k->m * tw, np = ldm__wg_chunk(k, C, O, B * P);
     float *V = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(n2 * (C + O) * np)), *M = V + n2 * C * np;
     if (!V) return;
@@ -4175,7 +4280,11 @@ static void ldm__wg_conv(ldm_ctx *ctx, const ldm__wg_kind *k, float *out, const 
         int64_t n = LDM__MIN(np, B * P - p0);
         ldm__wg_ijob ij = {V, inp, C, H, W, tw, P, p0, n};
         ldm_parallel_for(ctx, C, 1, k->input, &ij);
-        ldm__cpu_sgemm_batch(ctx, n2, 0, 0, O, n, C, 1.0f, U, C, O * C, V, n, C * n, 0.0f, M, n, O * n);
+#ifndef LDM_BLAS
+        if (sap) ldm__cpu_sgemm_batch_pk(ctx, n2, U, sap, 0, 0, O, n, C, 1.0f, U, C, sap, V, n, C * n, 0.0f, M, n, O * n);
+        else
+#endif
+            ldm__cpu_sgemm_batch(ctx, n2, 0, 0, O, n, C, 1.0f, U, C, O * C, V, n, C * n, 0.0f, M, n, O * n);
         ldm__wg_ojob oj = {out, M, bias, O, H, W, tw, P, p0, n, accumulate};
         ldm_parallel_for(ctx, O, 1, k->output, &oj);
     }
@@ -4184,11 +4293,9 @@ static void ldm__wg_conv(ldm_ctx *ctx, const ldm__wg_kind *k, float *out, const 
 static void ldm__wg_forward(ldm_ctx *ctx, const ldm__wg_kind *k, float *out, const float *inp, const float *w, const float *bias,
                             const ldm_conv_desc *d) {
     size_t used0 = ctx->arena[LDM_CPU].used;
-    float *U = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(k->n2 * d->O * d->C));
-    if (U) {
-        ldm__wg_weights(ctx, k, U, w, d->O, d->C, 0);
-        ldm__wg_conv(ctx, k, out, inp, U, bias, d->B, d->C, d->O, d->H, d->W, 0);
-    }
+    int64_t sap;
+    float *U = ldm__wg_weights(ctx, k, w, d->O, d->C, 0, &sap);
+    if (U) ldm__wg_conv(ctx, k, out, inp, U, sap, bias, d->B, d->C, d->O, d->H, d->W, 0);
     ctx->arena[LDM_CPU].used = used0;
 }
 
@@ -4196,13 +4303,15 @@ static void ldm__wg_backward(ldm_ctx *ctx, const ldm__wg_kind *k, float *dinp, f
                              const float *w, const ldm_conv_desc *d) {
     int64_t C = d->C, O = d->O, H = d->H, W = d->W, n2 = k->n2, tw = (W + k->m - 1) / k->m, P = (H + k->m - 1) / k->m * tw;
     size_t used0 = ctx->arena[LDM_CPU].used;
-    float *U = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(n2 * O * C));
-    if (!U) return;
+    float *U = NULL;
     if (dinp) { /* the transposed convolution: the same kernel with flipped filters, O -> C */
-        ldm__wg_weights(ctx, k, U, w, O, C, 1);
-        ldm__wg_conv(ctx, k, dinp, dout, U, NULL, d->B, O, C, H, W, 1);
+        int64_t sap;
+        if (!(U = ldm__wg_weights(ctx, k, w, O, C, 1, &sap))) return;
+        ldm__wg_conv(ctx, k, dinp, dout, U, sap, NULL, d->B, O, C, H, W, 1);
+        ctx->arena[LDM_CPU].used = used0;
     }
-    if (dw) { /* U now holds dU, summed over images and chunks in a fixed order */
+    if (dw && !(U = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(n2 * O * C)))) return;
+    if (dw) { /* dU, summed over images and chunks in a fixed order */
         int64_t BP = d->B * P, np = ldm__wg_chunk(k, C, O, BP);
         float *V = (float *)ldm_arena_alloc(ctx, LDM_CPU, sizeof(float) * (size_t)(n2 * (C + O) * np)), *dM = V + n2 * C * np;
         if (V) {
@@ -4223,7 +4332,7 @@ static void ldm__wg_backward(ldm_ctx *ctx, const ldm__wg_kind *k, float *dinp, f
 }
 
 static void ldm__cpu_conv_forward(ldm_ctx *ctx, float *out, const float *inp, const float *w, const float *bias, const ldm_conv_desc *d) {
-    int wm = ldm__conv_winograd_tile(ctx, d);
+    int wm = ldm__conv_winograd_tile(ctx, d, 0);
     if (wm) { ldm__wg_forward(ctx, &ldm__wg_kinds[wm == 4], out, inp, w, bias, d); return; }
     int64_t K = d->C * d->kt * d->kh * d->kw, IS = d->T * d->H * d->W, OS = d->OT * d->OH * d->OW;
     int pw = ldm__conv_is_pointwise(d);
@@ -4250,7 +4359,7 @@ static void ldm__cpu_conv_backward(ldm_ctx *ctx, float *dinp, float *dw, float *
     int64_t K = d->C * d->kt * d->kh * d->kw, IS = d->T * d->H * d->W, OS = d->OT * d->OH * d->OW;
     if (db) ldm__conv_bias(ctx, NULL, NULL, db, dout, d);
     if (!dinp && !dw) return;
-    int wm = ldm__conv_winograd_tile(ctx, d);
+    int wm = ldm__conv_winograd_tile(ctx, d, 1);
     if (wm) { ldm__wg_backward(ctx, &ldm__wg_kinds[wm == 4], dinp, dw, dout, inp, w, d); return; }
     int pw = ldm__conv_is_pointwise(d);
     int64_t nc = pw ? OS : ldm__conv_chunk(d, K);

@@ -1,7 +1,10 @@
 /* test_winograd.c - the Winograd F(2x2,3x3) and F(4x4,3x3) convolutions (ldm_tensor.h) against a
    float64 direct convolution and against the im2col path: forward, input and filter gradients
    (both accumulate into what is there), odd sizes, several batches, tile chunks that split rows,
-   and 1 vs 2 threads bitwise. Finite differences of the Winograd paths are in test_grad. */
+   and 1 vs 2 threads bitwise; which one LDM_CONV_AUTO and _FAST pick (bitwise equal to the
+   forced algorithm), batch invariance, and $LDM_CONV. Finite differences of the Winograd paths
+   are in test_grad. */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #define LDM_IMPLEMENTATION
 #include "ldm_tensor.h"
 #include "ldm_test.h"
@@ -143,6 +146,88 @@ int main(void) {
         }
         free(x); free(w); free(b); free(dy); free(bx); free(bw); free(ry); free(rdx); free(rdw);
         for (int k = 0; k < NR; k++) { free(y[k]); free(dx[k]); free(dw[k]); }
+    }
+    /* AUTO: forward F(2x2), backward F(4x4) on large images (H W >= 8 max(C, O)), F(2x2) on small
+       ones; FAST: F(4x4) both ways on large images. Checked bitwise against the forced runs, for
+       a batch of 3 and for its samples one at a time (the choice must not depend on B). */
+    static const int64_t pick[][5] = {{3, 16, 24, 20, 20}, {3, 32, 16, 9, 12}};
+    for (int s = 0; s < 2; s++) {
+        ldm_conv_desc d;
+        memset(&d, 0, sizeof d);
+        d.B = pick[s][0]; d.C = pick[s][1]; d.O = pick[s][2]; d.T = 1; d.H = pick[s][3]; d.W = pick[s][4];
+        d.kt = 1; d.kh = d.kw = 3; d.st = d.sh = d.sw = 1;
+        d.pad[2] = d.pad[3] = d.pad[4] = d.pad[5] = 1;
+        if (ldm_conv_desc_init(&d)) { lt_report(0, "desc", "%s", ldm_ctx_error(ctx)); continue; }
+        int large = d.H * d.W >= 8 * (d.C > d.O ? d.C : d.O);
+        int64_t nx = d.B * d.C * d.H * d.W, ny = d.B * d.O * d.H * d.W, nw = d.O * d.C * 9;
+        float *x = rnd(nx), *w = rnd(nw), *b = rnd(d.O), *dy = rnd(ny), *bx = rnd(nx), *bw = rnd(nw);
+        enum { NA = 4 };
+        static const int al[NA] = {LDM_CONV_AUTO, LDM_CONV_FAST, LDM_CONV_WINOGRAD, LDM_CONV_WINOGRAD4};
+        float *y[NA], *dx[NA], *dw[NA];
+        for (int k = 0; k < NA; k++) {
+            y[k] = (float *)malloc(sizeof(float) * (size_t)ny);
+            dx[k] = (float *)malloc(sizeof(float) * (size_t)nx);
+            dw[k] = (float *)malloc(sizeof(float) * (size_t)nw);
+            run(ctx, al[k], 2, &d, x, w, b, dy, bx, bw, y[k], dx[k], dw[k]);
+        }
+        char nm[200];
+        int f2 = 2, f4 = large ? 3 : 2;
+        snprintf(nm, sizeof nm, "%s image [%lld,%lld,%lld,%lld] -> %lld: AUTO's y is F(2x2)'s, dx and dw %s's (bitwise)", large ? "large" : "small",
+                 (long long)d.B, (long long)d.C, (long long)d.H, (long long)d.W, (long long)d.O, large ? "F(4x4)" : "F(2x2)");
+        lt_report(!memcmp(y[0], y[f2], sizeof(float) * (size_t)ny) && !memcmp(dx[0], dx[f4], sizeof(float) * (size_t)nx) &&
+                      !memcmp(dw[0], dw[f4], sizeof(float) * (size_t)nw), nm, "differ");
+        snprintf(nm, sizeof nm, "%s image: FAST's y, dx and dw are %s's (bitwise)", large ? "large" : "small", large ? "F(4x4)" : "F(2x2)");
+        lt_report(!memcmp(y[1], y[f4], sizeof(float) * (size_t)ny) && !memcmp(dx[1], dx[f4], sizeof(float) * (size_t)nx) &&
+                      !memcmp(dw[1], dw[f4], sizeof(float) * (size_t)nw), nm, "differ");
+        /* one sample at a time: y and dx per sample equal the batch's (dw sums over the batch) */
+        for (int k = 0; k < 2; k++) {
+            ldm_conv_desc d1 = d;
+            d1.B = 1;
+            ldm_conv_desc_init(&d1);
+            int ok = 1;
+            for (int64_t n = 0; n < d.B; n++) {
+                int64_t sx = d.C * d.H * d.W, sy = d.O * d.H * d.W;
+                float *y1 = (float *)malloc(sizeof(float) * (size_t)sy), *dx1 = (float *)malloc(sizeof(float) * (size_t)sx),
+                      *dw1 = (float *)malloc(sizeof(float) * (size_t)nw);
+                run(ctx, al[k], 2, &d1, x + n * sx, w, b, dy + n * sy, bx + n * sx, bw, y1, dx1, dw1);
+                ok &= !memcmp(y1, y[k] + n * sy, sizeof(float) * (size_t)sy) && !memcmp(dx1, dx[k] + n * sx, sizeof(float) * (size_t)sx);
+                free(y1); free(dx1); free(dw1);
+            }
+            snprintf(nm, sizeof nm, "%s image: %s on a batch of %lld = on each sample alone (y, dx bitwise)", large ? "large" : "small",
+                     k ? "FAST" : "AUTO", (long long)d.B);
+            lt_report(ok, nm, "differ");
+        }
+        if (s == 0) { /* $LDM_CONV picks the algorithm when the settings leave it at AUTO */
+            static const char *const env[] = {"winograd4", "im2col", "fast"};
+            static const int want[] = {3, -1, 1};
+            for (int e = 0; e < 3; e++) {
+                ldm_ctx *c2;
+                setenv("LDM_CONV", env[e], 1);
+                ldm_settings st;
+                memset(&st, 0, sizeof st);
+                st.threads = 2;
+                if (ldm_ctx_create(&c2, &st)) { lt_report(0, "LDM_CONV", "ldm_ctx_create failed for %s", env[e]); continue; }
+                float *y1 = (float *)malloc(sizeof(float) * (size_t)ny);
+                ldm_conv_forward(c2, y1, x, w, b, &d);
+                int ok;
+                if (want[e] >= 0) ok = !memcmp(y1, y[want[e]], sizeof(float) * (size_t)ny);
+                else { /* im2col: not F(2x2)'s bits, but within rounding of them */
+                    double m = 0, e2 = 0;
+                    for (int64_t i = 0; i < ny; i++) { m = fmax(m, fabs(y[2][i])); e2 = fmax(e2, fabs(y1[i] - y[2][i])); }
+                    ok = memcmp(y1, y[2], sizeof(float) * (size_t)ny) && e2 <= 2e-6 * m;
+                }
+                snprintf(nm, sizeof nm, "LDM_CONV=%s: the forward pass is %s's", env[e], e == 1 ? "im2col" : e == 0 ? "F(4x4)" : "FAST");
+                lt_report(ok, nm, "differs");
+                free(y1);
+                ldm_ctx_destroy(c2);
+            }
+            setenv("LDM_CONV", "winograd5", 1);
+            ldm_ctx *c3 = NULL;
+            lt_report(ldm_ctx_create(&c3, NULL) == LDM_ERR_INVALID && !c3, "LDM_CONV=winograd5 -> LDM_ERR_INVALID (and a message naming it)", "accepted");
+            unsetenv("LDM_CONV");
+        }
+        free(x); free(w); free(b); free(dy); free(bx); free(bw);
+        for (int k = 0; k < NA; k++) { free(y[k]); free(dx[k]); free(dw[k]); }
     }
     ldm_ctx_destroy(ctx);
     return lt_finish("test_winograd");
