@@ -3750,7 +3750,7 @@ static void ldm__conv_bias(ldm_ctx *ctx, float *out, const float *bias, float *d
    results differ from im2col's only by rounding (relative ~1e-6, tested against it).
    Tiles are processed a chunk at a time (V and M ~16 MiB); chunk sizes do not depend on the
    thread count, and every output element is computed in one fixed order. */
-#define LDM__WG_BLK 32 /* tiles per transform block (column buffers live on the stack) */
+#define LDM__WG_BLK 64 /* tiles per transform block (column buffers live on the stack) */
 
 /* The Winograd tile side for this convolution (2 or 4), or 0 for im2col. */
 static int ldm__conv_winograd_tile(const ldm_ctx *ctx, const ldm_conv_desc *d, int backward) {
