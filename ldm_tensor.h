@@ -3818,6 +3818,23 @@ static LDM__VEC void ldm__wg_weight_task(void *arg, int64_t r0, int64_t r1, int 
    (tile p = b * P + ty * tw + tx covers rows 2ty-1 .. 2ty+2 and columns 2tx-1 .. 2tx+2 of image
    b; P tiles per image). A block of tiles never crosses a tile row, so never an image. */
 typedef struct { float *V; const float *img; int64_t C, H, W, tw, P, p0, np; } ldm__wg_ijob;
+/* The block of tiles of channel c starting at tile p (tile side m): its n tiles (at most
+   LDM__WG_BLK, never past a tile row or the chunk), the m + 2 input rows under it from column
+   a on (rp: in place, or the zero row z outside the image), and the block's nx columns, of
+   which [a, b) lie in the image. The transforms set t = 0 outside [a, b). */
+typedef struct { int64_t n, nx, a, b; const float *rp[6]; } ldm__wg_blk;
+static void ldm__wg_block(const ldm__wg_ijob *j, int m, int64_t c, int64_t p, const float *z, ldm__wg_blk *k) {
+    int64_t im = p / j->P, ty = p % j->P / j->tw, tx0 = p % j->tw, x0 = m * tx0 - 1;
+    const float *plane = j->img + (im * j->C + c) * j->H * j->W;
+    k->n = LDM__MIN(LDM__MIN(j->tw - tx0, j->p0 + j->np - p), LDM__WG_BLK);
+    k->nx = m * k->n + 2;
+    k->a = x0 < 0 ? 1 : 0;
+    k->b = LDM__MAX(k->a, LDM__MIN(k->nx, j->W - x0));
+    for (int i = 0; i < m + 2; i++) {
+        int64_t y = m * ty - 1 + i;
+        k->rp[i] = y < 0 || y >= j->H ? z : plane + y * j->W + x0 + k->a;
+    }
+}
 /* (B^T d) B along a row for F(2x2): 4 columns per tile, 2 apart */
 static LDM__VEC void ldm__wg_bt_cols(float *LDM_RESTRICT v0, float *LDM_RESTRICT v1, float *LDM_RESTRICT v2, float *LDM_RESTRICT v3,
                                      const float *LDM_RESTRICT s, int64_t n) {
@@ -3836,16 +3853,10 @@ static LDM__VEC void ldm__wg_input_task(void *arg, int64_t c0, int64_t c1, int t
     memset(z, 0, sizeof z);
     for (int64_t c = c0; c < c1; c++) {
         for (int64_t p = j->p0; p < j->p0 + j->np;) {
-            int64_t im = p / j->P, ty = p % j->P / j->tw, tx0 = p % j->tw, n = LDM__MIN(LDM__MIN(j->tw - tx0, j->p0 + j->np - p), LDM__WG_BLK);
-            const float *plane = j->img + (im * j->C + c) * j->H * j->W;
-            /* columns [a, b) of the block's nx lie in the image; outside them t is 0 */
-            int64_t x0 = 2 * tx0 - 1, nx = 2 * n + 2, a = x0 < 0 ? 1 : 0, b = LDM__MAX(a, LDM__MIN(nx, j->W - x0));
-            const float *rp[4];
-            for (int i = 0; i < 4; i++) { /* the 4 input rows from column a on, in place (a zero row outside the image) */
-                int64_t y = 2 * ty - 1 + i;
-                rp[i] = y < 0 || y >= j->H ? z : plane + y * j->W + x0 + a;
-            }
-            const float *LDM_RESTRICT d0 = rp[0], *LDM_RESTRICT d1 = rp[1], *LDM_RESTRICT d2 = rp[2], *LDM_RESTRICT d3 = rp[3];
+            ldm__wg_blk bk;
+            ldm__wg_block(j, 2, c, p, z, &bk);
+            int64_t n = bk.n, nx = bk.nx, a = bk.a, b = bk.b;
+            const float *LDM_RESTRICT d0 = bk.rp[0], *LDM_RESTRICT d1 = bk.rp[1], *LDM_RESTRICT d2 = bk.rp[2], *LDM_RESTRICT d3 = bk.rp[3];
             for (int i = 0; i < 4; i++) {
                 for (int64_t x = 0; x < a; x++) t[i][x] = 0.0f;
                 for (int64_t x = b; x < nx; x++) t[i][x] = 0.0f;
@@ -4043,16 +4054,11 @@ static LDM__VEC void ldm__wg4_input_task(void *arg, int64_t c0, int64_t c1, int 
     memset(z, 0, sizeof z);
     for (int64_t c = c0; c < c1; c++) {
         for (int64_t p = j->p0; p < j->p0 + j->np;) {
-            int64_t im = p / j->P, ty = p % j->P / j->tw, tx0 = p % j->tw, n = LDM__MIN(LDM__MIN(j->tw - tx0, j->p0 + j->np - p), LDM__WG_BLK);
-            const float *plane = j->img + (im * j->C + c) * j->H * j->W;
-            int64_t x0 = 4 * tx0 - 1, nx = 4 * n + 2, a = x0 < 0 ? 1 : 0, b = LDM__MAX(a, LDM__MIN(nx, j->W - x0));
-            const float *rp[6];
-            for (int i = 0; i < 6; i++) { /* as in ldm__wg_input_task */
-                int64_t y = 4 * ty - 1 + i;
-                rp[i] = y < 0 || y >= j->H ? z : plane + y * j->W + x0 + a;
-            }
-            const float *LDM_RESTRICT d0 = rp[0], *LDM_RESTRICT d1 = rp[1], *LDM_RESTRICT d2 = rp[2], *LDM_RESTRICT d3 = rp[3],
-                                      *LDM_RESTRICT d4 = rp[4], *LDM_RESTRICT d5 = rp[5];
+            ldm__wg_blk bk;
+            ldm__wg_block(j, 4, c, p, z, &bk);
+            int64_t n = bk.n, nx = bk.nx, a = bk.a, b = bk.b;
+            const float *LDM_RESTRICT d0 = bk.rp[0], *LDM_RESTRICT d1 = bk.rp[1], *LDM_RESTRICT d2 = bk.rp[2], *LDM_RESTRICT d3 = bk.rp[3],
+                                      *LDM_RESTRICT d4 = bk.rp[4], *LDM_RESTRICT d5 = bk.rp[5];
             for (int i = 0; i < 6; i++) {
                 for (int64_t x = 0; x < a; x++) t[i][x] = 0.0f;
                 for (int64_t x = b; x < nx; x++) t[i][x] = 0.0f;
