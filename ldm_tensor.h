@@ -2764,7 +2764,7 @@ LDM_API ldm_result ldm_argmin(ldm_ctx *ctx, const ldm_tensor *x, int64_t *idx) {
 /* e^x for SiLU, in a form the vectoriser takes (libm's expf is a call per element): x = n ln2 + r
    with |r| <= ln2/2 (Cody-Waite, n by the 1.5 * 2^23 rounding trick), e^r by its Taylor series to
    r^7, times 2^n in two halves so that denormal results come out right. Within 1.2 ulp of
-   e^x over all floats (checked on a 1.2M-point sweep of [-110, 95]); 0 below -104, inf above
+   e^x on a 1.2M-point sweep of [-110, 95] (against exp in double); 0 below -104, inf above
    88.72, NaN for NaN, as expf. */
 static inline float ldm__pow2i(int32_t h) { /* 2^h for -126 <= h <= 127 */
     uint32_t b = (uint32_t)(h + 127) << 23;
