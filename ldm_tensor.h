@@ -137,8 +137,8 @@ typedef struct ldm_settings {
    (tests/test_winograd.c). In a forward pass that is enough, in a ReLU/max-pool network such as
    LPIPS's VGG16, to tip near-ties to the other side and route gradients differently from a
    float64 reference; in gradients it is far below what training notices. So AUTO computes
-   forward values with im2col's accuracy, and FAST (~15% less time for a VAE training step) is
-   opt-in. The choice depends on the layer's shape, never on the batch size or thread count. */
+   forward values with im2col's accuracy, and FAST (a few % less time than AUTO for a VAE
+   training step at 128x128) is opt-in. The choice depends on the layer's shape, never on the batch size or thread count. */
 enum { LDM_CONV_AUTO = 0, LDM_CONV_IM2COL = 1, LDM_CONV_WINOGRAD = 2, LDM_CONV_WINOGRAD4 = 3, LDM_CONV_FAST = 4 };
 
 typedef struct ldm_ctx ldm_ctx;

@@ -70,6 +70,15 @@ static void run(ldm_ctx *ctx, int algo, int threads, const ldm_conv_desc *d, con
     ldm_conv_backward(ctx, dx, dw, NULL, dy, x, w, d);
 }
 
+/* a 3x3, stride 1, padding 1 convolution of row = {B, C, O, H, W} */
+static int desc3x3(ldm_conv_desc *d, const int64_t row[5]) {
+    memset(d, 0, sizeof *d);
+    d->B = row[0]; d->C = row[1]; d->O = row[2]; d->T = 1; d->H = row[3]; d->W = row[4];
+    d->kt = 1; d->kh = d->kw = 3; d->st = d->sh = d->sw = 1;
+    d->pad[2] = d->pad[3] = d->pad[4] = d->pad[5] = 1;
+    return ldm_conv_desc_init(d) == LDM_OK;
+}
+
 int main(void) {
     ldm_ctx *ctx;
     ldm_settings bad;
@@ -85,11 +94,7 @@ int main(void) {
                                         {1, 200, 200, 70, 69}, {1, 256, 256, 64, 64}, {4, 400, 400, 20, 20}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         ldm_conv_desc d;
-        memset(&d, 0, sizeof d);
-        d.B = shapes[s][0]; d.C = shapes[s][1]; d.O = shapes[s][2]; d.T = 1; d.H = shapes[s][3]; d.W = shapes[s][4];
-        d.kt = 1; d.kh = d.kw = 3; d.st = d.sh = d.sw = 1;
-        d.pad[2] = d.pad[3] = d.pad[4] = d.pad[5] = 1;
-        if (ldm_conv_desc_init(&d)) { lt_report(0, "desc", "%s", ldm_ctx_error(ctx)); continue; }
+        if (!desc3x3(&d, shapes[s])) { lt_report(0, "desc", "%s", ldm_ctx_error(ctx)); continue; }
         int64_t nx = d.B * d.C * d.H * d.W, ny = d.B * d.O * d.H * d.W, nw = d.O * d.C * 9;
         float *x = rnd(nx), *w = rnd(nw), *b = rnd(d.O), *dy = rnd(ny), *bx = rnd(nx), *bw = rnd(nw);
         /* runs: F(2x2) 2 threads, im2col, F(2x2) 1 thread, F(4x4) 2 threads, F(4x4) 1 thread */
@@ -153,11 +158,7 @@ int main(void) {
     static const int64_t pick[][5] = {{3, 16, 24, 20, 20}, {3, 32, 16, 9, 12}};
     for (int s = 0; s < 2; s++) {
         ldm_conv_desc d;
-        memset(&d, 0, sizeof d);
-        d.B = pick[s][0]; d.C = pick[s][1]; d.O = pick[s][2]; d.T = 1; d.H = pick[s][3]; d.W = pick[s][4];
-        d.kt = 1; d.kh = d.kw = 3; d.st = d.sh = d.sw = 1;
-        d.pad[2] = d.pad[3] = d.pad[4] = d.pad[5] = 1;
-        if (ldm_conv_desc_init(&d)) { lt_report(0, "desc", "%s", ldm_ctx_error(ctx)); continue; }
+        if (!desc3x3(&d, pick[s])) { lt_report(0, "desc", "%s", ldm_ctx_error(ctx)); continue; }
         int large = d.H * d.W >= 8 * (d.C > d.O ? d.C : d.O);
         int64_t nx = d.B * d.C * d.H * d.W, ny = d.B * d.O * d.H * d.W, nw = d.O * d.C * 9;
         float *x = rnd(nx), *w = rnd(nw), *b = rnd(d.O), *dy = rnd(ny), *bx = rnd(nx), *bw = rnd(nw);
